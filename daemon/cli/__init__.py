@@ -1,0 +1,1 @@
+"""The `stratum` and `stratumd` command lines: one module per verb group."""

@@ -1,0 +1,47 @@
+"""`stratum daemon` (= `stratumd`) and `stratum notify` (what git hooks call)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from daemon import api, log
+from daemon.cli.common import common_options, handle_errors, settings_from
+from daemon.service import Daemon
+
+
+@click.command("daemon")
+@common_options
+@click.option("--interval", type=float, default=None, help="seconds between fetches of a remote repository")
+@click.option("--drift-interval", type=float, default=None, help="seconds between drift checks (0: off)")
+@click.option("--on-interrupted", type=click.Choice(["rollback", "resume"]), default=None,
+              help="what to do with a run a killed daemon left unfinished")
+@click.option("--http-listen", default=None, help="host:port of the metrics listener (default 127.0.0.1:0)")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None)
+@handle_errors
+def daemon(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+           root: Path | None, interval: float | None, drift_interval: float | None, on_interrupted: str | None,
+           http_listen: str | None, log_format: str | None) -> None:
+    """Watch the repository and apply every new commit of the branch (runs in the foreground)."""
+    settings = settings_from(repo, data_dir, config_file, branch, root, interval=interval,
+                             drift_interval=drift_interval, on_interrupted=on_interrupted,
+                             http_listen=http_listen, log_format=log_format)
+    log.configure(settings.log_format)
+    Daemon(settings).serve()
+
+
+@click.command("notify")
+@common_options
+@click.option("--reason", default="hook")
+@handle_errors
+def notify(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+           root: Path | None, reason: str) -> None:
+    """Tell a running daemon to look at the branch now (git hooks call this); silent when none runs."""
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    try:
+        api.call(settings.socket_path, "notify", timeout=5.0, reason=reason)
+    except (OSError, ValueError):
+        click.echo(f"stratum: no daemon listening on {settings.socket_path}", err=True)
+        sys.exit(0)

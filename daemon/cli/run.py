@@ -1,0 +1,108 @@
+"""`stratum plan | apply | rollback REV`: against the running daemon when there is one, else directly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from daemon import api, log
+from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
+from daemon.lock import ApplyLock
+from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
+from daemon.runtime import build
+from daemon.settings import Settings
+
+
+def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
+    sock = daemon_socket(settings)
+    if sock is not None and base is None:
+        return dict(api.call(sock, "plan", revision=head)["plan"])
+    rt = build(settings, ephemeral=base is not None)
+    try:
+        report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
+        return plan_to_dict(report)
+    finally:
+        rt.close()
+
+
+@click.command("plan")
+@common_options
+@click.option("--base", default=None, help="compare against this revision (a pull request's target)")
+@click.option("--head", default=None, help="the revision to plan (default: the watched branch)")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, help="alias: --format json")
+@handle_errors
+def plan(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None, root: Path | None,
+         base: str | None, head: str | None, fmt: str, output: str | None) -> None:
+    """Show what applying a revision would change (exit 1 when the revision would be rejected)."""
+    log.configure("console", sys.stderr)
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    data = _plan(settings, base, head or settings.branch)
+    if output == "json" or fmt == "json":
+        emit_json(data)
+    elif fmt == "markdown":
+        parts = plan_markdown(data)
+        click.echo("\n\n---\n\n".join(parts))
+    else:
+        click.echo(plan_text(data))
+    sys.exit(1 if data["problems"] else 0)
+
+
+def _apply(settings: Settings, revision: str, trigger: str) -> dict[str, Any]:
+    sock = daemon_socket(settings)
+    if sock is not None:
+        return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision)["run"])
+    with ApplyLock(settings.data_dir):
+        rt = build(settings)
+        try:
+            for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
+                click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
+            report = rt.pipeline.plan(revision)
+            with progress(len(report.actions), "applying") as advance:
+                rt.pipeline.on_action = lambda action, status: advance()
+                result = rt.pipeline.run(revision, trigger=trigger)
+            return run_to_dict(result)
+        finally:
+            rt.close()
+
+
+def _print_run(run: dict[str, Any], output: str) -> None:
+    if output == "json":
+        emit_json(run)
+    else:
+        click.echo(f"{run['status']}: {run['revision'][:12]} run {run['run_id']} in {run['duration_ms']:.0f} ms")
+        if run["message"]:
+            click.echo(f"  {run['message']}")
+        for p in run["problems"]:
+            where = p["path"] + (f":{p['line']}" if p["line"] else "") + (f":{p['col']}" if p["col"] else "")
+            click.echo(f"  {where}: {p['message']}" if where else f"  {p['message']}")
+    sys.exit(0 if run["status"] == "succeeded" else 1)
+
+
+@click.command("apply")
+@common_options
+@click.option("--rev", default=None, help="revision to apply (default: the watched branch)")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
+@handle_errors
+def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+          root: Path | None, rev: str | None, output: str) -> None:
+    """Apply a revision now (through the daemon when one runs)."""
+    log.configure("console", sys.stderr)
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    _print_run(_apply(settings, rev or settings.branch, "cli"), output)
+
+
+@click.command("rollback")
+@common_options
+@click.argument("revision")
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
+@handle_errors
+def rollback(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+             root: Path | None, revision: str, output: str) -> None:
+    """Apply an earlier REVISION; it stays in force until the next commit on the branch."""
+    log.configure("console", sys.stderr)
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    _print_run(_apply(settings, revision, "rollback"), output)

@@ -1,0 +1,54 @@
+"""The daemon's HTTP listener: /metrics, /healthz, and the interfaces reconcilers mount (MCP, vault API)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from daemon.metrics import Metrics
+
+
+def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]]) -> Starlette:
+    """The ASGI app: metrics, health, and reconciler mounts."""
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def health_endpoint(request: Request) -> Response:
+        return JSONResponse(health())
+
+    routes: list[Any] = [Route("/metrics", metrics_endpoint), Route("/healthz", health_endpoint)]
+    routes += [Mount(prefix, app=app) for prefix, app in mounts]
+    return Starlette(routes=routes)
+
+
+class HttpServer:
+    """uvicorn in a background thread on host:port (port 0 picks a free port; see `.port`)."""
+
+    def __init__(self, listen: str, app: Starlette) -> None:
+        host, _, port = listen.rpartition(":")
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
+        self.port: int = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="http",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait briefly."""
+        self.server.should_exit = True
+        self._thread.join(timeout=5)

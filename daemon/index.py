@@ -1,0 +1,269 @@
+"""The DuckDB index: versioned schema migrations, the single writer, and the queries the CLI and API use.
+
+The daemon is the only writer. While it runs, the CLI asks it over the unix socket (daemon/api.py) and opens
+no database itself; without a daemon, the CLI opens the file directly. A corrupt or unreadable file is moved
+aside and rebuilt from git (daemon/rebuild.py) with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from daemon.errors import IndexError_, LockError
+from reconcilers.base import Action, InventoryItem, Problem
+
+CORE_MIGRATIONS: tuple[str, ...] = (
+    # 1: the records of the spine
+    """
+    CREATE TABLE revisions (
+        id TEXT PRIMARY KEY, parents TEXT, author TEXT, email TEXT, committed_at DOUBLE,
+        message TEXT, seen_at DOUBLE, status TEXT DEFAULT 'seen', run_id TEXT);
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, revision TEXT, trigger TEXT, status TEXT, started DOUBLE, finished DOUBLE,
+        duration_ms DOUBLE, message TEXT DEFAULT '', problems TEXT DEFAULT '[]', plan TEXT DEFAULT '[]',
+        base_revision TEXT, reconcilers TEXT DEFAULT '[]');
+    CREATE TABLE actions (
+        run_id TEXT, seq INTEGER, action_id TEXT, reconciler TEXT, kind TEXT, target TEXT, summary TEXT,
+        status TEXT, started DOUBLE, finished DOUBLE, message TEXT DEFAULT '', action TEXT,
+        PRIMARY KEY (run_id, seq));
+    CREATE TABLE inventory (
+        reconciler TEXT, resource_id TEXT, kind TEXT, data TEXT, revision TEXT, updated DOUBLE,
+        PRIMARY KEY (reconciler, resource_id));
+    CREATE TABLE events (
+        ts DOUBLE, kind TEXT, reconciler TEXT, subject TEXT, message TEXT, revision TEXT);
+    CREATE TABLE resources (
+        revision TEXT, reconciler TEXT, resource_id TEXT, kind TEXT, path TEXT, spec_hash TEXT);
+    CREATE TABLE changed_files (revision TEXT, path TEXT, blob_id TEXT, change TEXT);
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT);
+    """,
+)
+
+
+def _split(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, component: str, migrations: Sequence[str]) -> int:
+    """Apply the not-yet-applied migrations of `component` in order; returns the schema version reached.
+
+    Each component (core, knowledge, vault, ...) versions its own tables in `schema_version`.
+    """
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER)")
+    row = con.execute("SELECT version FROM schema_version WHERE component = ?", [component]).fetchone()
+    current = int(row[0]) if row else 0
+    for number, sql in enumerate(migrations[current:], start=current + 1):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in _split(sql):
+                con.execute(statement)
+            con.execute("INSERT OR REPLACE INTO schema_version VALUES (?, ?)", [component, number])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return len(migrations)
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class Index:
+    """One DuckDB file, opened by one writer. Methods are thread-safe (one connection, one lock)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self.read_only = read_only
+        self.rebuilt_reason: str | None = None
+        self._lock = threading.RLock()
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = self._open()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        try:
+            con = duckdb.connect(str(self.path), read_only=self.read_only and self.path.exists())
+            if not self.read_only:
+                ensure_schema(con, "core", CORE_MIGRATIONS)
+            else:
+                con.execute("SELECT 1 FROM runs LIMIT 1")
+            return con
+        except duckdb.Error as err:
+            if _is_lock_error(err):
+                raise LockError(f"the index {self.path} is in use by another process",
+                                hint="a daemon is running: use the CLI against it, or stop it first") from err
+            if self.read_only:
+                raise IndexError_(f"cannot read the index {self.path}: {err}",
+                                  hint="start the daemon, which rebuilds it from git") from err
+            # Corrupt or from an incompatible version: keep it for inspection, start a new one.
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            self.path.rename(aside)
+            wal = self.path.with_name(self.path.name + ".wal")
+            if wal.exists():
+                wal.rename(aside.with_name(aside.name + ".wal"))
+            self.rebuilt_reason = f"the index {self.path} was unreadable ({err}); moved to {aside}, rebuilt from git"
+            con = duckdb.connect(str(self.path))
+            ensure_schema(con, "core", CORE_MIGRATIONS)
+            return con
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        with self._lock:
+            self.con.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query; rows as tuples."""
+        with self._lock:
+            return self.con.execute(sql, list(params)).fetchall()
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run a read query; rows as dicts."""
+        with self._lock:
+            cur = self.con.execute(sql, list(params))
+            names = [d[0] for d in cur.description or []]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one write statement (autocommitted)."""
+        with self._lock:
+            self.con.execute(sql, list(params))
+
+    # -- state ---------------------------------------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        """A value from the key/value state table."""
+        rows = self.query("SELECT value FROM state WHERE key = ?", [key])
+        return str(rows[0][0]) if rows else None
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set (or with None, delete) a state value."""
+        if value is None:
+            self.execute("DELETE FROM state WHERE key = ?", [key])
+        else:
+            self.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", [key, value])
+
+    # -- revisions -----------------------------------------------------------------------------------
+    def record_commits(self, commits: Iterable[Any]) -> int:
+        """Record commits as seen (CommitInfo objects); returns how many were new."""
+        new = 0
+        now = time.time()
+        with self._lock:
+            for c in commits:
+                exists = self.con.execute("SELECT 1 FROM revisions WHERE id = ?", [c.id]).fetchone()
+                if exists:
+                    continue
+                self.con.execute(
+                    "INSERT INTO revisions (id, parents, author, email, committed_at, message, seen_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [c.id, ",".join(c.parents), c.author, c.email, float(c.time), c.message[:4000], now])
+                new += 1
+        return new
+
+    def set_revision_status(self, revision: str, status: str, run_id: str | None = None) -> None:
+        """Mark a revision applied, rejected or skipped (coalesced into a newer run)."""
+        self.execute("UPDATE revisions SET status = ?, run_id = coalesce(?, run_id) WHERE id = ?",
+                     [status, run_id, revision])
+
+    def record_changed_files(self, revision: str, changes: Sequence[tuple[str, str, str]]) -> None:
+        """(path, blob id, change) rows for what a revision changed against the last one indexed."""
+        if not changes:
+            return
+        paths, blobs, kinds = zip(*changes, strict=True)
+        self.execute("INSERT INTO changed_files SELECT ?, unnest(?), unnest(?), unnest(?)",
+                     [revision, list(paths), list(blobs), list(kinds)])
+
+    def record_resources(self, revision: str, rows: Sequence[tuple[str, str, str, str, str]]) -> None:
+        """Index the desired resources of a revision: (reconciler, id, kind, path, spec hash)."""
+        with self._lock:
+            self.con.execute("DELETE FROM resources WHERE revision = ?", [revision])
+            if rows:
+                cols = list(zip(*rows, strict=True))
+                self.con.execute(
+                    "INSERT INTO resources SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
+                    [revision, *[list(c) for c in cols]])
+
+    # -- runs and checkpoints -----------------------------------------------------------------------
+    def start_run(self, revision: str, trigger: str, base_revision: str | None) -> str:
+        """Open a run record in state `running`; returns its id."""
+        run_id = uuid.uuid4().hex[:16]
+        self.execute("INSERT INTO runs (id, revision, trigger, status, started, base_revision) "
+                     "VALUES (?, ?, ?, 'running', ?, ?)", [run_id, revision, trigger, time.time(), base_revision])
+        return run_id
+
+    def set_run_plan(self, run_id: str, actions: Sequence[Action]) -> None:
+        """Store the plan of a run (so a restart knows what was intended)."""
+        plan = json.dumps([_action_dict(a) for a in actions])
+        self.execute("UPDATE runs SET plan = ? WHERE id = ?", [plan, run_id])
+
+    def finish_run(self, run_id: str, status: str, message: str = "",
+                   problems: Sequence[Problem] = ()) -> float:
+        """Finalize a run; returns its duration in ms."""
+        now = time.time()
+        with self._lock:
+            row = self.con.execute("SELECT started FROM runs WHERE id = ?", [run_id]).fetchone()
+            started = float(row[0]) if row else now
+            duration = (now - started) * 1000.0
+            self.con.execute(
+                "UPDATE runs SET status = ?, finished = ?, duration_ms = ?, message = ?, problems = ? WHERE id = ?",
+                [status, now, duration, message[:8000], json.dumps([p.as_dict() for p in problems]), run_id])
+        return duration
+
+    def checkpoint(self, run_id: str, seq: int, action: Action, status: str, started: float,
+                   message: str = "") -> None:
+        """Record one action's outcome; written before any dependent action starts."""
+        self.execute(
+            "INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, seq, action.id, action.reconciler, action.kind, action.target, action.summary, status,
+             started, time.time(), message[:4000], json.dumps(_action_dict(action))])
+
+    def run_actions(self, run_id: str) -> list[tuple[Action, str]]:
+        """The checkpointed actions of a run in completion order, with their status."""
+        rows = self.query("SELECT action, status FROM actions WHERE run_id = ? ORDER BY seq", [run_id])
+        return [(action_from_dict(json.loads(r[0])), str(r[1])) for r in rows]
+
+    def interrupted_runs(self) -> list[dict[str, Any]]:
+        """Runs left in state `running` by a daemon that died."""
+        return self.query_dicts("SELECT * FROM runs WHERE status = 'running' ORDER BY started")
+
+    # -- inventory ------------------------------------------------------------------------------------
+    def inventory(self, reconciler: str | None = None) -> list[InventoryItem]:
+        """What Stratum owns on its targets."""
+        sql = "SELECT reconciler, resource_id, kind, data FROM inventory"
+        rows = self.query(sql + " WHERE reconciler = ?", [reconciler]) if reconciler else self.query(sql)
+        return [InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def put_inventory(self, item: InventoryItem, revision: str) -> None:
+        """Add or update an owned resource."""
+        self.execute("INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?, ?, ?)",
+                     [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
+
+    def drop_inventory(self, reconciler: str, resource_id: str) -> None:
+        """Forget an owned resource (it was removed)."""
+        self.execute("DELETE FROM inventory WHERE reconciler = ? AND resource_id = ?", [reconciler, resource_id])
+
+    # -- events ----------------------------------------------------------------------------------------
+    def event(self, kind: str, message: str, *, reconciler: str = "", subject: str = "",
+              revision: str = "") -> None:
+        """Record an event (drift found, history rewritten, branch deleted, ...)."""
+        self.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+                     [time.time(), kind, reconciler, subject, message[:4000], revision])
+
+
+def _action_dict(a: Action) -> dict[str, Any]:
+    return {"id": a.id, "reconciler": a.reconciler, "kind": a.kind, "target": a.target, "summary": a.summary,
+            "change": a.change, "depends_on": list(a.depends_on), "compensation": a.compensation}
+
+
+def action_from_dict(d: dict[str, Any]) -> Action:
+    """Rebuild an Action from its stored form."""
+    return Action(id=d["id"], reconciler=d["reconciler"], kind=d["kind"], target=d["target"],
+                  summary=d["summary"], change=d["change"], depends_on=tuple(d["depends_on"]),
+                  compensation=d.get("compensation"))

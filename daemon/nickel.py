@@ -1,0 +1,305 @@
+"""Evaluate Nickel from a commit: our contract library on the import path, many files per call, cached by blob.
+
+1. Every `.ncl` file of the commit is scanned for imports (daemon/nickel_scan.py); an import that is not a
+   plain relative path to a file of the same commit, or a file of the contract library, refuses the file.
+2. The needed files are materialized into a work tree under the cache directory (only changed blobs written).
+3. All requested files are evaluated in ONE `nickel.run` of a generated root expression that applies the
+   caller's contract to each file; only when that fails is each file evaluated alone, to pin errors on files.
+4. Results are cached by (contract, library version, the blob ids of the file and everything it imports).
+Evaluation runs in a worker process with a deadline and a memory limit (daemon/nickel_worker.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from daemon.nickel_scan import ScanError, scan_imports
+from daemon.resources import nickel_dir
+from daemon.source import FileEntry, Snapshot
+from reconcilers.base import Problem
+
+MAX_NICKEL_BYTES = 1024 * 1024
+_LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
+_IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    """Decoded values per evaluated path, and the problems of the paths that failed."""
+
+    values: dict[str, Any]
+    problems: tuple[Problem, ...]
+
+
+def _library_version(lib: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(lib.glob("*.ncl")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def parse_error(text: str, workdir: Path, default_path: str) -> Problem:
+    """Turn a Nickel error report into `path:line:col: message`, located in the user's file when possible."""
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    message_parts: list[str] = []
+    notes: list[str] = []
+    locations: list[tuple[str, int, int]] = []
+    in_header = True
+    for ln in lines:
+        stripped = ln.strip()
+        if stripped.startswith("error:") and not message_parts:
+            message_parts.append(stripped[len("error:"):].strip())
+            continue
+        m = _LOCATION.search(ln)
+        if m:
+            in_header = False
+            locations.append((m.group(1), int(m.group(2)), int(m.group(3))))
+            continue
+        if stripped.startswith("= "):
+            notes.append(stripped[2:])
+            continue
+        if in_header and message_parts and stripped:
+            message_parts.append(stripped)
+    work = str(workdir) + os.sep
+    path, line, col = default_path, 0, 0
+    for file, ln_no, col_no in locations:
+        if file.startswith(work):
+            path, line, col = file[len(work):], ln_no, col_no
+            break
+    else:
+        for file, ln_no, col_no in locations:
+            if not file.startswith(("<", "python", str(nickel_dir()))):
+                path, line, col = file, ln_no, col_no
+                break
+    message = (": ".join(message_parts) or "evaluation failed").replace(work, "")
+    if notes and notes[0].startswith(("Expected", "Have you", "Found")):
+        message += f" ({notes[0]})"
+    return Problem(message=message, path=path, line=line, col=col, reconciler="nickel")
+
+
+class _Worker:
+    """One evaluation child process; killed and replaced on a deadline overrun."""
+
+    def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = memory_mb
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        return self.proc
+
+    def run(self, src: str, paths: list[str], timeout: float) -> dict[str, str]:
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps({"src": src, "paths": paths}) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            self.kill()
+            return {"error": "error: the Nickel worker died"}
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            return {"error": f"error: evaluation did not finish within {timeout:g} s (an endless recursion?)"}
+        line = proc.stdout.readline()
+        if not line:
+            self.kill()
+            return {"error": "error: evaluation crashed the Nickel worker (out of memory?)"}
+        reply: dict[str, str] = json.loads(line)
+        return reply
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Evaluator:
+    """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
+
+    def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024) -> None:
+        self.cache_dir = cache_dir
+        self.workdir = cache_dir / "work"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._lib = nickel_dir()
+        self._lib_version = _library_version(self._lib)
+        self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
+        self._worker = _Worker(memory_mb)
+        self._lock = threading.Lock()
+        self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
+        self._cache: dict[str, Any] = {}               # cache key -> decoded value
+        self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
+        self.stats = {"evaluations": 0, "cache_hits": 0}
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        self._worker.kill()
+
+    # 1. imports ------------------------------------------------------------------------------------
+    def _scan(self, snap: Snapshot, entry: FileEntry) -> list[Any]:
+        cached = self._imports.get(entry.blob_id)
+        if cached is not None:
+            return cached
+        try:
+            refs: list[Any] = list(scan_imports(snap.text(entry, MAX_NICKEL_BYTES)))
+        except ScanError as err:
+            refs = [err]
+        except Exception as err:  # noqa: BLE001 - InputError (binary, size, UTF-8) becomes a problem
+            refs = [ScanError(str(getattr(err, "what", err)), 0)]
+        self._imports[entry.blob_id] = refs
+        return refs
+
+    def _closure(self, snap: Snapshot, path: str, files: dict[str, FileEntry],
+                 ) -> tuple[list[FileEntry], Problem | None]:
+        """The file and everything it imports (transitively), or the first problem found."""
+        seen: dict[str, FileEntry] = {}
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            if current in seen:
+                continue
+            entry = files.get(current) or snap.entry(current)
+            if entry is None:
+                return [], Problem(f"imported file {current} is not in the commit", path=path, reconciler="nickel")
+            if entry.is_symlink:
+                return [], Problem("symlinks cannot be imported", path=current, reconciler="nickel")
+            seen[current] = entry
+            if not current.endswith(".ncl"):
+                if entry.size > MAX_NICKEL_BYTES:
+                    return [], Problem(f"imported file is over {MAX_NICKEL_BYTES} bytes", path=current)
+                continue
+            for ref in self._scan(snap, entry):
+                if isinstance(ref, ScanError):
+                    return [], Problem(str(ref), path=current, line=ref.line, reconciler="nickel",
+                                       hint="import only files of this repository by relative path")
+                target = self._resolve_import(current, ref.target, files)
+                if target is None:
+                    return [], Problem(f"import {ref.target!r} leaves the repository or names no file of "
+                                       "this commit", path=current, line=ref.line, reconciler="nickel",
+                                       hint="import repository files by relative path, or the library "
+                                            f"({', '.join(sorted(self._lib_names))})")
+                if target != "<lib>":
+                    stack.append(target)
+        return list(seen.values()), None
+
+    def _resolve_import(self, importer: str, target: str, files: dict[str, FileEntry]) -> str | None:
+        if target.startswith("/") or not target.endswith(_IMPORTABLE):
+            return None
+        base = PurePosixPath(importer).parent
+        parts: list[str] = []
+        for part in (base / target).parts:
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    return None
+                parts.pop()
+            else:
+                parts.append(part)
+        candidate = "/".join(parts)
+        if candidate in files:
+            return candidate
+        # Nickel falls back to the import path: the repo root, then the library.
+        if "/" not in target and ".." not in target:
+            if target in files:
+                return target
+            if target in self._lib_names:
+                return "<lib>"
+        return None
+
+    # 2. materialize -------------------------------------------------------------------------------
+    def _materialize(self, snap: Snapshot, entries: list[FileEntry], files: dict[str, FileEntry]) -> None:
+        # Files of other commits must not linger: Nickel resolves a relative import on disk first.
+        for stale in [p for p in self._materialized if p not in files]:
+            (self.workdir / stale).unlink(missing_ok=True)
+            del self._materialized[stale]
+        for entry in entries:
+            if self._materialized.get(entry.path) == entry.blob_id:
+                continue
+            dest = self.workdir / entry.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".tmp")
+            tmp.write_bytes(snap.read_entry(entry, MAX_NICKEL_BYTES))
+            tmp.replace(dest)
+            self._materialized[entry.path] = entry.blob_id
+
+    # 3. evaluate ----------------------------------------------------------------------------------
+    def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None) -> EvalResult:
+        """Evaluate `paths` of the snapshot, applying `contract` (a Nickel expression) to each value."""
+        with self._lock:
+            return self._evaluate(snap, paths, contract)
+
+    def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None) -> EvalResult:
+        files = {e.path: e for e in snap.entries(suffixes=_IMPORTABLE)}
+        values: dict[str, Any] = {}
+        problems: list[Problem] = []
+        pending: dict[str, str] = {}                      # path -> cache key
+        needed: dict[str, FileEntry] = {}
+        for path in paths:
+            closure, problem = self._closure(snap, path, files)
+            if problem is not None:
+                problems.append(problem)
+                continue
+            key = hashlib.sha256(json.dumps(
+                [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
+            ).hexdigest()
+            if key in self._cache:
+                values[path] = self._cache[key]
+                self.stats["cache_hits"] += 1
+                continue
+            pending[path] = key
+            needed.update({e.path: e for e in closure})
+        if pending:
+            self._materialize(snap, list(needed.values()), files)
+            batch = self._run(list(pending), contract)
+            if "ok" in batch:
+                decoded = json.loads(batch["ok"])
+                for path, key in pending.items():
+                    self._cache[key] = values[path] = decoded[path]
+            else:
+                for path, key in pending.items():
+                    single = self._run([path], contract) if len(pending) > 1 else batch
+                    if "ok" in single:
+                        self._cache[key] = values[path] = json.loads(single["ok"])[path]
+                    else:
+                        problems.append(parse_error(single["error"], self.workdir, path))
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        return EvalResult(values=values, problems=tuple(problems))
+
+    def _pin_library(self, contract: str) -> str:
+        """Point the contract's library imports at the library itself, so a repo file of the same name
+        (say a root-level `infra.ncl`) can never stand in for Stratum's contract."""
+        def swap(m: re.Match[str]) -> str:
+            name = m.group(1)
+            return f"import {json.dumps(str(self._lib / name))}" if name in self._lib_names else m.group(0)
+        return re.sub(r'import\s+"([^"]+)"', swap, contract)
+
+    def _run(self, paths: list[str], contract: str | None) -> dict[str, str]:
+        suffix = f" | {self._pin_library(contract)}" if contract else ""
+        fields = ",\n".join(f"  {json.dumps(p)} = (import {json.dumps(p)}){suffix}" for p in paths)
+        src = "{\n" + fields + "\n}"
+        self.stats["evaluations"] += 1
+        started = time.monotonic()
+        reply = self._worker.run(src, [str(self.workdir), str(self._lib)], self.timeout)
+        self.last_eval_ms = (time.monotonic() - started) * 1000
+        return reply

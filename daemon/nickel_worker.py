@@ -1,0 +1,39 @@
+"""The Nickel evaluation worker: a child process that evaluates requests from stdin, one JSON line each.
+
+py-nickel holds the GIL for a whole evaluation and cannot be interrupted (PLATFORM.md), so evaluation runs
+here, under an address-space limit, and the parent kills this process when a request overruns its deadline.
+Request: {"src": str, "paths": [str]}; reply: {"ok": json-text} or {"error": text without ANSI codes}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import sys
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def main() -> None:
+    """Serve requests until stdin closes."""
+    limit_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
+    if limit_mb > 0:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import nickel  # after the limit, so a runaway evaluation cannot take the host's memory
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = {"ok": nickel.run(request["src"], request["paths"])}
+        except MemoryError:
+            reply = {"error": "error: evaluation ran out of memory (the worker's limit)"}
+        except Exception as err:  # noqa: BLE001 - every Nickel failure becomes a reply, never a dead worker
+            reply = {"error": _ANSI.sub("", str(err))}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

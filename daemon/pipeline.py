@@ -1,0 +1,352 @@
+"""One run: snapshot -> load -> validate -> index -> plan -> apply -> record.
+
+`Pipeline.run` is a numbered list of steps. Whatever happens, the run record is finalized (`succeeded`,
+`failed`, `rolled_back`, `rejected`) in the deferred `_finish`. Invalid input rejects the revision as a whole:
+nothing is applied and the last good revision stays in force. A failed apply rolls back (compensations in
+reverse, then the target reconciled to the last good revision).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon import log
+from daemon.errors import CycleError, InputError, StratumError
+from daemon.index import Index
+from daemon.metrics import Metrics
+from daemon.nickel import Evaluator
+from daemon.plan import Executor, order, sequence
+from daemon.source import GitSource, Snapshot
+from reconcilers.base import Action, ApplyContext, Problem, Reconciler, RunRecord
+
+SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The finalized outcome of a run."""
+
+    run_id: str
+    revision: str
+    status: str
+    duration_ms: float
+    message: str = ""
+    problems: tuple[Problem, ...] = ()
+    actions: tuple[tuple[str, str], ...] = ()    # (action id, status)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A revision loaded and validated by every reconciler."""
+
+    snapshot: Snapshot
+    repo_settings: Mapping[str, Any]
+    desired: Mapping[str, Any]
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    """What applying a revision would do, per reconciler, for `stratum plan` and pull requests."""
+
+    revision: str
+    base: str | None
+    actions: tuple[Action, ...]
+    problems: tuple[Problem, ...]
+    drift: tuple[Problem, ...] = ()
+
+
+@dataclass
+class Pipeline:
+    """Runs revisions of one source against a set of reconcilers, recording into one index."""
+
+    source: GitSource
+    index: Index
+    reconcilers: Mapping[str, Reconciler]
+    evaluator: Evaluator
+    parallelism: int = 4
+    notes: bool = True
+    metrics: Metrics = field(default_factory=Metrics)
+    on_action: Callable[[Action, str], None] | None = None
+    _good: dict[str, Loaded] = field(default_factory=dict)
+
+    # 1-4: load and validate --------------------------------------------------------------------------
+    def load(self, revision: str) -> Loaded:
+        """Snapshot and load a revision through every reconciler; problems collected, never raised."""
+        return self.load_snapshot(self.source.snapshot(revision))
+
+    def load_snapshot(self, snap: Snapshot) -> Loaded:
+        """Load a snapshot (a commit or a staged tree) through every reconciler."""
+        revision = snap.revision
+        problems: list[Problem] = []
+        repo_settings: Mapping[str, Any] = {}
+        if snap.entry("stratum.ncl") is not None:
+            res = self.evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
+            problems.extend(res.problems)
+            repo_settings = res.values.get("stratum.ncl", {})
+        desired: dict[str, Any] = {}
+        for name, rec in self.reconcilers.items():
+            try:
+                desired[name] = rec.load(snap)
+                problems.extend(rec.validate(desired[name]))
+            except InputError as err:
+                file, _, line = err.where.partition(":")
+                problems.append(Problem(err.what, file, int(line) if line.isdigit() else 0, reconciler=name,
+                                        hint=err.hint))
+            except Exception as err:  # noqa: BLE001 - one broken reconciler rejects the revision, never the daemon
+                log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
+                problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
+                                        reconciler=name, hint="report this bug; the revision was not applied"))
+        return Loaded(snap, repo_settings, desired, tuple(problems))
+
+    def _plan(self, loaded: Loaded) -> list[Action]:
+        inventory = self.index.inventory()
+        actions: list[Action] = []
+        for name, rec in self.reconcilers.items():
+            observed = rec.observe(loaded.desired[name], inventory)
+            actions.extend(rec.plan(loaded.desired[name], observed, inventory))
+        order(actions)  # raises CycleError naming the cycle
+        return actions
+
+    def plan(self, revision: str, base: str | None = None) -> PlanReport:
+        """The plan of `revision` against the current target (nothing applied)."""
+        loaded = self.load(revision)
+        if loaded.problems:
+            return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
+        try:
+            actions = self._plan(loaded)
+        except CycleError as err:
+            return PlanReport(loaded.snapshot.revision, base, (), (Problem(err.what, hint=err.hint),))
+        drift: list[Problem] = []
+        inventory = self.index.inventory()
+        for name, rec in self.reconcilers.items():
+            observed = rec.observe(loaded.desired[name], inventory)
+            drift_fn = getattr(rec, "drift", None)
+            if drift_fn is not None:
+                try:
+                    drift.extend(drift_fn(loaded.desired[name], observed, inventory))
+                except TypeError:
+                    drift.extend(drift_fn(loaded.desired[name], observed))
+        return PlanReport(loaded.snapshot.revision, base, tuple(sequence(actions)), (), tuple(drift))
+
+    def plan_between(self, base: str, head: str) -> PlanReport:
+        """What merging `head` onto `base` would change: head's desired state against base's, as if base were
+        applied (no target is read; this is what a pull request shows)."""
+        base_loaded = self.load(base)
+        head_loaded = self.load(head)
+        if head_loaded.problems:
+            return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, (), head_loaded.problems)
+        actions: list[Action] = []
+        for name, rec in self.reconcilers.items():
+            simulate = getattr(rec, "simulate", None)
+            items_fn = getattr(rec, "inventory_items", None)
+            if simulate is None or name not in base_loaded.desired or name not in head_loaded.desired:
+                continue
+            inventory = items_fn(base_loaded.desired[name]) if items_fn else []
+            actions.extend(rec.plan(head_loaded.desired[name], simulate(base_loaded.desired[name]), inventory))
+        try:
+            ordered = sequence(actions)
+        except CycleError as err:
+            return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, (),
+                              (Problem(err.what, hint=err.hint),))
+        return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, tuple(ordered), ())
+
+    # the run -----------------------------------------------------------------------------------------
+    def run(self, revision: str, trigger: str = "manual") -> RunResult:
+        """Apply one revision end to end; always returns a finalized result."""
+        revision = self.source.resolve(revision)
+        base = self.index.get_state("last_applied_revision")
+        run_id = self.index.start_run(revision, trigger, base)
+        started = time.time()
+        logger = log.get(run_id=run_id, revision=revision[:12], trigger=trigger)
+        status, message, problems, done = "failed", "", (), ()
+        try:
+            status, message, problems, done = self._run(run_id, revision, base, logger)
+        except StratumError as err:
+            status, message = "failed", err.render()
+        except Exception as err:  # noqa: BLE001 - the run is finalized whatever happens
+            logger.exception("run_crashed")
+            status, message = "failed", f"internal error: {type(err).__name__}: {err}"
+        return self._finish(run_id, revision, status, message, problems, done, started, logger)
+
+    def _run(self, run_id: str, revision: str, base: str | None, logger: Any,
+             ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
+        # 1-3. snapshot, load, validate
+        loaded = self.load(revision)
+        # 4. index
+        self._index(loaded, base)
+        if loaded.problems:
+            return "rejected", f"{len(loaded.problems)} problem(s); the last good revision stays in force", \
+                loaded.problems, ()
+        # 5. plan
+        try:
+            actions = self._plan(loaded)
+        except CycleError as err:
+            return "rejected", err.what, (Problem(err.what, hint=err.hint),), ()
+        self.index.set_run_plan(run_id, actions)
+        # 6. apply
+        ctx = ApplyContext(run_id=run_id, revision=revision)
+        executor = self._executor()
+        result = executor.execute(run_id, actions, ctx)
+        done = tuple((a.id, "done") for a, _ in result.completed)
+        if result.failed is None:
+            self.commit_good(loaded)
+            return "succeeded", f"{len(result.completed)} action(s) applied", (), done
+        failed_action, error = result.failed
+        done += ((failed_action.id, "failed"),)
+        ok, note = self.rollback(run_id, [a for a, _ in result.completed], result.next_seq)
+        status = "rolled_back" if ok else "failed"
+        return status, f"{failed_action.id} failed: {error}; {note}", (), done
+
+    def _executor(self) -> Executor:
+        return Executor(self.reconcilers, self.index, self.parallelism, on_done=self.on_action)
+
+    def _index(self, loaded: Loaded, base: str | None) -> None:
+        rows: list[tuple[str, str, str, str, str]] = []
+        for name, rec in self.reconcilers.items():
+            if name not in loaded.desired:
+                continue
+            rows_fn = getattr(rec, "resource_rows", None)
+            if rows_fn is not None:
+                rows.extend(rows_fn(loaded.desired[name]))
+            hook = getattr(rec, "index", None)
+            if hook is not None:
+                try:
+                    hook(loaded.desired[name], self.index, loaded.snapshot.revision)
+                except Exception:  # noqa: BLE001 - indexing is a courtesy; never blocks an apply
+                    log.get().exception("index_hook_failed", reconciler=name)
+        self.index.record_resources(loaded.snapshot.revision, rows)
+        self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
+
+    def _changes(self, snap: Snapshot, base: str | None) -> list[tuple[str, str, str]]:
+        if base is None:
+            return [(e.path, e.blob_id, "added") for e in snap.entries()][:10_000]
+        try:
+            old = {e.path: e.blob_id for e in self.source.snapshot(base).entries()}
+        except StratumError:
+            return []
+        new = {e.path: e.blob_id for e in snap.entries()}
+        out = [(p, b, "added" if p not in old else "modified") for p, b in new.items() if old.get(p) != b]
+        out += [(p, b, "deleted") for p, b in old.items() if p not in new]
+        return out
+
+    def commit_good(self, loaded: Loaded) -> None:
+        """Make `loaded` the last good revision: inventory follows its desired state."""
+        revision = loaded.snapshot.revision
+        for name, rec in self.reconcilers.items():
+            items_fn = getattr(rec, "inventory_items", None)
+            if items_fn is None:
+                continue
+            wanted = {i.resource_id: i for i in items_fn(loaded.desired[name])}
+            for item in self.index.inventory(name):
+                if item.resource_id not in wanted:
+                    self.index.drop_inventory(name, item.resource_id)
+            for item in wanted.values():
+                self.index.put_inventory(item, revision)
+            self.index.set_state(f"last_applied_revision:{name}", revision)
+        self.index.set_state("last_applied_revision", revision)
+        self.index.set_state("last_good_revision", revision)
+        self._good = {revision: loaded}
+
+    # rollback ----------------------------------------------------------------------------------------
+    def _last_good(self) -> Loaded | None:
+        revision = self.index.get_state("last_good_revision")
+        if revision is None:
+            return None
+        if revision not in self._good:
+            try:
+                self._good = {revision: self.load(revision)}
+            except StratumError:
+                return None
+        return self._good[revision]
+
+    def rollback(self, run_id: str, completed: list[Action], seq: int) -> tuple[bool, str]:
+        """Compensate `completed` in reverse, then reconcile the target to the last good revision."""
+        executor = self._executor()
+        ctx = ApplyContext(run_id=run_id, revision="rollback")
+        seq, errors = executor.compensate(run_id, completed, ctx, seq)
+        good = self._last_good()
+        desired: dict[str, Any] = {}
+        for name, rec in self.reconcilers.items():
+            if good is not None and name in good.desired:
+                desired[name] = good.desired[name]
+            elif hasattr(rec, "empty"):
+                desired[name] = rec.empty()
+        inventory = self.index.inventory()
+        actions: list[Action] = []
+        for name, want in desired.items():
+            rec = self.reconcilers[name]
+            actions.extend(rec.plan(want, rec.observe(want, inventory), inventory))
+        result = executor.execute(run_id, [_as_rollback(a) for a in actions], ctx, seq)
+        target = good.snapshot.revision[:12] if good else "the empty state"
+        if result.failed is not None or errors:
+            detail = result.failed[1] if result.failed else "; ".join(errors)
+            return False, f"rollback to {target} incomplete: {detail}"
+        if good is not None:
+            self.commit_good(good)
+        else:
+            for name in desired:
+                for item in self.index.inventory(name):
+                    self.index.drop_inventory(name, item.resource_id)
+        return True, f"rolled back to {target} ({len(result.completed)} action(s))"
+
+    def resolve_interrupted(self, mode: str) -> list[RunResult]:
+        """Finish runs a killed daemon left `running`: roll back (default) or resume."""
+        results = []
+        for run in self.index.interrupted_runs():
+            run_id, revision = str(run["id"]), str(run["revision"])
+            started = time.time()
+            logger = log.get(run_id=run_id, revision=revision[:12], trigger="restart")
+            checkpoints = self.index.run_actions(run_id)
+            compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
+            completed = [a for a, st in checkpoints
+                         if st == "done" and not a.id.endswith("#compensate") and a.id not in compensated]
+            seq = len(checkpoints)
+            if mode == "resume":
+                self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")
+                results.append(self.run(revision, trigger="resume"))
+                continue
+            ok, note = self.rollback(run_id, completed, seq)
+            status = "rolled_back" if ok else "failed"
+            results.append(self._finish(run_id, revision, status, f"interrupted by a daemon restart; {note}", (),
+                                        tuple((a.id, "done") for a in completed), started, logger))
+        return results
+
+    # 7. record ----------------------------------------------------------------------------------------
+    def _finish(self, run_id: str, revision: str, status: str, message: str, problems: tuple[Problem, ...],
+                done: tuple[tuple[str, str], ...], started: float, logger: Any) -> RunResult:
+        duration = self.index.finish_run(run_id, status, message, problems)
+        self.index.set_revision_status(revision, {"succeeded": "applied"}.get(status, status), run_id)
+        self.index.set_state("last_attempted_revision", revision)
+        if self.notes:
+            lines = [f"stratum: {status}", f"run: {run_id}", f"duration_ms: {duration:.0f}",
+                     f"actions: {len(done)}"]
+            lines += [f"problem: {p}" for p in problems[:50]]
+            if message:
+                lines.append(f"message: {message[:2000]}")
+            self.source.add_note(revision, "\n".join(lines) + "\n")
+        self.metrics.record_run(status, duration / 1000, revision)
+        for _, status_ in done:
+            self.metrics.actions.labels("all", status_).inc()
+        logger.info("run", outcome=status, duration_ms=round(duration, 1), actions=len(done),
+                    problems=len(problems), message=message[:500],
+                    **({"first_problem": str(problems[0])} if problems else {}))
+        record = RunRecord(run_id, revision, status, started, time.time(),
+                           tuple((a, "", s) for a, s in done), tuple(a for a, _ in done), message)
+        for name, rec in self.reconcilers.items():
+            hook = getattr(rec, "on_run_finished", None)
+            if hook is not None:
+                try:
+                    hook(record, self.index)
+                except Exception:  # noqa: BLE001 - recording extras never changes the run's outcome
+                    log.get().exception("run_hook_failed", reconciler=name)
+        return RunResult(run_id, revision, status, duration, message, problems, done)
+
+
+def _as_rollback(action: Action) -> Action:
+    return Action(id=action.id + "@rollback", reconciler=action.reconciler, kind=action.kind,
+                  target=action.target, summary="rollback: " + action.summary, change=action.change,
+                  depends_on=tuple(d + "@rollback" for d in action.depends_on), compensation=None)

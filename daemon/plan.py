@@ -1,0 +1,155 @@
+"""Plans as one dependency graph, executed in order with checkpoints; rollback from checkpoints.
+
+1. `order` joins the actions of all reconcilers into one graph (graphlib); dependencies on actions that are
+   not in the plan are already satisfied and dropped; a cycle is an input error naming the cycle.
+2. `Executor.execute` runs ready actions in parallel (bounded). Each finished action is checkpointed in
+   DuckDB, and inventory updated, *before* any action that depends on it starts. The first failure stops
+   scheduling; actions already running finish and are checkpointed too.
+3. `Executor.compensate` runs the declared compensations of completed actions in reverse completion order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import graphlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from daemon.errors import CycleError, StratumError
+from daemon.index import Index
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Reconciler, freeze
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What an execution did: completed actions in completion order, and the failure that stopped it."""
+
+    completed: tuple[tuple[Action, Outcome], ...] = ()
+    failed: tuple[Action, str] | None = None
+    next_seq: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every action completed."""
+        return self.failed is None
+
+
+def _graph(actions: Sequence[Action]) -> graphlib.TopologicalSorter[str]:
+    ids = {a.id for a in actions}
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for a in actions:
+        sorter.add(a.id, *[d for d in a.depends_on if d in ids and d != a.id])
+    return sorter
+
+
+def order(actions: Sequence[Action]) -> graphlib.TopologicalSorter[str]:
+    """A prepared topological sorter over the actions' ids; raises CycleError naming the cycle."""
+    sorter = _graph(actions)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as err:
+        cycle = " -> ".join(err.args[1])
+        raise CycleError(f"dependency cycle between actions: {cycle}",
+                         hint="remove one of the depends_on links in the cycle") from err
+    return sorter
+
+
+def sequence(actions: Sequence[Action]) -> list[Action]:
+    """The actions in one valid serial order (for display)."""
+    by_id = {a.id: a for a in actions}
+    order(actions)  # raises CycleError naming the cycle
+    return [by_id[i] for i in _graph(actions).static_order()] if actions else []
+
+
+def _inventory_item(outcome: Outcome) -> InventoryItem | None:
+    inv = outcome.inventory
+    if not inv:
+        return None
+    data = inv["data"]
+    return InventoryItem(str(inv["reconciler"]), str(inv["resource_id"]), str(inv["kind"]),
+                         data if isinstance(data, str) else freeze(data))
+
+
+@dataclass
+class Executor:
+    """Runs plans against reconcilers, writing checkpoints and inventory to the index."""
+
+    reconcilers: Mapping[str, Reconciler]
+    index: Index
+    parallelism: int = 4
+    on_done: Callable[[Action, str], None] | None = None
+    _stats: dict[str, int] = field(default_factory=dict)
+
+    def _apply_one(self, action: Action, ctx: ApplyContext) -> Outcome:
+        return self.reconcilers[action.reconciler].apply(action, ctx)
+
+    def execute(self, run_id: str, actions: Sequence[Action], ctx: ApplyContext, seq: int = 0) -> ExecResult:
+        """Apply `actions` in dependency order; see the module docstring."""
+        if not actions:
+            return ExecResult(next_seq=seq)
+        by_id = {a.id: a for a in actions}
+        sorter = order(actions)
+        completed: list[tuple[Action, Outcome]] = []
+        failed: tuple[Action, str] | None = None
+        with cf.ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
+            running: dict[cf.Future[Outcome], tuple[Action, float]] = {}
+            while running or (failed is None and sorter.is_active()):
+                if failed is None:
+                    for action_id in sorter.get_ready():
+                        action = by_id[action_id]
+                        running[pool.submit(self._apply_one, action, ctx)] = (action, time.time())
+                if not running:
+                    break
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    action, started = running.pop(fut)
+                    seq += 1
+                    try:
+                        outcome = fut.result()
+                    except Exception as err:  # noqa: BLE001 - any failure of one action is recorded, not raised
+                        message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
+                        self.index.checkpoint(run_id, seq, action, "failed", started, message)
+                        if failed is None:
+                            failed = (action, message)
+                        self._notify(action, "failed")
+                        continue
+                    self.index.checkpoint(run_id, seq, action, "done", started, outcome.message)
+                    item = _inventory_item(outcome)
+                    if outcome.removed:
+                        self.index.drop_inventory(action.reconciler, action.target)
+                    elif item is not None:
+                        self.index.put_inventory(item, ctx.revision)
+                    completed.append((action, outcome))
+                    sorter.done(action.id)
+                    self._notify(action, "done")
+        return ExecResult(completed=tuple(completed), failed=failed, next_seq=seq)
+
+    def compensate(self, run_id: str, completed: Sequence[Action], ctx: ApplyContext, seq: int) -> tuple[int, list[str]]:
+        """Run compensations of `completed` in reverse; returns the next seq and the errors met."""
+        errors: list[str] = []
+        for action in reversed(completed):
+            if not action.compensation:
+                continue
+            seq += 1
+            started = time.time()
+            try:
+                self.reconcilers[action.reconciler].compensate(action, ctx)
+                self.index.checkpoint(run_id, seq, _compensation_record(action), "compensated", started)
+            except Exception as err:  # noqa: BLE001 - recorded; rollback goes on with the rest
+                message = err.render() if isinstance(err, StratumError) else str(err)
+                errors.append(f"{action.id}: {message}")
+                self.index.checkpoint(run_id, seq, _compensation_record(action), "failed", started, message)
+        return seq, errors
+
+    def _notify(self, action: Action, status: str) -> None:
+        if self.on_done is not None:
+            self.on_done(action, status)
+
+
+def _compensation_record(action: Action) -> Action:
+    comp = json.loads(action.compensation or "{}")
+    return Action(id=f"{action.id}#compensate", reconciler=action.reconciler, kind="run", target=action.target,
+                  summary=f"compensate {action.target}: {str(comp.get('run', ''))[:60]}", change=action.change,
+                  compensation=action.compensation)

@@ -1,0 +1,305 @@
+"""Git access through pygit2: open a local repo or mirror a remote, resolve refs, and read commits.
+
+Everything Stratum loads comes from a `Snapshot` of one commit's tree; the work tree is never read, so
+uncommitted edits cannot leak into a run. Blob ids make caching exact.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pygit2
+
+from daemon.errors import InputError, SourceError
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+NOTES_REF = "refs/notes/stratum"
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
+
+_MODE_LINK = int(pygit2.enums.FileMode.LINK)
+_MODE_TREE = int(pygit2.enums.FileMode.TREE)
+_MODE_COMMIT = int(pygit2.enums.FileMode.COMMIT)
+
+
+def is_url(location: str) -> bool:
+    """True for a remote URL (scheme://... or scp-like user@host:path), False for a local path."""
+    return bool(_URL.match(location))
+
+
+def sanitize_url(location: str) -> str:
+    """The location with any user:password@ stripped, for logs."""
+    return re.sub(r"(://)[^/@]+@", r"\1", location)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file in a commit: repo-relative POSIX path, blob id, size and git file mode."""
+
+    path: str
+    blob_id: str
+    size: int
+    mode: int
+
+    @property
+    def is_symlink(self) -> bool:
+        """True for a symlink entry (its blob holds the link target)."""
+        return self.mode == _MODE_LINK
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What the index records of a commit."""
+
+    id: str
+    parents: tuple[str, ...]
+    author: str
+    email: str
+    time: int
+    message: str
+
+
+class Snapshot:
+    """A read-only view of one commit's tree. Paths are repo-relative POSIX strings."""
+
+    def __init__(self, repo: pygit2.Repository, commit: pygit2.Commit | None, tree: pygit2.Tree | None = None,
+                 ) -> None:
+        self._repo = repo
+        if commit is not None:
+            self._tree = commit.tree
+            self.revision: str = str(commit.id)
+            self.info = CommitInfo(
+                id=str(commit.id),
+                parents=tuple(str(p) for p in commit.parent_ids),
+                author=commit.author.name,
+                email=commit.author.email,
+                time=int(commit.commit_time),
+                message=commit.message,
+            )
+        else:
+            assert tree is not None
+            self._tree = tree
+            self.revision = f"staged:{tree.id}"
+            self.info = CommitInfo(id=self.revision, parents=(), author="", email="", time=0, message="")
+
+    @property
+    def short(self) -> str:
+        """The first 12 hex digits of the revision."""
+        return self.revision[:12]
+
+    def _subtree(self, prefix: str) -> pygit2.Tree | None:
+        tree = self._tree
+        if not prefix:
+            return tree
+        try:
+            obj = tree[prefix.strip("/")]
+        except KeyError:
+            return None
+        return obj if obj.type == pygit2.enums.ObjectType.TREE else None
+
+    def entries(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
+        """Every file under `prefix` (recursively), optionally only those ending in one of `suffixes`."""
+        tree = self._subtree(prefix)
+        if tree is None:
+            return []
+        base = prefix.strip("/")
+        out: list[FileEntry] = []
+        for path, obj, mode in self._walk(tree, base):
+            if suffixes and not path.endswith(suffixes):
+                continue
+            out.append(FileEntry(path=path, blob_id=str(obj.id), size=obj.size, mode=mode))
+        out.sort(key=lambda e: e.path)
+        return out
+
+    def _walk(self, tree: pygit2.Tree, base: str) -> Iterator[tuple[str, pygit2.Blob, int]]:
+        for item in tree:
+            path = f"{base}/{item.name}" if base else item.name
+            mode = int(item.filemode)
+            if mode == _MODE_TREE:
+                yield from self._walk(self._repo[item.id], path)
+            elif mode == _MODE_COMMIT:
+                continue  # submodules are not part of the snapshot
+            else:
+                yield path, self._repo[item.id], mode
+
+    def entry(self, path: str) -> FileEntry | None:
+        """The file at `path`, or None."""
+        try:
+            item = self._tree[path]
+        except KeyError:
+            return None
+        mode = int(item.filemode)
+        if mode in (_MODE_TREE, _MODE_COMMIT):
+            return None
+        blob = self._repo[item.id]
+        return FileEntry(path=path, blob_id=str(item.id), size=blob.size, mode=mode)
+
+    def read(self, path: str, limit: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of a regular file. Symlinks, missing files and files over `limit` are input errors."""
+        entry = self.entry(path)
+        if entry is None:
+            raise InputError("file not found in the commit", where=path)
+        return self.read_entry(entry, limit)
+
+    def read_entry(self, entry: FileEntry, limit: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes of a listed file (see `read`)."""
+        if entry.is_symlink:
+            raise InputError("symlinks are not allowed here", where=entry.path,
+                             hint="commit the file itself instead of a link")
+        if entry.size > limit:
+            raise InputError(f"file is {entry.size} bytes, over the {limit}-byte limit", where=entry.path,
+                             hint="split the file or raise the limit in stratumd.toml")
+        data: bytes = self._repo[pygit2.Oid(hex=entry.blob_id)].data
+        return data
+
+    def text(self, entry: FileEntry, limit: int = MAX_FILE_BYTES) -> str:
+        """A file's content as UTF-8 text; binary or non-UTF-8 content is an input error."""
+        data = self.read_entry(entry, limit)
+        if b"\x00" in data:
+            raise InputError("binary file where text was expected", where=entry.path)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            raise InputError(f"not valid UTF-8 (byte {err.start})", where=f"{entry.path}:{line}",
+                             hint="save the file as UTF-8") from err
+
+
+def safe_relpath(path: str) -> str:
+    """Normalise a repo- or root-relative POSIX path; refuse absolute paths and any `..` component."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError(f"path {path!r} must be relative")
+    parts = PurePosixPath(path).parts
+    if any(p == ".." for p in parts):
+        raise ValueError(f"path {path!r} must not contain '..'")
+    clean = "/".join(p for p in parts if p not in ("", "."))
+    if not clean:
+        raise ValueError(f"path {path!r} is empty")
+    return clean
+
+
+class GitSource:
+    """A local repository (bare or not) or a mirror of a remote one, watched on one branch."""
+
+    def __init__(self, location: str, branch: str, data_dir: Path) -> None:
+        self.location = location
+        self.branch = branch
+        self.remote = is_url(location)
+        self._lock = threading.RLock()
+        try:
+            if self.remote:
+                self.repo = self._open_mirror(location, data_dir / "mirror.git")
+            else:
+                path = Path(location).expanduser()
+                if not path.exists():
+                    raise SourceError(f"repository path {path} does not exist", hint="check --repo")
+                found = pygit2.discover_repository(str(path))
+                if found is None:
+                    raise SourceError(f"{path} is not a git repository", hint="run `stratum init` or check --repo")
+                self.repo = pygit2.Repository(found)
+        except pygit2.GitError as err:
+            raise SourceError(f"cannot open repository {sanitize_url(location)}: {err}",
+                              hint="check that the path is readable or the URL reachable") from err
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's git directory (what watchdog watches)."""
+        return Path(self.repo.path)
+
+    @staticmethod
+    def _open_mirror(url: str, path: Path) -> pygit2.Repository:
+        if (path / "HEAD").exists():
+            return pygit2.Repository(str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        repo = pygit2.init_repository(str(path), bare=True)
+        repo.remotes.create("origin", url, "+refs/heads/*:refs/heads/*")
+        return repo
+
+    def staged_snapshot(self) -> Snapshot:
+        """A snapshot of what `git commit` would record now: the index of a work tree (pre-commit hooks)."""
+        with self._lock:
+            if self.repo.is_bare:
+                raise SourceError("a bare repository has no staging area", hint="give --rev")
+            tree = self.repo[self.repo.index.write_tree()]
+            return Snapshot(self.repo, None, tree)
+
+    def fetch(self) -> None:
+        """Fetch every branch from the remote (force: a rewritten history replaces the old one)."""
+        if not self.remote:
+            return
+        with self._lock:
+            try:
+                self.repo.remotes["origin"].fetch(prune=pygit2.enums.FetchPrune.PRUNE)
+            except pygit2.GitError as err:
+                raise SourceError(f"fetch from {sanitize_url(self.location)} failed: {err}",
+                                  hint="the daemon retries at the next interval") from err
+
+    def head(self) -> str | None:
+        """The commit id the watched branch points at, or None when the branch does not exist."""
+        with self._lock:
+            ref = self.repo.references.get(f"refs/heads/{self.branch}")
+            if ref is None:
+                return None
+            return str(ref.peel(pygit2.Commit).id)
+
+    def resolve(self, rev: str) -> str:
+        """A commit id for any revision expression (sha, branch, HEAD~2)."""
+        with self._lock:
+            try:
+                obj = self.repo.revparse_single(rev)
+                return str(obj.peel(pygit2.Commit).id)
+            except (KeyError, ValueError, pygit2.GitError) as err:
+                raise SourceError(f"unknown revision {rev!r}", hint="give a commit id or branch name") from err
+
+    def snapshot(self, rev: str) -> Snapshot:
+        """A read-only snapshot of the commit `rev` resolves to."""
+        with self._lock:
+            commit = self.repo[pygit2.Oid(hex=self.resolve(rev))]
+            return Snapshot(self.repo, commit)
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        """True when `old` is an ancestor of (or equal to) `new`."""
+        with self._lock:
+            if old == new:
+                return True
+            try:
+                return bool(self.repo.descendant_of(pygit2.Oid(hex=new), pygit2.Oid(hex=old)))
+            except (KeyError, ValueError, pygit2.GitError):
+                return False
+
+    def new_commits(self, old: str | None, new: str, limit: int = 1000) -> list[CommitInfo]:
+        """Commits reachable from `new` but not from `old`, oldest first (at most `limit`)."""
+        with self._lock:
+            walker = self.repo.walk(pygit2.Oid(hex=new), pygit2.enums.SortMode.TOPOLOGICAL)
+            if old is not None:
+                try:
+                    walker.hide(pygit2.Oid(hex=old))
+                except (KeyError, ValueError, pygit2.GitError):
+                    pass  # the old commit is gone (history rewritten): record what is new up to the limit
+            out: list[CommitInfo] = []
+            for commit in walker:
+                out.append(Snapshot(self.repo, commit).info)
+                if len(out) >= limit:
+                    break
+            out.reverse()
+            return out
+
+    def add_note(self, rev: str, message: str) -> None:
+        """Write (or replace) the Stratum note on a commit under refs/notes/stratum."""
+        with self._lock:
+            sig = pygit2.Signature("stratumd", "stratumd@localhost")
+            try:
+                self.repo.create_note(message, sig, sig, self.resolve(rev), NOTES_REF, True)
+            except pygit2.GitError:
+                pass  # a note is a courtesy record; the index holds the authoritative run record
+
+    def note(self, rev: str) -> str | None:
+        """The Stratum note on a commit, if any."""
+        with self._lock:
+            try:
+                return str(self.repo.lookup_note(self.resolve(rev), NOTES_REF).message)
+            except (KeyError, pygit2.GitError, SourceError):
+                return None

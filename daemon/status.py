@@ -1,0 +1,66 @@
+"""Read models over the index: status with Ready conditions (Flux-style), the run log, events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from daemon.index import Index
+
+_REASONS = {
+    "succeeded": ("True", "ReconciliationSucceeded"),
+    "rejected": ("False", "ValidationFailed"),
+    "rolled_back": ("False", "RolledBack"),
+    "failed": ("False", "ReconciliationFailed"),
+    "running": ("Unknown", "Progressing"),
+}
+
+
+def status(index: Index, reconcilers: Iterable[str], unavailable: Mapping[str, str],
+           extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Per reconciler: last attempted and applied revisions and a Ready condition with reason and message."""
+    attempted = index.get_state("last_attempted_revision")
+    last = index.query_dicts("SELECT id, revision, status, message, finished FROM runs "
+                             "WHERE status != 'running' ORDER BY started DESC LIMIT 1")
+    running = index.query_dicts("SELECT id, revision FROM runs WHERE status = 'running' LIMIT 1")
+    run = last[0] if last else None
+    out: dict[str, Any] = {"last_attempted_revision": attempted,
+                           "last_applied_revision": index.get_state("last_applied_revision"),
+                           "suspended": index.get_state("suspended") == "true",
+                           "reconcilers": {}}
+    names = list(reconcilers) + [n for n in unavailable if n not in reconcilers]
+    for name in names:
+        applied = index.get_state(f"last_applied_revision:{name}")
+        if name in unavailable:
+            cond = {"type": "Ready", "status": "False", "reason": "Unavailable", "message": unavailable[name]}
+        elif running:
+            cond = {"type": "Ready", "status": "Unknown", "reason": "Progressing",
+                    "message": f"applying {running[0]['revision'][:12]} (run {running[0]['id']})"}
+        elif run is None:
+            cond = {"type": "Ready", "status": "Unknown", "reason": "NoRunYet", "message": "no revision applied yet"}
+        else:
+            state, reason = _REASONS.get(str(run["status"]), ("False", "Unknown"))
+            message = (f"applied revision {run['revision'][:12]}" if run["status"] == "succeeded"
+                       else str(run["message"])[:1000])
+            cond = {"type": "Ready", "status": state, "reason": reason, "message": message}
+        out["reconcilers"][name] = {"last_attempted_revision": attempted, "last_applied_revision": applied,
+                                    "conditions": [cond]}
+    if extra:
+        out.update(extra)
+    return out
+
+
+def runs(index: Index, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest runs first, problems decoded."""
+    rows = index.query_dicts(
+        "SELECT id, revision, trigger, status, started, finished, duration_ms, message, problems FROM runs "
+        "ORDER BY started DESC LIMIT ?", [limit])
+    for row in rows:
+        row["problems"] = json.loads(row["problems"] or "[]")
+    return rows
+
+
+def events(index: Index, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest events first."""
+    return index.query_dicts("SELECT * FROM events ORDER BY ts DESC LIMIT ?", [limit])

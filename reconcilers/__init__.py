@@ -1,0 +1,1 @@
+"""Stratum reconcilers: one package per part of the ops repo."""

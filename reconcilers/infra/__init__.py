@@ -1,0 +1,1 @@
+"""Infrastructure: typed Nickel resources reconciled through providers (local now; libcloud later)."""

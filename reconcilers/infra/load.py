@@ -1,0 +1,142 @@
+"""Load `infra/**/*.ncl` from a snapshot into frozen desired state (pure but for the Nickel evaluator).
+
+1. Evaluate every infra file in one Nickel call with the `infra.ncl` Config contract applied.
+2. Collect resources, refusing duplicate ids across files (both places named).
+3. Render `template` files from the snapshot with their `vars` (Jinja2, sandboxed, strict undefined).
+4. Check references: unknown `depends_on` ids, dependency cycles (the cycle named), unsafe names.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+
+from daemon.errors import InputError
+from daemon.nickel import Evaluator
+from daemon.source import Snapshot, safe_relpath
+from reconcilers.base import Problem, freeze
+from reconcilers.infra.model import InfraDesired, Resource
+
+INFRA_CONTRACT = '(import "infra.ncl").Config'
+_COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|mount)$")
+MAX_RENDERED = 4 * 1024 * 1024
+
+
+def _line_of(text: str, rid: str) -> int:
+    m = re.search(rf'(^|[\s{{,]){re.escape(rid)}\s*=|"{re.escape(rid)}"\s*=', text, re.MULTILINE)
+    return text.count("\n", 0, m.start()) + 1 if m else 0
+
+
+def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any]) -> str:
+    entry = snap.entry(template)
+    if entry is None:
+        raise InputError(f"resource {rid}: template {template} is not in the commit", where=template)
+    text = snap.text(entry)
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    try:
+        rendered = env.from_string(text).render(**variables)
+    except jinja2.TemplateSyntaxError as err:
+        raise InputError(f"template syntax: {err.message}", where=f"{template}:{err.lineno}") from err
+    except (jinja2.UndefinedError, jinja2.sandbox.SecurityError, TypeError, ValueError) as err:
+        raise InputError(f"resource {rid}: template {template} failed: {err}", where=template,
+                         hint="every variable the template uses must be in `vars`") from err
+    if len(rendered) > MAX_RENDERED:
+        raise InputError(f"resource {rid}: rendered template is over {MAX_RENDERED} bytes", where=template)
+    return rendered
+
+
+def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The host-facing fields of a resource, with paths normalised and templates rendered."""
+    kind = raw["kind"]
+    spec = {k: v for k, v in raw.items() if k not in _COMMON}
+    for key in ("path", "target", "creates"):
+        if key in spec:
+            try:
+                spec[key] = safe_relpath(spec[key])
+            except ValueError as err:
+                raise InputError(f"resource {rid}: {key}: {err}") from err
+    if kind == "file":
+        has_content, has_template = "content" in spec, "template" in spec
+        if has_content == has_template:
+            raise InputError(f"resource {rid}: a file needs exactly one of `content` or `template`")
+        if has_template:
+            spec["content"] = _render(snap, rid, spec.pop("template"), spec.get("vars", {}))
+        spec.pop("vars", None)
+    if kind == "systemd_unit" and not _UNIT_NAME.match(spec["name"]):
+        raise InputError(f"resource {rid}: {spec['name']!r} is not a systemd unit name (e.g. app.service)")
+    return spec
+
+
+def load_infra(snap: Snapshot, evaluator: Evaluator) -> InfraDesired:
+    """The desired infrastructure of a commit."""
+    entries = snap.entries("infra", suffixes=(".ncl",))
+    result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT)
+    problems: list[Problem] = [
+        Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
+    texts: dict[str, str] = {}
+    resources: dict[str, Resource] = {}
+    for path, value in sorted(result.values.items()):
+        entry = snap.entry(path)
+        texts[path] = snap.text(entry) if entry else ""
+        for rid, raw in sorted(value.get("resources", {}).items()):
+            line = _line_of(texts[path], rid)
+            if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,127}$", rid):
+                problems.append(Problem(f"resource id {rid!r} must be lowercase letters, digits, _ . -",
+                                        path, line, reconciler="infra"))
+                continue
+            if rid in resources:
+                first = resources[rid]
+                problems.append(Problem(
+                    f"duplicate resource id {rid!r}: also declared in {first.source}:{first.line}",
+                    path, line, reconciler="infra", hint="resource ids are unique across infra/"))
+                continue
+            try:
+                spec = _spec(snap, rid, raw)
+            except InputError as err:
+                where = err.where or path
+                file, _, ln = where.partition(":")
+                problems.append(Problem(err.what, file, int(ln) if ln.isdigit() else line, reconciler="infra",
+                                        hint=err.hint))
+                continue
+            resources[rid] = Resource(
+                id=rid, kind=raw["kind"], provider=raw.get("provider", "local"), spec=freeze(spec),
+                depends_on=tuple(raw.get("depends_on", ())), prune=bool(raw.get("prune", True)),
+                drift=str(raw.get("drift", "correct")), source=path, line=line,
+                labels=MappingProxyType(dict(raw.get("labels", {}))))
+    problems.extend(_check_references(resources))
+    return InfraDesired(resources=MappingProxyType(resources), problems=tuple(problems))
+
+
+def _check_references(resources: Mapping[str, Resource]) -> list[Problem]:
+    problems: list[Problem] = []
+    paths: dict[str, Resource] = {}
+    for r in resources.values():
+        for dep in r.depends_on:
+            if dep not in resources:
+                problems.append(Problem(f"resource {r.id} depends on unknown resource {dep!r}", r.source, r.line,
+                                        reconciler="infra", hint="fix the id or add the resource"))
+        if r.path:
+            other = paths.get(r.path)
+            if other is not None:
+                problems.append(Problem(f"resources {other.id} and {r.id} both manage {r.path}", r.source, r.line,
+                                        reconciler="infra"))
+            paths[r.path] = r
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for r in resources.values():
+        sorter.add(r.id, *[d for d in r.depends_on if d in resources])
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as err:
+        cycle = list(err.args[1])
+        first = resources[cycle[0]]
+        problems.append(Problem(f"dependency cycle: {' -> '.join(cycle)}", first.source, first.line,
+                                reconciler="infra", hint="remove one of the depends_on links"))
+    return problems

@@ -1,0 +1,144 @@
+"""The `local` provider: files, directories, symlinks, commands and systemd unit files under one root.
+
+Every path is resolved under the root, refusing `..`, absolute paths and symlinks (committed or found on
+disk) that lead out of it. Writes are atomic (temp file + rename, which replaces a link instead of following
+it). This module is the only place infra touches the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ApplyError, PathEscapeError
+from reconcilers.infra.model import ObservedResource, Resource
+
+MAX_OUTPUT = 2000
+
+
+class LocalProvider:
+    """Observe and change resources under `root` (created when missing)."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+
+    # paths ------------------------------------------------------------------------------------------
+    def resolve(self, rel: str, *, follow_last: bool = False) -> Path:
+        """The absolute path of `rel` under the root; raises PathEscapeError when it would leave it."""
+        if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+            raise PathEscapeError(f"path {rel!r} is not relative to the root", hint="use a relative path")
+        candidate = self.root / rel
+        parent = candidate.parent.resolve()
+        if parent != self.root and self.root not in parent.parents:
+            raise PathEscapeError(f"path {rel!r} leads out of the root {self.root} through a symlink",
+                                  hint="remove the symlink on the host or change the path")
+        path = parent / candidate.name
+        if follow_last and path.is_symlink():
+            real = path.resolve()
+            if real != self.root and self.root not in real.parents:
+                raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
+        return path
+
+    # observe ----------------------------------------------------------------------------------------
+    def observe(self, resource_kind: str, rel: str) -> ObservedResource:
+        """What is at `rel` now."""
+        if not rel:
+            return ObservedResource(exists=False)
+        try:
+            path = self.resolve(rel)
+        except PathEscapeError:
+            return ObservedResource(exists=True, kind="other")
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return ObservedResource(exists=False)
+        mode = format(stat.S_IMODE(st.st_mode), "04o")
+        if stat.S_ISLNK(st.st_mode):
+            return ObservedResource(exists=True, kind="symlink", target=os.readlink(path))
+        if stat.S_ISDIR(st.st_mode):
+            return ObservedResource(exists=True, kind="directory", mode=mode)
+        if stat.S_ISREG(st.st_mode):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if resource_kind != "command" else ""
+            return ObservedResource(exists=True, kind="file", content_hash=digest, mode=mode)
+        return ObservedResource(exists=True, kind="other", mode=mode)
+
+    # apply ------------------------------------------------------------------------------------------
+    def write_file(self, rel: str, content: str, mode: str) -> None:
+        """Atomically write a file with the given octal mode."""
+        path = self.resolve(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            raise ApplyError(f"{rel} is a directory on the host", hint="remove it or change the path")
+        tmp = path.with_name(f".{path.name}.stratum-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, int(mode, 8))
+        try:
+            os.write(fd, content.encode())
+            os.fchmod(fd, int(mode, 8))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def make_directory(self, rel: str, mode: str) -> None:
+        """Create a directory (and parents) and set its mode."""
+        path = self.resolve(rel)
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, int(mode, 8))
+
+    def make_symlink(self, rel: str, target: str) -> None:
+        """Point a link at `target` (root-relative), written as a relative link that stays inside the root."""
+        path = self.resolve(rel)
+        dest = self.resolve(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        link = os.path.relpath(dest, path.parent)
+        tmp = path.with_name(f".{path.name}.stratum-tmp")
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(link, tmp)
+        os.replace(tmp, path)
+
+    def remove(self, kind: str, rel: str) -> str:
+        """Remove what a resource created; returns a note when something was kept."""
+        path = self.resolve(rel)
+        if not path.exists() and not path.is_symlink():
+            return "already absent"
+        if kind == "directory" and path.is_dir() and not path.is_symlink():
+            if any(path.iterdir()):
+                return "kept: directory not empty"
+            path.rmdir()
+            return ""
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            return ""
+        path.unlink()
+        return ""
+
+    def run_command(self, command: str, timeout: float, env: dict[str, str]) -> tuple[int, str]:
+        """Run a shell command with the root as working directory; returns (exit code, output tail)."""
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "STRATUM_ROOT": str(self.root),
+                    "HOME": str(self.root), "LANG": "C.UTF-8", **env}
+        try:
+            proc = subprocess.run(["/bin/sh", "-c", command], cwd=self.root, env=full_env, capture_output=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired as err:
+            raise ApplyError(f"command timed out after {timeout:g} s", hint="raise `timeout` or fix it") from err
+        output = (proc.stdout + proc.stderr).decode(errors="replace")
+        return proc.returncode, output[-MAX_OUTPUT:]
+
+
+def content_hash(content: str) -> str:
+    """The sha256 hex digest of text content, as observe computes it."""
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def describe(resource: Resource) -> dict[str, Any]:
+    """The spec fields, for summaries."""
+    return resource.fields

@@ -1,0 +1,79 @@
+"""Frozen desired and observed state of infrastructure resources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from reconcilers.base import Problem, freeze
+
+KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One desired resource. `spec` is canonical JSON of the fields that define it on the host."""
+
+    id: str
+    kind: str
+    provider: str
+    spec: str
+    depends_on: tuple[str, ...] = ()
+    prune: bool = True
+    drift: str = "correct"
+    source: str = ""                          # repo file that declares it
+    line: int = 0
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The decoded spec."""
+        return dict(json.loads(self.spec))
+
+    @property
+    def spec_hash(self) -> str:
+        """A short hash of the spec: what inventory remembers to tell a repo change from drift."""
+        return hashlib.sha256(self.spec.encode()).hexdigest()[:20]
+
+    @property
+    def path(self) -> str:
+        """The root-relative path the resource manages ('' for commands)."""
+        f = self.fields
+        if self.kind == "systemd_unit":
+            return f"etc/systemd/system/{f['name']}"
+        return str(f.get("path", ""))
+
+    def inventory_data(self) -> str:
+        """What inventory keeps so the resource can be pruned after it left the repo."""
+        return freeze({"kind": self.kind, "path": self.path, "prune": self.prune, "spec_hash": self.spec_hash,
+                       "provider": self.provider, "source": self.source})
+
+
+@dataclass(frozen=True, slots=True)
+class InfraDesired:
+    """All resources of a revision, by id, and the problems found while loading them."""
+
+    resources: Mapping[str, Resource]
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedResource:
+    """What the host has at a resource's path."""
+
+    exists: bool
+    kind: str = ""                            # file | directory | symlink | other
+    content_hash: str = ""
+    mode: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InfraObserved:
+    """Observed state by resource id (desired and inventory ids)."""
+
+    resources: Mapping[str, ObservedResource]

@@ -1,0 +1,154 @@
+"""The infra reconciler: Nickel resources in `infra/` reconciled through the local provider."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ApplyError, PathEscapeError
+from daemon.nickel import Evaluator
+from daemon.source import Snapshot
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv
+from reconcilers.infra import diff
+from reconcilers.infra.load import load_infra
+from reconcilers.infra.local import LocalProvider, content_hash
+from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
+
+
+class InfraReconciler:
+    """Implements the Reconciler protocol for `infra/`."""
+
+    name = "infra"
+
+    def __init__(self, env: ReconcilerEnv) -> None:
+        section: dict[str, Any] = dict(env.settings.get("infra", {}))
+        root = Path(section.get("root") or env.data_dir / "root")
+        self.provider = LocalProvider(root)
+        self._own_evaluator = env.evaluator is None
+        self.evaluator: Evaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
+
+    def empty(self) -> InfraDesired:
+        """Desired state with no resources (what rollback reconciles to before any good revision)."""
+        return InfraDesired(resources={})
+
+    def load(self, snap: Snapshot) -> InfraDesired:
+        """Resources of the commit (Nickel evaluated with the infra contract)."""
+        return load_infra(snap, self.evaluator)
+
+    def validate(self, desired: InfraDesired) -> list[Problem]:
+        """Load problems plus provider-level checks (paths must stay under the root)."""
+        problems = list(desired.problems)
+        for r in desired.resources.values():
+            for key in ("path", "target", "creates"):
+                rel = r.path if key == "path" else r.fields.get(key)
+                if not rel:
+                    continue
+                try:
+                    self.provider.resolve(str(rel))
+                except PathEscapeError as err:
+                    problems.append(Problem(f"resource {r.id}: {err.what}", r.source, r.line, reconciler=self.name,
+                                            hint=err.hint))
+        return problems
+
+    def observe(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
+        """What the host has for every desired and inventoried resource."""
+        seen: dict[str, ObservedResource] = {}
+        for r in desired.resources.values():
+            rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
+            seen[r.id] = self.provider.observe(r.kind, rel)
+        for item in inventory:
+            if item.reconciler == self.name and item.resource_id not in seen:
+                data = json.loads(item.data)
+                seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""))
+        return InfraObserved(resources=seen)
+
+    def simulate(self, desired: InfraDesired) -> InfraObserved:
+        """The host as if `desired` had been applied (for pull-request plans that read no host)."""
+        seen: dict[str, ObservedResource] = {}
+        for r in desired.resources.values():
+            f = r.fields
+            if r.kind in ("file", "systemd_unit"):
+                seen[r.id] = ObservedResource(True, "file", content_hash(f["content"]), format(int(f["mode"], 8), "04o"))
+            elif r.kind == "directory":
+                seen[r.id] = ObservedResource(True, "directory", mode=format(int(f["mode"], 8), "04o"))
+            elif r.kind == "symlink":
+                seen[r.id] = ObservedResource(True, "symlink", target=diff.expected_link(f["path"], f["target"]))
+            else:
+                seen[r.id] = ObservedResource(exists=True)
+        return InfraObserved(resources=seen)
+
+    def plan(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Action]:
+        """The pure diff (reconcilers/infra/diff.py)."""
+        return diff.plan(desired, observed, inventory)
+
+    def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem] | None = None,
+              ) -> list[Problem]:
+        """Resources whose host state moved away from an unchanged spec."""
+        inv = {i.resource_id: i for i in inventory or [] if i.reconciler == self.name}
+        out = []
+        for f in diff.findings(desired, observed, inv):
+            if f.nature != "drift":
+                continue
+            r = desired.resources[f.resource_id]
+            out.append(Problem(f"drift on {r.kind} {r.id} ({r.path or r.fields.get('run', '')}): {f.reason}; "
+                               f"policy {r.drift}", r.source, r.line, reconciler=self.name))
+        return out
+
+    def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
+        """Carry out one action on the host."""
+        change = action.payload()
+        if action.kind == "delete":
+            data = change["inventory"]
+            note = self.provider.remove(data["kind"], data["path"]) if data.get("path") else "forgotten"
+            return Outcome(action.id, True, note, removed=True)
+        res = change["resource"]
+        spec, kind = res["spec"], res["kind"]
+        message = ""
+        if kind in ("file", "systemd_unit"):
+            path = spec["path"] if kind == "file" else f"etc/systemd/system/{spec['name']}"
+            self.provider.write_file(path, spec["content"], spec["mode"])
+        elif kind == "directory":
+            self.provider.make_directory(spec["path"], spec["mode"])
+        elif kind == "symlink":
+            self.provider.make_symlink(spec["path"], spec["target"])
+        elif kind == "command":
+            message = self._run_command(action.target, spec)
+        else:
+            raise ApplyError(f"unknown resource kind {kind}", where=action.target)
+        return Outcome(action.id, True, message,
+                       inventory={"reconciler": self.name, "resource_id": action.target, "kind": kind,
+                                  "data": change["inventory"]})
+
+    def _run_command(self, rid: str, spec: dict[str, Any]) -> str:
+        if "unless" in spec:
+            code, _ = self.provider.run_command(spec["unless"], float(spec.get("timeout", 300)), spec.get("env", {}))
+            if code == 0:
+                return "skipped: `unless` succeeded"
+        code, output = self.provider.run_command(spec["run"], float(spec.get("timeout", 300)), spec.get("env", {}))
+        if code != 0:
+            raise ApplyError(f"command exited {code}: {output.strip()[-400:]}", where=f"infra:{rid}",
+                             hint="fix the command; the run was rolled back")
+        return f"exit 0{': ' + output.strip()[-200:] if output.strip() else ''}"
+
+    def compensate(self, action: Action, ctx: ApplyContext) -> None:
+        """Run a command's declared compensation."""
+        if not action.compensation:
+            return
+        comp = json.loads(action.compensation)
+        code, output = self.provider.run_command(comp["run"], float(comp.get("timeout", 300)), comp.get("env", {}))
+        if code != 0:
+            raise ApplyError(f"compensation exited {code}: {output.strip()[-400:]}", where=action.id)
+
+    def inventory_items(self, desired: InfraDesired) -> list[InventoryItem]:
+        """The inventory a fully applied revision leaves."""
+        return [InventoryItem(self.name, r.id, r.kind, r.inventory_data()) for r in desired.resources.values()]
+
+    def resource_rows(self, desired: InfraDesired) -> list[tuple[str, str, str, str, str]]:
+        """(reconciler, id, kind, path, spec hash) rows for the index."""
+        return [(self.name, r.id, r.kind, r.path, r.spec_hash) for r in desired.resources.values()]
+
+    def close(self) -> None:
+        """Stop the Nickel worker when this reconciler started it."""
+        if self._own_evaluator:
+            self.evaluator.close()
