@@ -302,8 +302,10 @@ class Pipeline:
             logger = log.get(run_id=run_id, revision=revision[:12], trigger="restart")
             checkpoints = self.index.run_actions(run_id)
             compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
+            # `started` = in flight when the daemon died: possibly applied, so compensated too.
             completed = [a for a, st in checkpoints
-                         if st == "done" and not a.id.endswith("#compensate") and a.id not in compensated]
+                         if st in ("done", "started") and not a.id.endswith("#compensate")
+                         and a.id not in compensated]
             seq = len(checkpoints)
             if mode == "resume":
                 self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")

@@ -94,28 +94,31 @@ class Executor:
         completed: list[tuple[Action, Outcome]] = []
         failed: tuple[Action, str] | None = None
         with cf.ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
-            running: dict[cf.Future[Outcome], tuple[Action, float]] = {}
+            running: dict[cf.Future[Outcome], tuple[Action, float, int]] = {}
             while running or (failed is None and sorter.is_active()):
                 if failed is None:
                     for action_id in sorter.get_ready():
                         action = by_id[action_id]
-                        running[pool.submit(self._apply_one, action, ctx)] = (action, time.time())
+                        seq += 1
+                        # A `started` checkpoint first: a daemon killed while this action is in flight
+                        # must treat it as possibly applied (and compensate it) on restart.
+                        self.index.checkpoint(run_id, seq, action, "started", time.time())
+                        running[pool.submit(self._apply_one, action, ctx)] = (action, time.time(), seq)
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for fut in done:
-                    action, started = running.pop(fut)
-                    seq += 1
+                    action, started, my_seq = running.pop(fut)
                     try:
                         outcome = fut.result()
                     except Exception as err:  # noqa: BLE001 - any failure of one action is recorded, not raised
                         message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
-                        self.index.checkpoint(run_id, seq, action, "failed", started, message)
+                        self.index.checkpoint(run_id, my_seq, action, "failed", started, message)
                         if failed is None:
                             failed = (action, message)
                         self._notify(action, "failed")
                         continue
-                    self.index.checkpoint(run_id, seq, action, "done", started, outcome.message)
+                    self.index.checkpoint(run_id, my_seq, action, "done", started, outcome.message)
                     item = _inventory_item(outcome)
                     if outcome.removed:
                         self.index.drop_inventory(action.reconciler, action.target)

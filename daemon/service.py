@@ -161,7 +161,8 @@ class Daemon:
                     deadlines.append(next_fetch - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
-                reasons = self.wake.wait(max(0.0, min(deadlines)))
+                finite = [x for x in deadlines if x != float("inf")]
+                reasons = self.wake.wait(max(0.0, min(finite)) if finite else None)
                 if self.shutdown.stopping:
                     break
                 self._drain_jobs()
