@@ -56,7 +56,7 @@ class SourceError(StratumError):
     """The git source cannot be opened, fetched or read."""
 
 
-class IndexError_(StratumError):  # noqa: N801 - trailing underscore: `IndexError` is a builtin
+class IndexError_(StratumError):
     """The DuckDB index cannot be opened or is corrupt."""
 
 

@@ -96,7 +96,7 @@ class Pipeline:
                 file, _, line = err.where.partition(":")
                 problems.append(Problem(err.what, file, int(line) if line.isdigit() else 0, reconciler=name,
                                         hint=err.hint))
-            except Exception as err:  # noqa: BLE001 - one broken reconciler rejects the revision, never the daemon
+            except Exception as err:
                 log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
                 problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
                                         reconciler=name, hint="report this bug; the revision was not applied"))
@@ -162,12 +162,14 @@ class Pipeline:
         run_id = self.index.start_run(revision, trigger, base)
         started = time.time()
         logger = log.get(run_id=run_id, revision=revision[:12], trigger=trigger)
-        status, message, problems, done = "failed", "", (), ()
+        status, message = "failed", ""
+        problems: tuple[Problem, ...] = ()
+        done: tuple[tuple[str, str], ...] = ()
         try:
             status, message, problems, done = self._run(run_id, revision, base, logger)
         except StratumError as err:
             status, message = "failed", err.render()
-        except Exception as err:  # noqa: BLE001 - the run is finalized whatever happens
+        except Exception as err:
             logger.exception("run_crashed")
             status, message = "failed", f"internal error: {type(err).__name__}: {err}"
         return self._finish(run_id, revision, status, message, problems, done, started, logger)
@@ -216,22 +218,17 @@ class Pipeline:
             if hook is not None:
                 try:
                     hook(loaded.desired[name], self.index, loaded.snapshot.revision)
-                except Exception:  # noqa: BLE001 - indexing is a courtesy; never blocks an apply
+                except Exception:
                     log.get().exception("index_hook_failed", reconciler=name)
         self.index.record_resources(loaded.snapshot.revision, rows)
         self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
 
     def _changes(self, snap: Snapshot, base: str | None) -> list[tuple[str, str, str]]:
+        if snap.revision.startswith("staged:"):
+            return []
         if base is None:
             return [(e.path, e.blob_id, "added") for e in snap.entries()][:10_000]
-        try:
-            old = {e.path: e.blob_id for e in self.source.snapshot(base).entries()}
-        except StratumError:
-            return []
-        new = {e.path: e.blob_id for e in snap.entries()}
-        out = [(p, b, "added" if p not in old else "modified") for p, b in new.items() if old.get(p) != b]
-        out += [(p, b, "deleted") for p, b in old.items() if p not in new]
-        return out
+        return self.source.changes(base, snap.revision)
 
     def commit_good(self, loaded: Loaded) -> None:
         """Make `loaded` the last good revision: inventory follows its desired state."""
@@ -343,7 +340,7 @@ class Pipeline:
             if hook is not None:
                 try:
                     hook(record, self.index)
-                except Exception:  # noqa: BLE001 - recording extras never changes the run's outcome
+                except Exception:
                     log.get().exception("run_hook_failed", reconciler=name)
         return RunResult(run_id, revision, status, duration, message, problems, done)
 

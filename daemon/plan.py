@@ -111,7 +111,7 @@ class Executor:
                     action, started, my_seq = running.pop(fut)
                     try:
                         outcome = fut.result()
-                    except Exception as err:  # noqa: BLE001 - any failure of one action is recorded, not raised
+                    except Exception as err:
                         message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
                         self.index.checkpoint(run_id, my_seq, action, "failed", started, message)
                         if failed is None:
@@ -129,7 +129,8 @@ class Executor:
                     self._notify(action, "done")
         return ExecResult(completed=tuple(completed), failed=failed, next_seq=seq)
 
-    def compensate(self, run_id: str, completed: Sequence[Action], ctx: ApplyContext, seq: int) -> tuple[int, list[str]]:
+    def compensate(self, run_id: str, completed: Sequence[Action], ctx: ApplyContext, seq: int,
+                   ) -> tuple[int, list[str]]:
         """Run compensations of `completed` in reverse; returns the next seq and the errors met."""
         errors: list[str] = []
         for action in reversed(completed):
@@ -140,7 +141,7 @@ class Executor:
             try:
                 self.reconcilers[action.reconciler].compensate(action, ctx)
                 self.index.checkpoint(run_id, seq, _compensation_record(action), "compensated", started)
-            except Exception as err:  # noqa: BLE001 - recorded; rollback goes on with the rest
+            except Exception as err:
                 message = err.render() if isinstance(err, StratumError) else str(err)
                 errors.append(f"{action.id}: {message}")
                 self.index.checkpoint(run_id, seq, _compensation_record(action), "failed", started, message)

@@ -64,7 +64,7 @@ def plan_text(plan: dict[str, Any]) -> str:
 
 
 def _counts(actions: list[dict[str, Any]]) -> str:
-    n = defaultdict(int)
+    n: dict[str, int] = defaultdict(int)
     for a in actions:
         n[a["kind"]] += 1
     return ", ".join(f"{n[k]} to {v}" for k, v in (("create", "create"), ("update", "change"),

@@ -67,9 +67,13 @@ class Daemon:
             rev = req.get("revision") or self.settings.branch
             return {"plan": plan_to_dict(self._submit(lambda: rt.pipeline.plan(rev)))}
 
+        def notify(req: dict[str, Any]) -> dict[str, Any]:
+            self.wake.ring(str(req.get("reason", "hook")))
+            return {}
+
         return {
             "ping": lambda req: {"pid": os.getpid()},
-            "notify": lambda req: (self.wake.ring(str(req.get("reason", "hook"))), {})[1],
+            "notify": notify,
             "status": lambda req: {"status": self.status()},
             "log": lambda req: {"runs": runs(rt.index, int(req.get("limit", 20)))},
             "events": lambda req: {"events": events(rt.index, int(req.get("limit", 50)))},
@@ -182,7 +186,7 @@ class Daemon:
             fn()
         except StratumError as err:
             self.logger.error("error", message=err.render())
-        except Exception:  # noqa: BLE001 - the loop survives anything one iteration does
+        except Exception:
             self.logger.exception("loop_error")
 
     def _drain_jobs(self) -> None:
@@ -193,7 +197,7 @@ class Daemon:
                 return
             try:
                 future.set_result(fn())
-            except Exception as err:  # noqa: BLE001 - handed to the waiting API caller
+            except Exception as err:
                 future.set_exception(err)
 
     def _fetch(self) -> None:

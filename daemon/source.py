@@ -98,7 +98,7 @@ class Snapshot:
             obj = tree[prefix.strip("/")]
         except KeyError:
             return None
-        return obj if obj.type == pygit2.enums.ObjectType.TREE else None
+        return obj if isinstance(obj, pygit2.Tree) else None
 
     def entries(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
         """Every file under `prefix` (recursively), optionally only those ending in one of `suffixes`."""
@@ -116,14 +116,25 @@ class Snapshot:
 
     def _walk(self, tree: pygit2.Tree, base: str) -> Iterator[tuple[str, pygit2.Blob, int]]:
         for item in tree:
-            path = f"{base}/{item.name}" if base else item.name
+            name = str(item.name)
+            path = f"{base}/{name}" if base else name
             mode = int(item.filemode)
             if mode == _MODE_TREE:
-                yield from self._walk(self._repo[item.id], path)
+                yield from self._walk(self._tree_at(item.id), path)
             elif mode == _MODE_COMMIT:
                 continue  # submodules are not part of the snapshot
             else:
-                yield path, self._repo[item.id], mode
+                yield path, self._blob_at(item.id), mode
+
+    def _tree_at(self, oid: pygit2.Oid) -> pygit2.Tree:
+        obj = self._repo[oid]
+        assert isinstance(obj, pygit2.Tree)
+        return obj
+
+    def _blob_at(self, oid: pygit2.Oid) -> pygit2.Blob:
+        obj = self._repo[oid]
+        assert isinstance(obj, pygit2.Blob)
+        return obj
 
     def entry(self, path: str) -> FileEntry | None:
         """The file at `path`, or None."""
@@ -134,7 +145,7 @@ class Snapshot:
         mode = int(item.filemode)
         if mode in (_MODE_TREE, _MODE_COMMIT):
             return None
-        blob = self._repo[item.id]
+        blob = self._blob_at(item.id)
         return FileEntry(path=path, blob_id=str(item.id), size=blob.size, mode=mode)
 
     def read(self, path: str, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -152,7 +163,7 @@ class Snapshot:
         if entry.size > limit:
             raise InputError(f"file is {entry.size} bytes, over the {limit}-byte limit", where=entry.path,
                              hint="split the file or raise the limit in stratumd.toml")
-        data: bytes = self._repo[pygit2.Oid(hex=entry.blob_id)].data
+        data: bytes = self._blob_at(pygit2.Oid(hex=entry.blob_id)).data
         return data
 
     def text(self, entry: FileEntry, limit: int = MAX_FILE_BYTES) -> str:
@@ -224,6 +235,7 @@ class GitSource:
             if self.repo.is_bare:
                 raise SourceError("a bare repository has no staging area", hint="give --rev")
             tree = self.repo[self.repo.index.write_tree()]
+            assert isinstance(tree, pygit2.Tree)
             return Snapshot(self.repo, None, tree)
 
     def fetch(self) -> None:
@@ -258,6 +270,7 @@ class GitSource:
         """A read-only snapshot of the commit `rev` resolves to."""
         with self._lock:
             commit = self.repo[pygit2.Oid(hex=self.resolve(rev))]
+            assert isinstance(commit, pygit2.Commit)
             return Snapshot(self.repo, commit)
 
     def is_ancestor(self, old: str, new: str) -> bool:
@@ -285,6 +298,23 @@ class GitSource:
                 if len(out) >= limit:
                     break
             out.reverse()
+            return out
+
+    def changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
+        """(path, blob id, added|modified|deleted) between two commits, from libgit2's tree diff."""
+        with self._lock:
+            try:
+                a = self.repo[pygit2.Oid(hex=self.resolve(old))]
+                b = self.repo[pygit2.Oid(hex=self.resolve(new))]
+            except (SourceError, KeyError, ValueError):
+                return []
+            assert isinstance(a, pygit2.Commit) and isinstance(b, pygit2.Commit)
+            out: list[tuple[str, str, str]] = []
+            for patch in self.repo.diff(a.tree, b.tree):
+                delta = patch.delta
+                status = {"A": "added", "D": "deleted"}.get(delta.status_char(), "modified")
+                f = delta.old_file if status == "deleted" else delta.new_file
+                out.append((str(f.path), str(f.id), status))
             return out
 
     def add_note(self, rev: str, message: str) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import subprocess
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 GIT_ENV = {
@@ -70,3 +74,114 @@ def bare_repo(path: Path) -> Path:
 def infra_file(resources: str) -> str:
     """A Nickel infra file around the given resource fields."""
     return "{\n  resources = {\n" + resources + "\n  },\n}\n"
+
+
+# -- Nickel resources ---------------------------------------------------------------------------------------
+class Raw(str):
+    """A Nickel expression written as is by `resource` (an enum tag such as 'detect, a record, ...)."""
+
+
+def _ncl(value: object) -> str:
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_ncl(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_ncl(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no Nickel form for {value!r}")
+
+
+def resource(rid: str, kind: str, **fields: object) -> str:
+    """One resource field on its own line, for `infra_file`: `    rid = { kind = 'kind, ... },`."""
+    body = ", ".join([f"kind = '{kind}", *(f"{k} = {_ncl(v)}" for k, v in fields.items())])
+    return f"    {rid} = {{ {body} }},"
+
+
+def infra(*resources: str) -> str:
+    """A Nickel infra file of the given `resource(...)` lines; resource i sits on line 3 + i."""
+    return infra_file("\n".join(resources))
+
+
+# -- the host root ------------------------------------------------------------------------------------------
+def tree_of(root: Path) -> dict[str, tuple[str, str, str]]:
+    """Everything under `root`, byte for byte: relative path -> (type, octal mode, content or link target)."""
+    out: dict[str, tuple[str, str, str]] = {}
+    if not root.exists():
+        return out
+    for base, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(base) / name
+            rel = str(path.relative_to(root))
+            st = path.lstat()
+            mode = format(stat.S_IMODE(st.st_mode), "04o")
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", "", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", mode, "")
+            else:
+                out[rel] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+# -- a pipeline over real things ----------------------------------------------------------------------------
+class Stack:
+    """A real GitSource, DuckDB index, Nickel evaluator, infra reconciler and Pipeline for one repo location.
+
+    The host root is `<tmp>/root`; close() stops the Nickel worker and closes the index.
+    """
+
+    def __init__(self, tmp: Path, location: str | Path, *, parallelism: int = 4, branch: str = "main",
+                 nickel_timeout: float = 10.0) -> None:
+        from daemon.index import Index
+        from daemon.nickel import Evaluator
+        from daemon.pipeline import Pipeline
+        from daemon.source import GitSource
+        from reconcilers.base import ReconcilerEnv
+        from reconcilers.infra.reconciler import InfraReconciler
+
+        self.tmp = tmp
+        self.root = tmp / "root"
+        self.data = tmp / "data"
+        self.source = GitSource(str(location), branch, self.data)
+        self.index = Index(self.data / "index.duckdb")
+        self.evaluator = Evaluator(self.data / "nickel-cache", timeout=nickel_timeout)
+        env = ReconcilerEnv(data_dir=self.data, settings={"infra": {"root": str(self.root)}},
+                            evaluator=self.evaluator)
+        self.infra = InfraReconciler(env)
+        self.pipeline = Pipeline(source=self.source, index=self.index, reconcilers={"infra": self.infra},
+                                 evaluator=self.evaluator, parallelism=parallelism)
+
+    def run(self, rev: str = "main", trigger: str = "test"):  # type: ignore[no-untyped-def]
+        """Run one revision through the pipeline (returns its RunResult)."""
+        return self.pipeline.run(rev, trigger=trigger)
+
+    def state(self, key: str) -> str | None:
+        """A value of the index's state table."""
+        return self.index.get_state(key)
+
+    def inventory_ids(self) -> set[str]:
+        """The infra resource ids the index says Stratum owns."""
+        return {i.resource_id for i in self.index.inventory("infra")}
+
+    def close(self) -> None:
+        """Stop the Nickel worker and close the index."""
+        self.evaluator.close()
+        self.index.close()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """Poll `predicate` until it returns something truthy (returned); fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from daemon import api, log
-from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, output_option, settings_from
+from daemon.cli.common import (
+    common_options,
+    daemon_socket,
+    emit_json,
+    handle_errors,
+    output_option,
+    settings_from,
+)
 from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import events as events_query

@@ -18,8 +18,8 @@ from reconcilers.base import Problem
 
 def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: object) -> list[Problem]:
     """Load and validate `rev` (or the staged tree) through every reconciler."""
-    from daemon.pipeline import Pipeline
     from daemon.index import Index
+    from daemon.pipeline import Pipeline
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
     evaluator = Evaluator(data_dir / "nickel-cache")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from reconcilers.base import Action, InventoryItem, freeze
+from reconcilers.base import Action, ActionKind, InventoryItem, freeze
 from reconcilers.infra.local import content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource, Resource
 
@@ -128,7 +128,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             deps.append(removed_paths[r.path])
         if r.kind == "symlink" and r.fields["target"] in {x.path for x in desired.resources.values()}:
             deps += [f"{NAME}:{x.id}" for x in desired.resources.values() if x.path == r.fields["target"]]
-        kind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
+        kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]
         compensation = None
         if r.kind == "command" and "compensate" in r.fields:

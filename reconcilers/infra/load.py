@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 import jinja2.sandbox
+from jinja2.exceptions import SecurityError
 
 from daemon.errors import InputError
 from daemon.nickel import Evaluator
@@ -45,7 +46,7 @@ def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any
         rendered = env.from_string(text).render(**variables)
     except jinja2.TemplateSyntaxError as err:
         raise InputError(f"template syntax: {err.message}", where=f"{template}:{err.lineno}") from err
-    except (jinja2.UndefinedError, jinja2.sandbox.SecurityError, TypeError, ValueError) as err:
+    except (jinja2.UndefinedError, SecurityError, TypeError, ValueError) as err:
         raise InputError(f"resource {rid}: template {template} failed: {err}", where=template,
                          hint="every variable the template uses must be in `vars`") from err
     if len(rendered) > MAX_RENDERED:

@@ -69,7 +69,8 @@ class InfraReconciler:
         for r in desired.resources.values():
             f = r.fields
             if r.kind in ("file", "systemd_unit"):
-                seen[r.id] = ObservedResource(True, "file", content_hash(f["content"]), format(int(f["mode"], 8), "04o"))
+                mode = format(int(f["mode"], 8), "04o")
+                seen[r.id] = ObservedResource(True, "file", content_hash(f["content"]), mode)
             elif r.kind == "directory":
                 seen[r.id] = ObservedResource(True, "directory", mode=format(int(f["mode"], 8), "04o"))
             elif r.kind == "symlink":

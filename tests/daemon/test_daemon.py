@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -209,9 +210,7 @@ def test_sigkill_mid_apply_rolls_back_on_restart(pushed: tuple[WorkRepo, Path], 
         tag = f"bad{attempt}"
         rev = work.commit({"infra/a.ncl": infra_file(SLOW_INFRA.format(tag=tag))})
         work.push()
-        wait_for(lambda: (tmp_path / "root/state/base.txt").read_text() == f"{tag}\n", 10, 0.005)
-        import time
-
+        wait_for(lambda t=tag: (tmp_path / "root/state/base.txt").read_text() == f"{t}\n", 10, 0.005)
         time.sleep(delay)
         d.kill()
         pending = index_rows(tmp_path / "data", "SELECT id FROM runs WHERE status = 'running'")
