@@ -3,6 +3,11 @@
 Nickel resolves `import "..."` on disk, absolute paths included: `import "/etc/shadow" as 'Text` would read the
 host. Before any evaluation, every import in every file is found here and must be a plain string literal
 naming a file of the same commit (or of Stratum's contract library). Anything else refuses the file.
+
+The scan follows Nickel's lexer closely enough to never miss an import: comments, plain strings, multiline
+strings (`m%"..."%`, `m%%"..."%%`) and symbolic strings (`tag-s%"..."%`) are skipped as text, but the code
+inside their interpolations (`%{ ... }`, nested to any depth) is scanned like any other code, since Nickel
+resolves an import written there too (`"%{import "/etc/hostname" as 'Text}"`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class ScanError(ValueError):
 
 
 def _skip_string(src: str, i: int) -> int:
-    """Index just past the plain string starting at src[i] == '"'."""
+    """Index just past the plain string starting at src[i] == '"' (for an import's own literal)."""
     i += 1
     while i < len(src):
         ch = src[i]
@@ -40,53 +45,124 @@ def _skip_string(src: str, i: int) -> int:
     return i
 
 
-def _skip_multiline(src: str, i: int) -> int:
-    """Index just past a multiline string m%"..."% (or m%%"..."%% ...) starting at src[i] == 'm'."""
-    j = i + 1
-    while j < len(src) and src[j] == "%":
-        j += 1
-    closing = '"' + "%" * (j - i - 1)
-    end = src.find(closing, j + 1)
-    return len(src) if end < 0 else end + len(closing)
+def _is_ident_start(ch: str) -> bool:
+    return ch.isascii() and (ch.isalpha() or ch == "_")
 
 
 def _is_ident(ch: str) -> bool:
-    return ch.isalnum() or ch in "_'-"
+    return ch.isascii() and (ch.isalnum() or ch in "_'-")
+
+
+def _percents(src: str, i: int) -> int:
+    """How many `%` start at src[i]."""
+    j = i
+    while j < len(src) and src[j] == "%":
+        j += 1
+    return j - i
+
+
+def _skip_number(src: str, i: int) -> int:
+    """Index just past the number literal starting at src[i] (a digit)."""
+    n = len(src)
+    while i < n and (src[i].isdigit() or src[i] in "._"):
+        i += 1
+    if i < n and src[i] in "eE":
+        j = i + 1
+        if j < n and src[j] in "+-":
+            j += 1
+        if j < n and src[j].isdigit():
+            while j < n and src[j].isdigit():
+                j += 1
+            i = j
+    return i
+
+
+def _import_at(src: str, i: int, out: list[ImportRef]) -> int:
+    """Record the import whose keyword ends at src[i]; returns the index after its literal."""
+    line = src.count("\n", 0, i) + 1
+    n = len(src)
+    j = i
+    while j < n and src[j] in " \t\r\n":
+        j += 1
+    if j >= n or src[j] != '"':
+        raise ScanError("an import must name a file with a plain string literal", line)
+    end = _skip_string(src, j)
+    literal = src[j + 1:end - 1]
+    if "\\" in literal or "%{" in literal:
+        raise ScanError("an import path must not contain escapes or interpolation", line)
+    out.append(ImportRef(literal, line))
+    return end
+
+
+_CODE = -1
 
 
 def scan_imports(src: str) -> list[ImportRef]:
     """Every import of `src`; raises ScanError when an import is not followed by a plain string literal."""
     out: list[ImportRef] = []
+    # The context stack, one [width, braces] per level: width _CODE for code (the bottom level and each
+    # interpolation, with its open braces), else a string whose delimiters carry `width` `%` (0: "...").
+    stack: list[list[int]] = [[_CODE, 0]]
     i, n = 0, len(src)
     while i < n:
+        frame = stack[-1]
+        width = frame[0]
         ch = src[i]
+        if width != _CODE:
+            if width == 0 and ch == "\\":
+                i += 2
+            elif ch == '"':
+                k = _percents(src, i + 1)
+                if width == 0 or k >= width:
+                    stack.pop()
+                    i += 1 + (k if width else 0)
+                else:
+                    i += 1 + k
+            elif ch == "%":
+                k = _percents(src, i)
+                if i + k < n and src[i + k] == "{" and k >= max(width, 1):
+                    stack.append([_CODE, 0])
+                    i += k + 1
+                else:
+                    i += k
+            else:
+                i += 1
+            continue
         if ch == "#":
             nl = src.find("\n", i)
             i = n if nl < 0 else nl
         elif ch == '"':
-            i = _skip_string(src, i)
-        elif ch == "m" and src.startswith('m%', i) and (i == 0 or not _is_ident(src[i - 1])):
-            j = i + 1
-            while j < n and src[j] == "%":
+            stack.append([0, 0])
+            i += 1
+        elif ch == "{":
+            frame[1] += 1
+            i += 1
+        elif ch == "}":
+            if frame[1] == 0 and len(stack) > 1:
+                stack.pop()                                   # the end of an interpolation
+            elif frame[1] > 0:
+                frame[1] -= 1
+            i += 1
+        elif ch.isdigit():
+            i = _skip_number(src, i)
+        elif ch == "'" and i + 1 < n and _is_ident_start(src[i + 1]):
+            j = i + 1                                         # an enum tag: 'import is not the keyword
+            while j < n and _is_ident(src[j]):
                 j += 1
-            if j < n and src[j] == '"':
-                i = _skip_multiline(src, i)
+            i = j
+        elif _is_ident_start(ch):
+            j = i
+            while j < n and _is_ident(src[j]):
+                j += 1
+            word = src[i:j]
+            k = _percents(src, j)
+            if word == "import":
+                i = _import_at(src, j, out)
+            elif k and j + k < n and src[j + k] == '"' and (word == "m" or word.endswith("-s")):
+                stack.append([k, 0])                          # m%"...", tag-s%"...": multiline strings
+                i = j + k + 1
             else:
-                i += 1
-        elif src.startswith("import", i) and (i == 0 or not _is_ident(src[i - 1])) and (
-                i + 6 >= n or not _is_ident(src[i + 6])):
-            line = src.count("\n", 0, i) + 1
-            j = i + 6
-            while j < n and src[j] in " \t\r\n":
-                j += 1
-            if j >= n or src[j] != '"':
-                raise ScanError("an import must name a file with a plain string literal", line)
-            end = _skip_string(src, j)
-            literal = src[j + 1:end - 1]
-            if "\\" in literal or "%{" in literal:
-                raise ScanError("an import path must not contain escapes or interpolation", line)
-            out.append(ImportRef(literal, line))
-            i = end
+                i = j
         else:
             i += 1
     return out

@@ -48,6 +48,7 @@ class Daemon:
         self.http: HttpServer | None = None
         self.last_head: str | None = None
         self._branch_missing = False
+        self._last_drift: set[str] = set()
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -109,8 +110,12 @@ class Daemon:
     def _drift_check(self) -> None:
         found = self.drift_report()
         self._rt.pipeline.metrics.drift.set(len(found))
+        # Events only when something changed: drift already reported at the last check is not repeated.
+        keys = {f"{p['path']}:{p['message']}" for p in found}
         for p in found:
-            self._rt.index.event("drift", p["message"], reconciler=p["reconciler"], subject=p["path"])
+            if f"{p['path']}:{p['message']}" not in self._last_drift:
+                self._rt.index.event("drift", p["message"], reconciler=p["reconciler"], subject=p["path"])
+        self._last_drift = keys
         if found:
             self.logger.info("drift", resources=len(found))
             rev = self._rt.index.get_state("last_applied_revision")

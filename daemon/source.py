@@ -212,7 +212,7 @@ class GitSource:
                     raise SourceError(f"{path} is not a git repository", hint="run `stratum init` or check --repo")
                 self.repo = pygit2.Repository(found)
         except pygit2.GitError as err:
-            raise SourceError(f"cannot open repository {sanitize_url(location)}: {err}",
+            raise SourceError(f"cannot open repository {sanitize_url(location)}: {sanitize_url(str(err))}",
                               hint="check that the path is readable or the URL reachable") from err
 
     @property
@@ -246,7 +246,8 @@ class GitSource:
             try:
                 self.repo.remotes["origin"].fetch(prune=pygit2.enums.FetchPrune.PRUNE)
             except pygit2.GitError as err:
-                raise SourceError(f"fetch from {sanitize_url(self.location)} failed: {err}",
+                # libgit2 quotes the URL, credentials included, in its message: sanitize that too.
+                raise SourceError(f"fetch from {sanitize_url(self.location)} failed: {sanitize_url(str(err))}",
                                   hint="the daemon retries at the next interval") from err
 
     def head(self) -> str | None:

@@ -249,3 +249,29 @@ def test_sigkill_then_resume_setting_finishes_the_revision(pushed: tuple[WorkRep
         assert (tmp_path / "root/state/after.txt").read_text() == "next\n"
     finally:
         d.stop()
+
+
+def test_periodic_drift_check_corrects_and_reports(pushed: tuple[WorkRepo, Path], tmp_path: Path) -> None:
+    """The periodic drift check restores a 'correct resource and only records an event for a 'detect one."""
+    work, remote = pushed
+    rev = work.commit({"infra/a.ncl": infra_file("""
+    fixed = { kind = 'file, path = "etc/fixed.conf", content = "desired\\n", drift = 'correct },
+    watched = { kind = 'file, path = "etc/watched.conf", content = "desired\\n", drift = 'detect },
+""")})
+    work.push()
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
+    d.stop()
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--drift-interval", "0.3")
+    try:
+        d.wait_run(rev)
+        (tmp_path / "root/etc/fixed.conf").write_text("edited by hand\n")
+        (tmp_path / "root/etc/watched.conf").write_text("edited by hand\n")
+        wait_for(lambda: (tmp_path / "root/etc/fixed.conf").read_text() == "desired\n", 15)
+        events = d.call("events")["events"]
+        subjects = {e["subject"] for e in events if e["kind"] == "drift"}
+        assert "infra/a.ncl" in subjects
+        assert any("watched" in e["message"] for e in events if e["kind"] == "drift")
+        assert (tmp_path / "root/etc/watched.conf").read_text() == "edited by hand\n"
+        wait_for(lambda: any(r["trigger"] == "drift" and r["status"] == "succeeded" for r in d.runs()), 10)
+    finally:
+        d.stop()
