@@ -90,6 +90,24 @@ def parse_error(text: str, workdir: Path, default_path: str) -> Problem:
     return Problem(message=message, path=path, line=line, col=col, reconciler="nickel")
 
 
+class _Files:
+    """Files of a snapshot looked up on demand (a tree lookup in libgit2), so evaluating a few files of a
+    5,000-file commit does not walk the whole tree."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._seen: dict[str, FileEntry | None] = {}
+
+    def get(self, path: str) -> FileEntry | None:
+        if path not in self._seen:
+            entry = self._snap.entry(path) if path.endswith(_IMPORTABLE) else None
+            self._seen[path] = entry
+        return self._seen[path]
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self.get(path) is not None
+
+
 class _Worker:
     """One evaluation child process; killed and replaced on a deadline overrun."""
 
@@ -168,7 +186,7 @@ class Evaluator:
         self._imports[entry.blob_id] = refs
         return refs
 
-    def _closure(self, snap: Snapshot, path: str, files: dict[str, FileEntry],
+    def _closure(self, snap: Snapshot, path: str, files: _Files,
                  ) -> tuple[list[FileEntry], Problem | None]:
         """The file and everything it imports (transitively), or the first problem found."""
         seen: dict[str, FileEntry] = {}
@@ -201,7 +219,7 @@ class Evaluator:
                     stack.append(target)
         return list(seen.values()), None
 
-    def _resolve_import(self, importer: str, target: str, files: dict[str, FileEntry]) -> str | None:
+    def _resolve_import(self, importer: str, target: str, files: _Files) -> str | None:
         if target.startswith("/") or not target.endswith(_IMPORTABLE):
             return None
         base = PurePosixPath(importer).parent
@@ -227,7 +245,7 @@ class Evaluator:
         return None
 
     # 2. materialize -------------------------------------------------------------------------------
-    def _materialize(self, snap: Snapshot, entries: list[FileEntry], files: dict[str, FileEntry]) -> None:
+    def _materialize(self, snap: Snapshot, entries: list[FileEntry], files: _Files) -> None:
         # Files of other commits must not linger: Nickel resolves a relative import on disk first.
         for stale in [p for p in self._materialized if p not in files]:
             (self.workdir / stale).unlink(missing_ok=True)
@@ -249,7 +267,7 @@ class Evaluator:
             return self._evaluate(snap, paths, contract)
 
     def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None) -> EvalResult:
-        files = {e.path: e for e in snap.entries(suffixes=_IMPORTABLE)}
+        files = _Files(snap)
         values: dict[str, Any] = {}
         problems: list[Problem] = []
         pending: dict[str, str] = {}                      # path -> cache key
