@@ -1,0 +1,592 @@
+"""`stratum secret ...`: keys, encrypted manifests, the safe editing flow, the git drivers, and the checks.
+
+Thin on purpose: every verb parses its arguments, calls reconcilers.vault, and prints. Errors are
+StratumError subclasses (file, key path, what to do); the main CLI maps them to exit code 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from daemon.errors import StratumError
+from reconcilers.base import Problem
+from reconcilers.vault import check as checks
+from reconcilers.vault import editing, envelope, keys, manifest, merge, textconv
+from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_backend
+from reconcilers.vault.errors import ManifestError, RulesError, SignatureError, VaultError
+from reconcilers.vault.keysource import FileKeySource
+from reconcilers.vault.rules import Rules, load_worktree
+
+OUTPUT = click.option(
+    "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
+)
+BACKEND = click.option(
+    "--backend",
+    type=click.Choice(NAMES),
+    default=DEFAULT,
+    show_default=True,
+    envvar="STRATUM_VAULT_BACKEND",
+    help="Crypto backend for ML-KEM/ML-DSA.",
+)
+KEYFILE = click.option(
+    "--key-file",
+    "key_files",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Private key file(s); default $STRATUM_KEY_FILE or every key in the config dir.",
+)
+
+
+class _File:
+    """A manifest file on disk: where it lives, its repo, its repo-relative path, its rules."""
+
+    def __init__(self, file: Path, path_override: str | None = None) -> None:
+        self.file = file
+        self.root = _repo_root(file.resolve().parent)
+        if path_override:
+            self.path = path_override
+        elif self.root is not None:
+            self.path = file.resolve().relative_to(self.root).as_posix()
+        else:
+            self.path = file.name
+        self._rules: Rules | bool | None = False
+
+    @property
+    def rules(self) -> Rules | None:
+        """The work tree's creation rules (None outside a repo or without a rules file)."""
+        if self._rules is False:
+            self._rules = load_worktree(self.root) if self.root is not None else None
+        return self._rules if isinstance(self._rules, Rules) else None
+
+    def read(self) -> str:
+        """The file's text; a clear error when missing."""
+        try:
+            return self.file.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ManifestError(f"cannot read: {err.strerror}", where=str(self.file)) from err
+
+    def manifest(self) -> manifest.Manifest:
+        """The parsed, encrypted manifest."""
+        return manifest.parse(self.read(), str(self.file))
+
+    def write(self, text: str) -> None:
+        """Replace the file atomically, keeping its mode (new files: 0644, they hold ciphertext only)."""
+        mode = self.file.stat().st_mode & 0o777 if self.file.exists() else 0o644
+        tmp = self.file.with_name(f".{self.file.name}.stratum-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, self.file)
+
+
+def _repo_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def _ring(key_files: tuple[Path, ...]) -> keys.KeyRing:
+    return keys.load_keyring(list(key_files) or None)
+
+
+def _policy(f: _File, recipients: tuple[str, ...], threshold: int | None) -> envelope.Policy:
+    if recipients:
+        parsed = tuple(keys.Recipient.parse(r) for r in recipients)
+        return envelope.Policy((parsed,), 1)
+    rules = f.rules
+    if rules is None:
+        raise RulesError(
+            "no recipients given and no creation rules found",
+            where=f.path,
+            hint="pass --recipient stratum1..., or add secrets/rules.ncl to the repo",
+        )
+    policy = rules.policy_for(f.path)
+    return envelope.Policy(policy.groups, threshold or policy.threshold)
+
+
+def _open(f: _File, backend: Backend, ring: keys.KeyRing, trust: bool = True) -> envelope.Opened:
+    """Verify (signatures, and trust when rules exist) and decrypt."""
+    m = f.manifest()
+    signer = envelope.verify(backend, m, f.path)
+    rules = f.rules if trust else None
+    if rules is not None and rules.trusted(signer) is None:
+        raise SignatureError(
+            f"signed by {signer.fingerprint}, not a trusted signer",
+            where=f"{f.path}: stratum.signer",
+            hint=f"add it to trusted_signers in {rules.source} if you trust it",
+        )
+    key = envelope.data_key(backend, m, ring, f.path)
+    return envelope.Opened(envelope.decrypt_values(backend, m, key, f.path), key, m)
+
+
+def _save(
+    f: _File,
+    backend: Backend,
+    ring: keys.KeyRing,
+    values: dict[str, Any],
+    previous: envelope.Opened | None,
+    policy: envelope.Policy | None = None,
+    rotate: bool = False,
+) -> int:
+    if policy is None:
+        policy = _policy_from_previous(f, previous)
+    sealed = envelope.seal(
+        backend,
+        values,
+        path=f.path,
+        policy=policy,
+        key=ring.signing_key(),
+        previous=previous,
+        rotate=rotate,
+        where=str(f.file),
+    )
+    f.write(manifest.render(sealed))
+    return sealed.meta.version
+
+
+def _policy_from_previous(f: _File, previous: envelope.Opened | None) -> envelope.Policy | None:
+    # Edits keep the recipients the file has unless rules exist: then the rules decide (like updatekeys).
+    if f.rules is not None or previous is None:
+        return _policy(f, (), None)
+    return None
+
+
+def _echo_problems(problems: list[Problem], output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps([p.as_dict() for p in problems], indent=2))
+    else:
+        for p in problems:
+            click.echo(str(p), err=True)
+
+
+@click.group("secret", help="Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks.")
+def secret() -> None:
+    """The `stratum secret` verb group."""
+
+
+@secret.command("keygen")
+@click.option("--name", default="default", show_default=True, help="Key file name under the keys directory.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the key file here instead.")
+@BACKEND
+@OUTPUT
+def keygen_cmd(name: str, out: Path | None, backend: str, output: str) -> None:
+    """Create a key pair (0600 file); print the recipient (stdout) and signer key (stderr)."""
+    identity, signing = keys.generate(get_backend(backend))
+    path = out or keys.keys_dir() / f"{name}.key"
+    keys.write_key_file(path, identity, signing)
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "file": str(path),
+                    "recipient": identity.recipient.text,
+                    "signer": signing.signer.text,
+                    "recipient_id": identity.recipient.fingerprint,
+                    "signer_id": signing.signer.fingerprint,
+                }
+            )
+        )
+        return
+    click.echo(f"wrote {path} (mode 0600)", err=True)
+    click.echo(f"signer: {signing.signer.text}", err=True)
+    click.echo(identity.recipient.text)
+
+
+@secret.command("daemon-key")
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="The daemon's data directory.")
+@click.option("--key-file", type=click.Path(path_type=Path), help="Override (host setting vault.key_file).")
+@OUTPUT
+def daemon_key_cmd(data_dir: Path, key_file: Path | None, output: str) -> None:
+    """Print the daemon's recipient (generating its key on first use), to add to the creation rules."""
+    source = FileKeySource(key_file or data_dir / "vault" / "daemon.key")
+    recipient = source.recipient()
+    if output == "json":
+        click.echo(
+            json.dumps({"file": str(source.path), "recipient": recipient.text, "recipient_id": recipient.fingerprint})
+        )
+    else:
+        click.echo(recipient.text)
+
+
+@secret.command("encrypt")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--recipient", "-r", "recipients", multiple=True, help="Recipient (repeat); default: the rules.")
+@click.option("--path", "path_override", help="Repo-relative path to bind the manifest to.")
+@BACKEND
+@KEYFILE
+def encrypt_cmd(
+    file: Path,
+    recipients: tuple[str, ...],
+    path_override: str | None,
+    backend: str,
+    key_files: tuple[Path, ...],
+) -> None:
+    """Encrypt a plaintext YAML file in place."""
+    f = _File(file, path_override)
+    data, meta = manifest.split_document(manifest.load_yaml(f.read(), str(file)), str(file))
+    if meta is not None:
+        raise ManifestError("already encrypted", where=str(file), hint="use `stratum secret edit` or `set`")
+    ring = _ring(key_files)
+    version = _save(f, get_backend(backend), ring, data, None, _policy(f, recipients, None))
+    click.echo(f"encrypted {file} (version {version})", err=True)
+
+
+@secret.command("decrypt")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--out", type=click.Path(path_type=Path, dir_okay=False), help="Write here (0600).")
+@BACKEND
+@KEYFILE
+def decrypt_cmd(file: Path, out: Path | None, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Print (or write) the decrypted YAML, after verifying signatures and the signer's trust."""
+    opened = _open(_File(file), get_backend(backend), _ring(key_files))
+    text = manifest.dump_yaml(opened.values) if opened.values else "{}\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+@secret.command("edit")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@BACKEND
+@KEYFILE
+def edit_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Edit in $EDITOR through a private 0600 plaintext copy that never survives the command."""
+    f, b, ring = _File(file), get_backend(backend), _ring(key_files)
+    previous = _open(f, b, ring) if file.exists() else None
+    values = previous.values if previous else {}
+    header = f"# {f.path}: edit and save; the plaintext copy is removed when the editor exits.\n"
+    edited = editing.edit_values(values, str(file), header)
+    if previous is not None and merge._same(edited, previous.values):
+        click.echo("no changes", err=True)
+        return
+    version = _save(f, b, ring, edited, previous)
+    click.echo(f"saved {file} (version {version})", err=True)
+
+
+def _split_key(key: str) -> list[str]:
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise ManifestError("empty key path", hint="name the key as a dotted path, e.g. db.password")
+    return parts
+
+
+@secret.command("set")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("key")
+@click.option(
+    "--type",
+    "type_",
+    type=click.Choice(["str", "int", "float", "bool", "bytes"]),
+    default="str",
+    show_default=True,
+    help="How to read the value from stdin.",
+)
+@BACKEND
+@KEYFILE
+def set_cmd(file: Path, key: str, type_: str, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Set KEY (dotted path) to the value read from stdin (one trailing newline dropped)."""
+    raw = sys.stdin.buffer.read()
+    if type_ != "bytes" and raw.endswith(b"\n"):
+        raw = raw[:-1]
+    try:
+        value: Any = (
+            raw if type_ == "bytes" else manifest.decode_value(raw.strip().lower() if type_ == "bool" else raw, type_)
+        )
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ManifestError(f"stdin is not a valid {type_}", where=f"{file}: {key}") from err
+    if type_ == "bool" and raw.strip().lower() not in (b"true", b"false"):
+        raise ManifestError("a bool must be true or false", where=f"{file}: {key}")
+    f, b, ring = _File(file), get_backend(backend), _ring(key_files)
+    previous = _open(f, b, ring) if file.exists() else None
+    values = copy.deepcopy(previous.values) if previous else {}
+    node = values
+    parts = _split_key(key)
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ManifestError(f"{part} holds a value, not a mapping", where=f"{file}: {key}")
+        node = nxt
+    node[parts[-1]] = value
+    version = _save(f, b, ring, values, previous)
+    click.echo(f"set {key} in {file} (version {version})", err=True)
+
+
+@secret.command("unset")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("key")
+@BACKEND
+@KEYFILE
+def unset_cmd(file: Path, key: str, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Remove KEY (dotted path)."""
+    f, b, ring = _File(file), get_backend(backend), _ring(key_files)
+    previous = _open(f, b, ring)
+    values = copy.deepcopy(previous.values)
+    node: Any = values
+    parts = _split_key(key)
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ManifestError("no such key", where=f"{file}: {key}", hint="list the keys with `textconv`")
+    del node[parts[-1]]
+    # Drop mappings the removal left empty, so `unset a.b` on the last key of `a` removes `a` too.
+    for depth in range(len(parts) - 1, 0, -1):
+        parent: Any = values
+        for part in parts[: depth - 1]:
+            parent = parent[part]
+        if parent[parts[depth - 1]] == {}:
+            del parent[parts[depth - 1]]
+    version = _save(f, b, ring, values, previous)
+    click.echo(f"removed {key} from {file} (version {version})", err=True)
+
+
+@secret.command("rotate")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@BACKEND
+@KEYFILE
+def rotate_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Re-encrypt every value under a new data key, wrapped for the rules' recipients."""
+    f, b, ring = _File(file), get_backend(backend), _ring(key_files)
+    previous = _open(f, b, ring)
+    version = _save(f, b, ring, previous.values, previous, _policy(f, (), None), rotate=True)
+    click.echo(f"rotated the data key of {file} (version {version})", err=True)
+
+
+@secret.command("updatekeys")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@BACKEND
+@KEYFILE
+def updatekeys_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Re-wrap the data key for the recipients the creation rules name now, and re-sign."""
+    f, b, ring = _File(file), get_backend(backend), _ring(key_files)
+    previous = _open(f, b, ring)
+    policy = _policy(f, (), None)
+    forced = envelope.Opened(previous.values, previous.data_key, previous.manifest)
+    sealed = envelope.seal(
+        b, forced.values, path=f.path, policy=policy, key=ring.signing_key(), previous=forced, where=str(file)
+    )
+    f.write(manifest.render(sealed))
+    click.echo(f"updated the recipients of {file} (version {sealed.meta.version})", err=True)
+
+
+@secret.command("verify")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@BACKEND
+@OUTPUT
+@click.pass_context
+def verify_cmd(ctx: click.Context, files: tuple[Path, ...], backend: str, output: str) -> None:
+    """Check signatures, signer trust, required recipients and path binding (no private key needed)."""
+    b = get_backend(backend)
+    problems: list[Problem] = []
+    report: list[dict[str, Any]] = []
+    for file in files:
+        f = _File(file)
+        m, found = checks.check_manifest(b, f.read(), f.path, f.rules)
+        problems += found
+        signer = keys.Signer.parse(m.meta.signer).fingerprint if m is not None else None
+        report.append(
+            {
+                "file": str(file),
+                "path": f.path,
+                "ok": not found,
+                "signer": signer,
+                "version": m.meta.version if m else None,
+                "trusted_as": f.rules.trusted(keys.Signer.parse(m.meta.signer)) if m and f.rules else None,
+            }
+        )
+    if output == "json":
+        click.echo(json.dumps({"files": report, "problems": [p.as_dict() for p in problems]}, indent=2))
+    else:
+        _echo_problems(problems, "text")
+        for r in report:
+            if r["ok"]:
+                click.echo(f"{r['path']}: ok (version {r['version']}, signed by {r['trusted_as']} {r['signer']})")
+    if problems:
+        ctx.exit(1)
+
+
+@secret.command("textconv")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--reveal", is_flag=True, help="Show plaintext values (needs a key that opens the file).")
+@BACKEND
+@KEYFILE
+def textconv_cmd(file: Path, reveal: bool, backend: str, key_files: tuple[Path, ...]) -> None:
+    """The `git diff` view: key paths and value fingerprints, never plaintext unless --reveal."""
+    text = file.read_text(encoding="utf-8")
+    try:
+        m = manifest.parse(text, str(file))
+    except VaultError:
+        click.echo(text, nl=False)  # not a manifest (yet): git shows it as it is, and the check flags it
+        return
+    b = get_backend(backend)
+    opened: envelope.Opened | None = None
+    try:
+        ring = _ring(key_files)
+        envelope.verify(b, m, str(file))
+        key = envelope.data_key(b, m, ring, str(file))
+        opened = envelope.Opened(envelope.decrypt_values(b, m, key, str(file)), key, m)
+    except VaultError:
+        if reveal:
+            raise
+    click.echo(textconv.render(m, opened, reveal), nl=False)
+
+
+@secret.command("merge")
+@click.argument("base", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("ours", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("theirs", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--path", "path_override", help="The manifest's repo-relative path (git passes %P).")
+@BACKEND
+@KEYFILE
+@click.pass_context
+def merge_cmd(
+    ctx: click.Context,
+    base: Path,
+    ours: Path,
+    theirs: Path,
+    path_override: str | None,
+    backend: str,
+    key_files: tuple[Path, ...],
+) -> None:
+    """A git merge driver: three-way merge of decrypted values into OURS, re-encrypted and re-signed."""
+    b, ring = get_backend(backend), _ring(key_files)
+    path = path_override or ours.name
+    # git runs drivers at the repo root; the rules come from there, the files are git's temp copies.
+    f_ours = _File(ours, path)
+    if f_ours.root is None:
+        f_ours.root = _repo_root(Path.cwd())
+
+    def opened(p: Path) -> envelope.Opened | None:
+        if not p.exists() or p.stat().st_size == 0:
+            return None
+        tmp = _File(p, path)
+        tmp.root = f_ours.root
+        return _open(tmp, b, ring)
+
+    o_base, o_ours, o_theirs = opened(base), opened(ours), opened(theirs)
+    if o_ours is None:
+        raise ManifestError("our side of the merge is empty", where=path)
+    merged, conflicts = merge.merge_trees(
+        o_base.values if o_base else {}, o_ours.values, o_theirs.values if o_theirs else {}
+    )
+    newest = max((o for o in (o_ours, o_theirs) if o), key=lambda o: o.manifest.meta.version)
+    version = _save(f_ours, b, ring, merged, newest)
+    if conflicts:
+        for kp in conflicts:
+            click.echo(f"CONFLICT {path}: {manifest.display(kp)} changed on both sides", err=True)
+        click.echo(f"resolve with `stratum secret edit {path}` (values between <<<<<<< and >>>>>>>)", err=True)
+        ctx.exit(1)
+    click.echo(f"merged {path} (version {version})", err=True)
+
+
+def _git_lines(root: Path, *args: str) -> list[str]:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, check=False)
+    return [ln for ln in result.stdout.decode("utf-8", "replace").split("\0") if ln] if result.returncode == 0 else []
+
+
+def _head_version(root: Path, path: str) -> tuple[int | None, bytes | None]:
+    result = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{path}"], capture_output=True, check=False)
+    if result.returncode != 0:
+        return None, None
+    try:
+        return manifest.parse(result.stdout.decode("utf-8"), path).meta.version, result.stdout
+    except (VaultError, UnicodeDecodeError):
+        return None, result.stdout
+
+
+@secret.command("check")
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
+@BACKEND
+@OUTPUT
+@click.pass_context
+def check_cmd(ctx: click.Context, files: tuple[Path, ...], repo: Path, backend: str, output: str) -> None:
+    """Fail on plaintext values, bad or untrusted signatures, missing recipients, replayed versions, and
+    private    keys or credentials in any given file (default: every staged file)."""
+    root = _repo_root(repo.resolve())
+    if root is None:
+        raise StratumError("not inside a git repository", where=str(repo), hint="run it in your ops repo")
+    if files:
+        paths = [
+            (root / Path(f)).resolve().relative_to(root).as_posix()
+            if not Path(f).is_absolute()
+            else Path(f).resolve().relative_to(root).as_posix()
+            for f in files
+        ]
+    else:
+        paths = _git_lines(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMR")
+    rules = load_worktree(root) if any(checks.is_manifest_path(p) for p in paths) else None
+    b = get_backend(backend)
+    problems: list[Problem] = []
+    for path in paths:
+        file = root / path
+        if not file.is_file():
+            continue
+        data = file.read_bytes()
+        problems += checks.check_credentials(path, data)
+        if checks.is_manifest_path(path):
+            head_version, head_bytes = _head_version(root, path)
+            last = head_version if head_bytes is not None and head_bytes != data else None
+            _, found = checks.check_manifest(b, data.decode("utf-8", "replace"), path, rules, last)
+            problems += found
+    if output == "json":
+        click.echo(json.dumps({"checked": len(paths), "problems": [p.as_dict() for p in problems]}, indent=2))
+    else:
+        _echo_problems(problems, "text")
+        click.echo(f"{len(paths)} file(s) checked, {len(problems)} problem(s)", err=True)
+    if problems:
+        ctx.exit(1)
+
+
+@secret.command("backends")
+@OUTPUT
+def backends_cmd(output: str) -> None:
+    """List the crypto backends and whether each can run here."""
+    status = available()
+    if output == "json":
+        click.echo(json.dumps(status, indent=2))
+    else:
+        for name, state in status.items():
+            click.echo(f"{name:8} {state}")
+
+
+@click.group("stratum")
+def _standalone() -> None:
+    """Stand-alone entry for tests and git drivers before the main CLI wires this group in."""
+
+
+_standalone.add_command(secret)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `secret ...` with the main CLI's error mapping: StratumError -> `error: ...`, exit code 1."""
+    try:
+        # With standalone_mode=False click returns ctx.exit()'s code instead of raising: keep it.
+        code = _standalone.main(args=argv, prog_name="stratum", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except StratumError as err:
+        click.echo(f"error: {err.render()}", err=True)
+        return err.exit_code
+    except click.exceptions.Exit as err:
+        return int(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Wiring a repo for secrets: `.gitattributes` and the local git config of the diff and merge drivers.
+`stratum init` calls `wire_repo`; it is idempotent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from reconcilers.vault.errors import VaultError
+
+ATTRIBUTES_LINE = "secrets/**/*.yaml diff=stratum merge=stratum"
+GIT_CONFIG = (
+    ("diff.stratum.textconv", "stratum secret textconv"),
+    ("diff.stratum.cachetextconv", "false"),
+    ("merge.stratum.name", "Stratum secret manifest merge"),
+    ("merge.stratum.driver", "stratum secret merge %O %A %B --path %P"),
+)
+
+
+def wire_repo(repo_dir: Path, command: str = "stratum") -> None:
+    """Add the attributes line (once) and set the repo-local git config for the textconv and merge driver.
+    `command` is how git should call Stratum (tests pass `python -m ...`)."""
+    attributes = repo_dir / ".gitattributes"
+    text = attributes.read_text() if attributes.exists() else ""
+    if ATTRIBUTES_LINE not in text.splitlines():
+        if text and not text.endswith("\n"):
+            text += "\n"
+        attributes.write_text(text + ATTRIBUTES_LINE + "\n")
+    for key, value in GIT_CONFIG:
+        value = value.replace("stratum secret", f"{command} secret", 1)
+        result = subprocess.run(
+            ["git", "-C", str(repo_dir), "config", "--local", key, value],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise VaultError(
+                f"cannot set git config {key}: {result.stderr.strip()}",
+                where=str(repo_dir),
+                hint="is this a git repository? run `git init` first",
+            )
