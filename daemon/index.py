@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from daemon.errors import IndexError_, LockError
+from daemon.journal import Journal
 from reconcilers.base import Action, InventoryItem, Problem
 
 CORE_MIGRATIONS: tuple[str, ...] = (
@@ -77,8 +78,37 @@ def _is_lock_error(err: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+_HEADERS = 3 * 4096  # a DuckDB file starts with its main header and two database headers
+
+
+def _check_complete(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Raise when the file is shorter than the blocks its header claims (a truncated copy, a full disk):
+    DuckDB opens such a file and fails only later, at the first read of a missing block."""
+    if str(path) == ":memory:":
+        return
+    row = con.execute("SELECT total_blocks, block_size FROM pragma_database_size() "
+                      "WHERE database_name = current_database()").fetchone()
+    expected = _HEADERS + int(row[0]) * int(row[1]) if row else 0
+    size = path.stat().st_size
+    if size < expected:
+        raise duckdb.IOException(f"the file is {size} bytes, its header claims {expected} (truncated)")
+
+
+# Journaled writes: the hot path of an apply (see daemon/journal.py).
+_JOURNALED = {
+    "checkpoint": "INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "put_inventory": "INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?, ?, ?)",
+    "drop_inventory": "DELETE FROM inventory WHERE reconciler = ? AND resource_id = ?",
+}
+_BATCH = 512
+
+
 class Index:
-    """One DuckDB file, opened by one writer. Methods are thread-safe (one connection, one lock)."""
+    """One DuckDB file, opened by one writer. Methods are thread-safe (one connection, one lock).
+
+    Checkpoints and inventory changes go through the journal first and reach DuckDB in batches; every read
+    and every other write flushes them first, so callers always read their own writes.
+    """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
@@ -88,16 +118,27 @@ class Index:
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
+        self._pending: list[tuple[str, list[Any]]] = []
+        self._journal: Journal | None = None
+        if str(path) != ":memory:" and not read_only:
+            journal_path = path.with_name(path.name + ".journal")
+            self._apply_batch(Journal.read(journal_path))
+            self._journal = Journal(journal_path)
+            self._journal.reset()
 
     def _open(self) -> duckdb.DuckDBPyConnection:
+        con: duckdb.DuckDBPyConnection | None = None
         try:
             con = duckdb.connect(str(self.path), read_only=self.read_only and self.path.exists())
             if not self.read_only:
                 ensure_schema(con, "core", CORE_MIGRATIONS)
             else:
                 con.execute("SELECT 1 FROM runs LIMIT 1")
+            _check_complete(con, self.path)
             return con
         except duckdb.Error as err:
+            if con is not None:
+                con.close()
             if _is_lock_error(err):
                 raise LockError(f"the index {self.path} is in use by another process",
                                 hint="a daemon is running: use the CLI against it, or stop it first") from err
@@ -116,18 +157,64 @@ class Index:
             return con
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
+        """Flush the journal and close the connection (checkpointing the WAL)."""
         with self._lock:
+            self.flush()
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
             self.con.close()
+
+    # -- the journal -------------------------------------------------------------------------------
+    def _apply_batch(self, records: Sequence[tuple[str, list[Any]]]) -> None:
+        if not records:
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for op, params in records:
+                self.con.execute(_JOURNALED[op], params)
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def _defer(self, op: str, params: list[Any]) -> None:
+        with self._lock:
+            if self._journal is None:
+                self.con.execute(_JOURNALED[op], params)
+                return
+            self._journal.append(op, params)
+            self._pending.append((op, params))
+            if len(self._pending) >= _BATCH:
+                self.flush()
+
+    def flush(self) -> None:
+        """Move journaled records into DuckDB (one transaction), then empty the journal."""
+        with self._lock:
+            if not self._pending:
+                return
+            self._apply_batch(self._pending)
+            self._pending.clear()
+            if self._journal is not None:
+                self._journal.reset()
+
+    def sync(self) -> None:
+        """Flush, and make the journal durable against power loss (the end of a run)."""
+        with self._lock:
+            self.flush()
+            if self._journal is not None:
+                self._journal.sync()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query; rows as tuples."""
         with self._lock:
+            self.flush()
             return self.con.execute(sql, list(params)).fetchall()
 
     def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Run a read query; rows as dicts."""
         with self._lock:
+            self.flush()
             cur = self.con.execute(sql, list(params))
             names = [d[0] for d in cur.description or []]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -135,6 +222,7 @@ class Index:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one write statement (autocommitted)."""
         with self._lock:
+            self.flush()
             self.con.execute(sql, list(params))
 
     # -- state ---------------------------------------------------------------------------------------
@@ -208,6 +296,7 @@ class Index:
         """Finalize a run; returns its duration in ms."""
         now = time.time()
         with self._lock:
+            self.flush()
             row = self.con.execute("SELECT started FROM runs WHERE id = ?", [run_id]).fetchone()
             started = float(row[0]) if row else now
             duration = (now - started) * 1000.0
@@ -219,10 +308,9 @@ class Index:
     def checkpoint(self, run_id: str, seq: int, action: Action, status: str, started: float,
                    message: str = "") -> None:
         """Record one action's outcome; written before any dependent action starts."""
-        self.execute(
-            "INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, seq, action.id, action.reconciler, action.kind, action.target, action.summary, status,
-             started, time.time(), message[:4000], json.dumps(_action_dict(action))])
+        self._defer("checkpoint",
+                    [run_id, seq, action.id, action.reconciler, action.kind, action.target, action.summary,
+                     status, started, time.time(), message[:4000], json.dumps(_action_dict(action))])
 
     def run_actions(self, run_id: str) -> list[tuple[Action, str]]:
         """The checkpointed actions of a run in completion order, with their status."""
@@ -242,12 +330,12 @@ class Index:
 
     def put_inventory(self, item: InventoryItem, revision: str) -> None:
         """Add or update an owned resource."""
-        self.execute("INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?, ?, ?)",
-                     [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
+        self._defer("put_inventory",
+                    [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
 
     def drop_inventory(self, reconciler: str, resource_id: str) -> None:
         """Forget an owned resource (it was removed)."""
-        self.execute("DELETE FROM inventory WHERE reconciler = ? AND resource_id = ?", [reconciler, resource_id])
+        self._defer("drop_inventory", [reconciler, resource_id])
 
     # -- events ----------------------------------------------------------------------------------------
     def event(self, kind: str, message: str, *, reconciler: str = "", subject: str = "",

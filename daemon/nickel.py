@@ -116,7 +116,9 @@ class _Worker:
         self.proc: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.kill()  # died on its own (out of memory): reap it and close its pipes
+        if self.proc is None:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -147,6 +149,12 @@ class _Worker:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except BrokenPipeError:
+                        pass  # unflushed request bytes to a dead worker: nothing to keep
             self.proc = None
 
 

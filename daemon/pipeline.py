@@ -234,6 +234,7 @@ class Pipeline:
         """Make `loaded` the last good revision: inventory follows its desired state."""
         revision = loaded.snapshot.revision
         for name, rec in self.reconcilers.items():
+            self.index.set_state(f"last_applied_revision:{name}", revision)
             items_fn = getattr(rec, "inventory_items", None)
             if items_fn is None:
                 continue
@@ -243,7 +244,6 @@ class Pipeline:
                     self.index.drop_inventory(name, item.resource_id)
             for item in wanted.values():
                 self.index.put_inventory(item, revision)
-            self.index.set_state(f"last_applied_revision:{name}", revision)
         self.index.set_state("last_applied_revision", revision)
         self.index.set_state("last_good_revision", revision)
         self._good = {revision: loaded}
@@ -318,6 +318,7 @@ class Pipeline:
     def _finish(self, run_id: str, revision: str, status: str, message: str, problems: tuple[Problem, ...],
                 done: tuple[tuple[str, str], ...], started: float, logger: Any) -> RunResult:
         duration = self.index.finish_run(run_id, status, message, problems)
+        self.index.sync()
         self.index.set_revision_status(revision, {"succeeded": "applied"}.get(status, status), run_id)
         self.index.set_state("last_attempted_revision", revision)
         if self.notes:

@@ -6,7 +6,7 @@ are the data packages `daemon._nickel` and `daemon._template` (see setup.py).
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -16,11 +16,13 @@ def _locate(folder: str, package: str) -> Path:
     checkout = _SOURCE_ROOT / folder
     if (checkout / ".stratum-data").exists():
         return checkout
-    try:
-        found = Path(str(resources.files(package)))
-    except ModuleNotFoundError as err:
-        raise FileNotFoundError(f"Stratum's {folder}/ data is not installed; reinstall stratumops") from err
-    return found
+    # The data packages have no __init__.py (nickel/ must never shadow py-nickel), so they are namespace
+    # packages: importlib.resources gives a MultiplexedPath for them, the spec gives the real folder.
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise FileNotFoundError(f"Stratum's {folder}/ data is not installed; reinstall stratumops")
+    return Path(locations[0])
 
 
 def nickel_dir() -> Path:

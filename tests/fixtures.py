@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
@@ -104,7 +105,7 @@ def resource(rid: str, kind: str, **fields: object) -> str:
 
 
 def infra(*resources: str) -> str:
-    """A Nickel infra file of the given `resource(...)` lines; resource i sits on line 3 + i."""
+    """A Nickel infra file of the given `resource(...)` lines; resource i (from 0) sits on line 3 + i."""
     return infra_file("\n".join(resources))
 
 
@@ -133,11 +134,12 @@ def tree_of(root: Path) -> dict[str, tuple[str, str, str]]:
 class Stack:
     """A real GitSource, DuckDB index, Nickel evaluator, infra reconciler and Pipeline for one repo location.
 
-    The host root is `<tmp>/root`; close() stops the Nickel worker and closes the index.
+    The host root is `<tmp>/root`, the data dir `<tmp>/data`; close() stops its own Nickel worker and closes
+    the index.
     """
 
     def __init__(self, tmp: Path, location: str | Path, *, parallelism: int = 4, branch: str = "main",
-                 nickel_timeout: float = 10.0) -> None:
+                 evaluator: Any = None) -> None:
         from daemon.index import Index
         from daemon.nickel import Evaluator
         from daemon.pipeline import Pipeline
@@ -150,7 +152,9 @@ class Stack:
         self.data = tmp / "data"
         self.source = GitSource(str(location), branch, self.data)
         self.index = Index(self.data / "index.duckdb")
-        self.evaluator = Evaluator(self.data / "nickel-cache", timeout=nickel_timeout)
+        # A shared evaluator (one worker for a whole test module) is what a daemon does across revisions.
+        self._own_evaluator = evaluator is None
+        self.evaluator = evaluator or Evaluator(self.data / "nickel-cache")
         env = ReconcilerEnv(data_dir=self.data, settings={"infra": {"root": str(self.root)}},
                             evaluator=self.evaluator)
         self.infra = InfraReconciler(env)
@@ -170,8 +174,9 @@ class Stack:
         return {i.resource_id for i in self.index.inventory("infra")}
 
     def close(self) -> None:
-        """Stop the Nickel worker and close the index."""
-        self.evaluator.close()
+        """Stop the Nickel worker (unless shared) and close the index."""
+        if self._own_evaluator:
+            self.evaluator.close()
         self.index.close()
 
 

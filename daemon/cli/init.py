@@ -28,6 +28,9 @@ def init_repo(target: Path, name: str | None = None) -> str:
     if target.exists() and any(target.iterdir()):
         raise StratumError(f"{target} exists and is not empty", hint="choose a new directory")
     source = template_dir()
+    if not (source / "stratum.ncl").is_file():
+        raise StratumError(f"the repository template at {source} is missing or incomplete",
+                           hint="reinstall stratumops")
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
     return api.call(sock, op, **fields) if sock is not None else None
 
 
+def _unavailable() -> dict[str, str]:
+    """Reconcilers whose code cannot be imported here (without a daemon, nothing else is known)."""
+    out: dict[str, str] = {}
+    for name, target in REGISTRY.items():
+        try:
+            importlib.import_module(target.partition(":")[0])
+        except Exception as err:  # noqa: BLE001 - reported as the reconciler's Ready condition
+            out[name] = f"{type(err).__name__}: {err}"
+    return out
+
+
 def _index(settings: Settings) -> Index:
     return Index(settings.index_path)
 
@@ -52,7 +64,7 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
         data = reply["status"]
     else:
         index = _index(settings)
-        data = status_query(index, list(REGISTRY), {}, {"daemon": None})
+        data = status_query(index, list(REGISTRY), _unavailable(), {"daemon": None})
         index.close()
     if output == "json":
         emit_json(data)

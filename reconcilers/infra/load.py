@@ -102,10 +102,12 @@ def load_infra(snap: Snapshot, evaluator: Evaluator) -> InfraDesired:
             try:
                 spec = _spec(snap, rid, raw)
             except InputError as err:
-                where = err.where or path
-                file, _, ln = where.partition(":")
-                problems.append(Problem(err.what, file, int(ln) if ln.isdigit() else line, reconciler="infra",
-                                        hint=err.hint))
+                file, _, ln = (err.where or path).partition(":")
+                if not ln.isdigit():
+                    # No line in the file named (a missing template, an undefined variable): point at the
+                    # resource's declaration, never at the resource's line number in another file.
+                    file, ln = path, str(line)
+                problems.append(Problem(err.what, file, int(ln), reconciler="infra", hint=err.hint))
                 continue
             resources[rid] = Resource(
                 id=rid, kind=raw["kind"], provider=raw.get("provider", "local"), spec=freeze(spec),

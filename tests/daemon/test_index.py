@@ -1,0 +1,281 @@
+"""The DuckDB index: versioned migrations, corrupt files rebuilt, one writer, and the records of runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from daemon.errors import IndexError_, LockError
+from daemon.index import CORE_MIGRATIONS, Index, ensure_schema
+from daemon.source import CommitInfo
+from reconcilers.base import Action, InventoryItem, Problem
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    """A fresh index file, closed afterwards."""
+    idx = Index(tmp_path / "data" / "index.duckdb")
+    yield idx
+    idx.close()
+
+
+def _action(aid: str, deps: tuple[str, ...] = (), compensation: str | None = None) -> Action:
+    return Action(
+        id=f"infra:{aid}",
+        reconciler="infra",
+        kind="create",
+        target=aid,
+        summary=f"create {aid}",
+        change='{"x":1}',
+        depends_on=deps,
+        compensation=compensation,
+    )
+
+
+# -- migrations -----------------------------------------------------------------------------------------
+def test_a_new_index_is_at_the_latest_core_version(index: Index) -> None:
+    """Opening a new file applies every core migration and records the version."""
+    assert index.query("SELECT version FROM schema_version WHERE component = 'core'") == [
+        (len(CORE_MIGRATIONS),)
+    ]
+    tables = {r[0] for r in index.query("SELECT table_name FROM information_schema.tables")}
+    assert {
+        "revisions",
+        "runs",
+        "actions",
+        "inventory",
+        "events",
+        "resources",
+        "changed_files",
+        "state",
+    } <= tables
+
+
+def test_reopening_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    """A second open applies nothing again and finds the data written before."""
+    path = tmp_path / "index.duckdb"
+    first = Index(path)
+    first.set_state("k", "v")
+    first.close()
+    second = Index(path)
+    try:
+        assert second.get_state("k") == "v"
+        assert second.rebuilt_reason is None
+        assert second.query("SELECT count(*) FROM schema_version") == [(1,)]
+    finally:
+        second.close()
+
+
+def test_component_migrations_apply_only_what_is_new(tmp_path: Path) -> None:
+    """ensure_schema applies migrations past the recorded version, once, in order."""
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    try:
+        v1 = ("CREATE TABLE kb (id INTEGER); INSERT INTO kb VALUES (1)",)
+        assert ensure_schema(con, "kb", v1) == 1
+        assert ensure_schema(con, "kb", v1) == 1
+        assert con.execute("SELECT count(*) FROM kb").fetchone() == (1,)
+        v2 = (*v1, "ALTER TABLE kb ADD COLUMN name TEXT; INSERT INTO kb VALUES (2, 'two')")
+        assert ensure_schema(con, "kb", v2) == 2
+        assert con.execute("SELECT id, name FROM kb ORDER BY id").fetchall() == [(1, None), (2, "two")]
+        assert ensure_schema(con, "other", ("CREATE TABLE other (x INTEGER)",)) == 1
+        rows = con.execute("SELECT component, version FROM schema_version ORDER BY component").fetchall()
+        assert rows == [("kb", 2), ("other", 1)]
+    finally:
+        con.close()
+
+
+def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
+    """A migration whose second statement fails leaves neither its first statement nor a new version."""
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    try:
+        ensure_schema(con, "kb", ("CREATE TABLE a (x INTEGER)",))
+        broken = ("CREATE TABLE a (x INTEGER)", "CREATE TABLE b (x INTEGER); SELECT * FROM no_such_table")
+        with pytest.raises(duckdb.Error):
+            ensure_schema(con, "kb", broken)
+        assert con.execute("SELECT version FROM schema_version WHERE component = 'kb'").fetchone() == (1,)
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert "b" not in tables
+    finally:
+        con.close()
+
+
+# -- corrupt and locked files ---------------------------------------------------------------------------
+def test_a_corrupt_file_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    """A garbage index file is kept beside as .corrupt-*, a new index opens, and why is recorded."""
+    path = tmp_path / "index.duckdb"
+    garbage = b"this is not a duckdb file\x00" * 200
+    path.write_bytes(garbage)
+    idx = Index(path)
+    try:
+        assert idx.rebuilt_reason is not None
+        assert str(path) in idx.rebuilt_reason and "rebuilt from git" in idx.rebuilt_reason
+        [aside] = list(tmp_path.glob("index.duckdb.corrupt-*"))
+        assert aside.read_bytes() == garbage
+        assert str(aside) in idx.rebuilt_reason
+        idx.set_state("works", "yes")
+        assert idx.get_state("works") == "yes"
+    finally:
+        idx.close()
+
+
+def test_a_truncated_index_is_rebuilt(tmp_path: Path) -> None:
+    """An index cut in half (a full disk, a bad copy) is treated like any corrupt file."""
+    path = tmp_path / "index.duckdb"
+    idx = Index(path)
+    idx.set_state("k", "v")
+    idx.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    again = Index(path)
+    try:
+        assert again.rebuilt_reason is not None
+        assert again.get_state("k") is None
+    finally:
+        again.close()
+
+
+def test_a_corrupt_file_opened_read_only_is_an_index_error(tmp_path: Path) -> None:
+    """Read-only opens never move files: a corrupt index is an IndexError_ that says to start the daemon."""
+    path = tmp_path / "index.duckdb"
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(IndexError_) as err:
+        Index(path, read_only=True)
+    assert "start the daemon" in err.value.hint
+    assert path.read_bytes() == b"garbage" * 100
+
+
+def test_a_second_process_gets_a_lock_error(tmp_path: Path) -> None:
+    """While one process holds the index, opening it elsewhere is a LockError that says a daemon runs."""
+    path = tmp_path / "index.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import sys
+            from pathlib import Path
+            from daemon.index import Index
+            idx = Index(Path({str(path)!r}))
+            idx.set_state("owner", "child")
+            print("ready", flush=True)
+            sys.stdin.readline()
+            idx.close()
+        """),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(LockError) as err:
+            Index(path)
+        assert str(path) in err.value.what and "daemon" in err.value.hint
+        with pytest.raises(LockError):
+            Index(path, read_only=True)
+        assert path.exists() and not list(tmp_path.glob("*.corrupt-*"))
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        holder.stdout.close()  # type: ignore[union-attr]
+    idx = Index(path)
+    try:
+        assert idx.get_state("owner") == "child"
+    finally:
+        idx.close()
+
+
+# -- records ----------------------------------------------------------------------------------------------
+def test_state_is_set_replaced_and_deleted(index: Index) -> None:
+    """The key/value state table stores, replaces and deletes values."""
+    assert index.get_state("last_good_revision") is None
+    index.set_state("last_good_revision", "a" * 40)
+    index.set_state("last_good_revision", "b" * 40)
+    assert index.get_state("last_good_revision") == "b" * 40
+    index.set_state("last_good_revision", None)
+    assert index.get_state("last_good_revision") is None
+
+
+def test_commits_are_recorded_once(index: Index) -> None:
+    """record_commits counts only new commits and keeps their metadata; revision status is updatable."""
+    commits = [CommitInfo(f"{i:040x}", (), "A", "a@x", 1000 + i, f"msg {i}") for i in range(3)]
+    assert index.record_commits(commits[:2]) == 2
+    assert index.record_commits(commits) == 1
+    index.set_revision_status(commits[0].id, "applied", "run1")
+    rows = index.query("SELECT id, status, run_id, message FROM revisions ORDER BY committed_at")
+    assert rows == [
+        (commits[0].id, "applied", "run1", "msg 0"),
+        (commits[1].id, "seen", None, "msg 1"),
+        (commits[2].id, "seen", None, "msg 2"),
+    ]
+
+
+def test_runs_are_opened_checkpointed_and_finalized(index: Index) -> None:
+    """A run starts `running`, its checkpoints round-trip whole actions in seq order, finish records it."""
+    run_id = index.start_run("c" * 40, "test", "b" * 40)
+    a = _action("a", compensation='{"run":"undo"}')
+    b = _action("b", ("infra:a",))
+    index.set_run_plan(run_id, [a, b])
+    index.checkpoint(run_id, 1, a, "done", 1.0, "ok")
+    index.checkpoint(run_id, 2, b, "failed", 2.0, "boom")
+    assert index.run_actions(run_id) == [(a, "done"), (b, "failed")]
+    assert [r["id"] for r in index.interrupted_runs()] == [run_id]
+    index.finish_run(run_id, "rolled_back", "b failed", [Problem("bad", "infra/a.ncl", 3, 7)])
+    assert index.interrupted_runs() == []
+    [row] = index.query_dicts("SELECT status, message, problems, base_revision, duration_ms FROM runs")
+    assert row["status"] == "rolled_back" and row["message"] == "b failed"
+    assert row["base_revision"] == "b" * 40 and row["duration_ms"] >= 0
+    assert '"line": 3' in row["problems"] and '"path": "infra/a.ncl"' in row["problems"]
+
+
+def test_a_checkpoint_replaces_the_same_seq(index: Index) -> None:
+    """Writing seq n again (started, then done) keeps one row with the last status."""
+    run_id = index.start_run("c" * 40, "test", None)
+    a = _action("a")
+    index.checkpoint(run_id, 1, a, "started", 1.0)
+    index.checkpoint(run_id, 1, a, "done", 1.0)
+    assert index.run_actions(run_id) == [(a, "done")]
+
+
+def test_inventory_is_put_replaced_and_dropped(index: Index) -> None:
+    """Inventory items are keyed by (reconciler, id): put replaces, drop forgets, filters by reconciler."""
+    index.put_inventory(InventoryItem("infra", "motd", "file", '{"path":"etc/motd"}'), "r1")
+    index.put_inventory(InventoryItem("infra", "motd", "file", '{"path":"etc/motd2"}'), "r2")
+    index.put_inventory(InventoryItem("vault", "kv", "secret", "{}"), "r2")
+    assert index.inventory("infra") == [InventoryItem("infra", "motd", "file", '{"path":"etc/motd2"}')]
+    assert len(index.inventory()) == 2
+    index.drop_inventory("infra", "motd")
+    assert index.inventory("infra") == []
+    assert [i.resource_id for i in index.inventory()] == ["kv"]
+
+
+def test_resources_changed_files_and_events_are_recorded(index: Index) -> None:
+    """Per-revision resources replace earlier rows; changed files and events are appended."""
+    index.record_resources("r1", [("infra", "a", "file", "etc/a", "h1")])
+    index.record_resources(
+        "r1", [("infra", "a", "file", "etc/a", "h2"), ("infra", "b", "directory", "b", "h3")]
+    )
+    assert index.query("SELECT resource_id, spec_hash FROM resources ORDER BY 1") == [
+        ("a", "h2"),
+        ("b", "h3"),
+    ]
+    index.record_changed_files("r1", [("infra/a.ncl", "blob1", "added"), ("x", "blob2", "deleted")])
+    index.record_changed_files("r1", [])
+    assert index.query("SELECT path, change FROM changed_files ORDER BY 1") == [
+        ("infra/a.ncl", "added"),
+        ("x", "deleted"),
+    ]
+    index.event("drift", "motd changed", reconciler="infra", subject="etc/motd", revision="r1")
+    assert index.query("SELECT kind, reconciler, subject, message FROM events") == [
+        ("drift", "infra", "etc/motd", "motd changed")
+    ]
