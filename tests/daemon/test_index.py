@@ -279,3 +279,32 @@ def test_resources_changed_files_and_events_are_recorded(index: Index) -> None:
     assert index.query("SELECT kind, reconciler, subject, message FROM events") == [
         ("drift", "infra", "etc/motd", "motd changed")
     ]
+
+
+def test_journaled_checkpoints_survive_a_killed_process(tmp_path: Path) -> None:
+    """Checkpoints and inventory written just before the process dies (no flush, no close) are in the index
+    when it is opened again: the journal is replayed."""
+    script = f"""
+import os
+from pathlib import Path
+from daemon.index import Index
+from reconcilers.base import Action, InventoryItem
+idx = Index(Path({str(tmp_path / "index.duckdb")!r}))
+run = idx.start_run("rev", "test", None)
+a = Action(id="infra:x", reconciler="infra", kind="create", target="x", summary="create x")
+idx.checkpoint(run, 1, a, "done", 0.0)
+idx.put_inventory(InventoryItem("infra", "x", "file", "{{}}"), "rev")
+print(run, flush=True)
+os._exit(9)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], check=False)
+    assert proc.returncode == 9, proc.stderr
+    run_id = proc.stdout.strip()
+    idx = Index(tmp_path / "index.duckdb")
+    try:
+        assert [(a.id, st) for a, st in idx.run_actions(run_id)] == [("infra:x", "done")]
+        assert [i.resource_id for i in idx.inventory("infra")] == ["x"]
+        assert (tmp_path / "index.duckdb.journal").stat().st_size == 0
+    finally:
+        idx.close()
