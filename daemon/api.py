@@ -44,7 +44,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             reply = {"ok": False, "error": err.render()}
         except (json.JSONDecodeError, AttributeError) as err:
             reply = {"ok": False, "error": f"bad request: {err}"}
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 one bad request never takes the daemon down
             reply = {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
         try:
             self.wfile.write((json.dumps(reply, default=str) + "\n").encode())

@@ -189,7 +189,7 @@ class Evaluator:
             refs: list[Any] = list(scan_imports(snap.text(entry, MAX_NICKEL_BYTES)))
         except ScanError as err:
             refs = [err]
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 a file that cannot be read (binary, size, UTF-8) becomes a problem
             refs = [ScanError(str(getattr(err, "what", err)), 0)]
         self._imports[entry.blob_id] = refs
         return refs

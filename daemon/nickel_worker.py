@@ -29,7 +29,7 @@ def main() -> None:
             reply = {"ok": nickel.run(request["src"], request["paths"])}  # type: ignore[attr-defined]
         except MemoryError:
             reply = {"error": "error: evaluation ran out of memory (the worker's limit)"}
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 every Nickel failure becomes a reply, never a dead worker
             reply = {"error": _ANSI.sub("", str(err))}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()

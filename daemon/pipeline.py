@@ -96,7 +96,7 @@ class Pipeline:
                 file, _, line = err.where.partition(":")
                 problems.append(Problem(err.what, file, int(line) if line.isdigit() else 0, reconciler=name,
                                         hint=err.hint))
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 one broken reconciler rejects the revision, never the daemon
                 log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
                 problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
                                         reconciler=name, hint="report this bug; the revision was not applied"))
@@ -218,7 +218,7 @@ class Pipeline:
             if hook is not None:
                 try:
                     hook(loaded.desired[name], self.index, loaded.snapshot.revision)
-                except Exception:
+                except Exception:  # noqa: BLE001 indexing is a courtesy; it never blocks an apply
                     log.get().exception("index_hook_failed", reconciler=name)
         self.index.record_resources(loaded.snapshot.revision, rows)
         self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
@@ -341,7 +341,7 @@ class Pipeline:
             if hook is not None:
                 try:
                     hook(record, self.index)
-                except Exception:
+                except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
                     log.get().exception("run_hook_failed", reconciler=name)
         return RunResult(run_id, revision, status, duration, message, problems, done)
 

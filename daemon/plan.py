@@ -111,7 +111,7 @@ class Executor:
                     action, started, my_seq = running.pop(fut)
                     try:
                         outcome = fut.result()
-                    except Exception as err:
+                    except Exception as err:  # noqa: BLE001 any failure of one action is recorded, not raised
                         message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
                         self.index.checkpoint(run_id, my_seq, action, "failed", started, message)
                         if failed is None:
@@ -141,7 +141,7 @@ class Executor:
             try:
                 self.reconcilers[action.reconciler].compensate(action, ctx)
                 self.index.checkpoint(run_id, seq, _compensation_record(action), "compensated", started)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 recorded; the rollback goes on with the rest
                 message = err.render() if isinstance(err, StratumError) else str(err)
                 errors.append(f"{action.id}: {message}")
                 self.index.checkpoint(run_id, seq, _compensation_record(action), "failed", started, message)

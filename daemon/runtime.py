@@ -49,7 +49,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
             continue
         try:
             out[name] = factory(name)(env)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 a reconciler that cannot start is reported in status
             unavailable[name] = f"{type(err).__name__}: {err}"
             log.get().warning("reconciler_unavailable", reconciler=name, error=unavailable[name])
     return out, unavailable

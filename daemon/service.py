@@ -202,7 +202,7 @@ class Daemon:
                 return
             try:
                 future.set_result(fn())
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 handed to the waiting API caller
                 future.set_exception(err)
 
     def _fetch(self) -> None:

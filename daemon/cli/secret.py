@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pygit2
 
 from daemon.errors import StratumError
 from reconcilers.base import Problem
@@ -23,7 +24,7 @@ from reconcilers.vault import editing, envelope, keys, manifest, merge, textconv
 from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_backend
 from reconcilers.vault.errors import ManifestError, RulesError, SignatureError, VaultError
 from reconcilers.vault.keysource import FileKeySource
-from reconcilers.vault.rules import Rules, load_worktree
+from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, staged_index, unstaged_rules
 
 OUTPUT = click.option(
     "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -61,9 +62,10 @@ class _File:
 
     @property
     def rules(self) -> Rules | None:
-        """The work tree's creation rules (None outside a repo or without a rules file)."""
+        """The creation rules as staged (what the next commit and so the daemon will use); None outside a repo
+        or without a rules file."""
         if self._rules is False:
-            self._rules = load_worktree(self.root) if self.root is not None else None
+            self._rules = _load_rules(self.root) if self.root is not None else None
         return self._rules if isinstance(self._rules, Rules) else None
 
     def read(self) -> str:
@@ -92,6 +94,17 @@ def _repo_root(start: Path) -> Path | None:
         if (folder / ".git").exists():
             return folder
     return None
+
+
+def _load_rules(root: Path) -> Rules | None:
+    """rules.load_repo (the index, as the daemon loads a commit), with a note when the work tree differs."""
+    if unstaged_rules(root):
+        click.echo(
+            f"note: {RULES_PATH} has unstaged changes; using the staged version (`git add {RULES_PATH}` to use "
+            "yours)",
+            err=True,
+        )
+    return load_repo(root)
 
 
 def _ring(key_files: tuple[Path, ...]) -> keys.KeyRing:
@@ -495,6 +508,20 @@ def _git_lines(root: Path, *args: str) -> list[str]:
     return [ln for ln in result.stdout.decode("utf-8", "replace").split("\0") if ln] if result.returncode == 0 else []
 
 
+def _staged_blobs(root: Path, paths: list[str]) -> dict[str, bytes]:
+    repo = pygit2.Repository(str(root))
+    index = staged_index(repo)
+    out: dict[str, bytes] = {}
+    for path in paths:
+        try:
+            blob = repo[index[path].id]
+        except KeyError:  # not in the index (removed meanwhile): nothing will be committed
+            continue
+        if isinstance(blob, pygit2.Blob):
+            out[path] = blob.data
+    return out
+
+
 def _head_version(root: Path, path: str) -> tuple[int | None, bytes | None]:
     result = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{path}"], capture_output=True, check=False)
     if result.returncode != 0:
@@ -526,14 +553,22 @@ def check_cmd(ctx: click.Context, files: tuple[Path, ...], repo: Path, backend: 
         ]
     else:
         paths = _git_lines(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMR")
-    rules = load_worktree(root) if any(checks.is_manifest_path(p) for p in paths) else None
+    rules = _load_rules(root) if any(checks.is_manifest_path(p) for p in paths) else None
     b = get_backend(backend)
     problems: list[Problem] = []
+    # Named files (pre-commit passes them, with unstaged changes stashed) are read from disk; without names,
+    # the staged files are read from the index: what `git commit` would record.
+    staged = None if files else _staged_blobs(root, paths)
     for path in paths:
         file = root / path
-        if not file.is_file():
+        if staged is not None:
+            if path not in staged:
+                continue
+            data = staged[path]
+        elif not file.is_file():
             continue
-        data = file.read_bytes()
+        else:
+            data = file.read_bytes()
         problems += checks.check_credentials(path, data)
         if checks.is_manifest_path(path):
             head_version, head_bytes = _head_version(root, path)

@@ -38,7 +38,7 @@ def _unavailable() -> dict[str, str]:
     for name, target in REGISTRY.items():
         try:
             importlib.import_module(target.partition(":")[0])
-        except Exception as err:  # noqa: BLE001 - reported as the reconciler's Ready condition
+        except Exception as err:  # noqa: BLE001 reported as the reconciler's Ready condition
             out[name] = f"{type(err).__name__}: {err}"
     return out
 
