@@ -5,7 +5,8 @@
 Measures, per available backend: sealing 1,000 manifests of 10 values (encrypt + sign + render), opening them
 (parse + verify both signatures + unwrap + decrypt), and the per-operation cost of ML-KEM-768 encapsulate /
 decapsulate and ML-DSA-65 sign / verify. `age` runs as a process per file (how it is used); its figures include
-process start-up, ours do not (in-process library calls, as the daemon uses them). No timing asserts.
+process start-up, ours do not (in-process library calls, as the daemon uses them). No timing asserts. The load
+average is recorded at start and end, and open+verify also as CPU time, since shared machines skew wall time.
 Prints a table and writes bench/results/secrets.json.
 """
 
@@ -53,11 +54,13 @@ def bench_backend(name: str, count: int, ops: int) -> dict[str, float]:
         for i, d in enumerate(data)
     ]
     t1 = time.perf_counter()
+    c1 = time.process_time()
     for i, text in enumerate(texts):
         m = manifest.parse(text, f"secrets/s{i}.yaml")
         opened = envelope.open_manifest(b, m, ring, f"secrets/s{i}.yaml")
         assert opened.values == data[i]
     t2 = time.perf_counter()
+    c2 = time.process_time()
     pk, sk = b.kem_keygen()
     spk, ssk = b.sig_keygen()
     if name == "openssl":  # seed-form keys: the same objects the manifests use
@@ -76,6 +79,7 @@ def bench_backend(name: str, count: int, ops: int) -> dict[str, float]:
     return {
         "seal_total_s": t1 - t0,
         "open_verify_total_s": t2 - t1,
+        "open_verify_cpu_s": c2 - c1,
         "mlkem_encaps_us": (t4 - t3) / ops * 1e6,
         "mlkem_decaps_us": (t5 - t4) / ops * 1e6,
         "mldsa_sign_us": (t6 - t5) / ops * 1e6,
@@ -119,7 +123,7 @@ def main() -> None:
         "manifests": args.manifests,
         "values_per_manifest": 10,
         "ops": args.ops,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "backends": {},
     }
     for name, state in available().items():
@@ -127,9 +131,10 @@ def main() -> None:
             bench_backend(name, args.manifests, args.ops) if state == "ok" else {"unavailable": state}
         )
     results["age"] = bench_age(args.manifests)
+    results["machine"]["loadavg_end"] = os.getloadavg()
     header = (
-        f"{'backend':10} {'seal 1k (s)':>12} {'open+verify 1k (s)':>19} {'encaps us':>10} {'decaps us':>10} "
-        f"{'sign us':>9} {'verify us':>10} {'bytes/file':>11}"
+        f"{'backend':10} {'seal 1k (s)':>12} {'open+verify 1k (s)':>19} {'(cpu s)':>8} {'encaps us':>10} "
+        f"{'decaps us':>10} {'sign us':>9} {'verify us':>10} {'bytes/file':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -144,13 +149,17 @@ def main() -> None:
 
         print(
             f"{name:10} {f('seal_total_s', '12.3f')} {f('open_verify_total_s', '19.3f')} "
+            f"{f('open_verify_cpu_s', '8.3f'):>8} "
             f"{f('mlkem_encaps_us', '10.1f'):>10} {f('mlkem_decaps_us', '10.1f'):>10} {f('mldsa_sign_us', '9.1f'):>9} "
             f"{f('mldsa_verify_us', '10.1f'):>10} {f('manifest_bytes_avg', '11.0f'):>11}"
         )
     scale = args.manifests / 1000
+    load = results["machine"]
     print(
         f"\n(totals for {args.manifests} manifests; target: open+verify of 1,000 with openssl under 1 s; "
-        f"scale {scale:g})"
+        f"scale {scale:g}; cpu s = this process's CPU time for open+verify; load average "
+        f"{' '.join(f'{x:.2f}' for x in load['loadavg_start'])} at start, "
+        f"{' '.join(f'{x:.2f}' for x in load['loadavg_end'])} at end, {load['cpus']} cpus)"
     )
     out = Path(__file__).resolve().parent / "results" / "secrets.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,8 +100,7 @@ def _load_rules(root: Path) -> Rules | None:
     """rules.load_repo (the index, as the daemon loads a commit), with a note when the work tree differs."""
     if unstaged_rules(root):
         click.echo(
-            f"note: {RULES_PATH} has unstaged changes; using the staged version (`git add {RULES_PATH}` to use "
-            "yours)",
+            f"note: {RULES_PATH} has unstaged changes; using the staged version (`git add {RULES_PATH}` to use yours)",
             err=True,
         )
     return load_repo(root)

@@ -12,6 +12,7 @@ Open (read): verify both signatures, unwrap enough shares, rebuild the data key,
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -63,6 +64,16 @@ class Opened:
         return f"Opened(version={self.manifest.meta.version}, path={self.manifest.meta.path})"
 
 
+@functools.lru_cache(maxsize=256)
+def _ed25519_public(raw: bytes) -> ed25519.Ed25519PublicKey:
+    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+
+
+@functools.lru_cache(maxsize=16)
+def _ed25519_private(raw: bytes) -> ed25519.Ed25519PrivateKey:
+    return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
+
+
 def _wrap_aad(group: int, fingerprint: str) -> bytes:
     return f"stratum-wrap-v1\x00{group}\x00{fingerprint}".encode()
 
@@ -87,7 +98,7 @@ def sign(backend: Backend, manifest: Manifest, key: SigningKey) -> Manifest:
     unsigned = replace(manifest, meta=replace(manifest.meta, signer=key.signer.text, sig_mldsa65=b"", sig_ed25519=b""))
     message = signed_bytes(unsigned)
     sig_pq = backend.sign(key.mldsa, message, SIG_CONTEXT)
-    sig_ed = ed25519.Ed25519PrivateKey.from_private_bytes(key.ed25519).sign(SIG_CONTEXT + message)
+    sig_ed = _ed25519_private(key.ed25519).sign(SIG_CONTEXT + message)
     return replace(unsigned, meta=replace(unsigned.meta, sig_mldsa65=sig_pq, sig_ed25519=sig_ed))
 
 
@@ -175,7 +186,7 @@ def verify(backend: Backend, manifest: Manifest, where: str) -> Signer:
     """The signer whose ML-DSA-65 and Ed25519 signatures both verify; SignatureError otherwise.
     Trust (is this signer allowed?) is the caller's decision: see rules.Rules.trusted."""
     try:
-        signer = Signer.parse(manifest.meta.signer)
+        signer = Signer.parse_cached(manifest.meta.signer)
     except KeyFormatError as err:
         raise SignatureError(
             "the manifest's signer key is malformed",
@@ -190,9 +201,7 @@ def verify(backend: Backend, manifest: Manifest, where: str) -> Signer:
             hint="edit manifests only with `stratum secret edit/set`, or restore from git",
         )
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(signer.ed25519).verify(
-            manifest.meta.sig_ed25519, SIG_CONTEXT + message
-        )
+        _ed25519_public(signer.ed25519).verify(manifest.meta.sig_ed25519, SIG_CONTEXT + message)
     except (InvalidSignature, ValueError) as err:
         raise SignatureError(
             "the Ed25519 signature does not verify: the file changed after it was signed",

@@ -9,6 +9,7 @@ the issue's requirement holds literally: breaking one primitive alone does not r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import x25519
@@ -22,6 +23,17 @@ LABEL = b"stratum-hybrid-kem-v1/mlkem768+x25519"
 CIPHERTEXT_SIZE = MLKEM768_CT + 32
 
 
+@functools.lru_cache(maxsize=64)
+def _x25519_private(raw: bytes) -> x25519.X25519PrivateKey:
+    # Loading the key costs as much as the exchange; the daemon decapsulates with one identity all day.
+    return x25519.X25519PrivateKey.from_private_bytes(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _x25519_public(raw: bytes) -> x25519.X25519PublicKey:
+    return x25519.X25519PublicKey.from_public_bytes(raw)
+
+
 def combine(ss_m: bytes, ss_x: bytes, ct_m: bytes, ct_x: bytes, pk_m: bytes, pk_x: bytes) -> bytes:
     """The combined 32-byte shared secret (see module docstring)."""
     return hashlib.sha3_256(LABEL + ss_m + ss_x + ct_m + ct_x + pk_m + pk_x).digest()
@@ -32,7 +44,7 @@ def encapsulate(backend: Backend, recipient: Recipient) -> tuple[bytes, bytes]:
     ct_m, ss_m = backend.kem_encaps(recipient.mlkem)
     eph = x25519.X25519PrivateKey.generate()
     ct_x = eph.public_key().public_bytes_raw()
-    ss_x = eph.exchange(x25519.X25519PublicKey.from_public_bytes(recipient.x25519))
+    ss_x = eph.exchange(_x25519_public(recipient.x25519))
     return ct_m + ct_x, combine(ss_m, ss_x, ct_m, ct_x, recipient.mlkem, recipient.x25519)
 
 
@@ -48,9 +60,7 @@ def decapsulate(backend: Backend, identity: Identity, ciphertext: bytes, where: 
     ct_m, ct_x = ciphertext[:MLKEM768_CT], ciphertext[MLKEM768_CT:]
     ss_m = backend.kem_decaps(identity.mlkem, ct_m)
     try:
-        ss_x = x25519.X25519PrivateKey.from_private_bytes(identity.x25519).exchange(
-            x25519.X25519PublicKey.from_public_bytes(ct_x)
-        )
+        ss_x = _x25519_private(identity.x25519).exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
     except ValueError as err:  # an all-zero exchange: a low-order point was planted
         raise DecryptError(
             "X25519 share is invalid",

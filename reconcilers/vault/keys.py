@@ -4,13 +4,15 @@ their text forms, and the 0600 key files under the user's config directory.
 Text forms (bech32m, checksummed):
     stratum1...                 recipient: ML-KEM-768 encapsulation key + X25519 public key
     stratumsig1...              signer: ML-DSA-65 public key + Ed25519 public key
-    STRATUM-SECRET-KEY-1...     identity (decrypts): a 32-byte seed, or expanded keys (PQClean/liboqs)
+    STRATUM-SECRET-KEY-1...     identity (decrypts): a 32-byte seed, or expanded keys (older pqclean keygen)
     STRATUM-SIGNING-KEY-1...    signing key: a 32-byte seed, or expanded keys
-A seed expands (SHAKE256, as X-Wing does) into the FIPS 203/204 seeds and the classical private keys.
+A seed expands (SHAKE256, as X-Wing does) into the FIPS 203/204 seeds and the classical private keys; every
+backend can use a seed key (expand.py). Expanded-only keys still load, for the backends that take them.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -107,6 +109,12 @@ class Signer:
         if raw[0] != _VERSION or len(raw) != 1 + MLDSA65_PUBLIC + 32:
             raise KeyFormatError("signer key has an unknown version or a wrong length", where=_preview(text))
         return cls(mldsa=raw[1 : 1 + MLDSA65_PUBLIC], ed25519=raw[1 + MLDSA65_PUBLIC :])
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def parse_cached(text: str) -> Signer:
+        """`parse`, memoized: every manifest of a repo names one of a few signers (errors are not cached)."""
+        return Signer.parse(text)
 
     @property
     def text(self) -> str:
@@ -213,21 +221,21 @@ def parse_signing_key(text: str) -> SigningKey:
 
 
 def generate(backend: Backend) -> tuple[Identity, SigningKey]:
-    """A new identity and signing key. Seed form if the backend can expand seeds, else expanded."""
-    if hasattr(backend, "kem_public_from_seed"):
-        return (
-            _identity_from_payload(bytes([_FORM_SEED]) + os.urandom(32)),
-            _signing_from_payload(bytes([_FORM_SEED]) + os.urandom(32)),
+    """A new identity and signing key, always in seed form: OpenSSL loads the FIPS seeds and the other backends
+    expand them (expand.py), so a key made with any backend works with every backend. The pair is tried once
+    with `backend` (encapsulate/decapsulate, sign/verify) before it is returned."""
+    identity = _identity_from_payload(bytes([_FORM_SEED]) + os.urandom(32))
+    signing = _signing_from_payload(bytes([_FORM_SEED]) + os.urandom(32))
+    ciphertext, shared = backend.kem_encaps(identity.recipient.mlkem)
+    signature = backend.sign(signing.mldsa, b"stratum keygen self-test", b"")
+    if backend.kem_decaps(identity.mlkem, ciphertext) != shared or not backend.verify(
+        signing.signer.mldsa, b"stratum keygen self-test", signature, b""
+    ):
+        raise KeyFormatError(
+            f"the new key pair fails its self-test with the {backend.name} backend",
+            hint="report this: the backend and the seed expansion disagree",
         )
-    _, kem_secret = backend.kem_keygen()
-    sig_pub, sig_secret = backend.sig_keygen()
-    assert kem_secret.expanded is not None and sig_secret.expanded is not None
-    x_priv = x25519.X25519PrivateKey.generate().private_bytes_raw()
-    ed_priv = ed25519.Ed25519PrivateKey.generate().private_bytes_raw()
-    return (
-        _identity_from_payload(bytes([_FORM_EXPANDED]) + kem_secret.expanded + x_priv),
-        _signing_from_payload(bytes([_FORM_EXPANDED]) + sig_secret.expanded + sig_pub + ed_priv),
-    )
+    return identity, signing
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ Pure functions only: parsing, value encoding, key paths, the canonical bytes tha
 
 from __future__ import annotations
 
-import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -53,27 +53,29 @@ class EncValue:
 
     def render(self) -> str:
         """The `ENC[...]` text."""
-        b64 = base64.b64encode
-        return (
-            f"ENC[AES256_GCM,data:{b64(self.data).decode()},iv:{b64(self.iv).decode()},"
-            f"tag:{b64(self.tag).decode()},type:{self.type}]"
-        )
+        return f"ENC[AES256_GCM,data:{_b64e(self.data)},iv:{_b64e(self.iv)},tag:{_b64e(self.tag)},type:{self.type}]"
 
 
+def _b64d(text: str) -> bytes:
+    # Strict: only the alphabet, padding only at the end and exact (what b64decode(validate=True) checks, in C).
+    return binascii.a2b_base64(text, strict_mode=True)
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_enc(text: str) -> EncValue | None:
-    """The parsed value, or None when `text` is not an `ENC[...]` string."""
+    """The parsed value, or None when `text` is not an `ENC[...]` string. Cached: opening a manifest parses each
+    value twice (the plaintext check, then decryption); EncValue is immutable."""
     m = _ENC.match(text)
     if m is None:
         return None
     try:
-        data, iv, tag = (base64.b64decode(g, validate=True) for g in m.groups()[:3])
-        return EncValue(data, iv, tag, m.group(4))
+        return EncValue(_b64d(m.group(1)), _b64d(m.group(2)), _b64d(m.group(3)), m.group(4))
     except (binascii.Error, ValueError):
         return None
 
 
 def _b64e(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
+    return binascii.b2a_base64(raw, newline=False).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +120,8 @@ class Meta:
         """The whole block, signature included."""
         out = self.unsigned()
         out["signature"] = {
-            "mldsa65": base64.b64encode(self.sig_mldsa65).decode(),
-            "ed25519": base64.b64encode(self.sig_ed25519).decode(),
+            "mldsa65": _b64e(self.sig_mldsa65),
+            "ed25519": _b64e(self.sig_ed25519),
         }
         return out
 
@@ -140,8 +142,10 @@ def display(path: KeyPath) -> str:
     return out or "<root>"
 
 
+@functools.lru_cache(maxsize=4096)
 def aad(path: KeyPath, type_: str) -> bytes:
-    """The associated data of a value: its key path and type, so values cannot move between keys unnoticed."""
+    """The associated data of a value: its key path and type, so values cannot move between keys unnoticed.
+    Cached: the same key paths recur in every manifest of a repo."""
     return json.dumps([list(path), type_], separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -256,7 +260,7 @@ def _b64(value: Any, where: str, field: str) -> bytes:
     if not isinstance(value, str):
         raise ManifestError(f"metadata field {field} must be base64 text", where=where)
     try:
-        return base64.b64decode(value, validate=True)
+        return _b64d(value)
     except (binascii.Error, ValueError) as err:
         raise ManifestError(
             f"metadata field {field} is not valid base64 (truncated or edited?)",

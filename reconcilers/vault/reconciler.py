@@ -32,7 +32,7 @@ from reconcilers.vault import check, envelope
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.keysource import FileKeySource, KeySource
-from reconcilers.vault.rules import CONTRACT, RULES_PATH, Rules, from_value
+from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
 
 if TYPE_CHECKING:
     from daemon.nickel import Evaluator
@@ -115,12 +115,7 @@ class VaultReconciler:
     def close(self) -> None:
         """Stop the Nickel worker this reconciler started (an injected evaluator is the caller's to close)."""
         if self._evaluator is not None and self._own_evaluator:
-            # Evaluator.close() kills the worker but leaves its pipes open (a ResourceWarning): close them first.
-            proc = getattr(getattr(self._evaluator, "_worker", None), "proc", None)
-            for pipe in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
-                if pipe is not None:
-                    pipe.close()
-            self._evaluator.close()
+            close_evaluator(self._evaluator)
             self._evaluator = None
 
     def _nickel(self) -> Evaluator:
@@ -141,17 +136,13 @@ class VaultReconciler:
                 files.append(ManifestFile(entry.path, entry.blob_id, snap.text(entry)))
             except VaultError as err:
                 problems.append(Problem(err.what, path=entry.path, reconciler=NAME, hint=err.hint))
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 one unreadable file is its own problem, never a failed load
                 problems.append(Problem(str(getattr(err, "what", err)), path=entry.path, reconciler=NAME))
         rules: Rules | None = None
         if snap.entry(self.rules_path) is not None:
-            result = self._nickel().evaluate(snap, [self.rules_path], CONTRACT)
-            problems += result.problems
-            if self.rules_path in result.values:
-                try:
-                    rules = from_value(result.values[self.rules_path], self.rules_path)
-                except VaultError as err:
-                    problems.append(Problem(err.what, path=self.rules_path, reconciler=NAME, hint=err.hint))
+            # The same loader `stratum secret` uses on the staged tree (rules.load_repo).
+            rules, found = load_snapshot(snap, self._nickel(), self.rules_path)
+            problems += found
         elif files:
             problems.append(
                 Problem(
@@ -177,8 +168,10 @@ class VaultReconciler:
         loaded: Loaded | None = None
         if manifest is not None and not problems:
             try:
-                opened = envelope.open_manifest(self.backend, manifest, self.key_source.keyring(), mf.path)
-                loaded = Loaded(mf.blob_id, manifest.meta.version, opened.values)
+                # check_manifest verified both signatures and the signer's trust: decrypt without verifying twice.
+                key = envelope.data_key(self.backend, manifest, self.key_source.keyring(), mf.path)
+                values = envelope.decrypt_values(self.backend, manifest, key, mf.path)
+                loaded = Loaded(mf.blob_id, manifest.meta.version, values)
             except NoKeyError:
                 loaded = Loaded(mf.blob_id, manifest.meta.version, None)
             except VaultError as err:

@@ -2,29 +2,34 @@
 
 The contract `(import "vault.ncl").Rules` checks the shape; this module checks each key's checksum, compiles
 the regexes, and answers: which policy does a path get, is this signer trusted, which recipients are required.
-Two ways in: from a commit through the daemon's Evaluator, or from a work tree (CLI, pre-commit) through the
-same bounded Nickel worker process.
+One way in, `load_snapshot`, for the daemon (a commit) and the CLI (`load_repo`: the git index, what
+`git commit` would record, or HEAD in a bare repo): the same Evaluator, imports confined to the snapshot, in
+the same bounded Nickel worker process. The work tree is never read, so an unstaged edit of the rules does not
+count until it is staged (`unstaged_rules` lets the CLI say so).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.resources import nickel_dir
+from reconcilers.base import Problem
 from reconcilers.vault.envelope import Policy
-from reconcilers.vault.errors import KeyFormatError, RulesError
+from reconcilers.vault.errors import KeyFormatError, RulesError, VaultError
 from reconcilers.vault.keys import Recipient, Signer
+
+if TYPE_CHECKING:
+    import pygit2
+
+    from daemon.nickel import Evaluator
+    from daemon.source import Snapshot
 
 RULES_PATH = "secrets/rules.ncl"
 CONTRACT = '(import "vault.ncl").Rules'
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,42 +111,106 @@ def from_value(value: Any, source: str = RULES_PATH) -> Rules:
     return Rules(tuple(rules), tuple(signers), source)
 
 
-def load_worktree(repo_root: Path, rules_path: str = RULES_PATH, timeout: float = 10.0) -> Rules | None:
-    """Evaluate the work tree's rules file (None when it does not exist) in the bounded Nickel worker."""
-    file = repo_root / rules_path
-    if not file.is_file():
+def load_snapshot(
+    snap: Snapshot, evaluator: Evaluator, rules_path: str = RULES_PATH
+) -> tuple[Rules | None, list[Problem]]:
+    """The rules of a snapshot (None when it has no rules file), and the problems evaluating them."""
+    if snap.entry(rules_path) is None:
+        return None, []
+    result = evaluator.evaluate(snap, [rules_path], CONTRACT)
+    problems = list(result.problems)
+    rules: Rules | None = None
+    if rules_path in result.values:
+        try:
+            rules = from_value(result.values[rules_path], rules_path)
+        except VaultError as err:
+            problems.append(Problem(err.what, path=rules_path, reconciler="vault", hint=err.hint))
+    return rules, problems
+
+
+def close_evaluator(evaluator: Evaluator) -> None:
+    """Stop an Evaluator's worker, closing its pipes first (else a ResourceWarning when they are collected)."""
+    proc = getattr(getattr(evaluator, "_worker", None), "proc", None)
+    for pipe in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass  # unflushed bytes to a dead worker: nothing to keep
+    evaluator.close()
+
+
+def staged_index(repo: pygit2.Repository) -> pygit2.Index:
+    """The index `git commit` is about to record: $GIT_INDEX_FILE when git set it (the hooks of `git commit -a`
+    and `git commit PATHS` run against a temporary index, which libgit2 does not look at), else the repo's."""
+    import pygit2
+
+    env = os.environ.get("GIT_INDEX_FILE")
+    if env and not repo.is_bare:
+        path = Path(env) if Path(env).is_absolute() else Path(repo.workdir) / env
+        return pygit2.Index(str(path))
+    index: pygit2.Index = repo.index
+    return index
+
+
+def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
+    import pygit2
+
+    from daemon.source import GitSource, Snapshot
+
+    source = GitSource(str(root), "main", data_dir)
+    if not source.repo.is_bare:
+        try:
+            if os.environ.get("GIT_INDEX_FILE"):
+                tree = source.repo[staged_index(source.repo).write_tree(source.repo)]
+                assert isinstance(tree, pygit2.Tree)
+                return Snapshot(source.repo, None, tree)
+            return source.staged_snapshot()
+        except pygit2.GitError:  # an index with unmerged entries (mid-merge) has no tree: use HEAD's rules
+            pass
+    if source.repo.head_is_unborn:
         return None
-    src = f"(import {json.dumps(str(file.resolve()))}) | {CONTRACT}"
-    request = json.dumps({"src": src, "paths": [str(file.resolve().parent), str(nickel_dir())]}) + "\n"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
-    }
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "daemon.nickel_worker", "1024"],
-            input=request,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd="/",
-            env=env,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as err:
+    return source.snapshot("HEAD")
+
+
+def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
+    """The rules the next commit would carry (the index; HEAD in a bare repo), evaluated exactly as the daemon
+    evaluates a commit's; None without a rules file; RulesError naming the file and line when they are bad."""
+    from daemon.nickel import Evaluator
+
+    with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
+        snap = _repo_snapshot(root, Path(tmp))
+        if snap is None:
+            return None
+        evaluator = Evaluator(Path(tmp) / "nickel")
+        try:
+            rules, problems = load_snapshot(snap, evaluator, rules_path)
+        finally:
+            close_evaluator(evaluator)
+    if problems:
+        first = problems[0]
         raise RulesError(
-            f"evaluating the rules took over {timeout:g} s",
-            where=rules_path,
-            hint="look for an endless recursion",
-        ) from err
-    try:
-        reply = json.loads(proc.stdout.splitlines()[-1])
-    except (IndexError, json.JSONDecodeError) as err:
-        raise RulesError("the Nickel worker failed", where=rules_path, hint=proc.stderr[-300:]) from err
-    if "error" in reply:
-        raise RulesError(
-            _ANSI.sub("", reply["error"]).strip(),
-            where=rules_path,
-            hint="fix the rules file; see nickel/vault.ncl for the contract",
+            first.message,
+            where=f"{first.path or rules_path}:{first.line}" if first.line else first.path or rules_path,
+            hint=first.hint or "fix the rules file (see nickel/vault.ncl for the contract) and `git add` it",
         )
-    return from_value(json.loads(reply["ok"]), rules_path)
+    return rules
+
+
+def unstaged_rules(root: Path, rules_path: str = RULES_PATH) -> bool:
+    """True when the work tree's rules file differs from the staged one (the CLI warns: it uses the staged)."""
+    import pygit2
+
+    file = root / rules_path
+    try:
+        repo = pygit2.Repository(str(root))
+        if repo.is_bare:
+            return False
+        try:
+            staged: str | None = str(staged_index(repo)[rules_path].id)
+        except KeyError:  # not staged at all
+            staged = None
+        on_disk = str(pygit2.hash(file.read_bytes())) if file.is_file() else None
+    except (OSError, pygit2.GitError):
+        return False
+    return on_disk != staged

@@ -43,7 +43,10 @@ class Env:
         wire_repo(self.repo.path, command=COMMAND)
         self.repo.commit(message="rules")
 
-    def write_rules(self, extra_recipients: tuple[str, ...] = (), signers: tuple[str, ...] | None = None) -> None:
+    def write_rules(
+        self, extra_recipients: tuple[str, ...] = (), signers: tuple[str, ...] | None = None, stage: bool = True
+    ) -> None:
+        """Write secrets/rules.ncl and stage it (the CLI reads the rules from the index, as the daemon would)."""
         recipients = ", ".join(json.dumps(r) for r in (self.recipient, *extra_recipients))
         signer_list = ", ".join(
             f'{{ name = "u{i}", key = {json.dumps(s)} }}'
@@ -57,6 +60,8 @@ class Env:
                 )
             }
         )
+        if stage:
+            git(self.repo.path, "add", "secrets/rules.ncl")
 
     def run(self, *args: str, input: str | bytes | None = None) -> Result:
         return self.runner.invoke(secret, list(args), input=input, catch_exceptions=True)
@@ -315,3 +320,91 @@ class TestCheck:
         )
         assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "hint:" in proc.stderr
         assert str(file) in proc.stderr or "secrets/app.yaml" in proc.stderr
+
+
+class TestRulesFromTheIndex:
+    """The CLI loads the creation rules from the staged tree with the daemon's loader, never the work tree."""
+
+    def test_an_unstaged_rules_edit_is_not_used_until_staged(self, env: Env) -> None:
+        """A recipient added to the rules but not staged does not count (with a note); staged, it does."""
+        file = env.manifest_file()
+        bob = json.loads(env.ok("keygen", "--name", "bob", "--output", "json").stdout)
+        env.write_rules(extra_recipients=(bob["recipient"],), stage=False)
+        passing = env.run("check", "--repo", str(env.repo.path), str(file))
+        assert passing.exit_code == 0 and "unstaged changes" in passing.output
+        git(env.repo.path, "add", "secrets/rules.ncl")
+        failing = env.run("check", "--repo", str(env.repo.path), str(file))
+        assert failing.exit_code == 1 and "required by the rules is missing" in failing.output
+        assert "unstaged" not in failing.output
+
+    def test_staged_imports_are_used_and_imports_outside_the_snapshot_fail(self, env: Env) -> None:
+        """rules.ncl may import a staged file; an import that only exists on disk is an error naming the rules."""
+        env.repo.write({"secrets/signers.ncl": f'[{{ name = "u0", key = {json.dumps(env.signer)} }}]\n'})
+        env.repo.write(
+            {
+                "secrets/rules.ncl": (
+                    'let signers = import "signers.ncl" in\n{ trusted_signers = signers, creation_rules = '
+                    f'[{{ path_regex = "^secrets/", recipients = [{json.dumps(env.recipient)}] }}] }}\n'
+                )
+            }
+        )
+        git(env.repo.path, "add", "secrets/rules.ncl")
+        file = env.path("secrets/x.yaml")
+        file.write_text("api:\n  token: tok\n")
+        result = env.run("encrypt", str(file))
+        assert result.exit_code == 1 and "secrets/rules.ncl" in str(result.exception)
+        assert "ENC[" not in file.read_text()
+        git(env.repo.path, "add", "secrets/signers.ncl")
+        env.ok("encrypt", str(file))
+        env.ok("check", "--repo", str(env.repo.path), str(file))
+
+    def test_a_bare_repository_uses_the_rules_of_head(self, env: Env, tmp_path: Path) -> None:
+        """With no index (bare), load_repo evaluates HEAD's rules; an empty bare repo has none."""
+        from reconcilers.vault.rules import load_repo
+        from tests.fixtures import bare_repo
+
+        empty = bare_repo(tmp_path / "empty.git")
+        assert load_repo(empty) is None
+        git(tmp_path, "clone", "-q", "--bare", str(env.repo.path), str(tmp_path / "ops.git"))
+        rules = load_repo(tmp_path / "ops.git")
+        assert rules is not None and rules.signers[0][1].text == env.signer
+
+    def test_as_a_git_pre_commit_hook_with_filenames(self, env: Env) -> None:
+        """Run as pre-commit runs it (pass_filenames: staged names as arguments): a plaintext manifest blocks
+        the commit naming the key, an encrypted one goes through, and `commit -a` is checked against the rules
+        it is about to commit."""
+        hook = env.repo.path / ".git" / "hooks" / "pre-commit"
+        hook.write_text(
+            "#!/bin/sh\nset -e\n"
+            f"files=$(git diff --cached --name-only --diff-filter=ACMR)\n{COMMAND} secret check $files\n"
+        )
+        hook.chmod(0o755)
+        env.repo.write({"secrets/leak.yaml": f"db:\n  password: {PLAINTEXT}\n"})
+        git(env.repo.path, "add", "-A")
+        blocked = subprocess.run(
+            ["git", "commit", "-q", "-m", "leak"],
+            cwd=env.repo.path,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **GIT_ENV, "HOME": str(env.repo.path)},
+        )
+        assert blocked.returncode != 0 and "db.password: value is not encrypted" in blocked.stderr
+        assert PLAINTEXT not in blocked.stderr + blocked.stdout
+        git(env.repo.path, "rm", "-q", "--cached", "secrets/leak.yaml")
+        env.path("secrets/leak.yaml").unlink()
+        env.manifest_file()
+        git(env.repo.path, "add", "-A")
+        git(env.repo.path, "commit", "-q", "-m", "encrypted")
+        # `git commit -a` runs the hook against a temporary index (GIT_INDEX_FILE): its rules are the ones used.
+        env.write_rules(signers=(), stage=False)
+        env.ok("set", str(env.path("secrets/app.yaml")), "api.token", input="tok-2\n")
+        untrusted = subprocess.run(
+            ["git", "commit", "-q", "-a", "-m", "untrust"],
+            cwd=env.repo.path,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **GIT_ENV, "HOME": str(env.repo.path)},
+        )
+        assert untrusted.returncode != 0 and "not a trusted signer" in untrusted.stderr

@@ -3,7 +3,9 @@
 Backends differ only in the post-quantum primitives. X25519, Ed25519 and AES-GCM always come from
 `cryptography` (PQClean and liboqs ship no AEAD or classical curves), so the AEAD methods live here once.
 Private post-quantum keys are carried as `PQSecret`: the FIPS 203/204 seed (what OpenSSL and `cryptography`
-load), the expanded key (what PQClean and liboqs load), or both. A backend says clearly which form it lacks.
+load), the expanded key (what PQClean and liboqs load), or both. Keys are generated as seeds, and a backend that
+needs the expanded form derives it (`expanded_kem` / `expanded_sig`, through expand.py), so every key works with
+every backend. Only an expanded-only key (written by an earlier pqclean/oqs keygen) cannot reach OpenSSL.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from reconcilers.vault import expand
 from reconcilers.vault.errors import BackendUnavailable, DecryptError
 
 MLKEM768_PUBLIC = 1184
@@ -71,14 +74,26 @@ class Backend(Protocol):
 class AeadMixin:
     """AES-256-GCM through `cryptography`, shared by every backend."""
 
+    # The last key's cipher object: a manifest's values all use one data key. One entry only, so no data key
+    # outlives the next manifest in here; a race between threads only costs a rebuild (the tuple is replaced whole).
+    _last: tuple[bytes, AESGCM] | None = None
+
+    def _aead(self, key: bytes) -> AESGCM:
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        cipher = AESGCM(key)
+        self._last = (key, cipher)
+        return cipher
+
     def seal(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-256-GCM: ciphertext with the 16-byte tag appended."""
-        return AESGCM(key).encrypt(nonce, plaintext, aad)
+        return self._aead(key).encrypt(nonce, plaintext, aad)
 
     def open(self, key: bytes, nonce: bytes, sealed: bytes, aad: bytes, where: str) -> bytes:
         """AES-256-GCM decryption; DecryptError naming `where` when the tag does not verify."""
         try:
-            return AESGCM(key).decrypt(nonce, sealed, aad)
+            return self._aead(key).decrypt(nonce, sealed, aad)
         except (InvalidTag, ValueError) as err:
             raise DecryptError(
                 "the value does not decrypt: it was changed, truncated, or moved from another key or file",
@@ -89,15 +104,33 @@ class AeadMixin:
 
 def need(value: bytes | None, backend: str, form: str, size: int) -> bytes:
     """The key form a backend needs, or BackendUnavailable saying which form is missing."""
-    if value is None:
+    if value is None and form == "seed":
         raise BackendUnavailable(
-            f"the {backend} backend needs the {form} form of this private key, which the key file does not hold",
-            hint="use the backend the key was generated with (`vault.backend` in the host "
-            "settings or --backend), or generate a new key with it",
+            f"the {backend} backend needs the seed form of this private key, and the key file holds only the "
+            "expanded form (written by an earlier pqclean/oqs keygen): OpenSSL loads ML-KEM/ML-DSA private keys "
+            "from seeds only, and a seed cannot be recovered from an expanded key",
+            hint="use the pqclean backend with this key, or make a new key with `stratum secret keygen` (seed "
+            "form, usable by every backend), add its recipient to the rules and run `stratum secret updatekeys`",
         )
+    if value is None:
+        raise BackendUnavailable(f"the {backend} backend got an empty private key", hint="check the key file")
     if len(value) != size:
         raise BackendUnavailable(
             f"the {form} private key is {len(value)} bytes, expected {size}",
             hint="the key file is damaged; restore it from your backup",
         )
     return value
+
+
+def expanded_kem(secret: PQSecret, backend: str) -> bytes:
+    """The 2400-byte expanded ML-KEM-768 key: as stored, or expanded from the seed (FIPS 203, cached)."""
+    if secret.expanded is None and secret.seed is not None:
+        return expand.mlkem768(need(secret.seed, backend, "seed", MLKEM768_SEED))[1]
+    return need(secret.expanded, backend, "expanded", MLKEM768_EXPANDED)
+
+
+def expanded_sig(secret: PQSecret, backend: str) -> bytes:
+    """The 4032-byte expanded ML-DSA-65 key: as stored, or expanded from the seed (FIPS 204, cached)."""
+    if secret.expanded is None and secret.seed is not None:
+        return expand.mldsa65(need(secret.seed, backend, "seed", MLDSA65_SEED))[1]
+    return need(secret.expanded, backend, "expanded", MLDSA65_EXPANDED)

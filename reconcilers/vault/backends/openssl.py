@@ -1,6 +1,8 @@
 """The default backend: ML-KEM-768 and ML-DSA-65 from OpenSSL 3.5 inside the `cryptography` wheels.
 
-`cryptography` loads post-quantum private keys from their FIPS seeds only, so keys made here hold the seed.
+`cryptography` loads post-quantum private keys from their FIPS seeds only (and exports only seeds), so keys
+hold the seed; other backends expand it (expand.py). Key objects are cached: parsing a public key or expanding
+a seed costs more than the operation itself, and the daemon opens many manifests with the same few keys.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from reconcilers.vault.backends.base import MLDSA65_SEED, MLKEM768_SEED, AeadMix
 def _kem_private(seed: bytes) -> mlkem.MLKEM768PrivateKey:
     # Expanding a seed costs more than a decapsulation; the daemon opens many manifests with one key.
     return mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _sig_private(seed: bytes) -> mldsa.MLDSA65PrivateKey:
+    return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _kem_public(public: bytes) -> mlkem.MLKEM768PublicKey:
+    return mlkem.MLKEM768PublicKey.from_public_bytes(public)
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,7 +52,7 @@ class OpensslBackend(AeadMixin):
 
     def kem_encaps(self, public: bytes) -> tuple[bytes, bytes]:
         """Encapsulate: (ciphertext, shared secret)."""
-        shared, ciphertext = mlkem.MLKEM768PublicKey.from_public_bytes(public).encapsulate()
+        shared, ciphertext = _kem_public(public).encapsulate()
         return ciphertext, shared
 
     def kem_decaps(self, secret: PQSecret, ciphertext: bytes) -> bytes:
@@ -54,11 +66,11 @@ class OpensslBackend(AeadMixin):
 
     def sig_public_from_seed(self, seed: bytes) -> bytes:
         """The public key of a seed (FIPS 204 ML-DSA.KeyGen_internal)."""
-        return mldsa.MLDSA65PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+        return _sig_private(seed).public_key().public_bytes_raw()
 
     def sign(self, secret: PQSecret, message: bytes, context: bytes) -> bytes:
         """ML-DSA-65 pure signature with a context string (hedged: OpenSSL mixes in fresh randomness)."""
-        key = mldsa.MLDSA65PrivateKey.from_seed_bytes(need(secret.seed, self.name, "seed", MLDSA65_SEED))
+        key = _sig_private(need(secret.seed, self.name, "seed", MLDSA65_SEED))
         return key.sign(message, context)
 
     def verify(self, public: bytes, message: bytes, signature: bytes, context: bytes) -> bool:

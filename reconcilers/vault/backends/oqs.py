@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from reconcilers.vault.backends.base import MLDSA65_EXPANDED, MLKEM768_EXPANDED, AeadMixin, PQSecret, need
+from reconcilers.vault.backends.base import AeadMixin, PQSecret, expanded_kem, expanded_sig
 from reconcilers.vault.errors import BackendUnavailable
 
 KEM_ALG = "ML-KEM-768"
@@ -66,7 +66,7 @@ class OqsBackend(AeadMixin):
 
     def kem_decaps(self, secret: PQSecret, ciphertext: bytes) -> bytes:
         """Decapsulate with the expanded key."""
-        key = need(secret.expanded, self.name, "expanded", MLKEM768_EXPANDED)
+        key = expanded_kem(secret, self.name)
         with self._oqs.KeyEncapsulation(KEM_ALG, secret_key=key) as kem:
             return bytes(kem.decap_secret(ciphertext))
 
@@ -78,7 +78,7 @@ class OqsBackend(AeadMixin):
 
     def sign(self, secret: PQSecret, message: bytes, context: bytes) -> bytes:
         """ML-DSA-65 pure signature with a context string."""
-        key = need(secret.expanded, self.name, "expanded", MLDSA65_EXPANDED)
+        key = expanded_sig(secret, self.name)
         with self._oqs.Signature(SIG_ALG, secret_key=key) as sig:
             return bytes(sig.sign_with_ctx_str(message, context))
 

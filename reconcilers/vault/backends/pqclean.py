@@ -1,14 +1,14 @@
 """An independent implementation: ML-KEM-768 and ML-DSA-65 from PQClean through the `pqcrypto` package.
 
-PQClean works on expanded private keys and has no seed entry point, so keys made here hold the expanded form
-(and, for ML-DSA, the public key, which cannot be recomputed from the expanded secret without the library).
+PQClean works on expanded private keys and has no seed entry point: seed-form keys (what `keys.generate` makes
+for every backend) are expanded in Python first (expand.py, checked against the NIST KATs), once per key.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from reconcilers.vault.backends.base import MLDSA65_EXPANDED, MLKEM768_EXPANDED, AeadMixin, PQSecret, need
+from reconcilers.vault.backends.base import AeadMixin, PQSecret, expanded_kem, expanded_sig
 from reconcilers.vault.errors import BackendUnavailable
 
 
@@ -42,8 +42,8 @@ class PqcleanBackend(AeadMixin):
         return bytes(ciphertext), bytes(shared)
 
     def kem_decaps(self, secret: PQSecret, ciphertext: bytes) -> bytes:
-        """Decapsulate with the expanded key."""
-        key = need(secret.expanded, self.name, "expanded", MLKEM768_EXPANDED)
+        """Decapsulate with the expanded key (derived from the seed when the key holds only that)."""
+        key = expanded_kem(secret, self.name)
         return bytes(self._kem.decaps(key, ciphertext))
 
     def sig_keygen(self) -> tuple[bytes, PQSecret]:
@@ -53,13 +53,13 @@ class PqcleanBackend(AeadMixin):
 
     def sign(self, secret: PQSecret, message: bytes, context: bytes) -> bytes:
         """ML-DSA-65 pure signature with a context string."""
-        key = need(secret.expanded, self.name, "expanded", MLDSA65_EXPANDED)
+        key = expanded_sig(secret, self.name)
         return bytes(self._sig.sign(key, message, context))
 
     def verify(self, public: bytes, message: bytes, signature: bytes, context: bytes) -> bool:
-        """True when the signature verifies (PQClean raises on a bad one)."""
+        """True when the signature verifies (pqcrypto raises a ValueError on a bad one)."""
         try:
             result = self._sig.verify(public, message, signature, context)
-        except Exception:
+        except ValueError:  # InvalidSignatureError, and wrong key, signature or context lengths
             return False
         return result is None or bool(result)
