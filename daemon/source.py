@@ -86,6 +86,11 @@ class Snapshot:
             self.info = CommitInfo(id=self.revision, parents=(), author="", email="", time=0, message="")
 
     @property
+    def repo(self) -> pygit2.Repository:
+        """The repository the snapshot reads from (for reconcilers that write notes or side branches)."""
+        return self._repo
+
+    @property
     def short(self) -> str:
         """The first 12 hex digits of the revision."""
         return self.revision[:12]

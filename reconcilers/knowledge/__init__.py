@@ -1,0 +1,16 @@
+"""Operational knowledge: markdown nodes with YAML front matter, a typed graph, hybrid search, an MCP server.
+
+Modules, one concern each:
+    errors.py      the error tree of this package
+    node.py        front matter parsing, node types, relations, wikilinks (pure)
+    contract.py    the Nickel front-matter contract (nickel/knowledge.ncl), evaluated in batches, cached per blob
+    graph.py       the typed graph: link resolution, cycles, duplicate ids, neighbourhoods, dot output
+    store.py       the DuckDB tables (component "knowledge"), content-addressed by blob id
+    embed.py       embedding providers: the shipped fastembed model, OpenAI-compatible, Ollama
+    search.py      BM25 from token tables + vector similarity + reciprocal rank fusion, with filters
+    guidelines.py  guideline inheritance from a shared base (a path or a git repo)
+    execution.py   execution nodes from finished runs, optionally committed to a branch
+    service.py     the facade the CLI and the MCP server use (open, refresh, query)
+    mcp_server.py  the MCP server (stdio and streamable HTTP)
+    reconciler.py  KnowledgeReconciler: the daemon's view of all of the above
+"""

@@ -1,0 +1,153 @@
+"""KnowledgeReconciler: the daemon's view of `knowledge/**/*.md`.
+
+1. load      parse every node file of the snapshot (per-blob cache; pure but for the cache)
+2. validate  the Nickel front-matter contract, then graph rules (links, cycles, duplicate ids)
+3. index     store new blobs, embed only new chunks, record the revision's tree (hook called by the pipeline)
+4. plan      nothing to apply: knowledge has no target besides the index
+5. record    `on_run_finished` writes an execution node, optionally committed to a branch
+The MCP server is served on the daemon's HTTP listener at /mcp (`asgi_app`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pygit2
+import structlog
+
+from daemon.errors import ApplyError
+from daemon.index import Index
+from daemon.source import Snapshot
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
+from reconcilers.knowledge.contract import Contract
+from reconcilers.knowledge.embed import Provider, load_provider
+from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
+from reconcilers.knowledge.graph import Graph
+from reconcilers.knowledge.indexer import IndexStats, add_execution, current_revision, index_revision
+from reconcilers.knowledge.loader import Checked, Loader, check
+from reconcilers.knowledge.node import NAME, Parsed
+from reconcilers.knowledge.settings import KnowledgeSettings
+from reconcilers.knowledge.store import Store
+
+log = structlog.get_logger("stratum.knowledge")
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The parsed node files of one revision."""
+
+    revision: str
+    parsed: tuple[Parsed, ...]
+
+
+class KnowledgeReconciler:
+    """Markdown nodes -> checked graph -> DuckDB index (+ MCP server). Applies nothing."""
+
+    name = NAME
+
+    def __init__(self, env: ReconcilerEnv) -> None:
+        self.env = env
+        self.settings = KnowledgeSettings.from_mapping(env.repo_settings.get("knowledge", {}))
+        self.loader = Loader()
+        self.contract = Contract()
+        self._provider: Provider | None = None
+        self._provider_loaded = False
+        self.provider_error = ""
+        self._repo: pygit2.Repository | None = None
+        self._stores: dict[int, Store] = {}
+        self._checked: dict[str, Checked] = {}
+        self.last_stats: IndexStats | None = None
+        self.last_index: Index | None = None
+
+    @property
+    def repo(self) -> pygit2.Repository | None:
+        """The repository of the last loaded snapshot (for commits and the MCP view)."""
+        return self._repo
+
+    # -- the protocol ---------------------------------------------------------------------------------
+    def load(self, snap: Snapshot) -> Desired:
+        """Parse every knowledge/**/*.md of the commit."""
+        # The repository handle is kept for committing execution nodes to their branch (on_run_finished).
+        self._repo = getattr(snap, "repo", None) or getattr(snap, "_repo", None)
+        return Desired(snap.revision, self.loader.load_snapshot(snap))
+
+    def _check(self, desired: Desired, extra: list[Any] | None = None) -> Checked:
+        cached = self._checked.get(desired.revision)
+        if cached is None:
+            cached = check(desired.parsed, self.contract, allow_dangling=self.settings.allow_dangling_links,
+                           extra=extra or [])
+            self._checked = {desired.revision: cached}
+        return cached
+
+    def validate(self, desired: Desired) -> list[Problem]:
+        """Contract and graph problems, each with file:line and a hint."""
+        return list(self._check(desired).problems)
+
+    def observe(self, desired: Any, inventory: list[InventoryItem]) -> None:
+        """Nothing to observe: the index is written by `index`, not by actions."""
+        return None
+
+    def plan(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Action]:
+        """Knowledge has no target to change."""
+        return []
+
+    def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
+        """Never called: `plan` returns no actions."""
+        raise ApplyError(f"the knowledge reconciler has no actions (got {action.id})", where=action.target)
+
+    def compensate(self, action: Action, ctx: ApplyContext) -> None:
+        """Nothing to undo."""
+        return None
+
+    def drift(self, desired: Any, observed: Any) -> list[Problem]:
+        """Knowledge cannot drift: the index is derived from git."""
+        return []
+
+    # -- hooks the pipeline calls when present --------------------------------------------------------
+    def provider(self) -> Provider | None:
+        """The embedding provider (loaded once; None means lexical search only, with a logged warning)."""
+        if not self._provider_loaded:
+            self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
+                                                                self.env.data_dir)
+            self._provider_loaded = True
+        return self._provider
+
+    def store(self, index: Index) -> Store:
+        """The knowledge tables of `index` (migrated once)."""
+        key = id(index)
+        if key not in self._stores:
+            self._stores[key] = Store(index)
+        return self._stores[key]
+
+    def index(self, desired: Desired, index: Index, revision: str) -> None:
+        """Index the valid nodes of the revision (invalid files are reported by validate and left out)."""
+        store = self.store(index)
+        self.last_index = index
+        checked = self._check(desired)
+        self.last_stats = index_revision(store, checked, revision, self.provider())
+        log.info("knowledge.indexed", revision=revision[:12], nodes=self.last_stats.nodes,
+                 new_blobs=self.last_stats.new_blobs, embedded=self.last_stats.embedded,
+                 problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1))
+
+    def on_run_finished(self, record: RunRecord, index: Index) -> None:
+        """Write the run's execution node into the index; commit it to the configured branch when set."""
+        store = self.store(index)
+        rev = current_revision(index) or record.revision
+        graph = Graph(store.nodes(rev))
+        node = execution_node(record, graph, self.settings.executions_path)
+        add_execution(store, self.provider(), node)
+        branch = self.settings.executions_branch
+        if branch and self._repo is not None:
+            path, text = execution_markdown(record, graph, node.path)
+            try:
+                commit_file(self._repo, branch, path, text, f"stratum: execution {record.run_id} {record.status}")
+            except pygit2.GitError as err:
+                # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
+                log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
+
+    def asgi_app(self) -> tuple[str, Any] | None:
+        """("/mcp", ASGI app) serving the MCP streamable HTTP transport over this daemon's index."""
+        from reconcilers.knowledge.mcp_server import http_app
+
+        return "/mcp", http_app(self)

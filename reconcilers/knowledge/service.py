@@ -1,0 +1,267 @@
+"""KnowledgeBase: the facade the CLI and the MCP server use over one ops repo and one index.
+
+It reads committed content only (a Snapshot of the branch head), indexes it incrementally, and answers
+queries. Writing (`new_node`) goes to the work tree; committing it is opt-in (`knowledge.commit_notes`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from daemon.errors import LockError, SourceError
+from daemon.index import Index
+from daemon.source import GitSource, is_url
+from reconcilers.knowledge.contract import Contract
+from reconcilers.knowledge.embed import Provider, load_provider
+from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
+from reconcilers.knowledge.execution import commit_file, iso, render
+from reconcilers.knowledge.graph import Graph
+from reconcilers.knowledge.guidelines import Guideline, effective
+from reconcilers.knowledge.indexer import IndexStats, current_revision, index_revision
+from reconcilers.knowledge.loader import Checked, Loader, check
+from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, slugify
+from reconcilers.knowledge.search import Filters, Result, Searcher
+from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
+from reconcilers.knowledge.store import EXTRA, Store
+
+TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
+             "journal": "journal", "execution": "executions"}
+_AUTO: Any = object()
+
+
+def default_data_dir(repo: str) -> Path:
+    """The daemon's data directory ($STRATUM_DATA_DIR, else daemon.settings' default): the same index file."""
+    env = os.environ.get("STRATUM_DATA_DIR")
+    if env:
+        return Path(env)
+    from daemon.settings import default_data_dir as daemon_default
+
+    return Path(daemon_default(os.environ))
+
+
+class KnowledgeBase:
+    """One repo's knowledge, indexed in DuckDB. Thread-safe; `refresh()` picks up new commits."""
+
+    def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
+                 settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
+                 index: Index | None = None, follow_index: bool = False) -> None:
+        self.location = repo
+        # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
+        self.follow_index = follow_index
+        self.data_dir = data_dir or default_data_dir(repo)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.source = GitSource(repo, branch or self._default_branch(repo), self.data_dir)
+        self.index = index or self._open_index()
+        self.store = Store(self.index)
+        self.loader = Loader()
+        self.contract = Contract()
+        self._settings = settings
+        self._provider_arg = provider
+        self._provider: Provider | None = None
+        self.provider_error = ""
+        self._searcher: Searcher | None = None
+        self.revision: str | None = None
+        self.checked: Checked | None = None
+        self._graph: Graph | None = None
+        self._lock = threading.RLock()
+        self.last_stats: IndexStats | None = None
+
+    @staticmethod
+    def _default_branch(repo: str) -> str:
+        if is_url(repo):
+            return "main"
+        found = pygit2.discover_repository(str(Path(repo).expanduser()))
+        if found is None:
+            raise SourceError(f"{repo} is not a git repository", hint="run `stratum init` or pass --repo")
+        r = pygit2.Repository(found)
+        return "main" if r.head_is_unborn or r.head_is_detached else r.head.shorthand
+
+    def _open_index(self) -> Index:
+        try:
+            return Index(self.data_dir / "index.duckdb")
+        except LockError:
+            # The daemon holds the index: keep a private knowledge index for this CLI instead of failing.
+            return Index(self.data_dir / "knowledge-cli.duckdb")
+
+    # -- state ------------------------------------------------------------------------------------------
+    @property
+    def settings(self) -> KnowledgeSettings:
+        """The repo's knowledge settings (from stratum.ncl at the indexed revision, or as given)."""
+        if self._settings is None:
+            head = self._head()
+            section = repo_settings(self.source.snapshot(head), self.data_dir / "nickel-cache").get("knowledge")
+            self._settings = KnowledgeSettings.from_mapping(section)
+        return self._settings
+
+    @property
+    def searcher(self) -> Searcher:
+        """The searcher, with the embedding provider loaded on first use."""
+        with self._lock:
+            if self._searcher is None:
+                if self._provider_arg is _AUTO:
+                    self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
+                                                                        self.data_dir)
+                else:
+                    self._provider = self._provider_arg
+                    self.provider_error = "" if self._provider is not None else "embeddings disabled"
+                self._searcher = Searcher(self.store, self._provider, self.provider_error)
+            return self._searcher
+
+    def _head(self) -> str:
+        self.source.fetch()
+        try:
+            return self.source.resolve(self.source.branch)
+        except SourceError as err:
+            raise KnowledgeError(f"branch {self.source.branch!r} has no commits yet", where=self.location,
+                                 hint="commit something first (`stratum init` makes a first commit)") from err
+
+    def refresh(self, *, force_check: bool = False) -> str:
+        """Index the branch head when it moved; returns the revision searched."""
+        with self._lock:
+            if self.follow_index:
+                indexed = current_revision(self.index)
+                if indexed is None:
+                    raise KnowledgeError("the daemon has not indexed any revision yet",
+                                         hint="wait for the first run to finish")
+                if indexed != self.revision:
+                    self.revision, self._graph = indexed, None
+                    self.searcher.invalidate()
+                return indexed
+            head = self._head()
+            if head == self.revision and not force_check:
+                return head
+            searcher = self.searcher
+            if not force_check and head in set(self.store.revisions()):
+                self.revision, self.checked, self._graph = head, None, None
+                return head
+            parsed = self.loader.load_snapshot(self.source.snapshot(head))
+            extra = self._extra_nodes()
+            checked = check(parsed, self.contract, allow_dangling=self.settings.allow_dangling_links, extra=extra)
+            self.last_stats = index_revision(self.store, checked, head, self._provider)
+            searcher.invalidate()
+            self.revision, self.checked, self._graph = head, checked, None
+            return head
+
+    def _extra_nodes(self) -> list[Node]:
+        return [n for n in self.store.nodes(EXTRA)] if self.store.revisions() else []
+
+    def graph(self) -> Graph:
+        """The graph of the indexed revision (execution nodes included)."""
+        with self._lock:
+            rev = self.refresh()
+            if self._graph is None:
+                self._graph = Graph(self.store.nodes(rev))
+            return self._graph
+
+    # -- queries ----------------------------------------------------------------------------------------
+    def search(self, query: str, *, mode: str = "hybrid", limit: int = 10, filters: Filters | None = None,
+               threshold: float = 0.0) -> Result:
+        """Hybrid (or lexical/vector) search over the head revision."""
+        rev = self.refresh()
+        return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
+                                    threshold=threshold)
+
+    def node(self, ref: str) -> Node:
+        """A node by id, title, alias or file stem (NotFoundError with a hint otherwise)."""
+        found = self.graph().find(ref)
+        if found is None:
+            raise NotFoundError(f"no knowledge node {ref!r}", where=self.location,
+                                hint="`stratum kb list` shows ids; `stratum kb search` finds by content")
+        return found
+
+    def nodes(self, filters: Filters | None = None) -> list[Node]:
+        """Every node passing `filters`, by path."""
+        filters = filters or Filters()
+        out = []
+        for n in sorted(self.graph().nodes.values(), key=lambda n: n.path):
+            meta = {"type": n.type, "tags": list(n.tags), "status": n.status, "project": n.project,
+                    "modified": n.modified}
+            if filters.accepts(meta):
+                out.append(n)
+        return out
+
+    def related(self, ref: str, depth: int = 1) -> dict[str, Any]:
+        """The neighbourhood of a node: nodes/external ids within `depth` hops and the edges between them."""
+        g = self.graph()
+        node = self.node(ref)
+        ids, edges = g.neighbourhood(node.id, max(1, min(depth, 5)))
+        return {"root": node.id,
+                "nodes": [g.nodes[i].summary() if i in g.nodes else {"id": i, "type": "external"} for i in ids],
+                "edges": [{"source": e.source, "rel": e.rel, "target": e.resolved, "line": e.line} for e in edges]}
+
+    def guidelines(self) -> tuple[list[Guideline], list[str]]:
+        """The effective guidelines and warnings about unreadable bases."""
+        project = [n for n in self.graph().nodes.values() if n.type == "guideline"]
+        return effective(project, self.settings.bases, self.data_dir, self.loader)
+
+    def linking(self, target: str) -> list[Node]:
+        """Nodes with an edge to `target` (a node id or an external id like infra:app-config)."""
+        g = self.graph()
+        return sorted({g.nodes[e.source].id: g.nodes[e.source] for e in g.edges if e.resolved == target}.values(),
+                      key=lambda n: n.path)
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The daemon's latest runs with outcome and actions (from the core tables)."""
+        runs = self.index.query_dicts(
+            "SELECT id AS run_id, revision, trigger, status, started, finished, duration_ms, message FROM runs "
+            "ORDER BY started DESC LIMIT ?", [limit])
+        for run in runs:
+            run["actions"] = self.index.query_dicts(
+                "SELECT action_id, kind, target, summary, status FROM actions WHERE run_id = ? ORDER BY seq",
+                [run["run_id"]])
+            for key in ("started", "finished"):
+                run[key] = iso(run[key]) if run[key] else None
+        return runs
+
+    # -- writes -----------------------------------------------------------------------------------------
+    def new_node(self, ntype: str, title: str, *, body: str = "", fields: dict[str, Any] | None = None,
+                 tags: Sequence[str] = (), commit: bool | None = None) -> tuple[Path, str]:
+        """Write a new node file into the work tree (committing it when asked or configured); (file, id)."""
+        if ntype not in TYPES:
+            raise KnowledgeError(f"unknown node type {ntype!r}", hint=f"use one of: {', '.join(TYPES)}")
+        if not title.strip() or len(title) > 200:
+            raise KnowledgeError("a title must have 1 to 200 characters", hint="give a short, specific title")
+        workdir = self.source.repo.workdir
+        if workdir is None:
+            raise KnowledgeError(f"{self.location} has no work tree", hint="clone the repo and run this there")
+        node_id = str(uuid.uuid4())
+        today = iso(time.time())[:10]
+        front: dict[str, Any] = {"id": node_id, "type": ntype, "title": title.strip(), "created": today,
+                                 "modified": today, "tags": list(tags),
+                                 "status": "proposed" if ntype == "decision" else "draft"}
+        front.update({k: v for k, v in (fields or {}).items() if v not in (None, "", [])})
+        if ntype == "decision" and front["status"] not in DECISION_STATUSES:
+            raise KnowledgeError(f"decision status {front['status']!r} is not one of {', '.join(DECISION_STATUSES)}")
+        rel = f"{ROOT}/{TYPE_DIRS[ntype]}/{slugify(title)}.md"
+        path = Path(workdir) / rel
+        if path.exists():
+            rel = f"{ROOT}/{TYPE_DIRS[ntype]}/{slugify(title)}-{node_id[:8]}.md"
+            path = Path(workdir) / rel
+        text = render(front, body or f"# {title.strip()}\n")
+        parsed = check(self.loader.load_dir(Path(workdir), [_write(path, text)]), self.contract,
+                       allow_dangling=True)
+        if parsed.problems:
+            path.unlink()
+            raise KnowledgeError(f"the new node would be invalid: {parsed.problems[0]}", where=rel,
+                                 hint="fix the fields you passed")
+        if commit if commit is not None else self.settings.commit_notes:
+            commit_file(self.source.repo, self.source.branch, rel, text, f"knowledge: add {ntype} {title.strip()}")
+            index = self.source.repo.index
+            index.read()
+            index.add(rel)
+            index.write()
+        return path, node_id
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,215 @@
+"""The knowledge tables in the DuckDB index (component "knowledge"), content-addressed by blob id.
+
+A node's parsed form, terms, edges and chunks are keyed by its blob id, so a blob is parsed and embedded once
+whatever revisions contain it. `kb_tree` maps a revision to its (path, blob) pairs; execution nodes, which no
+commit contains, live under the pseudo-revision `*`. Links are stored as written and resolved when read, so a
+link to a node committed later resolves without touching the linking node.
+
+Bulk writes go through DuckDB's scan of dicts of NumPy arrays: `executemany` over Python lists costs seconds
+for 10,000 vectors (PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from daemon.index import Index, ensure_schema
+from reconcilers.knowledge.node import Link, Node
+from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
+
+DIM = 384
+EXTRA = "*"                                   # the pseudo-revision of execution nodes
+KEEP_REVISIONS = 20
+
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE kb_node (
+        blob_id TEXT PRIMARY KEY, node_id TEXT, type TEXT, title TEXT, status TEXT, project TEXT, tags TEXT[],
+        created TEXT, modified TEXT, front TEXT, body TEXT, body_line INTEGER, links TEXT, key_lines TEXT,
+        doc_len INTEGER);
+    CREATE TABLE kb_tree (revision TEXT, path TEXT, blob_id TEXT);
+    CREATE TABLE kb_edge (blob_id TEXT, rel TEXT, target TEXT, line INTEGER, origin TEXT);
+    CREATE TABLE kb_term (blob_id TEXT, term TEXT, tf INTEGER);
+    CREATE TABLE kb_chunk (blob_id TEXT, seq INTEGER, hash TEXT, text TEXT);
+    CREATE TABLE kb_vec (hash TEXT, model TEXT, vec FLOAT[{DIM}], PRIMARY KEY (hash, model));
+    CREATE TABLE kb_revision (revision TEXT PRIMARY KEY, indexed_at DOUBLE, nodes INTEGER, problems TEXT);
+    """,
+    # 2: postings are looked up by term on every query; an ART index turns the scan into point lookups.
+    "CREATE INDEX kb_term_term ON kb_term (term)",
+)
+
+
+def _arr(values: Sequence[Any], dtype: Any = object) -> npt.NDArray[Any]:
+    return np.array(list(values), dtype=dtype)
+
+
+class Store:
+    """Reads and writes the knowledge tables of one Index."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        with index._lock:
+            ensure_schema(index.con, "knowledge", MIGRATIONS)
+
+    # -- writes ------------------------------------------------------------------------------------
+    def known_blobs(self, blob_ids: Iterable[str]) -> set[str]:
+        """The blob ids among `blob_ids` whose nodes are stored already."""
+        wanted = list(set(blob_ids))
+        if not wanted:
+            return set()
+        rows = self.index.query("SELECT blob_id FROM kb_node WHERE blob_id IN (SELECT unnest(?))", [wanted])
+        return {str(r[0]) for r in rows}
+
+    def add_nodes(self, nodes: Sequence[Node]) -> int:
+        """Store new nodes (parsed form, edges, terms, chunks); nodes whose blob is stored are skipped."""
+        fresh: dict[str, Node] = {}
+        known = self.known_blobs(n.blob_id for n in nodes)
+        for n in nodes:
+            if n.blob_id not in known:
+                fresh.setdefault(n.blob_id, n)
+        if not fresh:
+            return 0
+        items = list(fresh.values())
+        term_rows: list[tuple[str, str, int]] = []
+        doc_len: dict[str, int] = {}
+        for n in items:
+            counts = node_terms(n)
+            doc_len[n.blob_id] = sum(counts.values())
+            term_rows.extend((n.blob_id, t, c) for t, c in counts.items())
+        edge_rows = [(n.blob_id, ln.rel, ln.target, ln.line, ln.origin) for n in items for ln in n.links]
+        chunk_rows = [(n.blob_id, i, chunk_hash(c), c) for n in items for i, c in enumerate(chunks(n))]
+        # nodes_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+        nodes_d = {  # noqa: F841
+            "blob_id": _arr([n.blob_id for n in items]), "node_id": _arr([n.id for n in items]),
+            "type": _arr([n.type for n in items]), "title": _arr([n.title for n in items]),
+            "status": _arr([n.status for n in items]), "project": _arr([n.project for n in items]),
+            "tags": _arr([json.dumps(list(n.tags)) for n in items]), "created": _arr([n.created for n in items]),
+            "modified": _arr([n.modified for n in items]), "front": _arr([n.front for n in items]),
+            "body": _arr([n.body for n in items]), "body_line": _arr([n.body_line for n in items], np.int32),
+            "links": _arr([json.dumps([[ln.rel, ln.target, ln.line, ln.label, ln.origin] for ln in n.links])
+                           for n in items]),
+            "key_lines": _arr([json.dumps(n.key_lines) for n in items]),
+            "doc_len": _arr([doc_len[n.blob_id] for n in items], np.int32)}
+        with self.index._lock:
+            con = self.index.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("INSERT INTO kb_node SELECT blob_id, node_id, type, title, status, project, "
+                            "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
+                            "body_line, links, key_lines, doc_len FROM nodes_d")
+                if term_rows:
+                    # terms_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                    terms_d = {"b": _arr([r[0] for r in term_rows]), "t": _arr([r[1] for r in term_rows]),  # noqa: F841
+                               "f": _arr([r[2] for r in term_rows], np.int32)}
+                    con.execute("INSERT INTO kb_term SELECT b, t, f FROM terms_d")
+                if edge_rows:
+                    # edges_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                    edges_d = {k: _arr([r[i] for r in edge_rows], np.int32 if i == 3 else object)  # noqa: F841
+                               for i, k in enumerate(("b", "r", "t", "l", "o"))}
+                    con.execute("INSERT INTO kb_edge SELECT b, r, t, l, o FROM edges_d")
+                if chunk_rows:
+                    # chunks_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                    chunks_d = {k: _arr([r[i] for r in chunk_rows], np.int32 if i == 1 else object)  # noqa: F841
+                                for i, k in enumerate(("b", "s", "h", "x"))}
+                    con.execute("INSERT INTO kb_chunk SELECT b, s, h, x FROM chunks_d")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return len(items)
+
+    def chunks_without_vectors(self, blob_ids: Sequence[str], model: str) -> list[tuple[str, str]]:
+        """(hash, text) of the chunks of `blob_ids` that have no vector for `model` yet, one per hash."""
+        if not blob_ids:
+            return []
+        rows = self.index.query(
+            "SELECT c.hash, any_value(c.text) FROM kb_chunk c WHERE c.blob_id IN (SELECT unnest(?)) "
+            "AND NOT EXISTS (SELECT 1 FROM kb_vec v WHERE v.hash = c.hash AND v.model = ?) GROUP BY c.hash",
+            [list(set(blob_ids)), model])
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def add_vectors(self, model: str, hashes: Sequence[str], matrix: npt.NDArray[np.float32]) -> None:
+        """Store one vector per chunk hash (rows of `matrix`, DIM wide)."""
+        if not hashes:
+            return
+        n = len(hashes)
+        # flat_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+        flat_d = {"r": np.repeat(np.arange(n, dtype=np.int32), DIM), "i": np.arange(n * DIM, dtype=np.int64),  # noqa: F841
+                  "x": np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)}
+        # names_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+        names_d = {"r": np.arange(n, dtype=np.int32), "h": _arr(hashes)}  # noqa: F841
+        # The dicts are found by DuckDB's replacement scan in this frame's locals: execute here, not via Index.
+        with self.index._lock:
+            self.index.con.execute(
+                f"INSERT OR IGNORE INTO kb_vec SELECT n.h, ?, f.v::FLOAT[{DIM}] FROM "
+                "(SELECT r, list(x ORDER BY i) v FROM flat_d GROUP BY r) f JOIN names_d n USING (r)", [model])
+
+    def set_tree(self, revision: str, entries: Sequence[tuple[str, str]], problems: int = 0) -> None:
+        """Record the (path, blob id) pairs of a revision's indexed nodes; prune revisions beyond the last N."""
+        # tree_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+        tree_d = {"p": _arr([e[0] for e in entries]), "b": _arr([e[1] for e in entries])}  # noqa: F841
+        with self.index._lock:
+            con = self.index.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
+                if entries:
+                    con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
+                con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
+                            [revision, time.time(), len(entries), str(problems)])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        self._prune()
+
+    def _prune(self) -> None:
+        old = self.index.query("SELECT revision FROM kb_revision ORDER BY indexed_at DESC OFFSET ?",
+                               [KEEP_REVISIONS])
+        if not old:
+            return
+        gone = [str(r[0]) for r in old]
+        with self.index._lock:
+            con = self.index.con
+            con.execute("DELETE FROM kb_tree WHERE revision IN (SELECT unnest(?))", [gone])
+            con.execute("DELETE FROM kb_revision WHERE revision IN (SELECT unnest(?))", [gone])
+            live = "(SELECT DISTINCT blob_id FROM kb_tree)"
+            for table in ("kb_node", "kb_edge", "kb_term", "kb_chunk"):
+                con.execute(f"DELETE FROM {table} WHERE blob_id NOT IN {live}")
+            con.execute("DELETE FROM kb_vec WHERE hash NOT IN (SELECT DISTINCT hash FROM kb_chunk)")
+
+    def add_extra(self, node: Node) -> None:
+        """Store a node no commit contains (an execution node) so every revision sees it."""
+        self.add_nodes([node])
+        self.index.execute("DELETE FROM kb_tree WHERE revision = ? AND path = ?", [EXTRA, node.path])
+        self.index.execute("INSERT INTO kb_tree VALUES (?, ?, ?)", [EXTRA, node.path, node.blob_id])
+
+    # -- reads -------------------------------------------------------------------------------------
+    def revisions(self) -> list[str]:
+        """Indexed revisions, newest first."""
+        return [str(r[0]) for r in self.index.query("SELECT revision FROM kb_revision ORDER BY indexed_at DESC")]
+
+    def nodes(self, revision: str) -> list[Node]:
+        """The nodes of a revision (execution nodes included)."""
+        rows = self.index.query(
+            "SELECT t.path, n.blob_id, n.node_id, n.type, n.title, n.status, n.project, n.tags, n.created, "
+            "n.modified, n.front, n.body, n.body_line, n.links, n.key_lines FROM kb_tree t "
+            "JOIN kb_node n USING (blob_id) WHERE t.revision IN (?, ?) ORDER BY t.path", [revision, EXTRA])
+        return [row_to_node(r) for r in rows]
+
+
+def row_to_node(r: Sequence[Any]) -> Node:
+    """Rebuild a Node from a `Store.nodes` row."""
+    links = tuple(Link(rel, target, int(line), label, origin)
+                  for rel, target, line, label, origin in json.loads(r[13]))
+    key_lines = tuple((str(k), int(v)) for k, v in json.loads(r[14]))
+    return Node(path=str(r[0]), blob_id=str(r[1]), id=str(r[2]), type=str(r[3]), title=str(r[4]),
+                status=str(r[5]), project=str(r[6]), tags=tuple(r[7] or ()), created=str(r[8]),
+                modified=str(r[9]), front=str(r[10]), body=str(r[11]), body_line=int(r[12]), links=links,
+                key_lines=key_lines)

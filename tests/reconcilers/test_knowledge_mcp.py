@@ -1,0 +1,124 @@
+"""The MCP server, through the official SDK client: over stdio (spawning `kb mcp`) and over streamable HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from daemon.index import Index
+from daemon.source import GitSource
+from reconcilers.base import ReconcilerEnv
+from reconcilers.knowledge.reconciler import KnowledgeReconciler
+from tests.fixtures import WorkRepo
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> WorkRepo:
+    """A repo holding the shipped example knowledge (repo_template/knowledge)."""
+    repo = WorkRepo(tmp_path_factory.mktemp("ops") / "repo")
+    files = {str(p.relative_to(ROOT / "repo_template")): p.read_text()
+             for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}
+    repo.commit(files, "knowledge")
+    return repo
+
+
+def _text(result: Any) -> Any:
+    assert not result.is_error, result.content
+    if result.structured_content is not None:
+        return result.structured_content.get("result", result.structured_content)
+    return json.loads(result.content[0].text)
+
+
+async def _exercise(client: Client) -> None:
+    tools = {t.name for t in (await client.list_tools()).tools}
+    assert {"search", "get_node", "list_nodes", "get_guidelines", "related", "add_note", "record_decision",
+            "export", "runbook_for", "recent_runs", "explain_resource"} <= tools
+    found = _text(await client.call_tool("search", {"query": "service returns 502 bad gateway"}))
+    assert found["mode"] == "hybrid" and found["results"][0]["title"].startswith("Runbook: hello service")
+    node_id = found["results"][0]["id"]
+    node = _text(await client.call_tool("get_node", {"id": node_id}))
+    assert any(link["resolved"] == "infra:app-service" for link in node["links"])
+    runbooks = _text(await client.call_tool("runbook_for", {"resource": "app-config"}))
+    assert {r["title"] for r in runbooks["results"]} >= {
+        "Postmortem: config file became unreadable after a mode change"}
+    explained = _text(await client.call_tool("explain_resource", {"resource": "infra:app-config"}))
+    assert explained["decisions"][0]["title"].startswith("ADR 0001")
+    guidelines = _text(await client.call_tool("get_guidelines", {}))
+    assert guidelines["guidelines"][0]["category"] == "change-review"
+    resource = await client.read_resource(f"stratum://node/{node_id}")
+    assert "type: note" in resource.contents[0].text
+    prompt = await client.get_prompt("postmortem", {"incident": "502s after deploy", "resource": "app-service"})
+    assert "[[infra:app-service]]" in prompt.messages[0].content.text
+
+
+def test_the_sdk_client_uses_every_surface_over_stdio(template_repo: WorkRepo, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "daemon.cli.kb", "mcp", "--repo", str(template_repo.path),
+                                      "--data-dir", str(tmp_path / "data")], env=env, cwd=str(ROOT))
+
+    async def main() -> None:
+        async with Client(params, read_timeout_seconds=120) as client:
+            await _exercise(client)
+            added = _text(await client.call_tool("add_note", {"title": "Disk full on web-1", "body": "df -h",
+                                                              "tags": ["runbook"]}))
+            assert Path(added["path"]).exists() and added["committed"] is False
+
+    anyio.run(main)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def daemon_http(template_repo: WorkRepo, tmp_path: Path) -> Iterator[str]:
+    """The reconciler's ASGI app mounted at /mcp on a Starlette app served by uvicorn on loopback."""
+    rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data"))
+    index = Index(tmp_path / "data" / "index.duckdb")
+    snap = GitSource(str(template_repo.path), "main", tmp_path / "data").snapshot("main")
+    desired = rec.load(snap)
+    assert rec.validate(desired) == []
+    rec.index(desired, index, snap.revision)
+    mounted = rec.asgi_app()
+    assert mounted is not None
+    prefix, app = mounted
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Mount(prefix, app=app)]), host="127.0.0.1",
+                                           port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}{prefix}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_the_sdk_client_uses_the_daemons_http_transport(daemon_http: str) -> None:
+    async def main() -> None:
+        async with Client(daemon_http, read_timeout_seconds=60) as client:
+            await _exercise(client)
+
+    anyio.run(main)
