@@ -1,0 +1,101 @@
+"""An idle daemon over 60 s: resident memory and CPU of `stratumd` and its children (the Nickel worker).
+
+A real `stratumd` applies a generated repository, settles, then is left alone while this process samples
+/proc once a second: VmRSS of every process in the daemon's tree (from /proc/PID/status), and CPU from
+/proc/PID/stat (utime+stime of the live tree, plus cutime+cstime of the daemon for children that came and
+went). CPU % is of one core. Context switches per second (all threads) show whether anything polls.
+The drift check (default every 300 s) does not fall inside the 60 s window unless `--drift-interval` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import common
+from common import DaemonProcess, InfraLayout, Repo, print_table, verdict
+
+TARGET_RSS_MB = 150.0
+TARGET_CPU_PCT = 1.0
+
+
+def tree_sample(pid: int) -> dict[str, Any]:
+    """RSS, CPU ticks and context switches of the daemon's process tree now."""
+    pids = common.process_tree(pid)
+    rss = {p: common.rss_kb(p) for p in pids}
+    ticks = sum(common.cpu_ticks(p)[0] for p in pids) + common.cpu_ticks(pid)[1]
+    switches = sum(common.context_switches(p) for p in pids)
+    threads = sum(int(common.status_fields(p).get("Threads", 0)) for p in pids)
+    return {"t": time.monotonic(), "pids": pids, "rss_kb": rss, "ticks": ticks, "switches": switches,
+            "threads": threads}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with common.workspace("idle", args.keep) as base:
+        repo = Repo.create(base)
+        layout = InfraLayout.generate(args.infra_files, args.per_file)
+        repo.write(common.plain_files(args.files - args.infra_files))
+        repo.write(layout.rendered())
+        head = repo.commit("generated")
+        repo.push()
+        extra = ["--drift-interval", str(args.drift_interval)] if args.drift_interval is not None else []
+        with DaemonProcess(repo.bare, base / "data", base / "root", *extra) as daemon:
+            first = daemon.wait_run(head, timeout=600)
+            print(f"initial run: {first.get('outcome')} in {first.get('duration_ms')} ms; settling {args.settle:g} s")
+            time.sleep(args.settle)
+            samples = [tree_sample(daemon.pid)]
+            print(f"sampling for {args.seconds:g} s ...", flush=True)
+            end = samples[0]["t"] + args.seconds
+            while time.monotonic() < end:
+                time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+                samples.append(tree_sample(daemon.pid))
+            log_lines = len(daemon.events)
+            processes = {p: common.cmdline(p) for p in samples[-1]["pids"]}
+            events_during = [e.get("event") for e in daemon.events
+                             if e["_received"] >= time.time() - args.seconds - 1]
+    first_s, last_s = samples[0], samples[-1]
+    wall = last_s["t"] - first_s["t"]
+    cpu_pct = 100.0 * (last_s["ticks"] - first_s["ticks"]) / common.CLK_TCK / wall
+    totals = [sum(s["rss_kb"].values()) / 1024 for s in samples]
+    daemon_rss = [s["rss_kb"].get(samples[0]["pids"][0], 0) / 1024 for s in samples]
+    switches_per_s = (last_s["switches"] - first_s["switches"]) / wall
+    rows = [
+        ["RSS, daemon + children (max)", f"{max(totals):.1f} MB", f"< {TARGET_RSS_MB:g} MB",
+         verdict(max(totals), TARGET_RSS_MB)],
+        ["RSS, daemon alone (max)", f"{max(daemon_rss):.1f} MB", "", ""],
+        ["RSS, children (max)", f"{max(t - d for t, d in zip(totals, daemon_rss, strict=True)):.1f} MB", "", ""],
+        ["CPU, daemon + children", f"{cpu_pct:.3f} %", f"< {TARGET_CPU_PCT:g} %", verdict(cpu_pct, TARGET_CPU_PCT)],
+        ["CPU time used", f"{(last_s['ticks'] - first_s['ticks']) / common.CLK_TCK:.2f} s", "", ""],
+        ["context switches / s (all threads)", f"{switches_per_s:.1f}", "", ""],
+        ["processes / threads", f"{len(last_s['pids'])} / {last_s['threads']}", "", ""],
+    ]
+    print_table(f"Idle daemon over {wall:.0f} s ({args.files:,}-file repo, {layout.count:,} resources applied)",
+                ["measure", "value", "target", ""], rows)
+    return {"params": {"files": args.files, "resources": layout.count, "seconds": args.seconds,
+                       "settle_s": args.settle, "drift_interval": args.drift_interval},
+            "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT},
+            "rss_mb_max": max(totals), "rss_mb_daemon_max": max(daemon_rss), "cpu_pct": cpu_pct,
+            "wall_s": wall, "context_switches_per_s": switches_per_s, "processes": processes,
+            "log_lines_total": log_lines, "log_events_while_idle": events_during,
+            "rss_mb_series": totals}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=5.0, help="seconds after the initial run before sampling")
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--infra-files", type=int, default=100)
+    parser.add_argument("--per-file", type=int, default=10)
+    parser.add_argument("--drift-interval", type=float, default=None, help="pass to stratumd (default: its own)")
+    parser.add_argument("--quick", action="store_true", help="20 s over a 500-file repo")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.files, args.infra_files = 20.0, 500, 10
+    common.write_result("idle", run(args))
+
+
+if __name__ == "__main__":
+    main()

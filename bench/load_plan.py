@@ -1,0 +1,146 @@
+"""Cold and warm load + plan of 5,000 Nickel resources (50 infra files of 100 `file` resources).
+
+Cold: a fresh Python process and a fresh data directory (empty Nickel cache, no Nickel worker yet, empty
+index), through the library API: `daemon.runtime.build(settings)` then one `pipeline.plan(revision)` (snapshot,
+Nickel evaluation with the infra contract, validation, observation of the root, diff, dependency order).
+Each cold sample runs in its own child process so nothing is cached in memory; the phases are timed inside
+the child. Warm: the same runtime planning the same revision again (in-memory Nickel cache by blob id).
+Also: the CLI, `stratum plan --output json`, cold (wall time of the whole command, Python start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+from common import InfraLayout, Repo, print_table, summary, verdict
+
+TARGET_S = 2.0
+
+
+def child(repo: str, data_dir: str, root: str, warm_runs: int) -> dict[str, Any]:
+    """Runs inside a fresh interpreter: times import, build, plan (cold), then warm plans."""
+    t0 = time.perf_counter()
+    from daemon.runtime import build
+    from daemon.settings import Settings
+
+    t_import = time.perf_counter()
+    settings = Settings(repo=repo, data_dir=Path(data_dir), root=Path(root))
+    rt = build(settings)
+    t_build = time.perf_counter()
+    try:
+        head = rt.source.resolve("main")
+        report = rt.pipeline.plan(head)          # cold: the one load inside plan() evaluates every file
+        t_plan = time.perf_counter()
+        t = time.perf_counter()
+        loaded = rt.pipeline.load(head)          # warm load (Nickel results cached by blob id)
+        t_load_warm = time.perf_counter() - t
+        infra = loaded.desired.get("infra")
+        out: dict[str, Any] = {
+            "import_s": t_import - t0, "build_s": t_build - t_import, "plan_s": t_plan - t_build,
+            "load_warm_s": t_load_warm, "resources": len(infra.resources) if infra is not None else 0,
+            "actions": len(report.actions), "problems": [str(p) for p in report.problems[:5]],
+            "nickel_evaluations": rt.evaluator.stats["evaluations"],
+            "nickel_eval_ms": getattr(rt.evaluator, "last_eval_ms", None)}
+        warm = []
+        for _ in range(warm_runs):
+            t = time.perf_counter()
+            again = rt.pipeline.plan(head)
+            warm.append(time.perf_counter() - t)
+            assert len(again.actions) == len(report.actions)
+        out["warm_plan_s"] = warm
+        out["nickel_cache_hits"] = rt.evaluator.stats["cache_hits"]
+        return out
+    finally:
+        rt.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with common.workspace("load-plan", args.keep) as base:
+        repo = Repo.create(base)
+        layout = InfraLayout.generate(args.infra_files, args.per_file)
+        repo.write(layout.rendered())
+        repo.commit("generated resources")
+        repo.push()
+        resources = layout.count
+        print(f"{resources:,} resources in {args.infra_files} files; {args.samples} cold samples")
+        samples = []
+        for i in range(args.samples):
+            data_dir, root = base / f"data-{i}", base / f"root-{i}"
+            t = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(repo.bare), str(data_dir), str(root), str(args.warm)],
+                capture_output=True, text=True, check=False, timeout=600)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                raise SystemExit(f"child failed: {proc.stderr[-3000:]}")
+            sample = json.loads(proc.stdout.strip().splitlines()[-1])
+            sample["process_wall_s"] = wall
+            sample["build_load_plan_s"] = sample["build_s"] + sample["plan_s"]
+            samples.append(sample)
+            if sample["problems"]:
+                print(f"  WARNING: problems: {sample['problems']}")
+        cli = []
+        for i in range(args.samples):
+            data_dir = base / f"cli-data-{i}"
+            t = time.perf_counter()
+            proc = subprocess.run([common.tool("stratum"), "plan", "--repo", str(repo.bare), "--data-dir",
+                                   str(data_dir), "--root", str(base / f"cli-root-{i}"), "--output", "json"],
+                                  capture_output=True, text=True, check=False, timeout=600)
+            cli.append(time.perf_counter() - t)
+            if proc.returncode != 0:
+                raise SystemExit(f"stratum plan failed: {proc.stderr[-3000:]}")
+            cli_actions = len(json.loads(proc.stdout)["actions"])
+
+    def med(key: str) -> float:
+        return summary([s[key] for s in samples])["p50"]
+
+    warm_all = [w for s in samples for w in s["warm_plan_s"]]
+    cold = med("build_load_plan_s")
+    rows = [
+        ["cold: import daemon modules", med("import_s"), "", ""],
+        ["cold: runtime.build (index, worker, reconcilers)", med("build_s"), "", ""],
+        ["cold: pipeline.plan (snapshot, Nickel, validate, observe, diff, order)", med("plan_s"), "", ""],
+        ["cold: build + plan (library)", cold, f"< {TARGET_S:g}", verdict(cold, TARGET_S)],
+        ["  of which the Nickel worker's evaluation", med("nickel_eval_ms") / 1000, "", ""],
+        ["cold: whole child process (python start to exit, incl. warm runs)", med("process_wall_s"), "", ""],
+        ["cold: `stratum plan --output json` (CLI wall)", summary(cli)["p50"], f"< {TARGET_S:g}",
+         verdict(summary(cli)["p50"], TARGET_S)],
+        ["warm: pipeline.load again, same runtime", med("load_warm_s"), "", ""],
+        ["warm: pipeline.plan again, same runtime", summary(warm_all)["p50"], "", ""],
+    ]
+    print_table(f"Load + plan of {resources:,} resources, seconds (median of {args.samples} cold samples; "
+                f"{samples[0]['actions']:,} actions planned)", ["phase", "s", "target", ""], rows)
+    return {"params": {"infra_files": args.infra_files, "per_file": args.per_file, "resources": resources,
+                       "samples": args.samples, "warm": args.warm},
+            "target_s": TARGET_S, "cold_library_s": summary([s["build_load_plan_s"] for s in samples]),
+            "cold_cli_s": summary(cli), "warm_plan_s": summary(warm_all), "cli_actions": cli_actions,
+            "samples": samples}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        repo, data_dir, root, warm = sys.argv[2:6]
+        print(json.dumps(child(repo, data_dir, root, int(warm))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--infra-files", type=int, default=50)
+    parser.add_argument("--per-file", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=3, help="cold samples (each a fresh process and data dir)")
+    parser.add_argument("--warm", type=int, default=3, help="warm plans per sample")
+    parser.add_argument("--quick", action="store_true", help="1,000 resources, 2 samples")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.infra_files, args.samples = 10, 2
+    common.write_result("load_plan", run(args))
+
+
+if __name__ == "__main__":
+    main()
