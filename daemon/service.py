@@ -49,6 +49,7 @@ class Daemon:
         self.last_head: str | None = None
         self._branch_missing = False
         self._last_drift: set[str] = set()
+        self.loops = 0                        # main-loop iterations: an idle daemon must not spin
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -92,7 +93,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """Status with Ready conditions, plus daemon facts."""
         extra = {"daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
-                            "head": self.last_head}}
+                            "head": self.last_head, "loops": self.loops}}
         return status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
 
     def _health(self) -> dict[str, Any]:
@@ -172,6 +173,7 @@ class Daemon:
                     deadlines.append(self.notifier.watchdog_interval)
                 finite = [x for x in deadlines if x != float("inf")]
                 reasons = self.wake.wait(max(0.0, min(finite)) if finite else None)
+                self.loops += 1
                 if self.shutdown.stopping:
                     break
                 self._drain_jobs()

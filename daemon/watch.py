@@ -36,6 +36,9 @@ class Wakeup:
             return reasons
 
 
+_WRITES = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
+
 class _RefHandler(FileSystemEventHandler):
     def __init__(self, branch: str, wake: Wakeup) -> None:
         self._targets = (f"refs/heads/{branch}", "packed-refs")
@@ -47,6 +50,10 @@ class _RefHandler(FileSystemEventHandler):
             self._wake.ring("ref")
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # Only writes count: reading the ref (as the loop itself does) raises `opened`/`closed_no_write`
+        # events, and waking on those made an idle daemon spin.
+        if event.event_type not in _WRITES:
+            return
         # A push writes main.lock then moves it onto main: the move's destination is the signal.
         self._check(event.src_path)
         dest = getattr(event, "dest_path", "")

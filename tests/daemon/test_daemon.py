@@ -275,3 +275,24 @@ def test_periodic_drift_check_corrects_and_reports(pushed: tuple[WorkRepo, Path]
         wait_for(lambda: any(r["trigger"] == "drift" and r["status"] == "succeeded" for r in d.runs()), 10)
     finally:
         d.stop()
+
+
+def test_idle_daemon_does_not_wake_on_ref_reads(pushed: tuple[WorkRepo, Path], tmp_path: Path) -> None:
+    """Reading the watched ref (as git and the daemon itself do) never wakes the main loop: idle means idle."""
+    work, remote = pushed
+    rev = work.commit({"infra/a.ncl": _files(1, "idle")})
+    work.push()
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
+    try:
+        d.wait_run(rev)
+        time.sleep(0.3)
+        before = d.call("status")["status"]["daemon"]["loops"]
+        for _ in range(20):
+            git(remote, "rev-parse", "refs/heads/main")
+            (remote / "refs/heads/main").read_text()
+        time.sleep(1.0)
+        assert d.call("status")["status"]["daemon"]["loops"] == before
+        d.call("notify", reason="test")
+        wait_for(lambda: d.call("status")["status"]["daemon"]["loops"] > before, 5)
+    finally:
+        d.stop()
