@@ -100,7 +100,19 @@ _JOURNALED = {
     "put_inventory": "INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?, ?, ?)",
     "drop_inventory": "DELETE FROM inventory WHERE reconciler = ? AND resource_id = ?",
 }
-_BATCH = 512
+_BATCH = 2048
+_BULK = {"checkpoint": ("actions", 12), "put_inventory": ("inventory", 6)}
+
+
+def _runs_of(records: Sequence[tuple[str, list[Any]]]) -> list[tuple[str, list[list[Any]]]]:
+    """Consecutive records of the same operation, grouped (order between groups is kept)."""
+    out: list[tuple[str, list[list[Any]]]] = []
+    for op, params in records:
+        if out and out[-1][0] == op:
+            out[-1][1].append(params)
+        else:
+            out.append((op, [params]))
+    return out
 
 
 class Index:
@@ -167,12 +179,24 @@ class Index:
 
     # -- the journal -------------------------------------------------------------------------------
     def _apply_batch(self, records: Sequence[tuple[str, list[Any]]]) -> None:
+        """Write journal records in one transaction, one set-based statement per run of the same operation
+        (a row-by-row INSERT OR REPLACE costs milliseconds each in DuckDB)."""
         if not records:
             return
         self.con.execute("BEGIN TRANSACTION")
         try:
-            for op, params in records:
-                self.con.execute(_JOURNALED[op], params)
+            for op, rows in _runs_of(records):
+                if op == "drop_inventory":
+                    keys = [f"{r[0]}\x00{r[1]}" for r in rows]
+                    self.con.execute("DELETE FROM inventory WHERE reconciler || chr(0) || resource_id "
+                                     "IN (SELECT unnest(?))", [keys])
+                    continue
+                table, width = _BULK[op]
+                latest = {(r[0], r[1]): r for r in rows}       # the last record of a key wins
+                columns = [list(col) for col in zip(*latest.values(), strict=True)]
+                assert len(columns) == width
+                self.con.execute(f"INSERT OR REPLACE INTO {table} SELECT "
+                                 + ", ".join("unnest(?)" for _ in range(width)), columns)
             self.con.execute("COMMIT")
         except Exception:
             self.con.execute("ROLLBACK")

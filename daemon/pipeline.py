@@ -20,7 +20,7 @@ from daemon.metrics import Metrics
 from daemon.nickel import Evaluator
 from daemon.plan import Executor, order, sequence
 from daemon.source import GitSource, Snapshot
-from reconcilers.base import Action, ApplyContext, Problem, Reconciler, RunRecord
+from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
 
@@ -102,12 +102,13 @@ class Pipeline:
                                         reconciler=name, hint="report this bug; the revision was not applied"))
         return Loaded(snap, repo_settings, desired, tuple(problems))
 
-    def _plan(self, loaded: Loaded) -> list[Action]:
-        inventory = self.index.inventory()
+    def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
+              observed: Mapping[str, Any] | None = None) -> list[Action]:
+        inventory = self.index.inventory() if inventory is None else inventory
         actions: list[Action] = []
         for name, rec in self.reconcilers.items():
-            observed = rec.observe(loaded.desired[name], inventory)
-            actions.extend(rec.plan(loaded.desired[name], observed, inventory))
+            seen = observed[name] if observed is not None else rec.observe(loaded.desired[name], inventory)
+            actions.extend(rec.plan(loaded.desired[name], seen, inventory))
         order(actions)  # raises CycleError naming the cycle
         return actions
 
@@ -116,20 +117,20 @@ class Pipeline:
         loaded = self.load(revision)
         if loaded.problems:
             return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
+        inventory = self.index.inventory()
+        observed = {name: rec.observe(loaded.desired[name], inventory) for name, rec in self.reconcilers.items()}
         try:
-            actions = self._plan(loaded)
+            actions = self._plan(loaded, inventory, observed)
         except CycleError as err:
             return PlanReport(loaded.snapshot.revision, base, (), (Problem(err.what, hint=err.hint),))
         drift: list[Problem] = []
-        inventory = self.index.inventory()
         for name, rec in self.reconcilers.items():
-            observed = rec.observe(loaded.desired[name], inventory)
             drift_fn = getattr(rec, "drift", None)
             if drift_fn is not None:
                 try:
-                    drift.extend(drift_fn(loaded.desired[name], observed, inventory))
+                    drift.extend(drift_fn(loaded.desired[name], observed[name], inventory))
                 except TypeError:
-                    drift.extend(drift_fn(loaded.desired[name], observed))
+                    drift.extend(drift_fn(loaded.desired[name], observed[name]))
         return PlanReport(loaded.snapshot.revision, base, tuple(sequence(actions)), (), tuple(drift))
 
     def plan_between(self, base: str, head: str) -> PlanReport:
@@ -239,11 +240,12 @@ class Pipeline:
             if items_fn is None:
                 continue
             wanted = {i.resource_id: i for i in items_fn(loaded.desired[name])}
-            for item in self.index.inventory(name):
-                if item.resource_id not in wanted:
-                    self.index.drop_inventory(name, item.resource_id)
-            for item in wanted.values():
-                self.index.put_inventory(item, revision)
+            current = {i.resource_id: i for i in self.index.inventory(name)}
+            for rid in current.keys() - wanted.keys():
+                self.index.drop_inventory(name, rid)
+            for rid, item in wanted.items():
+                if current.get(rid) != item:                  # only what changed is written
+                    self.index.put_inventory(item, revision)
         self.index.set_state("last_applied_revision", revision)
         self.index.set_state("last_good_revision", revision)
         self._good = {revision: loaded}

@@ -60,8 +60,9 @@ def _apply(settings: Settings, revision: str, trigger: str) -> dict[str, Any]:
         try:
             for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
                 click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
-            report = rt.pipeline.plan(revision)
-            with progress(len(report.actions), "applying") as advance:
+            # The bar needs the number of actions: plan first only when a bar will be shown.
+            total = len(rt.pipeline.plan(revision).actions) if sys.stderr.isatty() else 0
+            with progress(total, "applying") as advance:
                 rt.pipeline.on_action = lambda action, status: advance()
                 result = rt.pipeline.run(revision, trigger=trigger)
             return run_to_dict(result)

@@ -30,9 +30,18 @@ _UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|
 MAX_RENDERED = 4 * 1024 * 1024
 
 
-def _line_of(text: str, rid: str) -> int:
-    m = re.search(rf'(^|[\s{{,]){re.escape(rid)}\s*=|"{re.escape(rid)}"\s*=', text, re.MULTILINE)
-    return text.count("\n", 0, m.start()) + 1 if m else 0
+_FIELD = re.compile(r'^\s*(?:"([^"\n]+)"|([A-Za-z0-9_][A-Za-z0-9_.\'-]*))\s*=', re.MULTILINE)
+
+
+def _lines_of(text: str) -> dict[str, int]:
+    """Where each `name =` field first appears in a file: one pass, so ids map to lines in O(file)."""
+    out: dict[str, int] = {}
+    line, pos = 1, 0
+    for m in _FIELD.finditer(text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
+        out.setdefault(m.group(1) or m.group(2), line)
+    return out
 
 
 def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any]) -> str:
@@ -82,13 +91,12 @@ def load_infra(snap: Snapshot, evaluator: Evaluator) -> InfraDesired:
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
-    texts: dict[str, str] = {}
     resources: dict[str, Resource] = {}
     for path, value in sorted(result.values.items()):
         entry = snap.entry(path)
-        texts[path] = snap.text(entry) if entry else ""
+        lines = _lines_of(snap.text(entry)) if entry else {}
         for rid, raw in sorted(value.get("resources", {}).items()):
-            line = _line_of(texts[path], rid)
+            line = lines.get(rid, 0)
             if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,127}$", rid):
                 problems.append(Problem(f"resource id {rid!r} must be lowercase letters, digits, _ . -",
                                         path, line, reconciler="infra"))
