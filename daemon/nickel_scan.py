@@ -99,6 +99,8 @@ _CODE = -1
 
 def scan_imports(src: str) -> list[ImportRef]:
     """Every import of `src`; raises ScanError when an import is not followed by a plain string literal."""
+    if "import" not in src:
+        return []  # exact: without the substring there is no import keyword anywhere
     out: list[ImportRef] = []
     # The context stack, one [width, braces] per level: width _CODE for code (the bottom level and each
     # interpolation, with its open braces), else a string whose delimiters carry `width` `%` (0: "...").

@@ -47,7 +47,12 @@ class Problem:
 
 def freeze(value: Any) -> str:
     """Canonical JSON of a JSON-like value: the frozen, hashable form of an action's change payload."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what json does not know: read-only mappings as objects, anything else as text."""
+    return dict(value) if isinstance(value, Mapping) else str(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,12 @@ def expected_link(path: str, target: str) -> str:
     return os.path.relpath("/" + target, "/" + str(PurePosixPath(path).parent))
 
 
+def _parents(path: str) -> list[str]:
+    """"a/b/c" -> ["a/b", "a"] (string work: this runs once per resource per plan)."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
 def _host_differs(r: Resource, o: ObservedResource) -> str:
     """'' when the host matches the resource, else why not."""
     f = r.fields
@@ -123,7 +129,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             continue
         r = desired.resources[f.resource_id]
         deps = [f"{NAME}:{d}" for d in r.depends_on]
-        deps += [f"{NAME}:{dirs[str(p)]}" for p in PurePosixPath(r.path).parents if str(p) in dirs] if r.path else []
+        deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
         if r.kind == "symlink" and r.fields["target"] in {x.path for x in desired.resources.values()}:
@@ -137,7 +143,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         actions[r.id] = Action(
             id=f"{NAME}:{r.id}", reconciler=NAME, kind=kind, target=r.id,
             summary=f"{_summary(verb, r)} [{f.reason}]" if f.nature == "drift" else _summary(verb, r),
-            change=freeze({"resource": {"id": r.id, "kind": r.kind, "spec": r.fields, "prune": r.prune,
+            change=freeze({"resource": {"id": r.id, "kind": r.kind, "spec": dict(r.fields), "prune": r.prune,
                                         "provider": r.provider, "source": r.source},
                            "inventory": r.inventory_data(), "nature": f.nature, "reason": f.reason}),
             depends_on=tuple(sorted(set(d for d in deps if d != f"{NAME}:{r.id}"))), compensation=compensation)

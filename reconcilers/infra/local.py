@@ -13,10 +13,9 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from daemon.errors import ApplyError, PathEscapeError
-from reconcilers.infra.model import ObservedResource, Resource
+from reconcilers.infra.model import ObservedResource
 
 MAX_OUTPUT = 2000
 
@@ -27,31 +26,44 @@ class LocalProvider:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
+        self._root = str(self.root)
 
     # paths ------------------------------------------------------------------------------------------
-    def resolve(self, rel: str, *, follow_last: bool = False) -> Path:
-        """The absolute path of `rel` under the root; raises PathEscapeError when it would leave it."""
-        if not rel or rel.startswith("/") or ".." in Path(rel).parts:
+    def resolve(self, rel: str, *, follow_last: bool = False, cache: dict[str, str] | None = None) -> Path:
+        """The absolute path of `rel` under the root; raises PathEscapeError when it would leave it.
+
+        `cache` maps parent folders to their real paths for the length of one read-only pass (observe,
+        validate), where thousands of resources share a few folders; writes always resolve afresh.
+        """
+        if not rel or rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
             raise PathEscapeError(f"path {rel!r} is not relative to the root", hint="use a relative path")
-        candidate = self.root / rel
-        parent = candidate.parent.resolve()
-        if parent != self.root and self.root not in parent.parents:
-            raise PathEscapeError(f"path {rel!r} leads out of the root {self.root} through a symlink",
-                                  hint="remove the symlink on the host or change the path")
-        path = parent / candidate.name
-        if follow_last and path.is_symlink():
-            real = path.resolve()
-            if real != self.root and self.root not in real.parents:
+        parent_rel, _, name = rel.rstrip("/").rpartition("/")
+        parent = cache.get(parent_rel) if cache is not None else None
+        if parent is None:
+            parent = os.path.realpath(os.path.join(self._root, parent_rel))
+            if parent != self._root and not parent.startswith(self._root + "/"):
+                raise PathEscapeError(f"path {rel!r} leads out of the root {self.root} through a symlink",
+                                      hint="remove the symlink on the host or change the path")
+            if cache is not None:
+                cache[parent_rel] = parent
+        path = os.path.join(parent, name)
+        if follow_last and os.path.islink(path):
+            real = os.path.realpath(path)
+            if real != self._root and not real.startswith(self._root + "/"):
                 raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
-        return path
+        return Path(path)
+
+    def begin_pass(self) -> dict[str, str]:
+        """A fresh parent-folder cache for one read-only pass."""
+        return {}
 
     # observe ----------------------------------------------------------------------------------------
-    def observe(self, resource_kind: str, rel: str) -> ObservedResource:
+    def observe(self, resource_kind: str, rel: str, cache: dict[str, str] | None = None) -> ObservedResource:
         """What is at `rel` now."""
         if not rel:
             return ObservedResource(exists=False)
         try:
-            path = self.resolve(rel)
+            path = self.resolve(rel, cache=cache)
         except PathEscapeError:
             return ObservedResource(exists=True, kind="other")
         try:
@@ -138,7 +150,3 @@ def content_hash(content: str) -> str:
     """The sha256 hex digest of text content, as observe computes it."""
     return hashlib.sha256(content.encode()).hexdigest()
 
-
-def describe(resource: Resource) -> dict[str, Any]:
-    """The spec fields, for summaries."""
-    return resource.fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -10,6 +11,12 @@ from types import MappingProxyType
 from typing import Any
 
 from reconcilers.base import Problem, freeze
+
+
+@functools.lru_cache(maxsize=65536)
+def _decode(spec: str) -> Mapping[str, Any]:
+    return MappingProxyType(json.loads(spec))
+
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
 
@@ -30,9 +37,9 @@ class Resource:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def fields(self) -> dict[str, Any]:
-        """The decoded spec."""
-        return dict(json.loads(self.spec))
+    def fields(self) -> Mapping[str, Any]:
+        """The decoded spec (read-only; decoded once per distinct spec)."""
+        return _decode(self.spec)
 
     @property
     def spec_hash(self) -> str:

@@ -39,13 +39,14 @@ class InfraReconciler:
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
         problems = list(desired.problems)
+        cache = self.provider.begin_pass()
         for r in desired.resources.values():
             for key in ("path", "target", "creates"):
                 rel = r.path if key == "path" else r.fields.get(key)
                 if not rel:
                     continue
                 try:
-                    self.provider.resolve(str(rel))
+                    self.provider.resolve(str(rel), cache=cache)
                 except PathEscapeError as err:
                     problems.append(Problem(f"resource {r.id}: {err.what}", r.source, r.line, reconciler=self.name,
                                             hint=err.hint))
@@ -54,13 +55,14 @@ class InfraReconciler:
     def observe(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """What the host has for every desired and inventoried resource."""
         seen: dict[str, ObservedResource] = {}
+        cache = self.provider.begin_pass()
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
-            seen[r.id] = self.provider.observe(r.kind, rel)
+            seen[r.id] = self.provider.observe(r.kind, rel, cache)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
-                seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""))
+                seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""), cache)
         return InfraObserved(resources=seen)
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
