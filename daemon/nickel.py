@@ -11,6 +11,7 @@ Evaluation runs in a worker process with a deadline and a memory limit (daemon/n
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from daemon.source import FileEntry, Snapshot
 from reconcilers.base import Problem
 
 MAX_NICKEL_BYTES = 1024 * 1024
+_SPLIT_AT = 8                                         # files in a batch before it is split across workers
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
 
@@ -161,7 +163,7 @@ class _Worker:
 class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
-    def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024) -> None:
+    def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0) -> None:
         self.cache_dir = cache_dir
         self.workdir = cache_dir / "work"
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ class Evaluator:
         self._lib = nickel_dir()
         self._lib_version = _library_version(self._lib)
         self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
-        self._worker = _Worker(memory_mb)
+        self._workers = [_Worker(memory_mb) for _ in range(max(1, workers or min(2, os.cpu_count() or 1)))]
         self._lock = threading.Lock()
         self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
@@ -178,7 +180,8 @@ class Evaluator:
 
     def close(self) -> None:
         """Stop the worker process."""
-        self._worker.kill()
+        for worker in self._workers:
+            worker.kill()
 
     # 1. imports ------------------------------------------------------------------------------------
     def _scan(self, snap: Snapshot, entry: FileEntry) -> list[Any]:
@@ -296,18 +299,20 @@ class Evaluator:
             needed.update({e.path: e for e in closure})
         if pending:
             self._materialize(snap, list(needed.values()), files)
-            batch = self._run(list(pending), contract)
-            if "ok" in batch:
-                decoded = json.loads(batch["ok"])
-                for path, key in pending.items():
-                    self._cache[key] = values[path] = decoded[path]
+            # Large batches are split across the workers (one per core): evaluation is CPU-bound in each.
+            paths_left = list(pending)
+            count = len(self._workers) if len(paths_left) >= _SPLIT_AT else 1
+            chunks = [paths_left[i::count] for i in range(count)]
+            if count == 1:
+                results = [self._evaluate_chunk(0, chunks[0], contract)]
             else:
-                for path, key in pending.items():
-                    single = self._run([path], contract) if len(pending) > 1 else batch
-                    if "ok" in single:
-                        self._cache[key] = values[path] = json.loads(single["ok"])[path]
-                    else:
-                        problems.append(parse_error(single["error"], self.workdir, path))
+                with cf.ThreadPoolExecutor(max_workers=count) as pool:
+                    results = list(pool.map(lambda ic: self._evaluate_chunk(ic[0], ic[1], contract),
+                                            enumerate(chunks)))
+            for chunk_values, chunk_problems in results:
+                for path, value in chunk_values.items():
+                    self._cache[pending[path]] = values[path] = value
+                problems.extend(chunk_problems)
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems))
@@ -320,12 +325,29 @@ class Evaluator:
             return f"import {json.dumps(str(self._lib / name))}" if name in self._lib_names else m.group(0)
         return re.sub(r'import\s+"([^"]+)"', swap, contract)
 
-    def _run(self, paths: list[str], contract: str | None) -> dict[str, str]:
+    def _evaluate_chunk(self, worker: int, paths: list[str], contract: str | None,
+                        ) -> tuple[dict[str, Any], list[Problem]]:
+        """One batch on one worker; when it fails, each file alone, to pin the errors on files."""
+        batch = self._run(paths, contract, worker)
+        if "ok" in batch:
+            decoded = json.loads(batch["ok"])
+            return {p: decoded[p] for p in paths}, []
+        values: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for path in paths:
+            single = self._run([path], contract, worker) if len(paths) > 1 else batch
+            if "ok" in single:
+                values[path] = json.loads(single["ok"])[path]
+            else:
+                problems.append(parse_error(single["error"], self.workdir, path))
+        return values, problems
+
+    def _run(self, paths: list[str], contract: str | None, worker: int = 0) -> dict[str, str]:
         suffix = f" | {self._pin_library(contract)}" if contract else ""
         fields = ",\n".join(f"  {json.dumps(p)} = (import {json.dumps(p)}){suffix}" for p in paths)
         src = "{\n" + fields + "\n}"
         self.stats["evaluations"] += 1
         started = time.monotonic()
-        reply = self._worker.run(src, [str(self.workdir), str(self._lib)], self.timeout)
+        reply = self._workers[worker].run(src, [str(self.workdir), str(self._lib)], self.timeout)
         self.last_eval_ms = (time.monotonic() - started) * 1000
         return reply

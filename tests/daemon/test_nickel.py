@@ -41,7 +41,7 @@ def snap_of(repo: WorkRepo, tmp: Path, files: dict[str, str | bytes | None]) -> 
 
 
 def _worker_pid(ev: Evaluator) -> int | None:
-    proc = ev._worker.proc
+    proc = ev._workers[0].proc
     return proc.pid if proc is not None and proc.poll() is None else None
 
 
