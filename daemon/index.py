@@ -7,11 +7,12 @@ aside and rebuilt from git (daemon/rebuild.py) with a clear message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,7 @@ class Index:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
+        self._in_txn = False
         self._journal: Journal | None = None
         if str(path) != ":memory:" and not read_only:
             journal_path = path.with_name(path.name + ".journal")
@@ -183,9 +185,16 @@ class Index:
         (a row-by-row INSERT OR REPLACE costs milliseconds each in DuckDB)."""
         if not records:
             return
-        self.con.execute("BEGIN TRANSACTION")
+        own = not self._in_txn
+        if own:
+            self.con.execute("BEGIN TRANSACTION")
         try:
-            for op, rows in _runs_of(records):
+            # Checkpoints and inventory live in different tables: order only matters within each, so the
+            # (interleaved) records become one statement for the checkpoints and a few for the inventory.
+            checkpoints = [params for op, params in records if op == "checkpoint"]
+            inventory = [(op, params) for op, params in records if op != "checkpoint"]
+            groups = ([("checkpoint", checkpoints)] if checkpoints else []) + _runs_of(inventory)
+            for op, rows in groups:
                 if op == "drop_inventory":
                     keys = [f"{r[0]}\x00{r[1]}" for r in rows]
                     self.con.execute("DELETE FROM inventory WHERE reconciler || chr(0) || resource_id "
@@ -197,10 +206,34 @@ class Index:
                 assert len(columns) == width
                 self.con.execute(f"INSERT OR REPLACE INTO {table} SELECT "
                                  + ", ".join("unnest(?)" for _ in range(width)), columns)
-            self.con.execute("COMMIT")
+            if own:
+                self.con.execute("COMMIT")
         except Exception:
-            self.con.execute("ROLLBACK")
+            if own:
+                self.con.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one DuckDB commit (each commit syncs the WAL: milliseconds). Re-entrant."""
+        with self._lock:
+            if self._in_txn:
+                yield
+                return
+            self.flush()
+            self.con.execute("BEGIN TRANSACTION")
+            self._in_txn = True
+            try:
+                yield
+                self.flush()
+                self.con.execute("COMMIT")
+                if self._journal is not None:
+                    self._journal.reset()
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            finally:
+                self._in_txn = False
 
     def _defer(self, op: str, params: list[Any]) -> None:
         with self._lock:
@@ -219,7 +252,7 @@ class Index:
                 return
             self._apply_batch(self._pending)
             self._pending.clear()
-            if self._journal is not None:
+            if self._journal is not None and not self._in_txn:
                 self._journal.reset()
 
     def sync(self) -> None:

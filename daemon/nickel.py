@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,6 +43,7 @@ class EvalResult:
 
     values: dict[str, Any]
     problems: tuple[Problem, ...]
+    keys: dict[str, str] = field(default_factory=dict)   # path -> cache key (same key, same value)
 
 
 def _library_version(lib: Path) -> str:
@@ -282,6 +283,7 @@ class Evaluator:
         values: dict[str, Any] = {}
         problems: list[Problem] = []
         pending: dict[str, str] = {}                      # path -> cache key
+        keys: dict[str, str] = {}
         needed: dict[str, FileEntry] = {}
         for path in paths:
             closure, problem = self._closure(snap, path, files)
@@ -291,6 +293,7 @@ class Evaluator:
             key = hashlib.sha256(json.dumps(
                 [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
             ).hexdigest()
+            keys[path] = key
             if key in self._cache:
                 values[path] = self._cache[key]
                 self.stats["cache_hits"] += 1
@@ -315,7 +318,7 @@ class Evaluator:
                 problems.extend(chunk_problems)
         if len(self._cache) > 50_000:
             self._cache.clear()
-        return EvalResult(values=values, problems=tuple(problems))
+        return EvalResult(values=values, problems=tuple(problems), keys=keys)
 
     def _pin_library(self, contract: str) -> str:
         """Point the contract's library imports at the library itself, so a repo file of the same name

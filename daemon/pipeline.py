@@ -8,6 +8,7 @@ reverse, then the target reconciled to the last good revision).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class Pipeline:
     metrics: Metrics = field(default_factory=Metrics)
     on_action: Callable[[Action, str], None] | None = None
     _good: dict[str, Loaded] = field(default_factory=dict)
+    _hooks: cf.ThreadPoolExecutor = field(
+        default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
 
     # 1-4: load and validate --------------------------------------------------------------------------
     def load(self, revision: str) -> Loaded:
@@ -103,11 +106,16 @@ class Pipeline:
         return Loaded(snap, repo_settings, desired, tuple(problems))
 
     def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
-              observed: Mapping[str, Any] | None = None) -> list[Action]:
+              observed: Mapping[str, Any] | None = None, incremental: bool = False) -> list[Action]:
         inventory = self.index.inventory() if inventory is None else inventory
         actions: list[Action] = []
         for name, rec in self.reconcilers.items():
-            seen = observed[name] if observed is not None else rec.observe(loaded.desired[name], inventory)
+            if observed is not None:
+                seen = observed[name]
+            elif incremental and hasattr(rec, "observe_changed"):
+                seen = rec.observe_changed(loaded.desired[name], inventory)
+            else:
+                seen = rec.observe(loaded.desired[name], inventory)
             actions.extend(rec.plan(loaded.desired[name], seen, inventory))
         order(actions)  # raises CycleError naming the cycle
         return actions
@@ -156,8 +164,12 @@ class Pipeline:
         return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, tuple(ordered), ())
 
     # the run -----------------------------------------------------------------------------------------
-    def run(self, revision: str, trigger: str = "manual") -> RunResult:
-        """Apply one revision end to end; always returns a finalized result."""
+    def run(self, revision: str, trigger: str = "manual", incremental: bool = False) -> RunResult:
+        """Apply one revision end to end; always returns a finalized result.
+
+        `incremental` (runs a new commit triggers): resources whose spec is unchanged since it was applied
+        are not read from the target; finding drift on them is the periodic drift check's job.
+        """
         revision = self.source.resolve(revision)
         base = self.index.get_state("last_applied_revision")
         run_id = self.index.start_run(revision, trigger, base)
@@ -167,7 +179,7 @@ class Pipeline:
         problems: tuple[Problem, ...] = ()
         done: tuple[tuple[str, str], ...] = ()
         try:
-            status, message, problems, done = self._run(run_id, revision, base, logger)
+            status, message, problems, done = self._run(run_id, revision, base, logger, incremental)
         except StratumError as err:
             status, message = "failed", err.render()
         except Exception as err:
@@ -175,21 +187,24 @@ class Pipeline:
             status, message = "failed", f"internal error: {type(err).__name__}: {err}"
         return self._finish(run_id, revision, status, message, problems, done, started, logger)
 
-    def _run(self, run_id: str, revision: str, base: str | None, logger: Any,
+    def _run(self, run_id: str, revision: str, base: str | None, logger: Any, incremental: bool = False,
              ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
         # 1-3. snapshot, load, validate
         loaded = self.load(revision)
-        # 4. index
-        self._index(loaded, base)
+        self._index_hooks(loaded)
         if loaded.problems:
+            with self.index.transaction():
+                self._index(loaded, base)
             return "rejected", f"{len(loaded.problems)} problem(s); the last good revision stays in force", \
                 loaded.problems, ()
-        # 5. plan
+        # 4-5. plan, then index the revision and its plan in one commit
         try:
-            actions = self._plan(loaded)
+            actions = self._plan(loaded, incremental=incremental)
         except CycleError as err:
             return "rejected", err.what, (Problem(err.what, hint=err.hint),), ()
-        self.index.set_run_plan(run_id, actions)
+        with self.index.transaction():
+            self._index(loaded, base)
+            self.index.set_run_plan(run_id, actions)
         # 6. apply
         ctx = ApplyContext(run_id=run_id, revision=revision)
         executor = self._executor()
@@ -208,21 +223,24 @@ class Pipeline:
         return Executor(self.reconcilers, self.index, self.parallelism, on_done=self.on_action)
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
+        """The revision's resources and changed files (callers group these writes into one commit)."""
         rows: list[tuple[str, str, str, str, str]] = []
         for name, rec in self.reconcilers.items():
-            if name not in loaded.desired:
-                continue
             rows_fn = getattr(rec, "resource_rows", None)
-            if rows_fn is not None:
+            if rows_fn is not None and name in loaded.desired:
                 rows.extend(rows_fn(loaded.desired[name]))
+        self.index.record_resources(loaded.snapshot.revision, rows)
+        self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
+
+    def _index_hooks(self, loaded: Loaded) -> None:
+        """Reconcilers' own index writes (knowledge nodes, embeddings), each in its own transactions."""
+        for name, rec in self.reconcilers.items():
             hook = getattr(rec, "index", None)
-            if hook is not None:
+            if hook is not None and name in loaded.desired:
                 try:
                     hook(loaded.desired[name], self.index, loaded.snapshot.revision)
                 except Exception:  # noqa: BLE001 indexing is a courtesy; it never blocks an apply
                     log.get().exception("index_hook_failed", reconciler=name)
-        self.index.record_resources(loaded.snapshot.revision, rows)
-        self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
 
     def _changes(self, snap: Snapshot, base: str | None) -> list[tuple[str, str, str]]:
         if snap.revision.startswith("staged:"):
@@ -232,7 +250,11 @@ class Pipeline:
         return self.source.changes(base, snap.revision)
 
     def commit_good(self, loaded: Loaded) -> None:
-        """Make `loaded` the last good revision: inventory follows its desired state."""
+        """Make `loaded` the last good revision: inventory follows its desired state (one commit)."""
+        with self.index.transaction():
+            self._commit_good(loaded)
+
+    def _commit_good(self, loaded: Loaded) -> None:
         revision = loaded.snapshot.revision
         for name, rec in self.reconcilers.items():
             self.index.set_state(f"last_applied_revision:{name}", revision)
@@ -319,10 +341,11 @@ class Pipeline:
     # 7. record ----------------------------------------------------------------------------------------
     def _finish(self, run_id: str, revision: str, status: str, message: str, problems: tuple[Problem, ...],
                 done: tuple[tuple[str, str], ...], started: float, logger: Any) -> RunResult:
-        duration = self.index.finish_run(run_id, status, message, problems)
+        with self.index.transaction():
+            duration = self.index.finish_run(run_id, status, message, problems)
+            self.index.set_revision_status(revision, {"succeeded": "applied"}.get(status, status), run_id)
+            self.index.set_state("last_attempted_revision", revision)
         self.index.sync()
-        self.index.set_revision_status(revision, {"succeeded": "applied"}.get(status, status), run_id)
-        self.index.set_state("last_attempted_revision", revision)
         if self.notes:
             lines = [f"stratum: {status}", f"run: {run_id}", f"duration_ms: {duration:.0f}",
                      f"actions: {len(done)}"]
@@ -338,6 +361,12 @@ class Pipeline:
                     **({"first_problem": str(problems[0])} if problems else {}))
         record = RunRecord(run_id, revision, status, started, time.time(),
                            tuple((a, "", s) for a, s in done), tuple(a for a, _ in done), message)
+        # Extras (the knowledge graph's execution node: embedding text takes a while) run after the run is
+        # finalized, one at a time, off the path from a push to the next run.
+        self._hooks.submit(self._run_hooks, record)
+        return RunResult(run_id, revision, status, duration, message, problems, done)
+
+    def _run_hooks(self, record: RunRecord) -> None:
         for name, rec in self.reconcilers.items():
             hook = getattr(rec, "on_run_finished", None)
             if hook is not None:
@@ -345,7 +374,14 @@ class Pipeline:
                     hook(record, self.index)
                 except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
                     log.get().exception("run_hook_failed", reconciler=name)
-        return RunResult(run_id, revision, status, duration, message, problems, done)
+
+    def wait_hooks(self) -> None:
+        """Block until every queued run hook has finished (shutdown, tests)."""
+        self._hooks.submit(lambda: None).result()
+
+    def close(self) -> None:
+        """Finish the queued run hooks."""
+        self._hooks.shutdown(wait=True)
 
 
 def _as_rollback(action: Action) -> Action:

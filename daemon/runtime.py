@@ -30,6 +30,7 @@ class Runtime:
 
     def close(self) -> None:
         """Stop workers and close the index."""
+        self.pipeline.close()
         for rec in self.reconcilers.values():
             closer = getattr(rec, "close", None)
             if closer is not None:

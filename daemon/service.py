@@ -246,7 +246,7 @@ class Daemon:
             self.logger.info("suspended", revision=head[:12])
             return
         trigger = ",".join(sorted(set(reasons) - {"api"})) or "poll"
-        self._guard(lambda: rt.pipeline.run(head, trigger=trigger))
+        self._guard(lambda: rt.pipeline.run(head, trigger=trigger, incremental=True))
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:

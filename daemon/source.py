@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pygit2
 
@@ -188,8 +188,8 @@ def safe_relpath(path: str) -> str:
     """Normalise a repo- or root-relative POSIX path; refuse absolute paths and any `..` component."""
     if not path or path.startswith("/") or "\\" in path or "\x00" in path:
         raise ValueError(f"path {path!r} must be relative")
-    parts = PurePosixPath(path).parts
-    if any(p == ".." for p in parts):
+    parts = path.split("/")
+    if ".." in parts:
         raise ValueError(f"path {path!r} must not contain '..'")
     clean = "/".join(p for p in parts if p not in ("", "."))
     if not clean:

@@ -28,6 +28,7 @@ INFRA_CONTRACT = '(import "infra.ncl").Config'
 _COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|mount)$")
 MAX_RENDERED = 4 * 1024 * 1024
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 
 _FIELD = re.compile(r'^\s*(?:"([^"\n]+)"|([A-Za-z0-9_][A-Za-z0-9_.\'-]*))\s*=', re.MULTILINE)
@@ -85,45 +86,79 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def load_infra(snap: Snapshot, evaluator: Evaluator) -> InfraDesired:
-    """The desired infrastructure of a commit."""
+FileCache = dict[tuple[str, str, tuple[str, ...]], tuple[tuple[Resource, ...], tuple[Problem, ...]]]
+
+
+def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = None) -> InfraDesired:
+    """The desired infrastructure of a commit. `cache` keeps each file's resources by the file's Nickel
+    result key and its templates' blob ids, so a commit that changes one file rebuilds one file."""
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
     resources: dict[str, Resource] = {}
     for path, value in sorted(result.values.items()):
-        entry = snap.entry(path)
-        lines = _lines_of(snap.text(entry)) if entry else {}
-        for rid, raw in sorted(value.get("resources", {}).items()):
-            line = lines.get(rid, 0)
-            if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,127}$", rid):
-                problems.append(Problem(f"resource id {rid!r} must be lowercase letters, digits, _ . -",
-                                        path, line, reconciler="infra"))
-                continue
-            if rid in resources:
-                first = resources[rid]
+        templates = tuple(sorted(
+            f"{raw['template']}@{(snap.entry(raw['template']) or _MISSING).blob_id}"
+            for raw in value.get("resources", {}).values() if isinstance(raw, dict) and "template" in raw))
+        key = (path, result.keys.get(path, ""), templates)
+        cached = cache.get(key) if cache is not None and key[1] else None
+        if cached is None:
+            cached = _load_file(snap, path, value)
+            if cache is not None and key[1]:
+                if len(cache) > 20_000:
+                    cache.clear()
+                cache[key] = cached
+        file_resources, file_problems = cached
+        problems.extend(file_problems)
+        for r in file_resources:
+            if r.id in resources:
+                first = resources[r.id]
                 problems.append(Problem(
-                    f"duplicate resource id {rid!r}: also declared in {first.source}:{first.line}",
-                    path, line, reconciler="infra", hint="resource ids are unique across infra/"))
+                    f"duplicate resource id {r.id!r}: also declared in {first.source}:{first.line}",
+                    path, r.line, reconciler="infra", hint="resource ids are unique across infra/"))
                 continue
-            try:
-                spec = _spec(snap, rid, raw)
-            except InputError as err:
-                file, _, ln = (err.where or path).partition(":")
-                if not ln.isdigit():
-                    # No line in the file named (a missing template, an undefined variable): point at the
-                    # resource's declaration, never at the resource's line number in another file.
-                    file, ln = path, str(line)
-                problems.append(Problem(err.what, file, int(ln), reconciler="infra", hint=err.hint))
-                continue
-            resources[rid] = Resource(
-                id=rid, kind=raw["kind"], provider=raw.get("provider", "local"), spec=freeze(spec),
-                depends_on=tuple(raw.get("depends_on", ())), prune=bool(raw.get("prune", True)),
-                drift=str(raw.get("drift", "correct")), source=path, line=line,
-                labels=MappingProxyType(dict(raw.get("labels", {}))))
+            resources[r.id] = r
     problems.extend(_check_references(resources))
     return InfraDesired(resources=MappingProxyType(resources), problems=tuple(problems))
+
+
+class _Missing:
+    blob_id = "missing"
+
+
+_MISSING = _Missing()
+
+
+def _load_file(snap: Snapshot, path: str, value: Mapping[str, Any],
+               ) -> tuple[tuple[Resource, ...], tuple[Problem, ...]]:
+    """The resources of one evaluated infra file."""
+    entry = snap.entry(path)
+    lines = _lines_of(snap.text(entry)) if entry else {}
+    out: list[Resource] = []
+    problems: list[Problem] = []
+    for rid, raw in sorted(value.get("resources", {}).items()):
+        line = lines.get(rid, 0)
+        if not _ID.match(rid):
+            problems.append(Problem(f"resource id {rid!r} must be lowercase letters, digits, _ . -",
+                                    path, line, reconciler="infra"))
+            continue
+        try:
+            spec = _spec(snap, rid, raw)
+        except InputError as err:
+            file, _, ln = (err.where or path).partition(":")
+            if not ln.isdigit():
+                # No line in the file named (a missing template, an undefined variable): point at the
+                # resource's declaration, never at the resource's line number in another file.
+                file, ln = path, str(line)
+            problems.append(Problem(err.what, file, int(ln), reconciler="infra", hint=err.hint))
+            continue
+        out.append(Resource(
+            id=rid, kind=raw["kind"], provider=raw.get("provider", "local"), spec=freeze(spec),
+            depends_on=tuple(raw.get("depends_on", ())), prune=bool(raw.get("prune", True)),
+            drift=str(raw.get("drift", "correct")), source=path, line=line,
+            labels=MappingProxyType(dict(raw.get("labels", {})))))
+    return tuple(out), tuple(problems)
 
 
 def _check_references(resources: Mapping[str, Resource]) -> list[Problem]:

@@ -14,8 +14,19 @@ from reconcilers.base import Problem, freeze
 
 
 @functools.lru_cache(maxsize=65536)
+def _hash(spec: str) -> str:
+    return hashlib.sha256(spec.encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=65536)
 def _decode(spec: str) -> Mapping[str, Any]:
     return MappingProxyType(json.loads(spec))
+
+
+@functools.lru_cache(maxsize=65536)
+def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider: str, source: str) -> str:
+    return freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
+                   "source": source})
 
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
@@ -44,7 +55,7 @@ class Resource:
     @property
     def spec_hash(self) -> str:
         """A short hash of the spec: what inventory remembers to tell a repo change from drift."""
-        return hashlib.sha256(self.spec.encode()).hexdigest()[:20]
+        return _hash(self.spec)
 
     @property
     def path(self) -> str:
@@ -56,8 +67,7 @@ class Resource:
 
     def inventory_data(self) -> str:
         """What inventory keeps so the resource can be pruned after it left the repo."""
-        return freeze({"kind": self.kind, "path": self.path, "prune": self.prune, "spec_hash": self.spec_hash,
-                       "provider": self.provider, "source": self.source})
+        return _inventory_data(self.kind, self.path, self.prune, self.spec_hash, self.provider, self.source)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from daemon.nickel import Evaluator
 from daemon.source import Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv
 from reconcilers.infra import diff
-from reconcilers.infra.load import load_infra
+from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
 
@@ -26,6 +26,7 @@ class InfraReconciler:
         root = Path(section.get("root") or env.data_dir / "root")
         self.provider = LocalProvider(root)
         self._own_evaluator = env.evaluator is None
+        self._file_cache: FileCache = {}
         self.evaluator: Evaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
 
     def empty(self) -> InfraDesired:
@@ -34,7 +35,7 @@ class InfraReconciler:
 
     def load(self, snap: Snapshot) -> InfraDesired:
         """Resources of the commit (Nickel evaluated with the infra contract)."""
-        return load_infra(snap, self.evaluator)
+        return load_infra(snap, self.evaluator, self._file_cache)
 
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
@@ -63,6 +64,16 @@ class InfraReconciler:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
                 seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""), cache)
+        return InfraObserved(resources=seen)
+
+    def observe_changed(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
+        """Like `observe`, but resources applied before with the same spec are taken as in place without
+        reading the host (a commit's run touches what the commit changed; drift checks read everything)."""
+        applied = {i.resource_id: json.loads(i.data).get("spec_hash") for i in inventory if i.reconciler == self.name}
+        unchanged = {rid: r for rid, r in desired.resources.items() if applied.get(rid) == r.spec_hash}
+        changed = InfraDesired(resources={rid: r for rid, r in desired.resources.items() if rid not in unchanged})
+        seen = dict(self.simulate(InfraDesired(resources=unchanged)).resources)
+        seen.update(self.observe(changed, []).resources)
         return InfraObserved(resources=seen)
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
