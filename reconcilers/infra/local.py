@@ -30,6 +30,10 @@ class LocalProvider:
 
     # paths ------------------------------------------------------------------------------------------
     def resolve(self, rel: str, *, follow_last: bool = False, cache: dict[str, str] | None = None) -> Path:
+        """The absolute path of `rel` under the root (see `resolve_str`)."""
+        return Path(self.resolve_str(rel, follow_last=follow_last, cache=cache))
+
+    def resolve_str(self, rel: str, *, follow_last: bool = False, cache: dict[str, str] | None = None) -> str:
         """The absolute path of `rel` under the root; raises PathEscapeError when it would leave it.
 
         `cache` maps parent folders to their real paths for the length of one read-only pass (observe,
@@ -51,7 +55,7 @@ class LocalProvider:
             real = os.path.realpath(path)
             if real != self._root and not real.startswith(self._root + "/"):
                 raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
-        return Path(path)
+        return path
 
     def begin_pass(self) -> dict[str, str]:
         """A fresh parent-folder cache for one read-only pass."""
@@ -63,11 +67,11 @@ class LocalProvider:
         if not rel:
             return ObservedResource(exists=False)
         try:
-            path = self.resolve(rel, cache=cache)
+            path = self.resolve_str(rel, cache=cache)
         except PathEscapeError:
             return ObservedResource(exists=True, kind="other")
         try:
-            st = path.lstat()
+            st = os.lstat(path)
         except FileNotFoundError:
             return ObservedResource(exists=False)
         mode = format(stat.S_IMODE(st.st_mode), "04o")
@@ -76,7 +80,7 @@ class LocalProvider:
         if stat.S_ISDIR(st.st_mode):
             return ObservedResource(exists=True, kind="directory", mode=mode)
         if stat.S_ISREG(st.st_mode):
-            digest = hashlib.sha256(path.read_bytes()).hexdigest() if resource_kind != "command" else ""
+            digest = _file_digest(path) if resource_kind != "command" else ""
             return ObservedResource(exists=True, kind="file", content_hash=digest, mode=mode)
         return ObservedResource(exists=True, kind="other", mode=mode)
 
@@ -144,6 +148,11 @@ class LocalProvider:
             raise ApplyError(f"command timed out after {timeout:g} s", hint="raise `timeout` or fix it") from err
         output = (proc.stdout + proc.stderr).decode(errors="replace")
         return proc.returncode, output[-MAX_OUTPUT:]
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def content_hash(content: str) -> str:

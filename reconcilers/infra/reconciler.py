@@ -47,7 +47,7 @@ class InfraReconciler:
                 if not rel:
                     continue
                 try:
-                    self.provider.resolve(str(rel), cache=cache)
+                    self.provider.resolve_str(str(rel), cache=cache)
                 except PathEscapeError as err:
                     problems.append(Problem(f"resource {r.id}: {err.what}", r.source, r.line, reconciler=self.name,
                                             hint=err.hint))
