@@ -50,25 +50,49 @@ def embed_missing(store: Store, provider: Provider | None, blob_ids: list[str]) 
     return len(missing), ""
 
 
-def index_revision(store: Store, checked: Checked, revision: str, provider: Provider | None) -> IndexStats:
-    """Store a revision: nodes of new blobs, their vectors, the revision's tree; returns what it did."""
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What a revision's tree was when it was indexed: the base for indexing the next one."""
+
+    revision: str
+    tree: dict[str, str]                      # path -> blob id of the indexed nodes
+
+
+def index_revision(store: Store, checked: Checked, revision: str, provider: Provider | None,
+                   previous: Indexed | None = None) -> tuple[IndexStats, Indexed]:
+    """Store a revision: nodes of new blobs, their vectors, the revision's tree; returns what it did.
+
+    `previous`, the revision indexed last into this store, lets this one touch only the paths that changed:
+    the store is asked about their blobs only, and the tree is copied from the previous one inside DuckDB.
+    """
     start = time.perf_counter()
     nodes = list(checked.nodes)
-    known = store.known_blobs(n.blob_id for n in nodes)
-    fresh = [n for n in nodes if n.blob_id not in known]
+    tree = {n.path: n.blob_id for n in nodes}
+    base = previous.tree if previous is not None and previous.revision != revision else None
+    maybe = nodes if base is None else [n for n in nodes if base.get(n.path) != n.blob_id]
+    known = store.known_blobs(n.blob_id for n in maybe)
+    fresh = [n for n in maybe if n.blob_id not in known]
     store.add_nodes(fresh)
     targets = [n.blob_id for n in fresh]
     index = store.index
-    if provider is not None and index.get_state(_STATE_MODEL) != provider.model_id:
+    swept = index.get_state(_STATE_MODEL)
+    if provider is not None and swept != provider.model_id:
         # First revision with this model (or after a model switch): sweep every node, not only new blobs.
         targets = [n.blob_id for n in nodes]
     embedded, warning = embed_missing(store, provider, targets)
-    if provider is not None and not warning:
+    if provider is not None and not warning and swept != provider.model_id:
         index.set_state(_STATE_MODEL, provider.model_id)
-    store.set_tree(revision, [(n.path, n.blob_id) for n in nodes], len(checked.problems))
+    copied = -1
+    if base is not None and previous is not None:
+        removed = [p for p in base if p not in tree]
+        added = [(p, b) for p, b in tree.items() if base.get(p) != b]
+        copied = store.set_tree_from(revision, previous.revision, removed, added, len(checked.problems))
+    if copied != len(tree):
+        store.set_tree(revision, list(tree.items()), len(checked.problems))
     index.set_state(STATE_REVISION, revision)
     ms = (time.perf_counter() - start) * 1000.0
-    return IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, warning)
+    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, warning)
+    return stats, Indexed(revision, tree)
 
 
 def add_execution(store: Store, provider: Provider | None, node: Node) -> None:

@@ -1,12 +1,12 @@
 """Hybrid search: BM25 over the token table in DuckDB, vector similarity over chunk embeddings, fused by
 reciprocal rank (RRF, k = 60), with filters on type, tags, status, project and modification date.
 
-BM25 reads postings from the token table `kb_term` in DuckDB (an ART index on `term`) and scores them against
-the revision's cached document lengths (a join over the revision's tree per query cost ~20 ms at 1,000 nodes;
-this costs ~2 ms). Vector top-k runs in NumPy over the revision's chunk matrix, loaded once
-per revision from `kb_vec` (DuckDB's `array_cosine_similarity` scan takes ~8 ms at 10,000 rows where a matrix
-product takes 0.2 ms, PLATFORM.md); `engine="duckdb"` runs the same query in SQL, and the tests hold the two
-to the same answer.
+The token table `kb_term` and the vectors in `kb_vec` are the durable index; queries run over the searched
+revision's in-memory copy (memindex.py): BM25 as NumPy gathers over CSR postings summed with `bincount`
+(scoring postings row by row in Python cost up to ~90 ms per query at 10,000 nodes), vector top-k as one
+matrix product and `argpartition` (DuckDB's `array_cosine_similarity` scan takes ~8 ms at 10,000 rows where a
+matrix product takes 0.2 ms, PLATFORM.md). A new revision updates that copy with only the blobs it changed.
+`engine="duckdb"` runs the vector query in SQL, and the tests hold the two to the same answer.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from reconcilers.knowledge import memindex
 from reconcilers.knowledge.embed import Provider
 from reconcilers.knowledge.errors import KnowledgeError
+from reconcilers.knowledge.memindex import Generation
 from reconcilers.knowledge.store import DIM, EXTRA, Store
 from reconcilers.knowledge.text import terms
 
@@ -87,71 +89,48 @@ class Result:
     warning: str = ""
 
 
-@dataclass(slots=True)
-class _RevisionCache:
-    meta: dict[str, dict[str, Any]]                   # blob id -> node summary
-    blobs: list[str]                                  # row order of `owner`
-    n_docs: int
-    avgdl: float
-    owner: npt.NDArray[np.int32] = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
-    matrix: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, DIM), dtype=np.float32))
-    chunk_text: list[str] = field(default_factory=list)
-    vectors_loaded: bool = False
-
-
 class Searcher:
-    """Searches one Store; caches per revision (metadata, the chunk matrix) and recent query vectors."""
+    """Searches one Store; keeps the searched revision's in-memory index (memindex.Generation), derived from the
+    previous revision's, and recent query vectors."""
 
     def __init__(self, store: Store, provider: Provider | None, provider_error: str = "") -> None:
         self.store = store
         self.provider = provider
         self.provider_error = provider_error
-        self._cache: dict[str, _RevisionCache] = {}
+        self._gen: Generation | None = None
+        self._stale = False
+        self._masks: OrderedDict[Filters, tuple[Generation, npt.NDArray[np.bool_]]] = OrderedDict()
         self._qvec: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._lock = threading.RLock()
 
     def invalidate(self) -> None:
-        """Forget cached revisions (after an index write)."""
+        """Re-read the indexed tree on the next search (after an index write); unchanged blobs are kept."""
         with self._lock:
-            self._cache.clear()
+            self._stale = True
 
-    def _revision(self, revision: str, with_vectors: bool) -> _RevisionCache:
+    def _revision(self, revision: str, with_vectors: bool) -> Generation:
         with self._lock:
-            cache = self._cache.get(revision)
-            if cache is None:
-                rows = self.store.index.query_dicts(
-                    "SELECT t.path, n.blob_id, n.node_id AS id, n.type, n.title, n.status, n.project, n.tags, "
-                    "n.modified, n.doc_len FROM kb_tree t JOIN kb_node n USING (blob_id) "
-                    "WHERE t.revision IN (?, ?) ORDER BY t.path", [revision, EXTRA])
-                meta: dict[str, dict[str, Any]] = {}
-                for r in rows:
-                    doc_len = r.pop("doc_len")
-                    r["tags"] = list(r["tags"] or [])
-                    r["_len"] = doc_len
-                    meta.setdefault(r["blob_id"], r)
-                total = sum(int(m["_len"]) for m in meta.values())
-                cache = _RevisionCache(meta=meta, blobs=list(meta), n_docs=len(meta),
-                                       avgdl=(total / len(meta)) if meta else 1.0)
-                self._cache = {revision: cache}   # one revision at a time: the newest is what is searched
-            if with_vectors and not cache.vectors_loaded and self.provider is not None:
-                self._load_vectors(revision, cache)
-            return cache
+            gen = self._gen
+            model = self.provider.model_id if with_vectors and self.provider is not None else ""
+            if gen is None or gen.revision != revision or self._stale:
+                gen = memindex.advance(self.store, gen, revision, model)
+                self._stale = False
+            elif model and not gen.vectors_loaded:
+                gen = memindex.with_vectors(self.store, gen, model)
+            self._gen = gen
+            return gen
 
-    def _load_vectors(self, revision: str, cache: _RevisionCache) -> None:
-        assert self.provider is not None
-        with self.store.index._lock:
-            res = self.store.index.con.execute(
-                "SELECT c.blob_id, c.text, v.vec FROM (SELECT DISTINCT blob_id FROM kb_tree "
-                "WHERE revision IN (?, ?)) t JOIN kb_chunk c USING (blob_id) "
-                "JOIN kb_vec v ON v.hash = c.hash AND v.model = ? ORDER BY c.blob_id, c.seq",
-                [revision, EXTRA, self.provider.model_id]).fetchnumpy()
-        position = {b: i for i, b in enumerate(cache.blobs)}
-        blobs = [str(b) for b in res["blob_id"]]
-        cache.owner = np.array([position.get(b, -1) for b in blobs], dtype=np.int32)
-        cache.matrix = (np.stack([np.asarray(v, dtype=np.float32) for v in res["vec"]])
-                        if blobs else np.zeros((0, DIM), dtype=np.float32))
-        cache.chunk_text = [str(t) for t in res["text"]]
-        cache.vectors_loaded = True
+    def _mask(self, gen: Generation, filters: Filters) -> npt.NDArray[np.bool_]:
+        """Live slots passing `filters`, memoised for the current generation (assistants repeat filters)."""
+        with self._lock:
+            hit = self._masks.get(filters)
+            if hit is not None and hit[0] is gen:
+                return hit[1]
+            ok = gen.mask(filters.accepts)
+            self._masks[filters] = (gen, ok)
+            if len(self._masks) > 32:
+                self._masks.popitem(last=False)
+            return ok
 
     def query_vector(self, query: str) -> npt.NDArray[np.float32]:
         """The embedding of a query (LRU-cached: assistants repeat themselves)."""
@@ -170,75 +149,88 @@ class Searcher:
 
     # -- the two retrievers ------------------------------------------------------------------------
     def lexical(self, revision: str, query: str, limit: int, filters: Filters = Filters()) -> list[tuple[str, float]]:
-        """(blob id, BM25 score), best first."""
-        cache = self._revision(revision, with_vectors=False)
+        """(blob id, BM25 score), best first (ties by blob id)."""
+        gen = self._revision(revision, with_vectors=False)
         qterms = sorted(set(terms(query)))
-        if not qterms or not cache.n_docs:
+        if not qterms or not gen.n_docs:
             return []
-        # Postings come from the token table by term (index lookups); scoring runs over the revision's live
-        # documents, whose lengths are cached per revision: one short query instead of a join over kb_tree.
-        marks = ", ".join("?" * len(qterms))
-        postings = self.store.index.query(
-            f"SELECT blob_id, term, tf FROM kb_term WHERE term IN ({marks})", qterms)
-        meta = cache.meta
-        live = [(b, t, tf) for b, t, tf in postings
-                if b in meta and (not filters.active() or filters.accepts(meta[b]))]
-        df: dict[str, int] = {}
-        for b, t, _ in postings:
-            if b in meta:
-                df[t] = df.get(t, 0) + 1
-        n, avgdl = float(cache.n_docs), cache.avgdl
-        scores: dict[str, float] = {}
-        for b, t, tf in live:
-            idf = math.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5))
-            norm = tf + K1 * (1.0 - B + B * float(meta[b]["_len"]) / avgdl)
-            scores[b] = scores.get(b, 0.0) + idf * tf * (K1 + 1.0) / norm
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+        # Document frequencies count every live node, filtered or not (as the scores are meant to compare).
+        n, avgdl = float(gen.n_docs), gen.avgdl
+        hit_slots: list[npt.NDArray[np.int32]] = []
+        hit_scores: list[npt.NDArray[np.float64]] = []
+        for t in qterms:
+            tid = gen.vocab.get(t)
+            if tid is None:
+                continue
+            slots, tfs = gen.postings(tid)
+            df = len(slots)
+            if not df:
+                continue
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            norm = tfs + K1 * (1.0 - B + B * gen.doc_len[slots] / avgdl)
+            hit_slots.append(slots)
+            hit_scores.append(idf * tfs * (K1 + 1.0) / norm)
+        if not hit_slots:
+            return []
+        every = np.concatenate(hit_slots)
+        scores = np.bincount(every, weights=np.concatenate(hit_scores), minlength=len(gen.blobs))
+        touched = np.unique(every)
+        if filters.active():
+            touched = touched[self._mask(gen, filters)[touched]]
+        if not len(touched):
+            return []
+        cand = scores[touched]
+        if len(cand) > limit:
+            # Keep every slot scoring at least the limit-th best, so ties are broken by blob id below.
+            kth = np.partition(cand, len(cand) - limit)[len(cand) - limit]
+            touched, cand = touched[cand >= kth], cand[cand >= kth]
+        ranked = sorted(((gen.blobs[int(s)], float(v)) for s, v in zip(touched, cand, strict=True)),
+                        key=lambda kv: (-kv[1], kv[0]))
+        return ranked[:limit]
 
     def vector(self, revision: str, query: str, limit: int, filters: Filters = Filters(),
                engine: str = "numpy") -> list[tuple[str, float, int]]:
         """(blob id, cosine similarity, best chunk row) per node, best first."""
         if self.provider is None:
             return []
-        cache = self._revision(revision, with_vectors=True)
-        if not len(cache.owner):
+        gen = self._revision(revision, with_vectors=True)
+        if not len(gen.owner):
             return []
         qv = self.query_vector(query)
         if engine == "duckdb":
-            return self._vector_sql(revision, qv, limit, filters, cache)
-        sims = cache.matrix @ qv
-        valid = cache.owner >= 0
-        if filters.active():
-            ok = np.array([filters.accepts(cache.meta[b]) for b in cache.blobs], dtype=bool)
-            valid &= ok[np.clip(cache.owner, 0, None)]
-        sims = np.where(valid, sims, -np.inf)
+            return self._vector_sql(revision, qv, limit, filters, gen)
+        sims = gen.matrix @ qv
+        valid = self._mask(gen, filters) if filters.active() else gen.live
+        sims = np.where(valid[gen.owner], sims, -np.inf)
         # Enough chunk candidates to fill `limit` distinct nodes in all but pathological cases.
         take = min(len(sims), max(limit * 8, 64))
-        top = np.argpartition(-sims, take - 1)[:take]
-        top = top[np.argsort(-sims[top], kind="stable")]
+        part = np.argpartition(-sims, take - 1)[:take]
+        part = part[np.argsort(-sims[part], kind="stable")]
+        vals, rows, owners = sims[part].tolist(), part.tolist(), gen.owner[part].tolist()
         out: list[tuple[str, float, int]] = []
         seen: set[int] = set()
-        for row in top:
-            if not np.isfinite(sims[row]):
-                break
-            owner = int(cache.owner[row])
-            if owner in seen:
-                continue
-            seen.add(owner)
-            out.append((cache.blobs[owner], float(sims[row]), int(row)))
-            if len(out) >= limit:
-                break
+        i = 0
+        while i < len(rows) and len(out) < limit and vals[i] != -math.inf:
+            # A run of equal similarities (the same chunk text in two nodes) is taken by blob id, then row.
+            j = i + 1
+            while j < len(rows) and vals[j] == vals[i]:
+                j += 1
+            for _, row, owner in sorted((gen.blobs[owners[k]], rows[k], owners[k]) for k in range(i, j)):
+                if owner not in seen and len(out) < limit:
+                    seen.add(owner)
+                    out.append((gen.blobs[owner], vals[i], row))
+            i = j
         return out
 
     def _vector_sql(self, revision: str, qv: npt.NDArray[np.float32], limit: int, filters: Filters,
-                    cache: _RevisionCache) -> list[tuple[str, float, int]]:
+                    gen: Generation) -> list[tuple[str, float, int]]:
         assert self.provider is not None
         rows = self.store.index.query(
             f"SELECT c.blob_id, max(array_cosine_similarity(v.vec, ?::FLOAT[{DIM}])) AS sim "
             "FROM (SELECT DISTINCT blob_id FROM kb_tree WHERE revision IN (?, ?)) t JOIN kb_chunk c USING (blob_id) "
             "JOIN kb_vec v ON v.hash = c.hash AND v.model = ? GROUP BY c.blob_id ORDER BY sim DESC",
             [qv.tolist(), revision, EXTRA, self.provider.model_id])
-        out = [(str(b), float(s), -1) for b, s in rows if not filters.active() or filters.accepts(cache.meta[b])]
+        out = [(str(b), float(s), -1) for b, s in rows if not filters.active() or filters.accepts(gen.meta[b])]
         return out[:limit]
 
     # -- fusion --------------------------------------------------------------------------------------
@@ -257,7 +249,7 @@ class Searcher:
         lex = self.lexical(revision, query, depth, filters) if mode != "vector" else []
         vec = ([v for v in self.vector(revision, query, depth, filters) if v[1] >= threshold]
                if mode != "lexical" else [])
-        cache = self._revision(revision, with_vectors=mode != "lexical")
+        gen = self._revision(revision, with_vectors=mode != "lexical")
         fused: dict[str, float] = {}
         lex_rank = {b: i + 1 for i, (b, _) in enumerate(lex)}
         vec_rank = {b: i + 1 for i, (b, _, _) in enumerate(vec)}
@@ -268,9 +260,9 @@ class Searcher:
         best = sorted(fused, key=lambda b: (-fused[b], b))[:limit]
         hits = []
         for b in best:
-            meta = {k: v for k, v in cache.meta[b].items() if not k.startswith("_") and k != "blob_id"}
+            meta = {k: v for k, v in gen.meta[b].items() if not k.startswith("_") and k != "blob_id"}
             sim, row = vec_info.get(b, (0.0, -1))
-            snippet = cache.chunk_text[row][:240] if row >= 0 and row < len(cache.chunk_text) else ""
+            snippet = gen.chunk_text[row][:240] if row >= 0 and row < len(gen.chunk_text) else ""
             hits.append(Hit(meta, fused[b], lex_rank.get(b, 0), vec_rank.get(b, 0), sim, snippet))
         return Result(tuple(hits), mode, warning)
 

@@ -139,6 +139,13 @@ class Store:
         if not hashes:
             return
         n = len(hashes)
+        if n <= 8:
+            # A revision that changed a file or two: plain parameters beat the bulk scan's GROUP BY (~20 ms).
+            with self.index._lock:
+                for h, row in zip(hashes, np.asarray(matrix, dtype=np.float32).tolist(), strict=True):
+                    self.index.con.execute(f"INSERT OR IGNORE INTO kb_vec VALUES (?, ?, ?::FLOAT[{DIM}])",
+                                           [h, model, row])
+            return
         # flat_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
         flat_d = {"r": np.repeat(np.arange(n, dtype=np.int32), DIM), "i": np.arange(n * DIM, dtype=np.int64),  # noqa: F841
                   "x": np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)}
@@ -168,6 +175,34 @@ class Store:
                 con.execute("ROLLBACK")
                 raise
         self._prune()
+
+    def set_tree_from(self, revision: str, base: str, removed: Sequence[str], added: Sequence[tuple[str, str]],
+                      problems: int = 0) -> int:
+        """Record a revision's tree as `base`'s without the paths `removed`, plus the (path, blob id) pairs
+        `added`: copied inside DuckDB, where writing all 10,000 rows from Python cost ~20 ms. Returns the
+        number of rows recorded (the caller checks it: a base missing from the store copies nothing)."""
+        # gone_d and tree_d are read by DuckDB's replacement scan (the SQL names them), not by Python.
+        gone_d = {"p": _arr([*removed, *(a[0] for a in added)])}  # noqa: F841
+        tree_d = {"p": _arr([a[0] for a in added]), "b": _arr([a[1] for a in added])}  # noqa: F841
+        with self.index._lock:
+            con = self.index.con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
+                con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? "
+                            "AND path NOT IN (SELECT p FROM gone_d)", [revision, base])
+                if added:
+                    con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
+                row = con.execute("SELECT count(*) FROM kb_tree WHERE revision = ?", [revision]).fetchone()
+                count = int(row[0]) if row else 0
+                con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
+                            [revision, time.time(), count, str(problems)])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        self._prune()
+        return count
 
     def _prune(self) -> None:
         old = self.index.query("SELECT revision FROM kb_revision ORDER BY indexed_at DESC OFFSET ?",

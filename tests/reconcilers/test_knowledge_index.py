@@ -17,7 +17,7 @@ from daemon.source import GitSource
 from reconcilers.base import ReconcilerEnv, RunRecord
 from reconcilers.knowledge.embed import FastEmbedProvider, HttpProvider, ModelError, load_provider, prepare_model_dir
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
-from reconcilers.knowledge.search import Filters
+from reconcilers.knowledge.search import Filters, Searcher
 from reconcilers.knowledge.service import KnowledgeBase
 from reconcilers.knowledge.store import Store
 from tests.fixtures import WorkRepo
@@ -256,3 +256,32 @@ def test_an_unreachable_endpoint_falls_back_to_lexical(tmp_path: Path, repo: Wor
     assert Store(kb.index).chunks_without_vectors([h for h in ["x"]], prov.model_id) == []
     assert kb.searcher.lexical(rev, "502", 5)
     assert load_provider({"provider": "none"}, tmp_path)[0] is None
+
+
+def test_a_searcher_carried_across_revisions_answers_as_a_fresh_one(tmp_path: Path, repo: WorkRepo,
+                                                                    provider: FastEmbedProvider) -> None:
+    rec = make_reconciler(tmp_path, provider)
+    index = Index(tmp_path / "data" / "index.duckdb")
+    reconcile(rec, repo, index)
+    store = rec.store(index)
+    carried = Searcher(store, provider)
+    queries = ["restart the web service", "kitten pictures", "configuration in git", "502"]
+    first = GitSource(str(repo.path), "main", repo.path / ".git").resolve("main")
+    assert carried.search(first, queries[0]).hits
+    # One file edited, one removed, one added: the carried searcher updates only those blobs.
+    (repo.path / "knowledge/decisions/config.md").unlink()
+    repo.commit({"knowledge/runbooks/restart.md": FILES["knowledge/runbooks/restart.md"] + "\nKitten logs too.\n",
+                 "knowledge/notes/new.md": md("66666666-6666-4666-8666-666666666666", "note", "Rotate the logs",
+                                              "Logs of [[infra:app-service]] fill the disk.")})
+    reconcile(rec, repo, index)
+    second = GitSource(str(repo.path), "main", repo.path / ".git").resolve("main")
+    fresh = Searcher(store, provider)
+
+    def answer(searcher: Searcher, q: str, mode: str) -> list[tuple[object, ...]]:
+        return [(h.node, round(h.score, 9), h.lexical_rank, h.vector_rank, round(h.similarity, 5), h.snippet)
+                for h in searcher.search(second, q, mode=mode).hits]
+
+    for q in [*queries, "logs fill the disk"]:
+        for mode in ("lexical", "vector", "hybrid"):
+            assert answer(carried, q, mode) == answer(fresh, q, mode), (q, mode)
+    assert carried._revision(second, True).n_docs == 3
