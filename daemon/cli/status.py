@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ from reconcilers.registry import REGISTRY
 def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
     sock = daemon_socket(settings)
     return api.call(sock, op, **fields) if sock is not None else None
+
+
+def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
+    """`key` of the running daemon's answer to `op`, or `query` over the index when no daemon runs."""
+    reply = _ask(settings, op, **fields)
+    if reply is not None:
+        return reply[key]
+    index = _index(settings)
+    try:
+        return query(index)
+    finally:
+        index.close()
 
 
 def _unavailable() -> dict[str, str]:
@@ -59,13 +72,8 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
            root: Path | None, output: str) -> None:
     """Per reconciler: last attempted and applied revisions and the Ready condition."""
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    reply = _ask(settings, "status")
-    if reply is not None:
-        data = reply["status"]
-    else:
-        index = _index(settings)
-        data = status_query(index, list(REGISTRY), _unavailable(), {"daemon": None})
-        index.close()
+    data = _read(settings, "status", "status",
+                 lambda index: status_query(index, list(REGISTRY), _unavailable(), {"daemon": None}))
     if output == "json":
         emit_json(data)
         return
@@ -86,13 +94,7 @@ def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, b
             root: Path | None, output: str, limit: int) -> None:
     """The newest runs with their outcome."""
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    reply = _ask(settings, "log", limit=limit)
-    if reply is not None:
-        rows = reply["runs"]
-    else:
-        index = _index(settings)
-        rows = runs_query(index, limit)
-        index.close()
+    rows = _read(settings, "log", "runs", lambda index: runs_query(index, limit), limit=limit)
     if output == "json":
         emit_json(rows)
         return
@@ -111,13 +113,7 @@ def events(repo: str | None, data_dir: Path | None, config_file: Path | None, br
            root: Path | None, output: str, limit: int) -> None:
     """Recorded events: drift, rewritten history, missing branch, failed fetches."""
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    reply = _ask(settings, "events", limit=limit)
-    if reply is not None:
-        rows = reply["events"]
-    else:
-        index = _index(settings)
-        rows = events_query(index, limit)
-        index.close()
+    rows = _read(settings, "events", "events", lambda index: events_query(index, limit), limit=limit)
     if output == "json":
         emit_json(rows)
         return
