@@ -32,6 +32,7 @@ from daemon.source import FileEntry, Snapshot
 from reconcilers.base import Problem
 
 MAX_NICKEL_BYTES = 1024 * 1024
+WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits
 _SPLIT_AT = 8                                         # files in a batch before it is split across workers
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
@@ -123,26 +124,36 @@ class _Worker:
             self.kill()  # died on its own (out of memory): reap it and close its pipes
         if self.proc is None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb)],
+                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                 cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         return self.proc
 
     def run(self, src: str, paths: list[str], timeout: float) -> dict[str, str]:
-        proc = self._start()
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write(json.dumps({"src": src, "paths": paths}) + "\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            self.kill()
-            return {"error": "error: the Nickel worker died"}
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            return {"error": f"error: evaluation did not finish within {timeout:g} s (an endless recursion?)"}
-        line = proc.stdout.readline()
-        if not line:
+        # A worker that exited because it was idle (exit code 0) just as a request came is not an error:
+        # the request goes to a fresh worker, once.
+        for attempt in (1, 2):
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(json.dumps({"src": src, "paths": paths}) + "\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                if attempt == 1 and proc.wait() == 0:
+                    self.kill()
+                    continue
+                self.kill()
+                return {"error": "error: the Nickel worker died"}
+            ready, _, _ = select.select([proc.stdout], [], [], timeout)
+            if not ready:
+                self.kill()
+                return {"error": f"error: evaluation did not finish within {timeout:g} s (an endless recursion?)"}
+            line = proc.stdout.readline()
+            if line:
+                break
+            if attempt == 1 and proc.wait() == 0:
+                self.kill()
+                continue
             self.kill()
             return {"error": "error: evaluation crashed the Nickel worker (out of memory?)"}
         reply: dict[str, str] = json.loads(line)

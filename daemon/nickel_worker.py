@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import select
 import sys
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -23,7 +24,14 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import nickel  # after the limit, so a runaway evaluation cannot take the host's memory
 
-    for line in sys.stdin:
+    idle = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    while True:
+        # An idle worker exits (its memory back to the host); the parent starts a new one when needed.
+        if idle > 0 and not select.select([sys.stdin], [], [], idle)[0]:
+            return
+        line = sys.stdin.readline()
+        if not line:
+            return
         request = json.loads(line)
         try:
             reply = {"ok": nickel.run(request["src"], request["paths"])}  # type: ignore[attr-defined]

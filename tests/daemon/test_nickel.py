@@ -398,3 +398,25 @@ def test_the_contract_is_part_of_the_cache_key(repo: WorkRepo, tmp_path: Path, e
     assert "mode" not in plain["resources"]["a"]
     assert checked["resources"]["a"]["mode"] == "0755"
     assert evaluator.stats == {"evaluations": 2, "cache_hits": 0}
+
+
+def test_an_idle_worker_exits_and_the_next_evaluation_starts_a_new_one(
+    repo: WorkRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with nothing to do exits on its own (returning its memory); the next evaluation still works."""
+    import daemon.nickel as nickel_module
+
+    monkeypatch.setattr(nickel_module, "WORKER_IDLE_S", 0.3)
+    ev = Evaluator(tmp_path / "cache", timeout=5.0)
+    try:
+        snap = snap_of(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="1"))})
+        assert ev.evaluate(snap, ["infra/a.ncl"], INFRA).problems == ()
+        proc = ev._workers[0].proc
+        assert proc is not None
+        assert proc.wait(timeout=10) == 0, "the idle worker exits cleanly"
+        snap = snap_of(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="2"))})
+        result = ev.evaluate(snap, ["infra/a.ncl"], INFRA)
+        assert result.problems == ()
+        assert result.values["infra/a.ncl"]["resources"]["a"]["content"] == "2"
+    finally:
+        ev.close()
