@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 # Running `python bench/knowledge.py` puts bench/ first on sys.path, where sibling benchmarks (bench/secrets.py)
-# would shadow standard modules that fastembed's dependencies import.
+# would shadow standard modules that the embedding runtime's dependencies import.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -162,7 +162,9 @@ def bench_corpus(name: str, files: dict[str, str], work: Path, queries: list[str
     commit(repo, files)
     rec = KnowledgeReconciler(ReconcilerEnv(work / f"{name}-data"))
     index = Index(work / f"{name}-data" / "index.duckdb")
-    rec.provider()                                   # model load is not indexing: keep it out of the timing
+    provider = rec.provider()
+    if provider is not None:
+        provider.embed(["warm up"])                  # the worker's start and model load are not indexing
     cold = run_once(rec, repo, index)
     loads: dict[str, float] = {"cold_index": load1()}
     first = sorted(files)[len(files) // 2]

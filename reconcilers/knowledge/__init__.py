@@ -6,7 +6,10 @@ Modules, one concern each:
     contract.py    the Nickel front-matter contract (nickel/knowledge.ncl), evaluated in batches, cached per blob
     graph.py       the typed graph: link resolution, cycles, duplicate ids, neighbourhoods, dot output
     store.py       the DuckDB tables (component "knowledge"), content-addressed by blob id
-    embed.py       embedding providers: the shipped fastembed model, OpenAI-compatible, Ollama
+    embed.py       embedding providers: the shipped model in a worker process, OpenAI-compatible, Ollama
+    model_files.py the shipped model's files: found in installed packages, verified by sha256
+    embed_worker.py  the child process that runs the shipped model (the daemon never loads it)
+    minilm.py      the shipped model on onnxruntime and tokenizers (imported by the worker only)
     search.py      BM25 from token tables + vector similarity + reciprocal rank fusion, with filters
     guidelines.py  guideline inheritance from a shared base (a path or a git repo)
     execution.py   execution nodes from finished runs, optionally committed to a branch

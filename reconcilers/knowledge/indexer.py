@@ -1,11 +1,16 @@
-"""Writing one revision's checked nodes into the store: new blobs stored, only new chunks embedded."""
+"""Writing one revision's checked nodes into the store: new blobs stored, only new chunks embedded.
+
+Embedding (seconds, in a worker process) happens before any write and outside the index's lock; every write
+of a revision then goes into one DuckDB commit (each commit syncs the WAL: 10-30 ms here).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import structlog
 
 from daemon.index import Index
@@ -14,6 +19,11 @@ from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.loader import Checked
 from reconcilers.knowledge.node import Node
 from reconcilers.knowledge.store import Store
+from reconcilers.knowledge.text import chunk_hash, chunks
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 log = structlog.get_logger("stratum.knowledge")
 STATE_REVISION = "knowledge.revision"
@@ -33,21 +43,48 @@ class IndexStats:
     warning: str = ""
 
 
-def embed_missing(store: Store, provider: Provider | None, blob_ids: list[str]) -> tuple[int, str]:
-    """Embed the chunks of `blob_ids` that have no vector for the provider's model; (count, warning)."""
-    if provider is None or not blob_ids:
-        return 0, ""
-    missing = store.chunks_without_vectors(blob_ids, provider.model_id)
+@dataclass(frozen=True, slots=True)
+class Vectors:
+    """Embeddings computed for chunks that had none: (hash per row, matrix), or why there are none."""
+
+    model: str = ""
+    hashes: tuple[str, ...] = ()
+    matrix: npt.NDArray[np.float32] | None = None
+    warning: str = ""
+
+    def write(self, store: Store) -> int:
+        """Store the vectors (inside the caller's transaction); how many."""
+        if self.matrix is not None and self.hashes:
+            store.add_vectors(self.model, self.hashes, self.matrix)
+        return len(self.hashes)
+
+
+def embed_missing(store: Store, provider: Provider | None, nodes: Sequence[Node]) -> Vectors:
+    """Embed the chunks of `nodes` that have no vector for the provider's model yet (nothing is written),
+    and with them the execution nodes' chunks still waiting for the model (see `add_execution`).
+
+    Chunks are cut from the nodes in memory, so nodes not stored yet need no round trip through DuckDB.
+    """
+    if provider is None or not nodes:
+        return Vectors()
+    texts: dict[str, str] = {}
+    for n in nodes:
+        for text in chunks(n):
+            texts.setdefault(chunk_hash(text), text)
+    missing = [h for h in texts if h not in store.vector_hashes(texts, provider.model_id)]
     if not missing:
-        return 0, ""
+        return Vectors(provider.model_id)
+    for h, text in store.pending_extras(provider.model_id):
+        if h not in texts:
+            texts[h] = text
+            missing.append(h)
     try:
-        matrix = provider.embed([text for _, text in missing])
+        matrix = provider.embed([texts[h] for h in missing])
     except ModelError as err:
         # The index stays searchable lexically; the next revision retries the missing vectors.
         log.warning("knowledge.embedding_failed", reason=err.what, chunks=len(missing))
-        return 0, err.what
-    store.add_vectors(provider.model_id, [h for h, _ in missing], np.asarray(matrix, dtype=np.float32))
-    return len(missing), ""
+        return Vectors(provider.model_id, warning=err.what)
+    return Vectors(provider.model_id, tuple(missing), matrix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,43 +99,53 @@ def index_revision(store: Store, checked: Checked, revision: str, provider: Prov
                    previous: Indexed | None = None) -> tuple[IndexStats, Indexed]:
     """Store a revision: nodes of new blobs, their vectors, the revision's tree; returns what it did.
 
-    `previous`, the revision indexed last into this store, lets this one touch only the paths that changed:
-    the store is asked about their blobs only, and the tree is copied from the previous one inside DuckDB.
+    1. find the nodes whose blobs are new (with `previous`, the revision indexed last into this store, only
+       the paths that changed are asked about)
+    2. embed their chunks that have no vector yet (all nodes' on the first revision with a model)
+    3. write nodes, vectors, the tree (copied from the previous one inside DuckDB) and the state: one commit
     """
     start = time.perf_counter()
+    index = store.index
     nodes = list(checked.nodes)
     tree = {n.path: n.blob_id for n in nodes}
     base = previous.tree if previous is not None and previous.revision != revision else None
     maybe = nodes if base is None else [n for n in nodes if base.get(n.path) != n.blob_id]
     known = store.known_blobs(n.blob_id for n in maybe)
-    fresh = [n for n in maybe if n.blob_id not in known]
-    store.add_nodes(fresh)
-    targets = [n.blob_id for n in fresh]
-    index = store.index
+    fresh = list({n.blob_id: n for n in maybe if n.blob_id not in known}.values())
     swept = index.get_state(_STATE_MODEL)
-    if provider is not None and swept != provider.model_id:
-        # First revision with this model (or after a model switch): sweep every node, not only new blobs.
-        targets = [n.blob_id for n in nodes]
-    embedded, warning = embed_missing(store, provider, targets)
-    if provider is not None and not warning and swept != provider.model_id:
-        index.set_state(_STATE_MODEL, provider.model_id)
-    copied = -1
-    if base is not None and previous is not None:
-        removed = [p for p in base if p not in tree]
-        added = [(p, b) for p, b in tree.items() if base.get(p) != b]
-        copied = store.set_tree_from(revision, previous.revision, removed, added, len(checked.problems))
-    if copied != len(tree):
-        store.set_tree(revision, list(tree.items()), len(checked.problems))
-    index.set_state(STATE_REVISION, revision)
+    sweep = provider is not None and swept != provider.model_id
+    # First revision with this model (or after a model switch): every node, not only new blobs.
+    vectors = embed_missing(store, provider, nodes if sweep else fresh)
+    with index.transaction():
+        store.add_nodes(fresh, known=known)
+        embedded = vectors.write(store)
+        if provider is not None and sweep and not vectors.warning:
+            index.set_state(_STATE_MODEL, provider.model_id)
+        copied = -1
+        if base is not None and previous is not None:
+            removed = [p for p in base if p not in tree]
+            added = [(p, b) for p, b in tree.items() if base.get(p) != b]
+            copied = store.set_tree_from(revision, previous.revision, removed, added, len(checked.problems))
+        if copied != len(tree):
+            store.set_tree(revision, list(tree.items()), len(checked.problems))
+        index.set_state(STATE_REVISION, revision)
     ms = (time.perf_counter() - start) * 1000.0
-    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, warning)
+    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, vectors.warning)
     return stats, Indexed(revision, tree)
 
 
 def add_execution(store: Store, provider: Provider | None, node: Node) -> None:
-    """Store an execution node (visible from every revision) with its vectors."""
-    store.add_extra(node)
-    embed_missing(store, provider, [node.blob_id])
+    """Store an execution node (visible from every revision) with its vectors, in one commit.
+
+    Every run writes one, so one alone never starts the model's worker: when no worker runs, the node waits
+    (found by words meanwhile) and is embedded the next time the model runs anyway, for changed knowledge or
+    for a run finishing while a worker is up. An idle daemon applying infrastructure never loads the model.
+    """
+    warm = bool(getattr(provider, "warm", True))         # providers without a process are always ready
+    vectors = embed_missing(store, provider if warm else None, [node])
+    with store.index.transaction():
+        store.add_extra(node)
+        vectors.write(store)
 
 
 def current_revision(index: Index) -> str | None:

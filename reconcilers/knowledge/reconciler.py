@@ -6,12 +6,17 @@
 4. plan      nothing to apply: knowledge has no target besides the index
 5. record    `on_run_finished` writes an execution node, optionally committed to a branch
 The MCP server is served on the daemon's HTTP listener at /mcp (`asgi_app`).
+
+Embedding runs in a worker process (embed.py) that starts on first use and ends when idle
+(`[knowledge] worker_idle_s` in the host's stratumd.toml, default 30 s). Building this reconciler imports
+neither numpy nor the model's runtime: the store and indexer modules are imported on first use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pygit2
 import structlog
@@ -21,14 +26,16 @@ from daemon.index import Index
 from daemon.source import Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
 from reconcilers.knowledge.contract import Contract
-from reconcilers.knowledge.embed import Provider, load_provider
+from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
 from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
 from reconcilers.knowledge.graph import Graph
-from reconcilers.knowledge.indexer import Indexed, IndexStats, add_execution, current_revision, index_revision
 from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Parsed
 from reconcilers.knowledge.settings import KnowledgeSettings
-from reconcilers.knowledge.store import Store
+
+if TYPE_CHECKING:
+    from reconcilers.knowledge.indexer import Indexed, IndexStats
+    from reconcilers.knowledge.store import Store
 
 log = structlog.get_logger("stratum.knowledge")
 
@@ -49,6 +56,9 @@ class KnowledgeReconciler:
     def __init__(self, env: ReconcilerEnv) -> None:
         self.env = env
         self.settings = KnowledgeSettings.from_mapping(env.repo_settings.get("knowledge", {}))
+        host = env.settings.get("knowledge") or {}
+        self.worker_idle = float(host.get("worker_idle_s", WORKER_IDLE_S)) if isinstance(host, Mapping) \
+            else WORKER_IDLE_S
         self.loader = Loader()
         self.contract = Contract()
         self._provider: Provider | None = None
@@ -112,12 +122,20 @@ class KnowledgeReconciler:
         """The embedding provider (loaded once; None means lexical search only, with a logged warning)."""
         if not self._provider_loaded:
             self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
-                                                                self.env.data_dir)
+                                                                self.env.data_dir, worker_idle=self.worker_idle)
             self._provider_loaded = True
         return self._provider
 
+    def close(self) -> None:
+        """Stop the embedding worker, if one runs (the daemon calls this at shutdown)."""
+        closer = getattr(self._provider, "close", None)
+        if closer is not None:
+            closer()
+
     def store(self, index: Index) -> Store:
         """The knowledge tables of `index` (migrated once)."""
+        from reconcilers.knowledge.store import Store
+
         key = id(index)
         if key not in self._stores:
             self._stores[key] = Store(index)
@@ -125,6 +143,8 @@ class KnowledgeReconciler:
 
     def index(self, desired: Desired, index: Index, revision: str) -> None:
         """Index the valid nodes of the revision (invalid files are reported by validate and left out)."""
+        from reconcilers.knowledge.indexer import index_revision
+
         store = self.store(index)
         self.last_index = index
         checked = self._check(desired)
@@ -136,6 +156,8 @@ class KnowledgeReconciler:
 
     def on_run_finished(self, record: RunRecord, index: Index) -> None:
         """Write the run's execution node into the index; commit it to the configured branch when set."""
+        from reconcilers.knowledge.indexer import add_execution, current_revision
+
         store = self.store(index)
         rev = current_revision(index) or record.revision
         checked = self._checked.get(rev)

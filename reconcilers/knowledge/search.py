@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from reconcilers.knowledge import memindex
 from reconcilers.knowledge.embed import Provider
-from reconcilers.knowledge.errors import KnowledgeError
+from reconcilers.knowledge.errors import KnowledgeError, ModelError
 from reconcilers.knowledge.memindex import Generation
 from reconcilers.knowledge.store import DIM, EXTRA, Store
 from reconcilers.knowledge.text import terms
@@ -246,9 +246,14 @@ class Searcher:
             warning = self.provider_error or "no embedding model: lexical search only"
             mode = "lexical"
         depth = max(limit * 5, 50)
+        vec: list[tuple[str, float, int]] = []
+        if mode != "lexical":
+            try:
+                vec = [v for v in self.vector(revision, query, depth, filters) if v[1] >= threshold]
+            except ModelError as err:
+                # The model stopped answering (a dead endpoint, a worker that cannot load): keywords still work.
+                warning, mode = f"{err.what}: lexical search only", "lexical"
         lex = self.lexical(revision, query, depth, filters) if mode != "vector" else []
-        vec = ([v for v in self.vector(revision, query, depth, filters) if v[1] >= threshold]
-               if mode != "lexical" else [])
         gen = self._revision(revision, with_vectors=mode != "lexical")
         fused: dict[str, float] = {}
         lex_rank = {b: i + 1 for i, (b, _) in enumerate(lex)}

@@ -116,6 +116,12 @@ class KnowledgeBase:
                 self._searcher = Searcher(self.store, self._provider, self.provider_error)
             return self._searcher
 
+    def close(self) -> None:
+        """Stop the embedding worker this view started (a provider handed in is its owner's to stop)."""
+        closer = getattr(self._provider, "close", None) if self._provider_arg is _AUTO else None
+        if closer is not None:
+            closer()
+
     def _head(self) -> str:
         self.source.fetch()
         try:

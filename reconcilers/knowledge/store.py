@@ -6,7 +6,8 @@ commit contains, live under the pseudo-revision `*`. Links are stored as written
 link to a node committed later resolves without touching the linking node.
 
 Bulk writes go through DuckDB's scan of dicts of NumPy arrays: `executemany` over Python lists costs seconds
-for 10,000 vectors (PLATFORM.md).
+for 10,000 vectors (PLATFORM.md). Writes join the caller's `Index.transaction()` when there is one (indexing a
+revision is one commit); alone, each write method is its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
 DIM = 384
 EXTRA = "*"                                   # the pseudo-revision of execution nodes
 KEEP_REVISIONS = 20
+PRUNE_SLACK = 10                              # revisions past KEEP_REVISIONS before old ones are swept, together
 
 MIGRATIONS: tuple[str, ...] = (
     f"""
@@ -66,10 +68,12 @@ class Store:
         rows = self.index.query("SELECT blob_id FROM kb_node WHERE blob_id IN (SELECT unnest(?))", [wanted])
         return {str(r[0]) for r in rows}
 
-    def add_nodes(self, nodes: Sequence[Node]) -> int:
-        """Store new nodes (parsed form, edges, terms, chunks); nodes whose blob is stored are skipped."""
+    def add_nodes(self, nodes: Sequence[Node], known: set[str] | None = None) -> int:
+        """Store new nodes (parsed form, edges, terms, chunks); nodes whose blob is stored are skipped.
+        `known`: the blob ids among `nodes` already stored, when the caller asked already."""
         fresh: dict[str, Node] = {}
-        known = self.known_blobs(n.blob_id for n in nodes)
+        if known is None:
+            known = self.known_blobs(n.blob_id for n in nodes)
         for n in nodes:
             if n.blob_id not in known:
                 fresh.setdefault(n.blob_id, n)
@@ -96,32 +100,26 @@ class Store:
                            for n in items]),
             "key_lines": _arr([json.dumps(n.key_lines) for n in items]),
             "doc_len": _arr([doc_len[n.blob_id] for n in items], np.int32)}
-        with self.index._lock:
+        with self.index.transaction():
             con = self.index.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute("INSERT INTO kb_node SELECT blob_id, node_id, type, title, status, project, "
-                            "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
-                            "body_line, links, key_lines, doc_len FROM nodes_d")
-                if term_rows:
-                    # terms_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                    terms_d = {"b": _arr([r[0] for r in term_rows]), "t": _arr([r[1] for r in term_rows]),  # noqa: F841
-                               "f": _arr([r[2] for r in term_rows], np.int32)}
-                    con.execute("INSERT INTO kb_term SELECT b, t, f FROM terms_d")
-                if edge_rows:
-                    # edges_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                    edges_d = {k: _arr([r[i] for r in edge_rows], np.int32 if i == 3 else object)  # noqa: F841
-                               for i, k in enumerate(("b", "r", "t", "l", "o"))}
-                    con.execute("INSERT INTO kb_edge SELECT b, r, t, l, o FROM edges_d")
-                if chunk_rows:
-                    # chunks_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                    chunks_d = {k: _arr([r[i] for r in chunk_rows], np.int32 if i == 1 else object)  # noqa: F841
-                                for i, k in enumerate(("b", "s", "h", "x"))}
-                    con.execute("INSERT INTO kb_chunk SELECT b, s, h, x FROM chunks_d")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
+            con.execute("INSERT INTO kb_node SELECT blob_id, node_id, type, title, status, project, "
+                        "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
+                        "body_line, links, key_lines, doc_len FROM nodes_d")
+            if term_rows:
+                # terms_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                terms_d = {"b": _arr([r[0] for r in term_rows]), "t": _arr([r[1] for r in term_rows]),  # noqa: F841
+                           "f": _arr([r[2] for r in term_rows], np.int32)}
+                con.execute("INSERT INTO kb_term SELECT b, t, f FROM terms_d")
+            if edge_rows:
+                # edges_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                edges_d = {k: _arr([r[i] for r in edge_rows], np.int32 if i == 3 else object)  # noqa: F841
+                           for i, k in enumerate(("b", "r", "t", "l", "o"))}
+                con.execute("INSERT INTO kb_edge SELECT b, r, t, l, o FROM edges_d")
+            if chunk_rows:
+                # chunks_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                chunks_d = {k: _arr([r[i] for r in chunk_rows], np.int32 if i == 1 else object)  # noqa: F841
+                            for i, k in enumerate(("b", "s", "h", "x"))}
+                con.execute("INSERT INTO kb_chunk SELECT b, s, h, x FROM chunks_d")
         return len(items)
 
     def chunks_without_vectors(self, blob_ids: Sequence[str], model: str) -> list[tuple[str, str]]:
@@ -134,6 +132,23 @@ class Store:
             [list(set(blob_ids)), model])
         return [(str(r[0]), str(r[1])) for r in rows]
 
+    def pending_extras(self, model: str) -> list[tuple[str, str]]:
+        """(hash, text) of execution-node chunks without a vector for `model` (embedded when the model runs)."""
+        rows = self.index.query(
+            "SELECT c.hash, any_value(c.text) FROM kb_tree t JOIN kb_chunk c USING (blob_id) WHERE t.revision = ? "
+            "AND NOT EXISTS (SELECT 1 FROM kb_vec v WHERE v.hash = c.hash AND v.model = ?) GROUP BY c.hash",
+            [EXTRA, model])
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def vector_hashes(self, hashes: Iterable[str], model: str) -> set[str]:
+        """The chunk hashes among `hashes` that have a vector for `model`."""
+        wanted = list(set(hashes))
+        if not wanted:
+            return set()
+        rows = self.index.query("SELECT hash FROM kb_vec WHERE model = ? AND hash IN (SELECT unnest(?))",
+                                [model, wanted])
+        return {str(r[0]) for r in rows}
+
     def add_vectors(self, model: str, hashes: Sequence[str], matrix: npt.NDArray[np.float32]) -> None:
         """Store one vector per chunk hash (rows of `matrix`, DIM wide)."""
         if not hashes:
@@ -141,7 +156,7 @@ class Store:
         n = len(hashes)
         if n <= 8:
             # A revision that changed a file or two: plain parameters beat the bulk scan's GROUP BY (~20 ms).
-            with self.index._lock:
+            with self.index.transaction():
                 for h, row in zip(hashes, np.asarray(matrix, dtype=np.float32).tolist(), strict=True):
                     self.index.con.execute(f"INSERT OR IGNORE INTO kb_vec VALUES (?, ?, ?::FLOAT[{DIM}])",
                                            [h, model, row])
@@ -152,7 +167,7 @@ class Store:
         # names_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
         names_d = {"r": np.arange(n, dtype=np.int32), "h": _arr(hashes)}  # noqa: F841
         # The dicts are found by DuckDB's replacement scan in this frame's locals: execute here, not via Index.
-        with self.index._lock:
+        with self.index.transaction():
             self.index.con.execute(
                 f"INSERT OR IGNORE INTO kb_vec SELECT n.h, ?, f.v::FLOAT[{DIM}] FROM "
                 "(SELECT r, list(x ORDER BY i) v FROM flat_d GROUP BY r) f JOIN names_d n USING (r)", [model])
@@ -161,20 +176,14 @@ class Store:
         """Record the (path, blob id) pairs of a revision's indexed nodes; prune revisions beyond the last N."""
         # tree_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
         tree_d = {"p": _arr([e[0] for e in entries]), "b": _arr([e[1] for e in entries])}  # noqa: F841
-        with self.index._lock:
+        with self.index.transaction():
             con = self.index.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
-                if entries:
-                    con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
-                con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
-                            [revision, time.time(), len(entries), str(problems)])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        self._prune()
+            con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
+            if entries:
+                con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
+            con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
+                        [revision, time.time(), len(entries), str(problems)])
+            self._prune()
 
     def set_tree_from(self, revision: str, base: str, removed: Sequence[str], added: Sequence[tuple[str, str]],
                       problems: int = 0) -> int:
@@ -184,46 +193,51 @@ class Store:
         # gone_d and tree_d are read by DuckDB's replacement scan (the SQL names them), not by Python.
         gone_d = {"p": _arr([*removed, *(a[0] for a in added)])}  # noqa: F841
         tree_d = {"p": _arr([a[0] for a in added]), "b": _arr([a[1] for a in added])}  # noqa: F841
-        with self.index._lock:
+        with self.index.transaction():
             con = self.index.con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
-                con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? "
-                            "AND path NOT IN (SELECT p FROM gone_d)", [revision, base])
-                if added:
-                    con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
-                row = con.execute("SELECT count(*) FROM kb_tree WHERE revision = ?", [revision]).fetchone()
-                count = int(row[0]) if row else 0
-                con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
-                            [revision, time.time(), count, str(problems)])
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        self._prune()
+            con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
+            con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? "
+                        "AND path NOT IN (SELECT p FROM gone_d)", [revision, base])
+            if added:
+                con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
+            row = con.execute("SELECT count(*) FROM kb_tree WHERE revision = ?", [revision]).fetchone()
+            count = int(row[0]) if row else 0
+            con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
+                        [revision, time.time(), count, str(problems)])
+            self._prune()
         return count
 
-    def _prune(self) -> None:
-        old = self.index.query("SELECT revision FROM kb_revision ORDER BY indexed_at DESC OFFSET ?",
-                               [KEEP_REVISIONS])
-        if not old:
-            return
-        gone = [str(r[0]) for r in old]
-        with self.index._lock:
+    def _prune(self) -> bool:
+        """Keep the last KEEP_REVISIONS revisions. Sweeping touches every table, so it waits until PRUNE_SLACK
+        more have piled up and removes them together; only blobs no kept revision holds are deleted.
+        True when it swept."""
+        row = self.index.query("SELECT count(*) FROM kb_revision")
+        if not row or int(row[0][0]) <= KEEP_REVISIONS + PRUNE_SLACK:
+            return False
+        gone = [str(r[0]) for r in self.index.query(
+            "SELECT revision FROM kb_revision ORDER BY indexed_at DESC OFFSET ?", [KEEP_REVISIONS])]
+        with self.index.transaction():
             con = self.index.con
+            orphans = [str(r[0]) for r in con.execute(
+                "SELECT blob_id FROM kb_tree WHERE revision IN (SELECT unnest($1)) EXCEPT "
+                "SELECT blob_id FROM kb_tree WHERE revision NOT IN (SELECT unnest($1))", [gone]).fetchall()]
             con.execute("DELETE FROM kb_tree WHERE revision IN (SELECT unnest(?))", [gone])
             con.execute("DELETE FROM kb_revision WHERE revision IN (SELECT unnest(?))", [gone])
-            live = "(SELECT DISTINCT blob_id FROM kb_tree)"
-            for table in ("kb_node", "kb_edge", "kb_term", "kb_chunk"):
-                con.execute(f"DELETE FROM {table} WHERE blob_id NOT IN {live}")
-            con.execute("DELETE FROM kb_vec WHERE hash NOT IN (SELECT DISTINCT hash FROM kb_chunk)")
+            if orphans:
+                # Vectors first: a chunk text shared with a kept node keeps its vector.
+                con.execute("DELETE FROM kb_vec WHERE hash IN (SELECT hash FROM kb_chunk WHERE blob_id IN "
+                            "(SELECT unnest($1))) AND hash NOT IN (SELECT hash FROM kb_chunk WHERE blob_id NOT IN "
+                            "(SELECT unnest($1)))", [orphans])
+                for table in ("kb_node", "kb_edge", "kb_term", "kb_chunk"):
+                    con.execute(f"DELETE FROM {table} WHERE blob_id IN (SELECT unnest(?))", [orphans])
+        return True
 
     def add_extra(self, node: Node) -> None:
         """Store a node no commit contains (an execution node) so every revision sees it."""
-        self.add_nodes([node])
-        self.index.execute("DELETE FROM kb_tree WHERE revision = ? AND path = ?", [EXTRA, node.path])
-        self.index.execute("INSERT INTO kb_tree VALUES (?, ?, ?)", [EXTRA, node.path, node.blob_id])
+        with self.index.transaction():
+            self.add_nodes([node])
+            self.index.execute("DELETE FROM kb_tree WHERE revision = ? AND path = ?", [EXTRA, node.path])
+            self.index.execute("INSERT INTO kb_tree VALUES (?, ?, ?)", [EXTRA, node.path, node.blob_id])
 
     # -- reads -------------------------------------------------------------------------------------
     def revisions(self) -> list[str]:

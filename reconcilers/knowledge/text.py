@@ -10,6 +10,7 @@ from reconcilers.knowledge.node import Node
 
 TITLE_WEIGHT = 3                              # a title word counts like three body words
 CHUNK_CHARS = 700                             # ~180 tokens: under the model's 256-token window
+EXECUTION_ACTION_LINES = 20                   # action lines of an execution node that are embedded
 _WORD = re.compile(r"[a-z0-9]+")
 # Resource ids and error codes ("app-config", "ERR_CONN_RESET", "vault:db/creds") are searched whole too.
 _COMPOUND = re.compile(r"[a-z0-9]+(?:[-_.:/][a-z0-9]+)+")
@@ -48,7 +49,13 @@ def node_terms(node: Node) -> Counter[str]:
 
 
 def chunks(node: Node) -> list[str]:
-    """The texts embedded for a node: paragraphs packed up to CHUNK_CHARS, the title leading the first."""
+    """The texts embedded for a node: paragraphs packed up to CHUNK_CHARS, the title leading the first.
+
+    An execution node is one chunk: its summary and first action lines. Its full action table (1,000 rows
+    of a large run: ~60 chunks and ~10 s of embedding) stays in its body and terms, searchable by words.
+    """
+    if node.type == "execution":
+        return [execution_digest(node)]
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", node.body) if p.strip()]
     head = node.title
     for key in ("context", "decision", "problem"):
@@ -67,6 +74,22 @@ def chunks(node: Node) -> list[str]:
     if current:
         out.append(current)
     return out
+
+
+def execution_digest(node: Node) -> str:
+    """An execution node's embedded text: title, summary lines, then the first EXECUTION_ACTION_LINES actions."""
+    summary: list[str] = []
+    actions: list[str] = []
+    for line in node.body.splitlines():
+        text = line.strip()
+        if not text or text.startswith("#") or text.startswith("| ---") or text == "| action | kind | status |":
+            continue
+        if text.startswith("|"):
+            if len(actions) < EXECUTION_ACTION_LINES:
+                actions.append(" ".join(cell.strip() for cell in text.strip("|").split("|") if cell.strip()))
+        else:
+            summary.append(text)
+    return "\n".join([node.title, *summary, *actions])[:CHUNK_CHARS]
 
 
 def _split_long(para: str) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pygit2
@@ -15,11 +17,12 @@ import pytest
 from daemon.index import Index
 from daemon.source import GitSource
 from reconcilers.base import ReconcilerEnv, RunRecord
-from reconcilers.knowledge.embed import FastEmbedProvider, HttpProvider, ModelError, load_provider, prepare_model_dir
+from reconcilers.knowledge.embed import HttpProvider, ModelError, WorkerProvider, load_provider, prepare_model_dir
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from reconcilers.knowledge.search import Filters, Searcher
 from reconcilers.knowledge.service import KnowledgeBase
-from reconcilers.knowledge.store import Store
+from reconcilers.knowledge.store import KEEP_REVISIONS, PRUNE_SLACK, Store
+from reconcilers.knowledge.text import CHUNK_CHARS
 from tests.fixtures import WorkRepo
 
 RUNBOOK, ADR, POST = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222",
@@ -44,8 +47,10 @@ FILES = {
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> FastEmbedProvider:
-    return FastEmbedProvider(tmp_path_factory.mktemp("model"))
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProvider]:
+    p = WorkerProvider(tmp_path_factory.mktemp("model"))
+    yield p
+    p.close()
 
 
 @pytest.fixture()
@@ -63,7 +68,7 @@ def reconcile(rec: KnowledgeReconciler, repo: WorkRepo, index: Index) -> list[st
     return problems
 
 
-def make_reconciler(tmp_path: Path, provider: FastEmbedProvider | None, **knowledge: object) -> KnowledgeReconciler:
+def make_reconciler(tmp_path: Path, provider: WorkerProvider | None, **knowledge: object) -> KnowledgeReconciler:
     rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data", repo_settings={"knowledge": knowledge}))
     rec._provider, rec._provider_loaded = provider, True
     return rec
@@ -71,7 +76,7 @@ def make_reconciler(tmp_path: Path, provider: FastEmbedProvider | None, **knowle
 
 # -- indexing ---------------------------------------------------------------------------------------------
 def test_a_revision_is_indexed_and_only_the_changed_file_is_reembedded(tmp_path: Path, repo: WorkRepo,
-                                                                      provider: FastEmbedProvider) -> None:
+                                                                      provider: WorkerProvider) -> None:
     rec = make_reconciler(tmp_path, provider)
     index = Index(tmp_path / "data" / "index.duckdb")
     assert reconcile(rec, repo, index) == []
@@ -85,7 +90,7 @@ def test_a_revision_is_indexed_and_only_the_changed_file_is_reembedded(tmp_path:
 
 
 def test_bad_files_are_reported_with_file_and_line_and_the_rest_stays_searchable(
-        tmp_path: Path, repo: WorkRepo, provider: FastEmbedProvider) -> None:
+        tmp_path: Path, repo: WorkRepo, provider: WorkerProvider) -> None:
     repo.commit({
         "knowledge/bad-utf8.md": b"---\nid: x\n---\n\xff\xfe broken\n",
         "knowledge/huge.md": b"---\n" + b"x" * (50 * 1024 * 1024) + b"\n",
@@ -111,7 +116,7 @@ def test_bad_files_are_reported_with_file_and_line_and_the_rest_stays_searchable
 
 
 def test_semantic_search_finds_a_paraphrase_that_keywords_miss(tmp_path: Path, repo: WorkRepo,
-                                                              provider: FastEmbedProvider) -> None:
+                                                              provider: WorkerProvider) -> None:
     kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=provider)
     assert kb.search("cat photos disappeared", mode="lexical").hits == ()
     hybrid = kb.search("cat photos disappeared")
@@ -122,7 +127,7 @@ def test_semantic_search_finds_a_paraphrase_that_keywords_miss(tmp_path: Path, r
     assert numpy_top == sql_top
 
 
-def test_filters_restrict_results(tmp_path: Path, repo: WorkRepo, provider: FastEmbedProvider) -> None:
+def test_filters_restrict_results(tmp_path: Path, repo: WorkRepo, provider: WorkerProvider) -> None:
     kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=provider)
     hits = kb.search("service configuration git restart", filters=Filters(types=("decision",))).hits
     assert [h.node["id"] for h in hits] == [ADR]
@@ -170,6 +175,116 @@ def test_a_finished_run_becomes_an_execution_node_committed_to_the_branch(tmp_pa
     assert pygit2.Repository(str(repo.path)).head.shorthand == "main"
 
 
+class CountingIndex(Index):
+    """An Index that counts its DuckDB commits: top-level transactions and autocommitted statements."""
+
+    commits = 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        top = not self._in_txn
+        with super().transaction():
+            yield
+        self.commits += int(top)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.commits += int(not self._in_txn)
+        super().execute(sql, params)
+
+
+class RecordingProvider:
+    """A provider that remembers what it was asked to embed, answering with the shipped model's vectors."""
+
+    def __init__(self, inner: WorkerProvider) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+        self.model_id = inner.model_id
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.texts.extend(texts)
+        return self.inner.embed(texts)
+
+
+def test_an_incremental_revision_and_an_execution_node_are_one_commit_each(tmp_path: Path, repo: WorkRepo,
+                                                                           provider: WorkerProvider) -> None:
+    """Each DuckDB commit syncs the WAL (10-30 ms here): nodes, vectors, tree and state go in one."""
+    rec = make_reconciler(tmp_path, provider)
+    index = CountingIndex(tmp_path / "data" / "index.duckdb")
+    reconcile(rec, repo, index)
+    repo.commit({"knowledge/runbooks/restart.md": FILES["knowledge/runbooks/restart.md"] + "\nAlso check logs.\n"})
+    index.commits = 0
+    reconcile(rec, repo, index)
+    assert rec.last_stats is not None and rec.last_stats.embedded == 1 and index.commits == 1
+    head = str(pygit2.Repository(str(repo.path)).head.target)
+    index.commits = 0
+    rec.on_run_finished(RunRecord("run-one-commit", head, "succeeded", 1.0, 2.0), index)
+    assert index.commits == 1
+
+
+def test_a_large_run_embeds_one_short_text_and_keeps_every_action_searchable(tmp_path: Path, repo: WorkRepo,
+                                                                             provider: WorkerProvider) -> None:
+    """1,000 actions: one chunk (summary and first actions) is embedded; the body and BM25 keep all 1,000."""
+    recording = RecordingProvider(provider)
+    rec = make_reconciler(tmp_path, None)
+    index = Index(tmp_path / "data" / "index.duckdb")
+    reconcile(rec, repo, index)
+    rec._provider = recording                                             # type: ignore[assignment]
+    actions = tuple((f"infra:file-{i:04d}", "create", "succeeded") for i in range(1000))
+    head = str(pygit2.Repository(str(repo.path)).head.target)
+    rec.on_run_finished(RunRecord("run-large", head, "succeeded", 1.0, 9.0, actions,
+                                  tuple(a for a, _, _ in actions), "1000 action(s) applied"), index)
+    [text] = recording.texts
+    assert len(text) <= CHUNK_CHARS and "1000 action(s) applied" in text and "infra:file-0000" in text
+    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None, index=index)
+    [execution] = kb.nodes(Filters(types=("execution",)))
+    assert "| infra:file-0999 | create | succeeded |" in execution.body
+    assert kb.search("infra:file-0999", mode="lexical").hits[0].node["type"] == "execution"
+
+
+def test_an_execution_node_waits_for_the_model_rather_than_starting_it(tmp_path: Path, repo: WorkRepo) -> None:
+    """A run alone never starts the embedding worker; its node is embedded with the next one that finds the
+    worker up (an idle daemon applying infrastructure never loads the model)."""
+    cold = WorkerProvider(tmp_path / "model")
+    try:
+        rec = make_reconciler(tmp_path, None)
+        index = Index(tmp_path / "data" / "index.duckdb")
+        reconcile(rec, repo, index)
+        rec._provider = cold
+        head = str(pygit2.Repository(str(repo.path)).head.target)
+        rec.on_run_finished(RunRecord("run-cold", head, "succeeded", 1.0, 2.0), index)
+        store = rec.store(index)
+        assert cold.starts == 0 and len(store.pending_extras(cold.model_id)) == 1
+        cold.embed(["a semantic search started the worker"])
+        rec.on_run_finished(RunRecord("run-warm", head, "succeeded", 3.0, 4.0), index)
+        assert store.pending_extras(cold.model_id) == [] and cold.starts == 1
+        assert index.query("SELECT count(*) FROM kb_tree WHERE revision = '*'")[0][0] == 2
+    finally:
+        cold.close()
+
+
+def test_old_revisions_are_pruned_together_and_only_their_own_blobs_go(tmp_path: Path, repo: WorkRepo) -> None:
+    """Past KEEP_REVISIONS, nothing is swept until PRUNE_SLACK more revisions piled up; then blobs that only
+    the pruned revisions held are deleted, and blobs still in a kept revision stay."""
+    rec = make_reconciler(tmp_path, None)
+    index = Index(tmp_path / "data" / "index.duckdb")
+    reconcile(rec, repo, index)
+    store = rec.store(index)
+    first_blobs = {str(r[0]) for r in index.query("SELECT blob_id FROM kb_tree WHERE revision = ?",
+                                                  [store.revisions()[0]])}
+    for i in range(KEEP_REVISIONS + PRUNE_SLACK):        # the last one makes KEEP + SLACK + 1: a sweep
+        repo.commit({"knowledge/notes/churn.md": md("88888888-8888-4888-8888-888888888888", "note", "Churn",
+                                                    f"version {i}")})
+        reconcile(rec, repo, index)
+        revisions = i + 2                                      # the first one, then one per churn
+        assert len(store.revisions()) == (revisions if revisions <= KEEP_REVISIONS + PRUNE_SLACK
+                                          else KEEP_REVISIONS), i
+    stored = {str(r[0]) for r in index.query("SELECT blob_id FROM kb_node")}
+    assert first_blobs <= stored                               # the three original files are in every revision
+    churn = {str(r[0]) for r in index.query("SELECT DISTINCT blob_id FROM kb_term")} - first_blobs
+    assert len(churn) == KEEP_REVISIONS                        # one churn version per kept revision
+    assert index.query("SELECT count(*) FROM kb_chunk WHERE blob_id NOT IN (SELECT blob_id FROM kb_tree)")[0][0] == 0
+
+
 def test_project_guidelines_override_a_base_repo_by_id_and_category(tmp_path: Path, repo: WorkRepo) -> None:
     base = WorkRepo(tmp_path / "org")
     g = "---\nid: {id}\ntype: guideline\ntitle: {title}\ncategory: {cat}\npriority: {prio}\n---\nbody\n"
@@ -202,7 +317,7 @@ def test_the_shipped_model_is_verified_by_sha256(tmp_path: Path) -> None:
         prepare_model_dir(tmp_path / "out", (bad, tokenizer))
 
 
-def test_the_shipped_model_ranks_related_words_closer(provider: FastEmbedProvider) -> None:
+def test_the_shipped_model_ranks_related_words_closer(provider: WorkerProvider) -> None:
     cat, kitten, revenue = provider.embed(["cat", "kitten", "quarterly revenue"])
     assert float(cat @ kitten) > float(cat @ revenue) + 0.2
     assert abs(float(np.linalg.norm(cat)) - 1.0) < 1e-4
@@ -211,7 +326,7 @@ def test_the_shipped_model_ranks_related_words_closer(provider: FastEmbedProvide
 class _EmbeddingAPI(BaseHTTPRequestHandler):
     """A real OpenAI/Ollama embeddings endpoint on loopback, answering with the shipped model's vectors."""
 
-    model: FastEmbedProvider
+    model: WorkerProvider
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -231,7 +346,7 @@ class _EmbeddingAPI(BaseHTTPRequestHandler):
 
 
 @pytest.fixture()
-def api(provider: FastEmbedProvider) -> Iterator[str]:
+def api(provider: WorkerProvider) -> Iterator[str]:
     handler = type("H", (_EmbeddingAPI,), {"model": provider})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -241,7 +356,7 @@ def api(provider: FastEmbedProvider) -> Iterator[str]:
     server.server_close()
 
 
-def test_openai_and_ollama_providers_speak_their_apis(api: str, provider: FastEmbedProvider) -> None:
+def test_openai_and_ollama_providers_speak_their_apis(api: str, provider: WorkerProvider) -> None:
     expected = provider.embed(["restart the service"])
     for p in (HttpProvider("openai", api + "/v1", "m"), HttpProvider("ollama", api, "m")):
         assert np.allclose(p.embed(["restart the service"]), expected, atol=1e-5)
@@ -259,7 +374,7 @@ def test_an_unreachable_endpoint_falls_back_to_lexical(tmp_path: Path, repo: Wor
 
 
 def test_a_searcher_carried_across_revisions_answers_as_a_fresh_one(tmp_path: Path, repo: WorkRepo,
-                                                                    provider: FastEmbedProvider) -> None:
+                                                                    provider: WorkerProvider) -> None:
     rec = make_reconciler(tmp_path, provider)
     index = Index(tmp_path / "data" / "index.duckdb")
     reconcile(rec, repo, index)
