@@ -35,8 +35,10 @@ def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str
     from reconcilers.knowledge.service import KnowledgeBase
 
     obj = ctx.find_object(dict) or {}
-    return KnowledgeBase(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),
+    base = KnowledgeBase(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),
                          branch=branch or obj.get("branch"))
+    ctx.call_on_close(base.close)  # stops the embedding worker and closes the index when the verb ends
+    return base
 
 
 def _emit_json(value: Any) -> None:
