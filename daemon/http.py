@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
@@ -14,6 +14,37 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from daemon.metrics import Metrics
+
+
+class LazyApp:
+    """An ASGI app built on its first request: a reconciler's interface (the MCP server imports a large
+    SDK) costs no memory in a daemon nobody asks it of."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = self._factory()
+        await self._app(scope, receive, send)
+
+
+def reconciler_mounts(reconcilers: Iterable[Any]) -> list[tuple[str, Any]]:
+    """(prefix, lazily built app) for every reconciler serving an interface (`asgi_prefix` + `asgi_app()`)."""
+    mounts: list[tuple[str, Any]] = []
+    for rec in reconcilers:
+        prefix, factory = getattr(rec, "asgi_prefix", None), getattr(rec, "asgi_app", None)
+        if prefix and factory is not None:
+            mounts.append((prefix, LazyApp(_app_of(factory))))
+    return mounts
+
+
+def _app_of(factory: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: factory()[1]
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]]) -> Starlette:

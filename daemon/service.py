@@ -21,7 +21,7 @@ from typing import Any
 from daemon import log
 from daemon.api import ApiServer
 from daemon.errors import SourceError, StratumError
-from daemon.http import HttpServer, build_app
+from daemon.http import HttpServer, build_app, reconciler_mounts
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
@@ -139,12 +139,7 @@ class Daemon:
         self.last_head = rt.index.get_state("last_seen_head")
         self.api = ApiServer(self.settings.socket_path, self._handlers())
         self.api.start()
-        mounts = []
-        for rec in rt.reconcilers.values():
-            mount = getattr(rec, "asgi_app", None)
-            app = mount() if mount is not None else None
-            if app is not None:
-                mounts.append(app)
+        mounts = reconciler_mounts(rt.reconcilers.values())
         self.http = HttpServer(self.settings.http_listen, build_app(rt.pipeline.metrics, self._health, mounts))
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None

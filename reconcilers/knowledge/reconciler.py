@@ -174,6 +174,8 @@ class KnowledgeReconciler:
                 # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
                 log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
 
+    asgi_prefix = "/mcp"                      # where the daemon mounts asgi_app() (built on first request)
+
     def asgi_app(self) -> tuple[str, Any] | None:
         """("/mcp", ASGI app) serving the MCP streamable HTTP transport over this daemon's index."""
         from reconcilers.knowledge.mcp_server import http_app

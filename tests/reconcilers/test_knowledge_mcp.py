@@ -17,10 +17,10 @@ import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
+from daemon.http import build_app, reconciler_mounts
 from daemon.index import Index
+from daemon.metrics import Metrics
 from daemon.source import GitSource
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
@@ -93,19 +93,20 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def daemon_http(template_repo: WorkRepo, tmp_path: Path) -> Iterator[str]:
-    """The reconciler's ASGI app mounted at /mcp on a Starlette app served by uvicorn on loopback."""
+    """The reconciler's ASGI app mounted at /mcp on the daemon's HTTP app, served by uvicorn on loopback."""
     rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data"))
     index = Index(tmp_path / "data" / "index.duckdb")
     snap = GitSource(str(template_repo.path), "main", tmp_path / "data").snapshot("main")
     desired = rec.load(snap)
     assert rec.validate(desired) == []
     rec.index(desired, index, snap.revision)
-    mounted = rec.asgi_app()
-    assert mounted is not None
-    prefix, app = mounted
+    # Mounted exactly as the daemon mounts it: lazily, built on the first request.
+    mounts = reconciler_mounts([rec])
+    assert [m[0] for m in mounts] == ["/mcp"]
+    prefix = mounts[0][0]
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=[Mount(prefix, app=app)]), host="127.0.0.1",
-                                           port=port, log_level="error", lifespan="off"))
+    app = build_app(Metrics(), lambda: {"ok": True}, mounts)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
