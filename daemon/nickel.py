@@ -33,6 +33,7 @@ from reconcilers.base import Problem
 
 MAX_NICKEL_BYTES = 1024 * 1024
 WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits
+EXTRA_WORKER_IDLE_S = 5.0                             # the same for the workers that only split big batches
 _SPLIT_AT = 8                                         # files in a batch before it is split across workers
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
@@ -115,8 +116,9 @@ class _Files:
 class _Worker:
     """One evaluation child process; killed and replaced on a deadline overrun."""
 
-    def __init__(self, memory_mb: int) -> None:
+    def __init__(self, memory_mb: int, primary: bool = True) -> None:
         self.memory_mb = memory_mb
+        self.primary = primary                # extra workers only serve big batches: they leave sooner
         self.proc: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
@@ -124,7 +126,8 @@ class _Worker:
             self.kill()  # died on its own (out of memory): reap it and close its pipes
         if self.proc is None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
+                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb),
+                 str(WORKER_IDLE_S if self.primary else EXTRA_WORKER_IDLE_S)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                 cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         return self.proc
@@ -183,7 +186,8 @@ class Evaluator:
         self._lib = nickel_dir()
         self._lib_version = _library_version(self._lib)
         self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
-        self._workers = [_Worker(memory_mb) for _ in range(max(1, workers or min(2, os.cpu_count() or 1)))]
+        count = max(1, workers or min(2, os.cpu_count() or 1))
+        self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
         self._lock = threading.Lock()
         self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
