@@ -106,7 +106,8 @@ class Pipeline:
         return Loaded(snap, repo_settings, desired, tuple(problems))
 
     def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
-              observed: Mapping[str, Any] | None = None, incremental: bool = False) -> list[Action]:
+              observed: Mapping[str, Any] | None = None, incremental: bool = False, check: bool = True,
+              ) -> list[Action]:
         inventory = self.index.inventory() if inventory is None else inventory
         actions: list[Action] = []
         for name, rec in self.reconcilers.items():
@@ -117,7 +118,8 @@ class Pipeline:
             else:
                 seen = rec.observe(loaded.desired[name], inventory)
             actions.extend(rec.plan(loaded.desired[name], seen, inventory))
-        order(actions)  # raises CycleError naming the cycle
+        if check:
+            order(actions)  # raises CycleError naming the cycle
         return actions
 
     def plan(self, revision: str, base: str | None = None) -> PlanReport:
@@ -128,7 +130,7 @@ class Pipeline:
         inventory = self.index.inventory()
         observed = {name: rec.observe(loaded.desired[name], inventory) for name, rec in self.reconcilers.items()}
         try:
-            actions = self._plan(loaded, inventory, observed)
+            actions = sequence(self._plan(loaded, inventory, observed, check=False))
         except CycleError as err:
             return PlanReport(loaded.snapshot.revision, base, (), (Problem(err.what, hint=err.hint),))
         drift: list[Problem] = []
@@ -139,7 +141,7 @@ class Pipeline:
                     drift.extend(drift_fn(loaded.desired[name], observed[name], inventory))
                 except TypeError:
                     drift.extend(drift_fn(loaded.desired[name], observed[name]))
-        return PlanReport(loaded.snapshot.revision, base, tuple(sequence(actions)), (), tuple(drift))
+        return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift))
 
     def plan_between(self, base: str, head: str) -> PlanReport:
         """What merging `head` onto `base` would change: head's desired state against base's, as if base were

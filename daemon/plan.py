@@ -59,8 +59,12 @@ def order(actions: Sequence[Action]) -> graphlib.TopologicalSorter[str]:
 def sequence(actions: Sequence[Action]) -> list[Action]:
     """The actions in one valid serial order (for display)."""
     by_id = {a.id: a for a in actions}
-    order(actions)  # raises CycleError naming the cycle
-    return [by_id[i] for i in _graph(actions).static_order()] if actions else []
+    try:
+        return [by_id[i] for i in _graph(actions).static_order()]
+    except graphlib.CycleError as err:
+        cycle = " -> ".join(err.args[1])
+        raise CycleError(f"dependency cycle between actions: {cycle}",
+                         hint="remove one of the depends_on links in the cycle") from err
 
 
 def _inventory_item(outcome: Outcome) -> InventoryItem | None:

@@ -98,6 +98,16 @@ def findings(desired: InfraDesired, observed: InfraObserved,
     return out
 
 
+def _change(r: Resource, f: Finding) -> str:
+    """The action payload as canonical JSON; the resource's spec is already canonical JSON, so it is spliced
+    in rather than decoded and encoded again (this runs once per changed resource)."""
+    dumps = json.dumps
+    resource = (f'{{"id":{dumps(r.id)},"kind":{dumps(r.kind)},"provider":{dumps(r.provider)},'
+                f'"prune":{dumps(r.prune)},"source":{dumps(r.source)},"spec":{r.spec}}}')
+    return (f'{{"inventory":{dumps(r.inventory_data())},"nature":{dumps(f.nature)},'
+            f'"reason":{dumps(f.reason)},"resource":{resource}}}')
+
+
 def _summary(verb: str, r: Resource) -> str:
     f = r.fields
     if r.kind == "command":
@@ -113,6 +123,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
     inventory = {i.resource_id: i for i in inventory_items if i.reconciler == NAME}
     actions: dict[str, Action] = {}
     dirs = {r.path: r.id for r in desired.resources.values() if r.kind == "directory"}
+    by_path = {r.path: r.id for r in desired.resources.values() if r.path}
     removed_paths: dict[str, str] = {}
     deletes: list[tuple[str, dict[str, object]]] = []
     for rid, item in sorted(inventory.items()):
@@ -132,8 +143,8 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
-        if r.kind == "symlink" and r.fields["target"] in {x.path for x in desired.resources.values()}:
-            deps += [f"{NAME}:{x.id}" for x in desired.resources.values() if x.path == r.fields["target"]]
+        if r.kind == "symlink" and r.fields["target"] in by_path:
+            deps.append(f"{NAME}:{by_path[r.fields['target']]}")
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]
         compensation = None
@@ -143,16 +154,19 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         actions[r.id] = Action(
             id=f"{NAME}:{r.id}", reconciler=NAME, kind=kind, target=r.id,
             summary=f"{_summary(verb, r)} [{f.reason}]" if f.nature == "drift" else _summary(verb, r),
-            change=freeze({"resource": {"id": r.id, "kind": r.kind, "spec": dict(r.fields), "prune": r.prune,
-                                        "provider": r.provider, "source": r.source},
-                           "inventory": r.inventory_data(), "nature": f.nature, "reason": f.reason}),
+            change=_change(r, f),
             depends_on=tuple(sorted(set(d for d in deps if d != f"{NAME}:{r.id}"))), compensation=compensation)
+    # A removed folder goes after everything removed beneath it (one walk up per removed path).
+    deleted_at = {str(data["path"]): rid for rid, data in deletes if data.get("path")}
+    children: dict[str, list[str]] = {}
+    for rid, data in deletes:
+        for parent in _parents(str(data.get("path", ""))):
+            if parent in deleted_at:
+                children.setdefault(deleted_at[parent], []).append(f"{NAME}:{rid}")
     for rid, data in deletes:
         path = str(data.get("path", ""))
-        children = [f"{NAME}:{other}" for other, od in deletes
-                    if other != rid and path and str(od.get("path", "")).startswith(path + "/")]
         what = f"{data.get('kind')} {path}" if path else f"command {rid} (forget; nothing to remove)"
         actions[f"-{rid}"] = Action(
             id=f"{NAME}:{rid}", reconciler=NAME, kind="delete", target=rid, summary=f"delete {what}",
-            change=freeze({"inventory": data}), depends_on=tuple(sorted(children)))
+            change=freeze({"inventory": data}), depends_on=tuple(sorted(children.get(rid, ()))))
     return list(actions.values())

@@ -14,6 +14,14 @@ from reconcilers.base import Problem, freeze
 
 
 @functools.lru_cache(maxsize=65536)
+def _path_of(kind: str, spec: str) -> str:
+    f = _decode(spec)
+    if kind == "systemd_unit":
+        return f"etc/systemd/system/{f['name']}"
+    return str(f.get("path", ""))
+
+
+@functools.lru_cache(maxsize=65536)
 def _hash(spec: str) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
@@ -60,10 +68,7 @@ class Resource:
     @property
     def path(self) -> str:
         """The root-relative path the resource manages ('' for commands)."""
-        f = self.fields
-        if self.kind == "systemd_unit":
-            return f"etc/systemd/system/{f['name']}"
-        return str(f.get("path", ""))
+        return _path_of(self.kind, self.spec)
 
     def inventory_data(self) -> str:
         """What inventory keeps so the resource can be pruned after it left the repo."""
