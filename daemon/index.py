@@ -133,6 +133,7 @@ class Index:
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
         self._in_txn = False
+        self._batch: list[tuple[str, list[Any]]] | None = None
         self._journal: Journal | None = None
         if str(path) != ":memory:" and not read_only:
             journal_path = path.with_name(path.name + ".journal")
@@ -240,10 +241,31 @@ class Index:
             if self._journal is None:
                 self.con.execute(_JOURNALED[op], params)
                 return
+            if self._batch is not None:
+                self._batch.append((op, params))
+                return
             self._journal.append(op, params)
             self._pending.append((op, params))
             if len(self._pending) >= _BATCH:
                 self.flush()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Journal the checkpoints of the block with one write when it ends (they are durable against a
+        killed process from then on). For the executor: the actions that finished together."""
+        with self._lock:
+            if self._batch is not None or self._journal is None:
+                yield
+                return
+            self._batch = []
+            try:
+                yield
+            finally:
+                records, self._batch = self._batch, None
+                self._journal.append_many(records)
+                self._pending.extend(records)
+                if len(self._pending) >= _BATCH:
+                    self.flush()
 
     def flush(self) -> None:
         """Move journaled records into DuckDB (one transaction), then empty the journal."""
@@ -403,8 +425,10 @@ class Index:
 
 
 def _action_dict(a: Action) -> dict[str, Any]:
+    # The change payload itself (a file's whole content, say) is not recorded: recovery needs the action's
+    # identity and compensation only, and the revision holds the rest.
     return {"id": a.id, "reconciler": a.reconciler, "kind": a.kind, "target": a.target, "summary": a.summary,
-            "change": a.change, "depends_on": list(a.depends_on), "compensation": a.compensation}
+            "change": "{}", "depends_on": list(a.depends_on), "compensation": a.compensation}
 
 
 def action_from_dict(d: dict[str, Any]) -> Action:

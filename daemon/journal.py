@@ -26,6 +26,12 @@ class Journal:
         """Write one record (a single write of one line)."""
         os.write(self._fd, (json.dumps([op, params], default=str) + "\n").encode())
 
+    def append_many(self, records: list[tuple[str, list[Any]]]) -> None:
+        """Write several records with one write(2)."""
+        if records:
+            os.write(self._fd, "".join(json.dumps([op, params], default=str) + "\n"
+                                       for op, params in records).encode())
+
     def reset(self) -> None:
         """Forget every record (they are in the index now)."""
         os.ftruncate(self._fd, 0)

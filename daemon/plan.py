@@ -100,38 +100,53 @@ class Executor:
         with cf.ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
             running: dict[cf.Future[Outcome], tuple[Action, float, int]] = {}
             while running or (failed is None and sorter.is_active()):
+                ready: list[tuple[Action, int]] = []
                 if failed is None:
-                    for action_id in sorter.get_ready():
-                        action = by_id[action_id]
-                        seq += 1
-                        # A `started` checkpoint first: a daemon killed while this action is in flight
-                        # must treat it as possibly applied (and compensate it) on restart.
-                        self.index.checkpoint(run_id, seq, action, "started", time.time())
-                        running[pool.submit(self._apply_one, action, ctx)] = (action, time.time(), seq)
+                    with self.index.batch():
+                        for action_id in sorter.get_ready():
+                            seq += 1
+                            # A `started` checkpoint first: a daemon killed while this action is in flight
+                            # must treat it as possibly applied (and compensate it) on restart.
+                            self.index.checkpoint(run_id, seq, by_id[action_id], "started", time.time())
+                            ready.append((by_id[action_id], seq))
+                for action, action_seq in ready:
+                    running[pool.submit(self._apply_one, action, ctx)] = (action, time.time(), action_seq)
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    action, started, my_seq = running.pop(fut)
-                    try:
-                        outcome = fut.result()
-                    except Exception as err:  # noqa: BLE001 any failure of one action is recorded, not raised
-                        message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
-                        self.index.checkpoint(run_id, my_seq, action, "failed", started, message)
-                        if failed is None:
-                            failed = (action, message)
-                        self._notify(action, "failed")
-                        continue
-                    self.index.checkpoint(run_id, my_seq, action, "done", started, outcome.message)
-                    item = _inventory_item(outcome)
-                    if outcome.removed:
-                        self.index.drop_inventory(action.reconciler, action.target)
-                    elif item is not None:
-                        self.index.put_inventory(item, ctx.revision)
-                    completed.append((action, outcome))
-                    sorter.done(action.id)
-                    self._notify(action, "done")
+                # The checkpoints of everything that finished together: one journal write, before any
+                # dependent action is scheduled.
+                with self.index.batch():
+                    failure = self._record(run_id, ctx, done, running, sorter, completed)
+                failed = failed or failure
         return ExecResult(completed=tuple(completed), failed=failed, next_seq=seq)
+
+    def _record(self, run_id: str, ctx: ApplyContext, done: set[cf.Future[Outcome]],
+                running: dict[cf.Future[Outcome], tuple[Action, float, int]],
+                sorter: graphlib.TopologicalSorter[str], completed: list[tuple[Action, Outcome]],
+                ) -> tuple[Action, str] | None:
+        """Checkpoint the finished actions, update inventory, release their dependents; the first failure."""
+        failure: tuple[Action, str] | None = None
+        for fut in done:
+            action, started, seq = running.pop(fut)
+            try:
+                outcome = fut.result()
+            except Exception as err:  # noqa: BLE001 any failure of one action is recorded, not raised
+                message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
+                self.index.checkpoint(run_id, seq, action, "failed", started, message)
+                failure = failure or (action, message)
+                self._notify(action, "failed")
+                continue
+            self.index.checkpoint(run_id, seq, action, "done", started, outcome.message)
+            item = _inventory_item(outcome)
+            if outcome.removed:
+                self.index.drop_inventory(action.reconciler, action.target)
+            elif item is not None:
+                self.index.put_inventory(item, ctx.revision)
+            completed.append((action, outcome))
+            sorter.done(action.id)
+            self._notify(action, "done")
+        return failure
 
     def compensate(self, run_id: str, completed: Sequence[Action], ctx: ApplyContext, seq: int,
                    ) -> tuple[int, list[str]]:
