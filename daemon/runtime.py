@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from daemon import log
 from daemon.index import Index
@@ -68,9 +67,3 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable)
-
-
-def describe_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as JSON-ready values (no secrets live in Settings)."""
-    return {"repo": settings.repo, "branch": settings.branch, "data_dir": str(settings.data_dir),
-            "root": str(settings.local_root)}

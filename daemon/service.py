@@ -15,7 +15,6 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from daemon import log
@@ -261,10 +260,3 @@ class Daemon:
             self.runtime.close()
         self.lock.release()
         self.logger.info("stopped")
-
-
-def settings_dict(settings: Settings) -> dict[str, Any]:
-    """Settings as JSON (for `stratum daemon --print-settings`)."""
-    d = asdict(settings)
-    d["sections"] = dict(settings.sections)
-    return {k: str(v) if not isinstance(v, (int, float, bool, dict)) or v is None else v for k, v in d.items()}

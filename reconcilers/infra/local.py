@@ -57,10 +57,6 @@ class LocalProvider:
                 raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
         return path
 
-    def begin_pass(self) -> dict[str, str]:
-        """A fresh parent-folder cache for one read-only pass."""
-        return {}
-
     # observe ----------------------------------------------------------------------------------------
     def observe(self, resource_kind: str, rel: str, cache: dict[str, str] | None = None) -> ObservedResource:
         """What is at `rel` now."""

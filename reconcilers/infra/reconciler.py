@@ -40,7 +40,7 @@ class InfraReconciler:
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
         problems = list(desired.problems)
-        cache = self.provider.begin_pass()
+        cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             for key in ("path", "target", "creates"):
                 rel = r.path if key == "path" else r.fields.get(key)
@@ -56,7 +56,7 @@ class InfraReconciler:
     def observe(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """What the host has for every desired and inventoried resource."""
         seen: dict[str, ObservedResource] = {}
-        cache = self.provider.begin_pass()
+        cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
             seen[r.id] = self.provider.observe(r.kind, rel, cache)
