@@ -209,7 +209,9 @@ class Pipeline:
             self.index.set_run_plan(run_id, actions)
         # 6. apply
         ctx = ApplyContext(run_id=run_id, revision=revision)
-        executor = self._executor()
+        # The repo may ask for less parallelism than the host allows, never more.
+        wanted = loaded.repo_settings.get("infra", {}).get("parallelism", self.parallelism)
+        executor = self._executor(min(self.parallelism, int(wanted)))
         result = executor.execute(run_id, actions, ctx)
         done = tuple((a.id, "done") for a, _ in result.completed)
         if result.failed is None:
@@ -221,8 +223,8 @@ class Pipeline:
         status = "rolled_back" if ok else "failed"
         return status, f"{failed_action.id} failed: {error}; {note}", (), done
 
-    def _executor(self) -> Executor:
-        return Executor(self.reconcilers, self.index, self.parallelism, on_done=self.on_action)
+    def _executor(self, parallelism: int | None = None) -> Executor:
+        return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action)
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
         """The revision's resources and changed files (callers group these writes into one commit)."""

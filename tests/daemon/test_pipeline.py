@@ -724,3 +724,23 @@ def test_problem_rendering() -> None:
     assert str(Problem("m", "a.ncl")) == "a.ncl: m"
     assert str(Problem("m")) == "m"
     assert InventoryItem("infra", "x", "file").data == "{}"
+
+
+def _two_sleepers() -> str:
+    return infra(
+        resource("one", "command", run="echo start >> log; sleep 0.3; echo end >> log"),
+        resource("two", "command", run="echo start >> log; sleep 0.3; echo end >> log"),
+    )
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("{ infra = { parallelism = 1 } }", "start\nend\nstart\nend\n"),
+    ("{ infra = { parallelism = 2 } }", "start\nstart\nend\nend\n"),
+])
+def test_the_repo_parallelism_setting_bounds_the_apply(repo: WorkRepo, stack: Stack, setting: str,
+                                                       expected: str) -> None:
+    """`infra.parallelism` in stratum.ncl bounds how many independent actions run at once (never above the
+    host's own limit)."""
+    rev = repo.commit({"stratum.ncl": setting, "infra/a.ncl": _two_sleepers()})
+    assert stack.run(rev).status == "succeeded"
+    assert (stack.root / "log").read_text() == expected
