@@ -64,3 +64,26 @@ def runs(index: Index, limit: int = 20) -> list[dict[str, Any]]:
 def events(index: Index, limit: int = 50) -> list[dict[str, Any]]:
     """The newest events first."""
     return index.query_dicts("SELECT * FROM events ORDER BY ts DESC LIMIT ?", [limit])
+
+
+SUSPENSION_KEYS = ("suspended", "suspended_reason", "suspended_by", "suspended_at")
+
+
+def set_suspended(index: Index, on: bool, reason: str, by: str, now: float) -> dict[str, Any]:
+    """Suspend or resume applying in the index; an event only when that changes anything.
+
+    Suspending an already suspended host keeps the first reason, author and time. Resuming clears them all.
+    Returns `suspended`, `changed` and the suspension's `reason`, `by` and `at` (a Unix time; None when resumed).
+    """
+    was = index.get_state("suspended") == "true"
+    if on != was:
+        who = f" by {by}" if by else ""
+        with index.transaction():
+            for key, value in zip(SUSPENSION_KEYS, ("true", reason, by, str(now)), strict=True):
+                index.set_state(key, value if on else None)
+            index.event("suspended" if on else "resumed",
+                        f"applying suspended{who}" + (f": {reason}" if reason else "") if on
+                        else f"applying resumed{who}", subject=by)
+    at = index.get_state("suspended_at")
+    return {"suspended": on, "changed": on != was, "reason": index.get_state("suspended_reason") or "",
+            "by": index.get_state("suspended_by") or "", "at": float(at) if at else None}

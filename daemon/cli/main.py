@@ -7,6 +7,7 @@ import importlib
 import click
 
 from daemon import __version__
+from daemon.cli.control import resume, suspend, windows
 from daemon.cli.daemon import daemon, notify
 from daemon.cli.init import init
 from daemon.cli.run import apply, plan, rollback
@@ -20,7 +21,8 @@ def cli() -> None:
     """Stratum: one Git repository runs a team's operations."""
 
 
-for command in (init, validate, plan, apply, status, log_cmd, drift, events, rollback, daemon, notify):
+for command in (init, validate, plan, apply, status, log_cmd, drift, events, rollback, suspend, resume, windows,
+                daemon, notify):
     cli.add_command(command, name="log" if command is log_cmd else None)
 
 # Verb groups of the other parts; a part whose module is missing is simply absent from the CLI.
