@@ -47,8 +47,9 @@ def _app_of(factory: Callable[[], Any]) -> Callable[[], Any]:
     return lambda: factory()[1]
 
 
-def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]]) -> Starlette:
-    """The ASGI app: metrics, health, and reconciler mounts."""
+def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]],
+              routes: Iterable[Any] = ()) -> Starlette:
+    """The ASGI app: metrics, health, extra routes (the webhook receiver) and reconciler mounts."""
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -56,9 +57,9 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: li
     async def health_endpoint(request: Request) -> Response:
         return JSONResponse(health())
 
-    routes: list[Any] = [Route("/metrics", metrics_endpoint), Route("/healthz", health_endpoint)]
-    routes += [Mount(prefix, app=app) for prefix, app in mounts]
-    return Starlette(routes=routes)
+    table: list[Any] = [Route("/metrics", metrics_endpoint), Route("/healthz", health_endpoint), *routes]
+    table += [Mount(prefix, app=app) for prefix, app in mounts]
+    return Starlette(routes=table)
 
 
 class HttpServer:

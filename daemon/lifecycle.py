@@ -1,4 +1,9 @@
-"""Process lifecycle: signals, graceful shutdown, and the systemd notify protocol (READY, STATUS, WATCHDOG)."""
+"""Process lifecycle: signals, graceful shutdown, and the systemd notify protocol (sd_notify(3)).
+
+The protocol is one datagram of `KEY=value` lines to the unix socket named by $NOTIFY_SOCKET:
+READY=1 (also after a reload), RELOADING=1 with MONOTONIC_USEC, STATUS, WATCHDOG=1, STOPPING=1 and
+EXTEND_TIMEOUT_USEC. Without $NOTIFY_SOCKET (not under systemd) every call is a no-op returning False.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +11,88 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
+
+# How long a notification may wait for room in the receiver's queue (net.unix.max_dgram_qlen is often 10).
+# libsystemd blocks without limit; we bound it so a stuck receiver cannot hang the main loop (the watchdog
+# would then fire anyway) and drop the message instead.
+SEND_TIMEOUT = 5.0
+
+
+def _usec(seconds: float) -> str:
+    return str(max(0, round(seconds * 1_000_000)))
 
 
 class Notifier:
     """sd_notify over $NOTIFY_SOCKET (a unix datagram socket; '@' prefix = abstract namespace)."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, timeout: float = SEND_TIMEOUT) -> None:
         env = os.environ if env is None else env
         self.address = env.get("NOTIFY_SOCKET", "")
+        self.timeout = timeout
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 1e6 / 2 if usec.isdigit() and int(usec) > 0 else 0.0
+        pid = env.get("WATCHDOG_PID", "")
+        # As sd_watchdog_enabled(3): the watchdog is ours only when WATCHDOG_PID is unset or names this
+        # process (a child that inherited the variables must not pet the parent's watchdog).
+        self._watchdog_pid = int(pid) if pid.isdigit() else (None if not pid else -1)
+        self._watchdog_usec = int(usec) if usec.isdigit() else 0
+
+    @property
+    def watchdog_enabled(self) -> bool:
+        """True when systemd expects WATCHDOG=1 from this process."""
+        return self._watchdog_usec > 0 and self._watchdog_pid in (None, os.getpid())
+
+    @property
+    def watchdog_interval(self) -> float:
+        """Seconds between pets (half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises); 0.0 when off."""
+        return self._watchdog_usec / 1e6 / 2 if self.watchdog_enabled else 0.0
 
     def send(self, **fields: str) -> bool:
-        """Send `KEY=value` lines; False when no socket is configured or it is gone."""
-        if not self.address:
-            return False
-        address = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        """Send `KEY=value` lines; False when no socket is configured, it is gone, or its queue stays full."""
+        if self.address.startswith("@"):
+            address = "\0" + self.address[1:]
+        elif self.address.startswith("/"):
+            address = self.address
+        else:
+            return False                      # unset, or a form sd_notify does not accept either
+        # A newline inside a value would start a new assignment: STATUS text must not inject READY=1.
+        payload = "\n".join(f"{k}={' '.join(str(v).splitlines())}" for k, v in fields.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(payload, address)
+                # connect() first: poll() on a connected datagram socket waits for room in the peer's queue,
+                # so the timeout bounds the wait instead of spinning on EAGAIN.
+                sock.settimeout(self.timeout)
+                sock.connect(address)
+                sock.send(payload)
             return True
         except OSError:
             return False
 
-    def ready(self, status: str) -> None:
-        """READY=1 with a STATUS line."""
-        self.send(READY="1", STATUS=status)
+    def ready(self, status: str) -> bool:
+        """READY=1 with a STATUS line: at start-up, and again when a reload has finished."""
+        return self.send(READY="1", STATUS=status)
 
-    def status(self, status: str) -> None:
+    def reloading(self, status: str = "reloading host settings") -> bool:
+        """RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC in µs), as Type=notify-reload requires; end with ready()."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send(RELOADING="1", MONOTONIC_USEC=str(now), STATUS=status)
+
+    def status(self, status: str) -> bool:
         """Update the STATUS line."""
-        self.send(STATUS=status)
+        return self.send(STATUS=status)
 
-    def watchdog(self) -> None:
-        """Pet the watchdog."""
-        self.send(WATCHDOG="1")
+    def watchdog(self) -> bool:
+        """Pet the watchdog; a no-op (False) when the watchdog is off or belongs to another process."""
+        return self.send(WATCHDOG="1") if self.watchdog_enabled else False
 
-    def stopping(self) -> None:
-        """STOPPING=1."""
-        self.send(STOPPING="1")
+    def stopping(self, status: str = "stopping") -> bool:
+        """STOPPING=1: a graceful stop has begun."""
+        return self.send(STOPPING="1", STATUS=status)
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """EXTEND_TIMEOUT_USEC: ask for `seconds` more before the start/stop/reload timeout fires (repeat to go on)."""
+        return self.send(EXTEND_TIMEOUT_USEC=_usec(seconds))
 
 
 class Shutdown:
@@ -72,6 +119,13 @@ class Shutdown:
         self.reload_requested.set()
         if self._wake:
             self._wake()
+
+    def take_reload(self) -> bool:
+        """True when a SIGHUP came since the last call; clears it first: a SIGHUP during a reload asks again."""
+        if not self.reload_requested.is_set():
+            return False
+        self.reload_requested.clear()
+        return True
 
     @property
     def stopping(self) -> bool:

@@ -9,21 +9,28 @@ reverse, then the target reconciled to the last good revision).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import log
+from daemon.admission import Admission, AdmissionSettings, admit
 from daemon.errors import CycleError, InputError, StratumError
 from daemon.index import Index
 from daemon.metrics import Metrics
 from daemon.nickel import Evaluator
 from daemon.plan import Executor, order, sequence
+from daemon.policy import Policies, load_policies
 from daemon.source import GitSource, Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
+
+
+class RunInterrupted(Exception):
+    """The daemon is stopping: running actions finished and were checkpointed; nothing more was started."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,7 @@ class Loaded:
     repo_settings: Mapping[str, Any]
     desired: Mapping[str, Any]
     problems: tuple[Problem, ...]
+    policies: Policies | None = None          # policies/*.cedar of this revision (change control)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,7 @@ class PlanReport:
     actions: tuple[Action, ...]
     problems: tuple[Problem, ...]
     drift: tuple[Problem, ...] = ()
+    admission: Admission | None = None        # signer and change-control decisions
 
 
 @dataclass
@@ -72,6 +81,8 @@ class Pipeline:
     notes: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     on_action: Callable[[Action, str], None] | None = None
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     _good: dict[str, Loaded] = field(default_factory=dict)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
@@ -90,6 +101,8 @@ class Pipeline:
             res = self.evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
             problems.extend(res.problems)
             repo_settings = res.values.get("stratum.ncl", {})
+        policies, policy_problems = load_policies(snap)
+        problems.extend(policy_problems)
         desired: dict[str, Any] = {}
         for name, rec in self.reconcilers.items():
             try:
@@ -103,7 +116,7 @@ class Pipeline:
                 log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
                 problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
                                         reconciler=name, hint="report this bug; the revision was not applied"))
-        return Loaded(snap, repo_settings, desired, tuple(problems))
+        return Loaded(snap, repo_settings, desired, tuple(problems), policies)
 
     def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
               observed: Mapping[str, Any] | None = None, incremental: bool = False, check: bool = True,
@@ -127,6 +140,9 @@ class Pipeline:
         loaded = self.load(revision)
         if loaded.problems:
             return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
+        admission = admit(self.source, loaded, self._last_good(), self.reconcilers, self.admission)
+        if admission.problems:
+            return PlanReport(loaded.snapshot.revision, base, (), admission.problems, (), admission)
         inventory = self.index.inventory()
         observed = {name: rec.observe(loaded.desired[name], inventory) for name, rec in self.reconcilers.items()}
         try:
@@ -141,7 +157,7 @@ class Pipeline:
                     drift.extend(drift_fn(loaded.desired[name], observed[name], inventory))
                 except TypeError:
                     drift.extend(drift_fn(loaded.desired[name], observed[name]))
-        return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift))
+        return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift), admission)
 
     def plan_between(self, base: str, head: str) -> PlanReport:
         """What merging `head` onto `base` would change: head's desired state against base's, as if base were
@@ -150,6 +166,8 @@ class Pipeline:
         head_loaded = self.load(head)
         if head_loaded.problems:
             return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, (), head_loaded.problems)
+        # The base's problems do not matter (the PR may fix them); its policies govern policies/ changes.
+        admission = admit(self.source, head_loaded, base_loaded, self.reconcilers, self.admission)
         actions: list[Action] = []
         for name, rec in self.reconcilers.items():
             simulate = getattr(rec, "simulate", None)
@@ -162,8 +180,9 @@ class Pipeline:
             ordered = sequence(actions)
         except CycleError as err:
             return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, (),
-                              (Problem(err.what, hint=err.hint),))
-        return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, tuple(ordered), ())
+                              (Problem(err.what, hint=err.hint),), (), admission)
+        return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, tuple(ordered),
+                          admission.problems, (), admission)
 
     # the run -----------------------------------------------------------------------------------------
     def run(self, revision: str, trigger: str = "manual", incremental: bool = False) -> RunResult:
@@ -182,6 +201,11 @@ class Pipeline:
         done: tuple[tuple[str, str], ...] = ()
         try:
             status, message, problems, done = self._run(run_id, revision, base, logger, incremental)
+        except RunInterrupted as err:
+            # Left `running` on purpose, with its checkpoints: resolve_interrupted finishes it at next start.
+            logger.warning("run_interrupted", message=str(err))
+            self.index.sync()
+            return RunResult(run_id, revision, "interrupted", (time.time() - started) * 1000, str(err))
         except StratumError as err:
             status, message = "failed", err.render()
         except Exception as err:
@@ -191,14 +215,20 @@ class Pipeline:
 
     def _run(self, run_id: str, revision: str, base: str | None, logger: Any, incremental: bool = False,
              ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
-        # 1-3. snapshot, load, validate
+        # 1-3. snapshot, load, validate; then admission: signature and change control
         loaded = self.load(revision)
         self._index_hooks(loaded)
-        if loaded.problems:
+        problems = loaded.problems
+        if not problems:
+            admission = admit(self.source, loaded, self._last_good(), self.reconcilers, self.admission)
+            problems = admission.problems
+            logger = logger.bind(principal=admission.principal, signed=admission.signed)
+            logger.debug("admission", control=admission.control, decisions=len(admission.decisions))
+        if problems:
             with self.index.transaction():
                 self._index(loaded, base)
-            return "rejected", f"{len(loaded.problems)} problem(s); the last good revision stays in force", \
-                loaded.problems, ()
+            return "rejected", f"{len(problems)} problem(s); the last good revision stays in force", \
+                problems, ()
         # 4-5. plan, then index the revision and its plan in one commit
         try:
             actions = self._plan(loaded, incremental=incremental)
@@ -212,8 +242,12 @@ class Pipeline:
         # The repo may ask for less parallelism than the host allows, never more.
         wanted = loaded.repo_settings.get("infra", {}).get("parallelism", self.parallelism)
         executor = self._executor(min(self.parallelism, int(wanted)))
+        executor.stop = self.stop
         result = executor.execute(run_id, actions, ctx)
         done = tuple((a.id, "done") for a, _ in result.completed)
+        if result.interrupted:
+            raise RunInterrupted(f"shutdown after {len(done)} of {len(actions)} action(s); the next start "
+                                 "rolls the run back or resumes it (on_interrupted)")
         if result.failed is None:
             self.commit_good(loaded)
             return "succeeded", f"{len(result.completed)} action(s) applied", (), done

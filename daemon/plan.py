@@ -4,7 +4,8 @@
    not in the plan are already satisfied and dropped; a cycle is an input error naming the cycle.
 2. `Executor.execute` runs ready actions in parallel (bounded). Each finished action is checkpointed in
    DuckDB, and inventory updated, *before* any action that depends on it starts. The first failure stops
-   scheduling; actions already running finish and are checkpointed too.
+   scheduling; actions already running finish and are checkpointed too. So does a shutdown (`stop`): the
+   run is left open with its checkpoints, and the next start rolls it back or resumes it.
 3. `Executor.compensate` runs the declared compensations of completed actions in reverse completion order.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import graphlib
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ class ExecResult:
     completed: tuple[tuple[Action, Outcome], ...] = ()
     failed: tuple[Action, str] | None = None
     next_seq: int = 0
+    interrupted: bool = False                 # stopped (shutdown) before every action was started
 
     @property
     def ok(self) -> bool:
@@ -84,6 +87,7 @@ class Executor:
     index: Index
     parallelism: int = 4
     on_done: Callable[[Action, str], None] | None = None
+    stop: threading.Event | None = None       # set on shutdown: start nothing new, let running actions finish
     _stats: dict[str, int] = field(default_factory=dict)
 
     def _apply_one(self, action: Action, ctx: ApplyContext) -> Outcome:
@@ -99,9 +103,9 @@ class Executor:
         failed: tuple[Action, str] | None = None
         with cf.ThreadPoolExecutor(max_workers=max(1, self.parallelism), thread_name_prefix="apply") as pool:
             running: dict[cf.Future[Outcome], tuple[Action, float, int]] = {}
-            while running or (failed is None and sorter.is_active()):
+            while running or (failed is None and not self._stopping() and sorter.is_active()):
                 ready: list[tuple[Action, int]] = []
-                if failed is None:
+                if failed is None and not self._stopping():
                     with self.index.batch():
                         for action_id in sorter.get_ready():
                             seq += 1
@@ -119,7 +123,11 @@ class Executor:
                 with self.index.batch():
                     failure = self._record(run_id, ctx, done, running, sorter, completed)
                 failed = failed or failure
-        return ExecResult(completed=tuple(completed), failed=failed, next_seq=seq)
+        interrupted = failed is None and sorter.is_active() and self._stopping()
+        return ExecResult(completed=tuple(completed), failed=failed, next_seq=seq, interrupted=interrupted)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def _record(self, run_id: str, ctx: ApplyContext, done: set[cf.Future[Outcome]],
                 running: dict[cf.Future[Outcome], tuple[Action, float, int]],

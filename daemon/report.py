@@ -28,6 +28,7 @@ def plan_to_dict(report: PlanReport) -> dict[str, Any]:
                      "summary": a.summary, "depends_on": list(a.depends_on)} for a in report.actions],
         "problems": [p.as_dict() for p in report.problems],
         "drift": [p.as_dict() for p in report.drift],
+        "admission": report.admission.as_dict() if report.admission else None,
     }
 
 
@@ -60,7 +61,42 @@ def plan_text(plan: dict[str, Any]) -> str:
     if plan["drift"]:
         lines.append(f"drift: {len(plan['drift'])}")
         lines += [f"  ! {_problem_line(p)}" for p in plan["drift"]]
+    lines += _admission_lines(plan.get("admission"), markdown=False)
     return "\n".join(lines)
+
+
+def _signature_line(adm: dict[str, Any]) -> str:
+    sig = adm.get("signature")
+    if sig is None:
+        return "signature: not checked (no [signing] on this host)"
+    if sig["valid"]:
+        return f"signature: {sig['reason']}"
+    return f"signature: {'INVALID' if sig['signed'] else 'unsigned'}: {sig['reason']}"
+
+
+def _admission_lines(adm: dict[str, Any] | None, markdown: bool) -> list[str]:
+    """Who made the revision and what change control decided (denials in full, allowed ones counted)."""
+    if not adm:
+        return []
+    decisions = adm["decisions"]
+    denied = [d for d in decisions if not d["allowed"]]
+    allowed = [d for d in decisions if d["allowed"]]
+    if markdown:
+        out = ["\n#### Change control\n", f"- principal: `{adm['principal'] or '-'}`",
+               f"- {_signature_line(adm)}",
+               f"- policies: {'in force' if adm['control'] == 'on' else 'none (change control off)'}; "
+               f"{len(allowed)} change(s) allowed, {len(denied)} denied"]
+        if decisions:
+            out.append("\n| | change | decision |\n|---|---|---|")
+            out += [f"| {'✅' if d['allowed'] else '❌'} | {d['action']} `{d['resource']}` | "
+                    f"{d['reason'].replace('|', '/')} |" for d in denied + allowed[:200]]
+            if len(allowed) > 200:
+                out.append(f"| | … | {len(allowed) - 200} more allowed change(s) |")
+        return out
+    out = [f"principal: {adm['principal'] or '-'}", _signature_line(adm),
+           f"change control: {adm['control']}; {len(allowed)} allowed, {len(denied)} denied"]
+    out += [f"  DENIED {d['action']} {d['resource']}: {d['reason']}" for d in denied]
+    return out
 
 
 def _counts(actions: list[dict[str, Any]]) -> str:
@@ -89,6 +125,7 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
     if plan["drift"]:
         body.append(f"\n#### Drift found: {len(plan['drift'])}\n")
         body += [f"- {_problem_line(p)}" for p in plan["drift"]]
+    body += _admission_lines(plan.get("admission"), markdown=True)
     parts: list[str] = []
     current: list[str] = []
     size = len(head)

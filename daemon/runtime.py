@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon import log
+from daemon.admission import admission_settings
 from daemon.index import Index
 from daemon.nickel import Evaluator
 from daemon.pipeline import Pipeline
@@ -59,11 +60,13 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
           ephemeral: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index)."""
+    admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
     index = Index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
-                        parallelism=settings.parallelism, notes=settings.notes)
+                        parallelism=settings.parallelism, notes=settings.notes,
+                        admission=admission)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable)

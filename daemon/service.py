@@ -3,9 +3,11 @@
 1. Take the apply lock, open the index (rebuilding it from git when it was corrupt or missing).
 2. Resolve runs a killed daemon left `running` (roll back by default, resume by setting).
 3. Start the triggers (ref watcher, control socket, remote fetch timer) and the HTTP listener.
-4. Loop: wake on a trigger or a timer; record new commits; run the newest; check drift when due; serve
+4. Loop: wake on a trigger or a timer; record new commits; run the newest unless applying is suspended or a
+   deny window is active (then it waits, queued, and runs when that ends); check drift when due; serve
    queued control requests. All pipeline work happens on this one thread: the index has a single writer.
-5. On SIGTERM/SIGINT finish (or checkpoint) the run in flight, then stop.
+5. SIGHUP re-reads host settings (keeping the old ones when the new ones are broken). SIGTERM/SIGINT: the
+   actions in flight finish and are checkpointed, nothing new starts, and the daemon stops.
 """
 
 from __future__ import annotations
@@ -15,28 +17,68 @@ import os
 import queue
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
+from daemon.admission import AdmissionSettings, admission_settings
 from daemon.api import ApiServer
-from daemon.errors import SourceError, StratumError
+from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, reconciler_mounts
+from daemon.index import Index
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
 from daemon.report import plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
-from daemon.settings import Settings
+from daemon.settings import RESTART_ONLY, Settings
 from daemon.source import sanitize_url
-from daemon.status import events, runs, status
+from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
+from daemon.webhook import DeliveryLog, Receiver, WebhookEndpoint, receivers_from_settings
+from daemon.windows import Window, gate, next_change, windows_from_settings
+
+
+@dataclass(frozen=True, slots=True)
+class HostControls:
+    """The parts of host settings the loop consults on every wake, rebuilt (and checked) on SIGHUP."""
+
+    receivers: dict[str, Receiver]
+    windows: tuple[Window, ...]
+    admission: AdmissionSettings
+
+
+def host_controls(settings: Settings) -> HostControls:
+    """Check and build the webhook, window and admission settings; raises SettingsError naming the file."""
+    where = str(settings.config_path or "")
+    hooks = settings.sections.get("webhooks", {})
+    windows = settings.sections.get("windows", [])
+    if not isinstance(hooks, dict):
+        raise SettingsError("[webhooks] must be tables: [webhooks.<name>]", where=where)
+    if not isinstance(windows, list):
+        raise SettingsError("windows must be an array of tables: [[windows]]", where=where)
+    return HostControls(receivers_from_settings(hooks, where), windows_from_settings(windows, where),
+                        admission_settings(settings, where))
+
+
+def refuse_manual(index: Index, windows: tuple[Window, ...]) -> None:
+    """A person's apply/rollback is refused while suspended, or in a window that does not allow manual runs."""
+    if index.get_state("suspended") == "true":
+        raise StratumError("applying is suspended", hint="`stratum resume` first, or pass --force")
+    g = gate(windows, datetime.now(UTC), manual=True)
+    if g.blocked:
+        raise StratumError(f"blocked: {g.reason}", hint="wait for the window to end, or pass --force")
 
 
 class Daemon:
     """One daemon for one repository branch and one data directory."""
 
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None,
+                 reload: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
+        self.controls = host_controls(settings)
+        self._reload = reload
         self.notifier = notifier or Notifier()
         self.shutdown = Shutdown()
         self.wake = Wakeup()
@@ -49,6 +91,8 @@ class Daemon:
         self._branch_missing = False
         self._last_drift: set[str] = set()
         self.loops = 0                        # main-loop iterations: an idle daemon must not spin
+        self.pending: str | None = None       # the newest commit recorded but not yet run (suspended, window)
+        self._blocked_reason = ""
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -62,6 +106,8 @@ class Daemon:
 
         def apply(req: dict[str, Any]) -> dict[str, Any]:
             rev = req.get("revision") or self.settings.branch
+            if not req.get("force"):
+                self._refuse_manual()
             return {"run": run_to_dict(self._submit(lambda: rt.pipeline.run(rev, trigger=req.get("trigger", "cli"))))}
 
         def plan(req: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +117,13 @@ class Daemon:
         def notify(req: dict[str, Any]) -> dict[str, Any]:
             self.wake.ring(str(req.get("reason", "hook")))
             return {}
+
+        def suspend(req: dict[str, Any]) -> dict[str, Any]:
+            return dict(self._submit(lambda: self.set_suspended(True, str(req.get("reason") or ""),
+                                                                  str(req.get("by") or ""))))
+
+        def resume(req: dict[str, Any]) -> dict[str, Any]:
+            return dict(self._submit(lambda: self.set_suspended(False, "", str(req.get("by") or ""))))
 
         return {
             "ping": lambda req: {"pid": os.getpid()},
@@ -82,7 +135,27 @@ class Daemon:
             "rollback": lambda req: apply({**req, "trigger": "rollback"}),
             "plan": plan,
             "drift": lambda req: {"drift": self._submit(self.drift_report)},
+            "suspend": suspend,
+            "resume": resume,
+            "windows": lambda req: {"gate": self._gate_dict()},
         }
+
+    # suspend, resume, windows ----------------------------------------------------------------------
+    def set_suspended(self, on: bool, reason: str, by: str) -> dict[str, Any]:
+        """Suspend (commits are recorded, nothing is applied) or resume applying; main thread only."""
+        out = set_suspended(self._rt.index, on, reason, by, time.time())
+        if out["changed"]:
+            self.logger.info("suspended" if on else "resumed", by=by, reason=reason)
+        if not on:
+            self.wake.ring("resume")
+        return {**out, "pending": self.pending}
+
+    def _refuse_manual(self) -> None:
+        refuse_manual(self._rt.index, self.controls.windows)
+
+    def _gate_dict(self) -> dict[str, Any]:
+        return gate(self.controls.windows, datetime.now(UTC)).as_dict()
+
 
     @property
     def _rt(self) -> Runtime:
@@ -92,7 +165,8 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """Status with Ready conditions, plus daemon facts."""
         extra = {"daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
-                            "head": self.last_head, "loops": self.loops}}
+                            "head": self.last_head, "loops": self.loops, "pending": self.pending,
+                            "window": self._gate_dict()}}
         return status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
 
     def _health(self) -> dict[str, Any]:
@@ -136,16 +210,65 @@ class Daemon:
         for result in rt.pipeline.resolve_interrupted(self.settings.on_interrupted):
             self.logger.warning("interrupted_run_resolved", run_id=result.run_id, outcome=result.status)
         self.last_head = rt.index.get_state("last_seen_head")
+        # A commit recorded while suspended or in a deny window, never run, is still owed a run.
+        if self.last_head and self.last_head != rt.index.get_state("last_attempted_revision"):
+            self.pending = self.last_head
+        rt.pipeline.stop = self.shutdown.event
         self.api = ApiServer(self.settings.socket_path, self._handlers())
         self.api.start()
         mounts = reconciler_mounts(rt.reconcilers.values())
-        self.http = HttpServer(self.settings.http_listen, build_app(rt.pipeline.metrics, self._health, mounts))
+        hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
+                                DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
+        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
+        self.http = HttpServer(self.settings.http_listen, app)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
         self.logger.info("started", data_dir=str(self.settings.data_dir), socket=str(self.settings.socket_path),
                          http_port=self.http.port, root=str(self.settings.local_root), pid=os.getpid())
+
+    # webhooks (called on the HTTP thread: only ring the loop or queue work for it) --------------------
+    def _webhook_accepted(self, receiver: str, info: dict[str, Any]) -> None:
+        self.logger.info("webhook", receiver=receiver, event=info.get("event"), delivery=info.get("delivery"))
+        self.wake.ring("webhook")
+
+    def _webhook_rejected(self, receiver: str, reason: str, client: str) -> None:
+        self.logger.warning("webhook_rejected", receiver=receiver, reason=reason, client=client)
+        future: cf.Future[Any] = cf.Future()
+        self.jobs.put((lambda: self._rt.index.event("webhook_rejected", f"{reason} (from {client})",
+                                                    subject=receiver), future))
+        self.wake.ring("api")
+
+    # reload --------------------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: re-read host settings; on any error keep the old ones and say why. True when reloaded."""
+        self.notifier.reloading()
+        try:
+            if self._reload is None:
+                raise SettingsError("this daemon was started without a settings source to reload")
+            new = self._reload()
+            controls = host_controls(new)
+        except StratumError as err:
+            message = err.render()
+            self.logger.error("reload_failed", message=message)
+            self._guard(lambda: self._rt.index.event("reload_failed", f"old settings kept: {message}"))
+            self.notifier.ready(self._status_line())
+            return False
+        old = self.settings
+        changed = sorted(f.name for f in fields(old)
+                         if f.name != "config_path" and getattr(old, f.name) != getattr(new, f.name))
+        stuck = [n for n in changed if n in RESTART_ONLY]
+        if stuck:
+            self.logger.warning("restart_required", settings=stuck,
+                                message="these settings take effect at the next start; the rest were applied")
+            new = replace(new, **{n: getattr(old, n) for n in stuck})
+        self.settings, self.controls = new, controls
+        self._rt.pipeline.admission = controls.admission
+        self.logger.info("settings_reloaded", changed=changed)
+        self.notifier.ready(self._status_line())
+        self.wake.ring("reload")
+        return True
 
     def serve(self, install_signals: bool = True) -> None:
         """Run until stopped."""
@@ -165,16 +288,23 @@ class Daemon:
                     deadlines.append(next_fetch - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
+                flip = next_change(self.controls.windows, datetime.now(UTC)) if self.controls.windows else None
+                if flip is not None:
+                    deadlines.append((flip - datetime.now(UTC)).total_seconds() + 0.05)
                 finite = [x for x in deadlines if x != float("inf")]
                 reasons = self.wake.wait(max(0.0, min(finite)) if finite else None)
                 self.loops += 1
                 if self.shutdown.stopping:
                     break
+                if self.shutdown.reload_requested.is_set():
+                    self.shutdown.reload_requested.clear()
+                    self.reload()
                 self._drain_jobs()
                 if rt.source.remote and (time.monotonic() >= next_fetch or "webhook" in reasons):
                     self._fetch()
                     next_fetch = time.monotonic() + self.settings.interval
                 self._maybe_run(reasons)
+                self._run_pending(reasons)
                 if time.monotonic() >= next_drift:
                     self._guard(self._drift_check)
                     next_drift = time.monotonic() + self.settings.drift_interval
@@ -234,11 +364,35 @@ class Daemon:
             rt.index.event("history_rewritten", msg, revision=head)
         for c in commits[:-1]:
             rt.index.set_revision_status(c.id, "superseded")
+        if self.pending and self.pending != head:
+            rt.index.set_revision_status(self.pending, "superseded")
         self.last_head = head
+        self.pending = head
         rt.index.set_state("last_seen_head", head)
-        if rt.index.get_state("suspended") == "true":
-            self.logger.info("suspended", revision=head[:12])
+
+    def _run_pending(self, reasons: list[str]) -> None:
+        """Run the pending commit unless applying is suspended or a window blocks it (then it stays queued)."""
+        rt, head = self._rt, self.pending
+        if head is None:
             return
+        blocked = ""
+        if rt.index.get_state("suspended") == "true":
+            reason = rt.index.get_state("suspended_reason") or ""
+            blocked = "applying is suspended" + (f" ({reason})" if reason else "") + "; `stratum resume` runs it"
+        else:
+            g = gate(self.controls.windows, datetime.now(UTC))
+            if g.blocked:
+                blocked = g.reason
+        if blocked:
+            if blocked != self._blocked_reason:
+                self.logger.info("queued", revision=head[:12], reason=blocked)
+                rt.index.set_revision_status(head, "queued")
+                rt.index.event("queued", f"{head[:12]} queued: {blocked}", revision=head)
+                self._blocked_reason = blocked
+                self.notifier.status(f"{self._status_line()}; {head[:12]} queued: {blocked}")
+            return
+        self._blocked_reason = ""
+        self.pending = None
         trigger = ",".join(sorted(set(reasons) - {"api"})) or "poll"
         self._guard(lambda: rt.pipeline.run(head, trigger=trigger, incremental=True))
         self.notifier.status(self._status_line())

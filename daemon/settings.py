@@ -43,6 +43,7 @@ class Settings:
     nickel_memory_mb: int = 1024
     notes: bool = True
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    config_path: Path | None = None           # the stratumd.toml these came from (for messages and reloads)
 
     @property
     def socket_path(self) -> Path:
@@ -66,7 +67,9 @@ class Settings:
         return out
 
 
-_SCALARS = {f.name: f.type for f in fields(Settings)}
+_SCALARS = {f.name: f.type for f in fields(Settings) if f.name not in ("sections", "config_path")}
+RESTART_ONLY = ("repo", "branch", "data_dir", "root", "http_listen", "parallelism", "nickel_timeout",
+                "nickel_memory_mb", "log_format")      # what a SIGHUP reload cannot change in place
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -100,20 +103,22 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
             raise SettingsError(f"cannot read host settings: {err}", where=str(config),
                                 hint="fix the TOML syntax") from err
         for key, value in raw.items():
-            if isinstance(value, dict):
+            # Tables (`[webhooks.gh]`, `[signing]`) and arrays of tables (`[[windows]]`) are sections the
+            # components that own them validate.
+            if isinstance(value, dict) or (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
                 sections[key] = value
-            elif key in _SCALARS and key != "sections":
+            elif key in _SCALARS:
                 values[key] = value
             else:
                 raise SettingsError(f"unknown setting {key!r}", where=str(config),
-                                    hint=f"known: {', '.join(sorted(n for n in _SCALARS if n != 'sections'))}")
+                                    hint=f"known: {', '.join(sorted(_SCALARS))}")
     for name in _SCALARS:
-        if f"STRATUM_{name.upper()}" in env and name != "sections":
+        if f"STRATUM_{name.upper()}" in env:
             values[name] = env[f"STRATUM_{name.upper()}"]
     values.update({k: v for k, v in flags.items() if v is not None and k in _SCALARS})
     values["data_dir"] = data_dir
     settings = Settings(**{k: _coerce(k, v) for k, v in values.items()},
-                        sections=MappingProxyType(sections))
+                        sections=MappingProxyType(sections), config_path=config)
     if settings.on_interrupted not in ("rollback", "resume"):
         raise SettingsError(f"on_interrupted must be rollback or resume, not {settings.on_interrupted!r}")
     if settings.parallelism < 1:

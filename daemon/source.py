@@ -15,6 +15,7 @@ from pathlib import Path
 import pygit2
 
 from daemon.errors import InputError, SourceError
+from daemon.signing import SigningPolicy, Verification, verify_commit
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 NOTES_REF = "refs/notes/stratum"
@@ -305,6 +306,11 @@ class GitSource:
                     break
             out.reverse()
             return out
+
+    def verify_signature(self, rev: str, policy: SigningPolicy) -> Verification:
+        """Check the signature of the commit `rev` resolves to against the host's trusted signers."""
+        with self._lock:
+            return verify_commit(self.repo, self.resolve(rev), policy)
 
     def changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
         """(path, blob id, added|modified|deleted) between two commits, from libgit2's tree diff."""

@@ -10,6 +10,7 @@ import click
 from daemon import api, log
 from daemon.cli.common import common_options, handle_errors, settings_from
 from daemon.service import Daemon
+from daemon.settings import Settings
 
 
 @click.command("daemon")
@@ -25,11 +26,14 @@ def daemon(repo: str | None, data_dir: Path | None, config_file: Path | None, br
            root: Path | None, interval: float | None, drift_interval: float | None, on_interrupted: str | None,
            http_listen: str | None, log_format: str | None) -> None:
     """Watch the repository and apply every new commit of the branch (runs in the foreground)."""
-    settings = settings_from(repo, data_dir, config_file, branch, root, interval=interval,
+    def load() -> Settings:
+        return settings_from(repo, data_dir, config_file, branch, root, interval=interval,
                              drift_interval=drift_interval, on_interrupted=on_interrupted,
                              http_listen=http_listen, log_format=log_format)
+
+    settings = load()
     log.configure(settings.log_format)
-    Daemon(settings).serve()
+    Daemon(settings, reload=load).serve()
 
 
 @click.command("notify")

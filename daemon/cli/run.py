@@ -13,6 +13,7 @@ from daemon.cli.common import common_options, daemon_socket, emit_json, handle_e
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
 from daemon.runtime import build
+from daemon.service import host_controls, refuse_manual
 from daemon.settings import Settings
 
 
@@ -51,13 +52,16 @@ def plan(repo: str | None, data_dir: Path | None, config_file: Path | None, bran
     sys.exit(1 if data["problems"] else 0)
 
 
-def _apply(settings: Settings, revision: str, trigger: str) -> dict[str, Any]:
+def _apply(settings: Settings, revision: str, trigger: str, force: bool = False) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None:
-        return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision)["run"])
+        return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
+                             force=force)["run"])
     with ApplyLock(settings.data_dir):
         rt = build(settings)
         try:
+            if not force:
+                refuse_manual(rt.index, host_controls(settings).windows)
             for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
                 click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
             # The bar needs the number of actions: plan first only when a bar will be shown.
@@ -87,23 +91,25 @@ def _print_run(run: dict[str, Any], output: str) -> None:
 @common_options
 @click.option("--rev", default=None, help="revision to apply (default: the watched branch)")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
+@click.option("--force", is_flag=True, help="apply even while suspended or inside a deny window")
 @handle_errors
 def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-          root: Path | None, rev: str | None, output: str) -> None:
+          root: Path | None, rev: str | None, output: str, force: bool) -> None:
     """Apply a revision now (through the daemon when one runs)."""
     log.configure("console", sys.stderr)
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    _print_run(_apply(settings, rev or settings.branch, "cli"), output)
+    _print_run(_apply(settings, rev or settings.branch, "cli", force), output)
 
 
 @click.command("rollback")
 @common_options
 @click.argument("revision")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
+@click.option("--force", is_flag=True, help="roll back even while suspended or inside a deny window")
 @handle_errors
 def rollback(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-             root: Path | None, revision: str, output: str) -> None:
+             root: Path | None, revision: str, output: str, force: bool) -> None:
     """Apply an earlier REVISION; it stays in force until the next commit on the branch."""
     log.configure("console", sys.stderr)
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    _print_run(_apply(settings, revision, "rollback"), output)
+    _print_run(_apply(settings, revision, "rollback", force), output)

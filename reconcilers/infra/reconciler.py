@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from daemon.policy import PolicyResource
+
 from daemon.errors import ApplyError, PathEscapeError
 from daemon.nickel import Evaluator
 from daemon.source import Snapshot
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, freeze
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
@@ -161,6 +164,16 @@ class InfraReconciler:
     def resource_rows(self, desired: InfraDesired) -> list[tuple[str, str, str, str, str]]:
         """(reconciler, id, kind, path, spec hash) rows for the index."""
         return [(self.name, r.id, r.kind, r.path, r.spec_hash) for r in desired.resources.values()]
+
+    def policy_resources(self, desired: InfraDesired) -> list[PolicyResource]:
+        """What change control authorizes: each resource with its attributes; the digest covers everything
+        a commit can change about it (spec, labels, prune, drift, dependencies)."""
+        out = []
+        for r in desired.resources.values():
+            digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
+            out.append(PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels,
+                                      digest.hexdigest()[:16], r.source, r.line))
+        return out
 
     def close(self) -> None:
         """Stop the Nickel worker when this reconciler started it."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pygit2
 import structlog
+from daemon.policy import PolicyResource
 
 from daemon.errors import ApplyError
 from daemon.index import Index
@@ -125,6 +126,12 @@ class KnowledgeReconciler:
                                                                 self.env.data_dir, worker_idle=self.worker_idle)
             self._provider_loaded = True
         return self._provider
+
+    def policy_resources(self, desired: Desired) -> list[PolicyResource]:
+        """What change control authorizes: each node (kind = its type, labels = its tags)."""
+        return [PolicyResource(self.name, p.node.id, p.node.type, p.path, "knowledge",
+                               {f"tag:{t}": "true" for t in p.node.tags}, p.blob_id[:16], p.path, 1)
+                for p in desired.parsed if p.node is not None]
 
     def close(self) -> None:
         """Stop the embedding worker, if one runs (the daemon calls this at shutdown)."""

@@ -11,12 +11,15 @@ A manifest the daemon is not a recipient of is verified but not loaded: teams ma
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from daemon.policy import PolicyResource
 
 from reconcilers.base import (
     Action,
@@ -111,6 +114,16 @@ class VaultReconciler:
         tmp = self._versions_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._versions, sort_keys=True))
         os.replace(tmp, self._versions_file)
+
+    def policy_resources(self, desired: VaultDesired) -> list[PolicyResource]:
+        """What change control authorizes: each manifest (kind secret) and the rules file; the digest is the
+        blob id, so re-encrypting counts as a change while the plaintext stays unknown."""
+        out = [PolicyResource(self.name, m.path, "secret", m.path, "vault", {}, m.blob_id[:16], m.path, 1)
+               for m in desired.manifests]
+        if desired.rules is not None:
+            out.append(PolicyResource(self.name, RULES_PATH, "secret_rules", RULES_PATH, "vault", {},
+                                      _digest(desired.rules), RULES_PATH, 1))
+        return out
 
     def close(self) -> None:
         """Stop the Nickel worker this reconciler started (an injected evaluator is the caller's to close)."""
@@ -334,3 +347,8 @@ class VaultReconciler:
                 else:
                     raise KeyError(f"{path}: {key}")
             return node
+
+
+def _digest(value: object) -> str:
+    """A stable short digest of loaded rules (their repr is their content: frozen dataclasses)."""
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]

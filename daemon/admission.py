@@ -1,0 +1,158 @@
+"""Admission: may this commit change what it changes? Provenance (signatures) and Cedar change control.
+
+Runs between validate and plan (DESIGN.md, data flow step 4) for every commit the daemon applies, and for
+the pull-request plan between two revisions:
+
+1. Provenance. With `[signing]` set up on the host, the commit's signature is verified against the
+   allowed signers (SSH) or keyring (GPG). `require_signed_commits` rejects an unsigned or badly signed
+   commit. The principal is the verified signer, else the author's email.
+2. What changes. Resources are diffed by spec digest against the base (the last good revision): create,
+   change, delete. Policy files that change are changes of their own.
+3. Change control. Resource changes are authorized by the revision's own policies; changes to
+   `policies/` by the base revision's policies, so a commit can never approve itself. No policies: off.
+
+A denied change or a failed signature check is a Problem: the revision is rejected as a whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from daemon.errors import SettingsError
+from daemon.policy import (
+    ChangeContext,
+    Decision,
+    Policies,
+    PolicyResource,
+    authorize,
+    diff_resources,
+    policy_file_changes,
+)
+from daemon.signing import SigningPolicy, Verification, signing_policy_from_settings
+from reconcilers.base import Problem
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Loaded
+    from daemon.settings import Settings
+    from daemon.source import GitSource
+
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """The host's provenance and change-control settings (`[signing]`, `[policy]` in stratumd.toml)."""
+
+    signing: SigningPolicy = field(default_factory=SigningPolicy)
+    teams: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    branch: str = "main"
+
+
+def admission_settings(settings: Settings, where: str = "") -> AdmissionSettings:
+    """Build (and check) admission settings from host settings; raises SettingsError naming the key."""
+    signing = settings.sections.get("signing", {})
+    policy = settings.sections.get("policy", {})
+    if not isinstance(signing, Mapping) or not isinstance(policy, Mapping):
+        raise SettingsError("[signing] and [policy] must be tables", where=where)
+    unknown = set(policy) - {"teams"}
+    if unknown:
+        raise SettingsError(f"unknown key(s) in [policy]: {', '.join(sorted(unknown))}", where=where,
+                            hint="[policy] takes `teams = { ops = [\"alice@example.com\"] }`")
+    teams_raw = policy.get("teams", {})
+    if not isinstance(teams_raw, Mapping) or not all(
+            isinstance(v, list) and all(isinstance(u, str) for u in v) for v in teams_raw.values()):
+        raise SettingsError("[policy] teams must map team names to lists of user ids", where=where,
+                            hint='teams = { ops = ["alice@example.com"] }')
+    teams = MappingProxyType({str(k): tuple(v) for k, v in teams_raw.items()})
+    return AdmissionSettings(signing_policy_from_settings(signing, where), teams, settings.branch)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Who made a revision, whether that is proven, and what change control decided."""
+
+    principal: str
+    signed: bool
+    verification: Verification | None
+    decisions: tuple[Decision, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    control: str = "off"                      # off | on: whether any policy was in force
+
+    @property
+    def denied(self) -> tuple[Decision, ...]:
+        """The decisions that reject the revision."""
+        return tuple(d for d in self.decisions if not d.allowed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for plans and the run record)."""
+        v = self.verification
+        return {
+            "principal": self.principal, "signed": self.signed, "control": self.control,
+            "signature": None if v is None else {"signed": v.signed, "valid": v.valid, "method": v.method,
+                                                 "principal": v.principal, "key": v.key, "reason": v.reason},
+            "decisions": [d.as_dict() for d in self.decisions],
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+def _resources(reconcilers: Mapping[str, Any], loaded: Loaded | None, name: str) -> list[PolicyResource]:
+    rec = reconcilers[name]
+    fn = getattr(rec, "policy_resources", None)
+    if fn is None or loaded is None or name not in loaded.desired:
+        return []
+    return list(fn(loaded.desired[name]))
+
+
+def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: Mapping[str, Any],
+          settings: AdmissionSettings) -> Admission:
+    """Steps 1-3 of the module docstring for `loaded` against `base` (the last good revision, or a PR base)."""
+    snap = loaded.snapshot
+    if snap.revision.startswith("staged:"):
+        return Admission(principal="", signed=False, verification=None)
+    # 1. provenance
+    problems: list[Problem] = []
+    verification = source.verify_signature(snap.revision, settings.signing) if settings.signing.enabled else None
+    signed = bool(verification and verification.valid)
+    if settings.signing.require and not signed:
+        reason = verification.reason if verification else "the commit is not signed"
+        problems.append(Problem(f"commit {snap.revision[:12]} rejected: signed commits are required; {reason}",
+                                reconciler="signing",
+                                hint="sign the commit (git commit -S) with a key listed in the host's allowed "
+                                     "signers, then push again"))
+    principal = (verification.principal if signed and verification and verification.principal
+                 else snap.info.email)
+    # 2. what changes
+    changes = []
+    for name in reconcilers:
+        changes += diff_resources(_resources(reconcilers, base, name), _resources(reconcilers, loaded, name))
+    if base is not None:
+        changed = source.changes(base.snapshot.revision, snap.revision)
+    else:
+        changed = [(e.path, e.blob_id, "added") for e in snap.entries()]
+    policy_changes = policy_file_changes((path, status) for path, _, status in changed)
+    # Never truncated: a policy reading changed_paths must see every path, or a long commit could hide one.
+    context = ChangeContext(branch=settings.branch, signed=signed,
+                            changed_paths=tuple(sorted(p for p, _, _ in changed)))
+    # 3. change control
+    own: Policies | None = getattr(loaded, "policies", None)
+    prior: Policies | None = getattr(base, "policies", None) if base is not None else None
+    decisions = _decide(own, principal, changes, context, settings.teams, "change control is off: no policies")
+    decisions += _decide(prior, principal, policy_changes, context, settings.teams,
+                         "bootstrap: no policies in force at the base revision")
+    for d in decisions:
+        if not d.allowed:
+            res = d.change.resource
+            problems.append(Problem(d.reason, res.source, res.line, reconciler="policy",
+                                    hint="ask someone the policies allow to make this change, or change "
+                                         "policies/ in a commit of its own that the current policies allow"))
+    control = "on" if own or prior else "off"
+    return Admission(principal, signed, verification, tuple(decisions), tuple(problems), control)
+
+
+def _decide(policies: Policies | None, principal: str, changes: Sequence[Any], context: ChangeContext,
+            teams: Mapping[str, Sequence[str]], off_reason: str) -> list[Decision]:
+    if not changes:
+        return []
+    if not policies:
+        return [Decision(c, True, (), off_reason) for c in changes]
+    return authorize(policies, principal, changes, context, teams)
