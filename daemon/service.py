@@ -230,7 +230,7 @@ class Daemon:
 
     # webhooks (called on the HTTP thread: only ring the loop or queue work for it) --------------------
     def _webhook_accepted(self, receiver: str, info: dict[str, Any]) -> None:
-        self.logger.info("webhook", receiver=receiver, event=info.get("event"), delivery=info.get("delivery"))
+        self.logger.info("webhook", receiver=receiver, hook_event=info.get("event"), delivery=info.get("delivery"))
         self.wake.ring("webhook")
 
     def _webhook_rejected(self, receiver: str, reason: str, client: str) -> None:
