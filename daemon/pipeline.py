@@ -27,6 +27,7 @@ from daemon.source import GitSource, Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
+LAST_GOOD_REF = "refs/stratum/last-good"
 
 
 class RunInterrupted(Exception):
@@ -140,7 +141,7 @@ class Pipeline:
         loaded = self.load(revision)
         if loaded.problems:
             return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
-        admission = admit(self.source, loaded, self._last_good(), self.reconcilers, self.admission)
+        admission = self._admit(loaded)
         if admission.problems:
             return PlanReport(loaded.snapshot.revision, base, (), admission.problems, (), admission)
         inventory = self.index.inventory()
@@ -220,7 +221,7 @@ class Pipeline:
         self._index_hooks(loaded)
         problems = loaded.problems
         if not problems:
-            admission = admit(self.source, loaded, self._last_good(), self.reconcilers, self.admission)
+            admission = self._admit(loaded)
             problems = admission.problems
             logger = logger.bind(principal=admission.principal, signed=admission.signed)
             logger.debug("admission", control=admission.control, decisions=len(admission.decisions))
@@ -308,9 +309,24 @@ class Pipeline:
                     self.index.put_inventory(item, revision)
         self.index.set_state("last_applied_revision", revision)
         self.index.set_state("last_good_revision", revision)
+        # A ref keeps the commit (and its policies) reachable: a force push plus `git gc` cannot erase the
+        # base that change control judges the next commit against.
+        self.source.keep(revision, LAST_GOOD_REF)
         self._good = {revision: loaded}
 
     # rollback ----------------------------------------------------------------------------------------
+    def _admit(self, loaded: Loaded) -> Admission:
+        """Admission against the last good revision. One that is recorded but can no longer be read (history
+        rewritten and collected) must not turn into "no base": its policies would stop guarding policies/."""
+        good = self._last_good()
+        recorded = self.index.get_state("last_good_revision")
+        if good is None and recorded is not None:
+            return Admission("", False, None, problems=(Problem(
+                f"the last good revision {recorded[:12]} can no longer be read from the repository, so changes "
+                "cannot be checked against its policies", reconciler="policy",
+                hint=f"restore commit {recorded} (e.g. push it to refs/stratum/last-good), then retry"),))
+        return admit(self.source, loaded, good, self.reconcilers, self.admission)
+
     def _last_good(self) -> Loaded | None:
         revision = self.index.get_state("last_good_revision")
         if revision is None:

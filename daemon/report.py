@@ -51,7 +51,7 @@ def plan_text(plan: dict[str, Any]) -> str:
     if plan["problems"]:
         lines.append(f"REJECTED: {len(plan['problems'])} problem(s)")
         lines += [f"  {_problem_line(p)}" for p in plan["problems"]]
-        return "\n".join(lines)
+        return "\n".join(lines + _admission_lines(plan.get("admission"), markdown=False))
     if not plan["actions"]:
         lines.append("No changes.")
     for reconciler, actions in sorted(_grouped(plan).items()):

@@ -6,6 +6,7 @@ uncommitted edits cannot leak into a run. Blob ids make caching exact.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -240,7 +241,11 @@ class GitSource:
         with self._lock:
             if self.repo.is_bare:
                 raise SourceError("a bare repository has no staging area", hint="give --rev")
-            tree = self.repo[self.repo.index.write_tree()]
+            # `git commit -a` / `git commit PATH` run hooks against a temporary index named by GIT_INDEX_FILE
+            # (relative to the work tree top); libgit2 would read .git/index and check the wrong tree.
+            index_file = os.environ.get("GIT_INDEX_FILE")
+            index = pygit2.Index(os.path.join(self.repo.workdir, index_file)) if index_file else self.repo.index
+            tree = self.repo[index.write_tree(self.repo)]
             assert isinstance(tree, pygit2.Tree)
             return Snapshot(self.repo, None, tree)
 
@@ -322,12 +327,24 @@ class GitSource:
                 return []
             assert isinstance(a, pygit2.Commit) and isinstance(b, pygit2.Commit)
             out: list[tuple[str, str, str]] = []
-            for patch in self.repo.diff(a.tree, b.tree):
-                delta = patch.delta
-                status = {"A": "added", "D": "deleted"}.get(delta.status_char(), "modified")
-                f = delta.old_file if status == "deleted" else delta.new_file
-                out.append((str(f.path), str(f.id), status))
+            try:
+                for patch in self.repo.diff(a.tree, b.tree):
+                    delta = patch.delta
+                    status = {"A": "added", "D": "deleted"}.get(delta.status_char(), "modified")
+                    f = delta.old_file if status == "deleted" else delta.new_file
+                    out.append((str(f.path), str(f.id), status))
+            except (KeyError, pygit2.GitError) as err:
+                raise SourceError(f"cannot compare {old[:12]} with {new[:12]}: {err}",
+                                  hint="a commit or tree is missing from the repository") from err
             return out
+
+    def keep(self, rev: str, ref: str) -> None:
+        """Point `ref` at `rev` so garbage collection never drops it (best effort: a courtesy, like notes)."""
+        with self._lock:
+            try:
+                self.repo.references.create(ref, pygit2.Oid(hex=self.resolve(rev)), force=True)
+            except (pygit2.GitError, SourceError, ValueError):
+                pass
 
     def add_note(self, rev: str, message: str) -> None:
         """Write (or replace) the Stratum note on a commit under refs/notes/stratum."""
