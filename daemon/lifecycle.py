@@ -12,7 +12,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 # How long a notification may wait for room in the receiver's queue (net.unix.max_dgram_qlen is often 10).
 # libsystemd blocks without limit; we bound it so a stuck receiver cannot hang the main loop (the watchdog
@@ -37,6 +38,7 @@ class Notifier:
         # process (a child that inherited the variables must not pet the parent's watchdog).
         self._watchdog_pid = int(pid) if pid.isdigit() else (None if not pid else -1)
         self._watchdog_usec = int(usec) if usec.isdigit() else 0
+        self._phase = "starting"              # starting | ready | reloading | stopping: what systemd waits for
 
     @property
     def watchdog_enabled(self) -> bool:
@@ -71,11 +73,13 @@ class Notifier:
 
     def ready(self, status: str) -> bool:
         """READY=1 with a STATUS line: at start-up, and again when a reload has finished."""
+        self._phase = "ready"
         return self.send(READY="1", STATUS=status)
 
     def reloading(self, status: str = "reloading host settings") -> bool:
         """RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC in µs), as Type=notify-reload requires; end with ready()."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._phase = "reloading"
         return self.send(RELOADING="1", MONOTONIC_USEC=str(now), STATUS=status)
 
     def status(self, status: str) -> bool:
@@ -88,11 +92,41 @@ class Notifier:
 
     def stopping(self, status: str = "stopping") -> bool:
         """STOPPING=1: a graceful stop has begun."""
+        self._phase = "stopping"
         return self.send(STOPPING="1", STATUS=status)
 
     def extend_timeout(self, seconds: float) -> bool:
         """EXTEND_TIMEOUT_USEC: ask for `seconds` more before the start/stop/reload timeout fires (repeat to go on)."""
         return self.send(EXTEND_TIMEOUT_USEC=_usec(seconds))
+
+    @contextmanager
+    def keepalive(self, seconds: float) -> Iterator[None]:
+        """Keep systemd patient while the main thread sits in one call bounded by its own timeout of `seconds`.
+
+        For a step that cannot pet the watchdog itself (a repo command, a fetch with a timeout): a thread pets it
+        until the block ends, but for `seconds` at most, so a call that hangs past its bound still trips the
+        watchdog. While starting, reloading or stopping it also sends EXTEND_TIMEOUT_USEC for `seconds`, so the
+        action in flight is not cut short by TimeoutStartSec=/TimeoutStopSec=.
+        """
+        if self._phase != "ready":
+            self.extend_timeout(seconds)
+        if not self.watchdog_enabled:
+            yield
+            return
+        done = threading.Event()
+        deadline = time.monotonic() + seconds
+
+        def pet() -> None:
+            while not done.wait(self.watchdog_interval) and time.monotonic() < deadline:
+                self.watchdog()
+
+        thread = threading.Thread(target=pet, name="watchdog-keepalive", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 class Shutdown:
@@ -102,16 +136,26 @@ class Shutdown:
         self.event = threading.Event()
         self.reload_requested = threading.Event()
         self._wake: Callable[[], None] | None = None
+        self._on_stop: Callable[[], object] | None = None
 
-    def install(self, wake: Callable[[], None]) -> None:
-        """Install handlers (main thread only); `wake` interrupts the main loop's wait."""
+    def install(self, wake: Callable[[], None], on_stop: Callable[[], object] | None = None) -> None:
+        """Install handlers (main thread only); `wake` interrupts the main loop's wait.
+
+        `on_stop` runs once, at the first SIGTERM/SIGINT, even while the main thread is busy with a run: pass
+        `Notifier.stopping` so STOPPING=1 (and keepalive's EXTEND_TIMEOUT_USEC) go out before the action in
+        flight finishes, not after.
+        """
         self._wake = wake
+        self._on_stop = on_stop
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._reload)
 
     def _stop(self, signum: int, frame: object) -> None:
+        first = not self.event.is_set()
         self.event.set()
+        if first and self._on_stop:
+            self._on_stop()
         if self._wake:
             self._wake()
 

@@ -136,6 +136,8 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
         current.append(line)
         size += len(line) + 1
     parts.append("\n".join(current))
-    if len(parts) == 1:
-        return [f"{head}\n\n{parts[0]}\n"]
-    return [f"{head} (part {i}/{len(parts)})\n\n{p}\n" for i, p in enumerate(parts, 1)]
+    # A hidden marker starts every part, so tools (hooks/plan-comment) split and update parts reliably.
+    n = len(parts)
+    if n == 1:
+        return [f"<!-- stratum-plan part 1/1 -->\n{head}\n\n{parts[0]}\n"]
+    return [f"<!-- stratum-plan part {i}/{n} -->\n{head} (part {i}/{n})\n\n{p}\n" for i, p in enumerate(parts, 1)]

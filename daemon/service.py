@@ -39,6 +39,8 @@ from daemon.watch import RefWatcher, Wakeup
 from daemon.webhook import DeliveryLog, Receiver, WebhookEndpoint, receivers_from_settings
 from daemon.windows import Window, gate, next_change, windows_from_settings
 
+RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
+
 
 @dataclass(frozen=True, slots=True)
 class HostControls:
@@ -273,7 +275,9 @@ class Daemon:
     def serve(self, install_signals: bool = True) -> None:
         """Run until stopped."""
         if install_signals:
-            self.shutdown.install(lambda: self.wake.ring("signal"))
+            # STOPPING=1 goes out at the signal, not after the action in flight: systemd then applies
+            # TimeoutStopSec (extended by keepalive while that action finishes).
+            self.shutdown.install(lambda: self.wake.ring("signal"), on_stop=self.notifier.stopping)
         self.start()
         rt = self._rt
         self.notifier.ready(self._status_line())
@@ -296,18 +300,20 @@ class Daemon:
                 self.loops += 1
                 if self.shutdown.stopping:
                     break
-                if self.shutdown.reload_requested.is_set():
-                    self.shutdown.reload_requested.clear()
-                    self.reload()
-                self._drain_jobs()
-                if rt.source.remote and (time.monotonic() >= next_fetch or "webhook" in reasons):
-                    self._fetch()
-                    next_fetch = time.monotonic() + self.settings.interval
-                self._maybe_run(reasons)
-                self._run_pending(reasons)
-                if time.monotonic() >= next_drift:
-                    self._guard(self._drift_check)
-                    next_drift = time.monotonic() + self.settings.drift_interval
+                # Work blocks this thread (a run, a fetch); the watchdog is petted meanwhile, up to a bound
+                # past which a run counts as hung and systemd may restart the daemon.
+                with self.notifier.keepalive(RUN_BOUND_S):
+                    if self.shutdown.take_reload():
+                        self.reload()
+                    self._drain_jobs()
+                    if rt.source.remote and (time.monotonic() >= next_fetch or "webhook" in reasons):
+                        self._fetch()
+                        next_fetch = time.monotonic() + self.settings.interval
+                    self._maybe_run(reasons)
+                    self._run_pending(reasons)
+                    if time.monotonic() >= next_drift:
+                        self._guard(self._drift_check)
+                        next_drift = time.monotonic() + self.settings.drift_interval
                 self.notifier.watchdog()
         finally:
             self.stop()

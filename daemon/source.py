@@ -219,8 +219,12 @@ class GitSource:
                     raise SourceError(f"{path} is not a git repository", hint="run `stratum init` or check --repo")
                 self.repo = pygit2.Repository(found)
         except pygit2.GitError as err:
+            hint = "check that the path is readable or the URL reachable"
+            if "not owned by current user" in str(err):
+                hint = (f"git refuses repositories owned by another user: run `git config --system --add "
+                        f"safe.directory {location}` (the service cannot read ~/.gitconfig)")
             raise SourceError(f"cannot open repository {sanitize_url(location)}: {sanitize_url(str(err))}",
-                              hint="check that the path is readable or the URL reachable") from err
+                              hint=hint) from err
 
     @property
     def git_dir(self) -> Path:

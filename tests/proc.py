@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
 class DaemonProc:
     """A real `stratum daemon` child process on a repo and data dir."""
 
-    def __init__(self, repo: str, data_dir: Path, root: Path, *extra: str) -> None:
+    def __init__(self, repo: str, data_dir: Path, root: Path, *extra: str,
+                 env: Mapping[str, str] | None = None) -> None:
+        """Start the daemon and wait for its control socket; `env` is laid over `cli_env()`."""
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -47,9 +49,10 @@ class DaemonProc:
             [sys.executable, "-c", "from daemon.cli.main import daemon_main; daemon_main()",
              "--repo", repo, "--data-dir", str(data_dir), "--root", str(root), "--log-format", "json",
              "--drift-interval", "0", *extra],
-            env=cli_env(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            env={**cli_env(), **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: self.proc.poll() is not None or api.daemon_running(self.socket), 30)
         if self.proc.poll() is not None:
+            self._log.close()                 # no unclosed-file warning on top of the real failure
             raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
 
     @property

@@ -557,7 +557,8 @@ class TestPlan:
         md = stratum("plan", *args, "--head", head, "--format", "markdown")
         assert md.exit_code == 1, md.output
         out = md.stdout
-        assert out.startswith(f"### Stratum plan for `{head[:12]}` against `{base[:12]}`")
+        title = f"### Stratum plan for `{head[:12]}` against `{base[:12]}`"
+        assert out.startswith(f"<!-- stratum-plan part 1/1 -->\n{title}")
         assert "**Rejected**: 1 problem(s)" in out
         assert "- `infra/base.ncl:5: denied by forbid policy prod-is-ops-only (policies/base.cedar:7)" in out
         section = out[out.index("#### Change control"):]

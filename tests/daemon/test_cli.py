@@ -174,7 +174,7 @@ def test_plan_formats(run: Cli) -> None:
     assert "infra: 5 to create, 1 to run" in text.stdout
     assert "  + create file etc/motd (0644)" in text.stdout
     md = run("plan", "--format", "markdown")
-    assert md.stdout.startswith("### Stratum plan for `")
+    assert md.stdout.startswith("<!-- stratum-plan part 1/1 -->\n### Stratum plan for `")
     assert "#### infra: 5 to create, 1 to run" in md.stdout
     assert "| + | create file etc/motd (0644) |  |" in md.stdout
     assert not run.root.exists() or list(run.root.iterdir()) == []
