@@ -29,7 +29,7 @@ from daemon.settings import load_settings
 from reconcilers import registry
 from tests.fixtures import GIT_ENV, Stack, WorkRepo, infra, resource, tree_of
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
+needs_ssh = pytest.mark.usefixtures("ssh_keys")   # the fixture fails loudly when ssh-keygen is missing
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
@@ -112,8 +112,7 @@ class SshKeys:
 @pytest.fixture(scope="module")
 def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SshKeys:
     """Key pairs and an allowed-signers file, made once per module with the host's ssh-keygen."""
-    if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen is not installed")
+    assert shutil.which("ssh-keygen"), "ssh-keygen is missing: apt-get install openssh-client (.ci/run does)"
     base = tmp_path_factory.mktemp("ssh-keys")
     for name in ("alice", "mallory"):
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example.com", "-f", str(base / name)],

@@ -16,9 +16,20 @@ from daemon.errors import SettingsError
 from daemon.signing import MAX_SIGNATURE_BYTES, SigningPolicy, signing_policy_from_settings, verify_commit
 from tests.fixtures import GIT_ENV, WorkRepo
 
-needs_ssh = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
-needs_gpg = pytest.mark.skipif(not (shutil.which("gpg") and shutil.which("gpgv") and shutil.which("gpgconf")),
-                               reason="gpg/gpgv are not installed")
+# Not skips: .ci/run installs these tools, and a missing one must fail loudly rather than hide the checks.
+needs_ssh = pytest.mark.usefixtures("_ssh_tools")
+needs_gpg = pytest.mark.usefixtures("_gpg_tools")
+
+
+@pytest.fixture
+def _ssh_tools() -> None:
+    assert shutil.which("ssh-keygen"), "ssh-keygen is missing: apt-get install openssh-client"
+
+
+@pytest.fixture
+def _gpg_tools() -> None:
+    missing = [t for t in ("gpg", "gpgv", "gpgconf") if shutil.which(t) is None]
+    assert not missing, f"{', '.join(missing)} missing: apt-get install gnupg gpgv"
 _AGENT_VARS = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GNUPGHOME", "GPG_AGENT_INFO")
 
 
