@@ -267,10 +267,12 @@ def test_periodic_drift_check_corrects_and_reports(pushed: tuple[WorkRepo, Path]
         (tmp_path / "root/etc/fixed.conf").write_text("edited by hand\n")
         (tmp_path / "root/etc/watched.conf").write_text("edited by hand\n")
         wait_for(lambda: (tmp_path / "root/etc/fixed.conf").read_text() == "desired\n", 15)
-        events = d.call("events")["events"]
-        subjects = {e["subject"] for e in events if e["kind"] == "drift"}
-        assert "infra/a.ncl" in subjects
-        assert any("watched" in e["message"] for e in events if e["kind"] == "drift")
+        # The two hand edits may straddle a drift check: wait for the check that saw the second one.
+        def watched_event() -> list[dict[str, str]]:
+            drift = [e for e in d.call("events")["events"] if e["kind"] == "drift"]
+            return drift if any("watched" in e["message"] for e in drift) else []
+        drift = wait_for(watched_event, 15)
+        assert "infra/a.ncl" in {e["subject"] for e in drift}
         assert (tmp_path / "root/etc/watched.conf").read_text() == "edited by hand\n"
         wait_for(lambda: any(r["trigger"] == "drift" and r["status"] == "succeeded" for r in d.runs()), 10)
     finally:
