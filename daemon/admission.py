@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.errors import SettingsError
 from daemon.policy import (
+    Change,
     ChangeContext,
     Decision,
     Policies,
@@ -34,10 +35,12 @@ from daemon.policy import (
 from daemon.signing import SigningPolicy, Verification, signing_policy_from_settings
 from reconcilers.base import Problem
 
+MAX_RANGE_COMMITS = 1000
+
 if TYPE_CHECKING:
     from daemon.pipeline import Loaded
     from daemon.settings import Settings
-    from daemon.source import GitSource
+    from daemon.source import CommitInfo, GitSource
 
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
@@ -77,6 +80,7 @@ class Admission:
     decisions: tuple[Decision, ...] = ()
     problems: tuple[Problem, ...] = ()
     control: str = "off"                      # off | on: whether any policy was in force
+    authors: tuple[Author, ...] = ()          # every commit since the base, oldest first
 
     @property
     def denied(self) -> tuple[Decision, ...]:
@@ -91,6 +95,7 @@ class Admission:
             "signature": None if v is None else {"signed": v.signed, "valid": v.valid, "method": v.method,
                                                  "principal": v.principal, "key": v.key, "reason": v.reason},
             "decisions": [d.as_dict() for d in self.decisions],
+            "commits": [a.as_dict() for a in self.authors],
             "problems": [p.as_dict() for p in self.problems],
         }
 
@@ -103,24 +108,72 @@ def _resources(reconcilers: Mapping[str, Any], loaded: Loaded | None, name: str)
     return list(fn(loaded.desired[name]))
 
 
+@dataclass(frozen=True, slots=True)
+class Author:
+    """The provenance of one commit in the range being admitted."""
+
+    commit: str
+    principal: str                            # verified signer, else `key:<fingerprint>`, else author email
+    signed: bool
+    verification: Verification | None
+    touched: frozenset[str]                   # paths it changed against every parent (a merge's own edits)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"commit": self.commit, "principal": self.principal, "signed": self.signed}
+
+
+def _author(source: GitSource, info: CommitInfo, settings: AdmissionSettings) -> Author:
+    verification = source.verify_signature(info.id, settings.signing) if settings.signing.enabled else None
+    signed = bool(verification and verification.valid)
+    if signed and verification is not None:
+        # A valid signature names who signed; a key without an email uid is that key, never the claimed author.
+        principal = verification.principal or f"key:{verification.key}"
+    else:
+        principal = info.email
+    return Author(info.id, principal, signed, verification, frozenset(source.touched_paths(info.id)))
+
+
+def _range(source: GitSource, revision: str, base: Loaded | None, settings: AdmissionSettings,
+           ) -> tuple[list[Author], list[Problem]]:
+    """Every commit since the base, oldest first: each one vouches for what it changed."""
+    if base is None:
+        infos = source.new_commits(None, revision, limit=1)       # nothing applied yet: the tip vouches alone
+    else:
+        infos = source.new_commits(base.snapshot.revision, revision, limit=MAX_RANGE_COMMITS + 1)
+    if len(infos) > MAX_RANGE_COMMITS:
+        return [], [Problem(f"more than {MAX_RANGE_COMMITS} commits since the last good revision "
+                            f"{base.snapshot.revision[:12] if base else ''}: too many to check one by one",
+                            reconciler="policy", hint="apply the branch in steps (stratum apply --rev <commit>)")]
+    if not infos or infos[-1].id != revision:
+        infos.append(source.commit_info(revision))
+    return [_author(source, info, settings) for info in infos], []
+
+
 def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: Mapping[str, Any],
           settings: AdmissionSettings) -> Admission:
-    """Steps 1-3 of the module docstring for `loaded` against `base` (the last good revision, or a PR base)."""
+    """Steps 1-3 of the module docstring for `loaded` against `base` (the last good revision, or a PR base).
+
+    Every commit since the base is judged, not only the tip: an unsigned or unauthorized commit cannot ride in
+    under a later, innocent one. A change is attributed to the commits that touched the file declaring it;
+    when none did (an imported file changed it), to every commit of the range. All must be allowed.
+    """
     snap = loaded.snapshot
     if snap.revision.startswith("staged:"):
         return Admission(principal="", signed=False, verification=None)
     # 1. provenance
-    problems: list[Problem] = []
-    verification = source.verify_signature(snap.revision, settings.signing) if settings.signing.enabled else None
-    signed = bool(verification and verification.valid)
-    if settings.signing.require and not signed:
-        reason = verification.reason if verification else "the commit is not signed"
-        problems.append(Problem(f"commit {snap.revision[:12]} rejected: signed commits are required; {reason}",
-                                reconciler="signing",
-                                hint="sign the commit (git commit -S) with a key listed in the host's allowed "
-                                     "signers, then push again"))
-    principal = (verification.principal if signed and verification and verification.principal
-                 else snap.info.email)
+    authors, problems = _range(source, snap.revision, base, settings)
+    if not authors:
+        return Admission("", False, None, problems=tuple(problems))
+    if settings.signing.require:
+        for a in authors:
+            if not a.signed:
+                reason = a.verification.reason if a.verification else "the commit is not signed"
+                problems.append(Problem(f"commit {a.commit[:12]} rejected: signed commits are required; {reason}",
+                                        reconciler="signing",
+                                        hint="sign every commit (git commit -S) with a key in the host's allowed "
+                                             "signers; rewrite the branch without unsigned commits, then push"))
+    tip = authors[-1]
     # 2. what changes
     changes = []
     for name in reconcilers:
@@ -131,14 +184,13 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
         changed = [(e.path, e.blob_id, "added") for e in snap.entries()]
     policy_changes = policy_file_changes((path, status) for path, _, status in changed)
     # Never truncated: a policy reading changed_paths must see every path, or a long commit could hide one.
-    context = ChangeContext(branch=settings.branch, signed=signed,
-                            changed_paths=tuple(sorted(p for p, _, _ in changed)))
+    paths = tuple(sorted(p for p, _, _ in changed))
     # 3. change control
     own: Policies | None = getattr(loaded, "policies", None)
     prior: Policies | None = getattr(base, "policies", None) if base is not None else None
-    decisions = _decide(own, principal, changes, context, settings.teams, "change control is off: no policies")
-    decisions += _decide(prior, principal, policy_changes, context, settings.teams,
-                         "bootstrap: no policies in force at the base revision")
+    decisions = _decide_all(own, authors, changes, settings, paths, "change control is off: no policies")
+    decisions += _decide_all(prior, authors, policy_changes, settings, paths,
+                             "bootstrap: no policies in force at the base revision")
     for d in decisions:
         if not d.allowed:
             res = d.change.resource
@@ -146,13 +198,37 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
                                     hint="ask someone the policies allow to make this change, or change "
                                          "policies/ in a commit of its own that the current policies allow"))
     control = "on" if own or prior else "off"
-    return Admission(principal, signed, verification, tuple(decisions), tuple(problems), control)
+    return Admission(tip.principal, tip.signed, tip.verification, tuple(decisions), tuple(problems), control,
+                     tuple(authors))
 
 
-def _decide(policies: Policies | None, principal: str, changes: Sequence[Any], context: ChangeContext,
-            teams: Mapping[str, Sequence[str]], off_reason: str) -> list[Decision]:
+def _decide_all(policies: Policies | None, authors: Sequence[Author], changes: Sequence[Change],
+                settings: AdmissionSettings, paths: tuple[str, ...], off_reason: str) -> list[Decision]:
+    """One decision per change: allowed only when every commit that made it is allowed to."""
     if not changes:
         return []
     if not policies:
         return [Decision(c, True, (), off_reason) for c in changes]
-    return authorize(policies, principal, changes, context, teams)
+    by_author: dict[int, list[Change]] = {}
+    for c in changes:
+        files = {c.resource.source, c.resource.path} - {""}
+        makers = [i for i, a in enumerate(authors) if a.touched & files] or range(len(authors))
+        for i in makers:
+            by_author.setdefault(i, []).append(c)
+    verdicts: dict[int, list[tuple[Author, Decision]]] = {}
+    for i, subset in by_author.items():
+        a = authors[i]
+        context = ChangeContext(branch=settings.branch, signed=a.signed, changed_paths=paths)
+        for c, d in zip(subset, authorize(policies, a.principal, subset, context, settings.teams), strict=True):
+            verdicts.setdefault(id(c), []).append((a, d))
+    out = []
+    for c in changes:
+        found = verdicts[id(c)]
+        denied = [(a, d) for a, d in found if not d.allowed]
+        if denied:
+            a, d = denied[0]
+            extra = f" (commit {a.commit[:12]} by {a.principal})" if len(authors) > 1 else ""
+            out.append(Decision(c, False, d.policies, d.reason + extra))
+        else:
+            out.append(found[-1][1])
+    return out

@@ -141,8 +141,11 @@ class Pipeline:
         loaded = self.load(revision)
         if loaded.problems:
             return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
-        admission = self._admit(loaded)
-        if admission.problems:
+        # The last good revision was admitted when it was applied; re-judging it (after the host's signers or
+        # teams changed) must not silence drift detection on what actually runs.
+        admission = None if loaded.snapshot.revision == self.index.get_state("last_good_revision") \
+            else self._admit(loaded)
+        if admission is not None and admission.problems:
             return PlanReport(loaded.snapshot.revision, base, (), admission.problems, (), admission)
         inventory = self.index.inventory()
         observed = {name: rec.observe(loaded.desired[name], inventory) for name, rec in self.reconcilers.items()}
@@ -205,6 +208,7 @@ class Pipeline:
         except RunInterrupted as err:
             # Left `running` on purpose, with its checkpoints: resolve_interrupted finishes it at next start.
             logger.warning("run_interrupted", message=str(err))
+            self.index.set_state("stopped_run", run_id)     # stopped on purpose: owed a fresh run at next start
             self.index.sync()
             return RunResult(run_id, revision, "interrupted", (time.time() - started) * 1000, str(err))
         except StratumError as err:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from daemon import log
@@ -39,6 +40,8 @@ from daemon.watch import RefWatcher, Wakeup
 from daemon.webhook import DeliveryLog, Receiver, WebhookEndpoint, receivers_from_settings
 from daemon.windows import Window, gate, next_change, windows_from_settings
 
+REJECTION_EVENT_INTERVAL_S = 10.0
+STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
 
 
@@ -64,6 +67,25 @@ def host_controls(settings: Settings) -> HostControls:
                         admission_settings(settings, where))
 
 
+LIVE_SECTIONS = frozenset({"webhooks", "signing", "policy", "windows"})   # what a reload changes in place
+
+
+def _merge_reload(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
+    """The settings a reload puts in force: `new`, except what only a restart can change (kept from `old`,
+    so everything derived from them sees what actually runs); returns them and the names kept back."""
+    stuck = [f.name for f in fields(old) if f.name in RESTART_ONLY and getattr(old, f.name) != getattr(new, f.name)]
+    sections = dict(new.sections)
+    for key in (set(old.sections) | set(new.sections)) - LIVE_SECTIONS:
+        if old.sections.get(key) != new.sections.get(key):
+            stuck.append(f"[{key}]")
+            if key in old.sections:
+                sections[key] = old.sections[key]
+            else:
+                sections.pop(key)
+    kept = {n: getattr(old, n) for n in stuck if n in RESTART_ONLY}
+    return replace(new, **kept, sections=MappingProxyType(sections)), stuck
+
+
 def refuse_manual(index: Index, windows: tuple[Window, ...]) -> None:
     """A person's apply/rollback is refused while suspended, or in a window that does not allow manual runs."""
     if index.get_state("suspended") == "true":
@@ -81,6 +103,7 @@ class Daemon:
         self.settings = settings
         self.controls = host_controls(settings)
         self._reload = reload
+        self._config_existed = bool(settings.config_path and settings.config_path.exists())
         self.notifier = notifier or Notifier()
         self.shutdown = Shutdown()
         self.wake = Wakeup()
@@ -94,7 +117,8 @@ class Daemon:
         self._last_drift: set[str] = set()
         self.loops = 0                        # main-loop iterations: an idle daemon must not spin
         self.pending: str | None = None       # the newest commit recorded but not yet run (suspended, window)
-        self._blocked_reason = ""
+        self._blocked_reason: tuple[str, str] | None = None
+        self._rejections: dict[str, tuple[float, int]] = {}
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -108,9 +132,16 @@ class Daemon:
 
         def apply(req: dict[str, Any]) -> dict[str, Any]:
             rev = req.get("revision") or self.settings.branch
-            if not req.get("force"):
-                self._refuse_manual()
-            return {"run": run_to_dict(self._submit(lambda: rt.pipeline.run(rev, trigger=req.get("trigger", "cli"))))}
+
+            def job() -> Any:
+                # Checked when the run starts (on the loop), not when queued: a run in flight may outlast a window.
+                if not req.get("force"):
+                    self._refuse_manual()
+                result = rt.pipeline.run(rev, trigger=req.get("trigger", "cli"))
+                if self.pending == result.revision and result.status == "succeeded":
+                    self.pending = None
+                return result
+            return {"run": run_to_dict(self._submit(job))}
 
         def plan(req: dict[str, Any]) -> dict[str, Any]:
             rev = req.get("revision") or self.settings.branch
@@ -196,7 +227,11 @@ class Daemon:
             self.logger.info("drift", resources=len(found))
             rev = self._rt.index.get_state("last_applied_revision")
             if rev and any("policy correct" in p["message"] for p in found):
-                self._rt.pipeline.run(rev, trigger="drift")
+                blocked = self._blocked()
+                if blocked:
+                    self.logger.info("drift_correction_deferred", reason=blocked)
+                else:
+                    self._rt.pipeline.run(rev, trigger="drift")
 
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,11 +244,20 @@ class Daemon:
             rebuild(rt.source, rt.pipeline)
         elif rt.index.get_state("last_seen_head") is None and rt.index.query("SELECT count(*) FROM runs")[0][0] == 0:
             rebuild(rt.source, rt.pipeline)
-        for result in rt.pipeline.resolve_interrupted(self.settings.on_interrupted):
+        stopped = rt.index.get_state("stopped_run")
+        resolved = rt.pipeline.resolve_interrupted(self.settings.on_interrupted)
+        for result in resolved:
             self.logger.warning("interrupted_run_resolved", run_id=result.run_id, outcome=result.status)
+        if stopped:
+            rt.index.set_state("stopped_run", None)
         self.last_head = rt.index.get_state("last_seen_head")
-        # A commit recorded while suspended or in a deny window, never run, is still owed a run.
-        if self.last_head and self.last_head != rt.index.get_state("last_attempted_revision"):
+        # Still owed a run: a commit recorded while suspended or in a deny window and never run, and the head
+        # whose run a graceful stop interrupted (rolled back above: the stop was not its fault). A run a crash
+        # interrupted stays rolled back, so a commit that kills the daemon cannot make it crash-loop.
+        interrupted = any(r.run_id == stopped and r.revision == self.last_head for r in resolved)
+        applied = rt.index.get_state("last_applied_revision")
+        if self.last_head and (self.last_head != rt.index.get_state("last_attempted_revision")
+                               or (interrupted and self.last_head != applied)):
             self.pending = self.last_head
         rt.pipeline.stop = self.shutdown.event
         self.api = ApiServer(self.settings.socket_path, self._handlers())
@@ -236,9 +280,18 @@ class Daemon:
         self.wake.ring("webhook")
 
     def _webhook_rejected(self, receiver: str, reason: str, client: str) -> None:
-        self.logger.warning("webhook_rejected", receiver=receiver, reason=reason, client=client)
+        # Unauthenticated callers can send these at will: one event per receiver per interval, with a count,
+        # so a flood neither grows the index nor floods the loop with wake-ups.
+        now = time.monotonic()
+        last, count = self._rejections.get(receiver, (0.0, 0))
+        if last and now - last < REJECTION_EVENT_INTERVAL_S:
+            self._rejections[receiver] = (last, count + 1)
+            return
+        self._rejections[receiver] = (now, 0)
+        self.logger.warning("webhook_rejected", receiver=receiver, reason=reason, client=client, since_last=count)
+        more = f"; {count} more refused since the last report" if count else ""
         future: cf.Future[Any] = cf.Future()
-        self.jobs.put((lambda: self._rt.index.event("webhook_rejected", f"{reason} (from {client})",
+        self.jobs.put((lambda: self._rt.index.event("webhook_rejected", f"{reason} (from {client}){more}",
                                                     subject=receiver), future))
         self.wake.ring("api")
 
@@ -249,35 +302,40 @@ class Daemon:
         try:
             if self._reload is None:
                 raise SettingsError("this daemon was started without a settings source to reload")
-            new = self._reload()
+            config = self.settings.config_path
+            if config is not None and self._config_existed and not config.exists():
+                raise SettingsError("the settings file is gone; keeping the settings it gave at start",
+                                    where=str(config), hint="restore the file, then reload again")
+            new, stuck = _merge_reload(self.settings, self._reload())
             controls = host_controls(new)
-        except StratumError as err:
-            message = err.render()
+        except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
+            message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
             self._guard(lambda: self._rt.index.event("reload_failed", f"old settings kept: {message}"))
             self.notifier.ready(self._status_line())
             return False
-        old = self.settings
-        changed = sorted(f.name for f in fields(old)
-                         if f.name != "config_path" and getattr(old, f.name) != getattr(new, f.name))
-        stuck = [n for n in changed if n in RESTART_ONLY]
+        changed = sorted(f.name for f in fields(new) if getattr(self.settings, f.name) != getattr(new, f.name))
         if stuck:
             self.logger.warning("restart_required", settings=stuck,
                                 message="these settings take effect at the next start; the rest were applied")
-            new = replace(new, **{n: getattr(old, n) for n in stuck})
         self.settings, self.controls = new, controls
         self._rt.pipeline.admission = controls.admission
-        self.logger.info("settings_reloaded", changed=changed)
+        self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())
         self.wake.ring("reload")
         return True
+
+    def _stopping(self) -> None:
+        """At SIGTERM: STOPPING=1, and time for the actions in flight to finish (TimeoutStopSec is shorter)."""
+        self.notifier.stopping()
+        self.notifier.extend_timeout(STOP_GRACE_S)
 
     def serve(self, install_signals: bool = True) -> None:
         """Run until stopped."""
         if install_signals:
             # STOPPING=1 goes out at the signal, not after the action in flight: systemd then applies
             # TimeoutStopSec (extended by keepalive while that action finishes).
-            self.shutdown.install(lambda: self.wake.ring("signal"), on_stop=self.notifier.stopping)
+            self.shutdown.install(lambda: self.wake.ring("signal"), on_stop=self._stopping)
         self.start()
         rt = self._rt
         self.notifier.ready(self._status_line())
@@ -376,28 +434,30 @@ class Daemon:
         self.pending = head
         rt.index.set_state("last_seen_head", head)
 
+    def _blocked(self) -> str:
+        """Why applying is blocked now (suspended, a window), or ""."""
+        index = self._rt.index
+        if index.get_state("suspended") == "true":
+            reason = index.get_state("suspended_reason") or ""
+            return "applying is suspended" + (f" ({reason})" if reason else "") + "; `stratum resume` runs it"
+        g = gate(self.controls.windows, datetime.now(UTC))
+        return g.reason if g.blocked else ""
+
     def _run_pending(self, reasons: list[str]) -> None:
         """Run the pending commit unless applying is suspended or a window blocks it (then it stays queued)."""
         rt, head = self._rt, self.pending
         if head is None:
             return
-        blocked = ""
-        if rt.index.get_state("suspended") == "true":
-            reason = rt.index.get_state("suspended_reason") or ""
-            blocked = "applying is suspended" + (f" ({reason})" if reason else "") + "; `stratum resume` runs it"
-        else:
-            g = gate(self.controls.windows, datetime.now(UTC))
-            if g.blocked:
-                blocked = g.reason
+        blocked = self._blocked()
         if blocked:
-            if blocked != self._blocked_reason:
+            if (head, blocked) != self._blocked_reason:
                 self.logger.info("queued", revision=head[:12], reason=blocked)
                 rt.index.set_revision_status(head, "queued")
                 rt.index.event("queued", f"{head[:12]} queued: {blocked}", revision=head)
-                self._blocked_reason = blocked
+                self._blocked_reason = (head, blocked)
                 self.notifier.status(f"{self._status_line()}; {head[:12]} queued: {blocked}")
             return
-        self._blocked_reason = ""
+        self._blocked_reason = None
         self.pending = None
         trigger = ",".join(sorted(set(reasons) - {"api"})) or "poll"
         self._guard(lambda: rt.pipeline.run(head, trigger=trigger, incremental=True))

@@ -69,7 +69,7 @@ class Settings:
 
 _SCALARS = {f.name: f.type for f in fields(Settings) if f.name not in ("sections", "config_path")}
 RESTART_ONLY = ("repo", "branch", "data_dir", "root", "http_listen", "parallelism", "nickel_timeout",
-                "nickel_memory_mb", "log_format")      # what a SIGHUP reload cannot change in place
+                "nickel_memory_mb", "log_format", "notes")      # what a SIGHUP reload cannot change in place
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -321,6 +321,24 @@ class GitSource:
         with self._lock:
             return verify_commit(self.repo, self.resolve(rev), policy)
 
+    def commit_info(self, rev: str) -> CommitInfo:
+        """What the index records of the commit `rev` resolves to."""
+        return self.snapshot(rev).info
+
+    def touched_paths(self, rev: str) -> set[str]:
+        """Paths the commit itself changed: against its parent, or for a merge against *every* parent (what
+        the merge added of its own); a root commit touches all its files."""
+        with self._lock:
+            commit = self.repo[pygit2.Oid(hex=self.resolve(rev))]
+            assert isinstance(commit, pygit2.Commit)
+            if not commit.parents:
+                return {e.path for e in Snapshot(self.repo, commit).entries()}
+            touched: set[str] | None = None
+            for parent in commit.parents:
+                paths = {p for p, _, _ in self.changes(str(parent.id), str(commit.id))}
+                touched = paths if touched is None else touched & paths
+            return touched or set()
+
     def changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
         """(path, blob id, added|modified|deleted) between two commits, from libgit2's tree diff."""
         with self._lock:

@@ -27,7 +27,7 @@ from daemon.policy import parse_policies
 from daemon.resources import template_dir
 from daemon.settings import load_settings
 from reconcilers import registry
-from tests.fixtures import GIT_ENV, Stack, WorkRepo, infra, resource, tree_of
+from tests.fixtures import GIT_ENV, Stack, WorkRepo, git, infra, resource, tree_of
 
 needs_ssh = pytest.mark.usefixtures("ssh_keys")   # the fixture fails loudly when ssh-keygen is missing
 
@@ -226,7 +226,8 @@ def test_a_commit_signed_by_an_allowed_signer_is_applied(repo: WorkRepo, stack: 
 def test_an_unsigned_commit_is_rejected_and_the_last_good_revision_stays(
         repo: WorkRepo, stack: Stack, ssh_keys: SshKeys, signed_good: str) -> None:
     """With signatures required, an unsigned commit is rejected as a whole saying signed commits are required;
-    nothing of it is applied; a signed commit on top applies again."""
+    nothing of it is applied; a signed commit on top does not carry it in (every commit since the last good
+    revision must be signed); once the branch is rewritten without it, the signed commit applies."""
     was = before(stack)
     rev = commit(repo, motd("v2-must-not-land", resource("new", "file", path="etc/new", content="x\n")))
     result = stack.run(rev)
@@ -236,6 +237,12 @@ def test_an_unsigned_commit_is_rejected_and_the_last_good_revision_stays(
     assert problem.reconciler == "signing" and "git commit -S" in problem.hint
     assert not (stack.root / "etc/new").exists()
     assert (stack.root / "etc/motd").read_text() == "v1\n"
+    on_top = commit(repo, motd("v3"), key=ssh_keys.alice)
+    result = stack.run(on_top)
+    assert_rejected(stack, result, was)
+    [problem] = result.problems
+    assert problem.message.startswith(f"commit {rev[:12]} rejected: signed commits are required")
+    _run(["git", "reset", "-q", "--hard", signed_good], repo.path)
     fixed = commit(repo, motd("v3"), key=ssh_keys.alice)
     assert stack.run(fixed).status == "succeeded"
     assert (stack.root / "etc/motd").read_text() == "v3\n"
@@ -395,7 +402,8 @@ def test_a_grant_rejected_in_one_commit_stays_rejected_in_the_next(repo: WorkRep
     result = stack.run(use)
     assert_rejected(stack, result, was)
     assert problems(result) == [
-        ("policies/base.cedar", 0, "no permit policy allows bob@example.com to change policy:policies/base.cedar")]
+        ("policies/base.cedar", 0, "no permit policy allows bob@example.com to change policy:policies/base.cedar "
+                                   f"(commit {grant[:12]} by bob@example.com)")]
     assert (stack.root / "etc/motd").read_text() == "v1\n"
 
 
@@ -479,6 +487,11 @@ def test_the_first_policies_are_a_bootstrap_and_enforced_from_then_on(repo: Work
     result = stack.run(commit(repo, motd("bob's"), author=BOB))
     assert_rejected(stack, result, was)
     assert problems(result) == [("infra/base.ncl", 3, "no permit policy allows bob@example.com to change infra:motd")]
+    # alice's commit on top still carries bob's change: judged as bob's too, so rejected ...
+    on_top = stack.run(commit(repo, motd("v3"), author=ALICE))
+    assert on_top.status == "rejected" and "bob@example.com" in on_top.problems[0].message
+    # ... until the branch is rewritten without it.
+    git(repo.path, "reset", "-q", "--hard", first)
     assert stack.run(commit(repo, motd("v3"), author=ALICE)).status == "succeeded"
     assert (stack.root / "etc/motd").read_text() == "v3\n"
 

@@ -263,7 +263,8 @@ def test_periodic_drift_check_corrects_and_reports(pushed: tuple[WorkRepo, Path]
     d.stop()
     d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--drift-interval", "0.3")
     try:
-        d.wait_run(rev)
+        # The first daemon may have been stopped mid-run: this one rolls that back and applies the head again.
+        wait_for(lambda: any(r["revision"] == rev and r["status"] == "succeeded" for r in d.runs()), 20)
         (tmp_path / "root/etc/fixed.conf").write_text("edited by hand\n")
         (tmp_path / "root/etc/watched.conf").write_text("edited by hand\n")
         wait_for(lambda: (tmp_path / "root/etc/fixed.conf").read_text() == "desired\n", 15)

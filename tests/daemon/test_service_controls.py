@@ -190,7 +190,8 @@ def test_github_webhook_triggers_a_fetch_and_a_forged_one_is_refused_and_audited
 def test_sigterm_mid_apply_finishes_the_running_action_and_starts_nothing_more(
         pushed: tuple[WorkRepo, Path], tmp_path: Path) -> None:
     """SIGTERM while an action runs: that action completes and is checkpointed `done`, its dependent never
-    starts, the daemon exits 0, and the next start rolls the open run back (compensation included)."""
+    starts, the daemon exits 0; the next start rolls the open run back (compensation included), then applies
+    the commit again in a new run, so a restart never loses it."""
     work, remote = pushed
     data, root = tmp_path / "data", tmp_path / "root"
     slow = infra_file(
@@ -217,10 +218,12 @@ def test_sigterm_mid_apply_finishes_the_running_action_and_starts_nothing_more(
     assert any(e.get("event") == "run_interrupted" for e in d.log_events())
     again = DaemonProc(str(remote), data, root)
     try:
-        wait_for(lambda: {r["revision"]: r["status"] for r in again.runs()}.get(second) not in (None, "running"), 20)
-        runs = {r["revision"]: r for r in again.runs()}
-        assert runs[second]["status"] == "rolled_back"
-        assert (root / "undone.txt").exists() and not (root / "slow.txt").exists()
+        def outcomes() -> list[str]:
+            done = [r["status"] for r in reversed(again.runs()) if r["revision"] == second]
+            return done if "succeeded" in done else []
+        assert wait_for(outcomes, 30) == ["rolled_back", "succeeded"]
+        assert (root / "undone.txt").read_text() == "undone\n"          # the compensation ran
+        assert (root / "slow.txt").read_text() == "ran\n" and (root / "after.txt").exists()
     finally:
         assert again.stop() == 0
 
