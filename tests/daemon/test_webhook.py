@@ -138,6 +138,15 @@ def test_replayed_delivery_is_refused(hooks: Hooks) -> None:
     assert hooks.rejected == [("gh", "replayed delivery d-1", "127.0.0.1")]
 
 
+def test_replay_under_a_fresh_delivery_id_is_refused(hooks: Hooks) -> None:
+    """Delivery ids are not signed: a captured delivery re-sent with a new id is still a replay (409)."""
+    assert hooks.post("gh", PUSH_MAIN, github(PUSH_MAIN, delivery="d-1"))[0] == 202
+    assert hooks.post("gh", PUSH_MAIN, github(PUSH_MAIN, delivery="d-forged"))[0] == 409
+    assert hooks.post("gen", PUSH_MAIN, generic(PUSH_MAIN, delivery="g-1"))[0] == 202
+    assert hooks.post("gen", PUSH_MAIN, generic(PUSH_MAIN, delivery="g-forged"))[0] == 409
+    assert len(hooks.accepted) == 2
+
+
 def test_forged_delivery_does_not_poison_its_id(hooks: Hooks) -> None:
     """A forged request does not get its delivery id remembered, so the genuine one is still accepted."""
     assert hooks.post("gh", PUSH_MAIN, github(PUSH_MAIN, secret=b"attacker"))[0] == 401
