@@ -38,7 +38,7 @@ from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
 from daemon.webhook import DeliveryLog, Receiver, WebhookEndpoint, receivers_from_settings
-from daemon.windows import Window, gate, next_change, windows_from_settings
+from daemon.windows import Gate, Window, gate, next_change, windows_from_settings
 
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
@@ -119,6 +119,7 @@ class Daemon:
         self.pending: str | None = None       # the newest commit recorded but not yet run (suspended, window)
         self._blocked_reason: tuple[str, str] | None = None
         self._rejections: dict[str, tuple[float, int]] = {}
+        self._gate_cache: tuple[HostControls, Gate, datetime | None] | None = None
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -187,7 +188,19 @@ class Daemon:
         refuse_manual(self._rt.index, self.controls.windows)
 
     def _gate_dict(self) -> dict[str, Any]:
-        return gate(self.controls.windows, datetime.now(UTC)).as_dict()
+        return self._gate().as_dict()
+
+    def _gate(self) -> Gate:
+        """The windows' verdict now. Cached until the next instant it can change: for windows as long as their
+        own period, working out when a block ends walks many cron steps, and the loop asks on every wake."""
+        now = datetime.now(UTC)
+        cached = self._gate_cache
+        if cached is not None and cached[0] is self.controls and (cached[2] is None or now < cached[2]):
+            return cached[1]
+        g = gate(self.controls.windows, now)
+        flip = next_change(self.controls.windows, now) if self.controls.windows else None
+        self._gate_cache = (self.controls, g, flip)
+        return g
 
 
     @property
@@ -350,7 +363,8 @@ class Daemon:
                     deadlines.append(next_fetch - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
-                flip = next_change(self.controls.windows, datetime.now(UTC)) if self.controls.windows else None
+                self._gate()
+                flip = self._gate_cache[2] if self._gate_cache else None
                 if flip is not None:
                     deadlines.append((flip - datetime.now(UTC)).total_seconds() + 0.05)
                 finite = [x for x in deadlines if x != float("inf")]
@@ -440,7 +454,7 @@ class Daemon:
         if index.get_state("suspended") == "true":
             reason = index.get_state("suspended_reason") or ""
             return "applying is suspended" + (f" ({reason})" if reason else "") + "; `stratum resume` runs it"
-        g = gate(self.controls.windows, datetime.now(UTC))
+        g = self._gate()
         return g.reason if g.blocked else ""
 
     def _run_pending(self, reasons: list[str]) -> None:
