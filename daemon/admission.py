@@ -36,6 +36,7 @@ from daemon.signing import SigningPolicy, Verification, signing_policy_from_sett
 from reconcilers.base import Problem
 
 MAX_RANGE_COMMITS = 1000
+MAX_PATH_WORK = 20_000_000   # changes x changed paths x commits: ~4 µs per path per request, so about a minute
 
 if TYPE_CHECKING:
     from daemon.pipeline import Loaded
@@ -188,6 +189,14 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
     # 3. change control
     own: Policies | None = getattr(loaded, "policies", None)
     prior: Policies | None = getattr(base, "policies", None) if base is not None else None
+    # A policy reading changed_paths makes every request carry all of them: bound the work, failing closed.
+    work = len(paths) * (len(changes) + len(policy_changes)) * len(authors)
+    if any(p is not None and p and p.reads_changed_paths for p in (own, prior)) and work > MAX_PATH_WORK:
+        problems.append(Problem(
+            f"too large to check: {len(changes) + len(policy_changes)} change(s) x {len(paths)} changed path(s) x "
+            f"{len(authors)} commit(s), with a policy reading context.changed_paths", reconciler="policy",
+            hint="split the change into smaller commits, or avoid context.changed_paths in policies"))
+        return Admission(tip.principal, tip.signed, tip.verification, (), tuple(problems), "on", tuple(authors))
     decisions = _decide_all(own, authors, changes, settings, paths, "change control is off: no policies")
     decisions += _decide_all(prior, authors, policy_changes, settings, paths,
                              "bootstrap: no policies in force at the base revision")

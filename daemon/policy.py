@@ -162,6 +162,11 @@ class Policies:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def reads_changed_paths(self) -> bool:
+        """True when some policy may read `context.changed_paths` (what makes a request cost ~4 µs a path)."""
+        return any(_reads_paths(body) for body in self._bodies.values())
+
     def info(self, policy_id: str) -> PolicyInfo | None:
         """Where a policy lives, by id."""
         return self._info.get(policy_id)

@@ -19,6 +19,7 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
+from daemon import admission
 from daemon.admission import AdmissionSettings, admission_settings
 from daemon.cli.main import cli
 from daemon.nickel import Evaluator
@@ -373,6 +374,41 @@ def test_a_prod_change_needs_the_ops_team_from_host_settings(repo: WorkRepo, sta
 
 
 # -- 3. no self-approval -------------------------------------------------------------------------------------
+def test_an_unauthorized_commit_cannot_ride_in_under_an_authorized_one(
+        repo: WorkRepo, stack: Stack, governed: str) -> None:
+    """Two commits pushed together: bob's change (not permitted) and alice's on top. The range is judged commit
+    by commit, so the head is rejected naming bob's commit, and neither change is applied."""
+    was = before(stack)
+    bob = commit(repo, {"infra/base.ncl": infra(MOTD.replace("v1", "bob was here"), WEB)}, author=BOB)
+    head = commit(repo, {"infra/extra.ncl": infra(resource("extra", "file", path="etc/extra", content="x\n"))})
+    result = stack.run(head)
+    assert_rejected(stack, result, was)
+    assert problems(result) == [("infra/base.ncl", 3, "no permit policy allows bob@example.com to change infra:motd "
+                                                      f"(commit {bob[:12]} by bob@example.com)")]
+    report = stack.pipeline.plan(head)
+    assert report.admission is not None
+    assert [a.principal for a in report.admission.authors] == [BOB, ALICE]
+    # alice's own file was touched by her commit only: her change alone decides it.
+    extra = [d for d in report.admission.decisions if d.change.resource.uid == "infra:extra"]
+    assert [(d.allowed, d.policies) for d in extra] == [(True, ("admins",))]
+    assert not (stack.root / "etc/extra").exists()
+
+
+def test_policies_reading_changed_paths_are_bounded(repo: WorkRepo, stack: Stack, governed: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy reading context.changed_paths makes every request carry them all: past a work budget (lowered
+    here to keep the test small) the revision is rejected with the reason, never judged for minutes."""
+    paths_policy = POLICY + '\n@id("no-etc-shadow")\nforbid(principal, action, resource)\n' \
+        '  when { context.changed_paths.contains("infra/shadow.ncl") };\n'
+    assert stack.run(commit(repo, {"policies/base.cedar": paths_policy})).status == "succeeded"
+    monkeypatch.setattr(admission, "MAX_PATH_WORK", 3)
+    was = before(stack)
+    result = stack.run(commit(repo, {"infra/base.ncl": infra(MOTD.replace("v1", "v2"), WEB),
+                                     "infra/more.ncl": infra(resource("m", "file", path="etc/m", content="m\n"))}))
+    assert_rejected(stack, result, was)
+    assert "too large to check" in result.problems[0].message and "changed_paths" in result.problems[0].hint
+
+
 def test_a_commit_cannot_grant_its_own_author_rights(repo: WorkRepo, stack: Stack, governed: str) -> None:
     """bob's commit granting himself rights in policies/ and using them at once is rejected: the revision's own
     policies would allow the infra change, but the policy change is judged by the last good revision's."""
