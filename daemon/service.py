@@ -25,6 +25,7 @@ from typing import Any
 from daemon import log
 from daemon.admission import AdmissionSettings, admission_settings
 from daemon.api import ApiServer
+from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, reconciler_mounts
 from daemon.index import Index
@@ -37,7 +38,7 @@ from daemon.settings import RESTART_ONLY, Settings
 from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
-from daemon.webhook import DeliveryLog, Receiver, WebhookEndpoint, receivers_from_settings
+from daemon.webhook import Receiver, WebhookEndpoint, receivers_from_settings
 from daemon.windows import Gate, Window, gate, next_change, windows_from_settings
 
 REJECTION_EVENT_INTERVAL_S = 10.0
