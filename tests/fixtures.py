@@ -1,16 +1,20 @@
-"""Test helpers shared by every test module: real git repositories in temp dirs, commits, pushes."""
+"""Test helpers shared by every test module: real git repositories in temp dirs, commits, pushes, signing keys."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pygit2
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author", "GIT_AUTHOR_EMAIL": "author@example.com",
@@ -70,6 +74,79 @@ def bare_repo(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     git(path, "init", "-q", "--bare", "-b", "main")
     return path
+
+
+# -- tools in a clean environment, signed commits ------------------------------------------------------------
+# The outer session's agents must not sign or verify for a test: it would pass or fail for reasons of its own.
+AGENT_VARS = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GNUPGHOME", "GPG_AGENT_INFO")
+
+
+def clean_env(cwd: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment without AGENT_VARS, with the fixed git identity, HOME=`cwd` and `env` on top."""
+    full = {k: v for k, v in os.environ.items() if k not in AGENT_VARS}
+    full.update({**GIT_ENV, "HOME": str(cwd), **(env or {})})
+    return full
+
+
+def run_tool(argv: list[str], cwd: Path, env: Mapping[str, str] | None = None, check: bool = True) -> str:
+    """Run a tool in `cwd` with `clean_env(cwd, env)`; returns stdout, and fails the test on error if `check`."""
+    proc = subprocess.run(argv, cwd=cwd, env=clean_env(cwd, env), capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def ssh_signing(key: Path) -> list[str]:
+    """git's `-c` options to sign with the SSH key pair `key` (the private or the .pub path)."""
+    return ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key.with_suffix('.pub')}"]
+
+
+def commit_with(repo: WorkRepo, files: Mapping[str, str | bytes | None], *, signing: Sequence[str] = (),
+                message: str = "change", env: Mapping[str, str] | None = None) -> str:
+    """Commit `files` (an empty commit too) through `run_tool` with `env` on top, signed (`-S`) when `signing`
+    holds git's `-c` options for a key (see `ssh_signing`); returns the commit id."""
+    repo.write(files)
+    run_tool(["git", "add", "-A"], repo.path)
+    run_tool(["git", *signing, "commit", "-q", "--allow-empty", *(["-S"] if signing else []), "-m", message],
+             repo.path, env)
+    return run_tool(["git", "rev-parse", "HEAD"], repo.path)
+
+
+def with_signature(repo: pygit2.Repository, signed: str, tree_from: str) -> str:
+    """A commit object carrying `signed`'s signature but `tree_from`'s tree (a signature copied elsewhere)."""
+    commit, other = repo[signed], repo[tree_from]
+    assert isinstance(commit, pygit2.Commit) and isinstance(other, pygit2.Commit)
+    signature, payload = commit.gpg_signature
+    content = payload.decode().replace(f"tree {commit.tree_id}", f"tree {other.tree_id}", 1)
+    assert content != payload.decode()
+    return str(repo.create_commit_with_signature(content, signature.decode()))
+
+
+@dataclass(frozen=True)
+class SshKeys:
+    """Two ed25519 key pairs: alice (the one tests trust) and mallory (never trusted)."""
+
+    alice: Path
+    mallory: Path
+
+    def allowed(self, path: Path, options: str = 'namespaces="git"', principal: str = "alice@example.com") -> Path:
+        """Write an allowed-signers file trusting alice's key under `principal` with `options`; returns it."""
+        key = " ".join(self.alice.with_suffix(".pub").read_text().split()[:2])
+        path.write_text(f"{principal} {options} {key}\n")
+        return path
+
+
+def make_ssh_keys(base: Path) -> SshKeys:
+    """alice's and mallory's key pairs in `base`, made with the host's ssh-keygen.
+
+    A missing ssh-keygen fails the test rather than skipping it: .ci/run installs it, and a skip would hide the
+    signature checks.
+    """
+    assert shutil.which("ssh-keygen"), "ssh-keygen is missing: apt-get install openssh-client (.ci/run does)"
+    for name in ("alice", "mallory"):
+        run_tool(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example.com", "-f",
+                  str(base / name)], base)
+    return SshKeys(base / "alice", base / "mallory")
 
 
 def infra_file(resources: str) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,20 @@ from daemon.policy import parse_policies
 from daemon.resources import template_dir
 from daemon.settings import load_settings
 from reconcilers import registry
-from tests.fixtures import GIT_ENV, Stack, WorkRepo, git, infra, resource, tree_of
+from tests.fixtures import (
+    SshKeys,
+    Stack,
+    WorkRepo,
+    commit_with,
+    git,
+    infra,
+    make_ssh_keys,
+    resource,
+    run_tool,
+    ssh_signing,
+    tree_of,
+    with_signature,
+)
 
 needs_ssh = pytest.mark.usefixtures("ssh_keys")   # the fixture fails loudly when ssh-keygen is missing
 
@@ -50,7 +62,6 @@ forbid(principal, action, resource)
   unless { principal in Stratum::Team::"ops" };
 """
 GRANT = POLICY + '\n@id("bob-may-change")\npermit(principal == Stratum::User::"bob@example.com", action, resource);\n'
-_AGENT_VARS = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GNUPGHOME", "GPG_AGENT_INFO")
 
 
 def motd(text: str, *more: str) -> dict[str, str]:
@@ -64,75 +75,30 @@ def prod_db(content: str = "db\n") -> str:
 
 
 # -- real commits by real people -----------------------------------------------------------------------------
-def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    """Run a tool with the fixtures' git identity, no agents from the outer session, and `env` on top."""
-    full = {k: v for k, v in os.environ.items() if k not in _AGENT_VARS}
-    full.update({**GIT_ENV, "HOME": str(cwd), **(env or {})})
-    proc = subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed: {proc.stderr}")
-    return proc.stdout.strip()
-
-
-def commit(repo: WorkRepo, files: dict[str, str | None], *, author: str = ALICE, key: Path | None = None,
+def commit(repo: WorkRepo, files: Mapping[str, str | None], *, author: str = ALICE, key: Path | None = None,
            message: str = "change") -> str:
     """Commit `files` authored by `author` (the committer is a CI bot), signed with the SSH key `key` when
     given; returns the commit id."""
-    repo.write(files)
     env = {"GIT_AUTHOR_NAME": author.split("@")[0], "GIT_AUTHOR_EMAIL": author,
            "GIT_COMMITTER_NAME": "CI", "GIT_COMMITTER_EMAIL": "ci@example.com"}
-    sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key.with_suffix('.pub')}"] if key else []
-    _run(["git", "add", "-A"], repo.path)
-    _run(["git", *sign, "commit", "-q", "--allow-empty", *(["-S"] if key else []), "-m", message], repo.path, env)
-    return _run(["git", "rev-parse", "HEAD"], repo.path)
+    return commit_with(repo, files, signing=ssh_signing(key) if key else (), message=message, env=env)
 
 
 def forge(repo: WorkRepo, signed: str, tree_from: str) -> str:
     """A commit carrying `signed`'s signature but `tree_from`'s tree (a signature copied elsewhere), made the
     tip of main."""
-    git = pygit2.Repository(str(repo.path))
-    good, other = git[signed], git[tree_from]
-    assert isinstance(good, pygit2.Commit) and isinstance(other, pygit2.Commit)
-    signature, payload = good.gpg_signature
-    content = payload.decode().replace(f"tree {good.tree_id}", f"tree {other.tree_id}", 1)
-    assert content != payload.decode()
-    forged = str(git.create_commit_with_signature(content, signature.decode()))
-    _run(["git", "update-ref", "refs/heads/main", forged], repo.path)
+    forged = with_signature(pygit2.Repository(str(repo.path)), signed, tree_from)
+    run_tool(["git", "update-ref", "refs/heads/main", forged], repo.path)
     return forged
-
-
-@dataclass(frozen=True)
-class SshKeys:
-    """alice's key (trusted in allowed signers as alice@example.com) and mallory's (trusted nowhere)."""
-
-    alice: Path
-    mallory: Path
-    allowed: Path
 
 
 @pytest.fixture(scope="module")
 def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SshKeys:
-    """Key pairs and an allowed-signers file, made once per module with the host's ssh-keygen."""
-    assert shutil.which("ssh-keygen"), "ssh-keygen is missing: apt-get install openssh-client (.ci/run does)"
-    base = tmp_path_factory.mktemp("ssh-keys")
-    for name in ("alice", "mallory"):
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example.com", "-f", str(base / name)],
-             base)
-    key = " ".join((base / "alice.pub").read_text().split()[:2])
-    allowed = base / "allowed_signers"
-    allowed.write_text(f'{ALICE} namespaces="git" {key}\n')
-    return SshKeys(base / "alice", base / "mallory", allowed)
+    """Key pairs made once per module with the host's ssh-keygen (failing, never skipping, without it)."""
+    return make_ssh_keys(tmp_path_factory.mktemp("ssh-keys"))
 
 
 # -- the pipeline and its host settings ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def evaluator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluator]:
-    """One Nickel worker for the module, as a daemon keeps one across revisions."""
-    ev = Evaluator(tmp_path_factory.mktemp("nickel-cache"))
-    yield ev
-    ev.close()
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> WorkRepo:
     """A work repository (no commits yet)."""
@@ -158,9 +124,10 @@ def host(stack: Stack, toml: str, name: str = "stratumd.toml") -> AdmissionSetti
 
 
 def signing_toml(keys: SshKeys, require: bool = True) -> str:
-    """A [signing] section trusting alice's key."""
+    """A [signing] section trusting alice's key as alice@example.com (its allowed-signers file beside the keys)."""
+    allowed = keys.allowed(keys.alice.parent / "allowed_signers")
     return f"[signing]\nrequire_signed_commits = {'true' if require else 'false'}\n" \
-           f"allowed_signers = {json.dumps(str(keys.allowed))}\n"
+           f"allowed_signers = {json.dumps(str(allowed))}\n"
 
 
 def teams_toml(*ops: str) -> str:
@@ -243,7 +210,7 @@ def test_an_unsigned_commit_is_rejected_and_the_last_good_revision_stays(
     assert_rejected(stack, result, was)
     [problem] = result.problems
     assert problem.message.startswith(f"commit {rev[:12]} rejected: signed commits are required")
-    _run(["git", "reset", "-q", "--hard", signed_good], repo.path)
+    run_tool(["git", "reset", "-q", "--hard", signed_good], repo.path)
     fixed = commit(repo, motd("v3"), key=ssh_keys.alice)
     assert stack.run(fixed).status == "succeeded"
     assert (stack.root / "etc/motd").read_text() == "v3\n"
@@ -271,7 +238,7 @@ def test_a_signature_copied_from_another_commit_is_rejected(
     verify: the revision is rejected and its tree is never applied."""
     was = before(stack)
     evil = commit(repo, motd("evil", resource("backdoor", "file", path="etc/backdoor", content="x\n")))
-    _run(["git", "reset", "-q", "--hard", signed_good], repo.path)
+    run_tool(["git", "reset", "-q", "--hard", signed_good], repo.path)
     approved = commit(repo, motd("approved"), key=ssh_keys.alice)
     forged = forge(repo, approved, evil)
     assert stack.source.verify_signature(approved, stack.pipeline.admission.signing).valid
@@ -468,16 +435,16 @@ def test_rewritten_history_does_not_make_new_policies_a_bootstrap(
     never judges the new tip's policies/ as a bootstrap: the last good commit survives through
     refs/stratum/last-good and its policies reject bob's orphan commit; and when even that ref was deleted, the
     commit is rejected because its base cannot be read. Nothing of it is applied either way."""
-    _run(["git", "checkout", "-q", "--orphan", "rewrite"], repo.path)
+    run_tool(["git", "checkout", "-q", "--orphan", "rewrite"], repo.path)
     rev = commit(repo, {**BASE, "policies/base.cedar": GRANT, **motd("bob owns this")}, author=BOB)
-    _run(["git", "branch", "-f", "main", rev], repo.path)
-    _run(["git", "checkout", "-q", "main"], repo.path)
-    _run(["git", "branch", "-q", "-D", "rewrite"], repo.path)
-    assert _run(["git", "rev-parse", "refs/stratum/last-good"], repo.path).strip() == governed
+    run_tool(["git", "branch", "-f", "main", rev], repo.path)
+    run_tool(["git", "checkout", "-q", "main"], repo.path)
+    run_tool(["git", "branch", "-q", "-D", "rewrite"], repo.path)
+    assert run_tool(["git", "rev-parse", "refs/stratum/last-good"], repo.path).strip() == governed
     if not keep_ref:
-        _run(["git", "update-ref", "-d", "refs/stratum/last-good"], repo.path)
-    _run(["git", "reflog", "expire", "--expire=now", "--all"], repo.path)
-    _run(["git", "gc", "-q", "--prune=now"], repo.path)
+        run_tool(["git", "update-ref", "-d", "refs/stratum/last-good"], repo.path)
+    run_tool(["git", "reflog", "expire", "--expire=now", "--all"], repo.path)
+    run_tool(["git", "gc", "-q", "--prune=now"], repo.path)
     stack.index.close()
     fresh = Stack(tmp_path, repo.path, evaluator=evaluator)
     try:
@@ -568,7 +535,7 @@ class TestValidate:
         exits 1, for the staged tree and for a committed revision (`--rev`)."""
         good = commit(repo, {**BASE, "policies/base.cedar": POLICY})
         repo.write({"policies/x.cedar": text})
-        _run(["git", "add", "policies/x.cedar"], repo.path)
+        run_tool(["git", "add", "policies/x.cedar"], repo.path)
         args = ("validate", "--repo", repo.path, "--data-dir", tmp_path / "data")
         staged = stratum(*args)
         assert staged.exit_code == 1, staged.output
@@ -576,7 +543,7 @@ class TestValidate:
         [line] = staged.stderr.splitlines()[:1]
         assert line.startswith(where + words), staged.stderr
         bad = commit(repo, {})
-        _run(["git", "reset", "-q", "--hard", good], repo.path)
+        run_tool(["git", "reset", "-q", "--hard", good], repo.path)
         assert stratum(*args).exit_code == 0
         committed = stratum(*args, "--rev", bad)
         assert committed.exit_code == 1
@@ -637,7 +604,7 @@ class TestPlan:
         assert "- signature: unsigned: the commit is not signed" in md.stdout
         assert "| ❌ | change `infra:motd` | no permit policy allows bob@example.com to change infra:motd |" \
             in md.stdout
-        _run(["git", "reset", "-q", "--hard", "HEAD~1"], repo.path)
+        run_tool(["git", "reset", "-q", "--hard", "HEAD~1"], repo.path)
         alices = commit(repo, motd("alice's"))
         ok = stratum("plan", *args, "--head", alices, "--format", "markdown")
         assert ok.exit_code == 0, ok.output

@@ -31,14 +31,6 @@ def repo(tmp_path: Path) -> WorkRepo:
     return WorkRepo(tmp_path / "repo")
 
 
-@pytest.fixture(scope="module")
-def evaluator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evaluator]:
-    """One Nickel worker for the module, as a daemon keeps one across revisions and repositories."""
-    ev = Evaluator(tmp_path_factory.mktemp("nickel-cache"))
-    yield ev
-    ev.close()
-
-
 @pytest.fixture
 def stack(tmp_path: Path, repo: WorkRepo, evaluator: Evaluator) -> Iterator[Stack]:
     """The real pipeline over `repo`, its host root at tmp/root."""

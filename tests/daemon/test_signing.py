@@ -14,7 +14,16 @@ import pytest
 
 from daemon.errors import SettingsError
 from daemon.signing import MAX_SIGNATURE_BYTES, SigningPolicy, signing_policy_from_settings, verify_commit
-from tests.fixtures import GIT_ENV, WorkRepo
+from tests.fixtures import (
+    SshKeys,
+    WorkRepo,
+    clean_env,
+    commit_with,
+    make_ssh_keys,
+    run_tool,
+    ssh_signing,
+    with_signature,
+)
 
 # Not skips: .ci/run installs these tools, and a missing one must fail loudly rather than hide the checks.
 needs_ssh = pytest.mark.usefixtures("_ssh_tools")
@@ -30,70 +39,25 @@ def _ssh_tools() -> None:
 def _gpg_tools() -> None:
     missing = [t for t in ("gpg", "gpgv", "gpgconf") if shutil.which(t) is None]
     assert not missing, f"{', '.join(missing)} missing: apt-get install gnupg gpgv"
-_AGENT_VARS = ("SSH_AUTH_SOCK", "SSH_AGENT_PID", "GNUPGHOME", "GPG_AGENT_INFO")
-
-
-def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run a tool with a fixed git identity, no agents from the outer session, and `env` on top; returns stdout."""
-    full = {k: v for k, v in os.environ.items() if k not in _AGENT_VARS}
-    full.update({**GIT_ENV, "HOME": str(cwd), **(env or {})})
-    proc = subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed: {proc.stderr}")
-    return proc.stdout.strip()
 
 
 def _ssh_commit(repo: WorkRepo, key: Path, files: dict[str, str], env: dict[str, str] | None = None) -> str:
     """Commit `files` signed with the SSH key `key` (its .pub path, as git's user.signingkey); returns the id."""
-    repo.write(files)
-    _run(["git", "add", "-A"], repo.path)
-    _run(["git", "-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-q", "-S", "-m", "signed"],
-         repo.path, env)
-    return _run(["git", "rev-parse", "HEAD"], repo.path)
+    return commit_with(repo, files, signing=ssh_signing(key), message="signed", env=env)
 
 
 def _git_verifies(repo: Path, commit: str, allowed: Path | None = None, env: dict[str, str] | None = None) -> bool:
     """What `git verify-commit` says of the commit (with the allowed-signers file for SSH)."""
     extra = ["-c", f"gpg.ssh.allowedSignersFile={allowed}"] if allowed else []
     argv = ["git", *extra, "verify-commit", commit]
-    full = {k: v for k, v in os.environ.items() if k not in _AGENT_VARS}
-    full.update({**GIT_ENV, "HOME": str(repo), **(env or {})})
-    return subprocess.run(argv, cwd=repo, env=full, capture_output=True, check=False).returncode == 0
-
-
-def _with_signature(repo: pygit2.Repository, signed: str, tree_from: str) -> str:
-    """A commit object carrying `signed`'s signature but `tree_from`'s tree (a signature copied elsewhere)."""
-    commit, other = repo[signed], repo[tree_from]
-    assert isinstance(commit, pygit2.Commit) and isinstance(other, pygit2.Commit)
-    signature, payload = commit.gpg_signature
-    content = payload.decode().replace(f"tree {commit.tree_id}", f"tree {other.tree_id}", 1)
-    assert content != payload.decode()
-    return str(repo.create_commit_with_signature(content, signature.decode()))
+    return subprocess.run(argv, cwd=repo, env=clean_env(repo, env), capture_output=True, check=False).returncode == 0
 
 
 # -- SSH -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SshKeys:
-    """Two ed25519 key pairs: alice (trusted in the tests' allowed signers) and mallory (never trusted)."""
-
-    alice: Path
-    mallory: Path
-
-    def allowed(self, path: Path, options: str = 'namespaces="git"', principal: str = "alice@example.com") -> Path:
-        """Write an allowed-signers file trusting alice's key under `principal` with `options`; returns it."""
-        key = " ".join(self.alice.with_suffix(".pub").read_text().split()[:2])
-        path.write_text(f"{principal} {options} {key}\n")
-        return path
-
-
 @pytest.fixture(scope="module")
 def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SshKeys:
     """Key pairs made once per module with the host's ssh-keygen."""
-    base = tmp_path_factory.mktemp("ssh-keys")
-    for name in ("alice", "mallory"):
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@example.com", "-f", str(base / name)],
-             base)
-    return SshKeys(base / "alice", base / "mallory")
+    return make_ssh_keys(tmp_path_factory.mktemp("ssh-keys"))
 
 
 @pytest.fixture
@@ -144,10 +108,10 @@ class TestSsh:
     def test_signature_copied_onto_another_tree_is_invalid(self, ssh_keys: SshKeys, work: WorkRepo) -> None:
         """A good signature attached to a commit with a different tree does not verify, and git agrees."""
         allowed = ssh_keys.allowed(work.path.parent / "allowed_signers")
-        start = _run(["git", "rev-parse", "HEAD"], work.path)
+        start = run_tool(["git", "rev-parse", "HEAD"], work.path)
         signed = _ssh_commit(work, ssh_keys.alice.with_suffix(".pub"), {"a.txt": "approved\n"})
         repo = pygit2.Repository(str(work.path))
-        forged = _with_signature(repo, signed, start)
+        forged = with_signature(repo, signed, start)
         v = verify_commit(repo, forged, _policy(allowed))
         assert (v.signed, v.valid, v.method, v.principal) == (True, False, "ssh", None)
         assert "not valid for this commit" in v.reason
@@ -285,8 +249,9 @@ def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
     env = {"GNUPGHOME": str(home)}
     try:
         for uid in ("Bob <bob@example.com>", "Eve <eve@example.com>"):
-            _run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"], base, env)
-        listing = _run(["gpg", "--batch", "--with-colons", "--list-keys", "bob@example.com"], base, env)
+            run_tool(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"], base,
+                     env)
+        listing = run_tool(["gpg", "--batch", "--with-colons", "--list-keys", "bob@example.com"], base, env)
         bob = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
         keyrings = {}
         for name in ("bob", "eve"):
@@ -297,16 +262,13 @@ def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
             keyrings[name].write_bytes(out)
         yield GpgKeys(home, bob, keyrings["bob"], keyrings["eve"])
     finally:
-        _run(["gpgconf", "--kill", "gpg-agent"], base, env, check=False)
+        run_tool(["gpgconf", "--kill", "gpg-agent"], base, env, check=False)
 
 
 def _gpg_commit(repo: WorkRepo, keys: GpgKeys, files: dict[str, str]) -> str:
     """Commit `files` signed with Bob's OpenPGP key through git's gpg program; returns the id."""
-    repo.write(files)
-    _run(["git", "add", "-A"], repo.path)
-    _run(["git", "-c", "gpg.program=gpg", "-c", f"user.signingkey={keys.bob}", "commit", "-q", "-S", "-m", "gpg"],
-         repo.path, {"GNUPGHOME": str(keys.home)})
-    return _run(["git", "rev-parse", "HEAD"], repo.path)
+    return commit_with(repo, files, signing=["-c", "gpg.program=gpg", "-c", f"user.signingkey={keys.bob}"],
+                       message="gpg", env={"GNUPGHOME": str(keys.home)})
 
 
 @needs_gpg
@@ -329,10 +291,10 @@ class TestGpg:
 
     def test_signature_copied_onto_another_tree_is_invalid(self, gpg_keys: GpgKeys, work: WorkRepo) -> None:
         """A good OpenPGP signature attached to a commit with another tree is bad, and git agrees."""
-        start = _run(["git", "rev-parse", "HEAD"], work.path)
+        start = run_tool(["git", "rev-parse", "HEAD"], work.path)
         signed = _gpg_commit(work, gpg_keys, {"a.txt": "approved\n"})
         repo = pygit2.Repository(str(work.path))
-        forged = _with_signature(repo, signed, start)
+        forged = with_signature(repo, signed, start)
         v = verify_commit(repo, forged, _policy(keyring=gpg_keys.bob_keyring))
         assert (v.signed, v.valid, v.method) == (True, False, "gpg")
         assert "bad gpg signature" in v.reason
