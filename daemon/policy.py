@@ -5,15 +5,12 @@ cedarpy against those policies and Stratum's schema (nickel/stratum.cedarschema)
 `policies/` itself with the policies of the last good revision (no self-approval). A repo without policy files
 has change control off. Everything here is pure except reading the snapshot.
 
-cedarpy reports a syntax error as a bare message ("unexpected token `}`") without a source span, so `_locate`
-finds the position itself: a small tokenizer splits the file into statements, and the failing statement's token
-prefixes are re-parsed until the parser stops asking for more input. Policy ids are the `@id` annotation or
-"<file>:<line>" of the `permit`/`forbid` keyword, so every decision points into the repo.
+cedarpy reports errors without a source span, so `daemon.cedar_locate` finds where they point. Policy ids are the
+`@id` annotation or "<file>:<line>" of the `permit`/`forbid` keyword, so every decision points into the repo.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import re
@@ -24,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cedarpy
 
+from daemon.cedar_locate import Lines, Token, effect_offset, quoted_offset, statements, syntax_error_offset
 from daemon.errors import InputError
 from daemon.resources import nickel_dir
 from reconcilers.base import Problem
@@ -40,7 +38,6 @@ ChangeAction = Literal["create", "change", "delete"]
 _STATUS: Mapping[str, ChangeAction] = {"added": "create", "renamed": "create", "copied": "create",
                                        "deleted": "delete"}  # anything else (modified, typechange) is a change
 _NO_TEAMS: Mapping[str, Sequence[str]] = MappingProxyType({})
-_EOF = "unexpected end of input"
 _ERRED = re.compile(r"^error while evaluating policy `([^`]*)`")
 _SYNTAX_HINT = "fix the Cedar syntax at this position; every policy ends with `;`"
 _SCHEMA_HINT = ("resources have kind, path, provider, reconciler and source; labels are tags "
@@ -322,8 +319,8 @@ def _load_all(texts: Mapping[str, str]) -> tuple[dict[str, tuple[PolicyInfo, Any
 
 def _load_file(path: str, text: str) -> tuple[dict[str, tuple[PolicyInfo, Any]], list[Problem]]:
     """One file's policies by id (parse, templates, ids, schema) and its problems."""
-    lines = _Lines(text)
-    stmts = _statements(_tokens(text))
+    lines = Lines(text)
+    stmts = statements(text)
 
     def problem(message: str, offset: int, hint: str) -> Problem:
         line, col = lines.at(offset)
@@ -332,19 +329,20 @@ def _load_file(path: str, text: str) -> tuple[dict[str, tuple[PolicyInfo, Any]],
     try:
         est = json.loads(cedarpy.policies_to_json_str(text))
     except ValueError as err:
-        return {}, [problem(f"Cedar syntax error: {err}", _locate(text, stmts), _SYNTAX_HINT)]
+        return {}, [problem(f"Cedar syntax error: {err}", syntax_error_offset(text, stmts), _SYNTAX_HINT)]
     parsed: dict[str, Any] = {**est.get("staticPolicies", {}), **est.get("templates", {})}
     # Cedar numbers policies policy0, policy1, ... in text order: the n-th statement is policy n.
     order = sorted(parsed, key=lambda pid: int(pid.removeprefix("policy")))
     if len(order) != len(stmts):
         stmts = [[] for _ in order]  # cannot happen with Cedar's grammar; lose the positions, not the policies
     out: dict[str, tuple[PolicyInfo, Any]] = {}
-    by_cedar_id: dict[str, tuple[str, list[_Token]]] = {}
+    by_cedar_id: dict[str, tuple[str, list[Token]]] = {}
     problems: list[Problem] = []
     for pid, stmt in zip(order, stmts, strict=True):
-        offset = _effect(stmt).start if stmt else 0
+        offset = effect_offset(stmt)
         line, col = lines.at(offset)
-        ident = f"{path}:{line}" if f"{path}:{line}" not in out else f"{path}:{line}:{col}"
+        where = f"{path}:{line}"
+        ident = where if where not in out else f"{where}:{col}"
         annotations = parsed[pid].get("annotations") or {}
         if "id" in annotations:
             ident = str(annotations["id"] or "")
@@ -364,107 +362,9 @@ def _load_file(path: str, text: str) -> tuple[dict[str, tuple[PolicyInfo, Any]],
         if (ident, message) in seen:
             continue  # Cedar repeats an error once per action the policy may apply to
         seen.add((ident, message))
-        offset = _quoted(text, stmt, message) if stmt else 0
+        offset = quoted_offset(text, stmt, message)
         problems.append(problem(f"policy {ident} does not fit Stratum's schema: {message}", offset, _SCHEMA_HINT))
     return out, problems
-
-
-# -- where cedarpy's errors point -----------------------------------------------------------------------------
-_TOKEN = re.compile(r'(?P<ws>\s+)|(?P<comment>//[^\n]*)|(?P<str>"(?:[^"\\]|\\.)*"?)|(?P<id>[_a-zA-Z]\w*)'
-                    r"|(?P<num>[0-9]+)|(?P<op>::|==|!=|<=|>=|&&|\|\||.)", re.DOTALL | re.ASCII)
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str
-    text: str
-    start: int
-
-    @property
-    def end(self) -> int:
-        return self.start + len(self.text)
-
-
-def _tokens(text: str) -> list[_Token]:
-    """Cedar tokens without whitespace and comments (an unterminated string runs to the end)."""
-    return [_Token(m.lastgroup or "", m.group(), m.start()) for m in _TOKEN.finditer(text)
-            if m.lastgroup not in ("ws", "comment")]
-
-
-def _statements(tokens: list[_Token]) -> list[list[_Token]]:
-    """Tokens split after each `;` (Cedar has no other use for it outside strings)."""
-    out: list[list[_Token]] = [[]]
-    for tok in tokens:
-        out[-1].append(tok)
-        if tok.kind == "op" and tok.text == ";":
-            out.append([])
-    return [s for s in out if s]
-
-
-def _effect(stmt: list[_Token]) -> _Token:
-    """The `permit`/`forbid` keyword of a statement (not an annotation named so), else its first token."""
-    for i, tok in enumerate(stmt):
-        if tok.kind == "id" and tok.text in ("permit", "forbid") and (i == 0 or stmt[i - 1].text != "@"):
-            return tok
-    return stmt[0]
-
-
-class _Lines:
-    """Offsets to 1-based line:col."""
-
-    def __init__(self, text: str) -> None:
-        self._starts = [0, *(m.end() for m in re.finditer("\n", text))]
-
-    def at(self, offset: int) -> tuple[int, int]:
-        i = bisect.bisect_right(self._starts, offset) - 1
-        return i + 1, offset - self._starts[i] + 1
-
-
-def _parse_error(text: str) -> str | None:
-    try:
-        cedarpy.policies_to_json_str(text)
-    except ValueError as err:
-        return str(err)
-    return None
-
-
-def _locate(text: str, stmts: list[list[_Token]]) -> int:
-    """The offset of the first syntax error: the first statement that fails on its own, and in it the first
-    token after which the parser no longer wants more input."""
-    for stmt in stmts:
-        base = stmt[0].start
-        message = _parse_error(text[base:stmt[-1].end])
-        if message is None:
-            continue
-        if message.startswith(_EOF):
-            return stmt[-1].end
-        if not message.startswith(("unexpected token", "invalid token")):
-            return _quoted(text, stmt, message)
-        lo, hi = 0, len(stmt) - 1      # the whole statement fails; find the shortest failing prefix
-        while lo < hi:
-            mid = (lo + hi) // 2
-            err = _parse_error(text[base:stmt[mid].end])
-            if err is not None and not err.startswith(_EOF):
-                hi = mid
-            else:
-                lo = mid + 1
-        return stmt[lo].start
-    return len(text.rstrip())
-
-
-def _quoted(text: str, stmt: list[_Token], message: str) -> int:
-    """The offset of what an error message quotes (`foo`, or the text after its last colon) in a statement,
-    else of the statement's effect keyword."""
-    wanted = re.findall(r"`([^`]+)`", message) + ([message.rsplit(": ", 1)[1]] if ": " in message else [])
-    for text_wanted in wanted:
-        for tok in stmt:
-            if tok.text == text_wanted:
-                return tok.start
-        lo, hi = stmt[0].start, stmt[-1].end
-        found = text.rfind(text_wanted, lo, hi) if message.startswith("duplicate") else text.find(text_wanted, lo, hi)
-        if found >= 0:
-            return found
-    return _effect(stmt).start
 
 
 # -- deciding -------------------------------------------------------------------------------------------------
