@@ -361,6 +361,33 @@ def test_an_unauthorized_commit_cannot_ride_in_under_an_authorized_one(
     assert not (stack.root / "etc/extra").exists()
 
 
+def test_a_valid_signature_by_a_key_without_email_is_that_key_not_the_claimed_author(
+        tmp_path: Path, repo: WorkRepo, stack: Stack, governed: str) -> None:
+    """A commit authored as alice but signed by a trusted GPG key whose uid has no email is judged as that key
+    (`key:<fingerprint>`), never as alice: the author field is the signer's to choose."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home)}
+    try:
+        run_tool(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "Build Bot", "ed25519", "sign", "never"],
+                 tmp_path, env)
+        listing = run_tool(["gpg", "--batch", "--with-colons", "--list-keys", "Build Bot"], tmp_path, env)
+        fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        keyring = tmp_path / "trusted.gpg"
+        keyring.write_bytes(subprocess.run(["gpg", "--batch", "--export", fpr], capture_output=True, check=True,
+                                           env={**os.environ, **env}).stdout)
+        host(stack, teams_toml("carol@example.com") + f"[signing]\ngpg_keyring = {json.dumps(str(keyring))}\n")
+        git_env = {**env, "GIT_AUTHOR_NAME": "alice", "GIT_AUTHOR_EMAIL": ALICE}
+        rev = commit_with(repo, {"infra/base.ncl": infra(MOTD.replace("v1", "v2"), WEB)}, env=git_env,
+                          signing=["-c", "gpg.program=gpg", "-c", f"user.signingkey={fpr}"])
+    finally:
+        run_tool(["gpgconf", "--kill", "gpg-agent"], tmp_path, env, check=False)
+    was = before(stack)
+    result = stack.run(rev)
+    assert_rejected(stack, result, was)
+    assert problems(result) == [("infra/base.ncl", 3, f"no permit policy allows key:{fpr} to change infra:motd")]
+
+
 def test_policies_reading_changed_paths_are_bounded(repo: WorkRepo, stack: Stack, governed: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A policy reading context.changed_paths makes every request carry them all: past a work budget (lowered
