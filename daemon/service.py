@@ -17,83 +17,31 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
 from daemon import log
-from daemon.admission import AdmissionSettings, admission_settings
 from daemon.api import ApiServer
+from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, reconciler_mounts
-from daemon.index import Index
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
 from daemon.report import plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
-from daemon.settings import RESTART_ONLY, Settings
+from daemon.settings import Settings
 from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
-from daemon.webhook import Receiver, WebhookEndpoint, receivers_from_settings
-from daemon.windows import Gate, Window, gate, next_change, windows_from_settings
+from daemon.webhook import WebhookEndpoint
+from daemon.windows import Gate, gate, next_change
 
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
-
-
-@dataclass(frozen=True, slots=True)
-class HostControls:
-    """The parts of host settings the loop consults on every wake, rebuilt (and checked) on SIGHUP."""
-
-    receivers: dict[str, Receiver]
-    windows: tuple[Window, ...]
-    admission: AdmissionSettings
-
-
-def host_controls(settings: Settings) -> HostControls:
-    """Check and build the webhook, window and admission settings; raises SettingsError naming the file."""
-    where = str(settings.config_path or "")
-    hooks = settings.sections.get("webhooks", {})
-    windows = settings.sections.get("windows", [])
-    if not isinstance(hooks, dict):
-        raise SettingsError("[webhooks] must be tables: [webhooks.<name>]", where=where)
-    if not isinstance(windows, list):
-        raise SettingsError("windows must be an array of tables: [[windows]]", where=where)
-    return HostControls(receivers_from_settings(hooks, where), windows_from_settings(windows, where),
-                        admission_settings(settings, where))
-
-
-LIVE_SECTIONS = frozenset({"webhooks", "signing", "policy", "windows"})   # what a reload changes in place
-
-
-def _merge_reload(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
-    """The settings a reload puts in force: `new`, except what only a restart can change (kept from `old`,
-    so everything derived from them sees what actually runs); returns them and the names kept back."""
-    stuck = [f.name for f in fields(old) if f.name in RESTART_ONLY and getattr(old, f.name) != getattr(new, f.name)]
-    sections = dict(new.sections)
-    for key in (set(old.sections) | set(new.sections)) - LIVE_SECTIONS:
-        if old.sections.get(key) != new.sections.get(key):
-            stuck.append(f"[{key}]")
-            if key in old.sections:
-                sections[key] = old.sections[key]
-            else:
-                sections.pop(key)
-    kept = {n: getattr(old, n) for n in stuck if n in RESTART_ONLY}
-    return replace(new, **kept, sections=MappingProxyType(sections)), stuck
-
-
-def refuse_manual(index: Index, windows: tuple[Window, ...]) -> None:
-    """A person's apply/rollback is refused while suspended, or in a window that does not allow manual runs."""
-    if index.get_state("suspended") == "true":
-        raise StratumError("applying is suspended", hint="`stratum resume` first, or pass --force")
-    g = gate(windows, datetime.now(UTC), manual=True)
-    if g.blocked:
-        raise StratumError(f"blocked: {g.reason}", hint="wait for the window to end, or pass --force")
 
 
 class Daemon:
@@ -320,7 +268,7 @@ class Daemon:
             if config is not None and self._config_existed and not config.exists():
                 raise SettingsError("the settings file is gone; keeping the settings it gave at start",
                                     where=str(config), hint="restore the file, then reload again")
-            new, stuck = _merge_reload(self.settings, self._reload())
+            new, stuck = merge_reload(self.settings, self._reload())
             controls = host_controls(new)
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"

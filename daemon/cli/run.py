@@ -10,10 +10,10 @@ import click
 
 from daemon import api, log
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
+from daemon.controls import host_controls, refuse_manual
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
 from daemon.runtime import build
-from daemon.service import host_controls, refuse_manual
 from daemon.settings import Settings
 
 
