@@ -99,20 +99,6 @@ def ssh_keys(tmp_path_factory: pytest.TempPathFactory) -> SshKeys:
 
 
 # -- the pipeline and its host settings ----------------------------------------------------------------------
-@pytest.fixture
-def repo(tmp_path: Path) -> WorkRepo:
-    """A work repository (no commits yet)."""
-    return WorkRepo(tmp_path / "repo")
-
-
-@pytest.fixture
-def stack(tmp_path: Path, repo: WorkRepo, evaluator: Evaluator) -> Iterator[Stack]:
-    """The real pipeline over `repo`, its host root at tmp/root; no host settings yet."""
-    s = Stack(tmp_path, repo.path, evaluator=evaluator)
-    yield s
-    s.close()
-
-
 def host(stack: Stack, toml: str, name: str = "stratumd.toml") -> AdmissionSettings:
     """Write host settings, build the admission settings from them as the daemon does, and hand them to the
     pipeline (what start-up or a SIGHUP reload does)."""

@@ -21,12 +21,6 @@ LOCATED = re.compile(r"^(?P<path>[\w./-]+):(?P<line>\d+):(?P<col>\d+): (?P<messa
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> WorkRepo:
-    """An empty work repository."""
-    return WorkRepo(tmp_path / "repo")
-
-
-@pytest.fixture
 def evaluator(tmp_path: Path) -> Iterator[Evaluator]:
     """An evaluator with a short deadline, its worker stopped afterwards."""
     ev = Evaluator(tmp_path / "cache", timeout=5.0)

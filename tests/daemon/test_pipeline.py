@@ -4,13 +4,12 @@ rejected revisions (nothing half-applied, the last good revision in force), note
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon.nickel import Evaluator
 from daemon.plan import Executor
 from reconcilers.base import ApplyContext, InventoryItem, Problem
 from tests.fixtures import Raw, Stack, WorkRepo, infra, resource, tree_of
@@ -23,20 +22,6 @@ BASE = {
         resource("conf", "file", path="srv/app.conf", content="port = 1\n", mode="0600", depends_on=["srv"]),
     ),
 }
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> WorkRepo:
-    """A work repository (no commits yet)."""
-    return WorkRepo(tmp_path / "repo")
-
-
-@pytest.fixture
-def stack(tmp_path: Path, repo: WorkRepo, evaluator: Evaluator) -> Iterator[Stack]:
-    """The real pipeline over `repo`, its host root at tmp/root."""
-    s = Stack(tmp_path, repo.path, evaluator=evaluator)
-    yield s
-    s.close()
 
 
 @pytest.fixture
