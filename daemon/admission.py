@@ -117,7 +117,6 @@ class Author:
     principal: str                            # verified signer, else `key:<fingerprint>`, else author email
     signed: bool
     verification: Verification | None
-    touched: frozenset[str]                   # paths it changed against every parent (a merge's own edits)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -132,7 +131,7 @@ def _author(source: GitSource, info: CommitInfo, settings: AdmissionSettings) ->
         principal = verification.principal or f"key:{verification.key}"
     else:
         principal = info.email
-    return Author(info.id, principal, signed, verification, frozenset(source.touched_paths(info.id)))
+    return Author(info.id, principal, signed, verification)
 
 
 def _range(source: GitSource, revision: str, base: Loaded | None, settings: AdmissionSettings,
@@ -197,8 +196,8 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
             f"{len(authors)} commit(s), with a policy reading context.changed_paths", reconciler="policy",
             hint="split the change into smaller commits, or avoid context.changed_paths in policies"))
         return Admission(tip.principal, tip.signed, tip.verification, (), tuple(problems), "on", tuple(authors))
-    decisions = _decide_all(own, authors, changes, settings, paths, "change control is off: no policies")
-    decisions += _decide_all(prior, authors, policy_changes, settings, paths,
+    decisions = _decide_all(source, own, authors, changes, settings, paths, "change control is off: no policies")
+    decisions += _decide_all(source, prior, authors, policy_changes, settings, paths,
                              "bootstrap: no policies in force at the base revision")
     for d in decisions:
         if not d.allowed:
@@ -211,17 +210,19 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
                      tuple(authors))
 
 
-def _decide_all(policies: Policies | None, authors: Sequence[Author], changes: Sequence[Change],
+def _decide_all(source: GitSource, policies: Policies | None, authors: Sequence[Author], changes: Sequence[Change],
                 settings: AdmissionSettings, paths: tuple[str, ...], off_reason: str) -> list[Decision]:
     """One decision per change: allowed only when every commit that made it is allowed to."""
     if not changes:
         return []
     if not policies:
         return [Decision(c, True, (), off_reason) for c in changes]
+    # What each commit itself changed (a merge: against every parent); only needed when policies are in force.
+    touched = [source.touched_paths(a.commit) for a in authors]
     by_author: dict[int, list[Change]] = {}
     for c in changes:
         files = {c.resource.source, c.resource.path} - {""}
-        makers = [i for i, a in enumerate(authors) if a.touched & files] or range(len(authors))
+        makers = [i for i, t in enumerate(touched) if t & files] or range(len(authors))
         for i in makers:
             by_author.setdefault(i, []).append(c)
     verdicts: dict[int, list[tuple[Author, Decision]]] = {}

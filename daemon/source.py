@@ -207,6 +207,7 @@ class GitSource:
         self.branch = branch
         self.remote = is_url(location)
         self._lock = threading.RLock()
+        self._diffs: dict[tuple[str, str], tuple[tuple[str, str, str], ...]] = {}   # see changes()
         try:
             if self.remote:
                 self.repo = self._open_mirror(location, data_dir / "mirror.git")
@@ -340,7 +341,8 @@ class GitSource:
             return touched or set()
 
     def changes(self, old: str, new: str) -> list[tuple[str, str, str]]:
-        """(path, blob id, added|modified|deleted) between two commits, from libgit2's tree diff."""
+        """(path, blob id, added|modified|deleted) between two commits, from libgit2's tree diff. A run asks for
+        the same pair twice (admission, then the index): commits never change, so recent answers are kept."""
         with self._lock:
             try:
                 a = self.repo[pygit2.Oid(hex=self.resolve(old))]
@@ -348,6 +350,9 @@ class GitSource:
             except (SourceError, KeyError, ValueError):
                 return []
             assert isinstance(a, pygit2.Commit) and isinstance(b, pygit2.Commit)
+            key = (str(a.id), str(b.id))
+            if key in self._diffs:
+                return list(self._diffs[key])
             out: list[tuple[str, str, str]] = []
             try:
                 for patch in self.repo.diff(a.tree, b.tree):
@@ -358,6 +363,9 @@ class GitSource:
             except (KeyError, pygit2.GitError) as err:
                 raise SourceError(f"cannot compare {old[:12]} with {new[:12]}: {err}",
                                   hint="a commit or tree is missing from the repository") from err
+            if len(self._diffs) >= 16:
+                self._diffs.pop(next(iter(self._diffs)))
+            self._diffs[key] = tuple(out)
             return out
 
     def keep(self, rev: str, ref: str) -> None:
