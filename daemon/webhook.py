@@ -42,9 +42,6 @@ from starlette.routing import Route
 from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError
 
-# DeliveryLog is re-exported: the daemon builds the endpoint and its log from this module
-__all__ = ["MIB", "TYPES", "DeliveryLog", "Receiver", "WebhookEndpoint", "read_secret", "receivers_from_settings"]
-
 MIB = 1024 * 1024
 TYPES = ("github", "gitlab", "generic-hmac")
 _KEYS = ("type", "secret_file", "max_body", "branch", "tolerance")
