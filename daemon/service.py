@@ -28,7 +28,7 @@ from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, reconciler_mounts
 from daemon.lifecycle import Notifier, Shutdown
-from daemon.lock import ApplyLock
+from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
 from daemon.report import plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
@@ -42,6 +42,7 @@ from daemon.windows import Gate, gate, next_change
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
+START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI read, a backup script)
 
 
 class Daemon:
@@ -57,7 +58,7 @@ class Daemon:
         self.shutdown = Shutdown()
         self.wake = Wakeup()
         self.jobs: queue.Queue[tuple[Callable[[], Any], cf.Future[Any]]] = queue.Queue()
-        self.lock = ApplyLock(settings.data_dir)
+        self.lock = ApplyLock(settings.data_dir, wait=START_WAIT_S)
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
@@ -198,8 +199,20 @@ class Daemon:
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Steps 1-3 of the module docstring."""
+        # Announced first: from now on readers wait for our socket instead of opening the index.
+        mark = StartingMark(self.settings.data_dir)
+        mark.set()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            mark.clear()
+
+    def _start(self) -> None:
         self.lock.acquire()
-        self.runtime = build(self.settings)
+        self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
         if rt.index.rebuilt_reason:
             self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
@@ -228,13 +241,27 @@ class Daemon:
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
         app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
-        self.http = HttpServer(self.settings.http_listen, app)
+        self.http = self._listen(app)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
         self.logger.info("started", data_dir=str(self.settings.data_dir), socket=str(self.settings.socket_path),
                          http_port=self.http.port, root=str(self.settings.local_root), pid=os.getpid())
+
+    def _listen(self, app: Any) -> HttpServer:
+        """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
+        listen = self.settings.http_listen
+        try:
+            return HttpServer(listen, app)
+        except (OSError, ValueError) as err:
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            where = str(self.settings.config_path) if self.settings.config_path and \
+                self.settings.config_path.exists() else ""
+            raise SettingsError(f"cannot listen for HTTP on {listen}: {why}", where=where,
+                                hint="another process holds this address: stop it, or choose another with "
+                                     "`http_listen = \"127.0.0.1:PORT\"` in stratumd.toml (or --http-listen; "
+                                     "port 0 picks a free one)") from err
 
     # webhooks (called on the HTTP thread: only ring the loop or queue work for it) --------------------
     def _webhook_accepted(self, receiver: str, info: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from daemon import api
-from daemon.errors import StratumError
+from daemon.errors import LockError, StratumError
 from daemon.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +52,40 @@ def settings_from(repo: str | None, data_dir: Path | None, config_file: Path | N
 def daemon_socket(settings: Settings) -> Path | None:
     """The socket of a daemon running on this data directory, or None."""
     return settings.socket_path if api.daemon_running(settings.socket_path) else None
+
+
+READER_WAIT_S = 30.0   # how long a reader waits for a daemon that is starting (or an apply in progress)
+
+
+def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[Any], Any],
+               wait: float = READER_WAIT_S) -> Any:
+    """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only.
+
+    A reader never stands in a daemon's way: while a daemon is starting (or a writer holds the index) it
+    opens nothing and waits for the socket, bounded by `wait`; while it reads the file directly it holds the
+    data directory's apply lock shared, so a daemon starting meanwhile waits out that one read.
+    """
+    from daemon.index import Index
+    from daemon.lock import shared_read
+
+    deadline = time.monotonic() + wait
+    while True:
+        sock = daemon_socket(settings)
+        if sock is not None:
+            return ask(sock)
+        with shared_read(settings.data_dir) as free:
+            if free:
+                index = Index(settings.index_path, read_only=True)
+                try:
+                    return query(index)
+                finally:
+                    index.close()
+        if time.monotonic() >= deadline:
+            raise LockError(f"the index in {settings.data_dir} stayed busy for {wait:.0f} s and no daemon "
+                            f"answered on {settings.socket_path}",
+                            hint="a daemon is starting or an apply is running there: try again shortly, "
+                                 "or see `journalctl -u stratumd`")
+        time.sleep(0.1)
 
 
 def emit_json(data: Any) -> None:
