@@ -216,9 +216,10 @@ class Daemon:
         rt = self.runtime
         if rt.index.rebuilt_reason:
             self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
-            rebuild(rt.source, rt.pipeline)
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         elif rt.index.get_state("last_seen_head") is None and rt.index.query("SELECT count(*) FROM runs")[0][0] == 0:
-            rebuild(rt.source, rt.pipeline)
+            # A reconciler failing to load the last good revision leaves it unknown, never the daemon down.
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         stopped = rt.index.get_state("stopped_run")
         resolved = rt.pipeline.resolve_interrupted(self.settings.on_interrupted)
         for result in resolved:
