@@ -12,7 +12,7 @@ from daemon.errors import LockError
 from daemon.index import Index
 from daemon.nickel import Evaluator
 from daemon.pipeline import Pipeline
-from daemon.settings import Settings
+from daemon.settings import Settings, check_owner
 from daemon.source import GitSource
 from reconcilers.base import Reconciler, ReconcilerEnv
 from reconcilers.registry import REGISTRY, factory
@@ -81,6 +81,8 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     for work that needs no records, such as a pull-request plan while a daemon holds the index)."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not ephemeral and not read_only:
+        check_owner(settings.data_dir, settings.repo, claim=True)   # the first writer records whose it is
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
     index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
                        wait=index_wait)

@@ -15,7 +15,7 @@ import click
 
 from daemon import api
 from daemon.errors import LockError, StratumError
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings, check_owner, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +25,8 @@ def common_options(fn: F) -> F:
     for option in reversed([
         click.option("--repo", default=None, help="repository path or URL (default: the current directory)"),
         click.option("--data-dir", default=None, type=click.Path(path_type=Path),
-                     help="state directory (default: $STATE_DIRECTORY or $XDG_STATE_HOME/stratum)"),
+                     help="state directory (default: $STATE_DIRECTORY, else one per repository: "
+                          "$XDG_STATE_HOME/stratum/<repo>-<hash>)"),
         click.option("--config", "config_file", default=None, type=click.Path(path_type=Path),
                      help="host settings file (default: <data-dir>/stratumd.toml)"),
         click.option("--branch", default=None, help="branch to watch (default: main)"),
@@ -46,7 +47,9 @@ def settings_from(repo: str | None, data_dir: Path | None, config_file: Path | N
                   root: Path | None, **extra: Any) -> Settings:
     """Settings from the common options."""
     flags = {"repo": repo or ".", "data_dir": data_dir, "branch": branch, "root": root, **extra}
-    return load_settings(flags, config=config_file)
+    settings = load_settings(flags, config=config_file)
+    check_owner(settings.data_dir, settings.repo)     # never show or change another repository's state
+    return settings
 
 
 def daemon_socket(settings: Settings) -> Path | None:
