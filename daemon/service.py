@@ -32,7 +32,7 @@ from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
 from daemon.report import plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
-from daemon.settings import Settings
+from daemon.settings import Settings, effective, write_effective
 from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
@@ -122,6 +122,7 @@ class Daemon:
             "suspend": suspend,
             "resume": resume,
             "windows": lambda req: {"gate": self._gate_dict()},
+            "settings": lambda req: {"settings": effective(self.settings)},
         }
 
     # suspend, resume, windows ----------------------------------------------------------------------
@@ -247,8 +248,16 @@ class Daemon:
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
+        self._persist_settings()
         self.logger.info("started", data_dir=str(self.settings.data_dir), socket=str(self.settings.socket_path),
                          http_port=self.http.port, root=str(self.settings.local_root), pid=os.getpid())
+
+    def _persist_settings(self) -> None:
+        """Record the effective settings in the data directory, for CLI checks that must judge as we do."""
+        try:
+            write_effective(self.settings)
+        except OSError as err:
+            self.logger.warning("settings_not_recorded", message=f"{err.strerror}: {err.filename}")
 
     def _listen(self, app: Any) -> HttpServer:
         """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
@@ -309,6 +318,7 @@ class Daemon:
             self.logger.warning("restart_required", settings=stuck,
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
+        self._persist_settings()
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())

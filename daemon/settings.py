@@ -7,6 +7,7 @@ watch, the local provider's root and the listeners are the host's decision.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -128,6 +129,36 @@ class Settings:
         out = {k: dict(v) for k, v in self.sections.items() if isinstance(v, Mapping)}
         out.setdefault("infra", {})["root"] = str(self.local_root)
         return out
+
+
+EFFECTIVE_FILE = "effective-settings.json"   # what the daemon on a data directory runs with (no secrets)
+_EFFECTIVE = ("repo", "branch", "root", "config_path")
+
+
+def effective(settings: Settings) -> dict[str, str]:
+    """The settings a CLI verb must judge with to agree with the daemon: where it applies (the root), which
+    branch, which settings file. Never the sections: they can hold webhook secrets."""
+    return {"repo": settings.repo, "branch": settings.branch, "root": str(settings.local_root),
+            "config_path": str(settings.config_path or "")}
+
+
+def write_effective(settings: Settings) -> None:
+    """Persist `effective(settings)` in the data directory (the daemon, at start and after a reload)."""
+    path = settings.data_dir / EFFECTIVE_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(effective(settings), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_effective(data_dir: Path) -> dict[str, str] | None:
+    """What a daemon persisted on `data_dir`, or None (no daemon ever ran there, or an unreadable record)."""
+    try:
+        data = json.loads((data_dir / EFFECTIVE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: str(v) for k, v in data.items() if k in _EFFECTIVE}
 
 
 _SCALARS = {f.name: f.type for f in fields(Settings) if f.name not in ("sections", "config_path")}

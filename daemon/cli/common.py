@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import click
 
 from daemon import api
 from daemon.errors import LockError, StratumError
-from daemon.settings import Settings, check_owner, load_settings
+from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +51,37 @@ def settings_from(repo: str | None, data_dir: Path | None, config_file: Path | N
     settings = load_settings(flags, config=config_file)
     check_owner(settings.data_dir, settings.repo)     # never show or change another repository's state
     return settings
+
+
+def daemon_effective(settings: Settings) -> dict[str, str] | None:
+    """The effective settings of the daemon on this data directory: asked over its socket when it runs,
+    else what it persisted at its last start; None when no daemon ever ran there."""
+    sock = daemon_socket(settings)
+    if sock is not None:
+        try:
+            return {k: str(v) for k, v in api.call(sock, "settings", timeout=10.0)["settings"].items()}
+        except (OSError, ValueError, KeyError, StratumError):
+            pass                        # an older daemon without the operation: its persisted record
+    return read_effective(settings.data_dir)
+
+
+def as_the_daemon_runs(settings: Settings, *, root: Path | None, branch: str | None,
+                       config_file: Path | None) -> Settings:
+    """`settings` with what the data directory's daemon runs with (its root, branch and settings file) in
+    place of the defaults, so a check agrees with the daemon's verdict; options given explicitly still win."""
+    found = daemon_effective(settings)
+    if not found:
+        return settings
+    config = found.get("config_path")
+    if config_file is None and config and Path(config) != settings.config_path and Path(config).exists():
+        settings = load_settings({"repo": settings.repo, "data_dir": settings.data_dir, "branch": branch,
+                                  "root": root}, config=Path(config))
+    changes: dict[str, Any] = {}
+    if root is None and found.get("root"):
+        changes["root"] = Path(found["root"])
+    if branch is None and found.get("branch"):
+        changes["branch"] = found["branch"]
+    return replace(settings, **changes)
 
 
 def daemon_socket(settings: Settings) -> Path | None:
