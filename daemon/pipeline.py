@@ -9,6 +9,7 @@ reverse, then the target reconciled to the last good revision).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -379,22 +380,40 @@ class Pipeline:
             run_id, revision = str(run["id"]), str(run["revision"])
             started = time.time()
             logger = log.get(run_id=run_id, revision=revision[:12], trigger="restart")
-            checkpoints = self.index.run_actions(run_id)
-            compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
-            # `started` = in flight when the daemon died: possibly applied, so compensated too.
-            completed = [a for a, st in checkpoints
-                         if st in ("done", "started") and not a.id.endswith("#compensate")
-                         and a.id not in compensated]
-            seq = len(checkpoints)
-            if mode == "resume":
-                self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")
-                results.append(self.run(revision, trigger="resume"))
-                continue
-            ok, note = self.rollback(run_id, completed, seq)
-            status = "rolled_back" if ok else "failed"
-            results.append(self._finish(run_id, revision, status, f"interrupted by a daemon restart; {note}", (),
-                                        tuple((a.id, "done") for a in completed), started, logger))
+            try:
+                results.append(self._resolve_one(run_id, revision, mode, started, logger))
+            except Exception as err:  # noqa: BLE001 whatever recovery raises, the daemon must come up
+                results.append(self._recovery_failed(run_id, revision, err, started, logger))
         return results
+
+    def _recovery_failed(self, run_id: str, revision: str, err: Exception, started: float,
+                         logger: Any) -> RunResult:
+        """Finalize a run recovery could not finish as `recovery_failed`, with the reason: a crash that
+        recovery cannot undo must not become a crash loop."""
+        message = (f"interrupted by a daemon restart; recovery failed ({type(err).__name__}: {err}); the target "
+                   "may be partly applied: check `stratum drift`, then apply a good revision")
+        logger.exception("recovery_failed", message=message)
+        with contextlib.suppress(Exception):
+            self.index.event("recovery_failed", message, revision=revision, subject=run_id)
+        return self._finish(run_id, revision, "recovery_failed", message, (), (), started, logger)
+
+    def _resolve_one(self, run_id: str, revision: str, mode: str, started: float,
+                     logger: Any) -> RunResult:
+        """Roll back (or resume) one interrupted run from its checkpoints."""
+        checkpoints = self.index.run_actions(run_id)
+        compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
+        # `started` = in flight when the daemon died: possibly applied, so compensated too.
+        completed = [a for a, st in checkpoints
+                     if st in ("done", "started") and not a.id.endswith("#compensate")
+                     and a.id not in compensated]
+        seq = len(checkpoints)
+        if mode == "resume":
+            self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")
+            return self.run(revision, trigger="resume")
+        ok, note = self.rollback(run_id, completed, seq)
+        status = "rolled_back" if ok else "failed"
+        return self._finish(run_id, revision, status, f"interrupted by a daemon restart; {note}", (),
+                            tuple((a.id, "done") for a in completed), started, logger)
 
     # 7. record ----------------------------------------------------------------------------------------
     def _finish(self, run_id: str, revision: str, status: str, message: str, problems: tuple[Problem, ...],

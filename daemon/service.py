@@ -28,11 +28,11 @@ from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, reconciler_mounts
 from daemon.lifecycle import Notifier, Shutdown
-from daemon.lock import ApplyLock
+from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
 from daemon.report import plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
-from daemon.settings import Settings
+from daemon.settings import Settings, effective, write_effective
 from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
@@ -42,6 +42,7 @@ from daemon.windows import Gate, gate, next_change
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
+START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI read, a backup script)
 
 
 class Daemon:
@@ -57,7 +58,7 @@ class Daemon:
         self.shutdown = Shutdown()
         self.wake = Wakeup()
         self.jobs: queue.Queue[tuple[Callable[[], Any], cf.Future[Any]]] = queue.Queue()
-        self.lock = ApplyLock(settings.data_dir)
+        self.lock = ApplyLock(settings.data_dir, wait=START_WAIT_S)
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
@@ -121,6 +122,7 @@ class Daemon:
             "suspend": suspend,
             "resume": resume,
             "windows": lambda req: {"gate": self._gate_dict()},
+            "settings": lambda req: {"settings": effective(self.settings)},
         }
 
     # suspend, resume, windows ----------------------------------------------------------------------
@@ -198,14 +200,27 @@ class Daemon:
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Steps 1-3 of the module docstring."""
+        # Announced first: from now on readers wait for our socket instead of opening the index.
+        mark = StartingMark(self.settings.data_dir)
+        mark.set()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            mark.clear()
+
+    def _start(self) -> None:
         self.lock.acquire()
-        self.runtime = build(self.settings)
+        self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
         if rt.index.rebuilt_reason:
             self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
-            rebuild(rt.source, rt.pipeline)
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         elif rt.index.get_state("last_seen_head") is None and rt.index.query("SELECT count(*) FROM runs")[0][0] == 0:
-            rebuild(rt.source, rt.pipeline)
+            # A reconciler failing to load the last good revision leaves it unknown, never the daemon down.
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         stopped = rt.index.get_state("stopped_run")
         resolved = rt.pipeline.resolve_interrupted(self.settings.on_interrupted)
         for result in resolved:
@@ -228,13 +243,35 @@ class Daemon:
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
         app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
-        self.http = HttpServer(self.settings.http_listen, app)
+        self.http = self._listen(app)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
+        self._persist_settings()
         self.logger.info("started", data_dir=str(self.settings.data_dir), socket=str(self.settings.socket_path),
                          http_port=self.http.port, root=str(self.settings.local_root), pid=os.getpid())
+
+    def _persist_settings(self) -> None:
+        """Record the effective settings in the data directory, for CLI checks that must judge as we do."""
+        try:
+            write_effective(self.settings)
+        except OSError as err:
+            self.logger.warning("settings_not_recorded", message=f"{err.strerror}: {err.filename}")
+
+    def _listen(self, app: Any) -> HttpServer:
+        """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
+        listen = self.settings.http_listen
+        try:
+            return HttpServer(listen, app)
+        except (OSError, ValueError) as err:
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            where = str(self.settings.config_path) if self.settings.config_path and \
+                self.settings.config_path.exists() else ""
+            raise SettingsError(f"cannot listen for HTTP on {listen}: {why}", where=where,
+                                hint="another process holds this address: stop it, or choose another with "
+                                     "`http_listen = \"127.0.0.1:PORT\"` in stratumd.toml (or --http-listen; "
+                                     "port 0 picks a free one)") from err
 
     # webhooks (called on the HTTP thread: only ring the loop or queue work for it) --------------------
     def _webhook_accepted(self, receiver: str, info: dict[str, Any]) -> None:
@@ -281,6 +318,7 @@ class Daemon:
             self.logger.warning("restart_required", settings=stuck,
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
+        self._persist_settings()
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())

@@ -18,6 +18,7 @@ from daemon.cli.common import (
     emit_json,
     handle_errors,
     output_option,
+    read_model,
     settings_from,
 )
 from daemon.index import Index
@@ -34,15 +35,9 @@ def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
-    """`key` of the running daemon's answer to `op`, or `query` over the index when no daemon runs."""
-    reply = _ask(settings, op, **fields)
-    if reply is not None:
-        return reply[key]
-    index = _index(settings)
-    try:
-        return query(index)
-    finally:
-        index.close()
+    """`key` of the running daemon's answer to `op`, or `query` over the index (read-only, never moved or
+    rebuilt by a reader) when no daemon runs."""
+    return read_model(settings, lambda sock: api.call(sock, op, **fields)[key], query)
 
 
 def _unavailable() -> dict[str, str]:
@@ -54,10 +49,6 @@ def _unavailable() -> dict[str, str]:
         except Exception as err:  # noqa: BLE001 reported as the reconciler's Ready condition
             out[name] = f"{type(err).__name__}: {err}"
     return out
-
-
-def _index(settings: Settings) -> Index:
-    return Index(settings.index_path)
 
 
 def _when(ts: float | None) -> str:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import click
 
-from daemon.cli.common import common_options, emit_json, handle_errors, output_option, settings_from
+from daemon.cli.common import (
+    as_the_daemon_runs,
+    common_options,
+    emit_json,
+    handle_errors,
+    output_option,
+    settings_from,
+)
 from daemon.nickel import Evaluator
 from daemon.resources import nickel_dir
 from daemon.runtime import build_reconcilers
@@ -55,6 +62,9 @@ def validate(repo: str | None, data_dir: Path | None, config_file: Path | None, 
     accepted for compatibility; the whole tree is always checked, since files import each other."""
     with tempfile.TemporaryDirectory(prefix="stratum-validate-") as tmp:
         settings = settings_from(repo, data_dir or Path(tmp), config_file, branch, root)
+        if data_dir is not None:
+            # Judge as the daemon on that data directory would: its root, branch and settings file.
+            settings = as_the_daemon_runs(settings, root=root, branch=branch, config_file=config_file)
         source = GitSource(settings.repo, settings.branch, settings.data_dir)
         if rev is None and source.repo.is_bare:
             rev = "HEAD"

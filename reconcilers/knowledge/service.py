@@ -44,7 +44,7 @@ def default_data_dir(repo: str) -> Path:
         return Path(env)
     from daemon.settings import default_data_dir as daemon_default
 
-    return Path(daemon_default(os.environ))
+    return Path(daemon_default(os.environ, repo))
 
 
 class KnowledgeBase:
