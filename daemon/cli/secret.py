@@ -180,7 +180,25 @@ def _echo_problems(problems: list[Problem], output: str) -> None:
             click.echo(str(p), err=True)
 
 
-@click.group("secret", help="Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks.")
+class _SecretGroup(click.Group):
+    """The verb group; every error a verb raises becomes `error: where: what (hint)` and exit 1, whether the
+    group runs under `stratum` or stand-alone (git drivers): never a Python traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the verb, mapping StratumError and OS errors to a message and an exit code."""
+        try:
+            return super().invoke(ctx)
+        except StratumError as err:
+            click.echo(f"error: {err.render()}", err=True)
+            ctx.exit(err.exit_code)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}\n  hint: check the path and its permissions", err=True)
+            ctx.exit(1)
+
+
+@click.group("secret", cls=_SecretGroup,
+             help="Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks.")
 def secret() -> None:
     """The `stratum secret` verb group."""
 
@@ -347,10 +365,17 @@ def unset_cmd(file: Path, key: str, backend: str, key_files: tuple[Path, ...]) -
     values = copy.deepcopy(previous.values)
     node: Any = values
     parts = _split_key(key)
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise ManifestError("no such key", where=f"{file}: {key}", hint="list the keys with `textconv`")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            # Key names are not secret (git diff shows them): say where the path stops and what is there.
+            at = ".".join(parts[:depth]) or "the top level"
+            known = ", ".join(sorted(str(k) for k in node)) if isinstance(node, dict) and node else "none"
+            raise ManifestError(
+                f"no such key: {at} has no key {part!r}", where=f"{file}: {key}",
+                hint=f"keys there: {known}; `stratum secret textconv {file}` lists every key path",
+            )
+        if depth < len(parts) - 1:
+            node = node[part]
     del node[parts[-1]]
     # Drop mappings the removal left empty, so `unset a.b` on the last key of `a` removes `a` too.
     for depth in range(len(parts) - 1, 0, -1):
