@@ -20,11 +20,11 @@ import pygit2
 from daemon.errors import StratumError
 from reconcilers.base import Problem
 from reconcilers.vault import check as checks
-from reconcilers.vault import editing, envelope, keys, manifest, merge, textconv
+from reconcilers.vault import editing, envelope, keys, manifest, merge, rules_sig, textconv
 from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_backend
 from reconcilers.vault.errors import ManifestError, RulesError, SignatureError, VaultError
 from reconcilers.vault.keysource import FileKeySource
-from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, staged_index, unstaged_rules
+from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, load_revision, staged_index, unstaged_rules
 
 OUTPUT = click.option(
     "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -415,6 +415,37 @@ def updatekeys_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> Non
     )
     f.write(manifest.render(sealed))
     click.echo(f"updated the recipients of {file} (version {sealed.meta.version})", err=True)
+
+
+@secret.command("sign-rules")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
+@BACKEND
+@KEYFILE
+def sign_rules_cmd(repo: Path, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Sign the staged rules (trusted signers, creation rules) and stage the signature file. The daemon accepts
+    a rules change only when a signer trusted by the previous rules signed it: a commit cannot trust itself."""
+    root = _repo_root(repo.resolve())
+    if root is None:
+        raise StratumError("not inside a git repository", where=str(repo), hint="run it in your ops repo")
+    rules = _load_rules(root)
+    sig_file = root / rules_sig.sig_path(RULES_PATH)
+    previous = None
+    if sig_file.is_file():
+        try:
+            previous = rules_sig.parse(sig_file.read_text(encoding="utf-8"), str(sig_file))
+        except SignatureError:
+            previous = None  # a damaged old signature only loses its version; the new one starts above now
+    key = _ring(key_files).signing_key()
+    sig = rules_sig.sign(get_backend(backend), rules, key, RULES_PATH, previous)
+    sig_file.parent.mkdir(parents=True, exist_ok=True)
+    sig_file.write_text(sig.render(), encoding="utf-8")
+    _git_lines(root, "add", "--", rules_sig.sig_path(RULES_PATH))
+    click.echo(f"signed the staged rules ({sig.digest[:19]}, version {sig.version}) as {key.signer.fingerprint}; "
+               f"staged {rules_sig.sig_path(RULES_PATH)}: commit it with the rules", err=True)
+    head = load_revision(root, "HEAD")
+    if head is not None and head.signers and head.trusted(key.signer) is None:
+        click.echo(f"warning: {key.signer.fingerprint} is not a trusted signer at HEAD, so the daemon will reject "
+                   "this rules change; ask a signer trusted there to run `stratum secret sign-rules`", err=True)
 
 
 @secret.command("verify")
