@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -37,7 +38,10 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
         with tempfile.TemporaryDirectory() as tmp:
             index = Index(Path(tmp) / "validate.duckdb")
             pipe = Pipeline(source=source, index=index, reconcilers=built, evaluator=evaluator, notes=False)
-            problems = list(pipe.load_snapshot(snap).problems)
+            loaded = pipe.load_snapshot(snap)
+            problems = list(loaded.problems)
+            if not problems:
+                problems += _judged(source, rev, loaded, built)
             index.close()
         problems += [Problem(f"the {n} reconciler is unavailable: {why}", reconciler=n)
                      for n, why in unavailable.items()]
@@ -48,6 +52,34 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
             if closer:
                 closer()
         evaluator.close()
+
+
+def _base_revision(source: GitSource, rev: str | None) -> str | None:
+    """What the daemon would judge trust against: its last good revision when this repo carries the ref, else
+    HEAD for the staged tree, else the revision's first parent."""
+    from daemon.errors import SourceError
+    from daemon.pipeline import LAST_GOOD_REF
+
+    for candidate in (LAST_GOOD_REF, "HEAD" if rev is None else f"{rev}^"):
+        try:
+            return source.resolve(candidate)
+        except SourceError:
+            continue
+    return None
+
+
+def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[str, Any]) -> list[Problem]:
+    """Trust checks against the base (admission's judge_against_base): a commit cannot trust its own signer."""
+    from daemon.admission import judge_against_base
+    from daemon.pipeline import Loaded
+
+    base_rev = _base_revision(source, rev)
+    if base_rev is None or base_rev == getattr(loaded.snapshot, "revision", None):
+        return []
+    judging = {n: r for n, r in reconcilers.items() if hasattr(r, "judge")}
+    base_snap = source.snapshot(base_rev)
+    base = Loaded(base_snap, {}, {n: r.load(base_snap) for n, r in judging.items()}, ())
+    return judge_against_base(judging, loaded, base)
 
 
 @click.command("validate")
