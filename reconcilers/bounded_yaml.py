@@ -31,7 +31,7 @@ _NODE = (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)
 class YamlBoundsError(MarkedYAMLError):
     """The document is refused by a bound (alias, size, node count, depth); `problem_mark` is where."""
 
-    def __init__(self, problem: str, mark: Mark | None) -> None:
+    def __init__(self, problem: str, mark: Any) -> None:
         super().__init__(problem=problem, problem_mark=mark)
 
 
