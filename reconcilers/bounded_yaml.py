@@ -39,7 +39,7 @@ def check(text: str, *, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES, 
     """Raise YamlBoundsError when `text` breaks a bound, or yaml.YAMLError when it is not YAML at all."""
     if len(text) > max_bytes:
         raise YamlBoundsError(f"YAML document is {len(text)} characters, over the {max_bytes} limit",
-                              Mark("<yaml>", 0, 0, 0, None, None))
+                              Mark("<yaml>", 0, 0, 0, None, None))  # type: ignore[arg-type]  # no snippet
     depth = nodes = 0
     for event in yaml.parse(text, Loader=_Parser):
         if isinstance(event, yaml.AliasEvent):
