@@ -36,6 +36,10 @@ class _TooBig(Exception):
     """The output grew over its cap while rendering."""
 
 
+class ValueTooBig(SecurityError):
+    """A `*` or `**` would build a huge value (refused before it is built)."""
+
+
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
 
@@ -50,13 +54,13 @@ class BoundedEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
         if op == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(times, int) and _size(seq) * max(times, 0) > MAX_VALUE:
-                    raise SecurityError(f"`*` would build a value of {_size(seq) * times} items "
+                    raise ValueTooBig(f"`*` would build a value of {_size(seq) * times} items "
                                         f"(over {MAX_VALUE})")
             return operator.mul(left, right)
         if op == "**":
             if isinstance(left, int) and isinstance(right, int) and right > 0 \
                     and abs(left) > 1 and abs(left).bit_length() * right > MAX_VALUE * 8:
-                raise SecurityError(f"`**` would build a number of about {abs(left).bit_length() * right} bits")
+                raise ValueTooBig(f"`**` would build a number of about {abs(left).bit_length() * right} bits")
             return operator.pow(left, right)
         return super().call_binop(context, op, left, right)
 
@@ -109,13 +113,15 @@ def render(text: str, variables: dict[str, Any], timeout: float, max_output: int
         parts.clear()
         return {"error": "rendering ran out of memory (the worker's limit)",
                 "line": _template_line(sys.exc_info()[2]), "kind": "limit"}
+    except ValueTooBig as err:
+        return {"error": str(err), "line": _template_line(sys.exc_info()[2]), "kind": "limit"}
     except RecursionError:
         return {"error": "rendering recursed too deeply (a recursive macro?)",
                 "line": _template_line(sys.exc_info()[2]), "kind": "limit"}
     except jinja2.TemplateSyntaxError as err:
         return {"error": f"template syntax: {err.message}", "line": err.lineno or 0, "kind": "syntax"}
     except Exception as err:  # noqa: BLE001 undefined variables, sandbox refusals, type errors: a located reply
-        return {"error": f"{type(err).__name__}: {err}", "line": _template_line(sys.exc_info()[2]),
+        return {"error": str(err) or type(err).__name__, "line": _template_line(sys.exc_info()[2]),
                 "kind": "render"}
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -13,6 +13,7 @@ import select
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,18 @@ WORKER_IDLE_S = 60.0
 _GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Kill a worker, reap it and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass  # unflushed request bytes to a dead worker: nothing to keep
+
+
 class TemplateRenderer:
     """Renders templates one at a time in one child process, started on first use and replaced on overrun."""
 
@@ -36,6 +49,7 @@ class TemplateRenderer:
         self.max_output = max_output
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] = weakref.finalize(self, lambda: None)
 
     def _start(self) -> subprocess.Popen[str]:
         if self._proc is not None and self._proc.poll() is not None:
@@ -45,6 +59,8 @@ class TemplateRenderer:
                 [sys.executable, "-m", "reconcilers.infra.template_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/",
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            # A renderer dropped without close() (a reconciler nobody closed) still stops its worker.
+            self._finalizer = weakref.finalize(self, _stop, self._proc)
         return self._proc
 
     def render(self, rid: str, template: str, text: str, variables: Mapping[str, Any]) -> str:
@@ -64,7 +80,10 @@ class TemplateRenderer:
             raise InputError(f"resource {rid}: template {template}: {reply['error']}", where=where,
                              hint="templates must render quickly into a modest file (at most "
                                   f"{self.max_output} bytes, {self.timeout:g} s)")
-        raise InputError(f"resource {rid}: template {template} failed: {reply['error']}", where=where,
+        # Undefined variables and sandbox refusals are fixed in the resource (its `vars`): the error stays
+        # unlocated here so the loader pins it on the resource's declaration, naming the template line.
+        raise InputError(f"resource {rid}: template {template} failed: {reply['error']}"
+                         + (f" (at {where})" if line else ""), where=template,
                          hint="every variable the template uses must be in `vars`")
 
     def _exchange(self, request: str) -> dict[str, Any]:
@@ -97,16 +116,9 @@ class TemplateRenderer:
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except BrokenPipeError:
-                    pass  # unflushed request bytes to a dead worker: nothing to keep
+        if proc is not None:
+            self._finalizer.detach()
+            _stop(proc)
 
     def close(self) -> None:
         """Stop the worker process."""
