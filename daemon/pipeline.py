@@ -24,7 +24,8 @@ from daemon.metrics import Metrics
 from daemon.nickel import Evaluator
 from daemon.plan import Executor, order, sequence
 from daemon.policy import Policies, load_policies
-from daemon.source import GitSource, Snapshot
+from daemon.source import MAX_FILES, GitSource, Snapshot
+from daemon.tree_check import repo_cap_problems, tree_problems
 from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
@@ -85,6 +86,7 @@ class Pipeline:
     on_action: Callable[[Action, str], None] | None = None
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
+    max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
     _good: dict[str, Loaded] = field(default_factory=dict)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
@@ -97,12 +99,17 @@ class Pipeline:
     def load_snapshot(self, snap: Snapshot) -> Loaded:
         """Load a snapshot (a commit or a staged tree) through every reconciler."""
         revision = snap.revision
-        problems: list[Problem] = []
+        # File names and the file count first: a tree over the host's cap is refused before anything loads.
+        scan = snap.scan(self.max_files)
+        problems: list[Problem] = tree_problems(scan, self.max_files)
+        if scan.over_cap:
+            return Loaded(snap, {}, {}, tuple(problems), None)
         repo_settings: Mapping[str, Any] = {}
         if snap.entry("stratum.ncl") is not None:
             res = self.evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
             problems.extend(res.problems)
             repo_settings = res.values.get("stratum.ncl", {})
+            problems.extend(repo_cap_problems(scan, repo_settings, self.max_files))
         policies, policy_problems = load_policies(snap)
         problems.extend(policy_problems)
         desired: dict[str, Any] = {}

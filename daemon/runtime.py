@@ -90,5 +90,5 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
-                        admission=admission)
+                        admission=admission, max_files=settings.max_files)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable)

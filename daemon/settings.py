@@ -105,6 +105,7 @@ class Settings:
     log_format: str = "auto"                  # auto | json | console
     nickel_timeout: float = 10.0
     nickel_memory_mb: int = 1024
+    max_files: int = 50_000                   # files per revision (a repo's stratum.ncl may ask for fewer)
     notes: bool = True
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     config_path: Path | None = None           # the stratumd.toml these came from (for messages and reloads)
@@ -218,4 +219,6 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         raise SettingsError(f"on_interrupted must be rollback or resume, not {settings.on_interrupted!r}")
     if settings.parallelism < 1:
         raise SettingsError("parallelism must be at least 1")
+    if settings.max_files < 1:
+        raise SettingsError("max_files must be at least 1", hint="the most files a revision may hold")
     return replace(settings, data_dir=Path(settings.data_dir).expanduser().resolve())
