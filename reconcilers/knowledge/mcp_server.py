@@ -249,8 +249,9 @@ def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
             index, repo = reconciler.last_index, reconciler.repo
             if index is None or repo is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
-            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.settings,
-                                         provider=reconciler.provider(), index=index, follow_index=True)
+            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
+                                         provider=reconciler.provider(), index=index, follow_index=True,
+                                         host=reconciler.env.settings)
         return holder["kb"]
 
     return _LazyLifespanApp(build_server(get_kb))

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from reconcilers.knowledge.guidelines import Guideline, effective
 from reconcilers.knowledge.indexer import Indexed, IndexStats, current_revision, index_revision
 from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, slugify
+from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
@@ -52,7 +53,8 @@ class KnowledgeBase:
 
     def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
                  settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
-                 index: Index | None = None, follow_index: bool = False) -> None:
+                 index: Index | None = None, follow_index: bool = False,
+                 host: Mapping[str, Any] | None = None) -> None:
         self.location = repo
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
@@ -64,6 +66,7 @@ class KnowledgeBase:
         self.loader = Loader()
         self.contract = Contract()
         self._settings = settings
+        self._host = host                       # host settings sections (None: read <data-dir>/stratumd.toml)
         self._provider_arg = provider
         self._provider: Provider | None = None
         self.provider_error = ""
@@ -103,13 +106,30 @@ class KnowledgeBase:
         return self._settings
 
     @property
+    def host_settings(self) -> Mapping[str, Any]:
+        """The host's settings sections (stratumd.toml), read once."""
+        if self._host is None:
+            from daemon.settings import load_settings
+
+            self._host = load_settings({"data_dir": str(self.data_dir)}).sections
+        return self._host
+
+    @property
     def searcher(self) -> Searcher:
         """The searcher, with the embedding provider loaded on first use."""
         with self._lock:
             if self._searcher is None:
                 if self._provider_arg is _AUTO:
-                    self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
-                                                                        self.data_dir)
+                    choice = self.settings.embedding_provider
+                    chosen = resolve(choice, host_providers(self.host_settings))
+                    if chosen is None:
+                        # Never an endpoint the repo names: only the host's declared providers are reachable.
+                        raise KnowledgeError(
+                            f"knowledge.embedding.provider = {choice!r} is not an embedding provider this host "
+                            "declared", where="stratum.ncl",
+                            hint="pick fastembed, none or a provider declared in stratumd.toml "
+                                 "[embedding.providers.<name>]")
+                    self._provider, self.provider_error = load_provider(chosen, self.data_dir)
                 else:
                     self._provider = self._provider_arg
                     self.provider_error = "" if self._provider is not None else "embeddings disabled"
