@@ -40,9 +40,11 @@ class Runtime:
 
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
+                      index: Index | None = None, source: GitSource | None = None,
                       ) -> tuple[dict[str, Reconciler], dict[str, str]]:
     """Instantiate the registered reconcilers; one that cannot start is reported, not fatal."""
-    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator)
+    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
+                        index=index, source=source)
     out: dict[str, Reconciler] = {}
     unavailable: dict[str, str] = {}
     for name in REGISTRY:
@@ -65,7 +67,7 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
     index = Index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission)

@@ -14,6 +14,8 @@ neither numpy nor the model's runtime: the store and indexer modules are importe
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from reconcilers.knowledge.store import Store
 
 log = structlog.get_logger("stratum.knowledge")
+SETTINGS_STATE = "knowledge_settings"     # index state: the `knowledge` section of the revision indexed last
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class Desired:
     parsed: tuple[Parsed, ...]
     settings: KnowledgeSettings = field(default_factory=KnowledgeSettings)   # its stratum.ncl `knowledge`
     settings_error: str = ""                              # why that section could not be read ("" = fine)
+    section: str = "{}"                                   # that section as canonical JSON (kept in the index)
 
 
 class KnowledgeReconciler:
@@ -62,7 +66,14 @@ class KnowledgeReconciler:
         self.env = env
         self.settings = KnowledgeSettings.from_mapping(env.repo_settings.get("knowledge", {}))
         self._settings_error = ""
-        self.indexed_settings = self.settings     # those of the revision indexed last (what MCP serves)
+        self._section = "{}"
+        # Those of the revision indexed last (what MCP serves), kept in the index so a restarted daemon serves
+        # the last good revision at once, with its settings.
+        self.indexed_settings = self.settings
+        saved = env.index.get_state(SETTINGS_STATE) if env.index is not None else None
+        if saved:
+            with contextlib.suppress(ValueError, KnowledgeError):
+                self.indexed_settings = KnowledgeSettings.from_mapping(json.loads(saved))
         # Embedding endpoints are host settings (providers.py); a malformed table stops this reconciler at start.
         self.host_providers = host_providers(env.settings)
         host = env.settings.get("knowledge") or {}
@@ -90,6 +101,7 @@ class KnowledgeReconciler:
     def configure(self, section: Mapping[str, Any]) -> None:
         """The `knowledge` section of the stratum.ncl of the revision about to be loaded (the pipeline calls
         this before each `load`; the section passed the contract in nickel/stratum.ncl)."""
+        self._section = json.dumps(dict(section), sort_keys=True, default=str)
         try:
             self.settings, self._settings_error = KnowledgeSettings.from_mapping(section), ""
         except KnowledgeError as err:
@@ -99,7 +111,8 @@ class KnowledgeReconciler:
         """Parse every knowledge/**/*.md of the commit."""
         # The repository handle is kept for committing execution nodes to their branch (on_run_finished).
         self._repo = getattr(snap, "repo", None) or getattr(snap, "_repo", None)
-        return Desired(snap.revision, self.loader.load_snapshot(snap), self.settings, self._settings_error)
+        return Desired(snap.revision, self.loader.load_snapshot(snap), self.settings, self._settings_error,
+                       self._section)
 
     def _check(self, desired: Desired, extra: list[Any] | None = None) -> Checked:
         key = f"{desired.revision}:{desired.settings.allow_dangling_links}"
@@ -185,6 +198,7 @@ class KnowledgeReconciler:
         store = self.store(index)
         self.last_index = index
         self.indexed_settings = desired.settings  # the admitted revision's settings are the ones served
+        index.set_state(SETTINGS_STATE, desired.section)
         checked = self._check(desired)
         self.last_stats, self._indexed[id(index)] = index_revision(store, checked, revision, self.provider(),
                                                                    self._indexed.get(id(index)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import socket
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pygit2
 import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from daemon import __version__
 from daemon.http import build_app, reconciler_mounts
 from daemon.index import Index
 from daemon.metrics import Metrics
@@ -49,8 +52,11 @@ def _text(result: Any) -> Any:
 
 async def _exercise(client: Client) -> None:
     tools = {t.name for t in (await client.list_tools()).tools}
-    assert {"search", "get_node", "list_nodes", "get_guidelines", "related", "add_note", "record_decision",
-            "export", "runbook_for", "recent_runs", "explain_resource"} <= tools
+    assert {"search", "get_node", "list_nodes", "get_guidelines", "related", "export", "runbook_for",
+            "recent_runs", "explain_resource"} <= tools
+    # Tools that write are off unless the host enables them ([knowledge] mcp_writes).
+    assert not {"add_note", "record_decision"} & tools
+    assert client.server_info.version == __version__
     found = _text(await client.call_tool("search", {"query": "service returns 502 bad gateway"}))
     assert found["mode"] == "hybrid" and found["results"][0]["title"].startswith("Runbook: hello service")
     node_id = found["results"][0]["id"]
@@ -78,11 +84,38 @@ def test_the_sdk_client_uses_every_surface_over_stdio(template_repo: WorkRepo, t
     async def main() -> None:
         async with Client(params, read_timeout_seconds=120) as client:
             await _exercise(client)
-            added = _text(await client.call_tool("add_note", {"title": "Disk full on web-1", "body": "df -h",
-                                                              "tags": ["runbook"]}))
-            assert Path(added["path"]).exists() and added["committed"] is False
 
     anyio.run(main)
+
+
+def test_stdio_writes_when_enabled_commit_to_a_side_branch_never_the_work_tree(template_repo: WorkRepo,
+                                                                               tmp_path: Path) -> None:
+    """With `[knowledge] mcp_writes = true` in the host settings, add_note commits the node to a new branch
+    stratum/mcp/... by the daemon's identity with a Submitted-by trailer; the work tree and main stay as they
+    were."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stratumd.toml").write_text("[knowledge]\nmcp_writes = true\n")
+    repo = pygit2.Repository(str(template_repo.path))
+    main_before, status_before = repo.references["refs/heads/main"].target, repo.status()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-m", "daemon.cli.kb", "mcp", "--repo", str(template_repo.path), "--data-dir", str(data)], env=env,
+        cwd=str(ROOT))
+
+    async def main() -> dict[str, Any]:
+        async with Client(params, read_timeout_seconds=120) as client:
+            return dict(_text(await client.call_tool("add_note", {
+                "title": "Disk full on web-1", "body": "df -h", "tags": ["runbook"]})))
+
+    added = anyio.run(main)
+    assert added["branch"].startswith("stratum/mcp/")
+    commit = repo.references[f"refs/heads/{added['branch']}"].peel(pygit2.Commit)
+    assert str(commit.id) == added["commit"] and commit.parents[0].id == main_before
+    assert commit.author.name == "stratumd" and f"Submitted-by: local:{getpass.getuser()}" in commit.message
+    assert "Disk full on web-1" in commit.tree[added["path"]].data.decode()
+    assert repo.references["refs/heads/main"].target == main_before
+    assert repo.status() == status_before and not (template_repo.path / added["path"]).exists()
 
 
 def _free_port() -> int:
