@@ -9,11 +9,14 @@ runbook_for, recent_runs, explain_resource. Nodes are resources at `stratum://no
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
+from daemon.errors import StratumError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.search import Filters
 
@@ -41,6 +44,25 @@ def _markdown(kb: KnowledgeBase, ref: str) -> str:
 
     node = kb.node(ref)
     return render(json.loads(node.front), node.body)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tool(server: MCPServer[Any]) -> Callable[[F], F]:
+    """`server.tool()`, with our errors passed to the client as what, where and what to do (the SDK replaces
+    any other exception by a bare "Error executing tool")."""
+    def register(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except StratumError as err:
+                raise ToolError(err.render()) from err
+
+        server.tool()(wrapper)
+        return fn
+    return register
 
 
 def principal_of(ctx: Context[Any]) -> str | None:
@@ -83,7 +105,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
         instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
                      "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
 
-    @server.tool()
+    @tool(server)
     def search(query: str, type: str | None = None, project: str | None = None, semantic: bool = True,
                threshold: float | None = None, limit: int = 10, tags: list[str] | None = None,
                status: str | None = None) -> dict[str, Any]:
@@ -96,12 +118,12 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
                                  filters=filters, threshold=threshold)
         return {"mode": result.mode, "warning": result.warning, "results": [h.as_dict() for h in result.hits]}
 
-    @server.tool()
+    @tool(server)
     def get_node(id: str) -> dict[str, Any]:
         """One node by id (or title / file stem): front matter, body, links and backlinks."""
         return _node_dict(get_kb(), id)
 
-    @server.tool()
+    @tool(server)
     def list_nodes(type: str | None = None, tags: list[str] | None = None, status: str | None = None,
                    project: str | None = None, limit: int = 100) -> dict[str, Any]:
         """Nodes filtered by type, tags (all must match), status and project."""
@@ -110,13 +132,13 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
         nodes = get_kb().nodes(filters)
         return {"total": len(nodes), "nodes": [n.summary() for n in nodes[: max(1, limit)]]}
 
-    @server.tool()
+    @tool(server)
     def get_guidelines() -> dict[str, Any]:
         """The effective guidelines (project overrides organisation bases) and where each came from."""
         found, warnings = get_kb().guidelines()
         return {"guidelines": [g.as_dict() for g in found], "warnings": warnings}
 
-    @server.tool()
+    @tool(server)
     def related(id: str, depth: int = 1) -> dict[str, Any]:
         """The graph neighbourhood of a node up to `depth` hops (1-5), both directions."""
         return get_kb().related(id, depth)
@@ -124,7 +146,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
     if writes:
         _write_tools(server, get_kb)
 
-    @server.tool()
+    @tool(server)
     def export(type: str | None = None, ids: list[str] | None = None, tags: list[str] | None = None) -> str:
         """A markdown bundle of nodes (by ids, or filtered by type/tags), each with its front matter."""
         kb = get_kb()
@@ -133,7 +155,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
         parts = [f"<!-- {n.path} -->\n{_markdown(kb, n.id)}" for n in nodes]
         return "\n\n".join(parts) if parts else "(no nodes matched)"
 
-    @server.tool()
+    @tool(server)
     def runbook_for(resource: str | None = None, error: str | None = None, limit: int = 5) -> dict[str, Any]:
         """Runbooks and postmortems for a resource id (e.g. infra:app-config) and/or an error message."""
         if not resource and not error:
@@ -152,7 +174,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
                 found.setdefault(h.node["id"], {**h.node, "why": f"matches {query!r}", "snippet": h.snippet})
         return {"results": list(found.values())[: max(limit, 1) * 2]}
 
-    @server.tool()
+    @tool(server)
     def recent_runs(limit: int = 10) -> dict[str, Any]:
         """What the daemon applied lately: runs with revision, outcome, timings and actions."""
         kb = get_kb()
@@ -160,7 +182,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
         executions = [n.summary() for n in kb.nodes(Filters(types=("execution",)))][-limit:]
         return {"runs": runs, "execution_nodes": executions}
 
-    @server.tool()
+    @tool(server)
     def explain_resource(resource: str) -> dict[str, Any]:
         """A resource's governing decisions (ADRs), runbooks, other linking nodes and its last changes."""
         kb = get_kb()
@@ -204,7 +226,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
 
 
 def _write_tools(server: MCPServer[Any], get_kb: Callable[[], KnowledgeBase]) -> None:
-    @server.tool()
+    @tool(server)
     def add_note(title: str, body: str, ctx: Context[Any], tags: list[str] | None = None,
                  relates_to: list[str] | None = None) -> dict[str, Any]:
         """Propose a new note: committed to a side branch stratum/mcp/<time>-<id> for a human to merge."""
@@ -212,7 +234,7 @@ def _write_tools(server: MCPServer[Any], get_kb: Callable[[], KnowledgeBase]) ->
         return kb.submit_node("note", title, principal, body=body, tags=tags or (),
                               fields={"relates_to": list(relates_to or [])})
 
-    @server.tool()
+    @tool(server)
     def record_decision(title: str, context: str, decision: str, ctx: Context[Any], consequences: str = "",
                         status: str = "proposed", supersedes: list[str] | None = None,
                         tags: list[str] | None = None) -> dict[str, Any]:
