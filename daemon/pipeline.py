@@ -1,4 +1,4 @@
-"""One run: snapshot -> load -> validate -> index -> plan -> apply -> record.
+"""One run: snapshot -> load -> validate -> admit -> index -> plan -> apply -> record.
 
 `Pipeline.run` is a numbered list of steps. Whatever happens, the run record is finalized (`succeeded`,
 `failed`, `rolled_back`, `rejected`) in the deferred `_finish`. Invalid input rejects the revision as a whole:
@@ -115,6 +115,12 @@ class Pipeline:
         desired: dict[str, Any] = {}
         for name, rec in self.reconcilers.items():
             try:
+                # Each reconciler gets its section of *this* revision's stratum.ncl (checked by the contract
+                # above) before it loads, so its desired state carries the settings it was loaded with.
+                configure = getattr(rec, "configure", None)
+                if configure is not None:
+                    section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
+                    configure(section if isinstance(section, Mapping) else {})
                 desired[name] = rec.load(snap)
                 problems.extend(rec.validate(desired[name]))
             except InputError as err:
@@ -230,7 +236,6 @@ class Pipeline:
              ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
         # 1-3. snapshot, load, validate; then admission: signature and change control
         loaded = self.load(revision)
-        self._index_hooks(loaded)
         problems = loaded.problems
         if not problems:
             admission = self._admit(loaded)
@@ -242,7 +247,9 @@ class Pipeline:
                 self._index(loaded, base)
             return "rejected", f"{len(problems)} problem(s); the last good revision stays in force", \
                 problems, ()
-        # 4-5. plan, then index the revision and its plan in one commit
+        # 4. index: only an admitted revision reaches the reconcilers' own index (what MCP and search serve)
+        self._index_hooks(loaded)
+        # 5. plan, then index the revision and its plan in one commit
         try:
             actions = self._plan(loaded, incremental=incremental)
         except CycleError as err:

@@ -42,9 +42,11 @@ class Runtime:
 
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
+                      index: Index | None = None, source: GitSource | None = None,
                       ) -> tuple[dict[str, Reconciler], dict[str, str]]:
     """Instantiate the registered reconcilers; one that cannot start is reported, not fatal."""
-    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator)
+    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
+                        index=index, source=source)
     out: dict[str, Reconciler] = {}
     unavailable: dict[str, str] = {}
     for name in REGISTRY:
@@ -87,7 +89,7 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
                        wait=index_wait)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission, max_files=settings.max_files)
