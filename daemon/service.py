@@ -26,7 +26,8 @@ from daemon.api import ApiServer
 from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError, SourceError, StratumError
-from daemon.http import HttpServer, build_app, reconciler_mounts
+from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
+from daemon.httpauth import DenialReporter
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
@@ -198,6 +199,10 @@ class Daemon:
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Steps 1-3 of the module docstring."""
+        # The listener's settings first: an exposed address in clear or a bad tokens file stops the start
+        # before anything is locked, opened or served.
+        http, auth = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
+                                       str(self.settings.config_path or ""), DenialReporter(self._http_denied))
         self.lock.acquire()
         self.runtime = build(self.settings)
         rt = self.runtime
@@ -227,8 +232,8 @@ class Daemon:
         mounts = reconciler_mounts(rt.reconcilers.values())
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
-        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
-        self.http = HttpServer(self.settings.http_listen, app)
+        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
+        self.http = HttpServer(self.settings.http_listen, app, http)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
@@ -255,6 +260,13 @@ class Daemon:
         future: cf.Future[Any] = cf.Future()
         self.jobs.put((lambda: self._rt.index.event("webhook_rejected", f"{reason} (from {client}){more}",
                                                     subject=receiver), future))
+        self.wake.ring("api")
+
+    def _http_denied(self, message: str, principal: str) -> None:
+        """A refusal of the HTTP listener (already rate-limited): logged, and an event with the principal."""
+        self.logger.warning("http_denied", message=message, principal=principal)
+        future: cf.Future[Any] = cf.Future()
+        self.jobs.put((lambda: self._rt.index.event("http_denied", message, subject=principal), future))
         self.wake.ring("api")
 
     # reload --------------------------------------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""What a slow or greedy client may hold of the HTTP listener, and the descriptors the daemon keeps for itself.
+
+uvicorn (0.55, h11) has a keep-alive timeout, but nothing bounds the time a client takes to send a request's head
+or body, and `limit_concurrency` counts a connection only once its head has arrived: a client sending one header
+line every 10 s holds a descriptor forever, and ~20,000 of them exhausted the daemon's descriptors (issue 16).
+`guarded_protocol` adds to uvicorn's h11 protocol:
+
+1. a head deadline: the request line and headers within `header_timeout` of the connection opening, or of the
+   previous response on a keep-alive connection (plus `keepalive_timeout`); else 408 and close;
+2. a body deadline: the whole body within `body_timeout` of the head; else close (the app sees a disconnect);
+3. at most `max_requests_per_connection` requests on one connection;
+4. a connection cap: the connection past `max_connections` evicts the oldest one still waiting for its request
+   head (slow clients lose their place to new ones, so a flood of them never locks out /healthz); when every
+   connection is busy with a request, the newcomer is closed at once.
+
+`fd_budget` raises the soft descriptor limit to the hard one and caps connections below it, keeping `fd_reserve`
+descriptors for the index, git, the Nickel workers and the control socket. `quiet_accept_errors` turns asyncio's
+traceback per failed accept() into one warning per minute with a count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import h11
+import structlog
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from daemon.httpconfig import Limits
+
+ACCEPT_LOG_INTERVAL_S = 60.0
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    b"connection: close\r\ncontent-length: 41\r\n\r\nthe request head did not arrive in time.\n")
+
+log = structlog.get_logger("stratum.http")
+
+
+def fd_budget(limits: Limits) -> Limits:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; the limits with max_connections fitting below it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have; the cap below fits it
+    room = max(8, soft - limits.fd_reserve)
+    if room < limits.max_connections:
+        log.warning("http_connections_capped", max_connections=room, configured=limits.max_connections,
+                    nofile=soft, fd_reserve=limits.fd_reserve,
+                    message="the descriptor limit leaves room for fewer HTTP connections than configured")
+        return replace(limits, max_connections=room)
+    return limits
+
+
+class Stats:
+    """What the listener refused or cut, by reason (read by tests and the /metrics collector)."""
+
+    def __init__(self) -> None:
+        self.closed: Counter[str] = Counter()
+
+
+def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the deadlines and the cap of the module docstring."""
+
+    class Guarded(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _phase = "head"                          # head (waiting for one) -> body -> app (the app answers)
+        _since = 0.0                             # when the head phase began: the oldest waiting is evicted first
+        _requests = 0
+        _seen: object = None                     # the request/response cycle already counted
+        _got_bytes = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections and not self._evict_one():
+                stats.closed["over_capacity"] += 1
+                self._phase = "closed"
+                transport.abort()
+                return
+            self._wait_head(limits.header_timeout)
+
+        def _evict_one(self) -> bool:
+            """Close the connection that has waited longest for a request head (not this one)."""
+            waiting = [c for c in self.connections if isinstance(c, Guarded) and c is not self and c._phase == "head"]
+            if not waiting:
+                return False
+            stats.closed["evicted"] += 1
+            min(waiting, key=lambda c: c._since)._close(timed_out=False)
+            return True
+
+        def _wait_head(self, seconds: float) -> None:
+            self._phase, self._since, self._got_bytes = "head", time.monotonic(), False
+            self._arm(seconds, self._head_late)
+
+        def _arm(self, seconds: float, callback: Any) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _head_late(self) -> None:
+            stats.closed["header_timeout"] += 1
+            self._close(timed_out=True)
+
+        def _body_late(self) -> None:
+            stats.closed["body_timeout"] += 1
+            self._close(timed_out=False)
+
+        def _close(self, timed_out: bool) -> None:
+            self._disarm()
+            self._phase = "closed"
+            if self.transport.is_closing():
+                return
+            if timed_out and self._got_bytes and self.conn.our_state is h11.IDLE:
+                self.transport.write(_REQUEST_TIMEOUT)   # the client began a request: tell it why
+                self.transport.close()
+            else:
+                self.transport.abort()
+
+        def data_received(self, data: bytes) -> None:
+            self._got_bytes = True
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            self._follow()
+
+        def _follow(self) -> None:
+            """Move the deadline along with the request: head -> body -> the app's response."""
+            if self.cycle is not None and self.cycle is not self._seen:
+                self._seen = self.cycle
+                self._requests += 1
+            if self.transport.is_closing() or self._phase == "closed":
+                return
+            state = self.conn.their_state
+            if state is h11.IDLE:
+                return                            # still the head phase, armed where it began
+            if state is h11.SEND_BODY:
+                if self._phase != "body":
+                    self._phase = "body"
+                    self._arm(limits.body_timeout, self._body_late)
+            elif self._phase != "app":
+                self._phase = "app"
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()        # may handle a pipelined request (handle_events -> _follow)
+            if self.transport.is_closing() or self._phase == "closed":
+                return
+            if self._requests >= limits.max_requests_per_connection:
+                stats.closed["max_requests"] += 1
+                self._disarm()
+                self._phase = "closed"
+                self.transport.close()            # not abort: the response may still be in the write buffer
+                return
+            if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+                # Idle keep-alive: uvicorn closes it after keepalive_timeout unless a byte comes; the head
+                # deadline covers a client that starts a request and then dawdles.
+                self._wait_head(limits.keepalive_timeout + limits.header_timeout)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            self._phase = "closed"
+            super().connection_lost(exc)
+
+    return Guarded
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log a failed accept() (EMFILE, ENFILE, ENOBUFS) once a minute with a count, without a traceback; other
+    loop errors go to the default handler."""
+    state = {"last": 0.0, "missed": 0}
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "accept" not in str(context.get("message", "")):
+            lp.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if state["last"] and now - state["last"] < ACCEPT_LOG_INTERVAL_S:
+            state["missed"] += 1
+            return
+        exc = context.get("exception")
+        log.warning("http_accept_failed", error=f"{type(exc).__name__}: {exc}" if exc else context.get("message"),
+                    since_last=state["missed"], message="the listener pauses accepting for a second and retries")
+        state["last"], state["missed"] = now, 0
+
+    loop.set_exception_handler(handler)
