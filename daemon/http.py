@@ -121,7 +121,7 @@ class HttpServer:
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes,
-                                backlog=min(2048, self.limits.max_connections), **tls)
+                                **tls)
         try:
             config.load()      # here, not in the thread: a bad certificate is an error at start
         except (ssl.SSLError, OSError) as err:

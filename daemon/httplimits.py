@@ -64,6 +64,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.closed: Counter[str] = Counter()
+        self.peak = 0                            # the most connections held at once, after eviction
 
 
 def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
@@ -84,6 +85,7 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
                 self._phase = "closed"
                 transport.abort()
                 return
+            stats.peak = max(stats.peak, len([c for c in self.connections if getattr(c, "_phase", "") != "closed"]))
             self._wait_head(limits.header_timeout)
 
         def _evict_one(self) -> bool:
