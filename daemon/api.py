@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.descriptors import accept_burst, quiet_accept_errors
 from daemon.errors import StratumError
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -60,7 +61,7 @@ class ApiServer:
             self._sock.bind(str(path))     # created 0600: only the daemon's user may talk to it
         finally:
             os.umask(old)
-        self._sock.listen(1024)
+        self._sock.listen(accept_burst(max_connections))
         self._pool = _Workers(workers)
         self._conns: set[_Conn] = set()
         self._loop = asyncio.new_event_loop()
@@ -77,8 +78,9 @@ class ApiServer:
     def _run(self) -> None:
         loop = self._loop
         asyncio.set_event_loop(loop)
-        self._server = loop.run_until_complete(asyncio.start_unix_server(self._serve, sock=self._sock,
-                                                                         limit=MAX_REQUEST))
+        quiet_accept_errors(loop, "control")
+        self._server = loop.run_until_complete(asyncio.start_unix_server(
+            self._serve, sock=self._sock, limit=MAX_REQUEST, backlog=accept_burst(self.max_connections)))
         try:
             loop.run_forever()
         finally:

@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from daemon.descriptors import accept_burst, quiet_accept_errors
 from daemon.errors import SettingsError
 from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, load_tokens, read_private
 from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
-from daemon.httplimits import Stats, fd_budget, guarded_protocol, quiet_accept_errors
+from daemon.httplimits import Stats, fd_budget, guarded_protocol
 from daemon.metrics import Metrics
 
 
@@ -98,7 +99,7 @@ class _Server(uvicorn.Server):
     """uvicorn with accept() failures logged once a minute instead of a traceback each."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        quiet_accept_errors(asyncio.get_running_loop())
+        quiet_accept_errors(asyncio.get_running_loop(), "http")
         await super().startup(sockets=sockets)
 
 
@@ -121,7 +122,7 @@ class HttpServer:
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes,
-                                **tls)
+                                backlog=accept_burst(self.limits.max_connections), **tls)
         try:
             config.load()      # here, not in the thread: a bad certificate is an error at start
         except (ssl.SSLError, OSError) as err:

@@ -14,14 +14,12 @@ line every 10 s holds a descriptor forever, and ~20,000 of them exhausted the da
    connection is busy with a request, the newcomer is closed at once.
 
 `fd_budget` raises the soft descriptor limit to the hard one and caps connections below it, keeping `fd_reserve`
-descriptors for the index, git, the Nickel workers and the control socket. `quiet_accept_errors` turns asyncio's
-traceback per failed accept() into one warning per minute with a count.
+descriptors for the index, git, the Nickel workers and the control socket (daemon/descriptors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import resource
 import time
 from collections import Counter
 from dataclasses import replace
@@ -31,9 +29,9 @@ import h11
 import structlog
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from daemon.descriptors import http_share, raise_nofile
 from daemon.httpconfig import Limits
 
-ACCEPT_LOG_INTERVAL_S = 60.0
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"connection: close\r\ncontent-length: 41\r\n\r\nthe request head did not arrive in time.\n")
 
@@ -41,16 +39,9 @@ log = structlog.get_logger("stratum.http")
 
 
 def fd_budget(limits: Limits) -> Limits:
-    """Raise RLIMIT_NOFILE's soft limit to the hard one; the limits with max_connections fitting below it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass  # keep the soft limit we have; the cap below fits it
-    room = max(8, soft - limits.fd_reserve)
+    """Raise the descriptor limit (daemon/descriptors.py); the limits with max_connections fitting below it."""
+    soft = raise_nofile()
+    room = http_share(soft, limits.max_connections, limits.fd_reserve)
     if room < limits.max_connections:
         log.warning("http_connections_capped", max_connections=room, configured=limits.max_connections,
                     nofile=soft, fd_reserve=limits.fd_reserve,
@@ -177,24 +168,3 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
             super().connection_lost(exc)
 
     return Guarded
-
-
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """Log a failed accept() (EMFILE, ENFILE, ENOBUFS) once a minute with a count, without a traceback; other
-    loop errors go to the default handler."""
-    state = {"last": 0.0, "missed": 0}
-
-    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if "accept" not in str(context.get("message", "")):
-            lp.default_exception_handler(context)
-            return
-        now = time.monotonic()
-        if state["last"] and now - state["last"] < ACCEPT_LOG_INTERVAL_S:
-            state["missed"] += 1
-            return
-        exc = context.get("exception")
-        log.warning("http_accept_failed", error=f"{type(exc).__name__}: {exc}" if exc else context.get("message"),
-                    since_last=state["missed"], message="the listener pauses accepting for a second and retries")
-        state["last"], state["missed"] = now, 0
-
-    loop.set_exception_handler(handler)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -22,12 +23,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
-from daemon.api import ApiServer
+from daemon.api import MAX_CONNECTIONS, ApiServer
 from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
+from daemon.descriptors import control_share
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
 from daemon.httpauth import DenialReporter
+from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
@@ -203,6 +206,7 @@ class Daemon:
         # before anything is locked, opened or served.
         http, auth = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
                                        str(self.settings.config_path or ""), DenialReporter(self._http_denied))
+        limits = fd_budget(http.limits)        # descriptors: the listeners' shares, the rest kept for our work
         self.lock.acquire()
         self.runtime = build(self.settings)
         rt = self.runtime
@@ -227,13 +231,14 @@ class Daemon:
                                or (interrupted and self.last_head != applied)):
             self.pending = self.last_head
         rt.pipeline.stop = self.shutdown.event
-        self.api = ApiServer(self.settings.socket_path, self._handlers())
+        self.api = ApiServer(self.settings.socket_path, self._handlers(),
+                             max_connections=control_share(limits.fd_reserve, MAX_CONNECTIONS))
         self.api.start()
         mounts = reconciler_mounts(rt.reconcilers.values())
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
         app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
-        self.http = HttpServer(self.settings.http_listen, app, http)
+        self.http = HttpServer(self.settings.http_listen, app, http, limits)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
@@ -381,8 +386,14 @@ class Daemon:
         rt = self._rt
         try:
             head = rt.source.head()
-        except StratumError as err:
-            self.logger.error("source_error", message=err.render())
+        except (StratumError, OSError) as err:
+            # An OSError (EMFILE, EIO) is the host's trouble, not the commit's: log it and look again shortly,
+            # since no trigger may come for a commit already pushed.
+            self.logger.error("source_error", message=err.render() if isinstance(err, StratumError) else str(err))
+            if isinstance(err, OSError):
+                retry = threading.Timer(1.0, self.wake.ring, ("retry",))
+                retry.daemon = True
+                retry.start()
             return
         if head is None:
             if not self._branch_missing:

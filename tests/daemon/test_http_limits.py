@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from daemon.descriptors import quiet_accept_errors
 from daemon.http import HttpServer
 from daemon.httpconfig import Limits
-from daemon.httplimits import quiet_accept_errors
 
 LIMITS = Limits(header_timeout=1.0, body_timeout=1.0, keepalive_timeout=1.0, max_requests_per_connection=3,
                 max_connections=20, fd_reserve=64)
@@ -140,12 +140,12 @@ def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
     """A hundred accept() failures make one warning with no traceback; other loop errors still reach asyncio."""
     loop = asyncio.new_event_loop()
     try:
-        quiet_accept_errors(loop)
+        quiet_accept_errors(loop, "http")
         with structlog.testing.capture_logs() as logs:
             for _ in range(100):
                 loop.call_exception_handler({"message": "socket.accept() out of system resource",
                                              "exception": OSError(24, "Too many open files")})
-        assert [e["event"] for e in logs] == ["http_accept_failed"]
+        assert [e["event"] for e in logs] == ["accept_failed"]
         assert "Too many open files" in logs[0]["error"]
     finally:
         loop.close()
