@@ -7,6 +7,7 @@ Who may use it is daemon/httpauth.py (bearer tokens, Cedar), what a client may h
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 import threading
@@ -96,10 +97,21 @@ def listener_settings(listen: str, section: Any, where: str,
 
 
 class _Server(uvicorn.Server):
-    """uvicorn with accept() failures logged once a minute instead of a traceback each."""
+    """uvicorn with accept() failures logged once a minute instead of a traceback each, and a deadline on the
+    TLS handshake (uvicorn passes none, so asyncio's 60 s applies, and a connection still in its handshake
+    holds a descriptor the connection cap cannot see yet)."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        quiet_accept_errors(asyncio.get_running_loop(), "http")
+        loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop, "http")
+        if self.config.ssl is not None:
+            # This loop is ours alone (uvicorn's thread), so wrapping its create_server touches nothing else.
+            loop.create_server = functools.partial(  # type: ignore[method-assign]
+                loop.create_server, ssl_handshake_timeout=self.handshake_timeout)
         await super().startup(sockets=sockets)
 
 
@@ -129,7 +141,7 @@ class HttpServer:
             self.sock.close()
             raise SettingsError(f"cannot load the TLS certificate or key: {err}", where=str(http.tls_cert),
                                 hint="tls_cert is a PEM certificate (chain), tls_key its PEM private key") from err
-        self.server = _Server(config)
+        self.server = _Server(config, self.limits.header_timeout)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="http",
                                         daemon=True)
 

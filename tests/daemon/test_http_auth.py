@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -213,6 +214,18 @@ def test_tls_when_a_certificate_is_configured(tmp_path: Path) -> None:
         assert status == 200 and json.loads(body)["principal"] == "alice"
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             served.request("GET", "/mcp/", token=ADMIN)
+    finally:
+        served.server.stop()
+
+
+def test_a_stalled_tls_handshake_is_cut_off(tmp_path: Path) -> None:
+    """A client that opens a TCP connection to the TLS listener and never starts the handshake is closed at
+    the head deadline, not after asyncio's 60 s."""
+    cert, key = self_signed(tmp_path)
+    served = Listener(tmp_path, {"tls_cert": str(cert), "tls_key": str(key), "header_timeout": 1})
+    try:
+        with socket.create_connection(("127.0.0.1", served.server.port), timeout=10) as sock:
+            assert sock.recv(100) == b""
     finally:
         served.server.stop()
 
