@@ -130,7 +130,8 @@ class HttpServer:
         self.port: int = self.sock.getsockname()[1]
         self.scheme = "https" if http.tls else "http"
         tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+        # No mount speaks WebSocket: "none" keeps an upgrade from moving a connection out of the guarded protocol.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes,

@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import h11
 import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.descriptors import http_share, raise_nofile
@@ -51,11 +53,21 @@ def fd_budget(limits: Limits) -> Limits:
 
 
 class Stats:
-    """What the listener refused or cut, by reason (read by tests and the /metrics collector)."""
+    """What the listener refused or cut, by reason; a Prometheus collector (`registry.register(stats)`)."""
 
     def __init__(self) -> None:
         self.closed: Counter[str] = Counter()
         self.peak = 0                            # the most connections held at once, after eviction
+
+    def collect(self) -> Iterator[Metric]:
+        """stratum_http_connections_closed_total{reason} and stratum_http_connections_peak."""
+        closed = CounterMetricFamily("stratum_http_connections_closed",
+                                     "HTTP connections the listener cut off, by reason", labels=["reason"])
+        for reason in ("header_timeout", "body_timeout", "evicted", "over_capacity", "max_requests"):
+            closed.add_metric([reason], self.closed[reason])
+        yield closed
+        yield GaugeMetricFamily("stratum_http_connections_peak", "The most HTTP connections held at once",
+                                value=self.peak)
 
 
 def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:

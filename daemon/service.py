@@ -239,6 +239,7 @@ class Daemon:
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
         app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
         self.http = HttpServer(self.settings.http_listen, app, http, limits)
+        rt.pipeline.metrics.registry.register(self.http.stats)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:

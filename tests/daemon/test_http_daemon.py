@@ -101,7 +101,7 @@ def test_slow_clients_do_not_take_the_daemon_down(tmp_path: Path) -> None:
     first = work.commit({"infra/motd.ncl": _motd("one")})
     work.push()
     config = tmp_path / "stratumd.toml"
-    config.write_text("[http]\nheader_timeout = 2\nbody_timeout = 2\nfd_reserve = 150\n")
+    config.write_text("[http]\nheader_timeout = 2\nbody_timeout = 2\nfd_reserve = 150\nmetrics_public = true\n")
     d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config), nofile=NOFILE)
     idle: list[socket.socket] = []
     try:
@@ -123,6 +123,9 @@ def test_slow_clients_do_not_take_the_daemon_down(tmp_path: Path) -> None:
             assert d.wait_run(second, 60)["status"] == "succeeded"
             assert (tmp_path / "root/motd").read_text() == "two\n"
         assert peak < NOFILE
+        metrics = _get(port, "/metrics")[1].decode()
+        cut = [line for line in metrics.splitlines() if line.startswith("stratum_http_connections_closed_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in cut) >= 100     # slow clients were cut off
         assert d.proc.poll() is None
         log = d.log()
         assert "Traceback" not in log
