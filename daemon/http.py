@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 
 from daemon.descriptors import accept_burst, quiet_accept_errors
 from daemon.errors import SettingsError
-from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, load_tokens, read_private
+from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
 from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
 from daemon.httplimits import Stats, fd_budget, guarded_protocol
 from daemon.metrics import Metrics
@@ -81,19 +81,20 @@ AuthFactory = Callable[[Any, list[str]], AuthMiddleware]
 
 
 def listener_settings(listen: str, section: Any, where: str,
-                      on_denied: OnDenied | None = None) -> tuple[HttpSettings, AuthFactory]:
-    """The checked `[http]` table and the auth gate it describes; raises SettingsError (before anything
-    listens) on a bad table, an unreadable or open tokens file, a bad policy, or an exposed address in clear."""
+                      on_denied: OnDenied | None = None) -> tuple[HttpSettings, AuthFactory, TokenStore]:
+    """The checked `[http]` table, the auth gate it describes and its token store (for reloads); raises
+    SettingsError (before anything listens) on a bad table, an unreadable or open tokens file, a bad policy,
+    or an exposed address in clear."""
     http = http_settings(section, where)
     check_exposure(listen, http, where)
-    tokens = load_tokens(http.tokens_file) if http.tokens_file else {}
+    tokens = TokenStore(http.tokens_file)
     policy = HttpPolicy.from_file(http.policy_file)
     if http.tls_key is not None:
         read_private(http.tls_key, "TLS key file")
 
     def auth(app: Any, mounts: list[str]) -> AuthMiddleware:
         return AuthMiddleware(app, tokens, policy, mounts, http.metrics_public, on_denied)
-    return http, auth
+    return http, auth, tokens
 
 
 class _Server(uvicorn.Server):

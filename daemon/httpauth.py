@@ -122,6 +122,33 @@ def load_tokens(path: Path) -> dict[str, Client]:
     return out
 
 
+class TokenStore:
+    """The clients of the tokens file. `read` then `replace` on SIGHUP: a revoked token stops working without a
+    restart, and a broken file keeps the clients in force (the reload fails as a whole)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._by_digest: dict[str, Client] = self.read()
+
+    def read(self) -> dict[str, Client]:
+        """The file's clients now (raises SettingsError); nothing changes until `replace`."""
+        return load_tokens(self.path) if self.path is not None else {}
+
+    def replace(self, clients: Mapping[str, Client]) -> None:
+        """Put `clients` in force (one reference swap: a request in flight sees the old set or the new)."""
+        self._by_digest = dict(clients)
+
+    def find(self, token: str) -> Client | None:
+        """The client `token` belongs to. Every stored digest is compared in constant time (a host has a
+        handful of clients), so the time taken says nothing about how close a guess came."""
+        digest = token_digest(token)
+        found = None
+        for known, client in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                found = client
+        return found
+
+
 class HttpPolicy:
     """The host's Cedar policies for the listener, parsed once."""
 
@@ -176,10 +203,10 @@ def mount_of(path: str, mounts: Sequence[str]) -> str:
 class AuthMiddleware:
     """The ASGI gate in front of every mount (the numbered checks of the module docstring)."""
 
-    def __init__(self, app: Any, tokens: Mapping[str, Client], policy: HttpPolicy, mounts: Sequence[str],
+    def __init__(self, app: Any, tokens: TokenStore, policy: HttpPolicy, mounts: Sequence[str],
                  metrics_public: bool = False, on_denied: OnDenied | None = None) -> None:
         self.app = app
-        self.tokens = dict(tokens)
+        self.tokens = tokens
         self.policy = policy
         self.mounts = tuple(sorted(mounts, key=len, reverse=True))
         self.metrics_public = metrics_public
@@ -225,13 +252,7 @@ class AuthMiddleware:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(values) > 1:
             return "the Authorization header must be one `Bearer <token>`"
-        digest = token_digest(token)
-        # Every stored digest is compared in constant time (a host has a handful of clients), so the time taken
-        # says nothing about how close a guess came.
-        for known, client in self.tokens.items():
-            if hmac.compare_digest(known, digest):
-                return client
-        return "the bearer token is not valid"
+        return self.tokens.find(token) or "the bearer token is not valid"
 
     async def _refuse(self, scope: Mapping[str, Any], send: Send, status: int, principal: str, mount: str,
                       reason: str) -> None:

@@ -29,7 +29,7 @@ from daemon.deliveries import DeliveryLog
 from daemon.descriptors import control_share
 from daemon.errors import SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
-from daemon.httpauth import DenialReporter
+from daemon.httpauth import DenialReporter, TokenStore
 from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
@@ -65,6 +65,7 @@ class Daemon:
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
+        self.http_tokens: TokenStore | None = None
         self.last_head: str | None = None
         self._branch_missing = False
         self._last_drift: set[str] = set()
@@ -204,7 +205,7 @@ class Daemon:
         """Steps 1-3 of the module docstring."""
         # The listener's settings first: an exposed address in clear or a bad tokens file stops the start
         # before anything is locked, opened or served.
-        http, auth = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
+        http, auth, self.http_tokens = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
                                        str(self.settings.config_path or ""), DenialReporter(self._http_denied))
         limits = fd_budget(http.limits)        # descriptors: the listeners' shares, the rest kept for our work
         self.lock.acquire()
@@ -288,6 +289,7 @@ class Daemon:
                                     where=str(config), hint="restore the file, then reload again")
             new, stuck = merge_reload(self.settings, self._reload())
             controls = host_controls(new)
+            tokens = self.http_tokens.read() if self.http_tokens else None   # revoked tokens stop working
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
@@ -299,6 +301,8 @@ class Daemon:
             self.logger.warning("restart_required", settings=stuck,
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
+        if self.http_tokens and tokens is not None:
+            self.http_tokens.replace(tokens)
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())

@@ -57,7 +57,7 @@ class Listener:
 
     def __init__(self, tmp: Path, table: dict[str, Any], listen: str = "127.0.0.1:0") -> None:
         self.denied: list[tuple[str, str]] = []
-        http, auth = listener_settings(listen, table, "stratumd.toml",
+        http, auth, self.tokens = listener_settings(listen, table, "stratumd.toml",
                                        DenialReporter(lambda m, p: self.denied.append((m, p))))
         from starlette.applications import Starlette
 
@@ -228,6 +228,15 @@ def test_a_stalled_tls_handshake_is_cut_off(tmp_path: Path) -> None:
             assert sock.recv(100) == b""
     finally:
         served.server.stop()
+
+
+def test_a_replaced_tokens_file_revokes_without_a_restart(tmp_path: Path, listener: Listener) -> None:
+    """What a SIGHUP does: the file re-read and put in force, so a removed client's token stops working."""
+    path = tmp_path / "tokens"
+    path.write_text(f"bob:reader:{token_digest(READER)}\n")
+    listener.tokens.replace(listener.tokens.read())
+    assert listener.request("GET", "/mcp/", token=ADMIN)[0] == 401
+    assert listener.request("GET", "/mcp/", token=READER)[0] == 200
 
 
 def test_tls_key_open_to_others_is_refused(tmp_path: Path) -> None:

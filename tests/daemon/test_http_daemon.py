@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 NOFILE = 300          # the daemon's descriptor limit in the flood test (soft = hard: it cannot raise it)
 SLOW_CLIENTS = 500
 TOKEN = "daemon-test-token-0123456789abcdef"
+NEW_TOKEN = "daemon-test-token-rotated-0123456789"
 
 
 def _motd(text: str) -> str:
@@ -137,8 +139,8 @@ def test_slow_clients_do_not_take_the_daemon_down(tmp_path: Path) -> None:
 
 
 def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> None:
-    """A daemon with a tokens file: /metrics needs the scraper's token, /healthz does not, and a refusal is
-    recorded as an `http_denied` event naming the principal."""
+    """A daemon with a tokens file: /metrics needs the scraper's token, /healthz does not, a refusal is
+    recorded as an `http_denied` event naming the principal, and SIGHUP puts an edited tokens file in force."""
     remote = bare_repo(tmp_path / "remote.git")
     work = WorkRepo(tmp_path / "work", remote=remote)
     first = work.commit({"infra/motd.ncl": _motd("one")})
@@ -157,6 +159,11 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
         status, body = _get(port, "/metrics", TOKEN)
         assert status == 200 and b"stratum_runs_total" in body
         assert _get(port, "/mcp/", TOKEN)[0] == 403
+        # SIGHUP re-reads the tokens file: the old token is revoked, the new one works, no restart.
+        tokens.write_text(f"prom:metrics:{token_digest(NEW_TOKEN)}\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _get(port, "/metrics", TOKEN)[0] == 401, 20)
+        assert _get(port, "/metrics", NEW_TOKEN)[0] == 200
 
         def denied() -> list[dict[str, Any]]:
             found = [e for e in d.call("events", limit=50)["events"] if e["kind"] == "http_denied"]
