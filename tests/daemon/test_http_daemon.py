@@ -164,6 +164,13 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: _get(port, "/metrics", TOKEN)[0] == 401, 20)
         assert _get(port, "/metrics", NEW_TOKEN)[0] == 200
+        # A tokens file others may read fails the reload as a whole; the tokens in force stay.
+        tokens.write_text(f"prom:metrics:{token_digest(TOKEN)}\n")
+        tokens.chmod(0o644)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: [e for e in d.call("events", limit=50)["events"] if e["kind"] == "reload_failed"], 20)
+        assert _get(port, "/metrics", NEW_TOKEN)[0] == 200
+        assert _get(port, "/metrics", TOKEN)[0] == 401
 
         def denied() -> list[dict[str, Any]]:
             found = [e for e in d.call("events", limit=50)["events"] if e["kind"] == "http_denied"]
