@@ -20,7 +20,6 @@ descriptors for the index, git, the Nickel workers and the control socket (daemo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -72,36 +71,54 @@ class Stats:
 
 def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the deadlines and the cap of the module docstring."""
+    # Shared by the connections of one server (its event loop is one thread: no locks). `waiting` holds the
+    # connections in their head phase in the order they entered it, so the oldest is found in O(1) at the cap.
+    waiting: dict[Guarded, None] = {}
+    live = [0]
 
     class Guarded(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
-        _phase = "head"                          # head (waiting for one) -> body -> app (the app answers)
-        _since = 0.0                             # when the head phase began: the oldest waiting is evicted first
+        _phase = "new"                           # new -> head (waiting for one) -> body -> app -> head ... closed
         _requests = 0
         _seen: object = None                     # the request/response cycle already counted
         _got_bytes = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.connections) > limits.max_connections and not self._evict_one():
+            live[0] += 1
+            if live[0] > limits.max_connections and not self._evict_one():
                 stats.closed["over_capacity"] += 1
-                self._phase = "closed"
+                self._retire()
                 transport.abort()
                 return
-            stats.peak = max(stats.peak, len([c for c in self.connections if getattr(c, "_phase", "") != "closed"]))
+            stats.peak = max(stats.peak, live[0])
             self._wait_head(limits.header_timeout)
 
         def _evict_one(self) -> bool:
-            """Close the connection that has waited longest for a request head (not this one)."""
-            waiting = [c for c in self.connections if isinstance(c, Guarded) and c is not self and c._phase == "head"]
+            """Close the connection that has waited longest for a request head."""
             if not waiting:
                 return False
             stats.closed["evicted"] += 1
-            min(waiting, key=lambda c: c._since)._close(timed_out=False)
+            next(iter(waiting))._close(timed_out=False)
             return True
 
+        def _enter(self, phase: str) -> None:
+            waiting.pop(self, None)
+            if phase == "head":
+                waiting[self] = None              # to the end: the newest waiter
+            self._phase = phase
+
+        def _retire(self) -> None:
+            """Closed: out of the count and the queue, once."""
+            self._disarm()
+            if self._phase != "closed":
+                waiting.pop(self, None)
+                live[0] -= 1
+                self._phase = "closed"
+
         def _wait_head(self, seconds: float) -> None:
-            self._phase, self._since, self._got_bytes = "head", time.monotonic(), False
+            self._enter("head")
+            self._got_bytes = False
             self._arm(seconds, self._head_late)
 
         def _arm(self, seconds: float, callback: Any) -> None:
@@ -123,8 +140,7 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
             self._close(timed_out=False)
 
         def _close(self, timed_out: bool) -> None:
-            self._disarm()
-            self._phase = "closed"
+            self._retire()
             if self.transport.is_closing():
                 return
             if timed_out and self._got_bytes and self.conn.our_state is h11.IDLE:
@@ -153,10 +169,10 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
                 return                            # still the head phase, armed where it began
             if state is h11.SEND_BODY:
                 if self._phase != "body":
-                    self._phase = "body"
+                    self._enter("body")
                     self._arm(limits.body_timeout, self._body_late)
             elif self._phase != "app":
-                self._phase = "app"
+                self._enter("app")
                 self._disarm()
 
         def on_response_complete(self) -> None:
@@ -165,8 +181,7 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
                 return
             if self._requests >= limits.max_requests_per_connection:
                 stats.closed["max_requests"] += 1
-                self._disarm()
-                self._phase = "closed"
+                self._retire()
                 self.transport.close()            # not abort: the response may still be in the write buffer
                 return
             if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
@@ -175,8 +190,7 @@ def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
                 self._wait_head(limits.keepalive_timeout + limits.header_timeout)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            self._phase = "closed"
+            self._retire()
             super().connection_lost(exc)
 
     return Guarded
