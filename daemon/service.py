@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -22,11 +23,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
-from daemon.api import ApiServer
+from daemon.api import MAX_CONNECTIONS, ApiServer
 from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
+from daemon.descriptors import control_share
 from daemon.errors import SettingsError, SourceError, StratumError
-from daemon.http import HttpServer, build_app, reconciler_mounts
+from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
+from daemon.httpauth import DenialReporter, TokenStore
+from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
@@ -62,6 +66,7 @@ class Daemon:
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
+        self.http_tokens: TokenStore | None = None
         self.last_head: str | None = None
         self._branch_missing = False
         self._last_drift: set[str] = set()
@@ -212,6 +217,12 @@ class Daemon:
             mark.clear()
 
     def _start(self) -> None:
+        """Steps 1-3, with the starting mark set."""
+        # The listener's settings first: an exposed address in clear or a bad tokens file stops the start
+        # before anything is locked, opened or served.
+        http, auth, self.http_tokens = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
+                                       str(self.settings.config_path or ""), DenialReporter(self._http_denied))
+        limits = fd_budget(http.limits)        # descriptors: the listeners' shares, the rest kept for our work
         self.lock.acquire()
         self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
@@ -237,13 +248,15 @@ class Daemon:
                                or (interrupted and self.last_head != applied)):
             self.pending = self.last_head
         rt.pipeline.stop = self.shutdown.event
-        self.api = ApiServer(self.settings.socket_path, self._handlers())
+        self.api = ApiServer(self.settings.socket_path, self._handlers(),
+                             max_connections=control_share(limits.fd_reserve, MAX_CONNECTIONS))
         self.api.start()
         mounts = reconciler_mounts(rt.reconcilers.values())
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
-        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
-        self.http = self._listen(app)
+        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
+        self.http = self._listen(app, http, limits)
+        rt.pipeline.metrics.registry.register(self.http.stats)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
@@ -259,11 +272,11 @@ class Daemon:
         except OSError as err:
             self.logger.warning("settings_not_recorded", message=f"{err.strerror}: {err.filename}")
 
-    def _listen(self, app: Any) -> HttpServer:
+    def _listen(self, app: Any, http: Any, limits: Any) -> HttpServer:
         """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
         listen = self.settings.http_listen
         try:
-            return HttpServer(listen, app)
+            return HttpServer(listen, app, http, limits)
         except (OSError, ValueError) as err:
             why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             where = str(self.settings.config_path) if self.settings.config_path and \
@@ -294,6 +307,13 @@ class Daemon:
                                                     subject=receiver), future))
         self.wake.ring("api")
 
+    def _http_denied(self, message: str, principal: str) -> None:
+        """A refusal of the HTTP listener (already rate-limited): logged, and an event with the principal."""
+        self.logger.warning("http_denied", message=message, principal=principal)
+        future: cf.Future[Any] = cf.Future()
+        self.jobs.put((lambda: self._rt.index.event("http_denied", message, subject=principal), future))
+        self.wake.ring("api")
+
     # reload --------------------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: re-read host settings; on any error keep the old ones and say why. True when reloaded."""
@@ -307,6 +327,7 @@ class Daemon:
                                     where=str(config), hint="restore the file, then reload again")
             new, stuck = merge_reload(self.settings, self._reload())
             controls = host_controls(new)
+            tokens = self.http_tokens.read() if self.http_tokens else None   # revoked tokens stop working
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
@@ -319,6 +340,8 @@ class Daemon:
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
         self._persist_settings()
+        if self.http_tokens and tokens is not None:
+            self.http_tokens.replace(tokens)
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())
@@ -407,8 +430,14 @@ class Daemon:
         rt = self._rt
         try:
             head = rt.source.head()
-        except StratumError as err:
-            self.logger.error("source_error", message=err.render())
+        except (StratumError, OSError) as err:
+            # An OSError (EMFILE, EIO) is the host's trouble, not the commit's: log it and look again shortly,
+            # since no trigger may come for a commit already pushed.
+            self.logger.error("source_error", message=err.render() if isinstance(err, StratumError) else str(err))
+            if isinstance(err, OSError):
+                retry = threading.Timer(1.0, self.wake.ring, ("retry",))
+                retry.daemon = True
+                retry.start()
             return
         if head is None:
             if not self._branch_missing:

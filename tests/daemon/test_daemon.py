@@ -34,7 +34,9 @@ def test_push_is_applied_and_recorded(pushed: tuple[WorkRepo, Path], tmp_path: P
     work, remote = pushed
     first = work.commit({"infra/a.ncl": _files(3, "v1")})
     work.push()
-    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
+    config = tmp_path / "stratumd.toml"
+    config.write_text("[http]\nmetrics_public = true\n")   # /metrics otherwise needs a token (test_http_auth.py)
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
     try:
         assert d.wait_run(first)["status"] == "succeeded"
         assert (tmp_path / "root/app/f2.txt").read_text() == "v1 2\n"
