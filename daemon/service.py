@@ -30,7 +30,7 @@ from daemon.http import HttpServer, build_app, reconciler_mounts
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock
 from daemon.rebuild import rebuild
-from daemon.report import plan_to_dict, run_to_dict
+from daemon.report import drift_to_list, plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
 from daemon.settings import Settings
 from daemon.source import sanitize_url
@@ -173,8 +173,7 @@ class Daemon:
         rev = self._rt.index.get_state("last_applied_revision")
         if rev is None:
             return []
-        report = self._rt.pipeline.plan(rev)
-        return [p.as_dict() for p in report.drift]
+        return drift_to_list(self._rt.pipeline.plan(rev))
 
     def _drift_check(self) -> None:
         found = self.drift_report()

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from daemon import api, log
+from daemon import api
 from daemon.cli.common import (
     common_options,
     daemon_socket,
@@ -20,6 +20,7 @@ from daemon.cli.common import (
     output_option,
     settings_from,
 )
+from daemon.cli.errors import quiet_logs
 from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import events as events_query
@@ -127,8 +128,20 @@ def events(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 @handle_errors
 def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
           root: Path | None, output: str) -> None:
-    """Compare the host with the last applied revision (exit 1 when anything drifted)."""
-    log.configure("console", sys.stderr)
+    """Compare the host with the last applied revision (exit 1 when anything drifted).
+
+    Each drifted resource shows what differs, expected vs found (mode, type, link target, content
+    fingerprint), and a unified diff of text content (only fingerprints for files that may carry a secret).
+    `--output json` gives both sides per resource.
+
+    \b
+    Examples:
+      stratum drift
+      stratum drift --output json | jq '.[] | {resource, expected, found}'
+    """
+    from daemon.report import detail_lines, drift_to_list
+
+    quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
     reply = _ask(settings, "drift")
     if reply is not None:
@@ -139,7 +152,7 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
         rt = build(settings)
         try:
             rev = rt.index.get_state("last_applied_revision")
-            found = [p.as_dict() for p in rt.pipeline.plan(rev).drift] if rev else []
+            found = drift_to_list(rt.pipeline.plan(rev)) if rev else []
         finally:
             rt.close()
     if output == "json":
@@ -147,5 +160,7 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
     else:
         for p in found:
             click.echo(f"{p['path']}:{p['line']}: {p['message']}")
+            for line in detail_lines(p if "expected" in p else None):
+                click.echo(f"    {line}")
         click.echo(f"{len(found)} drifted resource(s)" if found else "no drift")
     sys.exit(1 if found else 0)
