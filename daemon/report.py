@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
@@ -20,9 +22,21 @@ def run_to_dict(result: RunResult) -> dict[str, Any]:
     return d
 
 
+def plan_fingerprint(report: PlanReport) -> str:
+    """What a saved plan (`stratum plan -o FILE`) must still match to be applied: every action with its full
+    change, and the found side of every resource that differs (the observed state the plan was made from)."""
+    parts = [[a.id, a.kind, hashlib.sha256(a.change.encode()).hexdigest(), list(a.depends_on)]
+             for a in report.actions]
+    found = sorted((k, json.dumps(v.get("found"), sort_keys=True, default=str)) for k, v in report.details.items())
+    drift = sorted(p.message for p in report.drift)
+    blob = json.dumps([report.revision, parts, found, drift], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def plan_to_dict(report: PlanReport) -> dict[str, Any]:
     """JSON-ready plan."""
     return {
+        "fingerprint": plan_fingerprint(report),
         "revision": report.revision, "base": report.base,
         "actions": [{"id": a.id, "reconciler": a.reconciler, "kind": a.kind, "target": a.target,
                      "summary": a.summary, "depends_on": list(a.depends_on)} for a in report.actions],
