@@ -159,7 +159,8 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """Status with Ready conditions, plus daemon facts."""
-        extra = {"daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
+        extra = {"repository": sanitize_url(str(self.settings.repo)), "branch": self.settings.branch,
+                 "daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
                             "head": self.last_head, "loops": self.loops, "pending": self.pending,
                             "window": self._gate_dict()}}
         return status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)

@@ -7,6 +7,15 @@ import sys
 
 import click
 
+from daemon import __version__
+from daemon.cli.completion import completion
+from daemon.cli.control import resume, suspend, windows
+from daemon.cli.daemon import daemon, notify
+from daemon.cli.init import init
+from daemon.cli.run import apply, plan, rollback
+from daemon.cli.status import drift, events, log_cmd, status
+from daemon.cli.validate import validate
+
 EPILOG = """\b
 Examples:
   stratum init ops && cd ops          a new ops repository from the example template
@@ -16,15 +25,6 @@ Examples:
   stratumd                            watch the repository and apply every commit
   stratum status; stratum log         what is applied, and the newest runs
 Exit codes: 0 success, 1 error or problems found, 2 usage error (plan --detailed-exitcode: 2 = changes)."""
-
-from daemon import __version__
-from daemon.cli.completion import completion
-from daemon.cli.control import resume, suspend, windows
-from daemon.cli.daemon import daemon, notify
-from daemon.cli.init import init
-from daemon.cli.run import apply, plan, rollback
-from daemon.cli.status import drift, events, log_cmd, status
-from daemon.cli.validate import validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
