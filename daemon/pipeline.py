@@ -70,6 +70,7 @@ class PlanReport:
     problems: tuple[Problem, ...]
     drift: tuple[Problem, ...] = ()
     admission: Admission | None = None        # signer and change-control decisions
+    details: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)   # "infra:id" -> expected vs found
 
 
 @dataclass
@@ -175,7 +176,25 @@ class Pipeline:
                     drift.extend(drift_fn(loaded.desired[name], observed[name], inventory))
                 except TypeError:
                     drift.extend(drift_fn(loaded.desired[name], observed[name]))
-        return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift), admission)
+        details = self._details(loaded.desired, observed, inventory)
+        return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift), admission, details)
+
+    def _details(self, desired: Mapping[str, Any], observed: Mapping[str, Any], inventory: list[InventoryItem],
+                 before: Mapping[str, Any] | None = None) -> dict[str, Mapping[str, Any]]:
+        """Expected vs found per changed or drifted resource, from reconcilers that explain (diffs for people;
+        computed here because plans and checkpoints keep no contents). A failure only loses the details."""
+        out: dict[str, Mapping[str, Any]] = {}
+        for name, rec in self.reconcilers.items():
+            explain = getattr(rec, "explain", None)
+            if explain is None or name not in desired or name not in observed:
+                continue
+            try:
+                found = explain(desired[name], observed[name], inventory, before.get(name) if before else None)
+            except Exception:  # noqa: BLE001 details are a courtesy: the plan stands without them
+                log.get().exception("explain_failed", reconciler=name)
+                continue
+            out.update({f"{name}:{rid}": d for rid, d in found.items()})
+        return out
 
     def plan_between(self, base: str, head: str) -> PlanReport:
         """What merging `head` onto `base` would change: head's desired state against base's, as if base were
@@ -187,20 +206,24 @@ class Pipeline:
         # The base's problems do not matter (the PR may fix them); its policies govern policies/ changes.
         admission = admit(self.source, head_loaded, base_loaded, self.reconcilers, self.admission)
         actions: list[Action] = []
+        details: dict[str, Mapping[str, Any]] = {}
         for name, rec in self.reconcilers.items():
             simulate = getattr(rec, "simulate", None)
             items_fn = getattr(rec, "inventory_items", None)
             if simulate is None or name not in base_loaded.desired or name not in head_loaded.desired:
                 continue
             inventory = items_fn(base_loaded.desired[name]) if items_fn else []
-            actions.extend(rec.plan(head_loaded.desired[name], simulate(base_loaded.desired[name]), inventory))
+            seen = simulate(base_loaded.desired[name])
+            actions.extend(rec.plan(head_loaded.desired[name], seen, inventory))
+            details.update(self._details({name: head_loaded.desired[name]}, {name: seen}, inventory,
+                                         {name: base_loaded.desired[name]}))
         try:
             ordered = sequence(actions)
         except CycleError as err:
             return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, (),
                               (Problem(err.what, hint=err.hint),), (), admission)
         return PlanReport(head_loaded.snapshot.revision, base_loaded.snapshot.revision, tuple(ordered),
-                          admission.problems, (), admission)
+                          admission.problems, (), admission, details)
 
     # the run -----------------------------------------------------------------------------------------
     def run(self, revision: str, trigger: str = "manual", incremental: bool = False) -> RunResult:

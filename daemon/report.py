@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import asdict
 from typing import Any
@@ -20,16 +22,60 @@ def run_to_dict(result: RunResult) -> dict[str, Any]:
     return d
 
 
+def plan_fingerprint(report: PlanReport) -> str:
+    """What a saved plan (`stratum plan -o FILE`) must still match to be applied: every action with its full
+    change, and the found side of every resource that differs (the observed state the plan was made from)."""
+    parts = [[a.id, a.kind, hashlib.sha256(a.change.encode()).hexdigest(), list(a.depends_on)]
+             for a in report.actions]
+    found = sorted((k, json.dumps(v.get("found"), sort_keys=True, default=str)) for k, v in report.details.items())
+    drift = sorted(p.message for p in report.drift)
+    blob = json.dumps([report.revision, parts, found, drift], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def plan_to_dict(report: PlanReport) -> dict[str, Any]:
     """JSON-ready plan."""
     return {
+        "fingerprint": plan_fingerprint(report),
         "revision": report.revision, "base": report.base,
         "actions": [{"id": a.id, "reconciler": a.reconciler, "kind": a.kind, "target": a.target,
                      "summary": a.summary, "depends_on": list(a.depends_on)} for a in report.actions],
         "problems": [p.as_dict() for p in report.problems],
         "drift": [p.as_dict() for p in report.drift],
         "admission": report.admission.as_dict() if report.admission else None,
+        "details": {k: dict(v) for k, v in report.details.items()},
     }
+
+
+def drift_to_list(report: PlanReport) -> list[dict[str, Any]]:
+    """The drift of a plan as JSON: each problem with both sides (`resource`, `expected`, `found`, `diff`)."""
+    drifted = [d for d in report.details.values() if d.get("nature") == "drift"]
+    out = []
+    for p in report.drift:
+        row = p.as_dict()
+        for d in drifted:
+            if f" {d['resource']} (" in p.message:
+                row |= {k: d[k] for k in ("resource", "kind", "expected", "found", "diff", "sensitive")}
+                break
+        out.append(row)
+    return out
+
+
+def _detail_for(plan: dict[str, Any], action_id: str) -> dict[str, Any] | None:
+    details: dict[str, Any] = plan.get("details") or {}
+    return details.get(action_id)
+
+
+def detail_lines(detail: dict[str, Any] | None) -> list[str]:
+    """Expected-vs-found lines and the diff of one resource, for a terminal (unindented)."""
+    if not detail:
+        return []
+    from reconcilers.infra.diff import differences
+
+    lines = differences(detail)
+    if detail.get("diff"):
+        lines += str(detail["diff"]).splitlines()
+    return lines
 
 
 def _grouped(plan: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -57,7 +103,9 @@ def plan_text(plan: dict[str, Any]) -> str:
     for reconciler, actions in sorted(_grouped(plan).items()):
         counts = _counts(actions)
         lines.append(f"{reconciler}: {counts}")
-        lines += [f"  {_VERBS.get(a['kind'], '?')} {a['summary']}" for a in actions]
+        for a in actions:
+            lines.append(f"  {_VERBS.get(a['kind'], '?')} {a['summary']}")
+            lines += [f"      {line}" for line in detail_lines(_detail_for(plan, a["id"]))]
     if plan["drift"]:
         lines.append(f"drift: {len(plan['drift'])}")
         lines += [f"  ! {_problem_line(p)}" for p in plan["drift"]]
@@ -107,6 +155,26 @@ def _counts(actions: list[dict[str, Any]]) -> str:
                                                        ("delete", "delete"), ("run", "run")) if n[k])
 
 
+def _markdown_detail(action: dict[str, Any], detail: dict[str, Any] | None) -> str:
+    """A collapsed block with the resource's differences and diff; one body entry, so a comment split into
+    parts never cuts a code fence."""
+    if not detail or not (detail.get("diff") or detail.get("found", {}).get("exists")):
+        return ""
+    from reconcilers.infra.diff import differences
+
+    diffs = differences(detail)
+    text = str(detail.get("diff") or "")
+    if not diffs and not text:
+        return ""
+    fence = "````" if "```" in text else "```"
+    out = [f"\n<details><summary>{action['summary'].replace('<', '&lt;')}</summary>\n"]
+    out += [f"- {line}" for line in diffs]
+    if text:
+        out += ["", f"{fence}diff", text, fence]
+    out.append("</details>")
+    return "\n".join(out)
+
+
 def plan_markdown(plan: dict[str, Any]) -> list[str]:
     """The pull-request comment; split into numbered parts when over 65,000 characters."""
     head = f"### Stratum plan for `{plan['revision'][:12]}`" + (
@@ -122,6 +190,7 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
         body.append("| | action | depends on |\n|---|---|---|")
         body += [f"| {_VERBS.get(a['kind'], '?')} | {a['summary'].replace('|', '/')} | "
                  f"{', '.join(d.split(':', 1)[-1] for d in a['depends_on']) or ''} |" for a in actions]
+        body += [block for a in actions if (block := _markdown_detail(a, _detail_for(plan, a["id"])))]
     if plan["drift"]:
         body.append(f"\n#### Drift found: {len(plan['drift'])}\n")
         body += [f"- {_problem_line(p)}" for p in plan["drift"]]

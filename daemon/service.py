@@ -34,7 +34,7 @@ from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
-from daemon.report import plan_to_dict, run_to_dict
+from daemon.report import drift_to_list, plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
 from daemon.settings import Settings, effective, write_effective
 from daemon.source import sanitize_url
@@ -166,7 +166,8 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """Status with Ready conditions, plus daemon facts."""
-        extra = {"daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
+        extra = {"repository": sanitize_url(str(self.settings.repo)), "branch": self.settings.branch,
+                 "daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
                             "head": self.last_head, "loops": self.loops, "pending": self.pending,
                             "window": self._gate_dict()}}
         return status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
@@ -180,8 +181,7 @@ class Daemon:
         rev = self._rt.index.get_state("last_applied_revision")
         if rev is None:
             return []
-        report = self._rt.pipeline.plan(rev)
-        return [p.as_dict() for p in report.drift]
+        return drift_to_list(self._rt.pipeline.plan(rev))
 
     def _drift_check(self) -> None:
         found = self.drift_report()

@@ -30,6 +30,10 @@ def status(index: Index, reconcilers: Iterable[str], unavailable: Mapping[str, s
                            "last_applied_revision": index.get_state("last_applied_revision"),
                            "suspended": index.get_state("suspended") == "true",
                            "reconcilers": {}}
+    at = index.get_state("suspended_at")
+    out["suspension"] = {"reason": index.get_state("suspended_reason") or "",
+                         "by": index.get_state("suspended_by") or "",
+                         "at": float(at) if at else None} if out["suspended"] else None
     names = list(reconcilers) + [n for n in unavailable if n not in reconcilers]
     for name in names:
         applied = index.get_state(f"last_applied_revision:{name}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from daemon import api
+from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
 from daemon.settings import Settings, check_owner, load_settings, read_effective
 
@@ -126,21 +126,6 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
 def emit_json(data: Any) -> None:
     """Print JSON to stdout."""
     click.echo(json.dumps(data, indent=2, default=str))
-
-
-def handle_errors(fn: F) -> F:
-    """Map StratumError to `error: ...` on stderr and exit 1 (the one error handler)."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StratumError as err:
-            click.echo(f"error: {err.render()}", err=True)
-            sys.exit(err.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-    return wrapper  # type: ignore[return-value]
 
 
 @contextmanager

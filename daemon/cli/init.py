@@ -16,15 +16,23 @@ from daemon.resources import template_dir
 _SKIP = {".stratum-data", "__pycache__", "__init__.py"}
 
 
-def _signature(repo: pygit2.Repository) -> pygit2.Signature:
+FALLBACK_NAME, FALLBACK_EMAIL = "Stratum user", "stratum@localhost"
+
+
+def _signature(repo: pygit2.Repository) -> tuple[pygit2.Signature, bool]:
+    """The user's git identity, or a repo-local fallback written into the new repository's config (so the
+    user's next `git commit` there works too); the flag says whether the fallback was set."""
     try:
-        return repo.default_signature
+        return repo.default_signature, False
     except (KeyError, pygit2.GitError):
-        return pygit2.Signature("Stratum", "stratum@localhost")
+        repo.config["user.name"] = FALLBACK_NAME
+        repo.config["user.email"] = FALLBACK_EMAIL
+        return pygit2.Signature(FALLBACK_NAME, FALLBACK_EMAIL), True
 
 
-def init_repo(target: Path, name: str | None = None) -> str:
-    """Copy the template into `target` (new or empty), git init, first commit; returns the commit id."""
+def init_repo(target: Path, name: str | None = None) -> tuple[str, bool]:
+    """Copy the template into `target` (new or empty), git init, first commit; returns the commit id and
+    whether a repo-local git identity had to be set (none was configured)."""
     if target.exists() and any(target.iterdir()):
         raise StratumError(f"{target} exists and is not empty", hint="choose a new directory")
     source = template_dir()
@@ -54,9 +62,9 @@ def init_repo(target: Path, name: str | None = None) -> str:
     repo.index.add_all()
     repo.index.write()
     tree = repo.index.write_tree()
-    sig = _signature(repo)
+    sig, local_identity = _signature(repo)
     commit = repo.create_commit("HEAD", sig, sig, "Initial Stratum ops repository\n", tree, [])
-    return str(commit)
+    return str(commit), local_identity
 
 
 @click.command("init")
@@ -65,6 +73,10 @@ def init_repo(target: Path, name: str | None = None) -> str:
 @handle_errors
 def init(directory: Path, name: str | None) -> None:
     """Create a new ops repository in DIRECTORY from the example template."""
-    commit = init_repo(directory, name)
+    commit, local_identity = init_repo(directory, name)
     click.echo(f"Initialized a Stratum ops repository in {directory} (commit {commit[:12]}).")
+    if local_identity:
+        click.echo(f"No git identity is configured: commits in {directory} are made as "
+                   f"'{FALLBACK_NAME} <{FALLBACK_EMAIL}>' (set yours: git -C {directory} config user.name NAME; "
+                   f"git -C {directory} config user.email EMAIL).")
     click.echo(f"Next: stratum validate --repo {directory}   then   stratumd --repo {directory}")

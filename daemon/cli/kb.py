@@ -260,13 +260,6 @@ def mcp(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str
 
 
 if __name__ == "__main__":   # `python -m daemon.cli.kb ...` works before the `stratum` entry point is wired
-    from daemon.errors import StratumError
+    from daemon.cli.errors import run_standalone
 
-    try:
-        kb(standalone_mode=False)
-    except StratumError as err:
-        click.echo(f"error: {err.render()}", err=True)
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+    sys.exit(run_standalone(kb))

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from daemon import api, log
+from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
+from daemon.cli.errors import quiet_logs
 from daemon.controls import host_controls, refuse_manual
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
@@ -34,12 +35,33 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
 @click.option("--base", default=None, help="compare against this revision (a pull request's target)")
 @click.option("--head", default=None, help="the revision to plan (default: the watched branch)")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
-@click.option("--output", "-o", type=click.Choice(["text", "json"]), default=None, help="alias: --format json")
+@click.option("--output", type=click.Choice(["text", "json"]), default=None, help="alias: --format json")
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="also save the plan to FILE, for `stratum apply FILE`")
+@click.option("--detailed-exitcode", is_flag=True, help="exit 0: no changes, 2: changes, 1: error or rejected")
 @handle_errors
 def plan(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None, root: Path | None,
-         base: str | None, head: str | None, fmt: str, output: str | None) -> None:
-    """Show what applying a revision would change (exit 1 when the revision would be rejected)."""
-    log.configure("console", sys.stderr)
+         base: str | None, head: str | None, fmt: str, output: str | None, out: Path | None,
+         detailed_exitcode: bool) -> None:
+    """Show what applying a revision would change, with diffs (exit 1 when the revision would be rejected).
+
+    Each changed resource shows expected vs found (type, mode, link target, content fingerprint) and a
+    unified diff of text content, bounded; files that may carry a secret (not readable by others, a
+    secret-like name, a private key inside) show fingerprints only. With --base, the plan compares two
+    revisions as a pull request would (no host is read).
+
+    \b
+    Examples:
+      stratum plan                                   the watched branch against this host
+      stratum plan --detailed-exitcode               0: no changes, 2: changes, 1: error
+      stratum plan -o tonight.plan                   save it; `stratum apply tonight.plan` applies exactly it
+      stratum plan --base origin/main --head HEAD --format markdown   a pull request's comment
+    """
+    from daemon.cli import planfile
+
+    if out is not None and base is not None:
+        raise click.UsageError("--out saves a plan of the host; a --base plan compares revisions only")
+    quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
     data = _plan(settings, base, head or settings.branch)
     if output == "json" or fmt == "json":
@@ -49,12 +71,24 @@ def plan(repo: str | None, data_dir: Path | None, config_file: Path | None, bran
         click.echo("\n\n---\n\n".join(parts))
     else:
         click.echo(plan_text(data))
-    sys.exit(1 if data["problems"] else 0)
+    if data["problems"]:
+        sys.exit(1)
+    if out is not None:
+        planfile.write(out, data, str(settings.repo), head or settings.branch)
+        click.echo(f"saved the plan to {out}: `stratum apply {out}` applies exactly it", err=True)
+    sys.exit(2 if detailed_exitcode and data["actions"] else 0)
 
 
-def _apply(settings: Settings, revision: str, trigger: str, force: bool = False) -> dict[str, Any]:
+def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
+           saved: dict[str, Any] | None = None, where: str = "") -> dict[str, Any]:
+    """Apply `revision`; with `saved` (a plan file), only when planning it again gives the same plan."""
+    from daemon.cli import planfile
+
     sock = daemon_socket(settings)
     if sock is not None:
+        if saved is not None:
+            # Checked just before the request: a commit landing in between is caught by the revision pin.
+            planfile.check(saved, dict(api.call(sock, "plan", revision=saved["branch"])["plan"]), where)
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
     with ApplyLock(settings.data_dir):
@@ -64,6 +98,8 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False)
                 refuse_manual(rt.index, host_controls(settings).windows)
             for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
                 click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
+            if saved is not None:  # under the apply lock: nothing else applies between the check and the run
+                planfile.check(saved, plan_to_dict(rt.pipeline.plan(saved["branch"])), where)
             # The bar needs the number of actions: plan first only when a bar will be shown.
             total = len(rt.pipeline.plan(revision).actions) if sys.stderr.isatty() else 0
             with progress(total, "applying") as advance:
@@ -89,16 +125,36 @@ def _print_run(run: dict[str, Any], output: str) -> None:
 
 @click.command("apply")
 @common_options
+@click.argument("plan_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--rev", default=None, help="revision to apply (default: the watched branch)")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text")
 @click.option("--force", is_flag=True, help="apply even while suspended or inside a deny window")
 @handle_errors
 def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-          root: Path | None, rev: str | None, output: str, force: bool) -> None:
-    """Apply a revision now (through the daemon when one runs)."""
-    log.configure("console", sys.stderr)
+          root: Path | None, plan_file: Path | None, rev: str | None, output: str, force: bool) -> None:
+    """Apply a revision now (through the daemon when one runs), or exactly the plan saved in PLAN_FILE.
+
+    A saved plan (`stratum plan -o FILE`) is applied only if the branch still points at the planned
+    revision and planning it again gives the same actions from the same observed state; otherwise
+    nothing is applied and the command exits 1.
+
+    \b
+    Examples:
+      stratum apply                        the watched branch, now
+      stratum apply --rev 4bc40ba7a031     a given revision (stays until the next commit)
+      stratum plan -o p.plan && stratum apply p.plan
+    """
+    from daemon.cli import planfile
+
+    quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    _print_run(_apply(settings, rev or settings.branch, "cli", force), output)
+    if plan_file is None:
+        _print_run(_apply(settings, rev or settings.branch, "cli", force), output)
+        return
+    if rev is not None:
+        raise click.UsageError("give either a plan file or --rev, not both")
+    saved = planfile.read(plan_file)
+    _print_run(_apply(settings, saved["revision"], "cli", force, saved, str(plan_file)), output)
 
 
 @click.command("rollback")
@@ -109,7 +165,13 @@ def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
 @handle_errors
 def rollback(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
              root: Path | None, revision: str, output: str, force: bool) -> None:
-    """Apply an earlier REVISION; it stays in force until the next commit on the branch."""
-    log.configure("console", sys.stderr)
+    """Apply an earlier REVISION; it stays in force until the next commit on the branch.
+
+    \b
+    Examples:
+      stratum log                          find the revision to go back to
+      stratum rollback 4bc40ba7a031
+    """
+    quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
     _print_run(_apply(settings, revision, "rollback", force), output)

@@ -746,22 +746,9 @@ _standalone.add_command(secret)
 
 def main(argv: list[str] | None = None) -> int:
     """Run `secret ...` with the main CLI's error mapping: StratumError -> `error: ...`, exit code 1."""
-    try:
-        # With standalone_mode=False click returns ctx.exit()'s code instead of raising: keep it.
-        code = _standalone.main(args=argv, prog_name="stratum", standalone_mode=False)
-        return code if isinstance(code, int) else 0
-    except StratumError as err:
-        click.echo(f"error: {err.render()}", err=True)
-        return err.exit_code
-    except click.exceptions.Exit as err:
-        return int(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
+    from daemon.cli.errors import run_standalone
 
+    return run_standalone(_standalone, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

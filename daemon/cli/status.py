@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from daemon import api, log
+from daemon import api
 from daemon.cli.common import (
     common_options,
     daemon_socket,
@@ -21,6 +21,8 @@ from daemon.cli.common import (
     read_model,
     settings_from,
 )
+from daemon.cli.errors import quiet_logs
+from daemon.cli.text import clip
 from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import events as events_query
@@ -61,19 +63,35 @@ def _when(ts: float | None) -> str:
 @handle_errors
 def status(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str) -> None:
-    """Per reconciler: last attempted and applied revisions and the Ready condition."""
+    """The repository, the daemon, what is applied, whether applying is suspended (why, by whom, since
+    when), and per reconciler the Ready condition. Long messages are shortened at a word; `--output json`
+    has them in full.
+
+    \b
+    Examples:
+      stratum status
+      stratum status --output json | jq .reconcilers.infra.conditions
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     data = _read(settings, "status", "status",
                  lambda index: status_query(index, list(REGISTRY), _unavailable(), {"daemon": None}))
     if output == "json":
         emit_json(data)
         return
-    click.echo(f"daemon: {'running (pid ' + str(data['daemon']['pid']) + ')' if data.get('daemon') else 'not running'}")
+    daemon_info = data.get("daemon")
+    click.echo(f"repository: {data.get('repository') or settings.repo} "
+               f"(branch {data.get('branch') or settings.branch})")
+    click.echo(f"daemon: {'running (pid ' + str(daemon_info['pid']) + ')' if daemon_info else 'not running'}")
     click.echo(f"last applied: {data['last_applied_revision'] or '-'}   last attempted: "
-               f"{data['last_attempted_revision'] or '-'}{'   SUSPENDED' if data.get('suspended') else ''}")
+               f"{data['last_attempted_revision'] or '-'}")
+    if data.get("suspended"):
+        sus = data.get("suspension") or {}
+        who = f" by {sus['by']}" if sus.get("by") else ""
+        since = f" since {_when(sus['at'])} UTC" if sus.get("at") else ""
+        click.echo(f"SUSPENDED{who}{since}: {sus.get('reason') or 'no reason given'} (`stratum resume` applies again)")
     for name, rec in data["reconcilers"].items():
         cond = rec["conditions"][0]
-        click.echo(f"  {name:<10} Ready={cond['status']:<7} {cond['reason']:<24} {cond['message'][:100]}")
+        click.echo(f"  {name:<10} Ready={cond['status']:<7} {cond['reason']:<24} {clip(cond['message'], 100)}")
 
 
 @click.command("log")
@@ -92,7 +110,7 @@ def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, b
     for r in rows:
         ms = f"{r['duration_ms']:.0f} ms" if r["duration_ms"] is not None else "-"
         click.echo(f"{_when(r['started'])}  {r['revision'][:12]}  {r['status']:<11} {ms:>9}  {r['trigger']:<8} "
-                   f"{(r['message'] or '')[:80]}")
+                   f"{clip(r['message'], 80)}")
 
 
 @click.command("events")
@@ -109,7 +127,7 @@ def events(repo: str | None, data_dir: Path | None, config_file: Path | None, br
         emit_json(rows)
         return
     for e in rows:
-        click.echo(f"{_when(e['ts'])}  {e['kind']:<18} {e['subject'] or ''} {e['message'][:100]}")
+        click.echo(f"{_when(e['ts'])}  {e['kind']:<18} {e['subject'] or ''} {clip(e['message'], 100)}")
 
 
 @click.command("drift")
@@ -118,8 +136,20 @@ def events(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 @handle_errors
 def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
           root: Path | None, output: str) -> None:
-    """Compare the host with the last applied revision (exit 1 when anything drifted)."""
-    log.configure("console", sys.stderr)
+    """Compare the host with the last applied revision (exit 1 when anything drifted).
+
+    Each drifted resource shows what differs, expected vs found (mode, type, link target, content
+    fingerprint), and a unified diff of text content (only fingerprints for files that may carry a secret).
+    `--output json` gives both sides per resource.
+
+    \b
+    Examples:
+      stratum drift
+      stratum drift --output json | jq '.[] | {resource, expected, found}'
+    """
+    from daemon.report import detail_lines, drift_to_list
+
+    quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
     reply = _ask(settings, "drift")
     if reply is not None:
@@ -130,7 +160,7 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
         rt = build(settings)
         try:
             rev = rt.index.get_state("last_applied_revision")
-            found = [p.as_dict() for p in rt.pipeline.plan(rev).drift] if rev else []
+            found = drift_to_list(rt.pipeline.plan(rev)) if rev else []
         finally:
             rt.close()
     if output == "json":
@@ -138,5 +168,7 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
     else:
         for p in found:
             click.echo(f"{p['path']}:{p['line']}: {p['message']}")
+            for line in detail_lines(p if "expected" in p else None):
+                click.echo(f"    {line}")
         click.echo(f"{len(found)} drifted resource(s)" if found else "no drift")
     sys.exit(1 if found else 0)

@@ -7,8 +7,11 @@ apply; drift is corrected or only reported, per the resource's `drift` setting.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -170,3 +173,115 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             id=f"{NAME}:{rid}", reconciler=NAME, kind="delete", target=rid, summary=f"delete {what}",
             change=freeze({"inventory": data}), depends_on=tuple(sorted(children.get(rid, ()))))
     return list(actions.values())
+
+
+# ---- rendering: expected vs found, for people reading a plan or a drift report --------------------------
+# Plans and checkpoints keep no file contents: what a change does to a file is worked out here, at plan time,
+# from the desired spec and the host (or the base revision, for a pull request's plan).
+
+MAX_DIFF_BYTES = 64 * 1024        # larger files are compared by fingerprint only
+MAX_DIFF_LINES = 120              # lines of unified diff shown per resource
+MAX_DIFF_CHARS = 8_000            # and characters (a PR comment holds 65,000 in all)
+MAX_LINE_CHARS = 300
+_SECRET_NAME = re.compile(r"(^|/)(\.env(\..*)?|.*\.(key|pem|p12|pfx|jks|keystore)|"
+                          r".*(secret|token|passw|credential|private|htpasswd|shadow).*)$", re.IGNORECASE)
+_SECRET_CONTENT = (b"PRIVATE KEY-----", b"BEGIN OPENSSH PRIVATE", b"BEGIN PGP PRIVATE")
+
+
+def fingerprint(data: bytes) -> str:
+    """A short content fingerprint (`sha256:` and 12 hex digits): enough to tell versions apart."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:12]
+
+
+def sensitive(path: str, mode: str, *contents: bytes | None) -> bool:
+    """True when a file may carry a secret, so only fingerprints are shown: not readable by others (0600,
+    0640, ...), a secret-like name (.env, *.key, *token*, ...), or a private key inside."""
+    if mode and not int(mode, 8) & 0o004:
+        return True
+    if _SECRET_NAME.search(path):
+        return True
+    return any(c is not None and any(m in c for m in _SECRET_CONTENT) for c in contents)
+
+
+def unified(path: str, found: bytes, expected: bytes, found_label: str, expected_label: str) -> str:
+    """A bounded unified diff of two text contents, or a one-line reason why none is shown."""
+    if len(found) > MAX_DIFF_BYTES or len(expected) > MAX_DIFF_BYTES:
+        return f"(not shown: over {MAX_DIFF_BYTES // 1024} KiB; compare the fingerprints)"
+    try:
+        old, new = found.decode(), expected.decode()
+    except UnicodeDecodeError:
+        return "(binary content differs; compare the fingerprints)"
+    if "\x00" in old or "\x00" in new:
+        return "(binary content differs; compare the fingerprints)"
+    lines = list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"{path} ({found_label})",
+                                      f"{path} ({expected_label})", lineterm="", n=2))
+    if not lines:
+        return "(only line endings or a final newline differ)"
+    out: list[str] = []
+    size = 0
+    for i, line in enumerate(lines):
+        line = line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + " …"
+        if i >= MAX_DIFF_LINES or size + len(line) > MAX_DIFF_CHARS:
+            out.append(f"… {len(lines) - i} more diff line(s) not shown")
+            break
+        out.append(line)
+        size += len(line) + 1
+    return "\n".join(out)
+
+
+def _state(r_kind: str, o: ObservedResource, content: bytes | None) -> dict[str, object]:
+    """The found side as JSON."""
+    if not o.exists:
+        return {"exists": False}
+    out: dict[str, object] = {"exists": True, "type": o.kind}
+    if o.kind in ("file", "directory") and o.mode:
+        out["mode"] = o.mode
+    if o.kind == "symlink":
+        out["target"] = o.target
+    if o.kind == "file" and content is not None:
+        out |= {"content": fingerprint(content), "size": len(content)}
+    return out
+
+
+def explain(r: Resource, o: ObservedResource, f: Finding, found: bytes | None, *,
+            found_label: str = "host", expected_label: str = "revision") -> dict[str, object]:
+    """Expected vs found for one resource that needs attention, with a bounded unified diff of text content
+    (a fingerprint only when the file may carry a secret). `found` is the current content, when read."""
+    spec = r.fields
+    expected: dict[str, object] = {"exists": True}
+    diff_text = ""
+    secret = False
+    if r.kind in ("file", "systemd_unit"):
+        data = str(spec["content"]).encode()
+        mode = format(int(spec["mode"], 8), "04o")
+        expected |= {"type": "file", "mode": mode, "content": fingerprint(data), "size": len(data)}
+        secret = sensitive(r.path, mode, data, found) or (o.kind == "file" and sensitive("", o.mode))
+        if found is not None and o.kind == "file" and found != data:
+            diff_text = ("(content may carry a secret: compare the fingerprints)" if secret
+                         else unified(r.path, found, data, found_label, expected_label))
+        elif not o.exists and not secret:
+            diff_text = unified(r.path, b"", data, "absent", expected_label)
+    elif r.kind == "directory":
+        expected |= {"type": "directory", "mode": format(int(spec["mode"], 8), "04o")}
+    elif r.kind == "symlink":
+        expected |= {"type": "symlink", "target": expected_link(spec["path"], spec["target"])}
+    elif r.kind == "command":
+        expected = {"creates": spec["creates"]} if "creates" in spec else {"runs": True}
+    return {"resource": r.id, "kind": r.kind, "path": r.path, "source": r.source, "line": r.line,
+            "nature": f.nature, "reason": f.reason, "sensitive": secret, "expected": expected,
+            "found": _state(r.kind, o, found), "diff": diff_text}
+
+
+def differences(detail: dict[str, object]) -> list[str]:
+    """`what: expected X, found Y` lines for the attributes that differ (the diff is rendered separately)."""
+    exp, got = detail["expected"], detail["found"]
+    assert isinstance(exp, dict) and isinstance(got, dict)
+    if not got.get("exists"):
+        return [f"absent on the host (expected a {exp.get('type', detail['kind'])})"] if "type" in exp else []
+    out = []
+    if exp.get("type") and got.get("type") != exp["type"]:
+        out.append(f"type: expected {exp['type']}, found {got.get('type')}")
+    for key in ("mode", "target", "content"):
+        if key in exp and key in got and exp[key] != got[key]:
+            out.append(f"{key}: expected {exp[key]}, found {got[key]}")
+    return out

@@ -113,6 +113,35 @@ class InfraReconciler:
                                f"policy {r.drift}", r.source, r.line, reconciler=self.name))
         return out
 
+    def explain(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem],
+                before: InfraDesired | None = None) -> dict[str, dict[str, Any]]:
+        """Expected vs found (with bounded diffs) for every resource a plan changes or a drift report names.
+        `before` (a pull request's base) stands in for the host: contents come from its specs."""
+        inv = {i.resource_id: i for i in inventory if i.reconciler == self.name}
+        out: dict[str, dict[str, Any]] = {}
+        for f in diff.findings(desired, observed, inv):
+            r = desired.resources[f.resource_id]
+            o = observed.resources.get(f.resource_id, ObservedResource(exists=False))
+            found: bytes | None = None
+            if before is not None:
+                old = before.resources.get(f.resource_id)
+                if old is not None and old.kind in ("file", "systemd_unit"):
+                    found = str(old.fields["content"]).encode()
+            elif o.kind == "file" and r.kind in ("file", "systemd_unit"):
+                found = self._read_host(r.path)
+            labels = {"found_label": "base", "expected_label": "head"} if before is not None else {}
+            out[f.resource_id] = diff.explain(r, o, f, found, **labels)
+        return out
+
+    def _read_host(self, rel: str) -> bytes | None:
+        """Up to MAX_DIFF_BYTES + 1 bytes of a host file under the root (None when unreadable or outside)."""
+        try:
+            path = self.provider.resolve_str(rel)
+            with open(path, "rb") as fh:
+                return fh.read(diff.MAX_DIFF_BYTES + 1)
+        except (OSError, PathEscapeError):
+            return None
+
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
         """Carry out one action on the host."""
         change = action.payload()
