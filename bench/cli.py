@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -33,13 +34,25 @@ LABELS = {"version": "stratum --version", "help": "stratum --help",
           "apply_200_files": "stratum apply (200 new files, cold)"}
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Wall time of one command; raises with its output when it fails."""
+CPU_S: dict[str, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str], key: str = "") -> float:
+    """Wall time of one command; raises with its output when it fails. The CPU time of the command and
+    of the children it waited for (user + system, less sensitive to a loaded machine) goes to CPU_S[key]."""
+    cpu = _children_cpu()
     t = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
+    if key:
+        CPU_S.setdefault(key, []).append(_children_cpu() - cpu)
     return wall
 
 
@@ -49,18 +62,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with common.workspace("cli", args.keep) as base:
         env = {**os.environ, **common.GIT_ENV, "HOME": str(base)}
         env.pop("STATE_DIRECTORY", None)
+        # A user's install has its bytecode compiled; a PYTHONDONTWRITEBYTECODE inherited from a dev shell would
+        # make every sample compile the whole project from source.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["XDG_STATE_HOME"] = str(base / "state")
         for _ in range(args.samples):
-            samples["version"].append(timed([stratum, "--version"], base, env))
-            samples["help"].append(timed([stratum, "--help"], base, env))
+            samples["version"].append(timed([stratum, "--version"], base, env, "version"))
+            samples["help"].append(timed([stratum, "--help"], base, env, "help"))
         timed([stratum, "init", str(base / "ops")], base, env)
         ops = base / "ops"
         for i in range(args.samples):
             data = ["--data-dir", str(base / f"template-data-{i}")]
-            samples["template_validate"].append(timed([stratum, "validate", *data], ops, env))
-            samples["template_plan"].append(timed([stratum, "plan", *data], ops, env))
+            samples["template_validate"].append(timed([stratum, "validate", *data], ops, env, "template_validate"))
+            samples["template_plan"].append(timed([stratum, "plan", *data], ops, env, "template_plan"))
             fresh = ["--data-dir", str(base / f"template-apply-{i}")]
-            samples["template_first_apply"].append(timed([stratum, "apply", *fresh], ops, env))
+            samples["template_first_apply"].append(timed([stratum, "apply", *fresh], ops, env, "template_first_apply"))
 
         repo = Repo.create(base / "files")
         layout = InfraLayout.generate(2, 100)
@@ -70,19 +86,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(args.samples):
             samples["apply_200_files"].append(timed(
                 [stratum, "apply", "--repo", str(repo.bare), "--data-dir", str(base / f"files-data-{i}"),
-                 "--root", str(base / f"files-root-{i}")], base, env))
+                 "--root", str(base / f"files-root-{i}")], base, env, "apply_200_files"))
 
     baseline = json.loads(Path(args.baseline).read_text())["median_s"] if args.baseline else {}
+    baseline_cpu = json.loads(Path(args.baseline).read_text()).get("cpu_median_s", {}) if args.baseline else {}
     rows = []
     for key, target in TARGETS_S.items():
         med = statistics.median(samples[key])
-        before = baseline.get(key)
+        before, before_cpu = baseline.get(key), baseline_cpu.get(key)
         rows.append([LABELS[key], before if before is not None else "", med, min(samples[key]), max(samples[key]),
+                     before_cpu if before_cpu is not None else "", statistics.median(CPU_S[key]),
                      f"< {target:g}", verdict(med, target)])
-    print_table(f"CLI wall time, seconds (median of {args.samples}; before = {args.baseline or 'n/a'})",
-                ["command", "before", "median", "min", "max", "target", ""], rows)
+    print_table(f"CLI wall time, seconds (median of {args.samples}; before = {args.baseline or 'n/a'}; "
+                f"load average now {os.getloadavg()[0]:.1f})",
+                ["command", "wall before", "wall", "min", "max", "cpu before", "cpu", "target", ""], rows)
     return {"params": {"samples": args.samples}, "targets_s": TARGETS_S,
             "median_s": {k: statistics.median(v) for k, v in samples.items()},
+            "cpu_median_s": {k: statistics.median(v) for k, v in CPU_S.items()}, "cpu_samples_s": CPU_S,
             "stats_s": {k: summary(v) for k, v in samples.items()}, "samples_s": samples,
             "baseline_median_s": baseline}
 
