@@ -64,7 +64,8 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
     index = Index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only)
-    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
+    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
+                          prestart=True)
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,

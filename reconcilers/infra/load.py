@@ -14,10 +14,6 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import jinja2
-import jinja2.sandbox
-from jinja2.exceptions import SecurityError
-
 from daemon.errors import InputError
 from daemon.nickel import Evaluator
 from daemon.source import Snapshot, safe_relpath
@@ -50,6 +46,11 @@ def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any
     if entry is None:
         raise InputError(f"resource {rid}: template {template} is not in the commit", where=template)
     text = snap.text(entry)
+    # Imported here: Jinja2 costs ~0.1 s of start-up, and most commits render no template.
+    import jinja2
+    import jinja2.sandbox
+    from jinja2.exceptions import SecurityError
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
         undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
     try:
