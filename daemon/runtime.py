@@ -88,7 +88,8 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
     index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
                        wait=index_wait)
-    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
+    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
+                          prestart=True)
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,

@@ -11,7 +11,6 @@ import click
 from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
 from daemon.cli.errors import quiet_logs
-from daemon.controls import host_controls, refuse_manual
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
 from daemon.runtime import build
@@ -91,6 +90,9 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
             planfile.check(saved, dict(api.call(sock, "plan", revision=saved["branch"])["plan"]), where)
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
+    # Imported here: webhooks and windows cost start-up time, and only an apply without a daemon needs them.
+    from daemon.controls import host_controls, refuse_manual
+
     with ApplyLock(settings.data_dir):
         rt = build(settings)
         try:

@@ -30,7 +30,7 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
     from daemon.pipeline import Pipeline
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
-    evaluator = Evaluator(data_dir / "nickel-cache")
+    evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
     reconcilers: dict[str, object] = {}
     try:
         built, unavailable = build_reconcilers(settings, evaluator)  # type: ignore[arg-type]
