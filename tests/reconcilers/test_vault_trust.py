@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,22 @@ def test_an_older_version_is_rejected_against_the_last_good_revision(piped: Pipe
     assert moved.status == "rejected" and "lives at secrets/old.yaml" in _messages(moved)
     assert vault.get("secrets/app.yaml", "k") == "v2"
 
+
+
+def test_pre_commit_check_and_sign_rules(tmp_path: Path, monkeypatch: Any) -> None:
+    """`stratum secret check` applies the daemon's rule to a staged rules change: unsigned, or signed by a key
+    HEAD's rules do not trust, it fails; `stratum secret sign-rules` by a trusted signer makes it pass."""
+    from tests.daemon.test_cli_secret import Env
+
+    env = Env(tmp_path, monkeypatch)
+    other = env.ok("keygen", "--out", str(tmp_path / "other.key"), "--output", "json").stdout
+    newcomer = json.loads(other)["signer"]
+    env.write_rules(signers=(env.signer, newcomer))
+    unsigned = env.run("check", "--repo", str(env.repo.path))
+    assert unsigned.exit_code == 1 and "not signed" in unsigned.output
+    by_newcomer = env.run("sign-rules", "--repo", str(env.repo.path), "--key-file", str(tmp_path / "other.key"))
+    assert by_newcomer.exit_code == 0 and "not a trusted signer at HEAD" in by_newcomer.output
+    rejected = env.run("check", "--repo", str(env.repo.path))
+    assert rejected.exit_code == 1 and "not a trusted signer at HEAD" in rejected.output
+    assert env.run("sign-rules", "--repo", str(env.repo.path)).exit_code == 0
+    assert env.run("check", "--repo", str(env.repo.path)).exit_code == 0
