@@ -25,11 +25,9 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)\Z")
 _QUOTED_KEY = re.compile(r"('(?:[^']|'')*'):(?: (.*))?\Z")
-# What a plain scalar may not start with (YAML indicators), and the ASCII characters PyYAML refuses or reads
-# specially (controls, tabs, CR): a text holding any of them, or any non-ASCII character, is left to the
-# general loader, which reports or handles them.
+# What a plain scalar may not start with (YAML indicators). A text with a non-ASCII character or an ASCII one
+# PyYAML refuses or reads specially (controls, tabs, CR) is left to the general loader, which handles it.
 _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
-_REFUSED = re.compile("[\x00-\x09\x0b-\x1f\x7f]")
 _RESOLVER = yaml.resolver.Resolver()
 # First characters for which YAML has no implicit type: such a plain scalar is a string without asking.
 _UNTYPED_FIRST = frozenset(chr(c) for c in range(33, 127)) - set(_RESOLVER.yaml_implicit_resolvers)
@@ -137,10 +135,12 @@ class _Reader:
 
 def load(text: str) -> dict[str, Any] | None:
     """The document as `yaml.safe_load` would return it when `text` is in the subset, else None."""
-    if not text or not text.isascii() or text.startswith(("%", "---")) or _REFUSED.search(text):
+    if not text or not text.isascii() or text.startswith(("%", "---")):
         return None
     lines: list[tuple[int, str]] = []
     for raw in text.split("\n"):
+        if not raw.isprintable():                               # ASCII controls, tabs, CR: C speed, per line
+            return None
         stripped = raw.lstrip(" ")
         if not stripped:
             if raw:
