@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reconcilers.vault import keys
 from tests.daemon.test_secret_apply import piped  # noqa: F401 the shared pipeline fixture
 from tests.proc import cli_env
@@ -141,3 +143,16 @@ def test_pre_commit_check_and_sign_rules(tmp_path: Path, monkeypatch: Any) -> No
     assert rejected.exit_code == 1 and "not a trusted signer at HEAD" in rejected.output
     assert env.run("sign-rules", "--repo", str(env.repo.path)).exit_code == 0
     assert env.run("check", "--repo", str(env.repo.path)).exit_code == 0
+
+
+def test_a_hostile_rules_signature_is_malformed_not_expanded() -> None:
+    """A signature file built of YAML aliases (a billion laughs in a few hundred bytes) is refused as malformed
+    before anything is expanded or converted."""
+    from reconcilers.vault import rules_sig
+    from reconcilers.vault.errors import SignatureError
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    text = bomb + "path: *i\nversion: 1\ndigest: *i\nsigner: *i\nsignature: {mldsa65: *i, ed25519: *i}\n"
+    with pytest.raises(SignatureError, match="malformed"):
+        rules_sig.parse(text, "secrets/rules.ncl.sig")
