@@ -156,3 +156,15 @@ def test_a_hostile_rules_signature_is_malformed_not_expanded() -> None:
     text = bomb + "path: *i\nversion: 1\ndigest: *i\nsigner: *i\nsignature: {mldsa65: *i, ed25519: *i}\n"
     with pytest.raises(SignatureError, match="malformed"):
         rules_sig.parse(text, "secrets/rules.ncl.sig")
+
+
+def test_the_pull_request_plan_shows_the_self_trusting_commit_rejected(piped: Piped) -> None:  # noqa: F811
+    """`stratum plan --base main --head pr` judges the rules change by the base's rules: the problem is in the
+    plan a reviewer reads."""
+    repo, world, pipe, _, _ = piped
+    first = _base(piped)
+    _, mallory = keys.generate(B)
+    head = repo.commit({"secrets/rules.ncl": world.rules(mallory=mallory.signer),
+                        "secrets/evil.yaml": world.manifest({"k": CANARY}, path="secrets/evil.yaml", key=mallory)})
+    report = pipe.plan_between(first, head)
+    assert any("not signed" in p.message and p.path == "secrets/rules.ncl" for p in report.problems)
