@@ -3,10 +3,14 @@
     python bench/secrets.py [--manifests 1000] [--ops 200]
 
 Measures, per available backend: sealing 1,000 manifests of 10 values (encrypt + sign + render), opening them
-(parse + verify both signatures + unwrap + decrypt), and the per-operation cost of ML-KEM-768 encapsulate /
-decapsulate and ML-DSA-65 sign / verify. `age` runs as a process per file (how it is used); its figures include
-process start-up, ours do not (in-process library calls, as the daemon uses them). No timing asserts. The load
-average is recorded at start and end, and open+verify also as CPU time, since shared machines skew wall time.
+(parse + verify both signatures + unwrap + decrypt), checking them as the daemon's validate does (parse + both
+signatures + path and trust checks, no decryption: `check.check_manifest`), and the per-operation cost of
+ML-KEM-768 encapsulate / decapsulate and ML-DSA-65 sign / verify.
+`--before FILE` prints the open and check figures of an earlier results file beside these (issue 9's "before
+and after"), and keeps them in the JSON under "before".
+`age` runs as a process per file (how it is used); its figures include process start-up, ours do not
+(in-process library calls, as the daemon uses them). No timing asserts. The load average is recorded at start
+and end, and open+verify also as CPU time, since shared machines skew wall time.
 Prints a table and writes bench/results/secrets.json.
 """
 
@@ -26,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reconcilers.vault import envelope, keys, manifest
+from reconcilers.vault import check, envelope, keys, manifest
 from reconcilers.vault.backends import available, get_backend
 from reconcilers.vault.backends.base import PQSecret
 
@@ -61,6 +65,11 @@ def bench_backend(name: str, count: int, ops: int) -> dict[str, float]:
         assert opened.values == data[i]
     t2 = time.perf_counter()
     c2 = time.process_time()
+    for i, text in enumerate(texts):
+        checked, problems = check.check_manifest(b, text, f"secrets/s{i}.yaml", None)
+        assert checked is not None and all("no rules file" in p.message for p in problems)
+    t2c = time.perf_counter()
+    c2c = time.process_time()
     pk, sk = b.kem_keygen()
     spk, ssk = b.sig_keygen()
     if name == "openssl":  # seed-form keys: the same objects the manifests use
@@ -80,6 +89,8 @@ def bench_backend(name: str, count: int, ops: int) -> dict[str, float]:
         "seal_total_s": t1 - t0,
         "open_verify_total_s": t2 - t1,
         "open_verify_cpu_s": c2 - c1,
+        "check_total_s": t2c - t2,
+        "check_cpu_s": c2c - c2,
         "mlkem_encaps_us": (t4 - t3) / ops * 1e6,
         "mlkem_decaps_us": (t5 - t4) / ops * 1e6,
         "mldsa_sign_us": (t6 - t5) / ops * 1e6,
@@ -118,7 +129,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifests", type=int, default=1000)
     parser.add_argument("--ops", type=int, default=200)
+    parser.add_argument("--backends", default="", help="comma-separated subset (default: every available one)")
+    parser.add_argument("--no-age", action="store_true", help="skip the age comparison")
+    parser.add_argument("--before", type=Path, help="an earlier results JSON to print beside these")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "secrets.json")
     args = parser.parse_args()
+    wanted = {n for n in args.backends.split(",") if n}
     results: dict[str, Any] = {
         "manifests": args.manifests,
         "values_per_manifest": 10,
@@ -127,18 +143,20 @@ def main() -> None:
         "backends": {},
     }
     for name, state in available().items():
+        if wanted and name not in wanted:
+            continue
         results["backends"][name] = (
             bench_backend(name, args.manifests, args.ops) if state == "ok" else {"unavailable": state}
         )
-    results["age"] = bench_age(args.manifests)
+    results["age"] = None if args.no_age else bench_age(args.manifests)
     results["machine"]["loadavg_end"] = os.getloadavg()
     header = (
         f"{'backend':10} {'seal 1k (s)':>12} {'open+verify 1k (s)':>19} {'(cpu s)':>8} {'encaps us':>10} "
-        f"{'decaps us':>10} {'sign us':>9} {'verify us':>10} {'bytes/file':>11}"
+        f"{'decaps us':>10} {'sign us':>9} {'verify us':>10} {'bytes/file':>11} {'check 1k (s)':>13}"
     )
     print(header)
     print("-" * len(header))
-    rows = [*results["backends"].items(), ("age (proc)", results["age"] or {"unavailable": "not installed"})]
+    rows = [*results["backends"].items(), ("age (proc)", results["age"] or {"unavailable": "skipped or not installed"})]
     for name, r in rows:
         if "unavailable" in r:
             print(f"{name:10} unavailable: {r['unavailable']}")
@@ -151,17 +169,34 @@ def main() -> None:
             f"{name:10} {f('seal_total_s', '12.3f')} {f('open_verify_total_s', '19.3f')} "
             f"{f('open_verify_cpu_s', '8.3f'):>8} "
             f"{f('mlkem_encaps_us', '10.1f'):>10} {f('mlkem_decaps_us', '10.1f'):>10} {f('mldsa_sign_us', '9.1f'):>9} "
-            f"{f('mldsa_verify_us', '10.1f'):>10} {f('manifest_bytes_avg', '11.0f'):>11}"
+            f"{f('mldsa_verify_us', '10.1f'):>10} {f('manifest_bytes_avg', '11.0f'):>11} "
+            f"{f('check_total_s', '13.3f'):>13}"
         )
     scale = args.manifests / 1000
     load = results["machine"]
     print(
-        f"\n(totals for {args.manifests} manifests; target: open+verify of 1,000 with openssl under 1 s; "
+        f"\n(totals for {args.manifests} manifests; target: open+verify of 1,000 with openssl under 0.8 s; "
         f"scale {scale:g}; cpu s = this process's CPU time for open+verify; load average "
         f"{' '.join(f'{x:.2f}' for x in load['loadavg_start'])} at start, "
         f"{' '.join(f'{x:.2f}' for x in load['loadavg_end'])} at end, {load['cpus']} cpus)"
     )
-    out = Path(__file__).resolve().parent / "results" / "secrets.json"
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        results["before"] = {"source": str(args.before), "machine": before.get("machine"),
+                             "backends": before.get("backends")}
+        print(f"\n{'before -> after (s per ' + str(args.manifests) + ')':36} {'open+verify':>22} {'(cpu)':>16} "
+              f"{'check (daemon validate)':>24}")
+        for name, now in results["backends"].items():
+            old = (before.get("backends") or {}).get(name, {})
+            if "unavailable" in now or not old:
+                continue
+
+            def pair(key: str, old: dict[str, Any] = old, now: dict[str, Any] = now) -> str:
+                return f"{old[key]:.3f} -> {now[key]:.3f}" if key in old else f"    - -> {now[key]:.3f}"
+
+            print(f"{name:36} {pair('open_verify_total_s'):>22} {pair('open_verify_cpu_s'):>16} "
+                  f"{pair('check_total_s'):>24}")
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

@@ -662,6 +662,11 @@ def _staged_blobs(root: Path, paths: list[str]) -> dict[str, bytes]:
     return out
 
 
+def _head_bytes(root: Path, path: str) -> bytes | None:
+    result = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{path}"], capture_output=True, check=False)
+    return result.stdout if result.returncode == 0 else None
+
+
 def _head_version(root: Path, path: str) -> tuple[int | None, bytes | None]:
     result = subprocess.run(["git", "-C", str(root), "show", f"HEAD:{path}"], capture_output=True, check=False)
     if result.returncode != 0:
@@ -693,9 +698,18 @@ def check_cmd(ctx: click.Context, files: tuple[Path, ...], repo: Path, backend: 
         ]
     else:
         paths = _git_lines(root, "diff", "--cached", "--name-only", "-z", "--diff-filter=ACMR")
-    rules = _load_rules(root) if any(checks.is_manifest_path(p) for p in paths) else None
+    sig_path = rules_sig.sig_path(RULES_PATH)
+    rules_touched = RULES_PATH in paths or sig_path in paths
+    rules = _load_rules(root) if rules_touched or any(checks.is_manifest_path(p) for p in paths) else None
     b = get_backend(backend)
     problems: list[Problem] = []
+    if rules_touched:
+        # The daemon's rule: a rules change must be signed by a signer the previous rules (here HEAD's) trusted.
+        sig_now = _staged_blobs(root, [sig_path]).get(sig_path)
+        head_sig = _head_bytes(root, sig_path)
+        problems += rules_sig.judge(b, rules, sig_now.decode("utf-8", "replace") if sig_now else None,
+                                    load_revision(root, "HEAD"), head_sig.decode("utf-8", "replace") if head_sig
+                                    else None, RULES_PATH, "HEAD")
     # Named files (pre-commit passes them, with unstaged changes stashed) are read from disk; without names,
     # the staged files are read from the index: what `git commit` would record.
     staged = None if files else _staged_blobs(root, paths)

@@ -19,7 +19,7 @@ from reconcilers.vault.errors import VaultError
 from reconcilers.vault.manifest import (
     Manifest,
     display,
-    load_yaml,
+    load_document,
     parse_meta,
     plaintext_paths,
     split_document,
@@ -46,7 +46,7 @@ def _problem(err: VaultError, path: str) -> Problem:
 def parse_checked(text: str, path: str) -> tuple[Manifest | None, list[Problem]]:
     """Step 1: the manifest, or the problems (one per plaintext key path)."""
     try:
-        data, raw_meta = split_document(load_yaml(text, path), path)
+        data, raw_meta = split_document(load_document(text, path), path)
         leaks = plaintext_paths(data)
         if leaks:
             return None, [

@@ -39,7 +39,7 @@ from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.keysource import FileKeySource, KeySource
-from reconcilers.vault.manifest import Manifest, load_yaml, split_document
+from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
 
@@ -239,7 +239,7 @@ class VaultReconciler:
         """A manifest's stratum.version (cached by blob: the version is in the signed bytes of that blob)."""
         if mf.blob_id not in self._versions_seen:
             try:
-                _, meta = split_document(load_yaml(mf.text, mf.path), mf.path)
+                _, meta = split_document(load_document(mf.text, mf.path), mf.path)
                 version = meta.get("version") if isinstance(meta, dict) else None
             except VaultError:
                 version = None

@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from reconcilers.base import Problem
+from reconcilers.vault import fastyaml
 from reconcilers.vault.backends import Backend
 from reconcilers.vault.errors import KeyFormatError, SignatureError
 from reconcilers.vault.keys import Signer, SigningKey
@@ -116,18 +117,24 @@ def parse(text: str, where: str) -> RulesSignature:
                          hint="sign the rules again with `stratum secret sign-rules`")
     if len(text) > MAX_SIG_BYTES:
         raise bad
-    try:
-        # Bounded by size above; a signature file holds flat scalars only, so aliases buy an attacker nothing.
-        raw = yaml.safe_load(text)
-        sig = raw["signature"]
-        out = RulesSignature(str(raw["path"]), int(raw["version"]), str(raw["digest"]), str(raw["signer"]),
-                             binascii.a2b_base64(sig["mldsa65"], strict_mode=True),
-                             binascii.a2b_base64(sig["ed25519"], strict_mode=True))
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, binascii.Error) as err:
-        raise bad from err
-    if int(raw.get("format", 0)) > FORMAT:
+    # Only the plain shape `render` writes is read (fastyaml: no anchors, aliases or tags), and every field must
+    # have its type before it is used: nothing an attacker commits here is expanded or traversed.
+    raw = fastyaml.load(text)
+    sig = raw.get("signature") if raw is not None else None
+    if raw is None or not isinstance(sig, dict):
+        raise bad
+    path, version, digest_, signer = raw.get("path"), raw.get("version"), raw.get("digest"), raw.get("signer")
+    pq, ed, fmt = sig.get("mldsa65"), sig.get("ed25519"), raw.get("format", FORMAT)
+    if not (isinstance(path, str) and isinstance(digest_, str) and isinstance(signer, str) and isinstance(pq, str)
+            and isinstance(ed, str) and type(version) is int and type(fmt) is int):
+        raise bad
+    if fmt > FORMAT:
         raise SignatureError("the rules signature was written by a newer Stratum", where=where, hint="upgrade")
-    return out
+    try:
+        return RulesSignature(path, version, digest_, signer, binascii.a2b_base64(pq, strict_mode=True),
+                              binascii.a2b_base64(ed, strict_mode=True))
+    except (binascii.Error, ValueError) as err:
+        raise bad from err
 
 
 def verify(backend: Backend, sig: RulesSignature, where: str) -> Signer:

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from reconcilers.vault import keys
 from tests.daemon.test_secret_apply import piped  # noqa: F401 the shared pipeline fixture
@@ -121,3 +124,47 @@ def test_an_older_version_is_rejected_against_the_last_good_revision(piped: Pipe
     assert moved.status == "rejected" and "lives at secrets/old.yaml" in _messages(moved)
     assert vault.get("secrets/app.yaml", "k") == "v2"
 
+
+
+def test_pre_commit_check_and_sign_rules(tmp_path: Path, monkeypatch: Any) -> None:
+    """`stratum secret check` applies the daemon's rule to a staged rules change: unsigned, or signed by a key
+    HEAD's rules do not trust, it fails; `stratum secret sign-rules` by a trusted signer makes it pass."""
+    from tests.daemon.test_cli_secret import Env
+
+    env = Env(tmp_path, monkeypatch)
+    other = env.ok("keygen", "--out", str(tmp_path / "other.key"), "--output", "json").stdout
+    newcomer = json.loads(other)["signer"]
+    env.write_rules(signers=(env.signer, newcomer))
+    unsigned = env.run("check", "--repo", str(env.repo.path))
+    assert unsigned.exit_code == 1 and "not signed" in unsigned.output
+    by_newcomer = env.run("sign-rules", "--repo", str(env.repo.path), "--key-file", str(tmp_path / "other.key"))
+    assert by_newcomer.exit_code == 0 and "not a trusted signer at HEAD" in by_newcomer.output
+    rejected = env.run("check", "--repo", str(env.repo.path))
+    assert rejected.exit_code == 1 and "not a trusted signer at HEAD" in rejected.output
+    assert env.run("sign-rules", "--repo", str(env.repo.path)).exit_code == 0
+    assert env.run("check", "--repo", str(env.repo.path)).exit_code == 0
+
+
+def test_a_hostile_rules_signature_is_malformed_not_expanded() -> None:
+    """A signature file built of YAML aliases (a billion laughs in a few hundred bytes) is refused as malformed
+    before anything is expanded or converted."""
+    from reconcilers.vault import rules_sig
+    from reconcilers.vault.errors import SignatureError
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    text = bomb + "path: *i\nversion: 1\ndigest: *i\nsigner: *i\nsignature: {mldsa65: *i, ed25519: *i}\n"
+    with pytest.raises(SignatureError, match="malformed"):
+        rules_sig.parse(text, "secrets/rules.ncl.sig")
+
+
+def test_the_pull_request_plan_shows_the_self_trusting_commit_rejected(piped: Piped) -> None:  # noqa: F811
+    """`stratum plan --base main --head pr` judges the rules change by the base's rules: the problem is in the
+    plan a reviewer reads."""
+    repo, world, pipe, _, _ = piped
+    first = _base(piped)
+    _, mallory = keys.generate(B)
+    head = repo.commit({"secrets/rules.ncl": world.rules(mallory=mallory.signer),
+                        "secrets/evil.yaml": world.manifest({"k": CANARY}, path="secrets/evil.yaml", key=mallory)})
+    report = pipe.plan_between(first, head)
+    assert any("not signed" in p.message and p.path == "secrets/rules.ncl" for p in report.problems)

@@ -1,0 +1,70 @@
+"""The fast manifest reader returns exactly what yaml.safe_load returns, or None (the general loader then
+decides): on every shape the writer emits, on tricky scalars that YAML types or quotes, and on hostile input."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import yaml
+
+from reconcilers.vault import envelope, fastyaml, keys, manifest
+from reconcilers.vault.backends import get_backend
+
+TRICKY = ["yes", "no", "on", "off", "true", "null", "~", "", "1.5", "1e5", "0x1F", "012", "+1", "1_000", "1:20",
+          ".inf", "2001-12-14", "=", "<<", "a: b", "#x", "-x", "- x", "'q'", "a'b", '"d"', "kem:abc", "x:", ":x",
+          "ENC[AES256_GCM,data:AA==,iv:BB==,tag:CC==,type:str]", "é", "a b", " lead", "trail ", "[x]", "{y}",
+          "x # c", "&a", "*a", "!t", "|", ">", "%", "@", "`", "?", ",", "0", "7", "-3", "123456789012345"]
+
+
+def _value(rng: random.Random, depth: int) -> Any:
+    roll = rng.random()
+    if depth < 4 and roll < 0.25:
+        return {rng.choice([*TRICKY, "db", "k1", "password"]): _value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    if depth < 4 and roll < 0.4:
+        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if roll < 0.5:
+        return rng.randint(-5, 10**12)
+    if roll < 0.55:
+        return rng.choice([True, False, None, 1.5])
+    return rng.choice(TRICKY)
+
+
+def _same(text: str) -> Any:
+    """The fast result, after checking it equals (types included) yaml.safe_load's whenever it is not None."""
+    fast = fastyaml.load(text)
+    if fast is not None:
+        assert repr(fast) == repr(yaml.safe_load(text)), text
+    return fast
+
+
+def test_random_documents_as_the_writer_emits_them() -> None:
+    """2,000 random documents with tricky keys and scalars: the fast reader agrees with YAML or stands aside."""
+    rng = random.Random(20261207)
+    taken = 0
+    for _ in range(2000):
+        doc = {rng.choice(["db", "api", *TRICKY]): _value(rng, 0) for _ in range(rng.randint(1, 4))}
+        taken += _same(manifest.dump_yaml(doc)) is not None
+    assert taken > 200        # the subset is not empty: plenty of these take the fast path
+
+
+def test_every_sealed_manifest_takes_the_fast_path() -> None:
+    """Manifests as sealed (one and two key groups, lists, nested values) are read by the fast path."""
+    b = get_backend("openssl")
+    ids = [keys.generate(b) for _ in range(2)]
+    for groups, threshold in (((ids[0][0].recipient,),), 1), (((ids[0][0].recipient,), (ids[1][0].recipient,)), 2):
+        values = {"db": {"password": "p", "port": 5432, "hosts": ["a", "b"]}, "flag": True, "raw": b"\x00"}
+        text = manifest.render(envelope.seal(b, values, path="secrets/x.yaml",
+                                             policy=envelope.Policy(groups, threshold), key=ids[0][1]))
+        assert _same(text) is not None
+
+
+def test_hostile_or_unusual_input_goes_to_the_general_loader() -> None:
+    """Anchors, tags, comments, flow style, tabs, controls, non-ASCII, duplicate keys, depth beyond the cap,
+    documents markers, null values and multi-line scalars: None, never a guess."""
+    levels = fastyaml.MAX_DEPTH + 5
+    deep = "".join(f"{'  ' * i}k:\n" for i in range(levels)) + f"{'  ' * levels}v: 1\n"
+    for text in ["a: &x 1\nb: *x\n", "a: !!str 1\n", "# c\na: 1\n", "a: {b: 1}\n", "a:\tb\n", "a: b\x07\n",
+                 "a: é\n", "a: 1\na: 2\n", deep, "---\na: 1\n", "a:\n", "a: b\n  c\n", "- a\n", "a: 'x\n  y'\n",
+                 "a:\n  - b\n   - c\n", "a: b\r\n", "", "a: 1\n b: 2\n"]:
+        assert _same(text) is None, text
