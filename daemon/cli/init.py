@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,10 @@ def _signature(repo: pygit2.Repository) -> tuple[pygit2.Signature, bool]:
     try:
         return repo.default_signature, False
     except (KeyError, pygit2.GitError):
+        # libgit2 reads only the config; git itself also takes the identity from the environment.
+        name, email = os.environ.get("GIT_AUTHOR_NAME"), os.environ.get("GIT_AUTHOR_EMAIL")
+        if name and email:
+            return pygit2.Signature(name, email), False
         repo.config["user.name"] = FALLBACK_NAME
         repo.config["user.email"] = FALLBACK_EMAIL
         return pygit2.Signature(FALLBACK_NAME, FALLBACK_EMAIL), True

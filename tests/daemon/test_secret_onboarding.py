@@ -55,7 +55,9 @@ def test_first_secret_from_an_empty_home(tmp_path: Path) -> None:
     assert daemon_key.returncode == 0, daemon_key.stderr
     daemon_id = daemon_key.stderr.split("recipient ")[1].split()[0]
     assert daemon_id.startswith("kem:") and daemon_key.stdout.strip().startswith("stratum1")
-    assert (user.home / ".local/state/stratum/vault/daemon.key").is_file()
+    # The default data directory is the repository's own (issue 9 item 4): the daemon key lives in it.
+    [data_dir] = (user.home / ".local/state/stratum").iterdir()
+    assert data_dir.name.startswith("ops-") and (data_dir / "vault/daemon.key").is_file()
     init = user.stratum("secret", "init", cwd=ops)
     assert init.returncode == 0, init.stderr
     assert "trusted signer: ann-lee sig:" in init.stderr and daemon_id[:16] in init.stderr
