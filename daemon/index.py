@@ -213,6 +213,13 @@ class Index:
                     [time.time(), str(aside), self.rebuilt_reason[:4000]])
         return con
 
+    def reopen(self) -> None:
+        """Open the file again on a new connection (DuckDB invalidates one after a fatal write error)."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                self.con.close()
+            self.con = self._open()
+
     def close(self) -> None:
         """Flush the journal and close the connection (checkpointing the WAL)."""
         with self._lock:

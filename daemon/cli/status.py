@@ -68,7 +68,9 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
     if output == "json":
         emit_json(data)
         return
-    click.echo(f"daemon: {'running (pid ' + str(data['daemon']['pid']) + ')' if data.get('daemon') else 'not running'}")
+    daemon = data.get("daemon") or {}
+    not_ready = f"; NOT READY: {daemon['reason']}" if daemon.get("ready") is False else ""
+    click.echo(f"daemon: {'running (pid ' + str(daemon['pid']) + ')' + not_ready if daemon else 'not running'}")
     click.echo(f"last applied: {data['last_applied_revision'] or '-'}   last attempted: "
                f"{data['last_attempted_revision'] or '-'}{'   SUSPENDED' if data.get('suspended') else ''}")
     for name, rec in data["reconcilers"].items():
