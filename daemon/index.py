@@ -147,7 +147,7 @@ class Index:
         self.read_only = read_only
         self.rebuilt_reason: str | None = None
         self._lock = threading.RLock()
-        if str(path) != ":memory:":
+        if str(path) != ":memory:" and not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
