@@ -140,3 +140,21 @@ def test_a_read_only_data_directory_at_start_is_a_clear_error_and_readers_still_
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
     assert sorted(p.name for p in mount.iterdir()) == before
+
+
+def test_readers_never_rename_an_index_even_a_corrupt_one(tmp_path: Path) -> None:
+    """`stratum log` and `stratum status` on an index DuckDB cannot read: a clear error saying the daemon
+    rebuilds it, exit 1, no traceback, and the file stays where and as it is (issue 9 item 2, 16 item 11)."""
+    remote = bare_repo(tmp_path / "remote.git")
+    WorkRepo(tmp_path / "work", remote=remote).commit({"infra/a.ncl": _file("one")})
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage = b"this is not a database" * 100
+    (data / "index.duckdb").write_bytes(garbage)
+    for verb in ("log", "status"):
+        done = _stratum(verb, "--repo", str(remote), "--data-dir", str(data))
+        assert done.returncode == 1, done.stdout
+        assert "error: cannot read the index" in done.stderr and "start the daemon" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["index.duckdb"]
+    assert (data / "index.duckdb").read_bytes() == garbage
