@@ -14,7 +14,7 @@ import click
 from daemon import api, log
 from daemon.cli.common import (
     common_options,
-    daemon_socket,
+    daemon_or_local,
     emit_json,
     handle_errors,
     output_option,
@@ -27,11 +27,6 @@ from daemon.status import events as events_query
 from daemon.status import runs as runs_query
 from daemon.status import status as status_query
 from reconcilers.registry import REGISTRY
-
-
-def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
-    sock = daemon_socket(settings)
-    return api.call(sock, op, **fields) if sock is not None else None
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
@@ -123,18 +118,19 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
     """Compare the host with the last applied revision (exit 1 when anything drifted)."""
     log.configure("console", sys.stderr)
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    reply = _ask(settings, "drift")
-    if reply is not None:
-        found = reply["drift"]
-    else:
+
+    def local() -> list[dict[str, Any]]:
         from daemon.runtime import build
 
         rt = build(settings)
         try:
             rev = rt.index.get_state("last_applied_revision")
-            found = [p.as_dict() for p in rt.pipeline.plan(rev).drift] if rev else []
+            return [p.as_dict() for p in rt.pipeline.plan(rev).drift] if rev else []
         finally:
             rt.close()
+
+    # Like the readers: never open the index while a daemon is starting (it would wait for us, bounded).
+    found = daemon_or_local(settings, lambda sock: api.call(sock, "drift")["drift"], local)
     if output == "json":
         emit_json(found)
     else:
