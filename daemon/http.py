@@ -69,7 +69,9 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: li
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def health_endpoint(request: Request) -> Response:
-        return JSONResponse(health())
+        body = health()
+        # 503 while not ready (the data directory refuses writes): load balancers and probes read the code.
+        return JSONResponse(body, status_code=200 if body.get("ok", True) else 503)
 
     table: list[Any] = [Route("/metrics", metrics_endpoint), Route("/healthz", health_endpoint), *routes]
     table += [Mount(prefix, app=app) for prefix, app in mounts]

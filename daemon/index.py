@@ -147,7 +147,7 @@ class Index:
         self.read_only = read_only
         self.rebuilt_reason: str | None = None
         self._lock = threading.RLock()
-        if str(path) != ":memory:":
+        if str(path) != ":memory:" and not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
@@ -212,6 +212,13 @@ class Index:
         con.execute("INSERT INTO events VALUES (?, 'index_rebuilt', '', ?, ?, '')",
                     [time.time(), str(aside), self.rebuilt_reason[:4000]])
         return con
+
+    def reopen(self) -> None:
+        """Open the file again on a new connection (DuckDB invalidates one after a fatal write error)."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                self.con.close()
+            self.con = self._open()
 
     def close(self) -> None:
         """Flush the journal and close the connection (checkpointing the WAL)."""

@@ -27,12 +27,13 @@ from daemon.api import MAX_CONNECTIONS, ApiServer
 from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
 from daemon.descriptors import control_share
-from daemon.errors import SettingsError, SourceError, StratumError
+from daemon.errors import IndexError_, SettingsError, SourceError, StratumError
 from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
 from daemon.httpauth import DenialReporter, TokenStore
 from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
 from daemon.lock import ApplyLock, StartingMark
+from daemon.readiness import Storage, storage_failure
 from daemon.rebuild import rebuild
 from daemon.report import drift_to_list, plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
@@ -75,6 +76,7 @@ class Daemon:
         self._blocked_reason: tuple[str, str] | None = None
         self._rejections: dict[str, tuple[float, int]] = {}
         self._gate_cache: tuple[HostControls, Gate, datetime | None] | None = None
+        self.storage = Storage(settings.data_dir)
 
     # control API handlers --------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
@@ -169,11 +171,22 @@ class Daemon:
         extra = {"repository": sanitize_url(str(self.settings.repo)), "branch": self.settings.branch,
                  "daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
                             "head": self.last_head, "loops": self.loops, "pending": self.pending,
-                            "window": self._gate_dict()}}
-        return status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
+                            "window": self._gate_dict(), **self.storage.as_dict()}}
+        out = status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
+        if not self.storage.ready:
+            # Nothing applies until the data directory takes writes again: every reconciler is not ready.
+            for rec in out["reconcilers"].values():
+                rec["conditions"] = [{"type": "Ready", "status": "False", "reason": "StorageUnavailable",
+                                      "message": f"the data directory refuses writes: {self.storage.reason}"}]
+        return out
 
     def _health(self) -> dict[str, Any]:
-        return {"ok": True, "last_applied_revision": self._rt.index.get_state("last_applied_revision")}
+        try:
+            applied = self._rt.index.get_state("last_applied_revision")
+        except Exception as err:  # noqa: BLE001 health must answer even when the index cannot be read
+            applied = None
+            self._storage_failed(err)
+        return {"ok": self.storage.ready, **self.storage.as_dict(), "last_applied_revision": applied}
 
     # drift -------------------------------------------------------------------------------------------
     def drift_report(self) -> list[dict[str, Any]]:
@@ -207,11 +220,16 @@ class Daemon:
         """Steps 1-3 of the module docstring."""
         # Announced first: from now on readers wait for our socket instead of opening the index.
         mark = StartingMark(self.settings.data_dir)
-        mark.set()
         try:
+            mark.set()
             self._start()
-        except BaseException:
+        except BaseException as err:
             self.stop()
+            reason = storage_failure(err) if isinstance(err, Exception) else None
+            if reason is not None and not isinstance(err, StratumError):
+                raise IndexError_(f"the data directory {self.settings.data_dir} does not take writes ({reason})",
+                                  hint="remount it read-write, free space or fix its permissions, then start "
+                                       "again; `stratum status` and `stratum log` can still read it") from err
             raise
         finally:
             mark.clear()
@@ -371,6 +389,8 @@ class Daemon:
                 deadlines = [next_drift - now]
                 if rt.source.remote:
                     deadlines.append(next_fetch - now)
+                if not self.storage.ready:
+                    deadlines.append(self.storage.next_probe - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
                 self._gate()
@@ -391,9 +411,13 @@ class Daemon:
                     if rt.source.remote and (time.monotonic() >= next_fetch or "webhook" in reasons):
                         self._fetch()
                         next_fetch = time.monotonic() + self.settings.interval
-                    self._maybe_run(reasons)
-                    self._run_pending(reasons)
-                    if time.monotonic() >= next_drift:
+                    if not self.storage.ready:
+                        self._guard(self._probe_storage)
+                    if self.storage.ready:
+                        self._guard(lambda r=reasons: self._maybe_run(r))  # type: ignore[misc]
+                    if self.storage.ready:
+                        self._run_pending(reasons)
+                    if self.storage.ready and time.monotonic() >= next_drift:
                         self._guard(self._drift_check)
                         next_drift = time.monotonic() + self.settings.drift_interval
                 self.notifier.watchdog()
@@ -403,10 +427,42 @@ class Daemon:
     def _guard(self, fn: Callable[[], Any]) -> None:
         try:
             fn()
-        except StratumError as err:
-            self.logger.error("error", message=err.render())
-        except Exception:
-            self.logger.exception("loop_error")
+        except Exception as err:
+            if self._storage_failed(err):
+                return
+            if isinstance(err, StratumError):
+                self.logger.error("error", message=err.render())
+            else:
+                self.logger.exception("loop_error")
+
+    # storage readiness (see daemon/readiness.py) ------------------------------------------------------
+    def _storage_failed(self, err: BaseException) -> bool:
+        """True when `err` is the data directory refusing writes: the daemon is then not ready, not gone."""
+        reason = storage_failure(err)
+        if reason is None:
+            return False
+        if self.storage.failed(reason):
+            self.logger.error("not_ready", reason=reason, data_dir=str(self.settings.data_dir),
+                              message="the data directory does not take writes; applying is held until it does")
+            self.notifier.status(f"not ready: {reason}")
+        return True
+
+    def _probe_storage(self) -> None:
+        """Not ready: try a write; when it works, finalize what the failure left running and run the head."""
+        if not self.storage.due():
+            return
+        was, since = self.storage.reason, self.storage.since
+        if not self.storage.probe(self._rt.index):
+            return
+        self.logger.info("ready_again", was=was, down_s=round(time.time() - since, 1))
+        self._guard(lambda: self._rt.index.event("storage_recovered", f"the data directory takes writes again "
+                                                 f"(it failed: {was})"))
+        for result in self._rt.pipeline.resolve_interrupted(self.settings.on_interrupted):
+            self.logger.warning("interrupted_run_resolved", run_id=result.run_id, outcome=result.status)
+        if self.last_head and self.last_head != self._rt.index.get_state("last_applied_revision"):
+            self.pending = self.last_head
+        self.notifier.status(self._status_line())
+        self.wake.ring("storage")
 
     def _drain_jobs(self) -> None:
         while True:
@@ -500,13 +556,20 @@ class Daemon:
     def stop(self) -> None:
         """Stop listeners and release everything (the run in flight already finished: one thread)."""
         self.notifier.stopping()
-        if getattr(self, "watcher", None):
-            self.watcher.stop()  # type: ignore[union-attr]
-        if getattr(self, "api", None):
-            self.api.stop()
-        if self.http:
-            self.http.stop()
-        if self.runtime:
-            self.runtime.close()
-        self.lock.release()
+        # Each step on its own: a data directory that refuses writes (the socket's unlink, the index's last
+        # flush) must not keep the rest from being released, nor end the process with a traceback.
+        steps: list[tuple[str, Callable[[], Any] | None]] = [
+            ("watcher", getattr(self, "watcher", None) and self.watcher.stop),  # type: ignore[union-attr]
+            ("api", getattr(self, "api", None) and self.api.stop),
+            ("http", self.http.stop if self.http else None),
+            ("index", self.runtime.close if self.runtime else None),
+            ("lock", self.lock.release),
+        ]
+        for name, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as err:  # noqa: BLE001 reported; the other steps still run
+                self.logger.error("stop_step_failed", step=name, message=f"{type(err).__name__}: {err}")
         self.logger.info("stopped")

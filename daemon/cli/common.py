@@ -94,13 +94,27 @@ READER_WAIT_S = 30.0   # how long a reader waits for a daemon that is starting (
 
 def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[Any], Any],
                wait: float = READER_WAIT_S) -> Any:
-    """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only.
-
-    A reader never stands in a daemon's way: while a daemon is starting (or a writer holds the index) it
-    opens nothing and waits for the socket, bounded by `wait`; while it reads the file directly it holds the
-    data directory's apply lock shared, so a daemon starting meanwhile waits out that one read.
-    """
+    """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only (see
+    `daemon_or_local`)."""
     from daemon.index import Index
+
+    def local() -> Any:
+        index = Index(settings.index_path, read_only=True)
+        try:
+            return query(index)
+        finally:
+            index.close()
+    return daemon_or_local(settings, ask, local, wait)
+
+
+def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Callable[[], Any],
+                    wait: float = READER_WAIT_S) -> Any:
+    """`ask(socket)` of the running daemon, else `local()`, which may open the index itself.
+
+    A CLI verb never stands in a daemon's way: while a daemon is starting (or a writer holds the index) it
+    opens nothing and waits for the socket, bounded by `wait`; while `local()` runs it holds the data
+    directory's apply lock shared, so a daemon starting meanwhile waits that out (bounded on its side too).
+    """
     from daemon.lock import shared_read
 
     deadline = time.monotonic() + wait
@@ -110,11 +124,7 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
             return ask(sock)
         with shared_read(settings.data_dir) as free:
             if free:
-                index = Index(settings.index_path, read_only=True)
-                try:
-                    return query(index)
-                finally:
-                    index.close()
+                return local()
         if time.monotonic() >= deadline:
             raise LockError(f"the index in {settings.data_dir} stayed busy for {wait:.0f} s and no daemon "
                             f"answered on {settings.socket_path}",

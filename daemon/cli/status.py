@@ -14,7 +14,7 @@ import click
 from daemon import api
 from daemon.cli.common import (
     common_options,
-    daemon_socket,
+    daemon_or_local,
     emit_json,
     handle_errors,
     output_option,
@@ -29,11 +29,6 @@ from daemon.status import events as events_query
 from daemon.status import runs as runs_query
 from daemon.status import status as status_query
 from reconcilers.registry import REGISTRY
-
-
-def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
-    sock = daemon_socket(settings)
-    return api.call(sock, op, **fields) if sock is not None else None
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
@@ -78,10 +73,12 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
     if output == "json":
         emit_json(data)
         return
-    daemon_info = data.get("daemon")
+    daemon_info = data.get("daemon") or {}
     click.echo(f"repository: {data.get('repository') or settings.repo} "
                f"(branch {data.get('branch') or settings.branch})")
-    click.echo(f"daemon: {'running (pid ' + str(daemon_info['pid']) + ')' if daemon_info else 'not running'}")
+    not_ready = f"; NOT READY: {daemon_info['reason']}" if daemon_info.get("ready") is False else ""
+    running = f"running (pid {daemon_info['pid']}){not_ready}" if daemon_info else "not running"
+    click.echo(f"daemon: {running}")
     click.echo(f"last applied: {data['last_applied_revision'] or '-'}   last attempted: "
                f"{data['last_attempted_revision'] or '-'}")
     if data.get("suspended"):
@@ -151,18 +148,19 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
 
     quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
-    reply = _ask(settings, "drift")
-    if reply is not None:
-        found = reply["drift"]
-    else:
+
+    def local() -> list[dict[str, Any]]:
         from daemon.runtime import build
 
         rt = build(settings)
         try:
             rev = rt.index.get_state("last_applied_revision")
-            found = drift_to_list(rt.pipeline.plan(rev)) if rev else []
+            return drift_to_list(rt.pipeline.plan(rev)) if rev else []
         finally:
             rt.close()
+
+    # Like the readers: never open the index while a daemon is starting (it would wait for us, bounded).
+    found = daemon_or_local(settings, lambda sock: api.call(sock, "drift")["drift"], local)
     if output == "json":
         emit_json(found)
     else:

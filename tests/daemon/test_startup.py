@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon import api
+from daemon.cli.common import daemon_or_local
 from tests.fixtures import WorkRepo, bare_repo, infra_file
 from tests.proc import ROOT, DaemonProc, cli_env, wait_for
 
@@ -184,3 +185,26 @@ def test_a_taken_http_port_is_a_clear_error(remote: tuple[Path, str], tmp_path: 
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "data/stratumd.sock").exists()
     assert not (tmp_path / "data/stratumd.starting").exists()
+
+
+def test_a_verb_opens_nothing_while_a_daemon_is_starting(tmp_path: Path) -> None:
+    """While a live process has announced itself as a starting daemon (stratumd.starting), a CLI verb with no
+    daemon to ask (status, log, drift) never runs its local read: it waits for the socket, bounded, then says
+    why; once the mark is gone it reads locally."""
+    from daemon.errors import LockError
+    from daemon.settings import load_settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    settings = load_settings({"repo": str(tmp_path), "data_dir": data})
+    starting = subprocess.Popen(["sleep", "60"])
+    try:
+        (data / "stratumd.starting").write_text(str(starting.pid))
+        calls: list[str] = []
+        with pytest.raises(LockError) as err:
+            daemon_or_local(settings, lambda sock: "asked", lambda: calls.append("local"), wait=0.5)
+        assert calls == [] and "no daemon answered" in err.value.what
+    finally:
+        starting.kill()
+        starting.wait()
+    assert daemon_or_local(settings, lambda sock: "asked", lambda: "local", wait=0.5) == "local"
