@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.descriptors import accept_burst, quiet_accept_errors
+from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import StratumError
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -81,6 +81,7 @@ class ApiServer:
         quiet_accept_errors(loop, "control")
         self._server = loop.run_until_complete(asyncio.start_unix_server(
             self._serve, sock=self._sock, limit=MAX_REQUEST, backlog=accept_burst(self.max_connections)))
+        widen_backlog(self._sock)
         try:
             loop.run_forever()
         finally:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from daemon.descriptors import accept_burst, quiet_accept_errors
+from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import SettingsError
 from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
 from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
@@ -114,6 +114,8 @@ class _Server(uvicorn.Server):
             loop.create_server = functools.partial(  # type: ignore[method-assign]
                 loop.create_server, ssl_handshake_timeout=self.handshake_timeout)
         await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            widen_backlog(sock)
 
 
 class HttpServer:
