@@ -134,7 +134,9 @@ class HttpServer:
         self.scheme = "https" if http.tls else "http"
         tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}
         # No mount speaks WebSocket: "none" keeps an upgrade from moving a connection out of the guarded protocol.
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
+        # log_level "error": uvicorn's warnings are one line per bad request (malformed, an upgrade asked for),
+        # which anyone who can reach the port could use to flood the log; its errors are our apps failing.
+        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", ws="none",
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import socket
 import subprocess
 import sys
@@ -146,6 +147,25 @@ def test_slow_clients_past_the_cap_are_evicted_and_healthz_answers() -> None:
         for s in socks:
             s.close()
         server.stop()
+
+
+def test_bad_requests_do_not_write_a_log_line_each(server: HttpServer) -> None:
+    """Malformed requests and WebSocket upgrade requests are answered without a uvicorn warning apiece."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        for _ in range(10):
+            with slow_client(server.port, b"NOT HTTP AT ALL\r\n\r\n") as sock:
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+            with slow_client(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+                                          b"Upgrade: websocket\r\nConnection: close\r\n\r\n") as sock:
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        logger.removeHandler(handler)
+    assert records == []
 
 
 def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
