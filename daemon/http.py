@@ -129,7 +129,12 @@ class HttpServer:
         host, _, port = listen.rpartition(":")
         self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
+        try:
+            self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
+        except (OSError, ValueError) as err:
+            self.sock.close()
+            raise SettingsError(f"cannot listen on {listen}: {err}", where="http_listen",
+                                hint="choose a free port, or stop what listens there") from err
         self.port: int = self.sock.getsockname()[1]
         self.scheme = "https" if http.tls else "http"
         tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}

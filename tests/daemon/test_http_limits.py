@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from daemon.descriptors import quiet_accept_errors
+from daemon.errors import SettingsError
 from daemon.http import HttpServer
 from daemon.httpconfig import Limits
 
@@ -181,6 +182,13 @@ def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
         assert "Too many open files" in logs[0]["error"]
     finally:
         loop.close()
+
+
+def test_a_port_in_use_is_a_settings_error(server: HttpServer) -> None:
+    """Listening where something already listens says where and what to do, not a bare OSError."""
+    with pytest.raises(SettingsError) as err:
+        HttpServer(f"127.0.0.1:{server.port}", Starlette(), limits=LIMITS)
+    assert f"cannot listen on 127.0.0.1:{server.port}" in err.value.render()
 
 
 def test_descriptor_budget_raises_the_soft_limit_and_caps_connections() -> None:
