@@ -26,6 +26,7 @@ REQUEST_TIMEOUT_S = 10.0     # to send the request line once connected
 REPLY_TIMEOUT_S = 30.0       # to take the reply once it is ready
 MAX_CONNECTIONS = 128        # open connections; past it the oldest one still silent is closed
 WORKERS = 16                 # handlers running at once (an `apply` holds one until its run ends)
+INLINE_OPS = frozenset({"ping", "notify"})   # never block: answered on the loop, even when every worker waits
 
 
 class _Conn:
@@ -143,7 +144,10 @@ class ApiServer:
             conn.since = None
             if writer.transport.is_closing():
                 return
-            if not reply:
+            if not reply and _op(line) in INLINE_OPS:
+                # `daemon_running` pings with a 2 s timeout: it must not queue behind applies waiting for a run.
+                reply = self._dispatch(line)
+            elif not reply:
                 reply = await self._pool.run(self._loop, self._dispatch, line)
             writer.write((json.dumps(reply, default=str) + "\n").encode())
             await asyncio.wait_for(writer.drain(), self.reply_timeout)
@@ -170,6 +174,15 @@ class ApiServer:
             return {"ok": False, "error": f"bad request: {err}"}
         except Exception as err:  # noqa: BLE001 one bad request never takes the daemon down
             return {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
+
+
+def _op(line: bytes) -> str:
+    """The operation a request line names, cheaply ("" when it does not parse)."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return ""
+    return str(request.get("op", "")) if isinstance(request, dict) else ""
 
 
 class _Workers:

@@ -90,7 +90,7 @@ def test_idle_connections_hold_no_threads_and_cannot_lock_out_the_cli(server: ap
 
 
 def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
-    """Requests past the pool's size wait their turn instead of each taking a thread."""
+    """Requests past the pool's size wait their turn instead of each taking a thread; a ping still answers."""
     gate = threading.Event()
     running: list[int] = []
 
@@ -98,7 +98,7 @@ def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
         running.append(1)
         gate.wait(10)
         return {}
-    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow}, workers=2)
+    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow, "ping": lambda req: {}}, workers=2)
     s.start()
     try:
         callers = [threading.Thread(target=api.call, args=(s.path, "slow")) for _ in range(5)]
@@ -109,6 +109,7 @@ def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
             time.sleep(0.01)
         time.sleep(0.2)    # give a third handler the chance to start, were the pool unbounded
         assert len(running) == 2
+        assert api.daemon_running(s.path)     # a ping does not queue behind the busy workers
         gate.set()
         for t in callers:
             t.join(10)
