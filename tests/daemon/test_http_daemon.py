@@ -19,7 +19,7 @@ import pytest
 
 from daemon.httpauth import token_digest
 from tests.fixtures import WorkRepo, bare_repo, infra_file
-from tests.proc import DaemonProc, cli_env, wait_for
+from tests.proc import DaemonProc, cli_env, http_token_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -194,6 +194,38 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
                for e in events)
     assert any(e["subject"] == "prom" and "HTTP 403" in e["message"] and "/mcp" in e["message"] for e in events)
     assert TOKEN not in json.dumps(events) and TOKEN not in d.log()
+
+
+def test_the_knowledge_mcp_mount_needs_a_token_on_a_real_daemon(tmp_path: Path) -> None:
+    """/mcp on a real daemon: 401 without a token (whatever the Host header says), and the MCP server answers
+    an `initialize` sent with the admin token of `http_token_config`."""
+    remote = bare_repo(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    first = work.commit({"infra/motd.ncl": _motd("one")})
+    work.push()
+    config, token = http_token_config(tmp_path)
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
+    try:
+        assert d.wait_run(first)["status"] == "succeeded"
+        port = d.call("status")["status"]["daemon"]["http_port"]
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "Host": f"127.0.0.1:{port}"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("POST", "/mcp/", body=body, headers=headers)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read() and None) == (401, None)
+            conn.request("POST", "/mcp/", body=body, headers={**headers, "Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            assert resp.status == 200, answer
+            assert json.loads(answer)["result"]["serverInfo"]["name"]
+        finally:
+            conn.close()
+    finally:
+        assert d.stop() == 0
 
 
 def test_exposed_address_in_clear_is_refused_at_start(tmp_path: Path) -> None:
