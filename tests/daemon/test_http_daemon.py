@@ -158,7 +158,7 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
     first = work.commit({"infra/motd.ncl": _motd("one")})
     work.push()
     tokens = tmp_path / "tokens"
-    tokens.write_text(f"prom:metrics:{token_digest(TOKEN)}\n")
+    tokens.write_text("# no clients yet\n")
     tokens.chmod(0o600)
     config = tmp_path / "stratumd.toml"
     config.write_text(f'[http]\ntokens_file = "{tokens}"\n')
@@ -167,6 +167,11 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
         assert d.wait_run(first)["status"] == "succeeded"
         port = d.call("status")["status"]["daemon"]["http_port"]
         assert _get(port, "/healthz")[0] == 200
+        assert _get(port, "/metrics", TOKEN)[0] == 401
+        # The first client, added to a file that had none, is let in at SIGHUP.
+        tokens.write_text(f"prom:metrics:{token_digest(TOKEN)}\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _get(port, "/metrics", TOKEN)[0] == 200, 20)
         assert _get(port, "/metrics")[0] == 401
         status, body = _get(port, "/metrics", TOKEN)
         assert status == 200 and b"stratum_runs_total" in body
