@@ -53,7 +53,7 @@ class ApiServer:
         self.handlers = handlers
         self.request_timeout, self.reply_timeout = request_timeout, reply_timeout
         self.max_connections = max_connections
-        self.closed: dict[str, int] = {"idle": 0, "evicted": 0, "too_large": 0}
+        self.closed: dict[str, int] = {"idle": 0, "evicted": 0, "busy": 0, "too_large": 0}
         if path.exists() or path.is_symlink():
             path.unlink()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -114,22 +114,31 @@ class ApiServer:
         """Connections open now (for tests and status)."""
         return len(self._conns)
 
-    def _make_room(self, newcomer: _Conn) -> None:
-        """Over the cap: close the connection silent the longest (possibly the newcomer itself)."""
+    def _make_room(self, newcomer: _Conn) -> bool:
+        """Over the cap: close the connection silent the longest. False when that is the newcomer (every other
+        connection is busy with a request): it is told so and closed."""
         silent = [c for c in self._conns if c.since is not None]
-        oldest = min(silent, key=lambda c: c.since or 0.0) if silent else newcomer
-        self.closed["evicted"] += 1
-        # Out of the count now: its task sees the abort only on a later turn of the loop.
+        oldest = min(silent, key=lambda c: c.since or 0.0)        # the newcomer is silent too: never empty
+        # Out of the count now: its task sees the close only on a later turn of the loop.
         oldest.since = None
         self._conns.discard(oldest)
+        if oldest is newcomer:
+            self.closed["busy"] += 1
+            busy = {"ok": False, "error": f"the daemon is busy: {len(self._conns)} control requests are in "
+                                          "progress; try again when one finishes"}
+            newcomer.writer.write((json.dumps(busy) + "\n").encode())
+            newcomer.writer.close()
+            return False
+        self.closed["evicted"] += 1
         oldest.writer.transport.abort()
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(writer)
         self._conns.add(conn)
         try:
-            if len(self._conns) > self.max_connections:
-                self._make_room(conn)
+            if len(self._conns) > self.max_connections and not self._make_room(conn):
+                return
             try:
                 line = await asyncio.wait_for(reader.readline(), self.request_timeout)
             except TimeoutError:

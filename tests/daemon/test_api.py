@@ -89,6 +89,30 @@ def test_idle_connections_hold_no_threads_and_cannot_lock_out_the_cli(server: ap
             s.close()
 
 
+def test_a_newcomer_finding_every_connection_busy_is_told_so(tmp_path: Path) -> None:
+    """When every connection under the cap is busy with a request, a new client gets a `busy` error reply
+    (what the CLI shows), not a silent reset."""
+    gate = threading.Event()
+    s = api.ApiServer(tmp_path / "s.sock", {"slow": lambda req: {"done": gate.wait(10)}}, max_connections=2,
+                      workers=2)
+    s.start()
+    try:
+        callers = [threading.Thread(target=api.call, args=(s.path, "slow")) for _ in range(2)]
+        for t in callers:
+            t.start()
+        deadline = time.monotonic() + 10
+        while sum(1 for c in s._conns if c.since is None) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(StratumError, match="the daemon is busy"):
+            api.call(s.path, "slow", timeout=10)
+        gate.set()
+        for t in callers:
+            t.join(10)
+    finally:
+        gate.set()
+        s.stop()
+
+
 def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
     """Requests past the pool's size wait their turn instead of each taking a thread; a ping still answers."""
     gate = threading.Event()
