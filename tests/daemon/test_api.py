@@ -93,15 +93,19 @@ def test_a_newcomer_finding_every_connection_busy_is_told_so(tmp_path: Path) -> 
     """When every connection under the cap is busy with a request, a new client gets a `busy` error reply
     (what the CLI shows), not a silent reset."""
     gate = threading.Event()
-    s = api.ApiServer(tmp_path / "s.sock", {"slow": lambda req: {"done": gate.wait(10)}}, max_connections=2,
-                      workers=2)
+    running: list[int] = []
+
+    def slow(req: dict[str, Any]) -> dict[str, Any]:
+        running.append(1)
+        return {"done": gate.wait(10)}
+    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow}, max_connections=2, workers=2)
     s.start()
     try:
         callers = [threading.Thread(target=api.call, args=(s.path, "slow")) for _ in range(2)]
         for t in callers:
             t.start()
         deadline = time.monotonic() + 10
-        while sum(1 for c in s._conns if c.since is None) < 2 and time.monotonic() < deadline:
+        while len(running) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         with pytest.raises(StratumError, match="the daemon is busy"):
             api.call(s.path, "slow", timeout=10)
