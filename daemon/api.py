@@ -196,7 +196,10 @@ def _op(line: bytes) -> str:
 
 class _Workers:
     """Up to `size` daemon threads running handlers (started as needed). Daemon threads, because a handler may
-    wait an hour for a run the stopping loop will never finish, and must not hold the process open."""
+    wait an hour for a run the stopping loop will never finish, and must not hold the process open.
+
+    Each job is matched to a worker when submitted (an idle one, else a new one while fewer than `size` run,
+    else it waits for the next to finish), so two jobs submitted at once never share one worker."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -204,24 +207,26 @@ class _Workers:
                                             bytes] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0          # workers with no job claimed
+        self._waiting = 0       # jobs queued with no worker claimed yet
 
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[bytes], Any], arg: bytes) -> asyncio.Future[Any]:
         """fn(arg) on a worker; the future resolves on `loop`. Past `size` busy workers, jobs wait in line."""
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.size:
                 thread = threading.Thread(target=self._work, name=f"api-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
-                self._idle += 1
                 thread.start()
+            else:
+                self._waiting += 1
         self._jobs.put((loop, future, fn, arg))
         return future
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            with self._lock:
-                self._idle -= 1
             loop, future, fn, arg = job
             result = fn(arg)
             try:
@@ -229,7 +234,10 @@ class _Workers:
             except RuntimeError:
                 pass  # the loop closed meanwhile: nobody waits for this reply
             with self._lock:
-                self._idle += 1
+                if self._waiting:
+                    self._waiting -= 1      # this worker takes a job that waited for one
+                else:
+                    self._idle += 1
 
     def stop(self) -> None:
         """Let idle workers exit (busy ones exit after their job)."""
@@ -247,15 +255,23 @@ def call(path: Path, op: str, timeout: float = 600.0, **fields: Any) -> dict[str
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         _connect(sock, path, min(timeout, 10.0))
-        sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        try:
+            sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a busy daemon answers and closes before reading: its reply may be waiting
         chunks = []
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 break
             chunks.append(chunk)
             if chunk.endswith(b"\n"):
                 break
+    if not chunks:
+        raise ConnectionError(f"the daemon on {path} closed the connection without a reply")
     reply: dict[str, Any] = json.loads(b"".join(chunks))
     if not reply.get("ok"):
         raise StratumError(str(reply.get("error", "the daemon refused the request")))
