@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.descriptors import accept_burst, quiet_accept_errors
+from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import StratumError
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -26,6 +26,7 @@ REQUEST_TIMEOUT_S = 10.0     # to send the request line once connected
 REPLY_TIMEOUT_S = 30.0       # to take the reply once it is ready
 MAX_CONNECTIONS = 128        # open connections; past it the oldest one still silent is closed
 WORKERS = 16                 # handlers running at once (an `apply` holds one until its run ends)
+INLINE_OPS = frozenset({"ping", "notify"})   # never block: answered on the loop, even when every worker waits
 
 
 class _Conn:
@@ -52,7 +53,7 @@ class ApiServer:
         self.handlers = handlers
         self.request_timeout, self.reply_timeout = request_timeout, reply_timeout
         self.max_connections = max_connections
-        self.closed: dict[str, int] = {"idle": 0, "evicted": 0, "too_large": 0}
+        self.closed: dict[str, int] = {"idle": 0, "evicted": 0, "busy": 0, "too_large": 0}
         if path.exists() or path.is_symlink():
             path.unlink()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -81,6 +82,7 @@ class ApiServer:
         quiet_accept_errors(loop, "control")
         self._server = loop.run_until_complete(asyncio.start_unix_server(
             self._serve, sock=self._sock, limit=MAX_REQUEST, backlog=accept_burst(self.max_connections)))
+        widen_backlog(self._sock)
         try:
             loop.run_forever()
         finally:
@@ -112,22 +114,31 @@ class ApiServer:
         """Connections open now (for tests and status)."""
         return len(self._conns)
 
-    def _make_room(self, newcomer: _Conn) -> None:
-        """Over the cap: close the connection silent the longest (possibly the newcomer itself)."""
+    def _make_room(self, newcomer: _Conn) -> bool:
+        """Over the cap: close the connection silent the longest. False when that is the newcomer (every other
+        connection is busy with a request): it is told so and closed."""
         silent = [c for c in self._conns if c.since is not None]
-        oldest = min(silent, key=lambda c: c.since or 0.0) if silent else newcomer
-        self.closed["evicted"] += 1
-        # Out of the count now: its task sees the abort only on a later turn of the loop.
+        oldest = min(silent, key=lambda c: c.since or 0.0)        # the newcomer is silent too: never empty
+        # Out of the count now: its task sees the close only on a later turn of the loop.
         oldest.since = None
         self._conns.discard(oldest)
+        if oldest is newcomer:
+            self.closed["busy"] += 1
+            busy = {"ok": False, "error": f"the daemon is busy: {len(self._conns)} control requests are in "
+                                          "progress; try again when one finishes"}
+            newcomer.writer.write((json.dumps(busy) + "\n").encode())
+            newcomer.writer.close()
+            return False
+        self.closed["evicted"] += 1
         oldest.writer.transport.abort()
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(writer)
         self._conns.add(conn)
         try:
-            if len(self._conns) > self.max_connections:
-                self._make_room(conn)
+            if len(self._conns) > self.max_connections and not self._make_room(conn):
+                return
             try:
                 line = await asyncio.wait_for(reader.readline(), self.request_timeout)
             except TimeoutError:
@@ -142,7 +153,10 @@ class ApiServer:
             conn.since = None
             if writer.transport.is_closing():
                 return
-            if not reply:
+            if not reply and _op(line) in INLINE_OPS:
+                # `daemon_running` pings with a 2 s timeout: it must not queue behind applies waiting for a run.
+                reply = self._dispatch(line)
+            elif not reply:
                 reply = await self._pool.run(self._loop, self._dispatch, line)
             writer.write((json.dumps(reply, default=str) + "\n").encode())
             await asyncio.wait_for(writer.drain(), self.reply_timeout)
@@ -171,9 +185,21 @@ class ApiServer:
             return {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
 
 
+def _op(line: bytes) -> str:
+    """The operation a request line names, cheaply ("" when it does not parse)."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return ""
+    return str(request.get("op", "")) if isinstance(request, dict) else ""
+
+
 class _Workers:
     """Up to `size` daemon threads running handlers (started as needed). Daemon threads, because a handler may
-    wait an hour for a run the stopping loop will never finish, and must not hold the process open."""
+    wait an hour for a run the stopping loop will never finish, and must not hold the process open.
+
+    Each job is matched to a worker when submitted (an idle one, else a new one while fewer than `size` run,
+    else it waits for the next to finish), so two jobs submitted at once never share one worker."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -181,24 +207,26 @@ class _Workers:
                                             bytes] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._idle = 0          # workers with no job claimed
+        self._waiting = 0       # jobs queued with no worker claimed yet
 
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[bytes], Any], arg: bytes) -> asyncio.Future[Any]:
         """fn(arg) on a worker; the future resolves on `loop`. Past `size` busy workers, jobs wait in line."""
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.size:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.size:
                 thread = threading.Thread(target=self._work, name=f"api-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
-                self._idle += 1
                 thread.start()
+            else:
+                self._waiting += 1
         self._jobs.put((loop, future, fn, arg))
         return future
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            with self._lock:
-                self._idle -= 1
             loop, future, fn, arg = job
             result = fn(arg)
             try:
@@ -206,7 +234,10 @@ class _Workers:
             except RuntimeError:
                 pass  # the loop closed meanwhile: nobody waits for this reply
             with self._lock:
-                self._idle += 1
+                if self._waiting:
+                    self._waiting -= 1      # this worker takes a job that waited for one
+                else:
+                    self._idle += 1
 
     def stop(self) -> None:
         """Let idle workers exit (busy ones exit after their job)."""
@@ -224,15 +255,23 @@ def call(path: Path, op: str, timeout: float = 600.0, **fields: Any) -> dict[str
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         _connect(sock, path, min(timeout, 10.0))
-        sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        try:
+            sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a busy daemon answers and closes before reading: its reply may be waiting
         chunks = []
         while True:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 break
             chunks.append(chunk)
             if chunk.endswith(b"\n"):
                 break
+    if not chunks:
+        raise ConnectionError(f"the daemon on {path} closed the connection without a reply")
     reply: dict[str, Any] = json.loads(b"".join(chunks))
     if not reply.get("ok"):
         raise StratumError(str(reply.get("error", "the daemon refused the request")))

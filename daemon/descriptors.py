@@ -18,6 +18,7 @@ import structlog
 
 ACCEPT_LOG_INTERVAL_S = 60.0
 MIN_CONNECTIONS = 8
+KERNEL_BACKLOG = 1024   # connections the kernel queues before accept(): they cost no descriptor of ours yet
 
 log = structlog.get_logger("stratum.descriptors")
 
@@ -36,10 +37,16 @@ def raise_nofile() -> int:
 
 
 def accept_burst(share: int) -> int:
-    """The listen backlog for a listener allowed `share` connections. asyncio accepts up to `backlog`
-    connections in one go before any of them is seen (and closed if over the cap), so the backlog is also how
-    far past its share a listener can overshoot for a moment."""
+    """The `backlog` to give asyncio for a listener allowed `share` connections. asyncio accepts up to `backlog`
+    connections in one go before any of them is seen (and closed if over the cap), so it is also how far past
+    its share a listener can overshoot for a moment. The kernel's queue is set apart, to KERNEL_BACKLOG, by
+    listening again once asyncio has (`widen_backlog`), so a flood does not make new clients' SYNs drop."""
     return max(MIN_CONNECTIONS, min(64, share // 4))
+
+
+def widen_backlog(sock: Any) -> None:
+    """Let the kernel queue KERNEL_BACKLOG connections on a socket asyncio already listens on."""
+    sock.listen(KERNEL_BACKLOG)
 
 
 def http_share(soft: int, wanted: int, reserve: int) -> int:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from daemon.descriptors import accept_burst, quiet_accept_errors
+from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import SettingsError
 from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
 from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
@@ -116,6 +116,8 @@ class _Server(uvicorn.Server):
             loop.create_server = functools.partial(  # type: ignore[method-assign]
                 loop.create_server, ssl_handshake_timeout=self.handshake_timeout)
         await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            widen_backlog(sock)
 
 
 class HttpServer:
@@ -129,12 +131,19 @@ class HttpServer:
         host, _, port = listen.rpartition(":")
         self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
+        try:
+            self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
+        except (OSError, ValueError) as err:
+            self.sock.close()
+            raise SettingsError(f"cannot listen on {listen}: {err}", where="http_listen",
+                                hint="choose a free port, or stop what listens there") from err
         self.port: int = self.sock.getsockname()[1]
         self.scheme = "https" if http.tls else "http"
         tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}
         # No mount speaks WebSocket: "none" keeps an upgrade from moving a connection out of the guarded protocol.
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
+        # log_level "error": uvicorn's warnings are one line per bad request (malformed, an upgrade asked for),
+        # which anyone who can reach the port could use to flood the log; its errors are our apps failing.
+        config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", ws="none",
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 h11_max_incomplete_event_size=self.limits.max_header_bytes,

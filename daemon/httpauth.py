@@ -134,6 +134,9 @@ class TokenStore:
         """The file's clients now (raises SettingsError); nothing changes until `replace`."""
         return load_tokens(self.path) if self.path is not None else {}
 
+    def __bool__(self) -> bool:
+        return bool(self._by_digest)
+
     def replace(self, clients: Mapping[str, Client]) -> None:
         """Put `clients` in force (one reference swap: a request in flight sees the old set or the new)."""
         self._by_digest = dict(clients)
@@ -224,7 +227,10 @@ class AuthMiddleware:
         mount = mount_of(path, self.mounts)
         client = self._client(scope)
         if client is None:
-            await self._refuse(scope, send, 401, "", mount, "a bearer token is required (Authorization: Bearer ...)")
+            reason = "a bearer token is required (Authorization: Bearer ...)"
+            if not self.tokens:
+                reason += "; this daemon has no clients: the host sets [http] tokens_file in stratumd.toml"
+            await self._refuse(scope, send, 401, "", mount, reason)
             return
         if isinstance(client, str):
             await self._refuse(scope, send, 401, "", mount, client)

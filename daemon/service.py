@@ -345,7 +345,7 @@ class Daemon:
                                     where=str(config), hint="restore the file, then reload again")
             new, stuck = merge_reload(self.settings, self._reload())
             controls = host_controls(new)
-            tokens = self.http_tokens.read() if self.http_tokens else None   # revoked tokens stop working
+            tokens = self.http_tokens.read() if self.http_tokens is not None else None   # revocations too
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
@@ -358,7 +358,7 @@ class Daemon:
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
         self._persist_settings()
-        if self.http_tokens and tokens is not None:
+        if self.http_tokens is not None and tokens is not None:
             self.http_tokens.replace(tokens)
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)

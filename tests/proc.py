@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -135,3 +136,15 @@ def tree_of(root: Path) -> dict[str, str]:
         elif path.is_dir():
             out[rel + "/"] = ""
     return out
+
+
+def http_token_config(base: Path, role: str = "admin", extra: str = "") -> tuple[Path, str]:
+    """A stratumd.toml (with `extra` TOML appended) whose [http] tokens_file holds one client, `test`, with
+    `role`; returns (the settings file for `--config`, the bearer token to send)."""
+    token = "test-token-" + os.urandom(16).hex()
+    tokens = base / "http-tokens"
+    tokens.write_text(f"test:{role}:{hashlib.sha256(token.encode()).hexdigest()}\n")
+    tokens.chmod(0o600)
+    config = base / "stratumd-http.toml"
+    config.write_text(f'[http]\ntokens_file = "{tokens}"\n{extra}')
+    return config, token

@@ -89,8 +89,36 @@ def test_idle_connections_hold_no_threads_and_cannot_lock_out_the_cli(server: ap
             s.close()
 
 
+def test_a_newcomer_finding_every_connection_busy_is_told_so(tmp_path: Path) -> None:
+    """When every connection under the cap is busy with a request, a new client gets a `busy` error reply
+    (what the CLI shows), not a silent reset."""
+    gate = threading.Event()
+    running: list[int] = []
+
+    def slow(req: dict[str, Any]) -> dict[str, Any]:
+        running.append(1)
+        return {"done": gate.wait(10)}
+    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow}, max_connections=2, workers=2)
+    s.start()
+    try:
+        callers = [threading.Thread(target=api.call, args=(s.path, "slow")) for _ in range(2)]
+        for t in callers:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(running) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(StratumError, match="the daemon is busy"):
+            api.call(s.path, "slow", timeout=10)
+        gate.set()
+        for t in callers:
+            t.join(10)
+    finally:
+        gate.set()
+        s.stop()
+
+
 def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
-    """Requests past the pool's size wait their turn instead of each taking a thread."""
+    """Requests past the pool's size wait their turn instead of each taking a thread; a ping still answers."""
     gate = threading.Event()
     running: list[int] = []
 
@@ -98,7 +126,7 @@ def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
         running.append(1)
         gate.wait(10)
         return {}
-    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow}, workers=2)
+    s = api.ApiServer(tmp_path / "s.sock", {"slow": slow, "ping": lambda req: {}}, workers=2)
     s.start()
     try:
         callers = [threading.Thread(target=api.call, args=(s.path, "slow")) for _ in range(5)]
@@ -109,6 +137,7 @@ def test_slow_handlers_run_on_the_bounded_pool(tmp_path: Path) -> None:
             time.sleep(0.01)
         time.sleep(0.2)    # give a third handler the chance to start, were the pool unbounded
         assert len(running) == 2
+        assert api.daemon_running(s.path)     # a ping does not queue behind the busy workers
         gate.set()
         for t in callers:
             t.join(10)

@@ -151,7 +151,8 @@ def test_metrics_need_a_token_unless_the_host_opens_them(tmp_path: Path, listene
     opened = Listener(tmp_path, {"metrics_public": True})
     try:
         assert opened.request("GET", "/metrics")[0] == 200
-        assert opened.request("GET", "/mcp/")[0] == 401
+        status, _, body = opened.request("GET", "/mcp/")
+        assert status == 401 and "[http] tokens_file" in json.loads(body)["error"]   # says what to set
     finally:
         opened.server.stop()
 

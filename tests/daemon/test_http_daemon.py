@@ -19,7 +19,7 @@ import pytest
 
 from daemon.httpauth import token_digest
 from tests.fixtures import WorkRepo, bare_repo, infra_file
-from tests.proc import DaemonProc, cli_env, wait_for
+from tests.proc import DaemonProc, cli_env, http_token_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,10 @@ class SlowFlood:
     def __enter__(self) -> SlowFlood:
         self._thread.start()
         return self
+
+    def running(self) -> bool:
+        """True while the clients keep coming."""
+        return self._thread.is_alive()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -110,12 +114,22 @@ def test_slow_clients_do_not_take_the_daemon_down(tmp_path: Path) -> None:
         assert d.wait_run(first)["status"] == "succeeded"
         port = d.call("status")["status"]["daemon"]["http_port"]
         peak = 0
-        with SlowFlood(port, SLOW_CLIENTS, seconds=12) as flood:
+
+        def cut_off() -> float:
+            """Connections the daemon has cut so far (its /metrics, read during the flood)."""
+            metrics = _get(port, "/metrics")[1].decode()
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("stratum_http_connections_closed_total"))
+
+        with SlowFlood(port, SLOW_CLIENTS, seconds=60) as flood:
             wait_for(lambda: flood.opened >= SLOW_CLIENTS, 20)
             for _ in range(200):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(str(d.socket))
                 idle.append(sock)
+            # The flood is pressing once the daemon has had to cut hundreds of clients off; all that follows
+            # happens under it (it lasts until the `with` ends, 60 s at most).
+            wait_for(lambda: cut_off() >= 2 * SLOW_CLIENTS, 40, interval=0.5)
             second = work.commit({"infra/motd.ncl": _motd("two")})
             work.push()
             for _ in range(3):
@@ -124,10 +138,8 @@ def test_slow_clients_do_not_take_the_daemon_down(tmp_path: Path) -> None:
                 peak = max(peak, len(os.listdir(f"/proc/{d.proc.pid}/fd")))
             assert d.wait_run(second, 60)["status"] == "succeeded"
             assert (tmp_path / "root/motd").read_text() == "two\n"
+            assert flood.running()
         assert peak < NOFILE
-        metrics = _get(port, "/metrics")[1].decode()
-        cut = [line for line in metrics.splitlines() if line.startswith("stratum_http_connections_closed_total")]
-        assert sum(float(line.rsplit(" ", 1)[1]) for line in cut) >= 100     # slow clients were cut off
         assert d.proc.poll() is None
         log = d.log()
         assert "Traceback" not in log
@@ -146,7 +158,7 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
     first = work.commit({"infra/motd.ncl": _motd("one")})
     work.push()
     tokens = tmp_path / "tokens"
-    tokens.write_text(f"prom:metrics:{token_digest(TOKEN)}\n")
+    tokens.write_text("# no clients yet\n")
     tokens.chmod(0o600)
     config = tmp_path / "stratumd.toml"
     config.write_text(f'[http]\ntokens_file = "{tokens}"\n')
@@ -155,6 +167,11 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
         assert d.wait_run(first)["status"] == "succeeded"
         port = d.call("status")["status"]["daemon"]["http_port"]
         assert _get(port, "/healthz")[0] == 200
+        assert _get(port, "/metrics", TOKEN)[0] == 401
+        # The first client, added to a file that had none, is let in at SIGHUP.
+        tokens.write_text(f"prom:metrics:{token_digest(TOKEN)}\n")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: _get(port, "/metrics", TOKEN)[0] == 200, 20)
         assert _get(port, "/metrics")[0] == 401
         status, body = _get(port, "/metrics", TOKEN)
         assert status == 200 and b"stratum_runs_total" in body
@@ -182,6 +199,38 @@ def test_tokens_gate_a_real_daemon_and_denials_are_events(tmp_path: Path) -> Non
                for e in events)
     assert any(e["subject"] == "prom" and "HTTP 403" in e["message"] and "/mcp" in e["message"] for e in events)
     assert TOKEN not in json.dumps(events) and TOKEN not in d.log()
+
+
+def test_the_knowledge_mcp_mount_needs_a_token_on_a_real_daemon(tmp_path: Path) -> None:
+    """/mcp on a real daemon: 401 without a token (whatever the Host header says), and the MCP server answers
+    an `initialize` sent with the admin token of `http_token_config`."""
+    remote = bare_repo(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    first = work.commit({"infra/motd.ncl": _motd("one")})
+    work.push()
+    config, token = http_token_config(tmp_path)
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
+    try:
+        assert d.wait_run(first)["status"] == "succeeded"
+        port = d.call("status")["status"]["daemon"]["http_port"]
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                   "Host": f"127.0.0.1:{port}"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            conn.request("POST", "/mcp/", body=body, headers=headers)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read() and None) == (401, None)
+            conn.request("POST", "/mcp/", body=body, headers={**headers, "Authorization": f"Bearer {token}"})
+            resp = conn.getresponse()
+            answer = resp.read()
+            assert resp.status == 200, answer
+            assert json.loads(answer)["result"]["serverInfo"]["name"]
+        finally:
+            conn.close()
+    finally:
+        assert d.stop() == 0
 
 
 def test_exposed_address_in_clear_is_refused_at_start(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from daemon.descriptors import quiet_accept_errors
+from daemon.errors import SettingsError
 from daemon.http import HttpServer
 from daemon.httpconfig import Limits
 
@@ -148,6 +150,25 @@ def test_slow_clients_past_the_cap_are_evicted_and_healthz_answers() -> None:
         server.stop()
 
 
+def test_bad_requests_do_not_write_a_log_line_each(server: HttpServer) -> None:
+    """Malformed requests and WebSocket upgrade requests are answered without a uvicorn warning apiece."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        for _ in range(10):
+            with slow_client(server.port, b"NOT HTTP AT ALL\r\n\r\n") as sock:
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+            with slow_client(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+                                          b"Upgrade: websocket\r\nConnection: close\r\n\r\n") as sock:
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    finally:
+        logger.removeHandler(handler)
+    assert records == []
+
+
 def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
     """A hundred accept() failures make one warning with no traceback; other loop errors still reach asyncio."""
     loop = asyncio.new_event_loop()
@@ -161,6 +182,13 @@ def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
         assert "Too many open files" in logs[0]["error"]
     finally:
         loop.close()
+
+
+def test_a_port_in_use_is_a_settings_error(server: HttpServer) -> None:
+    """Listening where something already listens says where and what to do, not a bare OSError."""
+    with pytest.raises(SettingsError) as err:
+        HttpServer(f"127.0.0.1:{server.port}", Starlette(), limits=LIMITS)
+    assert f"cannot listen on 127.0.0.1:{server.port}" in err.value.render()
 
 
 def test_descriptor_budget_raises_the_soft_limit_and_caps_connections() -> None:
