@@ -39,6 +39,8 @@ MAX_NICKEL_BYTES = 1024 * 1024
 WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits
 EXTRA_WORKER_IDLE_S = 5.0                             # the same for the workers that only split big batches
 _SPLIT_AT = 8                                         # files in a batch before it is split across workers
+_CHUNK = 256                                          # files per Nickel run (a run's cost stays far from its deadline)
+_BUDGET_DEADLINES = 30                                # one evaluation's budget, in per-run deadlines
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
 
@@ -124,6 +126,11 @@ class _Files:
             self._seen[path] = entry
         return self._seen[path]
 
+    def prime(self, entries: Sequence[FileEntry]) -> None:
+        """Files the caller already listed (one tree walk) need no lookup each."""
+        for entry in entries:
+            self._seen.setdefault(entry.path, entry)
+
     def __contains__(self, path: object) -> bool:
         return isinstance(path, str) and self.get(path) is not None
 
@@ -202,8 +209,10 @@ class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
     def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0,
-                 *, prestart: bool = False) -> None:
+                 budget: float | None = None, *, prestart: bool = False) -> None:
         self.cache_dir = cache_dir
+        # The most one evaluate() call waits on runs that overran their deadline before giving up on the rest.
+        self.budget = budget if budget is not None else max(timeout * _BUDGET_DEADLINES, 60.0)
         self.workdir = cache_dir / "work"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
@@ -348,24 +357,32 @@ class Evaluator:
         for stale in [p for p in self._materialized if p not in files]:
             (self.workdir / stale).unlink(missing_ok=True)
             del self._materialized[stale]
+        # Evaluations are serialized (the lock), so no worker reads a file while it is rewritten: a plain write
+        # (no temporary file and rename) and one mkdir per folder keep 20,000 files cheap.
+        made: set[str] = set()
         for entry in entries:
             if self._materialized.get(entry.path) == entry.blob_id:
                 continue
-            dest = self.workdir / entry.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".tmp")
-            tmp.write_bytes(snap.read_entry(entry, MAX_NICKEL_BYTES))
-            tmp.replace(dest)
+            folder = os.path.join(self.workdir, os.path.dirname(entry.path))
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            with open(os.path.join(self.workdir, entry.path), "wb") as fh:
+                fh.write(snap.read_entry(entry, MAX_NICKEL_BYTES))
             self._materialized[entry.path] = entry.blob_id
 
     # 3. evaluate ----------------------------------------------------------------------------------
-    def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None) -> EvalResult:
-        """Evaluate `paths` of the snapshot, applying `contract` (a Nickel expression) to each value."""
+    def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
+                 entries: Sequence[FileEntry] = ()) -> EvalResult:
+        """Evaluate `paths` of the snapshot, applying `contract` (a Nickel expression) to each value.
+        `entries` are files the caller already listed from the snapshot (saves a lookup per file)."""
         with self._lock:
-            return self._evaluate(snap, paths, contract)
+            return self._evaluate(snap, paths, contract, entries)
 
-    def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None) -> EvalResult:
+    def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None,
+                  entries: Sequence[FileEntry] = ()) -> EvalResult:
         files = _Files(snap)
+        files.prime(entries)
         values: dict[str, Any] = {}
         problems: list[Problem] = []
         pending: dict[str, str] = {}                      # path -> cache key
@@ -388,16 +405,19 @@ class Evaluator:
             needed.update({e.path: e for e in closure})
         if pending:
             self._materialize(snap, list(needed.values()), files)
-            # Large batches are split across the workers (one per core): evaluation is CPU-bound in each.
+            # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
+            # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
+            # per-file fallback that followed took minutes), spread over the workers (one per core).
             paths_left = list(pending)
-            count = len(self._workers) if len(paths_left) >= _SPLIT_AT else 1
-            chunks = [paths_left[i::count] for i in range(count)]
+            chunks = [paths_left[i:i + _CHUNK] for i in range(0, len(paths_left), _CHUNK)]
+            count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
+            deadline = time.monotonic() + self.budget
             if count == 1:
-                results = [self._evaluate_chunk(0, chunks[0], contract)]
+                results = [self._evaluate_chunks(0, chunks, contract, deadline)]
             else:
                 with cf.ThreadPoolExecutor(max_workers=count) as pool:
-                    results = list(pool.map(lambda ic: self._evaluate_chunk(ic[0], ic[1], contract),
-                                            enumerate(chunks)))
+                    results = list(pool.map(
+                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline), range(count)))
             for chunk_values, chunk_problems in results:
                 for path, value in chunk_values.items():
                     self._cache[pending[path]] = values[path] = value
@@ -414,20 +434,50 @@ class Evaluator:
             return f"import {json.dumps(str(self._lib / name))}" if name in self._lib_names else m.group(0)
         return re.sub(r'import\s+"([^"]+)"', swap, contract)
 
-    def _evaluate_chunk(self, worker: int, paths: list[str], contract: str | None,
-                        ) -> tuple[dict[str, Any], list[Problem]]:
-        """One batch on one worker; when it fails, each file alone, to pin the errors on files."""
-        batch = _decoded(self._run(paths, contract, worker))
-        if "ok" in batch:
-            return {p: batch["ok"][p] for p in paths}, []
+    def _evaluate_chunks(self, worker: int, chunks: list[list[str]], contract: str | None, deadline: float,
+                         ) -> tuple[dict[str, Any], list[Problem]]:
+        """Chunks one after another on one worker, within the revision's evaluation budget: once `deadline`
+        passed (files that each ran to the deadline), the files left are problems, not more waiting."""
         values: dict[str, Any] = {}
         problems: list[Problem] = []
-        for path in paths:
-            single = _decoded(self._run([path], contract, worker)) if len(paths) > 1 else batch
-            if "ok" in single:
-                values[path] = single["ok"][path]
-            else:
-                problems.append(parse_error(single["error"], self.workdir, path))
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                problems.extend(Problem(
+                    "not evaluated: the revision's Nickel evaluation budget ran out (other files ran to the "
+                    "deadline)", path, reconciler="nickel", hint="fix the files reported as too slow")
+                    for path in chunk)
+                continue
+            chunk_values, chunk_problems = self._evaluate_chunk(worker, chunk, contract, deadline)
+            values.update(chunk_values)
+            problems.extend(chunk_problems)
+        return values, problems
+
+    def _evaluate_chunk(self, worker: int, paths: list[str], contract: str | None, deadline: float,
+                        reply: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Problem]]:
+        """One batch on one worker. When it fails, the errors are pinned on files by halving the batch (a
+        few runs for a few bad files, where one run per file cost minutes at thousands of files); after a
+        deadline overrun, file by file (halving would wait for the deadline at every level)."""
+        batch = reply if reply is not None else _decoded(self._run(paths, contract, worker))
+        if "ok" in batch:
+            return {p: batch["ok"][p] for p in paths}, []
+        if len(paths) == 1:
+            return {}, [parse_error(batch["error"], self.workdir, paths[0])]
+        if time.monotonic() > deadline:
+            return {}, [Problem("not evaluated: the revision's Nickel evaluation budget ran out", path,
+                                reconciler="nickel", hint="fix the files reported as too slow") for path in paths]
+        halves = [[p] for p in paths] if "did not finish" in str(batch.get("error", "")) \
+            else [paths[:len(paths) // 2], paths[len(paths) // 2:]]
+        values: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for part in halves:
+            if time.monotonic() > deadline:
+                problems.extend(Problem("not evaluated: the revision's Nickel evaluation budget ran out", path,
+                                        reconciler="nickel", hint="fix the files reported as too slow")
+                                for path in part)
+                continue
+            part_values, part_problems = self._evaluate_chunk(worker, part, contract, deadline)
+            values.update(part_values)
+            problems.extend(part_problems)
         return values, problems
 
     def _run(self, paths: list[str], contract: str | None, worker: int = 0) -> dict[str, str]:

@@ -18,8 +18,11 @@ from typing import Any
 import yaml
 from yaml.error import Mark, MarkedYAMLError
 
-MAX_BYTES = 1024 * 1024
-MAX_NODES = 100_000
+# Without aliases a document's memory is linear in its size, so the size and node caps are generous (an
+# execution node of a 20,000-action run is generated YAML of a few MB); the depth cap keeps the composer's
+# and the constructor's recursion shallow.
+MAX_BYTES = 16 * 1024 * 1024
+MAX_NODES = 1_000_000
 MAX_DEPTH = 64
 
 _Parser: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -172,6 +172,12 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         actions[f"-{rid}"] = Action(
             id=f"{NAME}:{rid}", reconciler=NAME, kind="delete", target=rid, summary=f"delete {what}",
             change=freeze({"inventory": data}), depends_on=tuple(sorted(children.get(rid, ()))))
+    # Debris of an interrupted apply (a temporary file never renamed): removed, whatever else happens.
+    for stray in observed.strays:
+        actions[f"~{stray}"] = Action(
+            id=f"{NAME}:~tmp:{stray}", reconciler=NAME, kind="delete", target=stray,
+            summary=f"remove stray temporary file {stray} (an interrupted apply left it)",
+            change=freeze({"stray": stray}))
     return list(actions.values())
 
 

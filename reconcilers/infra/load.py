@@ -86,7 +86,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
         finally:
             own.close()
     entries = snap.entries("infra", suffixes=(".ncl",))
-    result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT)
+    result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
     resources: dict[str, Resource] = {}

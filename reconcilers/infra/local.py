@@ -12,12 +12,14 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.errors import ApplyError, PathEscapeError
 from reconcilers.infra.model import ObservedResource
 
 MAX_OUTPUT = 2000
+TEMP_SUFFIX = ".stratum-tmp"          # `.<name>.stratum-tmp`: written, then renamed over `<name>`
 
 
 class LocalProvider:
@@ -87,7 +89,7 @@ class LocalProvider:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir() and not path.is_symlink():
             raise ApplyError(f"{rel} is a directory on the host", hint="remove it or change the path")
-        tmp = path.with_name(f".{path.name}.stratum-tmp")
+        tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, int(mode, 8))
         try:
             os.write(fd, content.encode())
@@ -111,11 +113,41 @@ class LocalProvider:
         dest = self.resolve(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         link = os.path.relpath(dest, path.parent)
-        tmp = path.with_name(f".{path.name}.stratum-tmp")
+        tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         os.symlink(link, tmp)
         os.replace(tmp, path)
+
+    def stray_temps(self, folders: Iterable[str]) -> list[str]:
+        """Root-relative paths of our temporary files (`.<name>.stratum-tmp`) in the given root-relative
+        folders: debris of an apply killed between writing and renaming. Read-only."""
+        found: list[str] = []
+        cache: dict[str, str] = {}
+        for folder in sorted(set(folders)):
+            try:
+                real = self.resolve_str(f"{folder}/x" if folder else "x", cache=cache).rpartition("/")[0]
+                with os.scandir(real) as it:
+                    names = [e.name for e in it if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)
+                             and not e.is_dir(follow_symlinks=False)]
+            except (OSError, PathEscapeError):
+                continue               # a folder that is gone, unreadable or leads out: nothing of ours there
+            found.extend(f"{folder}/{n}" if folder else n for n in names)
+        return sorted(found)
+
+    def remove_stray(self, rel: str) -> str:
+        """Remove one of our temporary files (never anything else)."""
+        name = rel.rpartition("/")[2]
+        if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+            raise ApplyError(f"{rel} is not a Stratum temporary file", hint="report this bug")
+        path = self.resolve(rel)
+        try:
+            if path.is_dir() and not path.is_symlink():
+                return "kept: a directory"
+            path.unlink()
+        except FileNotFoundError:
+            return "already absent"
+        return ""
 
     def remove(self, kind: str, rel: str) -> str:
         """Remove what a resource created; returns a note when something was kept."""

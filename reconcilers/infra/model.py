@@ -96,6 +96,8 @@ class ObservedResource:
 
 @dataclass(frozen=True, slots=True)
 class InfraObserved:
-    """Observed state by resource id (desired and inventory ids)."""
+    """Observed state by resource id (desired and inventory ids), and stray temporary files of ours that no
+    resource owns (an apply killed between writing a temporary file and renaming it leaves one)."""
 
     resources: Mapping[str, ObservedResource]
+    strays: tuple[str, ...] = ()

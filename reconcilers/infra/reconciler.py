@@ -18,6 +18,8 @@ from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
 from reconcilers.infra.templates import TemplateRenderer
 
+_WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
+
 
 class InfraReconciler:
     """Implements the Reconciler protocol for `infra/`."""
@@ -68,7 +70,15 @@ class InfraReconciler:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
                 seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""), cache)
-        return InfraObserved(resources=seen)
+        return InfraObserved(resources=seen, strays=self._strays(desired, inventory))
+
+    def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
+        """Our temporary files left in the folders we write to (by a daemon killed mid-write)."""
+        paths = [r.path for r in desired.resources.values() if r.kind in _WRITTEN]
+        for item in inventory:
+            if item.reconciler == self.name and item.kind in _WRITTEN:
+                paths.append(str(json.loads(item.data).get("path", "")))
+        return tuple(self.provider.stray_temps(p.rpartition("/")[0] for p in paths if p))
 
     def observe_changed(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """Like `observe`, but resources applied before with the same spec are taken as in place without
@@ -78,7 +88,7 @@ class InfraReconciler:
         changed = InfraDesired(resources={rid: r for rid, r in desired.resources.items() if rid not in unchanged})
         seen = dict(self.simulate(InfraDesired(resources=unchanged)).resources)
         seen.update(self.observe(changed, []).resources)
-        return InfraObserved(resources=seen)
+        return InfraObserved(resources=seen, strays=self._strays(desired, inventory))
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
         """The host as if `desired` had been applied (for pull-request plans that read no host)."""
@@ -111,6 +121,9 @@ class InfraReconciler:
             r = desired.resources[f.resource_id]
             out.append(Problem(f"drift on {r.kind} {r.id} ({r.path or r.fields.get('run', '')}): {f.reason}; "
                                f"policy {r.drift}", r.source, r.line, reconciler=self.name))
+        for stray in observed.strays:
+            out.append(Problem(f"stray temporary file {stray} under the root: left by an interrupted apply, owned "
+                               "by no resource", reconciler=self.name, hint="the next apply removes it"))
         return out
 
     def explain(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem],
@@ -145,6 +158,8 @@ class InfraReconciler:
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
         """Carry out one action on the host."""
         change = action.payload()
+        if "stray" in change:
+            return Outcome(action.id, True, self.provider.remove_stray(str(change["stray"])))
         if action.kind == "delete":
             data = change["inventory"]
             note = self.provider.remove(data["kind"], data["path"]) if data.get("path") else "forgotten"

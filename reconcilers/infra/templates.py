@@ -25,6 +25,7 @@ RENDER_TIMEOUT_S = 5.0
 WORKER_MEMORY_MB = 512
 WORKER_IDLE_S = 60.0
 _GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
+_STARTUP_S = 20.0         # a fresh worker's start-up (Python, Jinja) comes before its own deadline starts
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -51,9 +52,10 @@ class TemplateRenderer:
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[Any, Any] = weakref.finalize(self, lambda: None)
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> tuple[subprocess.Popen[str], bool]:
         if self._proc is not None and self._proc.poll() is not None:
             self._kill()
+        fresh = self._proc is None
         if self._proc is None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "reconcilers.infra.template_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
@@ -61,7 +63,7 @@ class TemplateRenderer:
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
             # A renderer dropped without close() (a reconciler nobody closed) still stops its worker.
             self._finalizer = weakref.finalize(self, _stop, self._proc)
-        return self._proc
+        return self._proc, fresh
 
     def render(self, rid: str, template: str, text: str, variables: Mapping[str, Any]) -> str:
         """`text` (the file `template`) rendered with `variables`, or an InputError at `template:line`."""
@@ -89,7 +91,7 @@ class TemplateRenderer:
     def _exchange(self, request: str) -> dict[str, Any]:
         # A worker that exited because it was idle just as a request came gets one retry on a fresh one.
         for attempt in (1, 2):
-            proc = self._start()
+            proc, fresh = self._start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(request)
@@ -99,7 +101,7 @@ class TemplateRenderer:
                 if attempt == 1:
                     continue
                 return {"error": "the template worker died", "kind": "limit"}
-            ready, _, _ = select.select([proc.stdout], [], [], self.timeout + _GRACE_S)
+            ready, _, _ = select.select([proc.stdout], [], [], self.timeout + _GRACE_S + (_STARTUP_S if fresh else 0))
             if not ready:
                 self._kill()
                 return {"error": f"rendering did not finish within {self.timeout:g} s", "kind": "limit"}

@@ -57,7 +57,8 @@ def test_many_files_are_evaluated_in_one_call(repo: WorkRepo, tmp_path: Path, ev
 def test_one_bad_file_is_pinned_by_per_file_fallback(
     repo: WorkRepo, tmp_path: Path, evaluator: Evaluator
 ) -> None:
-    """When the batch fails, files are evaluated one by one: good ones keep values, the bad one is located."""
+    """When the batch fails, it is halved until the bad file stands alone: good ones keep values, the bad one
+    is located."""
     snap = snap_of(
         repo,
         tmp_path,
@@ -70,7 +71,7 @@ def test_one_bad_file_is_pinned_by_per_file_fallback(
     )
     result = evaluator.evaluate(snap, ["infra/a.ncl", "infra/bad.ncl", "infra/c.ncl"], INFRA)
     assert sorted(result.values) == ["infra/a.ncl", "infra/c.ncl"]
-    assert evaluator.stats["evaluations"] == 1 + 3
+    assert evaluator.stats["evaluations"] == 1 + 4       # the batch; [a] ok; [bad, c] fails; [bad]; [c]
     [problem] = result.problems
     assert (problem.path, problem.line) == ("infra/bad.ncl", 3)
 

@@ -102,3 +102,33 @@ def test_a_stack_overflow_in_the_worker_names_the_file_and_the_cause(
     assert [p.path for p in result.problems] == ["infra/chain.ncl"]
     assert "stack overflow" in result.problems[0].message
     assert len(result.values) == 9
+
+
+def test_many_files_are_evaluated_in_bounded_chunks(repo: WorkRepo, tmp_path: Path, evaluator: Evaluator) -> None:
+    """300 files go through several bounded runs (not one huge batch that could overrun the deadline), and a
+    bad file among them is still pinned."""
+    files = {f"infra/f{i:03d}.ncl": infra(resource(f"r{i}", "directory", path=f"d{i}")) for i in range(300)}
+    files["infra/f150.ncl"] = "{ resources = { bad = { kind = 'nope } } }\n"
+    snap = snap_of(repo, tmp_path, files)
+    before = evaluator.stats["evaluations"]
+    result = evaluator.evaluate(snap, sorted(files), INFRA)
+    assert [p.path for p in result.problems] == ["infra/f150.ncl"]
+    assert len(result.values) == 299
+    runs = evaluator.stats["evaluations"] - before
+    assert 2 <= runs < 300, runs
+
+
+def test_the_evaluation_budget_bounds_a_revision_full_of_endless_files(repo: WorkRepo, tmp_path: Path) -> None:
+    """Files that each run to the deadline cannot hold a revision for files x deadline: past the budget, the
+    files left are reported as not evaluated."""
+    loop = "let rec f = fun x => f (x + 1) in { resources = f 0 }\n"
+    files = {f"infra/loop{i}.ncl": loop for i in range(12)}
+    snap = snap_of(repo, tmp_path, files)
+    ev = Evaluator(tmp_path / "cache-budget", timeout=1.0, workers=1, budget=2.5)
+    try:
+        result = ev.evaluate(snap, sorted(files), INFRA)
+    finally:
+        ev.close()
+    assert sorted(p.path for p in result.problems) == sorted(files)
+    assert any("budget ran out" in p.message for p in result.problems)
+    assert any("did not finish" in p.message for p in result.problems)

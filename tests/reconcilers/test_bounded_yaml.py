@@ -65,3 +65,10 @@ def test_secret_manifest_bomb_is_a_located_manifest_error() -> None:
     with pytest.raises(ManifestError) as info:
         load_yaml(LAUGHS, "secrets/app.yaml")
     assert info.value.where == "secrets/app.yaml:2"
+
+
+def test_a_large_plain_document_still_loads() -> None:
+    """Big alias-free YAML (what an execution node of a 20,000-action run is) is not refused by the caps."""
+    text = "actions:\n" + "".join(f"- infra:f{i:05d} update done\n" for i in range(60_000))
+    assert len(text) > 1024 * 1024
+    assert len(bounded_yaml.load(text)["actions"]) == 60_000
