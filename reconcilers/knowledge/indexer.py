@@ -1,7 +1,9 @@
 """Writing one revision's checked nodes into the store: new blobs stored, only new chunks embedded.
 
-Embedding (seconds, in a worker process) happens before any write and outside the index's lock; every write
-of a revision then goes into one DuckDB commit (each commit syncs the WAL: 10-30 ms here).
+Embedding (seconds, in a worker process) happens outside the index's lock; every write of a revision goes into
+one DuckDB commit (each commit syncs the WAL: 10-30 ms here). The daemon stores a revision's nodes at once and
+embeds them afterwards (`embed_revision`, in the background): infrastructure never waits for the model, and
+search is keyword-only for the nodes whose vectors are not there yet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("stratum.knowledge")
 STATE_REVISION = "knowledge.revision"
+STATE_VECTORS = "knowledge.vectors"           # changes whenever vectors are added: searchers reload them
 _STATE_MODEL = "knowledge.embedded_model"
 
 
@@ -41,6 +44,7 @@ class IndexStats:
     problems: int
     ms: float
     warning: str = ""
+    fresh: tuple[str, ...] = ()               # blob ids stored by this revision (what `embed_revision` embeds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +133,28 @@ def index_revision(store: Store, checked: Checked, revision: str, provider: Prov
         if copied != len(tree):
             store.set_tree(revision, list(tree.items()), len(checked.problems))
         index.set_state(STATE_REVISION, revision)
+        if embedded:
+            index.set_state(STATE_VECTORS, f"{revision}:{time.time_ns()}")
     ms = (time.perf_counter() - start) * 1000.0
-    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, vectors.warning)
+    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, vectors.warning,
+                       tuple(n.blob_id for n in fresh))
     return stats, Indexed(revision, tree)
+
+
+def embed_revision(store: Store, provider: Provider, nodes: Sequence[Node], fresh: Sequence[str]) -> Vectors:
+    """The vectors `index_revision` would have made (run after it, off the path to apply): the chunks of the
+    nodes of new blobs, or of every node on the first revision with this model; written in one commit."""
+    index = store.index
+    sweep = index.get_state(_STATE_MODEL) != provider.model_id
+    wanted = set(fresh)
+    vectors = embed_missing(store, provider, list(nodes) if sweep else [n for n in nodes if n.blob_id in wanted])
+    with index.transaction():
+        written = vectors.write(store)
+        if sweep and not vectors.warning:
+            index.set_state(_STATE_MODEL, provider.model_id)
+        if written:
+            index.set_state(STATE_VECTORS, f"{provider.model_id}:{time.time_ns()}")
+    return vectors
 
 
 def add_execution(store: Store, provider: Provider | None, node: Node) -> None:

@@ -138,6 +138,7 @@ def daemon_http(template_repo: WorkRepo, tmp_path: Path) -> Iterator[str]:
     desired = rec.load(snap)
     assert rec.validate(desired) == []
     rec.index(desired, index, snap.revision)
+    rec.wait_embedded()
     # Mounted exactly as the daemon mounts it: lazily, built on the first request.
     mounts = reconciler_mounts([rec])
     assert [m[0] for m in mounts] == ["/mcp"]
@@ -200,6 +201,7 @@ def _indexed(repo: WorkRepo, data: Path, host: dict[str, Any]) -> tuple[Knowledg
     snap = GitSource(str(repo.path), "main", data).snapshot("main")
     desired = rec.load(snap)
     rec.index(desired, index, snap.revision)
+    rec.wait_embedded()
     return rec, index
 
 
@@ -265,6 +267,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
     try:
         assert pipeline.run("main").status == "succeeded"
         pipeline.wait_hooks()
+        rec.wait_embedded()
         with serving(build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([rec]))) as url:
             async def over_http() -> dict[str, Any]:
                 async with Client(url + "/mcp/", read_timeout_seconds=60) as client:

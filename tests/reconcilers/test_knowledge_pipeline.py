@@ -23,7 +23,7 @@ from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from reconcilers.knowledge.service import KnowledgeBase
-from tests.fixtures import Stack, WorkRepo, commit_with
+from tests.fixtures import Stack, WorkRepo, commit_with, infra, resource
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 A_ID, B_ID = "aaaaaaaa-1111-4111-8111-111111111111", "bbbbbbbb-2222-4222-8222-222222222222"
@@ -42,13 +42,18 @@ def commit(repo: WorkRepo, files: dict[str, str | None], author: str = ALICE) ->
 
 
 class Embedder(BaseHTTPRequestHandler):
-    """An OpenAI-compatible embeddings endpoint on loopback that records every request it receives."""
+    """An OpenAI-compatible embeddings endpoint on loopback that records every request it receives; requests
+    with a text containing `hold_on` wait until `release` is set (a slow model)."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
+    hold_on: ClassVar[str] = ""
+    release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization", ""), "body": body})
+        if self.hold_on and any(self.hold_on in t for t in body["input"]):
+            self.release.wait(60)
         vec = [1.0] + [0.0] * 383
         data = json.dumps({"data": [{"index": i, "embedding": vec} for i in range(len(body["input"]))]}).encode()
         self.send_response(200)
@@ -61,14 +66,19 @@ class Embedder(BaseHTTPRequestHandler):
         return None
 
 
+Endpoint = tuple[str, list[dict[str, Any]], type[Embedder]]
+
+
 @pytest.fixture()
-def endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def endpoint() -> Iterator[Endpoint]:
+    """(base URL, the requests it received, its handler class) of a fresh loopback embeddings endpoint."""
     seen: list[dict[str, Any]] = []
-    handler = type("Recorder", (Embedder,), {"seen": seen})
+    handler: type[Embedder] = type("Recorder", (Embedder,), {"seen": seen, "release": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen, handler
+    handler.release.set()
     server.shutdown()
     server.server_close()
     thread.join(5)
@@ -168,11 +178,11 @@ def test_executions_path_in_the_revision_takes_effect(repo: WorkRepo, kstack: KS
 
 # -- 7. the repo never chooses where texts and credentials go ------------------------------------------------------
 def test_a_repo_naming_an_embedding_url_is_rejected_and_the_url_receives_nothing(
-        repo: WorkRepo, kstack: KStack, endpoint: tuple[str, list[dict[str, Any]]],
+        repo: WorkRepo, kstack: KStack, endpoint: Endpoint,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`knowledge.embedding = { provider = "openai", url, api_key_env }` in the repo is a located validate error,
     at the daemon and at `stratum kb search`, and the URL is never contacted."""
-    url, seen = endpoint
+    url, seen, _handler = endpoint
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-not-a-real-key")
     hostile = ('{ knowledge = { embedding = { provider = "openai", url = "' + url + '", '
                'api_key_env = "AWS_SECRET_ACCESS_KEY" } } }\n')
@@ -189,11 +199,11 @@ def test_a_repo_naming_an_embedding_url_is_rejected_and_the_url_receives_nothing
 
 
 def test_a_repo_picks_a_host_declared_provider_by_name_only(repo: WorkRepo, tmp_path: Path, evaluator: Evaluator,
-                                                            endpoint: tuple[str, list[dict[str, Any]]],
+                                                            endpoint: Endpoint,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A name the host did not declare is a validate error at stratum.ncl; a declared one is used with the
     host's URL and the host's key variable."""
-    url, seen = endpoint
+    url, seen, _handler = endpoint
     monkeypatch.setenv("CORP_EMBED_KEY", "host-key-1")
     toml = f'[embedding.providers.corp]\nkind = "openai"\nurl = "{url}"\napi_key_env = "CORP_EMBED_KEY"\n'
     s = KStack(tmp_path, repo, evaluator, toml)
@@ -221,3 +231,33 @@ def test_malformed_host_providers_stop_the_reconciler_with_a_located_error(tmp_p
     with pytest.raises(KnowledgeError) as err:
         KnowledgeReconciler(ReconcilerEnv(tmp_path, settings={"embedding": {"providers": {"x": {"kind": "ftp"}}}}))
     assert "[embedding.providers.x]" in err.value.render()
+
+
+# -- embedding never delays infrastructure ---------------------------------------------------------------------
+def test_infrastructure_is_applied_while_the_model_is_still_embedding(
+        repo: WorkRepo, tmp_path: Path, evaluator: Evaluator,
+        endpoint: Endpoint) -> None:
+    """With a model that takes its time over the nodes, the run applies the infra file and succeeds before
+    any vector exists; search meanwhile answers by keywords; once the vectors land it ranks semantically too."""
+    url, _seen, handler = endpoint
+    s = KStack(tmp_path, repo, evaluator, f'[embedding.providers.slow]\nkind = "openai"\nurl = "{url}"\n')
+    handler.hold_on = "Rotate"
+    try:
+        rev = commit(repo, {"stratum.ncl": '{ knowledge = { embedding = { provider = "slow" } } }\n',
+                            "infra/base.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n")),
+                            "knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+        result = s.pipeline.run(rev)
+        assert result.status == "succeeded", result
+        assert (s.base.root / "etc/motd").read_text() == "hi\n"
+        assert not handler.release.is_set()            # the model is still busy with the node
+        view = s.view()
+        hits = view.search("signing keys").hits
+        assert [(h.node["id"], h.vector_rank) for h in hits] == [(A_ID, 0)]
+        handler.release.set()
+        s.knowledge.wait_embedded()
+        assert s.knowledge.last_stats is not None and s.knowledge.last_stats.embedded >= 1
+        ranks = {h.node["id"]: h.vector_rank for h in view.search("signing keys").hits}
+        assert ranks[A_ID] > 0                          # a semantic match now (the execution node is one too)
+    finally:
+        handler.release.set()
+        s.close()
