@@ -271,7 +271,7 @@ class KnowledgeBase:
         from daemon import api
 
         try:
-            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit)["runs"]
+            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
         except (OSError, ConnectionError) as err:
             raise KnowledgeError(f"the daemon holds the index but does not answer: {err}", where=str(self.data_dir),
                                  hint="check `stratum status`; runs are read from the daemon") from err
