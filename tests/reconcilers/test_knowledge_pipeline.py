@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pygit2
 import pytest
 from click.testing import CliRunner
 
@@ -174,6 +175,43 @@ def test_executions_path_in_the_revision_takes_effect(repo: WorkRepo, kstack: KS
     kstack.pipeline.wait_hooks()
     paths = [n.path for n in kstack.view().nodes() if n.type == "execution"]
     assert paths and all(p.startswith("runs-log/") for p in paths), paths
+
+
+def test_executions_branch_in_the_revision_takes_effect(repo: WorkRepo, kstack: KStack) -> None:
+    """`knowledge.executions.branch` gets each run's execution node committed to that branch (main untouched)."""
+    rev = commit(repo, {"stratum.ncl": '{ knowledge = { executions = { branch = "ops/runs" }, '
+                                       'embedding = { provider = "none" } } }\n',
+                        "knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+    result = kstack.pipeline.run(rev)
+    assert result.status == "succeeded"
+    kstack.pipeline.wait_hooks()
+    git = pygit2.Repository(str(repo.path))
+    tip = git.references["refs/heads/ops/runs"].peel(pygit2.Commit)
+    assert result.run_id in tip.message
+    assert str(git.references["refs/heads/main"].target) == rev
+
+
+def test_commit_notes_in_the_revision_takes_effect_for_kb_new(repo: WorkRepo, tmp_path: Path) -> None:
+    """`knowledge.commit_notes = true`: `stratum kb new` commits the node it writes (default: only writes it)."""
+    commit(repo, {"stratum.ncl": '{ knowledge = { commit_notes = true, embedding = { provider = "none" } } }\n'})
+    before = str(pygit2.Repository(str(repo.path)).head.target)
+    out = CliRunner().invoke(kb, ["new", "note", "Rotate the keys", "--repo", str(repo.path),
+                                  "--data-dir", str(tmp_path / "cli"), "-o", "json"])
+    assert out.exit_code == 0, out.output
+    git = pygit2.Repository(str(repo.path))
+    head = git.head.peel(pygit2.Commit)
+    assert str(head.id) != before and json.loads(out.stdout)["path"].endswith(".md")
+    assert any(p.startswith("knowledge/notes/") for p in _paths(head.tree))
+
+
+def _paths(tree: pygit2.Tree, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for entry in tree:
+        if isinstance(entry, pygit2.Tree):
+            out += _paths(entry, f"{prefix}{entry.name}/")
+        else:
+            out.append(f"{prefix}{entry.name}")
+    return out
 
 
 # -- 7. the repo never chooses where texts and credentials go ------------------------------------------------------
