@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stratum.knowledge")
 STATE_REVISION = "knowledge.revision"
 STATE_VECTORS = "knowledge.vectors"           # changes whenever vectors are added: searchers reload them
+STATE_PENDING = "knowledge.embedding_pending"  # the last revision queued for embedding, until it is embedded
 _STATE_MODEL = "knowledge.embedded_model"
 
 
@@ -100,7 +101,7 @@ class Indexed:
 
 
 def index_revision(store: Store, checked: Checked, revision: str, provider: Provider | None,
-                   previous: Indexed | None = None) -> tuple[IndexStats, Indexed]:
+                   previous: Indexed | None = None, pending: bool = False) -> tuple[IndexStats, Indexed]:
     """Store a revision: nodes of new blobs, their vectors, the revision's tree; returns what it did.
 
     1. find the nodes whose blobs are new (with `previous`, the revision indexed last into this store, only
@@ -133,6 +134,8 @@ def index_revision(store: Store, checked: Checked, revision: str, provider: Prov
         if copied != len(tree):
             store.set_tree(revision, list(tree.items()), len(checked.problems))
         index.set_state(STATE_REVISION, revision)
+        if pending:                                   # `embed_revision` follows; cleared when it is done
+            index.set_state(STATE_PENDING, revision)
         if embedded:
             index.set_state(STATE_VECTORS, f"{revision}:{time.time_ns()}")
     ms = (time.perf_counter() - start) * 1000.0
@@ -141,11 +144,13 @@ def index_revision(store: Store, checked: Checked, revision: str, provider: Prov
     return stats, Indexed(revision, tree)
 
 
-def embed_revision(store: Store, provider: Provider, nodes: Sequence[Node], fresh: Sequence[str]) -> Vectors:
+def embed_revision(store: Store, provider: Provider, nodes: Sequence[Node], fresh: Sequence[str],
+                   revision: str, sweep: bool = False) -> Vectors:
     """The vectors `index_revision` would have made (run after it, off the path to apply): the chunks of the
-    nodes of new blobs, or of every node on the first revision with this model; written in one commit."""
+    nodes of new blobs, or of every node (`sweep`: the first revision with this model, or after a daemon
+    stopped before the last queued revision was embedded); written in one commit."""
     index = store.index
-    sweep = index.get_state(_STATE_MODEL) != provider.model_id
+    sweep = sweep or index.get_state(_STATE_MODEL) != provider.model_id
     wanted = set(fresh)
     vectors = embed_missing(store, provider, list(nodes) if sweep else [n for n in nodes if n.blob_id in wanted])
     with index.transaction():
@@ -154,6 +159,8 @@ def embed_revision(store: Store, provider: Provider, nodes: Sequence[Node], fres
             index.set_state(_STATE_MODEL, provider.model_id)
         if written:
             index.set_state(STATE_VECTORS, f"{provider.model_id}:{time.time_ns()}")
+        if not vectors.warning and index.get_state(STATE_PENDING) == revision:
+            index.set_state(STATE_PENDING, None)      # a later revision queued since keeps its own mark
     return vectors
 
 

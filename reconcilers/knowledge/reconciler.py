@@ -183,7 +183,7 @@ class KnowledgeReconciler:
 
     def close(self) -> None:
         """Stop the embedding worker, if one runs (the daemon calls this at shutdown)."""
-        # Revisions not embedded yet are embedded after the next start (their chunks still lack vectors).
+        # Revisions not embedded yet are embedded after the next start (the pending mark in the index says so).
         self._embedder.shutdown(wait=False, cancel_futures=True)
         self._close_provider()
         self._embedder.shutdown(wait=True)
@@ -204,7 +204,7 @@ class KnowledgeReconciler:
 
     def index(self, desired: Desired, index: Index, revision: str) -> None:
         """Index the valid nodes of the revision (invalid files are reported by validate and left out)."""
-        from reconcilers.knowledge.indexer import index_revision
+        from reconcilers.knowledge.indexer import STATE_PENDING, index_revision
 
         store = self.store(index)
         self.last_index = index
@@ -214,21 +214,25 @@ class KnowledgeReconciler:
         checked = self._check(desired)
         provider = self.provider()
         later = provider is not None and self.background
+        # The first revision this process indexes embeds every node lacking a vector when the last daemon
+        # stopped before its queued embedding was done (the mark stays until a revision's vectors are in).
+        sweep = later and id(index) not in self._indexed and index.get_state(STATE_PENDING) is not None
         self.last_stats, self._indexed[id(index)] = index_revision(store, checked, revision,
                                                                    None if later else provider,
-                                                                   self._indexed.get(id(index)))
+                                                                   self._indexed.get(id(index)), pending=later)
         log.info("knowledge.indexed", revision=revision[:12], nodes=self.last_stats.nodes,
                  new_blobs=self.last_stats.new_blobs, embedded=self.last_stats.embedded,
                  problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1), embedding_later=later)
         if later and provider is not None:
-            self._embedder.submit(self._embed, store, provider, checked.nodes, self.last_stats)
+            self._embedder.submit(self._embed, store, provider, checked.nodes, self.last_stats, sweep)
 
-    def _embed(self, store: Store, provider: Provider, nodes: tuple[Node, ...], stats: IndexStats) -> None:
+    def _embed(self, store: Store, provider: Provider, nodes: tuple[Node, ...], stats: IndexStats,
+               sweep: bool) -> None:
         from reconcilers.knowledge.indexer import embed_revision
 
         start = time.perf_counter()
         try:
-            vectors = embed_revision(store, provider, nodes, stats.fresh)
+            vectors = embed_revision(store, provider, nodes, stats.fresh, stats.revision, sweep)
         except Exception:   # embedding is a courtesy: keyword search works without it, and the next revision retries
             log.exception("knowledge.embedding_crashed", revision=stats.revision[:12])
             return

@@ -48,11 +48,15 @@ class Embedder(BaseHTTPRequestHandler):
 
     seen: ClassVar[list[dict[str, Any]]] = []
     hold_on: ClassVar[str] = ""
+    fail_on: ClassVar[str] = ""                  # texts containing it get a 500 (a model that broke down)
     release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization", ""), "body": body})
+        if self.fail_on and any(self.fail_on in t for t in body["input"]):
+            self.send_error(500)
+            return
         if self.hold_on and any(self.hold_on in t for t in body["input"]):
             self.release.wait(60)
         vec = [1.0] + [0.0] * 383
@@ -299,3 +303,35 @@ def test_infrastructure_is_applied_while_the_model_is_still_embedding(
     finally:
         handler.release.set()
         s.close()
+
+
+def test_nodes_left_unembedded_by_a_stopped_daemon_are_embedded_after_the_next_start(
+        repo: WorkRepo, tmp_path: Path, evaluator: Evaluator, endpoint: Endpoint) -> None:
+    """The model fails while the background embeds a revision (or the daemon stops first): the next daemon's
+    first run embeds what is missing, though no node is new to it."""
+    url, _seen, handler = endpoint
+    toml = f'[embedding.providers.slow]\nkind = "openai"\nurl = "{url}"\n'
+    handler.fail_on = "Rotate"
+    base = commit(repo, {"stratum.ncl": '{ knowledge = { embedding = { provider = "slow" } } }\n',
+                         "knowledge/b.md": node(B_ID, "Zebra crossing", "The zebra runbook.")})
+    rev = commit(repo, {"knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+    first = KStack(tmp_path / "one", repo, evaluator, toml)
+    try:
+        assert first.pipeline.run(base).status == "succeeded"      # the model works: every node has vectors
+        first.knowledge.wait_embedded()
+        assert first.pipeline.run(rev).status == "succeeded"       # ... and breaks down over the new node
+        first.knowledge.wait_embedded()
+        assert first.knowledge.last_stats is not None and first.knowledge.last_stats.warning
+    finally:
+        first.pipeline.close()
+        first.knowledge.close()
+        first.index.close()
+    handler.fail_on = ""
+    second = KStack(tmp_path / "one", repo, evaluator, toml)       # the same data directory, a new daemon
+    try:
+        assert second.pipeline.run(rev).status == "succeeded"
+        second.knowledge.wait_embedded()
+        ranks = {h.node["id"]: h.vector_rank for h in second.view().search("signing keys").hits}
+        assert ranks[A_ID] > 0
+    finally:
+        second.close()
