@@ -120,7 +120,7 @@ class Daemon:
             "ping": lambda req: {"pid": os.getpid()},
             "notify": notify,
             "status": lambda req: {"status": self.status()},
-            "log": lambda req: {"runs": runs(rt.index, int(req.get("limit", 20)))},
+            "log": lambda req: {"runs": runs(rt.index, int(req.get("limit", 20)), bool(req.get("actions")))},
             "events": lambda req: {"events": events(rt.index, int(req.get("limit", 50)))},
             "apply": apply,
             "rollback": lambda req: apply({**req, "trigger": "rollback"}),

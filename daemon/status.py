@@ -56,13 +56,17 @@ def status(index: Index, reconcilers: Iterable[str], unavailable: Mapping[str, s
     return out
 
 
-def runs(index: Index, limit: int = 20) -> list[dict[str, Any]]:
-    """The newest runs first, problems decoded."""
+def runs(index: Index, limit: int = 20, actions: bool = False) -> list[dict[str, Any]]:
+    """The newest runs first, problems decoded (and each run's actions, when asked: MCP's recent_runs)."""
     rows = index.query_dicts(
         "SELECT id, revision, trigger, status, started, finished, duration_ms, message, problems FROM runs "
         "ORDER BY started DESC LIMIT ?", [limit])
     for row in rows:
         row["problems"] = json.loads(row["problems"] or "[]")
+        if actions:
+            row["actions"] = index.query_dicts(
+                "SELECT action_id, kind, target, summary, status FROM actions WHERE run_id = ? ORDER BY seq",
+                [row["id"]])
     return rows
 
 

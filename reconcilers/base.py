@@ -86,7 +86,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ApplyContext:
-    """What an apply step may use: the run it belongs to, and a cancellation flag set on shutdown."""
+    """What an apply step may use: the run and revision it belongs to, and whether it is a dry run."""
 
     run_id: str
     revision: str

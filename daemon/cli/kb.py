@@ -12,6 +12,7 @@ import click
 
 from daemon.cli.common import handle_errors
 from daemon.errors import InputError
+from reconcilers.base import Problem
 from reconcilers.knowledge.node import TYPES
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,7 +22,8 @@ def _common(fn: F) -> F:
     """--repo/--data-dir/--branch on every verb (they may also be given to the group)."""
     fn = click.option("--branch", default=None, help="Branch to read (default: the checked-out one).")(fn)
     fn = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-                      help="Where the index lives (default: $STRATUM_DATA_DIR or <git dir>/stratum).")(fn)
+                      help="Where the index lives (default: $STRATUM_DATA_DIR, else the daemon's default "
+                           "data directory).")(fn)
     fn = click.option("--repo", default=None, help="Ops repo path or URL (default: the current directory).")(fn)
     return fn
 
@@ -56,12 +58,42 @@ def _warn(text: str) -> None:
 @click.option("--branch", default=None, help="Branch to read (default: the checked-out one).")
 @click.pass_context
 def kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> None:
-    """Operational knowledge: runbooks, ADRs, postmortems and guidelines in knowledge/**/*.md."""
+    """Operational knowledge: runbooks, ADRs, postmortems and guidelines in knowledge/**/*.md.
+
+    \b
+    Repository settings (stratum.ncl `knowledge`, contract nickel/knowledge.ncl), with their defaults:
+      embedding.provider = "fastembed"   the shipped model, run locally; "none" for keywords only,
+                                         or a provider the host declares by name (below)
+      allow_dangling_links = false       a link to a node not committed yet is an error
+      commit_notes = false               `kb new` only writes the file (--commit to commit it)
+      executions.path = "executions"     where each run's execution node lives
+      executions.branch (unset)          also commit execution nodes to this branch
+      guidelines.bases = []              organisation guideline sources (a path or git repo)
+    \b
+    Host settings (stratumd.toml), with their defaults:
+      [embedding.providers.<name>]       kind = "openai"|"ollama", url, model, api_key_env
+      [knowledge] mcp_writes = false     MCP add_note/record_decision (commits to stratum/mcp/* branches)
+      [knowledge] worker_idle_s = 30     the model's worker process exits after this idle time
+      [knowledge] embed_in_background = true
+    """
     ctx.ensure_object(dict)
     ctx.obj.update({"repo": repo, "data_dir": data_dir, "branch": branch})
 
 
-@kb.command("new")
+NEW_HELP = """Write a new TYPE node titled TITLE with a fresh UUID into knowledge/<type dir>/.
+
+\b
+TYPE is one of:
+  note        a runbook, how-to or anything else (knowledge/notes/)
+  decision    an architecture decision record: context, decision, consequences (knowledge/decisions/)
+  guideline   a rule the team follows, with language, category, priority (knowledge/guidelines/)
+  pattern     a reusable solution: problem, solution, forces (knowledge/patterns/)
+  journal     a dated entry: postmortems, incident logs (knowledge/journal/)
+  execution   a run's record (the daemon writes these; knowledge/executions/)
+"""
+
+
+@kb.command("new", help=NEW_HELP)
 @handle_errors
 @click.argument("ntype", metavar="TYPE", type=click.Choice(TYPES))
 @click.argument("title")
@@ -72,7 +104,6 @@ def kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str 
 @click.pass_context
 def new(ctx: click.Context, ntype: str, title: str, tags: tuple[str, ...], commit: bool | None, repo: str | None,
         data_dir: Path | None, branch: str | None, output: str) -> None:
-    """Write a new TYPE node titled TITLE with a fresh UUID into knowledge/<type dir>/."""
     base = _kb(ctx, repo, data_dir, branch)
     path, node_id = base.new_node(ntype, title, tags=tags, commit=commit)
     if output == "json":
@@ -171,18 +202,21 @@ def list_(ctx: click.Context, types: tuple[str, ...], tags: tuple[str, ...], sta
 
 @kb.command("graph")
 @handle_errors
-@click.argument("ref", metavar="ID")
+@click.argument("ref", metavar="[ID]", required=False)
 @click.option("--depth", default=2, show_default=True, type=click.IntRange(1, 5))
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
 @_common
 @_output
 @click.pass_context
-def graph(ctx: click.Context, ref: str, depth: int, fmt: str, repo: str | None, data_dir: Path | None,
+def graph(ctx: click.Context, ref: str | None, depth: int, fmt: str, repo: str | None, data_dir: Path | None,
           branch: str | None, output: str) -> None:
-    """The relations around a node: a text tree, Graphviz dot, or JSON."""
+    """The relations around node ID, or of the whole graph without ID: text, Graphviz dot, or JSON."""
     base = _kb(ctx, repo, data_dir, branch)
-    node = base.node(ref)
     g = base.graph()
+    if ref is None:
+        _whole_graph(g, "json" if output == "json" else fmt)
+        return
+    node = base.node(ref)
     if fmt == "json" or output == "json":
         _emit_json(base.related(node.id, depth))
     elif fmt == "dot":
@@ -190,6 +224,46 @@ def graph(ctx: click.Context, ref: str, depth: int, fmt: str, repo: str | None, 
         click.echo(g.dot(ids, edges))
     else:
         click.echo(g.text_tree(node.id, depth))
+
+
+def _whole_graph(g: Any, fmt: str) -> None:
+    edges = [e for e in g.edges if e.resolved]
+    ids = list(dict.fromkeys([*sorted(g.nodes, key=lambda i: g.nodes[i].path), *(e.resolved for e in edges)]))
+    if fmt == "dot":
+        click.echo(g.dot(ids, edges))
+    elif fmt == "json":
+        _emit_json({"nodes": [g.nodes[i].summary() if i in g.nodes else {"id": i, "type": "external"} for i in ids],
+                    "edges": [{"source": e.source, "rel": e.rel, "target": e.resolved, "line": e.line}
+                              for e in edges]})
+    else:
+        for node in sorted(g.nodes.values(), key=lambda n: n.path):
+            click.echo(f"{node.title}  [{node.type}]  {node.path}")
+            for e in dict.fromkeys((e.rel, e.resolved or f"{e.target} (dangling)") for e in g.out.get(node.id, [])):
+                click.echo(f"  {e[0]} -> {g.label(e[1]) if e[1] in g.nodes else e[1]}")
+        click.echo(f"{len(g.nodes)} nodes, {len(edges)} links")
+
+
+def _infra_ids(root: Path) -> set[str] | None:
+    """The ids (`infra:<id>`) the staged infra/ declares, or None when it cannot be evaluated (validate says
+    why): what `[[infra:...]]` links must name."""
+    from daemon.cli.common import settings_from
+    from daemon.nickel import Evaluator
+    from daemon.runtime import build_reconcilers
+    from daemon.source import GitSource
+
+    settings = settings_from(str(root), None, None, None, None)
+    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
+    try:
+        built, _ = build_reconcilers(settings, evaluator, ("infra",))
+        infra = built.get("infra")
+        if infra is None:
+            return None
+        desired = infra.load(GitSource(str(root), "HEAD", settings.data_dir).staged_snapshot())
+        if infra.validate(desired):
+            return None
+        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}  # type: ignore[attr-defined]
+    finally:
+        evaluator.close()
 
 
 @kb.command("lint")
@@ -213,7 +287,16 @@ def lint(ctx: click.Context, files: tuple[Path, ...], repo: str | None, data_dir
     parsed = loader.load_dir(root)
     wanted = {f.resolve().relative_to(root).as_posix() for f in files if f.suffix == ".md"}
     checked = check(parsed, Contract())
-    problems = [p for p in checked.problems if not wanted or p.path in wanted]
+    problems = list(checked.problems)
+    infra_links = [e for e in checked.graph.edges
+                   if e.resolved.startswith("infra:") and (not wanted or e.path in wanted)]
+    known = _infra_ids(root) if infra_links else set()
+    if known is not None:
+        problems += [Problem(f"[[{e.target}]] names an infra resource that no infra/*.ncl declares", e.path,
+                             e.line, reconciler="knowledge",
+                             hint="fix the id (`stratum plan` lists the resources) or declare the resource")
+                     for e in infra_links if e.resolved not in known]
+    problems = [p for p in sorted(problems, key=lambda p: (p.path, p.line)) if not wanted or p.path in wanted]
     if output == "json":
         _emit_json({"files": len(parsed), "problems": [p.as_dict() for p in problems]})
     else:

@@ -31,16 +31,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def nickel_dir() -> Path:
-    """The folder holding knowledge.ncl: the packaged copy when installed, the checkout's `nickel/` otherwise."""
-    try:
-        from daemon.resources import nickel_dir as shipped  # type: ignore[import-not-found, unused-ignore]
+    """The folder holding knowledge.ncl: the packaged copy when installed, the checkout's `nickel/` otherwise
+    (daemon.resources finds both)."""
+    from daemon.resources import nickel_dir as shipped
 
-        found: Path = shipped()
-        if (found / "knowledge.ncl").exists():
-            return found
-    except ImportError:
-        pass  # daemon/resources.py is not there yet in every tree; fall back to the layout we know
-    return Path(__file__).resolve().parents[2] / "nickel"
+    return shipped()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """Writing one revision's checked nodes into the store: new blobs stored, only new chunks embedded.
 
-Embedding (seconds, in a worker process) happens before any write and outside the index's lock; every write
-of a revision then goes into one DuckDB commit (each commit syncs the WAL: 10-30 ms here).
+Embedding (seconds, in a worker process) happens outside the index's lock; every write of a revision goes into
+one DuckDB commit (each commit syncs the WAL: 10-30 ms here). The daemon stores a revision's nodes at once and
+embeds them afterwards (`embed_revision`, in the background): infrastructure never waits for the model, and
+search is keyword-only for the nodes whose vectors are not there yet.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("stratum.knowledge")
 STATE_REVISION = "knowledge.revision"
+STATE_VECTORS = "knowledge.vectors"           # changes whenever vectors are added: searchers reload them
+STATE_PENDING = "knowledge.embedding_pending"  # the last revision queued for embedding, until it is embedded
 _STATE_MODEL = "knowledge.embedded_model"
 
 
@@ -41,6 +45,7 @@ class IndexStats:
     problems: int
     ms: float
     warning: str = ""
+    fresh: tuple[str, ...] = ()               # blob ids stored by this revision (what `embed_revision` embeds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ class Indexed:
 
 
 def index_revision(store: Store, checked: Checked, revision: str, provider: Provider | None,
-                   previous: Indexed | None = None) -> tuple[IndexStats, Indexed]:
+                   previous: Indexed | None = None, pending: bool = False) -> tuple[IndexStats, Indexed]:
     """Store a revision: nodes of new blobs, their vectors, the revision's tree; returns what it did.
 
     1. find the nodes whose blobs are new (with `previous`, the revision indexed last into this store, only
@@ -129,9 +134,34 @@ def index_revision(store: Store, checked: Checked, revision: str, provider: Prov
         if copied != len(tree):
             store.set_tree(revision, list(tree.items()), len(checked.problems))
         index.set_state(STATE_REVISION, revision)
+        if pending:                                   # `embed_revision` follows; cleared when it is done
+            index.set_state(STATE_PENDING, revision)
+        if embedded:
+            index.set_state(STATE_VECTORS, f"{revision}:{time.time_ns()}")
     ms = (time.perf_counter() - start) * 1000.0
-    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, vectors.warning)
+    stats = IndexStats(revision, len(nodes), len(fresh), embedded, len(checked.problems), ms, vectors.warning,
+                       tuple(n.blob_id for n in fresh))
     return stats, Indexed(revision, tree)
+
+
+def embed_revision(store: Store, provider: Provider, nodes: Sequence[Node], fresh: Sequence[str],
+                   revision: str, sweep: bool = False) -> Vectors:
+    """The vectors `index_revision` would have made (run after it, off the path to apply): the chunks of the
+    nodes of new blobs, or of every node (`sweep`: the first revision with this model, or after a daemon
+    stopped before the last queued revision was embedded); written in one commit."""
+    index = store.index
+    sweep = sweep or index.get_state(_STATE_MODEL) != provider.model_id
+    wanted = set(fresh)
+    vectors = embed_missing(store, provider, list(nodes) if sweep else [n for n in nodes if n.blob_id in wanted])
+    with index.transaction():
+        written = vectors.write(store)
+        if sweep and not vectors.warning:
+            index.set_state(_STATE_MODEL, provider.model_id)
+        if written:
+            index.set_state(STATE_VECTORS, f"{provider.model_id}:{time.time_ns()}")
+        if not vectors.warning and index.get_state(STATE_PENDING) == revision:
+            index.set_state(STATE_PENDING, None)      # a later revision queued since keeps its own mark
+    return vectors
 
 
 def add_execution(store: Store, provider: Provider | None, node: Node) -> None:

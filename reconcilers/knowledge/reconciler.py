@@ -14,10 +14,12 @@ neither numpy nor the model's runtime: the store and indexer modules are importe
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import json
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pygit2
@@ -34,7 +36,7 @@ from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.loader import Checked, Loader, check
-from reconcilers.knowledge.node import NAME, Parsed
+from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
 
@@ -83,7 +85,7 @@ class KnowledgeReconciler:
         self.contract = Contract()
         self._provider: Provider | None = None
         self._provider_loaded = False
-        self._provider_choice = ""
+        self._provider_choice = self.indexed_settings.embedding_provider
         self.provider_error = ""
         self._repo: pygit2.Repository | None = None
         self._stores: dict[int, Store] = {}
@@ -91,6 +93,9 @@ class KnowledgeReconciler:
         self._indexed: dict[int, Indexed] = {}           # id(index) -> the revision indexed last into it
         self.last_stats: IndexStats | None = None
         self.last_index: Index | None = None
+        # Vectors are made after a revision's nodes are stored, one revision at a time, off the run's path.
+        self.background = bool(host.get("embed_in_background", True)) if isinstance(host, Mapping) else True
+        self._embedder = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-embed")
 
     @property
     def repo(self) -> pygit2.Repository | None:
@@ -159,7 +164,7 @@ class KnowledgeReconciler:
         """The embedding provider (loaded once; None means lexical search only, with a logged warning)."""
         choice = self.indexed_settings.embedding_provider
         if not self._provider_loaded or choice != self._provider_choice:
-            self.close()
+            self._close_provider()
             chosen = resolve(choice, self.host_providers)
             if chosen is None:
                 self._provider, self.provider_error = None, f"embedding provider {choice!r} is not declared by " \
@@ -178,6 +183,12 @@ class KnowledgeReconciler:
 
     def close(self) -> None:
         """Stop the embedding worker, if one runs (the daemon calls this at shutdown)."""
+        # Revisions not embedded yet are embedded after the next start (the pending mark in the index says so).
+        self._embedder.shutdown(wait=False, cancel_futures=True)
+        self._close_provider()
+        self._embedder.shutdown(wait=True)
+
+    def _close_provider(self) -> None:
         closer = getattr(self._provider, "close", None)
         if closer is not None:
             closer()
@@ -193,18 +204,46 @@ class KnowledgeReconciler:
 
     def index(self, desired: Desired, index: Index, revision: str) -> None:
         """Index the valid nodes of the revision (invalid files are reported by validate and left out)."""
-        from reconcilers.knowledge.indexer import index_revision
+        from reconcilers.knowledge.indexer import STATE_PENDING, index_revision
 
         store = self.store(index)
         self.last_index = index
         self.indexed_settings = desired.settings  # the admitted revision's settings are the ones served
-        index.set_state(SETTINGS_STATE, desired.section)
+        if index.get_state(SETTINGS_STATE) != desired.section:      # a commit syncs the WAL: only on change
+            index.set_state(SETTINGS_STATE, desired.section)
         checked = self._check(desired)
-        self.last_stats, self._indexed[id(index)] = index_revision(store, checked, revision, self.provider(),
-                                                                   self._indexed.get(id(index)))
+        provider = self.provider()
+        later = provider is not None and self.background
+        # The first revision this process indexes embeds every node lacking a vector when the last daemon
+        # stopped before its queued embedding was done (the mark stays until a revision's vectors are in).
+        sweep = later and id(index) not in self._indexed and index.get_state(STATE_PENDING) is not None
+        self.last_stats, self._indexed[id(index)] = index_revision(store, checked, revision,
+                                                                   None if later else provider,
+                                                                   self._indexed.get(id(index)), pending=later)
         log.info("knowledge.indexed", revision=revision[:12], nodes=self.last_stats.nodes,
                  new_blobs=self.last_stats.new_blobs, embedded=self.last_stats.embedded,
-                 problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1))
+                 problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1), embedding_later=later)
+        if later and provider is not None:
+            self._embedder.submit(self._embed, store, provider, checked.nodes, self.last_stats, sweep)
+
+    def _embed(self, store: Store, provider: Provider, nodes: tuple[Node, ...], stats: IndexStats,
+               sweep: bool) -> None:
+        from reconcilers.knowledge.indexer import embed_revision
+
+        start = time.perf_counter()
+        try:
+            vectors = embed_revision(store, provider, nodes, stats.fresh, stats.revision, sweep)
+        except Exception:   # embedding is a courtesy: keyword search works without it, and the next revision retries
+            log.exception("knowledge.embedding_crashed", revision=stats.revision[:12])
+            return
+        if self.last_stats is stats:
+            self.last_stats = replace(stats, embedded=len(vectors.hashes), warning=vectors.warning)
+        log.info("knowledge.embedded", revision=stats.revision[:12], chunks=len(vectors.hashes),
+                 ms=round((time.perf_counter() - start) * 1000.0, 1), warning=vectors.warning)
+
+    def wait_embedded(self) -> None:
+        """Block until the vectors of every revision indexed so far are written (tests, benchmarks)."""
+        self._embedder.submit(lambda: None).result()
 
     def on_run_finished(self, record: RunRecord, index: Index) -> None:
         """Write the run's execution node into the index; commit it to the configured branch when set."""

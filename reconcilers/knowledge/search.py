@@ -11,6 +11,7 @@ matrix product takes 0.2 ms, PLATFORM.md). A new revision updates that copy with
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
 import threading
 from collections import OrderedDict
@@ -115,11 +116,22 @@ class Searcher:
         self._masks: OrderedDict[Filters, tuple[Generation, npt.NDArray[np.bool_]]] = OrderedDict()
         self._qvec: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._lock = threading.RLock()
+        # Per generation: each slot's rank in blob-id order (ties are broken by blob id, vectorised) and the
+        # node summaries as returned to users (without the internal keys).
+        self._derived: tuple[Generation, npt.NDArray[np.int64], dict[str, dict[str, Any]]] | None = None
+        # Embeds the query while the keyword half of a hybrid search runs (the worker's round trip is most of
+        # a search, and waiting on its pipe releases the GIL).
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-embed")
 
     def invalidate(self) -> None:
         """Re-read the indexed tree on the next search (after an index write); unchanged blobs are kept."""
         with self._lock:
             self._stale = True
+
+    def reload(self) -> None:
+        """Read everything again on the next search (vectors were added to blobs already searched)."""
+        with self._lock:
+            self._gen, self._stale = None, False
 
     def _revision(self, revision: str, with_vectors: bool) -> Generation:
         with self._lock:
@@ -144,6 +156,24 @@ class Searcher:
             if len(self._masks) > 32:
                 self._masks.popitem(last=False)
             return ok
+
+    def _rank(self, gen: Generation) -> tuple[npt.NDArray[np.int64], dict[str, dict[str, Any]]]:
+        with self._lock:
+            derived = self._derived
+            if derived is None or derived[0] is not gen:
+                rank = np.empty(len(gen.blobs), dtype=np.int64)
+                rank[np.argsort(np.array(gen.blobs, dtype=object), kind="stable")] = np.arange(len(gen.blobs))
+                derived = (gen, rank, {})
+                self._derived = derived
+            return derived[1], derived[2]
+
+    def _public(self, gen: Generation, blob: str) -> dict[str, Any]:
+        public = self._rank(gen)[1]
+        found = public.get(blob)
+        if found is None:
+            found = {k: v for k, v in gen.meta[blob].items() if not k.startswith("_") and k != "blob_id"}
+            public[blob] = found
+        return dict(found)
 
     def query_vector(self, query: str) -> npt.NDArray[np.float32]:
         """The embedding of a query (LRU-cached: assistants repeat themselves)."""
@@ -193,7 +223,7 @@ class Searcher:
         every = np.concatenate(hit_slots)
         scores = np.bincount(every, weights=np.concatenate(hit_scores), minlength=len(gen.blobs))
         matched = np.bincount(every, minlength=len(gen.blobs))      # distinct query terms each slot holds
-        touched = np.unique(every)
+        touched = np.flatnonzero(matched)                            # (np.unique of `every` cost ~7 ms here)
         if filters.active():
             touched = touched[self._mask(gen, filters)[touched]]
         if not len(touched):
@@ -203,20 +233,22 @@ class Searcher:
             # Keep every slot scoring at least the limit-th best, so ties are broken by blob id below.
             kth = np.partition(cand, len(cand) - limit)[len(cand) - limit]
             touched, cand = touched[cand >= kth], cand[cand >= kth]
-        share = matched[touched] / len(qterms)
-        ranked = sorted(((gen.blobs[int(s)], float(v), float(c)) for s, v, c in zip(touched, cand, share, strict=True)),
-                        key=lambda kv: (-kv[1], kv[0]))
-        return ranked[:limit]
+        rank, _ = self._rank(gen)
+        best = np.lexsort((rank[touched], -cand))[:limit]            # score descending, then blob id
+        share = matched[touched[best]] / len(qterms)
+        return [(gen.blobs[int(slot)], float(v), float(c))
+                for slot, v, c in zip(touched[best].tolist(), cand[best].tolist(), share.tolist(), strict=True)]
 
     def vector(self, revision: str, query: str, limit: int, filters: Filters = Filters(),
-               engine: str = "numpy") -> list[tuple[str, float, int]]:
-        """(blob id, cosine similarity, best chunk row) per node, best first."""
+               engine: str = "numpy", qvec: npt.NDArray[np.float32] | None = None) -> list[tuple[str, float, int]]:
+        """(blob id, cosine similarity, best chunk row) per node, best first (`qvec`: the query's embedding,
+        when the caller has it)."""
         if self.provider is None:
             return []
         gen = self._revision(revision, with_vectors=True)
         if not len(gen.owner):
             return []
-        qv = self.query_vector(query)
+        qv = self.query_vector(query) if qvec is None else qvec
         if engine == "duckdb":
             return self._vector_sql(revision, qv, limit, filters, gen)
         sims = gen.matrix @ qv
@@ -225,22 +257,16 @@ class Searcher:
         # Enough chunk candidates to fill `limit` distinct nodes in all but pathological cases.
         take = min(len(sims), max(limit * 8, 64))
         part = np.argpartition(-sims, take - 1)[:take]
-        part = part[np.argsort(-sims[part], kind="stable")]
-        vals, rows, owners = sims[part].tolist(), part.tolist(), gen.owner[part].tolist()
-        out: list[tuple[str, float, int]] = []
-        seen: set[int] = set()
-        i = 0
-        while i < len(rows) and len(out) < limit and vals[i] != -math.inf:
-            # A run of equal similarities (the same chunk text in two nodes) is taken by blob id, then row.
-            j = i + 1
-            while j < len(rows) and vals[j] == vals[i]:
-                j += 1
-            for _, row, owner in sorted((gen.blobs[owners[k]], rows[k], owners[k]) for k in range(i, j)):
-                if owner not in seen and len(out) < limit:
-                    seen.add(owner)
-                    out.append((gen.blobs[owner], vals[i], row))
-            i = j
-        return out
+        part = part[np.isfinite(sims[part])]
+        owners = gen.owner[part]
+        rank, _ = self._rank(gen)
+        # Similarity descending; equal ones (the same chunk text in two nodes) by blob id, then row.
+        part = part[np.lexsort((part, rank[owners], -sims[part]))]
+        owners = gen.owner[part]
+        _, first = np.unique(owners, return_index=True)            # each node's best chunk
+        keep = part[np.sort(first)[:limit]]
+        return [(gen.blobs[int(o)], float(v), int(r))
+                for o, v, r in zip(gen.owner[keep].tolist(), sims[keep].tolist(), keep.tolist(), strict=True)]
 
     def _vector_sql(self, revision: str, qv: npt.NDArray[np.float32], limit: int, filters: Filters,
                     gen: Generation) -> list[tuple[str, float, int]]:
@@ -270,14 +296,21 @@ class Searcher:
         depth = max(limit * 5, 50)
         vec: list[tuple[str, float, int]] = []
         nearest: list[tuple[str, float, int]] = []     # under the threshold too: a keyword hit's similarity
+        pending = None
+        if mode == "hybrid":
+            with self._lock:
+                cached = self._qvec.get(query)
+            if cached is None:
+                pending = self._pool.submit(self.query_vector, query)
+        lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
         if mode != "lexical":
             try:
-                nearest = self.vector(revision, query, depth, filters)
+                qvec = pending.result() if pending is not None else None
+                nearest = self.vector(revision, query, depth, filters, qvec=qvec)
                 vec = [v for v in nearest if v[1] >= threshold]
             except ModelError as err:
                 # The model stopped answering (a dead endpoint, a worker that cannot load): keywords still work.
                 warning, mode = f"{err.what}: lexical search only", "lexical"
-        lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
         gen = self._revision(revision, with_vectors=mode != "lexical")
         fused: dict[str, float] = {}
         lex_rank = {b: i + 1 for i, (b, _, _) in enumerate(lex)}
@@ -290,7 +323,7 @@ class Searcher:
         best = sorted(fused, key=lambda b: (-fused[b], b))[:limit]
         hits = []
         for b in best:
-            meta = {k: v for k, v in gen.meta[b].items() if not k.startswith("_") and k != "blob_id"}
+            meta = self._public(gen, b)
             sim, row = vec_info.get(b, (0.0, -1))
             snippet = gen.chunk_text[row][:240] if row >= 0 and row < len(gen.chunk_text) else ""
             cov = coverage.get(b, 0.0)

@@ -25,7 +25,7 @@ from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
 from reconcilers.knowledge.execution import commit_file, iso, render
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.guidelines import Guideline, effective
-from reconcilers.knowledge.indexer import Indexed, IndexStats, current_revision, index_revision
+from reconcilers.knowledge.indexer import STATE_REVISION, STATE_VECTORS, Indexed, IndexStats, index_revision
 from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
 from reconcilers.knowledge.providers import host_providers, resolve
@@ -78,6 +78,7 @@ class KnowledgeBase:
         self._lock = threading.RLock()
         self.last_stats: IndexStats | None = None
         self._indexed: Indexed | None = None
+        self._vectors: str | None = None        # the daemon's vectors marker last seen (follow_index)
 
     @staticmethod
     def _default_branch(repo: str) -> str:
@@ -156,14 +157,20 @@ class KnowledgeBase:
         """Index the branch head when it moved; returns the revision searched."""
         with self._lock:
             if self.follow_index:
-                indexed = current_revision(self.index)
+                state = dict(self.index.query("SELECT key, value FROM state WHERE key IN (?, ?)",
+                                              [STATE_REVISION, STATE_VECTORS]))
+                indexed, vectors = state.get(STATE_REVISION), state.get(STATE_VECTORS)
                 if indexed is None:
                     raise KnowledgeError("the daemon has not indexed any revision yet",
                                          hint="wait for the first run to finish")
                 if indexed != self.revision:
                     self.revision, self._graph = indexed, None
                     self.searcher.invalidate()
-                return indexed
+                if vectors != self._vectors:
+                    # The daemon embeds after it stored the nodes: pick up the vectors that arrived since.
+                    self._vectors = vectors
+                    self.searcher.reload()
+                return str(indexed)
             head = self._head()
             if head == self.revision and not force_check:
                 return head
@@ -264,7 +271,7 @@ class KnowledgeBase:
         from daemon import api
 
         try:
-            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit)["runs"]
+            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
         except (OSError, ConnectionError) as err:
             raise KnowledgeError(f"the daemon holds the index but does not answer: {err}", where=str(self.data_dir),
                                  hint="check `stratum status`; runs are read from the daemon") from err

@@ -29,7 +29,7 @@ from daemon.metrics import Metrics
 from daemon.source import GitSource
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
-from tests.fixtures import WorkRepo
+from tests.fixtures import WorkRepo, infra, resource
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -138,6 +138,7 @@ def daemon_http(template_repo: WorkRepo, tmp_path: Path) -> Iterator[str]:
     desired = rec.load(snap)
     assert rec.validate(desired) == []
     rec.index(desired, index, snap.revision)
+    rec.wait_embedded()
     # Mounted exactly as the daemon mounts it: lazily, built on the first request.
     mounts = reconciler_mounts([rec])
     assert [m[0] for m in mounts] == ["/mcp"]
@@ -200,6 +201,7 @@ def _indexed(repo: WorkRepo, data: Path, host: dict[str, Any]) -> tuple[Knowledg
     snap = GitSource(str(repo.path), "main", data).snapshot("main")
     desired = rec.load(snap)
     rec.index(desired, index, snap.revision)
+    rec.wait_embedded()
     return rec, index
 
 
@@ -265,6 +267,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
     try:
         assert pipeline.run("main").status == "succeeded"
         pipeline.wait_hooks()
+        rec.wait_embedded()
         with serving(build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([rec]))) as url:
             async def over_http() -> dict[str, Any]:
                 async with Client(url + "/mcp/", read_timeout_seconds=60) as client:
@@ -323,3 +326,43 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
         assert len(daemon.runs()) == runs          # served from the index, not from a run since the restart
     finally:
         daemon.stop()
+
+
+def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) -> None:
+    """`stratum kb mcp` started while the daemon holds the index answers recent_runs with the daemon's runs and
+    their actions, exactly as the daemon's /mcp does (it used to return none)."""
+    from tests.proc import DaemonProc
+
+    repo = WorkRepo(tmp_path / "ops")
+    head = repo.commit({
+        "stratum.ncl": '{ knowledge = { embedding = { provider = "none" } } }\n',
+        "infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n")),
+        **{str(p.relative_to(ROOT / "repo_template")): p.read_text()
+           for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}}, "knowledge")
+    data = tmp_path / "data"
+
+    async def runs(client: Client) -> Any:
+        return _text(await client.call_tool("recent_runs", {}))["runs"]
+
+    async def over_http(port: int) -> Any:
+        async with Client(f"http://127.0.0.1:{port}/mcp/", read_timeout_seconds=60) as client:
+            return await runs(client)
+
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-m", "daemon.cli.kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+
+    async def over_stdio() -> Any:
+        async with Client(params, read_timeout_seconds=120) as client:
+            return await runs(client)
+
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    try:
+        assert daemon.wait_run(head, 60)["status"] == "succeeded"
+        port = int(daemon.call("status")["status"]["daemon"]["http_port"])
+        http = anyio.run(over_http, port)
+        stdio = anyio.run(over_stdio)
+    finally:
+        daemon.stop()
+    assert http and http[0]["actions"] and http[0]["actions"][0]["target"] == "motd"
+    assert stdio == http

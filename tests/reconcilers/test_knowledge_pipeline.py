@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pygit2
 import pytest
 from click.testing import CliRunner
 
@@ -23,7 +24,7 @@ from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from reconcilers.knowledge.service import KnowledgeBase
-from tests.fixtures import Stack, WorkRepo, commit_with
+from tests.fixtures import Stack, WorkRepo, commit_with, infra, resource
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 A_ID, B_ID = "aaaaaaaa-1111-4111-8111-111111111111", "bbbbbbbb-2222-4222-8222-222222222222"
@@ -42,13 +43,22 @@ def commit(repo: WorkRepo, files: dict[str, str | None], author: str = ALICE) ->
 
 
 class Embedder(BaseHTTPRequestHandler):
-    """An OpenAI-compatible embeddings endpoint on loopback that records every request it receives."""
+    """An OpenAI-compatible embeddings endpoint on loopback that records every request it receives; requests
+    with a text containing `hold_on` wait until `release` is set (a slow model)."""
 
     seen: ClassVar[list[dict[str, Any]]] = []
+    hold_on: ClassVar[str] = ""
+    fail_on: ClassVar[str] = ""                  # texts containing it get a 500 (a model that broke down)
+    release: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization", ""), "body": body})
+        if self.fail_on and any(self.fail_on in t for t in body["input"]):
+            self.send_error(500)
+            return
+        if self.hold_on and any(self.hold_on in t for t in body["input"]):
+            self.release.wait(60)
         vec = [1.0] + [0.0] * 383
         data = json.dumps({"data": [{"index": i, "embedding": vec} for i in range(len(body["input"]))]}).encode()
         self.send_response(200)
@@ -61,14 +71,19 @@ class Embedder(BaseHTTPRequestHandler):
         return None
 
 
+Endpoint = tuple[str, list[dict[str, Any]], type[Embedder]]
+
+
 @pytest.fixture()
-def endpoint() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def endpoint() -> Iterator[Endpoint]:
+    """(base URL, the requests it received, its handler class) of a fresh loopback embeddings endpoint."""
     seen: list[dict[str, Any]] = []
-    handler = type("Recorder", (Embedder,), {"seen": seen})
+    handler: type[Embedder] = type("Recorder", (Embedder,), {"seen": seen, "release": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen, handler
+    handler.release.set()
     server.shutdown()
     server.server_close()
     thread.join(5)
@@ -166,13 +181,50 @@ def test_executions_path_in_the_revision_takes_effect(repo: WorkRepo, kstack: KS
     assert paths and all(p.startswith("runs-log/") for p in paths), paths
 
 
+def test_executions_branch_in_the_revision_takes_effect(repo: WorkRepo, kstack: KStack) -> None:
+    """`knowledge.executions.branch` gets each run's execution node committed to that branch (main untouched)."""
+    rev = commit(repo, {"stratum.ncl": '{ knowledge = { executions = { branch = "ops/runs" }, '
+                                       'embedding = { provider = "none" } } }\n',
+                        "knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+    result = kstack.pipeline.run(rev)
+    assert result.status == "succeeded"
+    kstack.pipeline.wait_hooks()
+    git = pygit2.Repository(str(repo.path))
+    tip = git.references["refs/heads/ops/runs"].peel(pygit2.Commit)
+    assert result.run_id in tip.message
+    assert str(git.references["refs/heads/main"].target) == rev
+
+
+def test_commit_notes_in_the_revision_takes_effect_for_kb_new(repo: WorkRepo, tmp_path: Path) -> None:
+    """`knowledge.commit_notes = true`: `stratum kb new` commits the node it writes (default: only writes it)."""
+    commit(repo, {"stratum.ncl": '{ knowledge = { commit_notes = true, embedding = { provider = "none" } } }\n'})
+    before = str(pygit2.Repository(str(repo.path)).head.target)
+    out = CliRunner().invoke(kb, ["new", "note", "Rotate the keys", "--repo", str(repo.path),
+                                  "--data-dir", str(tmp_path / "cli"), "-o", "json"])
+    assert out.exit_code == 0, out.output
+    git = pygit2.Repository(str(repo.path))
+    head = git.head.peel(pygit2.Commit)
+    assert str(head.id) != before and json.loads(out.stdout)["path"].endswith(".md")
+    assert any(p.startswith("knowledge/notes/") for p in _paths(head.tree))
+
+
+def _paths(tree: pygit2.Tree, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for entry in tree:
+        if isinstance(entry, pygit2.Tree):
+            out += _paths(entry, f"{prefix}{entry.name}/")
+        else:
+            out.append(f"{prefix}{entry.name}")
+    return out
+
+
 # -- 7. the repo never chooses where texts and credentials go ------------------------------------------------------
 def test_a_repo_naming_an_embedding_url_is_rejected_and_the_url_receives_nothing(
-        repo: WorkRepo, kstack: KStack, endpoint: tuple[str, list[dict[str, Any]]],
+        repo: WorkRepo, kstack: KStack, endpoint: Endpoint,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`knowledge.embedding = { provider = "openai", url, api_key_env }` in the repo is a located validate error,
     at the daemon and at `stratum kb search`, and the URL is never contacted."""
-    url, seen = endpoint
+    url, seen, _handler = endpoint
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-not-a-real-key")
     hostile = ('{ knowledge = { embedding = { provider = "openai", url = "' + url + '", '
                'api_key_env = "AWS_SECRET_ACCESS_KEY" } } }\n')
@@ -189,11 +241,11 @@ def test_a_repo_naming_an_embedding_url_is_rejected_and_the_url_receives_nothing
 
 
 def test_a_repo_picks_a_host_declared_provider_by_name_only(repo: WorkRepo, tmp_path: Path, evaluator: Evaluator,
-                                                            endpoint: tuple[str, list[dict[str, Any]]],
+                                                            endpoint: Endpoint,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A name the host did not declare is a validate error at stratum.ncl; a declared one is used with the
     host's URL and the host's key variable."""
-    url, seen = endpoint
+    url, seen, _handler = endpoint
     monkeypatch.setenv("CORP_EMBED_KEY", "host-key-1")
     toml = f'[embedding.providers.corp]\nkind = "openai"\nurl = "{url}"\napi_key_env = "CORP_EMBED_KEY"\n'
     s = KStack(tmp_path, repo, evaluator, toml)
@@ -221,3 +273,65 @@ def test_malformed_host_providers_stop_the_reconciler_with_a_located_error(tmp_p
     with pytest.raises(KnowledgeError) as err:
         KnowledgeReconciler(ReconcilerEnv(tmp_path, settings={"embedding": {"providers": {"x": {"kind": "ftp"}}}}))
     assert "[embedding.providers.x]" in err.value.render()
+
+
+# -- embedding never delays infrastructure ---------------------------------------------------------------------
+def test_infrastructure_is_applied_while_the_model_is_still_embedding(
+        repo: WorkRepo, tmp_path: Path, evaluator: Evaluator,
+        endpoint: Endpoint) -> None:
+    """With a model that takes its time over the nodes, the run applies the infra file and succeeds before
+    any vector exists; search meanwhile answers by keywords; once the vectors land it ranks semantically too."""
+    url, _seen, handler = endpoint
+    s = KStack(tmp_path, repo, evaluator, f'[embedding.providers.slow]\nkind = "openai"\nurl = "{url}"\n')
+    handler.hold_on = "Rotate"
+    try:
+        rev = commit(repo, {"stratum.ncl": '{ knowledge = { embedding = { provider = "slow" } } }\n',
+                            "infra/base.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n")),
+                            "knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+        result = s.pipeline.run(rev)
+        assert result.status == "succeeded", result
+        assert (s.base.root / "etc/motd").read_text() == "hi\n"
+        assert not handler.release.is_set()            # the model is still busy with the node
+        view = s.view()
+        hits = view.search("signing keys").hits
+        assert [(h.node["id"], h.vector_rank) for h in hits] == [(A_ID, 0)]
+        handler.release.set()
+        s.knowledge.wait_embedded()
+        assert s.knowledge.last_stats is not None and s.knowledge.last_stats.embedded >= 1
+        ranks = {h.node["id"]: h.vector_rank for h in view.search("signing keys").hits}
+        assert ranks[A_ID] > 0                          # a semantic match now (the execution node is one too)
+    finally:
+        handler.release.set()
+        s.close()
+
+
+def test_nodes_left_unembedded_by_a_stopped_daemon_are_embedded_after_the_next_start(
+        repo: WorkRepo, tmp_path: Path, evaluator: Evaluator, endpoint: Endpoint) -> None:
+    """The model fails while the background embeds a revision (or the daemon stops first): the next daemon's
+    first run embeds what is missing, though no node is new to it."""
+    url, _seen, handler = endpoint
+    toml = f'[embedding.providers.slow]\nkind = "openai"\nurl = "{url}"\n'
+    handler.fail_on = "Rotate"
+    base = commit(repo, {"stratum.ncl": '{ knowledge = { embedding = { provider = "slow" } } }\n',
+                         "knowledge/b.md": node(B_ID, "Zebra crossing", "The zebra runbook.")})
+    rev = commit(repo, {"knowledge/a.md": node(A_ID, "Rotate the keys", "Rotate the signing keys yearly.")})
+    first = KStack(tmp_path / "one", repo, evaluator, toml)
+    try:
+        assert first.pipeline.run(base).status == "succeeded"      # the model works: every node has vectors
+        first.knowledge.wait_embedded()
+        assert first.pipeline.run(rev).status == "succeeded"       # ... and breaks down over the new node
+        first.knowledge.wait_embedded()
+        assert first.knowledge.last_stats is not None and first.knowledge.last_stats.warning
+    finally:
+        first.pipeline.close()
+        first.knowledge.close()
+        first.index.close()
+    handler.fail_on = ""
+    second = KStack(tmp_path / "one", repo, evaluator, toml)       # the same data directory, a new daemon
+    try:
+        assert second.pipeline.run(rev).status == "succeeded"
+        second.knowledge.wait_embedded()
+        ranks = {h.node["id"]: h.vector_rank for h in second.view().search("signing keys").hits}
+        assert ranks[A_ID] > 0
+    finally:
+        second.close()
