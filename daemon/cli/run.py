@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from daemon import api, log
-from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
+from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, settings_from
+from daemon.cli.progress import RunProgress
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
 from daemon.runtime import build
@@ -66,10 +67,9 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False)
                 refuse_manual(rt.index, host_controls(settings).windows)
             for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
                 click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
-            # The bar needs the number of actions: plan first only when a bar will be shown.
-            total = len(rt.pipeline.plan(revision).actions) if sys.stderr.isatty() else 0
-            with progress(total, "applying") as advance:
-                rt.pipeline.on_action = lambda action, status: advance()
+            # Steps, then a bar over the actions, on stderr when it is a terminal (nothing is planned twice).
+            with RunProgress() as shown:
+                rt.pipeline.on_phase, rt.pipeline.on_action = shown.phase, shown.action
                 result = rt.pipeline.run(revision, trigger=trigger)
             return run_to_dict(result)
         finally:
