@@ -72,3 +72,16 @@ def test_an_unknown_verb_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["aply"])
     assert result.exit_code == 2
     assert "No such command 'aply'" in result.output
+
+
+def test_logging_does_not_drag_in_rich_and_rich_still_works_afterwards() -> None:
+    """structlog (daemon.log) loads without rich, pygments and attrs; rich itself stays importable (the apply
+    progress bar uses it) and console logs still show tracebacks, as plain text."""
+    code = ("import sys, io\nimport daemon.log as log\n"
+            "before = [m for m in ('rich', 'pygments', 'attr') if m in sys.modules]\n"
+            "import rich.progress\n"
+            "out = io.StringIO()\nlog.configure('console', out)\n"
+            "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.get().exception('boom')\n"
+            "import json; print(json.dumps([before, 'ZeroDivisionError' in out.getvalue()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[], True]
