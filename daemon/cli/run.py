@@ -13,7 +13,6 @@ from daemon.cli.common import common_options, daemon_socket, emit_json, handle_e
 from daemon.cli.progress import RunProgress
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
-from daemon.runtime import build
 from daemon.settings import Settings
 
 
@@ -21,6 +20,8 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None and base is None:
         return dict(api.call(sock, "plan", revision=head)["plan"])
+    from daemon.runtime import build  # the whole pipeline: only when no daemon does the work
+
     rt = build(settings, ephemeral=base is not None)
     try:
         report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
@@ -57,8 +58,10 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False)
     if sock is not None:
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
-    # Imported here: webhooks and windows cost start-up time, and only an apply without a daemon needs them.
+    # Imported here: the pipeline, webhooks and windows cost start-up time; only an apply without a daemon
+    # needs them.
     from daemon.controls import host_controls, refuse_manual
+    from daemon.runtime import build
 
     with ApplyLock(settings.data_dir):
         rt = build(settings)

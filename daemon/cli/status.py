@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,12 +20,14 @@ from daemon.cli.common import (
     output_option,
     settings_from,
 )
-from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import events as events_query
 from daemon.status import runs as runs_query
 from daemon.status import status as status_query
 from reconcilers.registry import REGISTRY
+
+if TYPE_CHECKING:
+    from daemon.index import Index
 
 
 def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
@@ -57,6 +59,8 @@ def _unavailable() -> dict[str, str]:
 
 
 def _index(settings: Settings) -> Index:
+    from daemon.index import Index  # DuckDB only when no daemon answers
+
     return Index(settings.index_path)
 
 

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -184,4 +185,6 @@ def test_the_verbs_are_registered() -> None:
     """`stratum suspend`, `resume` and `windows` exist."""
     from daemon.cli.main import cli as stratum
 
-    assert {"suspend", "resume", "windows"} <= set(stratum.commands)
+    ctx = click.Context(stratum)      # verbs load lazily: ask the group, not its loaded `commands`
+    assert {"suspend", "resume", "windows"} <= set(stratum.list_commands(ctx))
+    assert all(stratum.get_command(ctx, verb) is not None for verb in ("suspend", "resume", "windows"))

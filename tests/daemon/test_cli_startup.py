@@ -85,3 +85,13 @@ def test_logging_does_not_drag_in_rich_and_rich_still_works_afterwards() -> None
             "import json; print(json.dumps([before, 'ZeroDivisionError' in out.getvalue()]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[], True]
+
+
+@pytest.mark.parametrize("module", ["daemon.cli.run", "daemon.cli.status", "daemon.cli.control", "daemon.cli.daemon"])
+def test_verbs_a_daemon_can_answer_load_no_engine_up_front(module: str) -> None:
+    """plan/apply/rollback, status/log/events/drift, suspend/resume/windows and notify/daemon load the index,
+    git, Nickel and the pipeline only when they do the work themselves: asking a running daemon over its
+    socket (and `stratum notify`, which git hooks call on every push) stays cheap."""
+    engines = {"duckdb", "pygit2", "nickel", "numpy", "cedarpy", "daemon.pipeline", "daemon.runtime",
+               "daemon.index", "prometheus_client"}
+    assert _imported_after(f"import {module}") & engines == set()
