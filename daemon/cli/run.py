@@ -22,7 +22,7 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
         return dict(api.call(sock, "plan", revision=head)["plan"])
     from daemon.runtime import build  # the whole pipeline: only when no daemon does the work
 
-    rt = build(settings, ephemeral=base is not None)
+    rt = build(settings, ephemeral=base is not None, prestart=True)
     try:
         report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
         return plan_to_dict(report)
@@ -64,7 +64,7 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False)
     from daemon.runtime import build
 
     with ApplyLock(settings.data_dir):
-        rt = build(settings)
+        rt = build(settings, prestart=True)
         try:
             if not force:
                 refuse_manual(rt.index, host_controls(settings).windows)
