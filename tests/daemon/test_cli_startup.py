@@ -95,3 +95,20 @@ def test_verbs_a_daemon_can_answer_load_no_engine_up_front(module: str) -> None:
     engines = {"duckdb", "pygit2", "nickel", "numpy", "cedarpy", "daemon.pipeline", "daemon.runtime",
                "daemon.index", "prometheus_client"}
     assert _imported_after(f"import {module}") & engines == set()
+
+
+def test_completing_a_verb_name_imports_no_verb() -> None:
+    """TAB after `stratum ` (bash completion protocol) lists the verbs with their summaries and imports none
+    of their modules, so completion stays as quick as `--help`."""
+    code = ("import os, sys\n"
+            "os.environ.update({'_STRATUM_COMPLETE': 'bash_complete', 'COMP_WORDS': 'stratum st', 'COMP_CWORD': '1'})\n"
+            "from daemon.cli.main import cli\n"
+            "try:\n    cli.main([], prog_name='stratum', complete_var='_STRATUM_COMPLETE')\n"
+            "except SystemExit:\n    pass\n"
+            "print()\nimport json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('daemon.cli.')"
+            " and m not in ('daemon.cli.main',))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == []
+    offered = [ln.split(",")[1] for ln in lines[:-1] if ln.startswith("plain,")]
+    assert offered == ["status"]
