@@ -6,7 +6,8 @@ median of `--samples` runs:
 - `stratum --version` and `stratum --help` (the cost of importing the CLI);
 - on the template repo (`stratum init`): `stratum validate`, `stratum plan`, and the first `stratum apply`
   (a fresh data directory and root for every sample, so each one is a first apply);
-- a cold `stratum apply` of 200 new `file` resources (2 Nickel files of 100) from an empty root.
+- a cold `stratum apply` of 200 new `file` resources (2 Nickel files of 100) from an empty root;
+- `stratum status` and `stratum plan` while a `stratumd` runs on the template (the CLI asks it over its socket).
 
 `--baseline FILE` prints a previous results file (for example one measured before a change) side by side.
 """
@@ -27,11 +28,12 @@ import common
 from common import InfraLayout, Repo, print_table, summary, verdict
 
 TARGETS_S = {"version": 0.25, "help": 0.25, "template_validate": 1.0, "template_plan": 1.0,
-             "template_first_apply": 2.0, "apply_200_files": 1.5}
+             "template_first_apply": 2.0, "apply_200_files": 1.5, "daemon_status": 0.25, "daemon_plan": 1.0}
 LABELS = {"version": "stratum --version", "help": "stratum --help",
           "template_validate": "stratum validate (template)", "template_plan": "stratum plan (template)",
           "template_first_apply": "stratum apply (template, first)",
-          "apply_200_files": "stratum apply (200 new files, cold)"}
+          "apply_200_files": "stratum apply (200 new files, cold)",
+          "daemon_status": "stratum status (a daemon runs)", "daemon_plan": "stratum plan (template, a daemon runs)"}
 
 
 CPU_S: dict[str, list[float]] = {}
@@ -77,6 +79,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples["template_plan"].append(timed([stratum, "plan", *data], ops, env, "template_plan"))
             fresh = ["--data-dir", str(base / f"template-apply-{i}")]
             samples["template_first_apply"].append(timed([stratum, "apply", *fresh], ops, env, "template_first_apply"))
+
+        # With a daemon on the template, the CLI only asks it over its socket.
+        with common.DaemonProcess(ops, base / "daemon-data", base / "daemon-root") as daemon:
+            daemon.wait_run(common.git(ops, "rev-parse", "HEAD"), timeout=600)
+            data = ["--data-dir", str(base / "daemon-data")]
+            for _ in range(args.samples):
+                samples["daemon_status"].append(timed([stratum, "status", *data], ops, env, "daemon_status"))
+                samples["daemon_plan"].append(timed([stratum, "plan", *data], ops, env, "daemon_plan"))
 
         repo = Repo.create(base / "files")
         layout = InfraLayout.generate(2, 100)

@@ -16,7 +16,7 @@ from typing import Any
 import common
 from common import DaemonProcess, InfraLayout, Repo, print_table, verdict
 
-TARGET_RSS_MB = 150.0
+TARGET_RSS_MB = 120.0          # issue 10: with the interfaces nobody queries unloaded
 TARGET_CPU_PCT = 1.0
 
 
@@ -24,10 +24,13 @@ def tree_sample(pid: int) -> dict[str, Any]:
     """RSS, CPU ticks and context switches of the daemon's process tree now."""
     pids = common.process_tree(pid)
     rss = {p: common.rss_kb(p) for p in pids}
+    # RssAnon is the memory that is the process's own; the rest of VmRSS is mostly pages of shared libraries
+    # (DuckDB's alone is tens of MB), which the kernel shares and can drop.
+    anon = {p: int(common.status_fields(p).get("RssAnon", "0 kB").split()[0]) for p in pids}
     ticks = sum(common.cpu_ticks(p)[0] for p in pids) + common.cpu_ticks(pid)[1]
     switches = sum(common.context_switches(p) for p in pids)
     threads = sum(int(common.status_fields(p).get("Threads", 0)) for p in pids)
-    return {"t": time.monotonic(), "pids": pids, "rss_kb": rss, "ticks": ticks, "switches": switches,
+    return {"t": time.monotonic(), "pids": pids, "rss_kb": rss, "anon_kb": anon, "ticks": ticks, "switches": switches,
             "threads": threads}
 
 
@@ -59,12 +62,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cpu_pct = 100.0 * (last_s["ticks"] - first_s["ticks"]) / common.CLK_TCK / wall
     totals = [sum(s["rss_kb"].values()) / 1024 for s in samples]
     daemon_rss = [s["rss_kb"].get(samples[0]["pids"][0], 0) / 1024 for s in samples]
+    anon_totals = [sum(s["anon_kb"].values()) / 1024 for s in samples]
+    daemon_anon = [s["anon_kb"].get(samples[0]["pids"][0], 0) / 1024 for s in samples]
     switches_per_s = (last_s["switches"] - first_s["switches"]) / wall
     rows = [
         ["RSS, daemon + children (max)", f"{max(totals):.1f} MB", f"< {TARGET_RSS_MB:g} MB",
          verdict(max(totals), TARGET_RSS_MB)],
         ["RSS, daemon alone (max)", f"{max(daemon_rss):.1f} MB", "", ""],
         ["RSS, children (max)", f"{max(t - d for t, d in zip(totals, daemon_rss, strict=True)):.1f} MB", "", ""],
+        ["RssAnon (private memory), daemon + children (max)", f"{max(anon_totals):.1f} MB", "", ""],
+        ["RssAnon, daemon alone (max)", f"{max(daemon_anon):.1f} MB", "", ""],
         ["CPU, daemon + children", f"{cpu_pct:.3f} %", f"< {TARGET_CPU_PCT:g} %", verdict(cpu_pct, TARGET_CPU_PCT)],
         ["CPU time used", f"{(last_s['ticks'] - first_s['ticks']) / common.CLK_TCK:.2f} s", "", ""],
         ["context switches / s (all threads)", f"{switches_per_s:.1f}", "", ""],
@@ -75,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"params": {"files": args.files, "resources": layout.count, "seconds": args.seconds,
                        "settle_s": args.settle, "drift_interval": args.drift_interval},
             "targets": {"rss_mb": TARGET_RSS_MB, "cpu_pct": TARGET_CPU_PCT},
-            "rss_mb_max": max(totals), "rss_mb_daemon_max": max(daemon_rss), "cpu_pct": cpu_pct,
+            "rss_mb_max": max(totals), "rss_mb_daemon_max": max(daemon_rss),
+            "rss_anon_mb_max": max(anon_totals), "rss_anon_mb_daemon_max": max(daemon_anon), "cpu_pct": cpu_pct,
             "wall_s": wall, "context_switches_per_s": switches_per_s, "processes": processes,
             "log_lines_total": log_lines, "log_events_while_idle": events_during,
             "rss_mb_series": totals}

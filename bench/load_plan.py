@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ from typing import Any
 import common
 from common import InfraLayout, Repo, print_table, summary, verdict
 
-TARGET_S = 2.0
+TARGET_S = 1.0          # library: build + plan (issue 10)
+TARGET_CLI_S = 1.5      # `stratum plan`, Python start-up included
 
 
 def child(repo: str, data_dir: str, root: str, warm_runs: int) -> dict[str, Any]:
@@ -86,17 +88,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples.append(sample)
             if sample["problems"]:
                 print(f"  WARNING: problems: {sample['problems']}")
-        cli = []
+        cli: list[float] = []
+        cli_again: list[float] = []
         for i in range(args.samples):
             data_dir = base / f"cli-data-{i}"
-            t = time.perf_counter()
-            proc = subprocess.run([common.tool("stratum"), "plan", "--repo", str(repo.bare), "--data-dir",
-                                   str(data_dir), "--root", str(base / f"cli-root-{i}"), "--output", "json"],
-                                  capture_output=True, text=True, check=False, timeout=600)
-            cli.append(time.perf_counter() - t)
-            if proc.returncode != 0:
-                raise SystemExit(f"stratum plan failed: {proc.stderr[-3000:]}")
-            cli_actions = len(json.loads(proc.stdout)["actions"])
+            # The second command on the same data directory is a new process too, but finds the Nickel values
+            # the first one kept on disk (the usual `stratum plan` then `stratum apply`).
+            for series in (cli, cli_again):
+                t = time.perf_counter()
+                proc = subprocess.run([common.tool("stratum"), "plan", "--repo", str(repo.bare), "--data-dir",
+                                       str(data_dir), "--root", str(base / f"cli-root-{i}"), "--output", "json"],
+                                      capture_output=True, text=True, check=False, timeout=600)
+                series.append(time.perf_counter() - t)
+                if proc.returncode != 0:
+                    raise SystemExit(f"stratum plan failed: {proc.stderr[-3000:]}")
+                cli_actions = len(json.loads(proc.stdout)["actions"])
 
     def med(key: str) -> float:
         return summary([s[key] for s in samples])["p50"]
@@ -110,17 +116,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ["cold: build + plan (library)", cold, f"< {TARGET_S:g}", verdict(cold, TARGET_S)],
         ["  of which the Nickel worker's evaluation", med("nickel_eval_ms") / 1000, "", ""],
         ["cold: whole child process (python start to exit, incl. warm runs)", med("process_wall_s"), "", ""],
-        ["cold: `stratum plan --output json` (CLI wall)", summary(cli)["p50"], f"< {TARGET_S:g}",
-         verdict(summary(cli)["p50"], TARGET_S)],
+        ["cold: `stratum plan --output json` (CLI wall)", summary(cli)["p50"], f"< {TARGET_CLI_S:g}",
+         verdict(summary(cli)["p50"], TARGET_CLI_S)],
+        ["again: `stratum plan` on the same data dir (new process, Nickel values on disk)",
+         summary(cli_again)["p50"], "", ""],
         ["warm: pipeline.load again, same runtime", med("load_warm_s"), "", ""],
         ["warm: pipeline.plan again, same runtime", summary(warm_all)["p50"], "", ""],
     ]
     print_table(f"Load + plan of {resources:,} resources, seconds (median of {args.samples} cold samples; "
-                f"{samples[0]['actions']:,} actions planned)", ["phase", "s", "target", ""], rows)
+                f"{samples[0]['actions']:,} actions planned; load average now {os.getloadavg()[0]:.1f})",
+                ["phase", "s", "target", ""], rows)
     return {"params": {"infra_files": args.infra_files, "per_file": args.per_file, "resources": resources,
                        "samples": args.samples, "warm": args.warm},
-            "target_s": TARGET_S, "cold_library_s": summary([s["build_load_plan_s"] for s in samples]),
-            "cold_cli_s": summary(cli), "warm_plan_s": summary(warm_all), "cli_actions": cli_actions,
+            "target_s": TARGET_S, "target_cli_s": TARGET_CLI_S,
+            "cold_library_s": summary([s["build_load_plan_s"] for s in samples]),
+            "cold_cli_s": summary(cli), "again_cli_s": summary(cli_again), "warm_plan_s": summary(warm_all),
+            "cli_actions": cli_actions,
             "samples": samples}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from daemon.nickel_cache import DiskCache
 from daemon.nickel_scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
 from daemon.resources import nickel_dir
 from daemon.source import FileEntry, Snapshot
@@ -59,6 +61,21 @@ def _library_version(lib: Path) -> str:
     for p in sorted(lib.glob("*.ncl")):
         h.update(p.name.encode())
         h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _engine_version() -> str:
+    """Identifies the installed Nickel engine (py-nickel) without importing it: its files' names, sizes and
+    modification times. An upgrade changes it, so values kept on disk by an older engine are not reused."""
+    spec = importlib.util.find_spec("nickel")
+    if spec is None or not spec.submodule_search_locations:
+        return "none"
+    h = hashlib.sha256()
+    for location in spec.submodule_search_locations:
+        for entry in sorted(os.scandir(location), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
 
 
@@ -217,7 +234,9 @@ class Evaluator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._lib = nickel_dir()
-        self._lib_version = _library_version(self._lib)
+        # Values on disk depend on the contract library and on the engine that computed them.
+        self._lib_version = f"{_library_version(self._lib)}:{_engine_version()}"
+        self._disk = DiskCache(cache_dir / "values")
         self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
         count = max(1, workers or min(2, os.cpu_count() or 1))
         self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
@@ -226,6 +245,7 @@ class Evaluator:
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
         self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
         self.stats = {"evaluations": 0, "cache_hits": 0}
+        self.disk_hits = 0                              # values found on disk, evaluated by an earlier process
         if prestart:
             self.prestart()
 
@@ -401,6 +421,11 @@ class Evaluator:
                 values[path] = self._cache[key]
                 self.stats["cache_hits"] += 1
                 continue
+            found, value = self._disk.get(key)      # evaluated by an earlier process (a CLI run, a daemon)
+            if found:
+                self._cache[key] = values[path] = value
+                self.disk_hits += 1
+                continue
             pending[path] = key
             needed.update({e.path: e for e in closure})
         if pending:
@@ -421,6 +446,7 @@ class Evaluator:
             for chunk_values, chunk_problems in results:
                 for path, value in chunk_values.items():
                     self._cache[pending[path]] = values[path] = value
+                    self._disk.put(pending[path], value)
                 problems.extend(chunk_problems)
         if len(self._cache) > 50_000:
             self._cache.clear()

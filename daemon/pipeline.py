@@ -85,6 +85,7 @@ class Pipeline:
     notes: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     on_action: Callable[[Action, str], None] | None = None
+    on_phase: Callable[[str, int], None] | None = None   # (step, actions in it): progress for a person watching
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
@@ -258,6 +259,7 @@ class Pipeline:
     def _run(self, run_id: str, revision: str, base: str | None, logger: Any, incremental: bool = False,
              ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
         # 1-3. snapshot, load, validate; then admission: signature and change control
+        self._phase("loading")
         loaded = self.load(revision)
         problems = loaded.problems
         if not problems:
@@ -271,8 +273,10 @@ class Pipeline:
             return "rejected", f"{len(problems)} problem(s); the last good revision stays in force", \
                 problems, ()
         # 4. index: only an admitted revision reaches the reconcilers' own index (what MCP and search serve)
+        self._phase("indexing")
         self._index_hooks(loaded)
         # 5. plan, then index the revision and its plan in one commit
+        self._phase("planning")
         try:
             actions = self._plan(loaded, incremental=incremental)
         except CycleError as err:
@@ -286,6 +290,7 @@ class Pipeline:
         wanted = loaded.repo_settings.get("infra", {}).get("parallelism", self.parallelism)
         executor = self._executor(min(self.parallelism, int(wanted)))
         executor.stop = self.stop
+        self._phase("applying", len(actions))
         result = executor.execute(run_id, actions, ctx)
         done = tuple((a.id, "done") for a, _ in result.completed)
         if result.interrupted:
@@ -299,6 +304,10 @@ class Pipeline:
         ok, note = self.rollback(run_id, [a for a, _ in result.completed], result.next_seq)
         status = "rolled_back" if ok else "failed"
         return status, f"{failed_action.id} failed: {error}; {note}", (), done
+
+    def _phase(self, step: str, actions: int = 0) -> None:
+        if self.on_phase is not None:
+            self.on_phase(step, actions)
 
     def _executor(self, parallelism: int | None = None) -> Executor:
         return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action)

@@ -6,9 +6,10 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.pipeline import PlanReport, RunResult
+if TYPE_CHECKING:                      # types only: rendering a daemon's answer needs no pipeline
+    from daemon.pipeline import PlanReport, RunResult
 
 MAX_COMMENT = 65_000
 _VERBS = {"create": "+", "update": "~", "delete": "-", "run": ">"}

@@ -78,9 +78,10 @@ def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Ind
 
 
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
-          ephemeral: bool = False, index_wait: float = 0.0) -> Runtime:
+          ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
-    for work that needs no records, such as a pull-request plan while a daemon holds the index)."""
+    for work that needs no records, such as a pull-request plan while a daemon holds the index). `prestart`
+    starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart)."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not ephemeral and not read_only:
@@ -89,7 +90,7 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
                        wait=index_wait)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
-                          prestart=True)
+                          prestart=prestart)
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.index import Index
+if TYPE_CHECKING:                      # a type only: `stratum status` asking a daemon never loads DuckDB
+    from daemon.index import Index
 
 _REASONS = {
     "succeeded": ("True", "ReconciliationSucceeded"),

@@ -18,7 +18,6 @@ import click
 from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, output_option, settings_from
 from daemon.errors import StratumError
-from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import set_suspended
 from daemon.windows import Window, gate, next_change, windows_from_settings
@@ -38,6 +37,8 @@ def _suspension(settings: Settings, on: bool, reason: str) -> dict[str, Any]:
     if sock is not None:
         reply = api.call(sock, "suspend" if on else "resume", reason=reason, by=by)
         return {k: v for k, v in reply.items() if k != "ok"} | {"daemon": True}
+    from daemon.index import Index  # DuckDB only when no daemon answers
+
     index = Index(settings.index_path)
     try:
         return set_suspended(index, on, reason, by, time.time()) | {"daemon": False}

@@ -9,7 +9,6 @@ import click
 
 from daemon import api, log
 from daemon.cli.common import common_options, handle_errors, settings_from
-from daemon.service import Daemon
 from daemon.settings import Settings
 
 
@@ -33,6 +32,8 @@ def daemon(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 
     settings = load()
     log.configure(settings.log_format)
+    from daemon.service import Daemon  # the whole daemon: not for `stratum notify`, which git hooks call often
+
     Daemon(settings, reload=load).serve()
 
 

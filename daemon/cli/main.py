@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 from daemon import __version__
 
@@ -97,6 +101,16 @@ class LazyGroup(click.Group):
                     rows.append((name, cmd.get_short_help_str(limit)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Verb names for shell completion from VERBS, so pressing TAB imports no verb; then the group's own
+        options (click.Command's completion, skipping click.Group's, which would load every verb)."""
+        from click.shell_completion import CompletionItem
+
+        results = [CompletionItem(name, help=VERBS[name][2]) for name in VERBS if name.startswith(incomplete)]
+        results.extend(click.Command.shell_complete(self, ctx, incomplete))
+        return results
 
 
 EPILOG = """\b

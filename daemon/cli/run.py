@@ -9,11 +9,11 @@ from typing import Any
 import click
 
 from daemon import api
-from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
+from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, settings_from
 from daemon.cli.errors import quiet_logs
+from daemon.cli.progress import RunProgress
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
-from daemon.runtime import build
 from daemon.settings import Settings
 
 
@@ -21,7 +21,9 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None and base is None:
         return dict(api.call(sock, "plan", revision=head)["plan"])
-    rt = build(settings, ephemeral=base is not None)
+    from daemon.runtime import build  # the whole pipeline: only when no daemon does the work
+
+    rt = build(settings, ephemeral=base is not None, prestart=True)
     try:
         report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
         return plan_to_dict(report)
@@ -90,11 +92,13 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
             planfile.check(saved, dict(api.call(sock, "plan", revision=saved["branch"])["plan"]), where)
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
-    # Imported here: webhooks and windows cost start-up time, and only an apply without a daemon needs them.
+    # Imported here: the pipeline, webhooks and windows cost start-up time; only an apply without a daemon
+    # needs them.
     from daemon.controls import host_controls, refuse_manual
+    from daemon.runtime import build
 
     with ApplyLock(settings.data_dir):
-        rt = build(settings)
+        rt = build(settings, prestart=True)
         try:
             if not force:
                 refuse_manual(rt.index, host_controls(settings).windows)
@@ -102,10 +106,9 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
                 click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
             if saved is not None:  # under the apply lock: nothing else applies between the check and the run
                 planfile.check(saved, plan_to_dict(rt.pipeline.plan(saved["branch"])), where)
-            # The bar needs the number of actions: plan first only when a bar will be shown.
-            total = len(rt.pipeline.plan(revision).actions) if sys.stderr.isatty() else 0
-            with progress(total, "applying") as advance:
-                rt.pipeline.on_action = lambda action, status: advance()
+            # Steps, then a bar over the actions, on stderr when it is a terminal (nothing is planned twice).
+            with RunProgress() as shown:
+                rt.pipeline.on_phase, rt.pipeline.on_action = shown.phase, shown.action
                 result = rt.pipeline.run(revision, trigger=trigger)
             return run_to_dict(result)
         finally:

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,12 +23,14 @@ from daemon.cli.common import (
 )
 from daemon.cli.errors import quiet_logs
 from daemon.cli.text import clip
-from daemon.index import Index
 from daemon.settings import Settings
 from daemon.status import events as events_query
 from daemon.status import runs as runs_query
 from daemon.status import status as status_query
 from reconcilers.registry import REGISTRY
+
+if TYPE_CHECKING:
+    from daemon.index import Index
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -182,10 +183,8 @@ class TestWindows:
 
 def test_the_verbs_are_registered() -> None:
     """`stratum suspend`, `resume` and `windows` exist (listed, and loadable from the lazy group)."""
-    import click
-
     from daemon.cli.main import cli as stratum
 
-    ctx = click.Context(stratum)
+    ctx = click.Context(stratum)      # verbs load lazily: ask the group, not its loaded `commands`
     assert {"suspend", "resume", "windows"} <= set(stratum.list_commands(ctx))
-    assert all(stratum.get_command(ctx, name) is not None for name in ("suspend", "resume", "windows"))
+    assert all(stratum.get_command(ctx, verb) is not None for verb in ("suspend", "resume", "windows"))

@@ -72,3 +72,43 @@ def test_an_unknown_verb_is_a_usage_error() -> None:
     result = CliRunner().invoke(cli, ["aply"])
     assert result.exit_code == 2
     assert "No such command 'aply'" in result.output
+
+
+def test_logging_does_not_drag_in_rich_and_rich_still_works_afterwards() -> None:
+    """structlog (daemon.log) loads without rich, pygments and attrs; rich itself stays importable (the apply
+    progress bar uses it) and console logs still show tracebacks, as plain text."""
+    code = ("import sys, io\nimport daemon.log as log\n"
+            "before = [m for m in ('rich', 'pygments', 'attr') if m in sys.modules]\n"
+            "import rich.progress\n"
+            "out = io.StringIO()\nlog.configure('console', out)\n"
+            "try:\n    1 / 0\nexcept ZeroDivisionError:\n    log.get().exception('boom')\n"
+            "import json; print(json.dumps([before, 'ZeroDivisionError' in out.getvalue()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[], True]
+
+
+@pytest.mark.parametrize("module", ["daemon.cli.run", "daemon.cli.status", "daemon.cli.control", "daemon.cli.daemon"])
+def test_verbs_a_daemon_can_answer_load_no_engine_up_front(module: str) -> None:
+    """plan/apply/rollback, status/log/events/drift, suspend/resume/windows and notify/daemon load the index,
+    git, Nickel and the pipeline only when they do the work themselves: asking a running daemon over its
+    socket (and `stratum notify`, which git hooks call on every push) stays cheap."""
+    engines = {"duckdb", "pygit2", "nickel", "numpy", "cedarpy", "daemon.pipeline", "daemon.runtime",
+               "daemon.index", "prometheus_client"}
+    assert _imported_after(f"import {module}") & engines == set()
+
+
+def test_completing_a_verb_name_imports_no_verb() -> None:
+    """TAB after `stratum ` (bash completion protocol) lists the verbs with their summaries and imports none
+    of their modules, so completion stays as quick as `--help`."""
+    code = ("import os, sys\n"
+            "os.environ.update({'_STRATUM_COMPLETE': 'bash_complete', 'COMP_WORDS': 'stratum st', 'COMP_CWORD': '1'})\n"
+            "from daemon.cli.main import cli\n"
+            "try:\n    cli.main([], prog_name='stratum', complete_var='_STRATUM_COMPLETE')\n"
+            "except SystemExit:\n    pass\n"
+            "print()\nimport json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('daemon.cli.')"
+            " and m not in ('daemon.cli.main',))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == []
+    offered = [ln.split(",")[1] for ln in lines[:-1] if ln.startswith("plain,")]
+    assert offered == ["status"]

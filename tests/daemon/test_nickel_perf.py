@@ -1,14 +1,17 @@
-"""The Nickel evaluator's start-up work: the worker can be started ahead of the first evaluation.
+"""The Nickel evaluator's start-up work: the worker can be started ahead of the first evaluation, and values
+evaluated by an earlier process are reused from disk.
 
 Speed is measured by bench/ (cli.py, load_plan.py); these tests check the mechanism, not a timing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from daemon.nickel import Evaluator
-from daemon.source import GitSource
+from daemon.nickel_cache import DiskCache
+from daemon.source import GitSource, Snapshot
 from tests.fixtures import WorkRepo, infra, resource
 
 INFRA = '(import "infra.ncl").Config'
@@ -40,3 +43,95 @@ def test_without_prestart_no_worker_runs_until_needed(tmp_path: Path) -> None:
         assert all(w.proc is None for w in ev._workers)
     finally:
         ev.close()
+
+
+# -- values kept on disk across processes -------------------------------------------------------------
+def _snap(repo: WorkRepo, tmp: Path, files: dict[str, str | bytes | None]) -> Snapshot:
+    repo.commit(files)
+    return GitSource(str(repo.path), "main", tmp / "data").snapshot("main")
+
+
+def test_a_new_evaluator_on_the_same_cache_reuses_values_without_a_worker(repo: WorkRepo, tmp_path: Path) -> None:
+    """A second evaluator (a new `stratum` process) gets unchanged files' values from disk: no evaluation and
+    no worker process at all."""
+    snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    first = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        assert first.evaluate(snap, ["infra/a.ncl"], INFRA).problems == ()
+        assert first.stats["evaluations"] == 1
+    finally:
+        first.close()
+    second = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        result = second.evaluate(snap, ["infra/a.ncl"], INFRA)
+        assert result.values["infra/a.ncl"]["resources"]["a"]["mode"] == "0644"
+        assert second.stats == {"evaluations": 0, "cache_hits": 0} and second.disk_hits == 1
+        assert all(w.proc is None for w in second._workers)
+    finally:
+        second.close()
+
+
+def test_a_changed_file_or_contract_is_evaluated_again(repo: WorkRepo, tmp_path: Path) -> None:
+    """The disk cache never answers for another blob, another imported file or another contract."""
+    ev = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        snap1 = _snap(repo, tmp_path, {"infra/a.ncl": 'let c = import "c.ncl" in '
+                                                      + infra(resource("a", "file", path="a", content="x")),
+                                       "infra/c.ncl": "1"})
+        ev.evaluate(snap1, ["infra/a.ncl"], INFRA)
+        snap2 = _snap(repo, tmp_path, {"infra/c.ncl": "2"})            # only the imported file changed
+        fresh = Evaluator(tmp_path / "cache", timeout=10.0)
+        try:
+            fresh.evaluate(snap2, ["infra/a.ncl"], INFRA)
+            assert fresh.stats["evaluations"] == 1 and fresh.disk_hits == 0
+            fresh.evaluate(snap2, ["infra/a.ncl"], None)               # same file, no contract
+            assert fresh.stats["evaluations"] == 2
+        finally:
+            fresh.close()
+    finally:
+        ev.close()
+
+
+def test_a_damaged_cache_entry_is_a_miss_and_is_repaired(repo: WorkRepo, tmp_path: Path) -> None:
+    """A truncated or foreign file in the cache costs an evaluation, never an error or a wrong value."""
+    snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    ev = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        ev.evaluate(snap, ["infra/a.ncl"], INFRA)
+    finally:
+        ev.close()
+    (entry,) = (tmp_path / "cache" / "values").glob("*.json")
+    entry.write_text('{"value": {"resources"')
+    again = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        result = again.evaluate(snap, ["infra/a.ncl"], INFRA)
+        assert result.values["infra/a.ncl"]["resources"]["a"]["content"] == "x"
+        assert again.stats["evaluations"] == 1
+        assert DiskCache(tmp_path / "cache" / "values").get(entry.stem) == (True, result.values["infra/a.ncl"])
+    finally:
+        again.close()
+
+
+def test_errors_are_not_kept(repo: WorkRepo, tmp_path: Path) -> None:
+    """A file that fails is evaluated again next time, so its error is always reported in full."""
+    snap = _snap(repo, tmp_path, {"infra/bad.ncl": infra(resource("a", "file", path="a", content=1))})
+    for _ in range(2):
+        ev = Evaluator(tmp_path / "cache", timeout=10.0)
+        try:
+            assert ev.evaluate(snap, ["infra/bad.ncl"], INFRA).problems
+            assert ev.stats["evaluations"] == 1
+        finally:
+            ev.close()
+
+
+def test_the_disk_cache_is_bounded(tmp_path: Path) -> None:
+    """Beyond max_entries the oldest entries are removed (down to 80 %) when a cache is opened."""
+    cache = DiskCache(tmp_path / "values", max_entries=10)
+    for i in range(15):
+        cache.put(f"k{i:02}", {"i": i})
+        # Distinct ages, whatever the file system's timestamp granularity.
+        os.utime(tmp_path / "values" / f"k{i:02}.json", ns=(1_000_000_000 * (i + 1),) * 2)
+    reopened = DiskCache(tmp_path / "values", max_entries=10)
+    kept = sorted(p.stem for p in (tmp_path / "values").glob("*.json"))
+    assert len(kept) == 8
+    assert reopened.get("k14") == (True, {"i": 14})
