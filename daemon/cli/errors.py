@@ -67,6 +67,20 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class StratumGroup(click.Group):
+    """The `stratum` group: an error escaping any verb below it (verb groups included, whatever the entry
+    point, click's test runner too) is rendered by `report`, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the chosen verb under the one error handler."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 the one place every error is rendered
+            ctx.exit(report(err))
+
+
 def run_standalone(group: click.Command, argv: list[str] | None = None) -> int:
     """Run a click command outside the main `stratum` entry (git drivers, `python -m`), with the same error
     mapping; returns the exit code."""

@@ -11,6 +11,7 @@ from daemon import __version__
 from daemon.cli.completion import completion
 from daemon.cli.control import resume, suspend, windows
 from daemon.cli.daemon import daemon, notify
+from daemon.cli.errors import StratumGroup
 from daemon.cli.init import init
 from daemon.cli.run import apply, plan, rollback
 from daemon.cli.status import drift, events, log_cmd, status
@@ -27,7 +28,7 @@ Examples:
 Exit codes: 0 success, 1 error or problems found, 2 usage error (plan --detailed-exitcode: 2 = changes)."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(cls=StratumGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="stratum")
 @click.option("--verbose", "-v", is_flag=True,
               help="show the pipeline's log lines when a verb runs it in-process (plan, apply, drift)")
