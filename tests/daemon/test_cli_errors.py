@@ -15,6 +15,7 @@ import gc
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import warnings
@@ -255,3 +256,35 @@ def test_an_os_error_names_the_path(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert TRACEBACK not in result.output
     assert str(blocker) in result.stderr
+
+
+def _stratumd_on_a_taken_port(tmp_path: Path) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """Run `stratumd --http-listen` on a port a socket of this test holds."""
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({"README.md": "ops\n"})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-c", "from daemon.cli.main import daemon_main; daemon_main()", "--repo",
+             str(repo.path), "--data-dir", str(tmp_path / "data"), "--http-listen", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=180, check=False,
+            env={**os.environ, "HOME": str(tmp_path)})
+    return port, proc
+
+
+def test_stratumd_with_its_http_port_taken_gives_a_message(tmp_path: Path) -> None:
+    """`stratumd` on a port another process holds: a message and a hint, exit 1, no traceback."""
+    _, proc = _stratumd_on_a_taken_port(tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert TRACEBACK not in proc.stdout + proc.stderr
+    assert "Address already in use" in proc.stderr and "--http-listen" in proc.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="owner: state helper (daemon start-up): the message should name the "
+                                       "address it could not bind")
+def test_stratumd_with_its_http_port_taken_names_the_address(tmp_path: Path) -> None:
+    """The message names the address that is taken."""
+    port, proc = _stratumd_on_a_taken_port(tmp_path)
+    assert f"127.0.0.1:{port}" in proc.stderr
