@@ -304,3 +304,29 @@ def test_make_demo_installs_quietly() -> None:
 def test_the_group_class_renders_errors_of_every_subgroup() -> None:
     """Verb groups (secret, kb) sit under the one error handler."""
     assert isinstance(cli, click.Group) and type(cli).__name__ == "StratumGroup"
+
+
+def test_markdown_diffs_are_budgeted() -> None:
+    """Many changed files: the PR comment shows diffs up to a budget, then says how many were left out; new
+    files show no diff (their content is in the commit)."""
+    from daemon.report import MAX_DETAILS, plan_markdown
+
+    actions, details = [], {}
+    for i in range(200):
+        aid = f"infra:f{i}"
+        actions.append({"id": aid, "reconciler": "infra", "kind": "update", "target": f"f{i}",
+                        "summary": f"update file f{i} (0644)", "depends_on": []})
+        details[aid] = {"kind": "file", "expected": {"exists": True, "type": "file", "content": "sha256:1"},
+                        "found": {"exists": True, "type": "file", "content": "sha256:2"},
+                        "diff": "\n".join(f"-old {j}\n+new {j}" for j in range(40))}
+    actions.append({"id": "infra:new", "reconciler": "infra", "kind": "create", "target": "new",
+                    "summary": "create file new (0644)", "depends_on": []})
+    details["infra:new"] = {"kind": "file", "expected": {"exists": True}, "found": {"exists": False},
+                            "diff": "+brand new content"}
+    plan = {"revision": "a" * 40, "base": "b" * 40, "actions": actions, "problems": [], "drift": [],
+            "admission": None, "details": details}
+    text = "".join(plan_markdown(plan))
+    assert 0 < text.count("```diff") < 200
+    assert sum(len(b) for b in text.split("<details>")[1:]) <= MAX_DETAILS + 2_000
+    assert "more resource(s) not shown: run `stratum plan`" in text
+    assert "brand new content" not in text
