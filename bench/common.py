@@ -30,6 +30,10 @@ RESULTS_DIR = BENCH_DIR / "results"
 BIN_DIR = Path(sys.executable).parent          # the venv's bin: stratumd, stratum, ansible-playbook
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# A user's install has its bytecode compiled; a PYTHONDONTWRITEBYTECODE inherited from a dev shell would make
+# every `stratum`/`stratumd` the benchmarks start compile the whole project from source (~1 s here).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
     "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",

@@ -159,10 +159,13 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
     when none did (an imported file changed it), to every commit of the range. All must be allowed.
     """
     snap = loaded.snapshot
+    # 0. each reconciler's own trust checks against the base (the vault: signed rules changes, replays)
+    judged = judge_against_base(reconcilers, loaded, base)
     if snap.revision.startswith("staged:"):
-        return Admission(principal="", signed=False, verification=None)
+        return Admission(principal="", signed=False, verification=None, problems=tuple(judged))
     # 1. provenance
     authors, problems = _range(source, snap.revision, base, settings)
+    problems = judged + problems
     if not authors:
         return Admission("", False, None, problems=tuple(problems))
     if settings.signing.require:
@@ -208,6 +211,18 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
     control = "on" if own or prior else "off"
     return Admission(tip.principal, tip.signed, tip.verification, tuple(decisions), tuple(problems), control,
                      tuple(authors))
+
+
+def judge_against_base(reconcilers: Mapping[str, Any], loaded: Loaded, base: Loaded | None) -> list[Problem]:
+    """The problems each reconciler finds judging `loaded` by `base` (its `judge` hook, when it has one):
+    what a revision may trust is decided by the revision before it, never by itself."""
+    out: list[Problem] = []
+    for name, rec in reconcilers.items():
+        fn = getattr(rec, "judge", None)
+        if fn is None or name not in loaded.desired:
+            continue
+        out += fn(loaded.desired[name], base.desired.get(name) if base is not None else None)
+    return out
 
 
 def _decide_all(source: GitSource, policies: Policies | None, authors: Sequence[Author], changes: Sequence[Change],

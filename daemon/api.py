@@ -6,83 +6,224 @@ Request: one JSON object per line, `{"op": "...", ...}`; reply: one JSON object,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import queue
 import socket
-import socketserver
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.descriptors import accept_burst, quiet_accept_errors
 from daemon.errors import StratumError
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 1024 * 1024
+REQUEST_TIMEOUT_S = 10.0     # to send the request line once connected
+REPLY_TIMEOUT_S = 30.0       # to take the reply once it is ready
+MAX_CONNECTIONS = 128        # open connections; past it the oldest one still silent is closed
+WORKERS = 16                 # handlers running at once (an `apply` holds one until its run ends)
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    handlers: Mapping[str, Handler] = {}
+class _Conn:
+    """One open connection; `since` is set while it has not sent its request line."""
 
+    __slots__ = ("since", "writer")
 
-class _RequestHandler(socketserver.StreamRequestHandler):
-    server: _Server
-
-    def handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST)
-        try:
-            request = json.loads(line)
-            op = request.get("op")
-            handler = self.server.handlers.get(str(op))
-            if handler is None:
-                reply: dict[str, Any] = {"ok": False, "error": f"unknown operation {op!r}"}
-            else:
-                reply = {"ok": True, **handler(request)}
-        except StratumError as err:
-            reply = {"ok": False, "error": err.render()}
-        except (json.JSONDecodeError, AttributeError) as err:
-            reply = {"ok": False, "error": f"bad request: {err}"}
-        except Exception as err:  # noqa: BLE001 one bad request never takes the daemon down
-            reply = {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
-        try:
-            self.wfile.write((json.dumps(reply, default=str) + "\n").encode())
-        except OSError:
-            pass  # the client went away
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.since: float | None = time.monotonic()
 
 
 class ApiServer:
-    """Serves the handler table on `path` in a background thread."""
+    """Serves the handler table on `path` from one event-loop thread; handlers run on a bounded pool.
 
-    def __init__(self, path: Path, handlers: Mapping[str, Handler]) -> None:
+    A connection costs a descriptor, never a thread, until its request line is in: an idle client is closed
+    after `request_timeout`, and past `max_connections` the one that has been silent longest is closed to make
+    room, so a pile of idle clients cannot lock the CLI out."""
+
+    def __init__(self, path: Path, handlers: Mapping[str, Handler], *, request_timeout: float = REQUEST_TIMEOUT_S,
+                 reply_timeout: float = REPLY_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                 workers: int = WORKERS) -> None:
         self.path = path
+        self.handlers = handlers
+        self.request_timeout, self.reply_timeout = request_timeout, reply_timeout
+        self.max_connections = max_connections
+        self.closed: dict[str, int] = {"idle": 0, "evicted": 0, "too_large": 0}
         if path.exists() or path.is_symlink():
             path.unlink()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self._server = _Server(str(path), _RequestHandler)
+            self._sock.bind(str(path))     # created 0600: only the daemon's user may talk to it
         finally:
             os.umask(old)
-        self._server.handlers = handlers
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+        self._sock.listen(accept_burst(max_connections))
+        self._pool = _Workers(workers)
+        self._conns: set[_Conn] = set()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._thread = threading.Thread(target=self._run, name="api", daemon=True)
 
     def start(self) -> None:
         """Start serving."""
+        ready = threading.Event()
+        self._loop.call_soon(ready.set)
         self._thread.start()
+        ready.wait(10)
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        quiet_accept_errors(loop, "control")
+        self._server = loop.run_until_complete(asyncio.start_unix_server(
+            self._serve, sock=self._sock, limit=MAX_REQUEST, backlog=accept_burst(self.max_connections)))
+        try:
+            loop.run_forever()
+        finally:
+            # Stopped: let every connection's task see its cancellation, so none is destroyed pending.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
 
     def stop(self) -> None:
         """Stop serving and remove the socket."""
-        self._server.shutdown()
-        self._server.server_close()
+        def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            for conn in list(self._conns):
+                conn.writer.transport.abort()
+            self._loop.stop()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(close)
+            self._thread.join(timeout=5)
+        elif not self._loop.is_closed():
+            self._loop.close()
+        self._sock.close()
+        self._pool.stop()
         self.path.unlink(missing_ok=True)
+
+    def open_connections(self) -> int:
+        """Connections open now (for tests and status)."""
+        return len(self._conns)
+
+    def _make_room(self, newcomer: _Conn) -> None:
+        """Over the cap: close the connection silent the longest (possibly the newcomer itself)."""
+        silent = [c for c in self._conns if c.since is not None]
+        oldest = min(silent, key=lambda c: c.since or 0.0) if silent else newcomer
+        self.closed["evicted"] += 1
+        # Out of the count now: its task sees the abort only on a later turn of the loop.
+        oldest.since = None
+        self._conns.discard(oldest)
+        oldest.writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(writer)
+        self._conns.add(conn)
+        try:
+            if len(self._conns) > self.max_connections:
+                self._make_room(conn)
+            try:
+                line = await asyncio.wait_for(reader.readline(), self.request_timeout)
+            except TimeoutError:
+                self.closed["idle"] += 1
+                return
+            except ValueError:              # the line is longer than MAX_REQUEST
+                self.closed["too_large"] += 1
+                line = b""
+                reply: dict[str, Any] = {"ok": False, "error": f"bad request: over {MAX_REQUEST} bytes"}
+            else:
+                reply = {}
+            conn.since = None
+            if writer.transport.is_closing():
+                return
+            if not reply:
+                reply = await self._pool.run(self._loop, self._dispatch, line)
+            writer.write((json.dumps(reply, default=str) + "\n").encode())
+            await asyncio.wait_for(writer.drain(), self.reply_timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away or does not read: nothing to tell it
+        except asyncio.CancelledError:
+            pass  # the server is stopping; asyncio's stream callback would log a cancelled task as an error
+        finally:
+            self._conns.discard(conn)
+            writer.close()
+
+    def _dispatch(self, line: bytes) -> dict[str, Any]:
+        """One request line -> its reply; on a pool thread."""
+        try:
+            request = json.loads(line)
+            op = request.get("op")
+            handler = self.handlers.get(str(op))
+            if handler is None:
+                return {"ok": False, "error": f"unknown operation {op!r}"}
+            return {"ok": True, **handler(request)}
+        except StratumError as err:
+            return {"ok": False, "error": err.render()}
+        except (json.JSONDecodeError, AttributeError) as err:
+            return {"ok": False, "error": f"bad request: {err}"}
+        except Exception as err:  # noqa: BLE001 one bad request never takes the daemon down
+            return {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
+
+
+class _Workers:
+    """Up to `size` daemon threads running handlers (started as needed). Daemon threads, because a handler may
+    wait an hour for a run the stopping loop will never finish, and must not hold the process open."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[bytes], Any],
+                                            bytes] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+
+    def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[[bytes], Any], arg: bytes) -> asyncio.Future[Any]:
+        """fn(arg) on a worker; the future resolves on `loop`. Past `size` busy workers, jobs wait in line."""
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._work, name=f"api-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
+        self._jobs.put((loop, future, fn, arg))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            with self._lock:
+                self._idle -= 1
+            loop, future, fn, arg = job
+            result = fn(arg)
+            try:
+                loop.call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: nobody waits for this reply
+            with self._lock:
+                self._idle += 1
+
+    def stop(self) -> None:
+        """Let idle workers exit (busy ones exit after their job)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 def call(path: Path, op: str, timeout: float = 600.0, **fields: Any) -> dict[str, Any]:
     """Send one request to a daemon; raises ConnectionError when none listens, StratumError on its error."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
+        _connect(sock, path, min(timeout, 10.0))
         sock.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
         chunks = []
         while True:
@@ -96,6 +237,20 @@ def call(path: Path, op: str, timeout: float = 600.0, **fields: Any) -> dict[str
     if not reply.get("ok"):
         raise StratumError(str(reply.get("error", "the daemon refused the request")))
     return reply
+
+
+def _connect(sock: socket.socket, path: Path, patience: float) -> None:
+    """Connect, waiting out a listen backlog that is momentarily full (a unix socket with a timeout answers
+    EAGAIN at once instead of queueing the caller)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            sock.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def daemon_running(path: Path) -> bool:

@@ -1,8 +1,15 @@
-"""The daemon's HTTP listener: /metrics, /healthz, and the interfaces reconcilers mount (MCP, vault API)."""
+"""The daemon's HTTP listener: /metrics, /healthz, and the interfaces reconcilers mount (MCP, vault API).
+
+Who may use it is daemon/httpauth.py (bearer tokens, Cedar), what a client may hold of it daemon/httplimits.py
+(deadlines, the connection cap), and the host settings of both daemon/httpconfig.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,6 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from daemon.descriptors import accept_burst, quiet_accept_errors
+from daemon.errors import SettingsError
+from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
+from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
+from daemon.httplimits import Stats, fd_budget, guarded_protocol
 from daemon.metrics import Metrics
 
 
@@ -48,8 +60,10 @@ def _app_of(factory: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]],
-              routes: Iterable[Any] = ()) -> Starlette:
-    """The ASGI app: metrics, health, extra routes (the webhook receiver) and reconciler mounts."""
+              routes: Iterable[Any] = (), auth: Callable[[Any, list[str]], AuthMiddleware] | None = None) -> Any:
+    """The ASGI app: metrics, health, extra routes (the webhook receiver) and reconciler mounts, behind `auth`
+    (called with the app and the mount prefixes). The daemon always passes one; without it nothing is
+    authenticated, which only in-process tests of a mounted app should want."""
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -59,20 +73,77 @@ def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: li
 
     table: list[Any] = [Route("/metrics", metrics_endpoint), Route("/healthz", health_endpoint), *routes]
     table += [Mount(prefix, app=app) for prefix, app in mounts]
-    return Starlette(routes=table)
+    app = Starlette(routes=table)
+    return auth(app, ["/metrics", *(prefix for prefix, _ in mounts)]) if auth is not None else app
+
+
+AuthFactory = Callable[[Any, list[str]], AuthMiddleware]
+
+
+def listener_settings(listen: str, section: Any, where: str,
+                      on_denied: OnDenied | None = None) -> tuple[HttpSettings, AuthFactory, TokenStore]:
+    """The checked `[http]` table, the auth gate it describes and its token store (for reloads); raises
+    SettingsError (before anything listens) on a bad table, an unreadable or open tokens file, a bad policy,
+    or an exposed address in clear."""
+    http = http_settings(section, where)
+    check_exposure(listen, http, where)
+    tokens = TokenStore(http.tokens_file)
+    policy = HttpPolicy.from_file(http.policy_file)
+    if http.tls_key is not None:
+        read_private(http.tls_key, "TLS key file")
+
+    def auth(app: Any, mounts: list[str]) -> AuthMiddleware:
+        return AuthMiddleware(app, tokens, policy, mounts, http.metrics_public, on_denied)
+    return http, auth, tokens
+
+
+class _Server(uvicorn.Server):
+    """uvicorn with accept() failures logged once a minute instead of a traceback each, and a deadline on the
+    TLS handshake (uvicorn passes none, so asyncio's 60 s applies, and a connection still in its handshake
+    holds a descriptor the connection cap cannot see yet)."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout = handshake_timeout
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop, "http")
+        if self.config.ssl is not None:
+            # This loop is ours alone (uvicorn's thread), so wrapping its create_server touches nothing else.
+            loop.create_server = functools.partial(  # type: ignore[method-assign]
+                loop.create_server, ssl_handshake_timeout=self.handshake_timeout)
+        await super().startup(sockets=sockets)
 
 
 class HttpServer:
-    """uvicorn in a background thread on host:port (port 0 picks a free port; see `.port`)."""
+    """uvicorn in a background thread on host:port (port 0 picks a free port; see `.port`), with the deadlines
+    and the connection cap of `limits` and TLS when `http` names a certificate."""
 
-    def __init__(self, listen: str, app: Starlette) -> None:
+    def __init__(self, listen: str, app: Any, http: HttpSettings | None = None, limits: Limits | None = None) -> None:
+        http = http or HttpSettings()
+        self.limits = fd_budget(limits or http.limits)
+        self.stats = Stats()
         host, _, port = listen.rpartition(":")
         self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
         self.port: int = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.scheme = "https" if http.tls else "http"
+        tls: dict[str, Any] = {"ssl_certfile": str(http.tls_cert), "ssl_keyfile": str(http.tls_key)} if http.tls else {}
+        # No mount speaks WebSocket: "none" keeps an upgrade from moving a connection out of the guarded protocol.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws="none",
+                                http=guarded_protocol(self.limits, self.stats),
+                                timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
+                                h11_max_incomplete_event_size=self.limits.max_header_bytes,
+                                backlog=accept_burst(self.limits.max_connections), **tls)
+        try:
+            config.load()      # here, not in the thread: a bad certificate is an error at start
+        except (ssl.SSLError, OSError) as err:
+            self.sock.close()
+            raise SettingsError(f"cannot load the TLS certificate or key: {err}", where=str(http.tls_cert),
+                                hint="tls_cert is a PEM certificate (chain), tls_key its PEM private key") from err
+        self.server = _Server(config, self.limits.header_timeout)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="http",
                                         daemon=True)
 

@@ -2,13 +2,16 @@
 
 The daemon is the only writer. While it runs, the CLI asks it over the unix socket (daemon/api.py) and opens
 no database itself; without a daemon, the CLI opens the file directly. A corrupt or unreadable file is moved
-aside and rebuilt from git (daemon/rebuild.py) with a clear message.
+aside (kept, never deleted) and rebuilt from git (daemon/rebuild.py) with a clear message, only when DuckDB
+itself says the file is not a database it can read; an I/O error (EACCES, EROFS, ENOSPC) is never corruption.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import sys
 import threading
 import time
 import uuid
@@ -79,20 +82,36 @@ def _is_lock_error(err: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-_HEADERS = 3 * 4096  # a DuckDB file starts with its main header and two database headers
+# What DuckDB itself says when a file is not (or no longer) a database it can read. Only these count as
+# corruption: never our own arithmetic on the file (free blocks make DuckDB's block count exceed the file's
+# size in a healthy index, which once moved whole run histories aside).
+_CORRUPT = ("not a valid duckdb database file", "could not read enough bytes", "checksum", "corrupt",
+            "version number")
+# The operating system's errors: the file may be fine, the disk or the mount is not. Never corruption.
+_IO = ("permission denied", "read-only file system", "no space left", "input/output error", "disk quota",
+       "too many open files", "operation not permitted")
 
 
-def _check_complete(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """Raise when the file is shorter than the blocks its header claims (a truncated copy, a full disk):
-    DuckDB opens such a file and fails only later, at the first read of a missing block."""
-    if str(path) == ":memory:":
-        return
-    row = con.execute("SELECT total_blocks, block_size FROM pragma_database_size() "
-                      "WHERE database_name = current_database()").fetchone()
-    expected = _HEADERS + int(row[0]) * int(row[1]) if row else 0
-    size = path.stat().st_size
-    if size < expected:
-        raise duckdb.IOException(f"the file is {size} bytes, its header claims {expected} (truncated)")
+def is_io_error(err: BaseException) -> bool:
+    """True when `err` is the operating system refusing an operation (EACCES, EROFS, ENOSPC, EIO, ...)."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err).lower()
+    return any(marker in text for marker in _IO)
+
+
+def is_corrupt(err: BaseException) -> bool:
+    """True only when DuckDB says the file is not a database it can read (never for an I/O error)."""
+    if is_io_error(err) or _is_lock_error(err if isinstance(err, Exception) else Exception(str(err))):
+        return False
+    text = str(err).lower()
+    return any(marker in text for marker in _CORRUPT)
+
+
+def lock_holder(err: BaseException) -> str:
+    """`PID n` of the process DuckDB names as holding the file, or ""."""
+    found = re.search(r"\(PID (\d+)\)", str(err))
+    return f"pid {found.group(1)}" if found else ""
 
 
 # Journaled writes: the hot path of an apply (see daemon/journal.py).
@@ -142,34 +161,57 @@ class Index:
             self._journal.reset()
 
     def _open(self) -> duckdb.DuckDBPyConnection:
+        if self.read_only and str(self.path) != ":memory:" and not self.path.exists():
+            # Nothing recorded yet: a reader sees an empty index and creates no file (a daemon may be about to).
+            empty = duckdb.connect(":memory:")
+            ensure_schema(empty, "core", CORE_MIGRATIONS)
+            return empty
         con: duckdb.DuckDBPyConnection | None = None
         try:
-            con = duckdb.connect(str(self.path), read_only=self.read_only and self.path.exists())
+            con = duckdb.connect(str(self.path), read_only=self.read_only)
             if not self.read_only:
                 ensure_schema(con, "core", CORE_MIGRATIONS)
-            else:
-                con.execute("SELECT 1 FROM runs LIMIT 1")
-            _check_complete(con, self.path)
+            # Ask DuckDB to read what every start reads anyway: a file cut short (a full disk, a bad copy)
+            # fails here with DuckDB's own "could not read enough bytes", not at some later write.
+            con.execute("SELECT max(length(key || value)) FROM state").fetchall()
+            con.execute("SELECT max(length(id || status)), max(started) FROM runs").fetchall()
             return con
         except duckdb.Error as err:
             if con is not None:
                 con.close()
             if _is_lock_error(err):
-                raise LockError(f"the index {self.path} is in use by another process",
-                                hint="a daemon is running: use the CLI against it, or stop it first") from err
+                holder = lock_holder(err)
+                raise LockError(f"the index {self.path} is held by another process"
+                                + (f" ({holder})" if holder else ""),
+                                hint="a daemon or another stratum command is using it: wait for it, or use "
+                                     "the CLI against the running daemon") from err
+            if is_io_error(err) or not is_corrupt(err):
+                # A full disk, a read-only mount, a permission: the file is fine, the host is not. Never
+                # moved aside.
+                raise IndexError_(f"cannot open the index {self.path}: {err}",
+                                  hint="check the data directory's disk space, mount and permissions; the "
+                                       "index is left as it is") from err
             if self.read_only:
                 raise IndexError_(f"cannot read the index {self.path}: {err}",
-                                  hint="start the daemon, which rebuilds it from git") from err
-            # Corrupt or from an incompatible version: keep it for inspection, start a new one.
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            self.path.rename(aside)
-            wal = self.path.with_name(self.path.name + ".wal")
-            if wal.exists():
-                wal.rename(aside.with_name(aside.name + ".wal"))
-            self.rebuilt_reason = f"the index {self.path} was unreadable ({err}); moved to {aside}, rebuilt from git"
-            con = duckdb.connect(str(self.path))
-            ensure_schema(con, "core", CORE_MIGRATIONS)
-            return con
+                                  hint="start the daemon, which rebuilds it from git (the file is kept)") from err
+            return self._rebuild(err)
+
+    def _rebuild(self, err: duckdb.Error) -> duckdb.DuckDBPyConnection:
+        """DuckDB says the file is no database it can read: keep it beside for inspection, start a new one,
+        and say so (stderr and an event), since every run recorded in it is now out of view."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        self.path.rename(aside)
+        wal = self.path.with_name(self.path.name + ".wal")
+        if wal.exists():
+            wal.rename(aside.with_name(aside.name + ".wal"))
+        self.rebuilt_reason = (f"the index {self.path} is not a database DuckDB can read ({err}); "
+                               f"kept as {aside}, a new index is rebuilt from git")
+        print(f"stratum: warning: {self.rebuilt_reason}", file=sys.stderr, flush=True)
+        con = duckdb.connect(str(self.path))
+        ensure_schema(con, "core", CORE_MIGRATIONS)
+        con.execute("INSERT INTO events VALUES (?, 'index_rebuilt', '', ?, ?, '')",
+                    [time.time(), str(aside), self.rebuilt_reason[:4000]])
+        return con
 
     def close(self) -> None:
         """Flush the journal and close the connection (checkpointing the WAL)."""

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -26,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from daemon.nickel_scan import ScanError, scan_imports
+import yaml
+
+from daemon.nickel_scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
 from daemon.resources import nickel_dir
 from daemon.source import FileEntry, Snapshot
+from reconcilers import bounded_yaml
 from reconcilers.base import Problem
 
 MAX_NICKEL_BYTES = 1024 * 1024
@@ -95,6 +99,17 @@ def parse_error(text: str, workdir: Path, default_path: str) -> Problem:
     return Problem(message=message, path=path, line=line, col=col, reconciler="nickel")
 
 
+def _decoded(reply: dict[str, str]) -> dict[str, Any]:
+    """A worker reply with its JSON value decoded. A value nested deeper than Python's decoder recurses (a
+    `let rec` can build one that no bracket in the source shows) is an error reply, not a RecursionError."""
+    if "ok" not in reply:
+        return reply
+    try:
+        return {"ok": json.loads(reply["ok"])}
+    except RecursionError:
+        return {"error": "error: the value is nested too deeply to be used (over Python's recursion limit)"}
+
+
 class _Files:
     """Files of a snapshot looked up on demand (a tree lookup in libgit2), so evaluating a few files of a
     5,000-file commit does not walk the whole tree."""
@@ -121,7 +136,8 @@ class _Worker:
         self.primary = primary                # extra workers only serve big batches: they leave sooner
         self.proc: subprocess.Popen[str] | None = None
 
-    def _start(self) -> subprocess.Popen[str]:
+    def start(self) -> subprocess.Popen[str]:
+        """The running worker process, started when there is none."""
         if self.proc is not None and self.proc.poll() is not None:
             self.kill()  # died on its own (out of memory): reap it and close its pipes
         if self.proc is None:
@@ -136,7 +152,7 @@ class _Worker:
         # A worker that exited because it was idle (exit code 0) just as a request came is not an error:
         # the request goes to a fresh worker, once.
         for attempt in (1, 2):
-            proc = self._start()
+            proc = self.start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 proc.stdin.write(json.dumps({"src": src, "paths": paths}) + "\n")
@@ -154,11 +170,18 @@ class _Worker:
             line = proc.stdout.readline()
             if line:
                 break
-            if attempt == 1 and proc.wait() == 0:
+            code = proc.wait()
+            if attempt == 1 and code == 0:
                 self.kill()
                 continue
             self.kill()
-            return {"error": "error: evaluation crashed the Nickel worker (out of memory?)"}
+            if code in (-signal.SIGSEGV, -signal.SIGBUS):
+                # Nickel's parser and evaluator recurse on the native stack: a long chain (`1+1+...`,
+                # thousands of `let`s) overflows it and the process dies without a message.
+                return {"error": f"error: evaluation crashed the Nickel worker ({signal.Signals(-code).name}: a "
+                                 "stack overflow from an expression nested or chained too deeply?)"}
+            return {"error": "error: evaluation crashed the Nickel worker (out of memory, or a stack overflow "
+                             "from an expression nested or chained too deeply?)"}
         reply: dict[str, str] = json.loads(line)
         return reply
 
@@ -178,7 +201,8 @@ class _Worker:
 class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
-    def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0) -> None:
+    def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0,
+                 *, prestart: bool = False) -> None:
         self.cache_dir = cache_dir
         self.workdir = cache_dir / "work"
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +217,15 @@ class Evaluator:
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
         self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
         self.stats = {"evaluations": 0, "cache_hits": 0}
+        if prestart:
+            self.prestart()
+
+    def prestart(self) -> None:
+        """Start the first worker now, without waiting for it: its interpreter start-up (~0.1 s) then overlaps
+        with the caller's own set-up (imports, the index, the reconcilers) instead of delaying the first
+        evaluation. A worker nobody uses exits after WORKER_IDLE_S."""
+        with self._lock:
+            self._workers[0].start()
 
     def close(self) -> None:
         """Stop the worker process."""
@@ -213,6 +246,37 @@ class Evaluator:
         self._imports[entry.blob_id] = refs
         return refs
 
+    def _check_data(self, snap: Snapshot, entry: FileEntry) -> Problem | None:
+        """Bounds on a data file Nickel imports (JSON, TOML, YAML): nesting a parser survives, no YAML aliases
+        (a billion laughs), cached by blob id like the scan of Nickel files."""
+        if not entry.path.endswith((".json", ".toml", ".yaml", ".yml")):
+            return None
+        key = f"data:{entry.blob_id}"
+        if key not in self._imports:
+            problem: Problem | None = None
+            try:
+                text = snap.text(entry, MAX_NICKEL_BYTES)
+                if entry.path.endswith((".yaml", ".yml")):
+                    bounded_yaml.check(text, max_depth=MAX_NESTING)
+                else:
+                    err = data_nesting_error(text, MAX_NESTING, '"' if entry.path.endswith(".json") else "\"'")
+                    if err is not None:
+                        problem = Problem(str(err), entry.path, err.line, reconciler="nickel",
+                                          hint="flatten the structure: nesting is capped")
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                problem = Problem(str(getattr(err, "problem", None) or err), entry.path,
+                                  mark.line + 1 if mark is not None else 0, reconciler="nickel",
+                                  hint="YAML that Nickel imports has no aliases and modest size and depth")
+            except Exception as err:  # noqa: BLE001 unreadable (binary, size, UTF-8): a located problem
+                where = str(getattr(err, "where", ""))
+                line = where.rpartition(":")[2]
+                problem = Problem(str(getattr(err, "what", err)), entry.path, int(line) if line.isdigit() else 0,
+                                  reconciler="nickel")
+            self._imports[key] = [problem]
+        found: Problem | None = self._imports[key][0]
+        return found
+
     def _closure(self, snap: Snapshot, path: str, files: _Files,
                  ) -> tuple[list[FileEntry], Problem | None]:
         """The file and everything it imports (transitively), or the first problem found."""
@@ -231,8 +295,15 @@ class Evaluator:
             if not current.endswith(".ncl"):
                 if entry.size > MAX_NICKEL_BYTES:
                     return [], Problem(f"imported file is over {MAX_NICKEL_BYTES} bytes", path=current)
+                data_problem = self._check_data(snap, entry)
+                if data_problem is not None:
+                    return [], data_problem
                 continue
             for ref in self._scan(snap, entry):
+                if isinstance(ref, NestingError):
+                    return [], Problem(str(ref), path=current, line=ref.line, reconciler="nickel",
+                                       hint="flatten the structure (split it into named parts): Nickel's parser "
+                                            "cannot go deeper")
                 if isinstance(ref, ScanError):
                     return [], Problem(str(ref), path=current, line=ref.line, reconciler="nickel",
                                        hint="import only files of this repository by relative path")
@@ -346,16 +417,15 @@ class Evaluator:
     def _evaluate_chunk(self, worker: int, paths: list[str], contract: str | None,
                         ) -> tuple[dict[str, Any], list[Problem]]:
         """One batch on one worker; when it fails, each file alone, to pin the errors on files."""
-        batch = self._run(paths, contract, worker)
+        batch = _decoded(self._run(paths, contract, worker))
         if "ok" in batch:
-            decoded = json.loads(batch["ok"])
-            return {p: decoded[p] for p in paths}, []
+            return {p: batch["ok"][p] for p in paths}, []
         values: dict[str, Any] = {}
         problems: list[Problem] = []
         for path in paths:
-            single = self._run([path], contract, worker) if len(paths) > 1 else batch
+            single = _decoded(self._run([path], contract, worker)) if len(paths) > 1 else batch
             if "ok" in single:
-                values[path] = json.loads(single["ok"])[path]
+                values[path] = single["ok"][path]
             else:
                 problems.append(parse_error(single["error"], self.workdir, path))
         return values, problems

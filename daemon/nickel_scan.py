@@ -31,6 +31,55 @@ class ScanError(ValueError):
         super().__init__(message)
 
 
+class NestingError(ScanError):
+    """The source nests brackets deeper than Nickel's recursive parser survives (it dies of a stack overflow
+    near 1,300 levels, with no message): refused before evaluation, at the line where the cap is passed."""
+
+
+MAX_NESTING = 256
+
+
+def _openers(src: str) -> int:
+    """An upper bound of the bracket nesting depth: every opening bracket in the text, strings included."""
+    return src.count("(") + src.count("[") + src.count("{")
+
+
+def data_nesting_error(src: str, limit: int = MAX_NESTING, quotes: str = '"') -> NestingError | None:
+    """For JSON or TOML text imported by Nickel: the first point where `[`/`{` nest over `limit` (strings
+    delimited by `quotes` and `#` comments skipped), or None."""
+    if _openers(src) <= limit:
+        return None
+    depth, i, n = 0, 0, len(src)
+    while i < n:
+        ch = src[i]
+        if ch in quotes:
+            end = src.find(ch, i + 1)
+            while ch == '"' and end > 0 and _escaped(src, end):
+                end = src.find(ch, end + 1)
+            i = n if end < 0 else end + 1
+            continue
+        if ch == "#":
+            nl = src.find("\n", i)
+            i = n if nl < 0 else nl
+            continue
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return NestingError(f"nested over {limit} levels deep", src.count("\n", 0, i) + 1)
+        elif ch in "]}" and depth:
+            depth -= 1
+        i += 1
+    return None
+
+
+def _escaped(src: str, i: int) -> bool:
+    """True when src[i] is preceded by an odd number of backslashes."""
+    j = i
+    while j > 0 and src[j - 1] == "\\":
+        j -= 1
+    return (i - j) % 2 == 1
+
+
 def _skip_string(src: str, i: int) -> int:
     """Index just past the plain string starting at src[i] == '"' (for an import's own literal)."""
     i += 1
@@ -97,10 +146,13 @@ def _import_at(src: str, i: int, out: list[ImportRef]) -> int:
 _CODE = -1
 
 
-def scan_imports(src: str) -> list[ImportRef]:
-    """Every import of `src`; raises ScanError when an import is not followed by a plain string literal."""
-    if "import" not in src:
-        return []  # exact: without the substring there is no import keyword anywhere
+def scan_imports(src: str, max_depth: int = MAX_NESTING) -> list[ImportRef]:
+    """Every import of `src`; raises ScanError when an import is not followed by a plain string literal, and
+    NestingError when brackets (and interpolations) in code nest over `max_depth` levels."""
+    deep = _openers(src) + src.count("%{") > max_depth
+    if "import" not in src and not deep:
+        return []  # exact: without the substring there is no import keyword, and no deep nesting
+    depth = 0
     out: list[ImportRef] = []
     # The context stack, one [width, braces] per level: width _CODE for code (the bottom level and each
     # interpolation, with its open braces), else a string whose delimiters carry `width` `%` (0: "...").
@@ -124,6 +176,7 @@ def scan_imports(src: str) -> list[ImportRef]:
                 k = _percents(src, i)
                 if i + k < n and src[i + k] == "{" and k >= max(width, 1):
                     stack.append([_CODE, 0])
+                    depth += 1
                     i += k + 1
                 else:
                     i += k
@@ -136,14 +189,23 @@ def scan_imports(src: str) -> list[ImportRef]:
         elif ch == '"':
             stack.append([0, 0])
             i += 1
-        elif ch == "{":
-            frame[1] += 1
+        elif ch in "{([":
+            if ch == "{":
+                frame[1] += 1
+            depth += 1
+            if deep and depth > max_depth:
+                raise NestingError(f"brackets nest over {max_depth} levels deep", src.count("\n", 0, i) + 1)
             i += 1
         elif ch == "}":
             if frame[1] == 0 and len(stack) > 1:
                 stack.pop()                                   # the end of an interpolation
+                depth -= 1
             elif frame[1] > 0:
                 frame[1] -= 1
+                depth -= 1
+            i += 1
+        elif ch in ")]":
+            depth = max(depth - 1, 0)
             i += 1
         elif ch.isdigit():
             i = _skip_number(src, i)

@@ -1,4 +1,4 @@
-"""One run: snapshot -> load -> validate -> index -> plan -> apply -> record.
+"""One run: snapshot -> load -> validate -> admit -> index -> plan -> apply -> record.
 
 `Pipeline.run` is a numbered list of steps. Whatever happens, the run record is finalized (`succeeded`,
 `failed`, `rolled_back`, `rejected`) in the deferred `_finish`. Invalid input rejects the revision as a whole:
@@ -9,6 +9,7 @@ reverse, then the target reconciled to the last good revision).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,7 +24,8 @@ from daemon.metrics import Metrics
 from daemon.nickel import Evaluator
 from daemon.plan import Executor, order, sequence
 from daemon.policy import Policies, load_policies
-from daemon.source import GitSource, Snapshot
+from daemon.source import MAX_FILES, GitSource, Snapshot
+from daemon.tree_check import repo_cap_problems, tree_problems
 from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
@@ -85,6 +87,7 @@ class Pipeline:
     on_action: Callable[[Action, str], None] | None = None
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
+    max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
     _good: dict[str, Loaded] = field(default_factory=dict)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
@@ -97,17 +100,28 @@ class Pipeline:
     def load_snapshot(self, snap: Snapshot) -> Loaded:
         """Load a snapshot (a commit or a staged tree) through every reconciler."""
         revision = snap.revision
-        problems: list[Problem] = []
+        # File names and the file count first: a tree over the host's cap is refused before anything loads.
+        scan = snap.scan(self.max_files)
+        problems: list[Problem] = tree_problems(scan, self.max_files)
+        if scan.over_cap:
+            return Loaded(snap, {}, {}, tuple(problems), None)
         repo_settings: Mapping[str, Any] = {}
         if snap.entry("stratum.ncl") is not None:
             res = self.evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
             problems.extend(res.problems)
             repo_settings = res.values.get("stratum.ncl", {})
+            problems.extend(repo_cap_problems(scan, repo_settings, self.max_files))
         policies, policy_problems = load_policies(snap)
         problems.extend(policy_problems)
         desired: dict[str, Any] = {}
         for name, rec in self.reconcilers.items():
             try:
+                # Each reconciler gets its section of *this* revision's stratum.ncl (checked by the contract
+                # above) before it loads, so its desired state carries the settings it was loaded with.
+                configure = getattr(rec, "configure", None)
+                if configure is not None:
+                    section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
+                    configure(section if isinstance(section, Mapping) else {})
                 desired[name] = rec.load(snap)
                 problems.extend(rec.validate(desired[name]))
             except InputError as err:
@@ -245,7 +259,6 @@ class Pipeline:
              ) -> tuple[str, str, tuple[Problem, ...], tuple[tuple[str, str], ...]]:
         # 1-3. snapshot, load, validate; then admission: signature and change control
         loaded = self.load(revision)
-        self._index_hooks(loaded)
         problems = loaded.problems
         if not problems:
             admission = self._admit(loaded)
@@ -257,7 +270,9 @@ class Pipeline:
                 self._index(loaded, base)
             return "rejected", f"{len(problems)} problem(s); the last good revision stays in force", \
                 problems, ()
-        # 4-5. plan, then index the revision and its plan in one commit
+        # 4. index: only an admitted revision reaches the reconcilers' own index (what MCP and search serve)
+        self._index_hooks(loaded)
+        # 5. plan, then index the revision and its plan in one commit
         try:
             actions = self._plan(loaded, incremental=incremental)
         except CycleError as err:
@@ -402,22 +417,40 @@ class Pipeline:
             run_id, revision = str(run["id"]), str(run["revision"])
             started = time.time()
             logger = log.get(run_id=run_id, revision=revision[:12], trigger="restart")
-            checkpoints = self.index.run_actions(run_id)
-            compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
-            # `started` = in flight when the daemon died: possibly applied, so compensated too.
-            completed = [a for a, st in checkpoints
-                         if st in ("done", "started") and not a.id.endswith("#compensate")
-                         and a.id not in compensated]
-            seq = len(checkpoints)
-            if mode == "resume":
-                self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")
-                results.append(self.run(revision, trigger="resume"))
-                continue
-            ok, note = self.rollback(run_id, completed, seq)
-            status = "rolled_back" if ok else "failed"
-            results.append(self._finish(run_id, revision, status, f"interrupted by a daemon restart; {note}", (),
-                                        tuple((a.id, "done") for a in completed), started, logger))
+            try:
+                results.append(self._resolve_one(run_id, revision, mode, started, logger))
+            except Exception as err:  # noqa: BLE001 whatever recovery raises, the daemon must come up
+                results.append(self._recovery_failed(run_id, revision, err, started, logger))
         return results
+
+    def _recovery_failed(self, run_id: str, revision: str, err: Exception, started: float,
+                         logger: Any) -> RunResult:
+        """Finalize a run recovery could not finish as `recovery_failed`, with the reason: a crash that
+        recovery cannot undo must not become a crash loop."""
+        message = (f"interrupted by a daemon restart; recovery failed ({type(err).__name__}: {err}); the target "
+                   "may be partly applied: check `stratum drift`, then apply a good revision")
+        logger.exception("recovery_failed", message=message)
+        with contextlib.suppress(Exception):
+            self.index.event("recovery_failed", message, revision=revision, subject=run_id)
+        return self._finish(run_id, revision, "recovery_failed", message, (), (), started, logger)
+
+    def _resolve_one(self, run_id: str, revision: str, mode: str, started: float,
+                     logger: Any) -> RunResult:
+        """Roll back (or resume) one interrupted run from its checkpoints."""
+        checkpoints = self.index.run_actions(run_id)
+        compensated = {a.id.removesuffix("#compensate") for a, st in checkpoints if a.id.endswith("#compensate")}
+        # `started` = in flight when the daemon died: possibly applied, so compensated too.
+        completed = [a for a, st in checkpoints
+                     if st in ("done", "started") and not a.id.endswith("#compensate")
+                     and a.id not in compensated]
+        seq = len(checkpoints)
+        if mode == "resume":
+            self.index.finish_run(run_id, "failed", "interrupted by a daemon restart; resumed in a new run")
+            return self.run(revision, trigger="resume")
+        ok, note = self.rollback(run_id, completed, seq)
+        status = "rolled_back" if ok else "failed"
+        return self._finish(run_id, revision, status, f"interrupted by a daemon restart; {note}", (),
+                            tuple((a.id, "done") for a in completed), started, logger)
 
     # 7. record ----------------------------------------------------------------------------------------
     def _finish(self, run_id: str, revision: str, status: str, message: str, problems: tuple[Problem, ...],

@@ -145,8 +145,17 @@ class Executor:
                 failure = failure or (action, message)
                 self._notify(action, "failed")
                 continue
+            try:
+                item = _inventory_item(outcome)
+            except (KeyError, TypeError, ValueError) as err:
+                # A reconciler bug must fail its action (and roll the run back), never crash the run half-applied.
+                message = (f"the {action.reconciler} reconciler returned a malformed inventory entry for "
+                           f"{action.target} ({type(err).__name__}: {err}); report this bug")
+                self.index.checkpoint(run_id, seq, action, "failed", started, message)
+                failure = failure or (action, message)
+                self._notify(action, "failed")
+                continue
             self.index.checkpoint(run_id, seq, action, "done", started, outcome.message)
-            item = _inventory_item(outcome)
             if outcome.removed:
                 self.index.drop_inventory(action.reconciler, action.target)
             elif item is not None:

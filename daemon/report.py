@@ -71,9 +71,7 @@ def detail_lines(detail: dict[str, Any] | None) -> list[str]:
     """Expected-vs-found lines and the diff of one resource, for a terminal (unindented)."""
     if not detail:
         return []
-    from reconcilers.infra.diff import differences
-
-    lines = differences(detail)
+    lines = [str(line) for line in detail.get("differences") or ()]
     if detail.get("diff"):
         lines += str(detail["diff"]).splitlines()
     return lines
@@ -162,9 +160,7 @@ def _markdown_detail(action: dict[str, Any], detail: dict[str, Any] | None) -> s
     parts never cuts a code fence."""
     if not detail or not (detail.get("diff") or detail.get("found", {}).get("exists")):
         return ""
-    from reconcilers.infra.diff import differences
-
-    diffs = differences(detail)
+    diffs = [str(line) for line in detail.get("differences") or ()]
     text = str(detail.get("diff") or "")
     if not diffs and not text:
         return ""

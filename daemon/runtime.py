@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon import log
 from daemon.admission import admission_settings
+from daemon.errors import LockError
 from daemon.index import Index
 from daemon.nickel import Evaluator
 from daemon.pipeline import Pipeline
-from daemon.settings import Settings
+from daemon.settings import Settings, check_owner
 from daemon.source import GitSource
 from reconcilers.base import Reconciler, ReconcilerEnv
 from reconcilers.registry import REGISTRY, factory
@@ -40,9 +42,11 @@ class Runtime:
 
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
+                      index: Index | None = None, source: GitSource | None = None,
                       ) -> tuple[dict[str, Reconciler], dict[str, str]]:
     """Instantiate the registered reconcilers; one that cannot start is reported, not fatal."""
-    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator)
+    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
+                        index=index, source=source)
     out: dict[str, Reconciler] = {}
     unavailable: dict[str, str] = {}
     for name in REGISTRY:
@@ -56,17 +60,38 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
     return out, unavailable
 
 
+def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Index:
+    """Open the index; while another process holds the file (a backup script, a reader that predates the
+    apply lock), retry for up to `wait` seconds, saying once who holds it."""
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            return Index(path, read_only=read_only)
+        except LockError as err:
+            if time.monotonic() >= deadline:
+                raise LockError(f"{err.what}; waited {wait:.0f} s for it", hint=err.hint) from err
+            if not told:
+                log.get().warning("index_busy", message=err.what, wait_s=wait)
+                told = True
+            time.sleep(0.1)
+
+
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
-          ephemeral: bool = False) -> Runtime:
+          ephemeral: bool = False, index_wait: float = 0.0) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index)."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not ephemeral and not read_only:
+        check_owner(settings.data_dir, settings.repo, claim=True)   # the first writer records whose it is
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
-    index = Index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only)
-    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only)
+    index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
+                       wait=index_wait)
+    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
+                          prestart=True)
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
-                        admission=admission)
+                        admission=admission, max_files=settings.max_files)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -22,17 +23,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
-from daemon.api import ApiServer
+from daemon.api import MAX_CONNECTIONS, ApiServer
 from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
 from daemon.deliveries import DeliveryLog
+from daemon.descriptors import control_share
 from daemon.errors import SettingsError, SourceError, StratumError
-from daemon.http import HttpServer, build_app, reconciler_mounts
+from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
+from daemon.httpauth import DenialReporter, TokenStore
+from daemon.httplimits import fd_budget
 from daemon.lifecycle import Notifier, Shutdown
-from daemon.lock import ApplyLock
+from daemon.lock import ApplyLock, StartingMark
 from daemon.rebuild import rebuild
 from daemon.report import drift_to_list, plan_to_dict, run_to_dict
 from daemon.runtime import Runtime, build
-from daemon.settings import Settings
+from daemon.settings import Settings, effective, write_effective
 from daemon.source import sanitize_url
 from daemon.status import events, runs, set_suspended, status
 from daemon.watch import RefWatcher, Wakeup
@@ -42,6 +46,7 @@ from daemon.windows import Gate, gate, next_change
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
+START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI read, a backup script)
 
 
 class Daemon:
@@ -57,10 +62,11 @@ class Daemon:
         self.shutdown = Shutdown()
         self.wake = Wakeup()
         self.jobs: queue.Queue[tuple[Callable[[], Any], cf.Future[Any]]] = queue.Queue()
-        self.lock = ApplyLock(settings.data_dir)
+        self.lock = ApplyLock(settings.data_dir, wait=START_WAIT_S)
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
+        self.http_tokens: TokenStore | None = None
         self.last_head: str | None = None
         self._branch_missing = False
         self._last_drift: set[str] = set()
@@ -121,6 +127,7 @@ class Daemon:
             "suspend": suspend,
             "resume": resume,
             "windows": lambda req: {"gate": self._gate_dict()},
+            "settings": lambda req: {"settings": effective(self.settings)},
         }
 
     # suspend, resume, windows ----------------------------------------------------------------------
@@ -198,14 +205,33 @@ class Daemon:
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Steps 1-3 of the module docstring."""
+        # Announced first: from now on readers wait for our socket instead of opening the index.
+        mark = StartingMark(self.settings.data_dir)
+        mark.set()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            mark.clear()
+
+    def _start(self) -> None:
+        """Steps 1-3, with the starting mark set."""
+        # The listener's settings first: an exposed address in clear or a bad tokens file stops the start
+        # before anything is locked, opened or served.
+        http, auth, self.http_tokens = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
+                                       str(self.settings.config_path or ""), DenialReporter(self._http_denied))
+        limits = fd_budget(http.limits)        # descriptors: the listeners' shares, the rest kept for our work
         self.lock.acquire()
-        self.runtime = build(self.settings)
+        self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
         if rt.index.rebuilt_reason:
             self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
-            rebuild(rt.source, rt.pipeline)
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         elif rt.index.get_state("last_seen_head") is None and rt.index.query("SELECT count(*) FROM runs")[0][0] == 0:
-            rebuild(rt.source, rt.pipeline)
+            # A reconciler failing to load the last good revision leaves it unknown, never the daemon down.
+            self._guard(lambda: rebuild(rt.source, rt.pipeline))
         stopped = rt.index.get_state("stopped_run")
         resolved = rt.pipeline.resolve_interrupted(self.settings.on_interrupted)
         for result in resolved:
@@ -222,19 +248,43 @@ class Daemon:
                                or (interrupted and self.last_head != applied)):
             self.pending = self.last_head
         rt.pipeline.stop = self.shutdown.event
-        self.api = ApiServer(self.settings.socket_path, self._handlers())
+        self.api = ApiServer(self.settings.socket_path, self._handlers(),
+                             max_connections=control_share(limits.fd_reserve, MAX_CONNECTIONS))
         self.api.start()
         mounts = reconciler_mounts(rt.reconcilers.values())
         hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
-        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes())
-        self.http = HttpServer(self.settings.http_listen, app)
+        app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
+        self.http = self._listen(app, http, limits)
+        rt.pipeline.metrics.registry.register(self.http.stats)
         self.http.start()
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
+        self._persist_settings()
         self.logger.info("started", data_dir=str(self.settings.data_dir), socket=str(self.settings.socket_path),
                          http_port=self.http.port, root=str(self.settings.local_root), pid=os.getpid())
+
+    def _persist_settings(self) -> None:
+        """Record the effective settings in the data directory, for CLI checks that must judge as we do."""
+        try:
+            write_effective(self.settings)
+        except OSError as err:
+            self.logger.warning("settings_not_recorded", message=f"{err.strerror}: {err.filename}")
+
+    def _listen(self, app: Any, http: Any, limits: Any) -> HttpServer:
+        """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
+        listen = self.settings.http_listen
+        try:
+            return HttpServer(listen, app, http, limits)
+        except (OSError, ValueError) as err:
+            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            where = str(self.settings.config_path) if self.settings.config_path and \
+                self.settings.config_path.exists() else ""
+            raise SettingsError(f"cannot listen for HTTP on {listen}: {why}", where=where,
+                                hint="another process holds this address: stop it, or choose another with "
+                                     "`http_listen = \"127.0.0.1:PORT\"` in stratumd.toml (or --http-listen; "
+                                     "port 0 picks a free one)") from err
 
     # webhooks (called on the HTTP thread: only ring the loop or queue work for it) --------------------
     def _webhook_accepted(self, receiver: str, info: dict[str, Any]) -> None:
@@ -257,6 +307,13 @@ class Daemon:
                                                     subject=receiver), future))
         self.wake.ring("api")
 
+    def _http_denied(self, message: str, principal: str) -> None:
+        """A refusal of the HTTP listener (already rate-limited): logged, and an event with the principal."""
+        self.logger.warning("http_denied", message=message, principal=principal)
+        future: cf.Future[Any] = cf.Future()
+        self.jobs.put((lambda: self._rt.index.event("http_denied", message, subject=principal), future))
+        self.wake.ring("api")
+
     # reload --------------------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: re-read host settings; on any error keep the old ones and say why. True when reloaded."""
@@ -270,6 +327,7 @@ class Daemon:
                                     where=str(config), hint="restore the file, then reload again")
             new, stuck = merge_reload(self.settings, self._reload())
             controls = host_controls(new)
+            tokens = self.http_tokens.read() if self.http_tokens else None   # revoked tokens stop working
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
@@ -281,6 +339,9 @@ class Daemon:
             self.logger.warning("restart_required", settings=stuck,
                                 message="these settings take effect at the next start; the rest were applied")
         self.settings, self.controls = new, controls
+        self._persist_settings()
+        if self.http_tokens and tokens is not None:
+            self.http_tokens.replace(tokens)
         self._rt.pipeline.admission = controls.admission
         self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
         self.notifier.ready(self._status_line())
@@ -369,8 +430,14 @@ class Daemon:
         rt = self._rt
         try:
             head = rt.source.head()
-        except StratumError as err:
-            self.logger.error("source_error", message=err.render())
+        except (StratumError, OSError) as err:
+            # An OSError (EMFILE, EIO) is the host's trouble, not the commit's: log it and look again shortly,
+            # since no trigger may come for a commit already pushed.
+            self.logger.error("source_error", message=err.render() if isinstance(err, StratumError) else str(err))
+            if isinstance(err, OSError):
+                retry = threading.Timer(1.0, self.wake.ring, ("retry",))
+                retry.daemon = True
+                retry.start()
             return
         if head is None:
             if not self._branch_missing:

@@ -6,7 +6,10 @@ watch, the local provider's root and the listeners are the host's decision.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -16,13 +19,74 @@ from typing import Any
 
 from daemon.errors import SettingsError
 
+# daemon.source's test for a remote URL (not imported: that module loads pygit2, and every CLI verb reads settings)
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
+IDENTITY_FILE = "repository"            # in a data directory: the identity of the repository it belongs to
 
-def default_data_dir(env: Mapping[str, str]) -> Path:
-    """systemd's StateDirectory when set, else $XDG_STATE_HOME/stratum, else ~/.local/state/stratum."""
+
+def repo_identity(repo: str) -> tuple[str, str] | None:
+    """(short name, identity) of a repository: its remote URL without credentials, or the absolute path of
+    the repository containing `repo` (its work tree, or the bare repository itself). None when `repo` is a
+    local path inside no git repository."""
+    if _URL.match(repo):
+        url = re.sub(r"(://)[^/@]+@", r"\1", repo).rstrip("/")
+        return url.rsplit("/", 1)[-1].rsplit(":", 1)[-1].removesuffix(".git") or "repo", url
+    start = Path(repo).expanduser().resolve()
+    for path in (start, *start.parents):
+        if (path / ".git").exists():
+            return path.name or "repo", str(path)
+        if (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir():
+            top = path.parent if path.name == ".git" else path
+            return top.name.removesuffix(".git") or "repo", str(top)
+    return None
+
+
+def keyed_name(name: str, identity: str) -> str:
+    """`<name>-<hash>`: a directory name per repository (readable, and distinct for same-named repos)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:40] or "repo"
+    return f"{safe}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+
+
+def default_data_dir(env: Mapping[str, str], repo: str | None = None) -> Path:
+    """systemd's StateDirectory when set (one unit, one repository), else one directory per repository:
+    $XDG_STATE_HOME/stratum/<repo name>-<hash of its path or URL> (~/.local/state when XDG_STATE_HOME is unset).
+
+    Raises SettingsError when `repo` is inside no git repository: there is then no way to tell which data
+    directory is meant, and guessing would show another repository's state."""
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "state")
-    return Path(base) / "stratum"
+    base = Path(env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local" / "state"))
+    found = repo_identity(repo or ".")
+    if found is None:
+        raise SettingsError(f"{Path(repo or '.').expanduser().resolve()} is not inside a git repository, so "
+                            "there is no data directory to use",
+                            hint="cd into your ops repository, or pass --repo PATH|URL (or --data-dir DIR)")
+    return base / "stratum" / keyed_name(*found)
+
+
+def check_owner(data_dir: Path, repo: str, *, claim: bool = False) -> None:
+    """Refuse a data directory recorded as another repository's; with `claim`, record `repo` as its owner
+    when nothing is recorded yet (what the daemon and an apply do: they write the index)."""
+    found = repo_identity(repo)
+    if found is None:
+        return
+    record = data_dir / IDENTITY_FILE
+    try:
+        owner = record.read_text().strip()
+    except FileNotFoundError:
+        owner = ""
+    except OSError as err:
+        raise SettingsError(f"cannot read {record}: {err.strerror}",
+                            hint="check the data directory's permissions and mount") from err
+    if owner and owner != found[1]:
+        raise SettingsError(f"the data directory {data_dir} belongs to the repository {owner}, not {found[1]}",
+                            hint=f"pass --data-dir for this repository (by default each repository has its own), "
+                                 f"or --repo {owner} to work with that one")
+    if claim and not owner:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{IDENTITY_FILE}.{os.getpid()}")
+        tmp.write_text(found[1] + "\n")
+        tmp.replace(record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +105,7 @@ class Settings:
     log_format: str = "auto"                  # auto | json | console
     nickel_timeout: float = 10.0
     nickel_memory_mb: int = 1024
+    max_files: int = 50_000                   # files per revision (a repo's stratum.ncl may ask for fewer)
     notes: bool = True
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     config_path: Path | None = None           # the stratumd.toml these came from (for messages and reloads)
@@ -65,6 +130,36 @@ class Settings:
         out = {k: dict(v) for k, v in self.sections.items() if isinstance(v, Mapping)}
         out.setdefault("infra", {})["root"] = str(self.local_root)
         return out
+
+
+EFFECTIVE_FILE = "effective-settings.json"   # what the daemon on a data directory runs with (no secrets)
+_EFFECTIVE = ("repo", "branch", "root", "config_path")
+
+
+def effective(settings: Settings) -> dict[str, str]:
+    """The settings a CLI verb must judge with to agree with the daemon: where it applies (the root), which
+    branch, which settings file. Never the sections: they can hold webhook secrets."""
+    return {"repo": settings.repo, "branch": settings.branch, "root": str(settings.local_root),
+            "config_path": str(settings.config_path or "")}
+
+
+def write_effective(settings: Settings) -> None:
+    """Persist `effective(settings)` in the data directory (the daemon, at start and after a reload)."""
+    path = settings.data_dir / EFFECTIVE_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(effective(settings), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_effective(data_dir: Path) -> dict[str, str] | None:
+    """What a daemon persisted on `data_dir`, or None (no daemon ever ran there, or an unreadable record)."""
+    try:
+        data = json.loads((data_dir / EFFECTIVE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: str(v) for k, v in data.items() if k in _EFFECTIVE}
 
 
 _SCALARS = {f.name: f.type for f in fields(Settings) if f.name not in ("sections", "config_path")}
@@ -93,7 +188,8 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
     """Build Settings from (lowest first) defaults, the TOML file, STRATUM_* variables, then flags."""
     env = dict(os.environ if env is None else env)
     values: dict[str, Any] = {}
-    data_dir = flags.get("data_dir") or env.get("STRATUM_DATA_DIR") or default_data_dir(env)
+    data_dir = (flags.get("data_dir") or env.get("STRATUM_DATA_DIR")
+                or default_data_dir(env, str(flags.get("repo") or env.get("STRATUM_REPO") or ".")))
     config = config or (Path(env["STRATUM_CONFIG"]) if env.get("STRATUM_CONFIG") else Path(data_dir) / "stratumd.toml")
     sections: dict[str, Any] = {}
     if config.exists():
@@ -123,4 +219,6 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         raise SettingsError(f"on_interrupted must be rollback or resume, not {settings.on_interrupted!r}")
     if settings.parallelism < 1:
         raise SettingsError("parallelism must be at least 1")
+    if settings.max_files < 1:
+        raise SettingsError("max_files must be at least 1", hint="the most files a revision may hold")
     return replace(settings, data_dir=Path(settings.data_dir).expanduser().resolve())

@@ -19,6 +19,8 @@ from daemon.errors import InputError, SourceError
 from daemon.signing import SigningPolicy, Verification, verify_commit
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_FILES = 50_000                    # files per revision (host default; a repo may ask for fewer)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 NOTES_REF = "refs/notes/stratum"
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
 
@@ -35,6 +37,27 @@ def is_url(location: str) -> bool:
 def sanitize_url(location: str) -> str:
     """The location with any user:password@ stripped, for logs."""
     return re.sub(r"(://)[^/@]+@", r"\1", location)
+
+
+def display_path(path: str) -> str:
+    """`path` safe to show, log and store: bytes that are not UTF-8 (surrogates, as pygit2 decodes them) become
+    `\\xNN` and control characters `\\xNN`. Valid names are returned unchanged."""
+    if path.isascii() and path.isprintable():
+        return path
+    try:
+        text = path.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+@dataclass(frozen=True, slots=True)
+class TreeScan:
+    """What `Snapshot.scan` found: how many files (counting stops past the cap) and the names Stratum refuses."""
+
+    files: int
+    over_cap: bool
+    bad_names: tuple[str, ...]          # shown escaped (display_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +130,27 @@ class Snapshot:
             return None
         return obj if isinstance(obj, pygit2.Tree) else None
 
+    def scan(self, max_files: int = MAX_FILES) -> TreeScan:
+        """Count the files of the tree (up to `max_files` + 1: the walk is bounded) and find names that are not
+        UTF-8 or hold control characters. Only trees are read, never blobs."""
+        files, bad = 0, []
+        stack: list[tuple[pygit2.Tree, str]] = [(self._tree, "")]
+        while stack:
+            tree, base = stack.pop()
+            for item in tree:
+                name = str(item.name)
+                path = f"{base}/{name}" if base else name
+                if display_path(name) != name:
+                    bad.append(display_path(path))
+                mode = int(item.filemode)
+                if mode == _MODE_TREE:
+                    stack.append((self._tree_at(item.id), path))
+                elif mode != _MODE_COMMIT:
+                    files += 1
+                    if files > max_files:
+                        return TreeScan(files, True, tuple(bad[:20]))
+        return TreeScan(files, False, tuple(bad[:20]))
+
     def entries(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
         """Every file under `prefix` (recursively), optionally only those ending in one of `suffixes`."""
         tree = self._subtree(prefix)
@@ -123,7 +167,7 @@ class Snapshot:
 
     def _walk(self, tree: pygit2.Tree, base: str) -> Iterator[tuple[str, pygit2.Blob, int]]:
         for item in tree:
-            name = str(item.name)
+            name = display_path(str(item.name))      # never a surrogate: such a revision is refused anyway
             path = f"{base}/{name}" if base else name
             mode = int(item.filemode)
             if mode == _MODE_TREE:
@@ -359,7 +403,7 @@ class GitSource:
                     delta = patch.delta
                     status = {"A": "added", "D": "deleted"}.get(delta.status_char(), "modified")
                     f = delta.old_file if status == "deleted" else delta.new_file
-                    out.append((str(f.path), str(f.id), status))
+                    out.append((display_path(str(f.path)), str(f.id), status))
             except (KeyError, pygit2.GitError) as err:
                 raise SourceError(f"cannot compare {old[:12]} with {new[:12]}: {err}",
                                   hint="a commit or tree is missing from the repository") from err

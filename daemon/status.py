@@ -14,6 +14,7 @@ _REASONS = {
     "rolled_back": ("False", "RolledBack"),
     "failed": ("False", "ReconciliationFailed"),
     "running": ("Unknown", "Progressing"),
+    "recovery_failed": ("False", "RecoveryFailed"),
 }
 
 

@@ -111,6 +111,8 @@ class ReconcilerEnv:
     settings: Mapping[str, Any] = field(default_factory=dict)
     repo_settings: Mapping[str, Any] = field(default_factory=dict)
     evaluator: Any = None                     # the shared daemon.nickel.Evaluator, when the daemon made one
+    index: Any = None                         # the daemon's daemon.index.Index: what interfaces serve at start-up
+    source: Any = None                        # the daemon's daemon.source.GitSource (read access to revisions)
 
 
 @runtime_checkable

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +15,8 @@ import click
 
 from daemon import api
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
-from daemon.settings import Settings, load_settings
+from daemon.errors import LockError, StratumError
+from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,7 +26,8 @@ def common_options(fn: F) -> F:
     for option in reversed([
         click.option("--repo", default=None, help="repository path or URL (default: the current directory)"),
         click.option("--data-dir", default=None, type=click.Path(path_type=Path),
-                     help="state directory (default: $STATE_DIRECTORY or $XDG_STATE_HOME/stratum)"),
+                     help="state directory (default: $STATE_DIRECTORY, else one per repository: "
+                          "$XDG_STATE_HOME/stratum/<repo>-<hash>)"),
         click.option("--config", "config_file", default=None, type=click.Path(path_type=Path),
                      help="host settings file (default: <data-dir>/stratumd.toml)"),
         click.option("--branch", default=None, help="branch to watch (default: main)"),
@@ -44,12 +48,79 @@ def settings_from(repo: str | None, data_dir: Path | None, config_file: Path | N
                   root: Path | None, **extra: Any) -> Settings:
     """Settings from the common options."""
     flags = {"repo": repo or ".", "data_dir": data_dir, "branch": branch, "root": root, **extra}
-    return load_settings(flags, config=config_file)
+    settings = load_settings(flags, config=config_file)
+    check_owner(settings.data_dir, settings.repo)     # never show or change another repository's state
+    return settings
+
+
+def daemon_effective(settings: Settings) -> dict[str, str] | None:
+    """The effective settings of the daemon on this data directory: asked over its socket when it runs,
+    else what it persisted at its last start; None when no daemon ever ran there."""
+    sock = daemon_socket(settings)
+    if sock is not None:
+        try:
+            return {k: str(v) for k, v in api.call(sock, "settings", timeout=10.0)["settings"].items()}
+        except (OSError, ValueError, KeyError, StratumError):
+            pass                        # an older daemon without the operation: its persisted record
+    return read_effective(settings.data_dir)
+
+
+def as_the_daemon_runs(settings: Settings, *, root: Path | None, branch: str | None,
+                       config_file: Path | None) -> Settings:
+    """`settings` with what the data directory's daemon runs with (its root, branch and settings file) in
+    place of the defaults, so a check agrees with the daemon's verdict; options given explicitly still win."""
+    found = daemon_effective(settings)
+    if not found:
+        return settings
+    config = found.get("config_path")
+    if config_file is None and config and Path(config) != settings.config_path and Path(config).exists():
+        settings = load_settings({"repo": settings.repo, "data_dir": settings.data_dir, "branch": branch,
+                                  "root": root}, config=Path(config))
+    changes: dict[str, Any] = {}
+    if root is None and found.get("root"):
+        changes["root"] = Path(found["root"])
+    if branch is None and found.get("branch"):
+        changes["branch"] = found["branch"]
+    return replace(settings, **changes)
 
 
 def daemon_socket(settings: Settings) -> Path | None:
     """The socket of a daemon running on this data directory, or None."""
     return settings.socket_path if api.daemon_running(settings.socket_path) else None
+
+
+READER_WAIT_S = 30.0   # how long a reader waits for a daemon that is starting (or an apply in progress)
+
+
+def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[Any], Any],
+               wait: float = READER_WAIT_S) -> Any:
+    """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only.
+
+    A reader never stands in a daemon's way: while a daemon is starting (or a writer holds the index) it
+    opens nothing and waits for the socket, bounded by `wait`; while it reads the file directly it holds the
+    data directory's apply lock shared, so a daemon starting meanwhile waits out that one read.
+    """
+    from daemon.index import Index
+    from daemon.lock import shared_read
+
+    deadline = time.monotonic() + wait
+    while True:
+        sock = daemon_socket(settings)
+        if sock is not None:
+            return ask(sock)
+        with shared_read(settings.data_dir) as free:
+            if free:
+                index = Index(settings.index_path, read_only=True)
+                try:
+                    return query(index)
+                finally:
+                    index.close()
+        if time.monotonic() >= deadline:
+            raise LockError(f"the index in {settings.data_dir} stayed busy for {wait:.0f} s and no daemon "
+                            f"answered on {settings.socket_path}",
+                            hint="a daemon is starting or an apply is running there: try again shortly, "
+                                 "or see `journalctl -u stratumd`")
+        time.sleep(0.1)
 
 
 def emit_json(data: Any) -> None:

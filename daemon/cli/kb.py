@@ -145,8 +145,8 @@ def search(ctx: click.Context, query: str, types: tuple[str, ...], tags: tuple[s
     for i, h in enumerate(result.hits, 1):
         n = h.node
         click.echo(f"{i:2}. {n['title']}  [{n['type']}]  {n['path']}")
-        click.echo(f"    id {n['id']}  score {h.score:.4f}  (keyword #{h.lexical_rank or '-'}, "
-                   f"semantic #{h.vector_rank or '-'})")
+        click.echo(f"    id {n['id']}  score {h.score:.2f}  (keyword #{h.lexical_rank or '-'}, "
+                   f"semantic #{h.vector_rank or '-'}, similarity {h.similarity:.2f})")
 
 
 @kb.command("list")

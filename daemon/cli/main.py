@@ -1,4 +1,10 @@
-"""The `stratum` command group; `stratumd` is `stratum daemon`."""
+"""The `stratum` command group; `stratumd` is `stratum daemon`.
+
+Verbs are loaded lazily: `stratum --help` and `--version` import click and nothing else of weight, and a verb
+imports only its own module (the index, git, Nickel, crypto and embedding libraries cost seconds together).
+Each verb's one-line summary is kept here for the group's help; tests/daemon/test_cli_startup.py checks that it
+matches the verb's own help, so the two cannot drift.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,91 @@ import sys
 import click
 
 from daemon import __version__
-from daemon.cli.completion import completion
-from daemon.cli.control import resume, suspend, windows
-from daemon.cli.daemon import daemon, notify
 from daemon.cli.errors import StratumGroup
-from daemon.cli.init import init
-from daemon.cli.run import apply, plan, rollback
-from daemon.cli.status import drift, events, log_cmd, status
-from daemon.cli.validate import validate
+
+# name -> (module, attribute, one-line summary shown by `stratum --help`), in the order `--help` lists them.
+VERBS: dict[str, tuple[str, str, str]] = {
+    "init": ("daemon.cli.init", "init", "Create a new ops repository in DIRECTORY from the example template."),
+    "validate": ("daemon.cli.validate", "validate",
+                 "Check the repository: Nickel contracts, references, secrets, knowledge."),
+    "plan": ("daemon.cli.run", "plan",
+             "Show what applying a revision would change, with diffs (exit 1 when the revision would be rejected)."),
+    "apply": ("daemon.cli.run", "apply",
+              "Apply a revision now, or exactly the plan saved in PLAN_FILE (through the daemon when one runs)."),
+    "status": ("daemon.cli.status", "status",
+               "Where things stand: repository, daemon, applied revision, suspension, Ready per reconciler."),
+    "log": ("daemon.cli.status", "log_cmd", "The newest runs with their outcome."),
+    "drift": ("daemon.cli.status", "drift",
+              "Compare the host with the last applied revision (exit 1 when anything drifted)."),
+    "events": ("daemon.cli.status", "events",
+               "Recorded events: drift, rewritten history, missing branch, failed fetches."),
+    "rollback": ("daemon.cli.run", "rollback",
+                 "Apply an earlier REVISION; it stays in force until the next commit on the branch."),
+    "suspend": ("daemon.cli.control", "suspend",
+                "Stop applying: new commits are recorded but not applied until `stratum resume`."),
+    "resume": ("daemon.cli.control", "resume",
+               "Apply again: the newest recorded commit runs (unless a deny window is active)."),
+    "windows": ("daemon.cli.control", "windows",
+                "The host's sync windows ([[windows]] in stratumd.toml) and whether applying is allowed now."),
+    "daemon": ("daemon.cli.daemon", "daemon",
+               "Watch the repository and apply every new commit of the branch (runs in the foreground)."),
+    "notify": ("daemon.cli.daemon", "notify",
+               "Tell a running daemon to look at the branch now (git hooks call this); silent when none runs."),
+    "completion": ("daemon.cli.completion", "completion",
+                   "Print the completion script for SHELL (verbs, options, choices)."),
+    "secret": ("daemon.cli.secret", "secret",
+               "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),
+    "kb": ("daemon.cli.kb", "kb",
+           "Operational knowledge: runbooks, ADRs, postmortems and guidelines in knowledge/**/*.md."),
+}
+
+
+def load_verb(name: str) -> click.Command | None:
+    """Import the module of verb `name` and return its command; None when that module is not installed
+    (a part whose module is missing is simply absent from the CLI)."""
+    module, attr, _ = VERBS[name]
+    try:
+        command: click.Command = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return None
+    return command
+
+
+class LazyGroup(StratumGroup):
+    """A group whose verbs are imported when invoked (or asked for their own help), not at start-up; errors of
+    every verb below it go through the one error handler (StratumGroup)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every registered verb, in the order of VERBS."""
+        return [*VERBS, *(n for n in super().list_commands(ctx) if n not in VERBS)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The verb's command, importing its module on first use."""
+        if cmd_name in self.commands or cmd_name not in VERBS:
+            return super().get_command(ctx, cmd_name)
+        command = load_verb(cmd_name)
+        if command is not None:
+            self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The verb list of `--help` from the summaries in VERBS, without importing any verb."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            if name in VERBS:
+                # A bare Command shortens the summary exactly as the real verb's would be shortened.
+                rows.append((name, click.Command(name, help=VERBS[name][2]).get_short_help_str(limit)))
+            else:
+                cmd = self.commands[name]
+                if not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 EPILOG = """\b
 Examples:
@@ -28,7 +111,7 @@ Examples:
 Exit codes: 0 success, 1 error or problems found, 2 usage error (plan --detailed-exitcode: 2 = changes)."""
 
 
-@click.group(cls=StratumGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(__version__, prog_name="stratum")
 @click.option("--verbose", "-v", is_flag=True,
               help="show the pipeline's log lines when a verb runs it in-process (plan, apply, drift)")
@@ -41,19 +124,6 @@ def cli(verbose: bool) -> None:
     """
 
 
-for command in (init, validate, plan, apply, status, log_cmd, drift, events, rollback, suspend, resume, windows,
-                daemon, notify, completion):
-    cli.add_command(command, name="log" if command is log_cmd else None)
-
-# Verb groups of the other parts; a part whose module is missing is simply absent from the CLI.
-for module, attr in (("daemon.cli.secret", "secret"), ("daemon.cli.kb", "kb")):
-    try:
-        cli.add_command(getattr(importlib.import_module(module), attr))
-    except ModuleNotFoundError as err:
-        if err.name != module:
-            raise
-
-
 def main() -> None:
     """Entry point of `stratum`: every error ends as a message and an exit code, never a traceback."""
     from daemon.cli.errors import run_standalone
@@ -63,4 +133,6 @@ def main() -> None:
 
 def daemon_main() -> None:
     """Entry point of `stratumd`."""
+    from daemon.cli.daemon import daemon
+
     daemon.main(prog_name="stratumd")

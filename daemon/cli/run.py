@@ -11,7 +11,6 @@ import click
 from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, progress, settings_from
 from daemon.cli.errors import quiet_logs
-from daemon.controls import host_controls, refuse_manual
 from daemon.lock import ApplyLock
 from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
 from daemon.runtime import build
@@ -91,6 +90,9 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
             planfile.check(saved, dict(api.call(sock, "plan", revision=saved["branch"])["plan"]), where)
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
+    # Imported here: webhooks and windows cost start-up time, and only an apply without a daemon needs them.
+    from daemon.controls import host_controls, refuse_manual
+
     with ApplyLock(settings.data_dir):
         rt = build(settings)
         try:
@@ -132,7 +134,7 @@ def _print_run(run: dict[str, Any], output: str) -> None:
 @handle_errors
 def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
           root: Path | None, plan_file: Path | None, rev: str | None, output: str, force: bool) -> None:
-    """Apply a revision now (through the daemon when one runs), or exactly the plan saved in PLAN_FILE.
+    """Apply a revision now, or exactly the plan saved in PLAN_FILE (through the daemon when one runs).
 
     A saved plan (`stratum plan -o FILE`) is applied only if the branch still points at the planned
     revision and planning it again gives the same actions from the same observed state; otherwise

@@ -17,14 +17,17 @@ from typing import Any
 import click
 import pygit2
 
+from daemon.cli.common import common_options, settings_from
 from daemon.errors import StratumError
+from daemon.settings import Settings
 from reconcilers.base import Problem
 from reconcilers.vault import check as checks
-from reconcilers.vault import editing, envelope, keys, manifest, merge, textconv
+from reconcilers.vault import editing, envelope, keys, manifest, merge, onboard, rules_sig, textconv
 from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_backend
-from reconcilers.vault.errors import ManifestError, RulesError, SignatureError, VaultError
+from reconcilers.vault.errors import ManifestError, NoKeyError, RulesError, SignatureError, VaultError
+from reconcilers.vault.init import wire_repo
 from reconcilers.vault.keysource import FileKeySource
-from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, staged_index, unstaged_rules
+from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, load_revision, staged_index, unstaged_rules
 
 OUTPUT = click.option(
     "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -148,7 +151,7 @@ def _save(
     previous: envelope.Opened | None,
     policy: envelope.Policy | None = None,
     rotate: bool = False,
-) -> int:
+) -> str:
     if policy is None:
         policy = _policy_from_previous(f, previous)
     sealed = envelope.seal(
@@ -162,7 +165,15 @@ def _save(
         where=str(f.file),
     )
     f.write(manifest.render(sealed))
-    return sealed.meta.version
+    return _described(sealed)
+
+
+def _described(sealed: manifest.Manifest) -> str:
+    """`version N, for kem:..., kem:...; signed as sig:...`: the short ids people compare, never whole keys."""
+    meta = sealed.meta
+    recipients = ", ".join(w.recipient[:16] for group in meta.key_groups for w in group)
+    signer = keys.Signer.parse_cached(meta.signer).fingerprint[:16]
+    return f"version {meta.version}, for {recipients}; signed as {signer}"
 
 
 def _policy_from_previous(f: _File, previous: envelope.Opened | None) -> envelope.Policy | None:
@@ -180,7 +191,25 @@ def _echo_problems(problems: list[Problem], output: str) -> None:
             click.echo(str(p), err=True)
 
 
-@click.group("secret", help="Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks.")
+class _SecretGroup(click.Group):
+    """The verb group; every error a verb raises becomes `error: where: what (hint)` and exit 1, whether the
+    group runs under `stratum` or stand-alone (git drivers): never a Python traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the verb, mapping StratumError and OS errors to a message and an exit code."""
+        try:
+            return super().invoke(ctx)
+        except StratumError as err:
+            click.echo(f"error: {err.render()}", err=True)
+            ctx.exit(err.exit_code)
+        except OSError as err:
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}\n  hint: check the path and its permissions", err=True)
+            ctx.exit(1)
+
+
+@click.group("secret", cls=_SecretGroup,
+             help="Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks.")
 def secret() -> None:
     """The `stratum secret` verb group."""
 
@@ -208,25 +237,99 @@ def keygen_cmd(name: str, out: Path | None, backend: str, output: str) -> None:
             )
         )
         return
-    click.echo(f"wrote {path} (mode 0600)", err=True)
+    click.echo(f"wrote {path} (mode 0600): recipient {identity.recipient.fingerprint[:16]}, "
+               f"signer {signing.signer.fingerprint[:16]}", err=True)
     click.echo(f"signer: {signing.signer.text}", err=True)
     click.echo(identity.recipient.text)
 
 
+def _daemon_key_file(settings: Settings, key_file: Path | None) -> Path:
+    """The daemon's key: --key-file, else the host setting vault.key_file, else <data-dir>/vault/daemon.key."""
+    configured = settings.reconciler_settings().get("vault", {}).get("key_file")
+    return key_file or (Path(configured) if configured else settings.data_dir / "vault" / "daemon.key")
+
+
 @secret.command("daemon-key")
-@click.option("--data-dir", type=click.Path(path_type=Path), required=True, help="The daemon's data directory.")
+@common_options
 @click.option("--key-file", type=click.Path(path_type=Path), help="Override (host setting vault.key_file).")
 @OUTPUT
-def daemon_key_cmd(data_dir: Path, key_file: Path | None, output: str) -> None:
-    """Print the daemon's recipient (generating its key on first use), to add to the creation rules."""
-    source = FileKeySource(key_file or data_dir / "vault" / "daemon.key")
+def daemon_key_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+                   root: Path | None, key_file: Path | None, output: str) -> None:
+    """Print the daemon's recipient (generating its key on first use), to add to the creation rules. The data
+    directory defaults as for every other verb."""
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    source = FileKeySource(_daemon_key_file(settings, key_file))
     recipient = source.recipient()
     if output == "json":
         click.echo(
             json.dumps({"file": str(source.path), "recipient": recipient.text, "recipient_id": recipient.fingerprint})
         )
     else:
+        click.echo(f"the daemon's recipient {recipient.fingerprint} (key {source.path})", err=True)
         click.echo(recipient.text)
+
+
+@secret.command("init")
+@common_options
+@click.option("--name", default=None, help="Your name among the trusted signers (default: git user.name).")
+@click.option("--commit", "do_commit", is_flag=True, help="Commit the rules (default: stage them).")
+@BACKEND
+@KEYFILE
+def init_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
+             root: Path | None, name: str | None, do_commit: bool, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Set up secrets in one step: your keys (made if you have none), you as trusted signer and recipient, the
+    daemon's key as recipient, one rule for secrets/, and the git diff/merge drivers; staged or committed."""
+    settings = settings_from(repo, data_dir, config_file, branch, root)
+    top = _repo_root(Path(repo or ".").resolve())
+    if top is None:
+        raise StratumError("not inside a git repository", where=str(repo or "."),
+                           hint="run it in your ops repo (`stratum init DIR` makes one)")
+    if not onboard.is_empty(_load_rules(top)):
+        raise RulesError("the rules already trust signers or name recipients; init does not overwrite them",
+                         where=RULES_PATH, hint="edit them, then `stratum secret sign-rules`; "
+                         "`stratum secret updatekeys FILE` re-wraps a manifest for new recipients")
+    # 1. your keys
+    ring = _ring(key_files)
+    if ring.identities and ring.signing_keys:
+        identity, signing, made = ring.identities[0], ring.signing_keys[0], ""
+    else:
+        if key_files or os.environ.get("STRATUM_KEY_FILE"):
+            raise NoKeyError("the given key file holds no key pair", where=", ".join(ring.sources),
+                                  hint="run `stratum secret keygen --out FILE`, or unset STRATUM_KEY_FILE")
+        identity, signing = keys.generate(get_backend(backend))
+        made = str(keys.keys_dir() / "default.key")
+        keys.write_key_file(Path(made), identity, signing)
+    # 2. the daemon's key, 3. the rules, 4. staged or committed
+    daemon = FileKeySource(_daemon_key_file(settings, None)).recipient()
+    who = onboard.signer_name(name or _git_config(top, "user.name") or os.environ.get("GIT_AUTHOR_NAME", "")
+                              or os.environ.get("USER", ""))
+    (top / RULES_PATH).parent.mkdir(parents=True, exist_ok=True)
+    (top / RULES_PATH).write_text(
+        onboard.render_rules(who, signing.signer, [(f"{who}", identity.recipient), ("the daemon", daemon)]))
+    wire_repo(top)
+    _git_lines(top, "add", "--", RULES_PATH, ".gitattributes")
+    if made:
+        click.echo(f"made your key pair {made} (0600; keep it out of every repository)", err=True)
+    click.echo(f"trusted signer: {who} {signing.signer.fingerprint[:16]}", err=True)
+    click.echo(f"recipients:     {who} {identity.recipient.fingerprint[:16]}, "
+               f"the daemon {daemon.fingerprint[:16]} (data dir {settings.data_dir})", err=True)
+    if do_commit:
+        result = subprocess.run(["git", "-C", str(top), "commit", "-q", "-m",
+                                 f"Secrets: trust {who}; one rule for {who} and the daemon", "--",
+                                 RULES_PATH, ".gitattributes"], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StratumError(f"git commit failed: {result.stderr.strip() or result.stdout.strip()}",
+                               where=str(top), hint="the rules are staged: fix the cause (a git identity?) "
+                               "and `git commit`")
+        click.echo(f"committed {RULES_PATH}", err=True)
+    else:
+        click.echo(f"staged {RULES_PATH}: commit it", err=True)
+    click.echo("next: stratum secret edit secrets/app.yaml   (or encrypt a YAML file in secrets/)", err=True)
+
+
+def _git_config(root: Path, key: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), "config", key], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 @secret.command("encrypt")
@@ -248,8 +351,8 @@ def encrypt_cmd(
     if meta is not None:
         raise ManifestError("already encrypted", where=str(file), hint="use `stratum secret edit` or `set`")
     ring = _ring(key_files)
-    version = _save(f, get_backend(backend), ring, data, None, _policy(f, recipients, None))
-    click.echo(f"encrypted {file} (version {version})", err=True)
+    described = _save(f, get_backend(backend), ring, data, None, _policy(f, recipients, None))
+    click.echo(f"encrypted {file} ({described})", err=True)
 
 
 @secret.command("decrypt")
@@ -283,8 +386,8 @@ def edit_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> None:
     if previous is not None and merge._same(edited, previous.values):
         click.echo("no changes", err=True)
         return
-    version = _save(f, b, ring, edited, previous)
-    click.echo(f"saved {file} (version {version})", err=True)
+    described = _save(f, b, ring, edited, previous)
+    click.echo(f"saved {file} ({described})", err=True)
 
 
 def _split_key(key: str) -> list[str]:
@@ -331,8 +434,8 @@ def set_cmd(file: Path, key: str, type_: str, backend: str, key_files: tuple[Pat
             raise ManifestError(f"{part} holds a value, not a mapping", where=f"{file}: {key}")
         node = nxt
     node[parts[-1]] = value
-    version = _save(f, b, ring, values, previous)
-    click.echo(f"set {key} in {file} (version {version})", err=True)
+    described = _save(f, b, ring, values, previous)
+    click.echo(f"set {key} in {file} ({described})", err=True)
 
 
 @secret.command("unset")
@@ -347,10 +450,17 @@ def unset_cmd(file: Path, key: str, backend: str, key_files: tuple[Path, ...]) -
     values = copy.deepcopy(previous.values)
     node: Any = values
     parts = _split_key(key)
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise ManifestError("no such key", where=f"{file}: {key}", hint="list the keys with `textconv`")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            # Key names are not secret (git diff shows them): say where the path stops and what is there.
+            at = ".".join(parts[:depth]) or "the top level"
+            known = ", ".join(sorted(str(k) for k in node)) if isinstance(node, dict) and node else "none"
+            raise ManifestError(
+                f"no such key: {at} has no key {part!r}", where=f"{file}: {key}",
+                hint=f"keys there: {known}; `stratum secret textconv {file}` lists every key path",
+            )
+        if depth < len(parts) - 1:
+            node = node[part]
     del node[parts[-1]]
     # Drop mappings the removal left empty, so `unset a.b` on the last key of `a` removes `a` too.
     for depth in range(len(parts) - 1, 0, -1):
@@ -359,8 +469,8 @@ def unset_cmd(file: Path, key: str, backend: str, key_files: tuple[Path, ...]) -
             parent = parent[part]
         if parent[parts[depth - 1]] == {}:
             del parent[parts[depth - 1]]
-    version = _save(f, b, ring, values, previous)
-    click.echo(f"removed {key} from {file} (version {version})", err=True)
+    described = _save(f, b, ring, values, previous)
+    click.echo(f"removed {key} from {file} ({described})", err=True)
 
 
 @secret.command("rotate")
@@ -371,8 +481,8 @@ def rotate_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> None:
     """Re-encrypt every value under a new data key, wrapped for the rules' recipients."""
     f, b, ring = _File(file), get_backend(backend), _ring(key_files)
     previous = _open(f, b, ring)
-    version = _save(f, b, ring, previous.values, previous, _policy(f, (), None), rotate=True)
-    click.echo(f"rotated the data key of {file} (version {version})", err=True)
+    described = _save(f, b, ring, previous.values, previous, _policy(f, (), None), rotate=True)
+    click.echo(f"rotated the data key of {file} ({described})", err=True)
 
 
 @secret.command("updatekeys")
@@ -389,7 +499,38 @@ def updatekeys_cmd(file: Path, backend: str, key_files: tuple[Path, ...]) -> Non
         b, forced.values, path=f.path, policy=policy, key=ring.signing_key(), previous=forced, where=str(file)
     )
     f.write(manifest.render(sealed))
-    click.echo(f"updated the recipients of {file} (version {sealed.meta.version})", err=True)
+    click.echo(f"updated the recipients of {file} ({_described(sealed)})", err=True)
+
+
+@secret.command("sign-rules")
+@click.option("--repo", type=click.Path(path_type=Path, file_okay=False), default=".", show_default=True)
+@BACKEND
+@KEYFILE
+def sign_rules_cmd(repo: Path, backend: str, key_files: tuple[Path, ...]) -> None:
+    """Sign the staged rules (trusted signers, creation rules) and stage the signature file. The daemon accepts
+    a rules change only when a signer trusted by the previous rules signed it: a commit cannot trust itself."""
+    root = _repo_root(repo.resolve())
+    if root is None:
+        raise StratumError("not inside a git repository", where=str(repo), hint="run it in your ops repo")
+    rules = _load_rules(root)
+    sig_file = root / rules_sig.sig_path(RULES_PATH)
+    previous = None
+    if sig_file.is_file():
+        try:
+            previous = rules_sig.parse(sig_file.read_text(encoding="utf-8"), str(sig_file))
+        except SignatureError:
+            previous = None  # a damaged old signature only loses its version; the new one starts above now
+    key = _ring(key_files).signing_key()
+    sig = rules_sig.sign(get_backend(backend), rules, key, RULES_PATH, previous)
+    sig_file.parent.mkdir(parents=True, exist_ok=True)
+    sig_file.write_text(sig.render(), encoding="utf-8")
+    _git_lines(root, "add", "--", rules_sig.sig_path(RULES_PATH))
+    click.echo(f"signed the staged rules ({sig.digest[:19]}, version {sig.version}) as {key.signer.fingerprint}; "
+               f"staged {rules_sig.sig_path(RULES_PATH)}: commit it with the rules", err=True)
+    head = load_revision(root, "HEAD")
+    if head is not None and head.signers and head.trusted(key.signer) is None:
+        click.echo(f"warning: {key.signer.fingerprint} is not a trusted signer at HEAD, so the daemon will reject "
+                   "this rules change; ask a signer trusted there to run `stratum secret sign-rules`", err=True)
 
 
 @secret.command("verify")
@@ -493,13 +634,13 @@ def merge_cmd(
         o_base.values if o_base else {}, o_ours.values, o_theirs.values if o_theirs else {}
     )
     newest = max((o for o in (o_ours, o_theirs) if o), key=lambda o: o.manifest.meta.version)
-    version = _save(f_ours, b, ring, merged, newest)
+    described = _save(f_ours, b, ring, merged, newest)
     if conflicts:
         for kp in conflicts:
             click.echo(f"CONFLICT {path}: {manifest.display(kp)} changed on both sides", err=True)
         click.echo(f"resolve with `stratum secret edit {path}` (values between <<<<<<< and >>>>>>>)", err=True)
         ctx.exit(1)
-    click.echo(f"merged {path} (version {version})", err=True)
+    click.echo(f"merged {path} ({described})", err=True)
 
 
 def _git_lines(root: Path, *args: str) -> list[str]:

@@ -18,6 +18,7 @@ from daemon.cli.common import (
     emit_json,
     handle_errors,
     output_option,
+    read_model,
     settings_from,
 )
 from daemon.cli.errors import quiet_logs
@@ -36,15 +37,9 @@ def _ask(settings: Settings, op: str, **fields: Any) -> dict[str, Any] | None:
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
-    """`key` of the running daemon's answer to `op`, or `query` over the index when no daemon runs."""
-    reply = _ask(settings, op, **fields)
-    if reply is not None:
-        return reply[key]
-    index = _index(settings)
-    try:
-        return query(index)
-    finally:
-        index.close()
+    """`key` of the running daemon's answer to `op`, or `query` over the index (read-only, never moved or
+    rebuilt by a reader) when no daemon runs."""
+    return read_model(settings, lambda sock: api.call(sock, op, **fields)[key], query)
 
 
 def _unavailable() -> dict[str, str]:
@@ -58,10 +53,6 @@ def _unavailable() -> dict[str, str]:
     return out
 
 
-def _index(settings: Settings) -> Index:
-    return Index(settings.index_path)
-
-
 def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
@@ -72,8 +63,9 @@ def _when(ts: float | None) -> str:
 @handle_errors
 def status(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str) -> None:
-    """The repository, the daemon, what is applied, whether applying is suspended (why, by whom, since
-    when), and per reconciler the Ready condition. Long messages are shortened at a word; `--output json`
+    """Where things stand: repository, daemon, applied revision, suspension, Ready per reconciler.
+
+    A suspension shows why, by whom and since when. Long messages are shortened at a word; `--output json`
     has them in full.
 
     \b

@@ -5,10 +5,18 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
-from daemon.cli.common import common_options, emit_json, handle_errors, output_option, settings_from
+from daemon.cli.common import (
+    as_the_daemon_runs,
+    common_options,
+    emit_json,
+    handle_errors,
+    output_option,
+    settings_from,
+)
 from daemon.nickel import Evaluator
 from daemon.resources import nickel_dir
 from daemon.runtime import build_reconcilers
@@ -22,7 +30,7 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
     from daemon.pipeline import Pipeline
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
-    evaluator = Evaluator(data_dir / "nickel-cache")
+    evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
     reconcilers: dict[str, object] = {}
     try:
         built, unavailable = build_reconcilers(settings, evaluator)  # type: ignore[arg-type]
@@ -30,7 +38,10 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
         with tempfile.TemporaryDirectory() as tmp:
             index = Index(Path(tmp) / "validate.duckdb")
             pipe = Pipeline(source=source, index=index, reconcilers=built, evaluator=evaluator, notes=False)
-            problems = list(pipe.load_snapshot(snap).problems)
+            loaded = pipe.load_snapshot(snap)
+            problems = list(loaded.problems)
+            if not problems:
+                problems += _judged(source, rev, loaded, built)
             index.close()
         problems += [Problem(f"the {n} reconciler is unavailable: {why}", reconciler=n)
                      for n, why in unavailable.items()]
@@ -41,6 +52,34 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
             if closer:
                 closer()
         evaluator.close()
+
+
+def _base_revision(source: GitSource, rev: str | None) -> str | None:
+    """What the daemon would judge trust against: its last good revision when this repo carries the ref, else
+    HEAD for the staged tree, else the revision's first parent."""
+    from daemon.errors import SourceError
+    from daemon.pipeline import LAST_GOOD_REF
+
+    for candidate in (LAST_GOOD_REF, "HEAD" if rev is None else f"{rev}^"):
+        try:
+            return source.resolve(candidate)
+        except SourceError:
+            continue
+    return None
+
+
+def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[str, Any]) -> list[Problem]:
+    """Trust checks against the base (admission's judge_against_base): a commit cannot trust its own signer."""
+    from daemon.admission import judge_against_base
+    from daemon.pipeline import Loaded
+
+    base_rev = _base_revision(source, rev)
+    if base_rev is None or base_rev == getattr(loaded.snapshot, "revision", None):
+        return []
+    judging = {n: r for n, r in reconcilers.items() if hasattr(r, "judge")}
+    base_snap = source.snapshot(base_rev)
+    base = Loaded(base_snap, {}, {n: r.load(base_snap) for n, r in judging.items()}, ())
+    return judge_against_base(judging, loaded, base)
 
 
 @click.command("validate")
@@ -55,6 +94,9 @@ def validate(repo: str | None, data_dir: Path | None, config_file: Path | None, 
     accepted for compatibility; the whole tree is always checked, since files import each other."""
     with tempfile.TemporaryDirectory(prefix="stratum-validate-") as tmp:
         settings = settings_from(repo, data_dir or Path(tmp), config_file, branch, root)
+        if data_dir is not None:
+            # Judge as the daemon on that data directory would: its root, branch and settings file.
+            settings = as_the_daemon_runs(settings, root=root, branch=branch, config_file=config_file)
         source = GitSource(settings.repo, settings.branch, settings.data_dir)
         if rev is None and source.repo.is_bare:
             rev = "HEAD"

@@ -267,9 +267,13 @@ def explain(r: Resource, o: ObservedResource, f: Finding, found: bytes | None, *
         expected |= {"type": "symlink", "target": expected_link(spec["path"], spec["target"])}
     elif r.kind == "command":
         expected = {"creates": spec["creates"]} if "creates" in spec else {"runs": True}
-    return {"resource": r.id, "kind": r.kind, "path": r.path, "source": r.source, "line": r.line,
-            "nature": f.nature, "reason": f.reason, "sensitive": secret, "expected": expected,
-            "found": _state(r.kind, o, found), "diff": diff_text}
+    detail: dict[str, object] = {
+        "resource": r.id, "kind": r.kind, "path": r.path, "source": r.source, "line": r.line,
+        "nature": f.nature, "reason": f.reason, "sensitive": secret, "expected": expected,
+        "found": _state(r.kind, o, found), "diff": diff_text}
+    # Rendered here, so the kernel's reports show the lines without knowing this reconciler's detail shape.
+    detail["differences"] = differences(detail)
+    return detail
 
 
 def differences(detail: dict[str, object]) -> list[str]:

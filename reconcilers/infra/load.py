@@ -14,20 +14,16 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import jinja2
-import jinja2.sandbox
-from jinja2.exceptions import SecurityError
-
 from daemon.errors import InputError
 from daemon.nickel import Evaluator
 from daemon.source import Snapshot, safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.infra.model import InfraDesired, Resource
+from reconcilers.infra.templates import TemplateRenderer
 
 INFRA_CONTRACT = '(import "infra.ncl").Config'
 _COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|mount)$")
-MAX_RENDERED = 4 * 1024 * 1024
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 
 
@@ -45,26 +41,15 @@ def _lines_of(text: str) -> dict[str, int]:
     return out
 
 
-def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any]) -> str:
+def _render(snap: Snapshot, rid: str, template: str, variables: Mapping[str, Any],
+            renderer: TemplateRenderer) -> str:
     entry = snap.entry(template)
     if entry is None:
         raise InputError(f"resource {rid}: template {template} is not in the commit", where=template)
-    text = snap.text(entry)
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-    try:
-        rendered = env.from_string(text).render(**variables)
-    except jinja2.TemplateSyntaxError as err:
-        raise InputError(f"template syntax: {err.message}", where=f"{template}:{err.lineno}") from err
-    except (jinja2.UndefinedError, SecurityError, TypeError, ValueError) as err:
-        raise InputError(f"resource {rid}: template {template} failed: {err}", where=template,
-                         hint="every variable the template uses must be in `vars`") from err
-    if len(rendered) > MAX_RENDERED:
-        raise InputError(f"resource {rid}: rendered template is over {MAX_RENDERED} bytes", where=template)
-    return rendered
+    return renderer.render(rid, template, snap.text(entry), variables)
 
 
-def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any], renderer: TemplateRenderer) -> dict[str, Any]:
     """The host-facing fields of a resource, with paths normalised and templates rendered."""
     kind = raw["kind"]
     spec = {k: v for k, v in raw.items() if k not in _COMMON}
@@ -79,7 +64,7 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         if has_content == has_template:
             raise InputError(f"resource {rid}: a file needs exactly one of `content` or `template`")
         if has_template:
-            spec["content"] = _render(snap, rid, spec.pop("template"), spec.get("vars", {}))
+            spec["content"] = _render(snap, rid, spec.pop("template"), spec.get("vars", {}), renderer)
         spec.pop("vars", None)
     if kind == "systemd_unit" and not _UNIT_NAME.match(spec["name"]):
         raise InputError(f"resource {rid}: {spec['name']!r} is not a systemd unit name (e.g. app.service)")
@@ -89,9 +74,17 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any]) -> dict[str, Any]:
 FileCache = dict[tuple[str, str, tuple[str, ...]], tuple[tuple[Resource, ...], tuple[Problem, ...]]]
 
 
-def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = None) -> InfraDesired:
+def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = None,
+               renderer: TemplateRenderer | None = None) -> InfraDesired:
     """The desired infrastructure of a commit. `cache` keeps each file's resources by the file's Nickel
-    result key and its templates' blob ids, so a commit that changes one file rebuilds one file."""
+    result key and its templates' blob ids, so a commit that changes one file rebuilds one file. Templates
+    render in `renderer`'s bounded worker (a short-lived one when none is given)."""
+    if renderer is None:
+        own = TemplateRenderer()
+        try:
+            return load_infra(snap, evaluator, cache, own)
+        finally:
+            own.close()
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT)
     problems: list[Problem] = [
@@ -104,7 +97,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
         key = (path, result.keys.get(path, ""), templates)
         cached = cache.get(key) if cache is not None and key[1] else None
         if cached is None:
-            cached = _load_file(snap, path, value)
+            cached = _load_file(snap, path, value, renderer)
             if cache is not None and key[1]:
                 if len(cache) > 20_000:
                     cache.clear()
@@ -130,7 +123,7 @@ class _Missing:
 _MISSING = _Missing()
 
 
-def _load_file(snap: Snapshot, path: str, value: Mapping[str, Any],
+def _load_file(snap: Snapshot, path: str, value: Mapping[str, Any], renderer: TemplateRenderer,
                ) -> tuple[tuple[Resource, ...], tuple[Problem, ...]]:
     """The resources of one evaluated infra file."""
     entry = snap.entry(path)
@@ -144,7 +137,7 @@ def _load_file(snap: Snapshot, path: str, value: Mapping[str, Any],
                                     path, line, reconciler="infra"))
             continue
         try:
-            spec = _spec(snap, rid, raw)
+            spec = _spec(snap, rid, raw, renderer)
         except InputError as err:
             file, _, ln = (err.where or path).partition(":")
             if not ln.isdigit():

@@ -16,6 +16,7 @@ from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
+from reconcilers.infra.templates import TemplateRenderer
 
 
 class InfraReconciler:
@@ -29,6 +30,7 @@ class InfraReconciler:
         self.provider = LocalProvider(root)
         self._own_evaluator = env.evaluator is None
         self._file_cache: FileCache = {}
+        self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: Evaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
 
     def empty(self) -> InfraDesired:
@@ -37,7 +39,7 @@ class InfraReconciler:
 
     def load(self, snap: Snapshot) -> InfraDesired:
         """Resources of the commit (Nickel evaluated with the infra contract)."""
-        return load_infra(snap, self.evaluator, self._file_cache)
+        return load_infra(snap, self.evaluator, self._file_cache, self._renderer)
 
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
@@ -204,6 +206,7 @@ class InfraReconciler:
         return out
 
     def close(self) -> None:
-        """Stop the Nickel worker when this reconciler started it."""
+        """Stop the template worker, and the Nickel worker when this reconciler started it."""
+        self._renderer.close()
         if self._own_evaluator:
             self.evaluator.close()

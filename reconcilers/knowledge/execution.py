@@ -86,11 +86,18 @@ def execution_node(record: RunRecord, graph: Graph, prefix: str = "executions") 
     return parsed.node
 
 
-def commit_file(repo: pygit2.Repository, branch: str, path: str, content: str, message: str) -> str:
-    """Add or replace `path` on `branch` (created if missing) in one commit, without a work tree; the commit id."""
+def commit_file(repo: pygit2.Repository, branch: str, path: str, content: str, message: str,
+                base: str | None = None) -> str:
+    """Add or replace `path` on `branch` in one commit, without a work tree; the commit id. A missing branch
+    starts at the commit `base` (or with no parent)."""
     ref_name = f"refs/heads/{branch}"
     ref = repo.references.get(ref_name)
     parent = ref.peel(pygit2.Commit) if ref is not None else None
+    if parent is None and base is not None:
+        start = repo.get(base)
+        if not isinstance(start, pygit2.Commit):
+            raise pygit2.GitError(f"commit {base} is not in the repository")
+        parent = start
     blob_id = repo.create_blob(content.encode("utf-8"))
     tree_id = _insert(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
     sig = pygit2.Signature("stratumd", "stratumd@localhost")

@@ -1,18 +1,22 @@
 """The MCP server: knowledge tools, node resources and prompt templates for AI assistants.
 
 `stratum kb mcp` serves it over stdio; the daemon mounts the streamable HTTP transport at /mcp. Tools follow
-Kogral's surface (search, get_node, list_nodes, get_guidelines, related, add_note, record_decision, export)
-plus ops tools: runbook_for, recent_runs, explain_resource. Nodes are resources at `stratum://node/<id>`.
+Kogral's surface (search, get_node, list_nodes, get_guidelines, related, export; add_note and record_decision
+only when the host enables `[knowledge] mcp_writes`, and then as commits to a side branch) plus ops tools:
+runbook_for, recent_runs, explain_resource. Nodes are resources at `stratum://node/<id>`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
+from daemon.errors import StratumError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.search import Filters
 
@@ -42,31 +46,84 @@ def _markdown(kb: KnowledgeBase, ref: str) -> str:
     return render(json.loads(node.front), node.body)
 
 
-def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
-    """An MCPServer whose tools query the KnowledgeBase `get_kb()` returns (refreshed on each call)."""
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tool(server: MCPServer[Any]) -> Callable[[F], F]:
+    """`server.tool()`, with our errors passed to the client as what, where and what to do (the SDK replaces
+    any other exception by a bare "Error executing tool")."""
+    def register(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except StratumError as err:
+                raise ToolError(err.render()) from err
+
+        server.tool()(wrapper)
+        return fn
+    return register
+
+
+def principal_of(ctx: Context[Any]) -> str | None:
+    """Who is calling, as the daemon's HTTP authentication established it, or the local user over stdio.
+
+    The hook for the listener's authentication: it sets `scope["state"]["principal"]` (a string) on each
+    request it lets through to /mcp. Headers (Host included) are client input and never an identity.
+    """
+    try:
+        request = ctx.request_context.request
+    except ValueError:
+        request = None
+    if request is None:                                   # stdio: the user who started `stratum kb mcp`
+        import getpass
+
+        return f"local:{getpass.getuser()}"
+    scope = getattr(request, "scope", None) or {}
+    state = scope.get("state") if isinstance(scope, dict) else None
+    found = state.get("principal") if isinstance(state, dict) else None
+    return str(found) if found else None
+
+
+def _writer(get_kb: Callable[[], KnowledgeBase], ctx: Context[Any]) -> tuple[KnowledgeBase, str]:
+    principal = principal_of(ctx)
+    if principal is None:
+        raise KnowledgeError("writing knowledge over HTTP needs an authenticated caller, and this request has none",
+                             hint="configure the listener's authentication (bearer tokens) for /mcp")
+    return get_kb(), principal
+
+
+def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -> MCPServer[Any]:
+    """An MCPServer whose tools query the KnowledgeBase `get_kb()` returns (refreshed on each call).
+
+    The same server, defaults and answers for stdio and HTTP. `writes` (host setting `[knowledge] mcp_writes`,
+    default off) adds `add_note` and `record_decision`, which commit to a side branch (never the work tree)."""
+    from daemon import __version__
+
     server: MCPServer[Any] = MCPServer(
-        "stratum-knowledge",
+        "stratum-knowledge", version=__version__,
         instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
                      "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
 
-    @server.tool()
+    @tool(server)
     def search(query: str, type: str | None = None, project: str | None = None, semantic: bool = True,
-               threshold: float = 0.4, limit: int = 10, tags: list[str] | None = None,
+               threshold: float | None = None, limit: int = 10, tags: list[str] | None = None,
                status: str | None = None) -> dict[str, Any]:
-        """Hybrid search (BM25 + embeddings, fused by rank). `semantic=false` is keyword-only; `threshold` is
-        the minimum cosine similarity for a semantic match."""
+        """Hybrid search (BM25 + embeddings, fused by rank), as `stratum kb search`. `semantic=false` is
+        keyword-only; `threshold` is the minimum cosine similarity for a semantic match (default 0.2). Each
+        result's `score` (0-1) is the better of its similarity and its share of the query's words."""
         filters = Filters(types=(type,) if type else (), tags=tuple(tags or ()), status=(status,) if status else (),
                           project=project or "")
         result = get_kb().search(query, mode="hybrid" if semantic else "lexical", limit=max(1, min(limit, 100)),
                                  filters=filters, threshold=threshold)
         return {"mode": result.mode, "warning": result.warning, "results": [h.as_dict() for h in result.hits]}
 
-    @server.tool()
+    @tool(server)
     def get_node(id: str) -> dict[str, Any]:
         """One node by id (or title / file stem): front matter, body, links and backlinks."""
         return _node_dict(get_kb(), id)
 
-    @server.tool()
+    @tool(server)
     def list_nodes(type: str | None = None, tags: list[str] | None = None, status: str | None = None,
                    project: str | None = None, limit: int = 100) -> dict[str, Any]:
         """Nodes filtered by type, tags (all must match), status and project."""
@@ -75,41 +132,21 @@ def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
         nodes = get_kb().nodes(filters)
         return {"total": len(nodes), "nodes": [n.summary() for n in nodes[: max(1, limit)]]}
 
-    @server.tool()
+    @tool(server)
     def get_guidelines() -> dict[str, Any]:
         """The effective guidelines (project overrides organisation bases) and where each came from."""
         found, warnings = get_kb().guidelines()
         return {"guidelines": [g.as_dict() for g in found], "warnings": warnings}
 
-    @server.tool()
+    @tool(server)
     def related(id: str, depth: int = 1) -> dict[str, Any]:
         """The graph neighbourhood of a node up to `depth` hops (1-5), both directions."""
         return get_kb().related(id, depth)
 
-    @server.tool()
-    def add_note(title: str, body: str, tags: list[str] | None = None,
-                 relates_to: list[str] | None = None) -> dict[str, Any]:
-        """Write a new note into knowledge/notes/ (committed only when knowledge.commit_notes is set)."""
-        kb = get_kb()
-        path, node_id = kb.new_node("note", title, body=body, tags=tags or (),
-                                    fields={"relates_to": list(relates_to or [])})
-        return {"id": node_id, "path": str(path), "committed": kb.settings.commit_notes}
+    if writes:
+        _write_tools(server, get_kb)
 
-    @server.tool()
-    def record_decision(title: str, context: str, decision: str, consequences: str = "",
-                        status: str = "proposed", supersedes: list[str] | None = None,
-                        tags: list[str] | None = None) -> dict[str, Any]:
-        """Record an architecture decision (ADR) in knowledge/decisions/."""
-        kb = get_kb()
-        body = f"# {title}\n\n## Context\n\n{context}\n\n## Decision\n\n{decision}\n"
-        if consequences:
-            body += f"\n## Consequences\n\n{consequences}\n"
-        path, node_id = kb.new_node("decision", title, body=body, tags=tags or (), fields={
-            "status": status, "context": context[:4000], "decision": decision[:4000],
-            "consequences": consequences[:4000], "supersedes": list(supersedes or [])})
-        return {"id": node_id, "path": str(path), "committed": kb.settings.commit_notes}
-
-    @server.tool()
+    @tool(server)
     def export(type: str | None = None, ids: list[str] | None = None, tags: list[str] | None = None) -> str:
         """A markdown bundle of nodes (by ids, or filtered by type/tags), each with its front matter."""
         kb = get_kb()
@@ -118,7 +155,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
         parts = [f"<!-- {n.path} -->\n{_markdown(kb, n.id)}" for n in nodes]
         return "\n\n".join(parts) if parts else "(no nodes matched)"
 
-    @server.tool()
+    @tool(server)
     def runbook_for(resource: str | None = None, error: str | None = None, limit: int = 5) -> dict[str, Any]:
         """Runbooks and postmortems for a resource id (e.g. infra:app-config) and/or an error message."""
         if not resource and not error:
@@ -132,12 +169,12 @@ def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
                     found[n.id] = {**n.summary(), "why": f"links to {target}"}
         query = " ".join(x for x in (error, resource) if x)
         for tag in ("runbook", "postmortem"):
-            result = kb.search(query, limit=limit, filters=Filters(tags=(tag,)), threshold=0.3)
+            result = kb.search(query, limit=limit, filters=Filters(tags=(tag,)))
             for h in result.hits:
                 found.setdefault(h.node["id"], {**h.node, "why": f"matches {query!r}", "snippet": h.snippet})
         return {"results": list(found.values())[: max(limit, 1) * 2]}
 
-    @server.tool()
+    @tool(server)
     def recent_runs(limit: int = 10) -> dict[str, Any]:
         """What the daemon applied lately: runs with revision, outcome, timings and actions."""
         kb = get_kb()
@@ -145,7 +182,7 @@ def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
         executions = [n.summary() for n in kb.nodes(Filters(types=("execution",)))][-limit:]
         return {"runs": runs, "execution_nodes": executions}
 
-    @server.tool()
+    @tool(server)
     def explain_resource(resource: str) -> dict[str, Any]:
         """A resource's governing decisions (ADRs), runbooks, other linking nodes and its last changes."""
         kb = get_kb()
@@ -188,10 +225,39 @@ def build_server(get_kb: Callable[[], KnowledgeBase]) -> MCPServer[Any]:
     return server
 
 
+def _write_tools(server: MCPServer[Any], get_kb: Callable[[], KnowledgeBase]) -> None:
+    @tool(server)
+    def add_note(title: str, body: str, ctx: Context[Any], tags: list[str] | None = None,
+                 relates_to: list[str] | None = None) -> dict[str, Any]:
+        """Propose a new note: committed to a side branch stratum/mcp/<time>-<id> for a human to merge."""
+        kb, principal = _writer(get_kb, ctx)
+        return kb.submit_node("note", title, principal, body=body, tags=tags or (),
+                              fields={"relates_to": list(relates_to or [])})
+
+    @tool(server)
+    def record_decision(title: str, context: str, decision: str, ctx: Context[Any], consequences: str = "",
+                        status: str = "proposed", supersedes: list[str] | None = None,
+                        tags: list[str] | None = None) -> dict[str, Any]:
+        """Propose an architecture decision (ADR): committed to a side branch stratum/mcp/<time>-<id>."""
+        kb, principal = _writer(get_kb, ctx)
+        body = f"# {title}\n\n## Context\n\n{context}\n\n## Decision\n\n{decision}\n"
+        if consequences:
+            body += f"\n## Consequences\n\n{consequences}\n"
+        return kb.submit_node("decision", title, principal, body=body, tags=tags or (), fields={
+            "status": status, "context": context[:4000], "decision": decision[:4000],
+            "consequences": consequences[:4000], "supersedes": list(supersedes or [])})
+
+
+def writes_enabled(host: Mapping[str, Any]) -> bool:
+    """The host setting `[knowledge] mcp_writes` (default false): whether MCP may propose nodes."""
+    section = host.get("knowledge") or {}
+    return isinstance(section, Mapping) and section.get("mcp_writes") is True
+
+
 def serve_stdio(kb: KnowledgeBase) -> None:
     """Serve over stdin/stdout until the client disconnects."""
     kb.refresh()
-    build_server(lambda: kb).run("stdio")
+    build_server(lambda: kb, writes=writes_enabled(kb.host_settings)).run("stdio")
 
 
 class _LazyLifespanApp:
@@ -246,11 +312,16 @@ def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
 
     def get_kb() -> KnowledgeBase:
         if "kb" not in holder:
-            index, repo = reconciler.last_index, reconciler.repo
+            # After a restart nothing is indexed by this process yet, but the daemon's index holds the last good
+            # revision: serve it at once (env.index / env.source are the daemon's own).
+            env = reconciler.env
+            index = reconciler.last_index or env.index
+            repo = reconciler.repo or (env.source.repo if env.source is not None else None)
             if index is None or repo is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
-            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.settings,
-                                         provider=reconciler.provider(), index=index, follow_index=True)
+            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
+                                         provider=reconciler.provider(), index=index, follow_index=True,
+                                         host=reconciler.env.settings)
         return holder["kb"]
 
-    return _LazyLifespanApp(build_server(get_kb))
+    return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings)))

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from reconcilers import bounded_yaml
 from reconcilers.base import Problem
 
 NAME = "knowledge"
@@ -180,7 +181,7 @@ def parse(path: str, blob_id: str, text: str) -> Parsed:
             "(`stratum kb new TYPE TITLE` writes a valid skeleton)"),))
     header, body, body_line = split
     try:
-        raw = yaml.load(header, Loader=_Loader)
+        raw = bounded_yaml.load(header, _Loader)     # no aliases, capped size, nodes and depth
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = (mark.line + 2) if mark is not None else 1

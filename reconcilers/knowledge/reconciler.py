@@ -14,24 +14,28 @@ neither numpy nor the model's runtime: the store and indexer modules are importe
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pygit2
 import structlog
-from daemon.policy import PolicyResource
 
 from daemon.errors import ApplyError
 from daemon.index import Index
+from daemon.policy import PolicyResource
 from daemon.source import Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
+from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Parsed
+from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
 
 if TYPE_CHECKING:
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from reconcilers.knowledge.store import Store
 
 log = structlog.get_logger("stratum.knowledge")
+SETTINGS_STATE = "knowledge_settings"     # index state: the `knowledge` section of the revision indexed last
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,9 @@ class Desired:
 
     revision: str
     parsed: tuple[Parsed, ...]
+    settings: KnowledgeSettings = field(default_factory=KnowledgeSettings)   # its stratum.ncl `knowledge`
+    settings_error: str = ""                              # why that section could not be read ("" = fine)
+    section: str = "{}"                                   # that section as canonical JSON (kept in the index)
 
 
 class KnowledgeReconciler:
@@ -57,6 +65,17 @@ class KnowledgeReconciler:
     def __init__(self, env: ReconcilerEnv) -> None:
         self.env = env
         self.settings = KnowledgeSettings.from_mapping(env.repo_settings.get("knowledge", {}))
+        self._settings_error = ""
+        self._section = "{}"
+        # Those of the revision indexed last (what MCP serves), kept in the index so a restarted daemon serves
+        # the last good revision at once, with its settings.
+        self.indexed_settings = self.settings
+        saved = env.index.get_state(SETTINGS_STATE) if env.index is not None else None
+        if saved:
+            with contextlib.suppress(ValueError, KnowledgeError):
+                self.indexed_settings = KnowledgeSettings.from_mapping(json.loads(saved))
+        # Embedding endpoints are host settings (providers.py); a malformed table stops this reconciler at start.
+        self.host_providers = host_providers(env.settings)
         host = env.settings.get("knowledge") or {}
         self.worker_idle = float(host.get("worker_idle_s", WORKER_IDLE_S)) if isinstance(host, Mapping) \
             else WORKER_IDLE_S
@@ -64,6 +83,7 @@ class KnowledgeReconciler:
         self.contract = Contract()
         self._provider: Provider | None = None
         self._provider_loaded = False
+        self._provider_choice = ""
         self.provider_error = ""
         self._repo: pygit2.Repository | None = None
         self._stores: dict[int, Store] = {}
@@ -78,25 +98,41 @@ class KnowledgeReconciler:
         return self._repo
 
     # -- the protocol ---------------------------------------------------------------------------------
+    def configure(self, section: Mapping[str, Any]) -> None:
+        """The `knowledge` section of the stratum.ncl of the revision about to be loaded (the pipeline calls
+        this before each `load`; the section passed the contract in nickel/stratum.ncl)."""
+        self._section = json.dumps(dict(section), sort_keys=True, default=str)
+        try:
+            self.settings, self._settings_error = KnowledgeSettings.from_mapping(section), ""
+        except KnowledgeError as err:
+            self.settings, self._settings_error = KnowledgeSettings(), err.render()
+
     def load(self, snap: Snapshot) -> Desired:
         """Parse every knowledge/**/*.md of the commit."""
         # The repository handle is kept for committing execution nodes to their branch (on_run_finished).
         self._repo = getattr(snap, "repo", None) or getattr(snap, "_repo", None)
-        return Desired(snap.revision, self.loader.load_snapshot(snap))
+        return Desired(snap.revision, self.loader.load_snapshot(snap), self.settings, self._settings_error,
+                       self._section)
 
     def _check(self, desired: Desired, extra: list[Any] | None = None) -> Checked:
-        cached = self._checked.get(desired.revision)
+        key = f"{desired.revision}:{desired.settings.allow_dangling_links}"
+        cached = self._checked.get(key)
         if cached is None:
             # The last revision's result is the base: only files whose blob changed are checked again.
             previous = next(iter(self._checked.values()), None)
-            cached = check(desired.parsed, self.contract, allow_dangling=self.settings.allow_dangling_links,
+            if previous is not None and previous.allow_dangling != desired.settings.allow_dangling_links:
+                previous = None
+            cached = check(desired.parsed, self.contract, allow_dangling=desired.settings.allow_dangling_links,
                            extra=extra or [], previous=previous)
-            self._checked = {desired.revision: cached}
+            self._checked = {key: cached}
         return cached
 
     def validate(self, desired: Desired) -> list[Problem]:
-        """Contract and graph problems, each with file:line and a hint."""
-        return list(self._check(desired).problems)
+        """Settings, contract and graph problems, each with file:line and a hint."""
+        if desired.settings_error:
+            return [Problem(desired.settings_error, "stratum.ncl", reconciler=self.name)]
+        problems = check_choice(desired.settings.embedding_provider, self.host_providers)
+        return problems + list(self._check(desired).problems)
 
     def observe(self, desired: Any, inventory: list[InventoryItem]) -> None:
         """Nothing to observe: the index is written by `index`, not by actions."""
@@ -121,10 +157,17 @@ class KnowledgeReconciler:
     # -- hooks the pipeline calls when present --------------------------------------------------------
     def provider(self) -> Provider | None:
         """The embedding provider (loaded once; None means lexical search only, with a logged warning)."""
-        if not self._provider_loaded:
-            self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
-                                                                self.env.data_dir, worker_idle=self.worker_idle)
-            self._provider_loaded = True
+        choice = self.indexed_settings.embedding_provider
+        if not self._provider_loaded or choice != self._provider_choice:
+            self.close()
+            chosen = resolve(choice, self.host_providers)
+            if chosen is None:
+                self._provider, self.provider_error = None, f"embedding provider {choice!r} is not declared by " \
+                    "this host; search is lexical only"
+            else:
+                self._provider, self.provider_error = load_provider(chosen, self.env.data_dir,
+                                                                    worker_idle=self.worker_idle)
+            self._provider_loaded, self._provider_choice = True, choice
         return self._provider
 
     def policy_resources(self, desired: Desired) -> list[PolicyResource]:
@@ -154,6 +197,8 @@ class KnowledgeReconciler:
 
         store = self.store(index)
         self.last_index = index
+        self.indexed_settings = desired.settings  # the admitted revision's settings are the ones served
+        index.set_state(SETTINGS_STATE, desired.section)
         checked = self._check(desired)
         self.last_stats, self._indexed[id(index)] = index_revision(store, checked, revision, self.provider(),
                                                                    self._indexed.get(id(index)))
@@ -167,12 +212,12 @@ class KnowledgeReconciler:
 
         store = self.store(index)
         rev = current_revision(index) or record.revision
-        checked = self._checked.get(rev)
+        checked = next((c for key, c in self._checked.items() if key.partition(":")[0] == rev), None)
         # The checked graph of the indexed revision is at hand; reading 10,000 nodes back costs a second.
         graph = checked.graph if checked is not None else Graph(store.nodes(rev))
-        node = execution_node(record, graph, self.settings.executions_path)
+        node = execution_node(record, graph, self.indexed_settings.executions_path)
         add_execution(store, self.provider(), node)
-        branch = self.settings.executions_branch
+        branch = self.indexed_settings.executions_branch
         if branch and self._repo is not None:
             path, text = execution_markdown(record, graph, node.path)
             try:

@@ -31,6 +31,11 @@ from reconcilers.knowledge.text import terms
 RRF_K = 60
 K1, B = 1.2, 0.75
 MODES = ("hybrid", "lexical", "vector")
+# The cosine similarity a node's best chunk needs to count as a semantic match. Measured with the shipped model
+# (all-MiniLM-L6-v2) on the template's knowledge: paraphrases of a node score 0.27-0.37 against it, unrelated
+# queries ("how do I bake sourdough bread", "zebra") at most 0.14. Below it a node matches only by keywords.
+# One default for every interface (CLI, MCP over stdio and over HTTP).
+MIN_SIMILARITY = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +70,12 @@ class Filters:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One result: the node summary, the fused score, and where it ranked in each list (0 = absent)."""
+    """One result: the node summary, a readable score, and where it ranked in each list (0 = absent).
+
+    `score` (0-1) is the better of the two ways it matched: `similarity` (the cosine of its best chunk, as a
+    semantic match) and `coverage` (the share of the query's words it contains). Results are ordered by
+    `rrf`, the reciprocal-rank fusion of both lists, which no user can read (0.0147-0.0164 for anything).
+    """
 
     node: dict[str, Any]
     score: float
@@ -73,11 +83,14 @@ class Hit:
     vector_rank: int
     similarity: float
     snippet: str
+    coverage: float = 0.0
+    rrf: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {**self.node, "score": round(self.score, 6), "lexical_rank": self.lexical_rank,
-                "vector_rank": self.vector_rank, "similarity": round(self.similarity, 4), "snippet": self.snippet}
+        return {**self.node, "score": round(self.score, 4), "lexical_rank": self.lexical_rank,
+                "vector_rank": self.vector_rank, "similarity": round(self.similarity, 4),
+                "coverage": round(self.coverage, 4), "rrf": round(self.rrf, 6), "snippet": self.snippet}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,11 @@ class Searcher:
     # -- the two retrievers ------------------------------------------------------------------------
     def lexical(self, revision: str, query: str, limit: int, filters: Filters = Filters()) -> list[tuple[str, float]]:
         """(blob id, BM25 score), best first (ties by blob id)."""
+        return [(b, score) for b, score, _ in self._lexical(revision, query, limit, filters)]
+
+    def _lexical(self, revision: str, query: str, limit: int,
+                 filters: Filters = Filters()) -> list[tuple[str, float, float]]:
+        """(blob id, BM25 score, share of the query's terms it holds), best first (ties by blob id)."""
         gen = self._revision(revision, with_vectors=False)
         qterms = sorted(set(terms(query)))
         if not qterms or not gen.n_docs:
@@ -174,6 +192,7 @@ class Searcher:
             return []
         every = np.concatenate(hit_slots)
         scores = np.bincount(every, weights=np.concatenate(hit_scores), minlength=len(gen.blobs))
+        matched = np.bincount(every, minlength=len(gen.blobs))      # distinct query terms each slot holds
         touched = np.unique(every)
         if filters.active():
             touched = touched[self._mask(gen, filters)[touched]]
@@ -184,7 +203,8 @@ class Searcher:
             # Keep every slot scoring at least the limit-th best, so ties are broken by blob id below.
             kth = np.partition(cand, len(cand) - limit)[len(cand) - limit]
             touched, cand = touched[cand >= kth], cand[cand >= kth]
-        ranked = sorted(((gen.blobs[int(s)], float(v)) for s, v in zip(touched, cand, strict=True)),
+        share = matched[touched] / len(qterms)
+        ranked = sorted(((gen.blobs[int(s)], float(v), float(c)) for s, v, c in zip(touched, cand, share, strict=True)),
                         key=lambda kv: (-kv[1], kv[0]))
         return ranked[:limit]
 
@@ -235,8 +255,10 @@ class Searcher:
 
     # -- fusion --------------------------------------------------------------------------------------
     def search(self, revision: str, query: str, *, mode: str = "hybrid", limit: int = 10,
-               filters: Filters = Filters(), threshold: float = 0.0) -> Result:
-        """Search one revision. `threshold` drops vector matches below that cosine similarity."""
+               filters: Filters = Filters(), threshold: float | None = None) -> Result:
+        """Search one revision. A node is a result when it holds a query word or its best chunk's cosine
+        similarity reaches `threshold` (default MIN_SIMILARITY); nodes matching neither way are left out."""
+        threshold = MIN_SIMILARITY if threshold is None else threshold
         if mode not in MODES:
             raise KnowledgeError(f"unknown search mode {mode!r}", hint=f"use one of: {', '.join(MODES)}")
         if not query.strip():
@@ -247,18 +269,21 @@ class Searcher:
             mode = "lexical"
         depth = max(limit * 5, 50)
         vec: list[tuple[str, float, int]] = []
+        nearest: list[tuple[str, float, int]] = []     # under the threshold too: a keyword hit's similarity
         if mode != "lexical":
             try:
-                vec = [v for v in self.vector(revision, query, depth, filters) if v[1] >= threshold]
+                nearest = self.vector(revision, query, depth, filters)
+                vec = [v for v in nearest if v[1] >= threshold]
             except ModelError as err:
                 # The model stopped answering (a dead endpoint, a worker that cannot load): keywords still work.
                 warning, mode = f"{err.what}: lexical search only", "lexical"
-        lex = self.lexical(revision, query, depth, filters) if mode != "vector" else []
+        lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
         gen = self._revision(revision, with_vectors=mode != "lexical")
         fused: dict[str, float] = {}
-        lex_rank = {b: i + 1 for i, (b, _) in enumerate(lex)}
+        lex_rank = {b: i + 1 for i, (b, _, _) in enumerate(lex)}
+        coverage = {b: c for b, _, c in lex}
         vec_rank = {b: i + 1 for i, (b, _, _) in enumerate(vec)}
-        vec_info = {b: (s, row) for b, s, row in vec}
+        vec_info = {b: (max(s, 0.0), row) for b, s, row in nearest}
         for ranks in (lex_rank, vec_rank):
             for b, r in ranks.items():
                 fused[b] = fused.get(b, 0.0) + 1.0 / (RRF_K + r)
@@ -268,7 +293,9 @@ class Searcher:
             meta = {k: v for k, v in gen.meta[b].items() if not k.startswith("_") and k != "blob_id"}
             sim, row = vec_info.get(b, (0.0, -1))
             snippet = gen.chunk_text[row][:240] if row >= 0 and row < len(gen.chunk_text) else ""
-            hits.append(Hit(meta, fused[b], lex_rank.get(b, 0), vec_rank.get(b, 0), sim, snippet))
+            cov = coverage.get(b, 0.0)
+            hits.append(Hit(meta, max(sim, cov), lex_rank.get(b, 0), vec_rank.get(b, 0), sim, snippet, cov,
+                            fused[b]))
         return Result(tuple(hits), mode, warning)
 
 

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from reconcilers.knowledge.execution import commit_file, iso, render
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.guidelines import Guideline, effective
 from reconcilers.knowledge.indexer import Indexed, IndexStats, current_revision, index_revision
-from reconcilers.knowledge.loader import Checked, Loader, check
-from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, slugify
+from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
+from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
+from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
@@ -44,7 +45,7 @@ def default_data_dir(repo: str) -> Path:
         return Path(env)
     from daemon.settings import default_data_dir as daemon_default
 
-    return Path(daemon_default(os.environ))
+    return Path(daemon_default(os.environ, repo))
 
 
 class KnowledgeBase:
@@ -52,10 +53,12 @@ class KnowledgeBase:
 
     def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
                  settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
-                 index: Index | None = None, follow_index: bool = False) -> None:
+                 index: Index | None = None, follow_index: bool = False,
+                 host: Mapping[str, Any] | None = None) -> None:
         self.location = repo
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
+        self._daemon_holds_index = False        # set when the index file is the daemon's: runs come from it
         self.data_dir = data_dir or default_data_dir(repo)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.source = GitSource(repo, branch or self._default_branch(repo), self.data_dir)
@@ -64,6 +67,7 @@ class KnowledgeBase:
         self.loader = Loader()
         self.contract = Contract()
         self._settings = settings
+        self._host = host                       # host settings sections (None: read <data-dir>/stratumd.toml)
         self._provider_arg = provider
         self._provider: Provider | None = None
         self.provider_error = ""
@@ -90,6 +94,7 @@ class KnowledgeBase:
             return Index(self.data_dir / "index.duckdb")
         except LockError:
             # The daemon holds the index: keep a private knowledge index for this CLI instead of failing.
+            self._daemon_holds_index = True
             return Index(self.data_dir / "knowledge-cli.duckdb")
 
     # -- state ------------------------------------------------------------------------------------------
@@ -103,13 +108,30 @@ class KnowledgeBase:
         return self._settings
 
     @property
+    def host_settings(self) -> Mapping[str, Any]:
+        """The host's settings sections (stratumd.toml), read once."""
+        if self._host is None:
+            from daemon.settings import load_settings
+
+            self._host = load_settings({"data_dir": str(self.data_dir)}).sections
+        return self._host
+
+    @property
     def searcher(self) -> Searcher:
         """The searcher, with the embedding provider loaded on first use."""
         with self._lock:
             if self._searcher is None:
                 if self._provider_arg is _AUTO:
-                    self._provider, self.provider_error = load_provider(self.settings.embedding_settings,
-                                                                        self.data_dir)
+                    choice = self.settings.embedding_provider
+                    chosen = resolve(choice, host_providers(self.host_settings))
+                    if chosen is None:
+                        # Never an endpoint the repo names: only the host's declared providers are reachable.
+                        raise KnowledgeError(
+                            f"knowledge.embedding.provider = {choice!r} is not an embedding provider this host "
+                            "declared", where="stratum.ncl",
+                            hint="pick fastembed, none or a provider declared in stratumd.toml "
+                                 "[embedding.providers.<name>]")
+                    self._provider, self.provider_error = load_provider(chosen, self.data_dir)
                 else:
                     self._provider = self._provider_arg
                     self.provider_error = "" if self._provider is not None else "embeddings disabled"
@@ -174,7 +196,7 @@ class KnowledgeBase:
 
     # -- queries ----------------------------------------------------------------------------------------
     def search(self, query: str, *, mode: str = "hybrid", limit: int = 10, filters: Filters | None = None,
-               threshold: float = 0.0) -> Result:
+               threshold: float | None = None) -> Result:
         """Hybrid (or lexical/vector) search over the head revision."""
         rev = self.refresh()
         return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
@@ -220,7 +242,13 @@ class KnowledgeBase:
                       key=lambda n: n.path)
 
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
-        """The daemon's latest runs with outcome and actions (from the core tables)."""
+        """The daemon's latest runs with outcome and actions (from the core tables).
+
+        When a running daemon holds the index file (`stratum kb mcp` beside a daemon), the runs are asked of
+        the daemon over its control socket, so stdio answers as the daemon's /mcp does.
+        """
+        if self._daemon_holds_index:
+            return self._daemon_runs(limit)
         runs = self.index.query_dicts(
             "SELECT id AS run_id, revision, trigger, status, started, finished, duration_ms, message FROM runs "
             "ORDER BY started DESC LIMIT ?", [limit])
@@ -232,7 +260,60 @@ class KnowledgeBase:
                 run[key] = iso(run[key]) if run[key] else None
         return runs
 
+    def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
+        from daemon import api
+
+        try:
+            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit)["runs"]
+        except (OSError, ConnectionError) as err:
+            raise KnowledgeError(f"the daemon holds the index but does not answer: {err}", where=str(self.data_dir),
+                                 hint="check `stratum status`; runs are read from the daemon") from err
+        keys = ("revision", "trigger", "status", "started", "finished", "duration_ms", "message")
+        out = []
+        for row in rows:
+            run = {"run_id": row["id"], **{k: row.get(k) for k in keys}}
+            for key in ("started", "finished"):
+                run[key] = iso(float(run[key])) if isinstance(run[key], int | float) else run[key]
+            run["actions"] = row.get("actions", [])
+            out.append(run)
+        return out
+
     # -- writes -----------------------------------------------------------------------------------------
+    def submit_node(self, ntype: str, title: str, principal: str, *, body: str = "",
+                    fields: dict[str, Any] | None = None, tags: Sequence[str] = ()) -> dict[str, str]:
+        """Commit a new node to a side branch `stratum/mcp/<time>-<id>` of the watched repository, made from the
+        indexed revision by the daemon's identity with a `Submitted-by: <principal>` trailer; the work tree
+        is never touched. A human merges the branch like any other change (review, change control)."""
+        node_id = str(uuid.uuid4())
+        text = self._node_text(ntype, title, node_id, body, fields, tags)
+        rel = f"{ROOT}/{TYPE_DIRS[ntype]}/{slugify(title)}-{node_id[:8]}.md"
+        parsed = check((parse(rel, git_blob_id(text.encode()), text),), self.contract, allow_dangling=True)
+        if parsed.problems:
+            raise KnowledgeError(f"the new node would be invalid: {parsed.problems[0]}", where=rel,
+                                 hint="fix the fields you passed")
+        base = self.refresh()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        branch = f"stratum/mcp/{stamp}-{node_id[:8]}"
+        who = " ".join(principal.split())[:200]
+        message = f"knowledge: add {ntype} {title.strip()}\n\nSubmitted-by: {who}\n"
+        commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
+        return {"id": node_id, "path": rel, "branch": branch, "commit": commit, "submitted_by": who}
+
+    def _node_text(self, ntype: str, title: str, node_id: str, body: str, fields: dict[str, Any] | None,
+                   tags: Sequence[str]) -> str:
+        if ntype not in TYPES:
+            raise KnowledgeError(f"unknown node type {ntype!r}", hint=f"use one of: {', '.join(TYPES)}")
+        if not title.strip() or len(title) > 200:
+            raise KnowledgeError("a title must have 1 to 200 characters", hint="give a short, specific title")
+        today = iso(time.time())[:10]
+        front: dict[str, Any] = {"id": node_id, "type": ntype, "title": title.strip(), "created": today,
+                                 "modified": today, "tags": list(tags),
+                                 "status": "proposed" if ntype == "decision" else "draft"}
+        front.update({k: v for k, v in (fields or {}).items() if v not in (None, "", [])})
+        if ntype == "decision" and front["status"] not in DECISION_STATUSES:
+            raise KnowledgeError(f"decision status {front['status']!r} is not one of {', '.join(DECISION_STATUSES)}")
+        return render(front, body or f"# {title.strip()}\n")
+
     def new_node(self, ntype: str, title: str, *, body: str = "", fields: dict[str, Any] | None = None,
                  tags: Sequence[str] = (), commit: bool | None = None) -> tuple[Path, str]:
         """Write a new node file into the work tree (committing it when asked or configured); (file, id)."""

@@ -3,7 +3,6 @@ value, and how the CLI reads it from a commit when no daemon hands it over."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,9 @@ class KnowledgeSettings:
     bases: tuple[GuidelineBase, ...] = ()
     executions_branch: str = ""
     executions_path: str = "executions"
-    embedding: str = "{}"                     # canonical JSON of the `embedding` record
+    embedding_provider: str = "fastembed"     # a built-in provider or one the host declared, by name
     allow_dangling_links: bool = False
     commit_notes: bool = False
-
-    @property
-    def embedding_settings(self) -> dict[str, Any]:
-        """The `embedding` record (provider, url, model, api_key_env)."""
-        return dict(json.loads(self.embedding))
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, Any] | None) -> KnowledgeSettings:
@@ -48,9 +42,19 @@ class KnowledgeSettings:
                               str(b.get("path", "knowledge/guidelines")), int(b.get("priority", 50)))
                 for b in (s.get("guidelines") or {}).get("bases", []))
             ex = s.get("executions") or {}
+            embedding = dict(s.get("embedding") or {})
+            # Where texts and credentials go is a host setting (providers.py); the contract refuses these
+            # too, and this check holds for callers that evaluated stratum.ncl without it.
+            host_only = sorted(set(embedding) - {"provider"})
+            if host_only:
+                raise KnowledgeError(
+                    f"knowledge.embedding.{host_only[0]} is a host setting, not a repository setting",
+                    where="stratum.ncl", hint="name a provider the host declared (knowledge.embedding.provider = "
+                    "\"<name>\"); the host sets its url, model and api_key_env in stratumd.toml "
+                    "[embedding.providers.<name>]")
             return cls(bases=bases, executions_branch=str(ex.get("branch") or ""),
                        executions_path=str(ex.get("path") or "executions"),
-                       embedding=json.dumps(dict(s.get("embedding") or {}), sort_keys=True),
+                       embedding_provider=str(embedding.get("provider") or "fastembed"),
                        allow_dangling_links=bool(s.get("allow_dangling_links", False)),
                        commit_notes=bool(s.get("commit_notes", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -70,7 +74,12 @@ def repo_settings(snap: Any, cache_dir: Path) -> dict[str, Any]:
         from daemon.nickel import Evaluator  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return {}
-    result = Evaluator(cache_dir).evaluate(snap, ["stratum.ncl"], None)
+    # The same contract the daemon checks (nickel/stratum.ncl), so the CLI refuses what the daemon refuses.
+    evaluator = Evaluator(cache_dir)
+    try:
+        result = evaluator.evaluate(snap, ["stratum.ncl"], '(import "stratum.ncl").Settings')
+    finally:
+        evaluator.close()                    # its worker process is this call's alone
     if result.problems:
         raise KnowledgeError(f"stratum.ncl does not evaluate: {result.problems[0]}", where="stratum.ncl",
                              hint="run `stratum validate` for every problem")

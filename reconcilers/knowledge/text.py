@@ -15,8 +15,9 @@ _WORD = re.compile(r"[a-z0-9]+")
 # Resource ids and error codes ("app-config", "ERR_CONN_RESET", "vault:db/creds") are searched whole too.
 _COMPOUND = re.compile(r"[a-z0-9]+(?:[-_.:/][a-z0-9]+)+")
 STOPWORDS = frozenset(
-    "a an and are as at be but by for from has have how i if in into is it its of on or our so that the their "  # noqa: SIM905 - a readable word list
-    "then there these this to was we were what when where which who why will with you your".split(" "))
+    "a an and are as at be but by can could did do does for from has have how i if in into is it its may me my "  # noqa: SIM905 - a readable word list
+    "of on or our should so that the their then there these this to was we were what when where which who why "
+    "will with would you your".split(" "))
 
 
 def _stem(word: str) -> str:

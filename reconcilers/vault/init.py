@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from reconcilers.vault.errors import VaultError
@@ -18,9 +20,17 @@ GIT_CONFIG = (
 )
 
 
-def wire_repo(repo_dir: Path, command: str = "stratum") -> None:
+def default_command() -> str:
+    """How git should call Stratum's secret verbs: this very interpreter by absolute path, so `git diff` and
+    `git merge` work from any shell, with or without the venv on PATH. `-P` keeps the current directory (the
+    repository, whose content is untrusted) off the import path: a `daemon/` folder in it is never imported."""
+    return f"{shlex.quote(sys.executable)} -P -m daemon.cli.secret"
+
+
+def wire_repo(repo_dir: Path, command: str | None = None) -> None:
     """Add the attributes line (once) and set the repo-local git config for the textconv and merge driver.
-    `command` is how git should call Stratum (tests pass `python -m ...`)."""
+    `command` is how git should call Stratum (default: `default_command()`)."""
+    command = command or default_command()
     attributes = repo_dir / ".gitattributes"
     text = attributes.read_text() if attributes.exists() else ""
     if ATTRIBUTES_LINE not in text.splitlines():

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from reconcilers import bounded_yaml
 from reconcilers.vault.errors import ManifestError
 
 FORMAT = 1
@@ -209,7 +210,7 @@ def decode_value(raw: bytes, type_: str) -> Any:
 def load_yaml(text: str, where: str) -> Any:
     """Parse YAML safely; ManifestError with the line on a syntax error."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return bounded_yaml.load(text, _Loader)     # no aliases, capped size, nodes and depth
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -1,11 +1,15 @@
-"""The daemon side: verify changed manifests on each commit, decrypt them with the daemon's key, and hold the
-plaintext in memory only.
+"""The daemon side: verify changed manifests on each commit, decrypt them with the daemon's key only at apply,
+and hold the plaintext in a bounded in-memory cache only.
 
- 1. load      manifests (not decrypted) and the rules, from the commit
- 2. validate  the checks of check.py for changed blobs only (blob-id cache), replay against the versions this
-              daemon applied (kept on disk: path -> version, never values), then decrypt with the daemon's key
+ 1. load      manifests (not decrypted), the rules and their signature file, from the commit
+ 2. validate  check.check_manifest (the same function the CLI runs) for each manifest, cached by everything
+              the check depends on: (path, blob id, rules); replay against the versions this daemon applied
+              (kept on disk: path -> version, never values). No private key is touched here.
+ 2b. judge    (admission, against the last good revision) a rules change must be signed by a signer trusted
+              before it (rules_sig.py); a manifest's version must be above the last good revision's per path
  3. plan      one action per changed manifest (create/update/delete); payloads carry ids and versions only
- 4. apply     move the decrypted values into the in-memory store
+ 4. apply     decrypt with the daemon's key into the bounded plaintext cache (plaincache.py); the store keeps
+              the verified ciphertext, so an evicted entry is decrypted again on lookup
 A manifest the daemon is not a recipient of is verified but not loaded: teams may keep secrets from it.
 """
 
@@ -15,12 +19,12 @@ import hashlib
 import json
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.policy import PolicyResource
-
 from reconcilers.base import (
     Action,
     ActionKind,
@@ -31,10 +35,12 @@ from reconcilers.base import (
     ReconcilerEnv,
     freeze,
 )
-from reconcilers.vault import check, envelope
+from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.keysource import FileKeySource, KeySource
+from reconcilers.vault.manifest import Manifest, load_yaml, split_document
+from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
 
 if TYPE_CHECKING:
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
     from daemon.source import Snapshot
 
 NAME = "vault"
+VERIFIED_LIMIT = 20_000            # verification results kept (ciphertext and problems only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,24 +62,34 @@ class ManifestFile:
 
 @dataclass(frozen=True, slots=True)
 class VaultDesired:
-    """What a commit asks for: its manifests and rules (or the problems loading them)."""
+    """What a commit asks for: its manifests, rules and rules signature (or the problems loading them)."""
 
     revision: str
     manifests: tuple[ManifestFile, ...]
     rules: Rules | None
     problems: tuple[Problem, ...] = ()
+    rules_sig: str | None = None              # the text of <rules>.sig, when committed
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """The outcome of check.check_manifest for one (path, blob, rules): the manifest when it passed."""
+
+    manifest: Manifest | None
+    problems: tuple[Problem, ...]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Loaded:
-    """One manifest in the store: version and blob, and its values (never in repr)."""
+    """One manifest in the store: its verified ciphertext and whether the daemon can open it (no values)."""
 
     blob_id: str
     version: int
-    values: dict[str, Any] | None  # None: verified, but the daemon is not a recipient
+    manifest: Manifest
+    readable: bool                            # False: verified, but the daemon is not a recipient
 
     def __repr__(self) -> str:
-        return f"Loaded(version={self.version}, blob={self.blob_id[:12]}, loaded={self.values is not None})"
+        return f"Loaded(version={self.version}, blob={self.blob_id[:12]}, readable={self.readable})"
 
 
 class VaultReconciler:
@@ -95,7 +112,9 @@ class VaultReconciler:
         self._own_evaluator = False
         self._lock = threading.RLock()
         self._store: dict[str, Loaded] = {}
-        self._verified: dict[tuple[str, int], tuple[Loaded | None, tuple[Problem, ...]]] = {}
+        self._verified: OrderedDict[tuple[str, str, str], Verified] = OrderedDict()
+        self._versions_seen: dict[str, int] = {}            # blob id -> stratum.version (for judging replays)
+        self.plain = PlainCache(int(settings.get("plaintext_cache", DEFAULT_LIMIT)))
         self._previous: dict[str, Loaded | None] = {}  # path -> before apply
         self._versions_file = self.state_dir / "versions.json"
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
@@ -126,7 +145,9 @@ class VaultReconciler:
         return out
 
     def close(self) -> None:
-        """Stop the Nickel worker this reconciler started (an injected evaluator is the caller's to close)."""
+        """Drop every plaintext; stop the Nickel worker this reconciler started (an injected evaluator is the
+        caller's to close)."""
+        self.plain.clear()
         if self._evaluator is not None and self._own_evaluator:
             close_evaluator(self._evaluator)
             self._evaluator = None
@@ -141,7 +162,7 @@ class VaultReconciler:
 
     # 1. load --------------------------------------------------------------------------------------
     def load(self, snap: Snapshot) -> VaultDesired:
-        """The commit's manifests (text, not decrypted) and its rules."""
+        """The commit's manifests (text, not decrypted), its rules and their signature."""
         files: list[ManifestFile] = []
         problems: list[Problem] = []
         for entry in snap.entries("secrets", (".yaml", ".yml")):
@@ -165,61 +186,86 @@ class VaultReconciler:
                     hint="add secrets/rules.ncl",
                 )
             )
-        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems))
+        sig_text: str | None = None
+        sig_entry = snap.entry(rules_sig.sig_path(self.rules_path))
+        if sig_entry is not None:
+            try:
+                sig_text = snap.text(sig_entry, limit=rules_sig.MAX_SIG_BYTES)
+            except Exception as err:  # noqa: BLE001 an unreadable signature is a located problem
+                problems.append(Problem(str(getattr(err, "what", err)), path=sig_entry.path, reconciler=NAME))
+        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text)
 
     # 2. validate ------------------------------------------------------------------------------------
-    def _verify(
-        self, mf: ManifestFile, rules: Rules | None, rules_hash: int
-    ) -> tuple[Loaded | None, tuple[Problem, ...]]:
-        # Trust depends on the rules, so the cache key is (blob id, rules).
-        cached = self._verified.get((mf.blob_id, rules_hash))
+    def _verify(self, mf: ManifestFile, rules: Rules | None, rules_key: str) -> Verified:
+        # The check reads the path (stratum.path binding, creation rules), the blob and the rules: all three
+        # key the cache, so a manifest copied to another path is checked again, and fails there.
+        key = (mf.path, mf.blob_id, rules_key)
+        cached = self._verified.get(key)
         if cached is not None:
             self.stats["cache_hits"] += 1
+            self._verified.move_to_end(key)
             return cached
         self.stats["verified"] += 1
         manifest, problems = check.check_manifest(self.backend, mf.text, mf.path, rules)
-        loaded: Loaded | None = None
-        if manifest is not None and not problems:
-            try:
-                # check_manifest verified both signatures and the signer's trust: decrypt without verifying twice.
-                key = envelope.data_key(self.backend, manifest, self.key_source.keyring(), mf.path)
-                values = envelope.decrypt_values(self.backend, manifest, key, mf.path)
-                loaded = Loaded(mf.blob_id, manifest.meta.version, values)
-            except NoKeyError:
-                loaded = Loaded(mf.blob_id, manifest.meta.version, None)
-            except VaultError as err:
-                problems.append(check._problem(err, mf.path))
-        result = (loaded, tuple(problems))
-        if len(self._verified) > 10_000:
-            self._verified.clear()
-        self._verified[(mf.blob_id, rules_hash)] = result
+        result = Verified(manifest if not problems else None, tuple(problems))
+        if manifest is not None:
+            self._versions_seen[mf.blob_id] = manifest.meta.version
+        self._verified[key] = result
+        while len(self._verified) > VERIFIED_LIMIT:
+            self._verified.popitem(last=False)
         return result
 
     def validate(self, desired: VaultDesired) -> list[Problem]:
-        """Every problem of the commit's manifests; replays against the versions this daemon applied."""
+        """Every problem of the commit's manifests; replays against the versions this daemon applied. Nothing
+        is decrypted here: a revision that is only planned, or rejected, never produces plaintext."""
         with self._lock:
-            rules_hash = hash(desired.rules)
+            rules_key = _digest(desired.rules)
             problems = list(desired.problems)
             for mf in desired.manifests:
-                loaded, found = self._verify(mf, desired.rules, rules_hash)
-                problems += found
+                verified = self._verify(mf, desired.rules, rules_key)
+                problems += verified.problems
                 seen = self._versions.get(mf.path)
+                m = verified.manifest
                 if (
-                    loaded is not None
+                    m is not None
                     and seen is not None
                     and seen.get("blob_id") != mf.blob_id
-                    and loaded.version <= int(seen["version"])
+                    and m.meta.version <= int(seen["version"])
                 ):
-                    problems.append(
-                        Problem(
-                            f"stratum.version {loaded.version} is not above the applied {seen['version']}: "
-                            "an older "
-                            "manifest replayed?",
-                            path=mf.path,
-                            reconciler=NAME,
-                            hint="re-save it with `stratum secret edit` (it bumps the version)",
-                        )
-                    )
+                    problems.append(_replay(mf.path, m.meta.version, int(seen["version"]), "applied"))
+            return problems
+
+    def _version(self, mf: ManifestFile) -> int | None:
+        """A manifest's stratum.version (cached by blob: the version is in the signed bytes of that blob)."""
+        if mf.blob_id not in self._versions_seen:
+            try:
+                _, meta = split_document(load_yaml(mf.text, mf.path), mf.path)
+                version = meta.get("version") if isinstance(meta, dict) else None
+            except VaultError:
+                version = None
+            if not isinstance(version, int) or isinstance(version, bool):
+                return None
+            self._versions_seen[mf.blob_id] = version
+        return self._versions_seen[mf.blob_id]
+
+    def judge(self, desired: VaultDesired, base: VaultDesired | None, base_name: str = "") -> list[Problem]:
+        """Admission against the base (the last good revision): trust is never granted by the commit it
+        protects. A rules change must be signed by a signer the base's rules trusted (rules_sig.judge), and
+        each manifest's version must be above the base's version of the same path (no replay)."""
+        if base is None:
+            return []
+        name = base_name or f"the last good revision {base.revision[:12]}"
+        with self._lock:
+            problems = rules_sig.judge(self.backend, desired.rules, desired.rules_sig, base.rules, base.rules_sig,
+                                       self.rules_path, name)
+            before = {mf.path: mf for mf in base.manifests}
+            for mf in desired.manifests:
+                old = before.get(mf.path)
+                if old is None or old.blob_id == mf.blob_id:
+                    continue
+                new_v, old_v = self._version(mf), self._version(old)
+                if new_v is not None and old_v is not None and new_v <= old_v:
+                    problems.append(_replay(mf.path, new_v, old_v, name))
             return problems
 
     # 3. observe and plan ------------------------------------------------------------------------------
@@ -266,14 +312,25 @@ class VaultReconciler:
         return actions
 
     # 4. apply ------------------------------------------------------------------------------------------
-    def _validated(self, blob_id: str) -> Loaded | None:
-        for (blob, _), (loaded, problems) in self._verified.items():
-            if blob == blob_id and loaded is not None and not problems:
-                return loaded
+    def _validated(self, path: str, blob_id: str) -> Manifest | None:
+        for (p, blob, _), verified in reversed(self._verified.items()):
+            if p == path and blob == blob_id and verified.manifest is not None:
+                return verified.manifest
         return None
 
+    def _open(self, path: str, blob_id: str, manifest: Manifest) -> dict[str, Any] | None:
+        """Decrypt with the daemon's key into the plaintext cache; None when the daemon is not a recipient."""
+        try:
+            # check_manifest verified both signatures and the signer's trust: decrypt without verifying twice.
+            key = envelope.data_key(self.backend, manifest, self.key_source.keyring(), path)
+        except NoKeyError:
+            return None
+        values = envelope.decrypt_values(self.backend, manifest, key, path)
+        self.plain.put(path, blob_id, values)
+        return values
+
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
-        """Load (or unload) one manifest's values into memory and record its version."""
+        """Load (or unload) one manifest: decrypt it into the bounded plaintext cache, record its version."""
         from daemon.errors import ApplyError
 
         payload = action.payload()
@@ -284,24 +341,35 @@ class VaultReconciler:
             self._previous[path] = self._store.get(path)
             if action.kind == "delete":
                 self._store.pop(path, None)
+                self.plain.drop(path)
                 self._write_versions()  # the tombstone version stays: re-adding an old file is a replay
                 return Outcome(action.id, True, f"unloaded {path}", inventory=None, removed=True)
-            loaded = self._validated(str(payload["blob_id"]))
-            if loaded is None:
+            blob_id = str(payload["blob_id"])
+            manifest = self._validated(path, blob_id)
+            if manifest is None:
                 raise ApplyError(
                     "the manifest was not validated in this process",
                     where=path,
                     hint="the daemon re-validates the revision on the next run",
                 )
+            try:
+                readable = self._open(path, blob_id, manifest) is not None
+            except VaultError as err:
+                raise ApplyError(f"cannot decrypt with the daemon's key: {err.what}", where=path,
+                                 hint=err.hint or "re-encrypt it with `stratum secret rotate`") from err
+            loaded = Loaded(blob_id, manifest.meta.version, manifest, readable)
+            if not readable:
+                self.plain.drop(path)
             self._store[path] = loaded
             self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id}
             self._write_versions()
-            state = "loaded" if loaded.values is not None else "verified (the daemon is not a recipient)"
+            state = "loaded" if readable else "verified (the daemon is not a recipient)"
             return Outcome(
                 action.id,
                 True,
                 f"{path} v{loaded.version} {state}",
-                inventory={"path": path, "version": loaded.version, "blob_id": loaded.blob_id},
+                inventory={"reconciler": NAME, "resource_id": path, "kind": "secret_manifest",
+                           "data": {"path": path, "version": loaded.version, "blob_id": loaded.blob_id}},
             )
 
     def compensate(self, action: Action, ctx: ApplyContext) -> None:
@@ -309,6 +377,7 @@ class VaultReconciler:
         path = action.target
         with self._lock:
             before = self._previous.pop(path, None)
+            self.plain.drop(path)
             if before is None:
                 self._store.pop(path, None)
                 self._versions.pop(path, None) if action.kind == "create" else None
@@ -333,12 +402,17 @@ class VaultReconciler:
 
     def get(self, path: str, key: str | None = None) -> Any:
         """A value by manifest path and dotted key (`db.password`), or the whole mapping when key is None.
-        KeyError when absent or when the daemon is not a recipient of that manifest."""
+        KeyError when absent or when the daemon is not a recipient of that manifest. Decrypts again when the
+        bounded plaintext cache let the values go."""
         with self._lock:
             loaded = self._store.get(path)
-            if loaded is None or loaded.values is None:
+            if loaded is None or not loaded.readable:
                 raise KeyError(path)
-            node: Any = loaded.values
+            node: Any = self.plain.get(path, loaded.blob_id)
+            if node is None:
+                node = self._open(path, loaded.blob_id, loaded.manifest)
+                if node is None:
+                    raise KeyError(path)
             for part in key.split(".") if key else []:
                 if isinstance(node, dict) and part in node:
                     node = node[part]
@@ -347,6 +421,15 @@ class VaultReconciler:
                 else:
                     raise KeyError(f"{path}: {key}")
             return node
+
+
+def _replay(path: str, version: int, before: int, where: str) -> Problem:
+    return Problem(
+        f"stratum.version {version} is not above {before} ({where}): an older manifest replayed?",
+        path=path,
+        reconciler=NAME,
+        hint="re-save it with `stratum secret edit` (it bumps the version)",
+    )
 
 
 def _digest(value: object) -> str:

@@ -197,6 +197,26 @@ def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
     return rules
 
 
+def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -> Rules | None:
+    """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
+    None too: they could not have trusted anyone."""
+    from daemon.errors import SourceError
+    from daemon.nickel import Evaluator
+    from daemon.source import GitSource
+
+    with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
+        try:
+            snap = GitSource(str(root), "main", Path(tmp)).snapshot(rev)
+        except SourceError:
+            return None
+        evaluator = Evaluator(Path(tmp) / "nickel")
+        try:
+            rules, problems = load_snapshot(snap, evaluator, rules_path)
+        finally:
+            close_evaluator(evaluator)
+    return None if problems else rules
+
+
 def unstaged_rules(root: Path, rules_path: str = RULES_PATH) -> bool:
     """True when the work tree's rules file differs from the staged one (the CLI warns: it uses the staged)."""
     import pygit2

@@ -181,7 +181,11 @@ class TestWindows:
 
 
 def test_the_verbs_are_registered() -> None:
-    """`stratum suspend`, `resume` and `windows` exist."""
+    """`stratum suspend`, `resume` and `windows` exist (listed, and loadable from the lazy group)."""
+    import click
+
     from daemon.cli.main import cli as stratum
 
-    assert {"suspend", "resume", "windows"} <= set(stratum.commands)
+    ctx = click.Context(stratum)
+    assert {"suspend", "resume", "windows"} <= set(stratum.list_commands(ctx))
+    assert all(stratum.get_command(ctx, name) is not None for name in ("suspend", "resume", "windows"))

@@ -49,8 +49,11 @@ KNOWN: dict[tuple[str, str], str] = {
 def leaves(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     """Every runnable verb under `cmd`, with its path of names."""
     if isinstance(cmd, click.Group):
-        for name, sub in sorted(cmd.commands.items()):
-            yield from leaves(sub, (*path, name))
+        ctx = click.Context(cmd)
+        for name in sorted(cmd.list_commands(ctx)):  # the lazy group imports each verb here
+            sub = cmd.get_command(ctx, name)
+            if sub is not None:
+                yield from leaves(sub, (*path, name))
     else:
         yield path, cmd
 

@@ -140,7 +140,7 @@ class TestKeysAndEncrypt:
         """A missing key is an error naming file and key path."""
         file = env.manifest_file()
         result = env.run("unset", str(file), "db.nope")
-        assert result.exit_code == 1 and "db.nope" in str(result.exception)
+        assert result.exit_code == 1 and "db.nope" in result.output and "Traceback" not in result.output
 
     def test_updatekeys_adds_the_recipients_the_rules_name_now(self, env: Env, tmp_path: Path) -> None:
         """After a recipient joins the rules, check fails until updatekeys re-wraps; then the newcomer decrypts."""
@@ -183,7 +183,7 @@ class TestEdit:
             result = env.run("edit", str(file))
         finally:
             del os.environ["EDITOR"]
-        assert result.exit_code == 1 and "nothing was saved" in str(result.exception)
+        assert result.exit_code == 1 and "nothing was saved" in result.output
         assert file.read_text() == before
         plain = (env.tmp / "editor.log").read_text().split()[0]
         assert not Path(plain).exists()
@@ -352,7 +352,7 @@ class TestRulesFromTheIndex:
         file = env.path("secrets/x.yaml")
         file.write_text("api:\n  token: tok\n")
         result = env.run("encrypt", str(file))
-        assert result.exit_code == 1 and "secrets/rules.ncl" in str(result.exception)
+        assert result.exit_code == 1 and "secrets/rules.ncl" in result.output
         assert "ENC[" not in file.read_text()
         git(env.repo.path, "add", "secrets/signers.ncl")
         env.ok("encrypt", str(file))

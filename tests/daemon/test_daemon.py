@@ -34,7 +34,9 @@ def test_push_is_applied_and_recorded(pushed: tuple[WorkRepo, Path], tmp_path: P
     work, remote = pushed
     first = work.commit({"infra/a.ncl": _files(3, "v1")})
     work.push()
-    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
+    config = tmp_path / "stratumd.toml"
+    config.write_text("[http]\nmetrics_public = true\n")   # /metrics otherwise needs a token (test_http_auth.py)
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
     try:
         assert d.wait_run(first)["status"] == "succeeded"
         assert (tmp_path / "root/app/f2.txt").read_text() == "v1 2\n"
@@ -230,6 +232,47 @@ def test_sigkill_mid_apply_rolls_back_on_restart(pushed: tuple[WorkRepo, Path], 
         assert rows == [(0,)]
         d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
     d.stop()
+
+
+def test_recovery_that_raises_marks_the_run_and_the_daemon_serves(pushed: tuple[WorkRepo, Path],
+                                                                  tmp_path: Path) -> None:
+    """Issue 16 item 12: killed mid-apply, then recovery itself raises (the interrupted run's checkpoint
+    records are damaged, so rebuilding its actions fails with a KeyError, as the day-one defect's did): the
+    daemon still starts, the run is `recovery_failed` with the reason, status says so, and the next good
+    commit applies."""
+    from daemon.index import Index
+
+    work, remote = pushed
+    good = work.commit({"infra/a.ncl": infra_file(SLOW_INFRA.format(tag="good"))})
+    work.push()
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")
+    d.wait_run(good)
+    bad = work.commit({"infra/a.ncl": infra_file(SLOW_INFRA.format(tag="bad"))})
+    work.push()
+    wait_for(lambda: (tmp_path / "root/state/base.txt").read_text() == "bad\n", 10, 0.005)
+    d.kill()
+    index = Index(tmp_path / "data/index.duckdb")       # replays the journal of the killed daemon first
+    try:
+        [(run_id,)] = index.query("SELECT id FROM runs WHERE status = 'running'")
+        assert index.query("SELECT count(*) FROM actions WHERE run_id = ?", [run_id])[0][0] >= 1
+        index.execute("UPDATE actions SET action = '{\"damaged\": true}' WHERE run_id = ?", [run_id])
+    finally:
+        index.close()
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root")   # fails the test if start-up crashes
+    try:
+        run = d.wait_run(bad)
+        assert run["status"] == "recovery_failed", run
+        assert "recovery failed (KeyError" in run["message"] and "stratum drift" in run["message"]
+        cond = d.call("status")["status"]["reconcilers"]["infra"]["conditions"][0]
+        assert (cond["status"], cond["reason"]) == ("False", "RecoveryFailed")
+        assert any(e["kind"] == "recovery_failed" for e in d.call("events")["events"])
+        assert d.proc.poll() is None
+        fixed = work.commit({"infra/a.ncl": infra_file(SLOW_INFRA.format(tag="fixed"))})
+        work.push()
+        assert d.wait_run(fixed)["status"] == "succeeded"
+        assert (tmp_path / "root/state/after.txt").read_text() == "fixed\n"
+    finally:
+        assert d.stop() == 0
 
 
 def test_sigkill_then_resume_setting_finishes_the_revision(pushed: tuple[WorkRepo, Path], tmp_path: Path) -> None:

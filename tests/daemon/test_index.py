@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -110,8 +112,9 @@ def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
 
 
 # -- corrupt and locked files ---------------------------------------------------------------------------
-def test_a_corrupt_file_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
-    """A garbage index file is kept beside as .corrupt-*, a new index opens, and why is recorded."""
+def test_a_corrupt_file_is_moved_aside_and_rebuilt(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A garbage index file is kept beside as .corrupt-*, a new index opens, and why is said on stderr and
+    recorded as an event."""
     path = tmp_path / "index.duckdb"
     garbage = b"this is not a duckdb file\x00" * 200
     path.write_bytes(garbage)
@@ -122,6 +125,8 @@ def test_a_corrupt_file_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
         [aside] = list(tmp_path.glob("index.duckdb.corrupt-*"))
         assert aside.read_bytes() == garbage
         assert str(aside) in idx.rebuilt_reason
+        assert f"stratum: warning: {idx.rebuilt_reason}" in capfd.readouterr().err
+        assert idx.query("SELECT kind, subject FROM events") == [("index_rebuilt", str(aside))]
         idx.set_state("works", "yes")
         assert idx.get_state("works") == "yes"
     finally:
@@ -152,6 +157,98 @@ def test_a_corrupt_file_opened_read_only_is_an_index_error(tmp_path: Path) -> No
         Index(path, read_only=True)
     assert "start the daemon" in err.value.hint
     assert path.read_bytes() == b"garbage" * 100
+
+
+def _free_blocks_at_the_end(path: Path) -> None:
+    """Leave `path` a healthy index whose DuckDB block count (free blocks included) exceeds the file's size:
+    rows written and checkpointed, then deleted and checkpointed again (DuckDB truncates the file)."""
+    idx = Index(path)
+    idx.set_state("history", "kept")
+    idx.close()
+    con = duckdb.connect(str(path))           # DuckDB itself leaves the file this way: nothing is damaged
+    con.execute("CREATE TABLE filler (a TEXT)")
+    con.execute("INSERT INTO filler SELECT repeat('x', 200) || range FROM range(50000)")
+    con.execute("CHECKPOINT")
+    con.execute("DELETE FROM filler")
+    con.execute("CHECKPOINT")
+    con.close()
+
+
+def test_a_healthy_index_whose_block_count_exceeds_its_size_is_never_moved_aside(tmp_path: Path) -> None:
+    """Issue 9 item 2: free blocks make DuckDB's block count x block size larger than the file; that is no
+    truncation. The index opens as it is: nothing moved aside, the history kept."""
+    path = tmp_path / "index.duckdb"
+    _free_blocks_at_the_end(path)
+    con = duckdb.connect(str(path), read_only=True)
+    total, size = con.execute("SELECT total_blocks, block_size FROM pragma_database_size()").fetchone()  # type: ignore[misc]
+    con.close()
+    assert 3 * 4096 + total * size > path.stat().st_size, "the setup must reproduce the issue's file"
+    for read_only in (True, False):
+        idx = Index(path, read_only=read_only)
+        try:
+            assert idx.rebuilt_reason is None
+            assert idx.get_state("history") == "kept"
+        finally:
+            idx.close()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs of 8 MB (root is needed to mount; chmod does not stop root, so this is the real way to make
+    writes fail here)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to make a real read-only or full file system")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True)
+    assert done.returncode == 0, f"mount failed: {done.stderr!r}"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_file_system_is_an_io_error_never_corruption(mount: Path) -> None:
+    """Issue 16 item 11: an index on a file system remounted read-only is reported as an I/O problem with what
+    to do; the file is neither moved nor rebuilt, and reads still work read-only."""
+    path = mount / "data" / "index.duckdb"
+    idx = Index(path)
+    idx.set_state("history", "kept")
+    idx.close()
+    before = path.read_bytes()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    try:
+        with pytest.raises(IndexError_) as err:
+            Index(path)
+        assert "Read-only file system" in err.value.what or "read-only" in err.value.what.lower()
+        assert "mount" in err.value.hint and "left as it is" in err.value.hint
+        reader = Index(path, read_only=True)
+        try:
+            assert reader.get_state("history") == "kept"
+        finally:
+            reader.close()
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+    assert path.read_bytes() == before
+    assert not list(path.parent.glob("*.corrupt-*"))
+
+
+def test_a_full_disk_is_an_io_error_never_corruption(mount: Path) -> None:
+    """ENOSPC while opening is reported as such; nothing is moved aside."""
+    path = mount / "index.duckdb"
+    filler = mount / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    with pytest.raises(IndexError_) as err:
+        Index(path)
+    assert "No space left" in err.value.what
+    assert not list(mount.glob("*.corrupt-*"))
 
 
 def test_a_second_process_gets_a_lock_error(tmp_path: Path) -> None:

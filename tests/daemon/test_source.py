@@ -3,6 +3,7 @@ branches, file checks (symlinks, size, encoding), and notes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,76 @@ def test_safe_relpath_refuses_escapes(path: str) -> None:
     """Absolute paths, `..`, backslashes, NUL and empty paths are refused."""
     with pytest.raises(ValueError):
         safe_relpath(path)
+
+
+def _commit_raw_name(work: WorkRepo, raw: bytes, content: bytes = b"x\n") -> str:
+    """Commit a file whose name is the raw bytes `raw` (not necessarily UTF-8)."""
+    target = os.path.join(os.fsencode(work.path), raw)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "wb") as fh:
+        fh.write(content)
+    return work.commit()
+
+
+def test_scan_counts_files_and_escapes_bad_names(work: WorkRepo, tmp_path: Path) -> None:
+    """scan() counts every file and lists names that are not UTF-8 or hold control characters, escaped."""
+    work.write({"ok/ünïcode.txt": "fine\n"})
+    _commit_raw_name(work, b"bad\xff\xfe.txt")
+    _commit_raw_name(work, b"line\nbreak.txt")
+    snap = GitSource(str(work.path), "main", tmp_path / "data").snapshot("main")
+    found = snap.scan()
+    assert sorted(found.bad_names) == ["bad\\xff\\xfe.txt", "line\\x0abreak.txt"]
+    assert found.files == len(snap.entries()) and not found.over_cap
+    assert all(e.path.encode("utf-8") for e in snap.entries())     # no surrogate ever leaves the snapshot
+
+
+def test_scan_stops_past_the_cap(work: WorkRepo, tmp_path: Path) -> None:
+    """Counting stops one file past the cap: a huge tree costs no more than the cap to check."""
+    work.commit({f"f{i}.txt": str(i) for i in range(30)})
+    found = GitSource(str(work.path), "main", tmp_path / "data").snapshot("main").scan(max_files=10)
+    assert (found.files, found.over_cap) == (11, True)
+
+
+def test_a_non_utf8_name_rejects_the_run_with_the_path_escaped(tmp_path: Path) -> None:
+    """A non-UTF-8 file name rejects the revision at validate (it failed in DuckDB with a surrogate error);
+    the last good revision stays, and the changed-file index holds the escaped path."""
+    from tests.fixtures import Stack, infra, resource
+    work = WorkRepo(tmp_path / "repo")
+    work.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    stack = Stack(tmp_path, work.path)
+    try:
+        good = stack.run()
+        assert good.status == "succeeded"
+        _commit_raw_name(work, b"notes/\xff.txt")
+        bad = stack.run()
+        assert bad.status == "rejected"
+        assert [p.path for p in bad.problems if p.reconciler == "source"] == ["notes/\\xff.txt"]
+        assert stack.state("last_good_revision") == good.revision
+    finally:
+        stack.close()
+
+
+def test_the_file_cap_rejects_a_revision_and_a_repo_may_only_lower_it(tmp_path: Path) -> None:
+    """Over the host cap the revision is refused before loading; stratum.ncl's max_files lowers the cap but
+    never raises it above the host's."""
+    from tests.fixtures import Stack, infra, resource
+    work = WorkRepo(tmp_path / "repo")
+    work.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x")),
+                 **{f"notes/{i}.txt": str(i) for i in range(20)}})
+    stack = Stack(tmp_path, work.path)
+    try:
+        stack.pipeline.max_files = 10
+        over = stack.run()
+        assert over.status == "rejected" and "over 10 files" in over.problems[0].message
+        stack.pipeline.max_files = 100
+        assert stack.run().status == "succeeded"
+        work.commit({"stratum.ncl": "{ max_files = 5 }\n"})
+        lowered = stack.run()
+        assert lowered.status == "rejected"
+        assert [(p.path, "over the cap of 5" in p.message) for p in lowered.problems] == [("stratum.ncl", True)]
+        work.commit({"stratum.ncl": "{ max_files = 1000 }\n"})
+        stack.pipeline.max_files = 15
+        bounded = stack.run()
+        assert bounded.status == "rejected" and "over 15 files" in bounded.problems[0].message
+    finally:
+        stack.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
 import os
 import socket
@@ -13,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pygit2
 import pytest
 import uvicorn
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from mcp.types import TextContent, TextResourceContents
 
+from daemon import __version__
 from daemon.http import build_app, reconciler_mounts
 from daemon.index import Index
 from daemon.metrics import Metrics
@@ -49,8 +54,11 @@ def _text(result: Any) -> Any:
 
 async def _exercise(client: Client) -> None:
     tools = {t.name for t in (await client.list_tools()).tools}
-    assert {"search", "get_node", "list_nodes", "get_guidelines", "related", "add_note", "record_decision",
-            "export", "runbook_for", "recent_runs", "explain_resource"} <= tools
+    assert {"search", "get_node", "list_nodes", "get_guidelines", "related", "export", "runbook_for",
+            "recent_runs", "explain_resource"} <= tools
+    # Tools that write are off unless the host enables them ([knowledge] mcp_writes).
+    assert not {"add_note", "record_decision"} & tools
+    assert client.server_info is not None and client.server_info.version == __version__
     found = _text(await client.call_tool("search", {"query": "service returns 502 bad gateway"}))
     assert found["mode"] == "hybrid" and found["results"][0]["title"].startswith("Runbook: hello service")
     node_id = found["results"][0]["id"]
@@ -64,9 +72,11 @@ async def _exercise(client: Client) -> None:
     guidelines = _text(await client.call_tool("get_guidelines", {}))
     assert guidelines["guidelines"][0]["category"] == "change-review"
     resource = await client.read_resource(f"stratum://node/{node_id}")
-    assert "type: note" in resource.contents[0].text
+    content = resource.contents[0]
+    assert isinstance(content, TextResourceContents) and "type: note" in content.text
     prompt = await client.get_prompt("postmortem", {"incident": "502s after deploy", "resource": "app-service"})
-    assert "[[infra:app-service]]" in prompt.messages[0].content.text
+    message = prompt.messages[0].content
+    assert isinstance(message, TextContent) and "[[infra:app-service]]" in message.text
 
 
 def test_the_sdk_client_uses_every_surface_over_stdio(template_repo: WorkRepo, tmp_path: Path) -> None:
@@ -78,11 +88,39 @@ def test_the_sdk_client_uses_every_surface_over_stdio(template_repo: WorkRepo, t
     async def main() -> None:
         async with Client(params, read_timeout_seconds=120) as client:
             await _exercise(client)
-            added = _text(await client.call_tool("add_note", {"title": "Disk full on web-1", "body": "df -h",
-                                                              "tags": ["runbook"]}))
-            assert Path(added["path"]).exists() and added["committed"] is False
 
     anyio.run(main)
+
+
+def test_stdio_writes_when_enabled_commit_to_a_side_branch_never_the_work_tree(template_repo: WorkRepo,
+                                                                               tmp_path: Path) -> None:
+    """With `[knowledge] mcp_writes = true` in the host settings, add_note commits the node to a new branch
+    stratum/mcp/... by the daemon's identity with a Submitted-by trailer; the work tree and main stay as they
+    were."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stratumd.toml").write_text("[knowledge]\nmcp_writes = true\n")
+    repo = pygit2.Repository(str(template_repo.path))
+    main_before, status_before = repo.references["refs/heads/main"].target, repo.status()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-m", "daemon.cli.kb", "mcp", "--repo", str(template_repo.path), "--data-dir", str(data)], env=env,
+        cwd=str(ROOT))
+
+    async def main() -> dict[str, Any]:
+        async with Client(params, read_timeout_seconds=120) as client:
+            return dict(_text(await client.call_tool("add_note", {
+                "title": "Disk full on web-1", "body": "df -h", "tags": ["runbook"]})))
+
+    added = anyio.run(main)
+    assert added["branch"].startswith("stratum/mcp/")
+    commit = repo.references[f"refs/heads/{added['branch']}"].peel(pygit2.Commit)
+    assert str(commit.id) == added["commit"] and commit.parents[0].id == main_before
+    assert commit.author.name == "stratumd" and f"Submitted-by: local:{getpass.getuser()}" in commit.message
+    blob = commit.tree[added["path"]]
+    assert isinstance(blob, pygit2.Blob) and "Disk full on web-1" in blob.data.decode()
+    assert repo.references["refs/heads/main"].target == main_before
+    assert repo.status() == status_before and not (template_repo.path / added["path"]).exists()
 
 
 def _free_port() -> int:
@@ -123,3 +161,165 @@ def test_the_sdk_client_uses_the_daemons_http_transport(daemon_http: str) -> Non
             await _exercise(client)
 
     anyio.run(main)
+
+
+# -- writes over HTTP: the principal comes from the listener's authentication, never from a header -------------
+class Authenticated:
+    """Stands where the listener's authentication stands: it sets scope["state"]["principal"] on each request
+    it lets through (the hook the daemon's bearer-token auth fills)."""
+
+    def __init__(self, app: Any, principal: str) -> None:
+        self.app, self.principal = app, principal
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "state": {**scope.get("state", {}), "principal": self.principal}}
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _indexed(repo: WorkRepo, data: Path, host: dict[str, Any]) -> tuple[KnowledgeReconciler, Index]:
+    index = Index(data / "index.duckdb")
+    rec = KnowledgeReconciler(ReconcilerEnv(data, settings=host, index=index))
+    snap = GitSource(str(repo.path), "main", data).snapshot("main")
+    desired = rec.load(snap)
+    rec.index(desired, index, snap.revision)
+    return rec, index
+
+
+def test_http_writes_commit_to_a_side_branch_as_the_authenticated_principal(template_repo: WorkRepo,
+                                                                            tmp_path: Path) -> None:
+    """Enabled by the host, record_decision over /mcp commits to stratum/mcp/... with `Submitted-by:` naming the
+    principal the authentication layer set; a request without one (whatever its Host header) is refused; the
+    watched repo's work tree and main are untouched."""
+    rec, index = _indexed(template_repo, tmp_path / "data", {"knowledge": {"mcp_writes": True}})
+    repo = pygit2.Repository(str(template_repo.path))
+    main_before, status_before = repo.references["refs/heads/main"].target, repo.status()
+    mounts = reconciler_mounts([rec])
+    args = {"title": "Use ext4 for data volumes", "context": "xfs quotas bit us", "decision": "ext4"}
+
+    async def call(url: str, headers: dict[str, str] | None = None) -> Any:
+        async with Client(url + "/mcp/", read_timeout_seconds=60) as client:
+            return await client.call_tool("record_decision", args)
+
+    try:
+        with serving(build_app(Metrics(), lambda: {"ok": True}, mounts)) as url:
+            refused = anyio.run(call, url)
+        assert refused.is_error and "authenticated" in str(refused.content)
+        with serving(Authenticated(build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([rec])),
+                                   "alice@example.com")) as url:
+            made = _text(anyio.run(call, url))
+    finally:
+        rec.close()
+        index.close()
+    commit = repo.references[f"refs/heads/{made['branch']}"].peel(pygit2.Commit)
+    assert made["branch"].startswith("stratum/mcp/") and commit.parents[0].id == main_before
+    assert commit.message.rstrip().endswith("Submitted-by: alice@example.com")
+    assert repo.references["refs/heads/main"].target == main_before and repo.status() == status_before
+
+
+# -- one server: the same answers over stdio and over HTTP ------------------------------------------------------
+QUERIES = ["web app is unreachable, gateway error", "who may approve access rights", "zebra giraffe savanna"]
+
+
+async def _answers(client: Client) -> dict[str, Any]:
+    out: dict[str, Any] = {"tools": sorted(t.name for t in (await client.list_tools()).tools),
+                           "version": client.server_info.version if client.server_info else None}
+    for q in QUERIES:
+        out[q] = _text(await client.call_tool("search", {"query": q}))
+    out["runs"] = _text(await client.call_tool("recent_runs", {}))
+    out["nodes"] = _text(await client.call_tool("list_nodes", {}))
+    return out
+
+
+def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) -> None:
+    """After a real pipeline run, the daemon's /mcp and `stratum kb mcp` over the same data directory answer
+    search (same default threshold), recent_runs (the run is there on both) and list_nodes identically, and
+    report the same server version."""
+    from daemon.pipeline import Pipeline
+
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({str(p.relative_to(ROOT / "repo_template")): p.read_text()
+                 for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}, "knowledge")
+    data = tmp_path / "data"
+    index = Index(data / "index.duckdb")
+    rec = KnowledgeReconciler(ReconcilerEnv(data, index=index))
+    pipeline = Pipeline(source=GitSource(str(repo.path), "main", data), index=index, reconcilers={"knowledge": rec},
+                        evaluator=evaluator, notes=False)
+    try:
+        assert pipeline.run("main").status == "succeeded"
+        pipeline.wait_hooks()
+        with serving(build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([rec]))) as url:
+            async def over_http() -> dict[str, Any]:
+                async with Client(url + "/mcp/", read_timeout_seconds=60) as client:
+                    return await _answers(client)
+            http = anyio.run(over_http)
+    finally:
+        pipeline.close()
+        rec.close()
+        index.close()
+    params = StdioServerParameters(command=sys.executable, args=[
+        "-m", "daemon.cli.kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+
+    async def over_stdio() -> dict[str, Any]:
+        async with Client(params, read_timeout_seconds=120) as client:
+            return await _answers(client)
+
+    stdio = anyio.run(over_stdio)
+    assert http["runs"]["runs"] and http["runs"]["runs"][0]["status"] == "succeeded"
+    assert http[QUERIES[0]]["results"] and not http[QUERIES[2]]["results"]
+    for key in http:
+        assert stdio[key] == http[key], key
+
+
+# -- after a restart the daemon serves the last good revision at once ---------------------------------------------
+def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
+    """A real stratumd applies a commit, stops, starts again: before any new run, /mcp lists the nodes of the
+    last good revision (it used to answer `Error executing tool` until the next run)."""
+    from tests.proc import DaemonProc, wait_for
+
+    repo = WorkRepo(tmp_path / "ops")
+    head = repo.commit({
+        "stratum.ncl": '{ knowledge = { embedding = { provider = "none" } } }\n',
+        **{str(p.relative_to(ROOT / "repo_template")): p.read_text()
+           for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}}, "knowledge")
+    data = tmp_path / "data"
+
+    async def titles(port: int) -> list[str]:
+        async with Client(f"http://127.0.0.1:{port}/mcp/", read_timeout_seconds=60) as client:
+            listed = _text(await client.call_tool("list_nodes", {"type": "decision"}))
+            return sorted(n["title"] for n in listed["nodes"])
+
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    try:
+        assert daemon.wait_run(head, 60)["status"] == "succeeded"
+        port = int(daemon.call("status")["status"]["daemon"]["http_port"])
+        before = anyio.run(titles, port)
+    finally:
+        assert daemon.stop() == 0
+    assert before and before[0].startswith("ADR 0001")
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    try:
+        runs = len(daemon.runs())
+        port = int(wait_for(lambda: daemon.call("status")["status"]["daemon"]["http_port"], 30))
+        assert anyio.run(titles, port) == before
+        assert len(daemon.runs()) == runs          # served from the index, not from a run since the restart
+    finally:
+        daemon.stop()

@@ -1,0 +1,196 @@
+"""What a slow or greedy client may hold of the HTTP listener, and the descriptors the daemon keeps for itself.
+
+uvicorn (0.55, h11) has a keep-alive timeout, but nothing bounds the time a client takes to send a request's head
+or body, and `limit_concurrency` counts a connection only once its head has arrived: a client sending one header
+line every 10 s holds a descriptor forever, and ~20,000 of them exhausted the daemon's descriptors (issue 16).
+`guarded_protocol` adds to uvicorn's h11 protocol:
+
+1. a head deadline: the request line and headers within `header_timeout` of the connection opening, or of the
+   previous response on a keep-alive connection (plus `keepalive_timeout`); else 408 and close;
+2. a body deadline: the whole body within `body_timeout` of the head; else close (the app sees a disconnect);
+3. at most `max_requests_per_connection` requests on one connection;
+4. a connection cap: the connection past `max_connections` evicts the oldest one still waiting for its request
+   head (slow clients lose their place to new ones, so a flood of them never locks out /healthz); when every
+   connection is busy with a request, the newcomer is closed at once.
+
+`fd_budget` raises the soft descriptor limit to the hard one and caps connections below it, keeping `fd_reserve`
+descriptors for the index, git, the Nickel workers and the control socket (daemon/descriptors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import h11
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from daemon.descriptors import http_share, raise_nofile
+from daemon.httpconfig import Limits
+
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    b"connection: close\r\ncontent-length: 41\r\n\r\nthe request head did not arrive in time.\n")
+
+log = structlog.get_logger("stratum.http")
+
+
+def fd_budget(limits: Limits) -> Limits:
+    """Raise the descriptor limit (daemon/descriptors.py); the limits with max_connections fitting below it."""
+    soft = raise_nofile()
+    room = http_share(soft, limits.max_connections, limits.fd_reserve)
+    if room < limits.max_connections:
+        log.warning("http_connections_capped", max_connections=room, configured=limits.max_connections,
+                    nofile=soft, fd_reserve=limits.fd_reserve,
+                    message="the descriptor limit leaves room for fewer HTTP connections than configured")
+        return replace(limits, max_connections=room)
+    return limits
+
+
+class Stats:
+    """What the listener refused or cut, by reason; a Prometheus collector (`registry.register(stats)`)."""
+
+    def __init__(self) -> None:
+        self.closed: Counter[str] = Counter()
+        self.peak = 0                            # the most connections held at once, after eviction
+
+    def collect(self) -> Iterator[Metric]:
+        """stratum_http_connections_closed_total{reason} and stratum_http_connections_peak."""
+        closed = CounterMetricFamily("stratum_http_connections_closed",
+                                     "HTTP connections the listener cut off, by reason", labels=["reason"])
+        for reason in ("header_timeout", "body_timeout", "evicted", "over_capacity", "max_requests"):
+            closed.add_metric([reason], self.closed[reason])
+        yield closed
+        yield GaugeMetricFamily("stratum_http_connections_peak", "The most HTTP connections held at once",
+                                value=self.peak)
+
+
+def guarded_protocol(limits: Limits, stats: Stats) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the deadlines and the cap of the module docstring."""
+    # Shared by the connections of one server (its event loop is one thread: no locks). `waiting` holds the
+    # connections in their head phase in the order they entered it, so the oldest is found in O(1) at the cap.
+    waiting: dict[Guarded, None] = {}
+    live = [0]
+
+    class Guarded(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _phase = "new"                           # new -> head (waiting for one) -> body -> app -> head ... closed
+        _requests = 0
+        _seen: object = None                     # the request/response cycle already counted
+        _got_bytes = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            live[0] += 1
+            if live[0] > limits.max_connections and not self._evict_one():
+                stats.closed["over_capacity"] += 1
+                self._retire()
+                transport.abort()
+                return
+            stats.peak = max(stats.peak, live[0])
+            self._wait_head(limits.header_timeout)
+
+        def _evict_one(self) -> bool:
+            """Close the connection that has waited longest for a request head."""
+            if not waiting:
+                return False
+            stats.closed["evicted"] += 1
+            next(iter(waiting))._close(timed_out=False)
+            return True
+
+        def _enter(self, phase: str) -> None:
+            waiting.pop(self, None)
+            if phase == "head":
+                waiting[self] = None              # to the end: the newest waiter
+            self._phase = phase
+
+        def _retire(self) -> None:
+            """Closed: out of the count and the queue, once."""
+            self._disarm()
+            if self._phase != "closed":
+                waiting.pop(self, None)
+                live[0] -= 1
+                self._phase = "closed"
+
+        def _wait_head(self, seconds: float) -> None:
+            self._enter("head")
+            self._got_bytes = False
+            self._arm(seconds, self._head_late)
+
+        def _arm(self, seconds: float, callback: Any) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(seconds, callback)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _head_late(self) -> None:
+            stats.closed["header_timeout"] += 1
+            self._close(timed_out=True)
+
+        def _body_late(self) -> None:
+            stats.closed["body_timeout"] += 1
+            self._close(timed_out=False)
+
+        def _close(self, timed_out: bool) -> None:
+            self._retire()
+            if self.transport.is_closing():
+                return
+            if timed_out and self._got_bytes and self.conn.our_state is h11.IDLE:
+                self.transport.write(_REQUEST_TIMEOUT)   # the client began a request: tell it why
+                self.transport.close()
+            else:
+                self.transport.abort()
+
+        def data_received(self, data: bytes) -> None:
+            self._got_bytes = True
+            super().data_received(data)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            self._follow()
+
+        def _follow(self) -> None:
+            """Move the deadline along with the request: head -> body -> the app's response."""
+            if self.cycle is not None and self.cycle is not self._seen:
+                self._seen = self.cycle
+                self._requests += 1
+            if self.transport.is_closing() or self._phase == "closed":
+                return
+            state = self.conn.their_state
+            if state is h11.IDLE:
+                return                            # still the head phase, armed where it began
+            if state is h11.SEND_BODY:
+                if self._phase != "body":
+                    self._enter("body")
+                    self._arm(limits.body_timeout, self._body_late)
+            elif self._phase != "app":
+                self._enter("app")
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()        # may handle a pipelined request (handle_events -> _follow)
+            if self.transport.is_closing() or self._phase == "closed":
+                return
+            if self._requests >= limits.max_requests_per_connection:
+                stats.closed["max_requests"] += 1
+                self._retire()
+                self.transport.close()            # not abort: the response may still be in the write buffer
+                return
+            if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
+                # Idle keep-alive: uvicorn closes it after keepalive_timeout unless a byte comes; the head
+                # deadline covers a client that starts a request and then dawdles.
+                self._wait_head(limits.keepalive_timeout + limits.header_timeout)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._retire()
+            super().connection_lost(exc)
+
+    return Guarded

@@ -1,0 +1,126 @@
+"""Render infra `template` files in a bounded worker process (reconcilers/infra/template_worker.py).
+
+A committed template must not hang a run, ignore SIGTERM or take the host's memory: each render has a
+deadline (the worker's own timer first, then a kill from here), the worker an address-space limit, and the
+output a cap counted while rendering. Failures are `InputError`s located at `template:line`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import InputError
+
+MAX_RENDERED = 4 * 1024 * 1024
+RENDER_TIMEOUT_S = 5.0
+WORKER_MEMORY_MB = 512
+WORKER_IDLE_S = 60.0
+_GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Kill a worker, reap it and close its pipes."""
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass  # unflushed request bytes to a dead worker: nothing to keep
+
+
+class TemplateRenderer:
+    """Renders templates one at a time in one child process, started on first use and replaced on overrun."""
+
+    def __init__(self, timeout: float = RENDER_TIMEOUT_S, memory_mb: int = WORKER_MEMORY_MB,
+                 max_output: int = MAX_RENDERED) -> None:
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.max_output = max_output
+        self._proc: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[Any, Any] = weakref.finalize(self, lambda: None)
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._kill()
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "reconcilers.infra.template_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/",
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            # A renderer dropped without close() (a reconciler nobody closed) still stops its worker.
+            self._finalizer = weakref.finalize(self, _stop, self._proc)
+        return self._proc
+
+    def render(self, rid: str, template: str, text: str, variables: Mapping[str, Any]) -> str:
+        """`text` (the file `template`) rendered with `variables`, or an InputError at `template:line`."""
+        request = json.dumps({"name": template, "text": text, "vars": dict(variables), "timeout": self.timeout,
+                              "max_output": self.max_output}) + "\n"
+        with self._lock:
+            reply = self._exchange(request)
+        if "ok" in reply:
+            return str(reply["ok"])
+        line = int(reply.get("line") or 0)
+        where = f"{template}:{line}" if line else template
+        kind = reply.get("kind", "render")
+        if kind == "syntax":
+            raise InputError(str(reply["error"]), where=where, hint="fix the Jinja syntax")
+        if kind == "limit":
+            raise InputError(f"resource {rid}: template {template}: {reply['error']}", where=where,
+                             hint="templates must render quickly into a modest file (at most "
+                                  f"{self.max_output} bytes, {self.timeout:g} s)")
+        # Undefined variables and sandbox refusals are fixed in the resource (its `vars`): the error stays
+        # unlocated here so the loader pins it on the resource's declaration, naming the template line.
+        raise InputError(f"resource {rid}: template {template} failed: {reply['error']}"
+                         + (f" (at {where})" if line else ""), where=template,
+                         hint="every variable the template uses must be in `vars`")
+
+    def _exchange(self, request: str) -> dict[str, Any]:
+        # A worker that exited because it was idle just as a request came gets one retry on a fresh one.
+        for attempt in (1, 2):
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(request)
+                proc.stdin.flush()
+            except BrokenPipeError:
+                self._kill()
+                if attempt == 1:
+                    continue
+                return {"error": "the template worker died", "kind": "limit"}
+            ready, _, _ = select.select([proc.stdout], [], [], self.timeout + _GRACE_S)
+            if not ready:
+                self._kill()
+                return {"error": f"rendering did not finish within {self.timeout:g} s", "kind": "limit"}
+            line = proc.stdout.readline()
+            if line:
+                reply: dict[str, Any] = json.loads(line)
+                return reply
+            code = proc.wait()
+            self._kill()
+            if attempt == 1 and code == 0:
+                continue
+            return {"error": "rendering crashed the template worker (out of memory?)", "kind": "limit"}
+        return {"error": "the template worker could not be started", "kind": "limit"}
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self._finalizer.detach()
+            _stop(proc)
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        with self._lock:
+            self._kill()

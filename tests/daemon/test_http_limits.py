@@ -1,0 +1,179 @@
+"""What a slow or greedy client may hold of the HTTP listener: real sockets against a real uvicorn on loopback.
+
+Deadlines are set to a second or two so every test ends by itself; nothing here asserts how fast anything is."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from daemon.descriptors import quiet_accept_errors
+from daemon.http import HttpServer
+from daemon.httpconfig import Limits
+
+LIMITS = Limits(header_timeout=1.0, body_timeout=1.0, keepalive_timeout=1.0, max_requests_per_connection=3,
+                max_connections=20, fd_reserve=64)
+
+
+async def echo(request: Request) -> PlainTextResponse:
+    """Reads the whole body, answers its length."""
+    return PlainTextResponse(str(len(await request.body())))
+
+
+def serve(limits: Limits) -> HttpServer:
+    """A started server with /healthz and /echo under `limits`."""
+    app = Starlette(routes=[Route("/healthz", lambda r: JSONResponse({"ok": True})),
+                            Route("/echo", echo, methods=["POST"])])
+    server = HttpServer("127.0.0.1:0", app, limits=limits)
+    server.start()
+    deadline = time.monotonic() + 10
+    while not server.server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    return server
+
+
+@pytest.fixture
+def server() -> Iterator[HttpServer]:
+    """A server with one-second deadlines, 3 requests per connection and room for 20 connections."""
+    s = serve(LIMITS)
+    yield s
+    s.server.should_exit = True
+    s.stop()
+
+
+def slow_client(port: int, first: bytes = b"GET /healthz HTTP/1.1\r\n") -> socket.socket:
+    """A connection that sent `first` and will send nothing more by itself."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if first:
+        sock.sendall(first)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (the socket's 10 s timeout bounds the wait)."""
+    out = b""
+    try:
+        while chunk := sock.recv(4096):
+            out += chunk
+    except ConnectionResetError:
+        pass
+    return out
+
+
+def healthz(port: int) -> int:
+    """Status of GET /healthz on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_request_head_sent_slowly_is_cut_off_with_408(server: HttpServer) -> None:
+    """A client sending one header line now and then is answered 408 and closed at the head deadline."""
+    sock = slow_client(server.port)
+    with sock:
+        sock.sendall(b"X-Slow: 1\r\n")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert server.stats.closed["header_timeout"] >= 1
+
+
+def test_cut_connections_are_counted_in_metrics(server: HttpServer) -> None:
+    """What the listener cut off shows in Prometheus metrics, by reason."""
+    registry = CollectorRegistry()
+    registry.register(server.stats)
+    with slow_client(server.port) as sock:
+        read_until_closed(sock)
+    text = generate_latest(registry).decode()
+    assert 'stratum_http_connections_closed_total{reason="header_timeout"} 1.0' in text
+    assert 'stratum_http_connections_closed_total{reason="evicted"} 0.0' in text
+
+
+def test_a_silent_connection_is_closed(server: HttpServer) -> None:
+    """A connection that never sends a byte is closed (without a reply) at the head deadline."""
+    with slow_client(server.port, b"") as sock:
+        assert read_until_closed(sock) == b""
+
+
+def test_a_body_sent_slowly_is_cut_off(server: HttpServer) -> None:
+    """A request whose body stops halfway is closed at the body deadline; the app sees a disconnect."""
+    with slow_client(server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789") as sock:
+        assert read_until_closed(sock) == b""
+    assert server.stats.closed["body_timeout"] == 1
+
+
+def test_keep_alive_connections_serve_a_bounded_number_of_requests(server: HttpServer) -> None:
+    """After max_requests_per_connection responses the server closes the connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/echo", body=b"abc")
+            resp = conn.getresponse()
+            assert resp.read() == b"3"
+        assert conn.sock is not None
+        assert read_until_closed(conn.sock) == b""
+    finally:
+        conn.close()
+    assert server.stats.closed["max_requests"] == 1
+
+
+def test_slow_clients_past_the_cap_are_evicted_and_healthz_answers() -> None:
+    """60 slow clients against a cap of 20 (and a head deadline too long to help): the oldest waiting ones make
+    room for newer ones, so /healthz answers, and the server never holds more than the cap."""
+    server = serve(Limits(header_timeout=60.0, max_connections=20, fd_reserve=64))
+    socks = [slow_client(server.port) for _ in range(60)]
+    try:
+        assert healthz(server.port) == 200
+        assert server.stats.closed["evicted"] >= 40
+        assert server.stats.peak <= 20
+    finally:
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+def test_accept_failures_are_logged_once_a_minute_without_tracebacks() -> None:
+    """A hundred accept() failures make one warning with no traceback; other loop errors still reach asyncio."""
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_accept_errors(loop, "http")
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(100):
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(24, "Too many open files")})
+        assert [e["event"] for e in logs] == ["accept_failed"]
+        assert "Too many open files" in logs[0]["error"]
+    finally:
+        loop.close()
+
+
+def test_descriptor_budget_raises_the_soft_limit_and_caps_connections() -> None:
+    """In a process whose soft limit is below the hard one, the soft limit is raised to the hard one and the
+    connection cap leaves fd_reserve descriptors for the daemon, less the accept burst (the backlog, 64)
+    asyncio may take before the cap sees those connections."""
+    code = (
+        "import resource\n"
+        "from daemon.httpconfig import Limits\n"
+        "from daemon.httplimits import fd_budget\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 1000))\n"
+        "lim = fd_budget(Limits(max_connections=5000, fd_reserve=300))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], lim.max_connections)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.splitlines()[-1].split() == ["1000", "636"]
+    assert "http_connections_capped" in out.stdout
