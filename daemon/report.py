@@ -57,6 +57,7 @@ def drift_to_list(report: PlanReport) -> list[dict[str, Any]]:
         for d in drifted:
             if f" {d['resource']} (" in p.message:
                 row |= {k: d[k] for k in ("resource", "kind", "expected", "found", "diff", "sensitive")}
+                row["differences"] = list(d.get("differences") or ())
                 break
         out.append(row)
     return out

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import structlog
 from click.testing import CliRunner, Result
@@ -303,7 +302,9 @@ def test_make_demo_installs_quietly() -> None:
 
 def test_the_group_class_renders_errors_of_every_subgroup() -> None:
     """Verb groups (secret, kb) sit under the one error handler."""
-    assert isinstance(cli, click.Group) and type(cli).__name__ == "StratumGroup"
+    from daemon.cli.errors import StratumGroup
+
+    assert isinstance(cli, StratumGroup)
 
 
 def test_markdown_diffs_are_budgeted() -> None:
