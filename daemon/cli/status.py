@@ -102,7 +102,13 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 @handle_errors
 def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
             root: Path | None, output: str, limit: int) -> None:
-    """The newest runs with their outcome."""
+    """The newest runs with their outcome.
+
+    \b
+    Examples:
+      stratum log -n 5
+      stratum log --output json | jq '.[0].problems'      full messages and problems
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     rows = _read(settings, "log", "runs", lambda index: runs_query(index, limit), limit=limit)
     if output == "json":
@@ -121,7 +127,13 @@ def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, b
 @handle_errors
 def events(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str, limit: int) -> None:
-    """Recorded events: drift, rewritten history, missing branch, failed fetches."""
+    """Recorded events: drift, rewritten history, missing branch, failed fetches.
+
+    \b
+    Examples:
+      stratum events -n 20
+      stratum events --output json | jq '.[] | select(.kind == "drift")'
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     rows = _read(settings, "events", "events", lambda index: events_query(index, limit), limit=limit)
     if output == "json":

@@ -218,7 +218,8 @@ def test_every_verb_help_is_a_man_page() -> None:
     """Each spine verb's --help has examples; the top-level help lists exit codes."""
     top = CliRunner().invoke(cli, ["--help"]).stdout
     assert "Examples:" in top and "Exit codes" in top
-    for verb in ("plan", "apply", "drift", "status", "rollback", "completion"):
+    for verb in ("validate", "plan", "apply", "drift", "status", "log", "events", "rollback", "suspend", "resume",
+                 "windows", "completion"):
         assert "Examples:" in CliRunner().invoke(cli, [verb, "--help"]).stdout, verb
 
 
