@@ -12,6 +12,7 @@ if TYPE_CHECKING:                      # types only: rendering a daemon's answer
     from daemon.pipeline import PlanReport, RunResult
 
 MAX_COMMENT = 65_000
+MAX_DETAILS = 30_000                          # characters of diffs in one pull-request comment
 _VERBS = {"create": "+", "update": "~", "delete": "-", "run": ">"}
 
 
@@ -57,6 +58,7 @@ def drift_to_list(report: PlanReport) -> list[dict[str, Any]]:
         for d in drifted:
             if f" {d['resource']} (" in p.message:
                 row |= {k: d[k] for k in ("resource", "kind", "expected", "found", "diff", "sensitive")}
+                row["differences"] = list(d.get("differences") or ())
                 break
         out.append(row)
     return out
@@ -104,7 +106,8 @@ def plan_text(plan: dict[str, Any]) -> str:
         lines.append(f"{reconciler}: {counts}")
         for a in actions:
             lines.append(f"  {_VERBS.get(a['kind'], '?')} {a['summary']}")
-            lines += [f"      {line}" for line in detail_lines(_detail_for(plan, a["id"]))]
+            if a["kind"] != "create":  # a new file's content is in the commit itself (and in --format json)
+                lines += [f"      {line}" for line in detail_lines(_detail_for(plan, a["id"]))]
     if plan["drift"]:
         lines.append(f"drift: {len(plan['drift'])}")
         lines += [f"  ! {_problem_line(p)}" for p in plan["drift"]]
@@ -187,7 +190,15 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
         body.append("| | action | depends on |\n|---|---|---|")
         body += [f"| {_VERBS.get(a['kind'], '?')} | {a['summary'].replace('|', '/')} | "
                  f"{', '.join(d.split(':', 1)[-1] for d in a['depends_on']) or ''} |" for a in actions]
-        body += [block for a in actions if (block := _markdown_detail(a, _detail_for(plan, a["id"])))]
+        blocks = [block for a in actions
+                  if a["kind"] != "create" and (block := _markdown_detail(a, _detail_for(plan, a["id"])))]
+        shown = 0
+        for i, block in enumerate(blocks):
+            if shown + len(block) > MAX_DETAILS:  # a comment stays readable: the rest is one `stratum plan` away
+                body.append(f"\n_Diffs of {len(blocks) - i} more resource(s) not shown: run `stratum plan`._")
+                break
+            body.append(block)
+            shown += len(block)
     if plan["drift"]:
         body.append(f"\n#### Drift found: {len(plan['drift'])}\n")
         body += [f"- {_problem_line(p)}" for p in plan["drift"]]

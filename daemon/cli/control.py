@@ -60,7 +60,13 @@ def _when(ts: Any) -> str:
 @handle_errors
 def suspend(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
             root: Path | None, output: str, reason: str) -> None:
-    """Stop applying: new commits are recorded but not applied until `stratum resume`."""
+    """Stop applying: new commits are recorded but not applied until `stratum resume`.
+
+    \b
+    Examples:
+      stratum suspend --reason "release freeze until Monday"
+      stratum status                       shows the reason, who and since when
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     data = _suspension(settings, True, reason)
     if output == "json":
@@ -83,7 +89,12 @@ def suspend(repo: str | None, data_dir: Path | None, config_file: Path | None, b
 @handle_errors
 def resume(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str) -> None:
-    """Apply again: the newest recorded commit runs (unless a deny window is active)."""
+    """Apply again: the newest recorded commit runs (unless a deny window is active).
+
+    \b
+    Examples:
+      stratum resume
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     data = _suspension(settings, False, "")
     if output == "json":
@@ -126,7 +137,13 @@ def _listing(windows: tuple[Window, ...], now: dt.datetime) -> dict[str, Any]:
 @handle_errors
 def windows(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
             root: Path | None, output: str, at: str | None) -> None:
-    """The host's sync windows ([[windows]] in stratumd.toml) and whether applying is allowed now."""
+    """The host's sync windows ([[windows]] in stratumd.toml) and whether applying is allowed now.
+
+    \b
+    Examples:
+      stratum windows
+      stratum windows --at 2026-12-24T18:00:00Z     would applying be allowed then?
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     found = windows_from_settings(settings.sections.get("windows", ()), where=str(settings.config_path or ""))
     data = _listing(found, _instant(at))

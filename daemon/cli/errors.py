@@ -13,6 +13,7 @@ Click's own usage errors keep click's rendering (exit 2).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -27,6 +28,14 @@ from daemon.errors import StratumError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_OS_HINT = "check the path and its permissions, and that the disk is not full"
+_OS_HINTS = {
+    errno.EADDRINUSE: "another process listens on that address: stop it, or choose another (--http-listen)",
+    errno.EADDRNOTAVAIL: "that address is not on this host: check --http-listen",
+    errno.ENOSPC: "the disk is full: free space and run the command again",
+    errno.EACCES: "permission denied: check the owner and mode of the path (or run as its owner)",
+    errno.EROFS: "the file system is read-only: choose a writable --data-dir",
+}
 BUG_HINT = "this is a bug in Stratum: please report it with the command you ran (STRATUM_DEBUG=1 shows details)"
 
 
@@ -37,7 +46,7 @@ def render_error(err: BaseException) -> tuple[str, int]:
     if isinstance(err, OSError):
         where = f": {err.filename}" if err.filename else ""
         what = err.strerror or str(err) or type(err).__name__
-        return f"{what}{where}\n  hint: check the path and its permissions, and that the disk is not full", 1
+        return f"{what}{where}\n  hint: {_OS_HINTS.get(err.errno or 0, _OS_HINT)}", 1
     return f"internal error: {type(err).__name__}: {err}\n  hint: {BUG_HINT}", 1
 
 
@@ -65,6 +74,20 @@ def handle_errors(fn: F) -> F:
         except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 the one place every error is rendered
             sys.exit(report(err))
     return wrapper  # type: ignore[return-value]
+
+
+class StratumGroup(click.Group):
+    """The `stratum` group: an error escaping any verb below it (verb groups included, whatever the entry
+    point, click's test runner too) is rendered by `report`, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the chosen verb under the one error handler."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 the one place every error is rendered
+            ctx.exit(report(err))
 
 
 def run_standalone(group: click.Command, argv: list[str] | None = None) -> int:

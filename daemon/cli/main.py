@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
 from daemon import __version__
+from daemon.cli.errors import StratumGroup
 
 # name -> (module, attribute, one-line summary shown by `stratum --help`), in the order `--help` lists them.
 VERBS: dict[str, tuple[str, str, str]] = {
@@ -27,10 +28,9 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "plan": ("daemon.cli.run", "plan",
              "Show what applying a revision would change, with diffs (exit 1 when the revision would be rejected)."),
     "apply": ("daemon.cli.run", "apply",
-              "Apply a revision now (through the daemon when one runs), or exactly the plan saved in PLAN_FILE."),
+              "Apply a revision now, or exactly the plan saved in PLAN_FILE (through the daemon when one runs)."),
     "status": ("daemon.cli.status", "status",
-               "The repository, the daemon, what is applied, whether applying is suspended (why, by whom, since "
-               "when), and per reconciler the Ready condition."),
+               "Where things stand: repository, daemon, applied revision, suspension, Ready per reconciler."),
     "log": ("daemon.cli.status", "log_cmd", "The newest runs with their outcome."),
     "drift": ("daemon.cli.status", "drift",
               "Compare the host with the last applied revision (exit 1 when anything drifted)."),
@@ -70,8 +70,9 @@ def load_verb(name: str) -> click.Command | None:
     return command
 
 
-class LazyGroup(click.Group):
-    """A group whose verbs are imported when invoked (or asked for their own help), not at start-up."""
+class LazyGroup(StratumGroup):
+    """A group whose verbs are imported when invoked (or asked for their own help), not at start-up; errors of
+    every verb below it go through the one error handler (StratumGroup)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Every registered verb, in the order of VERBS."""

@@ -137,7 +137,7 @@ def _print_run(run: dict[str, Any], output: str) -> None:
 @handle_errors
 def apply(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
           root: Path | None, plan_file: Path | None, rev: str | None, output: str, force: bool) -> None:
-    """Apply a revision now (through the daemon when one runs), or exactly the plan saved in PLAN_FILE.
+    """Apply a revision now, or exactly the plan saved in PLAN_FILE (through the daemon when one runs).
 
     A saved plan (`stratum plan -o FILE`) is applied only if the branch still points at the planned
     revision and planning it again gives the same actions from the same observed state; otherwise

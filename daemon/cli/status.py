@@ -60,8 +60,9 @@ def _when(ts: float | None) -> str:
 @handle_errors
 def status(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str) -> None:
-    """The repository, the daemon, what is applied, whether applying is suspended (why, by whom, since
-    when), and per reconciler the Ready condition. Long messages are shortened at a word; `--output json`
+    """Where things stand: repository, daemon, applied revision, suspension, Ready per reconciler.
+
+    A suspension shows why, by whom and since when. Long messages are shortened at a word; `--output json`
     has them in full.
 
     \b
@@ -100,7 +101,13 @@ def status(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 @handle_errors
 def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
             root: Path | None, output: str, limit: int) -> None:
-    """The newest runs with their outcome."""
+    """The newest runs with their outcome.
+
+    \b
+    Examples:
+      stratum log -n 5
+      stratum log --output json | jq '.[0].problems'      full messages and problems
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     rows = _read(settings, "log", "runs", lambda index: runs_query(index, limit), limit=limit)
     if output == "json":
@@ -119,7 +126,13 @@ def log_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, b
 @handle_errors
 def events(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
            root: Path | None, output: str, limit: int) -> None:
-    """Recorded events: drift, rewritten history, missing branch, failed fetches."""
+    """Recorded events: drift, rewritten history, missing branch, failed fetches.
+
+    \b
+    Examples:
+      stratum events -n 20
+      stratum events --output json | jq '.[] | select(.kind == "drift")'
+    """
     settings = settings_from(repo, data_dir, config_file, branch, root)
     rows = _read(settings, "events", "events", lambda index: events_query(index, limit), limit=limit)
     if output == "json":

@@ -91,7 +91,14 @@ def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[s
 def validate(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
              root: Path | None, output: str, rev: str | None, files: tuple[str, ...]) -> None:
     """Check the repository: Nickel contracts, references, secrets, knowledge. FILES (from pre-commit) are
-    accepted for compatibility; the whole tree is always checked, since files import each other."""
+    accepted for compatibility; the whole tree is always checked, since files import each other.
+
+    \b
+    Examples:
+      stratum validate                     the staged tree (what a pre-commit hook checks)
+      stratum validate --rev HEAD~1        a committed revision
+      stratum validate --output json       problems with file, line and column
+    """
     with tempfile.TemporaryDirectory(prefix="stratum-validate-") as tmp:
         settings = settings_from(repo, data_dir or Path(tmp), config_file, branch, root)
         if data_dir is not None:
