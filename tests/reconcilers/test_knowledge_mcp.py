@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,19 @@ from daemon.source import GitSource
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from tests.fixtures import WorkRepo, infra, resource
+
+
+@contextlib.asynccontextmanager
+async def _daemon_client(port: int, token: str) -> AsyncIterator[Client]:
+    """An MCP client for a real daemon's /mcp, which answers only clients with a bearer token
+    (tests.proc.http_token_config makes one). The HTTP client is ours to close."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http_client:
+        url = f"http://127.0.0.1:{port}/mcp/"
+        async with Client(streamable_http_client(url, http_client=http_client), read_timeout_seconds=60) as client:
+            yield client
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -296,7 +309,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
 def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
     """A real stratumd applies a commit, stops, starts again: before any new run, /mcp lists the nodes of the
     last good revision (it used to answer `Error executing tool` until the next run)."""
-    from tests.proc import DaemonProc, wait_for
+    from tests.proc import DaemonProc, http_token_config, wait_for
 
     repo = WorkRepo(tmp_path / "ops")
     head = repo.commit({
@@ -305,12 +318,14 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
            for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}}, "knowledge")
     data = tmp_path / "data"
 
+    config, token = http_token_config(tmp_path)
+
     async def titles(port: int) -> list[str]:
-        async with Client(f"http://127.0.0.1:{port}/mcp/", read_timeout_seconds=60) as client:
+        async with _daemon_client(port, token) as client:
             listed = _text(await client.call_tool("list_nodes", {"type": "decision"}))
             return sorted(n["title"] for n in listed["nodes"])
 
-    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root", "--config", str(config))
     try:
         assert daemon.wait_run(head, 60)["status"] == "succeeded"
         port = int(daemon.call("status")["status"]["daemon"]["http_port"])
@@ -318,7 +333,7 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
     finally:
         assert daemon.stop() == 0
     assert before and before[0].startswith("ADR 0001")
-    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root", "--config", str(config))
     try:
         runs = len(daemon.runs())
         port = int(wait_for(lambda: daemon.call("status")["status"]["daemon"]["http_port"], 30))
@@ -331,9 +346,10 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
 def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) -> None:
     """`stratum kb mcp` started while the daemon holds the index answers recent_runs with the daemon's runs and
     their actions, exactly as the daemon's /mcp does (it used to return none)."""
-    from tests.proc import DaemonProc
+    from tests.proc import DaemonProc, http_token_config
 
     repo = WorkRepo(tmp_path / "ops")
+    config, token = http_token_config(tmp_path)
     head = repo.commit({
         "stratum.ncl": '{ knowledge = { embedding = { provider = "none" } } }\n',
         "infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n")),
@@ -345,7 +361,7 @@ def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) 
         return _text(await client.call_tool("recent_runs", {}))["runs"]
 
     async def over_http(port: int) -> Any:
-        async with Client(f"http://127.0.0.1:{port}/mcp/", read_timeout_seconds=60) as client:
+        async with _daemon_client(port, token) as client:
             return await runs(client)
 
     params = StdioServerParameters(command=sys.executable, args=[
@@ -356,7 +372,7 @@ def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) 
         async with Client(params, read_timeout_seconds=120) as client:
             return await runs(client)
 
-    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root", "--config", str(config))
     try:
         assert daemon.wait_run(head, 60)["status"] == "succeeded"
         port = int(daemon.call("status")["status"]["daemon"]["http_port"])
