@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from daemon.errors import CycleError, StratumError
 from daemon.index import Index
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Reconciler, freeze
+from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Outcome, freeze
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ def _inventory_item(outcome: Outcome) -> InventoryItem | None:
 class Executor:
     """Runs plans against reconcilers, writing checkpoints and inventory to the index."""
 
-    reconcilers: Mapping[str, Reconciler]
+    reconcilers: Mapping[str, AnyReconciler]
     index: Index
     parallelism: int = 4
     on_done: Callable[[Action, str], None] | None = None

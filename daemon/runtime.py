@@ -14,7 +14,7 @@ from daemon.nickel import Evaluator
 from daemon.pipeline import Pipeline
 from daemon.settings import Settings, check_owner
 from daemon.source import GitSource
-from reconcilers.base import Reconciler, ReconcilerEnv
+from reconcilers.base import AnyReconciler, ReconcilerEnv
 from reconcilers.registry import REGISTRY, factory
 
 
@@ -26,7 +26,7 @@ class Runtime:
     source: GitSource
     index: Index
     evaluator: Evaluator
-    reconcilers: dict[str, Reconciler]
+    reconcilers: dict[str, AnyReconciler]
     pipeline: Pipeline
     unavailable: dict[str, str] = field(default_factory=dict)   # reconciler -> why it is not running
 
@@ -34,20 +34,18 @@ class Runtime:
         """Stop workers and close the index."""
         self.pipeline.close()
         for rec in self.reconcilers.values():
-            closer = getattr(rec, "close", None)
-            if closer is not None:
-                closer()
+            rec.close()
         self.evaluator.close()
         self.index.close()
 
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
                       index: Index | None = None, source: GitSource | None = None,
-                      ) -> tuple[dict[str, Reconciler], dict[str, str]]:
+                      ) -> tuple[dict[str, AnyReconciler], dict[str, str]]:
     """Instantiate the registered reconcilers; one that cannot start is reported, not fatal."""
     env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
-                        index=index, source=source)
-    out: dict[str, Reconciler] = {}
+                        index=index, revisions=source)
+    out: dict[str, AnyReconciler] = {}
     unavailable: dict[str, str] = {}
     for name in REGISTRY:
         if only is not None and name not in only:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from reconcilers.base import Reconciler, ReconcilerEnv
+from reconcilers.base import AnyReconciler, ReconcilerEnv
 
 # name -> "module:Class"; each class takes a ReconcilerEnv. Imported lazily so one broken optional
 # dependency (an embedding model, a crypto backend) disables its reconciler, not the daemon.
@@ -16,8 +16,8 @@ REGISTRY: dict[str, str] = {
 }
 
 
-def factory(name: str) -> Callable[[ReconcilerEnv], Reconciler]:
+def factory(name: str) -> Callable[[ReconcilerEnv], AnyReconciler]:
     """The constructor of a registered reconciler."""
     module, _, cls = REGISTRY[name].partition(":")
-    ctor: Callable[[ReconcilerEnv], Reconciler] = getattr(importlib.import_module(module), cls)
+    ctor: Callable[[ReconcilerEnv], AnyReconciler] = getattr(importlib.import_module(module), cls)
     return ctor

@@ -7,61 +7,46 @@ against the direction fails here, and so does a listed one that is gone (delete 
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
+from reconcilers.base import Reconciler
 from tests import importgraph
 
 # Known debts (issue 10): each to be removed by moving what it needs into the contract or behind a port.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("daemon.admission", "daemon.pipeline"),
-    ("reconcilers.knowledge.mcp_server", "reconcilers.knowledge.reconciler"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.base", "daemon.source"),
-    ("reconcilers.infra.load", "daemon.errors"),
-    ("reconcilers.infra.load", "daemon.nickel"),
     ("reconcilers.infra.load", "daemon.source"),
-    ("reconcilers.infra.local", "daemon.errors"),
-    ("reconcilers.infra.reconciler", "daemon.errors"),
     ("reconcilers.infra.reconciler", "daemon.nickel"),
-    ("reconcilers.infra.reconciler", "daemon.policy"),
     ("reconcilers.infra.reconciler", "daemon.source"),
-    ("reconcilers.infra.templates", "daemon.errors"),
     ("reconcilers.knowledge.contract", "daemon.resources"),
     ("reconcilers.knowledge.embed", "daemon.source"),
-    ("reconcilers.knowledge.errors", "daemon.errors"),
-    ("reconcilers.knowledge.guidelines", "daemon.errors"),
     ("reconcilers.knowledge.guidelines", "daemon.source"),
     ("reconcilers.knowledge.indexer", "daemon.index"),
-    ("reconcilers.knowledge.loader", "daemon.errors"),
     ("reconcilers.knowledge.loader", "daemon.source"),
     ("reconcilers.knowledge.mcp_server", "daemon"),
-    ("reconcilers.knowledge.mcp_server", "daemon.errors"),
-    ("reconcilers.knowledge.reconciler", "daemon.errors"),
     ("reconcilers.knowledge.reconciler", "daemon.index"),
-    ("reconcilers.knowledge.reconciler", "daemon.policy"),
     ("reconcilers.knowledge.reconciler", "daemon.source"),
     ("reconcilers.knowledge.service", "daemon"),
     ("reconcilers.knowledge.service", "daemon.api"),
-    ("reconcilers.knowledge.service", "daemon.errors"),
     ("reconcilers.knowledge.service", "daemon.index"),
     ("reconcilers.knowledge.service", "daemon.settings"),
     ("reconcilers.knowledge.service", "daemon.source"),
     ("reconcilers.knowledge.settings", "daemon.nickel"),
     ("reconcilers.knowledge.store", "daemon.index"),
-    ("reconcilers.vault.errors", "daemon.errors"),
-    ("reconcilers.vault.reconciler", "daemon.errors"),
+    ("reconcilers.ports", "daemon.source"),
     ("reconcilers.vault.reconciler", "daemon.nickel"),
-    ("reconcilers.vault.reconciler", "daemon.policy"),
     ("reconcilers.vault.reconciler", "daemon.source"),
-    ("reconcilers.vault.rules", "daemon.errors"),
     ("reconcilers.vault.rules", "daemon.nickel"),
     ("reconcilers.vault.rules", "daemon.source"),
 }
 # The kernel's CLI still holds the knowledge and secret verb groups, and the registry is a literal.
 KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret", "daemon.cli.status", "daemon.runtime")
 # What the kernel may import of reconcilers/: the contract and the bounded parsers both sides share.
-CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml")
+CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.ports",
+            "reconcilers.records")
 
 EDGES = importgraph.graph()
 
@@ -97,3 +82,53 @@ def test_graph_sees_type_only_and_relative_imports(tmp_path: Path) -> None:
     (tmp_path / "daemon" / "b.py").write_text("from . import a\n")
     edges = importgraph.graph(tmp_path)
     assert importgraph.cycles(edges) == [["daemon.a", "daemon.b"]]
+
+
+# Hook names of the contract, and the names reconcilers were probed for before the contract declared them.
+HOOKS = {n for n in dir(Reconciler) if not n.startswith("_")} | {"asgi_app", "asgi_prefix", "judge"}
+RECONCILER_EXPR = re.compile(r"\brecs?\b|reconciler|\binfra\b|\bvault\b|\bknowledge\b", re.IGNORECASE)
+
+
+def probes(root: Path = importgraph.ROOT) -> list[str]:
+    """`file:line: call` for every getattr/hasattr in daemon/ on a reconciler object or for a hook name, and
+    every `except TypeError` around a hook call (the old call-catch-retry of drift)."""
+    out: list[str] = []
+    for path in sorted((root / "daemon").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2:
+                target, attr = node.args[0], node.args[1]
+                named = attr.value if isinstance(attr, ast.Constant) and isinstance(attr.value, str) else ""
+                if RECONCILER_EXPR.search(ast.unparse(target)) or named in HOOKS:
+                    out.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.Try):
+                catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+                called = {c.func.attr for c in ast.walk(ast.Module(node.body, [])) if isinstance(c, ast.Call)
+                          and isinstance(c.func, ast.Attribute)}
+                if "TypeError" in catches and called & HOOKS:
+                    out.append(f"{where}:{node.lineno}: except TypeError around {sorted(called & HOOKS)}")
+    return sorted(out, key=lambda p: (p.split(":")[0], int(p.split(":")[1])))
+
+
+def test_the_kernel_never_probes_a_reconciler() -> None:
+    """Every hook is declared on the contract's base class with a default: the kernel calls it, and never asks
+    getattr/hasattr whether a reconciler has it, nor retries a call with fewer arguments on TypeError."""
+    assert probes() == []
+
+
+def test_the_probe_scan_finds_what_it_forbids(tmp_path: Path) -> None:
+    """The scan sees a getattr on a reconciler, a hasattr for a hook name and the catch-TypeError retry."""
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "daemon" / "x.py").write_text(
+        "def f(rec, other, d):\n"
+        "    hook = getattr(rec, 'whatever', None)\n"
+        "    if hasattr(other, 'observe_changed'):\n"
+        "        pass\n"
+        "    try:\n"
+        "        other.drift(d, d, [])\n"
+        "    except TypeError:\n"
+        "        other.drift(d, d)\n"
+        "    return getattr(d, 'name', None)\n")
+    assert [p.split(": ")[0] for p in probes(tmp_path)] == ["daemon/x.py:2", "daemon/x.py:3", "daemon/x.py:5"]

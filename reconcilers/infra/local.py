@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from daemon.errors import ApplyError, PathEscapeError
+from reconcilers.errors import ApplyError, PathEscapeError
 from reconcilers.infra.model import ObservedResource
 
 MAX_OUTPUT = 2000

@@ -7,22 +7,32 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import ApplyError, PathEscapeError
 from daemon.nickel import Evaluator
-from daemon.policy import PolicyResource
 from daemon.source import Snapshot
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, freeze
+from reconcilers.base import (
+    Action,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    PolicyResource,
+    Problem,
+    Reconciler,
+    ReconcilerEnv,
+    freeze,
+)
+from reconcilers.errors import ApplyError, PathEscapeError
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
 from reconcilers.infra.templates import TemplateRenderer
+from reconcilers.ports import Evaluator as PortEvaluator
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 
 
-class InfraReconciler:
-    """Implements the Reconciler protocol for `infra/`."""
+class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
+    """The reconciler of `infra/` (the contract: reconcilers/base.py)."""
 
     name = "infra"
 
@@ -33,7 +43,7 @@ class InfraReconciler:
         self._own_evaluator = env.evaluator is None
         self._file_cache: FileCache = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
-        self.evaluator: Evaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
+        self.evaluator: PortEvaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -110,10 +120,9 @@ class InfraReconciler:
         """The pure diff (reconcilers/infra/diff.py)."""
         return diff.plan(desired, observed, inventory)
 
-    def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem] | None = None,
-              ) -> list[Problem]:
+    def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Problem]:
         """Resources whose host state moved away from an unchanged spec."""
-        inv = {i.resource_id: i for i in inventory or [] if i.reconciler == self.name}
+        inv = {i.resource_id: i for i in inventory if i.reconciler == self.name}
         out = []
         for f in diff.findings(desired, observed, inv):
             if f.nature != "drift":

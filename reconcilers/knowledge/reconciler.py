@@ -25,11 +25,20 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
-from daemon.errors import ApplyError
 from daemon.index import Index
-from daemon.policy import PolicyResource
 from daemon.source import Snapshot
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
+from reconcilers.base import (
+    Action,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    PolicyResource,
+    Problem,
+    Reconciler,
+    ReconcilerEnv,
+    RunRecord,
+)
+from reconcilers.errors import ApplyError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError
@@ -39,6 +48,7 @@ from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
+from reconcilers.ports import HttpMount
 
 if TYPE_CHECKING:
     from reconcilers.knowledge.indexer import Indexed, IndexStats
@@ -59,7 +69,7 @@ class Desired:
     section: str = "{}"                                   # that section as canonical JSON (kept in the index)
 
 
-class KnowledgeReconciler:
+class KnowledgeReconciler(Reconciler["Desired", None]):
     """Markdown nodes -> checked graph -> DuckDB index (+ MCP server). Applies nothing."""
 
     name = NAME
@@ -155,7 +165,7 @@ class KnowledgeReconciler:
         """Nothing to undo."""
         return None
 
-    def drift(self, desired: Any, observed: Any) -> list[Problem]:
+    def drift(self, desired: Desired, observed: None, inventory: list[InventoryItem]) -> list[Problem]:
         """Knowledge cannot drift: the index is derived from git."""
         return []
 
@@ -265,10 +275,11 @@ class KnowledgeReconciler:
                 # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
                 log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
 
-    asgi_prefix = "/mcp"                      # where the daemon mounts asgi_app() (built on first request)
+    def http_mounts(self) -> list[HttpMount]:
+        """/mcp: the MCP streamable HTTP transport over this daemon's index, built on the first request."""
+        return [HttpMount("/mcp", self._mcp_app)]
 
-    def asgi_app(self) -> tuple[str, Any] | None:
-        """("/mcp", ASGI app) serving the MCP streamable HTTP transport over this daemon's index."""
+    def _mcp_app(self) -> Any:
         from reconcilers.knowledge.mcp_server import http_app
 
-        return "/mcp", http_app(self)
+        return http_app(self)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pygit2
 
-from daemon.errors import LockError, SourceError
 from daemon.index import Index
 from daemon.source import GitSource, is_url
+from reconcilers.errors import LockError, SourceError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError, NotFoundError

@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.policy import PolicyResource
 from reconcilers.base import (
     Action,
     ActionKind,
     ApplyContext,
     InventoryItem,
     Outcome,
+    PolicyResource,
     Problem,
+    Reconciler,
     ReconcilerEnv,
     freeze,
 )
@@ -92,10 +93,11 @@ class Loaded:
         return f"Loaded(version={self.version}, blob={self.blob_id[:12]}, readable={self.readable})"
 
 
-class VaultReconciler:
+class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     """The vault reconciler (see the module docstring)."""
 
     name = NAME
+    judges_base = True                        # rules changes are judged by the base revision's signers
 
     def __init__(
         self, env: ReconcilerEnv, key_source: KeySource | None = None, evaluator: Evaluator | None = None
@@ -331,7 +333,7 @@ class VaultReconciler:
 
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
         """Load (or unload) one manifest: decrypt it into the bounded plaintext cache, record its version."""
-        from daemon.errors import ApplyError
+        from reconcilers.errors import ApplyError
 
         payload = action.payload()
         path = str(payload["path"])
@@ -386,7 +388,8 @@ class VaultReconciler:
                 self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
             self._write_versions()
 
-    def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]]) -> list[Problem]:
+    def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
+              ) -> list[Problem]:
         """Manifests of the commit that the store does not hold at their committed blob."""
         return [
             Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)

@@ -200,9 +200,9 @@ def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
 def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -> Rules | None:
     """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
     None too: they could not have trusted anyone."""
-    from daemon.errors import SourceError
     from daemon.nickel import Evaluator
     from daemon.source import GitSource
+    from reconcilers.errors import SourceError
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
         try:
