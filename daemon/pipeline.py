@@ -24,6 +24,7 @@ from daemon.metrics import Metrics
 from daemon.nickel import Evaluator
 from daemon.plan import Executor, order, sequence
 from daemon.policy import Policies, load_policies
+from daemon.retry import RetryPolicy
 from daemon.source import MAX_FILES, GitSource, Snapshot
 from daemon.tree_check import repo_cap_problems, tree_problems
 from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Problem, RunRecord
@@ -89,6 +90,7 @@ class Pipeline:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)   # how transient and waiting errors are retried
     _good: dict[str, Loaded] = field(default_factory=dict)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
@@ -302,7 +304,8 @@ class Pipeline:
             self.on_phase(step, actions)
 
     def _executor(self, parallelism: int | None = None) -> Executor:
-        return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action)
+        return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action,
+                        retry=self.retry, metrics=self.metrics)
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
         """The revision's resources and changed files (callers group these writes into one commit)."""
