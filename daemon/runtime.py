@@ -15,7 +15,7 @@ from daemon.pipeline import Pipeline
 from daemon.settings import Settings, check_owner
 from daemon.source import GitSource
 from reconcilers.base import AnyReconciler, ReconcilerEnv
-from reconcilers.registry import REGISTRY, factory
+from reconcilers.registry import BROKEN_PLUGINS, REGISTRY, factory
 
 
 @dataclass
@@ -46,7 +46,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
     env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
                         index=index, revisions=source)
     out: dict[str, AnyReconciler] = {}
-    unavailable: dict[str, str] = {}
+    unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
     for name in REGISTRY:
         if only is not None and name not in only:
             continue

@@ -45,8 +45,8 @@ KNOWN_UP: set[tuple[str, str]] = {
 # The kernel's CLI still holds the knowledge and secret verb groups, and the registry is a literal.
 KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret", "daemon.cli.status", "daemon.runtime")
 # What the kernel may import of reconcilers/: the contract and the bounded parsers both sides share.
-CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.ports",
-            "reconcilers.records")
+CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.plugin",
+            "reconcilers.ports", "reconcilers.records")
 
 EDGES = importgraph.graph()
 
