@@ -244,6 +244,8 @@ class Daemon:
         self.lock.acquire()
         self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
+        if rt.ports is not None:
+            rt.ports.scheduler.wake_fn = self.wake.ring     # a reconciler's timer can wake the loop
         if rt.index.rebuilt_reason:
             self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
             self._guard(lambda: rebuild(rt.source, rt.pipeline))

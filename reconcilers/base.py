@@ -167,6 +167,10 @@ class Reconciler(abc.ABC, Generic[Desired, Observed]):
     def on_run_finished(self, record: RunRecord, index: Any) -> None:
         """A finalized run (off the run's path; a failure is logged, never changes the outcome)."""
 
+    def secrets(self) -> SecretsPort | None:
+        """The secrets this reconciler provides to the others (the vault); None for all but one."""
+        return None
+
     def http_mounts(self) -> list[HttpMount]:
         """Interfaces this reconciler serves on the daemon's HTTP listener."""
         return []

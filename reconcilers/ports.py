@@ -103,8 +103,9 @@ class GitWriter(Protocol):
     """Commits as the daemon's identity, to branches under the namespace it was given (never the watched
     branch: what the daemon applies comes from people, through review)."""
 
-    def commit_file(self, branch: str, path: str, text: str, message: str) -> str:
-        """Add or replace `path` on `branch` (created from the watched branch's tip when new); the commit id."""
+    def commit_file(self, branch: str, path: str, text: str, message: str, base: str | None = None) -> str:
+        """Add or replace `path` on `branch` in one commit; a new branch starts at commit `base` (None: with no
+        parent). The commit id; raises SourceError for the watched branch or a `base` not in the repository."""
         ...
 
 

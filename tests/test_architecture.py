@@ -19,7 +19,6 @@ KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.base", "daemon.source"),
     ("reconcilers.infra.load", "daemon.source"),
-    ("reconcilers.infra.reconciler", "daemon.nickel"),
     ("reconcilers.infra.reconciler", "daemon.source"),
     ("reconcilers.knowledge.contract", "daemon.resources"),
     ("reconcilers.knowledge.embed", "daemon.source"),
@@ -37,7 +36,6 @@ KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.knowledge.settings", "daemon.nickel"),
     ("reconcilers.knowledge.store", "daemon.index"),
     ("reconcilers.ports", "daemon.source"),
-    ("reconcilers.vault.reconciler", "daemon.nickel"),
     ("reconcilers.vault.reconciler", "daemon.source"),
     ("reconcilers.vault.rules", "daemon.nickel"),
     ("reconcilers.vault.rules", "daemon.source"),
@@ -132,3 +130,42 @@ def test_the_probe_scan_finds_what_it_forbids(tmp_path: Path) -> None:
         "        other.drift(d, d)\n"
         "    return getattr(d, 'name', None)\n")
     assert [p.split(": ")[0] for p in probes(tmp_path)] == ["daemon/x.py:2", "daemon/x.py:3", "daemon/x.py:5"]
+
+
+ADAPTERS = {"Evaluator", "GitSource", "Index", "Repository"}   # what the daemon owns and hands out as ports
+
+
+def adapters_built(root: Path = importgraph.ROOT) -> list[str]:
+    """`file:line: call` for every adapter a reconciler module builds itself, and every reach into another
+    object's private attribute by getattr (the knowledge reconciler's `getattr(snap, "_repo")`)."""
+    out: list[str] = []
+    for path in sorted((root / "reconcilers").glob("*/reconciler.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            private = name in ("getattr", "hasattr") and len(node.args) >= 2 \
+                and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")
+            if name in ADAPTERS or private:
+                out.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_reconcilers_build_no_adapters_of_their_own() -> None:
+    """The evaluator, the git source, the index and the repository come from ReconcilerEnv (ports), never from
+    a reconciler's own constructor call; nothing reaches into a private attribute of what it was handed."""
+    assert adapters_built() == []
+
+
+def test_the_adapter_scan_finds_what_it_forbids(tmp_path: Path) -> None:
+    """The scan sees an Evaluator built in a reconciler and a getattr of a private attribute."""
+    (tmp_path / "reconcilers" / "x").mkdir(parents=True)
+    (tmp_path / "reconcilers" / "x" / "reconciler.py").write_text(
+        "from daemon.nickel import Evaluator\n"
+        "def f(snap, d):\n"
+        "    ev = Evaluator(d)\n"
+        "    return getattr(snap, '_repo', None)\n")
+    assert [p.split(": ")[0] for p in adapters_built(tmp_path)] == ["reconcilers/x/reconciler.py:3",
+                                                                     "reconcilers/x/reconciler.py:4"]

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon.nickel import Evaluator
 from daemon.source import Snapshot
 from reconcilers.base import (
     Action,
@@ -20,7 +19,7 @@ from reconcilers.base import (
     ReconcilerEnv,
     freeze,
 )
-from reconcilers.errors import ApplyError, PathEscapeError
+from reconcilers.errors import ApplyError, PathEscapeError, StratumError
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
@@ -40,10 +39,12 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         section: dict[str, Any] = dict(env.settings.get("infra", {}))
         root = Path(section.get("root") or env.data_dir / "root")
         self.provider = LocalProvider(root)
-        self._own_evaluator = env.evaluator is None
+        if env.evaluator is None:
+            raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
+                               hint="report this bug: the daemon hands one to every reconciler")
         self._file_cache: FileCache = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
-        self.evaluator: PortEvaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
+        self.evaluator: PortEvaluator = env.evaluator
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -230,7 +231,5 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         return out
 
     def close(self) -> None:
-        """Stop the template worker, and the Nickel worker when this reconciler started it."""
+        """Stop the template worker (the Nickel evaluator is the daemon's)."""
         self._renderer.close()
-        if self._own_evaluator:
-            self.evaluator.close()

@@ -38,11 +38,11 @@ from reconcilers.base import (
     ReconcilerEnv,
     RunRecord,
 )
-from reconcilers.errors import ApplyError
+from reconcilers.errors import ApplyError, StratumError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError
-from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
+from reconcilers.knowledge.execution import execution_markdown, execution_node
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
@@ -125,7 +125,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
     def load(self, snap: Snapshot) -> Desired:
         """Parse every knowledge/**/*.md of the commit."""
         # The repository handle is kept for committing execution nodes to their branch (on_run_finished).
-        self._repo = getattr(snap, "repo", None) or getattr(snap, "_repo", None)
+        self._repo = snap.repo
         return Desired(snap.revision, self.loader.load_snapshot(snap), self.settings, self._settings_error,
                        self._section)
 
@@ -267,11 +267,15 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         node = execution_node(record, graph, self.indexed_settings.executions_path)
         add_execution(store, self.provider(), node)
         branch = self.indexed_settings.executions_branch
-        if branch and self._repo is not None:
+        if branch and self.env.git_writer is None:
+            log.warning("knowledge.execution_commit_skipped", branch=branch,
+                        reason="no git writer was handed to the knowledge reconciler")
+        elif branch and self.env.git_writer is not None:
             path, text = execution_markdown(record, graph, node.path)
             try:
-                commit_file(self._repo, branch, path, text, f"stratum: execution {record.run_id} {record.status}")
-            except pygit2.GitError as err:
+                self.env.git_writer.commit_file(branch, path, text,
+                                                f"stratum: execution {record.run_id} {record.status}")
+            except (pygit2.GitError, StratumError) as err:
                 # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
                 log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
 

@@ -32,6 +32,7 @@ from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
+from reconcilers.ports import GitWriter
 
 TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
              "journal": "journal", "execution": "executions"}
@@ -54,8 +55,9 @@ class KnowledgeBase:
     def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
                  settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
                  index: Index | None = None, follow_index: bool = False,
-                 host: Mapping[str, Any] | None = None) -> None:
+                 host: Mapping[str, Any] | None = None, writer: GitWriter | None = None) -> None:
         self.location = repo
+        self.writer = writer                    # the daemon's git writer (MCP); None: commit here (the CLI)
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
         self._daemon_holds_index = False        # set when the index file is the daemon's: runs come from it
@@ -303,7 +305,10 @@ class KnowledgeBase:
         branch = f"stratum/mcp/{stamp}-{node_id[:8]}"
         who = " ".join(principal.split())[:200]
         message = f"knowledge: add {ntype} {title.strip()}\n\nSubmitted-by: {who}\n"
-        commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
+        if self.writer is not None:
+            commit = self.writer.commit_file(branch, rel, text, message, base=base)
+        else:
+            commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
         return {"id": node_id, "path": rel, "branch": branch, "commit": commit, "submitted_by": who}
 
     def _node_text(self, ntype: str, title: str, node_id: str, body: str, fields: dict[str, Any] | None,

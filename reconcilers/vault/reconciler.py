@@ -36,16 +36,18 @@ from reconcilers.base import (
     ReconcilerEnv,
     freeze,
 )
+from reconcilers.errors import StratumError
+from reconcilers.ports import Evaluator as PortEvaluator
+from reconcilers.ports import SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.keysource import FileKeySource, KeySource
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
-from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
+from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
 
 if TYPE_CHECKING:
-    from daemon.nickel import Evaluator
     from daemon.source import Snapshot
 
 NAME = "vault"
@@ -100,7 +102,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     judges_base = True                        # rules changes are judged by the base revision's signers
 
     def __init__(
-        self, env: ReconcilerEnv, key_source: KeySource | None = None, evaluator: Evaluator | None = None
+        self, env: ReconcilerEnv, key_source: KeySource | None = None, evaluator: PortEvaluator | None = None
     ) -> None:
         settings: dict[str, Any] = dict(env.settings.get("vault", {}))
         repo: dict[str, Any] = dict(env.repo_settings.get("vault", {}))
@@ -110,8 +112,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.backend: Backend = get_backend(self.backend_name)
         self.rules_path = str(repo.get("rules") or RULES_PATH)
         self.key_source: KeySource = key_source or FileKeySource(key_file, backend=self.backend_name)
-        self._evaluator = evaluator
-        self._own_evaluator = False
+        self._evaluator: PortEvaluator | None = evaluator or env.evaluator
         self._lock = threading.RLock()
         self._store: dict[str, Loaded] = {}
         self._verified: OrderedDict[tuple[str, str, str], Verified] = OrderedDict()
@@ -147,19 +148,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         return out
 
     def close(self) -> None:
-        """Drop every plaintext; stop the Nickel worker this reconciler started (an injected evaluator is the
-        caller's to close)."""
+        """Drop every plaintext (the Nickel evaluator is the daemon's, not ours to stop)."""
         self.plain.clear()
-        if self._evaluator is not None and self._own_evaluator:
-            close_evaluator(self._evaluator)
-            self._evaluator = None
 
-    def _nickel(self) -> Evaluator:
+    def _nickel(self) -> PortEvaluator:
         if self._evaluator is None:
-            from daemon.nickel import Evaluator
-
-            self._evaluator = Evaluator(self.state_dir / "nickel")
-            self._own_evaluator = True
+            raise StratumError("the vault reconciler was built without a Nickel evaluator, so it cannot read "
+                               f"{self.rules_path}", hint="report this bug: the daemon hands one to every reconciler")
         return self._evaluator
 
     # 1. load --------------------------------------------------------------------------------------
@@ -396,6 +391,12 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             for mf in desired.manifests
             if observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+
+    def secrets(self) -> SecretsPort:
+        """The secrets port other reconcilers use at apply time (reconcilers/vault/secrets_port.py)."""
+        from reconcilers.vault.secrets_port import VaultSecrets
+
+        return VaultSecrets(self)
 
     # the read API (the vault HTTP part builds on it) ----------------------------------------------------
     def paths(self) -> list[str]:
