@@ -295,7 +295,8 @@ class Daemon:
         listen = self.settings.http_listen
         try:
             return HttpServer(listen, app, http, limits)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SettingsError) as raised:
+            err = raised.__cause__ if isinstance(raised, SettingsError) and raised.__cause__ else raised
             why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             where = str(self.settings.config_path) if self.settings.config_path and \
                 self.settings.config_path.exists() else ""
