@@ -3,7 +3,7 @@
 A reconciler turns its part of a commit into desired state (`load`, pure), checks it (`validate`), reads the
 target (`observe`, read-only I/O through the ports in `ReconcilerEnv`), diffs (`plan`, pure) and changes the
 target (`apply`, the only side effects; it raises the error classes of reconcilers/errors.py). Actions from
-all reconcilers form one dependency graph (daemon/plan.py).
+all reconcilers form one dependency graph (daemon/run/plan.py).
 
 Every hook the daemon calls is declared on `Reconciler` with a default, so the kernel calls hooks directly
 and never probes a reconciler with getattr (tests/test_architecture.py checks). A reconciler overrides what
@@ -32,7 +32,7 @@ from reconcilers.records import (
 )
 
 if TYPE_CHECKING:
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
 
 __all__ = [
     "Action",

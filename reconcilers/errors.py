@@ -15,7 +15,7 @@ so reconcilers raise them without importing the daemon; daemon/errors.py re-expo
      |    +-- WaitingError        a dependency is not ready yet: requeued after `after` seconds, not a failure
      +-- SettingsError            host settings are wrong
 
-Like Flux's terminal vs requeue errors: the executor (daemon/plan.py) reads the class, never the message.
+Like Flux's terminal vs requeue errors: the executor (daemon/run/plan.py) reads the class, never the message.
 """
 
 from __future__ import annotations

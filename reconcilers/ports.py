@@ -2,7 +2,7 @@
 
 A reconciler builds no adapter of its own (no Nickel worker, no git source, no writes into a repository): it
 uses what the daemon hands it, so a test passes a real alternative and the daemon stays the one owner of its
-processes, its repository and its index. The daemon's implementations live in daemon/ports.py.
+processes, its repository and its index. The daemon's implementations live in daemon/run/ports.py.
 
     Evaluator       evaluate Nickel files of a snapshot with a contract (the daemon's bounded worker)
     Revisions       read other revisions and the staged tree of the watched repository
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
 
 
 class Evaluator(Protocol):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.source import Snapshot, safe_relpath
+from daemon.git.source import Snapshot, safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra.model import InfraDesired, Resource

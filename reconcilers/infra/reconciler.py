@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.source import Snapshot
+from daemon.git.source import Snapshot
 from reconcilers.base import (
     Action,
     ApplyContext,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pygit2
 
-from daemon.source import GitSource, is_url, sanitize_url
+from daemon.git.source import GitSource, is_url, sanitize_url
 from reconcilers.errors import SourceError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.loader import Loader

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pygit2
 
-from daemon.source import FileEntry, Snapshot
+from daemon.git.source import FileEntry, Snapshot
 from reconcilers.base import Problem
 from reconcilers.errors import InputError
 from reconcilers.knowledge.contract import Contract, FrontMatterItem

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
-from daemon.index import Index
-from daemon.source import Snapshot
+from daemon.git.source import Snapshot
+from daemon.index.store import Index
 from reconcilers.base import (
     Action,
     ApplyContext,

@@ -25,8 +25,8 @@ from reconcilers.vault.keys import Recipient, Signer
 if TYPE_CHECKING:
     import pygit2
 
-    from daemon.nickel import Evaluator as DaemonEvaluator
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
+    from daemon.nickel.evaluator import Evaluator as DaemonEvaluator
     from reconcilers.ports import Evaluator
 
 RULES_PATH = "secrets/rules.ncl"
@@ -150,7 +150,7 @@ def staged_index(repo: pygit2.Repository) -> pygit2.Index:
 def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
     import pygit2
 
-    from daemon.source import GitSource, Snapshot
+    from daemon.git.source import GitSource, Snapshot
 
     # No branch is watched here (only the staged tree and HEAD are read): no branch name is assumed either.
     source = GitSource(str(root), "HEAD", data_dir)
@@ -171,7 +171,7 @@ def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
 def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
     """The rules the next commit would carry (the index; HEAD in a bare repo), evaluated exactly as the daemon
     evaluates a commit's; None without a rules file; RulesError naming the file and line when they are bad."""
-    from daemon.nickel import Evaluator
+    from daemon.nickel.evaluator import Evaluator
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
         snap = _repo_snapshot(root, Path(tmp))
@@ -195,8 +195,8 @@ def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
 def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -> Rules | None:
     """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
     None too: they could not have trusted anyone."""
-    from daemon.nickel import Evaluator
-    from daemon.source import GitSource
+    from daemon.git.source import GitSource
+    from daemon.nickel.evaluator import Evaluator
     from reconcilers.errors import SourceError
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:

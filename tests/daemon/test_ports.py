@@ -1,4 +1,4 @@
-"""The ports the daemon hands reconcilers (reconcilers/ports.py, daemon/ports.py), over real repositories, a
+"""The ports the daemon hands reconcilers (reconcilers/ports.py, daemon/run/ports.py), over real repositories, a
 real index, a real vault key and real timers: secrets resolved at apply time and audited, never stored; commits
 as the daemon to side branches only; timers and waking the loop; events under the reconciler's name."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from daemon.index import Index
-from daemon.ports import IDENTITY, RepoGitWriter, TimerScheduler, bound_events
-from daemon.runtime import Runtime, build
+from daemon.git.source import GitSource
+from daemon.index.store import Index
+from daemon.run.ports import IDENTITY, RepoGitWriter, TimerScheduler, bound_events
+from daemon.run.runtime import Runtime, build
 from daemon.settings import load_settings
-from daemon.source import GitSource
 from reconcilers.errors import SourceError, StratumError
 from tests.fixtures import WorkRepo, infra, resource
 from tests.vault_fixtures import CANARY, secret_world
@@ -70,7 +70,7 @@ def test_the_secrets_port_resolves_at_apply_time_audited_and_never_stored(
 
 def test_without_a_provider_the_secrets_port_refuses_and_says_why(tmp_path: Path) -> None:
     """A daemon whose vault is unavailable: resolving fails with what to do, and the refusal is audited."""
-    from daemon.ports import SecretsBroker
+    from daemon.run.ports import SecretsBroker
 
     index = Index(tmp_path / "index.duckdb")
     try:

@@ -1,4 +1,4 @@
-"""Error classes decide what happens to a failed action (daemon/retry.py): a transient error is retried with
+"""Error classes decide what happens to a failed action (daemon/run/retry.py): a transient error is retried with
 capped backoff, a waiting one is requeued without counting as a failure, a terminal one is never retried; every
 retry shows as an event and in the metrics. Real executor, real DuckDB index, real pipeline run."""
 
@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from daemon.index import Index
-from daemon.metrics import Metrics
-from daemon.plan import Executor
-from daemon.retry import RetryPolicy, Stopped, apply_with_retry
+from daemon.index.store import Index
+from daemon.run.plan import Executor
+from daemon.run.retry import RetryPolicy, Stopped, apply_with_retry
+from daemon.service.metrics import Metrics
 from reconcilers.base import Action, ApplyContext, Outcome
 from reconcilers.errors import TerminalError, TransientError, WaitingError
 from tests.daemon.test_plan import CTX, Recorder, _final_status, act, index  # noqa: F401 fixture

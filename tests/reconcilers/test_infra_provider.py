@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from daemon.nickel import Evaluator
-from daemon.pipeline import Pipeline
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline
 from reconcilers.base import Action, ApplyContext, ReconcilerEnv, freeze
 from reconcilers.errors import TerminalError
 from reconcilers.infra.local import LocalProvider

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from daemon.nickel import Evaluator
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import ApplyContext, ReconcilerEnv
 from reconcilers.vault import envelope, keys, manifest
 from reconcilers.vault.backends import get_backend

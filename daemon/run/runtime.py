@@ -7,14 +7,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from daemon import log
-from daemon.admission import admission_settings
+from daemon.control.admission import admission_settings
 from daemon.errors import LockError
-from daemon.index import Index
-from daemon.nickel import Evaluator
-from daemon.pipeline import Pipeline
-from daemon.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
+from daemon.git.source import GitSource
+from daemon.index.store import Index
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline
+from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
 from daemon.settings import Settings, check_owner
-from daemon.source import GitSource
 from reconcilers.base import AnyReconciler, ReconcilerEnv
 from reconcilers.registry import BROKEN_PLUGINS, REGISTRY, factory
 
@@ -45,7 +45,7 @@ class Runtime:
 
 @dataclass
 class Ports:
-    """The ports of one daemon that outlive a reconciler (reconcilers/ports.py; daemon/ports.py)."""
+    """The ports of one daemon that outlive a reconciler (reconcilers/ports.py; daemon/run/ports.py)."""
 
     secrets: SecretsBroker
     scheduler: TimerScheduler = field(default_factory=TimerScheduler)

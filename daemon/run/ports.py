@@ -22,8 +22,8 @@ from reconcilers.errors import SourceError, StratumError
 from reconcilers.ports import EventRecorder, SecretsPort, Timer
 
 if TYPE_CHECKING:
-    from daemon.index import Index
-    from daemon.source import GitSource
+    from daemon.git.source import GitSource
+    from daemon.index.store import Index
 
 IDENTITY = ("stratumd", "stratumd@localhost")     # who the daemon's own commits are by
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daemon.errors import CycleError, StratumError
-from daemon.index import Index
-from daemon.retry import RetryPolicy, apply_with_retry
+from daemon.index.store import Index
+from daemon.run.retry import RetryPolicy, apply_with_retry
 from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Outcome, freeze
 
 if TYPE_CHECKING:
-    from daemon.metrics import Metrics
+    from daemon.service.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ class Executor:
     parallelism: int = 4
     on_done: Callable[[Action, str], None] | None = None
     stop: threading.Event | None = None       # set on shutdown: start nothing new, let running actions finish
-    retry: RetryPolicy = field(default_factory=RetryPolicy)   # transient and waiting errors (daemon/retry.py)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)   # transient and waiting errors (daemon/run/retry.py)
     metrics: Metrics | None = None
     _stats: dict[str, int] = field(default_factory=dict)
 
