@@ -52,7 +52,7 @@ __all__ = [
 
 Desired = TypeVar("Desired")
 Observed = TypeVar("Observed")
-# (resource id, kind, source file, line, digest) per desired resource: what the index lists for `stratum status`
+# (reconciler, resource id, kind, path, spec hash) per desired resource: the index's resources table
 ResourceRow = tuple[str, str, str, str, str]
 
 

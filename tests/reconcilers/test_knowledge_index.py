@@ -16,6 +16,7 @@ import pytest
 
 from daemon.git.source import GitSource
 from daemon.index.store import Index
+from daemon.run.ports import RepoGitWriter
 from reconcilers.base import ReconcilerEnv, RunRecord
 from reconcilers.knowledge.embed import HttpProvider, ModelError, WorkerProvider, load_provider, prepare_model_dir
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
@@ -23,6 +24,7 @@ from reconcilers.knowledge.search import Filters, Searcher
 from reconcilers.knowledge.service import KnowledgeBase
 from reconcilers.knowledge.store import KEEP_REVISIONS, PRUNE_SLACK, Store
 from reconcilers.knowledge.text import CHUNK_CHARS
+from reconcilers.ports import GitWriter
 from tests.fixtures import WorkRepo
 
 RUNBOOK, ADR, POST = ("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222",
@@ -69,8 +71,10 @@ def reconcile(rec: KnowledgeReconciler, repo: WorkRepo, index: Index) -> list[st
     return problems
 
 
-def make_reconciler(tmp_path: Path, provider: WorkerProvider | None, **knowledge: object) -> KnowledgeReconciler:
-    rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data", repo_settings={"knowledge": knowledge}))
+def make_reconciler(tmp_path: Path, provider: WorkerProvider | None, git_writer: GitWriter | None = None,
+                    **knowledge: object) -> KnowledgeReconciler:
+    rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data", repo_settings={"knowledge": knowledge},
+                                            git_writer=git_writer))
     rec._provider, rec._provider_loaded = provider, True
     return rec
 
@@ -160,7 +164,8 @@ def test_a_link_to_a_node_committed_later_resolves_without_reindexing_the_source
 def test_a_finished_run_becomes_an_execution_node_committed_to_the_branch(tmp_path: Path, repo: WorkRepo) -> None:
     repo.commit({"knowledge/decisions/config.md": FILES["knowledge/decisions/config.md"].replace(
         "status: accepted\n", "status: accepted\nrelates_to: [infra:app-config]\n")})
-    rec = make_reconciler(tmp_path, None, executions={"branch": "stratum/executions"})
+    writer = RepoGitWriter(GitSource(str(repo.path), "main", tmp_path / "src"))   # what the daemon hands it
+    rec = make_reconciler(tmp_path, None, writer, executions={"branch": "stratum/executions"})
     index = Index(tmp_path / "data" / "index.duckdb")
     reconcile(rec, repo, index)
     head = pygit2.Repository(str(repo.path)).head.target
