@@ -341,6 +341,11 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
         assert len(daemon.runs()) == runs          # served from the index, not from a run since the restart
     finally:
         daemon.stop()
+    # The MCP SDK's own logging (rich-formatted "Processing request of type ...") stays out of the JSON log,
+    # and a SIGTERM while MCP sessions existed ends without a traceback.
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), [x for x in lines if not x.startswith("{")][:5]
+    assert "Traceback" not in daemon.log()
 
 
 def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) -> None:
