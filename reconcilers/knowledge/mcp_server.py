@@ -363,7 +363,7 @@ def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
             holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
                                          provider=reconciler.provider(), index=index, follow_index=True,
-                                         host=reconciler.env.settings)
+                                         host=reconciler.env.settings, source=env.source)
         return holder["kb"]
 
     return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings)))

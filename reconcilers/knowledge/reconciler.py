@@ -26,7 +26,7 @@ import pygit2
 import structlog
 
 from daemon.control.policy import PolicyResource
-from daemon.errors import ApplyError
+from daemon.errors import ApplyError, StratumError
 from daemon.git.source import Snapshot
 from daemon.index.store import Index
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
@@ -261,7 +261,9 @@ class KnowledgeReconciler:
             path, text = execution_markdown(record, graph, node.path)
             try:
                 commit_file(self._repo, branch, path, text, f"stratum: execution {record.run_id} {record.status}")
-            except pygit2.GitError as err:
+                if self.env.source is not None:
+                    self.env.source.publish(branch)     # a mirror's branch lives only on the remote
+            except (pygit2.GitError, StratumError) as err:
                 # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
                 log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
 
