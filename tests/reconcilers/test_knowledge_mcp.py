@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -303,6 +304,15 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
     assert http[QUERIES[0]]["results"] and not http[QUERIES[2]]["results"]
     for key in http:
         assert stdio[key] == http[key], key
+    # `stratum kb search` ranks exactly as both MCP transports do (one searcher, one set of defaults).
+    for q in QUERIES:
+        done = subprocess.run([sys.executable, "-m", "daemon.cli.kb", "search", q, "--output", "json", "--repo",
+                               str(repo.path), "--data-dir", str(data)], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        cli = json.loads(done.stdout)["results"]
+        assert [(r["id"], round(r["score"], 4)) for r in cli] == \
+            [(r["id"], round(r["score"], 4)) for r in http[q]["results"]], q
 
 
 # -- after a restart the daemon serves the last good revision at once ---------------------------------------------
