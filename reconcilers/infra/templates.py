@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import InputError
+from reconcilers.errors import InputError
 
 MAX_RENDERED = 4 * 1024 * 1024
 RENDER_TIMEOUT_S = 5.0
