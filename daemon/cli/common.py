@@ -121,7 +121,15 @@ def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Calla
     while True:
         sock = daemon_socket(settings)
         if sock is not None:
-            return ask(sock)
+            try:
+                return ask(sock)
+            except ConnectionError:
+                # The daemon stopped between being found and answering: ask the next one, or read the index
+                # once it is released (a read is always answered, never an error, while daemons come and go).
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+                continue
         with shared_read(settings.data_dir) as free:
             if free:
                 return local()

@@ -152,8 +152,19 @@ class RepoGitWriter:
             blob_id = repo.create_blob(text.encode("utf-8"))
             tree_id = _insert(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
             sig = pygit2.Signature(*IDENTITY)
-            return str(repo.create_commit(ref_name, sig, sig, message, tree_id,
-                                          [parent.id] if parent is not None else []))
+            before = ref.target if ref is not None else None
+            commit = str(repo.create_commit(ref_name, sig, sig, message, tree_id,
+                                            [parent.id] if parent is not None else []))
+            try:
+                # A mirror's branches live on the remote (the next fetch prunes what it lacks): push it there.
+                self._source.publish(ref_name.removeprefix("refs/heads/"))
+            except SourceError:
+                if before is None:
+                    repo.references.delete(ref_name)
+                else:
+                    repo.references.create(ref_name, before, force=True)
+                raise
+            return commit
 
 
 def _insert(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[str], blob_id: pygit2.Oid) -> pygit2.Oid:

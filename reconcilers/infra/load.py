@@ -85,6 +85,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
             return load_infra(snap, evaluator, cache, own)
         finally:
             own.close()
+    renderer.begin()
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [

@@ -306,7 +306,10 @@ class KnowledgeBase:
         who = " ".join(principal.split())[:200]
         message = f"knowledge: add {ntype} {title.strip()}\n\nSubmitted-by: {who}\n"
         if self.writer is not None:
-            commit = self.writer.commit_file(branch, rel, text, message, base=base)
+            try:
+                commit = self.writer.commit_file(branch, rel, text, message, base=base)
+            except SourceError as err:      # e.g. the push of the branch to a watched remote failed
+                raise KnowledgeError(f"the proposal was not saved: {err.what}", hint=err.hint) from err
         else:
             commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
         return {"id": node_id, "path": rel, "branch": branch, "commit": commit, "submitted_by": who}
