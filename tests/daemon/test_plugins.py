@@ -145,3 +145,15 @@ def test_this_environment_has_no_hello_plugin() -> None:
     tests above see the plugin because of the entry point, not because the package leaked onto this path)."""
     assert [p.name for p in discover()[0]] == ["infra", "vault", "knowledge"]
     assert "hello" not in all_verbs()
+
+
+@pytest.mark.parametrize("group", [GROUP, "console_scripts"])
+def test_the_light_entry_point_scan_agrees_with_importlib_metadata(group: str) -> None:
+    """reconcilers.plugin.entry_points reads what importlib.metadata would (without its import cost); extras
+    (`module:attr [extra]`) are not part of the target."""
+    from importlib.metadata import entry_points as library
+
+    from reconcilers.plugin import entry_points
+
+    expected = sorted((ep.name, ep.value.split("[")[0].strip()) for ep in library(group=group))
+    assert sorted(entry_points(group)) == expected and expected
