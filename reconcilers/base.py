@@ -16,9 +16,18 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from reconcilers.ports import Evaluator, EventRecorder, GitWriter, HttpMount, Revisions, Scheduler, SecretsPort
+from reconcilers.ports import (
+    Evaluator,
+    EventRecorder,
+    GitWriter,
+    HttpMount,
+    Revisions,
+    Scheduler,
+    SecretsPort,
+    Snapshot,
+)
 from reconcilers.records import (
     Action,
     ActionKind,
@@ -30,9 +39,6 @@ from reconcilers.records import (
     RunRecord,
     freeze,
 )
-
-if TYPE_CHECKING:
-    from daemon.git.source import Snapshot
 
 __all__ = [
     "Action",

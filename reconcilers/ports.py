@@ -20,8 +20,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reconcilers.records import FileEntry
+
 if TYPE_CHECKING:
-    from daemon.git.source import Snapshot
+    import pygit2
+
+
+class Snapshot(Protocol):
+    """One revision's tree, read-only (a commit, or the staged tree: revision "staged:<tree id>"): what `load`
+    reads. Every read is bounded (files over the size limit, symlinks where a file is expected, binary text
+    raise InputError naming the file)."""
+
+    @property
+    def revision(self) -> str:
+        """The commit id, or "staged:<tree id>"."""
+        ...
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """The repository, for readers that walk trees themselves (read-only use)."""
+        ...
+
+    def entries(self, prefix: str = "", suffixes: tuple[str, ...] = ()) -> list[FileEntry]:
+        """Every file under `prefix`, optionally only those ending in one of `suffixes`, sorted by path."""
+        ...
+
+    def entry(self, path: str) -> FileEntry | None:
+        """The file at `path`, or None."""
+        ...
+
+    def read(self, path: str, limit: int = ...) -> bytes:
+        """The bytes of a regular file."""
+        ...
+
+    def read_entry(self, entry: FileEntry, limit: int = ...) -> bytes:
+        """The bytes of a listed file."""
+        ...
+
+    def text(self, entry: FileEntry, limit: int = ...) -> str:
+        """A file's content as UTF-8 text."""
+        ...
 
 
 class Evaluator(Protocol):

@@ -11,6 +11,24 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+_MODE_LINK = 0o120000                         # git's file mode of a symbolic link
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One file in a commit: repo-relative POSIX path, blob id, size and git file mode."""
+
+    path: str
+    blob_id: str
+    size: int
+    mode: int
+
+    @property
+    def is_symlink(self) -> bool:
+        """True for a symlink entry (its blob holds the link target)."""
+        return self.mode == _MODE_LINK
+
+
 ActionKind = Literal["create", "update", "delete", "run"]
 
 

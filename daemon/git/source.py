@@ -17,6 +17,7 @@ import pygit2
 
 from daemon.control.signing import SigningPolicy, Verification, verify_commit
 from daemon.errors import InputError, SourceError
+from reconcilers.records import FileEntry as FileEntry  # re-exported: the contract's record of a file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_FILES = 50_000                    # files per revision (host default; a repo may ask for fewer)
@@ -58,21 +59,6 @@ class TreeScan:
     files: int
     over_cap: bool
     bad_names: tuple[str, ...]          # shown escaped (display_path)
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """One file in a commit: repo-relative POSIX path, blob id, size and git file mode."""
-
-    path: str
-    blob_id: str
-    size: int
-    mode: int
-
-    @property
-    def is_symlink(self) -> bool:
-        """True for a symlink entry (its blob holds the link target)."""
-        return self.mode == _MODE_LINK
 
 
 @dataclass(frozen=True, slots=True)

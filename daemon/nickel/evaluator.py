@@ -30,12 +30,13 @@ from typing import Any
 
 import yaml
 
-from daemon.git.source import FileEntry, Snapshot
 from daemon.nickel.cache import DiskCache
 from daemon.nickel.scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
 from daemon.package_data import nickel_dir
 from reconcilers import bounded_yaml
 from reconcilers.base import Problem
+from reconcilers.ports import Snapshot
+from reconcilers.records import FileEntry
 
 MAX_NICKEL_BYTES = 1024 * 1024
 WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.git.source import Snapshot, safe_relpath
+from daemon.git.source import safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.infra.templates import TemplateRenderer
-from reconcilers.ports import Evaluator
+from reconcilers.ports import Evaluator, Snapshot
 
 INFRA_CONTRACT = '(import "infra.ncl").Config'
 _COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")

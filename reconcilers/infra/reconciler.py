@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.git.source import Snapshot
 from reconcilers.base import (
     Action,
     ApplyContext,
@@ -29,6 +28,7 @@ from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResourc
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
+from reconcilers.ports import Snapshot
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pygit2
 
-from daemon.git.source import FileEntry, Snapshot
 from reconcilers.base import Problem
 from reconcilers.errors import InputError
 from reconcilers.knowledge.contract import Contract, FrontMatterItem
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.node import MAX_NODE_BYTES, NAME, ROOT, Node, Parsed, parse, too_large
+from reconcilers.ports import Snapshot
+from reconcilers.records import FileEntry
 
 _WHERE = re.compile(r"^(.*?):(\d+)$")
 _MODE_TREE = int(pygit2.enums.FileMode.TREE)

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
-from daemon.git.source import Snapshot
 from daemon.index.store import Index
 from reconcilers.base import (
     Action,
@@ -48,7 +47,7 @@ from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
-from reconcilers.ports import HttpMount
+from reconcilers.ports import HttpMount, Snapshot
 
 if TYPE_CHECKING:
     from reconcilers.knowledge.indexer import Indexed, IndexStats

@@ -48,7 +48,7 @@ from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
 
 if TYPE_CHECKING:
-    from daemon.git.source import Snapshot
+    from reconcilers.ports import Snapshot
 
 NAME = "vault"
 VERIFIED_LIMIT = 20_000            # verification results kept (ciphertext and problems only)

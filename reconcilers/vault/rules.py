@@ -25,9 +25,8 @@ from reconcilers.vault.keys import Recipient, Signer
 if TYPE_CHECKING:
     import pygit2
 
-    from daemon.git.source import Snapshot
     from daemon.nickel.evaluator import Evaluator as DaemonEvaluator
-    from reconcilers.ports import Evaluator
+    from reconcilers.ports import Evaluator, Snapshot
 
 RULES_PATH = "secrets/rules.ncl"
 CONTRACT = '(import "vault.ncl").Rules'
