@@ -260,6 +260,7 @@ class Evaluator:
         """Stop the worker process."""
         for worker in self._workers:
             worker.kill()
+        self._disk.close()
 
     # 1. imports ------------------------------------------------------------------------------------
     def _scan(self, snap: Snapshot, entry: FileEntry) -> list[Any]:
@@ -407,7 +408,7 @@ class Evaluator:
         problems: list[Problem] = []
         pending: dict[str, str] = {}                      # path -> cache key
         keys: dict[str, str] = {}
-        needed: dict[str, FileEntry] = {}
+        closures: dict[str, list[FileEntry]] = {}
         for path in paths:
             closure, problem = self._closure(snap, path, files)
             if problem is not None:
@@ -421,13 +422,19 @@ class Evaluator:
                 values[path] = self._cache[key]
                 self.stats["cache_hits"] += 1
                 continue
-            found, value = self._disk.get(key)      # evaluated by an earlier process (a CLI run, a daemon)
-            if found:
-                self._cache[key] = values[path] = value
-                self.disk_hits += 1
-                continue
             pending[path] = key
-            needed.update({e.path: e for e in closure})
+            closures[path] = closure
+        if pending:
+            # Evaluated by an earlier process (a CLI run, a daemon): one batched lookup.
+            on_disk = self._disk.get_many(list(pending.values()))
+            for path, key in list(pending.items()):
+                if key in on_disk:
+                    self._cache[key] = values[path] = on_disk[key]
+                    self.disk_hits += 1
+                    del pending[path]
+        needed: dict[str, FileEntry] = {}
+        for path in pending:
+            needed.update({e.path: e for e in closures[path]})
         if pending:
             self._materialize(snap, list(needed.values()), files)
             # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
@@ -446,8 +453,8 @@ class Evaluator:
             for chunk_values, chunk_problems in results:
                 for path, value in chunk_values.items():
                     self._cache[pending[path]] = values[path] = value
-                    self._disk.put(pending[path], value)
                 problems.extend(chunk_problems)
+                self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems), keys=keys)
