@@ -244,8 +244,10 @@ class Evaluator:
         self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
         self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
+        self._solo_keys: dict[tuple[str | None, str, str], str] = {}   # files importing nothing -> cache key
         self.stats = {"evaluations": 0, "cache_hits": 0}
         self.disk_hits = 0                              # values found on disk, evaluated by an earlier process
+        self.keys_derived = 0                           # closures walked and hashed (not known from before)
         if prestart:
             self.prestart()
 
@@ -410,13 +412,27 @@ class Evaluator:
         keys: dict[str, str] = {}
         closures: dict[str, list[FileEntry]] = {}
         for path in paths:
-            closure, problem = self._closure(snap, path, files)
-            if problem is not None:
-                problems.append(problem)
-                continue
-            key = hashlib.sha256(json.dumps(
-                [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
-            ).hexdigest()
+            entry = files.get(path)
+            solo = (contract, path, entry.blob_id) if entry is not None and path.endswith(".ncl") \
+                and not entry.is_symlink and self._imports.get(entry.blob_id) == [] else None
+            key = self._solo_keys.get(solo) if solo is not None else None
+            if key is not None and entry is not None:
+                # A file known to import nothing (its blob was scanned): its closure is itself, and its key
+                # was made before. A revision changing one file of 20,000 re-derives one key, not all.
+                closure = [entry]
+            else:
+                closure, problem = self._closure(snap, path, files)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                key = hashlib.sha256(json.dumps(
+                    [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
+                ).hexdigest()
+                self.keys_derived += 1
+                if len(closure) == 1 and entry is not None and self._imports.get(entry.blob_id) == []:
+                    if len(self._solo_keys) > 200_000:
+                        self._solo_keys.clear()
+                    self._solo_keys[(contract, path, entry.blob_id)] = key
             keys[path] = key
             if key in self._cache:
                 values[path] = self._cache[key]

@@ -37,6 +37,20 @@ def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider:
                    "source": source})
 
 
+@functools.lru_cache(maxsize=65536)
+def applied_spec_hash(inventory_data: str) -> str | None:
+    """The spec hash an inventory entry recorded (decoded once per distinct entry)."""
+    value = json.loads(inventory_data).get("spec_hash")
+    return None if value is None else str(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def inventory_entry(inventory_data: str) -> tuple[str, str]:
+    """(kind, path) an inventory entry recorded (decoded once per distinct entry)."""
+    data = json.loads(inventory_data)
+    return str(data.get("kind", "")), str(data.get("path", ""))
+
+
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
 
 
@@ -101,3 +115,6 @@ class InfraObserved:
 
     resources: Mapping[str, ObservedResource]
     strays: tuple[str, ...] = ()
+    # Resources applied before with the same spec, taken as in place without reading the host (a commit's
+    # incremental run): the diff has nothing to do for them, so it does not look at them at all.
+    assumed: frozenset[str] = frozenset()
