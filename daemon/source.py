@@ -115,6 +115,8 @@ class _Bounded(Generic[_K, _V]):
 # Subtree listings by (tree id, path) and blob sizes by blob id, shared by every snapshot of the process.
 _LISTINGS: _Bounded[tuple[bytes, str], tuple[FileEntry, ...]] = _Bounded(2_000_000)
 _SIZES: _Bounded[bytes, int] = _Bounded(1_000_000)
+_KEEP_FILE_BYTES = 64 * 1024                           # file contents a snapshot keeps once read: small files
+_KEEP_BYTES = 16 * 1024 * 1024                         # up to this much in all (the last good snapshot lives on)
 LISTING_STATS = {"trees_read": 0, "blobs_sized": 0}     # what listings cost (tests assert on these)
 
 
@@ -125,6 +127,8 @@ class Snapshot:
                  ) -> None:
         self._repo = repo
         self._known: dict[str, FileEntry] = {}       # files listed by `entries`, by path
+        self._data: dict[str, bytes] = {}             # file contents read, by blob id (see read_entry)
+        self._data_bytes = 0
         if commit is not None:
             self._tree = commit.tree
             self.revision: str = str(commit.id)
@@ -265,7 +269,14 @@ class Snapshot:
         if entry.size > limit:
             raise InputError(f"file is {entry.size} bytes, over the {limit}-byte limit", where=entry.path,
                              hint="split the file or raise the limit in stratumd.toml")
-        data: bytes = self._blob_at(pygit2.Oid(hex=entry.blob_id)).data
+        data = self._data.get(entry.blob_id)
+        if data is None:
+            data = self._blob_at(pygit2.Oid(hex=entry.blob_id)).data
+            # Loading reads a file more than once (import scan, the Nickel work tree, line numbers): keep
+            # small files' bytes for the snapshot's life, within a budget.
+            if len(data) <= _KEEP_FILE_BYTES and self._data_bytes + len(data) <= _KEEP_BYTES:
+                self._data[entry.blob_id] = data
+                self._data_bytes += len(data)
         return data
 
     def text(self, entry: FileEntry, limit: int = MAX_FILE_BYTES) -> str:

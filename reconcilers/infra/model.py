@@ -31,24 +31,43 @@ def _decode(spec: str) -> Mapping[str, Any]:
     return MappingProxyType(json.loads(spec))
 
 
+_FACTS: dict[str, tuple[str, str, str | None]] = {}     # inventory data -> (kind, path, spec hash)
+
+
 @functools.lru_cache(maxsize=65536)
 def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider: str, source: str) -> str:
-    return freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
+    data = freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
                    "source": source})
+    _remember(data, (kind, path, spec_hash))      # what this entry says, for when it comes back from the index
+    return data
 
 
-@functools.lru_cache(maxsize=65536)
+def _remember(data: str, facts: tuple[str, str, str | None]) -> None:
+    if len(_FACTS) > 200_000:
+        _FACTS.clear()
+    _FACTS[data] = facts
+
+
+def _facts(inventory_data: str) -> tuple[str, str, str | None]:
+    """(kind, path, spec hash) of an inventory entry: known when this process made it, else decoded once."""
+    found = _FACTS.get(inventory_data)
+    if found is None:
+        data = json.loads(inventory_data)
+        spec_hash = data.get("spec_hash")
+        found = (str(data.get("kind", "")), str(data.get("path", "")), None if spec_hash is None else str(spec_hash))
+        _remember(inventory_data, found)
+    return found
+
+
 def applied_spec_hash(inventory_data: str) -> str | None:
-    """The spec hash an inventory entry recorded (decoded once per distinct entry)."""
-    value = json.loads(inventory_data).get("spec_hash")
-    return None if value is None else str(value)
+    """The spec hash an inventory entry recorded."""
+    return _facts(inventory_data)[2]
 
 
-@functools.lru_cache(maxsize=65536)
 def inventory_entry(inventory_data: str) -> tuple[str, str]:
-    """(kind, path) an inventory entry recorded (decoded once per distinct entry)."""
-    data = json.loads(inventory_data)
-    return str(data.get("kind", "")), str(data.get("path", ""))
+    """(kind, path) an inventory entry recorded."""
+    kind, path, _ = _facts(inventory_data)
+    return kind, path
 
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
