@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -241,6 +241,7 @@ class Evaluator:
         count = max(1, workers or min(2, os.cpu_count() or 1))
         self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()               # the work tree, written by the chunks' threads
         self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
         self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
@@ -375,24 +376,31 @@ class Evaluator:
         return None
 
     # 2. materialize -------------------------------------------------------------------------------
-    def _materialize(self, snap: Snapshot, entries: list[FileEntry], files: _Files) -> None:
-        # Files of other commits must not linger: Nickel resolves a relative import on disk first.
+    def _sweep(self, files: _Files) -> None:
+        """Files of other commits must not linger: Nickel resolves a relative import on disk first."""
         for stale in [p for p in self._materialized if p not in files]:
             (self.workdir / stale).unlink(missing_ok=True)
             del self._materialized[stale]
-        # Evaluations are serialized (the lock), so no worker reads a file while it is rewritten: a plain write
-        # (no temporary file and rename) and one mkdir per folder keep 20,000 files cheap.
-        made: set[str] = set()
-        for entry in entries:
-            if self._materialized.get(entry.path) == entry.blob_id:
-                continue
-            folder = os.path.join(self.workdir, os.path.dirname(entry.path))
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            with open(os.path.join(self.workdir, entry.path), "wb") as fh:
-                fh.write(snap.read_entry(entry, MAX_NICKEL_BYTES))
-            self._materialized[entry.path] = entry.blob_id
+
+    def _materialize(self, snap: Snapshot, entries: Sequence[FileEntry]) -> None:
+        """Write the files (changed blobs only) into the work tree. Chunks are written just before they are
+        evaluated, so writing one chunk overlaps with the other worker evaluating another; the lock keeps two
+        threads from writing one shared import at once."""
+        # Evaluations are serialized (the evaluator's lock) and a file is written before any chunk importing it
+        # is sent, so no worker reads a file while it is rewritten: a plain write (no temporary file and
+        # rename) and one mkdir per folder keep 20,000 files cheap.
+        with self._write_lock:
+            made: set[str] = set()
+            for entry in entries:
+                if self._materialized.get(entry.path) == entry.blob_id:
+                    continue
+                folder = os.path.join(self.workdir, os.path.dirname(entry.path))
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                with open(os.path.join(self.workdir, entry.path), "wb") as fh:
+                    fh.write(snap.read_entry(entry, MAX_NICKEL_BYTES))
+                self._materialized[entry.path] = entry.blob_id
 
     # 3. evaluate ----------------------------------------------------------------------------------
     def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
@@ -448,11 +456,11 @@ class Evaluator:
                     self._cache[key] = values[path] = on_disk[key]
                     self.disk_hits += 1
                     del pending[path]
-        needed: dict[str, FileEntry] = {}
-        for path in pending:
-            needed.update({e.path: e for e in closures[path]})
         if pending:
-            self._materialize(snap, list(needed.values()), files)
+            self._sweep(files)
+
+            def prepare(chunk: list[str]) -> None:
+                self._materialize(snap, [e for path in chunk for e in closures[path]])
             # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
             # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
             # per-file fallback that followed took minutes), spread over the workers (one per core).
@@ -461,11 +469,12 @@ class Evaluator:
             count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
             deadline = time.monotonic() + self.budget
             if count == 1:
-                results = [self._evaluate_chunks(0, chunks, contract, deadline)]
+                results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
             else:
                 with cf.ThreadPoolExecutor(max_workers=count) as pool:
                     results = list(pool.map(
-                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline), range(count)))
+                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare),
+                        range(count)))
             for chunk_values, chunk_problems in results:
                 for path, value in chunk_values.items():
                     self._cache[pending[path]] = values[path] = value
@@ -484,7 +493,7 @@ class Evaluator:
         return re.sub(r'import\s+"([^"]+)"', swap, contract)
 
     def _evaluate_chunks(self, worker: int, chunks: list[list[str]], contract: str | None, deadline: float,
-                         ) -> tuple[dict[str, Any], list[Problem]]:
+                         prepare: Callable[[list[str]], None]) -> tuple[dict[str, Any], list[Problem]]:
         """Chunks one after another on one worker, within the revision's evaluation budget: once `deadline`
         passed (files that each ran to the deadline), the files left are problems, not more waiting."""
         values: dict[str, Any] = {}
@@ -496,6 +505,7 @@ class Evaluator:
                     "deadline)", path, reconciler="nickel", hint="fix the files reported as too slow")
                     for path in chunk)
                 continue
+            prepare(chunk)
             chunk_values, chunk_problems = self._evaluate_chunk(worker, chunk, contract, deadline)
             values.update(chunk_values)
             problems.extend(chunk_problems)
