@@ -230,3 +230,28 @@ def test_a_command_over_its_timeout_is_an_apply_error(provider: LocalProvider) -
     """A command past its timeout is killed and reported as an ApplyError naming the timeout."""
     with pytest.raises(ApplyError, match=r"timed out after 0\.3 s"):
         provider.run_command("sleep 30", 0.3, {})
+
+
+def test_folders_resolve_exactly_as_realpath_does_with_or_without_a_cache(root: Path, outside: Path,
+                                                                          provider: LocalProvider) -> None:
+    """Resolving folders one component at a time (an lstat each, prefixes shared through the cache) gives
+    realpath's answer for plain folders, links inside and out of the root, chains of links, relative and
+    absolute targets, `.` components and missing parts; and paths through a link out are still refused."""
+    (root / "a/b").mkdir(parents=True)
+    (root / "real").mkdir()
+    (root / "in").symlink_to("real")                         # relative, inside
+    (root / "a/up").symlink_to("../real")                    # relative with .., inside
+    (root / "chain").symlink_to(root / "a/up")               # absolute, to another link
+    (root / "out").symlink_to(outside)                       # absolute, outside
+    (root / "a/sneaky").symlink_to("../../" + outside.name)  # relative, outside
+    folders = ["", "a", "a/b", "a/b/missing/deeper", "in", "in/x", "a/up", "a/up/y", "chain", "chain/z", "out",
+               "out/w", "a/sneaky", "a/./b", "missing", "a/b/../b"]
+    cache: dict[str, str] = {}
+    for folder in folders + folders:                         # twice: the second pass answers from the cache
+        expected = os.path.realpath(os.path.join(str(provider.root), folder))
+        assert provider._real_folder(folder, None) == expected, folder
+        assert provider._real_folder(folder, cache) == expected, folder
+    for rel in ("out/f", "a/sneaky/f", "chain/../../f"):
+        with pytest.raises(PathEscapeError):
+            provider.resolve_str(rel, cache=cache)
+    assert provider.resolve_str("chain/f", cache=cache) == str(provider.root / "real/f")
