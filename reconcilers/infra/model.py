@@ -87,6 +87,13 @@ class Resource:
     source: str = ""                          # repo file that declares it
     line: int = 0
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Derived from kind and spec once, when made: a run reads them several times for each of 20,000 resources.
+    _spec_hash: str = field(default="", init=False, repr=False, compare=False)
+    _path: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_spec_hash", _hash(self.spec))
+        object.__setattr__(self, "_path", _path_of(self.kind, self.spec))
 
     @property
     def fields(self) -> Mapping[str, Any]:
@@ -96,12 +103,12 @@ class Resource:
     @property
     def spec_hash(self) -> str:
         """A short hash of the spec: what inventory remembers to tell a repo change from drift."""
-        return _hash(self.spec)
+        return self._spec_hash
 
     @property
     def path(self) -> str:
         """The root-relative path the resource manages ('' for commands)."""
-        return _path_of(self.kind, self.spec)
+        return self._path
 
     def inventory_data(self) -> str:
         """What inventory keeps so the resource can be pruned after it left the repo."""
