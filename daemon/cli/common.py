@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from daemon import api
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
+from daemon.service import control_socket as api
 from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,7 +96,7 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
                wait: float = READER_WAIT_S) -> Any:
     """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only (see
     `daemon_or_local`)."""
-    from daemon.index import Index
+    from daemon.index.store import Index
 
     def local() -> Any:
         index = Index(settings.index_path, read_only=True)
@@ -115,13 +115,21 @@ def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Calla
     opens nothing and waits for the socket, bounded by `wait`; while `local()` runs it holds the data
     directory's apply lock shared, so a daemon starting meanwhile waits that out (bounded on its side too).
     """
-    from daemon.lock import shared_read
+    from daemon.service.lock import shared_read
 
     deadline = time.monotonic() + wait
     while True:
         sock = daemon_socket(settings)
         if sock is not None:
-            return ask(sock)
+            try:
+                return ask(sock)
+            except ConnectionError:
+                # The daemon stopped between being found and answering: ask the next one, or read the index
+                # once it is released (a read is always answered, never an error, while daemons come and go).
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+                continue
         with shared_read(settings.data_dir) as free:
             if free:
                 return local()

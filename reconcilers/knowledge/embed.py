@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from daemon.source import sanitize_url
+from daemon.git.source import sanitize_url
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import (
     MODEL_SHA256,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.index import Index
+from daemon.index.store import Index
 from reconcilers.knowledge.embed import Provider
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.loader import Checked

@@ -8,9 +8,11 @@ runbook_for, recent_runs, explain_resource. Nodes are resources at `stratum://no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -93,6 +95,24 @@ def _writer(get_kb: Callable[[], KnowledgeBase], ctx: Context[Any]) -> tuple[Kno
     return get_kb(), principal
 
 
+@contextlib.contextmanager
+def _own_logging() -> Iterator[None]:
+    """Keep the MCP SDK from configuring the process's logging: MCPServer() calls logging.basicConfig with a
+    rich handler, which would print rich-formatted lines ("Processing request of type ...") beside the daemon's
+    JSON log. Whatever the SDK adds to the root logger is removed; its own loggers report warnings and worse,
+    through the root logger the daemon set up (none: then Python's last-resort handler, plain text)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+
+
 def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -> MCPServer[Any]:
     """An MCPServer whose tools query the KnowledgeBase `get_kb()` returns (refreshed on each call).
 
@@ -100,10 +120,11 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
     default off) adds `add_note` and `record_decision`, which commit to a side branch (never the work tree)."""
     from daemon import __version__
 
-    server: MCPServer[Any] = MCPServer(
-        "stratum-knowledge", version=__version__,
-        instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
-                     "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
+    with _own_logging():
+        server: MCPServer[Any] = MCPServer(
+            "stratum-knowledge", version=__version__,
+            instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
+                         "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
 
     @tool(server)
     def search(query: str, type: str | None = None, project: str | None = None, semantic: bool = True,
@@ -271,19 +292,40 @@ class _LazyLifespanApp:
     def __init__(self, server: MCPServer[Any]) -> None:
         self.server = server
         self.app = server.streamable_http_app(streamable_http_path="/", stateless_http=True, json_response=True)
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def _ensure(self) -> None:
-        if self._stack is None:
-            stack = contextlib.AsyncExitStack()
-            await stack.enter_async_context(self.server.session_manager.run())
-            self._stack = stack
+        """Start the session manager in a task of its own: its task group must be entered and left by one task
+        (a request's task would leave it to whichever task closes it, and anyio refuses that at shutdown)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if self._task is not None and not self._task.done():
+                return
+            started, stop = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with self.server.session_manager.run():
+                    started.set()
+                    await stop.wait()
+
+            task = asyncio.get_running_loop().create_task(hold(), name="mcp-sessions")
+            waiter = asyncio.ensure_future(started.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():
+                task.result()            # it failed to start: the request gets the error
+            self._task, self._stop = task, stop
 
     async def aclose(self) -> None:
-        """Stop the session manager."""
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None
+        """Stop the session manager (in its own task)."""
+        if self._task is not None and self._stop is not None:
+            self._stop.set()
+            await self._task
+            self._task = self._stop = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
+from daemon.control.policy import PolicyResource
 from daemon.errors import ApplyError
-from daemon.index import Index
-from daemon.policy import PolicyResource
-from daemon.source import Snapshot
+from daemon.git.source import Snapshot
+from daemon.index.store import Index
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from daemon.index import Index, ensure_schema
+from daemon.index.store import Index, ensure_schema
 from reconcilers.knowledge.node import Link, Node
 from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.source import LISTING_STATS
+from daemon.git.source import LISTING_STATS
 from tests.fixtures import Stack, WorkRepo, infra_file
 
 FILES = 60
