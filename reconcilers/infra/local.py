@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import stat
 import subprocess
@@ -26,7 +25,9 @@ TEMP_SUFFIX = ".stratum-tmp"          # `.<name>.<random>.stratum-tmp`: written,
 def _temp_name(path: Path) -> Path:
     """A fresh temporary name beside `path`: unique per write, so removing a stray left by a killed apply can
     never race with a write of the same file in this run (rollback runs both at once)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    # os.urandom, not the `secrets` module: a benchmark run as `python bench/x.py` has bench/ first on sys.path,
+    # where bench/secrets.py stands in for the standard library's module.
+    return path.with_name(f".{path.name}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
 
 
 class LocalProvider:
