@@ -11,7 +11,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pygit2
 
@@ -117,7 +117,8 @@ _LISTINGS: _Bounded[tuple[bytes, str], tuple[FileEntry, ...]] = _Bounded(2_000_0
 _SIZES: _Bounded[bytes, int] = _Bounded(1_000_000)
 _KEEP_FILE_BYTES = 64 * 1024                           # file contents a snapshot keeps once read: small files
 _KEEP_BYTES = 16 * 1024 * 1024                         # up to this much in all (the last good snapshot lives on)
-LISTING_STATS = {"trees_read": 0, "blobs_sized": 0}     # what listings cost (tests assert on these)
+_SCANS: _Bounded[tuple[bytes, str], tuple[int, tuple[str, ...]]] = _Bounded(1_000_000)
+LISTING_STATS = {"trees_read": 0, "blobs_sized": 0, "trees_scanned": 0}     # what listings cost (tests assert on these)
 
 
 class Snapshot:
@@ -168,11 +169,28 @@ class Snapshot:
 
     def scan(self, max_files: int = MAX_FILES) -> TreeScan:
         """Count the files of the tree (up to `max_files` + 1: the walk is bounded) and find names that are not
-        UTF-8 or hold control characters. Only trees are read, never blobs."""
-        files, bad = 0, []
-        stack: list[tuple[pygit2.Tree, str]] = [(self._tree, "")]
+        UTF-8 or hold control characters. Only trees are read, never blobs. Folders scanned before (same tree
+        id, same place) are counted from the scan cache: a commit that changes one file re-reads its folders."""
+        files, bad = 0, list[str]()
+        # ("tree", tree, path) is a folder to read; ("done", key, files before, bad before) closes one.
+        stack: list[tuple[Any, ...]] = [("tree", self._tree, "")]
         while stack:
-            tree, base = stack.pop()
+            step = stack.pop()
+            if step[0] == "done":
+                _, key, files_before, bad_before = step
+                _SCANS.put(key, (files - files_before, tuple(bad[bad_before:])))
+                continue
+            _, tree, base = step
+            key = (tree.id.raw, base)
+            cached = _SCANS.get(key)
+            if cached is not None:
+                files += cached[0]
+                bad.extend(cached[1])
+                if files > max_files:
+                    return TreeScan(files, True, tuple(bad[:20]))
+                continue
+            stack.append(("done", key, files, len(bad)))
+            LISTING_STATS["trees_scanned"] += 1
             for item in tree:
                 name = str(item.name)
                 path = f"{base}/{name}" if base else name
@@ -180,7 +198,7 @@ class Snapshot:
                     bad.append(display_path(path))
                 mode = int(item.filemode)
                 if mode == _MODE_TREE:
-                    stack.append((self._tree_at(item.id), path))
+                    stack.append(("tree", self._tree_at(item.id), path))
                 elif mode != _MODE_COMMIT:
                     files += 1
                     if files > max_files:

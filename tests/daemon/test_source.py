@@ -72,6 +72,25 @@ def test_a_commit_that_changes_one_file_lists_only_the_folders_it_changed(tmp_pa
     assert [e.path for e in snap.entries()] == sorted(e.path for e in first)   # the root: a new listing
 
 
+def test_scans_reuse_folders_scanned_before_and_still_stop_at_the_cap(tmp_path: Path) -> None:
+    """The file count and name check of the next commit read only the folders it changed; the answers are
+    those of a full scan, a bad name found before is still reported, and the cap still stops the count."""
+    repo = WorkRepo(tmp_path / "scale")
+    files: dict[str, str | bytes | None] = {f"infra/s{i % 4}/f{i:03d}.ncl": "{}\n" for i in range(40)}
+    files["infra/s2/bad\x01name.ncl"] = "{}\n"
+    repo.commit(files, "many")
+    source = _source(repo, tmp_path)
+    first = source.snapshot("main").scan()
+    assert (first.files, first.over_cap, first.bad_names) == (41, False, ("infra/s2/bad\\x01name.ncl",))
+    repo.commit({"infra/s1/new.ncl": "{}\n"})
+    before = LISTING_STATS["trees_scanned"]
+    second = source.snapshot("main").scan()
+    assert LISTING_STATS["trees_scanned"] - before == 3                   # the root, infra and infra/s1
+    assert (second.files, second.over_cap, second.bad_names) == (42, False, first.bad_names)
+    capped = source.snapshot("main").scan(max_files=20)
+    assert capped.over_cap and capped.files > 20
+
+
 def test_snapshot_info_and_revision(work: WorkRepo, tmp_path: Path) -> None:
     """A snapshot knows its full revision, short form, author and message."""
     head = git(work.path, "rev-parse", "HEAD")
