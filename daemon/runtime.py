@@ -42,10 +42,14 @@ class Runtime:
 
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
-                      index: Index | None = None, source: GitSource | None = None,
+                      index: Index | None = None, source: GitSource | None = None, *, one_shot: bool = False,
                       ) -> tuple[dict[str, Reconciler], dict[str, str]]:
-    """Instantiate the registered reconcilers; one that cannot start is reported, not fatal."""
-    env = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
+    """Instantiate the registered reconcilers; one that cannot start is reported, not fatal. `one_shot`: the
+    process ends after one run (a CLI apply), so work meant for the background is left for the daemon."""
+    sections = settings.reconciler_settings()
+    if one_shot:
+        sections.setdefault("knowledge", {})["defer_embedding"] = True
+    env = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
                         index=index, source=source)
     out: dict[str, Reconciler] = {}
     unavailable: dict[str, str] = {}
@@ -78,10 +82,13 @@ def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Ind
 
 
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
-          ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False) -> Runtime:
+          ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False,
+          one_shot: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index). `prestart`
-    starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart)."""
+    starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart).
+    `one_shot`: a process that ends after its run; the knowledge nodes it indexes are embedded later, by the
+    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not ephemeral and not read_only:
@@ -91,7 +98,7 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
                        wait=index_wait)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
                           prestart=prestart)
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source)
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission, max_files=settings.max_files)

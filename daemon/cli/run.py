@@ -98,7 +98,7 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
     from daemon.runtime import build
 
     with ApplyLock(settings.data_dir):
-        rt = build(settings, prestart=True)
+        rt = build(settings, prestart=True, one_shot=True)
         try:
             if not force:
                 refuse_manual(rt.index, host_controls(settings).windows)

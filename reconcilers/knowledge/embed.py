@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
+from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from daemon.source import sanitize_url
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import (

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pygit2
-import structlog
 
 from daemon.errors import ApplyError
 from daemon.index import Index
+from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from daemon.policy import PolicyResource
 from daemon.source import Snapshot
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
@@ -95,6 +95,11 @@ class KnowledgeReconciler:
         self.last_index: Index | None = None
         # Vectors are made after a revision's nodes are stored, one revision at a time, off the run's path.
         self.background = bool(host.get("embed_in_background", True)) if isinstance(host, Mapping) else True
+        # A one-shot process (`stratum apply` without a daemon) ends before background embedding would: it
+        # stores the nodes (found by words at once) and leaves them marked pending for the next process that
+        # runs the model anyway (the daemon at start, `stratum kb search`), so infrastructure never waits.
+        self.defer = self.background and bool(host.get("defer_embedding", False)) if isinstance(host, Mapping) \
+            else False
         self._embedder = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-embed")
 
     @property
@@ -223,7 +228,7 @@ class KnowledgeReconciler:
         log.info("knowledge.indexed", revision=revision[:12], nodes=self.last_stats.nodes,
                  new_blobs=self.last_stats.new_blobs, embedded=self.last_stats.embedded,
                  problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1), embedding_later=later)
-        if later and provider is not None:
+        if later and provider is not None and not self.defer:
             self._embedder.submit(self._embed, store, provider, checked.nodes, self.last_stats, sweep)
 
     def _embed(self, store: Store, provider: Provider, nodes: tuple[Node, ...], stats: IndexStats,

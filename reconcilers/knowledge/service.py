@@ -25,7 +25,15 @@ from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
 from reconcilers.knowledge.execution import commit_file, iso, render
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.guidelines import Guideline, effective
-from reconcilers.knowledge.indexer import STATE_REVISION, STATE_VECTORS, Indexed, IndexStats, index_revision
+from reconcilers.knowledge.indexer import (
+    STATE_PENDING,
+    STATE_REVISION,
+    STATE_VECTORS,
+    Indexed,
+    IndexStats,
+    embed_revision,
+    index_revision,
+)
 from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
 from reconcilers.knowledge.providers import host_providers, resolve
@@ -177,6 +185,7 @@ class KnowledgeBase:
             searcher = self.searcher
             if not force_check and head in set(self.store.revisions()):
                 self.revision, self.checked, self._graph = head, None, None
+                self._embed_pending(head)
                 return head
             parsed = self.loader.load_snapshot(self.source.snapshot(head))
             extra = self._extra_nodes()
@@ -185,7 +194,19 @@ class KnowledgeBase:
             self.last_stats, self._indexed = index_revision(self.store, checked, head, self._provider, self._indexed)
             searcher.invalidate()
             self.revision, self.checked, self._graph = head, checked, None
+            self._embed_pending(head)
             return head
+
+    def _embed_pending(self, revision: str) -> None:
+        """Embed what a one-shot `stratum apply` stored without vectors (it marks the index pending and leaves
+        the model to the next process that runs it): this command needs the model anyway."""
+        provider = self._provider
+        if provider is None or self.index.get_state(STATE_PENDING) is None:
+            return
+        vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
+        if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
+            self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
+        self.searcher.reload()
 
     def _extra_nodes(self) -> list[Node]:
         return [n for n in self.store.nodes(EXTRA)] if self.store.revisions() else []

@@ -112,3 +112,16 @@ def test_completing_a_verb_name_imports_no_verb() -> None:
     assert json.loads(lines[-1]) == []
     offered = [ln.split(",")[1] for ln in lines[:-1] if ln.startswith("plain,")]
     assert offered == ["status"]
+
+
+def test_the_engine_and_the_daemon_load_structlog_without_rich() -> None:
+    """Modules that log import structlog through daemon.log, whatever imports first: before, daemon.descriptors
+    (imported by the API client, hence by `stratum apply`) imported structlog directly, with rich, pygments
+    and attrs behind it (~0.1 s of every apply, ~8 MB of the daemon)."""
+    code = ("import daemon.api, daemon.controls, daemon.runtime, daemon.cli.run, daemon.service\n"
+            "from reconcilers.registry import REGISTRY, factory\n"
+            "for name in REGISTRY:\n    factory(name)")
+    probe = (f"import sys\n{code}\n"
+             "import json; print(json.dumps([m for m in ('rich', 'pygments') if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
