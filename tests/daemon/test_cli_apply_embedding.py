@@ -23,10 +23,19 @@ from tests.fixtures import GIT_ENV
 PENDING = "knowledge.embedding_pending"
 
 
-def stratum(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    """`stratum ARGS` in a fresh interpreter (the entry point's own function), failing loudly."""
+HEAVY = ("numpy", "onnxruntime", "tokenizers", "fastembed", "rich")
+
+
+def stratum(*args: str, cwd: Path, home: Path, modules: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`stratum ARGS` in a fresh interpreter (the entry point's own function), failing loudly. With `modules`,
+    the HEAVY modules loaded when the process exits are written there (JSON)."""
     env = {**os.environ, **GIT_ENV, "HOME": str(home), "XDG_STATE_HOME": str(home / "state")}
-    code = "import sys; from daemon.cli.main import main; sys.argv[0] = 'stratum'; main()"
+    code = "import sys; from daemon.cli.main import main; sys.argv[0] = 'stratum'\n"
+    if modules is not None:
+        code += ("import atexit, json, pathlib\n"
+                 f"atexit.register(lambda: pathlib.Path({str(modules)!r}).write_text(json.dumps("
+                 f"[m for m in {HEAVY!r} if m in sys.modules])))\n")
+    code += "main()"
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -55,10 +64,12 @@ def template(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_cli_apply_leaves_embedding_to_the_next_model_user(template: Path, tmp_path: Path) -> None:
     """The apply indexes the nodes without vectors (pending); `kb search` then embeds them and ranks by meaning."""
-    data = tmp_path / "data"
+    data, loaded = tmp_path / "data", tmp_path / "modules.json"
     run = json.loads(stratum("apply", "--data-dir", str(data), "--root", str(tmp_path / "root"), "-o", "json",
-                             cwd=template, home=tmp_path).stdout)
+                             cwd=template, home=tmp_path, modules=loaded).stdout)
     assert run["status"] == "succeeded"
+    # Neither the model's runtime nor NumPy (a few nodes are written through unnest) nor rich (not a TTY).
+    assert json.loads(loaded.read_text()) == []
     assert index_facts(data) == (0, run["revision"])        # nodes stored, no vector made, marked pending
     # Found by words at once, before any model ran.
     out = stratum("kb", "--data-dir", str(data), "search", "app service down", "--mode", "lexical", "--json",
