@@ -96,9 +96,10 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
                wait: float = READER_WAIT_S) -> Any:
     """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only (see
     `daemon_or_local`)."""
-    from daemon.index import Index
-
     def local() -> Any:
+        # Imported only when no daemon answers: DuckDB costs ~0.1 s of a `stratum status` the daemon serves.
+        from daemon.index import Index
+
         index = Index(settings.index_path, read_only=True)
         try:
             return query(index)
