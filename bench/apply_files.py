@@ -31,7 +31,7 @@ TARGET_RATIO = 100.0
 
 def child(repo: str, data_dir: str, root: str) -> dict[str, Any]:
     """In a fresh interpreter: build the runtime, then time one run and a second (no-change) run."""
-    from daemon.runtime import build
+    from daemon.run.runtime import build
     from daemon.settings import Settings
 
     rt = build(Settings(repo=repo, data_dir=Path(data_dir), root=Path(root)))

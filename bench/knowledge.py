@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from daemon.index import Index
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.index.store import Index
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from reconcilers.knowledge.search import Searcher, recall_at

@@ -41,8 +41,8 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from daemon.index import Index
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.index.store import Index
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.embed import WorkerProvider
 from reconcilers.knowledge.reconciler import KnowledgeReconciler

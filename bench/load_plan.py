@@ -1,7 +1,7 @@
 """Cold and warm load + plan of 5,000 Nickel resources (50 infra files of 100 `file` resources).
 
 Cold: a fresh Python process and a fresh data directory (empty Nickel cache, no Nickel worker yet, empty
-index), through the library API: `daemon.runtime.build(settings)` then one `pipeline.plan(revision)` (snapshot,
+index), through the library API: `daemon.run.runtime.build(settings)` then one `pipeline.plan(revision)` (snapshot,
 Nickel evaluation with the infra contract, validation, observation of the root, diff, dependency order).
 Each cold sample runs in its own child process so nothing is cached in memory; the phases are timed inside
 the child. Warm: the same runtime planning the same revision again (in-memory Nickel cache by blob id).
@@ -29,7 +29,7 @@ TARGET_CLI_S = 1.5      # `stratum plan`, Python start-up included
 def child(repo: str, data_dir: str, root: str, warm_runs: int) -> dict[str, Any]:
     """Runs inside a fresh interpreter: times import, build, plan (cold), then warm plans."""
     t0 = time.perf_counter()
-    from daemon.runtime import build
+    from daemon.run.runtime import build
     from daemon.settings import Settings
 
     t_import = time.perf_counter()

@@ -54,7 +54,7 @@ def build_repo(base: Path, n: int) -> common.Repo:
 def child(repo: str, data_dir: str, root: str, n: int) -> dict[str, Any]:
     """In a fresh interpreter: first apply, one-file change, delete all; each run timed alone."""
     sys.path.insert(0, str(common.PROJECT_DIR))
-    from daemon.runtime import build
+    from daemon.run.runtime import build
     from daemon.settings import Settings
 
     work = Path(repo)

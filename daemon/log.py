@@ -1,7 +1,7 @@
 """Logging: structlog, JSON lines when not on a TTY (systemd, CI), readable on a TTY.
 
 The only module holding logging's global state. Nothing secret is ever logged: callers pass ids, paths and
-counts, never values; URLs go through `daemon.source.sanitize_url`.
+counts, never values; URLs go through `daemon.git.source.sanitize_url`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon.errors import SettingsError
 
-# daemon.source's test for a remote URL (not imported: that module loads pygit2, and every CLI verb reads settings)
+# daemon.git.source's test for a remote URL (not imported: that module loads pygit2, and every CLI verb reads settings)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
 IDENTITY_FILE = "repository"            # in a data directory: the identity of the repository it belongs to
 

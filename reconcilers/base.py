@@ -2,7 +2,7 @@
 
 A reconciler turns its part of a commit into desired state (`load`, pure), checks it (`validate`), reads the
 target (`observe`, read-only I/O through injected adapters), diffs (`plan`, pure) and changes the target
-(`apply`, the only side effects). Actions from all reconcilers form one dependency graph (daemon/plan.py).
+(`apply`, the only side effects). Actions from all reconcilers form one dependency graph (daemon/run/plan.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
 
 ActionKind = Literal["create", "update", "delete", "run"]
 
@@ -110,9 +110,9 @@ class ReconcilerEnv:
     data_dir: Path
     settings: Mapping[str, Any] = field(default_factory=dict)
     repo_settings: Mapping[str, Any] = field(default_factory=dict)
-    evaluator: Any = None                     # the shared daemon.nickel.Evaluator, when the daemon made one
-    index: Any = None                         # the daemon's daemon.index.Index: what interfaces serve at start-up
-    source: Any = None                        # the daemon's daemon.source.GitSource (read access to revisions)
+    evaluator: Any = None                     # the shared daemon.nickel.evaluator.Evaluator, when the daemon made one
+    index: Any = None                         # the daemon's daemon.index.store.Index: what interfaces serve at start-up
+    source: Any = None                        # the daemon's daemon.git.source.GitSource (read access to revisions)
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.nickel import Evaluator
+from daemon.nickel.evaluator import Evaluator
 from tests.fixtures import Stack, WorkRepo
 
 

@@ -217,10 +217,10 @@ class Stack:
 
     def __init__(self, tmp: Path, location: str | Path, *, parallelism: int = 4, branch: str = "main",
                  evaluator: Any = None) -> None:
-        from daemon.index import Index
-        from daemon.nickel import Evaluator
-        from daemon.pipeline import Pipeline
-        from daemon.source import GitSource
+        from daemon.git.source import GitSource
+        from daemon.index.store import Index
+        from daemon.nickel.evaluator import Evaluator
+        from daemon.run.pipeline import Pipeline
         from reconcilers.base import ReconcilerEnv
         from reconcilers.infra.reconciler import InfraReconciler
 

@@ -55,7 +55,9 @@ def graph(root: Path = ROOT) -> dict[str, set[str]]:
                 dotted = dotted.rpartition(".")[0]
             if dotted and dotted != name and not name.startswith(dotted + "."):
                 targets.add(dotted)
-        edges[name] = targets
+        # `from pkg import module` names the package too: that is no dependency on the package's __init__
+        edges[name] = {t for t in targets if mods[t].name != "__init__.py"
+                       or not any(o.startswith(t + ".") for o in targets)}
     return edges
 
 

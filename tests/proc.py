@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from daemon import api
+from daemon.service import control_socket as api
 
 ROOT = Path(__file__).resolve().parent.parent
 

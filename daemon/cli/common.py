@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import click
 
-from daemon import api
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
+from daemon.service import control_socket as api
 from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,7 +98,7 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
     `daemon_or_local`)."""
     def local() -> Any:
         # Imported only when no daemon answers: DuckDB costs ~0.1 s of a `stratum status` the daemon serves.
-        from daemon.index import Index
+        from daemon.index.store import Index
 
         index = Index(settings.index_path, read_only=True)
         try:
@@ -116,7 +116,7 @@ def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Calla
     opens nothing and waits for the socket, bounded by `wait`; while `local()` runs it holds the data
     directory's apply lock shared, so a daemon starting meanwhile waits that out (bounded on its side too).
     """
-    from daemon.lock import shared_read
+    from daemon.service.lock import shared_read
 
     deadline = time.monotonic() + wait
     while True:

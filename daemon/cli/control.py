@@ -15,12 +15,12 @@ from typing import Any
 
 import click
 
-from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, output_option, settings_from
+from daemon.control.windows import Window, gate, next_change, windows_from_settings
 from daemon.errors import StratumError
+from daemon.index.read_models import set_suspended
+from daemon.service import control_socket as api
 from daemon.settings import Settings
-from daemon.status import set_suspended
-from daemon.windows import Window, gate, next_change, windows_from_settings
 
 
 def _user() -> str:
@@ -37,7 +37,7 @@ def _suspension(settings: Settings, on: bool, reason: str) -> dict[str, Any]:
     if sock is not None:
         reply = api.call(sock, "suspend" if on else "resume", reason=reason, by=by)
         return {k: v for k, v in reply.items() if k != "ok"} | {"daemon": True}
-    from daemon.index import Index  # DuckDB only when no daemon answers
+    from daemon.index.store import Index  # DuckDB only when no daemon answers
 
     index = Index(settings.index_path)
     try:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from daemon import api, log
+from daemon import log
 from daemon.cli.common import common_options, handle_errors, settings_from
+from daemon.service import control_socket as api
 from daemon.settings import Settings
 
 
@@ -32,7 +33,7 @@ def daemon(repo: str | None, data_dir: Path | None, config_file: Path | None, br
 
     settings = load()
     log.configure(settings.log_format)
-    from daemon.service import Daemon  # the whole daemon: not for `stratum notify`, which git hooks call often
+    from daemon.service.daemon import Daemon  # the whole daemon: not for `stratum notify`, which git hooks call often
 
     Daemon(settings, reload=load).serve()
 

@@ -12,7 +12,7 @@ import pygit2
 
 from daemon.cli.common import handle_errors
 from daemon.errors import StratumError
-from daemon.resources import template_dir
+from daemon.package_data import template_dir
 
 _SKIP = {".stratum-data", "__pycache__", "__init__.py"}
 

@@ -247,9 +247,9 @@ def _infra_ids(root: Path) -> set[str] | None:
     """The ids (`infra:<id>`) the staged infra/ declares, or None when it cannot be evaluated (validate says
     why): what `[[infra:...]]` links must name."""
     from daemon.cli.common import settings_from
-    from daemon.nickel import Evaluator
-    from daemon.runtime import build_reconcilers
-    from daemon.source import GitSource
+    from daemon.git.source import GitSource
+    from daemon.nickel.evaluator import Evaluator
+    from daemon.run.runtime import build_reconcilers
 
     settings = settings_from(str(root), None, None, None, None)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
-from daemon import api
 from daemon.cli.common import common_options, daemon_socket, emit_json, handle_errors, settings_from
 from daemon.cli.errors import quiet_logs
 from daemon.cli.progress import RunProgress
-from daemon.lock import ApplyLock
-from daemon.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
+from daemon.run.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
+from daemon.service import control_socket as api
+from daemon.service.lock import ApplyLock
 from daemon.settings import Settings
 
 
@@ -21,7 +21,7 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None and base is None:
         return dict(api.call(sock, "plan", revision=head)["plan"])
-    from daemon.runtime import build  # the whole pipeline: only when no daemon does the work
+    from daemon.run.runtime import build  # the whole pipeline: only when no daemon does the work
 
     rt = build(settings, ephemeral=base is not None, prestart=True)
     try:
@@ -94,8 +94,8 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
                              force=force)["run"])
     # Imported here: the pipeline, webhooks and windows cost start-up time; only an apply without a daemon
     # needs them.
-    from daemon.controls import host_controls, refuse_manual
-    from daemon.runtime import build
+    from daemon.control.host_controls import host_controls, refuse_manual
+    from daemon.run.runtime import build
 
     with ApplyLock(settings.data_dir):
         rt = build(settings, prestart=True, one_shot=True)

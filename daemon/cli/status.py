@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from daemon import api
 from daemon.cli.common import (
     common_options,
     daemon_or_local,
@@ -23,14 +22,15 @@ from daemon.cli.common import (
 )
 from daemon.cli.errors import quiet_logs
 from daemon.cli.text import clip
+from daemon.index.read_models import events as events_query
+from daemon.index.read_models import runs as runs_query
+from daemon.index.read_models import status as status_query
+from daemon.service import control_socket as api
 from daemon.settings import Settings
-from daemon.status import events as events_query
-from daemon.status import runs as runs_query
-from daemon.status import status as status_query
 from reconcilers.registry import REGISTRY
 
 if TYPE_CHECKING:
-    from daemon.index import Index
+    from daemon.index.store import Index
 
 
 def _read(settings: Settings, op: str, key: str, query: Callable[[Index], Any], **fields: Any) -> Any:
@@ -159,13 +159,13 @@ def drift(repo: str | None, data_dir: Path | None, config_file: Path | None, bra
       stratum drift
       stratum drift --output json | jq '.[] | {resource, expected, found}'
     """
-    from daemon.report import detail_lines, drift_to_list
+    from daemon.run.report import detail_lines, drift_to_list
 
     quiet_logs()
     settings = settings_from(repo, data_dir, config_file, branch, root)
 
     def local() -> list[dict[str, Any]]:
-        from daemon.runtime import build
+        from daemon.run.runtime import build
 
         rt = build(settings)
         try:

@@ -17,17 +17,17 @@ from daemon.cli.common import (
     output_option,
     settings_from,
 )
-from daemon.nickel import Evaluator
-from daemon.resources import nickel_dir
-from daemon.runtime import build_reconcilers
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.nickel.evaluator import Evaluator
+from daemon.package_data import nickel_dir
+from daemon.run.runtime import build_reconcilers
 from reconcilers.base import Problem
 
 
 def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: object) -> list[Problem]:
     """Load and validate `rev` (or the staged tree) through every reconciler."""
-    from daemon.index import Index
-    from daemon.pipeline import Pipeline
+    from daemon.index.store import Index
+    from daemon.run.pipeline import Pipeline
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
     evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
@@ -58,7 +58,7 @@ def _base_revision(source: GitSource, rev: str | None) -> str | None:
     """What the daemon would judge trust against: its last good revision when this repo carries the ref, else
     HEAD for the staged tree, else the revision's first parent."""
     from daemon.errors import SourceError
-    from daemon.pipeline import LAST_GOOD_REF
+    from daemon.run.pipeline import LAST_GOOD_REF
 
     for candidate in (LAST_GOOD_REF, "HEAD" if rev is None else f"{rev}^"):
         try:
@@ -70,8 +70,8 @@ def _base_revision(source: GitSource, rev: str | None) -> str | None:
 
 def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[str, Any]) -> list[Problem]:
     """Trust checks against the base (admission's judge_against_base): a commit cannot trust its own signer."""
-    from daemon.admission import judge_against_base
-    from daemon.pipeline import Loaded
+    from daemon.control.admission import judge_against_base
+    from daemon.run.pipeline import Loaded
 
     base_rev = _base_revision(source, rev)
     if base_rev is None or base_rev == getattr(loaded.snapshot, "revision", None):

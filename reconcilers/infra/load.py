@@ -15,8 +15,8 @@ from types import MappingProxyType
 from typing import Any
 
 from daemon.errors import InputError
-from daemon.nickel import Evaluator
-from daemon.source import Snapshot, safe_relpath
+from daemon.git.source import Snapshot, safe_relpath
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import Problem, freeze
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.infra.templates import TemplateRenderer

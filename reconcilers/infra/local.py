@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,13 @@ from daemon.errors import ApplyError, PathEscapeError
 from reconcilers.infra.model import ObservedResource
 
 MAX_OUTPUT = 2000
-TEMP_SUFFIX = ".stratum-tmp"          # `.<name>.stratum-tmp`: written, then renamed over `<name>`
+TEMP_SUFFIX = ".stratum-tmp"          # `.<name>.<random>.stratum-tmp`: written, then renamed over `<name>`
+
+
+def _temp_name(path: Path) -> Path:
+    """A fresh temporary name beside `path`: unique per write, so removing a stray left by a killed apply can
+    never race with a write of the same file in this run (rollback runs both at once)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 class LocalProvider:
@@ -89,15 +96,19 @@ class LocalProvider:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir() and not path.is_symlink():
             raise ApplyError(f"{rel} is a directory on the host", hint="remove it or change the path")
-        tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, int(mode, 8))
+        tmp = _temp_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, int(mode, 8))
         try:
-            os.write(fd, content.encode())
-            os.fchmod(fd, int(mode, 8))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                os.write(fd, content.encode())
+                os.fchmod(fd, int(mode, 8))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)    # a full disk or a stop mid-write leaves no debris of ours
+            raise
 
     def make_directory(self, rel: str, mode: str) -> None:
         """Create a directory (and parents) and set its mode."""
@@ -113,14 +124,12 @@ class LocalProvider:
         dest = self.resolve(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         link = os.path.relpath(dest, path.parent)
-        tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
+        tmp = _temp_name(path)
         os.symlink(link, tmp)
         os.replace(tmp, path)
 
     def stray_temps(self, folders: Iterable[str]) -> list[str]:
-        """Root-relative paths of our temporary files (`.<name>.stratum-tmp`) in the given root-relative
+        """Root-relative paths of our temporary files (`.<name>[.<random>].stratum-tmp`) in the given root-relative
         folders: debris of an apply killed between writing and renaming. Read-only."""
         found: list[str] = []
         cache: dict[str, str] = {}

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from daemon.control.policy import PolicyResource
 from daemon.errors import ApplyError, PathEscapeError
-from daemon.nickel import Evaluator
-from daemon.policy import PolicyResource
-from daemon.source import Snapshot
+from daemon.git.source import Snapshot
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, freeze
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra

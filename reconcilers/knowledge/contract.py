@@ -32,8 +32,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def nickel_dir() -> Path:
     """The folder holding knowledge.ncl: the packaged copy when installed, the checkout's `nickel/` otherwise
-    (daemon.resources finds both)."""
-    from daemon.resources import nickel_dir as shipped
+    (daemon.package_data finds both)."""
+    from daemon.package_data import nickel_dir as shipped
 
     return shipped()
 

@@ -17,7 +17,7 @@ from typing import Any
 import pygit2
 
 from daemon.errors import SourceError
-from daemon.source import GitSource, is_url, sanitize_url
+from daemon.git.source import GitSource, is_url, sanitize_url
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.loader import Loader
 from reconcilers.knowledge.node import Node

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from daemon.index import Index
+from daemon.index.store import Index
 from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from reconcilers.knowledge.embed import Provider
 from reconcilers.knowledge.errors import ModelError

@@ -17,7 +17,7 @@ from pathlib import Path
 import pygit2
 
 from daemon.errors import InputError
-from daemon.source import FileEntry, Snapshot
+from daemon.git.source import FileEntry, Snapshot
 from reconcilers.base import Problem
 from reconcilers.knowledge.contract import Contract, FrontMatterItem
 from reconcilers.knowledge.graph import Graph

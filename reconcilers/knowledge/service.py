@@ -17,8 +17,8 @@ from typing import Any
 import pygit2
 
 from daemon.errors import LockError, SourceError
-from daemon.index import Index
-from daemon.source import GitSource, is_url
+from daemon.git.source import GitSource, is_url
+from daemon.index.store import Index
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
@@ -289,7 +289,7 @@ class KnowledgeBase:
         return runs
 
     def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
-        from daemon import api
+        from daemon.service import control_socket as api
 
         try:
             rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]

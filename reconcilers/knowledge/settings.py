@@ -65,13 +65,13 @@ class KnowledgeSettings:
 def repo_settings(snap: Any, cache_dir: Path) -> dict[str, Any]:
     """The evaluated stratum.ncl of a commit through the daemon's Nickel evaluator ({} when absent).
 
-    Evaluating user Nickel needs the bounded worker processes of daemon/nickel.py (it can loop forever);
+    Evaluating user Nickel needs the bounded worker processes of daemon/nickel/evaluator.py (it can loop forever);
     when that module is not available, the defaults apply rather than evaluating in-process.
     """
     if snap.entry("stratum.ncl") is None:
         return {}
     try:
-        from daemon.nickel import Evaluator  # type: ignore[import-not-found, unused-ignore]
+        from daemon.nickel.evaluator import Evaluator  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return {}
     # The same contract the daemon checks (nickel/stratum.ncl), so the CLI refuses what the daemon refuses.

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from daemon.index import Index, ensure_schema
+from daemon.index.store import Index, ensure_schema
 from reconcilers.knowledge.node import Link, Node
 from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.policy import PolicyResource
+from daemon.control.policy import PolicyResource
 from reconcilers.base import (
     Action,
     ActionKind,
@@ -44,8 +44,8 @@ from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
 
 if TYPE_CHECKING:
-    from daemon.nickel import Evaluator
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
+    from daemon.nickel.evaluator import Evaluator
 
 NAME = "vault"
 VERIFIED_LIMIT = 20_000            # verification results kept (ciphertext and problems only)
@@ -154,7 +154,7 @@ class VaultReconciler:
 
     def _nickel(self) -> Evaluator:
         if self._evaluator is None:
-            from daemon.nickel import Evaluator
+            from daemon.nickel.evaluator import Evaluator
 
             self._evaluator = Evaluator(self.state_dir / "nickel")
             self._own_evaluator = True

@@ -25,8 +25,8 @@ from reconcilers.vault.keys import Recipient, Signer
 if TYPE_CHECKING:
     import pygit2
 
-    from daemon.nickel import Evaluator
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
+    from daemon.nickel.evaluator import Evaluator
 
 RULES_PATH = "secrets/rules.ncl"
 CONTRACT = '(import "vault.ncl").Rules'
@@ -156,7 +156,7 @@ def staged_index(repo: pygit2.Repository) -> pygit2.Index:
 def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
     import pygit2
 
-    from daemon.source import GitSource, Snapshot
+    from daemon.git.source import GitSource, Snapshot
 
     source = GitSource(str(root), "main", data_dir)
     if not source.repo.is_bare:
@@ -176,7 +176,7 @@ def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
 def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
     """The rules the next commit would carry (the index; HEAD in a bare repo), evaluated exactly as the daemon
     evaluates a commit's; None without a rules file; RulesError naming the file and line when they are bad."""
-    from daemon.nickel import Evaluator
+    from daemon.nickel.evaluator import Evaluator
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
         snap = _repo_snapshot(root, Path(tmp))
@@ -201,8 +201,8 @@ def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -
     """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
     None too: they could not have trusted anyone."""
     from daemon.errors import SourceError
-    from daemon.nickel import Evaluator
-    from daemon.source import GitSource
+    from daemon.git.source import GitSource
+    from daemon.nickel.evaluator import Evaluator
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
         try:

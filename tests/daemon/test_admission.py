@@ -1,4 +1,4 @@
-"""Admission end to end (daemon/admission.py): a real Pipeline over a real git repo, DuckDB index and local
+"""Admission end to end (daemon/control/admission.py): a real Pipeline over a real git repo, DuckDB index and local
 provider root judges each commit by its signature (real ssh-keygen keys) and by Cedar change control
 (policies/*.cedar, teams from host settings); the CLI shows and enforces the same decisions."""
 
@@ -18,13 +18,13 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from daemon import admission
-from daemon.admission import AdmissionSettings, admission_settings
 from daemon.cli.main import cli
-from daemon.nickel import Evaluator
-from daemon.pipeline import RunResult
-from daemon.policy import parse_policies
-from daemon.resources import template_dir
+from daemon.control import admission
+from daemon.control.admission import AdmissionSettings, admission_settings
+from daemon.control.policy import parse_policies
+from daemon.nickel.evaluator import Evaluator
+from daemon.package_data import template_dir
+from daemon.run.pipeline import RunResult
 from daemon.settings import load_settings
 from reconcilers import registry
 from tests.fixtures import (

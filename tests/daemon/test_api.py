@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from daemon import api
 from daemon.errors import StratumError
+from daemon.service import control_socket as api
 
 
 def handlers() -> dict[str, api.Handler]:

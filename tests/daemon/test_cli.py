@@ -290,7 +290,7 @@ def test_a_second_apply_while_the_lock_is_held_is_a_lock_error(run: Cli) -> None
             textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from daemon.lock import ApplyLock
+            from daemon.service.lock import ApplyLock
             lock = ApplyLock(Path({str(run.data)!r}))
             lock.acquire()
             print("ready", flush=True)

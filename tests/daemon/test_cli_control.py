@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from daemon.cli import control
-from daemon.index import Index
-from daemon.status import SUSPENSION_KEYS
+from daemon.index.read_models import SUSPENSION_KEYS
+from daemon.index.store import Index
 
 WINDOWS_TOML = """
     [[windows]]

@@ -88,7 +88,7 @@ def test_new_help_lists_every_node_type() -> None:
 def test_kb_help_states_the_contracts_defaults() -> None:
     """The defaults `stratum kb --help` states are those of nickel/knowledge.ncl's Settings."""
     import nickel
-    from daemon.resources import nickel_dir
+    from daemon.package_data import nickel_dir
 
     defaults = json.loads(nickel.run('(import "knowledge.ncl").Settings & {}',  # type: ignore[attr-defined]
                                      [str(nickel_dir())]))

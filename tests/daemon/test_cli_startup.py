@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from daemon.cli.main import VERBS, cli, load_verb
 
 HEAVY = ("duckdb", "pygit2", "numpy", "nickel", "mcp", "fastembed", "onnxruntime", "cryptography", "cedarpy",
-         "structlog", "rich", "jinja2", "watchdog", "prometheus_client", "daemon.index", "daemon.pipeline",
-         "daemon.runtime", "reconcilers.registry")
+         "structlog", "rich", "jinja2", "watchdog", "prometheus_client", "daemon.index.store", "daemon.run.pipeline",
+         "daemon.run.runtime", "reconcilers.registry")
 
 
 def _imported_after(code: str) -> set[str]:
@@ -92,8 +92,8 @@ def test_verbs_a_daemon_can_answer_load_no_engine_up_front(module: str) -> None:
     """plan/apply/rollback, status/log/events/drift, suspend/resume/windows and notify/daemon load the index,
     git, Nickel and the pipeline only when they do the work themselves: asking a running daemon over its
     socket (and `stratum notify`, which git hooks call on every push) stays cheap."""
-    engines = {"duckdb", "pygit2", "nickel", "numpy", "cedarpy", "daemon.pipeline", "daemon.runtime",
-               "daemon.index", "prometheus_client"}
+    engines = {"duckdb", "pygit2", "nickel", "numpy", "cedarpy", "daemon.run.pipeline", "daemon.run.runtime",
+               "daemon.index.store", "prometheus_client"}
     assert _imported_after(f"import {module}") & engines == set()
 
 
@@ -115,10 +115,11 @@ def test_completing_a_verb_name_imports_no_verb() -> None:
 
 
 def test_the_engine_and_the_daemon_load_structlog_without_rich() -> None:
-    """Modules that log import structlog through daemon.log, whatever imports first: before, daemon.descriptors
-    (imported by the API client, hence by `stratum apply`) imported structlog directly, with rich, pygments
-    and attrs behind it (~0.1 s of every apply, ~8 MB of the daemon)."""
-    code = ("import daemon.api, daemon.controls, daemon.runtime, daemon.cli.run, daemon.service\n"
+    """Modules that log import structlog through daemon.log, whatever imports first: before, the descriptors
+    module (imported by the control-socket client, hence by `stratum apply`) imported structlog directly,
+    with rich, pygments and attrs behind it (~0.1 s of every apply, ~8 MB of the daemon)."""
+    code = ("import daemon.service.control_socket, daemon.control.host_controls, daemon.run.runtime, daemon.cli.run\n"
+            "import daemon.service.daemon\n"
             "from reconcilers.registry import REGISTRY, factory\n"
             "for name in REGISTRY:\n    factory(name)")
     probe = (f"import sys\n{code}\n"

@@ -311,7 +311,7 @@ def test_the_group_class_renders_errors_of_every_subgroup() -> None:
 def test_markdown_diffs_are_budgeted() -> None:
     """Many changed files: the PR comment shows diffs up to a budget, then says how many were left out; new
     files show no diff (their content is in the commit)."""
-    from daemon.report import MAX_DETAILS, plan_markdown
+    from daemon.run.report import MAX_DETAILS, plan_markdown
 
     actions, details = [], {}
     for i in range(200):

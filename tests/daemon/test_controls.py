@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.controls import host_controls, merge_reload
+from daemon.control.host_controls import host_controls, merge_reload
 from daemon.errors import SettingsError
 from daemon.settings import Settings, load_settings
 

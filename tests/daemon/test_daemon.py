@@ -240,7 +240,7 @@ def test_recovery_that_raises_marks_the_run_and_the_daemon_serves(pushed: tuple[
     records are damaged, so rebuilding its actions fails with a KeyError, as the day-one defect's did): the
     daemon still starts, the run is `recovery_failed` with the reason, status says so, and the next good
     commit applies."""
-    from daemon.index import Index
+    from daemon.index.store import Index
 
     work, remote = pushed
     good = work.commit({"infra/a.ncl": infra_file(SLOW_INFRA.format(tag="good"))})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from daemon.deliveries import DeliveryLog
+from daemon.git.deliveries import DeliveryLog
 
 NOW = 1_700_000_000.0
 

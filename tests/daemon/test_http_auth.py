@@ -25,10 +25,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from daemon.errors import SettingsError
-from daemon.http import HttpServer, build_app, listener_settings
-from daemon.httpauth import DenialReporter, load_tokens, token_digest
-from daemon.httpconfig import check_exposure, http_settings
-from daemon.metrics import Metrics
+from daemon.http.auth import DenialReporter, load_tokens, token_digest
+from daemon.http.config import check_exposure, http_settings
+from daemon.http.server import HttpServer, build_app, listener_settings
+from daemon.service.metrics import Metrics
 
 ADMIN, READER, SCRAPER = "admin-token-0123456789abcdef", "reader-token-0123456789abcdef", "scrape-token-0123456789"
 

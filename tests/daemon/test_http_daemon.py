@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from daemon.httpauth import token_digest
+from daemon.http.auth import token_digest
 from tests.fixtures import WorkRepo, bare_repo, infra_file
 from tests.proc import DaemonProc, cli_env, http_token_config, wait_for
 

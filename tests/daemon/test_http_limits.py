@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from daemon.descriptors import quiet_accept_errors
 from daemon.errors import SettingsError
-from daemon.http import HttpServer
-from daemon.httpconfig import Limits
+from daemon.http.config import Limits
+from daemon.http.descriptors import quiet_accept_errors
+from daemon.http.server import HttpServer
 
 LIMITS = Limits(header_timeout=1.0, body_timeout=1.0, keepalive_timeout=1.0, max_requests_per_connection=3,
                 max_connections=20, fd_reserve=64)
@@ -197,8 +197,8 @@ def test_descriptor_budget_raises_the_soft_limit_and_caps_connections() -> None:
     asyncio may take before the cap sees those connections."""
     code = (
         "import resource\n"
-        "from daemon.httpconfig import Limits\n"
-        "from daemon.httplimits import fd_budget\n"
+        "from daemon.http.config import Limits\n"
+        "from daemon.http.limits import fd_budget\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 1000))\n"
         "lim = fd_budget(Limits(max_connections=5000, fd_reserve=300))\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], lim.max_connections)\n")

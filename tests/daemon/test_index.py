@@ -16,8 +16,8 @@ import duckdb
 import pytest
 
 from daemon.errors import IndexError_, LockError
-from daemon.index import CORE_MIGRATIONS, Index, ensure_schema
-from daemon.source import CommitInfo
+from daemon.git.source import CommitInfo
+from daemon.index.store import CORE_MIGRATIONS, Index, ensure_schema
 from reconcilers.base import Action, InventoryItem, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +261,7 @@ def test_a_second_process_gets_a_lock_error(tmp_path: Path) -> None:
             textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from daemon.index import Index
+            from daemon.index.store import Index
             idx = Index(Path({str(path)!r}))
             idx.set_state("owner", "child")
             print("ready", flush=True)
@@ -388,7 +388,7 @@ def test_journaled_checkpoints_survive_a_killed_process(tmp_path: Path) -> None:
     script = f"""
 import os
 from pathlib import Path
-from daemon.index import Index
+from daemon.index.store import Index
 from reconcilers.base import Action, InventoryItem
 idx = Index(Path({str(tmp_path / "index.duckdb")!r}))
 run = idx.start_run("rev", "test", None)

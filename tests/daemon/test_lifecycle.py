@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.lifecycle import Notifier, Shutdown
+from daemon.service.lifecycle import Notifier, Shutdown
 from tests.fixtures import WorkRepo, bare_repo, infra, resource
 from tests.proc import DaemonProc, wait_for
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.nickel import Evaluator, parse_error
-from daemon.source import GitSource, Snapshot
+from daemon.git.source import GitSource, Snapshot
+from daemon.nickel.evaluator import Evaluator, parse_error
 from tests.fixtures import WorkRepo, infra, resource
 
 INFRA = '(import "infra.ncl").Config'
@@ -399,7 +399,7 @@ def test_an_idle_worker_exits_and_the_next_evaluation_starts_a_new_one(
     repo: WorkRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker with nothing to do exits on its own (returning its memory); the next evaluation still works."""
-    import daemon.nickel as nickel_module
+    import daemon.nickel.evaluator as nickel_module
 
     monkeypatch.setattr(nickel_module, "WORKER_IDLE_S", 0.3)
     ev = Evaluator(tmp_path / "cache", timeout=5.0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.nickel import Evaluator
-from daemon.nickel_scan import MAX_NESTING, NestingError, data_nesting_error, scan_imports
-from daemon.source import GitSource, Snapshot
+from daemon.git.source import GitSource, Snapshot
+from daemon.nickel.evaluator import Evaluator
+from daemon.nickel.scan import MAX_NESTING, NestingError, data_nesting_error, scan_imports
 from tests.fixtures import WorkRepo, infra, resource
 
 INFRA = '(import "infra.ncl").Config'

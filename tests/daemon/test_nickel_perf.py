@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from daemon.nickel import Evaluator
-from daemon.nickel_cache import DiskCache
-from daemon.source import GitSource, Snapshot
+from daemon.git.source import GitSource, Snapshot
+from daemon.nickel.cache import DiskCache
+from daemon.nickel.evaluator import Evaluator
 from tests.fixtures import WorkRepo, infra, resource
 
 INFRA = '(import "infra.ncl").Config'

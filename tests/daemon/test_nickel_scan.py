@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.nickel_scan import ImportRef, ScanError, scan_imports
+from daemon.nickel.scan import ImportRef, ScanError, scan_imports
 
 
 def test_plain_imports_are_found_with_their_lines() -> None:

@@ -114,7 +114,7 @@ def test_installed_copy_imports_from_the_venv_not_the_checkout(venv: Path, tmp_p
         [
             venv / "bin/python",
             "-c",
-            "import daemon, nickel; from daemon.resources import nickel_dir, template_dir; "
+            "import daemon, nickel; from daemon.package_data import nickel_dir, template_dir; "
             "print(daemon.__file__); print(nickel_dir()); print(template_dir()); print(nickel.__file__)",
         ],
         tmp_path,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.plan import Executor
+from daemon.run.plan import Executor
 from reconcilers.base import ApplyContext, InventoryItem, Problem
 from tests.fixtures import Raw, Stack, WorkRepo, infra, resource, tree_of
 

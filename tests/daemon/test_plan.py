@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from daemon.errors import ApplyError, CycleError
-from daemon.index import Index
-from daemon.plan import Executor, order, sequence
+from daemon.index.store import Index
+from daemon.run.plan import Executor, order, sequence
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem
 from tests.fixtures import wait_until
 

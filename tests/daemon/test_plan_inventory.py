@@ -4,7 +4,7 @@ half-applied and recorded as `internal error: KeyError: 'data'` (the vault's old
 
 from __future__ import annotations
 
-from daemon.index import Index
+from daemon.index.store import Index
 from reconcilers.base import Action, ApplyContext, Outcome
 from tests.daemon.test_plan import CTX, Recorder, _executor, _final_status, act, index, rec  # noqa: F401 fixtures
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cedarpy
 import pytest
 
-from daemon.policy import (
+from daemon.control.policy import (
     MAX_POLICY_BYTES,
     MAX_POLICY_FILES,
     Change,
@@ -22,8 +22,8 @@ from daemon.policy import (
     policy_file_changes,
     schema,
 )
-from daemon.resources import nickel_dir
-from daemon.source import GitSource, Snapshot
+from daemon.git.source import GitSource, Snapshot
+from daemon.package_data import nickel_dir
 from reconcilers.base import Problem
 from tests.fixtures import WorkRepo
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import api
+from daemon.service import control_socket as api
 from tests.fixtures import WorkRepo, bare_repo, infra_file
 from tests.proc import ROOT, DaemonProc, cli_env, wait_for
 

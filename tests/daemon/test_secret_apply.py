@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.index import Index
-from daemon.nickel import Evaluator
-from daemon.pipeline import Pipeline
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.index.store import Index
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
 from reconcilers.vault.keys import KeyRing, Recipient

@@ -1,4 +1,5 @@
-"""Commit signature verification (daemon/signing.py) with real keys, real ssh-keygen/gpgv and real git commits."""
+"""Commit signature verification (daemon/control/signing.py) with real keys, real ssh-keygen/gpgv and real git
+commits."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pygit2
 import pytest
 
+from daemon.control.signing import MAX_SIGNATURE_BYTES, SigningPolicy, signing_policy_from_settings, verify_commit
 from daemon.errors import SettingsError
-from daemon.signing import MAX_SIGNATURE_BYTES, SigningPolicy, signing_policy_from_settings, verify_commit
 from tests.fixtures import (
     SshKeys,
     WorkRepo,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InputError, SourceError
-from daemon.source import NOTES_REF, GitSource, is_url, safe_relpath, sanitize_url
+from daemon.git.source import NOTES_REF, GitSource, is_url, safe_relpath, sanitize_url
 from tests.fixtures import WorkRepo, bare_repo, git
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import api
 from daemon.cli.common import daemon_or_local
+from daemon.service import control_socket as api
 from tests.fixtures import WorkRepo, bare_repo, infra_file
 from tests.proc import ROOT, DaemonProc, cli_env, wait_for
 
@@ -108,8 +108,8 @@ def test_a_cli_reader_mid_read_while_the_daemon_starts(remote: tuple[Path, str],
     reader = _holder(f"""
         import sys
         from pathlib import Path
-        from daemon.index import Index
-        from daemon.lock import shared_read
+        from daemon.index.store import Index
+        from daemon.service.lock import shared_read
         with shared_read(Path({str(data)!r})) as free:
             assert free
             index = Index(Path({str(data / "index.duckdb")!r}), read_only=True)

@@ -19,10 +19,10 @@ from urllib.parse import urlencode
 import pytest
 from starlette.applications import Starlette
 
-from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError
-from daemon.http import HttpServer
-from daemon.webhook import Receiver, WebhookEndpoint, receivers_from_settings
+from daemon.git.deliveries import DeliveryLog
+from daemon.git.webhook import Receiver, WebhookEndpoint, receivers_from_settings
+from daemon.http.server import HttpServer
 
 SECRET = b"s3cret-for-tests"
 NOW = 1_700_000_000.0

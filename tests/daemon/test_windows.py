@@ -1,4 +1,4 @@
-"""Sync windows (daemon/windows.py): when a window is active and until when, how deny and allow windows combine
+"""Sync windows (daemon/control/windows.py): when a window is active and until when, how deny and allow windows combine
 into the gate, manual applies, time zones over DST changes, settings validation, and the next flip of the gate.
 Every instant is fixed; nothing reads the clock."""
 
@@ -10,8 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.errors import SettingsError
-from daemon.windows import (
+from daemon.control.windows import (
     Window,
     format_duration,
     gate,
@@ -19,6 +18,7 @@ from daemon.windows import (
     parse_duration,
     windows_from_settings,
 )
+from daemon.errors import SettingsError
 
 MADRID = ZoneInfo("Europe/Madrid")
 FREEZE = {"kind": "deny", "schedule": "0 22 * * 5", "duration": "60h", "name": "weekend freeze"}

@@ -48,7 +48,7 @@ def test_kills_mid_apply_leave_no_temporary_files_after_recovery(tmp_path: Path)
             (root / "d1" / ".f0001.conf.stratum-tmp").write_text(f"{tag} 1\n")
             d = DaemonProc(str(remote), tmp_path / "data", root)
             run = d.wait_run(rev, 120)
-            assert run["status"] == "rolled_back", run
+            assert run["status"] == "rolled_back", (run["status"], run.get("message"))
             assert _temps(root) == []
             assert all((root / f"d{i % 10}/f{i:04d}.conf").read_text() == f"good {i}\n" for i in range(FILES))
     finally:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.nickel import Evaluator
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.infra.load import load_infra
 from reconcilers.infra.model import InfraDesired
 from tests.fixtures import Raw, WorkRepo, infra, resource

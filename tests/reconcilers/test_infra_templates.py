@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InputError
-from daemon.nickel import Evaluator
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.infra.load import load_infra
 from reconcilers.infra.templates import TemplateRenderer
 from tests.fixtures import WorkRepo, infra, resource

@@ -14,8 +14,8 @@ import numpy as np
 import pygit2
 import pytest
 
-from daemon.index import Index
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.index.store import Index
 from reconcilers.base import ReconcilerEnv, RunRecord
 from reconcilers.knowledge.embed import HttpProvider, ModelError, WorkerProvider, load_provider, prepare_model_dir
 from reconcilers.knowledge.reconciler import KnowledgeReconciler

@@ -23,10 +23,10 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.types import TextContent, TextResourceContents
 
 from daemon import __version__
-from daemon.http import build_app, reconciler_mounts
-from daemon.index import Index
-from daemon.metrics import Metrics
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.http.server import build_app, reconciler_mounts
+from daemon.index.store import Index
+from daemon.service.metrics import Metrics
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from tests.fixtures import WorkRepo, infra, resource
@@ -267,7 +267,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
     """After a real pipeline run, the daemon's /mcp and `stratum kb mcp` over the same data directory answer
     search (same default threshold), recent_runs (the run is there on both) and list_nodes identically, and
     report the same server version."""
-    from daemon.pipeline import Pipeline
+    from daemon.run.pipeline import Pipeline
 
     repo = WorkRepo(tmp_path / "ops")
     repo.commit({str(p.relative_to(ROOT / "repo_template")): p.read_text()

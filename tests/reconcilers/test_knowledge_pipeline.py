@@ -15,10 +15,10 @@ import pygit2
 import pytest
 from click.testing import CliRunner
 
-from daemon.admission import admission_settings
 from daemon.cli.kb import kb
-from daemon.nickel import Evaluator
-from daemon.pipeline import Pipeline
+from daemon.control.admission import admission_settings
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline
 from daemon.settings import load_settings
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision

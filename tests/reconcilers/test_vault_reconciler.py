@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from daemon.source import GitSource
+from daemon.git.source import GitSource
 from reconcilers.base import ApplyContext, ReconcilerEnv
 from reconcilers.vault import envelope, keys, manifest
 from reconcilers.vault.backends import get_backend

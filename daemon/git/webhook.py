@@ -14,7 +14,7 @@ parsed or remembered before its signature holds:
     8. ping: 200; another event or branch: 202 ignored; push: 202 and `on_accept`
 
 Every refusal of a configured receiver calls `on_reject` (for the audit event); a 404 does not, since the name
-is the caller's invention. Replaying a GitHub/GitLab delivery after the delivery log (daemon/deliveries.py) forgot
+is the caller's invention. Replaying a GitHub/GitLab delivery after the delivery log (daemon/git/deliveries.py) forgot
 it (24 h) can at worst cause one extra fetch, which is idempotent.
 """
 
@@ -39,8 +39,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from daemon.deliveries import DeliveryLog
 from daemon.errors import SettingsError
+from daemon.git.deliveries import DeliveryLog
 
 MIB = 1024 * 1024
 TYPES = ("github", "gitlab", "generic-hmac")

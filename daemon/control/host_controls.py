@@ -8,12 +8,12 @@ from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from daemon.admission import AdmissionSettings, admission_settings
+from daemon.control.admission import AdmissionSettings, admission_settings
+from daemon.control.windows import Window, gate, windows_from_settings
 from daemon.errors import SettingsError, StratumError
-from daemon.index import Index
+from daemon.git.webhook import Receiver, receivers_from_settings
+from daemon.index.store import Index
 from daemon.settings import RESTART_ONLY, Settings
-from daemon.webhook import Receiver, receivers_from_settings
-from daemon.windows import Window, gate, windows_from_settings
 
 
 @dataclass(frozen=True, slots=True)

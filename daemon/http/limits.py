@@ -14,7 +14,7 @@ line every 10 s holds a descriptor forever, and ~20,000 of them exhausted the da
    connection is busy with a request, the newcomer is closed at once.
 
 `fd_budget` raises the soft descriptor limit to the hard one and caps connections below it, keeping `fd_reserve`
-descriptors for the index, git, the Nickel workers and the control socket (daemon/descriptors.py).
+descriptors for the index, git, the Nickel workers and the control socket (daemon/http/descriptors.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import h11
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from daemon.descriptors import http_share, raise_nofile
-from daemon.httpconfig import Limits
+from daemon.http.config import Limits
+from daemon.http.descriptors import http_share, raise_nofile
 from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -40,7 +40,7 @@ log = structlog.get_logger("stratum.http")
 
 
 def fd_budget(limits: Limits) -> Limits:
-    """Raise the descriptor limit (daemon/descriptors.py); the limits with max_connections fitting below it."""
+    """Raise the descriptor limit (daemon/http/descriptors.py); the limits with max_connections fitting below it."""
     soft = raise_nofile()
     room = http_share(soft, limits.max_connections, limits.fd_reserve)
     if room < limits.max_connections:

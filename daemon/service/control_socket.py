@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import StratumError
+from daemon.http.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 1024 * 1024

@@ -1,10 +1,10 @@
 """The DuckDB index: versioned schema migrations, the single writer, and the queries the CLI and API use.
 
-The daemon is the only writer. While it runs, the CLI asks it over the unix socket (daemon/api.py) and opens
-no database itself; without a daemon, the CLI opens the file directly. A corrupt or unreadable file is moved
-aside (kept, never deleted) and rebuilt from git (daemon/rebuild.py) with a clear message, only when DuckDB
-itself says the file is not a database it can read; an I/O error (EACCES, EROFS, ENOSPC) is never corruption.
-"""
+The daemon is the only writer. While it runs, the CLI asks it over the unix socket
+(daemon/service/control_socket.py) and opens no database itself; without a daemon, the CLI opens the file directly.
+A corrupt or unreadable file is moved aside (kept, never deleted) and rebuilt from git (daemon/index/rebuild.py)
+with a clear message, only when DuckDB itself says the file is not a database it can read; an I/O error (EACCES,
+EROFS, ENOSPC) is never corruption."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from daemon.errors import IndexError_, LockError
-from daemon.journal import Journal
+from daemon.run.journal import Journal
 from reconcilers.base import Action, InventoryItem, Problem
 
 CORE_MIGRATIONS: tuple[str, ...] = (
@@ -114,7 +114,7 @@ def lock_holder(err: BaseException) -> str:
     return f"pid {found.group(1)}" if found else ""
 
 
-# Journaled writes: the hot path of an apply (see daemon/journal.py).
+# Journaled writes: the hot path of an apply (see daemon/run/journal.py).
 _JOURNALED = {
     "checkpoint": "INSERT OR REPLACE INTO actions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "put_inventory": "INSERT OR REPLACE INTO inventory VALUES (?, ?, ?, ?, ?, ?)",

@@ -1,12 +1,12 @@
 """Evaluate Nickel from a commit: our contract library on the import path, many files per call, cached by blob.
 
-1. Every `.ncl` file of the commit is scanned for imports (daemon/nickel_scan.py); an import that is not a
+1. Every `.ncl` file of the commit is scanned for imports (daemon/nickel/scan.py); an import that is not a
    plain relative path to a file of the same commit, or a file of the contract library, refuses the file.
 2. The needed files are materialized into a work tree under the cache directory (only changed blobs written).
 3. All requested files are evaluated in ONE `nickel.run` of a generated root expression that applies the
    caller's contract to each file; only when that fails is each file evaluated alone, to pin errors on files.
 4. Results are cached by (contract, library version, the blob ids of the file and everything it imports).
-Evaluation runs in a worker process with a deadline and a memory limit (daemon/nickel_worker.py).
+Evaluation runs in a worker process with a deadline and a memory limit (daemon/nickel/worker.py).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from daemon.nickel_cache import DiskCache
-from daemon.nickel_scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
-from daemon.resources import nickel_dir
-from daemon.source import FileEntry, Snapshot
+from daemon.git.source import FileEntry, Snapshot
+from daemon.nickel.cache import DiskCache
+from daemon.nickel.scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
+from daemon.package_data import nickel_dir
 from reconcilers import bounded_yaml
 from reconcilers.base import Problem
 
@@ -166,10 +166,10 @@ class _Worker:
             self.kill()  # died on its own (out of memory): reap it and close its pipes
         if self.proc is None:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.nickel_worker", str(self.memory_mb),
+                [sys.executable, "-m", "daemon.nickel.worker", str(self.memory_mb),
                  str(WORKER_IDLE_S if self.primary else EXTRA_WORKER_IDLE_S)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
         return self.proc
 
     def run(self, src: str, paths: list[str], timeout: float) -> dict[str, str]:

@@ -5,9 +5,9 @@ cedarpy against those policies and Stratum's schema (nickel/stratum.cedarschema)
 `policies/` itself with the policies of the last good revision (no self-approval). A repo without policy files
 has change control off. Everything here is pure except reading the snapshot.
 
-cedarpy reports errors without a source span, so `daemon.cedar_locate` finds where they point. Policy ids are the
-`@id` annotation or "<file>:<line>" of the `permit`/`forbid` keyword, so every decision points into the repo.
-"""
+cedarpy reports errors without a source span, so `daemon.control.cedar_locate` finds where they point. Policy ids
+are the `@id` annotation or "<file>:<line>" of the `permit`/`forbid` keyword, so every decision points into the
+repo."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import cedarpy
 
-from daemon.cedar_locate import Lines, Token, effect_offset, quoted_offset, statements, syntax_error_offset
+from daemon.control.cedar_locate import Lines, Token, effect_offset, quoted_offset, statements, syntax_error_offset
 from daemon.errors import InputError
-from daemon.resources import nickel_dir
+from daemon.package_data import nickel_dir
 from reconcilers.base import Problem
 
 if TYPE_CHECKING:
-    from daemon.source import Snapshot
+    from daemon.git.source import Snapshot
 
 POLICY_DIR = "policies"
 SCHEMA_FILE = "stratum.cedarschema"

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon import log
-from daemon.admission import admission_settings
+from daemon.control.admission import admission_settings
 from daemon.errors import LockError
-from daemon.index import Index
-from daemon.nickel import Evaluator
-from daemon.pipeline import Pipeline
+from daemon.git.source import GitSource
+from daemon.index.store import Index
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline
 from daemon.settings import Settings, check_owner
-from daemon.source import GitSource
 from reconcilers.base import Reconciler, ReconcilerEnv
 from reconcilers.registry import REGISTRY, factory
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:                      # a type only: `stratum status` asking a daemon never loads DuckDB
-    from daemon.index import Index
+    from daemon.index.store import Index
 
 _REASONS = {
     "succeeded": ("True", "ReconciliationSucceeded"),

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from daemon.errors import CycleError, StratumError
-from daemon.index import Index
+from daemon.index.store import Index
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Reconciler, freeze
 
 

@@ -23,26 +23,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
-from daemon.api import MAX_CONNECTIONS, ApiServer
-from daemon.controls import HostControls, host_controls, merge_reload, refuse_manual
-from daemon.deliveries import DeliveryLog
-from daemon.descriptors import control_share
+from daemon.control.host_controls import HostControls, host_controls, merge_reload, refuse_manual
+from daemon.control.windows import Gate, gate, next_change
 from daemon.errors import IndexError_, SettingsError, SourceError, StratumError
-from daemon.http import HttpServer, build_app, listener_settings, reconciler_mounts
-from daemon.httpauth import DenialReporter, TokenStore
-from daemon.httplimits import fd_budget
-from daemon.lifecycle import Notifier, Shutdown
-from daemon.lock import ApplyLock, StartingMark
-from daemon.readiness import Storage, storage_failure
-from daemon.rebuild import rebuild
-from daemon.report import drift_to_list, plan_to_dict, run_to_dict
-from daemon.runtime import Runtime, build
+from daemon.git.deliveries import DeliveryLog
+from daemon.git.source import sanitize_url
+from daemon.git.watch import RefWatcher, Wakeup
+from daemon.git.webhook import WebhookEndpoint
+from daemon.http.auth import DenialReporter, TokenStore
+from daemon.http.descriptors import control_share
+from daemon.http.limits import fd_budget
+from daemon.http.server import HttpServer, build_app, listener_settings, reconciler_mounts
+from daemon.index.read_models import events, runs, set_suspended, status
+from daemon.index.rebuild import rebuild
+from daemon.run.report import drift_to_list, plan_to_dict, run_to_dict
+from daemon.run.runtime import Runtime, build
+from daemon.service.control_socket import MAX_CONNECTIONS, ApiServer
+from daemon.service.lifecycle import Notifier, Shutdown
+from daemon.service.lock import ApplyLock, StartingMark
+from daemon.service.readiness import Storage, storage_failure
 from daemon.settings import Settings, effective, write_effective
-from daemon.source import sanitize_url
-from daemon.status import events, runs, set_suspended, status
-from daemon.watch import RefWatcher, Wakeup
-from daemon.webhook import WebhookEndpoint
-from daemon.windows import Gate, gate, next_change
 
 REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
@@ -295,7 +295,8 @@ class Daemon:
         listen = self.settings.http_listen
         try:
             return HttpServer(listen, app, http, limits)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SettingsError) as raised:
+            err = raised.__cause__ if isinstance(raised, SettingsError) and raised.__cause__ else raised
             why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
             where = str(self.settings.config_path) if self.settings.config_path and \
                 self.settings.config_path.exists() else ""
@@ -435,7 +436,7 @@ class Daemon:
             else:
                 self.logger.exception("loop_error")
 
-    # storage readiness (see daemon/readiness.py) ------------------------------------------------------
+    # storage readiness (see daemon/service/readiness.py) ------------------------------------------------------
     def _storage_failed(self, err: BaseException) -> bool:
         """True when `err` is the data directory refusing writes: the daemon is then not ready, not gone."""
         reason = storage_failure(err)

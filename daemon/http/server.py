@@ -1,7 +1,7 @@
 """The daemon's HTTP listener: /metrics, /healthz, and the interfaces reconcilers mount (MCP, vault API).
 
-Who may use it is daemon/httpauth.py (bearer tokens, Cedar), what a client may hold of it daemon/httplimits.py
-(deadlines, the connection cap), and the host settings of both daemon/httpconfig.py.
+Who may use it is daemon/http/auth.py (bearer tokens, Cedar), what a client may hold of it daemon/http/limits.py
+(deadlines, the connection cap), and the host settings of both daemon/http/config.py.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from daemon.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.errors import SettingsError
-from daemon.httpauth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
-from daemon.httpconfig import HttpSettings, Limits, check_exposure, http_settings
-from daemon.httplimits import Stats, fd_budget, guarded_protocol
-from daemon.metrics import Metrics
+from daemon.http.auth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, read_private
+from daemon.http.config import HttpSettings, Limits, check_exposure, http_settings
+from daemon.http.descriptors import accept_burst, quiet_accept_errors, widen_backlog
+from daemon.http.limits import Stats, fd_budget, guarded_protocol
+from daemon.service.metrics import Metrics
 
 
 class LazyApp:

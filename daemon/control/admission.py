@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import SettingsError
-from daemon.policy import (
+from daemon.control.policy import (
     Change,
     ChangeContext,
     Decision,
@@ -32,16 +31,17 @@ from daemon.policy import (
     diff_resources,
     policy_file_changes,
 )
-from daemon.signing import SigningPolicy, Verification, signing_policy_from_settings
+from daemon.control.signing import SigningPolicy, Verification, signing_policy_from_settings
+from daemon.errors import SettingsError
 from reconcilers.base import Problem
 
 MAX_RANGE_COMMITS = 1000
 MAX_PATH_WORK = 20_000_000   # changes x changed paths x commits: ~4 µs per path per request, so about a minute
 
 if TYPE_CHECKING:
-    from daemon.pipeline import Loaded
+    from daemon.git.source import CommitInfo, GitSource
+    from daemon.run.pipeline import Loaded
     from daemon.settings import Settings
-    from daemon.source import CommitInfo, GitSource
 
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:

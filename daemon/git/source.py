@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pygit2
 
+from daemon.control.signing import SigningPolicy, Verification, verify_commit
 from daemon.errors import InputError, SourceError
-from daemon.signing import SigningPolicy, Verification, verify_commit
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_FILES = 50_000                    # files per revision (host default; a repo may ask for fewer)

@@ -2,7 +2,7 @@
 
 Every `stratum` command is a new process, and so is a restarted daemon: without this, each of them paid the
 whole Nickel evaluation (contracts included, seconds for thousands of resources) even when no file changed.
-The key (made by daemon/nickel.py) covers everything the value depends on: the contract, the contract
+The key (made by daemon/nickel/evaluator.py) covers everything the value depends on: the contract, the contract
 library's files, the Nickel engine's build, the file's path and the blob ids of the file and of everything it
 imports. Only values are kept (errors are evaluated again, to be reported in full). The directory is the
 host's (under the data directory); a damaged entry is a miss, never an error. Bounded: values over

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon import log
-from daemon.admission import Admission, AdmissionSettings, admit
+from daemon.control.admission import Admission, AdmissionSettings, admit
+from daemon.control.policy import Policies, load_policies
 from daemon.errors import CycleError, InputError, StratumError
-from daemon.index import Index
-from daemon.metrics import Metrics
-from daemon.nickel import Evaluator
-from daemon.plan import Executor, order, sequence
-from daemon.policy import Policies, load_policies
-from daemon.source import MAX_FILES, GitSource, Snapshot
-from daemon.tree_check import repo_cap_problems, tree_problems
+from daemon.git.source import MAX_FILES, GitSource, Snapshot
+from daemon.git.tree_check import repo_cap_problems, tree_problems
+from daemon.index.store import Index
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.plan import Executor, order, sequence
+from daemon.service.metrics import Metrics
 from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'

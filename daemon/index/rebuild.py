@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from daemon import log
-from daemon.pipeline import Pipeline
-from daemon.source import GitSource
+from daemon.git.source import GitSource
+from daemon.run.pipeline import Pipeline
 
 
 def rebuild(source: GitSource, pipeline: Pipeline, limit: int = 5000) -> str | None:

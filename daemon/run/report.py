@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:                      # types only: rendering a daemon's answer needs no pipeline
-    from daemon.pipeline import PlanReport, RunResult
+    from daemon.run.pipeline import PlanReport, RunResult
 
 MAX_COMMENT = 65_000
 MAX_DETAILS = 30_000                          # characters of diffs in one pull-request comment

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from daemon.source import TreeScan
+from daemon.git.source import TreeScan
 from reconcilers.base import Problem
 
 

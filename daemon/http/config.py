@@ -4,7 +4,7 @@
 http_listen = "0.0.0.0:9465"
 [http]
 tokens_file = "/etc/stratum/http-tokens"   # 0600; lines `name:role[,role]:<sha256 hex of the token>`
-policy_file = "/etc/stratum/http.cedar"    # Cedar; default: the roles admin, reader, metrics (daemon/httpauth.py)
+policy_file = "/etc/stratum/http.cedar"    # Cedar; default: the roles admin, reader, metrics (daemon/http/auth.py)
 tls_cert = "/etc/stratum/tls.crt"          # TLS when both are set; the key file must be 0600
 tls_key = "/etc/stratum/tls.key"
 metrics_public = false                     # true: /metrics answers without a token

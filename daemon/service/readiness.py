@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.index import Index, is_io_error
+from daemon.index.store import Index, is_io_error
 
 PROBE_INTERVAL_S = 5.0
 PROBE_FILE = ".write-probe"

@@ -1,0 +1,1 @@
+"""Change control and provenance: signatures, Cedar change policy, sync windows, admission."""

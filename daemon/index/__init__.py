@@ -1,0 +1,1 @@
+"""The DuckDB index: schema and the single writer, read models for status/log/events, rebuild from git."""

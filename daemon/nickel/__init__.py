@@ -1,0 +1,1 @@
+"""Nickel evaluation: the bounded worker process, the import scan, the on-disk cache."""

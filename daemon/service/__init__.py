@@ -1,0 +1,1 @@
+"""stratumd: the main loop, the control socket, process lifecycle, locks, readiness, metrics."""
