@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -124,5 +125,20 @@ def test_the_engine_and_the_daemon_load_structlog_without_rich() -> None:
             "for name in REGISTRY:\n    factory(name)")
     probe = (f"import sys\n{code}\n"
              "import json; print(json.dumps([m for m in ('rich', 'pygments') if m in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_cli_apply_without_webhooks_loads_no_http_framework(tmp_path: Path) -> None:
+    """What `stratum apply` loads to judge windows and admission (host_controls) and run (the runtime) brings
+    no HTTP framework when no webhook receiver is declared: starlette came in through the webhook module."""
+    code = ("import daemon.cli.run, daemon.run.runtime\n"
+            "from daemon.control.host_controls import host_controls\n"
+            "from daemon.settings import load_settings\n"
+            f"controls = host_controls(load_settings({{'data_dir': {str(tmp_path)!r}}}))\n"
+            "assert controls.receivers == {}")
+    probe = (f"import sys\n{code}\n"
+             "import json; print(json.dumps([m for m in ('starlette', 'uvicorn', 'daemon.git.webhook') "
+             "if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
