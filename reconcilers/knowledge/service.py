@@ -185,7 +185,6 @@ class KnowledgeBase:
             searcher = self.searcher
             if not force_check and head in set(self.store.revisions()):
                 self.revision, self.checked, self._graph = head, None, None
-                self._embed_pending(head)
                 return head
             parsed = self.loader.load_snapshot(self.source.snapshot(head))
             extra = self._extra_nodes()
@@ -194,19 +193,19 @@ class KnowledgeBase:
             self.last_stats, self._indexed = index_revision(self.store, checked, head, self._provider, self._indexed)
             searcher.invalidate()
             self.revision, self.checked, self._graph = head, checked, None
-            self._embed_pending(head)
             return head
 
     def _embed_pending(self, revision: str) -> None:
         """Embed what a one-shot `stratum apply` stored without vectors (it marks the index pending and leaves
-        the model to the next process that runs it): this command needs the model anyway."""
-        provider = self._provider
-        if provider is None or self.index.get_state(STATE_PENDING) is None:
-            return
-        vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
-        if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
-            self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
-        self.searcher.reload()
+        the model to the next process that runs it): a search by meaning needs the model anyway."""
+        with self._lock:
+            provider = self.searcher.provider
+            if provider is None or self.index.get_state(STATE_PENDING) is None:
+                return
+            vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
+            if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
+                self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
+            self.searcher.reload()
 
     def _extra_nodes(self) -> list[Node]:
         return [n for n in self.store.nodes(EXTRA)] if self.store.revisions() else []
@@ -227,6 +226,8 @@ class KnowledgeBase:
                threshold: float | None = None) -> Result:
         """Hybrid (or lexical/vector) search over the head revision."""
         rev = self.refresh()
+        if mode != "lexical" and not self.follow_index:
+            self._embed_pending(rev)
         return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
                                     threshold=threshold)
 

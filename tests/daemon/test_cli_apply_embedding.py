@@ -75,6 +75,8 @@ def test_cli_apply_leaves_embedding_to_the_next_model_user(template: Path, tmp_p
     out = stratum("kb", "--data-dir", str(data), "search", "app service down", "--mode", "lexical", "--json",
                   cwd=template, home=tmp_path).stdout
     assert json.loads(out)["results"][0]["title"].startswith("Runbook: hello service")
+    stratum("kb", "--data-dir", str(data), "list", cwd=template, home=tmp_path)      # no model for a listing
+    assert index_facts(data) == (0, run["revision"])
     # The first command that loads the model anyway embeds the pending nodes before searching by meaning.
     out = stratum("kb", "--data-dir", str(data), "search", "web app is unreachable, gateway error", "--mode",
                   "vector", "--json", cwd=template, home=tmp_path).stdout
