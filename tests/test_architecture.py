@@ -40,7 +40,7 @@ KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.knowledge.reconciler", "daemon.index.store"),
     ("reconcilers.knowledge.reconciler", "daemon.control.policy"),
     ("reconcilers.knowledge.reconciler", "daemon.git.source"),
-    ("reconcilers.knowledge.service", "daemon.service.control_socket"),
+    ("reconcilers.knowledge.service", "daemon.service.control_client"),
     ("reconcilers.knowledge.service", "daemon.errors"),
     ("reconcilers.knowledge.service", "daemon.index.store"),
     ("reconcilers.knowledge.service", "daemon.settings"),

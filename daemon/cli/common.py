@@ -15,7 +15,7 @@ import click
 
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])

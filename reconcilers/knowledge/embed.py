@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 from daemon.git.source import sanitize_url
-from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import (
     MODEL_SHA256,

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
+
 from daemon.index.store import Index
-from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from reconcilers.knowledge.embed import Provider
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.loader import Checked

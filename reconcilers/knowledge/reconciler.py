@@ -23,12 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pygit2
+import structlog
 
 from daemon.control.policy import PolicyResource
 from daemon.errors import ApplyError
 from daemon.git.source import Snapshot
 from daemon.index.store import Index
-from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider

@@ -290,7 +290,7 @@ class KnowledgeBase:
         return runs
 
     def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
-        from daemon.service import control_socket as api
+        from daemon.service import control_client as api
 
         try:
             rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
