@@ -58,11 +58,15 @@ class Ports:
 
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
                       index: Index | None = None, source: GitSource | None = None, ports: Ports | None = None,
-                      ) -> tuple[dict[str, AnyReconciler], dict[str, str]]:
+                      *, one_shot: bool = False) -> tuple[dict[str, AnyReconciler], dict[str, str]]:
     """Instantiate the registered reconcilers, each with its ports; one that cannot start is reported, not
-    fatal. The secrets port answers once the reconciler providing secrets (the vault) is built."""
+    fatal. The secrets port answers once the reconciler providing secrets (the vault) is built. `one_shot`: the
+    process ends after one run (a CLI apply), so work meant for the background is left for the daemon."""
     ports = ports or Ports(SecretsBroker(index), git_writer=RepoGitWriter(source) if source is not None else None)
-    base = ReconcilerEnv(data_dir=settings.data_dir, settings=settings.reconciler_settings(), evaluator=evaluator,
+    sections = settings.reconciler_settings()
+    if one_shot:
+        sections.setdefault("knowledge", {})["defer_embedding"] = True
+    base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
                          index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer)
     out: dict[str, AnyReconciler] = {}
     unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
@@ -98,10 +102,13 @@ def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Ind
 
 
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
-          ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False) -> Runtime:
+          ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False,
+          one_shot: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index). `prestart`
-    starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart)."""
+    starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart).
+    `one_shot`: a process that ends after its run; the knowledge nodes it indexes are embedded later, by the
+    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not ephemeral and not read_only:
@@ -112,7 +119,7 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
                           prestart=prestart)
     ports = Ports(SecretsBroker(index), git_writer=RepoGitWriter(source))
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports)
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission, max_files=settings.max_files)

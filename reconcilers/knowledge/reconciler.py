@@ -104,6 +104,11 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         self.last_index: Index | None = None
         # Vectors are made after a revision's nodes are stored, one revision at a time, off the run's path.
         self.background = bool(host.get("embed_in_background", True)) if isinstance(host, Mapping) else True
+        # A one-shot process (`stratum apply` without a daemon) ends before background embedding would: it
+        # stores the nodes (found by words at once) and leaves them marked pending for the next process that
+        # runs the model anyway (the daemon at start, `stratum kb search`), so infrastructure never waits.
+        self.defer = self.background and bool(host.get("defer_embedding", False)) if isinstance(host, Mapping) \
+            else False
         self._embedder = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-embed")
 
     @property
@@ -232,7 +237,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         log.info("knowledge.indexed", revision=revision[:12], nodes=self.last_stats.nodes,
                  new_blobs=self.last_stats.new_blobs, embedded=self.last_stats.embedded,
                  problems=self.last_stats.problems, ms=round(self.last_stats.ms, 1), embedding_later=later)
-        if later and provider is not None:
+        if later and provider is not None and not self.defer:
             self._embedder.submit(self._embed, store, provider, checked.nodes, self.last_stats, sweep)
 
     def _embed(self, store: Store, provider: Provider, nodes: tuple[Node, ...], stats: IndexStats,

@@ -25,7 +25,15 @@ from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
 from reconcilers.knowledge.execution import commit_file, iso, render
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.guidelines import Guideline, effective
-from reconcilers.knowledge.indexer import STATE_REVISION, STATE_VECTORS, Indexed, IndexStats, index_revision
+from reconcilers.knowledge.indexer import (
+    STATE_PENDING,
+    STATE_REVISION,
+    STATE_VECTORS,
+    Indexed,
+    IndexStats,
+    embed_revision,
+    index_revision,
+)
 from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
 from reconcilers.knowledge.providers import host_providers, resolve
@@ -189,6 +197,18 @@ class KnowledgeBase:
             self.revision, self.checked, self._graph = head, checked, None
             return head
 
+    def _embed_pending(self, revision: str) -> None:
+        """Embed what a one-shot `stratum apply` stored without vectors (it marks the index pending and leaves
+        the model to the next process that runs it): a search by meaning needs the model anyway."""
+        with self._lock:
+            provider = self.searcher.provider
+            if provider is None or self.index.get_state(STATE_PENDING) is None:
+                return
+            vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
+            if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
+                self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
+            self.searcher.reload()
+
     def _extra_nodes(self) -> list[Node]:
         return [n for n in self.store.nodes(EXTRA)] if self.store.revisions() else []
 
@@ -208,6 +228,8 @@ class KnowledgeBase:
                threshold: float | None = None) -> Result:
         """Hybrid (or lexical/vector) search over the head revision."""
         rev = self.refresh()
+        if mode != "lexical" and not self.follow_index:
+            self._embed_pending(rev)
         return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
                                     threshold=threshold)
 
@@ -270,7 +292,7 @@ class KnowledgeBase:
         return runs
 
     def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
-        from daemon.service import control_socket as api
+        from daemon.service import control_client as api
 
         try:
             rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
