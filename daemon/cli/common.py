@@ -15,7 +15,7 @@ import click
 
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.settings import Settings, check_owner, load_settings, read_effective
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,9 +96,10 @@ def read_model(settings: Settings, ask: Callable[[Path], Any], query: Callable[[
                wait: float = READER_WAIT_S) -> Any:
     """`ask(socket)` of the running daemon, else `query(index)` over the index opened read-only (see
     `daemon_or_local`)."""
-    from daemon.index.store import Index
-
     def local() -> Any:
+        # Imported only when no daemon answers: DuckDB costs ~0.1 s of a `stratum status` the daemon serves.
+        from daemon.index.store import Index
+
         index = Index(settings.index_path, read_only=True)
         try:
             return query(index)

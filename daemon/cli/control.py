@@ -19,7 +19,7 @@ from daemon.cli.common import common_options, daemon_socket, emit_json, handle_e
 from daemon.control.windows import Window, gate, next_change, windows_from_settings
 from daemon.errors import StratumError
 from daemon.index.read_models import set_suspended
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.settings import Settings
 
 

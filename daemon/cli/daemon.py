@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from daemon import log
 from daemon.cli.common import common_options, handle_errors, settings_from
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.settings import Settings
 
 
@@ -30,6 +29,8 @@ def daemon(repo: str | None, data_dir: Path | None, config_file: Path | None, br
         return settings_from(repo, data_dir, config_file, branch, root, interval=interval,
                              drift_interval=drift_interval, on_interrupted=on_interrupted,
                              http_listen=http_listen, log_format=log_format)
+
+    from daemon import log  # structlog: not for `stratum notify` either
 
     settings = load()
     log.configure(settings.log_format)

@@ -34,6 +34,7 @@ def _output(fn: F) -> F:
 
 
 def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> Any:
+    from daemon import log  # noqa: F401  first: the knowledge modules then get structlog without rich (see there)
     from reconcilers.knowledge.service import KnowledgeBase
 
     obj = ctx.find_object(dict) or {}
@@ -261,7 +262,7 @@ def _infra_ids(root: Path) -> set[str] | None:
         desired = infra.load(GitSource(str(root), "HEAD", settings.data_dir).staged_snapshot())
         if infra.validate(desired):
             return None
-        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}  # type: ignore[attr-defined]
+        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}
     finally:
         evaluator.close()
 

@@ -12,7 +12,7 @@ from daemon.cli.common import common_options, daemon_socket, emit_json, handle_e
 from daemon.cli.errors import quiet_logs
 from daemon.cli.progress import RunProgress
 from daemon.run.report import plan_markdown, plan_text, plan_to_dict, run_to_dict
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.service.lock import ApplyLock
 from daemon.settings import Settings
 
@@ -34,7 +34,8 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
 @click.command("plan")
 @common_options
 @click.option("--base", default=None, help="compare against this revision (a pull request's target)")
-@click.option("--head", default=None, help="the revision to plan (default: the watched branch)")
+@click.option("--head", "--rev", "head", default=None,
+              help="the revision to plan (default: the watched branch); --rev as for apply and validate")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
 @click.option("--output", type=click.Choice(["text", "json"]), default=None, help="alias: --format json")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -98,7 +99,7 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
     from daemon.run.runtime import build
 
     with ApplyLock(settings.data_dir):
-        rt = build(settings, prestart=True)
+        rt = build(settings, prestart=True, one_shot=True)
         try:
             if not force:
                 refuse_manual(rt.index, host_controls(settings).windows)

@@ -25,7 +25,7 @@ from daemon.cli.text import clip
 from daemon.index.read_models import events as events_query
 from daemon.index.read_models import runs as runs_query
 from daemon.index.read_models import status as status_query
-from daemon.service import control_socket as api
+from daemon.service import control_client as api
 from daemon.settings import Settings
 from reconcilers.registry import REGISTRY
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
+from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 
 ACCEPT_LOG_INTERVAL_S = 60.0
 MIN_CONNECTIONS = 8

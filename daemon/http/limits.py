@@ -26,12 +26,12 @@ from dataclasses import replace
 from typing import Any
 
 import h11
-import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.http.config import Limits
 from daemon.http.descriptors import http_share, raise_nofile
+from daemon.log import structlog  # imported through daemon.log: without rich (see there)
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"connection: close\r\ncontent-length: 41\r\n\r\nthe request head did not arrive in time.\n")

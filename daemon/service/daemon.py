@@ -176,6 +176,8 @@ class Daemon:
         self.lock.acquire()
         self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
+        if rt.ports is not None:
+            rt.ports.scheduler.wake_fn = self.wake.ring     # a reconciler's timer can wake the loop
         recover(rt, self.settings.on_interrupted, self.commits, self.logger, self._guard)
         rt.pipeline.stop = self.shutdown.event
         self.api = ApiServer(self.settings.socket_path, control_handlers(self),

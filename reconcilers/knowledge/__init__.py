@@ -17,3 +17,11 @@ Modules, one concern each:
     mcp_server.py  the MCP server (stdio and streamable HTTP)
     reconciler.py  KnowledgeReconciler: the daemon's view of all of the above
 """
+
+import os
+
+# NumPy's OpenBLAS starts one thread per core for every matrix product. The search's products are small (10,000
+# x 384 floats): on this 2-core host, sharing the cores with the daemon's other work, two BLAS threads made the
+# vector scan 5-10x slower (0.57 ms alone vs 5.5 ms, spinning threads waiting for a core). Read when NumPy is
+# first imported, which in Stratum's processes happens inside this package; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

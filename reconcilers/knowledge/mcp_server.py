@@ -13,18 +13,35 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from daemon.errors import StratumError
+from reconcilers.errors import StratumError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.search import Filters
 
 if TYPE_CHECKING:
-    from reconcilers.knowledge.reconciler import KnowledgeReconciler
+    import pygit2
+
+    from reconcilers.base import ReconcilerEnv
+    from reconcilers.knowledge.embed import Provider
     from reconcilers.knowledge.service import KnowledgeBase
+    from reconcilers.knowledge.settings import KnowledgeSettings
+
+
+class Served(Protocol):
+    """What the MCP app reads of the knowledge reconciler (declared here, so the two do not import each other)."""
+
+    env: ReconcilerEnv
+    last_index: Any
+    indexed_settings: KnowledgeSettings
+
+    @property
+    def repo(self) -> pygit2.Repository | None: ...
+
+    def provider(self) -> Provider | None: ...
 
 
 def _node_dict(kb: KnowledgeBase, ref: str) -> dict[str, Any]:
@@ -346,7 +363,7 @@ class _LazyLifespanApp:
         await self.app(scope, receive, send)
 
 
-def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
+def http_app(reconciler: Served) -> _LazyLifespanApp:
     """The MCP HTTP app over the daemon's index (reads what the daemon indexed; never indexes itself)."""
     from reconcilers.knowledge.service import KnowledgeBase
 
@@ -355,15 +372,17 @@ def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
     def get_kb() -> KnowledgeBase:
         if "kb" not in holder:
             # After a restart nothing is indexed by this process yet, but the daemon's index holds the last good
-            # revision: serve it at once (env.index / env.source are the daemon's own).
+            # revision: serve it at once (env.index / env.revisions are the daemon's own).
             env = reconciler.env
             index = reconciler.last_index or env.index
-            repo = reconciler.repo or (env.source.repo if env.source is not None else None)
-            if index is None or repo is None:
+            repo = reconciler.repo
+            repo_path = repo.path if repo is not None else (
+                str(env.revisions.git_dir) if env.revisions is not None else None)
+            if index is None or repo_path is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
-            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
+            holder["kb"] = KnowledgeBase(repo_path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
                                          provider=reconciler.provider(), index=index, follow_index=True,
-                                         host=reconciler.env.settings)
+                                         host=reconciler.env.settings, writer=reconciler.env.git_writer)
         return holder["kb"]
 
     return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings)))

@@ -16,22 +16,31 @@ from typing import Any
 
 import pygit2
 
-from daemon.errors import LockError, SourceError
 from daemon.git.source import GitSource, is_url
 from daemon.index.store import Index
+from reconcilers.errors import LockError, SourceError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
 from reconcilers.knowledge.execution import commit_file, iso, render
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.guidelines import Guideline, effective
-from reconcilers.knowledge.indexer import STATE_REVISION, STATE_VECTORS, Indexed, IndexStats, index_revision
+from reconcilers.knowledge.indexer import (
+    STATE_PENDING,
+    STATE_REVISION,
+    STATE_VECTORS,
+    Indexed,
+    IndexStats,
+    embed_revision,
+    index_revision,
+)
 from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
 from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
+from reconcilers.ports import GitWriter
 
 TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
              "journal": "journal", "execution": "executions"}
@@ -54,8 +63,9 @@ class KnowledgeBase:
     def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
                  settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
                  index: Index | None = None, follow_index: bool = False,
-                 host: Mapping[str, Any] | None = None) -> None:
+                 host: Mapping[str, Any] | None = None, writer: GitWriter | None = None) -> None:
         self.location = repo
+        self.writer = writer                    # the daemon's git writer (MCP); None: commit here (the CLI)
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
         self._daemon_holds_index = False        # set when the index file is the daemon's: runs come from it
@@ -187,6 +197,18 @@ class KnowledgeBase:
             self.revision, self.checked, self._graph = head, checked, None
             return head
 
+    def _embed_pending(self, revision: str) -> None:
+        """Embed what a one-shot `stratum apply` stored without vectors (it marks the index pending and leaves
+        the model to the next process that runs it): a search by meaning needs the model anyway."""
+        with self._lock:
+            provider = self.searcher.provider
+            if provider is None or self.index.get_state(STATE_PENDING) is None:
+                return
+            vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
+            if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
+                self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
+            self.searcher.reload()
+
     def _extra_nodes(self) -> list[Node]:
         return [n for n in self.store.nodes(EXTRA)] if self.store.revisions() else []
 
@@ -206,6 +228,8 @@ class KnowledgeBase:
                threshold: float | None = None) -> Result:
         """Hybrid (or lexical/vector) search over the head revision."""
         rev = self.refresh()
+        if mode != "lexical" and not self.follow_index:
+            self._embed_pending(rev)
         return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
                                     threshold=threshold)
 
@@ -268,7 +292,7 @@ class KnowledgeBase:
         return runs
 
     def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
-        from daemon.service import control_socket as api
+        from daemon.service import control_client as api
 
         try:
             rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
@@ -303,7 +327,13 @@ class KnowledgeBase:
         branch = f"stratum/mcp/{stamp}-{node_id[:8]}"
         who = " ".join(principal.split())[:200]
         message = f"knowledge: add {ntype} {title.strip()}\n\nSubmitted-by: {who}\n"
-        commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
+        if self.writer is not None:
+            try:
+                commit = self.writer.commit_file(branch, rel, text, message, base=base)
+            except SourceError as err:      # e.g. the push of the branch to a watched remote failed
+                raise KnowledgeError(f"the proposal was not saved: {err.what}", hint=err.hint) from err
+        else:
+            commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
         return {"id": node_id, "path": rel, "branch": branch, "commit": commit, "submitted_by": who}
 
     def _node_text(self, ntype: str, title: str, node_id: str, body: str, fields: dict[str, Any] | None,

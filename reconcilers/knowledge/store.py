@@ -15,14 +15,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from daemon.index.store import Index, ensure_schema
 from reconcilers.knowledge.node import Link, Node
 from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 DIM = 384
 EXTRA = "*"                                   # the pseudo-revision of execution nodes
@@ -47,7 +48,19 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+SMALL_WRITE = 2000        # rows up to which a write goes through unnest(?) of Python lists rather than NumPy
+
+
+def _unnested(columns: dict[str, list[Any]]) -> tuple[str, list[Any]]:
+    """A FROM source zipping equally long Python lists (one parameter per column), and its parameters."""
+    return "(SELECT " + ", ".join(f"unnest(?) AS {k}" for k in columns) + ")", list(columns.values())
+
+
 def _arr(values: Sequence[Any], dtype: Any = object) -> npt.NDArray[Any]:
+    # NumPy is imported where it is used: a revision without new knowledge (most infra commits, a CLI apply
+    # of infra files) never pays its import (~0.1-0.2 s).
+    import numpy as np
+
     return np.array(list(values), dtype=dtype)
 
 
@@ -88,37 +101,54 @@ class Store:
             term_rows.extend((n.blob_id, t, c) for t, c in counts.items())
         edge_rows = [(n.blob_id, ln.rel, ln.target, ln.line, ln.origin) for n in items for ln in n.links]
         chunk_rows = [(n.blob_id, i, chunk_hash(c), c) for n in items for i, c in enumerate(chunks(n))]
-        # nodes_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-        nodes_d = {  # noqa: F841
-            "blob_id": _arr([n.blob_id for n in items]), "node_id": _arr([n.id for n in items]),
-            "type": _arr([n.type for n in items]), "title": _arr([n.title for n in items]),
-            "status": _arr([n.status for n in items]), "project": _arr([n.project for n in items]),
-            "tags": _arr([json.dumps(list(n.tags)) for n in items]), "created": _arr([n.created for n in items]),
-            "modified": _arr([n.modified for n in items]), "front": _arr([n.front for n in items]),
-            "body": _arr([n.body for n in items]), "body_line": _arr([n.body_line for n in items], np.int32),
-            "links": _arr([json.dumps([[ln.rel, ln.target, ln.line, ln.label, ln.origin] for ln in n.links])
-                           for n in items]),
-            "key_lines": _arr([json.dumps(n.key_lines) for n in items]),
-            "doc_len": _arr([doc_len[n.blob_id] for n in items], np.int32)}
+        node_cols: dict[str, list[Any]] = {
+            "blob_id": [n.blob_id for n in items], "node_id": [n.id for n in items],
+            "type": [n.type for n in items], "title": [n.title for n in items],
+            "status": [n.status for n in items], "project": [n.project for n in items],
+            "tags": [json.dumps(list(n.tags)) for n in items], "created": [n.created for n in items],
+            "modified": [n.modified for n in items], "front": [n.front for n in items],
+            "body": [n.body for n in items], "body_line": [n.body_line for n in items],
+            "links": [json.dumps([[ln.rel, ln.target, ln.line, ln.label, ln.origin] for ln in n.links])
+                      for n in items],
+            "key_lines": [json.dumps(n.key_lines) for n in items],
+            "doc_len": [doc_len[n.blob_id] for n in items]}
+        tables: dict[str, tuple[tuple[str, ...], Sequence[tuple[Any, ...]]]] = {
+            "kb_term": (("b", "t", "f"), term_rows), "kb_edge": (("b", "r", "t", "l", "o"), edge_rows),
+            "kb_chunk": (("b", "s", "h", "x"), chunk_rows)}
+        node_select = ("SELECT blob_id, node_id, type, title, status, project, "
+                       "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
+                       "body_line, links, key_lines, doc_len FROM ")
         with self.index.transaction():
             con = self.index.con
-            con.execute("INSERT INTO kb_node SELECT blob_id, node_id, type, title, status, project, "
-                        "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
-                        "body_line, links, key_lines, doc_len FROM nodes_d")
-            if term_rows:
-                # terms_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                terms_d = {"b": _arr([r[0] for r in term_rows]), "t": _arr([r[1] for r in term_rows]),  # noqa: F841
-                           "f": _arr([r[2] for r in term_rows], np.int32)}
+            if len(items) + len(term_rows) + len(chunk_rows) <= SMALL_WRITE:
+                # One execution node or a file or two: Python lists through unnest, no NumPy to import.
+                source, params = _unnested(node_cols)
+                con.execute(f"INSERT INTO kb_node {node_select}{source}", params)
+                for table, (names, rows) in tables.items():
+                    if rows:
+                        source, params = _unnested({k: [r[i] for r in rows] for i, k in enumerate(names)})
+                        con.execute(f"INSERT INTO {table} SELECT {', '.join(names)} FROM {source}", params)
+                return len(items)
+            import numpy as np
+
+            ints = {"body_line", "doc_len", "f", "l", "s"}
+            # The *_d dicts are read by DuckDB's replacement scan (the SQL names them), not by Python.
+            nodes_d = {k: _arr(v, np.int32 if k in ints else object) for k, v in node_cols.items()}  # noqa: F841
+            con.execute(f"INSERT INTO kb_node {node_select}nodes_d")
+            names, rows = tables["kb_term"]
+            if rows:
+                terms_d = {k: _arr([r[i] for r in rows], np.int32 if k in ints else object)  # noqa: F841
+                           for i, k in enumerate(names)}
                 con.execute("INSERT INTO kb_term SELECT b, t, f FROM terms_d")
-            if edge_rows:
-                # edges_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                edges_d = {k: _arr([r[i] for r in edge_rows], np.int32 if i == 3 else object)  # noqa: F841
-                           for i, k in enumerate(("b", "r", "t", "l", "o"))}
+            names, rows = tables["kb_edge"]
+            if rows:
+                edges_d = {k: _arr([r[i] for r in rows], np.int32 if k in ints else object)  # noqa: F841
+                           for i, k in enumerate(names)}
                 con.execute("INSERT INTO kb_edge SELECT b, r, t, l, o FROM edges_d")
-            if chunk_rows:
-                # chunks_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-                chunks_d = {k: _arr([r[i] for r in chunk_rows], np.int32 if i == 1 else object)  # noqa: F841
-                            for i, k in enumerate(("b", "s", "h", "x"))}
+            names, rows = tables["kb_chunk"]
+            if rows:
+                chunks_d = {k: _arr([r[i] for r in rows], np.int32 if k in ints else object)  # noqa: F841
+                            for i, k in enumerate(names)}
                 con.execute("INSERT INTO kb_chunk SELECT b, s, h, x FROM chunks_d")
         return len(items)
 
@@ -153,6 +183,8 @@ class Store:
         """Store one vector per chunk hash (rows of `matrix`, DIM wide)."""
         if not hashes:
             return
+        import numpy as np
+
         n = len(hashes)
         if n <= 8:
             # A revision that changed a file or two: plain parameters beat the bulk scan's GROUP BY (~20 ms).
@@ -174,12 +206,15 @@ class Store:
 
     def set_tree(self, revision: str, entries: Sequence[tuple[str, str]], problems: int = 0) -> None:
         """Record the (path, blob id) pairs of a revision's indexed nodes; prune revisions beyond the last N."""
-        # tree_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
-        tree_d = {"p": _arr([e[0] for e in entries]), "b": _arr([e[1] for e in entries])}  # noqa: F841
         with self.index.transaction():
             con = self.index.con
             con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
-            if entries:
+            if 0 < len(entries) <= SMALL_WRITE:
+                source, params = _unnested({"p": [e[0] for e in entries], "b": [e[1] for e in entries]})
+                con.execute(f"INSERT INTO kb_tree SELECT ?, p, b FROM {source}", [revision, *params])
+            elif entries:
+                # tree_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
+                tree_d = {"p": _arr([e[0] for e in entries]), "b": _arr([e[1] for e in entries])}  # noqa: F841
                 con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
             con.execute("INSERT OR REPLACE INTO kb_revision VALUES (?, ?, ?, ?)",
                         [revision, time.time(), len(entries), str(problems)])
@@ -190,15 +225,21 @@ class Store:
         """Record a revision's tree as `base`'s without the paths `removed`, plus the (path, blob id) pairs
         `added`: copied inside DuckDB, where writing all 10,000 rows from Python cost ~20 ms. Returns the
         number of rows recorded (the caller checks it: a base missing from the store copies nothing)."""
+        gone = [*removed, *(a[0] for a in added)]
+        small = len(gone) <= SMALL_WRITE          # a commit changing a few nodes: no NumPy to import
         # gone_d and tree_d are read by DuckDB's replacement scan (the SQL names them), not by Python.
-        gone_d = {"p": _arr([*removed, *(a[0] for a in added)])}  # noqa: F841
-        tree_d = {"p": _arr([a[0] for a in added]), "b": _arr([a[1] for a in added])}  # noqa: F841
+        gone_d = None if small else {"p": _arr(gone)}  # noqa: F841
+        tree_d = None if small else {"p": _arr([a[0] for a in added]), "b": _arr([a[1] for a in added])}  # noqa: F841
         with self.index.transaction():
             con = self.index.con
             con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
-            con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? "
-                        "AND path NOT IN (SELECT p FROM gone_d)", [revision, base])
-            if added:
+            con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? AND path NOT IN "
+                        + ("(SELECT unnest(?::TEXT[]))" if small else "(SELECT p FROM gone_d)"),
+                        [revision, base, gone] if small else [revision, base])
+            if added and small:
+                source, params = _unnested({"p": [a[0] for a in added], "b": [a[1] for a in added]})
+                con.execute(f"INSERT INTO kb_tree SELECT ?, p, b FROM {source}", [revision, *params])
+            elif added:
                 con.execute("INSERT INTO kb_tree SELECT ?, p, b FROM tree_d", [revision])
             row = con.execute("SELECT count(*) FROM kb_tree WHERE revision = ?", [revision]).fetchone()
             count = int(row[0]) if row else 0
