@@ -32,6 +32,7 @@ import yaml
 
 from daemon.nickel.cache import DiskCache
 from daemon.nickel.scan import MAX_NESTING, NestingError, ScanError, data_nesting_error, scan_imports
+from daemon.nickel.scratch import Scratch
 from daemon.package_data import nickel_dir
 from reconcilers import bounded_yaml
 from reconcilers.base import Problem
@@ -227,12 +228,13 @@ class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
     def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0,
-                 budget: float | None = None, *, prestart: bool = False) -> None:
+                 budget: float | None = None, *, prestart: bool = False, in_memory: bool = True) -> None:
         self.cache_dir = cache_dir
         # The most one evaluate() call waits on runs that overran their deadline before giving up on the rest.
         self.budget = budget if budget is not None else max(timeout * _BUDGET_DEADLINES, 60.0)
-        self.workdir = cache_dir / "work"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The files Nickel imports: in memory when it can (nickel/scratch.py).
+        self._scratch = Scratch.create(cache_dir / "work") if in_memory else Scratch.on_disk(cache_dir / "work")
+        self.workdir = self._scratch.path
         self.timeout = timeout
         self._lib = nickel_dir()
         # Values on disk depend on the contract library and on the engine that computed them.
@@ -265,6 +267,7 @@ class Evaluator:
         for worker in self._workers:
             worker.kill()
         self._disk.close()
+        self._scratch.remove()
 
     # 1. imports ------------------------------------------------------------------------------------
     def _scan(self, snap: Snapshot, entry: FileEntry) -> list[Any]:
@@ -458,29 +461,52 @@ class Evaluator:
                     self.disk_hits += 1
                     del pending[path]
         if pending:
-            self._sweep(files)
+            try:
+                return self._evaluate_pending(snap, files, pending, closures, contract, values, problems, keys)
+            finally:
+                if self._scratch.in_memory:           # memory is held only while an evaluation runs
+                    self._scratch.wipe()
+                    self._materialized.clear()
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        return EvalResult(values=values, problems=tuple(problems), keys=keys)
 
-            def prepare(chunk: list[str]) -> None:
-                self._materialize(snap, [e for path in chunk for e in closures[path]])
-            # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
-            # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
-            # per-file fallback that followed took minutes), spread over the workers (one per core).
-            paths_left = list(pending)
-            chunks = [paths_left[i:i + _CHUNK] for i in range(0, len(paths_left), _CHUNK)]
-            count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
-            deadline = time.monotonic() + self.budget
-            if count == 1:
-                results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
-            else:
-                with cf.ThreadPoolExecutor(max_workers=count) as pool:
-                    results = list(pool.map(
-                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare),
-                        range(count)))
-            for chunk_values, chunk_problems in results:
-                for path, value in chunk_values.items():
-                    self._cache[pending[path]] = values[path] = value
-                problems.extend(chunk_problems)
-                self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
+    def _evaluate_pending(self, snap: Snapshot, files: _Files, pending: dict[str, str],
+                          closures: dict[str, list[FileEntry]], contract: str | None, values: dict[str, Any],
+                          problems: list[Problem], keys: dict[str, str]) -> EvalResult:
+        """Write and evaluate the files no cache knew, in chunks over the workers; `values`, `problems` and
+        `keys` hold what was known before."""
+        needed = {e.path: e for path in pending for e in closures[path]}
+        if not self._scratch.fits(len(needed), sum(e.size for e in needed.values())):
+            # Too much for memory: this and later evaluations write to the disk work tree instead.
+            self._scratch.remove()
+            self._scratch = Scratch.on_disk(self.cache_dir / "work")
+            self.workdir = self._scratch.path
+            self._materialized.clear()
+        self._sweep(files)
+
+        def prepare(chunk: list[str]) -> None:
+            self._materialize(snap, [e for path in chunk for e in closures[path]])
+
+        # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
+        # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
+        # per-file fallback that followed took minutes), spread over the workers (one per core).
+        paths_left = list(pending)
+        chunks = [paths_left[i:i + _CHUNK] for i in range(0, len(paths_left), _CHUNK)]
+        count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
+        deadline = time.monotonic() + self.budget
+        if count == 1:
+            results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
+        else:
+            with cf.ThreadPoolExecutor(max_workers=count) as pool:
+                results = list(pool.map(
+                    lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare),
+                    range(count)))
+        for chunk_values, chunk_problems in results:
+            for path, value in chunk_values.items():
+                self._cache[pending[path]] = values[path] = value
+            problems.extend(chunk_problems)
+            self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems), keys=keys)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.git.source import safe_relpath
+from daemon.git.source import MAX_FILES, safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra.model import InfraDesired, Resource
@@ -71,6 +71,9 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any], renderer: TemplateRe
     return spec
 
 
+# Files' loaded resources kept across revisions: a revision at the host's cap and the next one fit (a
+# 20,000-file repo emptied a 20,000-entry cache on every commit, and every file was rebuilt).
+FILE_CACHE_MAX = 2 * MAX_FILES + 1_000
 FileCache = dict[tuple[str, str, tuple[str, ...]], tuple[tuple[Resource, ...], tuple[Problem, ...]]]
 
 
@@ -100,7 +103,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
         if cached is None:
             cached = _load_file(snap, path, value, renderer)
             if cache is not None and key[1]:
-                if len(cache) > 20_000:
+                if len(cache) > FILE_CACHE_MAX:
                     cache.clear()
                 cache[key] = cached
         file_resources, file_problems = cached

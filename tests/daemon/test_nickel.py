@@ -225,16 +225,26 @@ def test_a_committed_symlink_cannot_be_imported(repo: WorkRepo, tmp_path: Path, 
     ]
 
 
-def test_files_outside_the_commit_are_not_importable(
-    repo: WorkRepo, tmp_path: Path, evaluator: Evaluator
-) -> None:
-    """An untracked file in the work tree, and a file of an earlier commit still materialized in the cache,
-    are refused: imports only see the evaluated commit."""
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_files_outside_the_commit_are_not_importable(repo: WorkRepo, tmp_path: Path, in_memory: bool) -> None:
+    """An untracked file in the work tree, and a file of an earlier commit still materialized in the cache
+    (on disk; a work tree in memory is emptied after each evaluation), are refused: imports only see the
+    evaluated commit."""
+    evaluator = Evaluator(tmp_path / "cache", timeout=5.0, in_memory=in_memory)
+    try:
+        _outside_the_commit(repo, tmp_path, evaluator)
+        assert evaluator._scratch.in_memory == (in_memory and evaluator.workdir.parent == Path("/dev/shm"))
+    finally:
+        evaluator.close()
+    assert evaluator.workdir.exists() != evaluator._scratch.in_memory       # closing removes a memory one
+
+
+def _outside_the_commit(repo: WorkRepo, tmp_path: Path, evaluator: Evaluator) -> None:
     snap1 = snap_of(
         repo, tmp_path, {"common.ncl": "{ n = 1 }\n", "a.ncl": '{ v = (import "common.ncl").n }\n'}
     )
     assert evaluator.evaluate(snap1, ["a.ncl"]).values == {"a.ncl": {"v": 1}}
-    assert (evaluator.workdir / "common.ncl").exists()
+    assert (evaluator.workdir / "common.ncl").exists() != evaluator._scratch.in_memory
     snap2 = snap_of(repo, tmp_path, {"common.ncl": None, "a.ncl": '{ v = (import "common.ncl").n, w = 2 }\n'})
     repo.write({"common.ncl": "{ n = 99 }\n"})
     [problem] = evaluator.evaluate(snap2, ["a.ncl"]).problems

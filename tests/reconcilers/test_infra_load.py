@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.git.source import GitSource
+from daemon.git.source import MAX_FILES, GitSource
 from daemon.nickel.evaluator import Evaluator
-from reconcilers.infra.load import load_infra
+from reconcilers.infra.load import FILE_CACHE_MAX, FileCache, load_infra
 from reconcilers.infra.model import InfraDesired
 from tests.fixtures import Raw, WorkRepo, infra, resource
 
@@ -161,3 +161,22 @@ def test_ids_quoted_in_nickel_are_located(tmp_path: Path, evaluator: Evaluator) 
     """A quoted field name still gets its line."""
     d = load(tmp_path, evaluator, {"infra/a.ncl": infra('    "web.1" = { kind = \'directory, path = "w" },')})
     assert d.resources["web.1"].line == 3
+
+
+def test_a_commit_changing_one_file_rebuilds_one_file_and_the_cache_holds_two_full_revisions(
+        tmp_path: Path, evaluator: Evaluator) -> None:
+    """The load cache gives back the very resources of unchanged files, and it is bounded above two revisions
+    at the host's file cap (it was bounded at 20,000 entries: a 20,000-file repo emptied it on every commit
+    and every file was rebuilt)."""
+    assert FILE_CACHE_MAX >= 2 * MAX_FILES
+    repo = WorkRepo(tmp_path / "repo")
+    repo.commit({f"infra/f{i:02d}.ncl": infra(resource(f"r{i:02d}", "file", path=f"f{i:02d}", content="x"))
+                 for i in range(30)})
+    source = GitSource(str(repo.path), "main", tmp_path / "data")
+    cache: FileCache = {}
+    first = load_infra(source.snapshot("main"), evaluator, cache)
+    repo.commit({"infra/f07.ncl": infra(resource("r07", "file", path="f07", content="y"))})
+    second = load_infra(source.snapshot("main"), evaluator, cache)
+    same = [rid for rid, r in second.resources.items() if r is first.resources[rid]]
+    assert sorted(same) == sorted(f"r{i:02d}" for i in range(30) if i != 7)
+    assert second.resources["r07"].fields["content"] == "y" and len(cache) == 31
