@@ -122,7 +122,15 @@ def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Calla
     while True:
         sock = daemon_socket(settings)
         if sock is not None:
-            return ask(sock)
+            try:
+                return ask(sock)
+            except (ConnectionError, FileNotFoundError):
+                # The daemon stopped between the ping and the request (a restart, a SIGTERM): these are reads,
+                # so ask again: the next daemon answers, or the index is read once it is free.
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+                continue
         with shared_read(settings.data_dir) as free:
             if free:
                 return local()
