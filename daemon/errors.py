@@ -1,72 +1,23 @@
-"""The errors a Stratum user can see.
-
-    StratumError                  what, where, what to do; maps to exit code 1 (2 for usage)
-     +-- InputError               the repo content is wrong: stalls the revision, no retry
-     |    +-- NickelError         Nickel syntax or contract errors (carries Problems with file:line:col)
-     |    +-- PathEscapeError     a path leaves the allowed root (../, absolute, symlink out)
-     |    +-- CycleError          a dependency cycle between actions (names the cycle)
-     +-- SourceError              the git source cannot be opened, fetched or resolved
-     +-- IndexError_             the DuckDB index is corrupt or locked
-     +-- LockError                another process applies right now
-     +-- ApplyError               an action failed on the target
-     +-- SettingsError            host settings are wrong
-"""
+"""The errors a Stratum user can see. They are defined in the reconciler contract (reconcilers/errors.py, whose
+docstring draws the tree) so reconcilers raise them without importing the daemon; the kernel imports them here."""
 
 from __future__ import annotations
 
+from reconcilers.errors import (
+    ApplyError,
+    CycleError,
+    IndexError_,
+    InputError,
+    LockError,
+    NickelError,
+    PathEscapeError,
+    SettingsError,
+    SourceError,
+    StratumError,
+    TerminalError,
+    TransientError,
+    WaitingError,
+)
 
-class StratumError(Exception):
-    """Base of every user-facing error: `what` went wrong, `where` (file:line, resource id), `hint` (what to do)."""
-
-    exit_code = 1
-
-    def __init__(self, what: str, *, where: str = "", hint: str = "") -> None:
-        self.what = what
-        self.where = where
-        self.hint = hint
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        """One readable message: `where: what (hint)`."""
-        text = f"{self.where}: {self.what}" if self.where else self.what
-        return f"{text}\n  hint: {self.hint}" if self.hint else text
-
-
-class InputError(StratumError):
-    """The repository content is invalid; the revision is rejected and not retried."""
-
-
-class NickelError(InputError):
-    """Nickel evaluation failed; `problems` holds every located error."""
-
-    def __init__(self, what: str, *, where: str = "", hint: str = "", problems: tuple[object, ...] = ()) -> None:
-        self.problems = problems
-        super().__init__(what, where=where, hint=hint)
-
-
-class PathEscapeError(InputError):
-    """A path would leave the root it must stay in."""
-
-
-class CycleError(InputError):
-    """Actions depend on each other in a cycle."""
-
-
-class SourceError(StratumError):
-    """The git source cannot be opened, fetched or read."""
-
-
-class IndexError_(StratumError):
-    """The DuckDB index cannot be opened or is corrupt."""
-
-
-class LockError(StratumError):
-    """Another Stratum process holds the apply lock."""
-
-
-class ApplyError(StratumError):
-    """An action failed against its target."""
-
-
-class SettingsError(StratumError):
-    """Host settings (stratumd.toml, flags, environment) are invalid."""
+__all__ = ["ApplyError", "CycleError", "IndexError_", "InputError", "LockError", "NickelError", "PathEscapeError",
+           "SettingsError", "SourceError", "StratumError", "TerminalError", "TransientError", "WaitingError"]

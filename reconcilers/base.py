@@ -1,157 +1,183 @@
-"""The reconciler contract every part of the repo implements, and the records that flow through a run.
+"""The reconciler contract: the base class every part of the repo implements, and what the daemon hands it.
 
 A reconciler turns its part of a commit into desired state (`load`, pure), checks it (`validate`), reads the
-target (`observe`, read-only I/O through injected adapters), diffs (`plan`, pure) and changes the target
-(`apply`, the only side effects). Actions from all reconcilers form one dependency graph (daemon/run/plan.py).
+target (`observe`, read-only I/O through the ports in `ReconcilerEnv`), diffs (`plan`, pure) and changes the
+target (`apply`, the only side effects; it raises the error classes of reconcilers/errors.py). Actions from
+all reconcilers form one dependency graph (daemon/run/plan.py).
+
+Every hook the daemon calls is declared on `Reconciler` with a default, so the kernel calls hooks directly
+and never probes a reconciler with getattr (tests/test_architecture.py checks). A reconciler overrides what
+it needs; `load`, `observe`, `plan` and `apply` it must write.
 """
 
 from __future__ import annotations
 
-import json
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from reconcilers.ports import Evaluator, EventRecorder, GitWriter, HttpMount, Revisions, Scheduler, SecretsPort
+from reconcilers.records import (
+    Action,
+    ActionKind,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    PolicyResource,
+    Problem,
+    RunRecord,
+    freeze,
+)
 
 if TYPE_CHECKING:
     from daemon.git.source import Snapshot
 
-ActionKind = Literal["create", "update", "delete", "run"]
+__all__ = [
+    "Action",
+    "ActionKind",
+    "AnyReconciler",
+    "ApplyContext",
+    "InventoryItem",
+    "Outcome",
+    "PolicyResource",
+    "Problem",
+    "Reconciler",
+    "ReconcilerEnv",
+    "ResourceRow",
+    "RunRecord",
+    "freeze",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One located problem in the repo content: rendered as `path:line:col: message`."""
-
-    message: str
-    path: str = ""
-    line: int = 0
-    col: int = 0
-    reconciler: str = ""
-    hint: str = ""
-
-    def __str__(self) -> str:
-        where = self.path
-        if where and self.line:
-            where += f":{self.line}"
-            if self.col:
-                where += f":{self.col}"
-        text = f"{where}: {self.message}" if where else self.message
-        return f"{text} (hint: {self.hint})" if self.hint else text
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"path": self.path, "line": self.line, "col": self.col, "message": self.message,
-                "reconciler": self.reconciler, "hint": self.hint}
-
-
-def freeze(value: Any) -> str:
-    """Canonical JSON of a JSON-like value: the frozen, hashable form of an action's change payload."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    """JSON for what json does not know: read-only mappings as objects, anything else as text."""
-    return dict(value) if isinstance(value, Mapping) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One change to one target. `change` and `compensation` are canonical JSON (see `freeze`)."""
-
-    id: str                                   # globally unique: "<reconciler>:<resource id>"
-    reconciler: str
-    kind: ActionKind
-    target: str                               # the resource id within its reconciler
-    summary: str                              # one human line: "create file etc/motd (0644)"
-    change: str = "{}"                        # what apply needs, canonical JSON
-    depends_on: tuple[str, ...] = ()          # ids of actions that must complete first
-    compensation: str | None = None           # JSON the reconciler understands, when the action can be undone
-
-    def payload(self) -> dict[str, Any]:
-        """The decoded change."""
-        return dict(json.loads(self.change))
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What applying one action did. `inventory` is the resource's new inventory entry (None = removed)."""
-
-    action_id: str
-    ok: bool
-    message: str = ""
-    inventory: Mapping[str, Any] | None = None
-    removed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyContext:
-    """What an apply step may use: the run and revision it belongs to, and whether it is a dry run."""
-
-    run_id: str
-    revision: str
-    dry_run: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryItem:
-    """A resource Stratum created and therefore owns (what prune may delete)."""
-
-    reconciler: str
-    resource_id: str
-    kind: str
-    data: str = "{}"                          # canonical JSON: what the reconciler needs to remove it
+Desired = TypeVar("Desired")
+Observed = TypeVar("Observed")
+# (resource id, kind, source file, line, digest) per desired resource: what the index lists for `stratum status`
+ResourceRow = tuple[str, str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class ReconcilerEnv:
-    """What the daemon hands a reconciler when it builds one: host settings and where it may keep state."""
+    """What the daemon hands a reconciler when it builds one: host settings, where it may keep state, and the
+    ports it may use (None where the caller has none: a CLI command that only validates has no scheduler)."""
 
     data_dir: Path
     settings: Mapping[str, Any] = field(default_factory=dict)
     repo_settings: Mapping[str, Any] = field(default_factory=dict)
-    evaluator: Any = None                     # the shared daemon.nickel.evaluator.Evaluator, when the daemon made one
-    index: Any = None                         # the daemon's daemon.index.store.Index: what interfaces serve at start-up
-    source: Any = None                        # the daemon's daemon.git.source.GitSource (read access to revisions)
+    evaluator: Evaluator | None = None        # the daemon's bounded Nickel worker
+    index: Any = None                         # the daemon's index: what interfaces serve at start-up (own tables)
+    revisions: Revisions | None = None        # read access to other revisions and the staged tree
+    events: EventRecorder | None = None       # events recorded under this reconciler's name
+    secrets: SecretsPort | None = None        # decrypted values at apply time (the vault reconciler answers)
+    scheduler: Scheduler | None = None        # timers, waking the loop
+    git_writer: GitWriter | None = None       # commits to side branches as the daemon
+
+    @property
+    def source(self) -> Revisions | None:
+        """The old name of `revisions` (kept for reconcilers written before the ports)."""
+        return self.revisions
 
 
-@runtime_checkable
-class Reconciler(Protocol):
+class Reconciler(abc.ABC, Generic[Desired, Observed]):
     """The contract (DESIGN.md). `Desired` and `Observed` are each reconciler's own frozen types."""
 
-    name: str
+    name: ClassVar[str]
+    # True when `judge` looks at the base revision: callers load the base only for reconcilers that judge.
+    judges_base: ClassVar[bool] = False
 
-    def load(self, snap: Snapshot) -> Any:
+    # -- load and validate ------------------------------------------------------------------------------
+    def configure(self, section: Mapping[str, Any]) -> None:
+        """This reconciler's section of the revision's stratum.ncl (checked by its contract), before `load`."""
+
+    @abc.abstractmethod
+    def load(self, snap: Snapshot) -> Desired:
         """Read this reconciler's part of the commit into desired state. Pure: no I/O but the snapshot."""
 
-    def validate(self, desired: Any) -> list[Problem]:
+    def validate(self, desired: Desired) -> list[Problem]:
         """Contract and cross-reference checks. Any problem rejects the revision."""
+        return []
 
-    def observe(self, desired: Any, inventory: list[InventoryItem]) -> Any:
+    def empty(self) -> Desired | None:
+        """The desired state of a repo without this part (what a rollback to nothing converges to); None when
+        there is nothing to converge (the target is not owned)."""
+        return None
+
+    # -- admission --------------------------------------------------------------------------------------
+    def policy_resources(self, desired: Desired) -> list[PolicyResource]:
+        """What change control sees of the desired state (Cedar resources)."""
+        return []
+
+    def judge(self, desired: Desired, base: Desired | None, base_name: str = "") -> list[Problem]:
+        """Trust checks of `desired` by the base revision's state (never by itself); set `judges_base`."""
+        return []
+
+    # -- index ------------------------------------------------------------------------------------------
+    def resource_rows(self, desired: Desired) -> list[ResourceRow]:
+        """The rows `stratum status` lists for the desired state."""
+        return []
+
+    def index(self, desired: Desired, index: Any, revision: str) -> None:
+        """Write this reconciler's own index tables for an admitted revision (a failure is logged, not fatal)."""
+
+    # -- observe and plan -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def observe(self, desired: Desired, inventory: list[InventoryItem]) -> Observed:
         """Read the target's current state (read-only)."""
 
-    def plan(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Action]:
+    def observe_changed(self, desired: Desired, inventory: list[InventoryItem]) -> Observed:
+        """Like `observe`, reading only resources whose spec changed since applied (runs a commit triggers)."""
+        return self.observe(desired, inventory)
+
+    def simulate(self, desired: Desired) -> Observed | None:
+        """The observed state as if `desired` were applied, with no target read (pull-request plans); None
+        when this reconciler cannot simulate (it is left out of such plans)."""
+        return None
+
+    @abc.abstractmethod
+    def plan(self, desired: Desired, observed: Observed, inventory: list[InventoryItem]) -> list[Action]:
         """Pure diff: the actions that bring the target from `observed` to `desired`, prune included."""
 
+    def drift(self, desired: Desired, observed: Observed, inventory: list[InventoryItem]) -> list[Problem]:
+        """Differences between target and desired state that the plan would correct or report."""
+        return []
+
+    def explain(self, desired: Desired, observed: Observed, inventory: list[InventoryItem],
+                before: Desired | None) -> Mapping[str, Mapping[str, Any]]:
+        """Expected vs found per changed or drifted resource id, for people reading a plan."""
+        return {}
+
+    def inventory_items(self, desired: Desired) -> list[InventoryItem] | None:
+        """What this reconciler owns once `desired` is applied; None when its inventory follows the outcomes
+        of its actions only (the daemon then leaves it alone when a revision becomes good)."""
+        return None
+
+    # -- apply ------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
-        """Carry out one action. Raises ApplyError on failure."""
+        """Carry out one action. Raises ApplyError (or TerminalError / TransientError / WaitingError)."""
 
     def compensate(self, action: Action, ctx: ApplyContext) -> None:
-        """Undo a completed action that declared a compensation."""
+        """Undo a completed action that declared a compensation (only such actions are compensated)."""
+        from reconcilers.errors import TerminalError
 
-    def drift(self, desired: Any, observed: Any) -> list[Problem]:
-        """Differences between target and desired state that the plan would correct or report."""
+        raise TerminalError(f"the {self.name} reconciler declared a compensation for {action.id} but cannot run it",
+                            hint="report this bug")
+
+    # -- after a run, interfaces, shutdown ---------------------------------------------------------------
+    def on_run_finished(self, record: RunRecord, index: Any) -> None:
+        """A finalized run (off the run's path; a failure is logged, never changes the outcome)."""
+
+    def secrets(self) -> SecretsPort | None:
+        """The secrets this reconciler provides to the others (the vault); None for all but one."""
+        return None
+
+    def http_mounts(self) -> list[HttpMount]:
+        """Interfaces this reconciler serves on the daemon's HTTP listener."""
+        return []
+
+    def close(self) -> None:
+        """Release workers and caches (the daemon is stopping)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """A finalized run, handed to reconcilers that record it (the knowledge graph's execution nodes)."""
-
-    run_id: str
-    revision: str
-    status: str                               # succeeded | failed | rolled_back | rejected
-    started: float                            # unix seconds
-    finished: float
-    actions: tuple[tuple[str, str, str], ...] = ()   # (action id, kind, status)
-    resources: tuple[str, ...] = ()           # "infra:web-1", ... touched by the run
-    message: str = ""
+# Any reconciler, whatever its desired and observed types: what the daemon holds in its maps.
+AnyReconciler = Reconciler[Any, Any]

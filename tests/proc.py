@@ -40,16 +40,17 @@ class DaemonProc:
     """A real `stratum daemon` child process on a repo and data dir."""
 
     def __init__(self, repo: str, data_dir: Path, root: Path, *extra: str,
-                 env: Mapping[str, str] | None = None, nofile: int | None = None) -> None:
+                 env: Mapping[str, str] | None = None, nofile: int | None = None, python: str = sys.executable,
+                 ) -> None:
         """Start the daemon and wait for its control socket; `env` is laid over `cli_env()`; `nofile` sets
-        the descriptor limit (soft and hard) the daemon starts with."""
+        the descriptor limit (soft and hard) the daemon starts with; `python` is the interpreter (a venv's)."""
         self.data_dir = data_dir
         self.log_path = data_dir.parent / f"{data_dir.name}-daemon.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         limit = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))\n" if nofile else ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", limit + "from daemon.cli.main import daemon_main; daemon_main()",
+            [python, "-c", limit + "from daemon.cli.main import daemon_main; daemon_main()",
              "--repo", repo, "--data-dir", str(data_dir), "--root", str(root), "--log-format", "json",
              "--drift-interval", "0", *extra],
             env={**cli_env(), **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -7,59 +7,44 @@ against the direction fails here, and so does a listed one that is gone (delete 
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
+from reconcilers.base import Reconciler
 from tests import importgraph
 
 # Known debts (issue 10): each to be removed by moving what it needs into the contract or behind a port.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("daemon.control.admission", "daemon.run.pipeline"),
-    ("reconcilers.knowledge.mcp_server", "reconcilers.knowledge.reconciler"),
-}
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.base", "daemon.git.source"),
-    ("reconcilers.infra.load", "daemon.errors"),
-    ("reconcilers.infra.load", "daemon.nickel.evaluator"),
     ("reconcilers.infra.load", "daemon.git.source"),
-    ("reconcilers.infra.local", "daemon.errors"),
-    ("reconcilers.infra.reconciler", "daemon.errors"),
-    ("reconcilers.infra.reconciler", "daemon.nickel.evaluator"),
-    ("reconcilers.infra.reconciler", "daemon.control.policy"),
     ("reconcilers.infra.reconciler", "daemon.git.source"),
-    ("reconcilers.infra.templates", "daemon.errors"),
     ("reconcilers.knowledge.contract", "daemon.package_data"),
     ("reconcilers.knowledge.embed", "daemon.git.source"),
-    ("reconcilers.knowledge.errors", "daemon.errors"),
-    ("reconcilers.knowledge.guidelines", "daemon.errors"),
     ("reconcilers.knowledge.guidelines", "daemon.git.source"),
     ("reconcilers.knowledge.indexer", "daemon.index.store"),
-    ("reconcilers.knowledge.loader", "daemon.errors"),
     ("reconcilers.knowledge.loader", "daemon.git.source"),
-    ("reconcilers.knowledge.mcp_server", "daemon.errors"),
-    ("reconcilers.knowledge.reconciler", "daemon.errors"),
-    ("reconcilers.knowledge.reconciler", "daemon.index.store"),
-    ("reconcilers.knowledge.reconciler", "daemon.control.policy"),
+    ("reconcilers.knowledge.mcp_server", "daemon"),
     ("reconcilers.knowledge.reconciler", "daemon.git.source"),
-    ("reconcilers.knowledge.service", "daemon.service.control_client"),
-    ("reconcilers.knowledge.service", "daemon.errors"),
-    ("reconcilers.knowledge.service", "daemon.index.store"),
-    ("reconcilers.knowledge.service", "daemon.settings"),
+    ("reconcilers.knowledge.reconciler", "daemon.index.store"),
     ("reconcilers.knowledge.service", "daemon.git.source"),
+    ("reconcilers.knowledge.service", "daemon.index.store"),
+    ("reconcilers.knowledge.service", "daemon.service.control_client"),
+    ("reconcilers.knowledge.service", "daemon.settings"),
     ("reconcilers.knowledge.settings", "daemon.nickel.evaluator"),
     ("reconcilers.knowledge.store", "daemon.index.store"),
-    ("reconcilers.vault.errors", "daemon.errors"),
-    ("reconcilers.vault.reconciler", "daemon.errors"),
-    ("reconcilers.vault.reconciler", "daemon.nickel.evaluator"),
-    ("reconcilers.vault.reconciler", "daemon.control.policy"),
+    ("reconcilers.ports", "daemon.git.source"),
     ("reconcilers.vault.reconciler", "daemon.git.source"),
-    ("reconcilers.vault.rules", "daemon.errors"),
-    ("reconcilers.vault.rules", "daemon.nickel.evaluator"),
     ("reconcilers.vault.rules", "daemon.git.source"),
+    ("reconcilers.vault.rules", "daemon.nickel.evaluator"),
 }
-# The kernel's CLI still holds the knowledge and secret verb groups, and the registry is a literal.
-KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret", "daemon.cli.status", "daemon.run.runtime")
-# What the kernel may import of reconcilers/: the contract and the bounded parsers both sides share.
-CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml")
+# The kernel's CLI still holds the knowledge and secret verb groups (their plugins name them as their verbs).
+KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret")
+# What the kernel may import of reconcilers/: the contract, the plugin registry (entry points), and the bounded
+# parsers both sides share.
+CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.plugin",
+            "reconcilers.ports", "reconcilers.records", "reconcilers.registry")
 
 EDGES = importgraph.graph()
 
@@ -95,3 +80,92 @@ def test_graph_sees_type_only_and_relative_imports(tmp_path: Path) -> None:
     (tmp_path / "daemon" / "b.py").write_text("from . import a\n")
     edges = importgraph.graph(tmp_path)
     assert importgraph.cycles(edges) == [["daemon.a", "daemon.b"]]
+
+
+# Hook names of the contract, and the names reconcilers were probed for before the contract declared them.
+HOOKS = {n for n in dir(Reconciler) if not n.startswith("_")} | {"asgi_app", "asgi_prefix", "judge"}
+RECONCILER_EXPR = re.compile(r"\brecs?\b|reconciler|\binfra\b|\bvault\b|\bknowledge\b", re.IGNORECASE)
+
+
+def probes(root: Path = importgraph.ROOT) -> list[str]:
+    """`file:line: call` for every getattr/hasattr in daemon/ on a reconciler object or for a hook name, and
+    every `except TypeError` around a hook call (the old call-catch-retry of drift)."""
+    out: list[str] = []
+    for path in sorted((root / "daemon").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2:
+                target, attr = node.args[0], node.args[1]
+                named = attr.value if isinstance(attr, ast.Constant) and isinstance(attr.value, str) else ""
+                if RECONCILER_EXPR.search(ast.unparse(target)) or named in HOOKS:
+                    out.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+            if isinstance(node, ast.Try):
+                catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+                called = {c.func.attr for c in ast.walk(ast.Module(node.body, [])) if isinstance(c, ast.Call)
+                          and isinstance(c.func, ast.Attribute)}
+                if "TypeError" in catches and called & HOOKS:
+                    out.append(f"{where}:{node.lineno}: except TypeError around {sorted(called & HOOKS)}")
+    return sorted(out, key=lambda p: (p.split(":")[0], int(p.split(":")[1])))
+
+
+def test_the_kernel_never_probes_a_reconciler() -> None:
+    """Every hook is declared on the contract's base class with a default: the kernel calls it, and never asks
+    getattr/hasattr whether a reconciler has it, nor retries a call with fewer arguments on TypeError."""
+    assert probes() == []
+
+
+def test_the_probe_scan_finds_what_it_forbids(tmp_path: Path) -> None:
+    """The scan sees a getattr on a reconciler, a hasattr for a hook name and the catch-TypeError retry."""
+    (tmp_path / "daemon").mkdir()
+    (tmp_path / "daemon" / "x.py").write_text(
+        "def f(rec, other, d):\n"
+        "    hook = getattr(rec, 'whatever', None)\n"
+        "    if hasattr(other, 'observe_changed'):\n"
+        "        pass\n"
+        "    try:\n"
+        "        other.drift(d, d, [])\n"
+        "    except TypeError:\n"
+        "        other.drift(d, d)\n"
+        "    return getattr(d, 'name', None)\n")
+    assert [p.split(": ")[0] for p in probes(tmp_path)] == ["daemon/x.py:2", "daemon/x.py:3", "daemon/x.py:5"]
+
+
+ADAPTERS = {"Evaluator", "GitSource", "Index", "Repository"}   # what the daemon owns and hands out as ports
+
+
+def adapters_built(root: Path = importgraph.ROOT) -> list[str]:
+    """`file:line: call` for every adapter a reconciler module builds itself, and every reach into another
+    object's private attribute by getattr (the knowledge reconciler's `getattr(snap, "_repo")`)."""
+    out: list[str] = []
+    for path in sorted((root / "reconcilers").glob("*/reconciler.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            private = name in ("getattr", "hasattr") and len(node.args) >= 2 \
+                and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")
+            if name in ADAPTERS or private:
+                out.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_reconcilers_build_no_adapters_of_their_own() -> None:
+    """The evaluator, the git source, the index and the repository come from ReconcilerEnv (ports), never from
+    a reconciler's own constructor call; nothing reaches into a private attribute of what it was handed."""
+    assert adapters_built() == []
+
+
+def test_the_adapter_scan_finds_what_it_forbids(tmp_path: Path) -> None:
+    """The scan sees an Evaluator built in a reconciler and a getattr of a private attribute."""
+    (tmp_path / "reconcilers" / "x").mkdir(parents=True)
+    (tmp_path / "reconcilers" / "x" / "reconciler.py").write_text(
+        "from daemon.nickel.evaluator import Evaluator\n"
+        "def f(snap, d):\n"
+        "    ev = Evaluator(d)\n"
+        "    return getattr(snap, '_repo', None)\n")
+    assert [p.split(": ")[0] for p in adapters_built(tmp_path)] == ["reconcilers/x/reconciler.py:3",
+                                                                     "reconcilers/x/reconciler.py:4"]

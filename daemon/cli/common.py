@@ -124,12 +124,12 @@ def daemon_or_local(settings: Settings, ask: Callable[[Path], Any], local: Calla
         if sock is not None:
             try:
                 return ask(sock)
-            except (ConnectionError, FileNotFoundError):
-                # The daemon stopped between the ping and the request (a restart, a SIGTERM): these are reads,
-                # so ask again: the next daemon answers, or the index is read once it is free.
+            except ConnectionError:
+                # The daemon stopped between being found and answering: ask the next one, or read the index
+                # once it is released (a read is always answered, never an error, while daemons come and go).
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(0.05)
+                time.sleep(0.1)
                 continue
         with shared_read(settings.data_dir) as free:
             if free:

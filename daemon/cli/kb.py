@@ -262,7 +262,7 @@ def _infra_ids(root: Path) -> set[str] | None:
         desired = infra.load(GitSource(str(root), "HEAD", settings.data_dir).staged_snapshot())
         if infra.validate(desired):
             return None
-        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}  # type: ignore[attr-defined]
+        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}
     finally:
         evaluator.close()
 

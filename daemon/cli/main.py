@@ -2,12 +2,14 @@
 
 Verbs are loaded lazily: `stratum --help` and `--version` import click and nothing else of weight, and a verb
 imports only its own module (the index, git, Nickel, crypto and embedding libraries cost seconds together).
-Each verb's one-line summary is kept here for the group's help; tests/daemon/test_cli_startup.py checks that it
-matches the verb's own help, so the two cannot drift.
+Each verb's one-line summary is kept here for the group's help (a reconciler plugin declares its verb groups'
+summaries as data: reconcilers/plugin.py); tests/daemon/test_cli_startup.py checks that each matches the verb's
+own help, so the two cannot drift.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from typing import TYPE_CHECKING
@@ -50,17 +52,28 @@ VERBS: dict[str, tuple[str, str, str]] = {
                "Tell a running daemon to look at the branch now (git hooks call this); silent when none runs."),
     "completion": ("daemon.cli.completion", "completion",
                    "Print the completion script for SHELL (verbs, options, choices)."),
-    "secret": ("daemon.cli.secret", "secret",
-               "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),
-    "kb": ("daemon.cli.kb", "kb",
-           "Operational knowledge: runbooks, ADRs, postmortems and guidelines in knowledge/**/*.md."),
 }
+
+
+@functools.cache
+def all_verbs() -> dict[str, tuple[str, str, str]]:
+    """The kernel's verbs, then each reconciler plugin's verb groups (`stratum secret`, `stratum kb`, a
+    third-party plugin's), in plugin order. Plugins declare their verbs as data (reconcilers/plugin.py), so
+    listing them imports no reconciler; a plugin cannot replace a kernel verb."""
+    from reconcilers.plugin import discover
+
+    verbs = dict(VERBS)
+    for plugin in discover()[0]:
+        for verb in plugin.verbs:
+            module, _, attr = verb.target.partition(":")
+            verbs.setdefault(verb.name, (module, attr, verb.summary))
+    return verbs
 
 
 def load_verb(name: str) -> click.Command | None:
     """Import the module of verb `name` and return its command; None when that module is not installed
     (a part whose module is missing is simply absent from the CLI)."""
-    module, attr, _ = VERBS[name]
+    module, attr, _ = VERBS[name] if name in VERBS else all_verbs()[name]
     try:
         command: click.Command = getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as err:
@@ -75,12 +88,13 @@ class LazyGroup(StratumGroup):
     every verb below it go through the one error handler (StratumGroup)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        """Every registered verb, in the order of VERBS."""
-        return [*VERBS, *(n for n in super().list_commands(ctx) if n not in VERBS)]
+        """Every registered verb: the kernel's in the order of VERBS, then the plugins'."""
+        verbs = all_verbs()
+        return [*verbs, *(n for n in super().list_commands(ctx) if n not in verbs)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """The verb's command, importing its module on first use."""
-        if cmd_name in self.commands or cmd_name not in VERBS:
+        """The verb's command, importing its module on first use (a kernel verb needs no plugin lookup)."""
+        if cmd_name in self.commands or (cmd_name not in VERBS and cmd_name not in all_verbs()):
             return super().get_command(ctx, cmd_name)
         command = load_verb(cmd_name)
         if command is not None:
@@ -90,12 +104,13 @@ class LazyGroup(StratumGroup):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The verb list of `--help` from the summaries in VERBS, without importing any verb."""
         names = self.list_commands(ctx)
+        verbs = all_verbs()
         limit = formatter.width - 6 - max(len(n) for n in names)
         rows = []
         for name in names:
-            if name in VERBS:
+            if name in verbs:
                 # A bare Command shortens the summary exactly as the real verb's would be shortened.
-                rows.append((name, click.Command(name, help=VERBS[name][2]).get_short_help_str(limit)))
+                rows.append((name, click.Command(name, help=verbs[name][2]).get_short_help_str(limit)))
             else:
                 cmd = self.commands[name]
                 if not cmd.hidden:
@@ -109,7 +124,8 @@ class LazyGroup(StratumGroup):
         options (click.Command's completion, skipping click.Group's, which would load every verb)."""
         from click.shell_completion import CompletionItem
 
-        results = [CompletionItem(name, help=VERBS[name][2]) for name in VERBS if name.startswith(incomplete)]
+        results = [CompletionItem(name, help=summary) for name, (_, _, summary) in all_verbs().items()
+                   if name.startswith(incomplete)]
         results.extend(click.Command.shell_complete(self, ctx, incomplete))
         return results
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,19 @@ def write(path: Path, plan: dict[str, Any], repo: str, branch: str) -> None:
                            hint="choose a writable path") from err
 
 
+def _looks_like_revision(text: str) -> bool:
+    """A commit id (7-40 hex digits), a branch-like name or a relative revision (`main~1`, `HEAD^`)."""
+    return bool(re.fullmatch(r"[0-9a-f]{7,40}|[A-Za-z0-9._/-]+([~^][0-9]*)*", text)) and "." not in text
+
 def read(path: Path) -> dict[str, Any]:
     """A saved plan, checked for shape; StratumError saying what is wrong otherwise."""
     try:
         raw = path.read_bytes()
     except OSError as err:
-        raise StratumError(f"cannot read the plan file: {err.strerror}", where=str(path), hint=HINT) from err
+        # `stratum apply 4bc40ba7a031` (Terraform habit, or the form `rollback` takes) names a revision, not a file
+        hint = (f"to apply the revision {path}, use `stratum apply --rev {path}`"
+                if isinstance(err, FileNotFoundError) and _looks_like_revision(str(path)) else HINT)
+        raise StratumError(f"cannot read the plan file: {err.strerror}", where=str(path), hint=hint) from err
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:

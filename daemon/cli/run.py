@@ -34,7 +34,8 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
 @click.command("plan")
 @common_options
 @click.option("--base", default=None, help="compare against this revision (a pull request's target)")
-@click.option("--head", default=None, help="the revision to plan (default: the watched branch)")
+@click.option("--head", "--rev", "head", default=None,
+              help="the revision to plan (default: the watched branch); --rev as for apply and validate")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
 @click.option("--output", type=click.Choice(["text", "json"]), default=None, help="alias: --format json")
 @click.option("--out", "-o", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,

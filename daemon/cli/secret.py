@@ -49,6 +49,13 @@ KEYFILE = click.option(
 )
 
 
+def not_text(file: Path, err: UnicodeDecodeError) -> ManifestError:
+    """The error for a file that is not UTF-8 text (a binary, another encoding)."""
+    return ManifestError(f"not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})",
+                         where=str(file), hint="secret manifests and plaintext inputs are UTF-8 YAML: check the "
+                                               "file name, or convert the file to UTF-8")
+
+
 class _File:
     """A manifest file on disk: where it lives, its repo, its repo-relative path, its rules."""
 
@@ -77,6 +84,8 @@ class _File:
             return self.file.read_text(encoding="utf-8")
         except OSError as err:
             raise ManifestError(f"cannot read: {err.strerror}", where=str(self.file)) from err
+        except UnicodeDecodeError as err:
+            raise not_text(self.file, err) from err
 
     def manifest(self) -> manifest.Manifest:
         """The parsed, encrypted manifest."""
@@ -576,11 +585,13 @@ def verify_cmd(ctx: click.Context, files: tuple[Path, ...], backend: str, output
 @KEYFILE
 def textconv_cmd(file: Path, reveal: bool, backend: str, key_files: tuple[Path, ...]) -> None:
     """The `git diff` view: key paths and value fingerprints, never plaintext unless --reveal."""
-    text = file.read_text(encoding="utf-8")
+    data = file.read_bytes()
     try:
+        text = data.decode("utf-8")
         m = manifest.parse(text, str(file))
-    except VaultError:
-        click.echo(text, nl=False)  # not a manifest (yet): git shows it as it is, and the check flags it
+    except (UnicodeDecodeError, VaultError):
+        # not a manifest (yet, or not text at all): git shows it as it is, and the check flags it
+        sys.stdout.buffer.write(data)
         return
     b = get_backend(backend)
     opened: envelope.Opened | None = None

@@ -21,7 +21,7 @@ from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
 from daemon.package_data import nickel_dir
 from daemon.run.runtime import build_reconcilers
-from reconcilers.base import Problem
+from reconcilers.base import AnyReconciler, Problem
 
 
 def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: object) -> list[Problem]:
@@ -31,7 +31,7 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
     evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
-    reconcilers: dict[str, object] = {}
+    reconcilers: dict[str, AnyReconciler] = {}
     try:
         built, unavailable = build_reconcilers(settings, evaluator)  # type: ignore[arg-type]
         reconcilers.update(built)
@@ -48,9 +48,7 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
         return problems
     finally:
         for rec in reconcilers.values():
-            closer = getattr(rec, "close", None)
-            if closer:
-                closer()
+            rec.close()
         evaluator.close()
 
 
@@ -68,15 +66,16 @@ def _base_revision(source: GitSource, rev: str | None) -> str | None:
     return None
 
 
-def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[str, Any]) -> list[Problem]:
+def _judged(source: GitSource, rev: str | None, loaded: Any, reconcilers: dict[str, AnyReconciler],
+            ) -> list[Problem]:
     """Trust checks against the base (admission's judge_against_base): a commit cannot trust its own signer."""
     from daemon.control.admission import judge_against_base
     from daemon.run.pipeline import Loaded
 
     base_rev = _base_revision(source, rev)
-    if base_rev is None or base_rev == getattr(loaded.snapshot, "revision", None):
+    if base_rev is None or base_rev == loaded.snapshot.revision:
         return []
-    judging = {n: r for n, r in reconcilers.items() if hasattr(r, "judge")}
+    judging = {n: r for n, r in reconcilers.items() if r.judges_base}
     base_snap = source.snapshot(base_rev)
     base = Loaded(base_snap, {}, {n: r.load(base_snap) for n, r in judging.items()}, ())
     return judge_against_base(judging, loaded, base)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemon.control.policy import (
     Change,
@@ -33,15 +33,28 @@ from daemon.control.policy import (
 )
 from daemon.control.signing import SigningPolicy, Verification, signing_policy_from_settings
 from daemon.errors import SettingsError
-from reconcilers.base import Problem
+from reconcilers.base import AnyReconciler, Problem
 
 MAX_RANGE_COMMITS = 1000
 MAX_PATH_WORK = 20_000_000   # changes x changed paths x commits: ~4 µs per path per request, so about a minute
 
 if TYPE_CHECKING:
-    from daemon.git.source import CommitInfo, GitSource
-    from daemon.run.pipeline import Loaded
+    from daemon.git.source import CommitInfo, GitSource, Snapshot
     from daemon.settings import Settings
+
+
+class Loaded(Protocol):
+    """What admission reads of a loaded revision (daemon.run.pipeline.Loaded), declared here so the two modules
+    do not import each other."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def desired(self) -> Mapping[str, Any]: ...
+
+    @property
+    def policies(self) -> Policies | None: ...
 
 @dataclass(frozen=True, slots=True)
 class AdmissionSettings:
@@ -101,12 +114,10 @@ class Admission:
         }
 
 
-def _resources(reconcilers: Mapping[str, Any], loaded: Loaded | None, name: str) -> list[PolicyResource]:
-    rec = reconcilers[name]
-    fn = getattr(rec, "policy_resources", None)
-    if fn is None or loaded is None or name not in loaded.desired:
+def _resources(reconcilers: Mapping[str, AnyReconciler], loaded: Loaded | None, name: str) -> list[PolicyResource]:
+    if loaded is None or name not in loaded.desired:
         return []
-    return list(fn(loaded.desired[name]))
+    return list(reconcilers[name].policy_resources(loaded.desired[name]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +161,7 @@ def _range(source: GitSource, revision: str, base: Loaded | None, settings: Admi
     return [_author(source, info, settings) for info in infos], []
 
 
-def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: Mapping[str, Any],
+def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: Mapping[str, AnyReconciler],
           settings: AdmissionSettings) -> Admission:
     """Steps 1-3 of the module docstring for `loaded` against `base` (the last good revision, or a PR base).
 
@@ -189,8 +200,8 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
     # Never truncated: a policy reading changed_paths must see every path, or a long commit could hide one.
     paths = tuple(sorted(p for p, _, _ in changed))
     # 3. change control
-    own: Policies | None = getattr(loaded, "policies", None)
-    prior: Policies | None = getattr(base, "policies", None) if base is not None else None
+    own = loaded.policies
+    prior = base.policies if base is not None else None
     # A policy reading changed_paths makes every request carry all of them: bound the work, failing closed.
     work = len(paths) * (len(changes) + len(policy_changes)) * len(authors)
     if any(p is not None and p and p.reads_changed_paths for p in (own, prior)) and work > MAX_PATH_WORK:
@@ -213,15 +224,14 @@ def admit(source: GitSource, loaded: Loaded, base: Loaded | None, reconcilers: M
                      tuple(authors))
 
 
-def judge_against_base(reconcilers: Mapping[str, Any], loaded: Loaded, base: Loaded | None) -> list[Problem]:
+def judge_against_base(reconcilers: Mapping[str, AnyReconciler], loaded: Loaded, base: Loaded | None) -> list[Problem]:
     """The problems each reconciler finds judging `loaded` by `base` (its `judge` hook, when it has one):
     what a revision may trust is decided by the revision before it, never by itself."""
     out: list[Problem] = []
     for name, rec in reconcilers.items():
-        fn = getattr(rec, "judge", None)
-        if fn is None or name not in loaded.desired:
+        if not rec.judges_base or name not in loaded.desired:
             continue
-        out += fn(loaded.desired[name], base.desired.get(name) if base is not None else None)
+        out += rec.judge(loaded.desired[name], base.desired.get(name) if base is not None else None)
     return out
 
 

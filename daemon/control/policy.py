@@ -15,7 +15,7 @@ import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +24,7 @@ import cedarpy
 from daemon.control.cedar_locate import Lines, Token, effect_offset, quoted_offset, statements, syntax_error_offset
 from daemon.errors import InputError
 from daemon.package_data import nickel_dir
+from reconcilers.base import PolicyResource as PolicyResource  # re-exported: policies judge the contract's records
 from reconcilers.base import Problem
 
 if TYPE_CHECKING:
@@ -43,41 +44,6 @@ _SYNTAX_HINT = "fix the Cedar syntax at this position; every policy ends with `;
 _SCHEMA_HINT = ("resources have kind, path, provider, reconciler and source; labels are tags "
                 '(resource.hasTag("env") && resource.getTag("env") == "prod"); context has branch, signed, '
                 "changed_paths; see nickel/stratum.cedarschema")
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyResource:
-    """What a policy sees of one resource; `digest` (the spec hash) tells a change."""
-
-    reconciler: str
-    id: str
-    kind: str
-    path: str = ""
-    provider: str = ""
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    digest: str = ""
-    source: str = ""
-    line: int = 0
-
-    @property
-    def uid(self) -> str:
-        """The Cedar entity id: "<reconciler>:<id>"."""
-        return f"{self.reconciler}:{self.id}"
-
-    def visible(self) -> tuple[Any, ...]:
-        """What a policy can see of the resource besides its uid."""
-        return self.kind, self.path, self.provider, self.source, tuple(sorted(self.labels.items()))
-
-    def facts(self) -> tuple[Any, ...]:
-        """What tells a change: the digest and everything visible (not `line`: moving a declaration is none)."""
-        return self.digest, *self.visible()
-
-    def entity(self) -> dict[str, Any]:
-        """The Cedar JSON entity."""
-        return {"uid": {"type": "Stratum::Resource", "id": self.uid}, "parents": [],
-                "attrs": {"kind": self.kind, "path": self.path, "provider": self.provider,
-                          "reconciler": self.reconciler, "source": self.source},
-                "tags": {str(k): str(v) for k, v in self.labels.items()}}
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,6 +310,22 @@ class GitSource:
                 raise SourceError(f"fetch from {sanitize_url(self.location)} failed: {sanitize_url(str(err))}",
                                   hint="the daemon retries at the next interval") from err
 
+    def publish(self, branch: str) -> None:
+        """Make a branch the daemon committed (a proposal, execution records) visible where people review: for a
+        mirrored remote, push it there (the next fetch prunes branches the remote lacks); a local repository
+        already holds it."""
+        if not self.remote:
+            return
+        ref = f"refs/heads/{branch}"
+        with self._lock:
+            try:
+                self.repo.remotes["origin"].push([f"+{ref}:{ref}"])
+            except pygit2.GitError as err:
+                raise SourceError(f"push of {branch} to {sanitize_url(self.location)} failed: "
+                                  f"{sanitize_url(str(err))}",
+                                  hint="the daemon needs push rights on the repository for branches it writes "
+                                       "(MCP proposals, execution records)") from err
+
     def head(self) -> str | None:
         """The commit id the watched branch points at, or None when the branch does not exist."""
         with self._lock:

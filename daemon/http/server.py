@@ -26,6 +26,7 @@ from daemon.http.config import HttpSettings, Limits, check_exposure, http_settin
 from daemon.http.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.http.limits import Stats, fd_budget, guarded_protocol
 from daemon.service.metrics import Metrics
+from reconcilers.base import AnyReconciler
 
 
 class LazyApp:
@@ -45,18 +46,9 @@ class LazyApp:
         await self._app(scope, receive, send)
 
 
-def reconciler_mounts(reconcilers: Iterable[Any]) -> list[tuple[str, Any]]:
-    """(prefix, lazily built app) for every reconciler serving an interface (`asgi_prefix` + `asgi_app()`)."""
-    mounts: list[tuple[str, Any]] = []
-    for rec in reconcilers:
-        prefix, factory = getattr(rec, "asgi_prefix", None), getattr(rec, "asgi_app", None)
-        if prefix and factory is not None:
-            mounts.append((prefix, LazyApp(_app_of(factory))))
-    return mounts
-
-
-def _app_of(factory: Callable[[], Any]) -> Callable[[], Any]:
-    return lambda: factory()[1]
+def reconciler_mounts(reconcilers: Iterable[AnyReconciler]) -> list[tuple[str, Any]]:
+    """(prefix, lazily built app) for every interface the reconcilers serve (their `http_mounts()`)."""
+    return [(m.prefix, LazyApp(m.factory)) for rec in reconcilers for m in rec.http_mounts()]
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]],

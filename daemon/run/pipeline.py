@@ -25,8 +25,9 @@ from daemon.git.tree_check import repo_cap_problems, tree_problems
 from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.plan import Executor, order, sequence
+from daemon.run.retry import RetryPolicy
 from daemon.service.metrics import Metrics
-from reconcilers.base import Action, ApplyContext, InventoryItem, Problem, Reconciler, RunRecord
+from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Problem, RunRecord
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
 LAST_GOOD_REF = "refs/stratum/last-good"
@@ -79,7 +80,7 @@ class Pipeline:
 
     source: GitSource
     index: Index
-    reconcilers: Mapping[str, Reconciler]
+    reconcilers: Mapping[str, AnyReconciler]
     evaluator: Evaluator
     parallelism: int = 4
     notes: bool = True
@@ -89,6 +90,7 @@ class Pipeline:
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)   # how transient and waiting errors are retried
     _good: dict[str, Loaded] = field(default_factory=dict)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
@@ -119,10 +121,8 @@ class Pipeline:
             try:
                 # Each reconciler gets its section of *this* revision's stratum.ncl (checked by the contract
                 # above) before it loads, so its desired state carries the settings it was loaded with.
-                configure = getattr(rec, "configure", None)
-                if configure is not None:
-                    section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
-                    configure(section if isinstance(section, Mapping) else {})
+                section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
+                rec.configure(section if isinstance(section, Mapping) else {})
                 desired[name] = rec.load(snap)
                 problems.extend(rec.validate(desired[name]))
             except InputError as err:
@@ -143,7 +143,7 @@ class Pipeline:
         for name, rec in self.reconcilers.items():
             if observed is not None:
                 seen = observed[name]
-            elif incremental and hasattr(rec, "observe_changed"):
+            elif incremental:
                 seen = rec.observe_changed(loaded.desired[name], inventory)
             else:
                 seen = rec.observe(loaded.desired[name], inventory)
@@ -171,12 +171,7 @@ class Pipeline:
             return PlanReport(loaded.snapshot.revision, base, (), (Problem(err.what, hint=err.hint),))
         drift: list[Problem] = []
         for name, rec in self.reconcilers.items():
-            drift_fn = getattr(rec, "drift", None)
-            if drift_fn is not None:
-                try:
-                    drift.extend(drift_fn(loaded.desired[name], observed[name], inventory))
-                except TypeError:
-                    drift.extend(drift_fn(loaded.desired[name], observed[name]))
+            drift.extend(rec.drift(loaded.desired[name], observed[name], inventory))
         details = self._details(loaded.desired, observed, inventory)
         return PlanReport(loaded.snapshot.revision, base, tuple(actions), (), tuple(drift), admission, details)
 
@@ -186,11 +181,10 @@ class Pipeline:
         computed here because plans and checkpoints keep no contents). A failure only loses the details."""
         out: dict[str, Mapping[str, Any]] = {}
         for name, rec in self.reconcilers.items():
-            explain = getattr(rec, "explain", None)
-            if explain is None or name not in desired or name not in observed:
+            if name not in desired or name not in observed:
                 continue
             try:
-                found = explain(desired[name], observed[name], inventory, before.get(name) if before else None)
+                found = rec.explain(desired[name], observed[name], inventory, before.get(name) if before else None)
             except Exception:  # noqa: BLE001 details are a courtesy: the plan stands without them
                 log.get().exception("explain_failed", reconciler=name)
                 continue
@@ -209,12 +203,12 @@ class Pipeline:
         actions: list[Action] = []
         details: dict[str, Mapping[str, Any]] = {}
         for name, rec in self.reconcilers.items():
-            simulate = getattr(rec, "simulate", None)
-            items_fn = getattr(rec, "inventory_items", None)
-            if simulate is None or name not in base_loaded.desired or name not in head_loaded.desired:
+            if name not in base_loaded.desired or name not in head_loaded.desired:
                 continue
-            inventory = items_fn(base_loaded.desired[name]) if items_fn else []
-            seen = simulate(base_loaded.desired[name])
+            seen = rec.simulate(base_loaded.desired[name])
+            if seen is None:                  # this reconciler cannot plan without reading its target
+                continue
+            inventory = rec.inventory_items(base_loaded.desired[name]) or []
             actions.extend(rec.plan(head_loaded.desired[name], seen, inventory))
             details.update(self._details({name: head_loaded.desired[name]}, {name: seen}, inventory,
                                          {name: base_loaded.desired[name]}))
@@ -310,25 +304,24 @@ class Pipeline:
             self.on_phase(step, actions)
 
     def _executor(self, parallelism: int | None = None) -> Executor:
-        return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action)
+        return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action,
+                        retry=self.retry, metrics=self.metrics)
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
         """The revision's resources and changed files (callers group these writes into one commit)."""
         rows: list[tuple[str, str, str, str, str]] = []
         for name, rec in self.reconcilers.items():
-            rows_fn = getattr(rec, "resource_rows", None)
-            if rows_fn is not None and name in loaded.desired:
-                rows.extend(rows_fn(loaded.desired[name]))
+            if name in loaded.desired:
+                rows.extend(rec.resource_rows(loaded.desired[name]))
         self.index.record_resources(loaded.snapshot.revision, rows)
         self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
 
     def _index_hooks(self, loaded: Loaded) -> None:
         """Reconcilers' own index writes (knowledge nodes, embeddings), each in its own transactions."""
         for name, rec in self.reconcilers.items():
-            hook = getattr(rec, "index", None)
-            if hook is not None and name in loaded.desired:
+            if name in loaded.desired:
                 try:
-                    hook(loaded.desired[name], self.index, loaded.snapshot.revision)
+                    rec.index(loaded.desired[name], self.index, loaded.snapshot.revision)
                 except Exception:  # noqa: BLE001 indexing is a courtesy; it never blocks an apply
                     log.get().exception("index_hook_failed", reconciler=name)
 
@@ -348,10 +341,10 @@ class Pipeline:
         revision = loaded.snapshot.revision
         for name, rec in self.reconcilers.items():
             self.index.set_state(f"last_applied_revision:{name}", revision)
-            items_fn = getattr(rec, "inventory_items", None)
-            if items_fn is None:
+            items = rec.inventory_items(loaded.desired[name])
+            if items is None:                 # its inventory follows its actions' outcomes only
                 continue
-            wanted = {i.resource_id: i for i in items_fn(loaded.desired[name])}
+            wanted = {i.resource_id: i for i in items}
             current = {i.resource_id: i for i in self.index.inventory(name)}
             for rid in current.keys() - wanted.keys():
                 self.index.drop_inventory(name, rid)
@@ -399,8 +392,8 @@ class Pipeline:
         for name, rec in self.reconcilers.items():
             if good is not None and name in good.desired:
                 desired[name] = good.desired[name]
-            elif hasattr(rec, "empty"):
-                desired[name] = rec.empty()
+            elif (empty := rec.empty()) is not None:
+                desired[name] = empty
         inventory = self.index.inventory()
         actions: list[Action] = []
         for name, want in desired.items():
@@ -491,12 +484,10 @@ class Pipeline:
 
     def _run_hooks(self, record: RunRecord) -> None:
         for name, rec in self.reconcilers.items():
-            hook = getattr(rec, "on_run_finished", None)
-            if hook is not None:
-                try:
-                    hook(record, self.index)
-                except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
-                    log.get().exception("run_hook_failed", reconciler=name)
+            try:
+                rec.on_run_finished(record, self.index)
+            except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
+                log.get().exception("run_hook_failed", reconciler=name)
 
     def wait_hooks(self) -> None:
         """Block until every queued run hook has finished (shutdown, tests)."""

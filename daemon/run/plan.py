@@ -18,10 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from daemon.errors import CycleError, StratumError
 from daemon.index.store import Index
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Reconciler, freeze
+from daemon.run.retry import RetryPolicy, apply_with_retry
+from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Outcome, freeze
+
+if TYPE_CHECKING:
+    from daemon.service.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +88,25 @@ def _inventory_item(outcome: Outcome) -> InventoryItem | None:
 class Executor:
     """Runs plans against reconcilers, writing checkpoints and inventory to the index."""
 
-    reconcilers: Mapping[str, Reconciler]
+    reconcilers: Mapping[str, AnyReconciler]
     index: Index
     parallelism: int = 4
     on_done: Callable[[Action, str], None] | None = None
     stop: threading.Event | None = None       # set on shutdown: start nothing new, let running actions finish
+    retry: RetryPolicy = field(default_factory=RetryPolicy)   # transient and waiting errors (daemon/run/retry.py)
+    metrics: Metrics | None = None
     _stats: dict[str, int] = field(default_factory=dict)
 
     def _apply_one(self, action: Action, ctx: ApplyContext) -> Outcome:
-        return self.reconcilers[action.reconciler].apply(action, ctx)
+        return apply_with_retry(self.reconcilers[action.reconciler].apply, action, ctx, self.retry, self._retried,
+                                self.stop)
+
+    def _retried(self, reason: str, action: Action, message: str) -> None:
+        """A retry or a wait is visible while it happens: an event and a count (the index is thread-safe)."""
+        self.index.event(f"action_{'waiting' if reason == 'waiting' else 'retry'}", message,
+                         reconciler=action.reconciler, subject=action.id)
+        if self.metrics is not None:
+            self.metrics.retries.labels(action.reconciler, reason).inc()
 
     def execute(self, run_id: str, actions: Sequence[Action], ctx: ApplyContext, seq: int = 0) -> ExecResult:
         """Apply `actions` in dependency order; see the module docstring."""

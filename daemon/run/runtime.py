@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from daemon import log
@@ -13,9 +13,10 @@ from daemon.git.source import GitSource
 from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
+from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
 from daemon.settings import Settings, check_owner
-from reconcilers.base import Reconciler, ReconcilerEnv
-from reconcilers.registry import REGISTRY, factory
+from reconcilers.base import AnyReconciler, ReconcilerEnv
+from reconcilers.registry import BROKEN_PLUGINS, REGISTRY, factory
 
 
 @dataclass
@@ -26,41 +27,60 @@ class Runtime:
     source: GitSource
     index: Index
     evaluator: Evaluator
-    reconcilers: dict[str, Reconciler]
+    reconcilers: dict[str, AnyReconciler]
     pipeline: Pipeline
     unavailable: dict[str, str] = field(default_factory=dict)   # reconciler -> why it is not running
+    ports: Ports | None = None
 
     def close(self) -> None:
         """Stop workers and close the index."""
         self.pipeline.close()
+        if self.ports is not None:
+            self.ports.close()
         for rec in self.reconcilers.values():
-            closer = getattr(rec, "close", None)
-            if closer is not None:
-                closer()
+            rec.close()
         self.evaluator.close()
         self.index.close()
 
 
+@dataclass
+class Ports:
+    """The ports of one daemon that outlive a reconciler (reconcilers/ports.py; daemon/run/ports.py)."""
+
+    secrets: SecretsBroker
+    scheduler: TimerScheduler = field(default_factory=TimerScheduler)
+    git_writer: RepoGitWriter | None = None
+
+    def close(self) -> None:
+        """Cancel the timers."""
+        self.scheduler.close()
+
+
 def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str, ...] | None = None,
-                      index: Index | None = None, source: GitSource | None = None, *, one_shot: bool = False,
-                      ) -> tuple[dict[str, Reconciler], dict[str, str]]:
-    """Instantiate the registered reconcilers; one that cannot start is reported, not fatal. `one_shot`: the
+                      index: Index | None = None, source: GitSource | None = None, ports: Ports | None = None,
+                      *, one_shot: bool = False) -> tuple[dict[str, AnyReconciler], dict[str, str]]:
+    """Instantiate the registered reconcilers, each with its ports; one that cannot start is reported, not
+    fatal. The secrets port answers once the reconciler providing secrets (the vault) is built. `one_shot`: the
     process ends after one run (a CLI apply), so work meant for the background is left for the daemon."""
+    ports = ports or Ports(SecretsBroker(index), git_writer=RepoGitWriter(source) if source is not None else None)
     sections = settings.reconciler_settings()
     if one_shot:
         sections.setdefault("knowledge", {})["defer_embedding"] = True
-    env = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
-                        index=index, source=source)
-    out: dict[str, Reconciler] = {}
-    unavailable: dict[str, str] = {}
+    base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
+                         index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer)
+    out: dict[str, AnyReconciler] = {}
+    unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
     for name in REGISTRY:
         if only is not None and name not in only:
             continue
+        env = replace(base, secrets=ports.secrets.for_(name),
+                      events=bound_events(index, name) if index is not None else None)
         try:
             out[name] = factory(name)(env)
         except Exception as err:  # noqa: BLE001 a reconciler that cannot start is reported in status
             unavailable[name] = f"{type(err).__name__}: {err}"
             log.get().warning("reconciler_unavailable", reconciler=name, error=unavailable[name])
+    ports.secrets.provider = next((p for p in (r.secrets() for r in out.values()) if p is not None), None)
     return out, unavailable
 
 
@@ -98,8 +118,9 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
                        wait=index_wait)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
                           prestart=prestart)
-    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, one_shot=one_shot)
+    ports = Ports(SecretsBroker(index), git_writer=RepoGitWriter(source))
+    reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission, max_files=settings.max_files)
-    return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable)
+    return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable, ports)

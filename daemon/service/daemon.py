@@ -8,6 +8,10 @@
    queued control requests. All pipeline work happens on this one thread: the index has a single writer.
 5. SIGHUP re-reads host settings (keeping the old ones when the new ones are broken). SIGTERM/SIGINT: the
    actions in flight finish and are checkpointed, nothing new starts, and the daemon stops.
+
+The pieces the loop composes live beside it: recovery.py (step 2), commits.py (what is owed a run), gate.py
+(suspension and windows), drift.py, handlers.py (the control socket's operations), refusals.py (rate-limited
+refusal events from the HTTP thread), reload.py (SIGHUP).
 """
 
 from __future__ import annotations
@@ -18,13 +22,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
 from daemon import log
-from daemon.control.host_controls import HostControls, host_controls, merge_reload, refuse_manual
-from daemon.control.windows import Gate, gate, next_change
+from daemon.control.host_controls import host_controls, refuse_manual
 from daemon.errors import IndexError_, SettingsError, SourceError, StratumError
 from daemon.git.deliveries import DeliveryLog
 from daemon.git.source import sanitize_url
@@ -34,17 +36,22 @@ from daemon.http.auth import DenialReporter, TokenStore
 from daemon.http.descriptors import control_share
 from daemon.http.limits import fd_budget
 from daemon.http.server import HttpServer, build_app, listener_settings, reconciler_mounts
-from daemon.index.read_models import events, runs, set_suspended, status
-from daemon.index.rebuild import rebuild
-from daemon.run.report import drift_to_list, plan_to_dict, run_to_dict
+from daemon.index.read_models import set_suspended, status
+from daemon.index.store import Index
 from daemon.run.runtime import Runtime, build
+from daemon.service.commits import Commits
 from daemon.service.control_socket import MAX_CONNECTIONS, ApiServer
+from daemon.service.drift import DriftCheck
+from daemon.service.gate import ApplyGate
+from daemon.service.handlers import control_handlers
 from daemon.service.lifecycle import Notifier, Shutdown
 from daemon.service.lock import ApplyLock, StartingMark
 from daemon.service.readiness import Storage, storage_failure
-from daemon.settings import Settings, effective, write_effective
+from daemon.service.recovery import recover
+from daemon.service.refusals import Refusals
+from daemon.service.reload import read_again
+from daemon.settings import Settings, write_effective
 
-REJECTION_EVENT_INTERVAL_S = 10.0
 STOP_GRACE_S = 600.0   # how long systemd waits at SIGTERM for the actions in flight (commands time out at 300 s)
 RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the main thread before the watchdog trips
 START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI read, a backup script)
@@ -68,101 +75,48 @@ class Daemon:
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
         self.http_tokens: TokenStore | None = None
-        self.last_head: str | None = None
-        self._branch_missing = False
-        self._last_drift: set[str] = set()
         self.loops = 0                        # main-loop iterations: an idle daemon must not spin
-        self.pending: str | None = None       # the newest commit recorded but not yet run (suspended, window)
-        self._blocked_reason: tuple[str, str] | None = None
-        self._rejections: dict[str, tuple[float, int]] = {}
-        self._gate_cache: tuple[HostControls, Gate, datetime | None] | None = None
+        self.commits = Commits(settings.branch, self.logger)
+        self.gate = ApplyGate()
+        self.drift = DriftCheck(self.logger)
+        self.refusals = Refusals(self.logger, self._post)
         self.storage = Storage(settings.data_dir)
 
-    # control API handlers --------------------------------------------------------------------------
-    def _submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
+    # work for the loop thread (the index has a single writer) -----------------------------------------
+    def submit(self, fn: Callable[[], Any], timeout: float = 3600) -> Any:
+        """Run `fn` on the loop thread and wait for its result (control socket threads)."""
         future: cf.Future[Any] = cf.Future()
         self.jobs.put((fn, future))
         self.wake.ring("api")
         return future.result(timeout=timeout)
 
-    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        rt = self._rt
-
-        def apply(req: dict[str, Any]) -> dict[str, Any]:
-            rev = req.get("revision") or self.settings.branch
-
-            def job() -> Any:
-                # Checked when the run starts (on the loop), not when queued: a run in flight may outlast a window.
-                if not req.get("force"):
-                    self._refuse_manual()
-                result = rt.pipeline.run(rev, trigger=req.get("trigger", "cli"))
-                if self.pending == result.revision and result.status == "succeeded":
-                    self.pending = None
-                return result
-            return {"run": run_to_dict(self._submit(job))}
-
-        def plan(req: dict[str, Any]) -> dict[str, Any]:
-            rev = req.get("revision") or self.settings.branch
-            return {"plan": plan_to_dict(self._submit(lambda: rt.pipeline.plan(rev)))}
-
-        def notify(req: dict[str, Any]) -> dict[str, Any]:
-            self.wake.ring(str(req.get("reason", "hook")))
-            return {}
-
-        def suspend(req: dict[str, Any]) -> dict[str, Any]:
-            return dict(self._submit(lambda: self.set_suspended(True, str(req.get("reason") or ""),
-                                                                  str(req.get("by") or ""))))
-
-        def resume(req: dict[str, Any]) -> dict[str, Any]:
-            return dict(self._submit(lambda: self.set_suspended(False, "", str(req.get("by") or ""))))
-
-        return {
-            "ping": lambda req: {"pid": os.getpid()},
-            "notify": notify,
-            "status": lambda req: {"status": self.status()},
-            "log": lambda req: {"runs": runs(rt.index, int(req.get("limit", 20)), bool(req.get("actions")))},
-            "events": lambda req: {"events": events(rt.index, int(req.get("limit", 50)))},
-            "apply": apply,
-            "rollback": lambda req: apply({**req, "trigger": "rollback"}),
-            "plan": plan,
-            "drift": lambda req: {"drift": self._submit(self.drift_report)},
-            "suspend": suspend,
-            "resume": resume,
-            "windows": lambda req: {"gate": self._gate_dict()},
-            "settings": lambda req: {"settings": effective(self.settings)},
-        }
+    def _post(self, fn: Callable[[Index], Any]) -> None:
+        """Run `fn(index)` on the loop thread without waiting (the HTTP thread's refusal events)."""
+        future: cf.Future[Any] = cf.Future()
+        self.jobs.put((lambda: fn(self.rt.index), future))
+        self.wake.ring("api")
 
     # suspend, resume, windows ----------------------------------------------------------------------
     def set_suspended(self, on: bool, reason: str, by: str) -> dict[str, Any]:
         """Suspend (commits are recorded, nothing is applied) or resume applying; main thread only."""
-        out = set_suspended(self._rt.index, on, reason, by, time.time())
+        out = set_suspended(self.rt.index, on, reason, by, time.time())
         if out["changed"]:
             self.logger.info("suspended" if on else "resumed", by=by, reason=reason)
         if not on:
             self.wake.ring("resume")
-        return {**out, "pending": self.pending}
+        return {**out, "pending": self.commits.pending}
 
-    def _refuse_manual(self) -> None:
-        refuse_manual(self._rt.index, self.controls.windows)
+    def refuse_manual(self) -> None:
+        """Refuse a manual apply in a window that denies it (raises)."""
+        refuse_manual(self.rt.index, self.controls.windows)
 
-    def _gate_dict(self) -> dict[str, Any]:
-        return self._gate().as_dict()
-
-    def _gate(self) -> Gate:
-        """The windows' verdict now. Cached until the next instant it can change: for windows as long as their
-        own period, working out when a block ends walks many cron steps, and the loop asks on every wake."""
-        now = datetime.now(UTC)
-        cached = self._gate_cache
-        if cached is not None and cached[0] is self.controls and (cached[2] is None or now < cached[2]):
-            return cached[1]
-        g = gate(self.controls.windows, now)
-        flip = next_change(self.controls.windows, now) if self.controls.windows else None
-        self._gate_cache = (self.controls, g, flip)
-        return g
-
+    def gate_dict(self) -> dict[str, Any]:
+        """The sync windows' verdict now, for `stratum windows` and status."""
+        return self.gate.windows(self.controls).as_dict()
 
     @property
-    def _rt(self) -> Runtime:
+    def rt(self) -> Runtime:
+        """The runtime (after start)."""
         assert self.runtime is not None
         return self.runtime
 
@@ -170,9 +124,9 @@ class Daemon:
         """Status with Ready conditions, plus daemon facts."""
         extra = {"repository": sanitize_url(str(self.settings.repo)), "branch": self.settings.branch,
                  "daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
-                            "head": self.last_head, "loops": self.loops, "pending": self.pending,
-                            "window": self._gate_dict(), **self.storage.as_dict()}}
-        out = status(self._rt.index, self._rt.reconcilers, self._rt.unavailable, extra)
+                            "head": self.commits.last_head, "loops": self.loops, "pending": self.commits.pending,
+                            "window": self.gate_dict(), **self.storage.as_dict()}}
+        out = status(self.rt.index, self.rt.reconcilers, self.rt.unavailable, extra)
         if not self.storage.ready:
             # Nothing applies until the data directory takes writes again: every reconciler is not ready.
             for rec in out["reconcilers"].values():
@@ -182,7 +136,7 @@ class Daemon:
 
     def _health(self) -> dict[str, Any]:
         try:
-            applied = self._rt.index.get_state("last_applied_revision")
+            applied = self.rt.index.get_state("last_applied_revision")
         except Exception as err:  # noqa: BLE001 health must answer even when the index cannot be read
             applied = None
             self._storage_failed(err)
@@ -191,29 +145,7 @@ class Daemon:
     # drift -------------------------------------------------------------------------------------------
     def drift_report(self) -> list[dict[str, Any]]:
         """Drift of the last applied revision, as problem dicts."""
-        rev = self._rt.index.get_state("last_applied_revision")
-        if rev is None:
-            return []
-        return drift_to_list(self._rt.pipeline.plan(rev))
-
-    def _drift_check(self) -> None:
-        found = self.drift_report()
-        self._rt.pipeline.metrics.drift.set(len(found))
-        # Events only when something changed: drift already reported at the last check is not repeated.
-        keys = {f"{p['path']}:{p['message']}" for p in found}
-        for p in found:
-            if f"{p['path']}:{p['message']}" not in self._last_drift:
-                self._rt.index.event("drift", p["message"], reconciler=p["reconciler"], subject=p["path"])
-        self._last_drift = keys
-        if found:
-            self.logger.info("drift", resources=len(found))
-            rev = self._rt.index.get_state("last_applied_revision")
-            if rev and any("policy correct" in p["message"] for p in found):
-                blocked = self._blocked()
-                if blocked:
-                    self.logger.info("drift_correction_deferred", reason=blocked)
-                else:
-                    self._rt.pipeline.run(rev, trigger="drift")
+        return self.drift.report(self.rt)
 
     # the loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -239,38 +171,21 @@ class Daemon:
         # The listener's settings first: an exposed address in clear or a bad tokens file stops the start
         # before anything is locked, opened or served.
         http, auth, self.http_tokens = listener_settings(self.settings.http_listen, self.settings.sections.get("http"),
-                                       str(self.settings.config_path or ""), DenialReporter(self._http_denied))
+                                       str(self.settings.config_path or ""), DenialReporter(self.refusals.http_denied))
         limits = fd_budget(http.limits)        # descriptors: the listeners' shares, the rest kept for our work
         self.lock.acquire()
         self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
-        if rt.index.rebuilt_reason:
-            self.logger.warning("index_corrupt", message=rt.index.rebuilt_reason)
-            self._guard(lambda: rebuild(rt.source, rt.pipeline))
-        elif rt.index.get_state("last_seen_head") is None and rt.index.query("SELECT count(*) FROM runs")[0][0] == 0:
-            # A reconciler failing to load the last good revision leaves it unknown, never the daemon down.
-            self._guard(lambda: rebuild(rt.source, rt.pipeline))
-        stopped = rt.index.get_state("stopped_run")
-        resolved = rt.pipeline.resolve_interrupted(self.settings.on_interrupted)
-        for result in resolved:
-            self.logger.warning("interrupted_run_resolved", run_id=result.run_id, outcome=result.status)
-        if stopped:
-            rt.index.set_state("stopped_run", None)
-        self.last_head = rt.index.get_state("last_seen_head")
-        # Still owed a run: a commit recorded while suspended or in a deny window and never run, and the head
-        # whose run a graceful stop interrupted (rolled back above: the stop was not its fault). A run a crash
-        # interrupted stays rolled back, so a commit that kills the daemon cannot make it crash-loop.
-        interrupted = any(r.run_id == stopped and r.revision == self.last_head for r in resolved)
-        applied = rt.index.get_state("last_applied_revision")
-        if self.last_head and (self.last_head != rt.index.get_state("last_attempted_revision")
-                               or (interrupted and self.last_head != applied)):
-            self.pending = self.last_head
+        if rt.ports is not None:
+            rt.ports.scheduler.wake_fn = self.wake.ring     # a reconciler's timer can wake the loop
+        recover(rt, self.settings.on_interrupted, self.commits, self.logger, self._guard)
         rt.pipeline.stop = self.shutdown.event
-        self.api = ApiServer(self.settings.socket_path, self._handlers(),
+        self.api = ApiServer(self.settings.socket_path, control_handlers(self),
                              max_connections=control_share(limits.fd_reserve, MAX_CONNECTIONS))
         self.api.start()
         mounts = reconciler_mounts(rt.reconcilers.values())
-        hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted, self._webhook_rejected,
+        hooks = WebhookEndpoint(lambda: self.controls.receivers, self._webhook_accepted,
+                                self.refusals.webhook_rejected,
                                 DeliveryLog(self.settings.data_dir / "webhook-deliveries"))
         app = build_app(rt.pipeline.metrics, self._health, mounts, hooks.routes(), auth=auth)
         self.http = self._listen(app, http, limits)
@@ -310,59 +225,28 @@ class Daemon:
         self.logger.info("webhook", receiver=receiver, hook_event=info.get("event"), delivery=info.get("delivery"))
         self.wake.ring("webhook")
 
-    def _webhook_rejected(self, receiver: str, reason: str, client: str) -> None:
-        # Unauthenticated callers can send these at will: one event per receiver per interval, with a count,
-        # so a flood neither grows the index nor floods the loop with wake-ups.
-        now = time.monotonic()
-        last, count = self._rejections.get(receiver, (0.0, 0))
-        if last and now - last < REJECTION_EVENT_INTERVAL_S:
-            self._rejections[receiver] = (last, count + 1)
-            return
-        self._rejections[receiver] = (now, 0)
-        self.logger.warning("webhook_rejected", receiver=receiver, reason=reason, client=client, since_last=count)
-        more = f"; {count} more refused since the last report" if count else ""
-        future: cf.Future[Any] = cf.Future()
-        self.jobs.put((lambda: self._rt.index.event("webhook_rejected", f"{reason} (from {client}){more}",
-                                                    subject=receiver), future))
-        self.wake.ring("api")
-
-    def _http_denied(self, message: str, principal: str) -> None:
-        """A refusal of the HTTP listener (already rate-limited): logged, and an event with the principal."""
-        self.logger.warning("http_denied", message=message, principal=principal)
-        future: cf.Future[Any] = cf.Future()
-        self.jobs.put((lambda: self._rt.index.event("http_denied", message, subject=principal), future))
-        self.wake.ring("api")
-
     # reload --------------------------------------------------------------------------------------------
     def reload(self) -> bool:
         """SIGHUP: re-read host settings; on any error keep the old ones and say why. True when reloaded."""
         self.notifier.reloading()
         try:
-            if self._reload is None:
-                raise SettingsError("this daemon was started without a settings source to reload")
-            config = self.settings.config_path
-            if config is not None and self._config_existed and not config.exists():
-                raise SettingsError("the settings file is gone; keeping the settings it gave at start",
-                                    where=str(config), hint="restore the file, then reload again")
-            new, stuck = merge_reload(self.settings, self._reload())
-            controls = host_controls(new)
-            tokens = self.http_tokens.read() if self.http_tokens is not None else None   # revocations too
+            got = read_again(self.settings, self._reload, self._config_existed, self.http_tokens)
         except Exception as err:  # noqa: BLE001 a reload never stops the daemon: the old settings stay
             message = err.render() if isinstance(err, StratumError) else f"{type(err).__name__}: {err}"
             self.logger.error("reload_failed", message=message)
-            self._guard(lambda: self._rt.index.event("reload_failed", f"old settings kept: {message}"))
+            self._guard(lambda: self.rt.index.event("reload_failed", f"old settings kept: {message}"))
             self.notifier.ready(self._status_line())
             return False
-        changed = sorted(f.name for f in fields(new) if getattr(self.settings, f.name) != getattr(new, f.name))
-        if stuck:
-            self.logger.warning("restart_required", settings=stuck,
+        if got.restart_required:
+            self.logger.warning("restart_required", settings=got.restart_required,
                                 message="these settings take effect at the next start; the rest were applied")
+        new, controls, tokens = got.settings, got.controls, got.tokens
         self.settings, self.controls = new, controls
         self._persist_settings()
         if self.http_tokens is not None and tokens is not None:
             self.http_tokens.replace(tokens)
-        self._rt.pipeline.admission = controls.admission
-        self.logger.info("settings_reloaded", changed=changed, restart_required=stuck)
+        self.rt.pipeline.admission = controls.admission
+        self.logger.info("settings_reloaded", changed=got.changed, restart_required=got.restart_required)
         self.notifier.ready(self._status_line())
         self.wake.ring("reload")
         return True
@@ -379,7 +263,7 @@ class Daemon:
             # TimeoutStopSec (extended by keepalive while that action finishes).
             self.shutdown.install(lambda: self.wake.ring("signal"), on_stop=self._stopping)
         self.start()
-        rt = self._rt
+        rt = self.rt
         self.notifier.ready(self._status_line())
         next_fetch = 0.0
         next_drift = time.monotonic() + self.settings.drift_interval if self.settings.drift_interval else float("inf")
@@ -394,8 +278,7 @@ class Daemon:
                     deadlines.append(self.storage.next_probe - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
-                self._gate()
-                flip = self._gate_cache[2] if self._gate_cache else None
+                flip = self.gate.next_flip(self.controls)
                 if flip is not None:
                     deadlines.append((flip - datetime.now(UTC)).total_seconds() + 0.05)
                 finite = [x for x in deadlines if x != float("inf")]
@@ -415,11 +298,11 @@ class Daemon:
                     if not self.storage.ready:
                         self._guard(self._probe_storage)
                     if self.storage.ready:
-                        self._guard(lambda r=reasons: self._maybe_run(r))  # type: ignore[misc]
+                        self._guard(lambda: self.commits.look(self.rt, self._retry_soon))
                     if self.storage.ready:
                         self._run_pending(reasons)
                     if self.storage.ready and time.monotonic() >= next_drift:
-                        self._guard(self._drift_check)
+                        self._guard(lambda: self.drift.check(self.rt, self._blocked))
                         next_drift = time.monotonic() + self.settings.drift_interval
                 self.notifier.watchdog()
         finally:
@@ -453,15 +336,15 @@ class Daemon:
         if not self.storage.due():
             return
         was, since = self.storage.reason, self.storage.since
-        if not self.storage.probe(self._rt.index):
+        if not self.storage.probe(self.rt.index):
             return
         self.logger.info("ready_again", was=was, down_s=round(time.time() - since, 1))
-        self._guard(lambda: self._rt.index.event("storage_recovered", f"the data directory takes writes again "
+        self._guard(lambda: self.rt.index.event("storage_recovered", f"the data directory takes writes again "
                                                  f"(it failed: {was})"))
-        for result in self._rt.pipeline.resolve_interrupted(self.settings.on_interrupted):
+        for result in self.rt.pipeline.resolve_interrupted(self.settings.on_interrupted):
             self.logger.warning("interrupted_run_resolved", run_id=result.run_id, outcome=result.status)
-        if self.last_head and self.last_head != self._rt.index.get_state("last_applied_revision"):
-            self.pending = self.last_head
+        if self.commits.last_head and self.commits.last_head != self.rt.index.get_state("last_applied_revision"):
+            self.commits.pending = self.commits.last_head
         self.notifier.status(self._status_line())
         self.wake.ring("storage")
 
@@ -478,80 +361,33 @@ class Daemon:
 
     def _fetch(self) -> None:
         try:
-            self._rt.source.fetch()
+            self.rt.source.fetch()
         except SourceError as err:
             self.logger.warning("fetch_failed", message=err.what)
-            self._rt.index.event("fetch_failed", err.what)
+            self.rt.index.event("fetch_failed", err.what)
 
-    def _maybe_run(self, reasons: list[str]) -> None:
-        rt = self._rt
-        try:
-            head = rt.source.head()
-        except (StratumError, OSError) as err:
-            # An OSError (EMFILE, EIO) is the host's trouble, not the commit's: log it and look again shortly,
-            # since no trigger may come for a commit already pushed.
-            self.logger.error("source_error", message=err.render() if isinstance(err, StratumError) else str(err))
-            if isinstance(err, OSError):
-                retry = threading.Timer(1.0, self.wake.ring, ("retry",))
-                retry.daemon = True
-                retry.start()
-            return
-        if head is None:
-            if not self._branch_missing:
-                self._branch_missing = True
-                msg = f"branch {self.settings.branch} does not exist; the last applied revision stays in force"
-                self.logger.warning("branch_missing", message=msg)
-                rt.index.event("branch_missing", msg)
-            return
-        self._branch_missing = False
-        if head == self.last_head:
-            return
-        commits = rt.source.new_commits(self.last_head, head)
-        rt.index.record_commits(commits)
-        rt.pipeline.metrics.commits.inc(len(commits))
-        if self.last_head is not None and not rt.source.is_ancestor(self.last_head, head):
-            msg = f"history rewritten: {self.last_head[:12]} is not an ancestor of {head[:12]} (force push)"
-            self.logger.warning("history_rewritten", message=msg)
-            rt.index.event("history_rewritten", msg, revision=head)
-        for c in commits[:-1]:
-            rt.index.set_revision_status(c.id, "superseded")
-        if self.pending and self.pending != head:
-            rt.index.set_revision_status(self.pending, "superseded")
-        self.last_head = head
-        self.pending = head
-        rt.index.set_state("last_seen_head", head)
+    def _retry_soon(self) -> None:
+        retry = threading.Timer(1.0, self.wake.ring, ("retry",))
+        retry.daemon = True
+        retry.start()
 
     def _blocked(self) -> str:
         """Why applying is blocked now (suspended, a window), or ""."""
-        index = self._rt.index
-        if index.get_state("suspended") == "true":
-            reason = index.get_state("suspended_reason") or ""
-            return "applying is suspended" + (f" ({reason})" if reason else "") + "; `stratum resume` runs it"
-        g = self._gate()
-        return g.reason if g.blocked else ""
+        return self.gate.blocked(self.rt.index, self.controls)
 
     def _run_pending(self, reasons: list[str]) -> None:
         """Run the pending commit unless applying is suspended or a window blocks it (then it stays queued)."""
-        rt, head = self._rt, self.pending
+        head, queued = self.commits.take(self.rt, self._blocked())
+        if queued:
+            self.notifier.status(f"{self._status_line()}; {queued}")
         if head is None:
             return
-        blocked = self._blocked()
-        if blocked:
-            if (head, blocked) != self._blocked_reason:
-                self.logger.info("queued", revision=head[:12], reason=blocked)
-                rt.index.set_revision_status(head, "queued")
-                rt.index.event("queued", f"{head[:12]} queued: {blocked}", revision=head)
-                self._blocked_reason = (head, blocked)
-                self.notifier.status(f"{self._status_line()}; {head[:12]} queued: {blocked}")
-            return
-        self._blocked_reason = None
-        self.pending = None
         trigger = ",".join(sorted(set(reasons) - {"api"})) or "poll"
-        self._guard(lambda: rt.pipeline.run(head, trigger=trigger, incremental=True))
+        self._guard(lambda: self.rt.pipeline.run(head, trigger=trigger, incremental=True))
         self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
-        applied = self._rt.index.get_state("last_applied_revision")
+        applied = self.rt.index.get_state("last_applied_revision")
         return f"applied {applied[:12]}" if applied else "no revision applied yet"
 
     def stop(self) -> None:

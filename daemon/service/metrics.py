@@ -22,6 +22,9 @@ class Metrics:
         self.drift = Gauge("stratum_drifted_resources", "Resources found drifted at the last check",
                            registry=self.registry)
         self.commits = Counter("stratum_commits_seen", "Commits recorded", registry=self.registry)
+        self.retries = Counter("stratum_action_retries", "Actions tried again: after a transient error, or "
+                               "requeued while a dependency is not ready", ["reconciler", "reason"],
+                               registry=self.registry)
 
     def record_run(self, outcome: str, seconds: float, revision: str | None) -> None:
         """Count a finalized run."""

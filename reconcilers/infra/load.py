@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.errors import InputError
 from daemon.git.source import Snapshot, safe_relpath
-from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import Problem, freeze
+from reconcilers.errors import InputError
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.infra.templates import TemplateRenderer
+from reconcilers.ports import Evaluator
 
 INFRA_CONTRACT = '(import "infra.ncl").Config'
 _COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
@@ -85,6 +85,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
             return load_infra(snap, evaluator, cache, own)
         finally:
             own.close()
+    renderer.begin()
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [

@@ -13,10 +13,11 @@ import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from daemon.errors import ApplyError, PathEscapeError
+from reconcilers.errors import ApplyError, PathEscapeError
 from reconcilers.infra.model import ObservedResource
 
 MAX_OUTPUT = 2000
@@ -185,6 +186,37 @@ class LocalProvider:
             raise ApplyError(f"command timed out after {timeout:g} s", hint="raise `timeout` or fix it") from err
         output = (proc.stdout + proc.stderr).decode(errors="replace")
         return proc.returncode, output[-MAX_OUTPUT:]
+
+    # the provider Protocol (reconcilers/infra/provider.py) ------------------------------------------------
+    def apply(self, rid: str, kind: str, spec: Mapping[str, Any]) -> str:
+        """Create or update resource `rid` of `kind` from its spec."""
+        if kind in ("file", "systemd_unit"):
+            path = spec["path"] if kind == "file" else f"etc/systemd/system/{spec['name']}"
+            self.write_file(path, spec["content"], spec["mode"])
+        elif kind == "directory":
+            self.make_directory(spec["path"], spec["mode"])
+        elif kind == "symlink":
+            self.make_symlink(spec["path"], spec["target"])
+        elif kind == "command":
+            return self._command(rid, spec)
+        else:
+            raise ApplyError(f"unknown resource kind {kind}", where=rid)
+        return ""
+
+    def destroy(self, kind: str, ref: str) -> str:
+        """Remove what a resource created (see `remove`)."""
+        return self.remove(kind, ref)
+
+    def _command(self, rid: str, spec: Mapping[str, Any]) -> str:
+        if "unless" in spec:
+            code, _ = self.run_command(spec["unless"], float(spec.get("timeout", 300)), spec.get("env", {}))
+            if code == 0:
+                return "skipped: `unless` succeeded"
+        code, output = self.run_command(spec["run"], float(spec.get("timeout", 300)), spec.get("env", {}))
+        if code != 0:
+            raise ApplyError(f"command exited {code}: {output.strip()[-400:]}", where=f"infra:{rid}",
+                             hint="fix the command; the run was rolled back")
+        return f"exit 0{': ' + output.strip()[-200:] if output.strip() else ''}"
 
 
 def _file_digest(path: str) -> str:

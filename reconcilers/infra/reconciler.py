@@ -1,39 +1,56 @@
-"""The infra reconciler: Nickel resources in `infra/` reconciled through the local provider."""
+"""The infra reconciler: Nickel resources in `infra/` reconciled through providers (reconcilers/infra/provider.py;
+`local` is the first)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.control.policy import PolicyResource
-from daemon.errors import ApplyError, PathEscapeError
 from daemon.git.source import Snapshot
-from daemon.nickel.evaluator import Evaluator
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, freeze
+from reconcilers.base import (
+    Action,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    PolicyResource,
+    Problem,
+    Reconciler,
+    ReconcilerEnv,
+    freeze,
+)
+from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
+from reconcilers.infra.provider import Provider
 from reconcilers.infra.templates import TemplateRenderer
+from reconcilers.ports import Evaluator as PortEvaluator
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 
 
-class InfraReconciler:
-    """Implements the Reconciler protocol for `infra/`."""
+class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
+    """The reconciler of `infra/` (the contract: reconcilers/base.py)."""
 
     name = "infra"
 
-    def __init__(self, env: ReconcilerEnv) -> None:
+    def __init__(self, env: ReconcilerEnv, providers: Mapping[str, Provider] | None = None) -> None:
         section: dict[str, Any] = dict(env.settings.get("infra", {}))
         root = Path(section.get("root") or env.data_dir / "root")
+        # The local provider also checks paths, finds stray temporary files and runs compensations: those are
+        # local matters. Every resource is observed, applied and destroyed through its own provider.
         self.provider = LocalProvider(root)
-        self._own_evaluator = env.evaluator is None
+        self.providers: Mapping[str, Provider] = providers or {"local": self.provider}
+        if env.evaluator is None:
+            raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
+                               hint="report this bug: the daemon hands one to every reconciler")
         self._file_cache: FileCache = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
-        self.evaluator: Evaluator = env.evaluator or Evaluator(env.data_dir / "nickel-cache")
+        self.evaluator: PortEvaluator = env.evaluator
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -65,11 +82,12 @@ class InfraReconciler:
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
-            seen[r.id] = self.provider.observe(r.kind, rel, cache)
+            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, rel, cache)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
-                seen[item.resource_id] = self.provider.observe(data.get("kind", ""), data.get("path", ""), cache)
+                seen[item.resource_id] = self._of(str(data.get("provider") or "local"), item.resource_id).observe(
+                    data.get("kind", ""), data.get("path", ""), cache)
         return InfraObserved(resources=seen, strays=self._strays(desired, inventory))
 
     def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
@@ -110,10 +128,9 @@ class InfraReconciler:
         """The pure diff (reconcilers/infra/diff.py)."""
         return diff.plan(desired, observed, inventory)
 
-    def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem] | None = None,
-              ) -> list[Problem]:
+    def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Problem]:
         """Resources whose host state moved away from an unchanged spec."""
-        inv = {i.resource_id: i for i in inventory or [] if i.reconciler == self.name}
+        inv = {i.resource_id: i for i in inventory if i.reconciler == self.name}
         out = []
         for f in diff.findings(desired, observed, inv):
             if f.nature != "drift":
@@ -162,36 +179,23 @@ class InfraReconciler:
             return Outcome(action.id, True, self.provider.remove_stray(str(change["stray"])))
         if action.kind == "delete":
             data = change["inventory"]
-            note = self.provider.remove(data["kind"], data["path"]) if data.get("path") else "forgotten"
+            provider = self._of(str(data.get("provider") or "local"), action.target)
+            note = provider.destroy(data["kind"], data["path"]) if data.get("path") else "forgotten"
             return Outcome(action.id, True, note, removed=True)
         res = change["resource"]
-        spec, kind = res["spec"], res["kind"]
-        message = ""
-        if kind in ("file", "systemd_unit"):
-            path = spec["path"] if kind == "file" else f"etc/systemd/system/{spec['name']}"
-            self.provider.write_file(path, spec["content"], spec["mode"])
-        elif kind == "directory":
-            self.provider.make_directory(spec["path"], spec["mode"])
-        elif kind == "symlink":
-            self.provider.make_symlink(spec["path"], spec["target"])
-        elif kind == "command":
-            message = self._run_command(action.target, spec)
-        else:
-            raise ApplyError(f"unknown resource kind {kind}", where=action.target)
+        message = self._of(str(res.get("provider") or "local"), action.target).apply(action.target, res["kind"],
+                                                                                   res["spec"])
         return Outcome(action.id, True, message,
-                       inventory={"reconciler": self.name, "resource_id": action.target, "kind": kind,
+                       inventory={"reconciler": self.name, "resource_id": action.target, "kind": res["kind"],
                                   "data": change["inventory"]})
 
-    def _run_command(self, rid: str, spec: dict[str, Any]) -> str:
-        if "unless" in spec:
-            code, _ = self.provider.run_command(spec["unless"], float(spec.get("timeout", 300)), spec.get("env", {}))
-            if code == 0:
-                return "skipped: `unless` succeeded"
-        code, output = self.provider.run_command(spec["run"], float(spec.get("timeout", 300)), spec.get("env", {}))
-        if code != 0:
-            raise ApplyError(f"command exited {code}: {output.strip()[-400:]}", where=f"infra:{rid}",
-                             hint="fix the command; the run was rolled back")
-        return f"exit 0{': ' + output.strip()[-200:] if output.strip() else ''}"
+    def _of(self, provider: str, rid: str) -> Provider:
+        """The provider a resource names (the contract in nickel/infra.ncl admits only known ones)."""
+        found = self.providers.get(provider)
+        if found is None:
+            raise TerminalError(f"resource {rid} names provider {provider!r}, which this daemon does not have",
+                                where=f"infra:{rid}", hint=f"use one of: {', '.join(sorted(self.providers))}")
+        return found
 
     def compensate(self, action: Action, ctx: ApplyContext) -> None:
         """Run a command's declared compensation."""
@@ -221,7 +225,5 @@ class InfraReconciler:
         return out
 
     def close(self) -> None:
-        """Stop the template worker, and the Nickel worker when this reconciler started it."""
+        """Stop the template worker (the Nickel evaluator is the daemon's)."""
         self._renderer.close()
-        if self._own_evaluator:
-            self.evaluator.close()

@@ -13,15 +13,17 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import InputError
+from reconcilers.errors import InputError
 
 MAX_RENDERED = 4 * 1024 * 1024
 RENDER_TIMEOUT_S = 5.0
+REVISION_BUDGET_S = 60.0  # all renders of one revision together (many templates each just under the deadline)
 WORKER_MEMORY_MB = 512
 WORKER_IDLE_S = 60.0
 _GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
@@ -44,8 +46,10 @@ class TemplateRenderer:
     """Renders templates one at a time in one child process, started on first use and replaced on overrun."""
 
     def __init__(self, timeout: float = RENDER_TIMEOUT_S, memory_mb: int = WORKER_MEMORY_MB,
-                 max_output: int = MAX_RENDERED) -> None:
+                 max_output: int = MAX_RENDERED, budget: float = REVISION_BUDGET_S) -> None:
         self.timeout = timeout
+        self.budget = budget
+        self.spent = 0.0          # seconds rendering since begin(): one revision's load
         self.memory_mb = memory_mb
         self.max_output = max_output
         self._proc: subprocess.Popen[str] | None = None
@@ -65,12 +69,26 @@ class TemplateRenderer:
             self._finalizer = weakref.finalize(self, _stop, self._proc)
         return self._proc, fresh
 
+    def begin(self) -> None:
+        """A new revision's load starts: its renders share one budget of `budget` seconds."""
+        self.spent = 0.0
+
     def render(self, rid: str, template: str, text: str, variables: Mapping[str, Any]) -> str:
         """`text` (the file `template`) rendered with `variables`, or an InputError at `template:line`."""
-        request = json.dumps({"name": template, "text": text, "vars": dict(variables), "timeout": self.timeout,
+        if self.spent >= self.budget:
+            raise InputError(f"resource {rid}: template {template} not rendered: this revision's templates "
+                             f"already took {self.spent:.0f} s (the budget is {self.budget:g} s)", where=template,
+                             hint="make the slow templates cheaper; each must render well within "
+                                  f"{self.timeout:g} s")
+        request = json.dumps({"name": template, "text": text, "vars": dict(variables),
+                              "timeout": min(self.timeout, max(0.1, self.budget - self.spent)),
                               "max_output": self.max_output}) + "\n"
+        started = time.monotonic()
         with self._lock:
-            reply = self._exchange(request)
+            try:
+                reply = self._exchange(request)
+            finally:
+                self.spent += time.monotonic() - started
         if "ok" in reply:
             return str(reply["ok"])
         line = int(reply.get("line") or 0)

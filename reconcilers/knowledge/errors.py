@@ -1,4 +1,4 @@
-"""The errors of the knowledge reconciler, on top of daemon.errors.
+"""The errors of the knowledge reconciler, on top of reconcilers.errors (the contract).
 
     StratumError
      +-- InputError
@@ -13,7 +13,7 @@ file must not hide the rest of the graph.
 
 from __future__ import annotations
 
-from daemon.errors import InputError, StratumError
+from reconcilers.errors import InputError, StratumError
 
 
 class NodeError(InputError):

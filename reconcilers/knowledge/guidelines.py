@@ -16,8 +16,8 @@ from typing import Any
 
 import pygit2
 
-from daemon.errors import SourceError
 from daemon.git.source import GitSource, is_url, sanitize_url
+from reconcilers.errors import SourceError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.loader import Loader
 from reconcilers.knowledge.node import Node

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pygit2
 
-from daemon.errors import InputError
 from daemon.git.source import FileEntry, Snapshot
 from reconcilers.base import Problem
+from reconcilers.errors import InputError
 from reconcilers.knowledge.contract import Contract, FrontMatterItem
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.node import MAX_NODE_BYTES, NAME, ROOT, Node, Parsed, parse, too_large

@@ -8,21 +8,40 @@ runbook_for, recent_runs, explain_resource. Nodes are resources at `stratum://no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from daemon.errors import StratumError
+from reconcilers.errors import StratumError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.search import Filters
 
 if TYPE_CHECKING:
-    from reconcilers.knowledge.reconciler import KnowledgeReconciler
+    import pygit2
+
+    from reconcilers.base import ReconcilerEnv
+    from reconcilers.knowledge.embed import Provider
     from reconcilers.knowledge.service import KnowledgeBase
+    from reconcilers.knowledge.settings import KnowledgeSettings
+
+
+class Served(Protocol):
+    """What the MCP app reads of the knowledge reconciler (declared here, so the two do not import each other)."""
+
+    env: ReconcilerEnv
+    last_index: Any
+    indexed_settings: KnowledgeSettings
+
+    @property
+    def repo(self) -> pygit2.Repository | None: ...
+
+    def provider(self) -> Provider | None: ...
 
 
 def _node_dict(kb: KnowledgeBase, ref: str) -> dict[str, Any]:
@@ -93,6 +112,24 @@ def _writer(get_kb: Callable[[], KnowledgeBase], ctx: Context[Any]) -> tuple[Kno
     return get_kb(), principal
 
 
+@contextlib.contextmanager
+def _own_logging() -> Iterator[None]:
+    """Keep the MCP SDK from configuring the process's logging: MCPServer() calls logging.basicConfig with a
+    rich handler, which would print rich-formatted lines ("Processing request of type ...") beside the daemon's
+    JSON log. Whatever the SDK adds to the root logger is removed; its own loggers report warnings and worse,
+    through the root logger the daemon set up (none: then Python's last-resort handler, plain text)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        logging.getLogger("mcp").setLevel(logging.WARNING)
+
+
 def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -> MCPServer[Any]:
     """An MCPServer whose tools query the KnowledgeBase `get_kb()` returns (refreshed on each call).
 
@@ -100,10 +137,11 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -
     default off) adds `add_note` and `record_decision`, which commit to a side branch (never the work tree)."""
     from daemon import __version__
 
-    server: MCPServer[Any] = MCPServer(
-        "stratum-knowledge", version=__version__,
-        instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
-                     "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
+    with _own_logging():
+        server: MCPServer[Any] = MCPServer(
+            "stratum-knowledge", version=__version__,
+            instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
+                         "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
 
     @tool(server)
     def search(query: str, type: str | None = None, project: str | None = None, semantic: bool = True,
@@ -271,19 +309,40 @@ class _LazyLifespanApp:
     def __init__(self, server: MCPServer[Any]) -> None:
         self.server = server
         self.app = server.streamable_http_app(streamable_http_path="/", stateless_http=True, json_response=True)
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def _ensure(self) -> None:
-        if self._stack is None:
-            stack = contextlib.AsyncExitStack()
-            await stack.enter_async_context(self.server.session_manager.run())
-            self._stack = stack
+        """Start the session manager in a task of its own: its task group must be entered and left by one task
+        (a request's task would leave it to whichever task closes it, and anyio refuses that at shutdown)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if self._task is not None and not self._task.done():
+                return
+            started, stop = asyncio.Event(), asyncio.Event()
+
+            async def hold() -> None:
+                async with self.server.session_manager.run():
+                    started.set()
+                    await stop.wait()
+
+            task = asyncio.get_running_loop().create_task(hold(), name="mcp-sessions")
+            waiter = asyncio.ensure_future(started.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():
+                task.result()            # it failed to start: the request gets the error
+            self._task, self._stop = task, stop
 
     async def aclose(self) -> None:
-        """Stop the session manager."""
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None
+        """Stop the session manager (in its own task)."""
+        if self._task is not None and self._stop is not None:
+            self._stop.set()
+            await self._task
+            self._task = self._stop = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -304,7 +363,7 @@ class _LazyLifespanApp:
         await self.app(scope, receive, send)
 
 
-def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
+def http_app(reconciler: Served) -> _LazyLifespanApp:
     """The MCP HTTP app over the daemon's index (reads what the daemon indexed; never indexes itself)."""
     from reconcilers.knowledge.service import KnowledgeBase
 
@@ -313,15 +372,17 @@ def http_app(reconciler: KnowledgeReconciler) -> _LazyLifespanApp:
     def get_kb() -> KnowledgeBase:
         if "kb" not in holder:
             # After a restart nothing is indexed by this process yet, but the daemon's index holds the last good
-            # revision: serve it at once (env.index / env.source are the daemon's own).
+            # revision: serve it at once (env.index / env.revisions are the daemon's own).
             env = reconciler.env
             index = reconciler.last_index or env.index
-            repo = reconciler.repo or (env.source.repo if env.source is not None else None)
-            if index is None or repo is None:
+            repo = reconciler.repo
+            repo_path = repo.path if repo is not None else (
+                str(env.revisions.git_dir) if env.revisions is not None else None)
+            if index is None or repo_path is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
-            holder["kb"] = KnowledgeBase(repo.path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
+            holder["kb"] = KnowledgeBase(repo_path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
                                          provider=reconciler.provider(), index=index, follow_index=True,
-                                         host=reconciler.env.settings)
+                                         host=reconciler.env.settings, writer=reconciler.env.git_writer)
         return holder["kb"]
 
     return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings)))

@@ -25,20 +25,30 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
-from daemon.control.policy import PolicyResource
-from daemon.errors import ApplyError
 from daemon.git.source import Snapshot
 from daemon.index.store import Index
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, ReconcilerEnv, RunRecord
+from reconcilers.base import (
+    Action,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    PolicyResource,
+    Problem,
+    Reconciler,
+    ReconcilerEnv,
+    RunRecord,
+)
+from reconcilers.errors import ApplyError, StratumError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError
-from reconcilers.knowledge.execution import commit_file, execution_markdown, execution_node
+from reconcilers.knowledge.execution import execution_markdown, execution_node
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
+from reconcilers.ports import HttpMount
 
 if TYPE_CHECKING:
     from reconcilers.knowledge.indexer import Indexed, IndexStats
@@ -59,7 +69,7 @@ class Desired:
     section: str = "{}"                                   # that section as canonical JSON (kept in the index)
 
 
-class KnowledgeReconciler:
+class KnowledgeReconciler(Reconciler["Desired", None]):
     """Markdown nodes -> checked graph -> DuckDB index (+ MCP server). Applies nothing."""
 
     name = NAME
@@ -120,7 +130,7 @@ class KnowledgeReconciler:
     def load(self, snap: Snapshot) -> Desired:
         """Parse every knowledge/**/*.md of the commit."""
         # The repository handle is kept for committing execution nodes to their branch (on_run_finished).
-        self._repo = getattr(snap, "repo", None) or getattr(snap, "_repo", None)
+        self._repo = snap.repo
         return Desired(snap.revision, self.loader.load_snapshot(snap), self.settings, self._settings_error,
                        self._section)
 
@@ -160,7 +170,7 @@ class KnowledgeReconciler:
         """Nothing to undo."""
         return None
 
-    def drift(self, desired: Any, observed: Any) -> list[Problem]:
+    def drift(self, desired: Desired, observed: None, inventory: list[InventoryItem]) -> list[Problem]:
         """Knowledge cannot drift: the index is derived from git."""
         return []
 
@@ -262,18 +272,23 @@ class KnowledgeReconciler:
         node = execution_node(record, graph, self.indexed_settings.executions_path)
         add_execution(store, self.provider(), node)
         branch = self.indexed_settings.executions_branch
-        if branch and self._repo is not None:
+        if branch and self.env.git_writer is None:
+            log.warning("knowledge.execution_commit_skipped", branch=branch,
+                        reason="no git writer was handed to the knowledge reconciler")
+        elif branch and self.env.git_writer is not None:
             path, text = execution_markdown(record, graph, node.path)
             try:
-                commit_file(self._repo, branch, path, text, f"stratum: execution {record.run_id} {record.status}")
-            except pygit2.GitError as err:
+                self.env.git_writer.commit_file(branch, path, text,
+                                                f"stratum: execution {record.run_id} {record.status}")
+            except (pygit2.GitError, StratumError) as err:
                 # The index holds the record; a failed courtesy commit must not fail the run's finalizer.
                 log.warning("knowledge.execution_commit_failed", branch=branch, error=str(err))
 
-    asgi_prefix = "/mcp"                      # where the daemon mounts asgi_app() (built on first request)
+    def http_mounts(self) -> list[HttpMount]:
+        """/mcp: the MCP streamable HTTP transport over this daemon's index, built on the first request."""
+        return [HttpMount("/mcp", self._mcp_app)]
 
-    def asgi_app(self) -> tuple[str, Any] | None:
-        """("/mcp", ASGI app) serving the MCP streamable HTTP transport over this daemon's index."""
+    def _mcp_app(self) -> Any:
         from reconcilers.knowledge.mcp_server import http_app
 
-        return "/mcp", http_app(self)
+        return http_app(self)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pygit2
 
-from daemon.errors import LockError, SourceError
 from daemon.git.source import GitSource, is_url
 from daemon.index.store import Index
+from reconcilers.errors import LockError, SourceError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
@@ -40,6 +40,7 @@ from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
+from reconcilers.ports import GitWriter
 
 TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
              "journal": "journal", "execution": "executions"}
@@ -62,8 +63,9 @@ class KnowledgeBase:
     def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
                  settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
                  index: Index | None = None, follow_index: bool = False,
-                 host: Mapping[str, Any] | None = None) -> None:
+                 host: Mapping[str, Any] | None = None, writer: GitWriter | None = None) -> None:
         self.location = repo
+        self.writer = writer                    # the daemon's git writer (MCP); None: commit here (the CLI)
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
         self._daemon_holds_index = False        # set when the index file is the daemon's: runs come from it
@@ -325,7 +327,13 @@ class KnowledgeBase:
         branch = f"stratum/mcp/{stamp}-{node_id[:8]}"
         who = " ".join(principal.split())[:200]
         message = f"knowledge: add {ntype} {title.strip()}\n\nSubmitted-by: {who}\n"
-        commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
+        if self.writer is not None:
+            try:
+                commit = self.writer.commit_file(branch, rel, text, message, base=base)
+            except SourceError as err:      # e.g. the push of the branch to a watched remote failed
+                raise KnowledgeError(f"the proposal was not saved: {err.what}", hint=err.hint) from err
+        else:
+            commit = commit_file(self.source.repo, branch, rel, text, message, base=base)
         return {"id": node_id, "path": rel, "branch": branch, "commit": commit, "submitted_by": who}
 
     def _node_text(self, ntype: str, title: str, node_id: str, body: str, fields: dict[str, Any] | None,

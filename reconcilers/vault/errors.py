@@ -1,6 +1,6 @@
 """The errors of the vault. Each names the file and key path and says what to do; none carries plaintext.
 
-daemon.errors.InputError
+reconcilers.errors.InputError
  +-- VaultError                 base of every vault error (stalls the revision: no retry)
       +-- ManifestError         malformed YAML, unknown format version, a plaintext value, a missing block
       +-- DecryptError          a value or the data key does not open (tampered, truncated, swapped)
@@ -13,7 +13,7 @@ daemon.errors.InputError
 
 from __future__ import annotations
 
-from daemon.errors import InputError
+from reconcilers.errors import InputError
 
 
 class VaultError(InputError):

@@ -24,28 +24,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.control.policy import PolicyResource
 from reconcilers.base import (
     Action,
     ActionKind,
     ApplyContext,
     InventoryItem,
     Outcome,
+    PolicyResource,
     Problem,
+    Reconciler,
     ReconcilerEnv,
     freeze,
 )
+from reconcilers.errors import StratumError
+from reconcilers.ports import Evaluator as PortEvaluator
+from reconcilers.ports import SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.keysource import FileKeySource, KeySource
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
-from reconcilers.vault.rules import RULES_PATH, Rules, close_evaluator, load_snapshot
+from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
 
 if TYPE_CHECKING:
     from daemon.git.source import Snapshot
-    from daemon.nickel.evaluator import Evaluator
 
 NAME = "vault"
 VERIFIED_LIMIT = 20_000            # verification results kept (ciphertext and problems only)
@@ -92,13 +95,14 @@ class Loaded:
         return f"Loaded(version={self.version}, blob={self.blob_id[:12]}, readable={self.readable})"
 
 
-class VaultReconciler:
+class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     """The vault reconciler (see the module docstring)."""
 
     name = NAME
+    judges_base = True                        # rules changes are judged by the base revision's signers
 
     def __init__(
-        self, env: ReconcilerEnv, key_source: KeySource | None = None, evaluator: Evaluator | None = None
+        self, env: ReconcilerEnv, key_source: KeySource | None = None, evaluator: PortEvaluator | None = None
     ) -> None:
         settings: dict[str, Any] = dict(env.settings.get("vault", {}))
         repo: dict[str, Any] = dict(env.repo_settings.get("vault", {}))
@@ -108,8 +112,7 @@ class VaultReconciler:
         self.backend: Backend = get_backend(self.backend_name)
         self.rules_path = str(repo.get("rules") or RULES_PATH)
         self.key_source: KeySource = key_source or FileKeySource(key_file, backend=self.backend_name)
-        self._evaluator = evaluator
-        self._own_evaluator = False
+        self._evaluator: PortEvaluator | None = evaluator or env.evaluator
         self._lock = threading.RLock()
         self._store: dict[str, Loaded] = {}
         self._verified: OrderedDict[tuple[str, str, str], Verified] = OrderedDict()
@@ -145,19 +148,13 @@ class VaultReconciler:
         return out
 
     def close(self) -> None:
-        """Drop every plaintext; stop the Nickel worker this reconciler started (an injected evaluator is the
-        caller's to close)."""
+        """Drop every plaintext (the Nickel evaluator is the daemon's, not ours to stop)."""
         self.plain.clear()
-        if self._evaluator is not None and self._own_evaluator:
-            close_evaluator(self._evaluator)
-            self._evaluator = None
 
-    def _nickel(self) -> Evaluator:
+    def _nickel(self) -> PortEvaluator:
         if self._evaluator is None:
-            from daemon.nickel.evaluator import Evaluator
-
-            self._evaluator = Evaluator(self.state_dir / "nickel")
-            self._own_evaluator = True
+            raise StratumError("the vault reconciler was built without a Nickel evaluator, so it cannot read "
+                               f"{self.rules_path}", hint="report this bug: the daemon hands one to every reconciler")
         return self._evaluator
 
     # 1. load --------------------------------------------------------------------------------------
@@ -331,7 +328,7 @@ class VaultReconciler:
 
     def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
         """Load (or unload) one manifest: decrypt it into the bounded plaintext cache, record its version."""
-        from daemon.errors import ApplyError
+        from reconcilers.errors import ApplyError
 
         payload = action.payload()
         path = str(payload["path"])
@@ -386,13 +383,20 @@ class VaultReconciler:
                 self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
             self._write_versions()
 
-    def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]]) -> list[Problem]:
+    def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
+              ) -> list[Problem]:
         """Manifests of the commit that the store does not hold at their committed blob."""
         return [
             Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
             for mf in desired.manifests
             if observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+
+    def secrets(self) -> SecretsPort:
+        """The secrets port other reconcilers use at apply time (reconcilers/vault/secrets_port.py)."""
+        from reconcilers.vault.secrets_port import VaultSecrets
+
+        return VaultSecrets(self)
 
     # the read API (the vault HTTP part builds on it) ----------------------------------------------------
     def paths(self) -> list[str]:

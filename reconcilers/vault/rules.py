@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     import pygit2
 
     from daemon.git.source import Snapshot
-    from daemon.nickel.evaluator import Evaluator
+    from daemon.nickel.evaluator import Evaluator as DaemonEvaluator
+    from reconcilers.ports import Evaluator
 
 RULES_PATH = "secrets/rules.ncl"
 CONTRACT = '(import "vault.ncl").Rules'
@@ -128,15 +129,8 @@ def load_snapshot(
     return rules, problems
 
 
-def close_evaluator(evaluator: Evaluator) -> None:
-    """Stop an Evaluator's worker, closing its pipes first (else a ResourceWarning when they are collected)."""
-    proc = getattr(getattr(evaluator, "_worker", None), "proc", None)
-    for pipe in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except BrokenPipeError:
-                pass  # unflushed bytes to a dead worker: nothing to keep
+def close_evaluator(evaluator: DaemonEvaluator) -> None:
+    """Stop an Evaluator this module started (Evaluator.close closes the worker's pipes itself)."""
     evaluator.close()
 
 
@@ -158,7 +152,8 @@ def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
 
     from daemon.git.source import GitSource, Snapshot
 
-    source = GitSource(str(root), "main", data_dir)
+    # No branch is watched here (only the staged tree and HEAD are read): no branch name is assumed either.
+    source = GitSource(str(root), "HEAD", data_dir)
     if not source.repo.is_bare:
         try:
             if os.environ.get("GIT_INDEX_FILE"):
@@ -200,13 +195,13 @@ def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
 def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -> Rules | None:
     """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
     None too: they could not have trusted anyone."""
-    from daemon.errors import SourceError
     from daemon.git.source import GitSource
     from daemon.nickel.evaluator import Evaluator
+    from reconcilers.errors import SourceError
 
     with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
         try:
-            snap = GitSource(str(root), "main", Path(tmp)).snapshot(rev)
+            snap = GitSource(str(root), "HEAD", Path(tmp)).snapshot(rev)   # an explicit revision: no branch
         except SourceError:
             return None
         evaluator = Evaluator(Path(tmp) / "nickel")

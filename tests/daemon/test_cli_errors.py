@@ -35,12 +35,7 @@ TRACEBACK = "Traceback (most recent call last)"
 REV_PARAMS = ("rev", "head", "base", "revision")
 COMMON = ("repo", "data_dir", "config_file", "branch", "root")
 # (verb, case) -> owner, for failures outside daemon/cli's room; see the module docstring.
-SECRETS = "secrets helper: a non-UTF-8 file is an internal UnicodeDecodeError, not a located message"
-KNOWN: dict[tuple[str, str], str] = {
-    **{(f"secret {verb}", "garbage-repo"): SECRETS
-       for verb in ("decrypt", "edit", "encrypt", "merge", "rotate", "set", "textconv", "unset", "updatekeys",
-                    "verify")},
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def leaves(cmd: click.Command, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from daemon.run.plan import Executor
-from reconcilers.base import ApplyContext, InventoryItem, Problem
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, Reconciler
 from tests.fixtures import Raw, Stack, WorkRepo, infra, resource, tree_of
 
 BASE = {
@@ -555,13 +555,22 @@ def test_a_crashing_reconciler_rejects_the_revision_and_the_pipeline_survives(
 ) -> None:
     """An unexpected exception in a reconciler's load rejects the revision with an internal-error problem."""
 
-    class Broken:
+    class Broken(Reconciler[Any, Any]):
         name = "broken"
 
         def load(self, snap: Any) -> Any:
             raise RuntimeError("kaboom")
 
-    stack.pipeline.reconcilers = {**stack.pipeline.reconcilers, "broken": Broken()}  # type: ignore[dict-item]
+        def observe(self, desired: Any, inventory: list[InventoryItem]) -> Any:
+            return None
+
+        def plan(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Any]:
+            return []
+
+        def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
+            raise AssertionError("never called: plan is empty")
+
+    stack.pipeline.reconcilers = {**stack.pipeline.reconcilers, "broken": Broken()}
     before = tree_of(stack.root)
     rev = repo.commit({"infra/base.ncl": BASE["infra/base.ncl"].replace("v1", "v2")})
     result = stack.run(rev)
@@ -577,7 +586,7 @@ def test_a_crashing_reconciler_rejects_the_revision_and_the_pipeline_survives(
 def test_every_reconciler_gets_its_last_applied_revision(repo: WorkRepo, stack: Stack) -> None:
     """After a successful run each reconciler, with or without inventory, records the revision it applied."""
 
-    class Stateless:
+    class Stateless(Reconciler[Any, Any]):
         name = "stateless"
 
         def load(self, snap: Any) -> Any:
@@ -592,7 +601,10 @@ def test_every_reconciler_gets_its_last_applied_revision(repo: WorkRepo, stack: 
         def plan(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Any]:
             return []
 
-    stack.pipeline.reconcilers = {**stack.pipeline.reconcilers, "stateless": Stateless()}  # type: ignore[dict-item]
+        def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
+            raise AssertionError("never called: plan is empty")
+
+    stack.pipeline.reconcilers = {**stack.pipeline.reconcilers, "stateless": Stateless()}
     rev = repo.commit(BASE)
     assert stack.run(rev).status == "succeeded"
     assert stack.state("last_applied_revision:infra") == rev

@@ -15,7 +15,7 @@ import pytest
 from daemon.errors import ApplyError, CycleError
 from daemon.index.store import Index
 from daemon.run.plan import Executor, order, sequence
-from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem
+from reconcilers.base import Action, ApplyContext, InventoryItem, Outcome, Problem, Reconciler
 from tests.fixtures import wait_until
 
 CTX = ApplyContext(run_id="run", revision="rev")
@@ -35,7 +35,7 @@ def act(aid: str, *deps: str, compensation: str | None = None, kind: str = "crea
     )
 
 
-class Recorder:
+class Recorder(Reconciler[Any, Any]):
     """A real in-memory reconciler: apply runs a per-target hook, and every call is recorded in order."""
 
     name = "t"
@@ -61,7 +61,7 @@ class Recorder:
         """Unused by the executor."""
         return []
 
-    def drift(self, desired: Any, observed: Any) -> list[Problem]:
+    def drift(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Problem]:
         """Unused by the executor."""
         return []
 

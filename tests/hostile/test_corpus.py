@@ -82,7 +82,7 @@ CASES = [
     }, "infra/d.json", 1, "nested"),
     Case("nickel endless recursion", {
         "infra/loop.ncl": "let rec f = fun x => f (x + 1) in\n{ resources = f 0 }\n",
-    }, "infra/loop.ncl", 0, "did not finish"),
+    }, "infra/loop.ncl", 0, "did not finish|crashed the nickel worker"),   # the deadline or the stack, first wins
     Case("nickel imports a host file", {
         "infra/steal.ncl": "let s = import \"/etc/hostname\" as 'Text in\n"
                            + _res("x", "kind = 'file, path = \"x\", content = s"),
@@ -174,7 +174,8 @@ def test_hostile_content_is_a_located_rejection(daemon: tuple[DaemonProc, WorkRe
     problems = run["problems"]
     located = [p for p in problems if p["path"] == case.path and (not case.line or p["line"] == case.line)]
     assert located, problems
-    assert case.words.lower() in " ".join(str(p["message"]) for p in located).lower(), located
+    said = " ".join(str(p["message"]) for p in located).lower()
+    assert any(words in said for words in case.words.lower().split("|")), located
     assert "Traceback" not in str(problems) and "internal error" not in str(problems)
     assert d.proc.poll() is None, d.log()[-3000:]
     assert _rss_mb(d.proc.pid) < RSS_LIMIT_MB

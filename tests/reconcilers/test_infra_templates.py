@@ -107,3 +107,30 @@ def test_load_infra_reports_a_runaway_template_as_a_located_problem(
     assert [(p.path, p.line) for p in desired.problems] == [("templates/loop.j2", 2)]
     assert "did not finish" in desired.problems[0].message
     assert set(desired.resources) == {"good"}
+
+
+def test_a_revision_full_of_slow_templates_stops_at_its_budget(tmp_path: Path, evaluator: Evaluator) -> None:
+    """Issue 16 item 1: each template has its own deadline, and all of one revision's renders share a budget, so
+    many templates each just under the deadline cannot hold a run for minutes. Past the budget the rest are
+    refused without being run, each a problem naming its template; the next revision starts a fresh budget."""
+    slow = "x\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    repo = WorkRepo(tmp_path / "repo")
+    repo.commit({
+        **{f"templates/t{i}.j2": slow for i in range(8)},
+        "infra/a.ncl": infra(*(resource(f"r{i}", "file", path=f"f{i}", template=f"templates/t{i}.j2")
+                               for i in range(8))),
+    })
+    snap = GitSource(str(repo.path), "main", tmp_path / "data").snapshot("main")
+    renderer = TemplateRenderer(timeout=0.5, memory_mb=256, budget=1.2)
+    try:
+        desired = load_infra(snap, evaluator, None, renderer)
+        messages = [p.message for p in desired.problems]
+        assert len(messages) == 8 and desired.resources == {}
+        refused = [m for m in messages if "the budget is 1.2 s" in m]
+        assert 1 <= len(refused) <= 6, messages        # some ran to their deadline, the rest were refused
+        assert all("did not finish" in m for m in messages if m not in refused)
+        assert all(any(f"templates/t{i}.j2" in f"{p.path} {p.message}" for p in desired.problems) for i in range(8))
+        again = load_infra(snap, evaluator, None, renderer)   # a fresh budget: the first renders run again
+        assert "did not finish" in again.problems[0].message
+    finally:
+        renderer.close()

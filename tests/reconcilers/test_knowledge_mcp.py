@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -303,6 +304,15 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
     assert http[QUERIES[0]]["results"] and not http[QUERIES[2]]["results"]
     for key in http:
         assert stdio[key] == http[key], key
+    # `stratum kb search` ranks exactly as both MCP transports do (one searcher, one set of defaults).
+    for q in QUERIES:
+        done = subprocess.run([sys.executable, "-m", "daemon.cli.kb", "search", q, "--output", "json", "--repo",
+                               str(repo.path), "--data-dir", str(data)], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        cli = json.loads(done.stdout)["results"]
+        assert [(r["id"], round(r["score"], 4)) for r in cli] == \
+            [(r["id"], round(r["score"], 4)) for r in http[q]["results"]], q
 
 
 # -- after a restart the daemon serves the last good revision at once ---------------------------------------------
@@ -341,6 +351,11 @@ def test_mcp_answers_right_after_a_daemon_restart(tmp_path: Path) -> None:
         assert len(daemon.runs()) == runs          # served from the index, not from a run since the restart
     finally:
         daemon.stop()
+    # The MCP SDK's own logging (rich-formatted "Processing request of type ...") stays out of the JSON log,
+    # and a SIGTERM while MCP sessions existed ends without a traceback.
+    lines = [line for line in daemon.log().splitlines() if line.strip()]
+    assert lines and all(line.startswith("{") for line in lines), [x for x in lines if not x.startswith("{")][:5]
+    assert "Traceback" not in daemon.log()
 
 
 def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) -> None:
@@ -382,3 +397,42 @@ def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) 
         daemon.stop()
     assert http and http[0]["actions"] and http[0]["actions"][0]["target"] == "motd"
     assert stdio == http
+
+
+def test_a_proposal_survives_the_next_fetch_of_a_watched_remote(tmp_path: Path) -> None:
+    """Issue 16 item 9: a daemon watching a remote URL commits an MCP proposal to its mirror and pushes the side
+    branch to the remote, so the next fetch (which prunes what the remote lacks) keeps it and people can review
+    it there; it used to vanish at the next fetch."""
+    from tests.fixtures import bare_repo
+    from tests.proc import DaemonProc, http_token_config
+
+    remote = bare_repo(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.commit({
+        "stratum.ncl": '{ knowledge = { embedding = { provider = "none" } } }\n',
+        **{str(p.relative_to(ROOT / "repo_template")): p.read_text()
+           for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}}, "knowledge")
+    work.push()
+    config, token = http_token_config(tmp_path, extra="[knowledge]\nmcp_writes = true\n")
+    args = {"title": "Use ext4 for data volumes", "context": "xfs quotas bit us", "decision": "ext4"}
+
+    async def propose(port: int) -> Any:
+        async with _daemon_client(port, token) as client:
+            return _text(await client.call_tool("record_decision", args))
+
+    daemon = DaemonProc(f"file://{remote}", tmp_path / "data", tmp_path / "root", "--interval", "0.3",
+                        "--config", str(config))
+    try:
+        head = pygit2.Repository(str(remote)).references["refs/heads/main"].target
+        assert daemon.wait_run(str(head), 60)["status"] == "succeeded"
+        port = int(daemon.call("status")["status"]["daemon"]["http_port"])
+        made = anyio.run(propose, port)
+        later = work.commit({"knowledge/notes/later.md": "---\ntitle: later\ntype: note\n---\nlater\n"}, "later")
+        work.push()
+        daemon.wait_run(later, 60)                    # the daemon fetched (with prune) after the proposal
+    finally:
+        daemon.stop()
+    ref = f"refs/heads/{made['branch']}"
+    pushed = pygit2.Repository(str(remote)).references.get(ref)
+    assert pushed is not None and str(pushed.target) == made["commit"]
+    assert pygit2.Repository(str(tmp_path / "data" / "mirror.git")).references.get(ref) is not None

@@ -19,6 +19,7 @@ from daemon.cli.kb import kb
 from daemon.control.admission import admission_settings
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
+from daemon.run.ports import RepoGitWriter
 from daemon.settings import load_settings
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision
@@ -99,7 +100,8 @@ class KStack:
         settings = load_settings({"repo": str(repo.path), "data_dir": self.base.data}, env={}, config=config)
         self.knowledge = KnowledgeReconciler(ReconcilerEnv(data_dir=self.base.data,
                                                            settings=settings.reconciler_settings(),
-                                                           evaluator=evaluator))
+                                                           evaluator=evaluator, revisions=self.base.source,
+                                                           git_writer=RepoGitWriter(self.base.source)))
         self.pipeline = Pipeline(source=self.base.source, index=self.base.index,
                                  reconcilers={"infra": self.base.infra, "knowledge": self.knowledge},
                                  evaluator=evaluator, admission=admission_settings(settings, str(config)))

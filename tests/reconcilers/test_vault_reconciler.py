@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from daemon.git.source import GitSource
+from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import ApplyContext, ReconcilerEnv
 from reconcilers.vault import envelope, keys, manifest
 from reconcilers.vault.backends import get_backend
@@ -22,8 +23,9 @@ CTX = ApplyContext(run_id="r1", revision="x")
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[WorkRepo, VaultReconciler, GitSource, keys.SigningKey, keys.Recipient]]:
-    reconciler = VaultReconciler(ReconcilerEnv(data_dir=tmp_path / "data"))
+def world(tmp_path: Path, evaluator: Evaluator,
+          ) -> Iterator[tuple[WorkRepo, VaultReconciler, GitSource, keys.SigningKey, keys.Recipient]]:
+    reconciler = VaultReconciler(ReconcilerEnv(data_dir=tmp_path / "data", evaluator=evaluator))
     daemon_recipient = reconciler.key_source.recipient()
     _, signing = keys.generate(B)
     repo = WorkRepo(tmp_path / "ops")
@@ -110,7 +112,7 @@ def test_untrusted_signer_is_rejected(world: Any) -> None:
     assert reconciler.paths() == []
 
 
-def test_replayed_old_manifest_is_rejected_across_restarts(world: Any, tmp_path: Path) -> None:
+def test_replayed_old_manifest_is_rejected_across_restarts(world: Any, tmp_path: Path, evaluator: Evaluator) -> None:
     """v1 applied, v2 applied, then v1 committed again: rejected, also by a restarted daemon."""
     repo, reconciler, source, signing, rcpt = world
     v1 = sealed({"k": "old"}, signing, rcpt)
@@ -120,7 +122,7 @@ def test_replayed_old_manifest_is_rejected_across_restarts(world: Any, tmp_path:
     repo.commit({"secrets/db.yaml": manifest.render(sealed({"k": "new"}, signing, rcpt, previous=opened))})
     assert run(reconciler, source) == ["update secrets/db.yaml"]
     repo.commit({"secrets/db.yaml": manifest.render(v1)})
-    restarted = VaultReconciler(ReconcilerEnv(data_dir=tmp_path / "data"))
+    restarted = VaultReconciler(ReconcilerEnv(data_dir=tmp_path / "data", evaluator=evaluator))
     try:
         problems = run(restarted, source)
     finally:

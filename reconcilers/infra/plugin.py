@@ -1,0 +1,7 @@
+"""The infra reconciler as a plugin (entry point `infra` of the group `stratum.reconcilers`)."""
+
+from __future__ import annotations
+
+from reconcilers.plugin import Plugin
+
+PLUGIN = Plugin(name="infra", reconciler="reconcilers.infra.reconciler:InfraReconciler", order=10)

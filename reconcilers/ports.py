@@ -1,0 +1,118 @@
+"""The ports a reconciler is handed through `ReconcilerEnv`: each a small Protocol the daemon implements.
+
+A reconciler builds no adapter of its own (no Nickel worker, no git source, no writes into a repository): it
+uses what the daemon hands it, so a test passes a real alternative and the daemon stays the one owner of its
+processes, its repository and its index. The daemon's implementations live in daemon/run/ports.py.
+
+    Evaluator       evaluate Nickel files of a snapshot with a contract (the daemon's bounded worker)
+    Revisions       read other revisions and the staged tree of the watched repository
+    EventRecorder   record an event (drift, a retry, a secret resolved) under the reconciler's name
+    SecretsPort     resolve a reference to a decrypted value at apply time: audited, never stored
+    Scheduler       register timers and wake the daemon's loop
+    GitWriter       commit a file to a side branch (or a new branch) as the daemon
+    HttpMount       an interface served on the daemon's listener, behind its authentication
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from daemon.git.source import Snapshot
+
+
+class Evaluator(Protocol):
+    """Nickel evaluation, bounded by the daemon (deadline, memory, one worker process)."""
+
+    def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
+                 entries: Sequence[Any] = ()) -> Any:
+        """Decoded values per path (`.values`) and located problems (`.problems`) of the paths that failed."""
+        ...
+
+    def close(self) -> None:
+        """Stop the worker (only its owner, the daemon, calls this)."""
+        ...
+
+
+class Revisions(Protocol):
+    """Read access to the watched repository's revisions and its staged tree."""
+
+    branch: str
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's git directory (read-only use: a reader that needs a path, such as MCP search)."""
+        ...
+
+    def resolve(self, rev: str) -> str:
+        """The commit id of `rev` (a branch, a tag, an id); raises SourceError when it names nothing."""
+        ...
+
+    def snapshot(self, rev: str) -> Snapshot:
+        """The read-only tree of a commit."""
+        ...
+
+    def staged_snapshot(self) -> Snapshot:
+        """The tree the index of the work tree would commit (what pre-commit checks)."""
+        ...
+
+
+class EventRecorder(Protocol):
+    """Events are recorded under the reconciler's name; never put a secret in `message`."""
+
+    def __call__(self, kind: str, message: str, *, subject: str = "", revision: str = "") -> None:
+        """Record one event (only when something changed or a person should know)."""
+        ...
+
+
+class SecretsPort(Protocol):
+    """Resolve a secret reference (`<manifest path>#<key>`) to its decrypted value, at apply time only.
+
+    Every resolution is audited (who asked, for which reference and purpose; never the value) and nothing is
+    cached by the port: the caller uses the value and drops it."""
+
+    def resolve(self, reference: str, *, purpose: str) -> str:
+        """The plaintext of `reference`; raises a StratumError naming the reference when it cannot."""
+        ...
+
+
+class Timer(Protocol):
+    """A registered timer."""
+
+    def cancel(self) -> None:
+        """Stop it if it has not fired."""
+        ...
+
+
+class Scheduler(Protocol):
+    """Timers on the daemon's clock, and a way to wake its loop (a scheduled task became due)."""
+
+    def call_later(self, delay: float, fn: Callable[[], None], *, name: str = "") -> Timer:
+        """Run `fn` once after `delay` seconds, off the run's thread; errors are logged, never raised."""
+        ...
+
+    def wake(self, reason: str) -> None:
+        """Ask the daemon's loop to look at the branch now."""
+        ...
+
+
+class GitWriter(Protocol):
+    """Commits as the daemon's identity, to branches under the namespace it was given (never the watched
+    branch: what the daemon applies comes from people, through review)."""
+
+    def commit_file(self, branch: str, path: str, text: str, message: str, base: str | None = None) -> str:
+        """Add or replace `path` on `branch` in one commit; a new branch starts at commit `base` (None: with no
+        parent). The commit id; raises SourceError for the watched branch or a `base` not in the repository."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpMount:
+    """An ASGI app the daemon mounts at `prefix` on its listener, built on the first request (`factory`), with
+    the daemon's bearer tokens and Cedar policy in front."""
+
+    prefix: str
+    factory: Callable[[], Any]
