@@ -12,14 +12,17 @@ did not finish in 10 minutes and deleting them took 69 s. This benchmark builds 
 - delete all: a commit removing every infra file, run the same way (every file pruned from the root).
 
 Targets (issue 16): validate < 10 s, first apply < 60 s, one-file change < 1 s. Deleting has no target (69 s
-before). Prints a table and writes bench/results/scale_files.json. Figures are wall-clock on whatever load the
-machine carries (recorded in the JSON): run on a quiet host for comparable numbers.
+before). Prints a table beside the figures measured before the scale work (bench/results/scale_files_before.json,
+commit 377d87c) and writes bench/results/scale_files.json (another file count: scale_files_<n>.json), with the
+before figures under `before`. Figures are wall-clock on whatever load the machine carries: the 1-minute load
+average is recorded at the start and end of every step (`*_load`); run on a quiet host for comparable numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -63,9 +66,11 @@ def child(repo: str, data_dir: str, root: str, n: int) -> dict[str, Any]:
     try:
         def timed(name: str) -> None:
             head = rt.source.resolve("main")
+            load = os.getloadavg()[0]
             t = time.perf_counter()
             result = rt.pipeline.run(head, trigger="bench", incremental=True)
             out[f"{name}_s"] = time.perf_counter() - t
+            out[f"{name}_load"] = [load, os.getloadavg()[0]]
             out[f"{name}_status"] = result.status
             out[f"{name}_actions"] = len(result.actions)
             if result.problems:
@@ -103,33 +108,51 @@ def main() -> None:
         t = time.perf_counter()
         repo = build_repo(base, n)
         build_s = time.perf_counter() - t
+        load = os.getloadavg()[0]
         t = time.perf_counter()
         proc = subprocess.run([common.tool("stratum"), "validate", "--rev", "main", "--repo", str(repo.work),
                                "--data-dir", str(base / "validate-data")], capture_output=True, text=True,
                               check=False, timeout=1800)
         validate_s = time.perf_counter() - t
+        validate_load = [load, os.getloadavg()[0]]
         runs = subprocess.run([sys.executable, __file__, "--child", str(repo.work), str(base / "data"),
                                str(base / "root"), str(n)], capture_output=True, text=True, check=False,
                               timeout=7200)
         if runs.returncode != 0:
             raise SystemExit(f"child failed:\n{runs.stderr[-4000:]}")
         figures: dict[str, Any] = json.loads(runs.stdout.strip().splitlines()[-1])
-    figures.update({"files": n, "build_repo_s": build_s, "validate_s": validate_s,
+    figures.update({"files": n, "build_repo_s": build_s, "validate_s": validate_s, "validate_load": validate_load,
                     "validate_exit": proc.returncode, "validate_output_tail": (proc.stdout + proc.stderr)[-300:]})
+    before_file = common.RESULTS_DIR / "scale_files_before.json"
+    before_doc: dict[str, Any] = json.loads(before_file.read_text()) if before_file.exists() else {}
+    before: dict[str, Any] = before_doc.get("figures", {})
+    before_load = round(float(before_doc.get("environment", {}).get("loadavg_at_end", [0.0])[0]), 1)
+    same_size = before.get("files") == n
+
+    def was(key: str) -> str:
+        return f"{before[key]:.2f} s" if same_size and key in before else "-"
+
+    def loads(key: str) -> str:
+        start, end = figures[key]
+        return f"{start:.1f} -> {end:.1f}"
+
     rows = [
-        ("validate (CLI, cold)", f"{validate_s:.2f} s", f"< {TARGETS['validate_s']:g} s",
-         verdict(validate_s, TARGETS["validate_s"]), f"exit {proc.returncode}"),
-        ("first apply", f"{figures['first_apply_s']:.2f} s", f"< {TARGETS['first_apply_s']:g} s",
-         verdict(figures["first_apply_s"], TARGETS["first_apply_s"]),
-         f"{figures['first_apply_status']}, {figures['first_apply_actions']} actions"),
-        ("one-file change", f"{figures['one_change_s']:.3f} s", f"< {TARGETS['one_change_s']:g} s",
-         verdict(figures["one_change_s"], TARGETS["one_change_s"]),
-         f"{figures['one_change_status']}, {figures['one_change_actions']} actions"),
-        ("delete all", f"{figures['delete_all_s']:.2f} s", "(69 s before)", "",
-         f"{figures['delete_all_status']}, {figures['delete_all_actions']} actions"),
+        ("validate (CLI, cold)", was("validate_s"), f"{validate_s:.2f} s", f"< {TARGETS['validate_s']:g} s",
+         verdict(validate_s, TARGETS["validate_s"]), loads("validate_load"), f"exit {proc.returncode}"),
+        ("first apply", was("first_apply_s"), f"{figures['first_apply_s']:.2f} s",
+         f"< {TARGETS['first_apply_s']:g} s", verdict(figures["first_apply_s"], TARGETS["first_apply_s"]),
+         loads("first_apply_load"), f"{figures['first_apply_status']}, {figures['first_apply_actions']} actions"),
+        ("one-file change", was("one_change_s"), f"{figures['one_change_s']:.3f} s",
+         f"< {TARGETS['one_change_s']:g} s", verdict(figures["one_change_s"], TARGETS["one_change_s"]),
+         loads("one_change_load"), f"{figures['one_change_status']}, {figures['one_change_actions']} actions"),
+        ("delete all", was("delete_all_s"), f"{figures['delete_all_s']:.2f} s", "(69 s in the issue)", "",
+         loads("delete_all_load"), f"{figures['delete_all_status']}, {figures['delete_all_actions']} actions"),
     ]
-    print_table(f"{n} tiny .ncl files", ["step", "time", "target", "verdict", "outcome"], rows)
-    common.write_result("scale_files", {"figures": figures, "targets": TARGETS})
+    print_table(f"{n} tiny .ncl files (before: {before_file.name}, load1 {before_load} at its end)",
+                ["step", "before", "after", "target", "verdict", "load1 start -> end", "outcome"], rows)
+    name = "scale_files" if n == 20_000 else f"scale_files_{n}"
+    common.write_result(name, {"figures": figures, "targets": TARGETS,
+                               "before": before if same_size else None})
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import pygit2
 
@@ -87,12 +87,49 @@ class CommitInfo:
     message: str
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Bounded(Generic[_K, _V]):
+    """A dict that empties itself when it holds more than `limit` items (a cache of content-addressed facts:
+    anything kept is exact, and forgetting only costs a re-read). Thread-safe through the GIL's atomic dict
+    operations; a lost race only computes a value twice."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._data: dict[_K, _V] = {}
+        self._weight = 0
+
+    def get(self, key: _K) -> _V | None:
+        return self._data.get(key)
+
+    def put(self, key: _K, value: _V) -> None:
+        weight = len(value) if isinstance(value, tuple) else 1
+        if self._weight + weight > self.limit:
+            self._data, self._weight = {}, 0
+        self._data[key] = value
+        self._weight += weight
+
+
+# Subtree listings by (tree id, path) and blob sizes by blob id, shared by every snapshot of the process.
+_LISTINGS: _Bounded[tuple[bytes, str], tuple[FileEntry, ...]] = _Bounded(2_000_000)
+_SIZES: _Bounded[bytes, int] = _Bounded(1_000_000)
+_KEEP_FILE_BYTES = 64 * 1024                           # file contents a snapshot keeps once read: small files
+_KEEP_BYTES = 16 * 1024 * 1024                         # up to this much in all (the last good snapshot lives on)
+_SCANS: _Bounded[tuple[bytes, str], tuple[int, tuple[str, ...]]] = _Bounded(1_000_000)
+LISTING_STATS = {"trees_read": 0, "blobs_sized": 0, "trees_scanned": 0}     # what listings cost (tests assert on these)
+
+
 class Snapshot:
     """A read-only view of one commit's tree. Paths are repo-relative POSIX strings."""
 
     def __init__(self, repo: pygit2.Repository, commit: pygit2.Commit | None, tree: pygit2.Tree | None = None,
                  ) -> None:
         self._repo = repo
+        self._known: dict[str, FileEntry] = {}       # files listed by `entries`, by path
+        self._data: dict[str, bytes] = {}             # file contents read, by blob id (see read_entry)
+        self._data_bytes = 0
         if commit is not None:
             self._tree = commit.tree
             self.revision: str = str(commit.id)
@@ -132,11 +169,28 @@ class Snapshot:
 
     def scan(self, max_files: int = MAX_FILES) -> TreeScan:
         """Count the files of the tree (up to `max_files` + 1: the walk is bounded) and find names that are not
-        UTF-8 or hold control characters. Only trees are read, never blobs."""
-        files, bad = 0, []
-        stack: list[tuple[pygit2.Tree, str]] = [(self._tree, "")]
+        UTF-8 or hold control characters. Only trees are read, never blobs. Folders scanned before (same tree
+        id, same place) are counted from the scan cache: a commit that changes one file re-reads its folders."""
+        files, bad = 0, list[str]()
+        # ("tree", tree, path) is a folder to read; ("done", key, files before, bad before) closes one.
+        stack: list[tuple[Any, ...]] = [("tree", self._tree, "")]
         while stack:
-            tree, base = stack.pop()
+            step = stack.pop()
+            if step[0] == "done":
+                _, key, files_before, bad_before = step
+                _SCANS.put(key, (files - files_before, tuple(bad[bad_before:])))
+                continue
+            _, tree, base = step
+            key = (tree.id.raw, base)
+            cached = _SCANS.get(key)
+            if cached is not None:
+                files += cached[0]
+                bad.extend(cached[1])
+                if files > max_files:
+                    return TreeScan(files, True, tuple(bad[:20]))
+                continue
+            stack.append(("done", key, files, len(bad)))
+            LISTING_STATS["trees_scanned"] += 1
             for item in tree:
                 name = str(item.name)
                 path = f"{base}/{name}" if base else name
@@ -144,7 +198,7 @@ class Snapshot:
                     bad.append(display_path(path))
                 mode = int(item.filemode)
                 if mode == _MODE_TREE:
-                    stack.append((self._tree_at(item.id), path))
+                    stack.append(("tree", self._tree_at(item.id), path))
                 elif mode != _MODE_COMMIT:
                     files += 1
                     if files > max_files:
@@ -156,26 +210,43 @@ class Snapshot:
         tree = self._subtree(prefix)
         if tree is None:
             return []
-        base = prefix.strip("/")
-        out: list[FileEntry] = []
-        for path, obj, mode in self._walk(tree, base):
-            if suffixes and not path.endswith(suffixes):
-                continue
-            out.append(FileEntry(path=path, blob_id=str(obj.id), size=obj.size, mode=mode))
+        listing = self._listing(tree, prefix.strip("/"))
+        out = [e for e in listing if e.path.endswith(suffixes)] if suffixes else list(listing)
         out.sort(key=lambda e: e.path)
+        for e in out:
+            self._known.setdefault(e.path, e)
         return out
 
-    def _walk(self, tree: pygit2.Tree, base: str) -> Iterator[tuple[str, pygit2.Blob, int]]:
+    def _listing(self, tree: pygit2.Tree, base: str) -> tuple[FileEntry, ...]:
+        """The files under `tree` (at `base`), from the listing cache when this subtree was listed before: a
+        tree id names its whole content, so a commit that changes one file re-reads one folder's listing."""
+        key = (tree.id.raw, base)
+        cached = _LISTINGS.get(key)
+        if cached is not None:
+            return cached
+        LISTING_STATS["trees_read"] += 1
+        out: list[FileEntry] = []
         for item in tree:
             name = display_path(str(item.name))      # never a surrogate: such a revision is refused anyway
             path = f"{base}/{name}" if base else name
             mode = int(item.filemode)
             if mode == _MODE_TREE:
-                yield from self._walk(self._tree_at(item.id), path)
-            elif mode == _MODE_COMMIT:
-                continue  # submodules are not part of the snapshot
-            else:
-                yield path, self._blob_at(item.id), mode
+                out.extend(self._listing(self._tree_at(item.id), path))
+            elif mode != _MODE_COMMIT:                # submodules are not part of the snapshot
+                out.append(FileEntry(path=path, blob_id=str(item.id), size=self._size(item.id), mode=mode))
+        listing = tuple(out)
+        _LISTINGS.put(key, listing)
+        return listing
+
+    def _size(self, oid: pygit2.Oid) -> int:
+        """A blob's size, cached by blob id (reading it inflates a loose object)."""
+        key = oid.raw
+        size = _SIZES.get(key)
+        if size is None:
+            size = self._blob_at(oid).size
+            LISTING_STATS["blobs_sized"] += 1
+            _SIZES.put(key, size)
+        return size
 
     def _tree_at(self, oid: pygit2.Oid) -> pygit2.Tree:
         obj = self._repo[oid]
@@ -189,6 +260,9 @@ class Snapshot:
 
     def entry(self, path: str) -> FileEntry | None:
         """The file at `path`, or None."""
+        known = self._known.get(path)
+        if known is not None:                         # listed by `entries` (one tree walk, not a lookup each)
+            return known
         try:
             item = self._tree[path]
         except KeyError:
@@ -196,8 +270,7 @@ class Snapshot:
         mode = int(item.filemode)
         if mode in (_MODE_TREE, _MODE_COMMIT):
             return None
-        blob = self._blob_at(item.id)
-        return FileEntry(path=path, blob_id=str(item.id), size=blob.size, mode=mode)
+        return FileEntry(path=path, blob_id=str(item.id), size=self._size(item.id), mode=mode)
 
     def read(self, path: str, limit: int = MAX_FILE_BYTES) -> bytes:
         """The bytes of a regular file. Symlinks, missing files and files over `limit` are input errors."""
@@ -214,7 +287,14 @@ class Snapshot:
         if entry.size > limit:
             raise InputError(f"file is {entry.size} bytes, over the {limit}-byte limit", where=entry.path,
                              hint="split the file or raise the limit in stratumd.toml")
-        data: bytes = self._blob_at(pygit2.Oid(hex=entry.blob_id)).data
+        data = self._data.get(entry.blob_id)
+        if data is None:
+            data = self._blob_at(pygit2.Oid(hex=entry.blob_id)).data
+            # Loading reads a file more than once (import scan, the Nickel work tree, line numbers): keep
+            # small files' bytes for the snapshot's life, within a budget.
+            if len(data) <= _KEEP_FILE_BYTES and self._data_bytes + len(data) <= _KEEP_BYTES:
+                self._data[entry.blob_id] = data
+                self._data_bytes += len(data)
         return data
 
     def text(self, entry: FileEntry, limit: int = MAX_FILE_BYTES) -> str:

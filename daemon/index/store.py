@@ -151,6 +151,7 @@ class Index:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
+        self._inventory: dict[tuple[str, str], InventoryItem] | None = None   # see inventory()
         self._in_txn = False
         self._batch: list[tuple[str, list[Any]]] | None = None
         self._journal: Journal | None = None
@@ -218,6 +219,7 @@ class Index:
         with self._lock:
             with contextlib.suppress(Exception):
                 self.con.close()
+            self._inventory = None
             self.con = self._open()
 
     def close(self) -> None:
@@ -259,6 +261,7 @@ class Index:
             if own:
                 self.con.execute("COMMIT")
         except Exception:
+            self._inventory = None                # what reached the file is unknown: read it again
             if own:
                 self.con.execute("ROLLBACK")
             raise
@@ -280,6 +283,7 @@ class Index:
                 if self._journal is not None:
                     self._journal.reset()
             except BaseException:
+                self._inventory = None            # writes of the block are undone: read the file again
                 self.con.execute("ROLLBACK")
                 raise
             finally:
@@ -311,7 +315,11 @@ class Index:
                 yield
             finally:
                 records, self._batch = self._batch, None
-                self._journal.append_many(records)
+                try:
+                    self._journal.append_many(records)
+                except BaseException:
+                    self._inventory = None        # the block's inventory writes were not kept
+                    raise
                 self._pending.extend(records)
                 if len(self._pending) >= _BATCH:
                     self.flush()
@@ -351,6 +359,8 @@ class Index:
         """Run one write statement (autocommitted)."""
         with self._lock:
             self.flush()
+            if "inventory" in sql.lower():
+                self._inventory = None
             self.con.execute(sql, list(params))
 
     # -- state ---------------------------------------------------------------------------------------
@@ -453,17 +463,31 @@ class Index:
     def inventory(self, reconciler: str | None = None) -> list[InventoryItem]:
         """What Stratum owns on its targets."""
         sql = "SELECT reconciler, resource_id, kind, data FROM inventory"
-        rows = self.query(sql + " WHERE reconciler = ?", [reconciler]) if reconciler else self.query(sql)
-        return [InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+        with self._lock:
+            if self.read_only:                    # another process writes: always read the file
+                rows = self.query(sql + " WHERE reconciler = ?", [reconciler]) if reconciler else self.query(sql)
+                return [InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+            # The only writer keeps a copy, updated by its own writes (a run reads 20,000 items twice).
+            if self._inventory is None:
+                self._inventory = {(str(r[0]), str(r[1])): InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3]))
+                                   for r in self.query(sql)}
+            items = self._inventory.values()
+            return [i for i in items if i.reconciler == reconciler] if reconciler else list(items)
 
     def put_inventory(self, item: InventoryItem, revision: str) -> None:
         """Add or update an owned resource."""
-        self._defer("put_inventory",
-                    [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
+        with self._lock:
+            self._defer("put_inventory",
+                        [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
+            if self._inventory is not None:
+                self._inventory[(item.reconciler, item.resource_id)] = item
 
     def drop_inventory(self, reconciler: str, resource_id: str) -> None:
         """Forget an owned resource (it was removed)."""
-        self._defer("drop_inventory", [reconciler, resource_id])
+        with self._lock:
+            self._defer("drop_inventory", [reconciler, resource_id])
+            if self._inventory is not None:
+                self._inventory.pop((reconciler, resource_id), None)
 
     # -- events ----------------------------------------------------------------------------------------
     def event(self, kind: str, message: str, *, reconciler: str = "", subject: str = "",

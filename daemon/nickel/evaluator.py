@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -241,11 +241,14 @@ class Evaluator:
         count = max(1, workers or min(2, os.cpu_count() or 1))
         self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()               # the work tree, written by the chunks' threads
         self._materialized: dict[str, str] = {}       # path -> blob id currently in workdir
         self._cache: dict[str, Any] = {}               # cache key -> decoded value
         self._imports: dict[str, list[Any]] = {}       # blob id -> scanned imports (or a ScanError)
+        self._solo_keys: dict[tuple[str | None, str, str], str] = {}   # files importing nothing -> cache key
         self.stats = {"evaluations": 0, "cache_hits": 0}
         self.disk_hits = 0                              # values found on disk, evaluated by an earlier process
+        self.keys_derived = 0                           # closures walked and hashed (not known from before)
         if prestart:
             self.prestart()
 
@@ -260,6 +263,7 @@ class Evaluator:
         """Stop the worker process."""
         for worker in self._workers:
             worker.kill()
+        self._disk.close()
 
     # 1. imports ------------------------------------------------------------------------------------
     def _scan(self, snap: Snapshot, entry: FileEntry) -> list[Any]:
@@ -372,24 +376,31 @@ class Evaluator:
         return None
 
     # 2. materialize -------------------------------------------------------------------------------
-    def _materialize(self, snap: Snapshot, entries: list[FileEntry], files: _Files) -> None:
-        # Files of other commits must not linger: Nickel resolves a relative import on disk first.
+    def _sweep(self, files: _Files) -> None:
+        """Files of other commits must not linger: Nickel resolves a relative import on disk first."""
         for stale in [p for p in self._materialized if p not in files]:
             (self.workdir / stale).unlink(missing_ok=True)
             del self._materialized[stale]
-        # Evaluations are serialized (the lock), so no worker reads a file while it is rewritten: a plain write
-        # (no temporary file and rename) and one mkdir per folder keep 20,000 files cheap.
-        made: set[str] = set()
-        for entry in entries:
-            if self._materialized.get(entry.path) == entry.blob_id:
-                continue
-            folder = os.path.join(self.workdir, os.path.dirname(entry.path))
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            with open(os.path.join(self.workdir, entry.path), "wb") as fh:
-                fh.write(snap.read_entry(entry, MAX_NICKEL_BYTES))
-            self._materialized[entry.path] = entry.blob_id
+
+    def _materialize(self, snap: Snapshot, entries: Sequence[FileEntry]) -> None:
+        """Write the files (changed blobs only) into the work tree. Chunks are written just before they are
+        evaluated, so writing one chunk overlaps with the other worker evaluating another; the lock keeps two
+        threads from writing one shared import at once."""
+        # Evaluations are serialized (the evaluator's lock) and a file is written before any chunk importing it
+        # is sent, so no worker reads a file while it is rewritten: a plain write (no temporary file and
+        # rename) and one mkdir per folder keep 20,000 files cheap.
+        with self._write_lock:
+            made: set[str] = set()
+            for entry in entries:
+                if self._materialized.get(entry.path) == entry.blob_id:
+                    continue
+                folder = os.path.join(self.workdir, os.path.dirname(entry.path))
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                with open(os.path.join(self.workdir, entry.path), "wb") as fh:
+                    fh.write(snap.read_entry(entry, MAX_NICKEL_BYTES))
+                self._materialized[entry.path] = entry.blob_id
 
     # 3. evaluate ----------------------------------------------------------------------------------
     def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
@@ -407,29 +418,49 @@ class Evaluator:
         problems: list[Problem] = []
         pending: dict[str, str] = {}                      # path -> cache key
         keys: dict[str, str] = {}
-        needed: dict[str, FileEntry] = {}
+        closures: dict[str, list[FileEntry]] = {}
         for path in paths:
-            closure, problem = self._closure(snap, path, files)
-            if problem is not None:
-                problems.append(problem)
-                continue
-            key = hashlib.sha256(json.dumps(
-                [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
-            ).hexdigest()
+            entry = files.get(path)
+            solo = (contract, path, entry.blob_id) if entry is not None and path.endswith(".ncl") \
+                and not entry.is_symlink and self._imports.get(entry.blob_id) == [] else None
+            key = self._solo_keys.get(solo) if solo is not None else None
+            if key is not None and entry is not None:
+                # A file known to import nothing (its blob was scanned): its closure is itself, and its key
+                # was made before. A revision changing one file of 20,000 re-derives one key, not all.
+                closure = [entry]
+            else:
+                closure, problem = self._closure(snap, path, files)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                key = hashlib.sha256(json.dumps(
+                    [contract, self._lib_version, path, sorted((e.path, e.blob_id) for e in closure)]).encode()
+                ).hexdigest()
+                self.keys_derived += 1
+                if len(closure) == 1 and entry is not None and self._imports.get(entry.blob_id) == []:
+                    if len(self._solo_keys) > 200_000:
+                        self._solo_keys.clear()
+                    self._solo_keys[(contract, path, entry.blob_id)] = key
             keys[path] = key
             if key in self._cache:
                 values[path] = self._cache[key]
                 self.stats["cache_hits"] += 1
                 continue
-            found, value = self._disk.get(key)      # evaluated by an earlier process (a CLI run, a daemon)
-            if found:
-                self._cache[key] = values[path] = value
-                self.disk_hits += 1
-                continue
             pending[path] = key
-            needed.update({e.path: e for e in closure})
+            closures[path] = closure
         if pending:
-            self._materialize(snap, list(needed.values()), files)
+            # Evaluated by an earlier process (a CLI run, a daemon): one batched lookup.
+            on_disk = self._disk.get_many(list(pending.values()))
+            for path, key in list(pending.items()):
+                if key in on_disk:
+                    self._cache[key] = values[path] = on_disk[key]
+                    self.disk_hits += 1
+                    del pending[path]
+        if pending:
+            self._sweep(files)
+
+            def prepare(chunk: list[str]) -> None:
+                self._materialize(snap, [e for path in chunk for e in closures[path]])
             # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
             # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
             # per-file fallback that followed took minutes), spread over the workers (one per core).
@@ -438,16 +469,17 @@ class Evaluator:
             count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
             deadline = time.monotonic() + self.budget
             if count == 1:
-                results = [self._evaluate_chunks(0, chunks, contract, deadline)]
+                results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
             else:
                 with cf.ThreadPoolExecutor(max_workers=count) as pool:
                     results = list(pool.map(
-                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline), range(count)))
+                        lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare),
+                        range(count)))
             for chunk_values, chunk_problems in results:
                 for path, value in chunk_values.items():
                     self._cache[pending[path]] = values[path] = value
-                    self._disk.put(pending[path], value)
                 problems.extend(chunk_problems)
+                self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems), keys=keys)
@@ -461,7 +493,7 @@ class Evaluator:
         return re.sub(r'import\s+"([^"]+)"', swap, contract)
 
     def _evaluate_chunks(self, worker: int, chunks: list[list[str]], contract: str | None, deadline: float,
-                         ) -> tuple[dict[str, Any], list[Problem]]:
+                         prepare: Callable[[list[str]], None]) -> tuple[dict[str, Any], list[Problem]]:
         """Chunks one after another on one worker, within the revision's evaluation budget: once `deadline`
         passed (files that each ran to the deadline), the files left are problems, not more waiting."""
         values: dict[str, Any] = {}
@@ -473,6 +505,7 @@ class Evaluator:
                     "deadline)", path, reconciler="nickel", hint="fix the files reported as too slow")
                     for path in chunk)
                 continue
+            prepare(chunk)
             chunk_values, chunk_problems = self._evaluate_chunk(worker, chunk, contract, deadline)
             values.update(chunk_values)
             problems.extend(chunk_problems)

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 
 from reconcilers.base import Action, ActionKind, InventoryItem, freeze
 from reconcilers.infra.local import content_hash
-from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource, Resource
+from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource, Resource, applied_spec_hash
 
 NAME = "infra"
 
@@ -82,8 +82,10 @@ def findings(desired: InfraDesired, observed: InfraObserved,
     """Every desired resource that needs attention, classified."""
     out: list[Finding] = []
     for rid, r in desired.resources.items():
+        if rid in observed.assumed:           # applied before with this spec: in place by assumption
+            continue
         inv = inventory.get(rid)
-        known_hash = json.loads(inv.data).get("spec_hash") if inv else None
+        known_hash = applied_spec_hash(inv.data) if inv else None
         o = observed.resources.get(rid, ObservedResource(exists=False))
         differs = _host_differs(r, o)
         if r.kind == "command":

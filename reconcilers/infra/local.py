@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import shutil
 import stat
 import subprocess
@@ -27,7 +26,9 @@ TEMP_SUFFIX = ".stratum-tmp"          # `.<name>.<random>.stratum-tmp`: written,
 def _temp_name(path: Path) -> Path:
     """A fresh temporary name beside `path`: unique per write, so removing a stray left by a killed apply can
     never race with a write of the same file in this run (rollback runs both at once)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    # os.urandom, not the `secrets` module: a benchmark run as `python bench/x.py` has bench/ first on sys.path,
+    # where bench/secrets.py stands in for the standard library's module.
+    return path.with_name(f".{path.name}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
 
 
 class LocalProvider:
@@ -52,20 +53,46 @@ class LocalProvider:
         if not rel or rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
             raise PathEscapeError(f"path {rel!r} is not relative to the root", hint="use a relative path")
         parent_rel, _, name = rel.rstrip("/").rpartition("/")
-        parent = cache.get(parent_rel) if cache is not None else None
-        if parent is None:
-            parent = os.path.realpath(os.path.join(self._root, parent_rel))
-            if parent != self._root and not parent.startswith(self._root + "/"):
-                raise PathEscapeError(f"path {rel!r} leads out of the root {self.root} through a symlink",
-                                      hint="remove the symlink on the host or change the path")
-            if cache is not None:
-                cache[parent_rel] = parent
+        parent = self._real_folder(parent_rel, cache)
+        if parent != self._root and not parent.startswith(self._root + "/"):
+            raise PathEscapeError(f"path {rel!r} leads out of the root {self.root} through a symlink",
+                                  hint="remove the symlink on the host or change the path")
         path = os.path.join(parent, name)
         if follow_last and os.path.islink(path):
             real = os.path.realpath(path)
             if real != self._root and not real.startswith(self._root + "/"):
                 raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
         return path
+
+    def _real_folder(self, folder: str, cache: dict[str, str] | None) -> str:
+        """`os.path.realpath` of a root-relative folder, one component at a time: an lstat per component, and
+        the real path only of components that are symlinks. With a cache, the folders' common prefixes are
+        resolved once (20,000 files in 100 folders: ~100 lstats, not realpath's ~600 per pass)."""
+        if cache is not None and folder in cache:
+            return cache[folder]
+        current, done = self._root, ""
+        parts = folder.split("/") if folder else []
+        start = 0
+        if cache is not None:                         # the longest prefix resolved before
+            for i in range(len(parts) - 1, 0, -1):
+                hit = cache.get("/".join(parts[:i]))
+                if hit is not None:
+                    current, done, start = hit, "/".join(parts[:i]), i
+                    break
+        for part in parts[start:]:
+            done = f"{done}/{part}" if done else part
+            if part == "..":                          # (resolve_str refuses `..`; kept exact all the same)
+                current = os.path.dirname(current)
+            elif part not in ("", "."):
+                candidate = os.path.join(current, part)
+                try:
+                    is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+                except OSError:
+                    is_link = False                   # missing: kept as written, as realpath does
+                current = os.path.realpath(candidate) if is_link else candidate
+            if cache is not None:
+                cache[done] = current
+        return current
 
     # observe ----------------------------------------------------------------------------------------
     def observe(self, resource_kind: str, rel: str, cache: dict[str, str] | None = None) -> ObservedResource:

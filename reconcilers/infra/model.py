@@ -31,10 +31,43 @@ def _decode(spec: str) -> Mapping[str, Any]:
     return MappingProxyType(json.loads(spec))
 
 
+_FACTS: dict[str, tuple[str, str, str | None]] = {}     # inventory data -> (kind, path, spec hash)
+
+
 @functools.lru_cache(maxsize=65536)
 def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider: str, source: str) -> str:
-    return freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
+    data = freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
                    "source": source})
+    _remember(data, (kind, path, spec_hash))      # what this entry says, for when it comes back from the index
+    return data
+
+
+def _remember(data: str, facts: tuple[str, str, str | None]) -> None:
+    if len(_FACTS) > 200_000:
+        _FACTS.clear()
+    _FACTS[data] = facts
+
+
+def _facts(inventory_data: str) -> tuple[str, str, str | None]:
+    """(kind, path, spec hash) of an inventory entry: known when this process made it, else decoded once."""
+    found = _FACTS.get(inventory_data)
+    if found is None:
+        data = json.loads(inventory_data)
+        spec_hash = data.get("spec_hash")
+        found = (str(data.get("kind", "")), str(data.get("path", "")), None if spec_hash is None else str(spec_hash))
+        _remember(inventory_data, found)
+    return found
+
+
+def applied_spec_hash(inventory_data: str) -> str | None:
+    """The spec hash an inventory entry recorded."""
+    return _facts(inventory_data)[2]
+
+
+def inventory_entry(inventory_data: str) -> tuple[str, str]:
+    """(kind, path) an inventory entry recorded."""
+    kind, path, _ = _facts(inventory_data)
+    return kind, path
 
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
@@ -54,6 +87,13 @@ class Resource:
     source: str = ""                          # repo file that declares it
     line: int = 0
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Derived from kind and spec once, when made: a run reads them several times for each of 20,000 resources.
+    _spec_hash: str = field(default="", init=False, repr=False, compare=False)
+    _path: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_spec_hash", _hash(self.spec))
+        object.__setattr__(self, "_path", _path_of(self.kind, self.spec))
 
     @property
     def fields(self) -> Mapping[str, Any]:
@@ -63,12 +103,12 @@ class Resource:
     @property
     def spec_hash(self) -> str:
         """A short hash of the spec: what inventory remembers to tell a repo change from drift."""
-        return _hash(self.spec)
+        return self._spec_hash
 
     @property
     def path(self) -> str:
         """The root-relative path the resource manages ('' for commands)."""
-        return _path_of(self.kind, self.spec)
+        return self._path
 
     def inventory_data(self) -> str:
         """What inventory keeps so the resource can be pruned after it left the repo."""
@@ -101,3 +141,6 @@ class InfraObserved:
 
     resources: Mapping[str, ObservedResource]
     strays: tuple[str, ...] = ()
+    # Resources applied before with the same spec, taken as in place without reading the host (a commit's
+    # incremental run): the diff has nothing to do for them, so it does not look at them at all.
+    assumed: frozenset[str] = frozenset()

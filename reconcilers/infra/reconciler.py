@@ -25,7 +25,14 @@ from reconcilers.errors import ApplyError, PathEscapeError, StratumError, Termin
 from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
-from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource
+from reconcilers.infra.model import (
+    InfraDesired,
+    InfraObserved,
+    ObservedResource,
+    Resource,
+    applied_spec_hash,
+    inventory_entry,
+)
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
@@ -49,6 +56,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
         self._file_cache: FileCache = {}
+        self._policy_views: dict[int, tuple[Resource, PolicyResource]] = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
 
@@ -95,18 +103,17 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         paths = [r.path for r in desired.resources.values() if r.kind in _WRITTEN]
         for item in inventory:
             if item.reconciler == self.name and item.kind in _WRITTEN:
-                paths.append(str(json.loads(item.data).get("path", "")))
+                paths.append(inventory_entry(item.data)[1])
         return tuple(self.provider.stray_temps(p.rpartition("/")[0] for p in paths if p))
 
     def observe_changed(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """Like `observe`, but resources applied before with the same spec are taken as in place without
         reading the host (a commit's run touches what the commit changed; drift checks read everything)."""
-        applied = {i.resource_id: json.loads(i.data).get("spec_hash") for i in inventory if i.reconciler == self.name}
-        unchanged = {rid: r for rid, r in desired.resources.items() if applied.get(rid) == r.spec_hash}
+        applied = {i.resource_id: applied_spec_hash(i.data) for i in inventory if i.reconciler == self.name}
+        unchanged = frozenset(rid for rid, r in desired.resources.items() if applied.get(rid) == r.spec_hash)
         changed = InfraDesired(resources={rid: r for rid, r in desired.resources.items() if rid not in unchanged})
-        seen = dict(self.simulate(InfraDesired(resources=unchanged)).resources)
-        seen.update(self.observe(changed, []).resources)
-        return InfraObserved(resources=seen, strays=self._strays(desired, inventory))
+        seen = self.observe(changed, []).resources
+        return InfraObserved(resources=seen, strays=self._strays(desired, inventory), assumed=unchanged)
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
         """The host as if `desired` had been applied (for pull-request plans that read no host)."""
@@ -217,11 +224,21 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
     def policy_resources(self, desired: InfraDesired) -> list[PolicyResource]:
         """What change control authorizes: each resource with its attributes; the digest covers everything
         a commit can change about it (spec, labels, prune, drift, dependencies)."""
+        # Admission asks for the revision and its base on every run; resources of unchanged files are the same
+        # objects from one load to the next (the load cache), so their policy view is made once. Keyed by the
+        # object's id with the object itself kept, so an id is never reused while its entry lives.
+        known = self._policy_views
         out = []
         for r in desired.resources.values():
-            digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
-            out.append(PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels,
-                                      digest.hexdigest()[:16], r.source, r.line))
+            hit = known.get(id(r))
+            if hit is None or hit[0] is not r:
+                digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
+                hit = (r, PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels,
+                                         digest.hexdigest()[:16], r.source, r.line))
+                if len(known) > 200_000:
+                    known.clear()
+                known[id(r)] = hit
+            out.append(hit[1])
         return out
 
     def close(self) -> None:

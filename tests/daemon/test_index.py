@@ -360,6 +360,30 @@ def test_inventory_is_put_replaced_and_dropped(index: Index) -> None:
     assert [i.resource_id for i in index.inventory()] == ["kv"]
 
 
+def test_the_writers_inventory_follows_its_own_writes_and_rollbacks(index: Index) -> None:
+    """The writer answers inventory from a copy kept in step with its writes: a put or drop shows at once, a
+    failed transaction and a raw statement on the table make it read the file again, and every answer
+    matches the table."""
+
+    def table() -> list[str]:
+        return [str(r[0]) for r in index.query("SELECT resource_id FROM inventory ORDER BY 1")]
+
+    index.put_inventory(InventoryItem("infra", "a", "file", '{"path":"a"}'), "r1")
+    assert [i.resource_id for i in index.inventory("infra")] == ["a"]            # the copy is made here
+    index.put_inventory(InventoryItem("infra", "b", "file", '{"path":"b"}'), "r1")
+    index.drop_inventory("infra", "a")
+    assert [i.resource_id for i in index.inventory()] == ["b"] == table()
+    with pytest.raises(RuntimeError), index.transaction():
+        index.put_inventory(InventoryItem("infra", "c", "file", '{"path":"c"}'), "r2")
+        index.drop_inventory("infra", "b")
+        assert sorted(i.resource_id for i in index.inventory()) == ["c"]
+        raise RuntimeError("the run failed")
+    assert sorted(i.resource_id for i in index.inventory()) == table()
+    index.execute("INSERT INTO inventory VALUES ('vault', 'kv', 'secret', '{}', 'r3', 0)")
+    assert "kv" in table()
+    assert sorted(i.resource_id for i in index.inventory()) == table()
+
+
 def test_resources_changed_files_and_events_are_recorded(index: Index) -> None:
     """Per-revision resources replace earlier rows; changed files and events are appended."""
     index.record_resources("r1", [("infra", "a", "file", "etc/a", "h1")])

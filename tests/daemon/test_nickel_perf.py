@@ -6,7 +6,7 @@ Speed is measured by bench/ (cli.py, load_plan.py); these tests check the mechan
 
 from __future__ import annotations
 
-import os
+import sqlite3
 from pathlib import Path
 
 from daemon.git.source import GitSource, Snapshot
@@ -93,23 +93,55 @@ def test_a_changed_file_or_contract_is_evaluated_again(repo: WorkRepo, tmp_path:
 
 
 def test_a_damaged_cache_entry_is_a_miss_and_is_repaired(repo: WorkRepo, tmp_path: Path) -> None:
-    """A truncated or foreign file in the cache costs an evaluation, never an error or a wrong value."""
+    """A truncated value in the cache costs an evaluation, never an error or a wrong value."""
     snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
     ev = Evaluator(tmp_path / "cache", timeout=10.0)
     try:
-        ev.evaluate(snap, ["infra/a.ncl"], INFRA)
+        result = ev.evaluate(snap, ["infra/a.ncl"], INFRA)
     finally:
         ev.close()
-    (entry,) = (tmp_path / "cache" / "values").glob("*.json")
-    entry.write_text('{"value": {"resources"')
+    (key,) = result.keys.values()
+    with sqlite3.connect(tmp_path / "cache" / "values" / "values.sqlite") as con:
+        con.execute("UPDATE v SET value = ?", ('{"value": {"resources"',))
     again = Evaluator(tmp_path / "cache", timeout=10.0)
     try:
         result = again.evaluate(snap, ["infra/a.ncl"], INFRA)
         assert result.values["infra/a.ncl"]["resources"]["a"]["content"] == "x"
         assert again.stats["evaluations"] == 1
-        assert DiskCache(tmp_path / "cache" / "values").get(entry.stem) == (True, result.values["infra/a.ncl"])
+        assert DiskCache(tmp_path / "cache" / "values").get(key) == (True, result.values["infra/a.ncl"])
     finally:
         again.close()
+
+
+def test_a_cache_file_that_is_no_database_is_replaced(repo: WorkRepo, tmp_path: Path) -> None:
+    """Garbage in place of the cache file: the evaluation goes on, and the file is rebuilt for next time."""
+    snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    (tmp_path / "cache" / "values").mkdir(parents=True)
+    (tmp_path / "cache" / "values" / "values.sqlite").write_bytes(b"not a database at all, " * 100)
+    ev = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        result = ev.evaluate(snap, ["infra/a.ncl"], INFRA)
+        assert result.problems == () and ev.stats["evaluations"] == 1
+    finally:
+        ev.close()
+    again = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        assert again.evaluate(snap, ["infra/a.ncl"], INFRA).values == result.values
+        assert again.stats["evaluations"] == 0 and again.disk_hits == 1
+    finally:
+        again.close()
+
+
+def test_many_values_are_read_and_written_in_batches(tmp_path: Path) -> None:
+    """1,200 values (over one SELECT's parameter batch) written at once all come back from a new cache."""
+    cache = DiskCache(tmp_path / "values")
+    cache.put_many((f"k{i}", {"i": i}) for i in range(1200))
+    cache.close()
+    reopened = DiskCache(tmp_path / "values")
+    found = reopened.get_many([f"k{i}" for i in range(1300)])
+    assert found == {f"k{i}": {"i": i} for i in range(1200)}
+    assert list((tmp_path / "values").glob("*.json")) == []          # one file, not one per value
+    reopened.close()
 
 
 def test_errors_are_not_kept(repo: WorkRepo, tmp_path: Path) -> None:
@@ -129,9 +161,9 @@ def test_the_disk_cache_is_bounded(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path / "values", max_entries=10)
     for i in range(15):
         cache.put(f"k{i:02}", {"i": i})
-        # Distinct ages, whatever the file system's timestamp granularity.
-        os.utime(tmp_path / "values" / f"k{i:02}.json", ns=(1_000_000_000 * (i + 1),) * 2)
+    cache.close()
     reopened = DiskCache(tmp_path / "values", max_entries=10)
-    kept = sorted(p.stem for p in (tmp_path / "values").glob("*.json"))
-    assert len(kept) == 8
+    kept = sorted(reopened.get_many([f"k{i:02}" for i in range(15)]))
+    assert kept == [f"k{i:02}" for i in range(7, 15)]
     assert reopened.get("k14") == (True, {"i": 14})
+    reopened.close()

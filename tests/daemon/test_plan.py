@@ -26,9 +26,9 @@ def act(aid: str, *deps: str, compensation: str | None = None, kind: str = "crea
     return Action(
         id=f"t:{aid}",
         reconciler="t",
-        kind=kind,
+        kind=kind,  # type: ignore[arg-type]
         target=aid,
-        summary=f"{kind} {aid}",  # type: ignore[arg-type]
+        summary=f"{kind} {aid}",
         change=json.dumps({"n": aid}),
         depends_on=tuple(f"t:{d}" for d in deps),
         compensation=compensation,
@@ -43,7 +43,7 @@ class Recorder(Reconciler[Any, Any]):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.calls: list[str] = []
-        self.hooks: dict[str, Callable[[Action], None]] = {}
+        self.hooks: dict[str, Callable[[Action], object]] = {}
         self.fail: set[str] = set()
         self.fail_compensation: set[str] = set()
 
@@ -227,7 +227,12 @@ def test_a_failure_stops_scheduling_of_dependents(rec: Recorder, index: Index) -
 def test_running_siblings_finish_and_are_checkpointed_after_a_failure(rec: Recorder, index: Index) -> None:
     """An independent action already in flight when another fails completes and is recorded done."""
     sibling_started = threading.Event()
-    rec.hooks["slow"] = lambda action: (sibling_started.set(), wait_until(lambda: "bad" in rec.calls))
+
+    def slow(action: Action) -> None:
+        sibling_started.set()
+        wait_until(lambda: "bad" in rec.calls)
+
+    rec.hooks["slow"] = slow
     rec.hooks["bad"] = lambda action: sibling_started.wait(timeout=10)
     rec.fail.add("bad")
     actions = [act("slow"), act("bad"), act("after-slow", "slow")]
@@ -236,6 +241,49 @@ def test_running_siblings_finish_and_are_checkpointed_after_a_failure(rec: Recor
     assert [a.id for a, _ in result.completed] == ["t:slow"]
     assert "after-slow" not in rec.calls
     assert _final_status(index, "run") == {"t:slow": "done", "t:bad": "failed"}
+
+
+def test_a_failure_starts_no_more_of_the_ready_actions(rec: Recorder, index: Index) -> None:
+    """Twenty independent actions, parallelism 2, the first fails: besides it, only the one already in flight
+    runs. (Every ready action used to be handed to the pool at once, so all twenty ran after the failure, and
+    waiting on thousands of futures in flight made large plans quadratic.)"""
+    failing = threading.Event()
+    rec.hooks["a00"] = lambda action: failing.set()
+    for i in range(1, 20):
+        rec.hooks[f"a{i:02d}"] = lambda action: failing.wait(timeout=10)
+    rec.fail.add("a00")
+    actions = [act(f"a{i:02d}") for i in range(20)]
+    result = _executor(rec, index, parallelism=2).execute("run", actions, CTX)
+    assert result.failed is not None and result.failed[0].id == "t:a00"
+    assert len(rec.calls) <= 2 and "a00" in rec.calls
+    status = _final_status(index, "run")
+    assert set(status) == {f"t:{c}" for c in rec.calls}          # `started` only for what really started
+    assert status["t:a00"] == "failed"
+
+
+def test_a_shutdown_starts_no_more_of_the_ready_actions(rec: Recorder, index: Index) -> None:
+    """`stop` set by the first action: the run is interrupted with the rest never started or checkpointed."""
+    stop = threading.Event()
+    rec.hooks["a00"] = lambda action: stop.set()
+    actions = [act(f"a{i:02d}") for i in range(20)]
+    executor = _executor(rec, index, parallelism=1)
+    executor.stop = stop
+    result = executor.execute("run", actions, CTX)
+    assert result.interrupted and result.ok
+    assert rec.calls == ["a00"]
+    assert _final_status(index, "run") == {"t:a00": "done"}
+
+
+def test_a_large_plan_applies_every_action_once(rec: Recorder, index: Index) -> None:
+    """3,000 actions (most independent, some chained) all run once, dependencies first, all checkpointed."""
+    actions = [act(f"x{i:04d}", *([f"x{i - 1:04d}"] if i % 10 else [])) for i in range(3000)]
+    result = _executor(rec, index, parallelism=4).execute("run", actions, CTX)
+    assert result.ok and len(result.completed) == 3000
+    assert sorted(rec.calls) == sorted(a.target for a in actions)
+    position = {name: n for n, name in enumerate(rec.calls)}
+    assert all(position[f"x{i - 1:04d}"] < position[f"x{i:04d}"] for i in range(3000) if i % 10)
+    assert set(_final_status(index, "run").values()) == {"done"}
+    assert len(index.inventory("t")) == 3000
 
 
 def test_checkpoints_are_written_before_dependents_start(rec: Recorder, index: Index) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InputError, SourceError
-from daemon.git.source import NOTES_REF, GitSource, is_url, safe_relpath, sanitize_url
+from daemon.git.source import LISTING_STATS, NOTES_REF, GitSource, is_url, safe_relpath, sanitize_url
 from tests.fixtures import WorkRepo, bare_repo, git
 
 
@@ -48,6 +48,47 @@ def test_entries_by_prefix_and_suffix_carry_blob_ids(work: WorkRepo, tmp_path: P
     assert entries[0].size == len("{ b = 1 }\n")
     assert snap.entries("missing") == []
     assert snap.entries("", suffixes=(".md",)) == []
+
+
+def test_a_commit_that_changes_one_file_lists_only_the_folders_it_changed(tmp_path: Path) -> None:
+    """Listings are kept by tree id: the next commit, which edits one file of `infra/s1`, reads the trees on
+    that file's path (root, infra, infra/s1) and sizes one blob; its entries are exact all the same."""
+    repo = WorkRepo(tmp_path / "scale")
+    repo.commit({f"infra/s{i % 4}/f{i:03d}.ncl": f"{{ n = {i} }}\n" for i in range(120)}, "many")
+    source = _source(repo, tmp_path)
+    first = source.snapshot("main").entries("infra", suffixes=(".ncl",))
+    assert len(first) == 120
+    repo.commit({"infra/s1/f001.ncl": "{ n = 1, changed = true }\n"})
+    before = dict(LISTING_STATS)
+    snap = source.snapshot("main")
+    entries = snap.entries("infra", suffixes=(".ncl",))
+    assert LISTING_STATS["trees_read"] - before["trees_read"] == 2          # infra and infra/s1
+    assert LISTING_STATS["blobs_sized"] - before["blobs_sized"] == 1
+    assert [e.path for e in entries] == sorted(e.path for e in first)
+    changed = {e.path: e for e in entries}["infra/s1/f001.ncl"]
+    assert changed.blob_id == git(repo.path, "rev-parse", "HEAD:infra/s1/f001.ncl")
+    assert changed.size == len("{ n = 1, changed = true }\n")
+    assert snap.entry("infra/s1/f001.ncl") == changed and snap.entry("infra/s1/nope.ncl") is None
+    assert [e.path for e in snap.entries()] == sorted(e.path for e in first)   # the root: a new listing
+
+
+def test_scans_reuse_folders_scanned_before_and_still_stop_at_the_cap(tmp_path: Path) -> None:
+    """The file count and name check of the next commit read only the folders it changed; the answers are
+    those of a full scan, a bad name found before is still reported, and the cap still stops the count."""
+    repo = WorkRepo(tmp_path / "scale")
+    files: dict[str, str | bytes | None] = {f"infra/s{i % 4}/f{i:03d}.ncl": "{}\n" for i in range(40)}
+    files["infra/s2/bad\x01name.ncl"] = "{}\n"
+    repo.commit(files, "many")
+    source = _source(repo, tmp_path)
+    first = source.snapshot("main").scan()
+    assert (first.files, first.over_cap, first.bad_names) == (41, False, ("infra/s2/bad\\x01name.ncl",))
+    repo.commit({"infra/s1/new.ncl": "{}\n"})
+    before = LISTING_STATS["trees_scanned"]
+    second = source.snapshot("main").scan()
+    assert LISTING_STATS["trees_scanned"] - before == 3                   # the root, infra and infra/s1
+    assert (second.files, second.over_cap, second.bad_names) == (42, False, first.bad_names)
+    capped = source.snapshot("main").scan(max_files=20)
+    assert capped.over_cap and capped.files > 20
 
 
 def test_snapshot_info_and_revision(work: WorkRepo, tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ writes with modes, links written relative, removal that never follows links, com
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,42 @@ def test_a_command_over_its_timeout_is_an_apply_error(provider: LocalProvider) -
     """A command past its timeout is killed and reported as an ApplyError naming the timeout."""
     with pytest.raises(ApplyError, match=r"timed out after 0\.3 s"):
         provider.run_command("sleep 30", 0.3, {})
+
+
+def test_folders_resolve_exactly_as_realpath_does_with_or_without_a_cache(root: Path, outside: Path,
+                                                                          provider: LocalProvider) -> None:
+    """Resolving folders one component at a time (an lstat each, prefixes shared through the cache) gives
+    realpath's answer for plain folders, links inside and out of the root, chains of links, relative and
+    absolute targets, `.` components and missing parts; and paths through a link out are still refused."""
+    (root / "a/b").mkdir(parents=True)
+    (root / "real").mkdir()
+    (root / "in").symlink_to("real")                         # relative, inside
+    (root / "a/up").symlink_to("../real")                    # relative with .., inside
+    (root / "chain").symlink_to(root / "a/up")               # absolute, to another link
+    (root / "out").symlink_to(outside)                       # absolute, outside
+    (root / "a/sneaky").symlink_to("../../" + outside.name)  # relative, outside
+    folders = ["", "a", "a/b", "a/b/missing/deeper", "in", "in/x", "a/up", "a/up/y", "chain", "chain/z", "out",
+               "out/w", "a/sneaky", "a/./b", "missing", "a/b/../b"]
+    cache: dict[str, str] = {}
+    for folder in folders + folders:                         # twice: the second pass answers from the cache
+        expected = os.path.realpath(os.path.join(str(provider.root), folder))
+        assert provider._real_folder(folder, None) == expected, folder
+        assert provider._real_folder(folder, cache) == expected, folder
+    for rel in ("out/f", "a/sneaky/f", "chain/../../f"):
+        with pytest.raises(PathEscapeError):
+            provider.resolve_str(rel, cache=cache)
+    assert provider.resolve_str("chain/f", cache=cache) == str(provider.root / "real/f")
+
+
+def test_writes_work_in_a_benchmark_process_whose_path_starts_with_bench(tmp_path: Path) -> None:
+    """`python bench/x.py` puts bench/ first on sys.path, where bench/secrets.py shadows the standard library's
+    `secrets`: a write that named its temporary file with `secrets.token_hex` failed there (AttributeError,
+    every benchmark apply rolled back)."""
+    project = Path(__file__).resolve().parents[2]
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "from reconcilers.infra.local import LocalProvider; "
+            "LocalProvider(Path(sys.argv[2])).write_file('etc/a.conf', 'x\\n', '0644')")
+    proc = subprocess.run([sys.executable, "-c", code, str(project / "bench"), str(tmp_path / "root")],
+                          cwd=project, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "root/etc/a.conf").read_text() == "x\n"
