@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from daemon.errors import StratumError
 from daemon.package_data import template_dir
 
 _SKIP = {".stratum-data", "__pycache__", "__init__.py"}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")   # a directory name usable as the repo's name
 
 
 FALLBACK_NAME, FALLBACK_EMAIL = "Stratum user", "stratum@localhost"
@@ -55,6 +57,10 @@ def init_repo(target: Path, name: str | None = None) -> tuple[str, bool]:
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
+    # Without --name the directory names the repository: two repos made within one second would otherwise get
+    # byte-identical first commits (same template, same time), hence one commit id for two repositories. Only
+    # a plain name is used (no quoting needed in Nickel); anything else keeps the template's.
+    name = name or (target.name if _PLAIN_NAME.fullmatch(target.name) else None)
     if name:
         settings = target / "stratum.ncl"
         settings.write_text(settings.read_text().replace('"example-ops"', f'"{name}"'))

@@ -7,10 +7,13 @@ into one run for the newest commit, and commits in between are recorded as seen 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+SIGNAL_SLICE_S = 1.0    # the longest the loop sleeps without running pending signal handlers
 
 
 class Wakeup:
@@ -28,10 +31,19 @@ class Wakeup:
             self._cond.notify_all()
 
     def wait(self, timeout: float | None) -> list[str]:
-        """Block until rung or `timeout`; returns (and clears) the reasons."""
+        """Block until rung or `timeout`; returns (and clears) the reasons.
+
+        Waits in slices of at most SIGNAL_SLICE_S: a SIGTERM the kernel hands to another thread (any thread
+        may take a process-directed signal) only sets CPython's pending flag, and its handler, which rings
+        this bell, runs when the main thread next executes Python. An unbounded wait here then never woke,
+        and `stratumd` ignored SIGTERM until it was killed (seen as a flaky daemon stop in the tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            if not self._reasons:
-                self._cond.wait(timeout)
+            while not self._reasons:
+                left = SIGNAL_SLICE_S if deadline is None else min(SIGNAL_SLICE_S, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                self._cond.wait(left)    # returning lets a pending signal handler run, then checks again
             reasons, self._reasons = self._reasons, []
             return reasons
 
