@@ -262,6 +262,7 @@ def test_a_repo_picks_a_host_declared_provider_by_name_only(repo: WorkRepo, tmp_
         assert seen == []
         declared = commit(repo, {"stratum.ncl": '{ knowledge = { embedding = { provider = "corp" } } }\n'})
         assert s.pipeline.run(declared).status == "succeeded"
+        s.knowledge.wait_embedded()      # the vectors are made in the background, after the run (a race before)
         assert seen and {r["auth"] for r in seen} == {"Bearer host-key-1"}
         assert all(r["path"] == "/v1/embeddings" for r in seen)
     finally:
