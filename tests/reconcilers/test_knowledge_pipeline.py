@@ -23,8 +23,8 @@ from daemon.run.ports import RepoGitWriter
 from daemon.settings import load_settings
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision
+from reconcilers.knowledge.knowledge_base import KnowledgeBase
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
-from reconcilers.knowledge.service import KnowledgeBase
 from tests.fixtures import Stack, WorkRepo, commit_with, infra, resource
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
