@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Running `python bench/knowledge.py` puts bench/ first on sys.path, where sibling benchmarks (bench/secrets.py)
+# Running `python bench/knowledge.py` puts bench/ first on sys.path, where sibling benchmarks (bench/secret_manifests.py)
 # would shadow standard modules that the embedding runtime's dependencies import.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
