@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Running `python bench/knowledge.py` puts bench/ first on sys.path, where sibling benchmarks (bench/secrets.py)
-# would shadow standard modules that the embedding runtime's dependencies import.
+# Running `python bench/knowledge.py` puts bench/ first on sys.path, where a sibling benchmark named like a standard
+# module would shadow it for the embedding runtime's dependencies.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -35,7 +35,7 @@ def _output(fn: F) -> F:
 
 def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> Any:
     from daemon import log  # noqa: F401  first: the knowledge modules then get structlog without rich (see there)
-    from reconcilers.knowledge.service import KnowledgeBase
+    from reconcilers.knowledge.knowledge_base import KnowledgeBase
 
     obj = ctx.find_object(dict) or {}
     base = KnowledgeBase(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from reconcilers.base import ReconcilerEnv
     from reconcilers.knowledge.embed import Provider
-    from reconcilers.knowledge.service import KnowledgeBase
+    from reconcilers.knowledge.knowledge_base import KnowledgeBase
     from reconcilers.knowledge.settings import KnowledgeSettings
 
 
@@ -365,7 +365,7 @@ class _LazyLifespanApp:
 
 def http_app(reconciler: Served) -> _LazyLifespanApp:
     """The MCP HTTP app over the daemon's index (reads what the daemon indexed; never indexes itself)."""
-    from reconcilers.knowledge.service import KnowledgeBase
+    from reconcilers.knowledge.knowledge_base import KnowledgeBase
 
     holder: dict[str, KnowledgeBase] = {}
 

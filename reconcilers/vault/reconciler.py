@@ -83,7 +83,7 @@ class Verified:
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Loaded:
+class StoredManifest:
     """One manifest in the store: its verified ciphertext and whether the daemon can open it (no values)."""
 
     blob_id: str
@@ -92,7 +92,7 @@ class Loaded:
     readable: bool                            # False: verified, but the daemon is not a recipient
 
     def __repr__(self) -> str:
-        return f"Loaded(version={self.version}, blob={self.blob_id[:12]}, readable={self.readable})"
+        return f"StoredManifest(version={self.version}, blob={self.blob_id[:12]}, readable={self.readable})"
 
 
 class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
@@ -114,11 +114,11 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.key_source: KeySource = key_source or FileKeySource(key_file, backend=self.backend_name)
         self._evaluator: PortEvaluator | None = evaluator or env.evaluator
         self._lock = threading.RLock()
-        self._store: dict[str, Loaded] = {}
+        self._store: dict[str, StoredManifest] = {}
         self._verified: OrderedDict[tuple[str, str, str], Verified] = OrderedDict()
         self._versions_seen: dict[str, int] = {}            # blob id -> stratum.version (for judging replays)
         self.plain = PlainCache(int(settings.get("plaintext_cache", DEFAULT_LIMIT)))
-        self._previous: dict[str, Loaded | None] = {}  # path -> before apply
+        self._previous: dict[str, StoredManifest | None] = {}  # path -> before apply
         self._versions_file = self.state_dir / "versions.json"
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
         self.stats = {"verified": 0, "cache_hits": 0}
@@ -354,7 +354,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             except VaultError as err:
                 raise ApplyError(f"cannot decrypt with the daemon's key: {err.what}", where=path,
                                  hint=err.hint or "re-encrypt it with `stratum secret rotate`") from err
-            loaded = Loaded(blob_id, manifest.meta.version, manifest, readable)
+            loaded = StoredManifest(blob_id, manifest.meta.version, manifest, readable)
             if not readable:
                 self.plain.drop(path)
             self._store[path] = loaded

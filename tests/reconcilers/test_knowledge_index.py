@@ -19,9 +19,9 @@ from daemon.index.store import Index
 from daemon.run.ports import RepoGitWriter
 from reconcilers.base import ReconcilerEnv, RunRecord
 from reconcilers.knowledge.embed import HttpProvider, ModelError, WorkerProvider, load_provider, prepare_model_dir
+from reconcilers.knowledge.knowledge_base import KnowledgeBase
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from reconcilers.knowledge.search import Filters, Searcher
-from reconcilers.knowledge.service import KnowledgeBase
 from reconcilers.knowledge.store import KEEP_REVISIONS, PRUNE_SLACK, Store
 from reconcilers.knowledge.text import CHUNK_CHARS
 from reconcilers.ports import GitWriter

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from reconcilers.knowledge.knowledge_base import KnowledgeBase
 from reconcilers.knowledge.search import MIN_SIMILARITY
-from reconcilers.knowledge.service import KnowledgeBase
 from reconcilers.knowledge.text import terms
 from tests.fixtures import WorkRepo
 

@@ -1,6 +1,6 @@
 """Benchmark: encrypted secret manifests per crypto backend, beside `age` (X25519 only) on the same payloads.
 
-    python bench/secrets.py [--manifests 1000] [--ops 200]
+    python bench/secret_manifests.py [--manifests 1000] [--ops 200]
 
 Measures, per available backend: sealing 1,000 manifests of 10 values (encrypt + sign + render), opening them
 (parse + verify both signatures + unwrap + decrypt), checking them as the daemon's validate does (parse + both
