@@ -55,6 +55,14 @@ def report(err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         return 130
+    if isinstance(err, BrokenPipeError):
+        # The reader went away (`stratum log | head`): not an error of ours. Quiet, as a process killed by
+        # SIGPIPE would be (128 + 13), with stdout pointed at /dev/null so the exit's flush raises nothing more.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass     # stdout already closed or not a real file: nothing left to flush there
+        return 141
     message, code = render_error(err)
     prefix = "" if message.startswith("internal error") else "error: "
     click.echo(f"{prefix}{message}", err=True)

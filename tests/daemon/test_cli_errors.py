@@ -30,6 +30,7 @@ from click.testing import CliRunner
 
 from daemon.cli.main import cli
 from tests.fixtures import WorkRepo
+from tests.proc import ROOT, cli_env
 
 TRACEBACK = "Traceback (most recent call last)"
 REV_PARAMS = ("rev", "head", "base", "revision")
@@ -281,3 +282,16 @@ def test_stratumd_with_its_http_port_taken_names_the_address(tmp_path: Path) -> 
     """The message names the address that is taken."""
     port, proc = _stratumd_on_a_taken_port(tmp_path)
     assert f"127.0.0.1:{port}" in proc.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`stratum ... | head`: the pipe is closed before the verb writes; it ends quietly with 141 (as a process
+    killed by SIGPIPE), not with "error: Broken pipe" and a hint about disks."""
+    proc = subprocess.Popen([sys.executable, "-c", "from daemon.cli.main import main; main()", "completion", "bash"],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()                 # the reader is gone before the verb prints
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == "", err
