@@ -376,6 +376,11 @@ class GitSource:
                 raise SourceError(f"fetch from {sanitize_url(self.location)} failed: {sanitize_url(str(err))}",
                                   hint="the daemon retries at the next interval") from err
 
+    def writing(self) -> threading.RLock:
+        """The lock fetches and pushes hold: held around a commit and its push, a fetch (which prunes
+        branches the remote lacks) cannot come between them."""
+        return self._lock
+
     def publish(self, branch: str) -> None:
         """Make a branch the daemon committed (a proposal, execution records) visible where people review: for a
         mirrored remote, push it there (the next fetch prunes branches the remote lacks); a local repository

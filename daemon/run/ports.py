@@ -140,7 +140,9 @@ class RepoGitWriter:
             raise SourceError(f"the daemon does not commit to the branch it watches ({branch})", where=path,
                               hint="configure a side branch (for example stratum/executions)")
         repo = self._source.repo
-        with self._lock:
+        # The source's lock too: the loop's fetch prunes branches the remote lacks, so it must not run between
+        # this commit and its push (it deleted the new branch under a busy daemon).
+        with self._lock, self._source.writing():
             ref_name = f"refs/heads/{branch.removeprefix('refs/heads/')}"
             ref = repo.references.get(ref_name)
             parent = ref.peel(pygit2.Commit) if ref is not None else None
@@ -159,10 +161,10 @@ class RepoGitWriter:
                 # A mirror's branches live on the remote (the next fetch prunes what it lacks): push it there.
                 self._source.publish(ref_name.removeprefix("refs/heads/"))
             except SourceError:
-                if before is None:
-                    repo.references.delete(ref_name)
-                else:
+                if before is not None:
                     repo.references.create(ref_name, before, force=True)
+                elif repo.references.get(ref_name) is not None:
+                    repo.references.delete(ref_name)
                 raise
             return commit
 
