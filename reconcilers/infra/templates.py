@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.errors import InputError
+from reconcilers.workers import stop_worker
 
 MAX_RENDERED = 4 * 1024 * 1024
 RENDER_TIMEOUT_S = 5.0
@@ -28,18 +29,6 @@ WORKER_MEMORY_MB = 512
 WORKER_IDLE_S = 60.0
 _GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
 _STARTUP_S = 20.0         # a fresh worker's start-up (Python, Jinja) comes before its own deadline starts
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    """Kill a worker, reap it and close its pipes."""
-    proc.kill()
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except BrokenPipeError:
-                pass  # unflushed request bytes to a dead worker: nothing to keep
 
 
 class TemplateRenderer:
@@ -66,7 +55,7 @@ class TemplateRenderer:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/",
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
             # A renderer dropped without close() (a reconciler nobody closed) still stops its worker.
-            self._finalizer = weakref.finalize(self, _stop, self._proc)
+            self._finalizer = weakref.finalize(self, stop_worker, self._proc)
         return self._proc, fresh
 
     def begin(self) -> None:
@@ -138,7 +127,7 @@ class TemplateRenderer:
         proc, self._proc = self._proc, None
         if proc is not None:
             self._finalizer.detach()
-            _stop(proc)
+            stop_worker(proc)
 
     def close(self) -> None:
         """Stop the worker process."""

@@ -39,6 +39,7 @@ from reconcilers.knowledge.model_files import (
     sha256_file,
     shipped_model_files,
 )
+from reconcilers.workers import stop_worker
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,18 +83,6 @@ def _empty() -> npt.NDArray[np.float32]:
     import numpy as np
 
     return np.zeros((0, DIM), dtype=np.float32)
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for pipe in (proc.stdin, proc.stdout):
-        if pipe is not None:
-            try:
-                pipe.close()
-            except BrokenPipeError:
-                pass  # unflushed request bytes to a dead worker: nothing to keep
 
 
 class WorkerProvider:
@@ -152,7 +141,7 @@ class WorkerProvider:
                     p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)})
             self.starts += 1
             # A provider dropped without `close` (a CLI process ending) still stops its worker.
-            self._finalizer = weakref.finalize(self, _kill, self._proc)
+            self._finalizer = weakref.finalize(self, stop_worker, self._proc)
             # Reaped as soon as it exits (idle or crash), so no zombie waits for the next request.
             threading.Thread(target=self._proc.wait, name="embed-worker-reaper", daemon=True).start()
         return self._proc
