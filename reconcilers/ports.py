@@ -154,3 +154,6 @@ class HttpMount:
 
     prefix: str
     factory: Callable[[], Any]
+    # "host:port": served on a listener of its own, which authenticates by itself (the vault API on 8200 with
+    # its own tokens); "" (the default): on the daemon's listener, behind its bearer tokens.
+    listen: str = ""

@@ -48,7 +48,13 @@ class LazyApp:
 
 def reconciler_mounts(reconcilers: Iterable[AnyReconciler]) -> list[tuple[str, Any]]:
     """(prefix, lazily built app) for every interface the reconcilers serve (their `http_mounts()`)."""
-    return [(m.prefix, LazyApp(m.factory)) for rec in reconcilers for m in rec.http_mounts()]
+    return [(m.prefix, LazyApp(m.factory)) for rec in reconcilers for m in rec.http_mounts() if not m.listen]
+
+
+def own_listener_mounts(reconcilers: Iterable[AnyReconciler]) -> list[tuple[str, str, Any]]:
+    """(prefix, listen address, app) for the interfaces served on listeners of their own (they authenticate
+    by themselves: the vault API with its tokens); the app sees whole paths (no prefix stripped)."""
+    return [(m.prefix, m.listen, LazyApp(m.factory)) for rec in reconcilers for m in rec.http_mounts() if m.listen]
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict[str, Any]], mounts: list[tuple[str, Any]],

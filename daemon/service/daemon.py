@@ -35,7 +35,7 @@ from daemon.git.webhook import WebhookEndpoint
 from daemon.http.auth import DenialReporter, TokenStore
 from daemon.http.descriptors import control_share
 from daemon.http.limits import fd_budget
-from daemon.http.server import HttpServer, build_app, listener_settings, reconciler_mounts
+from daemon.http.server import HttpServer, build_app, listener_settings, own_listener_mounts, reconciler_mounts
 from daemon.index.read_models import set_suspended, status
 from daemon.index.store import Index
 from daemon.run.runtime import Runtime, build
@@ -74,6 +74,7 @@ class Daemon:
         self.logger = log.get(repo=sanitize_url(settings.repo), branch=settings.branch)
         self.runtime: Runtime | None = None
         self.http: HttpServer | None = None
+        self.own_http: list[HttpServer] = []
         self.http_tokens: TokenStore | None = None
         self.loops = 0                        # main-loop iterations: an idle daemon must not spin
         self.commits = Commits(settings.branch, self.logger)
@@ -191,6 +192,7 @@ class Daemon:
         self.http = self._listen(app, http, limits)
         rt.pipeline.metrics.registry.register(self.http.stats)
         self.http.start()
+        self.own_http = self._own_listeners(rt, http, limits)
         self.watcher = RefWatcher(rt.source.git_dir, self.settings.branch, self.wake) if not rt.source.remote else None
         if self.watcher:
             self.watcher.start()
@@ -204,6 +206,21 @@ class Daemon:
             write_effective(self.settings)
         except OSError as err:
             self.logger.warning("settings_not_recorded", message=f"{err.strerror}: {err.filename}")
+
+    def _own_listeners(self, rt: Any, http: Any, limits: Any) -> list[HttpServer]:
+        """Listeners of interfaces that authenticate by themselves (the vault API on 127.0.0.1:8200): one that
+        cannot bind is reported, not fatal: the daemon's work does not depend on it."""
+        out: list[HttpServer] = []
+        for prefix, listen, app in own_listener_mounts(rt.reconcilers.values()):
+            try:
+                server = HttpServer(listen, app, http, limits)
+            except SettingsError as err:
+                self.logger.warning("interface_not_listening", interface=prefix, listen=listen, message=err.render())
+                continue
+            server.start()
+            self.logger.info("interface_listening", interface=prefix, listen=listen, port=server.port)
+            out.append(server)
+        return out
 
     def _listen(self, app: Any, http: Any, limits: Any) -> HttpServer:
         """Bind the HTTP listener, or say which address is taken and which setting chooses another."""
@@ -399,6 +416,7 @@ class Daemon:
             ("watcher", getattr(self, "watcher", None) and self.watcher.stop),  # type: ignore[union-attr]
             ("api", getattr(self, "api", None) and self.api.stop),
             ("http", self.http.stop if self.http else None),
+            *(("http", server.stop) for server in self.own_http),
             ("index", self.runtime.close if self.runtime else None),
             ("lock", self.lock.release),
         ]

@@ -38,7 +38,7 @@ from reconcilers.base import (
 )
 from reconcilers.errors import StratumError
 from reconcilers.ports import Evaluator as PortEvaluator
-from reconcilers.ports import SecretsPort
+from reconcilers.ports import HttpMount, SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
@@ -46,6 +46,7 @@ from reconcilers.vault.keysource import FileKeySource, KeySource
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
+from reconcilers.vault.service.host import ServiceHost
 
 if TYPE_CHECKING:
     from reconcilers.ports import Snapshot
@@ -122,6 +123,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self._versions_file = self.state_dir / "versions.json"
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
         self.stats = {"verified": 0, "cache_hits": 0}
+        self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -391,6 +393,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             for mf in desired.manifests
             if observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+
+    def http_mounts(self) -> list[HttpMount]:
+        """The vault API, on its own listener (reconcilers/vault/service/host.py)."""
+        return self.vault_api.mounts()
 
     def secrets(self) -> SecretsPort:
         """The secrets port other reconcilers use at apply time (reconcilers/vault/secrets_port.py)."""

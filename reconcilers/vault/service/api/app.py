@@ -1,0 +1,82 @@
+"""The ASGI app of the vault listener: /v1/<path> -> VaultService.handle, answers in Vault's JSON.
+
+Bodies are capped (413 past `max_body`, before reading them when Content-Length says so); a body that is not a
+JSON object is a 400; any error the service raises becomes `{"errors": [...]}` with its status; anything
+unexpected is a 500 with no detail (logged with the path only: bodies may hold secrets).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import structlog
+
+from reconcilers.vault.service.core import ApiRequest, VaultService, body_json
+from reconcilers.vault.service.errors import BadRequest, NotFound, ServiceError, TooLarge
+
+MAX_BODY = 1024 * 1024
+PREFIX = "/v1/"
+log = structlog.get_logger("stratum.vault.api")
+_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+class VaultApp:
+    """ASGI app; `inline` answers on the event loop (the file backend: fast, local), otherwise in a thread."""
+
+    def __init__(self, service: VaultService, max_body: int = MAX_BODY, inline: bool | None = None) -> None:
+        self.service = service
+        self.max_body = max_body
+        self.inline = service.storage_type == "file" if inline is None else inline
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            req = await self._request(scope, receive)
+            if self.inline:
+                status, body = self.service.handle(req)
+            else:
+                status, body = await anyio.to_thread.run_sync(self.service.handle, req)
+        except ServiceError as err:
+            status, body = err.status, {"errors": err.messages}
+        except Exception as err:  # noqa: BLE001 a bug answers 500; the listener and the vault stay up
+            log.error("vault_request_failed", path=scope.get("path", "")[:200], error=type(err).__name__)
+            status, body = 500, {"errors": ["internal error"]}
+        payload = b"" if body is None or status == 204 or scope["method"] == "HEAD" else json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _request(self, scope: dict[str, Any], receive: Any) -> ApiRequest:
+        path = scope["path"]
+        if not path.startswith(PREFIX):
+            raise NotFound("the vault API is under /v1/")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            raise BadRequest("invalid Content-Length")
+        if int(length) > self.max_body:
+            raise TooLarge(f"the request body is over {self.max_body} bytes")
+        raw = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("the client went away")
+            raw += message.get("body", b"")
+            if len(raw) > self.max_body:
+                raise TooLarge(f"the request body is over {self.max_body} bytes")
+            more = message.get("more_body", False)
+        token = headers.get("x-vault-token", "")
+        auth = headers.get("authorization", "")
+        if not token and auth.lower().startswith("bearer "):
+            token = auth[7:].strip()
+        method = scope["method"].upper()
+        rel = path[len(PREFIX):].rstrip("/") if method != "LIST" else path[len(PREFIX):]
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        client = scope.get("client") or ("", 0)
+        body = body_json(bytes(raw)) if method not in ("GET", "HEAD") else {}
+        return ApiRequest(method, rel.rstrip("/") if method == "LIST" else rel, body, query, token, client[0])

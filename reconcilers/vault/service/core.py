@@ -1,0 +1,247 @@
+"""One vault: storage, barrier, seal, tokens, policies, audit and mounts; `handle` takes one API request.
+
+A request goes through these steps (each a possible refusal):
+  1. the unauthenticated sys endpoints (health, seal-status, init, unseal, leader) ... answered as Vault does
+  2. sealed? ......................................................................... 503 "Vault is sealed"
+  3. the token (X-Vault-Token or Authorization: Bearer) is live ...................... else 403
+  4. Cedar allows the token's groups the capability on the path (root passes) ........ else 403, no hint
+  5. the request is audited (fail closed) ............................................ else 500, not served
+  6. the token's use is counted, the route answers, the response is audited
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconcilers.vault.service import policy as cedar
+from reconcilers.vault.service.audit import AuditLog
+from reconcilers.vault.service.barrier import Barrier
+from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError, Unsupported
+from reconcilers.vault.service.mounts import Mounts, transit_handler
+from reconcilers.vault.service.seal import FORMATS, Seal
+from reconcilers.vault.service.storage.base import KeyValueStore
+from reconcilers.vault.service.tokens import TokenEntry, TokenStore
+
+Answer = tuple[int, dict[str, Any] | None]
+SALT_PATH = "core/audit-salt"
+SELF_SERVICE = ("auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self")   # Vault's default policy
+UNAUTHENTICATED = ("sys/health", "sys/seal-status", "sys/init", "sys/unseal", "sys/leader")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRequest:
+    """One request below /v1/."""
+
+    method: str
+    path: str
+    body: dict[str, Any] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    token: str = ""
+    remote: str = ""
+
+
+class VaultService:
+    """The vault behind the API (thread-safe: the listener calls it from worker threads)."""
+
+    def __init__(self, store: KeyValueStore, audit_path: Path, storage_type: str = "file",
+                 clock: Callable[[], float] = time.time, audit_max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.store = store
+        self.storage_type = storage_type
+        self.barrier = Barrier(store)
+        self.seal = Seal(store, self.barrier)
+        self.tokens = TokenStore(self.barrier.view("sys/token/"), clock)
+        self.mounts = Mounts(self.barrier)
+        self.audit = AuditLog(audit_path, audit_max_bytes)
+        self.authz = cedar.Authorizer()
+        self.clock = clock
+        self._lock = threading.Lock()
+
+    # -- seal lifecycle --------------------------------------------------------------------------------
+    def initialize(self, shares: int, threshold: int, fmt: str = "slip39") -> dict[str, Any]:
+        """sys/init: shares and the root token, returned once; the vault stays sealed."""
+        with self._lock:
+            root, parts = self.seal.init(shares, threshold, fmt)
+            self.barrier.unseal(root)
+            try:
+                self.barrier.put(SALT_PATH, os.urandom(32))
+                self.mounts.load()
+                token, _ = self.tokens.create(None, {"policies": ["root"]})
+            finally:
+                self.barrier.seal()
+        return {"keys": parts, "keys_base64": parts, "root_token": token, "share_format": fmt}
+
+    def _opened(self) -> None:
+        """After the barrier opens: the salt and the mount table."""
+        salt = self.barrier.get(SALT_PATH)
+        self.audit.set_salt(salt or b"")
+        self.mounts.load()
+
+    def unseal(self, key: str) -> dict[str, Any]:
+        """sys/unseal with one share; the status after it."""
+        if self.seal.submit(key) and self.mounts.entries == {}:
+            self._opened()
+        return self.seal.status()
+
+    def unseal_with_key(self, root: bytes) -> None:
+        """Auto-unseal (key file, systemd credential)."""
+        self.seal.unseal_with_key(root)
+        self._opened()
+
+    def seal_now(self) -> None:
+        """sys/seal."""
+        self.seal.seal()
+        self.mounts.entries = {}
+
+    def set_policies(self, files: dict[str, str]) -> list[cedar.PolicyProblem]:
+        """Put the repo's policies in force when they all check; their problems otherwise (old ones stay)."""
+        problems = cedar.check(files)
+        if not problems:
+            self.authz.load(files)
+        return problems
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def handle(self, req: ApiRequest) -> Answer:
+        """One request (the numbered steps of the module docstring)."""
+        if req.path in UNAUTHENTICATED or req.path.startswith("sys/init"):
+            return self._open_sys(req)
+        if self.barrier.sealed:
+            raise Sealed()
+        entry = self.tokens.lookup(req.token)
+        capability, mount = self._capability(req)
+        if not entry.is_root and req.path not in SELF_SERVICE and not self.authz.allowed(
+                entry.accessor, entry.display_name, entry.policies, capability, req.path, mount,
+                {"time": int(self.clock()), "source": req.remote, "method": req.method}):
+            self._audit("response", req, entry, 403, {"errors": ["permission denied"]})
+            raise PermissionDenied()
+        self._audit("request", req, entry)
+        if entry.num_uses:
+            entry = self.tokens.use(req.token)
+        try:
+            status, body = self._route(req, entry)
+        except ServiceError as err:
+            self._audit("response", req, entry, err.status, {"errors": err.messages})
+            raise
+        self._audit("response", req, entry, status, body)
+        return status, body
+
+    def _audit(self, kind: str, req: ApiRequest, entry: TokenEntry, status: int = 0,
+               body: dict[str, Any] | None = None) -> None:
+        h = self.audit.hash
+        doc: dict[str, Any] = {
+            "type": kind,
+            "auth": {"accessor": h(entry.accessor), "client_token": h(req.token), "policies": list(entry.policies),
+                     "display_name": entry.display_name},
+            "request": {"operation": req.method.lower(), "path": req.path, "remote_address": req.remote,
+                        "data": cedar_free(req.body, h)},
+        }
+        if kind == "response":
+            doc["response"] = {"status": status, "data": cedar_free(body, h)}
+        self.audit.write(doc)
+
+    def _capability(self, req: ApiRequest) -> tuple[str, str]:
+        """(Cedar action, mount) of a request; POST/PUT are create or update by whether the target exists."""
+        m = req.method
+        found = self.mounts.find(req.path)
+        mount = found[0].path if found else req.path.split("/")[0] + "/"
+        if req.path.startswith(("sys/rotate", "sys/seal", "sys/mounts/")) and m != "GET":
+            return "sudo", mount
+        if m == "LIST" or (m == "GET" and req.query.get("list") == "true"):
+            return "list", mount
+        if m in ("GET", "HEAD"):
+            return "read", mount
+        if m == "DELETE":
+            return "delete", mount
+        if found is not None and found[0].type == "kv" and m in ("POST", "PUT"):
+            store = self.mounts.store_of(found[0])
+            rest = found[1].strip("/")
+            target = (rest if found[0].version == 1 else
+                      "meta/" + rest.partition("/")[2] if rest.startswith("data/") else "")
+            if target and "//" not in target and not target.endswith("/"):
+                try:
+                    return ("update" if store.get(target) is not None else "create"), mount
+                except ServiceError:
+                    return "update", mount
+        return "update", mount
+
+    def _open_sys(self, req: ApiRequest) -> Answer:
+        path, m = req.path, req.method
+        if path == "sys/seal-status":
+            return 200, self.seal.status()
+        if path == "sys/health":
+            st = self.seal.status()
+            code = 501 if not st["initialized"] else 503 if st["sealed"] else 200
+            code = int(req.query.get("sealedcode", code)) if st["sealed"] and st["initialized"] else code
+            return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": False,
+                          "performance_standby": False, "replication_performance_mode": "disabled",
+                          "replication_dr_mode": "disabled", "server_time_utc": int(self.clock()),
+                          "version": st["version"], "cluster_name": "stratum", "cluster_id": ""}
+        if path == "sys/leader":
+            return 200, {"ha_enabled": False, "is_self": True, "active_time": "", "leader_address": "",
+                         "leader_cluster_address": "", "performance_standby": False,
+                         "performance_standby_last_remote_wal": 0}
+        if path == "sys/init":
+            if m == "GET":
+                return 200, {"initialized": self.seal.config() is not None}
+            if m in ("PUT", "POST"):
+                shares, threshold = req.body.get("secret_shares"), req.body.get("secret_threshold")
+                fmt = req.body.get("share_format", "slip39")
+                if not isinstance(shares, int) or not isinstance(threshold, int) or fmt not in FORMATS:
+                    raise BadRequest("send secret_shares and secret_threshold (numbers) and optionally "
+                                     "share_format (slip39 or base64)")
+                return 200, self.initialize(shares, threshold, fmt)
+        if path == "sys/unseal" and m in ("PUT", "POST"):
+            if req.body.get("reset"):
+                self.seal.reset()
+                return 200, self.seal.status()
+            key = req.body.get("key")
+            if not isinstance(key, str) or not key.strip():
+                raise BadRequest("missing required 'key' parameter")
+            return 200, self.unseal(key)
+        raise Unsupported(f"unsupported operation {m} on {path}")
+
+    def _route(self, req: ApiRequest, entry: TokenEntry) -> Answer:
+        from reconcilers.vault.service import routes  # the sys/ and auth/token/ handlers
+
+        if req.path.startswith("sys/"):
+            return routes.sys(self, req, entry)
+        if req.path.startswith("auth/token/"):
+            return routes.token(self, req, entry)
+        found = self.mounts.find(req.path)
+        if found is None:
+            raise NotFound(f"no handler for route '{req.path}'. route entry not found.")
+        mount, rest = found
+        if mount.type == "transit":
+            handler = transit_handler()
+            if handler is None:
+                raise NotFound("the transit engine is not installed in this daemon")
+            status, body = handler(req.method, rest, req.body, self.mounts.store_of(mount))
+            return int(status), body
+        result: Answer = self.mounts.engine(mount).handle(req.method, rest, req.body, req.query)
+        return result
+
+
+def cedar_free(value: Any, digest: Callable[[str], str]) -> Any:
+    """What the audit log keeps of a body: every string value digested (keys stay readable)."""
+    from reconcilers.vault.service.audit import redact
+
+    return redact(value, digest) if value is not None else None
+
+
+def body_json(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object ({} when empty); BadRequest otherwise."""
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as err:
+        raise BadRequest(f"failed to parse JSON input: {str(err)[:120]}") from err
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    return doc

@@ -1,0 +1,134 @@
+"""The mount table: which engine serves which path prefix, kept behind the barrier at `core/mounts`."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from reconcilers.vault.service.barrier import Barrier
+from reconcilers.vault.service.engines.kv import KV1, KV2
+from reconcilers.vault.service.errors import BadRequest
+from reconcilers.vault.service.storage.base import KeyValueStore, check_path
+
+TABLE_PATH = "core/mounts"
+RESERVED = ("sys", "auth", "core", "logical", "identity", "cubbyhole")
+DEFAULT_MOUNTS = {"secret/": ("kv", 2), "kv/": ("kv", 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    """One mounted engine."""
+
+    path: str          # "secret/"
+    type: str          # "kv", "transit"
+    version: int       # kv only
+    uuid: str
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """As sys/mounts lists it."""
+        return {"type": self.type, "description": self.description, "uuid": self.uuid, "accessor": self.uuid,
+                "options": {"version": str(self.version)} if self.type == "kv" else {}, "local": False,
+                "seal_wrap": False, "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}}
+
+
+def transit_handler() -> Any:
+    """reconcilers.vault.transit.api.handle when that module is installed, else None."""
+    try:
+        from reconcilers.vault.transit import api  # type: ignore[import-not-found,unused-ignore]  # optional (vaultext)
+    except ImportError:
+        return None
+    return api.handle
+
+
+class Mounts:
+    """The table in memory, saved through the barrier on each change."""
+
+    def __init__(self, barrier: Barrier) -> None:
+        self.barrier = barrier
+        self._lock = threading.Lock()
+        self.entries: dict[str, MountEntry] = {}
+
+    def load(self) -> None:
+        """Read the table (after unseal); a new vault gets the default mounts."""
+        raw = self.barrier.get(TABLE_PATH)
+        if raw is None:
+            self.entries = {}
+            for path, (kind, version) in DEFAULT_MOUNTS.items():
+                self.entries[path] = MountEntry(path, kind, version, secrets.token_hex(8))
+            if transit_handler() is not None:
+                self.entries["transit/"] = MountEntry("transit/", "transit", 0, secrets.token_hex(8))
+            self._save()
+            return
+        self.entries = {k: MountEntry(**v) for k, v in json.loads(raw).items()}
+
+    def _save(self) -> None:
+        doc = {k: {f: getattr(e, f) for f in MountEntry.__slots__} for k, e in self.entries.items()}
+        self.barrier.put(TABLE_PATH, json.dumps(doc).encode())
+
+    def find(self, path: str) -> tuple[MountEntry, str] | None:
+        """(mount, rest of the path) for the longest mount prefix of `path`."""
+        best = None
+        for prefix, entry in self.entries.items():
+            if (path + "/").startswith(prefix) and (best is None or len(prefix) > len(best.path)):
+                best = entry
+        if best is None:
+            return None
+        return best, path[len(best.path):]
+
+    def store_of(self, entry: MountEntry) -> KeyValueStore:
+        """The engine's storage: its own barrier view."""
+        return self.barrier.view(f"logical/{entry.uuid}/")
+
+    def engine(self, entry: MountEntry) -> Any:
+        """The engine object for a mount (KV1/KV2), or the transit handler."""
+        if entry.type == "kv":
+            return KV2(self.store_of(entry)) if entry.version == 2 else KV1(self.store_of(entry))
+        return None
+
+    def enable(self, path: str, body: dict[str, Any]) -> None:
+        """sys/mounts/<path> POST: mount a kv (v1/v2) or transit engine."""
+        path = check_path(path.strip("/")) + "/"
+        if path.split("/")[0] in RESERVED:
+            raise BadRequest(f"cannot mount at {path}: the prefix is reserved")
+        kind = body.get("type")
+        options = body.get("options") or {}
+        version = 1
+        if kind == "kv-v2":
+            kind, version = "kv", 2
+        elif kind == "kv":
+            version = 2 if str(options.get("version", "1")) == "2" else 1
+        elif kind == "transit":
+            if transit_handler() is None:
+                raise BadRequest("the transit engine is not installed in this daemon")
+            version = 0
+        else:
+            raise BadRequest(f"unknown engine type {str(kind)[:40]!r}: use kv, kv-v2 or transit")
+        with self._lock:
+            if any(p.startswith(path) or path.startswith(p) for p in self.entries):
+                raise BadRequest(f"path is already in use at {path}")
+            self.entries[path] = MountEntry(path, kind, version, secrets.token_hex(8),
+                                            str(body.get("description") or "")[:200])
+            self._save()
+
+    def disable(self, path: str) -> None:
+        """sys/mounts/<path> DELETE: unmount and drop its data."""
+        path = check_path(path.strip("/")) + "/"
+        with self._lock:
+            entry = self.entries.pop(path, None)
+            if entry is None:
+                return
+            self._save()
+        _drop(self.store_of(entry), "")
+
+
+def _drop(store: KeyValueStore, prefix: str) -> None:
+    """Delete everything under `prefix` (bounded by what exists)."""
+    for name in store.list(prefix):
+        if name.endswith("/"):
+            _drop(store, prefix + name)
+        else:
+            store.delete(prefix + name)

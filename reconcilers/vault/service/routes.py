@@ -1,0 +1,88 @@
+"""The authenticated sys/ endpoints and the token auth method (auth/token/...), as Vault answers them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from reconcilers.vault.service.errors import BadRequest, NotFound, Unsupported
+from reconcilers.vault.service.tokens import TokenEntry
+
+if TYPE_CHECKING:
+    from reconcilers.vault.service.core import Answer, ApiRequest, VaultService
+
+
+def sys(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
+    """sys/seal, sys/rotate, sys/key-status, sys/mounts, sys/audit-hash."""
+    path, m = req.path, req.method
+    if path == "sys/seal" and m in ("PUT", "POST"):
+        svc.seal_now()
+        return 204, None
+    if path == "sys/rotate" and m in ("PUT", "POST"):
+        svc.barrier.rotate()
+        return 204, None
+    if path == "sys/key-status" and m == "GET":
+        return 200, {"data": svc.barrier.key_status(), **svc.barrier.key_status()}
+    if path == "sys/mounts" and m == "GET":
+        listing = {p: e.describe() for p, e in svc.mounts.entries.items()}
+        return 200, {"data": listing, **listing}
+    if path.startswith("sys/mounts/"):
+        target = path[len("sys/mounts/"):]
+        if m in ("PUT", "POST"):
+            svc.mounts.enable(target, req.body)
+            return 204, None
+        if m == "DELETE":
+            svc.mounts.disable(target)
+            return 204, None
+        if m == "GET":
+            found = svc.mounts.entries.get(target.strip("/") + "/")
+            if found is None:
+                raise NotFound()
+            return 200, {"data": found.describe()}
+    if path.startswith("sys/audit-hash/") and m in ("PUT", "POST"):
+        value = req.body.get("input")
+        if not isinstance(value, str):
+            raise BadRequest("send {\"input\": \"<the string to hash>\"}")
+        digest = svc.audit.hash(value)
+        return 200, {"data": {"hash": digest}, "hash": digest}
+    raise NotFound(f"no handler for route '{path}'. route entry not found.")
+
+
+def _token_arg(body: dict[str, Any], name: str = "token") -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"missing required '{name}' parameter")
+    return value
+
+
+def token(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
+    """auth/token/create|create-orphan|lookup|lookup-self|renew|renew-self|revoke|revoke-self|*-accessor."""
+    op, m, now = req.path[len("auth/token/"):], req.method, svc.clock()
+    store = svc.tokens
+    if op in ("create", "create-orphan") and m in ("PUT", "POST"):
+        body = dict(req.body)
+        if op == "create-orphan":
+            body["no_parent"] = True
+        if body.get("id"):
+            raise BadRequest("choosing a token's id is not supported: leave 'id' out")
+        new_token, created = store.create(entry, body)
+        return 200, {"auth": created.auth(new_token), "data": None, "lease_duration": 0, "renewable": False}
+    if op == "lookup-self" and m in ("GET", "POST"):
+        return 200, {"data": {**entry.describe(now), "id": req.token}}
+    if op == "lookup" and m in ("PUT", "POST", "GET"):
+        target = _token_arg(req.body) if m != "GET" else req.query.get("token", "")
+        found = store.lookup(target)
+        return 200, {"data": {**found.describe(now), "id": target}}
+    if op == "lookup-accessor" and m in ("PUT", "POST"):
+        return 200, {"data": store.by_accessor(_token_arg(req.body, "accessor")).describe(now)}
+    if op in ("renew-self", "renew", "renew-accessor") and m in ("PUT", "POST"):
+        renewing: TokenEntry = (entry if op == "renew-self" else store.by_accessor(_token_arg(req.body, "accessor"))
+                  if op == "renew-accessor" else store.lookup(_token_arg(req.body)))
+        renewed = store.renew(renewing, req.body.get("increment"))
+        return 200, {"auth": {**renewed.auth(""), "client_token": req.token if op == "renew-self" else ""}}
+    if op in ("revoke-self", "revoke", "revoke-accessor", "revoke-orphan") and m in ("PUT", "POST"):
+        gone: TokenEntry = (entry if op == "revoke-self" else store.by_accessor(_token_arg(req.body, "accessor"))
+                  if op == "revoke-accessor" else store.lookup(_token_arg(req.body)))
+        store.revoke(gone)
+        return 204, None
+    raise Unsupported(f"unsupported operation {m} on auth/token/{op}") if op in (
+        "create", "lookup-self", "renew-self", "revoke") else NotFound(f"no handler for route '{req.path}'")
