@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Etcd, Nats, Postgres, start_etcd, start_nats, start_postgres
-from tests.servers import etcd, nats, postgres  # noqa: F401  (fixtures)
+from tests.servers import Etcd, Nats, Postgres, etcd, nats, postgres, start_etcd, start_nats, start_postgres  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +34,7 @@ def test_session_postgres_fixture(postgres: Postgres) -> None:  # noqa: F811
 def _etcd_put_get(server: Etcd, key: str, value: str) -> str:
     def call(path: str, body: dict[str, str]) -> dict[str, object]:
         req = urllib.request.Request(server.url + path, json.dumps(body).encode(), method="POST")
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 loopback
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return dict(json.loads(resp.read()))
 
     b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
