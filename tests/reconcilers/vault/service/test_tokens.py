@@ -1,0 +1,88 @@
+"""Tokens through hvac: create with policies/TTL/uses, lookup, renew, revoke, accessors; stored as hashes only."""
+
+from __future__ import annotations
+
+import hvac
+import pytest
+
+from reconcilers.vault.service.core import ApiRequest
+from reconcilers.vault.service.errors import PermissionDenied
+from reconcilers.vault.service.storage.file import FileStore
+from reconcilers.vault.service.tokens import TokenStore, digest
+from tests.reconcilers.vault.service.conftest import Served
+
+
+def test_create_lookup_renew_revoke(vault: Served) -> None:
+    """A child token sees itself, renews, and is gone after revoke (403 like any unknown token)."""
+    root = vault.client()
+    made = root.auth.token.create(policies=["app"], ttl="1h", renewable=True)["auth"]
+    child = vault.client(made["client_token"])
+    me = child.auth.token.lookup_self()["data"]
+    assert me["policies"] == ["app", "default"] and 3500 < me["ttl"] <= 3600 and me["accessor"] == made["accessor"]
+    assert child.auth.token.renew_self(increment="2h")["auth"]["lease_duration"] > 3600
+    assert root.auth.token.lookup_accessor(made["accessor"])["data"]["policies"] == ["app", "default"]
+    root.auth.token.revoke(made["client_token"])
+    with pytest.raises(hvac.exceptions.Forbidden):
+        child.auth.token.lookup_self()
+
+
+def test_revoking_a_parent_revokes_its_children_but_not_orphans(vault: Served) -> None:
+    """Children go with their parent; an orphan stays."""
+    root = vault.client()
+    vault.service.set_policies({"t.cedar": 'permit(principal in Vault::Group::"a", action, resource) '
+                                           'when { resource.path == "auth/token/create" };'})
+    parent = root.auth.token.create(policies=["a"])["auth"]["client_token"]
+    child = vault.client(parent).auth.token.create(policies=["a"])["auth"]["client_token"]
+    orphan = root.auth.token.create_orphan(policies=["a"])["auth"]["client_token"]
+    root.auth.token.revoke_accessor(root.auth.token.lookup(parent)["data"]["accessor"])
+    with pytest.raises(hvac.exceptions.Forbidden):
+        vault.client(child).auth.token.lookup_self()
+    assert vault.client(orphan).auth.token.lookup_self()["data"]["orphan"] is True
+
+
+def test_child_cannot_get_policies_its_parent_lacks(vault: Served) -> None:
+    """A non-root token creating a child with more policies is refused."""
+    parent = vault.client().auth.token.create(policies=["a"])["auth"]["client_token"]
+    vault.service.set_policies({"p.cedar": 'permit(principal, action, resource) '
+                                           'when { resource.path like "auth/token/create*" };'})
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="subset of parent"):
+        vault.client(parent).auth.token.create(policies=["admin"])
+
+
+def test_num_uses_and_expiry(vault: Served) -> None:
+    """A token with num_uses=2 works twice; an expired token is refused and removed."""
+    t = vault.client().auth.token.create(policies=["x"], num_uses=2)["auth"]["client_token"]
+    c = vault.client(t)
+    c.auth.token.lookup_self()
+    c.auth.token.lookup_self()
+    with pytest.raises(hvac.exceptions.Forbidden):
+        c.auth.token.lookup_self()
+    now = [1000.0]
+    store = TokenStore(vault.service.barrier.view("sys/token/"), clock=lambda: now[0])
+    token, entry = store.create(None, {"policies": ["x"], "ttl": "10s"})
+    assert store.lookup(token) == entry
+    now[0] += 11
+    with pytest.raises(PermissionDenied):
+        store.lookup(token)
+    assert store.store.get(f"id/{entry.hash}") is None
+
+
+def test_forged_and_missing_tokens_get_403(vault: Served) -> None:
+    """No token, a made-up token, a token of the right shape: the same 403 permission denied."""
+    for token in ("", "hvs.forged", "hvs." + "A" * 43):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            vault.client(token).secrets.kv.v2.read_secret_version("x", raise_on_deleted_version=True)
+
+
+def test_tokens_are_stored_only_as_hashes(vault: Served) -> None:
+    """The token's hash names its entry; the token itself is nowhere in storage, even decrypted."""
+    t = vault.client().auth.token.create(policies=["x"])["auth"]["client_token"]
+    store = vault.service.store
+    assert isinstance(store, FileStore)
+    view = vault.service.barrier.view("sys/token/")
+    assert view.get(f"id/{digest(t)}") is not None
+    ids = view.list("id/")
+    plain = b"".join(view.get(f"id/{i}") or b"" for i in ids)
+    assert t.encode() not in plain and len(ids) == 2
+    status, _ = vault.service.handle(ApiRequest("GET", "auth/token/lookup-self", token=t))
+    assert status == 200
