@@ -43,6 +43,7 @@ def serve(service: VaultService, max_body: int = 1024 * 1024) -> HttpServer:
 
 def start_vault(tmp: Path, store: KeyValueStore | None = None, unseal: bool = True, **service_args: object) -> Served:
     """Init (1 base64 share: fast) and unseal a vault, serve it."""
+    tmp.mkdir(parents=True, exist_ok=True)
     service = VaultService(store or FileStore(tmp / "storage"), tmp / "audit.log", **service_args)  # type: ignore[arg-type]
     out = service.initialize(1, 1, "base64")
     if unseal:
