@@ -1,4 +1,5 @@
-"""The vault reconciler as a plugin, with the `stratum secret` verbs (entry point `vault`)."""
+"""The vault reconciler as a plugin, with the `stratum secret`, `stratum vault` and `stratum audit` verbs
+(entry point `vault`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ PLUGIN = Plugin(
     name="vault",
     reconciler="reconcilers.vault.reconciler:VaultReconciler",
     verbs=(Verb("secret", "daemon.cli.secret:secret",
-                "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),),
+                "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),
+           Verb("vault", "daemon.cli.vault:vault",
+                "The vault service: init, unseal, seal, status (a Vault-compatible API on the daemon)."),
+           Verb("audit", "daemon.cli.vault:audit", "The vault's audit log: verify its hash chain.")),
     order=20,
 )

@@ -34,6 +34,7 @@ from reconcilers.base import (
     Problem,
     Reconciler,
     ReconcilerEnv,
+    RunRecord,
     freeze,
 )
 from reconcilers.errors import StratumError
@@ -46,7 +47,8 @@ from reconcilers.vault.keysource import FileKeySource, KeySource
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
-from reconcilers.vault.service.host import ServiceHost
+from reconcilers.vault.service import sync as service_sync
+from reconcilers.vault.service.host import Publisher, ServiceHost
 
 if TYPE_CHECKING:
     from reconcilers.ports import Snapshot
@@ -73,6 +75,7 @@ class VaultDesired:
     rules: Rules | None
     problems: tuple[Problem, ...] = ()
     rules_sig: str | None = None              # the text of <rules>.sig, when committed
+    policies: tuple[tuple[str, str], ...] = ()   # vault/policies/*.cedar: (path, text) for the vault service
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
+        self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
+        self._policies: dict[str, tuple[tuple[str, str], ...]] = {}   # revision -> its vault policies
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -192,7 +197,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 sig_text = snap.text(sig_entry, limit=rules_sig.MAX_SIG_BYTES)
             except Exception as err:  # noqa: BLE001 an unreadable signature is a located problem
                 problems.append(Problem(str(getattr(err, "what", err)), path=sig_entry.path, reconciler=NAME))
-        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text)
+        policies, found = service_sync.load_policies(snap)
+        problems += found
+        with self._lock:
+            self._policies[snap.revision] = policies
+            while len(self._policies) > 64:
+                self._policies.pop(next(iter(self._policies)))
+        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies)
 
     # 2. validate ------------------------------------------------------------------------------------
     def _verify(self, mf: ManifestFile, rules: Rules | None, rules_key: str) -> Verified:
@@ -339,6 +350,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 return Outcome(action.id, True, f"would {action.kind} {path}")
             self._previous[path] = self._store.get(path)
             if action.kind == "delete":
+                self._publish(path, None)
                 self._store.pop(path, None)
                 self.plain.drop(path)
                 self._write_versions()  # the tombstone version stays: re-adding an old file is a replay
@@ -352,10 +364,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     hint="the daemon re-validates the revision on the next run",
                 )
             try:
-                readable = self._open(path, blob_id, manifest) is not None
+                values = self._open(path, blob_id, manifest)
             except VaultError as err:
                 raise ApplyError(f"cannot decrypt with the daemon's key: {err.what}", where=path,
                                  hint=err.hint or "re-encrypt it with `stratum secret rotate`") from err
+            readable = values is not None
+            if readable:
+                self._publish(path, values)
             loaded = StoredManifest(blob_id, manifest.meta.version, manifest, readable)
             if not readable:
                 self.plain.drop(path)
@@ -393,6 +408,35 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             for mf in desired.manifests
             if observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+
+    # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
+    def _published(self) -> list[tuple[str, Any]]:
+        """(KV path, values) of every readable manifest: what the vault publishes when it opens."""
+        out: list[tuple[str, Any]] = []
+        for path in self.paths():
+            try:
+                out.append((service_sync.default_kv_path(path), self.get(path)))
+            except KeyError:
+                continue  # not a recipient: nothing to publish
+        return out
+
+    def _publish(self, path: str, values: Any) -> None:
+        """A manifest's values (None: removed) to its KV path; a vault that cannot take them fails the action."""
+        from reconcilers.errors import ApplyError
+        from reconcilers.vault.service.errors import ServiceError
+
+        try:
+            self.publisher.publish(service_sync.default_kv_path(path), values)
+        except ServiceError as err:
+            raise ApplyError(f"the vault could not store the manifest's values: {'; '.join(err.messages)}",
+                             where=path, hint="check the vault's storage backend, then push again") from err
+
+    def on_run_finished(self, record: RunRecord, index: Any) -> None:
+        """A succeeded revision's vault policies go in force."""
+        with self._lock:
+            policies = self._policies.get(record.revision)
+        if record.status == "succeeded" and policies is not None:
+            self.publisher.set_policies(dict(policies))
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

@@ -16,35 +16,23 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reconcilers.vault.service import policy as cedar
+from reconcilers.vault.service import routes
 from reconcilers.vault.service.audit import AuditLog
 from reconcilers.vault.service.barrier import Barrier
 from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError, Unsupported
 from reconcilers.vault.service.mounts import Mounts, transit_handler
+from reconcilers.vault.service.request import Answer, ApiRequest
 from reconcilers.vault.service.seal import FORMATS, Seal
 from reconcilers.vault.service.storage.base import KeyValueStore
 from reconcilers.vault.service.tokens import TokenEntry, TokenStore
 
-Answer = tuple[int, dict[str, Any] | None]
 SALT_PATH = "core/audit-salt"
 SELF_SERVICE = ("auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self")   # Vault's default policy
 UNAUTHENTICATED = ("sys/health", "sys/seal-status", "sys/init", "sys/unseal", "sys/leader")
-
-
-@dataclass(frozen=True, slots=True)
-class ApiRequest:
-    """One request below /v1/."""
-
-    method: str
-    path: str
-    body: dict[str, Any] = field(default_factory=dict)
-    query: dict[str, str] = field(default_factory=dict)
-    token: str = ""
-    remote: str = ""
 
 
 class VaultService:
@@ -62,6 +50,7 @@ class VaultService:
         self.authz = cedar.Authorizer()
         self.clock = clock
         self._lock = threading.Lock()
+        self.on_open: list[Callable[[], None]] = []     # called once the barrier opens (the reconciler's KV sync)
 
     # -- seal lifecycle --------------------------------------------------------------------------------
     def initialize(self, shares: int, threshold: int, fmt: str = "slip39") -> dict[str, Any]:
@@ -82,6 +71,8 @@ class VaultService:
         salt = self.barrier.get(SALT_PATH)
         self.audit.set_salt(salt or b"")
         self.mounts.load()
+        for callback in self.on_open:
+            callback()
 
     def unseal(self, key: str) -> dict[str, Any]:
         """sys/unseal with one share; the status after it."""
@@ -105,6 +96,37 @@ class VaultService:
         if not problems:
             self.authz.load(files)
         return problems
+
+    def reconcile_kv(self, kv_path: str, values: dict[str, Any] | None) -> str:
+        """What the repo declares at `kv_path` ("kv/app/db"): a new KV v2 version when `values` differ from the
+        current one, a soft delete of the current version when None. Audited as the reconciler; what was done
+        ("sealed" when the vault cannot take it now: the reconciler publishes again at unseal)."""
+        if self.barrier.sealed:
+            return "sealed"
+        found = self.mounts.find(kv_path)
+        if found is None or found[0].type != "kv" or found[0].version != 2:
+            return f"no kv v2 mount for {kv_path}"
+        engine, rest = self.mounts.engine(found[0]), found[1].strip("/")
+        current: dict[str, Any] | None = None
+        try:
+            status, body = engine.read(rest, 0)
+            current = body["data"]["data"] if status == 200 and body else None
+        except NotFound:
+            current = None
+        h = self.audit.hash
+        who = {"display_name": "stratum-reconciler", "policies": ["root"]}
+        if values is None:
+            if current is None:
+                return "absent"
+            self.audit.write({"type": "reconcile", "auth": who, "request": {"operation": "delete", "path": kv_path}})
+            engine.handle("DELETE", f"data/{rest}", {}, {})
+            return "soft-deleted"
+        if current == values:
+            return "unchanged"
+        self.audit.write({"type": "reconcile", "auth": who,
+                          "request": {"operation": "update", "path": kv_path, "data": cedar_free(values, h)}})
+        version = engine.write(rest, values, None)["version"]
+        return f"version {version}"
 
     # -- requests ---------------------------------------------------------------------------------------
     def handle(self, req: ApiRequest) -> Answer:
@@ -207,8 +229,6 @@ class VaultService:
         raise Unsupported(f"unsupported operation {m} on {path}")
 
     def _route(self, req: ApiRequest, entry: TokenEntry) -> Answer:
-        from reconcilers.vault.service import routes  # the sys/ and auth/token/ handlers
-
         if req.path.startswith("sys/"):
             return routes.sys(self, req, entry)
         if req.path.startswith("auth/token/"):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from reconcilers.ports import HttpMount
+from reconcilers.vault.service import sync
 from reconcilers.vault.service.config import DEFAULT_LISTEN, build_service
 from reconcilers.vault.service.core import VaultService
 
@@ -46,3 +49,57 @@ class ServiceHost:
 
             self._mounts = [HttpMount("/v1", factory, listen=listen)]
             return self._mounts
+
+    @property
+    def _policy_file(self) -> Path:
+        return self.state_dir / "vault-policies.json"
+
+    def saved_policies(self) -> dict[str, str]:
+        """The policies last put in force (kept so a restart enforces them before the first run)."""
+        try:
+            return dict(json.loads(self._policy_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def save_policies(self, files: dict[str, str]) -> None:
+        """Keep `files` for the next start (policies are not secret; written atomically)."""
+        tmp = self._policy_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(files))
+        os.replace(tmp, self._policy_file)
+
+
+class Publisher:
+    """The reconciler's side of the vault service: policies in force, manifests' values at their KV paths.
+    Every call is a no-op where no vault service runs (CLI runs, `[vault] listen = ""`)."""
+
+    def __init__(self, host: ServiceHost, current: Callable[[], list[tuple[str, Any]]], prune: bool = True) -> None:
+        self.host = host
+        self.current = current
+        self.prune = prune
+        self._hooked = False
+
+    def _service(self) -> VaultService | None:
+        service = self.host.service
+        if service is not None and not self._hooked:
+            self._hooked = True
+            service.on_open.append(lambda: sync.publish_all(service.reconcile_kv, self.current))
+            policies = self.host.saved_policies()
+            if policies:
+                service.set_policies(policies)
+        return service
+
+    def set_policies(self, files: dict[str, str]) -> None:
+        """Put a succeeded revision's policies in force (and keep them for the next start)."""
+        service = self._service()
+        if service is not None and not service.set_policies(files):
+            self.host.save_policies(files)
+
+    def publish(self, kv_path: str, values: Any) -> str:
+        """Write a manifest's values at `kv_path` (None: removed; soft-deleted unless prune is off)."""
+        service = self._service()
+        if service is None:
+            return "no vault service"
+        if values is None:
+            return service.reconcile_kv(kv_path, None) if self.prune else "kept (prune = false)"
+        data = sync.kv_values(values)
+        return service.reconcile_kv(kv_path, data) if data is not None else "not a mapping"

@@ -14,8 +14,9 @@ from urllib.parse import parse_qsl
 import anyio.to_thread
 import structlog
 
-from reconcilers.vault.service.core import ApiRequest, VaultService, body_json
+from reconcilers.vault.service.core import VaultService, body_json
 from reconcilers.vault.service.errors import BadRequest, NotFound, ServiceError, TooLarge
+from reconcilers.vault.service.request import ApiRequest
 
 MAX_BODY = 1024 * 1024
 PREFIX = "/v1/"

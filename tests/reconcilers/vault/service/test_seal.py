@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from reconcilers.vault.service.barrier import Barrier, CorruptEntry
-from reconcilers.vault.service.core import ApiRequest, VaultService
+from reconcilers.vault.service.core import VaultService
 from reconcilers.vault.service.errors import BadRequest, Sealed
+from reconcilers.vault.service.request import ApiRequest
 from reconcilers.vault.service.storage.base import MemoryStore
 from reconcilers.vault.service.storage.file import FileStore
 from tests.reconcilers.vault.service.conftest import serve

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hvac
 import pytest
 
-from reconcilers.vault.service.core import ApiRequest
 from reconcilers.vault.service.errors import PermissionDenied
+from reconcilers.vault.service.request import ApiRequest
 from reconcilers.vault.service.storage.file import FileStore
 from reconcilers.vault.service.tokens import TokenStore, digest
 from tests.reconcilers.vault.service.conftest import Served

@@ -1,0 +1,145 @@
+"""`stratum vault` (init, unseal, seal, status against a running daemon's vault API) and `stratum audit verify`.
+
+The verbs speak HTTP to the vault listener (`--address`, else $VAULT_ADDR, else http://127.0.0.1:8200), as the
+`vault operator` commands do; unseal keys are read from a hidden prompt unless given (a shell history keeps
+arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from daemon.cli.common import handle_errors
+from daemon.errors import InputError, StratumError
+
+DEFAULT_ADDR = "http://127.0.0.1:8200"
+
+
+class VaultApiError(StratumError):
+    """The vault answered with an error, or could not be reached."""
+
+
+def _address(option: str | None) -> str:
+    import os
+
+    return (option or os.environ.get("VAULT_ADDR") or DEFAULT_ADDR).rstrip("/")
+
+
+def call(address: str, method: str, path: str, body: dict[str, Any] | None = None, token: str = "") -> dict[str, Any]:
+    """One request to the vault API; its JSON answer, or VaultApiError with the vault's own error text."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{address}/v1/{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(
+                                         {"X-Vault-Token": token} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as err:
+        try:
+            errors = json.loads(err.read()).get("errors") or [err.reason]
+        except ValueError:
+            errors = [str(err.reason)]
+        raise VaultApiError(f"the vault refused {method} {path}: {'; '.join(map(str, errors))}", where=address,
+                            hint="see `stratum vault status`") from err
+    except (urllib.error.URLError, OSError) as err:
+        raise VaultApiError(f"cannot reach the vault API: {getattr(err, 'reason', err)}", where=address,
+                            hint="is stratumd running with the vault listener ([vault] listen, default "
+                                 "127.0.0.1:8200)? Pass --address or set VAULT_ADDR") from err
+    return dict(json.loads(raw)) if raw else {}
+
+
+def _address_option(fn: Any) -> Any:
+    return click.option("--address", default=None, help="Vault API address (default: $VAULT_ADDR, else "
+                                                          f"{DEFAULT_ADDR}).")(fn)
+
+
+@click.group()
+def vault() -> None:
+    """The vault service: init, unseal, seal, status (a Vault-compatible API on the daemon)."""
+
+
+@vault.command()
+@_address_option
+@click.option("--shares", default=5, show_default=True, help="How many unseal keys to make.")
+@click.option("--threshold", default=3, show_default=True, help="How many of them unseal.")
+@click.option("--format", "fmt", type=click.Choice(["slip39", "base64"]), default="slip39", show_default=True,
+              help="SLIP-39 mnemonics (words with a checksum) or base64.")
+@handle_errors
+def init(address: str | None, shares: int, threshold: int, fmt: str) -> None:
+    """Initialize the vault: print the unseal keys and the root token, once."""
+    out = call(_address(address), "PUT", "sys/init",
+               {"secret_shares": shares, "secret_threshold": threshold, "share_format": fmt})
+    for i, key in enumerate(out["keys"], 1):
+        click.echo(f"Unseal Key {i}: {key}")
+    click.echo(f"\nInitial Root Token: {out['root_token']}\n")
+    click.echo(f"The vault is sealed. Unseal it with {threshold} of these {shares} keys (`stratum vault unseal`).\n"
+               "They are shown only now: hand them to different people and keep them apart.")
+
+
+@vault.command()
+@_address_option
+@click.argument("key", required=False)
+@click.option("--reset", is_flag=True, help="Forget the keys given so far.")
+@handle_errors
+def unseal(address: str | None, key: str | None, reset: bool) -> None:
+    """Give one unseal key (prompted without echo when not given)."""
+    addr = _address(address)
+    if reset:
+        status = call(addr, "PUT", "sys/unseal", {"reset": True})
+    else:
+        key = key or click.prompt("Unseal key", hide_input=True)
+        if not key.strip():
+            raise InputError("no unseal key given", hint="type one of the keys `stratum vault init` printed")
+        status = call(addr, "PUT", "sys/unseal", {"key": key})
+    _print_status(status)
+
+
+@vault.command()
+@_address_option
+@click.option("--token", envvar="VAULT_TOKEN", required=True, help="A token with sudo on sys/seal ($VAULT_TOKEN).")
+@handle_errors
+def seal(address: str | None, token: str) -> None:
+    """Seal the vault now (every data endpoint answers 503 until unsealed)."""
+    call(_address(address), "PUT", "sys/seal", {}, token)
+    click.echo("Sealed.")
+
+
+@vault.command()
+@_address_option
+@handle_errors
+def status(address: str | None) -> None:
+    """Seal status: initialized, sealed, progress."""
+    _print_status(call(_address(address), "GET", "sys/seal-status"))
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    click.echo(f"Initialized   {str(st.get('initialized')).lower()}\nSealed        {str(st.get('sealed')).lower()}\n"
+               f"Shares        {st.get('n')}\nThreshold     {st.get('t')}\nUnseal Progress {st.get('progress')}/"
+               f"{st.get('t')}")
+
+
+@click.group()
+def audit() -> None:
+    """The vault's audit log."""
+
+
+@audit.command()
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@handle_errors
+def verify(path: Path) -> None:
+    """Check the hash chain of an audit log (and its rotated files): exit 1 naming each broken line."""
+    from reconcilers.vault.service.audit import verify as verify_chain
+
+    count, problems = verify_chain(path)
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        raise InputError(f"the audit log's chain is broken in {len(problems)} place(s) over {count} entries",
+                         where=str(path), hint="the lines named above were edited, removed or reordered")
+    click.echo(f"ok: {count} entries, chain intact")

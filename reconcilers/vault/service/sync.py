@@ -1,0 +1,68 @@
+"""What the vault reconciler hands the vault service from a revision: its Cedar policies, and each loaded
+manifest's values at its KV path.
+
+  policies   `vault/policies/*.cedar` of the revision, checked against the vault schema at validate (a bad
+             policy rejects the revision, located), put in force once the revision's run succeeded
+  kv         a manifest applied -> a new KV v2 version at its KV path when its values changed; a manifest
+             removed -> its KV secret soft-deleted, unless the repo's vault settings say `prune = false`.
+             While the vault is sealed nothing is written; everything is published again when it opens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from reconcilers.base import Problem
+from reconcilers.vault.service import policy
+
+if TYPE_CHECKING:
+    from reconcilers.ports import Snapshot
+
+POLICY_DIR = "vault/policies"
+MAX_POLICY_BYTES = 256 * 1024
+SECRETS_DIR = "secrets/"
+KV_PREFIX = "kv/"
+
+
+def load_policies(snap: Snapshot) -> tuple[tuple[tuple[str, str], ...], list[Problem]]:
+    """(path, text) of every policy file of the revision, and the problems of those that do not check."""
+    files: dict[str, str] = {}
+    problems: list[Problem] = []
+    for entry in snap.entries(POLICY_DIR, (".cedar",)):
+        try:
+            files[entry.path] = snap.text(entry, limit=MAX_POLICY_BYTES)
+        except Exception as err:  # noqa: BLE001 an unreadable or oversized file is its own located problem
+            problems.append(Problem(str(getattr(err, "what", err)), path=entry.path, reconciler="vault",
+                                    hint=f"vault policies are UTF-8 Cedar text under {MAX_POLICY_BYTES} bytes"))
+    for found in policy.check(files):
+        problems.append(Problem(f"vault policy {found.message}", path=found.file, reconciler="vault",
+                                hint="see the schema in reconcilers/vault/service/policy.py (principal "
+                                     "Vault::Token in Vault::Group::\"<policy>\", resource Vault::Path)"))
+    return tuple(sorted(files.items())), problems
+
+
+def default_kv_path(manifest_path: str) -> str:
+    """kv/ + the manifest's path under secrets/ without its extension (secrets/app/db.yaml -> kv/app/db)."""
+    rel = manifest_path.removeprefix(SECRETS_DIR)
+    for suffix in (".yaml", ".yml"):
+        if rel.endswith(suffix):
+            return KV_PREFIX + rel[: -len(suffix)]
+    return KV_PREFIX + rel
+
+
+def kv_values(values: Any) -> dict[str, Any] | None:
+    """A manifest's values as a KV secret (a JSON object of JSON values), or None when they are not a mapping."""
+    if not isinstance(values, dict):
+        return None
+    return dict(json.loads(json.dumps(values, default=str)))
+
+
+def publish_all(reconcile: Callable[[str, dict[str, Any] | None], str],
+                current: Callable[[], list[tuple[str, Any]]]) -> None:
+    """Publish every readable manifest (called when the vault opens)."""
+    for kv_path, values in current():
+        data = kv_values(values)
+        if data is not None:
+            reconcile(kv_path, data)
