@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,16 @@ def auto_unseal(service: VaultService, path: Path) -> None:
                              where=str(path), hint="add more of the unseal keys, one a line")
 
 
-def build_service(settings: Mapping[str, Any], state_dir: Path) -> VaultService:
-    """Open storage and the audit log; auto-unseal when a key file is configured and the vault initialized."""
+def build_service(settings: Mapping[str, Any], state_dir: Path,
+                  hooks: Iterable[Callable[[VaultService], None]] = ()) -> VaultService:
+    """Open storage and the audit log, run `hooks` on the new service, then auto-unseal when a key file is
+    configured and the vault initialized."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store, kind = open_storage(settings, state_dir)
     audit = Path(str(settings.get("audit_file") or state_dir / "audit.log"))
     service = VaultService(store, audit, kind, audit_max_bytes=int(settings.get("audit_max_bytes", 64 << 20)))
+    for hook in hooks:
+        hook(service)
     key_file = str(settings.get("unseal_key_file") or "")
     key_file = key_file.replace("$CREDENTIALS_DIRECTORY", os.environ.get("CREDENTIALS_DIRECTORY", ""))
     if key_file and service.seal.config() is not None:

@@ -76,7 +76,8 @@ class VaultService:
 
     def unseal(self, key: str) -> dict[str, Any]:
         """sys/unseal with one share; the status after it."""
-        if self.seal.submit(key) and self.mounts.entries == {}:
+        was_sealed = self.barrier.sealed
+        if self.seal.submit(key) and was_sealed:
             self._opened()
         return self.seal.status()
 

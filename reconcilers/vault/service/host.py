@@ -28,6 +28,7 @@ class ServiceHost:
         self.service: VaultService | None = None
         self._mounts: list[HttpMount] | None = None
         self._lock = threading.Lock()
+        self.on_built: list[Callable[[VaultService], None]] = []   # the publisher's hooks
 
     def mounts(self) -> list[HttpMount]:
         """The vault API on its own listener (`[vault] listen`, default 127.0.0.1:8200; "" turns it off)."""
@@ -38,8 +39,11 @@ class ServiceHost:
             self._mounts = []
             if not listen:
                 return self._mounts
-            self.service = build_service(self.settings, self.state_dir)
-            service = self.service
+            service = build_service(self.settings, self.state_dir, self.on_built)
+            policies = self.saved_policies()
+            if policies:
+                service.set_policies(policies)     # in force from the start, before the first run
+            self.service = service
             max_body = int(self.settings.get("max_body", 1024 * 1024))
 
             def factory() -> Any:
@@ -76,17 +80,14 @@ class Publisher:
         self.host = host
         self.current = current
         self.prune = prune
-        self._hooked = False
+        host.on_built.append(self._hook)
+
+    def _hook(self, service: VaultService) -> None:
+        # Whenever the vault opens (unseal, auto-unseal at start) it gets every loaded manifest's values.
+        service.on_open.append(lambda: sync.publish_all(service.reconcile_kv, self.current))
 
     def _service(self) -> VaultService | None:
-        service = self.host.service
-        if service is not None and not self._hooked:
-            self._hooked = True
-            service.on_open.append(lambda: sync.publish_all(service.reconcile_kv, self.current))
-            policies = self.host.saved_policies()
-            if policies:
-                service.set_policies(policies)
-        return service
+        return self.host.service
 
     def set_policies(self, files: dict[str, str]) -> None:
         """Put a succeeded revision's policies in force (and keep them for the next start)."""
