@@ -84,8 +84,9 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
         assert (missing.status_code, missing.json()) == (present.status_code, present.json()) == (
             403, {"errors": ["permission denied"]})
         # 3. a new manifest version is a new KV version in the same run
-        second = work.commit({"secrets/app/db.yaml": world.manifest(
-            {"password": CANARY + "-2", "user": "app"}, path=DB, previous=(work.path / "secrets/app/db.yaml").read_text())})
+        previous = (work.path / DB).read_text()
+        second = work.commit({DB: world.manifest({"password": CANARY + "-2", "user": "app"}, path=DB,
+                                                 previous=previous)})
         work.push()
         assert d.wait_run(second)["status"] == "succeeded"
         now = app.secrets.kv.v2.read_secret_version("app/db", mount_point="kv", raise_on_deleted_version=True)
