@@ -23,7 +23,6 @@ from reconcilers.vault.service.errors import ServiceError
 from reconcilers.vault.service.storage.base import KeyValueStore
 from reconcilers.vault.service.storage.file import FileStore
 
-DEFAULT_LISTEN = "127.0.0.1:8200"
 STORAGES = ("file", "postgresql", "etcd")
 
 

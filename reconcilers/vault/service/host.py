@@ -7,16 +7,16 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.ports import HttpMount
-from reconcilers.vault.service import sync
-from reconcilers.vault.service.config import DEFAULT_LISTEN, build_service
-from reconcilers.vault.service.core import VaultService
 
-log = structlog.get_logger("stratum.vault")
+if TYPE_CHECKING:
+    from reconcilers.vault.service.core import VaultService
+
+# Imported on use, not here: the reconciler imports this module in every CLI run, and the service (Cedar,
+# SLIP-39, the storage drivers) is only built by a daemon that serves the vault API.
+DEFAULT_LISTEN = "127.0.0.1:8200"
 
 
 class ServiceHost:
@@ -39,6 +39,8 @@ class ServiceHost:
             self._mounts = []
             if not listen:
                 return self._mounts
+            from reconcilers.vault.service.config import build_service
+
             service = build_service(self.settings, self.state_dir, self.on_built)
             policies = self.saved_policies()
             if policies:
@@ -84,6 +86,8 @@ class Publisher:
 
     def _hook(self, service: VaultService) -> None:
         # Whenever the vault opens (unseal, auto-unseal at start) it gets every loaded manifest's values.
+        from reconcilers.vault.service import sync
+
         service.on_open.append(lambda: sync.publish_all(service.reconcile_kv, self.current))
 
     def _service(self) -> VaultService | None:
@@ -102,5 +106,7 @@ class Publisher:
             return "no vault service"
         if values is None:
             return service.reconcile_kv(kv_path, None) if self.prune else "kept (prune = false)"
+        from reconcilers.vault.service import sync
+
         data = sync.kv_values(values)
         return service.reconcile_kv(kv_path, data) if data is not None else "not a mapping"

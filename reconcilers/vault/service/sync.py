@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from reconcilers.base import Problem
-from reconcilers.vault.service import policy
 
 if TYPE_CHECKING:
     from reconcilers.ports import Snapshot
@@ -36,6 +35,10 @@ def load_policies(snap: Snapshot) -> tuple[tuple[tuple[str, str], ...], list[Pro
         except Exception as err:  # noqa: BLE001 an unreadable or oversized file is its own located problem
             problems.append(Problem(str(getattr(err, "what", err)), path=entry.path, reconciler="vault",
                                     hint=f"vault policies are UTF-8 Cedar text under {MAX_POLICY_BYTES} bytes"))
+    if not files:
+        return (), problems
+    from reconcilers.vault.service import policy  # Cedar is loaded only for repos that have vault policies
+
     for found in policy.check(files):
         problems.append(Problem(f"vault policy {found.message}", path=found.file, reconciler="vault",
                                 hint="see the schema in reconcilers/vault/service/policy.py (principal "

@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
-import structlog
 
 from reconcilers.vault.service.core import VaultService, body_json
 from reconcilers.vault.service.errors import BadRequest, NotFound, ServiceError, TooLarge
@@ -20,7 +19,6 @@ from reconcilers.vault.service.request import ApiRequest
 
 MAX_BODY = 1024 * 1024
 PREFIX = "/v1/"
-log = structlog.get_logger("stratum.vault.api")
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
@@ -44,7 +42,10 @@ class VaultApp:
         except ServiceError as err:
             status, body = err.status, {"errors": err.messages}
         except Exception as err:  # noqa: BLE001 a bug answers 500; the listener and the vault stay up
-            log.error("vault_request_failed", path=scope.get("path", "")[:200], error=type(err).__name__)
+            import structlog  # here: the daemon configured it long before (importing it first pulls in rich)
+
+            structlog.get_logger("stratum.vault.api").error("vault_request_failed", path=scope.get("path", "")[:200],
+                                                             error=type(err).__name__)
             status, body = 500, {"errors": ["internal error"]}
         payload = b"" if body is None or status == 204 or scope["method"] == "HEAD" else json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
