@@ -53,6 +53,10 @@ class AuditLog:
         self._lock = threading.Lock()
         self._salt = b""
         self._prev, self._seq = self._tail()
+        try:
+            self._size = path.stat().st_size     # kept in memory after this: one writer, no stat per entry
+        except OSError:
+            self._size = 0
 
     def set_salt(self, salt: bytes) -> None:
         """The vault's HMAC salt (known once unsealed)."""
@@ -96,13 +100,13 @@ class AuditLog:
                 raise AuditUnavailable(f"the audit log {self.path} cannot be written ({err.strerror}): the request "
                                        "was refused; fix the file or its disk") from err
             self._prev, self._seq = hashlib.sha256(line).hexdigest(), self._seq + 1
+            self._size += len(line) + 1
 
     def _rotate_if_full(self) -> None:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+        if self._size < self.max_bytes:
             return
-        if size < self.max_bytes:
+        self._size = 0
+        if not self.path.exists():
             return
         n = 1 + max((int(f.name.rsplit(".", 1)[1]) for f in chain_files(self.path) if f != self.path), default=0)
         os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))

@@ -9,6 +9,7 @@ start with "." and are swept at open.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from reconcilers.vault.service.storage.base import StorageUnavailable, check_pat
 _SAFE = "_-"          # quote() keeps letters and digits; "." "~" and "/" are encoded by passing safe=_SAFE
 
 
+@functools.lru_cache(maxsize=8192)
 def _enc(segment: str) -> str:
     return quote(segment, safe=_SAFE).replace(".", "%2E").replace("~", "%7E")
 
@@ -30,6 +32,7 @@ class FileStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root = str(root)
         self._lock = threading.Lock()      # one writer at a time: renames of one directory stay ordered
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -44,15 +47,16 @@ class FileStore:
                 if f.startswith(".tmp-"):
                     os.unlink(os.path.join(dirpath, f))
 
-    def _file(self, path: str) -> Path:
+    def _file(self, path: str) -> str:
         segs = check_path(path).split("/")
-        return self.root.joinpath(*(_enc(s) + ".d" for s in segs[:-1]), _enc(segs[-1]) + ".v")
+        return os.path.join(self._root, *(_enc(s) + ".d" for s in segs[:-1]), _enc(segs[-1]) + ".v")
 
     def get(self, path: str) -> bytes | None:
         """The value at `path`, or None."""
         target = self._file(path)
         try:
-            return target.read_bytes()
+            with open(target, "rb") as fh:
+                return fh.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as err:
@@ -60,7 +64,7 @@ class FileStore:
 
     def put(self, path: str, value: bytes) -> None:
         """Write `value` atomically (temp file, fsync, rename, fsync of the directory)."""
-        target = self._file(path)
+        target = Path(self._file(path))
         with self._lock:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,7 +88,7 @@ class FileStore:
 
     def delete(self, path: str) -> None:
         """Remove `path`, and the folders it leaves empty."""
-        target = self._file(path)
+        target = Path(self._file(path))
         with self._lock:
             try:
                 target.unlink()
