@@ -39,6 +39,10 @@ def sys(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
             if found is None:
                 raise NotFound()
             return 200, {"data": found.describe()}
+    if path == "sys/internal/specs/openapi" and m == "GET":
+        from reconcilers.vault.service.openapi import document
+
+        return 200, document()
     if path.startswith("sys/audit-hash/") and m in ("PUT", "POST"):
         value = req.body.get("input")
         if not isinstance(value, str):
