@@ -155,8 +155,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         return out
 
     def close(self) -> None:
-        """Drop every plaintext (the Nickel evaluator is the daemon's, not ours to stop)."""
+        """Drop every plaintext (the Nickel evaluator is the daemon's, not ours to stop); hand over the vault's
+        HA lease."""
         self.plain.clear()
+        self.vault_api.close()
 
     def _nickel(self) -> PortEvaluator:
         if self._evaluator is None:

@@ -84,6 +84,11 @@ class Barrier:
             self._info = {"installed": ring.get("installed", {})}
             self._root = root_key
 
+    def reload(self) -> None:
+        """Read the keyring again (HA: another node may have rotated it)."""
+        self._require()
+        self.unseal(self._root)
+
     def seal(self) -> None:
         """Forget every key."""
         with self._lock:

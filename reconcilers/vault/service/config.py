@@ -4,6 +4,10 @@
     listen = "127.0.0.1:8200"          # the vault API's own listener ("" turns the API off)
     storage = "file"                   # file | postgresql | etcd
     storage_url = ""                   # postgresql://... or http://127.0.0.1:2379 for etcd
+    storage_namespace = "stratum/vault/"   # etcd: the key prefix (one per vault sharing an etcd)
+    ha = false                         # active/standby through the shared backend (postgresql, etcd)
+    ha_lease_s = 5                     # etcd: the lease a dead active node's lock outlives at most
+    api_addr = ""                      # HA: the address standbys redirect clients to (default http://<listen>)
     unseal_key_file = ""               # auto-unseal: a file holding unseal keys (one a line, >= threshold),
                                        # e.g. a systemd credential: $CREDENTIALS_DIRECTORY/vault-unseal
     audit_max_bytes = 67108864         # rotate the audit log past this size
@@ -43,7 +47,7 @@ def open_storage(settings: Mapping[str, Any], state_dir: Path) -> tuple[KeyValue
     if kind == "etcd":
         from reconcilers.vault.service.storage.etcd import EtcdStore
 
-        return EtcdStore(url), kind
+        return EtcdStore(url, namespace=str(settings.get("storage_namespace") or "stratum/vault/")), kind
     raise VaultSettingsError(f"unknown vault storage {kind!r}", where="[vault] storage",
                              hint=f"use one of {', '.join(STORAGES)}")
 

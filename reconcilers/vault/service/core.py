@@ -51,6 +51,8 @@ class VaultService:
         self.clock = clock
         self._lock = threading.Lock()
         self.on_open: list[Callable[[], None]] = []     # called once the barrier opens (the reconciler's KV sync)
+        self.standby = False                            # HA: a standby redirects to the active node (ha.py)
+        self.ha: Any = None                             # the ha.Coordinator when HA is on
 
     # -- seal lifecycle --------------------------------------------------------------------------------
     def initialize(self, shares: int, threshold: int, fmt: str = "slip39") -> dict[str, Any]:
@@ -86,6 +88,13 @@ class VaultService:
         self.seal.unseal_with_key(root)
         self._opened()
 
+    def become_active(self) -> None:
+        """HA: this node now serves; reload what the previous active node may have changed."""
+        if not self.barrier.sealed:
+            self.barrier.reload()
+            self._opened()
+        self.standby = False
+
     def seal_now(self) -> None:
         """sys/seal."""
         self.seal.seal()
@@ -104,6 +113,8 @@ class VaultService:
         ("sealed" when the vault cannot take it now: the reconciler publishes again at unseal)."""
         if self.barrier.sealed:
             return "sealed"
+        if self.standby:
+            return "standby"           # the active node publishes (it runs the same repo)
         found = self.mounts.find(kv_path)
         if found is None or found[0].type != "kv" or found[0].version != 2:
             return f"no kv v2 mount for {kv_path}"
@@ -136,6 +147,8 @@ class VaultService:
             return self._open_sys(req)
         if self.barrier.sealed:
             raise Sealed()
+        if self.standby:
+            raise self._redirect(req)
         entry = self.tokens.lookup(req.token)
         capability, mount = self._capability(req)
         if not entry.is_root and req.path not in SELF_SERVICE and not self.authz.allowed(
@@ -193,19 +206,33 @@ class VaultService:
                     return "update", mount
         return "update", mount
 
+    def _redirect(self, req: ApiRequest) -> ServiceError:
+        """307 to the same path on the active node (or 503 while none is known)."""
+        leader = self.ha.leader() if self.ha is not None else ""
+        if not leader:
+            return ServiceError("this node is a standby and no active node is known yet: retry shortly", status=503)
+        query = "&".join(f"{k}={v}" for k, v in req.query.items())
+        err = ServiceError("this node is a standby: use the active node", status=307)
+        err.headers = [("location", f"{leader}/v1/{req.path}" + (f"?{query}" if query else ""))]
+        return err
+
     def _open_sys(self, req: ApiRequest) -> Answer:
         path, m = req.path, req.method
         if path == "sys/seal-status":
             return 200, self.seal.status()
         if path == "sys/health":
             st = self.seal.status()
-            code = 501 if not st["initialized"] else 503 if st["sealed"] else 200
+            code = 501 if not st["initialized"] else 503 if st["sealed"] else 429 if self.standby else 200
             code = int(req.query.get("sealedcode", code)) if st["sealed"] and st["initialized"] else code
-            return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": False,
+            return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": self.standby,
                           "performance_standby": False, "replication_performance_mode": "disabled",
                           "replication_dr_mode": "disabled", "server_time_utc": int(self.clock()),
                           "version": st["version"], "cluster_name": "stratum", "cluster_id": ""}
         if path == "sys/leader":
+            if self.ha is not None:
+                return 200, {"ha_enabled": True, "is_self": not self.standby, "active_time": "",
+                             "leader_address": self.ha.leader(), "leader_cluster_address": "",
+                             "performance_standby": False, "performance_standby_last_remote_wal": 0}
             return 200, {"ha_enabled": False, "is_self": True, "active_time": "", "leader_address": "",
                          "leader_cluster_address": "", "performance_standby": False,
                          "performance_standby_last_remote_wal": 0}

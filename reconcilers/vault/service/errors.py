@@ -21,6 +21,7 @@ class ServiceError(Exception):
     def __init__(self, *messages: str, status: int | None = None) -> None:
         super().__init__("; ".join(messages))
         self.messages = list(messages)
+        self.headers: list[tuple[str, str]] = []      # extra response headers (Location of a redirect)
         if status is not None:
             self.status = status
 

@@ -29,6 +29,7 @@ class ServiceHost:
         self._mounts: list[HttpMount] | None = None
         self._lock = threading.Lock()
         self.on_built: list[Callable[[VaultService], None]] = []   # the publisher's hooks
+        self.coordinator: Any = None                                # ha.Coordinator when [vault] ha is on
 
     def mounts(self) -> list[HttpMount]:
         """The vault API on its own listener (`[vault] listen`, default 127.0.0.1:8200; "" turns it off)."""
@@ -46,6 +47,8 @@ class ServiceHost:
             if policies:
                 service.set_policies(policies)     # in force from the start, before the first run
             self.service = service
+            if self.settings.get("ha"):
+                self._start_ha(service, listen)
             max_body = int(self.settings.get("max_body", 1024 * 1024))
 
             def factory() -> Any:
@@ -55,6 +58,30 @@ class ServiceHost:
 
             self._mounts = [HttpMount("/v1", factory, listen=listen)]
             return self._mounts
+
+    def _start_ha(self, service: VaultService, listen: str) -> None:
+        """Active/standby through the shared backend's lock (ha.py)."""
+        from reconcilers.vault.service.config import VaultSettingsError
+        from reconcilers.vault.service.ha import Coordinator, EtcdLease, Lease, PostgresLease
+
+        url = str(self.settings.get("storage_url") or "")
+        lease_s = int(self.settings.get("ha_lease_s", 5))
+        lease: Lease
+        if service.storage_type == "postgresql":
+            lease = PostgresLease(url)
+        elif service.storage_type == "etcd":
+            lease = EtcdLease(url, lease_s, str(self.settings.get("storage_namespace") or "stratum/vault/"))
+        else:
+            raise VaultSettingsError("[vault] ha needs a shared storage backend", where="[vault] ha",
+                                     hint='set storage = "postgresql" or "etcd" on every node, or drop ha')
+        advertise = str(self.settings.get("api_addr") or f"http://{listen}").rstrip("/")
+        self.coordinator = Coordinator(service, lease, advertise, interval_s=min(1.0, lease_s / 3))
+        self.coordinator.start()
+
+    def close(self) -> None:
+        """Hand over the lease (HA) so a standby takes over at once."""
+        if self.coordinator is not None:
+            self.coordinator.stop()
 
     @property
     def _policy_file(self) -> Path:

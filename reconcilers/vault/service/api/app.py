@@ -33,6 +33,7 @@ class VaultApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        extra: list[tuple[bytes, bytes]] = []
         try:
             req = await self._request(scope, receive)
             if self.inline:
@@ -41,6 +42,7 @@ class VaultApp:
                 status, body = await anyio.to_thread.run_sync(self.service.handle, req)
         except ServiceError as err:
             status, body = err.status, {"errors": err.messages}
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in err.headers]
         except Exception as err:  # noqa: BLE001 a bug answers 500; the listener and the vault stay up
             import structlog  # here: the daemon configured it long before (importing it first pulls in rich)
 
@@ -49,7 +51,7 @@ class VaultApp:
             status, body = 500, {"errors": ["internal error"]}
         payload = b"" if body is None or status == 204 or scope["method"] == "HEAD" else json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*_HEADERS, (b"content-length", str(len(payload)).encode())]})
+                    "headers": [*_HEADERS, *extra, (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
     async def _request(self, scope: dict[str, Any], receive: Any) -> ApiRequest:
