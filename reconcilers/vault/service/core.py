@@ -223,7 +223,9 @@ class VaultService:
         if path == "sys/health":
             st = self.seal.status()
             code = 501 if not st["initialized"] else 503 if st["sealed"] else 429 if self.standby else 200
-            code = int(req.query.get("sealedcode", code)) if st["sealed"] and st["initialized"] else code
+            wanted = req.query.get("sealedcode", "")
+            if st["sealed"] and st["initialized"] and wanted.isdigit() and 200 <= int(wanted) <= 599:
+                code = int(wanted)       # Vault lets probes choose the sealed code
             return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": self.standby,
                           "performance_standby": False, "replication_performance_mode": "disabled",
                           "replication_dr_mode": "disabled", "server_time_utc": int(self.clock()),

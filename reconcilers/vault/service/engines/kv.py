@@ -152,7 +152,10 @@ class KV2:
     def _data_op(self, method: str, rest: str, body: dict[str, Any], query: dict[str, str]) -> Answer:
         p = _secret_path(rest)
         if method in READ:
-            return self.read(p, int(query.get("version") or 0))
+            version = query.get("version") or "0"
+            if not version.isdigit() or len(version) > 12:
+                raise BadRequest(f"version: expected a version number, got {version[:20]!r}")
+            return self.read(p, int(version))
         if method in WRITE:
             options = body.get("options") or {}
             if not isinstance(options, dict):
