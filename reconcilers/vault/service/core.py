@@ -294,4 +294,22 @@ def body_json(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"failed to parse JSON input: {str(err)[:120]}") from err
     if not isinstance(doc, dict):
         raise BadRequest("the body must be a JSON object")
+    if _depth(doc) > MAX_DEPTH:
+        raise BadRequest(f"the body nests deeper than {MAX_DEPTH} levels")
     return doc
+
+
+MAX_DEPTH = 64      # nesting a request body may have (deeper ones would exhaust recursion when stored)
+
+
+def _depth(doc: Any) -> int:
+    """How deep `doc` nests (iterative: a deep body cannot exhaust the stack here)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            return level
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest

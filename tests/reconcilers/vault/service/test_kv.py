@@ -114,6 +114,9 @@ def test_oversized_and_malformed_bodies(vault: Served) -> None:
     assert broken.status_code == 400 and "JSON" in broken.json()["errors"][0]
     missing = requests.get(f"{vault.url}/v1/nowhere/x", headers=headers, timeout=5)
     assert missing.status_code == 404 and missing.json()["errors"]
+    deep = requests.post(f"{vault.url}/v1/secret/data/x", headers=headers, timeout=5,
+                         data=b'{"data": {"a": ' + b"[" * 990 + b"]" * 990 + b"}}")
+    assert deep.status_code == 400 and "deeper" in deep.json()["errors"][0]
     junk = requests.get(f"{vault.url}/v1/secret/data/x?version=abc", headers=headers, timeout=5)
     assert junk.status_code == 400 and "version" in junk.json()["errors"][0]
     assert requests.get(f"{vault.url}/v1/sys/health?sealedcode=zz", timeout=5).status_code == 200
