@@ -9,6 +9,9 @@ import hvac
 import pytest
 import requests
 
+from reconcilers.vault.service.core import body_json
+from reconcilers.vault.service.errors import BadRequest
+from reconcilers.vault.service.request import ApiRequest
 from tests.reconcilers.vault.service.conftest import Served
 
 
@@ -115,8 +118,11 @@ def test_oversized_and_malformed_bodies(vault: Served) -> None:
     missing = requests.get(f"{vault.url}/v1/nowhere/x", headers=headers, timeout=5)
     assert missing.status_code == 404 and missing.json()["errors"]
     deep = requests.post(f"{vault.url}/v1/secret/data/x", headers=headers, timeout=5,
-                         data=b'{"data": {"a": ' + b"[" * 990 + b"]" * 990 + b"}}")
+                         data=b'{"data": {"a": ' + b"[" * 500 + b"]" * 500 + b"}}")
     assert deep.status_code == 400 and "deeper" in deep.json()["errors"][0]
+    with pytest.raises(BadRequest):     # in-process, 990 levels parsed and then crashed the write (RecursionError)
+        vault.service.handle(ApiRequest("POST", "secret/data/x", body_json(
+            b'{"data": {"a": ' + b"[" * 990 + b"]" * 990 + b"}}"), token=vault.root_token))
     junk = requests.get(f"{vault.url}/v1/secret/data/x?version=abc", headers=headers, timeout=5)
     assert junk.status_code == 400 and "version" in junk.json()["errors"][0]
     assert requests.get(f"{vault.url}/v1/sys/health?sealedcode=zz", timeout=5).status_code == 200
