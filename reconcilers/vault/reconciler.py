@@ -128,7 +128,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
         self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
-        self._policies: dict[str, tuple[tuple[str, str], ...]] = {}   # revision -> its vault policies
+        # revision -> what it declares for the vault service: (policies, mounts)
+        self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...]]] = {}
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -201,8 +202,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 problems.append(Problem(str(getattr(err, "what", err)), path=sig_entry.path, reconciler=NAME))
         policies, found = service_sync.load_policies(snap)
         problems += found
+        mounts, found = service_sync.load_mounts(snap, self._evaluator)
+        problems += found
         with self._lock:
-            self._policies[snap.revision] = policies
+            self._policies[snap.revision] = (policies, mounts)
             while len(self._policies) > 64:
                 self._policies.pop(next(iter(self._policies)))
         return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies)
@@ -434,11 +437,12 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                              where=path, hint="check the vault's storage backend, then push again") from err
 
     def on_run_finished(self, record: RunRecord, index: Any) -> None:
-        """A succeeded revision's vault policies go in force."""
+        """A succeeded revision's vault policies go in force and its declared mounts are mounted."""
         with self._lock:
-            policies = self._policies.get(record.revision)
-        if record.status == "succeeded" and policies is not None:
-            self.publisher.set_policies(dict(policies))
+            declared = self._policies.get(record.revision)
+        if record.status == "succeeded" and declared is not None:
+            self.publisher.set_policies(dict(declared[0]))
+            self.publisher.set_mounts(declared[1])
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

@@ -107,6 +107,13 @@ class VaultService:
             self.authz.load(files)
         return problems
 
+    def ensure_mounts(self, mounts: tuple[tuple[str, str, int, str], ...]) -> list[str]:
+        """The repo's declared mounts (vault/mounts.ncl), each mounted when absent; what was done per mount.
+        Nothing while sealed or standby (done again when the vault opens or this node becomes active)."""
+        if self.barrier.sealed or self.standby:
+            return []
+        return [f"{path}: {self.mounts.ensure(path, kind, version, about)}" for path, kind, version, about in mounts]
+
     def reconcile_kv(self, kv_path: str, values: dict[str, Any] | None) -> str:
         """What the repo declares at `kv_path` ("kv/app/db"): a new KV v2 version when `values` differ from the
         current one, a soft delete of the current version when None. Audited as the reconciler; what was done

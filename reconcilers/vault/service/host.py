@@ -109,13 +109,19 @@ class Publisher:
         self.host = host
         self.current = current
         self.prune = prune
+        self.mounts: tuple[Any, ...] = ()          # the last succeeded revision's vault/mounts.ncl
         host.on_built.append(self._hook)
 
     def _hook(self, service: VaultService) -> None:
-        # Whenever the vault opens (unseal, auto-unseal at start) it gets every loaded manifest's values.
+        service.on_open.append(lambda: self._opened(service))
+
+    def _opened(self, service: VaultService) -> None:
+        """Whenever the vault opens (unseal, auto-unseal at start, HA takeover): the declared mounts, then every
+        loaded manifest's values."""
         from reconcilers.vault.service import sync
 
-        service.on_open.append(lambda: sync.publish_all(service.reconcile_kv, self.current))
+        service.ensure_mounts(self.mounts)
+        sync.publish_all(service.reconcile_kv, self.current)
 
     def _service(self) -> VaultService | None:
         return self.host.service
@@ -125,6 +131,13 @@ class Publisher:
         service = self._service()
         if service is not None and not service.set_policies(files):
             self.host.save_policies(files)
+
+    def set_mounts(self, mounts: tuple[Any, ...]) -> None:
+        """Mount what the repo declares (now when the vault is open, else when it opens)."""
+        self.mounts = mounts
+        service = self._service()
+        if service is not None:
+            service.ensure_mounts(mounts)
 
     def publish(self, kv_path: str, values: Any) -> str:
         """Write a manifest's values at `kv_path` (None: removed; soft-deleted unless prune is off)."""

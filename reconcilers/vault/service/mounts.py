@@ -35,6 +35,14 @@ class MountEntry:
                 "seal_wrap": False, "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}}
 
 
+def check_mount_path(path: str) -> str:
+    """A mount path ("legacy" or "legacy/") as stored ("legacy/"); BadRequest when invalid or reserved."""
+    path = check_path(path.strip("/")) + "/"
+    if path.split("/")[0] in RESERVED:
+        raise BadRequest(f"cannot mount at {path}: the prefix is reserved")
+    return path
+
+
 def transit_handler() -> Any:
     """reconcilers.vault.transit.api.handle when that module is installed, else None."""
     try:
@@ -89,11 +97,19 @@ class Mounts:
             return KV2(self.store_of(entry)) if entry.version == 2 else KV1(self.store_of(entry))
         return None
 
+    def ensure(self, path: str, kind: str, version: int, description: str) -> str:
+        """What the repo declares: mount it when absent; a mount of another kind is left alone (said)."""
+        current = self.entries.get(path)
+        if current is None:
+            self.enable(path, {"type": kind, "options": {"version": str(version)}, "description": description})
+            return "mounted"
+        if (current.type, current.version) != (kind, version if kind == "kv" else 0):
+            return f"kept as {current.type} v{current.version}: a commit never remounts (its data would go)"
+        return "unchanged"
+
     def enable(self, path: str, body: dict[str, Any]) -> None:
         """sys/mounts/<path> POST: mount a kv (v1/v2) or transit engine."""
-        path = check_path(path.strip("/")) + "/"
-        if path.split("/")[0] in RESERVED:
-            raise BadRequest(f"cannot mount at {path}: the prefix is reserved")
+        path = check_mount_path(path)
         kind = body.get("type")
         options = body.get("options") or {}
         version = 1

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from reconcilers.ports import Snapshot
 
 POLICY_DIR = "vault/policies"
+MOUNTS_FILE = "vault/mounts.ncl"
+MOUNTS_CONTRACT = '(import "vault.ncl").Mounts'
+Mount = tuple[str, str, int, str]          # (path "legacy/", type, kv version, description)
 MAX_POLICY_BYTES = 256 * 1024
 SECRETS_DIR = "secrets/"
 KV_PREFIX = "kv/"
@@ -44,6 +47,36 @@ def load_policies(snap: Snapshot) -> tuple[tuple[tuple[str, str], ...], list[Pro
                                 hint="see the schema in reconcilers/vault/service/policy.py (principal "
                                      "Vault::Token in Vault::Group::\"<policy>\", resource Vault::Path)"))
     return tuple(sorted(files.items())), problems
+
+
+def load_mounts(snap: Snapshot, evaluator: Any) -> tuple[tuple[Mount, ...], list[Problem]]:
+    """The engines `vault/mounts.ncl` declares (checked by the Nickel contract and the mount path rules)."""
+    if snap.entry(MOUNTS_FILE) is None:
+        return (), []
+    if evaluator is None:
+        return (), [Problem("no Nickel evaluator to read the vault mounts", path=MOUNTS_FILE, reconciler="vault")]
+    from reconcilers.vault.service.errors import ServiceError
+    from reconcilers.vault.service.mounts import check_mount_path
+
+    result = evaluator.evaluate(snap, [MOUNTS_FILE], MOUNTS_CONTRACT)
+    problems = list(result.problems)
+    value = result.values.get(MOUNTS_FILE)
+    out: list[Mount] = []
+    for name, spec in sorted((value or {}).items()):
+        try:
+            path = check_mount_path(name)
+        except ServiceError as err:
+            problems.append(Problem(f"vault mount {name!r}: {'; '.join(err.messages)}", path=MOUNTS_FILE,
+                                    reconciler="vault", hint="name it like a path: letters, digits, - _ /"))
+            continue
+        version = int(spec.get("version", 2))
+        if spec.get("type") == "kv" and version not in (1, 2):
+            problems.append(Problem(f"vault mount {name!r}: kv version {version} (1 or 2)", path=MOUNTS_FILE,
+                                    reconciler="vault", hint="version = 1 or version = 2"))
+            continue
+        out.append((path, str(spec.get("type")), version if spec.get("type") == "kv" else 0,
+                    str(spec.get("description", ""))))
+    return tuple(out), problems
 
 
 def default_kv_path(manifest_path: str) -> str:

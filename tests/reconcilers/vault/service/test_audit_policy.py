@@ -129,3 +129,29 @@ def test_policy_files_that_do_not_fit_the_schema_are_located_problems(tmp_path: 
     where = sorted({p.path for p in problems})
     assert where == ["vault/policies/schema.cedar", "vault/policies/syntax.cedar"], problems
     assert policy.check({"ok.cedar": 'permit(principal, action == Vault::Action::"list", resource);'}) == []
+
+
+def test_mounts_declared_in_nickel_are_mounted_and_never_remounted(vault: Served, tmp_path: Path) -> None:
+    """vault/mounts.ncl under the contract: its engines are mounted; a mount of another kind is kept (data
+    stays); a bad type or path is a located problem."""
+    from daemon.git.source import GitSource
+    from daemon.nickel.evaluator import Evaluator
+    from reconcilers.vault.service.sync import load_mounts
+
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({"vault/mounts.ncl": '{ legacy = { type = \'kv, version = 1 }, "team/kv" = { type = \'kv } }'})
+    evaluator = Evaluator(tmp_path / "cache", timeout=30.0)
+    try:
+        snap = GitSource(str(repo.path), "main", tmp_path / "data").snapshot("main")
+        mounts, problems = load_mounts(snap, evaluator)
+        assert problems == [] and mounts == (("legacy/", "kv", 1, ""), ("team/kv/", "kv", 2, ""))
+        assert vault.service.ensure_mounts(mounts) == ["legacy/: mounted", "team/kv/: mounted"]
+        listed = vault.client().sys.list_mounted_secrets_engines()["data"]
+        assert listed["legacy/"]["options"] == {"version": "1"} and listed["team/kv/"]["options"] == {"version": "2"}
+        assert "kept as kv v1" in vault.service.ensure_mounts((("legacy/", "kv", 2, ""),))[0]
+        repo.commit({"vault/mounts.ncl": "{ sys = { type = 'kv }, x = { type = 'nope } }"})
+        snap = GitSource(str(repo.path), "main", tmp_path / "data").snapshot("main")
+        mounts, problems = load_mounts(snap, evaluator)
+        assert mounts == () and problems and all(p.path == "vault/mounts.ncl" for p in problems)
+    finally:
+        evaluator.close()
