@@ -92,6 +92,7 @@ class VaultService:
         """HA: this node now serves; reload what the previous active node may have changed."""
         if not self.barrier.sealed:
             self.barrier.reload()
+            self.tokens.forget()
             self._opened()
         self.standby = False
 
@@ -99,6 +100,7 @@ class VaultService:
         """sys/seal."""
         self.seal.seal()
         self.mounts.entries = {}
+        self.tokens.forget()
 
     def set_policies(self, files: dict[str, str]) -> list[cedar.PolicyProblem]:
         """Put the repo's policies in force when they all check; their problems otherwise (old ones stay)."""

@@ -13,6 +13,7 @@ import json
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from reconcilers.vault.service.errors import BadRequest, PermissionDenied
 from reconcilers.vault.service.storage.base import KeyValueStore
 
 DEFAULT_TTL = 768 * 3600          # Vault's default max lease TTL (32 days)
+CACHE_MAX = 10_000                # token entries kept in memory
 _NAME_MAX = 128
 
 
@@ -77,6 +79,15 @@ class TokenStore:
         self.store = store
         self.clock = clock
         self._lock = threading.Lock()
+        # Entries read by hash, kept in memory: every request looks its token up. Every change goes through
+        # _save/revoke here, so the cache is exact in one process; another node's changes (HA) are seen after
+        # `forget()`, which a node calls when it becomes active.
+        self._cache: OrderedDict[str, TokenEntry | None] = OrderedDict()
+
+    def forget(self) -> None:
+        """Drop the in-memory entries (another node may have changed tokens)."""
+        with self._lock:
+            self._cache.clear()
 
     def create(self, parent: TokenEntry | None, body: dict[str, Any]) -> tuple[str, TokenEntry]:
         """A new token as `body` asks (hvac's create_token fields); children get at most their parent's
@@ -118,14 +129,25 @@ class TokenStore:
     def _save(self, entry: TokenEntry) -> None:
         doc = {k: getattr(entry, k) for k in TokenEntry.__slots__}
         self.store.put(f"id/{entry.hash}", json.dumps(doc).encode())
+        self._remember(entry.hash, entry)
+
+    def _remember(self, token_hash: str, entry: TokenEntry | None) -> None:
+        self._cache[token_hash] = entry
+        self._cache.move_to_end(token_hash)
+        while len(self._cache) > CACHE_MAX:
+            self._cache.popitem(last=False)
 
     def _load(self, token_hash: str) -> TokenEntry | None:
+        if token_hash in self._cache:
+            return self._cache[token_hash]
         raw = self.store.get(f"id/{token_hash}")
         if raw is None:
-            return None
+            return None           # not remembered: a forged token must not fill the cache
         doc = json.loads(raw)
         doc["policies"] = tuple(doc["policies"])
-        return TokenEntry(**doc)
+        entry = TokenEntry(**doc)
+        self._remember(token_hash, entry)
+        return entry
 
     def lookup(self, token: str) -> TokenEntry:
         """The live entry of `token`, or PermissionDenied (missing, forged, expired: the same answer)."""
@@ -182,6 +204,7 @@ class TokenStore:
             if sub is not None:
                 self.revoke(sub)
             self.store.delete(f"parent/{entry.hash}/{child}")
+        self._cache.pop(entry.hash, None)          # first: a failing delete below must not leave it usable here
         self.store.delete(f"id/{entry.hash}")
         self.store.delete(f"accessor/{entry.accessor}")
         if entry.parent:
