@@ -420,10 +420,16 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         out: list[tuple[str, Any]] = []
         for path in self.paths():
             try:
-                out.append((service_sync.default_kv_path(path), self.get(path)))
+                out.append((self._kv_path(path), self.get(path)))
             except KeyError:
                 continue  # not a recipient: nothing to publish
         return out
+
+    def _kv_path(self, path: str) -> str:
+        """Where a manifest's values appear in the vault's KV: kv/ + its path under secrets/ without the extension
+        (the rule reconcilers/vault/kvpath.py shares; a manifest's signed `stratum.kv_path` takes precedence once
+        manifests carry it)."""
+        return service_sync.default_kv_path(path)
 
     def _publish(self, path: str, values: Any) -> None:
         """A manifest's values (None: removed) to its KV path; a vault that cannot take them fails the action."""
@@ -431,7 +437,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         from reconcilers.vault.service.errors import ServiceError
 
         try:
-            self.publisher.publish(service_sync.default_kv_path(path), values)
+            self.publisher.publish(self._kv_path(path), values)
         except ServiceError as err:
             raise ApplyError(f"the vault could not store the manifest's values: {'; '.join(err.messages)}",
                              where=path, hint="check the vault's storage backend, then push again") from err
