@@ -33,6 +33,7 @@ from daemon.git.source import sanitize_url
 from daemon.git.watch import RefWatcher, Wakeup
 from daemon.git.webhook import WebhookEndpoint
 from daemon.http.auth import DenialReporter, TokenStore
+from daemon.http.config import is_loopback, listen_host
 from daemon.http.descriptors import control_share
 from daemon.http.limits import fd_budget
 from daemon.http.server import HttpServer, build_app, listener_settings, own_listener_mounts, reconciler_mounts
@@ -213,6 +214,11 @@ class Daemon:
         out: list[HttpServer] = []
         for prefix, listen, app in own_listener_mounts(rt.reconcilers.values()):
             try:
+                if not http.tls and not is_loopback(listen_host(listen)):
+                    # These interfaces carry their own tokens (and the vault its unseal keys): never in clear.
+                    raise SettingsError(f"refusing to serve {prefix} on {listen} in clear: it is not a loopback "
+                                        "address", where=listen, hint="set [http] tls_cert and tls_key, or listen "
+                                                                      "on 127.0.0.1")
                 server = HttpServer(listen, app, http, limits)
             except SettingsError as err:
                 self.logger.warning("interface_not_listening", interface=prefix, listen=listen, message=err.render())

@@ -125,3 +125,23 @@ def _up(url: str) -> bool:
         return requests.get(f"{url}/v1/sys/seal-status", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_the_vault_is_never_served_in_clear_off_loopback(tmp_path: Path) -> None:
+    """`[vault] listen` on a non-loopback address without TLS: the daemon runs, says why the vault API is not
+    served, and nothing listens there."""
+    remote = bare_repo(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    first = work.commit({"infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n"))})
+    work.push()
+    port = free_port()
+    config = tmp_path / "stratumd.toml"
+    config.write_text(f'[vault]\nlisten = "0.0.0.0:{port}"\n')
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
+    try:
+        assert d.wait_run(first)["status"] == "succeeded"
+        refused = [e for e in d.log_events() if e.get("event") == "interface_not_listening"]
+        assert refused and "in clear" in refused[0]["message"] and "tls_cert" in refused[0]["message"]
+        assert not _up(f"http://127.0.0.1:{port}")
+    finally:
+        assert d.stop() == 0
