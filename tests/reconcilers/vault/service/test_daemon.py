@@ -53,7 +53,7 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
     d = DaemonProc(str(remote), data, root, "--config", str(config))
     try:
         assert d.wait_run(first)["status"] == "succeeded"
-        wait_for(lambda: _up(url), 20)
+        wait_for(lambda: _up(url), 60)
         # 1. init and unseal with the CLI (SLIP-39 shares by default)
         out = stratum("vault", "init", "--shares", "3", "--threshold", "2", "--address", url, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
@@ -110,7 +110,7 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
     config.write_text(f'[vault]\nlisten = "127.0.0.1:{port}"\nunseal_key_file = "{keyfile}"\n')
     d = DaemonProc(str(remote), data, root, "--config", str(config))
     try:
-        wait_for(lambda: _up(url), 20)
+        wait_for(lambda: _up(url), 60)
         client = hvac.Client(url=url, token=root_token)
         assert client.sys.is_sealed() is False
         again = app.secrets.kv.v2.read_secret_version("app/db", mount_point="kv", raise_on_deleted_version=True)

@@ -65,7 +65,7 @@ def test_standby_redirects_and_takes_over_when_the_active_node_dies(backend: str
                           f'{storage_ns}ha = true\nha_lease_s = 3\nunseal_key_file = "{keyfile}"\n{extra}')
         daemons[name] = DaemonProc(str(remote), tmp_path / f"data-{name}", tmp_path / f"root-{name}",
                                    "--config", str(config))
-        wait_for(lambda n=name: (_leader(nodes[n]) or {}).get("leader_address"), 30)    # type: ignore[misc]
+        wait_for(lambda n=name: (_leader(nodes[n]) or {}).get("leader_address"), 60)    # type: ignore[misc]
     try:
         daemons["a"].wait_run(first)
         a, b = _leader(nodes["a"]), _leader(nodes["b"])
@@ -80,7 +80,7 @@ def test_standby_redirects_and_takes_over_when_the_active_node_dies(backend: str
         for i in range(5):
             via_b.secrets.kv.v2.create_or_update_secret("acked", secret={"n": str(i)})
         daemons["a"].kill()
-        wait_for(lambda: (_leader(nodes["b"]) or {}).get("is_self") is True, 30, 0.1)
+        wait_for(lambda: (_leader(nodes["b"]) or {}).get("is_self") is True, 60, 0.1)
         b_only = hvac.Client(url=nodes["b"], token=init["root_token"])
         read = b_only.secrets.kv.v2.read_secret_version("acked", raise_on_deleted_version=True)
         assert read["data"]["data"] == {"n": "4"} and read["data"]["metadata"]["version"] == 5
