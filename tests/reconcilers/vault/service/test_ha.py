@@ -39,12 +39,11 @@ def test_standby_redirects_and_takes_over_when_the_active_node_dies(backend: str
         pg.psql(f"CREATE DATABASE {name}")
         url = pg.url.rsplit("/", 1)[0] + "/" + name
         store: PostgresStore | EtcdStore = PostgresStore(url)
-        extra, namespace = "", ""
+        namespace = ""
     else:
         url = request.getfixturevalue("etcd").url
         namespace = f"ha-{uuid.uuid4().hex[:10]}/"
         store = EtcdStore(url, namespace=namespace)
-        extra = ""
     init = VaultService(store, tmp_path / "init-audit.log", backend).initialize(1, 1, "base64")
     if isinstance(store, PostgresStore):
         store.close()
@@ -55,18 +54,20 @@ def test_standby_redirects_and_takes_over_when_the_active_node_dies(backend: str
     work = WorkRepo(tmp_path / "work", remote=remote)
     first = work.commit({"infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n"))})
     work.push()
-    nodes, daemons = {}, {}
-    for name in ("a", "b"):
-        port = free_port()
-        nodes[name] = f"http://127.0.0.1:{port}"
-        config = tmp_path / f"{name}.toml"
-        storage_ns = f'storage_namespace = "{namespace}"\n' if backend == "etcd" else ""
-        config.write_text(f'[vault]\nlisten = "127.0.0.1:{port}"\nstorage = "{backend}"\nstorage_url = "{url}"\n'
-                          f'{storage_ns}ha = true\nha_lease_s = 3\nunseal_key_file = "{keyfile}"\n{extra}')
-        daemons[name] = DaemonProc(str(remote), tmp_path / f"data-{name}", tmp_path / f"root-{name}",
-                                   "--config", str(config))
-        wait_for(lambda n=name: (_leader(nodes[n]) or {}).get("leader_address"), 60)    # type: ignore[misc]
+    nodes: dict[str, str] = {}
+    daemons: dict[str, DaemonProc] = {}
     try:
+        for name in ("a", "b"):
+            port = free_port()
+            nodes[name] = f"http://127.0.0.1:{port}"
+            config = tmp_path / f"{name}.toml"
+            storage_ns = f'storage_namespace = "{namespace}"\n' if backend == "etcd" else ""
+            config.write_text(f'[vault]\nlisten = "127.0.0.1:{port}"\nstorage = "{backend}"\n'
+                              f'storage_url = "{url}"\n{storage_ns}ha = true\nha_lease_s = 3\n'
+                              f'unseal_key_file = "{keyfile}"\n')
+            daemons[name] = DaemonProc(str(remote), tmp_path / f"data-{name}", tmp_path / f"root-{name}",
+                                       "--config", str(config))
+            wait_for(lambda n=name: (_leader(nodes[n]) or {}).get("leader_address"), 60)  # type: ignore[misc]
         daemons["a"].wait_run(first)
         a, b = _leader(nodes["a"]), _leader(nodes["b"])
         assert a is not None and b is not None
