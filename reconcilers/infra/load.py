@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.git.source import MAX_FILES, safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.infra.templates import TemplateRenderer
+from reconcilers.locations import MAX_FILES, safe_relpath
 from reconcilers.ports import Evaluator, Snapshot
 
 INFRA_CONTRACT = '(import "infra.ncl").Config'
