@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon import __version__, log
 from daemon.control.admission import admission_settings
 from daemon.errors import LockError
 from daemon.git.source import GitSource
-from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
@@ -18,6 +18,9 @@ from daemon.run.workspace import workspace
 from daemon.settings import Settings, check_owner
 from reconcilers.base import AnyReconciler, ReconcilerEnv
 from reconcilers.registry import BROKEN_PLUGINS, REGISTRY, factory
+
+if TYPE_CHECKING:
+    from daemon.index.store import Index
 
 
 @dataclass
@@ -91,6 +94,8 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
 def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Index:
     """Open the index; while another process holds the file (a backup script, a reader that predates the
     apply lock), retry for up to `wait` seconds, saying once who holds it."""
+    from daemon.index.store import Index
+
     deadline = time.monotonic() + wait
     told = False
     while True:

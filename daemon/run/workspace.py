@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pygit2
 
 from daemon import __version__
 from daemon.errors import LockError, SourceError
 from daemon.git.source import GitSource, is_url
-from daemon.index.store import Index
 from reconcilers.ports import Evaluator, Workspace
+
+if TYPE_CHECKING:
+    from daemon.index.store import Index
 
 PRIVATE_INDEX = "knowledge-cli.duckdb"       # a CLI's own index while a running daemon holds index.duckdb
 
@@ -83,6 +85,8 @@ def open_workspace(repo: str, data_dir: Path | None = None, *, branch: str | Non
                    index: Index | None = None, host: Mapping[str, Any] | None = None) -> Workspace:
     """Open `repo` (a path or URL, mirrored under the data directory) and its index for a CLI verb. While a
     running daemon holds the index, a private index is used and runs are asked of the daemon."""
+    from daemon.index.store import Index
+
     data_dir = data_dir or default_data_dir(repo)
     data_dir.mkdir(parents=True, exist_ok=True)
     source = GitSource(repo, branch or default_branch(repo), data_dir)

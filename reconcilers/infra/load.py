@@ -89,6 +89,8 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
         finally:
             own.close()
     renderer.begin()
+    if not cache and snap.entries("templates"):
+        renderer.prestart()     # a cold load of a repo with templates will render: start the worker meanwhile
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [
