@@ -307,7 +307,9 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     reconciler=NAME,
                     kind=kind,
                     target=path,
-                    summary=f"{kind} secret manifest {path}",
+                    # What changes in the vault's KV, by fingerprint (the blob id: public, it is in git), never
+                    # by value: the plan is computed without decrypting anything.
+                    summary=f"{kind} secret manifest {path} (blob {mf.blob_id[:12]}) -> {self._kv_path(path)}",
                     change=freeze({"path": path, "blob_id": mf.blob_id}),
                     compensation=freeze({"path": path, "blob_id": current[0] if current else None}),
                 )
@@ -319,7 +321,9 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     reconciler=NAME,
                     kind="delete",
                     target=path,
-                    summary=f"unload secret manifest {path}",
+                    summary=f"unload secret manifest {path} -> "
+                            + (f"soft-delete {self._kv_path(path)}" if self.publisher.prune else
+                               f"keep {self._kv_path(path)} (prune = false)"),
                     change=freeze({"path": path}),
                     compensation=freeze({"path": path, "blob_id": observed.get(path, ("",))[0] or None}),
                 )
