@@ -86,3 +86,18 @@ def test_tokens_are_stored_only_as_hashes(vault: Served) -> None:
     assert t.encode() not in plain and len(ids) == 2
     status, _ = vault.service.handle(ApiRequest("GET", "auth/token/lookup-self", token=t))
     assert status == 200
+
+
+def test_hvac_sys_calls(vault: Served) -> None:
+    """The sys calls hvac has for a single node: health, leader, key status after a rotation, mounts, auth."""
+    client = vault.client()
+    assert client.is_authenticated() is True
+    assert client.sys.read_health_status(method="GET")["sealed"] is False
+    assert client.sys.read_leader_status()["is_self"] is True
+    client.sys.rotate_encryption_key()
+    assert client.sys.get_encryption_key_status()["data"]["term"] == 2
+    client.sys.enable_secrets_engine("kv", path="tmp-kv", options={"version": "2"})
+    assert "tmp-kv/" in client.sys.list_mounted_secrets_engines()["data"]
+    client.sys.disable_secrets_engine("tmp-kv")
+    assert "tmp-kv/" not in client.sys.list_mounted_secrets_engines()["data"]
+    assert vault.client("hvs.nope").is_authenticated() is False
