@@ -197,6 +197,8 @@ class VaultService:
         mount = found[0].path if found else req.path.split("/")[0] + "/"
         if req.path.startswith(("sys/rotate", "sys/seal", "sys/mounts/")) and m != "GET":
             return "sudo", mount
+        if req.path == "auth/token/accessors":
+            return "sudo", mount             # every token's accessor: Vault asks sudo for this list
         if m == "LIST" or (m == "GET" and req.query.get("list") == "true"):
             return "list", mount
         if m in ("GET", "HEAD"):

@@ -25,6 +25,7 @@ PATHS: dict[str, tuple[tuple[str, ...], str]] = {
     "/sys/audit-hash/{path}": (("post",), "The audit log's HMAC of a string"),
     "/auth/token/create": (("post",), "Create a token"),
     "/auth/token/create-orphan": (("post",), "Create a token without a parent"),
+    "/auth/token/accessors": (("get",), "List token accessors (?list=true or LIST; sudo)"),
     "/auth/token/lookup-self": (("get",), "Look up the calling token"),
     "/auth/token/lookup": (("post",), "Look up a token"),
     "/auth/token/lookup-accessor": (("post",), "Look up a token by accessor"),

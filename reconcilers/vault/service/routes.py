@@ -71,6 +71,8 @@ def token(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
             raise BadRequest("choosing a token's id is not supported: leave 'id' out")
         new_token, created = store.create(entry, body)
         return 200, {"auth": created.auth(new_token), "data": None, "lease_duration": 0, "renewable": False}
+    if op == "accessors" and (m == "LIST" or (m == "GET" and req.query.get("list") == "true")):
+        return 200, {"data": {"keys": store.store.list("accessor/")}}
     if op == "lookup-self" and m in ("GET", "POST"):
         return 200, {"data": {**entry.describe(now), "id": req.token}}
     if op == "lookup" and m in ("PUT", "POST", "GET"):

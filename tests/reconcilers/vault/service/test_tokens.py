@@ -21,6 +21,9 @@ def test_create_lookup_renew_revoke(vault: Served) -> None:
     assert me["policies"] == ["app", "default"] and 3500 < me["ttl"] <= 3600 and me["accessor"] == made["accessor"]
     assert child.auth.token.renew_self(increment="2h")["auth"]["lease_duration"] > 3600
     assert root.auth.token.lookup_accessor(made["accessor"])["data"]["policies"] == ["app", "default"]
+    assert made["accessor"] in root.auth.token.list_accessors()["data"]["keys"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        child.auth.token.list_accessors()
     root.auth.token.revoke(made["client_token"])
     with pytest.raises(hvac.exceptions.Forbidden):
         child.auth.token.lookup_self()
