@@ -23,10 +23,10 @@ from reconcilers.vault.service import policy as cedar
 from reconcilers.vault.service import routes
 from reconcilers.vault.service.audit import AuditLog
 from reconcilers.vault.service.barrier import Barrier
-from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError, Unsupported
+from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError
 from reconcilers.vault.service.mounts import Mounts, transit_handler
 from reconcilers.vault.service.request import Answer, ApiRequest
-from reconcilers.vault.service.seal import FORMATS, Seal
+from reconcilers.vault.service.seal import Seal
 from reconcilers.vault.service.storage.base import KeyValueStore
 from reconcilers.vault.service.tokens import TokenEntry, TokenStore
 
@@ -153,7 +153,7 @@ class VaultService:
     def handle(self, req: ApiRequest) -> Answer:
         """One request (the numbered steps of the module docstring)."""
         if req.path in UNAUTHENTICATED or req.path.startswith("sys/init"):
-            return self._open_sys(req)
+            return routes.open_sys(self, req)
         if self.barrier.sealed:
             raise Sealed()
         if self.standby:
@@ -226,48 +226,6 @@ class VaultService:
         err = ServiceError("this node is a standby: use the active node", status=307)
         err.headers = [("location", f"{leader}/v1/{req.path}" + (f"?{query}" if query else ""))]
         return err
-
-    def _open_sys(self, req: ApiRequest) -> Answer:
-        path, m = req.path, req.method
-        if path == "sys/seal-status":
-            return 200, self.seal.status()
-        if path == "sys/health":
-            st = self.seal.status()
-            code = 501 if not st["initialized"] else 503 if st["sealed"] else 429 if self.standby else 200
-            wanted = req.query.get("sealedcode", "")
-            if st["sealed"] and st["initialized"] and wanted.isdigit() and 200 <= int(wanted) <= 599:
-                code = int(wanted)       # Vault lets probes choose the sealed code
-            return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": self.standby,
-                          "performance_standby": False, "replication_performance_mode": "disabled",
-                          "replication_dr_mode": "disabled", "server_time_utc": int(self.clock()),
-                          "version": st["version"], "cluster_name": "stratum", "cluster_id": ""}
-        if path == "sys/leader":
-            if self.ha is not None:
-                return 200, {"ha_enabled": True, "is_self": not self.standby, "active_time": "",
-                             "leader_address": self.ha.leader(), "leader_cluster_address": "",
-                             "performance_standby": False, "performance_standby_last_remote_wal": 0}
-            return 200, {"ha_enabled": False, "is_self": True, "active_time": "", "leader_address": "",
-                         "leader_cluster_address": "", "performance_standby": False,
-                         "performance_standby_last_remote_wal": 0}
-        if path == "sys/init":
-            if m == "GET":
-                return 200, {"initialized": self.seal.config() is not None}
-            if m in ("PUT", "POST"):
-                shares, threshold = req.body.get("secret_shares"), req.body.get("secret_threshold")
-                fmt = req.body.get("share_format", "slip39")
-                if not isinstance(shares, int) or not isinstance(threshold, int) or fmt not in FORMATS:
-                    raise BadRequest("send secret_shares and secret_threshold (numbers) and optionally "
-                                     "share_format (slip39 or base64)")
-                return 200, self.initialize(shares, threshold, fmt)
-        if path == "sys/unseal" and m in ("PUT", "POST"):
-            if req.body.get("reset"):
-                self.seal.reset()
-                return 200, self.seal.status()
-            key = req.body.get("key")
-            if not isinstance(key, str) or not key.strip():
-                raise BadRequest("missing required 'key' parameter")
-            return 200, self.unseal(key)
-        raise Unsupported(f"unsupported operation {m} on {path}")
 
     def _route(self, req: ApiRequest, entry: TokenEntry) -> Answer:
         if req.path.startswith("sys/"):

@@ -6,10 +6,55 @@ from typing import Any
 
 from reconcilers.vault.service.errors import BadRequest, NotFound, Unsupported
 from reconcilers.vault.service.request import Answer, ApiRequest
+from reconcilers.vault.service.seal import FORMATS
 from reconcilers.vault.service.tokens import TokenEntry
 
 # `svc` below is the VaultService (core.py), typed loosely so that core -> routes stays a one-way import.
 VaultService = Any
+
+
+def open_sys(svc: VaultService, req: ApiRequest) -> Answer:
+    """The endpoints every caller may use, sealed or not: seal-status, health, leader, init, unseal."""
+    path, m = req.path, req.method
+    if path == "sys/seal-status":
+        return 200, svc.seal.status()
+    if path == "sys/health":
+        st = svc.seal.status()
+        code = 501 if not st["initialized"] else 503 if st["sealed"] else 429 if svc.standby else 200
+        wanted = req.query.get("sealedcode", "")
+        if st["sealed"] and st["initialized"] and wanted.isdigit() and 200 <= int(wanted) <= 599:
+            code = int(wanted)       # Vault lets probes choose the sealed code
+        return code, {"initialized": st["initialized"], "sealed": st["sealed"], "standby": svc.standby,
+                      "performance_standby": False, "replication_performance_mode": "disabled",
+                      "replication_dr_mode": "disabled", "server_time_utc": int(svc.clock()),
+                      "version": st["version"], "cluster_name": "stratum", "cluster_id": ""}
+    if path == "sys/leader":
+        if svc.ha is not None:
+            return 200, {"ha_enabled": True, "is_self": not svc.standby, "active_time": "",
+                         "leader_address": svc.ha.leader(), "leader_cluster_address": "",
+                         "performance_standby": False, "performance_standby_last_remote_wal": 0}
+        return 200, {"ha_enabled": False, "is_self": True, "active_time": "", "leader_address": "",
+                     "leader_cluster_address": "", "performance_standby": False,
+                     "performance_standby_last_remote_wal": 0}
+    if path == "sys/init":
+        if m == "GET":
+            return 200, {"initialized": svc.seal.config() is not None}
+        if m in ("PUT", "POST"):
+            shares, threshold = req.body.get("secret_shares"), req.body.get("secret_threshold")
+            fmt = req.body.get("share_format", "slip39")
+            if not isinstance(shares, int) or not isinstance(threshold, int) or fmt not in FORMATS:
+                raise BadRequest("send secret_shares and secret_threshold (numbers) and optionally "
+                                 "share_format (slip39 or base64)")
+            return 200, svc.initialize(shares, threshold, fmt)
+    if path == "sys/unseal" and m in ("PUT", "POST"):
+        if req.body.get("reset"):
+            svc.seal.reset()
+            return 200, svc.seal.status()
+        key = req.body.get("key")
+        if not isinstance(key, str) or not key.strip():
+            raise BadRequest("missing required 'key' parameter")
+        return 200, svc.unseal(key)
+    raise Unsupported(f"unsupported operation {m} on {path}")
 
 
 def sys(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
