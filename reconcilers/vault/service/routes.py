@@ -6,6 +6,7 @@ from typing import Any
 
 from reconcilers.vault.service.errors import BadRequest, NotFound, Unsupported
 from reconcilers.vault.service.request import Answer, ApiRequest
+from reconcilers.vault.service.roles import Roles
 from reconcilers.vault.service.seal import FORMATS
 from reconcilers.vault.service.tokens import TokenEntry
 
@@ -108,13 +109,29 @@ def token(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
     """auth/token/create|create-orphan|lookup|lookup-self|renew|renew-self|revoke|revoke-self|*-accessor."""
     op, m, now = req.path[len("auth/token/"):], req.method, svc.clock()
     store = svc.tokens
-    if op in ("create", "create-orphan") and m in ("PUT", "POST"):
+    roles = Roles(store.store)
+    if op == "roles" and (m == "LIST" or (m == "GET" and req.query.get("list") == "true")):
+        return 200, {"data": {"keys": roles.names()}}
+    if op.startswith("roles/"):
+        name = op[len("roles/"):]
+        if m in ("PUT", "POST"):
+            roles.put(name, req.body)
+            return 204, None
+        if m == "GET":
+            return 200, {"data": roles.describe(name)}
+        if m == "DELETE":
+            roles.delete(name)
+            return 204, None
+    if (op in ("create", "create-orphan") or op.startswith("create/")) and m in ("PUT", "POST"):
         body = dict(req.body)
         if op == "create-orphan":
             body["no_parent"] = True
         if body.get("id"):
             raise BadRequest("choosing a token's id is not supported: leave 'id' out")
-        new_token, created = store.create(entry, body)
+        role = op[len("create/"):] if op.startswith("create/") else str(body.pop("role_name", "") or "")
+        if role:
+            body = roles.token_body(role, body)
+        new_token, created = store.create(entry, body, by_role=bool(role))
         return 200, {"auth": created.auth(new_token), "data": None, "lease_duration": 0, "renewable": False}
     if op == "accessors" and (m == "LIST" or (m == "GET" and req.query.get("list") == "true")):
         return 200, {"data": {"keys": store.store.list("accessor/")}}

@@ -89,16 +89,17 @@ class TokenStore:
         with self._lock:
             self._cache.clear()
 
-    def create(self, parent: TokenEntry | None, body: dict[str, Any]) -> tuple[str, TokenEntry]:
+    def create(self, parent: TokenEntry | None, body: dict[str, Any], by_role: bool = False) -> tuple[str, TokenEntry]:
         """A new token as `body` asks (hvac's create_token fields); children get at most their parent's
-        policies unless the parent is root."""
+        policies unless the parent is root or a role (`by_role`, already checked against it) decides them."""
         policies = body.get("policies") or (list(parent.policies) if parent else ["default"])
         if isinstance(policies, str):
             policies = [p.strip() for p in policies.split(",") if p.strip()]
         if not isinstance(policies, list) or not all(isinstance(p, str) and 0 < len(p) <= _NAME_MAX
                                                       for p in policies):
             raise BadRequest("policies: expected a list of policy names")
-        if parent is not None and not parent.is_root and not set(policies) <= set(parent.policies) | {"default"}:
+        if (parent is not None and not parent.is_root and not by_role
+                and not set(policies) <= set(parent.policies) | {"default"}):
             raise BadRequest("child policies must be subset of parent")
         if not body.get("no_default_policy") and "default" not in policies and "root" not in policies:
             policies = [*policies, "default"]

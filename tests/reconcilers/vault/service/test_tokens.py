@@ -104,3 +104,27 @@ def test_hvac_sys_calls(vault: Served) -> None:
     client.sys.disable_secrets_engine("tmp-kv")
     assert "tmp-kv/" not in client.sys.list_mounted_secrets_engines()["data"]
     assert vault.client("hvs.nope").is_authenticated() is False
+
+
+def test_token_roles(vault: Served) -> None:
+    """A role decides a token's policies (within allowed_policies, never a disallowed one), orphan-ness and max
+    TTL; a non-root parent may use it where it could not grant the policies itself; roles list and delete."""
+    root = vault.client()
+    root.auth.token.create_or_update_role("ci", allowed_policies=["deploy", "read"], disallowed_policies=["admin"],
+                                          orphan=True, token_explicit_max_ttl="1h")
+    assert root.auth.token.read_role("ci")["data"]["allowed_policies"] == ["deploy", "read"]
+    assert root.auth.token.list_roles()["data"]["keys"] == ["ci"]
+    made = root.auth.token.create(role_name="ci", policies=["deploy"])["auth"]
+    me = vault.client(made["client_token"]).auth.token.lookup_self()["data"]
+    assert me["policies"] == ["default", "deploy"] and me["orphan"] is True and 0 < me["ttl"] <= 3600
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not allowed by role ci"):
+        root.auth.token.create(role_name="ci", policies=["admin"])
+    vault.service.set_policies({"r.cedar": 'permit(principal in Vault::Group::"x", action, resource) '
+                                           'when { resource.path == "auth/token/create/ci" };'})
+    parent = vault.client(root.auth.token.create(policies=["x"])["auth"]["client_token"])
+    assert parent.auth.token.create(role_name="ci")["auth"]["policies"] == ["default", "deploy", "read"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        parent.auth.token.create(policies=["deploy"])        # no role: Cedar has no permit for auth/token/create
+    root.auth.token.delete_role("ci")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.auth.token.read_role("ci")
