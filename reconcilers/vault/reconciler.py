@@ -128,8 +128,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
         self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
-        # revision -> what it declares for the vault service: (policies, mounts)
-        self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...]]] = {}
+        # revision -> what it declares for the vault service: (policies, mounts, token roles)
+        self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...], tuple[Any, ...]]] = {}
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -204,8 +204,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         problems += found
         mounts, found = service_sync.load_mounts(snap, self._evaluator)
         problems += found
+        roles, found = service_sync.load_roles(snap, self._evaluator)
+        problems += found
         with self._lock:
-            self._policies[snap.revision] = (policies, mounts)
+            self._policies[snap.revision] = (policies, mounts, roles)
             while len(self._policies) > 64:
                 self._policies.pop(next(iter(self._policies)))
         return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies)
@@ -447,12 +449,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                              where=path, hint="check the vault's storage backend, then push again") from err
 
     def on_run_finished(self, record: RunRecord, index: Any) -> None:
-        """A succeeded revision's vault policies go in force and its declared mounts are mounted."""
+        """A succeeded revision's vault policies go in force; its declared mounts and token roles are written."""
         with self._lock:
             declared = self._policies.get(record.revision)
         if record.status == "succeeded" and declared is not None:
             self.publisher.set_policies(dict(declared[0]))
             self.publisher.set_mounts(declared[1])
+            self.publisher.set_roles(declared[2])
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

@@ -116,6 +116,14 @@ class VaultService:
             return []
         return [f"{path}: {self.mounts.ensure(path, kind, version, about)}" for path, kind, version, about in mounts]
 
+    def ensure_roles(self, declared: tuple[tuple[str, str], ...] | None) -> list[str]:
+        """The repo's token roles (vault/token_roles.ncl); None: the repo says nothing (leave roles alone)."""
+        if declared is None or self.barrier.sealed or self.standby:
+            return []
+        from reconcilers.vault.service.roles import Roles
+
+        return Roles(self.barrier.view("sys/token/")).ensure(declared)
+
     def reconcile_kv(self, kv_path: str, values: dict[str, Any] | None) -> str:
         """What the repo declares at `kv_path` ("kv/app/db"): a new KV v2 version when `values` differ from the
         current one, a soft delete of the current version when None. Audited as the reconciler; what was done

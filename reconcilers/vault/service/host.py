@@ -110,6 +110,7 @@ class Publisher:
         self.current = current
         self.prune = prune
         self.mounts: tuple[Any, ...] = ()          # the last succeeded revision's vault/mounts.ncl
+        self.roles: tuple[Any, ...] | None = None  # ... and its vault/token_roles.ncl (None: never told)
         host.on_built.append(self._hook)
 
     def _hook(self, service: VaultService) -> None:
@@ -121,6 +122,7 @@ class Publisher:
         from reconcilers.vault.service import sync
 
         service.ensure_mounts(self.mounts)
+        service.ensure_roles(self.roles)
         sync.publish_all(service.reconcile_kv, self.current)
 
     def _service(self) -> VaultService | None:
@@ -138,6 +140,13 @@ class Publisher:
         service = self._service()
         if service is not None:
             service.ensure_mounts(mounts)
+
+    def set_roles(self, roles: tuple[Any, ...]) -> None:
+        """Write the repo's token roles (now when the vault is open, else when it opens)."""
+        self.roles = roles
+        service = self._service()
+        if service is not None:
+            service.ensure_roles(roles)
 
     def publish(self, kv_path: str, values: Any) -> str:
         """Write a manifest's values at `kv_path` (None: removed; soft-deleted unless prune is off)."""

@@ -80,6 +80,25 @@ class Roles:
             out["num_uses"] = role["token_num_uses"]
         return out
 
+    def ensure(self, declared: tuple[tuple[str, str], ...]) -> list[str]:
+        """The repo's roles: each written when it differs; roles the repo declared before and no longer does are
+        deleted (roles made through the API are never touched). What was done."""
+        done: list[str] = []
+        raw = self.store.get("roles-declared")
+        before = set(json.loads(raw)) if raw else set()
+        for name, settings in declared:
+            current = self.store.get(f"roles/{name}")
+            if current is None or json.loads(current) != json.loads(settings):
+                self.store.put(f"roles/{name}", settings.encode())
+                done.append(f"{name}: written")
+        for name in sorted(before - {n for n, _ in declared}):
+            self.delete(name)
+            done.append(f"{name}: removed")
+        names = sorted(n for n, _ in declared)
+        if names != sorted(before):
+            self.store.put("roles-declared", json.dumps(names).encode())
+        return done
+
     def describe(self, name: str) -> dict[str, Any]:
         """A role as Vault reads it back."""
         return {"name": name, **self.get(name)}

@@ -23,6 +23,9 @@ POLICY_DIR = "vault/policies"
 MOUNTS_FILE = "vault/mounts.ncl"
 MOUNTS_CONTRACT = '(import "vault.ncl").Mounts'
 Mount = tuple[str, str, int, str]          # (path "legacy/", type, kv version, description)
+ROLES_FILE = "vault/token_roles.ncl"
+ROLES_CONTRACT = '(import "vault.ncl").TokenRoles'
+Role = tuple[str, str]                     # (name, the role's settings as canonical JSON)
 MAX_POLICY_BYTES = 256 * 1024
 SECRETS_DIR = "secrets/"
 KV_PREFIX = "kv/"
@@ -76,6 +79,31 @@ def load_mounts(snap: Snapshot, evaluator: Any) -> tuple[tuple[Mount, ...], list
             continue
         out.append((path, str(spec.get("type")), version if spec.get("type") == "kv" else 0,
                     str(spec.get("description", ""))))
+    return tuple(out), problems
+
+
+def load_roles(snap: Snapshot, evaluator: Any) -> tuple[tuple[Role, ...], list[Problem]]:
+    """The token roles `vault/token_roles.ncl` declares, each checked as the API would check it."""
+    if snap.entry(ROLES_FILE) is None:
+        return (), []
+    if evaluator is None:
+        return (), [Problem("no Nickel evaluator to read the token roles", path=ROLES_FILE, reconciler="vault")]
+    from reconcilers.vault.service.errors import ServiceError
+    from reconcilers.vault.service.roles import normalize
+    from reconcilers.vault.service.storage.base import check_path
+
+    result = evaluator.evaluate(snap, [ROLES_FILE], ROLES_CONTRACT)
+    problems = list(result.problems)
+    out: list[Role] = []
+    for name, spec in sorted((result.values.get(ROLES_FILE) or {}).items()):
+        try:
+            check_path(name)
+            if "/" in name:
+                raise ServiceError("a role name has no '/'")
+            out.append((name, json.dumps(normalize(dict(spec)), sort_keys=True)))
+        except ServiceError as err:
+            problems.append(Problem(f"token role {name!r}: {'; '.join(err.messages)}", path=ROLES_FILE,
+                                    reconciler="vault", hint="durations look like 30m, 1h or 3600"))
     return tuple(out), problems
 
 

@@ -155,3 +155,36 @@ def test_mounts_declared_in_nickel_are_mounted_and_never_remounted(vault: Served
         assert mounts == () and problems and all(p.path == "vault/mounts.ncl" for p in problems)
     finally:
         evaluator.close()
+
+
+def test_token_roles_declared_in_nickel(vault: Served, tmp_path: Path) -> None:
+    """vault/token_roles.ncl: roles written (and usable by hvac's role_name), a role dropped from the file is
+    removed, a role made through the API is left alone, a bad duration is a located problem."""
+    from daemon.git.source import GitSource
+    from daemon.nickel.evaluator import Evaluator
+    from reconcilers.vault.service.sync import load_roles
+
+    root = vault.client()
+    root.auth.token.create_or_update_role("by-hand", allowed_policies=["x"])
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({"vault/token_roles.ncl": '{ ci = { allowed_policies = ["deploy"], orphan = true, '
+                                          'token_explicit_max_ttl = "1h" }, ops = {} }'})
+    evaluator = Evaluator(tmp_path / "cache", timeout=30.0)
+    try:
+        source = GitSource(str(repo.path), "main", tmp_path / "data")
+        roles, problems = load_roles(source.snapshot("main"), evaluator)
+        assert problems == [] and [n for n, _ in roles] == ["ci", "ops"]
+        assert vault.service.ensure_roles(roles) == ["ci: written", "ops: written"]
+        assert vault.service.ensure_roles(roles) == []
+        made = root.auth.token.create(role_name="ci")["auth"]
+        assert made["policies"] == ["default", "deploy"] and made["orphan"] is True
+        repo.commit({"vault/token_roles.ncl": '{ ci = { allowed_policies = ["deploy"], orphan = true } }'})
+        roles, problems = load_roles(source.snapshot("main"), evaluator)
+        assert vault.service.ensure_roles(roles) == ["ci: written", "ops: removed"]
+        assert sorted(root.auth.token.list_roles()["data"]["keys"]) == ["by-hand", "ci"]
+        repo.commit({"vault/token_roles.ncl": '{ bad = { token_period = "soon" } }'})
+        roles, problems = load_roles(source.snapshot("main"), evaluator)
+        assert roles == () and [p.path for p in problems] == ["vault/token_roles.ncl"]
+        assert "token_period" in problems[0].message
+    finally:
+        evaluator.close()
