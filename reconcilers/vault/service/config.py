@@ -96,5 +96,11 @@ def build_service(settings: Mapping[str, Any], state_dir: Path,
     key_file = str(settings.get("unseal_key_file") or "")
     key_file = key_file.replace("$CREDENTIALS_DIRECTORY", os.environ.get("CREDENTIALS_DIRECTORY", ""))
     if key_file and service.seal.config() is not None:
-        auto_unseal(service, Path(key_file))
+        try:
+            auto_unseal(service, Path(key_file))
+        except VaultSettingsError as err:
+            # The vault stays sealed (unseal by hand works); the daemon says why at start.
+            import structlog  # here: the daemon has configured it by now (a top-level import would pull in rich)
+
+            structlog.get_logger("stratum.vault").warning("vault_auto_unseal_failed", message=err.render())
     return service

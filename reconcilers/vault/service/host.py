@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "127.0.0.1:8200"
 
 
+def unavailable(why: str) -> Any:
+    """An ASGI app answering every request 503 with why the vault could not start (Vault's error shape)."""
+    body = json.dumps({"errors": [f"the vault service could not start: {why}; fix it and restart stratumd"]}).encode()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
 class ServiceHost:
     """The vault service of one daemon (None until `mounts` built it: CLI runs have no vault API)."""
 
@@ -40,15 +53,25 @@ class ServiceHost:
             self._mounts = []
             if not listen:
                 return self._mounts
+            from reconcilers.errors import StratumError
             from reconcilers.vault.service.config import build_service
+            from reconcilers.vault.service.errors import ServiceError
 
-            service = build_service(self.settings, self.state_dir, self.on_built)
-            policies = self.saved_policies()
-            if policies:
-                service.set_policies(policies)     # in force from the start, before the first run
+            try:
+                service = build_service(self.settings, self.state_dir, self.on_built)
+                policies = self.saved_policies()
+                if policies:
+                    service.set_policies(policies)     # in force from the start, before the first run
+                if self.settings.get("ha"):
+                    self._start_ha(service, listen)
+            except (StratumError, ServiceError, OSError, ValueError) as err:
+                # The daemon's other work does not depend on the vault: it starts, and the vault API says why
+                # it cannot serve (storage away at start, a bad unseal key file, a bad setting).
+                why = err.render() if isinstance(err, StratumError) else "; ".join(getattr(err, "messages", [])) \
+                    or str(err)
+                self._mounts = [HttpMount("/v1", lambda: unavailable(why), listen=listen)]
+                return self._mounts
             self.service = service
-            if self.settings.get("ha"):
-                self._start_ha(service, listen)
             max_body = int(self.settings.get("max_body", 1024 * 1024))
 
             def factory() -> Any:

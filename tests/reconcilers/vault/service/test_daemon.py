@@ -145,3 +145,33 @@ def test_the_vault_is_never_served_in_clear_off_loopback(tmp_path: Path) -> None
         assert not _up(f"http://127.0.0.1:{port}")
     finally:
         assert d.stop() == 0
+
+
+def test_a_vault_that_cannot_start_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """Storage unreachable at start: the daemon applies commits, and the vault API answers 503 saying why; a bad
+    auto-unseal file leaves the vault sealed (and says why) instead."""
+    remote = bare_repo(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    first = work.commit({"infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n"))})
+    work.push()
+    port = free_port()
+    config = tmp_path / "stratumd.toml"
+    config.write_text(f'[vault]\nlisten = "127.0.0.1:{port}"\nstorage = "postgresql"\n'
+                      f'storage_url = "postgresql://postgres:pw-not-shown@127.0.0.1:{free_port()}/x"\n')
+    d = DaemonProc(str(remote), tmp_path / "data", tmp_path / "root", "--config", str(config))
+    try:
+        assert d.wait_run(first)["status"] == "succeeded"
+        # (a tuple: a 503 Response is falsy, wait_for wants a true value)
+        (answer,) = wait_for(lambda: _get(f"http://127.0.0.1:{port}/v1/sys/seal-status"), 60)
+        assert answer.status_code == 503
+        message = answer.json()["errors"][0]
+        assert "storage backend postgresql unavailable" in message and "pw-not-shown" not in message
+    finally:
+        assert d.stop() == 0
+
+
+def _get(url: str) -> tuple[requests.Response] | None:
+    try:
+        return (requests.get(url, timeout=2),)
+    except requests.RequestException:
+        return None
