@@ -126,7 +126,7 @@ def _print_status(st: dict[str, Any]) -> None:
 
 @click.group()
 def audit() -> None:
-    """The vault's audit log."""
+    """The vault's audit log: verify its hash chain."""
 
 
 @audit.command()
