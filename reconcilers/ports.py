@@ -9,13 +9,13 @@ processes, its repository and its index. The daemon's implementations live in da
     EventRecorder   record an event (drift, a retry, a secret resolved) under the reconciler's name
     SecretsPort     resolve a reference to a decrypted value at apply time: audited, never stored
     Scheduler       register timers and wake the daemon's loop
-    GitWriter       commit a file to a side branch (or a new branch) as the daemon
+    GitWriter       commit files to a side branch (or a new branch) as the daemon
     HttpMount       an interface served on the daemon's listener, behind its authentication
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -144,6 +144,10 @@ class GitWriter(Protocol):
     def commit_file(self, branch: str, path: str, text: str, message: str, base: str | None = None) -> str:
         """Add or replace `path` on `branch` in one commit; a new branch starts at commit `base` (None: with no
         parent). The commit id; raises SourceError for the watched branch or a `base` not in the repository."""
+        ...
+
+    def commit_files(self, branch: str, files: Mapping[str, str], message: str, base: str | None = None) -> str:
+        """Like `commit_file` for several files at once (one commit holding all of them)."""
         ...
 
 

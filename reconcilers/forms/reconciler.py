@@ -1,0 +1,102 @@
+"""The forms reconciler: loads and checks `forms/*.toml` at every revision (so `stratum validate` and the
+daemon refuse a broken form), owns nothing on the host, and serves the web backend at /forms/."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from reconcilers.base import (
+    Action,
+    ApplyContext,
+    InventoryItem,
+    Outcome,
+    Problem,
+    Reconciler,
+    ReconcilerEnv,
+)
+from reconcilers.errors import InputError, TerminalError
+from reconcilers.forms.checks import check_form
+from reconcilers.forms.model import MAX_FORM_BYTES, Form, FormError, parse_form
+from reconcilers.ports import HttpMount, Snapshot
+
+MAX_FORMS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class FormsDesired:
+    """The forms of a revision by name, and the problems found reading them."""
+
+    forms: Mapping[str, Form] = field(default_factory=lambda: MappingProxyType({}))
+    problems: tuple[Problem, ...] = ()
+
+
+def load_forms(snap: Snapshot) -> FormsDesired:
+    """Every `forms/*.toml` of the snapshot, parsed and checked (a broken one is a located problem)."""
+    forms: dict[str, Form] = {}
+    problems: list[Problem] = []
+    entries = [e for e in snap.entries("forms", suffixes=(".toml",)) if e.path.count("/") == 1]
+    if len(entries) > MAX_FORMS:
+        problems.append(Problem(f"{len(entries)} form files: at most {MAX_FORMS}", "forms", reconciler="forms"))
+        entries = entries[:MAX_FORMS]
+    for entry in entries:
+        try:
+            form = parse_form(entry.path, snap.text(entry, MAX_FORM_BYTES + 1))
+        except FormError as err:
+            problems.append(Problem(str(err), entry.path, err.line, reconciler="forms"))
+            continue
+        except (InputError, UnicodeDecodeError) as err:
+            problems.append(Problem(str(err), entry.path, reconciler="forms"))
+            continue
+        found = check_form(form)
+        if snap.entry(form.template) is None:
+            found.append(Problem(f"form {form.name}: template {form.template} is not in the commit", entry.path,
+                                 reconciler="forms", hint="commit the template or fix the path"))
+        if form.name in forms:
+            found.append(Problem(f"form {form.name} is also defined in {forms[form.name].path}", entry.path,
+                                 reconciler="forms", hint="form names are unique"))
+        problems += found
+        if not found:
+            forms[form.name] = form
+    return FormsDesired(MappingProxyType(forms), tuple(problems))
+
+
+class FormsReconciler(Reconciler[FormsDesired, None]):
+    """Forms are checked at every revision; running one happens through `stratum form` or the web backend."""
+
+    name = "forms"
+
+    def __init__(self, env: ReconcilerEnv) -> None:
+        self.env = env
+        self.settings: Mapping[str, Any] = dict(env.settings.get("forms", {}))
+
+    def load(self, snap: Snapshot) -> FormsDesired:
+        """The forms of the commit."""
+        return load_forms(snap)
+
+    def validate(self, desired: FormsDesired) -> list[Problem]:
+        """Every problem of every form file (shape, conditions, cycles, defaults)."""
+        return list(desired.problems)
+
+    def observe(self, desired: FormsDesired, inventory: list[InventoryItem]) -> None:
+        """Forms own nothing on the host."""
+        return None
+
+    def plan(self, desired: FormsDesired, observed: None, inventory: list[InventoryItem]) -> list[Action]:
+        """Nothing to apply: a form's output is a branch for review, never an action."""
+        return []
+
+    def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
+        """Never called (no actions)."""
+        raise TerminalError("the forms reconciler has no actions", hint="report this bug")
+
+    def http_mounts(self) -> list[HttpMount]:
+        """/forms/: the web backend, built on the first request."""
+        return [HttpMount("/forms", self._web_app)]
+
+    def _web_app(self) -> Any:
+        from reconcilers.forms.web import web_app
+
+        return web_app(self.env)
