@@ -160,7 +160,8 @@ def generate(form: Form, snap: Snapshot, answers: Mapping[str, Any], literals: M
     infra = load_infra(Overlay(snap, {path: text}), evaluator, renderer=renderer)
     mine = [p for p in infra.problems if p.path == path]
     if mine:
-        raise InputError(explain(form, mine, path), where=form.template,
+        where, message = explain(form, mine, path, text)
+        raise InputError(message, where=where,
                          hint="the template produced Nickel the infra contracts refuse: fix the template "
                               "(or the answers)")
     others = [p for p in infra.problems if p.path != path]
@@ -170,11 +171,18 @@ def generate(form: Form, snap: Snapshot, answers: Mapping[str, Any], literals: M
     return Generated(path, text, infra)
 
 
-def explain(form: Form, problems: Sequence[Problem], path: str) -> str:
-    # The generated file's line N is the template's line N-1 (the header comes first), when the template
-    # maps line to line; it is the best pointer a person can follow.
-    parts = []
-    for p in problems[:3]:
-        where = f"{form.template}:{p.line - 1}" if p.line > 1 else form.template
-        parts.append(f"{where} (generated {path}:{p.line}): {p.message}")
-    return "; ".join(parts)
+def explain(form: Form, problems: Sequence[Problem], path: str, text: str = "") -> tuple[str, str]:
+    """(where, message) for the generated file's problems: where is `template:line` of the first one."""
+    # The generated file's line N is the template's line N-1 (the header comes first) when the template maps
+    # line to line, as Nickel templates mostly do: the best pointer a person can follow.
+    first = problems[0]
+    line = first.line
+    field = re.search(r"extra field `([^`]+)`", first.message)
+    if field and line and text:
+        # Nickel locates an extra field at its record: point at the field itself, the line to fix.
+        rows = text.splitlines()
+        line = next((i + 1 for i in range(line - 1, len(rows))
+                     if re.match(rf"\s*\"?{re.escape(field.group(1))}\"?\s*=", rows[i])), line)
+    where = f"{form.template}:{line - 1}" if line > 1 else form.template
+    parts = [f"generated {path}:{p.line}: {p.message}" for p in problems[:3]]
+    return where, "; ".join(parts)
