@@ -11,6 +11,8 @@ processes, its repository and its index. The daemon's implementations live in da
     Scheduler       register timers and wake the daemon's loop
     GitWriter       commit files to a side branch (or a new branch) as the daemon
     HttpMount       an interface served on the daemon's listener, behind its authentication
+    VerbHost        what a plugin's CLI verb gets from the kernel (click's ctx.obj): the same ports, opened
+                    for the repository the verb's --repo/--data-dir/--config/--branch options name
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from reconcilers.records import FileEntry
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     import pygit2
 
 
@@ -158,3 +162,15 @@ class HttpMount:
 
     prefix: str
     factory: Callable[[], Any]
+
+
+class VerbHost(Protocol):
+    """The kernel's side of a plugin's CLI verb: `stratum`'s group puts one in click's `ctx.obj`, so a verb
+    living in a reconciler package gets the daemon's ports without importing the daemon."""
+
+    def open(self, reconciler: str, options: Mapping[str, Any]) -> AbstractContextManager[Any]:
+        """The environment (a reconcilers.base.ReconcilerEnv: not named here, base imports this module) of
+        `reconciler` for the repository named by `options` (repo, data_dir, config,
+        branch, root: the common options' values, None for defaults): the evaluator, the revisions of the
+        watched repository and the git writer. Closed (workers stopped) when the block ends."""
+        ...

@@ -161,7 +161,8 @@ class RepoGitWriter:
             for path, text in sorted(files.items()):
                 blob_id = repo.create_blob(text.encode("utf-8"))
                 tree_id = _insert(repo, tree, path.split("/"), blob_id)
-                tree = repo[tree_id]
+                written = repo.get(tree_id)
+                tree = written if isinstance(written, pygit2.Tree) else None
             if tree_id is None:
                 raise SourceError("nothing to commit: no files given", where=branch)
             sig = pygit2.Signature(*IDENTITY)
