@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -25,6 +25,9 @@ from reconcilers.errors import InputError, SettingsError
 from reconcilers.forms.reconciler import load_forms
 from reconcilers.forms.session import FormSession
 from reconcilers.ports import VerbHost
+
+if TYPE_CHECKING:
+    from reconcilers.forms.secrets import SealPasswords
 
 MAX_ANSWERS_BYTES = 256 * 1024
 _OPTIONS = ("repo", "data_dir", "config", "branch")
@@ -67,11 +70,21 @@ def open_session(options: Mapping[str, Any], name: str) -> Iterator[tuple[FormSe
             raise InputError(f"no form named {name!r} on {env.revisions.branch}" + (f": {broken[0]}" if broken else ""),
                              where="forms/", hint="`stratum form list` shows the forms; `stratum validate` "
                                                   "shows why one is broken")
-        session = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer)
+        session = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
+                              seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None)
         try:
             yield session, env
         finally:
             session.close()
+
+
+def _sealer(env: ReconcilerEnv) -> SealPasswords:
+    """Passwords sealed with the keys of whoever runs the form (STRATUM_KEY_FILE, else ~/.config/stratum/keys)."""
+    from reconcilers.forms.secrets import vault_sealer
+    from reconcilers.vault.keys import load_keyring
+
+    assert env.evaluator is not None
+    return vault_sealer(env.evaluator, lambda: load_keyring(None))
 
 
 def principal_of(repo_path: str | None) -> str:

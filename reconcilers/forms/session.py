@@ -15,7 +15,7 @@ import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.errors import InputError
 from reconcilers.forms import answers as answers_mod
@@ -33,8 +33,9 @@ from reconcilers.infra.load import load_infra
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator, GitWriter, Snapshot
 
-# (form, base snapshot, password answers, target path) -> {manifest path: text}, {element: secret reference}
-SealPasswords = Callable[[Form, Snapshot, Mapping[str, str], str], tuple[dict[str, str], dict[str, str]]]
+if TYPE_CHECKING:
+    from reconcilers.forms.secrets import SealPasswords
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +150,8 @@ class FormSession:
         if secret:
             if self.seal is None:
                 raise InputError(f"form {self.form.name} asks for a password, and no secrets layer is at hand here",
-                                 where=self.form.path, hint="run it with `stratum form run` on a machine with your "
-                                 "secret key (`stratum secret init`)")
+                                 where=self.form.path, hint="run it with `stratum form run` where your secret key is "
+                                 "(`stratum secret init`); the web backend needs the host's [forms] key_file")
             manifests, refs = self.seal(self.form, self.snap, secret, target_path(self.form, plain))
             files.update(manifests)
             literals.update({k: nickel_literal(v) for k, v in refs.items()})

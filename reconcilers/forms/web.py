@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from markupsafe import Markup, escape
@@ -31,6 +31,9 @@ from reconcilers.errors import InputError, StratumError
 from reconcilers.forms.model import Element, Form
 from reconcilers.forms.reconciler import load_forms
 from reconcilers.forms.session import FormSession
+
+if TYPE_CHECKING:
+    from reconcilers.forms.secrets import SealPasswords
 
 MAX_BODY = 256 * 1024
 
@@ -120,6 +123,19 @@ def _raw_answers(form: Form, data: Any) -> dict[str, Any]:
     return out
 
 
+def _sealer(env: ReconcilerEnv) -> SealPasswords | None:
+    """Passwords from the web are sealed with the host's `[forms] key_file` (a trusted signer), if set."""
+    key_file = env.settings.get("forms", {}).get("key_file")
+    if not key_file or env.evaluator is None:
+        return None
+    from pathlib import Path
+
+    from reconcilers.forms.secrets import vault_sealer
+    from reconcilers.vault.keys import read_key_file
+
+    return vault_sealer(env.evaluator, lambda: read_key_file(Path(str(key_file))))
+
+
 def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
     """The ASGI app of the web backend over the daemon's ports."""
 
@@ -131,7 +147,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
         form = load_forms(snap).forms.get(name)
         if form is None:
             raise LookupError(name)
-        s = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer)
+        s = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
+                        seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None)
         try:
             yield s
         finally:
