@@ -57,7 +57,8 @@ def _env(options: Mapping[str, Any]) -> Iterator[ReconcilerEnv]:
 
 
 @contextmanager
-def open_session(options: Mapping[str, Any], name: str) -> Iterator[tuple[FormSession, ReconcilerEnv]]:
+def open_session(options: Mapping[str, Any], name: str, locale: str | None = None,
+                 ) -> Iterator[tuple[FormSession, ReconcilerEnv]]:
     """A session of form `name` over the head of the watched branch."""
     with _env(options) as env:
         if env.revisions is None or env.evaluator is None:
@@ -71,7 +72,8 @@ def open_session(options: Mapping[str, Any], name: str) -> Iterator[tuple[FormSe
                              where="forms/", hint="`stratum form list` shows the forms; `stratum validate` "
                                                   "shows why one is broken")
         session = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
-                              seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None)
+                              seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None,
+                              locale=locale)
         try:
             yield session, env
         finally:
@@ -142,8 +144,8 @@ def list_cmd(**options: Any) -> None:
         click.echo(f"broken: {p}", err=True)
 
 
-def _report(errors: Mapping[str, str]) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in errors.items())
+def _report(session: FormSession, errors: Mapping[str, str]) -> str:
+    return "; ".join(f"{k}: {session.text.error(v)}" for k, v in errors.items())
 
 
 @form.command("run")
@@ -152,10 +154,11 @@ def _report(errors: Mapping[str, str]) -> str:
               help="answers as YAML or JSON (non-interactive)")
 @click.option("--from", "from_file", default=None, help="a file this form generated: its answers become the defaults")
 @click.option("--dry-run", is_flag=True, help="check and print the plan, commit nothing")
+@click.option("--locale", default=None, help="language of prompts and messages: en, es (default: from LANG)")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="output format")
 @_common
-def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run: bool, output: str,
-            **options: Any) -> None:
+def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run: bool, locale: str | None,
+            output: str, **options: Any) -> None:
     """Run the form NAME: its answers become Nickel checked by the contracts, committed to a new branch
     forms/NAME/<time> (never the watched branch) with the plan printed.
 
@@ -164,7 +167,7 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
       stratum form run local-service --answers answers.yaml
       stratum form run local-service --from infra/services/billing.ncl
     """
-    with open_session(options, name) as (session, _):
+    with open_session(options, name, locale) as (session, _):
         defaults = session.defaults(from_file)
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
@@ -176,7 +179,8 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             raise InputError("no answers: stdin is not a terminal", hint="pass --answers FILE (YAML or JSON)")
         checked = session.check(raw)
         if not checked.ok:
-            raise InputError(f"the answers are refused: {_report(checked.errors)}",
+            refused = session.text.get("answers-refused", "the answers are refused")
+            raise InputError(f"{refused}: {_report(session, checked.errors)}",
                              where=str(answers_file or f"form {name}"), hint="fix those answers and run it again")
         preview = session.preview(checked.answers)
         if dry_run:

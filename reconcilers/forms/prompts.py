@@ -21,19 +21,20 @@ class Cancelled(StratumError):
     """The user stopped the form (Ctrl-C, Ctrl-D): nothing was written."""
 
 
-def _validator(element: Element, options: tuple[str, ...] | None) -> Any:
+def _validator(session: FormSession, element: Element, options: tuple[str, ...] | None) -> Any:
     def check(text: str) -> bool | str:
         if text == "" and not element.required:
             return True
         if text == "":
-            return "an answer is required"
+            return session.text.get("error-required", "is required")
         _, problem = coerce(element, text, options)
-        return True if problem is None else problem
+        return True if problem is None else session.text.error(problem)
     return check
 
 
-def _label(element: Element) -> str:
-    return element.prompt + (f" ({element.help})" if element.help else "")
+def _label(session: FormSession, element: Element) -> str:
+    helptext = session.text.help(element)
+    return session.text.prompt(element) + (f" ({helptext})" if helptext else "")
 
 
 def ask_one(session: FormSession, element: Element, default: Any) -> Any:
@@ -41,23 +42,25 @@ def ask_one(session: FormSession, element: Element, default: Any) -> Any:
     options = session.options().get(element.name)
     question: Any
     if element.type == "confirm":
-        question = questionary.confirm(_label(element), default=bool(default) if default is not None else False)
+        question = questionary.confirm(_label(session, element), default=bool(default))
     elif element.type == "select":
         labels = session.labels(element.name)
-        choices = [questionary.Choice(labels.get(v, v), value=v) for v in options or ()]
-        question = questionary.select(_label(element), choices=choices,
+        choices = [questionary.Choice(session.text.option(element, v, labels.get(v, v)), value=v)
+                   for v in options or ()]
+        question = questionary.select(_label(session, element), choices=choices,
                                       default=next((c for c in choices if c.value == default), None))
     elif element.type == "multiselect":
         labels = session.labels(element.name)
         chosen = set(default or [])
-        question = questionary.checkbox(_label(element), choices=[
-            questionary.Choice(labels.get(v, v), value=v, checked=v in chosen) for v in options or ()],
-            validate=lambda picked: coerce(element, picked, options)[1] or True)
+        question = questionary.checkbox(_label(session, element), choices=[
+            questionary.Choice(session.text.option(element, v, labels.get(v, v)), value=v, checked=v in chosen)
+            for v in options or ()],
+            validate=lambda picked: session.text.error(coerce(element, picked, options)[1] or "") or True)
     elif element.type == "password":
-        question = questionary.password(_label(element), validate=_validator(element, options))
+        question = questionary.password(_label(session, element), validate=_validator(session, element, options))
     else:
-        question = questionary.text(_label(element), default="" if default is None else str(default),
-                                    validate=_validator(element, options))
+        question = questionary.text(_label(session, element), default="" if default is None else str(default),
+                                    validate=_validator(session, element, options))
     answer = question.ask()
     if answer is None:
         raise Cancelled("the form was cancelled: nothing was written", hint="run it again when ready")
@@ -76,8 +79,10 @@ def ask(session: FormSession, defaults: dict[str, Any]) -> dict[str, Any]:
             items: list[dict[str, Any]] = []
             prior = defaults.get(element.name) or []
             while len(items) < element.max_items:
+                more = session.text.get("add-another", "add another item?") if items else \
+                    session.text.get("add-item", "add an item?")
                 if len(items) >= element.min_items and not questionary.confirm(
-                        f"{element.prompt}: add {'an' if not items else 'another'} item?",
+                        f"{session.text.prompt(element)}: {more}",
                         default=len(items) < len(prior)).ask():
                     break
                 base = prior[len(items)] if len(items) < len(prior) and isinstance(prior[len(items)], dict) else {}

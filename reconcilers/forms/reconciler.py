@@ -51,6 +51,10 @@ def load_forms(snap: Snapshot) -> FormsDesired:
             problems.append(Problem(str(err), entry.path, reconciler="forms"))
             continue
         found = check_form(form)
+        if form.locales:
+            from reconcilers.forms.i18n import check_bundles
+
+            found += check_bundles(form, snap)
         if snap.entry(form.template) is None:
             found.append(Problem(f"form {form.name}: template {form.template} is not in the commit", entry.path,
                                  reconciler="forms", hint="commit the template or fix the path"))

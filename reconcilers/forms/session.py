@@ -53,7 +53,8 @@ class FormSession:
 
     def __init__(self, form: Form, snap: Snapshot, evaluator: Evaluator, *, watched: str = "main",
                  writer: GitWriter | None = None, seal: SealPasswords | None = None,
-                 environ: Mapping[str, str] | None = None, clock: Callable[[], dt.datetime] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], dt.datetime] | None = None,
+                 locale: str | None = None) -> None:
         self.form = form
         self.snap = snap
         self.evaluator = evaluator
@@ -63,6 +64,9 @@ class FormSession:
         self.environ = os.environ if environ is None else environ
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.renderer = TemplateRenderer()
+        from reconcilers.forms.i18n import Localizer, pick_locale
+
+        self.text = Localizer(pick_locale(locale, form, self.environ), form, snap)
         self._options: dict[str, tuple[str, ...]] | None = None
         self._labels: dict[str, dict[str, str]] = {}
 

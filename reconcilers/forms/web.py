@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from reconcilers.base import ReconcilerEnv
 from reconcilers.errors import InputError, StratumError
+from reconcilers.forms.i18n import Localizer
 from reconcilers.forms.model import Element, Form
 from reconcilers.forms.reconciler import load_forms
 from reconcilers.forms.session import FormSession
@@ -45,9 +46,9 @@ fieldset{margin-top:1em}</style></head><body>{% block body %}{% endblock %}</bod
     "list.html": """{% extends "base.html" %}{% block body %}<h1>Forms</h1><ul>
 {% for f in forms %}<li><a href="{{ prefix }}/{{ f.name }}">{{ f.title }}</a> — {{ f.description }}</li>{% endfor %}
 </ul>{% endblock %}""",
-    "form.html": """{% extends "base.html" %}{% block body %}<h1>{{ form.title }}</h1><p>{{ form.description }}</p>
+    "form.html": """{% extends "base.html" %}{% block body %}<h1>{{ form_title }}</h1><p>{{ form_description }}</p>
 {% if message %}<p class="error" id="message">{{ message }}</p>{% endif %}
-<form method="post" action="{{ prefix }}/{{ form.name }}/preview">
+<form method="post" action="{{ prefix }}/{{ form.name }}/preview?locale={{ lang }}">
 {% for e in elements %}{{ field(e, values.get(e.name), errors, e.name) }}{% endfor %}
 <p><button type="submit" id="preview">Preview the plan</button></p></form>{% endblock %}""",
     "plan.html": """{% extends "base.html" %}{% block body %}<h1>{{ form.title }}: plan</h1>
@@ -62,24 +63,26 @@ to apply.</p><pre id="plan">{{ plan }}</pre>{% endblock %}""",
 }))
 
 
-def _field(e: Element, value: Any, errors: Mapping[str, str], key: str, options: Mapping[str, Any]) -> str:
+def _field(e: Element, value: Any, errors: Mapping[str, str], key: str, options: Mapping[str, Any],
+           text: Localizer) -> str:
     """One element as HTML (escaped), with its error under it."""
     esc = escape
     attrs = [f'name="{esc(key)}"', f'id="f-{esc(key)}"']
     if e.required and e.type not in ("confirm", "multiselect"):
         attrs.append("required")
     shown = "" if value is None else value
-    out = [f'<label for="f-{esc(key)}">{esc(e.prompt)}</label>']
+    out = [f'<label for="f-{esc(key)}">{esc(text.prompt(e))}</label>']
     if e.type == "select":
         labels = options.get(e.name, {})
-        opts = "".join(f'<option value="{esc(v)}"{" selected" if v == shown else ""}>{esc(lbl)}</option>'
-                       for v, lbl in labels.items())
+        opts = "".join(f'<option value="{esc(v)}"{" selected" if v == shown else ""}>{esc(text.option(e, v, lbl))}'
+                       '</option>' for v, lbl in labels.items())
         out.append(f"<select {' '.join(attrs)}>{opts}</select>")
     elif e.type == "multiselect":
         labels = options.get(e.name, {})
         chosen = shown if isinstance(shown, list) else []
         out += [f'<label><input type="checkbox" name="{esc(key)}" value="{esc(v)}"'
-                f'{" checked" if v in chosen else ""}> {esc(lbl)}</label>' for v, lbl in labels.items()]
+                f'{" checked" if v in chosen else ""}> {esc(text.option(e, v, lbl))}</label>'
+                for v, lbl in labels.items()]
     elif e.type == "confirm":
         out.append(f'<input type="checkbox" value="yes" {" ".join(attrs[:2])}{" checked" if shown is True else ""}>')
     else:
@@ -89,17 +92,17 @@ def _field(e: Element, value: Any, errors: Mapping[str, str], key: str, options:
                       if v is not None]
         if e.pattern:
             attrs.append(f'pattern="{esc(e.pattern)}"')
-        if e.placeholder:
-            attrs.append(f'placeholder="{esc(e.placeholder)}"')
+        if text.placeholder(e):
+            attrs.append(f'placeholder="{esc(text.placeholder(e))}"')
         if e.type != "password":
             attrs.append(f'value="{esc(shown)}"')
         out.append(f'<input type="{kind}" {" ".join(attrs)}>')
     if e.when:
         out.append(f'<div class="help">Asked when {esc(e.when)}.</div>')
-    if e.help:
-        out.append(f'<div class="help">{esc(e.help)}</div>')
+    if text.help(e):
+        out.append(f'<div class="help">{esc(text.help(e))}</div>')
     if key in errors:
-        out.append(f'<div class="error" id="error-{esc(key)}">{esc(errors[key])}</div>')
+        out.append(f'<div class="error" id="error-{esc(key)}">{esc(text.error(errors[key]))}</div>')
     return "\n".join(out)
 
 
@@ -136,11 +139,20 @@ def _sealer(env: ReconcilerEnv) -> SealPasswords | None:
     return vault_sealer(env.evaluator, lambda: read_key_file(Path(str(key_file))))
 
 
+def _locale(request: Request) -> str:
+    """?locale=, else the first language of Accept-Language, else English."""
+    from reconcilers.forms.i18n import LOCALES
+
+    wanted = request.query_params.get("locale") or request.headers.get("accept-language", "en")
+    first = wanted.split(",")[0].split(";")[0].split("-")[0].strip().lower()
+    return first if first in LOCALES else "en"
+
+
 def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
     """The ASGI app of the web backend over the daemon's ports."""
 
     @contextmanager
-    def session(name: str) -> Iterator[FormSession]:
+    def session(name: str, locale: str | None = None) -> Iterator[FormSession]:
         if env.revisions is None or env.evaluator is None:
             raise InputError("the forms web backend has no repository here", hint="report this bug")
         snap = env.revisions.snapshot(env.revisions.branch)
@@ -148,7 +160,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
         if form is None:
             raise LookupError(name)
         s = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
-                        seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None)
+                        seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None,
+                        locale=locale or "en")
         try:
             yield s
         finally:
@@ -164,17 +177,19 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
 
         def field(e: Element, value: Any, errs: Mapping[str, str], key: str) -> Any:
             if e.type != "group":
-                return Markup(_field(e, value, errs, key, options))
+                return Markup(_field(e, value, errs, key, options, s.text))
             items = value if isinstance(value, list) else []
-            parts = [f"<fieldset><legend>{escape(e.prompt)}</legend>"]
+            parts = [f"<fieldset><legend>{escape(s.text.prompt(e))}</legend>"]
             for i in range(max(e.min_items, 1, min(len(items) + 1, e.max_items))):
                 item = items[i] if i < len(items) else {}
-                parts += [_field(f, item.get(f.name), errs, f"{e.name}.{i}.{f.name}", options) for f in e.fields]
+                parts += [_field(f, item.get(f.name), errs, f"{e.name}.{i}.{f.name}", options, s.text)
+                          for f in e.fields]
             if e.name in errs:
                 parts.append(f'<div class="error">{escape(errs[e.name])}</div>')
             return Markup("\n".join(parts) + "</fieldset>")
         return page("form.html", status, title=s.form.title, form=s.form, elements=elements, values=values,
-                    errors=errors, message=message, field=field)
+                    errors=errors, message=message, field=field, lang=s.text.locale,
+                    form_title=s.text.form_title(s.form), form_description=s.text.form_description(s.form))
 
     async def index(request: Request) -> Response:
         def work() -> Response:
@@ -186,10 +201,11 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
 
     async def show(request: Request) -> Response:
         name = request.path_params["name"]
+        locale = _locale(request)
 
         def work() -> Response:
             try:
-                with session(name) as s:
+                with session(name, locale) as s:
                     return form_page(s, s.defaults(), {})
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
@@ -202,11 +218,12 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
 
     async def preview(request: Request) -> Response:
         name = request.path_params["name"]
+        locale = _locale(request)
         data = await body(request)
 
         def work() -> Response:
             try:
-                with session(name) as s:
+                with session(name, locale) as s:
                     raw = _raw_answers(s.form, data)
                     checked = s.check(raw)
                     if not checked.ok:

@@ -14,7 +14,7 @@ from reconcilers.forms.secrets import vault_sealer
 from reconcilers.forms.session import FormSession
 from reconcilers.vault import envelope, keys, manifest
 from tests.reconcilers.forms.conftest import OpsRepo
-from tests.vault_fixtures import B, CANARY, secret_world
+from tests.vault_fixtures import CANARY, B, secret_world
 
 FORM = '''[form]
 name = "db-user"

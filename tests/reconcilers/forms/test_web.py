@@ -144,3 +144,16 @@ def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served
     commit = pygit2.Repository(str(ops.work.path)).revparse_single(branch)
     assert "Submitted-by: alice (http)" in commit.message
     assert "/usr/bin/checkout --port 9100" in commit.tree["infra/services/checkout.ncl"].data.decode()
+
+
+def test_the_page_speaks_the_browsers_language(served: Served) -> None:
+    """Accept-Language: es gives the Spanish prompts, and Spanish errors after a refused preview."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=60)
+    conn.request("GET", "/forms/local-service",
+                 headers={"Authorization": f"Bearer {ADMIN}", "Accept-Language": "es-ES,es;q=0.9"})
+    page = conn.getresponse().read().decode()
+    conn.close()
+    assert "Nombre del servicio" in page and "Un nuevo servicio local" in page
+    status, body = served.post("/forms/local-service/preview?locale=es",
+                               {"name": "web", "port": "80", "workers": "2", "runtime": "python", "owner": "x"}, ADMIN)
+    assert status == 422 and 'id="error-port">debe ser al menos 1024<' in body
