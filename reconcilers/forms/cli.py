@@ -154,11 +154,14 @@ def _report(session: FormSession, errors: Mapping[str, str]) -> str:
               help="answers as YAML or JSON (non-interactive)")
 @click.option("--from", "from_file", default=None, help="a file this form generated: its answers become the defaults")
 @click.option("--dry-run", is_flag=True, help="check and print the plan, commit nothing")
+@click.option("--ai", "ai_request", default=None,
+              help="a sentence for the host's language model ([forms.ai]); its proposal is checked like any answers")
+@click.option("--yes", "-y", is_flag=True, help="with --ai: take the checked proposal without asking each question")
 @click.option("--locale", default=None, help="language of prompts and messages: en, es (default: from LANG)")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="output format")
 @_common
-def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run: bool, locale: str | None,
-            output: str, **options: Any) -> None:
+def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run: bool, ai_request: str | None,
+            yes: bool, locale: str | None, output: str, **options: Any) -> None:
     """Run the form NAME: its answers become Nickel checked by the contracts, committed to a new branch
     forms/NAME/<time> (never the watched branch) with the plan printed.
 
@@ -166,17 +169,28 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
     Examples:
       stratum form run local-service --answers answers.yaml
       stratum form run local-service --from infra/services/billing.ncl
+      stratum form run local-service --ai "a billing API on port 9000 with 4 workers"
     """
-    with open_session(options, name, locale) as (session, _):
+    with open_session(options, name, locale) as (session, env):
         defaults = session.defaults(from_file)
+        if ai_request is not None:
+            from reconcilers.forms.ai import propose, provider_from
+
+            proposal = propose(provider_from(env.settings.get("forms", {})), session.form, ai_request,
+                               session.options())
+            click.echo("the model proposes: " + json.dumps(proposal, sort_keys=True), err=True)
+            defaults = {**defaults, **proposal}
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
+        elif ai_request is not None and yes:
+            raw = defaults
         elif sys.stdin.isatty():
             from reconcilers.forms.prompts import ask
 
             raw = ask(session, defaults)
         else:
-            raise InputError("no answers: stdin is not a terminal", hint="pass --answers FILE (YAML or JSON)")
+            raise InputError("no answers: stdin is not a terminal",
+                             hint="pass --answers FILE (YAML or JSON), or --ai TEXT --yes")
         checked = session.check(raw)
         if not checked.ok:
             refused = session.text.get("answers-refused", "the answers are refused")
