@@ -156,12 +156,13 @@ def _report(session: FormSession, errors: Mapping[str, str]) -> str:
 @click.option("--dry-run", is_flag=True, help="check and print the plan, commit nothing")
 @click.option("--ai", "ai_request", default=None,
               help="a sentence for the host's language model ([forms.ai]); its proposal is checked like any answers")
+@click.option("--tui", is_flag=True, help="the full-screen form (Textual) instead of one question at a time")
 @click.option("--yes", "-y", is_flag=True, help="with --ai: take the checked proposal without asking each question")
 @click.option("--locale", default=None, help="language of prompts and messages: en, es (default: from LANG)")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="output format")
 @_common
 def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run: bool, ai_request: str | None,
-            yes: bool, locale: str | None, output: str, **options: Any) -> None:
+            tui: bool, yes: bool, locale: str | None, output: str, **options: Any) -> None:
     """Run the form NAME: its answers become Nickel checked by the contracts, committed to a new branch
     forms/NAME/<time> (never the watched branch) with the plan printed.
 
@@ -169,6 +170,7 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
     Examples:
       stratum form run local-service --answers answers.yaml
       stratum form run local-service --from infra/services/billing.ncl
+      stratum form run local-service --tui                 the full-screen form
       stratum form run local-service --ai "a billing API on port 9000 with 4 workers"
     """
     with open_session(options, name, locale) as (session, env):
@@ -180,6 +182,15 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
                                session.options())
             click.echo("the model proposes: " + json.dumps(proposal, sort_keys=True), err=True)
             defaults = {**defaults, **proposal}
+        if tui and answers_file is None:
+            from reconcilers.forms.tui import FormApp
+
+            result = FormApp(session, defaults, principal_of(options.get("repo"))).run()
+            if result is None:
+                raise InputError("the form was closed before it was submitted: nothing was written")
+            click.echo(result.plan)
+            click.echo(f"committed {result.commit[:12]} to branch {result.branch}: review and merge it to apply")
+            return
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
         elif ai_request is not None and yes:
