@@ -22,7 +22,7 @@ import yaml
 from reconcilers import bounded_yaml
 from reconcilers.base import ReconcilerEnv
 from reconcilers.errors import InputError, SettingsError
-from reconcilers.forms.reconciler import load_forms
+from reconcilers.forms.loader import load_forms
 from reconcilers.forms.session import FormSession
 from reconcilers.ports import VerbHost
 

@@ -29,8 +29,8 @@ from starlette.routing import Route
 from reconcilers.base import ReconcilerEnv
 from reconcilers.errors import InputError, StratumError
 from reconcilers.forms.i18n import Localizer
+from reconcilers.forms.loader import load_forms
 from reconcilers.forms.model import Element, Form
-from reconcilers.forms.reconciler import load_forms
 from reconcilers.forms.session import FormSession
 
 if TYPE_CHECKING:
