@@ -22,11 +22,13 @@ import yaml
 from reconcilers import bounded_yaml
 from reconcilers.base import ReconcilerEnv
 from reconcilers.errors import InputError, SettingsError
+from reconcilers.forms.forge import forge_from
 from reconcilers.forms.loader import load_forms
 from reconcilers.forms.session import FormSession
 from reconcilers.ports import VerbHost
 
 if TYPE_CHECKING:
+    from reconcilers.forms.output import Submission
     from reconcilers.forms.secrets import SealPasswords
 
 MAX_ANSWERS_BYTES = 256 * 1024
@@ -73,7 +75,7 @@ def open_session(options: Mapping[str, Any], name: str, locale: str | None = Non
                                                   "shows why one is broken")
         session = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
                               seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None,
-                              locale=locale)
+                              locale=locale, forge=forge_from(env.settings.get("forms", {})))
         try:
             yield session, env
         finally:
@@ -188,8 +190,7 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             result = FormApp(session, defaults, principal_of(options.get("repo"))).run()
             if result is None:
                 raise InputError("the form was closed before it was submitted: nothing was written")
-            click.echo(result.plan)
-            click.echo(f"committed {result.commit[:12]} to branch {result.branch}: review and merge it to apply")
+            _print(result)
             return
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
@@ -214,7 +215,15 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
         sub = session.submit(checked.answers, principal_of(options.get("repo")), preview)
     if output == "json":
         click.echo(json.dumps({"branch": sub.branch, "commit": sub.commit, "files": list(sub.files),
-                               "plan": sub.plan}))
+                               "plan": sub.plan, "pull_request": sub.review, "pull_request_error": sub.review_error}))
         return
+    _print(sub)
+
+
+def _print(sub: Submission) -> None:
     click.echo(sub.plan)
     click.echo(f"committed {sub.commit[:12]} to branch {sub.branch}: review and merge it to apply")
+    if sub.review:
+        click.echo(f"pull request: {sub.review}")
+    if sub.review_error:
+        click.echo(f"warning: no pull request was opened: {sub.review_error}", err=True)

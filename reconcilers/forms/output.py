@@ -125,6 +125,8 @@ class Submission:
     commit: str
     files: tuple[str, ...]
     plan: str
+    review: str = ""          # the pull request's address, when a forge is configured
+    review_error: str = ""    # why it could not be opened (the branch stands)
 
 
 def commit_submission(form: Form, snap: Snapshot, generated: Generated, files: Mapping[str, str],

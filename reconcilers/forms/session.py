@@ -14,10 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from reconcilers.errors import InputError
+from reconcilers.errors import InputError, StratumError
 from reconcilers.forms import answers as answers_mod
 from reconcilers.forms.generate import Generated, Overlay, generate, read_header, target_path
 from reconcilers.forms.model import Element, Form
@@ -34,6 +34,7 @@ from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator, GitWriter, Snapshot
 
 if TYPE_CHECKING:
+    from reconcilers.forms.forge import Forge
     from reconcilers.forms.secrets import SealPasswords
 
 
@@ -54,7 +55,7 @@ class FormSession:
     def __init__(self, form: Form, snap: Snapshot, evaluator: Evaluator, *, watched: str = "main",
                  writer: GitWriter | None = None, seal: SealPasswords | None = None,
                  environ: Mapping[str, str] | None = None, clock: Callable[[], dt.datetime] | None = None,
-                 locale: str | None = None) -> None:
+                 locale: str | None = None, forge: Forge | None = None) -> None:
         self.form = form
         self.snap = snap
         self.evaluator = evaluator
@@ -64,6 +65,7 @@ class FormSession:
         self.environ = os.environ if environ is None else environ
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.renderer = TemplateRenderer()
+        self.forge = forge
         from reconcilers.forms.i18n import Localizer, pick_locale
 
         self.text = Localizer(pick_locale(locale, form, self.environ), form, snap)
@@ -174,5 +176,16 @@ class FormSession:
         path, text = decision_node(self.form, answers, principal, preview.generated.target, preview.branch,
                                    self.clock())
         files = {**preview.files, path: text}
-        return commit_submission(self.form, self.snap, preview.generated, files, self.writer, principal,
-                                 preview.plan, preview.branch)
+        sub = commit_submission(self.form, self.snap, preview.generated, files, self.writer, principal,
+                                preview.plan, preview.branch)
+        if self.forge is None:
+            return sub
+        from reconcilers.forms.forge import open_review
+
+        title = f"form {self.form.name}: {preview.generated.target}"
+        try:
+            url = open_review(self.forge, sub.branch, self.watched, title,
+                              f"{sub.plan}\nSubmitted-by: {principal}\n")
+        except StratumError as err:
+            return replace(sub, review_error=err.render())
+        return replace(sub, review=url)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from reconcilers.base import ReconcilerEnv
 from reconcilers.errors import InputError, StratumError
+from reconcilers.forms.forge import Forge, forge_from
 from reconcilers.forms.i18n import Localizer
 from reconcilers.forms.loader import load_forms
 from reconcilers.forms.model import Element, Form
@@ -59,7 +60,9 @@ fieldset{margin-top:1em}</style></head><body>{% block body %}{% endblock %}</bod
 <p><a href="{{ prefix }}/{{ form.name }}">Back to the form</a></p>{% endblock %}""",
     "done.html": """{% extends "base.html" %}{% block body %}<h1>Submitted</h1>
 <p id="done">Committed <code>{{ commit }}</code> to branch <code id="branch">{{ branch }}</code>: review and merge it
-to apply.</p><pre id="plan">{{ plan }}</pre>{% endblock %}""",
+to apply.</p>{% if review %}<p>Pull request: <a id="review" href="{{ review }}">{{ review }}</a></p>{% endif %}
+{% if review_error %}<p class="error">No pull request was opened: {{ review_error }}</p>{% endif %}
+<pre id="plan">{{ plan }}</pre>{% endblock %}""",
 }))
 
 
@@ -139,6 +142,14 @@ def _sealer(env: ReconcilerEnv) -> SealPasswords | None:
     return vault_sealer(env.evaluator, lambda: read_key_file(Path(str(key_file))))
 
 
+def _forge(env: ReconcilerEnv) -> Forge | None:
+    """The host's forge; a broken [forms.forge] leaves submissions as branches (the CLI reports it)."""
+    try:
+        return forge_from(env.settings.get("forms", {}))
+    except StratumError:
+        return None
+
+
 def _locale(request: Request) -> str:
     """?locale=, else the first language of Accept-Language, else English."""
     from reconcilers.forms.i18n import LOCALES
@@ -161,7 +172,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
             raise LookupError(name)
         s = FormSession(form, snap, env.evaluator, watched=env.revisions.branch, writer=env.git_writer,
                         seal=_sealer(env) if any(e.type == "password" for e in form.elements) else None,
-                        locale=locale or "en")
+                        locale=locale or "en", forge=_forge(env))
         try:
             yield s
         finally:
@@ -263,7 +274,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                     except StratumError as err:
                         return form_page(s, raw, {}, err.render(), 422)
                     return page("done.html", title="Submitted", branch=sub.branch, commit=sub.commit[:12],
-                                plan=sub.plan)
+                                plan=sub.plan, review=sub.review, review_error=sub.review_error)
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
         return await run_in_threadpool(work)
