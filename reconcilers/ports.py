@@ -174,3 +174,8 @@ class VerbHost(Protocol):
         branch, root: the common options' values, None for defaults): the evaluator, the revisions of the
         watched repository and the git writer. Closed (workers stopped) when the block ends."""
         ...
+
+    def plan_markdown(self, options: Mapping[str, Any], base: str, head: str) -> str:
+        """The kernel's pull-request plan (`stratum plan --base --head --format markdown`) of `head` against
+        `base` in the repository of `options`."""
+        ...

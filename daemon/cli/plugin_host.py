@@ -19,6 +19,22 @@ from reconcilers.base import ReconcilerEnv
 class PluginHost:
     """Opens a reconciler's environment for a CLI verb (the VerbHost port)."""
 
+    def plan_markdown(self, options: Mapping[str, Any], base: str, head: str) -> str:
+        """`stratum plan --base BASE --head HEAD --format markdown` for the repository of `options`: the plan
+        a reviewer reads (every reconciler, change control, the principal), in memory (no index written)."""
+        from daemon.cli.common import settings_from
+        from daemon.run.report import plan_markdown, plan_to_dict
+        from daemon.run.runtime import build
+
+        settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
+                                 options.get("branch"), _path(options, "root"))
+        rt = build(settings, ephemeral=True, prestart=True)
+        try:
+            data = plan_to_dict(rt.pipeline.plan_between(base, head))
+        finally:
+            rt.close()
+        return "\n\n---\n\n".join(plan_markdown(data))
+
     @contextmanager
     def open(self, reconciler: str, options: Mapping[str, Any]) -> Iterator[ReconcilerEnv]:
         """The ports of `reconciler` over the repository of `options`; the evaluator stops at the end."""
@@ -27,12 +43,8 @@ class PluginHost:
         from daemon.nickel.evaluator import Evaluator
         from daemon.run.ports import RepoGitWriter, TimerScheduler
 
-        def path(key: str) -> Path | None:
-            value = options.get(key)
-            return Path(value) if value else None
-
-        settings = settings_from(options.get("repo"), path("data_dir"), path("config"), options.get("branch"),
-                                 path("root"))
+        settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
+                                 options.get("branch"), _path(options, "root"))
         source = GitSource(settings.repo, settings.branch, settings.data_dir)
         evaluator = Evaluator(settings.data_dir / "nickel-cache")
         scheduler = TimerScheduler()
@@ -43,3 +55,8 @@ class PluginHost:
         finally:
             scheduler.close()
             evaluator.close()
+
+
+def _path(options: Mapping[str, Any], key: str) -> Path | None:
+    value = options.get(key)
+    return Path(value) if value else None

@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,14 +47,18 @@ def _common(fn: Any) -> Any:
     return fn
 
 
-@contextmanager
-def _env(options: Mapping[str, Any]) -> Iterator[ReconcilerEnv]:
+def _host() -> VerbHost:
     host = click.get_current_context().find_root().obj
     if host is None or not hasattr(host, "open"):
         raise SettingsError("`stratum form` runs under the `stratum` command (it needs the daemon's ports)",
                             hint="run `stratum form ...`")
     verb_host: VerbHost = host
-    with verb_host.open("forms", {k: options.get(k) for k in _OPTIONS}) as opened:
+    return verb_host
+
+
+@contextmanager
+def _env(options: Mapping[str, Any]) -> Iterator[ReconcilerEnv]:
+    with _host().open("forms", {k: options.get(k) for k in _OPTIONS}) as opened:
         env: ReconcilerEnv = opened
         yield env
 
@@ -190,7 +195,8 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             result = FormApp(session, defaults, principal_of(options.get("repo"))).run()
             if result is None:
                 raise InputError("the form was closed before it was submitted: nothing was written")
-            _print(result)
+            _print(replace(result, plan=_host().plan_markdown({k: options.get(k) for k in _OPTIONS},
+                                                               session.snap.revision, result.commit)))
             return
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
@@ -213,6 +219,9 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             click.echo(preview.plan)
             return
         sub = session.submit(checked.answers, principal_of(options.get("repo")), preview)
+    # The kernel's plan of the new branch against the watched one: what a reviewer of the pull request reads.
+    sub = replace(sub, plan=_host().plan_markdown({k: options.get(k) for k in _OPTIONS}, session.snap.revision,
+                                                  sub.commit))
     if output == "json":
         click.echo(json.dumps({"branch": sub.branch, "commit": sub.commit, "files": list(sub.files),
                                "plan": sub.plan, "pull_request": sub.review, "pull_request_error": sub.review_error}))

@@ -36,14 +36,18 @@ def ops(tmp_path: Path) -> Path:
 
 
 def test_an_answers_file_makes_a_reviewable_branch_and_prints_the_plan(tmp_path: Path, ops: Path) -> None:
-    """`form run --answers`: the plan is printed, the branch holds the Nickel, main does not move."""
+    """`form run --answers`: the kernel's plan of the branch is printed, the branch holds the Nickel, main does
+    not move."""
     main = git(ops, "rev-parse", "main")
     (tmp_path / "a.yaml").write_text("name: billing\nport: 9000\nworkers: 3\nruntime: command\n"
                                      "command: /usr/bin/billing --port 9000\nowner: payments\n")
     done = stratum(tmp_path, "form", "run", "local-service", "--answers", str(tmp_path / "a.yaml"))
-    assert "## Plan: `forms/local-service/" in done.stdout
-    assert "| create | `billing-service` | systemd_unit |" in done.stdout
+    # The kernel's pull-request plan of the branch against main (what `stratum plan --base --head` prints).
     branch = done.stdout.split("to branch ")[1].split(":")[0]
+    tip = git(ops, "rev-parse", branch)
+    assert f"### Stratum plan for `{tip[:12]}` against `{main[:12]}`" in done.stdout
+    assert "create systemd_unit etc/systemd/system/billing.service" in done.stdout
+    assert "#### Change control" in done.stdout
     assert git(ops, "rev-parse", "main") == main
     repo = pygit2.Repository(str(ops))
     commit = repo.revparse_single(branch)
