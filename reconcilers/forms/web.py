@@ -179,7 +179,9 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
             s.close()
 
     def page(template: str, status: int = 200, **kw: Any) -> HTMLResponse:
-        return HTMLResponse(_PAGES.get_template(template).render(prefix=prefix, **kw), status_code=status)
+        # Pages may carry answers (a plan page holds them for the submit button): never kept by a cache.
+        return HTMLResponse(_PAGES.get_template(template).render(prefix=prefix, **kw), status_code=status,
+                            headers={"Cache-Control": "no-store"})
 
     def form_page(s: FormSession, values: Mapping[str, Any], errors: Mapping[str, str], message: str = "",
                   status: int = 200) -> HTMLResponse:

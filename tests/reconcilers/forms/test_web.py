@@ -31,13 +31,13 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
 class Served:
     """The forms reconciler's mount behind the daemon's own gate, on a free loopback port."""
 
-    def __init__(self, tmp: Path, ops: OpsRepo) -> None:
+    def __init__(self, tmp: Path, ops: OpsRepo, host: dict[str, Any] | None = None) -> None:
         tokens = tmp / "tokens"
         tokens.write_text(f"alice:admin:{token_digest(ADMIN)}\nbob:reader:{token_digest(READER)}\n")
         tokens.chmod(0o600)
         http, auth, _ = listener_settings("127.0.0.1:0", {"tokens_file": str(tokens)}, "stratumd.toml")
         env = ReconcilerEnv(data_dir=tmp / "data", evaluator=ops.evaluator, revisions=ops.source,
-                            git_writer=ops.writer)
+                            git_writer=ops.writer, settings=host or {})
         self.reconciler = FormsReconciler(env)
         app = build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([self.reconciler]), auth=auth)
         self.server = HttpServer("127.0.0.1:0", app, http)
@@ -157,3 +157,32 @@ def test_the_page_speaks_the_browsers_language(served: Served) -> None:
     status, body = served.post("/forms/local-service/preview?locale=es",
                                {"name": "web", "port": "80", "workers": "2", "runtime": "python", "owner": "x"}, ADMIN)
     assert status == 422 and 'id="error-port">debe ser al menos 1024<' in body
+
+
+def test_a_password_from_the_web_is_sealed_with_the_hosts_key(tmp_path: Path, ops: OpsRepo) -> None:
+    """[forms] key_file: the daemon seals a password element into a manifest; the branch holds no plaintext."""
+    from reconcilers.vault import envelope, keys, manifest
+    from tests.reconcilers.forms.test_passwords import FORM, TEMPLATE
+    from tests.vault_fixtures import CANARY, B, secret_world
+
+    world = secret_world(tmp_path / "data")
+    key_file = tmp_path / "forms.key"
+    keys.write_key_file(key_file, world.user_identity, world.user)
+    ops.work.commit({"forms/db-user.toml": FORM, "forms/templates/db-user.ncl.j2": TEMPLATE,
+                     "secrets/rules.ncl": world.rules()}, message="db form")
+    served = Served(tmp_path, ops, {"forms": {"key_file": str(key_file)}})
+    try:
+        status, page = served.post("/forms/db-user/preview", {"name": "audit", "password": CANARY}, ADMIN)
+        assert status == 200, page
+        hidden = page.split('name="__answers" value="')[1].split('"')[0].replace("&#34;", '"')
+        status, done = served.post("/forms/db-user/submit", {"__answers": hidden}, ADMIN)
+        assert status == 200, done
+    finally:
+        served.close()
+    branch = done.split('id="branch">')[1].split("<")[0]
+    commit = pygit2.Repository(str(ops.work.path)).revparse_single(branch)
+    path = "secrets/forms/db-user-audit.yaml"
+    assert CANARY not in commit.tree["infra/db-users/audit.ncl"].data.decode()
+    ring = keys.KeyRing((world.user_identity,), (world.user,))
+    opened = envelope.open_manifest(B, manifest.parse(commit.tree[path].data.decode(), path), ring, path)
+    assert opened.values == {"password": CANARY}
