@@ -57,6 +57,17 @@ error-unknown = is not a question of this form
 answers-refused = the answers are refused
 add-item = add an item?
 add-another = add another item?
+ui-forms = Forms
+ui-preview = Preview the plan
+ui-submit = Submit for review
+ui-back = Back to the form
+ui-plan = plan
+ui-fix = Some answers need fixing.
+ui-asked-when = Asked when { $condition }.
+ui-submitted = Submitted
+ui-committed = Committed { $commit } to branch { $branch }: review and merge it to apply.
+ui-review = Pull request:
+ui-no-review = No pull request was opened:
 """,
     "es": """
 error-number = debe ser un número
@@ -85,6 +96,17 @@ error-unknown = no es una pregunta de este formulario
 answers-refused = las respuestas no son válidas
 add-item = ¿añadir un elemento?
 add-another = ¿añadir otro elemento?
+ui-forms = Formularios
+ui-preview = Ver el plan
+ui-submit = Enviar a revisión
+ui-back = Volver al formulario
+ui-plan = plan
+ui-fix = Hay respuestas que corregir.
+ui-asked-when = Se pregunta cuando { $condition }.
+ui-submitted = Enviado
+ui-committed = Se ha guardado { $commit } en la rama { $branch }: revísala y fusiónala para aplicarla.
+ui-review = Pull request:
+ui-no-review = No se abrió ningún pull request:
 """,
 }
 

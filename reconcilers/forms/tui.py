@@ -82,8 +82,9 @@ class FormApp(App[Submission | None]):
                 else:
                     yield from self._field(e, e.name, self.defaults.get(e.name))
             with Horizontal():
-                yield Button("Preview", id="preview", variant="primary")
-                yield Button("Submit", id="submit", variant="success", disabled=True)
+                yield Button(self.session.text.get("ui-preview", "Preview"), id="preview", variant="primary")
+                yield Button(self.session.text.get("ui-submit", "Submit"), id="submit", variant="success",
+                             disabled=True)
             yield Static("", id="plan")
         yield Footer()
 

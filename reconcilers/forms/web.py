@@ -51,17 +51,20 @@ fieldset{margin-top:1em}</style></head><body>{% block body %}{% endblock %}</bod
 {% if message %}<p class="error" id="message">{{ message }}</p>{% endif %}
 <form method="post" action="{{ prefix }}/{{ form.name }}/preview?locale={{ lang }}">
 {% for e in elements %}{{ field(e, values.get(e.name), errors, e.name) }}{% endfor %}
-<p><button type="submit" id="preview">Preview the plan</button></p></form>{% endblock %}""",
-    "plan.html": """{% extends "base.html" %}{% block body %}<h1>{{ form.title }}: plan</h1>
+<p><button type="submit" id="preview">{{ t("ui-preview", "Preview the plan") }}</button></p></form>{% endblock %}""",
+    "plan.html": """{% extends "base.html" %}{% block body %}<h1>{{ form_title }}: {{ t("ui-plan", "plan") }}</h1>
 <pre id="plan">{{ plan }}</pre>
-<form method="post" action="{{ prefix }}/{{ form.name }}/submit">
+<form method="post" action="{{ prefix }}/{{ form.name }}/submit?locale={{ lang }}">
 <input type="hidden" name="__answers" value="{{ answers }}">
-<p><button type="submit" id="submit">Submit for review</button></p></form>
-<p><a href="{{ prefix }}/{{ form.name }}">Back to the form</a></p>{% endblock %}""",
-    "done.html": """{% extends "base.html" %}{% block body %}<h1>Submitted</h1>
-<p id="done">Committed <code>{{ commit }}</code> to branch <code id="branch">{{ branch }}</code>: review and merge it
-to apply.</p>{% if review %}<p>Pull request: <a id="review" href="{{ review }}">{{ review }}</a></p>{% endif %}
-{% if review_error %}<p class="error">No pull request was opened: {{ review_error }}</p>{% endif %}
+<p><button type="submit" id="submit">{{ t("ui-submit", "Submit for review") }}</button></p></form>
+<p><a href="{{ prefix }}/{{ form.name }}?locale={{ lang }}">{{ t("ui-back", "Back to the form") }}</a></p>
+{% endblock %}""",
+    "done.html": """{% extends "base.html" %}{% block body %}<h1>{{ t("ui-submitted", "Submitted") }}</h1>
+<p id="done">{{ t("ui-committed", "", commit=commit, branch=branch) }}</p><p><code id="branch">{{ branch }}</code></p>
+{% if review %}<p>{{ t("ui-review", "Pull request:") }} <a id="review" href="{{ review }}">{{ review }}</a></p>
+{% endif %}
+{% if review_error %}<p class="error">{{ t("ui-no-review", "No pull request was opened:") }} {{ review_error }}</p>
+{% endif %}
 <pre id="plan">{{ plan }}</pre>{% endblock %}""",
 }))
 
@@ -101,7 +104,7 @@ def _field(e: Element, value: Any, errors: Mapping[str, str], key: str, options:
             attrs.append(f'value="{esc(shown)}"')
         out.append(f'<input type="{kind}" {" ".join(attrs)}>')
     if e.when:
-        out.append(f'<div class="help">Asked when {esc(e.when)}.</div>')
+        out.append(f'<div class="help">{esc(text.get("ui-asked-when", "", condition=e.when))}</div>')
     if text.help(e):
         out.append(f'<div class="help">{esc(text.help(e))}</div>')
     if key in errors:
@@ -201,7 +204,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                 parts.append(f'<div class="error">{escape(errs[e.name])}</div>')
             return Markup("\n".join(parts) + "</fieldset>")
         return page("form.html", status, title=s.form.title, form=s.form, elements=elements, values=values,
-                    errors=errors, message=message, field=field, lang=s.text.locale,
+                    errors=errors, message=message, field=field, lang=s.text.locale, t=s.text.get,
                     form_title=s.text.form_title(s.form), form_description=s.text.form_description(s.form))
 
     async def index(request: Request) -> Response:
@@ -240,13 +243,14 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                     raw = _raw_answers(s.form, data)
                     checked = s.check(raw)
                     if not checked.ok:
-                        return form_page(s, raw, checked.errors, "Some answers need fixing.", 422)
+                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422)
                     try:
                         p = s.preview(checked.answers)
                     except StratumError as err:
                         return form_page(s, raw, {}, err.render(), 422)
                     return page("plan.html", title=s.form.title, form=s.form, plan=p.plan,
-                                answers=json.dumps(checked.answers))
+                                answers=json.dumps(checked.answers), t=s.text.get, lang=s.text.locale,
+                                form_title=s.text.form_title(s.form))
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
         return await run_in_threadpool(work)
@@ -259,6 +263,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
             return Response("the daemon's policy does not let you submit forms (action write on /forms)",
                             status_code=403)
         principal = str(state.get("principal") or "anonymous")
+        locale = _locale(request)
         data = await body(request)
 
         def work() -> Response:
@@ -267,16 +272,17 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
             except ValueError:
                 return Response("the answers did not come back intact", status_code=400)
             try:
-                with session(name) as s:
+                with session(name, locale) as s:
                     checked = s.check(raw if isinstance(raw, dict) else {})
                     if not checked.ok:
-                        return form_page(s, raw, checked.errors, "Some answers need fixing.", 422)
+                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422)
                     try:
                         sub = s.submit(checked.answers, f"{principal} (http)")
                     except StratumError as err:
                         return form_page(s, raw, {}, err.render(), 422)
-                    return page("done.html", title="Submitted", branch=sub.branch, commit=sub.commit[:12],
-                                plan=sub.plan, review=sub.review, review_error=sub.review_error)
+                    return page("done.html", title=s.text.get("ui-submitted", "Submitted"), branch=sub.branch,
+                                commit=sub.commit[:12], plan=sub.plan, review=sub.review,
+                                review_error=sub.review_error, t=s.text.get)
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
         return await run_in_threadpool(work)

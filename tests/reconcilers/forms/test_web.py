@@ -110,6 +110,7 @@ def _shot(page: Any, tmp: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served, ops: OpsRepo,
                                                                    tmp_path: Path) -> None:
     """In Chromium: open the list, the form, fill it, preview the plan, submit; the branch exists, main not."""
@@ -157,6 +158,7 @@ def test_the_page_speaks_the_browsers_language(served: Served) -> None:
     status, body = served.post("/forms/local-service/preview?locale=es",
                                {"name": "web", "port": "80", "workers": "2", "runtime": "python", "owner": "x"}, ADMIN)
     assert status == 422 and 'id="error-port">debe ser al menos 1024<' in body
+    assert "Hay respuestas que corregir." in body and "Ver el plan" in body
 
 
 def test_a_password_from_the_web_is_sealed_with_the_hosts_key(tmp_path: Path, ops: OpsRepo) -> None:
