@@ -108,10 +108,11 @@ def plan_markdown(form: Form, base: InfraDesired, generated: Generated, branch: 
     if not rows:
         out.append("No infrastructure changes.")
     else:
-        out += ["| action | id | kind | path |", "|---|---|---|---|"]
+        out += ["| action | id | kind | where |", "|---|---|---|---|"]
         for action, rid in rows[:MAX_PLAN_ROWS]:
             res = after.get(rid) or before[rid]
-            out.append(f"| {action} | `{rid}` | {res.kind} | `{res.path or '-'}` |")
+            where = f"`{res.path}`" if res.path else f"provider {res.provider}"
+            out.append(f"| {action} | `{rid}` | {res.kind} | {where} |")
         if len(rows) > MAX_PLAN_ROWS:
             out.append(f"| ... | {len(rows) - MAX_PLAN_ROWS} more | | |")
     return "\n".join(out) + "\n"
