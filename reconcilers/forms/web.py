@@ -14,6 +14,7 @@ escaped like any answer. No page runs a script.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,12 @@ def _forge(env: ReconcilerEnv) -> Forge | None:
         return None
 
 
+def _web_key(key: str) -> str:
+    """A check's error key for a group field (`ports[2].port`, 1-based) as the page's field name (`ports.1.port`)."""
+    match = re.fullmatch(r"([a-z][a-z0-9_]*)\[(\d+)\]\.([a-z][a-z0-9_]*)", key)
+    return f"{match.group(1)}.{int(match.group(2)) - 1}.{match.group(3)}" if match else key
+
+
 def _locale(request: Request) -> str:
     """?locale=, else the first language of Accept-Language, else English."""
     from reconcilers.forms.i18n import LOCALES
@@ -189,7 +196,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
     def form_page(s: FormSession, values: Mapping[str, Any], errors: Mapping[str, str], message: str = "",
                   status: int = 200) -> HTMLResponse:
         options = {e.name: s.labels(e.name) for e in s.form.elements if e.type in ("select", "multiselect")}
-        elements = [e for e in s.form.elements]
+        elements = list(s.form.elements)
+        errors = {_web_key(k): v for k, v in errors.items()}
 
         def field(e: Element, value: Any, errs: Mapping[str, str], key: str) -> Any:
             if e.type != "group":

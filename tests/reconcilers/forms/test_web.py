@@ -188,3 +188,48 @@ def test_a_password_from_the_web_is_sealed_with_the_hosts_key(tmp_path: Path, op
     ring = keys.KeyRing((world.user_identity,), (world.user,))
     opened = envelope.open_manifest(B, manifest.parse(commit.tree[path].data.decode(), path), ring, path)
     assert opened.values == {"password": CANARY}
+
+
+GROUP_FORM = '''[form]
+name = "ports"
+title = "Ports"
+target = "infra/ports/{name}.ncl"
+template = "forms/templates/ports.ncl.j2"
+
+[[elements]]
+name = "name"
+pattern = "[a-z]+"
+
+[[elements]]
+name = "ports"
+type = "group"
+min_items = 1
+max_items = 3
+unique = ["port"]
+
+  [[elements.fields]]
+  name = "port"
+  type = "number"
+  min = 1
+  max = 65535
+'''
+GROUP_TEMPLATE = '''{ resources = { {% for p in ports %}{{ name }}-{{ p.port }} = { kind = 'directory,
+  path = "srv/{{ name }}/{{ p.port }}" }, {% endfor %} } }
+'''
+
+
+def test_repeating_groups_on_the_web(tmp_path: Path, ops: OpsRepo) -> None:
+    """Group rows post as group.N.field; a repeated unique field shows its error under that row's field; a
+    good set previews one resource per item."""
+    ops.work.commit({"forms/ports.toml": GROUP_FORM, "forms/templates/ports.ncl.j2": GROUP_TEMPLATE}, message="g")
+    served = Served(tmp_path, ops)
+    try:
+        status, body = served.post("/forms/ports/preview", {"name": "edge", "ports.0.port": "80",
+                                                            "ports.1.port": "80"}, ADMIN)
+        assert status == 422 and 'id="error-ports.1.port">repeats item 1&#39;s port (80)<' in body
+        status, body = served.post("/forms/ports/preview", {"name": "edge", "ports.0.port": "80",
+                                                            "ports.1.port": "443"}, ADMIN)
+        assert status == 200, body
+        assert "| create | `edge-80` | directory |" in body and "| create | `edge-443` | directory |" in body
+    finally:
+        served.close()
