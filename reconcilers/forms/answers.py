@@ -9,13 +9,13 @@ fields as `group[2].field`), in the form's order, as plain sentences a person ca
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconcilers.forms import expr
 from reconcilers.forms.model import Element, Form, parse_when
+from reconcilers.forms.patterns import full_match
 
 MAX_TEXT = 4096
 
@@ -138,7 +138,7 @@ def coerce(element: Element, value: Any, options: tuple[str, ...] | None = None)
     if element.min_length is not None and len(text) < element.min_length:
         return text, Msg("error-min-length",
             f"must be at least {element.min_length} characters", min=element.min_length)
-    if element.pattern and not re.fullmatch(element.pattern, text):
+    if element.pattern and not full_match(element.pattern, text):
         return text, Msg("error-pattern", f"must match {element.pattern}", pattern=element.pattern)
     return text, None
 

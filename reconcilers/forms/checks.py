@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import graphlib
-import re
 
 from reconcilers.forms import answers, expr
 from reconcilers.forms.model import Element, Form
+from reconcilers.forms.patterns import PatternError, compiled
 from reconcilers.records import Problem
 
 
@@ -47,8 +47,8 @@ def _check_element(form: Form, element: Element, known: set[str]) -> list[Proble
                             element.line))
     if element.pattern:
         try:
-            re.compile(element.pattern)
-        except re.error as err:
+            compiled(element.pattern)
+        except PatternError as err:
             out.append(_problem(form, f"element {element.name}: pattern does not compile: {err}", element.line))
             return out
     if element.type == "group":

@@ -11,7 +11,8 @@ Form files are repo content, so a condition is never handed to `eval`: this gram
                 | "len" "(" NAME ")"
 
 A NAME is an element's name; a hidden or unanswered element reads as `null`, and any comparison with `null`
-is false (so `not` of it is true). Expressions are bounded: 2,000 characters and 64 levels of nesting.
+is false (so `not` of it is true). Expressions are bounded: 2,000 characters, 64 levels of nesting, 128
+operators (a long `or` chain builds a tree as deep as it is long).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 MAX_EXPR = 2000
 MAX_DEPTH = 64
+MAX_OPERATORS = 128       # `a or a or ...` builds a tree as deep as it is long: evaluation recurses that deep
 OPERATORS = ("==", "!=", ">=", "<=", ">", "<", "contains", "startswith", "endswith", "in")
 _TOKEN = re.compile(r"""\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|"""
                     r"""(?P<op>==|!=|>=|<=|>|<)|(?P<punct>[()\[\],])|(?P<name>[A-Za-z_][A-Za-z0-9_]*))""")
@@ -73,6 +75,7 @@ class _Parser:
         self.toks = _tokens(text)
         self.i = 0
         self.depth = 0
+        self.operators = 0
 
     def peek(self) -> tuple[str, str, int]:
         return self.toks[self.i] if self.i < len(self.toks) else ("end", "", len(self.text) + 1)
@@ -91,6 +94,11 @@ class _Parser:
             raise ExprError(f"unexpected {value!r}", col)
         return node
 
+    def _count(self) -> None:
+        self.operators += 1
+        if self.operators > MAX_OPERATORS:
+            raise ExprError(f"more than {MAX_OPERATORS} operators", self.peek()[2])
+
     def _nest(self) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
@@ -101,6 +109,7 @@ class _Parser:
         node = self.and_()
         while self.peek()[1] == "or" and self.peek()[0] == "word":
             self.take()
+            self._count()
             node = Node("or", (node, self.and_()))
         self.depth -= 1
         return node
@@ -109,6 +118,7 @@ class _Parser:
         node = self.not_()
         while self.peek()[1] == "and" and self.peek()[0] == "word":
             self.take()
+            self._count()
             node = Node("and", (node, self.not_()))
         return node
 
@@ -126,6 +136,7 @@ class _Parser:
         kind, value, _ = self.peek()
         if (kind == "op" or kind == "word") and value in OPERATORS:
             self.take()
+            self._count()
             return Node(value, (left, self.operand()))
         return left
 
@@ -153,6 +164,7 @@ class _Parser:
         if value == "[":
             items: list[Node] = []
             while self.peek()[1] != "]":
+                self._count()
                 items.append(self.operand())
                 if self.peek()[1] != ",":
                     break

@@ -137,3 +137,24 @@ def test_repeating_groups_check_items_unique_fields_and_constraints() -> None:
     assert check(form, {"name": "web", "kind": "plain", "ports": three}).errors == {
         "constraint few": "three ports need a custom kind"}
     assert check(form, {"name": "Web!", "kind": "plain", "ports": three[:1]}).errors == {"name": "must match [a-z]+"}
+
+
+def test_a_pattern_cannot_stall_a_check() -> None:
+    """`(a+)+$` against a long non-matching answer: refused at once (RE2, linear), where Python's re would
+    backtrack for longer than the universe; the default is checked the same way at validate."""
+    text = HEAD + '[[elements]]\nname = "a"\npattern = "(a+)+$"\ndefault = "' + "a" * 4000 + '!"\n'
+    found = problems(text)
+    assert len(found) == 1 and found[0].startswith("5: element a: the default") and "must match (a+)+$" in found[0]
+
+
+def test_a_pattern_re2_cannot_run_is_a_validate_error() -> None:
+    """A backreference: located error naming RE2's reason."""
+    found = problems(HEAD + '[[elements]]\nname = "a"\npattern = "(a)\\\\1"\n')
+    assert len(found) == 1 and found[0].startswith("5: element a: pattern does not compile: invalid escape")
+
+
+def test_a_long_chain_of_conditions_is_refused_not_recursed() -> None:
+    """400 `or`s fit in 2,000 characters and would recurse 400 deep when evaluated: refused with a column."""
+    with pytest.raises(expr.ExprError, match="more than 128 operators"):
+        expr.parse(" or ".join(["a"] * 400))
+    assert expr.holds(expr.parse(" or ".join(["a"] * 100)), {"a": True})
