@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.base import ReconcilerEnv
+from reconcilers.ports import Workspace
 
 
 class PluginHost:
@@ -55,6 +56,24 @@ class PluginHost:
         finally:
             scheduler.close()
             evaluator.close()
+
+
+    @contextmanager
+    def workspace(self, options: Mapping[str, Any]) -> Iterator[Workspace]:
+        """The repository and index of `options` (daemon/run/workspace.py); the index closes at the end."""
+        from daemon.cli.common import settings_from
+        from daemon.run.workspace import open_workspace
+
+        settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
+                                 options.get("branch"), _path(options, "root"))
+        ws = open_workspace(settings.repo, settings.data_dir, branch=settings.branch,
+                            host=settings.reconciler_settings())
+        try:
+            yield ws
+        finally:
+            close = getattr(ws.index, "close", None)
+            if close is not None:
+                close()
 
 
 def _path(options: Mapping[str, Any], key: str) -> Path | None:
