@@ -57,9 +57,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(mounts: dict[str, Handler]) -> Iterator[tuple[str, dict[str, MemoryStore]]]:
-    """Run the app on a free loopback port in a thread; yields (base URL, stores by mount)."""
-    stores: dict[str, MemoryStore] = {}
+def serve(mounts: dict[str, Handler], stores: dict[str, MemoryStore] | None = None,
+          ) -> Iterator[tuple[str, dict[str, MemoryStore]]]:
+    """Run the app on a free loopback port in a thread; yields (base URL, stores by mount). Pass `stores` to
+    share one (a `sys` handler that routes sys/leases to the database mount's store)."""
+    stores = {} if stores is None else stores
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app_for(mounts, stores), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="off"))
