@@ -23,7 +23,8 @@ from reconcilers.vault.database.errors import DatabaseError, DatabaseUnreachable
 
 CONNECT_TIMEOUT = 5                   # seconds: a database that does not answer fails fast, then is retried
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
-_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)@")
+_QUOTED = re.compile(r'"([^"]*)"')
 
 
 def new_password(length: int = 24) -> str:
@@ -41,18 +42,29 @@ def render_url(template: str, username: str, password: str) -> str:
     return template.replace("{{username}}", quote(username, safe="")).replace("{{password}}", quote(password, safe=""))
 
 
+def _mask_url(match: re.Match[str]) -> str:
+    """user:password@ -> user:****@, but the {{password}} placeholder stays (it is no secret)."""
+    return match.group(0) if match.group(2) == "{{password}}" else match.group(1) + "****@"
+
+
 def safe_url(template: str) -> str:
     """The URL template for messages: a literal password in it is masked."""
-    parts = urlsplit(_URL_PASSWORD.sub(r"\1****@", template))
-    return urlunsplit(parts)
+    return urlunsplit(urlsplit(_URL_PASSWORD.sub(_mask_url, template)))
 
 
 def scrub(text: str, *secret_values: str) -> str:
-    """`text` with every secret value (and its URL-quoted form) replaced by ****."""
+    """`text` with every secret value (and its URL-quoted form) replaced by ****, and any quoted fragment that
+    is a piece of one (PostgreSQL quotes the token it choked on: `syntax error at or near "kX9..."`)."""
     for value in secret_values:
         if value:
             text = text.replace(value, "****").replace(quote(value, safe=""), "****")
-    return _URL_PASSWORD.sub(r"\1****@", text)
+
+    def piece(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        leaks = len(inner) >= 3 and any(inner in v for v in secret_values if v)
+        return '"****"' if leaks else match.group(0)
+
+    return _URL_PASSWORD.sub(_mask_url, _QUOTED.sub(piece, text))
 
 
 def connect(url: str, where: str, *secret_values: str) -> psycopg.Connection[tuple[object, ...]]:
