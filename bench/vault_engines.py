@@ -1,15 +1,16 @@
 """Benchmark: the vault's PKI and database engines (issue 15).
 
-    python bench/vault_engines.py [--issue 1000] [--revoked 20000] [--revokes 20] [--leases 10000] [--no-naive]
-                                  [--skip-db]
+    python bench/vault_engines.py [--issue 1000] [--revoked 20000] [--revokes 20] [--no-naive]
+                                  [--leases 10000] [--connections 1,4,8] [--skip-db]
 
 PKI: issue rate per key type (ec, ml-dsa-65; each under a root of its own type), and the time to revoke one
 certificate with 20,000 already on the CRL (target under 200 ms; Vault #9176 reports 2-3 s at 17,000), on an
 in-memory store and on an encrypted file store like the vault's barrier (AES-256-GCM, atomic write + fsync per
 entry). Beside it, once, the naive rebuild with `CertificateRevocationListBuilder` over the same entries (what
 the engine avoids: the builder copies its list on every add).
-Database: 10,000 live leases expiring together against a real PostgreSQL on loopback (started here, as the
-tests do): the reaper's sweep time and the most connections it held open at once (bounded by max_connections).
+Database: 10,000 live leases expiring together against a real PostgreSQL on loopback (started here with
+tests/servers.py, as the tests do): the reaper's sweep time per connection limit, and the most connections
+open at once, counted by the engine and sampled from pg_stat_activity.
 No timing asserts. Prints tables and writes bench/results/vault_engines.json. The machine may be shared: the
 load average is recorded.
 """
@@ -146,12 +147,96 @@ def bench_naive(revoked: int) -> float:
     return time.perf_counter() - start
 
 
+def _lease_setup(store: KeyValueStore, pg: Any, count: int, now: int, tag: str) -> None:
+    """`count` database roles made in one statement and their leases written straight to the store, all due at
+    `now` (setup, not measured: making them one creds call at a time would take minutes)."""
+    from reconcilers.vault.database import leases
+
+    pg.psql(f"DO $$ BEGIN FOR i IN 1..{count} LOOP EXECUTE format('CREATE ROLE %I LOGIN', "
+            f"'v-bench-{tag}-' || i); END LOOP; END $$")
+    for i in range(1, count + 1):
+        leases.save(store, leases.Lease(role="bench", id=f"{tag}{i:06d}", db_name="main",
+                                        username=f"v-bench-{tag}-{i}", issue_time=now - 3600,
+                                        expire_time=now - 1, max_expire_time=now))
+
+
+class _Sampler:
+    """Counts the engine's connections as PostgreSQL sees them (pg_stat_activity), every 20 ms, on a thread."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        import psycopg
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            row = self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                    "'stratum-reaper'").fetchone()
+            self.peak = max(self.peak, int(row[0]) if row else 0)
+            time.sleep(0.02)
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        self.conn.close()
+        return self.peak
+
+
+def bench_leases(count: int, connection_limits: list[int]) -> list[dict[str, Any]]:
+    """Sweep `count` expired leases per connection limit against a real PostgreSQL on loopback."""
+    from reconcilers.vault.database import api as db_api
+    from reconcilers.vault.database import reaper
+    from tests.servers import start_postgres
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stratum-bench-db-") as tmp:
+        pg = start_postgres(Path(tmp) / "pg")
+        try:
+            for limit in connection_limits:
+                store = MemoryStore()
+                url = pg.url.replace("postgres@", "{{username}}@") + "?application_name=stratum-reaper"
+                status, reply = db_api.handle("POST", "config/main", {
+                    "plugin_name": "postgresql", "connection_url": url, "username": "postgres",
+                    "allowed_roles": "*", "max_open_connections": limit}, store)
+                assert status < 300, reply
+                status, reply = db_api.handle("POST", "roles/bench", {
+                    "db_name": "main", "creation_statements": 'CREATE ROLE "{{name}}" LOGIN',
+                    "revocation_statements": 'DROP ROLE IF EXISTS "{{name}}"'}, store)
+                assert status < 300, reply
+                now = int(time.time())
+                _lease_setup(store, pg, count, now, f"c{limit}")
+                sampler = _Sampler(pg.url)
+                report = reaper.reap(store, now, max_connections=limit)
+                seen = sampler.close()
+                left = pg.psql(f"SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-bench-c{limit}-%'")
+                rows.append({"leases": count, "max_connections": limit, "seconds": report.seconds,
+                             "per_second": report.revoked / report.seconds, "revoked": report.revoked,
+                             "pending": report.pending, "peak_connections_engine": report.max_open_connections,
+                             "peak_connections_postgres": seen, "roles_left": int(left)})
+        finally:
+            pg.stop()
+    print_table(f"Lease expiry sweep: {count:,} leases due at once (real PostgreSQL on loopback; lease store in "
+                "memory)", ["max conns", "seconds", "leases/s", "revoked", "pending", "peak conns (engine)",
+                            "peak conns (pg_stat_activity)", "roles left"],
+                [[r["max_connections"], r["seconds"], r["per_second"], r["revoked"], r["pending"],
+                  r["peak_connections_engine"], r["peak_connections_postgres"], r["roles_left"]] for r in rows])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--issue", type=int, default=1000)
     parser.add_argument("--revoked", type=int, default=20000)
     parser.add_argument("--revokes", type=int, default=20)
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--leases", type=int, default=10000)
+    parser.add_argument("--connections", default="1,4,8", help="reaper connection limits to sweep with")
+    parser.add_argument("--skip-db", action="store_true", help="PKI only (no PostgreSQL here)")
     args = parser.parse_args()
     load_start = os.getloadavg()
     result: dict[str, Any] = {"loadavg_at_start": load_start}
@@ -176,6 +261,9 @@ def main() -> None:
                       verdict(ms(naive), REVOKE_TARGET_MS)])
     print_table(f"PKI revoke one with {args.revoked:,} on the CRL (target < {REVOKE_TARGET_MS:.0f} ms)",
                 ["store", "on CRL", "CRL bytes", "p50 ms", "p99 ms", "max ms", "target"], table)
+
+    if not args.skip_db:
+        result["leases"] = bench_leases(args.leases, [int(c) for c in args.connections.split(",")])
 
     result["loadavg_at_end"] = os.getloadavg()
     write_result("vault_engines", result)
