@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from reconcilers.vault.pki import ca, certbuild, issue, ocsp, revocation
 from reconcilers.vault.pki.errors import PkiError, PkiNotConfigured, PkiNotFound
+from reconcilers.vault.pki.issuer import Issuer
 from reconcilers.vault.pki.roles import Role
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
@@ -61,7 +62,7 @@ def _raw(content: bytes, content_type: str) -> Reply:
     return 200, {"_raw": content, "_content_type": content_type}
 
 
-def _issuer_or_none(store: KeyValueStore) -> ca.Issuer | None:
+def _issuer_or_none(store: KeyValueStore) -> Issuer | None:
     try:
         return ca.load(store)
     except PkiNotConfigured:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -19,24 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from reconcilers.vault.pki import certbuild, keys, revocation
 from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError, PkiNotConfigured
+from reconcilers.vault.pki.issuer import Issuer
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
 CA_KEY = "config/ca"
 PENDING_KEY = "config/pending"
 DEFAULT_CA_TTL = 10 * 365 * 86400
-
-
-@dataclass(frozen=True, slots=True)
-class Issuer:
-    """The mount's CA: its certificate, key, and the certificates above it (empty for a root)."""
-
-    cert: x509.Certificate
-    key: keys.PrivateKey
-    chain: tuple[x509.Certificate, ...]
-
-    def chain_pems(self) -> list[str]:
-        """The issuing CA and the certificates above it, as Vault's ca_chain lists them."""
-        return [certbuild.pem(self.cert), *(certbuild.pem(c) for c in self.chain)]
 
 
 def load(store: KeyValueStore) -> Issuer:

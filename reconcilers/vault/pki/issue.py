@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from reconcilers.vault.pki import ca, certbuild, keys, revocation
 from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError, PkiNotFound
+from reconcilers.vault.pki.issuer import Issuer
 from reconcilers.vault.pki.roles import Role, names_field
 from reconcilers.vault.pki.storage import KeyValueStore, get_json
 
@@ -68,7 +69,7 @@ def sign(store: KeyValueStore, role_name: str, body: Mapping[str, Any], now: dt.
 
 
 def _leaf(store: KeyValueStore, role: Role, body: Mapping[str, Any], public: CertificatePublicKeyTypes,
-          extra_names: tuple[str, ...], now: dt.datetime) -> tuple[x509.Certificate, ca.Issuer]:
+          extra_names: tuple[str, ...], now: dt.datetime) -> tuple[x509.Certificate, Issuer]:
     issuer = ca.load(store)
     if body.get("format", "pem") not in ("pem", ""):
         raise PkiError(f"format {body.get('format')!r} is not supported", hint='use "pem"')
@@ -117,7 +118,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _response(cert: x509.Certificate, issuer: ca.Issuer) -> dict[str, Any]:
+def _response(cert: x509.Certificate, issuer: Issuer) -> dict[str, Any]:
     return {"certificate": certbuild.pem(cert), "issuing_ca": certbuild.pem(issuer.cert),
             "ca_chain": issuer.chain_pems(), "serial_number": certbuild.serial_text(cert.serial_number),
             "expiration": int(cert.not_valid_after_utc.timestamp())}

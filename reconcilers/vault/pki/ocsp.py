@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from reconcilers.vault.pki import certbuild, der, keys
-from reconcilers.vault.pki.ca import Issuer
+from reconcilers.vault.pki.issuer import Issuer
 from reconcilers.vault.pki.storage import KeyValueStore, get_json
 
 RESPONSE_LIFETIME = dt.timedelta(hours=12)

@@ -16,7 +16,7 @@ import datetime as dt
 import struct
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -24,10 +24,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from reconcilers.vault.pki import certbuild, der, keys
 from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError, PkiNotFound
+from reconcilers.vault.pki.issuer import Issuer
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
-
-if TYPE_CHECKING:
-    from reconcilers.vault.pki.ca import Issuer
 
 ENTRIES = "crl/entries"
 INDEX = "crl/index"
