@@ -92,7 +92,8 @@ def _route(method: str, parts: list[str], body: Mapping[str, Any], store: KeyVal
     if head == "static-roles":
         if write:
             role = roles.write_static(store, name, body)
-            creds.rotate_static(store, role, now)
+            if store.get("static-creds/" + role.name) is None:     # a new static role gets its password now
+                creds.rotate_static(store, role, now)
             return 204, {}
         if method == "GET":
             data = roles.load_static(store, name).to_json()

@@ -15,13 +15,15 @@ from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
 DEFAULT_TTL = 3600
 DEFAULT_MAX_TTL = 24 * 3600
-# Vault's PostgreSQL plugin defaults: end the role's sessions, take back what it was granted, drop it.
+# Vault's PostgreSQL plugin defaults: end the role's sessions, take back what it was granted, drop it. Guarded
+# by the role's existence: a role already dropped by hand must not leave its lease pending forever.
 DEFAULT_REVOCATION = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}'",
-    'REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM "{{name}}"',
-    'REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM "{{name}}"',
-    'REVOKE USAGE ON SCHEMA public FROM "{{name}}"',
-    'DROP ROLE IF EXISTS "{{name}}"',
+    "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{{name}}') THEN "
+    "REVOKE ALL PRIVILEGES ON ALL TABLES IN SCHEMA public FROM \"{{name}}\"; "
+    "REVOKE ALL PRIVILEGES ON ALL SEQUENCES IN SCHEMA public FROM \"{{name}}\"; "
+    "REVOKE USAGE ON SCHEMA public FROM \"{{name}}\"; "
+    "DROP ROLE \"{{name}}\"; END IF; END $$",
 )
 DEFAULT_RENEW = ("ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'",)
 DEFAULT_ROTATION = ("ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'",)
@@ -84,8 +86,17 @@ def write_dynamic(store: KeyValueStore, name: str, body: Mapping[str, Any]) -> N
     """roles/<name>: create or update a dynamic role (creation statements are required)."""
     config.check_name(name, "role")
     old = get_json(store, "roles/" + name)
+    role = dynamic_from_body(name, {**body, "db_name": _db_name(store, body, old, name)}, old)
+    put_json(store, "roles/" + name, role.to_json())
+
+
+def dynamic_from_body(name: str, body: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> DynamicRole:
+    """A dynamic role from a request body over its stored form (pure: the connection is checked by callers)."""
+    config.check_name(name, "role")
     base: dict[str, Any] = _fields(old, DynamicRole) if old else {"name": name}
-    base["db_name"] = _db_name(store, body, old, name)
+    if not isinstance(body.get("db_name", base.get("db_name")), str):
+        raise DatabaseError(f"role {name}: db_name is required")
+    base["db_name"] = body.get("db_name", base.get("db_name"))
     for key in ("creation_statements", "revocation_statements", "renew_statements"):
         if key in body:
             base[key] = sql.statements_field(body[key], key)
@@ -102,7 +113,7 @@ def write_dynamic(store: KeyValueStore, name: str, body: Mapping[str, Any]) -> N
     role = DynamicRole(**base)
     if role.max_ttl and role.default_ttl > role.max_ttl:
         raise DatabaseError(f"role {name}: default_ttl ({role.default_ttl} s) is over max_ttl ({role.max_ttl} s)")
-    put_json(store, "roles/" + name, role.to_json())
+    return role
 
 
 def load_dynamic(store: KeyValueStore, name: str) -> DynamicRole:
@@ -117,8 +128,16 @@ def write_static(store: KeyValueStore, name: str, body: Mapping[str, Any]) -> St
     """static-roles/<name>: create or update; the caller rotates the password at once (as Vault does)."""
     config.check_name(name, "static role")
     old = get_json(store, "static-roles/" + name)
+    role = static_from_body(name, {**body, "db_name": _db_name(store, body, old, name)}, old)
+    put_json(store, "static-roles/" + name, role.to_json())
+    return role
+
+
+def static_from_body(name: str, body: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> StaticRole:
+    """A static role from a request body over its stored form (pure: the connection is checked by callers)."""
+    config.check_name(name, "static role")
     base: dict[str, Any] = _fields(old, StaticRole) if old else {"name": name}
-    base["db_name"] = _db_name(store, body, old, name)
+    base["db_name"] = body.get("db_name", base.get("db_name"))
     if "username" in body:
         username = body["username"]
         if not isinstance(username, str) or not config.NAME.match(username):
@@ -133,9 +152,7 @@ def write_static(store: KeyValueStore, name: str, body: Mapping[str, Any]) -> St
             raise DatabaseError(f"static role {name}: {key} is required")
     if base["rotation_period"] < 5:
         raise DatabaseError(f"static role {name}: rotation_period must be at least 5 s")
-    role = StaticRole(**base)
-    put_json(store, "static-roles/" + name, role.to_json())
-    return role
+    return StaticRole(**base)
 
 
 def load_static(store: KeyValueStore, name: str) -> StaticRole:

@@ -193,3 +193,16 @@ def test_rotate_root_leaves_only_the_vault_knowing_the_password(pg: Postgres) ->
     shown = call(store, "GET", "config/rot")["data"]
     assert "password" not in str(shown).replace("{{password}}", "")
     reaper.reap(store, time.time() + 7200)
+
+
+def test_a_role_dropped_by_hand_does_not_leave_its_lease_pending(pg: Postgres) -> None:
+    """A lease whose database role someone already dropped is revoked cleanly by the default statements (before
+    they were guarded by the role's existence, REVOKE failed and the lease stayed pending forever)."""
+    store = MemoryStore()
+    configure(store, pg)
+    call(store, "POST", "roles/short", {"db_name": "main", "creation_statements": CREATE, "default_ttl": "60s"},
+         status=204)
+    user = call(store, "GET", "creds/short")["data"]["username"]
+    pg.psql(f'DROP OWNED BY "{user}"; DROP ROLE "{user}"')
+    report = reaper.reap(store, time.time() + 120)
+    assert (report.revoked, report.pending) == (1, 0)
