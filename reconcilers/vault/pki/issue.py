@@ -19,6 +19,7 @@ from reconcilers.vault.pki.roles import Role, names_field
 from reconcilers.vault.pki.storage import KeyValueStore, get_json
 
 DEFAULT_TTL = 30 * 86400
+MAX_NAMES = 100                  # names (CN + SANs) per certificate: a bound on what one request can make us do
 
 
 def load_role(store: KeyValueStore, name: str) -> Role:
@@ -79,7 +80,10 @@ def _leaf(store: KeyValueStore, role: Role, body: Mapping[str, Any], public: Cer
     common_name = common_name.strip()
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for candidate in (common_name, *names_field(body.get("alt_names"), "alt_names"), *extra_names):
+    candidates = (common_name, *names_field(body.get("alt_names"), "alt_names"), *extra_names)
+    if len(candidates) > MAX_NAMES:
+        raise PkiError(f"role {role.name}: {len(candidates)} names asked for, at most {MAX_NAMES} per certificate")
+    for candidate in candidates:
         if _is_ip(candidate):
             ip = role.check_ip(candidate)
             if ip not in ips:

@@ -121,3 +121,12 @@ def test_set_signed_refuses_a_certificate_for_another_key() -> None:
     err = inter.call("POST", "intermediate/set-signed", {"certificate": foreign}, status=400)["errors"][0]
     assert "does not carry the key" in err
     inter.call("GET", "ca", status=400)                        # still no CA
+
+
+def test_too_many_names_in_one_request(mount: Mount) -> None:
+    """A request for more than 100 names is refused before any work is done."""
+    names = ",".join(f"h{i}.example.com" for i in range(150))
+    err = mount.call("POST", "issue/web", {"common_name": "a.example.com", "alt_names": names},
+                     status=400)["errors"][0]
+    assert "at most 100" in err
+    _nothing_issued(mount)
