@@ -196,7 +196,8 @@ def _renew(store: KeyValueStore, lease_id: object, increment: object, mount: str
 def _tidy(store: KeyValueStore) -> dict[str, int]:
     """Drop expiry markers that point at nothing, and give every stored lease its marker back."""
     stray = restored = 0
-    for bucket in store.list("expiry/"):
+    for child in store.list("expiry/"):
+        bucket = child.rstrip("/") + "/"        # a backend may list folders with or without the slash
         for entry in store.list(f"expiry/{bucket}"):
             role, _, ident = entry.partition(".")
             lease = leases.load_key(store, role, ident)

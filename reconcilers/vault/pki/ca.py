@@ -8,6 +8,7 @@ waiting for its signed certificate). Private keys never leave except from `.../e
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,10 @@ def _save(store: KeyValueStore, cert: x509.Certificate, key: keys.PrivateKey, ch
                              "chain": [certbuild.pem(c) for c in chain]})
 
 
+# Making or replacing the mount's CA is check-then-write: two concurrent requests must not both pass the check.
+_LOCK = threading.Lock()
+
+
 def _refuse_if_configured(store: KeyValueStore) -> None:
     if store.get(CA_KEY) is not None:
         raise PkiError("this PKI mount already has a CA", hint="delete it first (DELETE root) or use another mount")
@@ -73,6 +78,12 @@ def _path_len(body: Mapping[str, Any]) -> int | None:
 
 def generate_root(store: KeyValueStore, body: Mapping[str, Any], exported: bool, now: dt.datetime) -> dict[str, Any]:
     """root/generate/internal|exported: a self-signed CA; the key is returned only when exported."""
+    with _LOCK:
+        return _generate_root(store, body, exported, now)
+
+
+def _generate_root(store: KeyValueStore, body: Mapping[str, Any], exported: bool, now: dt.datetime,
+                   ) -> dict[str, Any]:
     _refuse_if_configured(store)
     common_name = _common_name(body)
     ttl = parse_duration(body.get("ttl", DEFAULT_CA_TTL), "ttl")
@@ -93,6 +104,11 @@ def generate_root(store: KeyValueStore, body: Mapping[str, Any], exported: bool,
 
 def generate_intermediate(store: KeyValueStore, body: Mapping[str, Any], exported: bool) -> dict[str, Any]:
     """intermediate/generate/internal|exported: a key kept pending and a CSR for a root to sign."""
+    with _LOCK:
+        return _generate_intermediate(store, body, exported)
+
+
+def _generate_intermediate(store: KeyValueStore, body: Mapping[str, Any], exported: bool) -> dict[str, Any]:
     _refuse_if_configured(store)
     common_name = _common_name(body)
     key = _key_from(body)
