@@ -106,6 +106,12 @@ def _intermediate(parts: list[str], body: Mapping[str, Any], store: KeyValueStor
     raise PkiNotFound(f"unsupported path {'/'.join(parts)!r}")
 
 
+def _config_ca(parts: list[str], body: Mapping[str, Any], store: KeyValueStore, now: dt.datetime) -> Reply:
+    if parts[1] != "ca":
+        raise PkiNotFound(f"unsupported path {'/'.join(parts)!r}")
+    return _data(ca.import_bundle(store, body, now))
+
+
 def _ca_raw(parts: list[str], body: Mapping[str, Any], store: KeyValueStore, now: dt.datetime) -> Reply:
     issuer = ca.load(store)
     if len(parts) == 1:
@@ -223,6 +229,7 @@ _Handler = Callable[[list[str], Mapping[str, Any], KeyValueStore, dt.datetime], 
 _ROUTES: dict[tuple[str, int, str], _Handler] = {
     ("root", 2, "write"): _root, ("root", 3, "write"): _root, ("root", 1, "DELETE"): _root_delete,
     ("intermediate", 2, "write"): _intermediate, ("intermediate", 3, "write"): _intermediate,
+    ("config", 2, "write"): _config_ca,
     ("ca", 1, "GET"): _ca_raw, ("ca", 2, "GET"): _ca_raw, ("ca_chain", 1, "GET"): _ca_chain,
     ("roles", 2, "write"): _role_write, ("roles", 2, "GET"): _role_read, ("roles", 2, "DELETE"): _role_delete,
     ("roles", 1, "LIST"): _list("roles/"), ("certs", 1, "LIST"): _list("certs/"),

@@ -8,6 +8,7 @@ waiting for its signed certificate). Private keys never leave except from `.../e
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +44,7 @@ def _save(store: KeyValueStore, cert: x509.Certificate, key: keys.PrivateKey, ch
                              "chain": [certbuild.pem(c) for c in chain]})
 
 
+_KEY_BLOCK = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL)
 # Making or replacing the mount's CA is check-then-write: two concurrent requests must not both pass the check.
 _LOCK = threading.Lock()
 
@@ -148,6 +150,35 @@ def set_signed(store: KeyValueStore, body: Mapping[str, Any], now: dt.datetime) 
     revocation.rebuild_crl(store, load(store), now)
     return {"imported_issuers": [certbuild.serial_text(leaf.serial_number)], "imported_keys": [],
             "mapping": {}}
+
+
+def import_bundle(store: KeyValueStore, body: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """config/ca: bring an existing CA (its PEM private key and certificate, then its chain) into the mount."""
+    bundle = body.get("pem_bundle")
+    if not isinstance(bundle, str) or "PRIVATE KEY" not in bundle:
+        raise PkiError("pem_bundle: expected the CA's PEM private key followed by its certificate (and chain)")
+    block = _KEY_BLOCK.search(bundle)
+    if block is None:
+        raise PkiError("pem_bundle: the private key block is not terminated")
+    try:
+        key = keys.load_private(block.group(0))
+    except (ValueError, TypeError) as err:
+        raise PkiError("pem_bundle: the private key does not load (unencrypted PKCS#8 or traditional PEM)") from err
+    certs = certbuild.load_pem_certs(bundle)
+    own = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if certs[0].public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo) != own:
+        raise PkiError("pem_bundle: the first certificate does not carry the bundle's private key",
+                       hint="put the CA's own certificate first, then the certificates above it")
+    basic = certs[0].extensions.get_extension_for_class(x509.BasicConstraints).value \
+        if _has(certs[0], x509.BasicConstraints) else None
+    if basic is None or not basic.ca:
+        raise PkiError("pem_bundle: the certificate is not a CA certificate")
+    with _LOCK:
+        _refuse_if_configured(store)
+        _save(store, certs[0], key, certs[1:])
+    revocation.rebuild_crl(store, load(store), now)
+    return {"imported_issuers": [certbuild.serial_text(certs[0].serial_number)], "imported_keys": [keys.type_of(key)]}
 
 
 def sign_intermediate(store: KeyValueStore, body: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:

@@ -10,15 +10,16 @@ import hvac.exceptions  # type: ignore[import-untyped]
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from reconcilers.vault.pki import api
+from tests.reconcilers.vault.pki.helpers import Mount
 from tests.reconcilers.vault.pki.router import serve
 
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[hvac.Client]:
-    with serve({"pki": api.handle, "pki_int": api.handle}) as (url, _stores):
+    with serve({"pki": api.handle, "pki_int": api.handle, "pki_import": api.handle}) as (url, _stores):
         client = hvac.Client(url=url, token="stand-in-router-checks-no-token")
         client.secrets.pki.generate_root("internal", "hvac root",
                                          extra_params={"key_type": "ml-dsa-65", "ttl": "87600h"})
@@ -75,3 +76,25 @@ def test_hvac_intermediate_on_a_second_mount(client: hvac.Client) -> None:
     pem = request.public_bytes(serialization.Encoding.PEM).decode()
     leaf = pki.sign_certificate("svc", pem, "svc.internal", mount_point="pki_int")["data"]
     x509.load_pem_x509_certificate(leaf["certificate"].encode()).verify_directly_issued_by(chain[0])
+
+
+def test_hvac_submit_ca_information_imports_an_existing_ca(client: hvac.Client) -> None:
+    """submit_ca_information (config/ca) takes an existing CA's key and certificate; the mount then issues
+    under it; a bundle whose key does not match its certificate is refused."""
+    other = Mount()
+    exported = other.data("POST", "root/generate/exported", {"common_name": "brought along", "key_type": "ed25519"})
+    pki = client.secrets.pki
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="does not carry the bundle's private key"):
+        pki.submit_ca_information(ec_key_pem() + "\n" + exported["certificate"], mount_point="pki_import")
+    pki.submit_ca_information(exported["certificate"] + "\n" + exported["private_key"], mount_point="pki_import")
+    pki.create_or_update_role("any", extra_params={"allow_any_name": True, "key_type": "ec"},
+                              mount_point="pki_import")
+    leaf = pki.generate_certificate("any", "imported.example", mount_point="pki_import")["data"]
+    x509.load_pem_x509_certificate(leaf["certificate"].encode()).verify_directly_issued_by(
+        x509.load_pem_x509_certificate(exported["certificate"].encode()))
+
+
+def ec_key_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
