@@ -20,6 +20,7 @@ from reconcilers.vault.database.errors import DatabaseError, DatabaseNotFound, D
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,62}$")
 PLUGINS = ("postgresql-database-plugin", "postgresql")
 DEFAULT_ROTATE_ROOT = ('ALTER ROLE "{{username}}" WITH PASSWORD \'{{password}}\'',)
 
@@ -128,6 +129,9 @@ def write(store: KeyValueStore, name: str, body: Mapping[str, Any]) -> list[str]
             base["max_open_connections"] = max(1, min(64, int(body["max_open_connections"])))
         except (TypeError, ValueError):
             raise DatabaseError("max_open_connections: expected a number") from None
+    if base.get("username") and not USERNAME.match(base["username"]):
+        raise DatabaseError(f"database connection {name}: username {base['username']!r} is not a plain role name",
+                            hint="use letters, digits and _ . @ - (it is quoted into rotate-root's statement)")
     url = base.get("connection_url", "")
     if not url.startswith(("postgresql://", "postgres://")):
         raise DatabaseError(f"connection_url: {sql.safe_url(url)!r} is not a PostgreSQL URL",

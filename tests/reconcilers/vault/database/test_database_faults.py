@@ -156,3 +156,13 @@ def test_unknown_things_and_disallowed_roles(pg: Postgres) -> None:
     shown = call(store, "GET", "config/main")["data"]
     assert ADMIN_PASSWORD not in str(shown) and shown["connection_details"]["username"] == ADMIN
     assert url_template(pg) == shown["connection_details"]["connection_url"]
+
+
+def test_a_username_that_would_break_out_of_its_quotes_is_refused(pg: Postgres) -> None:
+    """The root username is quoted into rotate-root's statement: one with a quote in it is refused at config."""
+    store = MemoryStore()
+    err = call(store, "POST", "config/evil", {"plugin_name": "postgresql", "connection_url": url_template(pg),
+                                              "username": 'x"; DROP TABLE items; --', "password": "p",
+                                              "verify_connection": False}, status=400)["errors"][0]
+    assert "not a plain role name" in err
+    call(store, "GET", "config/evil", status=404)
