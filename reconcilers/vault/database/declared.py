@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconcilers.base import Problem
-from reconcilers.vault.database import api, leases, roles
+from reconcilers.vault.database import api, config, leases, roles
 from reconcilers.vault.database.errors import DatabaseError
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
@@ -74,6 +74,9 @@ def from_value(name: str, source: str, value: Mapping[str, Any]) -> MountSpec:
         if _LITERAL_PASSWORD.search(url):
             raise DatabaseError("connection_url holds a password in clear", where=where,
                                 hint="write {{password}} there and name the secret in password_secret")
+        if not config.USERNAME.match(str(conn["username"])):
+            raise DatabaseError(f"username {conn['username']!r} is not a plain role name", where=where,
+                                hint="letters, digits and _ . @ -")
         if "password_secret" in conn and "{{password}}" not in url:
             raise DatabaseError("password_secret is given but connection_url has no {{password}}", where=where)
     for role_name, body in dynamic.items():
@@ -114,6 +117,7 @@ def load(evaluator: Evaluator, snap: Snapshot) -> tuple[dict[str, MountSpec], li
     for path, value in result.values.items():
         name = path[len(PREFIX):-len(".ncl")]
         try:
+            config.check_name(name, "database mount")
             specs[name] = from_value(name, path, value)
         except DatabaseError as err:
             problems.append(Problem(err.what, path=err.where.split(":")[0] or path, reconciler="vault",

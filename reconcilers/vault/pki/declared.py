@@ -13,6 +13,7 @@ commit (certificates already issued depend on it): changing `ca` is reported and
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from reconcilers.ports import Evaluator, Snapshot
 
 PREFIX = "vault/pki/"
+MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTRACT = '(import "vault.ncl").PkiMount'
 
 
@@ -81,6 +83,9 @@ def load(evaluator: Evaluator, snap: Snapshot) -> tuple[dict[str, MountSpec], li
     for path, value in result.values.items():
         name = path[len(PREFIX):-len(".ncl")]
         try:
+            if not MOUNT_NAME.match(name):
+                raise PkiError(f"PKI mount name {name!r} (the file's name) is not valid",
+                               hint="name the file with letters, digits, _ and - only")
             specs[name] = from_value(name, path, value)
         except PkiError as err:
             problems.append(Problem(err.what, path=path, reconciler="vault", hint=err.hint))

@@ -88,10 +88,12 @@ def test_bad_declarations_are_located_problems(tmp_path: Path, repo: WorkRepo, e
         "vault/pki/b.ncl": '{ ca = { key_type = "ec" } }\n',
         "vault/pki/c.ncl": '{ ca = { common_name = "C" }, roles = { r = { key_usage = ["Teleport"] } } }\n',
         "vault/pki/d.ncl": '{ ca = { common_name = "D", issuer = "nowhere" } }\n',
+        "vault/pki/e f.ncl": '{ ca = { common_name = "E" } }\n',
     })
     text = "\n".join(problems)
     assert "vault/pki/a.ncl" in text and "key_type must be one of" in text
     assert "vault/pki/b.ncl" in text and "common_name" in text
     assert "vault/pki/c.ncl" in text and "Teleport" in text
     assert "vault/pki/d.ncl" in text and "'nowhere', which is not declared" in text
+    assert "vault/pki/e f.ncl" in text and "mount name 'e f'" in text
     assert set(specs) == {"d"}
