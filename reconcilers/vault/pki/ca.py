@@ -201,9 +201,13 @@ def sign_intermediate(store: KeyValueStore, body: Mapping[str, Any], now: dt.dat
 
 
 def delete_root(store: KeyValueStore) -> None:
-    """DELETE root: forget the CA and any pending intermediate (issued certificates stay listed)."""
-    store.delete(CA_KEY)
-    store.delete(PENDING_KEY)
+    """DELETE root: forget the CA, any pending intermediate and its CRL (a new CA starts a CRL of its own;
+    the issued certificates stay listed)."""
+    with _LOCK:
+        store.delete(CA_KEY)
+        store.delete(PENDING_KEY)
+        for path in (revocation.ENTRIES, revocation.INDEX, revocation.NUMBER, revocation.CURRENT):
+            store.delete(path)
 
 
 def _has(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:

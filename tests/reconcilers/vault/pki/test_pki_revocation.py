@@ -205,3 +205,14 @@ def _signature_ok(response: ocsp.OCSPResponse, ca: x509.Certificate) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+def test_a_new_ca_after_delete_root_starts_an_empty_crl() -> None:
+    """DELETE root forgets the CRL with the CA: the next CA does not sign its predecessor's revocations."""
+    mount = _mount()
+    mount.data("POST", "revoke", {"serial_number": _issue(mount)["serial_number"]}, now=NOW)
+    assert len(mount.crl()) == 1
+    mount.call("DELETE", "root", status=204)
+    mount.data("POST", "root/generate/internal", {"common_name": "ca2", "key_type": "ec"}, now=NOW)
+    crl = mount.crl()
+    assert len(crl) == 0 and crl.issuer.rfc4514_string() == "CN=ca2"
