@@ -112,6 +112,11 @@ def revoke_leases(store: KeyValueStore, due: Sequence[Lease], now: int, max_conn
                 outcomes += result
     revoked = failed = 0
     for lease, error in outcomes:
+        if leases.load_key(store, lease.role, lease.id) is None:
+            # Revoked meanwhile by another call (a user's revoke during a sweep): never bring it back as pending.
+            if not error:
+                revoked += 1
+            continue
         if error:
             leases.save(store, leases.pending(lease, now, error), lease)
             failed += 1

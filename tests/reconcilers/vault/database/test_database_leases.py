@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from reconcilers.vault.database import api, leases
+from reconcilers.vault.database import api, leases, reaper
 from reconcilers.vault.pki.storage import MemoryStore
+from tests.servers import free_port
 
 NOW = 1_800_000_000
 
@@ -48,3 +49,18 @@ def test_listing_and_lookup_by_lease_id() -> None:
     assert status == 200 and reply["data"]["renewable"] is True
     for bad in ("database/creds/app", "other/creds/app/x1", "database/creds/app/nope", "../../etc"):
         assert api.sys_leases("PUT", "lookup", {"lease_id": bad}, store)[0] == 404
+
+
+def test_a_lease_revoked_meanwhile_is_not_brought_back_as_pending() -> None:
+    """When a sweep fails on a lease that another call already revoked and deleted, the lease stays gone."""
+    store = MemoryStore()
+    url = f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{free_port()}/postgres"   # nothing listens
+    assert api.handle("POST", "config/main", {"plugin_name": "postgresql", "connection_url": url,
+                                              "username": "u", "password": "p", "allowed_roles": "*",
+                                              "verify_connection": False}, store)[0] == 204
+    gone = _lease("gone", NOW - 1)                 # never stored (as if deleted while the sweep ran)
+    kept = _lease("kept", NOW - 1)
+    leases.save(store, kept)
+    report = reaper.revoke_leases(store, [gone, kept], NOW, 2)
+    assert report.pending == 1
+    assert [lease.id for lease in leases.all_leases(store)] == ["kept"]
