@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from reconcilers.vault.database import api, reaper
+from reconcilers.vault.database import api, creds, reaper
 from reconcilers.vault.pki.storage import KeyValueStore, MemoryStore
 from tests.reconcilers.vault.database.conftest import (
     ADMIN,
@@ -157,8 +157,6 @@ def test_ten_dozen_leases_expiring_together_use_bounded_connections(pg: Postgres
 
 def test_static_role_rotates_and_the_old_password_stops_working(pg: Postgres) -> None:
     """static-roles/<r> sets a password at once; rotate_due after the period changes it; only the newest works."""
-    from reconcilers.vault.database import creds
-
     pg.psql("DROP ROLE IF EXISTS app_static; CREATE ROLE app_static WITH LOGIN PASSWORD 'set-by-hand'; "
             "GRANT SELECT ON items TO app_static")
     store = MemoryStore()

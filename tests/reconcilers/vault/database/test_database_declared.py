@@ -9,7 +9,7 @@ from pathlib import Path
 
 from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
-from reconcilers.vault.database import api, declared, reaper
+from reconcilers.vault.database import api, declared, leases, reaper
 from reconcilers.vault.pki.storage import MemoryStore
 from tests.fixtures import WorkRepo
 from tests.reconcilers.vault.database.conftest import ADMIN, ADMIN_PASSWORD, can_login, url_template
@@ -82,7 +82,6 @@ def test_declared_connection_and_roles_converge_and_survive_rotate_root(
     assert api.handle("GET", "roles/app", {}, store)[0] == 404
 
     store.put("config/old", store.get("config/main") or b"")   # a connection the repo no longer declares...
-    from reconcilers.vault.database import leases
     lease = leases.Lease("app", "x1", "old", "v-none", 0, int(time.time()) + 3600, int(time.time()) + 3600)
     leases.save(store, lease)                                    # ...still used by a lease
     assert ("connection-in-use", "old") in [(c.action, c.target) for c in declared.plan(specs["db"], store)]

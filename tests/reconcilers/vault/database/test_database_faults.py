@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from reconcilers.vault.database import leases, reaper, sql
@@ -118,7 +119,6 @@ def test_creation_statement_with_a_syntax_error_names_role_and_statement_and_lea
 
 def test_postgres_quoting_a_piece_of_the_password_is_scrubbed(pg: Postgres) -> None:
     """An unquoted {{password}} makes PostgreSQL quote the password's token in its message: it is masked."""
-    import psycopg
     password = "Zq7vXw9-kLm2Np4RsT6u"
     with psycopg.connect(pg.url, autocommit=True) as conn, pytest.raises(StatementError) as caught:
         sql.run_statements(conn, ['CREATE ROLE "{{name}}" WITH LOGIN PASSWORD {{password}}'], role="r",
