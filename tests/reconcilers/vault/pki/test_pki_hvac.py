@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import hvac  # type: ignore[import-untyped]  # hvac ships no type hints
 import hvac.exceptions  # type: ignore[import-untyped]
 import pytest
+import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509 import ocsp
 
 from reconcilers.vault.pki import api
 from tests.reconcilers.vault.pki.helpers import Mount
@@ -98,3 +100,23 @@ def ec_key_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
+
+
+def test_raw_answers_over_http_crl_der_and_ocsp(client: hvac.Client) -> None:
+    """The non-JSON answers (`_raw` + `_content_type`) as a client sees them over HTTP: the DER CRL, the DER
+    CA certificate, and an OCSP request POSTed as application/ocsp-request."""
+    pki = client.secrets.pki
+    pki.create_or_update_role("raw", extra_params={"allow_any_name": True, "key_type": "ec"})
+    leaf = x509.load_pem_x509_certificate(pki.generate_certificate("raw", "raw.example")["data"]["certificate"]
+                                          .encode())
+    base = client.url + "/v1/pki"
+    crl = requests.get(base + "/crl", timeout=30)
+    assert crl.headers["content-type"] == "application/pkix-crl"
+    x509.load_der_x509_crl(crl.content)
+    ca_cert = x509.load_der_x509_certificate(requests.get(base + "/ca", timeout=30).content)
+    request = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca_cert, hashes.SHA256()).build()
+    answer = requests.post(base + "/ocsp", data=request.public_bytes(serialization.Encoding.DER),
+                           headers={"Content-Type": "application/ocsp-request"}, timeout=30)
+    assert answer.headers["content-type"] == "application/ocsp-response"
+    parsed = ocsp.load_der_ocsp_response(answer.content)
+    assert parsed.certificate_status == ocsp.OCSPCertStatus.GOOD and parsed.serial_number == leaf.serial_number
