@@ -71,9 +71,10 @@ class PluginHost:
         try:
             yield ws
         finally:
-            close = getattr(ws.index, "close", None)
-            if close is not None:
-                close()
+            from daemon.index.store import Index
+
+            if isinstance(ws.index, Index):        # open_workspace opened it: this block owns it
+                ws.index.close()
 
 
 def _path(options: Mapping[str, Any], key: str) -> Path | None:
