@@ -66,7 +66,9 @@ class PluginHost:
 
         settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
                                  options.get("branch"), _path(options, "root"))
-        ws = open_workspace(settings.repo, settings.data_dir, branch=settings.branch,
+        # The branch named, else the one checked out (a person's CLI follows their work tree; the daemon's
+        # watched branch is a host setting of the daemon, not of this verb).
+        ws = open_workspace(settings.repo, settings.data_dir, branch=options.get("branch") or None,
                             host=settings.reconciler_settings())
         try:
             yield ws
