@@ -10,8 +10,8 @@ PLUGIN = Plugin(
     reconciler="reconcilers.vault.reconciler:VaultReconciler",
     verbs=(Verb("secret", "daemon.cli.secret:secret",
                 "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),
-           Verb("vault", "daemon.cli.vault:vault",
+           Verb("vault", "reconcilers.vault.cli:vault",
                 "The vault service: init, unseal, seal, status (a Vault-compatible API on the daemon)."),
-           Verb("audit", "daemon.cli.vault:audit", "The vault's audit log: verify its hash chain.")),
+           Verb("audit", "reconcilers.vault.cli:audit", "The vault's audit log: verify its hash chain.")),
     order=20,
 )

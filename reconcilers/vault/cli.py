@@ -1,4 +1,5 @@
-"""`stratum vault` (init, unseal, seal, status against a running daemon's vault API) and `stratum audit verify`.
+"""`stratum vault` (init, unseal, seal, status against a running daemon's vault API) and `stratum audit verify`:
+the vault plugin's verbs (errors are rendered by the `stratum` group's one handler).
 
 The verbs speak HTTP to the vault listener (`--address`, else $VAULT_ADDR, else http://127.0.0.1:8200), as the
 `vault operator` commands do; unseal keys are read from a hidden prompt unless given (a shell history keeps
@@ -15,8 +16,7 @@ from typing import Any
 
 import click
 
-from daemon.cli.common import handle_errors
-from daemon.errors import InputError, StratumError
+from reconcilers.errors import InputError, StratumError
 
 DEFAULT_ADDR = "http://127.0.0.1:8200"
 
@@ -70,7 +70,6 @@ def vault() -> None:
 @click.option("--threshold", default=3, show_default=True, help="How many of them unseal.")
 @click.option("--format", "fmt", type=click.Choice(["slip39", "base64"]), default="slip39", show_default=True,
               help="SLIP-39 mnemonics (words with a checksum) or base64.")
-@handle_errors
 def init(address: str | None, shares: int, threshold: int, fmt: str) -> None:
     """Initialize the vault: print the unseal keys and the root token, once."""
     out = call(_address(address), "PUT", "sys/init",
@@ -86,7 +85,6 @@ def init(address: str | None, shares: int, threshold: int, fmt: str) -> None:
 @_address_option
 @click.argument("key", required=False)
 @click.option("--reset", is_flag=True, help="Forget the keys given so far.")
-@handle_errors
 def unseal(address: str | None, key: str | None, reset: bool) -> None:
     """Give one unseal key (prompted without echo when not given)."""
     addr = _address(address)
@@ -103,7 +101,6 @@ def unseal(address: str | None, key: str | None, reset: bool) -> None:
 @vault.command()
 @_address_option
 @click.option("--token", envvar="VAULT_TOKEN", required=True, help="A token with sudo on sys/seal ($VAULT_TOKEN).")
-@handle_errors
 def seal(address: str | None, token: str) -> None:
     """Seal the vault now (every data endpoint answers 503 until unsealed)."""
     call(_address(address), "PUT", "sys/seal", {}, token)
@@ -112,7 +109,6 @@ def seal(address: str | None, token: str) -> None:
 
 @vault.command()
 @_address_option
-@handle_errors
 def status(address: str | None) -> None:
     """Seal status: initialized, sealed, progress."""
     _print_status(call(_address(address), "GET", "sys/seal-status"))
@@ -131,7 +127,6 @@ def audit() -> None:
 
 @audit.command()
 @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@handle_errors
 def verify(path: Path) -> None:
     """Check the hash chain of an audit log (and its rotated files): exit 1 naming each broken line."""
     from reconcilers.vault.service.audit import verify as verify_chain
