@@ -94,7 +94,7 @@ class Mounts:
     def engine(self, entry: MountEntry) -> Any:
         """The engine object for a mount (KV1/KV2), or the transit handler."""
         if entry.type == "kv":
-            return KV2(self.store_of(entry)) if entry.version == 2 else KV1(self.store_of(entry))
+            return KV2(self.store_of(entry), mount=entry.uuid) if entry.version == 2 else KV1(self.store_of(entry))
         return None
 
     def ensure(self, path: str, kind: str, version: int, description: str) -> str:

@@ -9,6 +9,7 @@ KV v2 layout in the mount's store:  meta/<path>      -> JSON metadata (versions,
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -81,14 +82,26 @@ class KV1:
         raise Unsupported(f"unsupported operation {method} on a kv v1 path")
 
 
+# Read-check-write of one secret's metadata (check-and-set, new versions, deletes) holds one of these, chosen by
+# mount and path: engines are built per request and requests run on several threads (and the reconciler
+# publishes from the apply thread), so the lock cannot live on the engine. One process only: across HA nodes
+# only the active one writes.
+_STRIPES = [threading.Lock() for _ in range(64)]
+
+
+def _path_lock(mount: str, path: str) -> threading.Lock:
+    return _STRIPES[hash((mount, path)) % len(_STRIPES)]
+
+
 class KV2:
     """KV version 2: versioned secrets with metadata, soft delete, destroy and check-and-set."""
 
     version = 2
 
-    def __init__(self, store: KeyValueStore, clock: Any = time.time) -> None:
+    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "") -> None:
         self.store = store
         self.clock = clock
+        self.mount = mount
 
     # -- storage helpers ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -192,7 +205,11 @@ class KV2:
         return 200, {"data": {"data": json.loads(raw), "metadata": public}}
 
     def write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
-        """A new version of `p`; check-and-set when `cas` is given or required."""
+        """A new version of `p`; check-and-set when `cas` is given or required (under the path's lock)."""
+        with _path_lock(self.mount, p):
+            return self._write(p, data, cas)
+
+    def _write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
         meta = self._meta(p) or self._new_meta()
         cfg = self.config()
         if cas is None and (meta["cas_required"] or cfg["cas_required"]):
@@ -227,6 +244,10 @@ class KV2:
             meta["oldest_version"] = min(int(k) for k in meta["versions"])
 
     def _versions_op(self, op: str, p: str, versions: list[int]) -> Answer:
+        with _path_lock(self.mount, p):
+            return self._versions_locked(op, p, versions)
+
+    def _versions_locked(self, op: str, p: str, versions: list[int]) -> Answer:
         meta = self._meta(p)
         if meta is None:
             return 204, None
@@ -266,32 +287,38 @@ class KV2:
             out["delete_version_after"] = f"{meta['delete_version_after']}s"
             return 200, {"data": {**out, "versions": versions}}
         if method in WRITE or method == "PATCH":
-            meta = self._meta(p) or self._new_meta()
-            if "max_versions" in body:
-                meta["max_versions"] = _count(body["max_versions"], "max_versions")
-            if "cas_required" in body:
-                meta["cas_required"] = bool(body["cas_required"])
-            if "delete_version_after" in body:
-                meta["delete_version_after"] = seconds(body["delete_version_after"], "delete_version_after")
-            if "custom_metadata" in body:
-                custom = body["custom_metadata"]
-                if custom is not None and (not isinstance(custom, dict) or len(custom) > 64 or not all(
-                        isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
-                        for k, v in custom.items())):
-                    raise BadRequest("custom_metadata: at most 64 string keys (128 chars) and values (512 chars)")
-                meta["custom_metadata"] = custom
-            meta["updated_time"] = rfc3339(self.clock())
-            self._trim(p, meta, meta["max_versions"] or self.config()["max_versions"] or DEFAULT_MAX_VERSIONS)
-            self._save_meta(p, meta)
-            return 204, None
+            with _path_lock(self.mount, p):
+                return self._update_metadata(p, body)
         if method == "DELETE":
-            meta = self._meta(p)
-            if meta is not None:
-                for n in meta["versions"]:
-                    self.store.delete(f"ver/{n}/{p}")
-                self.store.delete(f"meta/{p}")
+            with _path_lock(self.mount, p):
+                meta = self._meta(p)
+                if meta is not None:
+                    for n in meta["versions"]:
+                        self.store.delete(f"ver/{n}/{p}")
+                    self.store.delete(f"meta/{p}")
             return 204, None
         raise Unsupported(f"unsupported operation {method} on metadata/")
+
+    def _update_metadata(self, p: str, body: dict[str, Any]) -> Answer:
+        """metadata/<p> POST: settings of one secret (under its lock)."""
+        meta = self._meta(p) or self._new_meta()
+        if "max_versions" in body:
+            meta["max_versions"] = _count(body["max_versions"], "max_versions")
+        if "cas_required" in body:
+            meta["cas_required"] = bool(body["cas_required"])
+        if "delete_version_after" in body:
+            meta["delete_version_after"] = seconds(body["delete_version_after"], "delete_version_after")
+        if "custom_metadata" in body:
+            custom = body["custom_metadata"]
+            if custom is not None and (not isinstance(custom, dict) or len(custom) > 64 or not all(
+                    isinstance(k, str) and isinstance(v, str) and len(k) <= 128 and len(v) <= 512
+                    for k, v in custom.items())):
+                raise BadRequest("custom_metadata: at most 64 string keys (128 chars) and values (512 chars)")
+            meta["custom_metadata"] = custom
+        meta["updated_time"] = rfc3339(self.clock())
+        self._trim(p, meta, meta["max_versions"] or self.config()["max_versions"] or DEFAULT_MAX_VERSIONS)
+        self._save_meta(p, meta)
+        return 204, None
 
 
 def _count(value: Any, field: str) -> int:

@@ -126,3 +126,41 @@ def test_oversized_and_malformed_bodies(vault: Served) -> None:
     junk = requests.get(f"{vault.url}/v1/secret/data/x?version=abc", headers=headers, timeout=5)
     assert junk.status_code == 400 and "version" in junk.json()["errors"][0]
     assert requests.get(f"{vault.url}/v1/sys/health?sealedcode=zz", timeout=5).status_code == 200
+
+
+def test_concurrent_writes_lose_no_version_and_cas_admits_one(vault: Served) -> None:
+    """16 threads writing one secret: every write gets its own version (none lost); 16 threads each writing
+    with cas=0 to a new secret: exactly one succeeds (review finding: read-check-write had no lock)."""
+    import threading
+
+    svc, token = vault.service, vault.root_token
+    results: list[int] = []
+    errors: list[str] = []
+
+    def writer(n: int) -> None:
+        for i in range(10):
+            _, body = svc.handle(ApiRequest("POST", "secret/data/race", {"data": {"n": f"{n}-{i}"}}, token=token))
+            assert body is not None
+            results.append(body["data"]["version"])
+
+    def cas_writer(n: int) -> None:
+        try:
+            svc.handle(ApiRequest("POST", "secret/data/once", {"options": {"cas": 0}, "data": {"n": str(n)}},
+                                  token=token))
+            results.append(-1)
+        except BadRequest as err:
+            errors.append(err.messages[0])
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(1, 161))
+    results.clear()
+    threads = [threading.Thread(target=cas_writer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [-1] and len(errors) == 15 and all("did not match" in e for e in errors)
