@@ -410,6 +410,11 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._store[path] = before
                 self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
             self._write_versions()
+            # The vault's KV goes back too: the values before (a new KV version equal to them), or a soft delete
+            # of what this action published when there was nothing before.
+            values = self._open(path, before.blob_id, before.manifest) if before is not None else None
+            if before is None or values is not None:
+                self._publish(path, values)
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:

@@ -91,3 +91,37 @@ def test_prune_false_keeps_the_kv_secret(tmp_path: Path, evaluator: Evaluator) -
     status, _ = _kv(service, init["root_token"])
     assert status == 200
     reconciler.close()
+
+
+def test_rollback_puts_the_kv_values_back(tmp_path: Path, evaluator: Evaluator) -> None:
+    """An update compensated (the run rolled back): KV holds the values before again; a create compensated:
+    its KV secret is soft-deleted (review finding: compensate restored only the in-memory store)."""
+    repo, reconciler, source, signing, rcpt = _world(tmp_path, evaluator)
+    service = reconciler.vault_api.service
+    assert service is not None
+    init = service.initialize(1, 1, "base64")
+    service.unseal(init["keys"][0])
+    root = init["root_token"]
+    v1 = sealed({"password": "before"}, signing, rcpt, path=DB)
+    repo.commit({DB: manifest.render(v1)})
+    _run(reconciler, source)
+    opened = envelope.open_manifest(B, v1, reconciler.key_source.keyring(), DB)
+    repo.commit({DB: manifest.render(sealed({"password": "after"}, signing, rcpt, path=DB, previous=opened))})
+    desired = reconciler.load(source.snapshot("main"))
+    assert reconciler.validate(desired) == []
+    (update,) = reconciler.plan(desired, reconciler.observe(desired, []), [])
+    assert reconciler.apply(update, CTX).ok
+    assert _kv(service, root)[1]["data"]["data"] == {"password": "after"}  # type: ignore[index]
+    reconciler.compensate(update, CTX)
+    assert _kv(service, root)[1]["data"]["data"] == {"password": "before"}  # type: ignore[index]
+    other = "secrets/app/new.yaml"
+    repo.commit({other: manifest.render(sealed({"k": "v"}, signing, rcpt, path=other))})
+    desired = reconciler.load(source.snapshot("main"))
+    assert reconciler.validate(desired) == []
+    actions = reconciler.plan(desired, reconciler.observe(desired, []), [])
+    create = next(a for a in actions if a.target == other)
+    assert reconciler.apply(create, CTX).ok
+    assert service.handle(ApiRequest("GET", "kv/data/app/new", token=root))[0] == 200
+    reconciler.compensate(create, CTX)
+    assert service.handle(ApiRequest("GET", "kv/data/app/new", token=root))[0] == 404
+    reconciler.close()
