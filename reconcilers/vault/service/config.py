@@ -1,7 +1,8 @@
 """The vault service as host settings describe it (`[vault]` in stratumd.toml), built when the daemon starts.
 
     [vault]
-    listen = "127.0.0.1:8200"          # the vault API's own listener ("" turns the API off)
+    enabled = false                    # true: serve the vault API on 127.0.0.1:8200 (off unless asked for)
+    listen = ""                        # or serve it here ("host:port"; TLS with the [http] certificate)
     storage = "file"                   # file | postgresql | etcd
     storage_url = ""                   # postgresql://... or http://127.0.0.1:2379 for etcd
     storage_namespace = "stratum/vault/"   # etcd: the key prefix (one per vault sharing an etcd)

@@ -45,11 +45,13 @@ class ServiceHost:
         self.coordinator: Any = None                                # ha.Coordinator when [vault] ha is on
 
     def mounts(self) -> list[HttpMount]:
-        """The vault API on its own listener (`[vault] listen`, default 127.0.0.1:8200; "" turns it off)."""
+        """The vault API on its own listener, only when the host asks for it: `[vault] enabled = true` (on
+        127.0.0.1:8200) or `[vault] listen = "host:port"`. Off by default: an uninitialized vault lets the first
+        caller of sys/init hold the root token, so a daemon never offers one unasked."""
         with self._lock:
             if self._mounts is not None:
                 return self._mounts
-            listen = str(self.settings.get("listen", DEFAULT_LISTEN))
+            listen = str(self.settings.get("listen") or (DEFAULT_LISTEN if self.settings.get("enabled") else ""))
             self._mounts = []
             if not listen:
                 return self._mounts

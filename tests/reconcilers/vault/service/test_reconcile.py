@@ -125,3 +125,17 @@ def test_rollback_puts_the_kv_values_back(tmp_path: Path, evaluator: Evaluator) 
     reconciler.compensate(create, CTX)
     assert service.handle(ApiRequest("GET", "kv/data/app/new", token=root))[0] == 404
     reconciler.close()
+
+
+def test_the_vault_api_is_off_unless_the_host_asks(tmp_path: Path, evaluator: Evaluator) -> None:
+    """No [vault] listen/enabled: no vault listener (review finding: every daemon offered sys/init on 8200)."""
+    def mounts(settings: dict[str, object]) -> list[str]:
+        reconciler = VaultReconciler(ReconcilerEnv(data_dir=tmp_path / f"d{len(settings)}", evaluator=evaluator,
+                                                   settings={"vault": settings}))
+        try:
+            return [m.listen for m in reconciler.http_mounts()]
+        finally:
+            reconciler.close()
+    assert mounts({}) == []
+    assert mounts({"enabled": True}) == ["127.0.0.1:8200"]
+    assert mounts({"enabled": True, "listen": "127.0.0.1:8300"}) == ["127.0.0.1:8300"]
