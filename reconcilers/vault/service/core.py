@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from reconcilers.vault.service import policy as cedar
 from reconcilers.vault.service import routes
@@ -230,9 +231,9 @@ class VaultService:
         leader = self.ha.leader() if self.ha is not None else ""
         if not leader:
             return ServiceError("this node is a standby and no active node is known yet: retry shortly", status=503)
-        query = "&".join(f"{k}={v}" for k, v in req.query.items())
+        query = urlencode(req.query)
         err = ServiceError("this node is a standby: use the active node", status=307)
-        err.headers = [("location", f"{leader}/v1/{req.path}" + (f"?{query}" if query else ""))]
+        err.headers = [("location", f"{leader}/v1/{quote(req.path)}" + (f"?{query}" if query else ""))]
         return err
 
     def _route(self, req: ApiRequest, entry: TokenEntry) -> Answer:

@@ -191,25 +191,33 @@ class TokenStore:
             raise BadRequest("lease is not renewable")
         now = self.clock()
         ttl = seconds(increment, "increment") or entry.ttl
-        expire = now + ttl
-        if entry.explicit_max_ttl:
-            expire = min(expire, entry.creation_time + entry.explicit_max_ttl)
+        # Capped by the token's explicit max TTL, else by the system max (768 h from creation), as Vault does:
+        # renewing forever is not a way to make a token that never expires.
+        expire = min(now + ttl, entry.creation_time + (entry.explicit_max_ttl or DEFAULT_TTL))
         renewed = _replace(entry, ttl=int(expire - now), expire_time=expire)
         self._save(renewed)
         return renewed
 
     def revoke(self, entry: TokenEntry) -> None:
-        """Revoke the token and, unless orphans, its children (depth first, bounded by what exists)."""
-        for child in self.store.list(f"parent/{entry.hash}/"):
-            sub = self._load(child)
-            if sub is not None:
-                self.revoke(sub)
-            self.store.delete(f"parent/{entry.hash}/{child}")
-        self._cache.pop(entry.hash, None)          # first: a failing delete below must not leave it usable here
-        self.store.delete(f"id/{entry.hash}")
-        self.store.delete(f"accessor/{entry.accessor}")
-        if entry.parent:
-            self.store.delete(f"parent/{entry.parent}/{entry.hash}")
+        """Revoke the token and, unless orphans, its descendants (iteratively: a deep chain of children cannot
+        exhaust the stack; children before parents, so an interrupted revoke leaves no orphaned child usable)."""
+        order: list[TokenEntry] = []
+        stack = [entry]
+        while stack:
+            current = stack.pop()
+            order.append(current)
+            for child in self.store.list(f"parent/{current.hash}/"):
+                sub = self._load(child)
+                if sub is not None:
+                    stack.append(sub)
+                else:
+                    self.store.delete(f"parent/{current.hash}/{child}")
+        for gone in reversed(order):
+            self._cache.pop(gone.hash, None)      # first: a failing delete below must not leave it usable here
+            self.store.delete(f"id/{gone.hash}")
+            self.store.delete(f"accessor/{gone.accessor}")
+            if gone.parent:
+                self.store.delete(f"parent/{gone.parent}/{gone.hash}")
 
 
 def _replace(entry: TokenEntry, **changes: Any) -> TokenEntry:

@@ -7,6 +7,7 @@ import pytest
 
 from reconcilers.vault.service.errors import PermissionDenied
 from reconcilers.vault.service.request import ApiRequest
+from reconcilers.vault.service.storage.base import MemoryStore
 from reconcilers.vault.service.storage.file import FileStore
 from reconcilers.vault.service.tokens import TokenStore, digest
 from tests.reconcilers.vault.service.conftest import Served
@@ -128,3 +129,24 @@ def test_token_roles(vault: Served) -> None:
     root.auth.token.delete_role("ci")
     with pytest.raises(hvac.exceptions.InvalidPath):
         root.auth.token.read_role("ci")
+
+
+def test_renewal_is_capped_and_deep_chains_revoke(vault: Served) -> None:
+    """Renewing a token without explicit_max_ttl never passes 768 h from its creation; revoking the top of a
+    chain of 1,500 children revokes them all (a recursive revoke exhausted the stack)."""
+    now = [1000.0]
+    store = TokenStore(vault.service.barrier.view("sys/token/"), clock=lambda: now[0])
+    _, entry = store.create(None, {"policies": ["x"], "ttl": "700h"})
+    now[0] += 600 * 3600
+    renewed = store.renew(entry, "700h")
+    assert renewed.expire_time == entry.creation_time + 768 * 3600
+    store = TokenStore(MemoryStore())
+    top_token, top = store.create(None, {"policies": ["x"]})
+    parent, tokens = top, []
+    for _ in range(1500):
+        token, parent = store.create(parent, {"policies": ["x"]})
+        tokens.append(token)
+    store.revoke(top)
+    for token in (top_token, *tokens[::100], tokens[-1]):
+        with pytest.raises(PermissionDenied):
+            store.lookup(token)
