@@ -25,10 +25,12 @@ LOCK_NAME = "stratum-vault-active"
 
 
 class Lease(Protocol):
-    """The backend's lock: `hold` tries to take it (or checks it is still held); `release` lets it go."""
+    """The backend's lock: `hold` tries to take it (or checks it is still held); `release` lets it go;
+    `fence(store)` makes the store's writes conditional on still holding it (None: unconditional again)."""
 
     def hold(self) -> bool: ...
     def release(self) -> None: ...
+    def fence(self, store: Any, on: bool) -> None: ...
 
 
 class PostgresLease:
@@ -71,6 +73,13 @@ class PostgresLease:
         """Close the session (the lock goes with it)."""
         self._drop()
 
+    def fence(self, store: Any, on: bool) -> None:
+        """Writes of `store` apply only while this session holds the lock."""
+        if on and self._conn is not None:
+            store.set_guard(self.key, self._conn.info.backend_pid)
+        else:
+            store.set_guard(None)
+
 
 class EtcdLease:
     """An etcd lock under a lease."""
@@ -97,6 +106,10 @@ class EtcdLease:
         except Exception:  # noqa: BLE001 etcd away (any client error): not the active node until it is back
             self._held = False
         return self._held
+
+    def fence(self, store: Any, on: bool) -> None:
+        """Writes of `store` apply only while the lock key holds our value."""
+        store.set_guard(self.lock.key if on else None, self.lock._uuid)
 
     def release(self) -> None:
         """Delete the lock key if ours."""
@@ -151,6 +164,7 @@ class Coordinator:
         held = self._holding = self.lease.hold()
         if held and self.service.standby:
             try:
+                self.lease.fence(self.service.store, True)
                 self.service.store.put(LEADER_PATH, json.dumps({"address": self.advertise,
                                                                 "since": time.time()}).encode())
                 self.service.become_active()
@@ -158,6 +172,7 @@ class Coordinator:
                 self.lease.release()
                 self._holding = False
         elif not held and not self.service.standby:
+            # The fence stays up: a request already past the standby check still cannot write.
             self.service.standby = True
 
     def _run(self) -> None:

@@ -6,6 +6,7 @@ atomic on the server; while etcd is away every call raises StorageUnavailable (5
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,10 @@ from etcd3gw import exceptions as etcd_errors
 from reconcilers.vault.service.storage.base import StorageUnavailable, check_path, check_prefix, children
 
 NAMESPACE = "stratum/vault/"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 def _range_end(raw: bytes) -> str:
@@ -33,6 +38,7 @@ class EtcdStore:
         self.namespace = namespace
         self.client: Any = etcd3gw.client(host=parts.hostname or "127.0.0.1", port=parts.port or 2379,
                                           protocol=parts.scheme or "http", timeout=timeout_s)
+        self.guard: tuple[str, str] | None = None
 
     def _key(self, path: str) -> bytes:
         # Bytes: etcd3gw would encode a str key with latin-1, which cannot hold every UTF-8 path.
@@ -49,13 +55,36 @@ class EtcdStore:
         values = self._call("get", self.client.get, self._key(check_path(path)))
         return bytes(values[0]) if values else None
 
+    def set_guard(self, key: str | None, value: str = "") -> None:
+        """HA fencing: while set, every write is a transaction that applies only if `key` still holds `value`
+        (this node's lock), so a node that lost its lease (stalled past it) cannot write."""
+        self.guard = (key, value) if key else None
+
+    def _guarded(self, op: dict[str, Any]) -> None:
+        assert self.guard is not None
+        key, value = self.guard
+        txn = {"compare": [{"key": _b64(key.encode()), "result": "EQUAL", "target": "VALUE",
+                            "value": _b64(value.encode())}], "success": [op]}
+        result = self._call("txn", self.client.transaction, txn)
+        if not result.get("succeeded"):
+            raise StorageUnavailable(self.name, "this node no longer holds the active lease (HA); nothing was "
+                                                "written: send the request to the active node")
+
     def put(self, path: str, value: bytes) -> None:
-        """Store `value` (one atomic etcd put)."""
-        self._call("put", self.client.put, self._key(check_path(path)), value)
+        """Store `value` (one atomic etcd put; guarded under HA)."""
+        key = self._key(check_path(path))
+        if self.guard is not None:
+            self._guarded({"request_put": {"key": _b64(key), "value": _b64(value)}})
+            return
+        self._call("put", self.client.put, key, value)
 
     def delete(self, path: str) -> None:
-        """Remove `path`."""
-        self._call("delete", self.client.delete, self._key(check_path(path)))
+        """Remove `path` (guarded under HA)."""
+        key = self._key(check_path(path))
+        if self.guard is not None:
+            self._guarded({"request_delete_range": {"key": _b64(key)}})
+            return
+        self._call("delete", self.client.delete, key)
 
     def list(self, prefix: str) -> list[str]:
         """Direct children under `prefix` (a keys-only range read)."""

@@ -30,6 +30,7 @@ class PostgresStore:
         self.timeout_s = timeout_s
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self.guard: tuple[int, int] | None = None
         self._run(_SCHEMA, ())
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -60,14 +61,41 @@ class PostgresStore:
         rows = self._run(f"SELECT value FROM {TABLE} WHERE path = %s", (check_path(path),))
         return bytes(rows[0][0]) if rows else None
 
+    def set_guard(self, lock_key: int | None, pid: int = 0) -> None:
+        """HA fencing: while set, a write applies only if the session `pid` still holds advisory lock `lock_key`
+        (checked in the same statement), so a node that lost the lock cannot write."""
+        self.guard = (lock_key, pid) if lock_key is not None else None
+
+    def _guard_sql(self) -> tuple[str, tuple[Any, ...]]:
+        if self.guard is None:
+            return "", ()
+        key, pid = self.guard
+        return (" AND EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = %s"
+                " AND objsubid = 1 AND pid = %s AND granted)", (key, pid))
+
+    def _fenced(self, rows: list[tuple[Any, ...]]) -> None:
+        if self.guard is not None and not rows:
+            raise StorageUnavailable(self.name, "this node no longer holds the active lock (HA); nothing was "
+                                                "written: send the request to the active node")
+
     def put(self, path: str, value: bytes) -> None:
-        """Insert or replace, in one statement."""
-        self._run(f"INSERT INTO {TABLE} (path, value) VALUES (%s, %s) "
-                  "ON CONFLICT (path) DO UPDATE SET value = EXCLUDED.value", (check_path(path), value))
+        """Insert or replace, in one statement (under HA, only while this node holds the lock)."""
+        guard, args = self._guard_sql()
+        rows = self._run(f"INSERT INTO {TABLE} (path, value) SELECT %s, %s WHERE TRUE{guard} "
+                         "ON CONFLICT (path) DO UPDATE SET value = EXCLUDED.value RETURNING 1",
+                         (check_path(path), value, *args))
+        self._fenced(rows)
 
     def delete(self, path: str) -> None:
-        """Remove `path`."""
-        self._run(f"DELETE FROM {TABLE} WHERE path = %s", (check_path(path),))
+        """Remove `path` (under HA, only while this node holds the lock)."""
+        guard, args = self._guard_sql()
+        if self.guard is None:
+            self._run(f"DELETE FROM {TABLE} WHERE path = %s", (check_path(path),))
+            return
+        rows = self._run(f"SELECT 1 WHERE TRUE{guard}", args)
+        self._fenced(rows)
+        self._run(f"DELETE FROM {TABLE} WHERE path = %s AND EXISTS (SELECT 1 WHERE TRUE{guard})",
+                  (check_path(path), *args))
 
     def list(self, prefix: str) -> list[str]:
         """Direct children under `prefix`."""

@@ -91,3 +91,62 @@ def test_standby_redirects_and_takes_over_when_the_active_node_dies(backend: str
         for d in daemons.values():
             if d.proc.poll() is None:
                 d.stop()
+
+
+def test_a_node_that_lost_its_lock_cannot_write_postgresql(postgres: object) -> None:
+    """Fencing (review finding: a stalled active kept writing past its lease): node A's lock session ends (as
+    when the server drops a stalled client), B takes the lock; A's fenced writes are refused, B's go through."""
+    from reconcilers.vault.service.ha import PostgresLease
+    from reconcilers.vault.service.storage.base import StorageUnavailable
+
+    pg = postgres
+    name = "fence_" + uuid.uuid4().hex[:10]
+    pg.psql(f"CREATE DATABASE {name}")  # type: ignore[attr-defined]
+    url = pg.url.rsplit("/", 1)[0] + "/" + name  # type: ignore[attr-defined]
+    store_a, store_b = PostgresStore(url), PostgresStore(url)
+    lease_a, lease_b = PostgresLease(url), PostgresLease(url)
+    try:
+        assert lease_a.hold() and not lease_b.hold()
+        lease_a.fence(store_a, True)
+        store_a.put("k", b"from-a")
+        pid = lease_a._conn.info.backend_pid
+        pg.psql(f"SELECT pg_terminate_backend({pid})")  # type: ignore[attr-defined]
+        wait_for(lambda: lease_b.hold(), 30, 0.1)
+        lease_b.fence(store_b, True)
+        with pytest.raises(StorageUnavailable, match="no longer holds"):
+            store_a.put("k", b"late-from-a")
+        with pytest.raises(StorageUnavailable, match="no longer holds"):
+            store_a.delete("k")
+        store_b.put("k", b"from-b")
+        assert store_b.get("k") == b"from-b"
+    finally:
+        for closing in (lease_a, lease_b):
+            closing.release()
+        store_a.close()
+        store_b.close()
+
+
+def test_a_node_that_lost_its_lease_cannot_write_etcd(etcd: object) -> None:
+    """The same with etcd: A's lease is gone (revoked, as when it expires while A stalls), B takes the lock;
+    A's writes are refused by the guarded transaction."""
+    from reconcilers.vault.service.ha import EtcdLease
+    from reconcilers.vault.service.storage.base import StorageUnavailable
+
+    url = etcd.url  # type: ignore[attr-defined]
+    ns = f"fence-{uuid.uuid4().hex[:10]}/"
+    store_a, store_b = EtcdStore(url, namespace=ns), EtcdStore(url, namespace=ns)
+    lease_a, lease_b = EtcdLease(url, 10, ns), EtcdLease(url, 10, ns)
+    try:
+        assert lease_a.hold() and not lease_b.hold()
+        lease_a.fence(store_a, True)
+        store_a.put("k", b"from-a")
+        assert lease_a.lock.lease is not None
+        lease_a.lock.lease.revoke()
+        wait_for(lambda: lease_b.hold(), 30, 0.1)
+        lease_b.fence(store_b, True)
+        with pytest.raises(StorageUnavailable, match="no longer holds"):
+            store_a.put("k", b"late-from-a")
+        store_b.put("k", b"from-b")
+        assert store_b.get("k") == b"from-b"
+    finally:
+        lease_b.release()
