@@ -37,6 +37,8 @@ def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
         return "hmac-sha256:truncated"
     if isinstance(value, str):
         return digest(value)
+    if isinstance(value, bytes | bytearray):
+        return digest(bytes(value).hex())          # raw bodies (DER certificates, OCSP): digested as hex
     if isinstance(value, dict):
         return {str(k): redact(v, digest, depth + 1) for k, v in value.items()}
     if isinstance(value, list):

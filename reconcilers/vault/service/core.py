@@ -25,7 +25,7 @@ from reconcilers.vault.service import routes
 from reconcilers.vault.service.audit import AuditLog
 from reconcilers.vault.service.barrier import Barrier
 from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError
-from reconcilers.vault.service.mounts import Mounts, transit_handler
+from reconcilers.vault.service.mounts import Mounts, engine_handler
 from reconcilers.vault.service.request import Answer, ApiRequest
 from reconcilers.vault.service.seal import Seal
 from reconcilers.vault.service.storage.base import KeyValueStore
@@ -245,11 +245,12 @@ class VaultService:
         if found is None:
             raise NotFound(f"no handler for route '{req.path}'. route entry not found.")
         mount, rest = found
-        if mount.type == "transit":
-            handler = transit_handler()
+        if mount.type != "kv":
+            handler = engine_handler(mount.type)
             if handler is None:
-                raise NotFound("the transit engine is not installed in this daemon")
-            status, body = handler(req.method, rest, req.body, self.mounts.store_of(mount))
+                raise NotFound(f"the {mount.type} engine is not installed in this daemon")
+            method = "LIST" if req.method == "GET" and req.query.get("list") == "true" else req.method
+            status, body = handler(method, rest.strip("/"), req.body, self.mounts.store_of(mount), mount.path)
             return int(status), body
         result: Answer = self.mounts.engine(mount).handle(req.method, rest, req.body, req.query)
         return result

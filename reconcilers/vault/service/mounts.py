@@ -52,6 +52,23 @@ def transit_handler() -> Any:
     return api.handle
 
 
+def engine_handler(kind: str) -> Any:
+    """`handle(method, path, body, store, mount)` of a non-KV engine (transit, pki, database), or None when the
+    engine is not installed. Each engine is written against our KeyValueStore and answers Vault's JSON."""
+    if kind == "transit":
+        transit = transit_handler()
+        return None if transit is None else (lambda m, p, b, s, mount: transit(m, p, b, s))
+    if kind == "pki":
+        from reconcilers.vault.pki import api as pki
+
+        return lambda m, p, b, s, mount: pki.handle(m, p, b, s)
+    if kind == "database":
+        from reconcilers.vault.database import api as database
+
+        return lambda m, p, b, s, mount: database.handle(m, p, b, s, mount=mount.rstrip("/"))
+    return None
+
+
 class Mounts:
     """The table in memory, saved through the barrier on each change."""
 
@@ -117,12 +134,12 @@ class Mounts:
             kind, version = "kv", 2
         elif kind == "kv":
             version = 2 if str(options.get("version", "1")) == "2" else 1
-        elif kind == "transit":
-            if transit_handler() is None:
-                raise BadRequest("the transit engine is not installed in this daemon")
+        elif kind in ("transit", "pki", "database"):
+            if engine_handler(kind) is None:
+                raise BadRequest(f"the {kind} engine is not installed in this daemon")
             version = 0
         else:
-            raise BadRequest(f"unknown engine type {str(kind)[:40]!r}: use kv, kv-v2 or transit")
+            raise BadRequest(f"unknown engine type {str(kind)[:40]!r}: use kv, kv-v2, transit, pki or database")
         with self._lock:
             if any(p.startswith(path) or path.startswith(p) for p in self.entries):
                 raise BadRequest(f"path is already in use at {path}")

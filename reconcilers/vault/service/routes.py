@@ -89,6 +89,8 @@ def sys(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
         from reconcilers.vault.service.openapi import document
 
         return 200, document()
+    if path.startswith("sys/leases/"):
+        return _leases(svc, req)
     if path.startswith("sys/audit-hash/") and m in ("PUT", "POST"):
         value = req.body.get("input")
         if not isinstance(value, str):
@@ -96,6 +98,28 @@ def sys(svc: VaultService, req: ApiRequest, entry: TokenEntry) -> Answer:
         digest = svc.audit.hash(value)
         return 200, {"data": {"hash": digest}, "hash": digest}
     raise NotFound(f"no handler for route '{path}'. route entry not found.")
+
+
+def _leases(svc: VaultService, req: ApiRequest) -> Answer:
+    """sys/leases/* of the database engine(s): the mount is the one the lease id (or prefix) starts with;
+    tidy runs on every database mount."""
+    from reconcilers.vault.database.api import sys_leases
+
+    rest = req.path[len("sys/leases/"):]
+    engines = [e for e in svc.mounts.entries.values() if e.type == "database"]
+    if rest == "tidy":
+        answer: Answer = (204, None)
+        for entry in engines:
+            status, body = sys_leases(req.method, rest, req.body, svc.mounts.store_of(entry), mount=entry.path[:-1])
+            answer = (int(status), body)
+        return answer
+    target = str(req.body.get("lease_id") or req.body.get("prefix") or rest.partition("/")[2])
+    for entry in engines:
+        if (target + "/").startswith(entry.path):
+            status, body = sys_leases(req.method, rest, req.body, svc.mounts.store_of(entry), mount=entry.path[:-1])
+            return int(status), body
+    raise BadRequest("no lease with that id or prefix: lease ids start with a database mount's path "
+                     "(database/creds/<role>/<id>)")
 
 
 def _token_arg(body: dict[str, Any], name: str = "token") -> str:

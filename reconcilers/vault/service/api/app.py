@@ -49,9 +49,16 @@ class VaultApp:
             structlog.get_logger("stratum.vault.api").error("vault_request_failed", path=scope.get("path", "")[:200],
                                                              error=type(err).__name__)
             status, body = 500, {"errors": ["internal error"]}
-        payload = b"" if body is None or status == 204 or scope["method"] == "HEAD" else json.dumps(body).encode()
+        headers = _HEADERS
+        if body is not None and isinstance(body.get("_raw"), bytes | bytearray):
+            # An engine's raw answer (a DER CRL or certificate, an OCSP response): its bytes, its content type.
+            payload = bytes(body["_raw"])
+            headers = [(b"content-type", str(body.get("_content_type") or "application/octet-stream").encode()),
+                       (b"cache-control", b"no-store")]
+        else:
+            payload = b"" if body is None or status == 204 or scope["method"] == "HEAD" else json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*_HEADERS, *extra, (b"content-length", str(len(payload)).encode())]})
+                    "headers": [*headers, *extra, (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
 
     async def _request(self, scope: dict[str, Any], receive: Any) -> ApiRequest:
@@ -82,5 +89,8 @@ class VaultApp:
         rel = path[len(PREFIX):].rstrip("/") if method != "LIST" else path[len(PREFIX):]
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         client = scope.get("client") or ("", 0)
-        body = body_json(bytes(raw)) if method not in ("GET", "HEAD") else {}
+        if headers.get("content-type", "").startswith("application/ocsp-request"):
+            body: dict[str, Any] = {"_raw": bytes(raw)}      # an OCSP request is DER, not JSON (pki's ocsp)
+        else:
+            body = body_json(bytes(raw)) if method not in ("GET", "HEAD") else {}
         return ApiRequest(method, rel.rstrip("/") if method == "LIST" else rel, body, query, token, client[0])
