@@ -43,6 +43,7 @@ class ServiceHost:
         self._lock = threading.Lock()
         self.on_built: list[Callable[[VaultService], None]] = []   # the publisher's hooks
         self.coordinator: Any = None                                # ha.Coordinator when [vault] ha is on
+        self.sweeper: Any = None                                    # sweeper.Sweeper (database leases)
 
     def mounts(self) -> list[HttpMount]:
         """The vault API on its own listener, only when the host asks for it: `[vault] enabled = true` (on
@@ -74,6 +75,10 @@ class ServiceHost:
                 self._mounts = [HttpMount("/v1", lambda: unavailable(why), listen=listen)]
                 return self._mounts
             self.service = service
+            from reconcilers.vault.service.sweeper import Sweeper
+
+            self.sweeper = Sweeper(service, float(self.settings.get("sweep_interval_s", 15.0)))
+            self.sweeper.start()
             max_body = int(self.settings.get("max_body", 1024 * 1024))
 
             def factory() -> Any:
@@ -104,7 +109,9 @@ class ServiceHost:
         self.coordinator.start()
 
     def close(self) -> None:
-        """Hand over the lease (HA) so a standby takes over at once."""
+        """Stop the sweeper; hand over the lease (HA) so a standby takes over at once."""
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.coordinator is not None:
             self.coordinator.stop()
 

@@ -15,6 +15,7 @@ from reconcilers.vault.service.core import VaultService
 from reconcilers.vault.service.storage.base import KeyValueStore
 from reconcilers.vault.service.storage.file import FileStore
 from tests.proc import wait_for
+from tests.reconcilers.vault.database.conftest import pg  # noqa: F401  (the engines' hardened PostgreSQL)
 from tests.servers import etcd, postgres  # noqa: F401  (session fixtures: real servers on loopback)
 
 

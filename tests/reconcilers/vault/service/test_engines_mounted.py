@@ -3,12 +3,18 @@ calls through the real API (tokens, Cedar, audit in front), raw DER answers, and
 
 from __future__ import annotations
 
+import time
+
 import hvac
 import pytest
 import requests
 from cryptography import x509
 
+from reconcilers.vault.service.sweeper import Sweeper
+from tests.reconcilers.vault.database.conftest import ADMIN, ADMIN_PASSWORD, can_login, role_exists, url_template
+from tests.reconcilers.vault.database.test_database_creds import CREATE
 from tests.reconcilers.vault.service.conftest import Served
+from tests.servers import Postgres
 
 
 def test_pki_through_the_vault_api(vault: Served) -> None:
@@ -47,3 +53,23 @@ def test_database_mount_and_lease_routing(vault: Served) -> None:
     missing = requests.put(f"{vault.url}/v1/sys/leases/lookup", json={"lease_id": "database/creds/r/abc"},
                            headers={"X-Vault-Token": vault.root_token}, timeout=5)
     assert missing.status_code in (400, 404) and missing.json()["errors"]
+
+
+def test_database_credentials_through_the_api_and_the_sweeper_reaps_them(vault: Served, pg: Postgres) -> None:
+    """hvac's database calls through the real API: credentials log in; sys/leases finds the lease by its id; the
+    vault's sweeper (what the daemon runs every few seconds) revokes it once expired and the role is gone."""
+    client = vault.client()
+    client.sys.enable_secrets_engine("database", path="database")
+    db = client.secrets.database
+    db.configure("main", "postgresql-database-plugin", allowed_roles=["web"], connection_url=url_template(pg),
+                 username=ADMIN, password=ADMIN_PASSWORD)
+    db.create_role("web", "main", [CREATE], default_ttl="1h", max_ttl="4h")
+    creds = db.generate_credentials("web")
+    user, password = creds["data"]["username"], creds["data"]["password"]
+    assert can_login(pg, user, password)
+    assert client.sys.read_lease(creds["lease_id"])["data"]["id"] == creds["lease_id"]
+    assert Sweeper(vault.service).sweep_once()["database/"][0].revoked == 0        # not expired yet
+    report = Sweeper(vault.service).sweep_once(time.time() + 2 * 3600)["database/"][0]
+    assert report.revoked == 1 and not role_exists(pg, user)
+    audit = vault.service.audit.path.read_text()
+    assert password not in audit and ADMIN_PASSWORD not in audit
