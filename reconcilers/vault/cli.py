@@ -107,6 +107,17 @@ def seal(address: str | None, token: str) -> None:
     click.echo("Sealed.")
 
 
+@vault.command("rotate-root")
+@_address_option
+@click.argument("name")
+@click.option("--mount", default="database", show_default=True, help="The database engine's mount.")
+@click.option("--token", envvar="VAULT_TOKEN", required=True, help="A token allowed to rotate it ($VAULT_TOKEN).")
+def rotate_root(address: str | None, name: str, mount: str, token: str) -> None:
+    """Rotate a database connection's root password (after an incident): only the vault knows the new one."""
+    call(_address(address), "POST", f"{mount.strip('/')}/rotate-root/{name}", {}, token)
+    click.echo(f"Rotated the root password of {mount.strip('/')}/config/{name}.")
+
+
 @vault.command()
 @_address_option
 def status(address: str | None) -> None:

@@ -3,7 +3,10 @@ calls through the real API (tokens, Cedar, audit in front), raw DER answers, and
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import hvac
 import pytest
@@ -11,6 +14,7 @@ import requests
 from cryptography import x509
 
 from reconcilers.vault.service.sweeper import Sweeper
+from tests.proc import cli_env
 from tests.reconcilers.vault.database.conftest import ADMIN, ADMIN_PASSWORD, can_login, role_exists, url_template
 from tests.reconcilers.vault.database.test_database_creds import CREATE
 from tests.reconcilers.vault.service.conftest import Served
@@ -73,3 +77,20 @@ def test_database_credentials_through_the_api_and_the_sweeper_reaps_them(vault: 
     assert report.revoked == 1 and not role_exists(pg, user)
     audit = vault.service.audit.path.read_text()
     assert password not in audit and ADMIN_PASSWORD not in audit
+
+
+def test_stratum_vault_rotate_root(vault: Served, pg: Postgres, tmp_path: Path) -> None:
+    """`stratum vault rotate-root main` rotates the connection's root password: the old one stops working."""
+    client = vault.client()
+    client.sys.enable_secrets_engine("database", path="db2")
+    name = "rot" + str(int(time.time() * 1000) % 100000)
+    pg.psql(f"CREATE ROLE {name} WITH LOGIN SUPERUSER PASSWORD 'first-pw'")
+    client.secrets.database.configure("main", "postgresql-database-plugin", allowed_roles=["web"],
+                                      connection_url=url_template(pg), username=name, password="first-pw",
+                                      mount_point="db2")
+    assert can_login(pg, name, "first-pw")
+    out = subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "vault", "rotate-root",
+                          "main", "--mount", "db2", "--address", vault.url, "--token", vault.root_token],
+                         env=cli_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not can_login(pg, name, "first-pw")
