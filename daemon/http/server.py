@@ -127,7 +127,10 @@ class HttpServer:
         self.limits = fd_budget(limits or http.limits)
         self.stats = Stats()
         host, _, port = listen.rpartition(":")
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP (accepted ones inherit
+        # it), and without it every response whose head and body are written apart waited ~40 ms for an ACK.
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM,
+                                  socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host.strip("[]") or "127.0.0.1", int(port or 0)))
