@@ -42,7 +42,9 @@ from reconcilers.ports import SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
+from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import FileKeySource, KeySource
+from reconcilers.vault.kvpath import default_kv_path
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
@@ -122,6 +124,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self._versions_file = self.state_dir / "versions.json"
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
         self.stats = {"verified": 0, "cache_hits": 0}
+        self.fingerprints = FingerprintKey(self.state_dir / "fingerprint.key")
+        self._recipient: str | None = None
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -403,6 +407,23 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         """The manifests in the store."""
         with self._lock:
             return sorted(self._store)
+
+    def manifest_for_kv(self, kv_path: str) -> str | None:
+        """The applied manifest whose KV path is `kv_path` (its signed kv_path, else the default)."""
+        with self._lock:
+            for path, stored in self._store.items():
+                if (stored.manifest.meta.kv_path or default_kv_path(path)) == kv_path:
+                    return path
+            return None
+
+    def recipient_fingerprint(self) -> str | None:
+        """The daemon's recipient fingerprint (public; read once), None when it has no key to read."""
+        if self._recipient is None:
+            try:
+                self._recipient = self.key_source.recipient().fingerprint
+            except (VaultError, OSError):
+                return None
+        return self._recipient
 
     def get(self, path: str, key: str | None = None) -> Any:
         """A value by manifest path and dotted key (`db.password`), or the whole mapping when key is None.
