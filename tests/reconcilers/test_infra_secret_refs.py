@@ -21,9 +21,10 @@ from daemon.run.pipeline import Pipeline
 from daemon.run.ports import SecretsBroker
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
+from reconcilers.vault import envelope, manifest
 from reconcilers.vault.reconciler import VaultReconciler
 from tests.fixtures import WorkRepo
-from tests.vault_fixtures import CANARY, SecretWorld, secret_world
+from tests.vault_fixtures import CANARY, B, SecretWorld, secret_world
 
 REF = '{ secret = "kv/app/db", key = "password" }'
 
@@ -216,3 +217,32 @@ def test_unit_receives_secrets_as_credential_files(world: World) -> None:
     assert cred.read_text() == CANARY
     assert stat.S_IMODE(os.stat(cred).st_mode) == 0o600
     assert list(world.pipe.plan(rev).actions) == []
+
+
+def test_signed_kv_path_names_the_manifest(world: World) -> None:
+    """A manifest whose signed `kv_path` is kv/shared/db answers references to that path, wherever it lives."""
+    policy = envelope.Policy((tuple(world.secrets.recipients()),))
+    sealed = envelope.seal(B, {"password": CANARY}, path="secrets/elsewhere.yaml", policy=policy,
+                           key=world.secrets.user, kv_path="kv/shared/db")
+    rev = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/elsewhere.yaml": manifest.render(sealed),
+        "infra/app.ncl": _infra("    pw = { kind = 'file, path = \"pw\", content = "
+                                '{ secret = "kv/shared/db", key = "password" } },'),
+    })
+    assert world.pipe.run(rev).status == "succeeded"
+    assert (world.root / "pw").read_text() == CANARY
+
+
+def test_template_that_transforms_a_secret_is_refused(world: World) -> None:
+    """`{{ password | upper }}` would act on a placeholder, not the value: a located validate error."""
+    rev = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "templates/t.j2": "{{ password | upper }}\n",
+        "infra/app.ncl": _infra("    t = { kind = 'file, path = \"t\", template = \"templates/t.j2\", "
+                                f"vars = {{ password = {REF} }} }},"),
+    })
+    result = world.pipe.run(rev)
+    assert result.status == "rejected"
+    assert any("changed a secret variable" in p.message for p in result.problems), result.problems
