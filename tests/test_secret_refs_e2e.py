@@ -44,7 +44,9 @@ def _notes(git_dir: Path) -> str:
     """Every git note's text in the repository (notes are zlib-compressed objects: read, not grepped)."""
     try:
         repo = pygit2.Repository(str(git_dir))
-        return "\n".join(note.message for note in repo.notes("refs/notes/stratum"))
+        # pygit2 1.21 takes the notes ref at run time; its stub declares no argument.
+        notes = repo.notes("refs/notes/stratum")  # type: ignore[call-arg]
+        return "\n".join(note.message for note in notes)
     except (KeyError, pygit2.GitError):
         return ""
 
