@@ -51,7 +51,8 @@ def parse_reference(text: str) -> Reference:
     path, sep, key = text.partition("#")
     hint = 'write { secret = "kv/app/db", key = "password" } (or "secrets/app/db.yaml#password")'
     if not sep or not path or not key or not _KEY.match(key) or ".." in key:
-        raise InputError(f"secret reference {text!r} is not <manifest path>#<key> (or kv/<path>#<key>)", where=text, hint=hint)
+        raise InputError(f"secret reference {text!r} is not <manifest path>#<key> (or kv/<path>#<key>)",
+                         where=text, hint=hint)
     if ".." in path.split("/") or path.startswith("/") or "\\" in path:
         raise InputError(f"secret reference {text!r} leaves the secrets", where=text, hint=hint)
     if path.startswith(KV_PREFIX) and len(path) > len(KV_PREFIX):
