@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 from typing import Any
 
 import pytest
@@ -255,3 +256,39 @@ def test_key_material_is_stored_under_policy_paths_only(store: DictStore) -> Non
     call(store, "POST", "keys/one")
     call(store, "POST", "keys/two", {"type": "ml-dsa-65"})
     assert sorted(store.data) == ["policy/one", "policy/two"]
+
+
+def test_declared_keys_plan_create_config_and_scheduled_rotation(store: DictStore) -> None:
+    """Keys declared in the repo: a missing one is created with its policy; a changed policy is a config
+    change; a key older than its auto_rotate_period is rotated; a changed type is a problem, never a change;
+    plans carry names and policy only (no key material)."""
+    from reconcilers.vault.transit import declare
+
+    declared, problems = declare.declared_from({"keys": {
+        "app": {"type": "aes256-gcm96", "exportable": True, "auto_rotate_period": "1h"},
+        "sig": {"type": "ml-dsa-65"}, "bad name": {}}})
+    assert problems and "bad name" in problems[0]
+    changes, problems = declare.plan(declared, store, now=1_000.0)
+    assert [(c.name, c.kind) for c in changes] == [("app", "create"), ("sig", "create")] and problems == []
+    for change in changes:
+        declare.apply(change, declared, store)
+    assert call(store, "GET", "keys/app")["data"]["exportable"] is True
+    created = call(store, "GET", "keys/app")["data"]["keys"]["1"]
+    assert declare.plan(declared, store, now=created + 3000)[0] == []
+    later = declare.plan(declared, store, now=created + 3601)[0]
+    assert [(c.name, c.kind) for c in later] == [("app", "rotate")]
+    declare.apply(later[0], declared, store)
+    assert call(store, "GET", "keys/app")["data"]["latest_version"] == 2
+    assert declare.plan(declared, store, now=time.time() + 60)[0] == []      # v2 is new
+    retyped = {**declared, "sig": declare.Declared("sig", "ed25519")}
+    _, problems = declare.plan(retyped, store, now=0)
+    assert problems and "type never changes" in problems[0]
+    tightened = {**declared, "app": declare.Declared("app", exportable=True, deletion_allowed=True,
+                                                     min_decryption_version=2, auto_rotate_period=3600)}
+    changes, _ = declare.plan(tightened, store, now=time.time())
+    assert [(c.kind, dict(c.fields)) for c in changes] == [
+        ("config", {"deletion_allowed": True, "min_decryption_version": 2})]
+    declare.apply(changes[0], tightened, store)
+    assert call(store, "GET", "keys/app")["data"]["min_decryption_version"] == 2
+    for change in changes:
+        assert all(not isinstance(v, bytes) for v in change.fields.values())

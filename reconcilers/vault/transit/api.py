@@ -118,12 +118,12 @@ def _create(name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
         key = k.create(name, key_type, derived=_bool(body.get("derived")), exportable=_bool(body.get("exportable")),
                        allow_plaintext_backup=_bool(body.get("allow_plaintext_backup")))
         if body.get("auto_rotate_period") is not None:
-            key = replace(key, auto_rotate_period=_duration(body["auto_rotate_period"]))
+            key = replace(key, auto_rotate_period=duration(body["auto_rotate_period"]))
         k.save(store, key)
     return 200, {"data": _describe(key)}
 
 
-def _duration(value: Any) -> int:
+def duration(value: Any) -> int:
     """Seconds of `3600`, "3600", "90m", "24h", "7d"."""
     text = str(value).strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -189,7 +189,7 @@ def _config(name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
                     raise TransitError(f"{flag} key setting cannot be disabled")
                 changes[flag] = getattr(key, flag) or _bool(body[flag])
         if "auto_rotate_period" in body:
-            changes["auto_rotate_period"] = _duration(body["auto_rotate_period"])
+            changes["auto_rotate_period"] = duration(body["auto_rotate_period"])
         key = replace(key, **changes)
         enc, dec = key.min_encryption_version, key.min_decryption_version
         if enc and enc < dec:
