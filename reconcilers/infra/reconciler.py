@@ -218,6 +218,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             provider = self._of(str(data.get("provider") or "local"), action.target)
             note = provider.destroy(data["kind"], data["path"]) if data.get("path") else "forgotten"
             self._macs.record(action.target, "", None)
+            if data.get("kind") == "systemd_unit" and data.get("path"):
+                secretapply.remove_credentials(self.runtime_dir, str(data["path"]).rpartition("/")[2])
             return Outcome(action.id, True, note, removed=True)
         res = change["resource"]
         provider = self._of(str(res.get("provider") or "local"), action.target)

@@ -138,6 +138,20 @@ def write_credentials(runtime_dir: Path, unit: str, creds: Mapping[str, str]) ->
         os.replace(tmp, folder / name)
 
 
+def remove_credentials(runtime_dir: Path, unit: str) -> None:
+    """Remove a removed unit's credential files (their folder holds nothing else of anyone's)."""
+    folder = runtime_dir / "credentials" / unit
+    if not unit or unit in (".", "..") or not folder.is_dir() or folder.is_symlink():
+        return
+    for entry in folder.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        pass                                  # something else in there: left for a person to look at
+
+
 def host_bytes(path: str, runtime_dir: Path, r_spec: Mapping[str, Any]) -> bytes | None:
     """What a secret-bearing file or unit put on the host (its file, then its credential files), or None."""
     parts: list[bytes] = []

@@ -217,6 +217,9 @@ def test_unit_receives_secrets_as_credential_files(world: World) -> None:
     assert cred.read_text() == CANARY
     assert stat.S_IMODE(os.stat(cred).st_mode) == 0o600
     assert list(world.pipe.plan(rev).actions) == []
+    gone = world.repo.commit({"infra/app.ncl": _infra("")})
+    assert world.pipe.run(gone).status == "succeeded"
+    assert not (world.root / "etc/systemd/system/app.service").exists() and not cred.parent.exists()
 
 
 def test_signed_kv_path_names_the_manifest(world: World) -> None:
