@@ -419,6 +419,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     def recipient_fingerprint(self) -> str | None:
         """The daemon's recipient fingerprint (public; read once), None when it has no key to read."""
         if self._recipient is None:
+            if isinstance(self.key_source, FileKeySource) and not self.key_source.path.exists():
+                return None                   # a check only: never make the daemon's key as a side effect
             try:
                 self._recipient = self.key_source.recipient().fingerprint
             except (VaultError, OSError):

@@ -63,3 +63,16 @@ def test_fingerprints_are_keyed_per_daemon_and_the_key_is_private(tmp_path: Path
     assert hashlib.sha256(value).hexdigest()[:24] not in (fa, fb)
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "fp.key").st_mode) == 0o600
     assert FingerprintKey(tmp_path / "a" / "fp.key").of(b"content", value) == fa
+
+
+def test_locating_references_never_creates_the_daemons_key(tmp_path: Path) -> None:
+    """Checking who can decrypt reads the daemon's public recipient only when its key exists: a `stratum
+    validate` on a machine without the daemon's key makes none."""
+    from reconcilers.base import ReconcilerEnv
+    from reconcilers.vault.reconciler import VaultReconciler
+
+    vault = VaultReconciler(ReconcilerEnv(data_dir=tmp_path))
+    assert vault.recipient_fingerprint() is None
+    assert not (tmp_path / "vault" / "daemon.key").exists()
+    world = secret_world(tmp_path)                     # makes the daemon's key where the daemon reads it
+    assert vault.recipient_fingerprint() == world.daemon.fingerprint
