@@ -126,6 +126,7 @@ def test_batch_input_keeps_order_references_and_reports_item_errors(store: DictS
                                                              {"ciphertext": results[2]["ciphertext"]}]})
     assert [base64.b64decode(r["plaintext"]) for r in back["data"]["batch_results"]] == [b"a", b"c"]
     assert handle("POST", "encrypt/k", {"batch_input": items[1:2]}, store)[0] == 400
+    assert handle("POST", "encrypt/k", {"batch_input": items, "partial_failure_response_code": 503}, store)[0] == 400
 
 
 def test_derived_keys_need_their_context(store: DictStore) -> None:
@@ -292,3 +293,28 @@ def test_declared_keys_plan_create_config_and_scheduled_rotation(store: DictStor
     assert call(store, "GET", "keys/app")["data"]["min_decryption_version"] == 2
     for change in changes:
         assert all(not isinstance(v, bytes) for v in change.fields.values())
+
+
+def test_junk_input_never_answers_5xx(store: DictStore) -> None:
+    """A bounded, seeded run of odd bodies on every route (wrong types, huge numbers, nested junk, bad base64,
+    forged ciphertexts) answers 2xx or 4xx with Vault's shape, never 500."""
+    import random
+
+    rng = random.Random(11)
+    for key_type in ("aes256-gcm96", "ecdsa-p256", "ml-dsa-65", "ml-kem-768-x25519", "ed25519"):
+        call(store, "POST", f"keys/{key_type}", {"type": key_type})
+    junk: list[Any] = [None, True, -1, 2**70, 1.5, "", "x" * 300, "vault:v1:", "vault:v1:!!", "vault:vx:AAAA",
+                       "vault:v1:" + b64(os.urandom(40)), b64(b"ok"), [], {}, [{"plaintext": 3}], {"a": [1, {}]}]
+    fields = ["plaintext", "ciphertext", "input", "signature", "hmac", "context", "associated_data", "key_version",
+              "batch_input", "bits", "bytes", "format", "type", "hash_algorithm", "marshaling_algorithm",
+              "prehashed", "min_decryption_version", "min_encryption_version", "exportable", "deletion_allowed",
+              "auto_rotate_period", "partial_failure_response_code"]
+    paths = ["keys", "encrypt", "decrypt", "rewrap", "sign", "verify", "hmac", "datakey/plaintext", "datakey/wrapped",
+             "export/encryption-key", "export/signing-key", "export/public-key", "random", "hash"]
+    for _ in range(1500):
+        name = rng.choice(["aes256-gcm96", "ecdsa-p256", "ml-dsa-65", "ml-kem-768-x25519", "ed25519", "nope"])
+        path = f"{rng.choice(paths)}/{name}" + rng.choice(["", "", "/config", "/rotate", "/sha2-512", "/1"])
+        body = {rng.choice(fields): rng.choice(junk) for _ in range(rng.randint(0, 4))}
+        status, out = handle(rng.choice(["GET", "POST", "PUT", "DELETE", "LIST"]), path, body, store)
+        assert status < 500, (path, body, out)
+        assert status == 204 or "data" in out or isinstance(out.get("errors"), list), (path, body, out)

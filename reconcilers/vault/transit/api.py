@@ -225,6 +225,8 @@ def _batch(body: Mapping[str, Any], one: Callable[[Mapping[str, Any]], dict[str,
     if failed:
         partial = body.get("partial_failure_response_code")
         status = 400 if failed == len(items) or partial is None else _int(partial, "partial_failure_response_code")
+        if not 200 <= status <= 499:
+            status = 400                      # a 5xx would claim a server fault; a 1xx is no answer
     return status, {"data": {"batch_results": results}}
 
 
