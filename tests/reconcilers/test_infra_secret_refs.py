@@ -249,3 +249,25 @@ def test_template_that_transforms_a_secret_is_refused(world: World) -> None:
     result = world.pipe.run(rev)
     assert result.status == "rejected"
     assert any("changed a secret variable" in p.message for p in result.problems), result.problems
+
+
+def test_compensation_gets_the_secret_and_failures_are_redacted(world: World) -> None:
+    """A command's compensation runs with its secret env resolved again; a failing command that prints the
+    value has it replaced by the reference in the recorded error, and nothing under the data dir holds it."""
+    rev = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "infra/app.ncl": _infra("\n".join([
+            "    setup = { kind = 'command, run = \"true\", compensate = \"printf %s \\\"$PW\\\" > undone\","
+            f" env = {{ PW = {REF} }} }},",
+            "    leak = { kind = 'command, run = \"echo $PW; exit 3\", depends_on = [\"setup\"],"
+            f" env = {{ PW = {REF} }} }},",
+        ])),
+    })
+    result = world.pipe.run(rev)
+    assert result.status in ("failed", "rolled_back"), result
+    assert (world.root / "undone").read_text() == CANARY
+    world.index.sync()
+    assert _canary_files(world.data) == []
+    assert "[secret kv/app/db#password]" in json.dumps(
+        [list(map(str, row)) for row in world.index.query("SELECT * FROM actions")])
