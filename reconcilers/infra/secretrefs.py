@@ -90,10 +90,10 @@ def finish(rid: str, spec: dict[str, Any], tokens: Tokens) -> None:
     if _MANGLED.search(TOKEN_RE.sub("", text)):
         raise InputError(f"resource {rid}: a template changed a secret variable (a filter such as upper?)",
                          hint="insert secret variables as they are: {{ password }}; transform nothing secret")
-    used = set(TOKEN_RE.findall(text))
+    used = {m.group(0) for m in TOKEN_RE.finditer(text)}
     for value in list(spec.get("env", {}).values()) + list(spec.get(CREDENTIALS, {}).values()):
-        used.update(TOKEN_RE.findall(str(value)))
-    spec[SECRETS] = {t: r for t, r in tokens.by_token.items() if TOKEN_RE.fullmatch(t).group(1) in used}  # type: ignore[union-attr]
+        used.update(m.group(0) for m in TOKEN_RE.finditer(str(value)))
+    spec[SECRETS] = {t: r for t, r in tokens.by_token.items() if t in used}
     if not spec[SECRETS]:
         spec.pop(SECRETS)
 
