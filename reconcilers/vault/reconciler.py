@@ -15,6 +15,7 @@ A manifest the daemon is not a recipient of is verified but not loaded: teams ma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -124,8 +125,6 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self._versions_file = self.state_dir / "versions.json"
         self._versions: dict[str, dict[str, Any]] = self._read_versions()
         self.stats = {"verified": 0, "cache_hits": 0}
-        self.fingerprints = FingerprintKey(self.state_dir / "fingerprint.key")
-        self._recipient: str | None = None
 
     # state on disk: last applied version per path (tombstones kept after delete, against replays) ---------
     def _read_versions(self) -> dict[str, dict[str, Any]]:
@@ -415,6 +414,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 if (stored.manifest.meta.kv_path or default_kv_path(path)) == kv_path:
                     return path
             return None
+
+    _recipient: str | None = None             # the daemon's recipient fingerprint, once read
+
+    @functools.cached_property
+    def fingerprints(self) -> FingerprintKey:
+        """The daemon's key for keyed fingerprints of secrets (fingerprints.py)."""
+        return FingerprintKey(self.state_dir / "fingerprint.key")
 
     def recipient_fingerprint(self) -> str | None:
         """The daemon's recipient fingerprint (public; read once), None when it has no key to read."""
