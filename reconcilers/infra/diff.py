@@ -44,9 +44,9 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, str]) -> str:
+def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple[str, str]]) -> str:
     """'' when the host matches the resource, else why not. A resource holding secrets compares keyed
-    fingerprints: the host's against the one recorded when this spec was applied (`expected`)."""
+    fingerprints: the host's against the one recorded when this very spec was applied (`expected`)."""
     f = r.fields
     if r.kind in ("file", "systemd_unit"):
         if not o.exists:
@@ -54,9 +54,10 @@ def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, str])
         if o.kind != "file":
             return f"is a {o.kind}, not a file"
         if refs.SECRETS in f:
-            if r.id not in expected:
+            applied = expected.get(r.id)
+            if applied is None or applied[0] != r.spec_hash:
                 return "secret not applied at this version"
-            if o.content_hash != expected[r.id]:
+            if o.content_hash != applied[1]:
                 return "content differs"
         elif o.content_hash != content_hash(f["content"]):
             return "content differs"

@@ -94,7 +94,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         """What the host has for every desired and inventoried resource."""
         seen: dict[str, ObservedResource] = {}
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
-        expected: dict[str, str] = {}
+        expected: dict[str, tuple[str, str]] = {}
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
             seen[r.id] = self._of(r.provider, r.id).observe(r.kind, rel, cache)
@@ -102,7 +102,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 seen[r.id] = self._keyed(r, seen[r.id])
                 mac = self._macs.expected(r.id, r.spec_hash)
                 if mac is not None:
-                    expected[r.id] = mac
+                    expected[r.id] = (r.spec_hash, mac)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
@@ -142,13 +142,13 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
     def simulate(self, desired: InfraDesired) -> InfraObserved:
         """The host as if `desired` had been applied (for pull-request plans that read no host)."""
         seen: dict[str, ObservedResource] = {}
-        expected: dict[str, str] = {}
+        expected: dict[str, tuple[str, str]] = {}
         for r in desired.resources.values():
             f = r.fields
             if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
-                # Bytes unknown without the value: the spec hash stands in on both sides.
-                expected[r.id] = f"simulated:{r.spec_hash}"
-                seen[r.id] = ObservedResource(True, "file", expected[r.id], format(int(f["mode"], 8), "04o"))
+                # Bytes unknown without the value: as if this spec had been applied and its bytes recorded.
+                expected[r.id] = (r.spec_hash, f"simulated:{r.spec_hash}")
+                seen[r.id] = ObservedResource(True, "file", expected[r.id][1], format(int(f["mode"], 8), "04o"))
             elif r.kind in ("file", "systemd_unit"):
                 mode = format(int(f["mode"], 8), "04o")
                 seen[r.id] = ObservedResource(True, "file", content_hash(f["content"]), mode)

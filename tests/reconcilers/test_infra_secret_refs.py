@@ -271,3 +271,20 @@ def test_compensation_gets_the_secret_and_failures_are_redacted(world: World) ->
     assert _canary_files(world.data) == []
     assert "[secret kv/app/db#password]" in json.dumps(
         [list(map(str, row)) for row in world.index.query("SELECT * FROM actions")])
+
+
+def test_pull_request_plan_shows_a_changed_secret_and_only_then(world: World) -> None:
+    """A pull request's plan (base against head, no host read) updates the resources of a changed secret,
+    and plans nothing for a head that leaves it alone."""
+    base = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "infra/app.ncl": _infra(f"    pw = {{ kind = 'file, path = \"pw\", content = {REF} }},"),
+    })
+    same = world.repo.commit({"notes.md": "unrelated\n"})
+    assert [a.id for a in world.pipe.plan_between(base, same).actions] == []
+    changed = world.repo.commit({"secrets/app/db.yaml": world.manifest({"password": CANARY + "-pr"})})
+    report = world.pipe.plan_between(same, changed)
+    # (the vault reconciler reads no target for a pull request's plan: only the file's update shows)
+    assert [(a.id, a.depends_on) for a in report.actions] == [("infra:pw", ("vault:secrets/app/db.yaml",))]
+    assert CANARY not in json.dumps([[a.summary, a.change] for a in report.actions])
