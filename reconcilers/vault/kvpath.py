@@ -46,6 +46,12 @@ def default_kv_path(manifest_path: str) -> str:
     return KV_PREFIX + rel
 
 
+def kv_path_of(manifest_path: str, declared: str = "") -> str:
+    """A manifest's KV path: its signed `stratum.kv_path` when set, else the default (one rule for the
+    references here and for what the vault service publishes)."""
+    return declared or default_kv_path(manifest_path)
+
+
 def parse_reference(text: str) -> Reference:
     """A reference from its text; InputError saying what a reference looks like when it is not one."""
     path, sep, key = text.partition("#")
@@ -87,7 +93,7 @@ def _declared_kv_path(text: str, where: str) -> str:
         return ""
     meta = doc.get(META_KEY) if isinstance(doc, dict) else None
     declared = meta.get("kv_path") if isinstance(meta, dict) else None
-    return declared if isinstance(declared, str) and declared else default_kv_path(where)
+    return kv_path_of(where, declared if isinstance(declared, str) else "")
 
 
 class KvMap:

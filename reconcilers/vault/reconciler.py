@@ -45,7 +45,7 @@ from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import FileKeySource, KeySource
-from reconcilers.vault.kvpath import default_kv_path
+from reconcilers.vault.kvpath import kv_path_of
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
@@ -411,7 +411,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         """The applied manifest whose KV path is `kv_path` (its signed kv_path, else the default)."""
         with self._lock:
             for path, stored in self._store.items():
-                if (stored.manifest.meta.kv_path or default_kv_path(path)) == kv_path:
+                if kv_path_of(path, stored.manifest.meta.kv_path) == kv_path:
                     return path
             return None
 
