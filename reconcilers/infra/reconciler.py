@@ -193,8 +193,10 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 old = before.resources.get(f.resource_id)
                 if old is not None and old.kind in ("file", "systemd_unit") and not secretapply.uses_secrets(old):
                     found = str(old.fields["content"]).encode()
-            elif o.kind == "file" and r.kind in ("file", "systemd_unit") and not secretapply.uses_secrets(r):
-                found = self._read_host(r.path)       # (never a file holding a secret: it is not shown)
+            elif (o.kind == "file" and r.kind in ("file", "systemd_unit") and not secretapply.uses_secrets(r)
+                  and not self._macs.holds(r.id)):
+                # Never a file holding a secret, nor one that held a secret when last applied: not shown.
+                found = self._read_host(r.path)
             labels = {"found_label": "base", "expected_label": "head"} if before is not None else {}
             out[f.resource_id] = diff.explain(r, o, f, found, **labels)
         return out
@@ -228,6 +230,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                                                applied_spec_hash(str(change["inventory"])) or "")
         else:
             message = provider.apply(action.target, res["kind"], res["spec"])
+            self._macs.record(action.target, "", None)     # (a resource that held a secret holds none now)
         return Outcome(action.id, True, message,
                        inventory={"reconciler": self.name, "resource_id": action.target, "kind": res["kind"],
                                   "data": change["inventory"]})

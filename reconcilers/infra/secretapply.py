@@ -191,6 +191,11 @@ class AppliedMacs:
             got = self._data.get(rid)
         return got[1] if got and got[0] == spec_hash else None
 
+    def holds(self, rid: str) -> bool:
+        """True when `rid` was last applied with secrets (what the host has may hold a value)."""
+        with self._lock:
+            return rid in self._data
+
     def record(self, rid: str, spec_hash: str, mac: str | None) -> None:
         """Remember (or with None forget) what was applied."""
         with self._lock:

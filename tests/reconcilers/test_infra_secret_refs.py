@@ -288,3 +288,23 @@ def test_pull_request_plan_shows_a_changed_secret_and_only_then(world: World) ->
     # (the vault reconciler reads no target for a pull request's plan: only the file's update shows)
     assert [(a.id, a.depends_on) for a in report.actions] == [("infra:pw", ("vault:secrets/app/db.yaml",))]
     assert CANARY not in json.dumps([[a.summary, a.change] for a in report.actions])
+
+
+def test_plan_after_a_secret_left_a_file_shows_no_plain_hash_of_it(world: World) -> None:
+    """A file that held a secret and is now given plain content: the plan's expected-vs-found shows no plain
+    hash of what the host holds (a short secret would be found from it) and no diff of it."""
+    import hashlib
+
+    first = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "infra/app.ncl": _infra(f'    pw = {{ kind = \'file, path = "pw", content = {REF}, mode = "0644" }},'),
+    })
+    assert world.pipe.run(first).status == "succeeded"
+    plain = world.repo.commit({"infra/app.ncl": _infra('    pw = { kind = \'file, path = "pw", content = "x" },')})
+    report = world.pipe.plan(plain)
+    text = json.dumps(report.details, default=str)
+    assert "infra:pw" in report.details
+    assert hashlib.sha256(CANARY.encode()).hexdigest()[:12] not in text and CANARY not in text
+    assert world.pipe.run(plain).status == "succeeded"
+    assert (world.root / "pw").read_text() == "x"
