@@ -20,16 +20,14 @@ decoded JSON body and the mount's store, and returns the status and the Vault JS
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 from reconcilers.vault.transit import keys as k
-from reconcilers.vault.transit import ops
-from reconcilers.vault.transit.keys import HYBRID, SIGNING, SYMMETRIC, Key, KeyValueStore, TransitError, b64d, b64e
+from reconcilers.vault.transit import manage, ops
+from reconcilers.vault.transit.keys import KeyValueStore, TransitError, b64d, b64e
 
 MAX_BATCH = 10_000
 MAX_RANDOM = 128 * 1024
@@ -52,23 +50,23 @@ def _route(method: str, parts: list[str], body: Mapping[str, Any], store: KeyVal
     head = parts[0] if parts else ""
     write = method in ("POST", "PUT")
     if head == "keys":
-        if len(parts) == 1 and (method == "LIST" or (method == "GET" and _bool(body.get("list")))):
+        if len(parts) == 1 and (method == "LIST" or (method == "GET" and manage.as_bool(body.get("list")))):
             found = k.names(store)
             return (200, {"data": {"keys": found}}) if found else (404, {"errors": []})
         if len(parts) == 2:
             if write:
-                return _create(parts[1], body, store)
+                return manage.create(parts[1], body, store)
             if method == "GET":
-                return 200, {"data": _describe(k.need(store, parts[1]))}
+                return 200, {"data": manage.describe(k.need(store, parts[1]))}
             if method == "DELETE":
-                return _delete(parts[1], store)
+                return manage.delete(parts[1], store)
         if len(parts) == 3 and write and parts[2] == "config":
-            return _config(parts[1], body, store)
+            return manage.config(parts[1], body, store)
         if len(parts) == 3 and write and parts[2] == "rotate":
             with k.WRITE_LOCK:
                 key = k.rotated(k.need(store, parts[1]))
                 k.save(store, key)
-            return 200, {"data": _describe(key)}
+            return 200, {"data": manage.describe(key)}
     elif head == "export" and method == "GET" and len(parts) in (3, 4):
         key = k.need(store, parts[2])
         return 200, {"data": ops.export(key, parts[1], parts[3] if len(parts) == 4 else None)}
@@ -87,115 +85,6 @@ def _route(method: str, parts: list[str], body: Mapping[str, Any], store: KeyVal
     if known:
         return 405, {"errors": [f"unsupported operation {method} on {'/'.join(parts)[:200]}"]}
     return 404, {"errors": [f"unsupported path {'/'.join(parts)[:200]}"]}
-
-
-# keys ---------------------------------------------------------------------------------------------------
-def _bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.lower() in ("1", "true", "yes")
-    return bool(value)
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise TransitError(f"{what} must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError) as err:
-        raise TransitError(f"{what} must be an integer") from err
-
-
-def _create(name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
-    key_type = str(body.get("type") or "aes256-gcm96")
-    if key_type == "ml-dsa" and str(body.get("parameter_set", "65")) != "65":
-        raise TransitError("only parameter_set 65 of ml-dsa is supported")
-    if _bool(body.get("convergent_encryption")):
-        raise TransitError("convergent encryption is not supported by this vault")
-    with k.WRITE_LOCK:
-        existing = k.load(store, name)
-        if existing is not None:
-            return 200, {"data": _describe(existing)}     # as Vault: creating an existing key changes nothing
-        key = k.create(name, key_type, derived=_bool(body.get("derived")), exportable=_bool(body.get("exportable")),
-                       allow_plaintext_backup=_bool(body.get("allow_plaintext_backup")))
-        if body.get("auto_rotate_period") is not None:
-            key = replace(key, auto_rotate_period=duration(body["auto_rotate_period"]))
-        k.save(store, key)
-    return 200, {"data": _describe(key)}
-
-
-def duration(value: Any) -> int:
-    """Seconds of `3600`, "3600", "90m", "24h", "7d"."""
-    text = str(value).strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return int(text[:-1]) * units[text[-1]]
-    if text.isdigit():
-        return int(text)
-    raise TransitError(f"auto_rotate_period {text[:40]!r} is not a duration such as 24h")
-
-
-def _describe(key: Key) -> dict[str, Any]:
-    versions: dict[str, Any] = {}
-    for n, v in sorted(key.versions.items()):
-        if key.type in SYMMETRIC:
-            versions[str(n)] = int(v.created)
-        else:
-            versions[str(n)] = {"creation_time": dt.datetime.fromtimestamp(v.created, dt.UTC).isoformat(),
-                                "name": key.type, "public_key": ops.public_text(key, v)}
-    out: dict[str, Any] = {
-        "name": key.name, "type": key.type, "keys": versions, "latest_version": key.latest_version,
-        "min_available_version": 0, "min_decryption_version": key.min_decryption_version,
-        "min_encryption_version": key.min_encryption_version, "deletion_allowed": key.deletion_allowed,
-        "derived": key.derived, "exportable": key.exportable, "allow_plaintext_backup": key.allow_plaintext_backup,
-        "supports_encryption": key.type in (*SYMMETRIC, HYBRID), "supports_decryption": key.type in (*SYMMETRIC,
-                                                                                                      HYBRID),
-        "supports_derivation": key.type in SYMMETRIC, "supports_signing": key.type in SIGNING,
-        "auto_rotate_period": key.auto_rotate_period, "imported_key": False}
-    if key.derived:
-        out["kdf"] = "hkdf_sha256"
-    return out
-
-
-def _delete(name: str, store: KeyValueStore) -> Result:
-    with k.WRITE_LOCK:
-        key = k.need(store, name)
-        if not key.deletion_allowed:
-            raise TransitError("deletion is not allowed for this key")
-        store.delete(k.PREFIX + key.name)
-    return 204, {}
-
-
-def _config(name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
-    with k.WRITE_LOCK:
-        key = k.need(store, name)
-        changes: dict[str, Any] = {}
-        if "min_decryption_version" in body:
-            n = _int(body["min_decryption_version"], "min_decryption_version")
-            if n > key.latest_version:
-                raise TransitError(f"cannot set min decryption version of {n}, latest key version is "
-                                   f"{key.latest_version}")
-            changes["min_decryption_version"] = max(1, n)
-        if "min_encryption_version" in body:
-            n = _int(body["min_encryption_version"], "min_encryption_version")
-            if n < 0 or n > key.latest_version:
-                raise TransitError(f"cannot set min encryption version of {n}, latest key version is "
-                                   f"{key.latest_version}")
-            changes["min_encryption_version"] = n
-        if "deletion_allowed" in body:
-            changes["deletion_allowed"] = _bool(body["deletion_allowed"])
-        for flag in ("exportable", "allow_plaintext_backup"):
-            if flag in body:
-                if getattr(key, flag) and not _bool(body[flag]):
-                    raise TransitError(f"{flag} key setting cannot be disabled")
-                changes[flag] = getattr(key, flag) or _bool(body[flag])
-        if "auto_rotate_period" in body:
-            changes["auto_rotate_period"] = duration(body["auto_rotate_period"])
-        key = replace(key, **changes)
-        enc, dec = key.min_encryption_version, key.min_decryption_version
-        if enc and enc < dec:
-            raise TransitError("min encryption version should not be less than min decryption version")
-        k.save(store, key)
-    return 200, {"data": _describe(key)}
 
 
 # batches ---------------------------------------------------------------------------------------------------
@@ -224,7 +113,8 @@ def _batch(body: Mapping[str, Any], one: Callable[[Mapping[str, Any]], dict[str,
     status = 200
     if failed:
         partial = body.get("partial_failure_response_code")
-        status = 400 if failed == len(items) or partial is None else _int(partial, "partial_failure_response_code")
+        status = 400 if failed == len(items) or partial is None else manage.as_int(partial,
+                                                                                  "partial_failure_response_code")
         if not 200 <= status <= 499:
             status = 400                      # a 5xx would claim a server fault; a 1xx is no answer
     return status, {"data": {"batch_results": results}}
@@ -237,7 +127,7 @@ def _opt_b64(body: Mapping[str, Any], field: str) -> bytes | None:
 
 def _version(body: Mapping[str, Any]) -> int | None:
     value = body.get("key_version")
-    return None if value in (None, "", 0) else _int(value, "key_version")
+    return None if value in (None, "", 0) else manage.as_int(value, "key_version")
 
 
 def _crypt(op: str, name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
@@ -275,7 +165,7 @@ def _datakey(kind: str, name: str, body: Mapping[str, Any], store: KeyValueStore
     if kind not in ("plaintext", "wrapped"):
         raise TransitError(f"invalid data key type {kind!r}: plaintext or wrapped")
     key = k.need(store, name)
-    bits = _int(body.get("bits", 256), "bits")
+    bits = manage.as_int(body.get("bits", 256), "bits")
     if bits not in (128, 256, 512):
         raise TransitError("invalid bits value: 128, 256 or 512")
     data_key = os.urandom(bits // 8)
@@ -293,7 +183,7 @@ def _signing(op: str, name: str, path_algorithm: str | None, body: Mapping[str, 
     def one(item: Mapping[str, Any]) -> dict[str, Any]:
         data = b64d(item.get("input"), "input")
         algorithm = path_algorithm or item.get("hash_algorithm") or item.get("algorithm")
-        prehashed = _bool(item.get("prehashed"))
+        prehashed = manage.as_bool(item.get("prehashed"))
         marshaling = item.get("marshaling_algorithm")
         if op == "hmac":
             return {"hmac": ops.hmac(key, data, version=_version(item), algorithm=algorithm),
@@ -319,7 +209,7 @@ def _random(parts: list[str], body: Mapping[str, Any]) -> Result:
             count = part
         elif part not in ("platform", "seal", "all"):
             raise TransitError(f"unsupported random source {part[:40]!r}: platform, seal or all")
-    n = _int(count, "bytes")
+    n = manage.as_int(count, "bytes")
     if not 1 <= n <= MAX_RANDOM:
         raise TransitError(f"bytes must be between 1 and {MAX_RANDOM}")
     raw = os.urandom(n)

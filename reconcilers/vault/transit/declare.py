@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reconcilers.vault.transit import keys as k
-from reconcilers.vault.transit.api import duration
+from reconcilers.vault.transit.manage import duration
 
 
 @dataclass(frozen=True, slots=True)
