@@ -9,8 +9,10 @@ processes, its repository and its index. The daemon's implementations live in da
     EventRecorder   record an event (drift, a retry, a secret resolved) under the reconciler's name
     SecretsPort     resolve a reference to a decrypted value at apply time: audited, never stored
     Scheduler       register timers and wake the daemon's loop
-    GitWriter       commit a file to a side branch (or a new branch) as the daemon
+    GitWriter       commit files to a side branch (or a new branch) as the daemon
     HttpMount       an interface served on the daemon's listener, behind its authentication
+    VerbHost        what a plugin's CLI verb gets from the kernel (click's ctx.obj): the same ports, opened
+                    for the repository the verb's --repo/--data-dir/--config/--branch options name
     Tables          the reconciler's own tables in the daemon's DuckDB index
     Workspace       what a reconciler's CLI verbs and interfaces need outside a run (the repo, the index, host
                     settings), opened by the kernel the way the daemon opens them
@@ -172,6 +174,10 @@ class GitWriter(Protocol):
         parent). The commit id; raises SourceError for the watched branch or a `base` not in the repository."""
         ...
 
+    def commit_files(self, branch: str, files: Mapping[str, str], message: str, base: str | None = None) -> str:
+        """Like `commit_file` for several files at once (one commit holding all of them)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class HttpMount:
@@ -182,6 +188,27 @@ class HttpMount:
     factory: Callable[[], Any]
 
 
+class VerbHost(Protocol):
+    """The kernel's side of a plugin's CLI verb: `stratum`'s group puts one in click's `ctx.obj`, so a verb
+    living in a reconciler package gets the daemon's ports without importing the daemon."""
+
+    def open(self, reconciler: str, options: Mapping[str, Any]) -> AbstractContextManager[Any]:
+        """The environment (a reconcilers.base.ReconcilerEnv: not named here, base imports this module) of
+        `reconciler` for the repository named by `options` (repo, data_dir, config,
+        branch, root: the common options' values, None for defaults): the evaluator, the revisions of the
+        watched repository and the git writer. Closed (workers stopped) when the block ends."""
+        ...
+
+    def plan_markdown(self, options: Mapping[str, Any], base: str, head: str) -> str:
+        """The kernel's pull-request plan (`stratum plan --base --head --format markdown`) of `head` against
+        `base` in the repository of `options`."""
+        ...
+
+    def workspace(self, options: Mapping[str, Any]) -> AbstractContextManager[Workspace]:
+        """The repository and the index of `options` opened as the daemon opens them (a Workspace; while a
+        daemon holds the index, a private index beside it and `daemon_runs` to ask the daemon). Closed at the
+        end of the block."""
+        ...
 class Tables(Protocol):
     """A reconciler's own tables in the daemon's DuckDB index. The index has one writer and one lock: every call
     here runs under it, and `transaction()` / `connection()` hold it for a block (keep those blocks short)."""
