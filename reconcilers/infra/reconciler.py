@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -241,14 +242,26 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         written. A command's output and errors have the values redacted; the original error is not chained,
         so no traceback carries a value."""
         resolved = secretapply.resolve(self.secrets_port, rid, spec)
+
+        def hide(text: str) -> str:
+            return secretapply.redact(text, resolved.values, resolved.refs)
+
         try:
             if kind == "systemd_unit" and resolved.spec.get(secretapply.CREDENTIALS):
                 secretapply.write_credentials(self.runtime_dir, str(spec["name"]),
                                               resolved.spec[secretapply.CREDENTIALS])
-            message = provider.apply(rid, kind, resolved.spec)
+            if kind == "command" and isinstance(provider, LocalProvider):
+                # Redacted before the output is cut to its tail (see LocalProvider.run_command).
+                message = provider.command(rid, resolved.spec, hide)
+            else:
+                message = provider.apply(rid, kind, resolved.spec)
         except StratumError as err:
-            raise type(err)(secretapply.redact(err.what, resolved.values, resolved.refs), where=err.where,
-                            hint=err.hint) from None
+            # The same error class and fields (a TransientError keeps its `after`), the message redacted; the
+            # original is not chained, so no traceback carries a value.
+            hidden = copy.copy(err)
+            hidden.what = hide(err.what)
+            hidden.args = (hidden.render(),)
+            raise hidden from None
         if kind in ("file", "systemd_unit") and self.secrets_port is not None:
             self._macs.record(rid, spec_hash, self.secrets_port.fingerprint(secretapply.written_bytes(resolved.spec)))
         return secretapply.redact(message, resolved.values, resolved.refs)
@@ -271,9 +284,10 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         if secretapply.SECRETS in comp:
             resolved = secretapply.resolve(self.secrets_port, action.target, comp)
             env, values = resolved.spec["env"], resolved.values
-        code, output = self.provider.run_command(comp["run"], float(comp.get("timeout", 300)), env)
+        refs = comp.get(secretapply.SECRETS, {})
+        code, output = self.provider.run_command(comp["run"], float(comp.get("timeout", 300)), env,
+                                                 lambda text: secretapply.redact(text, values, refs))
         if code != 0:
-            output = secretapply.redact(output, values, comp.get(secretapply.SECRETS, {}))
             raise ApplyError(f"compensation exited {code}: {output.strip()[-400:]}", where=action.id)
 
     def inventory_items(self, desired: InfraDesired) -> list[InventoryItem]:

@@ -273,6 +273,27 @@ def test_compensation_gets_the_secret_and_failures_are_redacted(world: World) ->
         [list(map(str, row)) for row in world.index.query("SELECT * FROM actions")])
 
 
+def test_a_secret_straddling_the_kept_tail_of_the_output_leaves_no_fragment(world: World) -> None:
+    """A failing command's message keeps the tail of its output (400 characters): the value printed so that the
+    cut falls inside it must not survive as a fragment (redaction runs on the whole output before the cut)."""
+    pad = 400 - 10            # the kept tail starts 10 characters before the value's end
+    rev = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "infra/app.ncl": _infra(
+            f"    leak = {{ kind = 'command, run = \"printf %s \\\"$PW\\\"; head -c {pad} /dev/zero | tr '\\\\0' y; "
+            f"exit 3\", env = {{ PW = {REF} }} }},"),
+    })
+    result = world.pipe.run(rev)
+    assert result.status in ("failed", "rolled_back"), result
+    world.index.sync()
+    recorded = json.dumps([list(map(str, row)) for row in world.index.query("SELECT * FROM actions")])
+    assert "y" * 50 in recorded                   # the tail was recorded ...
+    fragments = {CANARY[i:i + 6] for i in range(len(CANARY) - 5)}
+    assert [f for f in fragments if f in recorded] == []      # ... and no 6 characters of the value in it
+    assert _canary_files(world.data) == []
+
+
 def test_pull_request_plan_shows_a_changed_secret_and_only_then(world: World) -> None:
     """A pull request's plan (base against head, no host read) updates the resources of a changed secret,
     and plans nothing for a head that leaves it alone."""
