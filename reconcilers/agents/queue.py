@@ -193,6 +193,11 @@ class DuckDBQueue:
         rows = self.store.query("SELECT state FROM queue WHERE id = ?", [mid])
         return str(rows[0][0]) if rows else None
 
+    def outcome(self, mid: str) -> tuple[str, str, str] | None:
+        """(state, result, last error) of a run, or None when unknown."""
+        rows = self.store.query("SELECT state, result, last_error FROM queue WHERE id = ?", [mid])
+        return (str(rows[0][0]), str(rows[0][1] or ""), str(rows[0][2] or "")) if rows else None
+
     def rows(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Queued runs (newest first), optionally of one state."""
         where, params = ("WHERE state = ?", [state]) if state else ("", [])

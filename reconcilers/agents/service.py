@@ -1,0 +1,231 @@
+"""The agents service: what runs tasks inside the daemon (or a one-off CLI run).
+
+1. start     open `<data-dir>/agents.duckdb`, the queue, the runner, a worker thread and the schedule
+2. update    each admitted revision: the runner's team and the schedule follow the declarations; tasks
+             and pipelines whose `on_commit` globs match the changed paths are queued
+3. trigger   on_run_failed, on_drift, webhook, manual: queue the tasks and pipelines of that trigger
+4. fire      a schedule job: a cron task or pipeline is queued; a check is probed and, on a transition to
+             failing, its `on_check` tasks and pipelines are queued
+5. requests  CLI verbs while the daemon holds the DuckDB file drop JSON requests in `<data-dir>/agents/
+             requests/` (approve, reject, cancel, run); the service applies them within a second
+Every entry point logs and swallows its own errors: a bad task never stops the scheduler or the worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from reconcilers.agents.checks import CheckStates, probe
+from reconcilers.agents.model import AgentsDesired, Pipeline, Task, Trigger
+from reconcilers.agents.pipeline import PipelineRun, run_pipeline
+from reconcilers.agents.prompts import Context
+from reconcilers.agents.queue import DuckDBQueue, Message
+from reconcilers.agents.runner import Runner
+from reconcilers.agents.schedule import Schedule
+from reconcilers.agents.store import Store
+from reconcilers.agents.tools import ToolHost
+from reconcilers.agents.worker import Worker
+
+log = structlog.get_logger("stratum.agents")
+REQUEST_VERBS = ("approve", "reject", "cancel", "run")
+
+
+def requests_dir(data_dir: Path) -> Path:
+    """Where CLI verbs leave requests for a running service."""
+    return data_dir / "agents" / "requests"
+
+
+def submit_request(data_dir: Path, verb: str, target: str) -> Path:
+    """Leave a request for the service (written whole, then renamed: the service never reads half a file)."""
+    folder = requests_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}.json"
+    tmp = folder / f".{name}"
+    tmp.write_text(json.dumps({"verb": verb, "target": target}))
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def matches(paths: Iterable[str], globs: Iterable[str]) -> bool:
+    """Any path matching any glob (`*` and `**` both cross `/`)."""
+    pats = [g.replace("**", "*") for g in globs]
+    return any(fnmatch.fnmatchcase(p, g) for p in paths for g in pats)
+
+
+class AgentService:
+    """Queue, runner, worker, schedule and checks over one data directory."""
+
+    def __init__(self, data_dir: Path, *, events: Callable[[str, str], None] | None = None,
+                 secrets: Callable[[str], str] | None = None, tools: ToolHost | None = None,
+                 context: Callable[[Message], Context] | None = None, roles: Iterable[str] | None = None,
+                 start_threads: bool = True, http: httpx.Client | None = None) -> None:
+        self.data_dir = data_dir
+        self.store = Store(data_dir / "agents.duckdb")
+        self.queue = DuckDBQueue(self.store)
+        self.http = http or httpx.Client()
+        self.team = AgentsDesired()
+        self._events = events or (lambda kind, message: None)
+        self.runner = Runner(self.store, self.queue, self.team, data_dir / "agents" / "work", http=self.http,
+                             secrets=secrets, tools=tools or ToolHost(), events=self._events,
+                             webhook=self._webhook)
+        if context is not None:
+            self.runner.context = context
+        self.worker = Worker(self.queue, self.runner, tuple(roles or ()), parallel=2)
+        self.checks = CheckStates(self.store)
+        self.schedule = Schedule(self.store, self.fire, start=start_threads)
+        self.pipelines: list[PipelineRun] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if start_threads:
+            for target, name in ((self._serve, "agents-worker"), (self._requests_loop, "agents-requests")):
+                t = threading.Thread(target=target, name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    # -- 2. each revision ----------------------------------------------------------------------------------
+    def update(self, desired: AgentsDesired, changed: Iterable[str] = ()) -> None:
+        """The declarations in force from now on; on_commit triggers for the changed paths."""
+        self.team = desired
+        self.runner.team = desired
+        if not self.worker.roles or set(self.worker.roles) != {a.role for a in desired.agents.values()}:
+            self.worker.roles = tuple(sorted({a.role for a in desired.agents.values()}))
+        change = self.schedule.reconcile(desired)
+        if change.added or change.changed or change.removed:
+            self._events("schedule", f"jobs added {list(change.added)}, changed {list(change.changed)}, "
+                                     f"removed {list(change.removed)}")
+        paths = list(changed)
+        if paths:
+            self.trigger("on_commit", {"paths": paths[:200]},
+                         match=lambda t: matches(paths, t.paths))
+
+    # -- 3. triggers -------------------------------------------------------------------------------------------
+    def trigger(self, kind: str, inputs: Mapping[str, Any],
+                match: Callable[[Trigger], bool] = lambda _t: True) -> list[str]:
+        """Queue every task (and start every pipeline) whose trigger is `kind` and matches; their run ids."""
+        out: list[str] = []
+        for task in self.team.tasks.values():
+            if task.trigger.kind == kind and match(task.trigger):
+                out.append(self.enqueue_task(task, kind, inputs))
+        for pl in self.team.pipelines.values():
+            if pl.trigger.kind == kind and match(pl.trigger):
+                out.append(self.start_pipeline(pl, kind, inputs))
+        return out
+
+    def enqueue_task(self, task: Task, trigger: str, inputs: Mapping[str, Any]) -> str:
+        """Queue one run of `task` with `inputs`."""
+        spec = {**task.spec(), "inputs": dict(inputs)}
+        return self.queue.enqueue(task.role, spec, trigger=trigger, idem_key=task.idempotency_key,
+                                  retries=task.retries, backoff=task.backoff, approval=task.approval)
+
+    def start_pipeline(self, pl: Pipeline, trigger: str, inputs: Mapping[str, Any],
+                       wait: bool = False) -> str:
+        """Run a pipeline on its own thread (or here, when `wait`); an id for the log."""
+        pid = f"pipeline-{uuid.uuid4().hex[:12]}"
+        team = self.team
+
+        def go() -> None:
+            try:
+                result = run_pipeline(pl, team, lambda t, trig, inp: self.enqueue_task(t, trig, inp), self.queue,
+                                      {**inputs, "trigger": trigger})
+            except Exception:
+                log.exception("agents.pipeline_crashed", pipeline=pl.id)
+                return
+            self.pipelines.append(result)
+            self._events("pipeline", f"pipeline {pl.id} {result.outcome}: steps "
+                                     f"{[(s.step, s.state) for s in result.steps]}")
+
+        if wait:
+            go()
+        else:
+            threading.Thread(target=go, name=pid, daemon=True).start()
+        return pid
+
+    # -- 4. schedule fires ---------------------------------------------------------------------------------
+    def fire(self, job_id: str, scheduled: float) -> None:
+        """A schedule job fired (APScheduler's thread, or catch-up at start)."""
+        kind, _, item = job_id.partition(":")
+        try:
+            if kind == "task" and item in self.team.tasks:
+                self.enqueue_task(self.team.tasks[item], "cron", {"scheduled": scheduled})
+            elif kind == "pipeline" and item in self.team.pipelines:
+                self.start_pipeline(self.team.pipelines[item], "cron", {"scheduled": scheduled})
+            elif kind == "check" and item in self.team.checks:
+                self.run_check(item)
+        except Exception:
+            log.exception("agents.job_failed", job=job_id)
+
+    def run_check(self, check_id: str) -> str:
+        """Probe one check; on a transition to failing, queue its on_check tasks. The transition ("" if none)."""
+        check = self.team.checks[check_id]
+        ok, message = probe(check, self.http, self.data_dir / "agents" / "work")
+        transition = self.checks.observe(check, ok, message)
+        if transition:
+            self._events("check", f"check {check_id} {transition}: {message}")
+        if transition == "failing":
+            self.trigger("on_check", {"check": check_id, "message": message, "kind": check.kind,
+                                      "target": check.url or f"{check.host}:{check.port}"},
+                         match=lambda t: t.check == check_id)
+        return transition
+
+    # -- 5. requests from the CLI ----------------------------------------------------------------------------
+    def process_requests(self) -> int:
+        """Apply the requests CLI verbs left; how many."""
+        folder = requests_dir(self.data_dir)
+        done = 0
+        for path in sorted(folder.glob("[0-9]*.json")) if folder.is_dir() else ():
+            try:
+                req = json.loads(path.read_text())
+                verb, target = str(req["verb"]), str(req["target"])
+                if verb == "approve":
+                    self.queue.approve(target)
+                elif verb == "reject":
+                    self.queue.reject(target)
+                elif verb == "cancel":
+                    self.queue.cancel(target)
+                elif verb == "run" and target in self.team.tasks:
+                    self.enqueue_task(self.team.tasks[target], "manual", {})
+                elif verb == "run" and target in self.team.pipelines:
+                    self.start_pipeline(self.team.pipelines[target], "manual", {})
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("agents.bad_request", file=path.name, error=str(err))
+            path.unlink(missing_ok=True)
+            done += 1
+        return done
+
+    def _requests_loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.process_requests()
+            except Exception:
+                log.exception("agents.requests_failed")
+
+    def _serve(self) -> None:
+        try:
+            self.worker.serve(self._stop, poll=0.2)
+        except Exception:
+            log.exception("agents.worker_crashed")
+
+    def _webhook(self, url: str, body: dict[str, Any]) -> None:
+        try:
+            self.http.post(url, json=body, timeout=10)
+        except httpx.HTTPError as err:
+            log.warning("agents.webhook_failed", url=url.split("?")[0], error=type(err).__name__)
+
+    def close(self) -> None:
+        """Stop the threads and the schedule, close the file."""
+        self._stop.set()
+        self.schedule.close()
+        for t in self._threads:
+            t.join(10)
+        self.store.close()
