@@ -66,6 +66,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
     sections = settings.reconciler_settings()
     if one_shot:
         sections.setdefault("knowledge", {})["defer_embedding"] = True
+        sections.setdefault("agents", {})["one_shot"] = True      # no agent service in a process about to end
     base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
                          index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer)
     out: dict[str, AnyReconciler] = {}

@@ -201,6 +201,7 @@ class AgentsDesired:
     checks: Mapping[str, Check] = field(default_factory=_empty)
     settings: AgentSettings = field(default_factory=AgentSettings)
     problems: tuple[Problem, ...] = ()
+    files: Mapping[str, str] = field(default_factory=_empty)     # path -> blob id (only with on_commit triggers)
 
     def agents_for(self, role: str) -> list[Agent]:
         """The agents of `role`, by id."""

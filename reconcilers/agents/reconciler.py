@@ -3,15 +3,22 @@
 1. configure  the `agents` section of stratum.ncl (queue, minimum cron interval, retention)
 2. load       evaluate agents/**/*.ncl and tasks/**/*.ncl with nickel/agents.ncl (the daemon's evaluator)
 3. validate   roles, agents per role, providers, cron, budgets, templates, pipelines (validate.py)
-4. index      the admitted revision's declarations become the ones in force (`active`); the schedule is
-              reconciled from them by whoever runs tasks (the daemon's agents service, schedule.py)
+4. index      the admitted revision's declarations become the ones in force (`active`): the agents service
+              (service.py; started here in the daemon, never in a one-shot CLI process) reconciles its
+              schedule from them and queues the `on_commit` tasks whose globs match the changed files
 5. plan       nothing to apply on a commit: tasks run from the queue, not as a run's actions
+6. after      a failed or rolled-back run queues the `on_run_failed` tasks
+The HTTP interface (/agents): POST /agents/webhook/<task or pipeline id> queues a `webhook` one, GET
+/agents/metrics is the Prometheus text of agent executions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from reconcilers.agents.load import load_agents
 from reconcilers.agents.model import NAME, AgentsDesired, AgentSettings
@@ -28,8 +35,13 @@ from reconcilers.base import (
     ResourceRow,
 )
 from reconcilers.errors import ApplyError, InputError
-from reconcilers.ports import Snapshot
-from reconcilers.records import freeze
+from reconcilers.ports import HttpMount, Snapshot
+from reconcilers.records import RunRecord, freeze
+
+if TYPE_CHECKING:
+    from reconcilers.agents.service import AgentService
+
+log = structlog.get_logger("stratum.agents")
 
 
 class AgentsReconciler(Reconciler[AgentsDesired, None]):
@@ -42,6 +54,9 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         self.settings = AgentSettings()
         self._settings_error = ""
         self.active: AgentsDesired | None = None      # the declarations of the revision in force
+        host = env.settings.get("agents") or {}
+        self.host: Mapping[str, Any] = host if isinstance(host, Mapping) else {}
+        self.service: AgentService | None = None
 
     def configure(self, section: Mapping[str, Any]) -> None:
         """The `agents` section of the revision's stratum.ncl."""
@@ -54,7 +69,13 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         """Every agents/ and tasks/ declaration of the commit."""
         if self.env.evaluator is None:
             raise InputError("the agents reconciler needs the Nickel evaluator", hint="report this bug")
-        return load_agents(snap, self.env.evaluator, self.settings)
+        desired = load_agents(snap, self.env.evaluator, self.settings)
+        triggers = [t.trigger for t in desired.tasks.values()] + [p.trigger for p in desired.pipelines.values()]
+        if any(t.kind == "on_commit" for t in triggers):
+            # Only a repo with on_commit triggers pays for listing its whole tree (to tell changed files).
+            files = {e.path: e.blob_id for e in snap.entries("")}
+            desired = replace(desired, files=files)
+        return desired
 
     def validate(self, desired: AgentsDesired) -> list[Problem]:
         """Every located problem (rejects the revision)."""
@@ -84,8 +105,67 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
             [(self.name, f"agent:{a.id}", "agent", a.where.path, _digest(a)) for a in desired.agents.values()]
 
     def index(self, desired: AgentsDesired, index: Any, revision: str) -> None:
-        """The admitted revision's declarations are in force from now on."""
+        """The admitted revision's declarations are in force from now on; the service follows them."""
+        before = self.active
         self.active = desired
+        service = self._service()
+        if service is None:
+            return
+        changed: list[str] = []
+        if desired.files:
+            old = before.files if before is not None else {}
+            changed = sorted({p for p, b in desired.files.items() if old.get(p) != b} | (set(old) - set(desired.files)))
+        try:
+            service.update(desired, changed)
+        except Exception:  # agent tasks are off the run's path: a failure is logged, never fatal
+            log.exception("agents.update_failed", revision=revision[:12])
+
+    def _service(self) -> AgentService | None:
+        """The agents service, started on first use in a long-lived process (not in one-shot CLI runs)."""
+        if self.service is None and not self.host.get("one_shot") and self.host.get("enabled", True):
+            from reconcilers.agents.knowledge import context_for, from_daemon, tool_host
+            from reconcilers.agents.service import AgentService
+
+            kb = None
+            if self.env.revisions is not None and self.env.index is not None:
+                kb = from_daemon(self.env.revisions.git_dir, self.env.data_dir, self.env.index, self.env.settings)
+            secrets = self.env.secrets
+
+            def resolve(ref: str) -> str:
+                if secrets is None:
+                    raise InputError(f"no secrets port to resolve {ref}", hint="run agent tasks in the daemon")
+                return secrets.resolve(ref, purpose="agents: provider api key")
+
+            events = self.env.events
+
+            def record(kind: str, message: str) -> None:
+                if events is not None:
+                    events(f"agents.{kind}", message)
+
+            self.service = AgentService(self.env.data_dir, events=record, secrets=resolve, tools=tool_host(kb),
+                                        context=context_for(kb))
+        return self.service
+
+    def on_run_finished(self, record: RunRecord, index: Any) -> None:
+        """A failed or rolled-back run queues the on_run_failed tasks."""
+        if self.service is not None and record.status in ("failed", "rolled_back"):
+            self.service.trigger("on_run_failed", {"run_id": record.run_id, "revision": record.revision,
+                                                   "status": record.status, "message": record.message[:2000]})
+
+    def http_mounts(self) -> list[HttpMount]:
+        """/agents: webhook triggers and metrics."""
+        return [HttpMount("/agents", self._http_app)]
+
+    def _http_app(self) -> Any:
+        from reconcilers.agents.http import app
+
+        return app(lambda: self.service)
+
+    def close(self) -> None:
+        """Stop the service (the daemon is stopping)."""
+        if self.service is not None:
+            self.service.close()
+            self.service = None
 
     def observe(self, desired: AgentsDesired, inventory: list[InventoryItem]) -> None:
         """Nothing to observe: tasks are run by the queue's workers."""
