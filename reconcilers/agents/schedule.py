@@ -160,8 +160,13 @@ class Schedule:
 
     def next_fires(self) -> Mapping[str, Any]:
         """Job id -> next fire time (unix seconds, None when paused)."""
-        return {j.id: (j.next_run_time.timestamp() if j.next_run_time else None)
-                for j in self.scheduler.get_jobs()}
+        now = dt.datetime.now(dt.UTC)
+        out: dict[str, Any] = {}
+        for j in self.scheduler.get_jobs():
+            # A scheduler not started (a CLI process) has pending jobs without a next run time: ask the trigger.
+            nxt = getattr(j, "next_run_time", None) or j.trigger.get_next_fire_time(None, now)
+            out[j.id] = nxt.timestamp() if nxt else None
+        return out
 
     def close(self) -> None:
         """Stop the scheduler thread."""

@@ -31,14 +31,16 @@ from reconcilers.agents.model import AgentsDesired, Pipeline, Task, Trigger
 from reconcilers.agents.pipeline import PipelineRun, run_pipeline
 from reconcilers.agents.prompts import Context
 from reconcilers.agents.queue import DuckDBQueue, Message
+from reconcilers.agents.retention import purge
 from reconcilers.agents.runner import Runner
 from reconcilers.agents.schedule import Schedule
+from reconcilers.agents.snapshot import save_team, status, write_status
 from reconcilers.agents.store import Store
 from reconcilers.agents.tools import ToolHost
 from reconcilers.agents.worker import Worker
 
 log = structlog.get_logger("stratum.agents")
-REQUEST_VERBS = ("approve", "reject", "cancel", "run")
+REQUEST_VERBS = ("approve", "reject", "cancel", "run", "purge")
 
 
 def requests_dir(data_dir: Path) -> Path:
@@ -55,6 +57,11 @@ def submit_request(data_dir: Path, verb: str, target: str) -> Path:
     tmp.write_text(json.dumps({"verb": verb, "target": target}))
     os.replace(tmp, folder / name)
     return folder / name
+
+
+def status_path(data_dir: Path) -> Path:
+    """The status snapshot the running service keeps for readers."""
+    return data_dir / "agents" / "status.json"
 
 
 def matches(paths: Iterable[str], globs: Iterable[str]) -> bool:
@@ -98,6 +105,8 @@ class AgentService:
         """The declarations in force from now on; on_commit triggers for the changed paths."""
         self.team = desired
         self.runner.team = desired
+        save_team(self.store, desired)
+        purge(self.store, desired.settings.retention_days, desired.settings.retention_count)
         if not self.worker.roles or set(self.worker.roles) != {a.role for a in desired.agents.values()}:
             self.worker.roles = tuple(sorted({a.role for a in desired.agents.values()}))
         change = self.schedule.reconcile(desired)
@@ -108,6 +117,11 @@ class AgentService:
         if paths:
             self.trigger("on_commit", {"paths": paths[:200]},
                          match=lambda t: matches(paths, t.paths))
+        self.write_status()
+
+    def write_status(self) -> None:
+        """Rewrite the status snapshot readers use while this process holds the DuckDB file."""
+        write_status(status_path(self.data_dir), status(self.store, self.team, dict(self.schedule.next_fires())))
 
     # -- 3. triggers -------------------------------------------------------------------------------------------
     def trigger(self, kind: str, inputs: Mapping[str, Any],
@@ -197,6 +211,9 @@ class AgentService:
                     self.enqueue_task(self.team.tasks[target], "manual", {})
                 elif verb == "run" and target in self.team.pipelines:
                     self.start_pipeline(self.team.pipelines[target], "manual", {})
+                elif verb == "purge":
+                    days, _, keep = target.partition(":")
+                    purge(self.store, float(days), int(keep))
             except (OSError, ValueError, KeyError) as err:
                 log.warning("agents.bad_request", file=path.name, error=str(err))
             path.unlink(missing_ok=True)
@@ -204,9 +221,13 @@ class AgentService:
         return done
 
     def _requests_loop(self) -> None:
+        beat = 0
         while not self._stop.wait(0.5):
+            beat += 1
             try:
                 self.process_requests()
+                if beat % 4 == 0:           # every 2 s: what readers see lags the queue by at most that
+                    self.write_status()
             except Exception:
                 log.exception("agents.requests_failed")
 
