@@ -1,7 +1,8 @@
 """The command runner: a task's program run with a timeout, an environment allow-list, output caps and a
 working directory inside the host's agents work dir.
 
-The child starts in its own session, so a timeout kills it and everything it started. Output beyond the cap
+The child starts in its own session, so a timeout kills it and everything it started, and is killed when its
+worker dies (so a redelivered run never races an orphan of the first delivery). Output beyond the cap
 is counted and drained (a child blocked on a full pipe would never finish) but not kept; past HARD_LIMIT the
 child is killed as flooding. The environment holds PATH, LANG and HOME of the host, the names the task lists
 (when set on the host), and STRATUM_* values the runner adds; nothing else of the host leaks in.
@@ -88,6 +89,17 @@ def workdir(root: Path, cwd: str) -> Path:
     return target
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: be killed when the worker dies (Linux PR_SET_PDEATHSIG), so a worker killed
+    mid-task leaves no orphan finishing the task behind the run's redelivery."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)     # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass                    # not Linux: the timeout still bounds the child
+
+
 def run_command(argv: Sequence[str], *, cwd: Path, timeout: float, allow_env: Sequence[str] = (),
                 extra_env: Mapping[str, str] | None = None, max_output: int = 65536,
                 host_env: Mapping[str, str] | None = None) -> CommandResult:
@@ -96,7 +108,7 @@ def run_command(argv: Sequence[str], *, cwd: Path, timeout: float, allow_env: Se
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=environment(allow_env, extra_env or {}, host_env),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     except OSError as err:
         return CommandResult(127, "", "", 0.0, error=f"cannot start {argv[0]!r}: {err.strerror or err}")
     assert proc.stdout is not None and proc.stderr is not None

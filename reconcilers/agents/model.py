@@ -178,6 +178,7 @@ class AgentSettings:
     min_cron_interval: float = 60.0
     retention_days: int = 90
     retention_count: int = 100_000
+    visibility: float = 300.0                 # seconds a worker holds a run before it is redelivered
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> AgentSettings:
@@ -185,7 +186,8 @@ class AgentSettings:
         return cls(queue=str(raw.get("queue", "duckdb")),
                    min_cron_interval=float(raw.get("min_cron_interval", 60)),
                    retention_days=int(raw.get("retention_days", 90)),
-                   retention_count=int(raw.get("retention_count", 100_000)))
+                   retention_count=int(raw.get("retention_count", 100_000)),
+                   visibility=float(raw.get("visibility", 300)))
 
 
 @dataclass(frozen=True, slots=True)

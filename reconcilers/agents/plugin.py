@@ -14,4 +14,5 @@ PLUGIN = Plugin(
         Verb("check", "reconcilers.agents.cli:check", "Monitor checks: list and status."),
     ),
     order=40,
+    worker="reconcilers.agents.remote:serve_worker",
 )

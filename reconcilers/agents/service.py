@@ -28,13 +28,14 @@ import structlog
 
 from reconcilers.agents.checks import CheckStates, probe
 from reconcilers.agents.model import AgentsDesired, Pipeline, Task, Trigger
+from reconcilers.agents.natsqueue import NatsQueue
 from reconcilers.agents.pipeline import PipelineRun, run_pipeline
 from reconcilers.agents.prompts import Context
 from reconcilers.agents.queue import DuckDBQueue, Message
 from reconcilers.agents.retention import purge
 from reconcilers.agents.runner import Runner
 from reconcilers.agents.schedule import Schedule
-from reconcilers.agents.snapshot import save_team, status, write_status
+from reconcilers.agents.snapshot import save_team, status, team_json, write_status
 from reconcilers.agents.store import Store
 from reconcilers.agents.tools import ToolHost
 from reconcilers.agents.worker import Worker
@@ -76,10 +77,12 @@ class AgentService:
     def __init__(self, data_dir: Path, *, events: Callable[[str, str], None] | None = None,
                  secrets: Callable[[str], str] | None = None, tools: ToolHost | None = None,
                  context: Callable[[Message], Context] | None = None, roles: Iterable[str] | None = None,
-                 start_threads: bool = True, http: httpx.Client | None = None) -> None:
+                 start_threads: bool = True, http: httpx.Client | None = None,
+                 queue_url: str = "") -> None:
         self.data_dir = data_dir
         self.store = Store(data_dir / "agents.duckdb")
-        self.queue = DuckDBQueue(self.store)
+        # The embedded queue by default; NATS JetStream when the host names a server (the repo chose 'nats).
+        self.queue: DuckDBQueue | NatsQueue = NatsQueue(queue_url) if queue_url else DuckDBQueue(self.store)
         self.http = http or httpx.Client()
         self.team = AgentsDesired()
         self._events = events or (lambda kind, message: None)
@@ -106,6 +109,10 @@ class AgentService:
         self.team = desired
         self.runner.team = desired
         save_team(self.store, desired)
+        self.worker.visibility = desired.settings.visibility
+        if isinstance(self.queue, NatsQueue):
+            self.queue.visibility = desired.settings.visibility
+            self.queue.put_team(team_json(desired))         # remote workers read the declarations from here
         purge(self.store, desired.settings.retention_days, desired.settings.retention_count)
         if not self.worker.roles or set(self.worker.roles) != {a.role for a in desired.agents.values()}:
             self.worker.roles = tuple(sorted({a.role for a in desired.agents.values()}))
@@ -249,4 +256,6 @@ class AgentService:
         self.schedule.close()
         for t in self._threads:
             t.join(10)
+        if isinstance(self.queue, NatsQueue):
+            self.queue.close()
         self.store.close()
