@@ -15,16 +15,24 @@ from reconcilers.agents.prompts import Context
 from reconcilers.agents.queue import Message
 from reconcilers.agents.tools import ToolHost
 
+BODY_CHARS = 1500            # characters of the best match's body given to the model
+
 
 def _hits(kb: Any, query: str, types: tuple[str, ...], limit: int = 3) -> str:
     from reconcilers.knowledge.search import Filters
 
     result = kb.search(query, mode="hybrid", limit=limit, filters=Filters(types=types) if types else None)
     lines = []
-    for hit in result.hits:
+    for rank, hit in enumerate(result.hits):
         node = hit.node
         lines.append(f"- {node.get('title', '')} (id {node.get('id', '')}, {node.get('path', '')}): "
                      f"{hit.snippet.strip()}")
+        if rank == 0:
+            # The best match's steps themselves: a runbook is only useful with its body.
+            try:
+                lines.append(kb.node(str(node.get("id", ""))).body.strip()[:BODY_CHARS])
+            except Exception:  # noqa: BLE001 a node gone since the search: its summary line stays
+                pass
     return "\n".join(lines) or f"(no knowledge matches {query!r})"
 
 

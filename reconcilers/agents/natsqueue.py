@@ -149,7 +149,8 @@ class NatsQueue:
                     self._inflight[body["id"]] = m
                 self._put_result(body["id"], "leased")
                 return Message(id=body["id"], role=body["role"], task=body["task"], spec=body["spec"],
-                               trigger=body["trigger"], attempt=int(m.metadata.num_delivered),
+                               trigger=body["trigger"],
+                               attempt=int(m.metadata.num_delivered) - self._released(body["id"]),
                                max_attempts=int(body["max_attempts"]), idem_key=body["idem_key"],
                                enqueued_at=float(body["enqueued_at"]))
         return None
@@ -204,6 +205,21 @@ class NatsQueue:
             return (self._call(self.kv["STRATUM_IDEMPOTENCY"].get(_key(idem_key))).value or b"").decode()
         except KeyNotFoundError:
             return None
+
+    def release(self, msg: Message, delay: float) -> None:
+        """Put a run back without spending an attempt (no agent was free): counted apart from deliveries."""
+        m = self._take(msg)
+        key = f"released.{msg.id}"
+        self._call(self.kv["STRATUM_RESULTS"].put(key, str(self._released(msg.id) + 1).encode()))
+        if m is not None:
+            self._call(m.nak(delay=delay))
+        self._put_result(msg.id, "ready")
+
+    def _released(self, mid: str) -> int:
+        try:
+            return int((self._call(self.kv["STRATUM_RESULTS"].get(f"released.{mid}")).value or b"0").decode())
+        except KeyNotFoundError:
+            return 0
 
     def outcome(self, mid: str) -> tuple[str, str, str] | None:
         """(state, result, error) of a run, from the results bucket."""

@@ -9,6 +9,7 @@ behave the same (tests run the same behaviour tests on both).
     ack       done; its idempotency key is remembered with the result
     nak       failed: ready again after backoff x 2^(attempt-1) (or `delay`), dead once attempts are spent
     term      dead at once (bad input: retrying cannot help)
+    release   back after a delay without spending an attempt (every agent of the role was at its cap)
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class Queue(Protocol):
 
     def term(self, msg: Message, error: str) -> None:
         """The run cannot succeed: dead letter now."""
+        ...
+
+    def release(self, msg: Message, delay: float) -> None:
+        """Put the run back without spending an attempt (no agent was free)."""
         ...
 
     def done_result(self, idem_key: str) -> str | None:
@@ -150,6 +155,12 @@ class DuckDBQueue:
             con.execute("UPDATE queue SET state = ?, available_at = ?, last_error = ?, leased_until = NULL "
                         "WHERE id = ?", [READY, now + wait, error[:4000], msg.id])
             return True
+
+    def release(self, msg: Message, delay: float) -> None:
+        """Put a run back after `delay` without spending an attempt (no agent of its role was free)."""
+        self.store.execute("UPDATE queue SET state = ?, attempts = attempts - 1, available_at = ?, "
+                           "leased_until = NULL WHERE id = ? AND state = ?",
+                           [READY, self.clock() + delay, msg.id, LEASED])
 
     def term(self, msg: Message, error: str) -> None:
         """Dead letter now."""

@@ -108,7 +108,7 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         """The admitted revision's declarations are in force from now on; the service follows them."""
         before = self.active
         self.active = desired
-        service = self._service()
+        service = self._service(desired)
         if service is None:
             return
         changed: list[str] = []
@@ -120,8 +120,10 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         except Exception:  # agent tasks are off the run's path: a failure is logged, never fatal
             log.exception("agents.update_failed", revision=revision[:12])
 
-    def _service(self) -> AgentService | None:
-        """The agents service, started on first use in a long-lived process (not in one-shot CLI runs)."""
+    def _service(self, desired: AgentsDesired) -> AgentService | None:
+        """The agents service, started on first use in a long-lived process (not in one-shot CLI runs). The
+        queue is NATS JetStream when the repo chose `queue = 'nats` and the host names the server
+        (`[agents] nats_url` in stratumd.toml); else the embedded DuckDB queue (a warning says why)."""
         if self.service is None and not self.host.get("one_shot") and self.host.get("enabled", True):
             from reconcilers.agents.knowledge import context_for, from_daemon, tool_host
             from reconcilers.agents.service import AgentService
@@ -142,8 +144,18 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
                 if events is not None:
                     events(f"agents.{kind}", message)
 
+            url = str(self.host.get("nats_url", "")) if desired.settings.queue == "nats" else ""
+            if desired.settings.queue == "nats" and not url:
+                log.warning("agents.nats_unconfigured", hint="set [agents] nats_url in stratumd.toml; using the "
+                            "embedded DuckDB queue")
             self.service = AgentService(self.env.data_dir, events=record, secrets=resolve, tools=tool_host(kb),
-                                        context=context_for(kb))
+                                        context=context_for(kb), queue_url=url)
+            branch, writer = str(self.host.get("executions_branch", "")), self.env.git_writer
+            if branch and writer is not None:
+                def commit(path: str, text: str, run: Any) -> None:
+                    writer.commit_file(branch, path, text, f"stratum: agents pipeline {run.pipeline} {run.outcome}")
+
+                self.service.on_pipeline = commit
         return self.service
 
     def on_run_finished(self, record: RunRecord, index: Any) -> None:

@@ -36,6 +36,7 @@ from reconcilers.agents.tools import ToolHost
 
 MAX_TOOL_ROUNDS = 6
 LOCK_RETRY = 2.0             # seconds before a locked task is offered again
+BUSY_RETRY = 1.0             # seconds before a run no agent was free for is offered again
 SYSTEM = "You are the {role} agent of an operations team. Answer concisely; use the tools you are given."
 
 
@@ -53,7 +54,7 @@ class Outcome:
     trigger: str = ""
     started: float = 0.0
     finished: float = 0.0
-    outcome: str = "failed"           # succeeded | failed | skipped | blocked
+    outcome: str = "failed"           # succeeded | failed | skipped | blocked | waiting (not recorded)
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
@@ -82,6 +83,7 @@ class Runner:
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     clock: Callable[[], float] = time.time
     host_env: Mapping[str, str] | None = None
+    base_env: Mapping[str, str] = field(default_factory=dict)       # STRATUM_DATA_DIR, STRATUM_BIN (the service)
     _running: dict[str, int] = field(default_factory=dict)
     _locked: set[str] = field(default_factory=set)
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -102,7 +104,7 @@ class Runner:
         lock = bool(spec.get("lock", True))
         with self._guard:
             if lock and msg.task in self._locked:
-                self.queue.nak(msg, "another run of this task is running", delay=LOCK_RETRY)
+                self.queue.release(msg, LOCK_RETRY)
                 return _with(base, outcome="skipped", summary="locked: another run is running", retry=True)
             if lock:
                 self._locked.add(msg.task)
@@ -111,6 +113,9 @@ class Runner:
         finally:
             with self._guard:
                 self._locked.discard(msg.task)
+        if out.outcome == "waiting":
+            self.queue.release(msg, BUSY_RETRY)
+            return out
         self._record(out)
         if out.outcome == "succeeded":
             self.queue.ack(msg, out.output[:4000])
@@ -127,7 +132,9 @@ class Runner:
                            [msg.id, msg.task, decision.winner, decision.rule, decision.explain(), self.clock()])
         if decision.winner is None:
             why = f"no agent of role {msg.role} is free" if agents else f"no agent has the role {msg.role}"
-            return _with(base, summary=why, error=why, retry=bool(agents), finished=self.clock())
+            # Busy agents are a wait, not a failure: the run goes back without spending an attempt.
+            return _with(base, outcome="waiting" if agents else "failed", summary=why, error=why,
+                         retry=bool(agents), finished=self.clock())
         agent = self.team.agents[decision.winner]
         with self._guard:
             self._running[agent.id] = self._running.get(agent.id, 0) + 1
@@ -167,7 +174,7 @@ class Runner:
             cwd = workdir(self.work_root, str(spec.get("cwd", "")))
         except ValueError as err:
             return _with(base, provider=provider, summary=str(err), error=str(err), finished=self.clock())
-        extra = {"STRATUM_TASK": msg.task, "STRATUM_TRIGGER": msg.trigger, "STRATUM_RUN": msg.id,
+        extra = {**self.base_env, "STRATUM_TASK": msg.task, "STRATUM_TRIGGER": msg.trigger, "STRATUM_RUN": msg.id,
                  "STRATUM_ATTEMPT": str(msg.attempt),
                  "STRATUM_INPUTS": json.dumps(spec.get("inputs", {}))[:16000]}
         r = run_command([str(a) for a in spec["command"]], cwd=cwd, timeout=float(spec.get("timeout", 300)),

@@ -118,7 +118,9 @@ class Schedule:
             job = want[jid]
             trigger = CronTrigger(job.when) if job.kind == "cron" else IntervalTrigger(seconds=float(job.when),
                                                                                        timezone=dt.UTC)
-            self.scheduler.add_job(self._run, trigger, id=jid, args=[jid], replace_existing=True, name=jid)
+            # A check probes at once, then on its interval (a new daemon shows check states within seconds).
+            first = {"next_run_time": dt.datetime.now(dt.UTC)} if job.kind == "interval" else {}
+            self.scheduler.add_job(self._run, trigger, id=jid, args=[jid], replace_existing=True, name=jid, **first)
             self.jobs[jid] = job
         missed: list[str] = []
         if not self._caught_up:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ import httpx
 import structlog
 
 from reconcilers.agents.checks import CheckStates, probe
+from reconcilers.agents.execution_node import pipeline_node
 from reconcilers.agents.model import AgentsDesired, Pipeline, Task, Trigger
 from reconcilers.agents.natsqueue import NatsQueue
 from reconcilers.agents.pipeline import PipelineRun, run_pipeline
@@ -91,10 +93,15 @@ class AgentService:
                              webhook=self._webhook)
         if context is not None:
             self.runner.context = context
+        stratum = Path(sys.executable).with_name("stratum")
+        self.runner.base_env = {"STRATUM_DATA_DIR": str(data_dir),
+                                **({"STRATUM_BIN": str(stratum)} if stratum.exists() else {})}
         self.worker = Worker(self.queue, self.runner, tuple(roles or ()), parallel=2)
         self.checks = CheckStates(self.store)
         self.schedule = Schedule(self.store, self.fire, start=start_threads)
         self.pipelines: list[PipelineRun] = []
+        # Called with (path, markdown, run) of each finished pipeline's execution node (the git writer).
+        self.on_pipeline: Callable[[str, str, PipelineRun], None] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if start_threads:
@@ -156,9 +163,14 @@ class AgentService:
         team = self.team
 
         def go() -> None:
+            started = time.time()
             try:
                 result = run_pipeline(pl, team, lambda t, trig, inp: self.enqueue_task(t, trig, inp), self.queue,
                                       {**inputs, "trigger": trigger})
+                if self.on_pipeline is not None:
+                    path, text = pipeline_node(result, pid, team.revision, started, time.time(),
+                                               {**inputs, "trigger": trigger})
+                    self.on_pipeline(path, text, result)
             except Exception:
                 log.exception("agents.pipeline_crashed", pipeline=pl.id)
                 return

@@ -117,3 +117,15 @@ def test_approval_holds_a_run(harness: Harness) -> None:
     assert q.approve(a) and q.reject(b) and not q.approve(b)
     msg = harness.lease(wait=10)
     assert msg is not None and msg.id == a
+
+
+def test_release_spends_no_attempt(harness: Harness) -> None:
+    """A run put back because no agent was free keeps its attempts: the next delivery is still attempt 1."""
+    q = harness.queue
+    q.enqueue(harness.role, {"id": "t"})
+    msg = harness.lease(wait=10)
+    assert msg is not None
+    q.release(msg, 0.3)
+    harness.advance(0.5)
+    again = harness.lease(wait=10)
+    assert again is not None and again.id == msg.id and again.attempt == 1

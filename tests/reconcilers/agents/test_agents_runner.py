@@ -242,3 +242,17 @@ def test_a_prompt_template_error_is_in_the_record(env: Env) -> None:
     row = env.run(Task("bad", "Bad", "devops", prompt="{{ nothing.here }}"), retries=3)
     assert row["outcome"] == "failed" and "prompt template" in row["error"] and "nothing" in row["error"]
     assert [r["state"] for r in env.queue.rows()] == [DEAD]
+
+
+def test_a_run_waits_while_every_agent_is_busy(env: Env) -> None:
+    """When every agent of the role is at its cap the run goes back to the queue without spending an attempt
+    and without an execution record (it failed as dead-lettered before: seen in the incident pipeline)."""
+    env.runner._running["ops-1"] = 1             # ops-1 (max_concurrency 1) is busy with another run
+    mid = env.queue.enqueue("devops", Task("t", "T", "devops", command=("true",)).spec())
+    env.worker.run_once()
+    assert env.queue.state(mid) == READY
+    assert env.store.query("SELECT count(*) FROM executions")[0][0] == 0
+    env.runner._running["ops-1"] = 0
+    env.queue.store.execute("UPDATE queue SET available_at = 0")
+    env.worker.drain()
+    assert env.queue.state(mid) == DONE
