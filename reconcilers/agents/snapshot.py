@@ -118,7 +118,9 @@ def status(store: Store, team: AgentsDesired, next_fires: dict[str, Any] | None 
                                "ORDER BY enqueued_at", [AWAITING]),
         "queue": dict(store.query("SELECT state, count(*) FROM queue GROUP BY state")),
         "history": store.dicts("SELECT * FROM executions ORDER BY started DESC LIMIT ?", [history]),
-        "assignments": store.dicts("SELECT * FROM assignments ORDER BY at_ts DESC LIMIT 50"),
+        "assignments": store.dicts("SELECT message, task, agent AS winner, rule, explain, started AS at_ts "
+                                   "FROM executions WHERE explain IS NOT NULL AND explain <> '' "
+                                   "ORDER BY started DESC LIMIT 50"),
     }
 
 

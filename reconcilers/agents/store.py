@@ -28,10 +28,9 @@ CREATE TABLE IF NOT EXISTS idempotency (key VARCHAR PRIMARY KEY, message VARCHAR
 CREATE TABLE IF NOT EXISTS executions (
   id VARCHAR PRIMARY KEY, message VARCHAR, task VARCHAR, task_type VARCHAR, role VARCHAR, agent VARCHAR,
   provider VARCHAR, trigger VARCHAR, started DOUBLE, finished DOUBLE, outcome VARCHAR, tokens_in BIGINT,
-  tokens_out BIGINT, cost DOUBLE, summary VARCHAR, error VARCHAR, attempt INTEGER, quality DOUBLE);
+  tokens_out BIGINT, cost DOUBLE, summary VARCHAR, error VARCHAR, attempt INTEGER, quality DOUBLE,
+  rule VARCHAR, explain VARCHAR);
 CREATE INDEX IF NOT EXISTS executions_task ON executions (task, finished);
-CREATE TABLE IF NOT EXISTS assignments (
-  message VARCHAR, task VARCHAR, winner VARCHAR, rule VARCHAR, explain VARCHAR, at_ts DOUBLE);
 CREATE TABLE IF NOT EXISTS tool_calls (
   execution VARCHAR, agent VARCHAR, role VARCHAR, tool VARCHAR, allowed BOOLEAN, reason VARCHAR, at_ts DOUBLE);
 CREATE TABLE IF NOT EXISTS last_fire (job VARCHAR PRIMARY KEY, at_ts DOUBLE);

@@ -77,8 +77,7 @@ def test_a_command_task_runs_and_is_recorded(env: Env) -> None:
     assert (row["outcome"], row["agent"], row["provider"]) == ("succeeded", "ops-1", "local")
     assert row["summary"] == "exit 0: hello from the task"
     assert env.queue.rows()[0]["state"] == DONE
-    decision = env.store.dicts("SELECT * FROM assignments")[0]
-    assert (decision["winner"], decision["rule"]) == ("ops-1", "least-loaded")
+    assert (row["rule"], row["explain"].splitlines()[0]) == ("least-loaded", "winner: ops-1 (by least-loaded)")
 
 
 def test_a_failing_command_is_retried_then_dead_lettered(env: Env) -> None:

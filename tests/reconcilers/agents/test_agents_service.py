@@ -84,9 +84,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_check_failing_twice_triggers_its_task_once(service: AgentService, tmp_path: Path) -> None:
+def test_a_check_failing_twice_triggers_its_task_once(tmp_path: Path) -> None:
     """A TCP check against a closed port fails; after `failures` consecutive failures the transition queues
-    the on_check task once; a listener makes it recover."""
+    the on_check task once; a listener makes it recover. (No scheduler thread: the test probes by hand.)"""
+    service = AgentService(tmp_path / "data", start_threads=False)
+    try:
+        _check_transitions(service, tmp_path)
+    finally:
+        service.close()
+
+
+def _check_transitions(service: AgentService, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "log"
     check = Check("db", "tcp", host="127.0.0.1", port=port, failures=2, timeout=2)
