@@ -27,12 +27,14 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import nats
+import structlog
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 
 from reconcilers.agents.queue import CANCELLED, DEAD, DONE, Message, retry_delay
 from reconcilers.errors import StratumError
 
+log = structlog.get_logger("stratum.agents.nats")
 STREAM, DEAD_STREAM = "STRATUM_TASKS", "STRATUM_DEAD"
 MAX_DELIVER = 25             # the consumer's cap; each run's own attempts are enforced below it
 CALL_TIMEOUT = 30.0
@@ -71,7 +73,12 @@ class NatsQueue:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _connect(self, timeout: float) -> None:
-        self.nc = await nats.connect(self.url, connect_timeout=timeout, max_reconnect_attempts=3)
+        async def quiet(err: Exception) -> None:
+            # nats-py's default prints a traceback for every connection error: one log line instead.
+            log.warning("agents.nats_error", error=f"{type(err).__name__}: {err}")
+
+        self.nc = await nats.connect(self.url, connect_timeout=timeout, max_reconnect_attempts=3,
+                                     reconnect_time_wait=0.5, error_cb=quiet)
         self.js = self.nc.jetstream()
         for name, subjects, retention in ((STREAM, ["stratum.tasks.>"], RetentionPolicy.WORK_QUEUE),
                                           (DEAD_STREAM, ["stratum.dead.>"], RetentionPolicy.LIMITS)):

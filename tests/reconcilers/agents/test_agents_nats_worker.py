@@ -101,3 +101,15 @@ def test_a_worker_killed_mid_task_is_redelivered_and_the_run_acts_once(tmp_path:
             if proc is not None:
                 stop(proc)
         svc.close()
+
+
+@pytest.mark.slow
+def test_a_worker_without_a_role_or_server_says_what_to_do(tmp_path: Path) -> None:
+    """`stratumd --worker` with no role, or a server that does not answer: one error line, exit 1, no traceback."""
+    proc = subprocess.run([STRATUMD, "--worker", "--queue-url", "nats://127.0.0.1:1", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "a worker needs at least one --role" in proc.stderr, proc.stderr
+    proc = subprocess.run([STRATUMD, "--worker", "--role", "devops", "--queue-url", "nats://127.0.0.1:1",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "cannot use NATS JetStream at nats://127.0.0.1:1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
