@@ -12,6 +12,7 @@ Nothing here raises to the worker loop: every failure ends as a recorded executi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -120,13 +121,18 @@ class Runner:
         if out.outcome == "waiting":
             self.queue.release(msg, BUSY_RETRY)
             return out
-        self._record(out)
-        if out.outcome == "succeeded":
-            self.queue.ack(msg, out.output[:4000])
-        elif out.retry:
-            self.queue.nak(msg, out.error or out.summary)
-        else:
-            self.queue.term(msg, out.error or out.summary)
+        # The record and the settlement commit together when the queue shares the agents' file (the DuckDB
+        # queue): one commit instead of two per run, and never a settled run without its record.
+        shared = getattr(self.queue, "store", None) is self.store
+        with self.store.transaction() if shared else contextlib.nullcontext():
+            crossed = self._record(out)
+            if out.outcome == "succeeded":
+                self.queue.ack(msg, out.output[:4000])
+            elif out.retry:
+                self.queue.nak(msg, out.error or out.summary)
+            else:
+                self.queue.term(msg, out.error or out.summary)
+        self._notify(out.role, crossed)
         return out
 
     def _assigned(self, msg: Message, base: Outcome) -> Outcome:
@@ -254,7 +260,8 @@ class Runner:
                             retryable=False)
 
     # -- the record ----------------------------------------------------------------------------------------
-    def _record(self, out: Outcome) -> None:
+    def _record(self, out: Outcome) -> list[tuple[int, float, float]]:
+        """Write the execution row; the budget thresholds it crossed (to notify after the commit)."""
         budget = self.team.budgets.get(out.role)
         spend = budgets.Spend(self.store, self.clock)
         before = spend.usage(out.role) if budget is not None and out.cost else None
@@ -273,12 +280,16 @@ class Runner:
         self.metrics.observe(out.role, out.provider or "none", out.outcome, out.tokens_in, out.tokens_out, out.cost,
                              max(0.0, (out.finished or out.started) - out.started))
         if budget is not None and before is not None:
-            for threshold, spent, cap in spend.crossed(budget, before, spend.usage(out.role)):
-                text = f"budget of {out.role} crossed {threshold} %: {spent:.2f} of {cap:.2f}"
-                self.events("budget_threshold", text)
-                if budget.webhook and self.webhook is not None:
-                    self.webhook(budget.webhook, {"role": out.role, "threshold": threshold, "spent": spent,
-                                                  "cap": cap})
+            return spend.crossed(budget, before, spend.usage(out.role))
+        return []
+
+    def _notify(self, role: str, crossed: list[tuple[int, float, float]]) -> None:
+        """Events and webhooks of crossed budget thresholds (outside any transaction: a webhook may be slow)."""
+        budget = self.team.budgets.get(role)
+        for threshold, spent, cap in crossed:
+            self.events("budget_threshold", f"budget of {role} crossed {threshold} %: {spent:.2f} of {cap:.2f}")
+            if budget is not None and budget.webhook and self.webhook is not None:
+                self.webhook(budget.webhook, {"role": role, "threshold": threshold, "spent": spent, "cap": cap})
 
 
 def _with(base: Outcome, **changes: Any) -> Outcome:
