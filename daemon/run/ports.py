@@ -12,7 +12,7 @@ indexes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import pygit2
@@ -136,8 +136,13 @@ class RepoGitWriter:
     def commit_file(self, branch: str, path: str, text: str, message: str, base: str | None = None) -> str:
         """Add or replace `path` on `branch` in one commit; a new branch starts at commit `base` (None: with no
         parent, a branch of its own). The commit id."""
+        return self.commit_files(branch, {path: text}, message, base)
+
+    def commit_files(self, branch: str, files: Mapping[str, str], message: str, base: str | None = None) -> str:
+        """Add or replace every file of `files` (path -> text) on `branch` in one commit (see commit_file)."""
+        where = next(iter(files), branch)
         if branch.removeprefix("refs/heads/") == self._source.branch:
-            raise SourceError(f"the daemon does not commit to the branch it watches ({branch})", where=path,
+            raise SourceError(f"the daemon does not commit to the branch it watches ({branch})", where=where,
                               hint="configure a side branch (for example stratum/executions)")
         repo = self._source.repo
         # The source's lock too: the loop's fetch prunes branches the remote lacks, so it must not run between
@@ -151,8 +156,15 @@ class RepoGitWriter:
                 if not isinstance(found, pygit2.Commit):
                     raise SourceError(f"commit {base} is not in the repository", where=branch)
                 parent = found
-            blob_id = repo.create_blob(text.encode("utf-8"))
-            tree_id = _insert(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
+            tree = parent.tree if parent is not None else None
+            tree_id = None
+            for path, text in sorted(files.items()):
+                blob_id = repo.create_blob(text.encode("utf-8"))
+                tree_id = _insert(repo, tree, path.split("/"), blob_id)
+                written = repo.get(tree_id)
+                tree = written if isinstance(written, pygit2.Tree) else None
+            if tree_id is None:
+                raise SourceError("nothing to commit: no files given", where=branch)
             sig = pygit2.Signature(*IDENTITY)
             before = ref.target if ref is not None else None
             commit = str(repo.create_commit(ref_name, sig, sig, message, tree_id,
