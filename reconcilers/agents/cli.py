@@ -41,16 +41,21 @@ def options(fn: F) -> F:
 
 
 def data_dir_of(repo: str | None, data_dir: Path | None) -> Path:
-    """The data directory: given, $STATE_DIRECTORY, or the per-repository default of every verb."""
+    """The data directory: given, $STATE_DIRECTORY, or the per-repository default every verb uses (asked of
+    the kernel's VerbHost, which `stratum` puts in click's context object)."""
     import os
 
     if data_dir is not None:
         return data_dir
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    from reconcilers.knowledge.knowledge_base import default_data_dir
-
-    return default_data_dir(repo or ".")
+    ctx = click.get_current_context(silent=True)
+    host = ctx.find_root().obj if ctx is not None else None
+    if host is None or not hasattr(host, "open"):
+        raise InputError("no data directory", hint="pass --data-dir DIR (or run the verb through `stratum`)")
+    with host.open("agents", {"repo": repo, "data_dir": None, "config": None, "branch": None,
+                              "root": None}) as env:
+        return Path(env.data_dir)
 
 
 @dataclass

@@ -8,7 +8,6 @@ Answers are short text (title, id, path, snippet), bounded by the prompt helpers
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from reconcilers.agents.prompts import Context
@@ -76,8 +75,8 @@ def _node_text(kb: Any, ref: str) -> str:
     return f"# {node.title}\n\n{node.body}"
 
 
-def from_daemon(git_dir: Path, data_dir: Path, index: Any, host: Mapping[str, Any]) -> Any:
-    """A read-only KnowledgeBase view over the daemon's index (what the MCP server serves)."""
+def from_daemon(workspace: Any) -> Any:
+    """A read-only KnowledgeBase view over the daemon's workspace (what the MCP server serves)."""
     from reconcilers.knowledge.knowledge_base import KnowledgeBase
 
-    return KnowledgeBase(str(git_dir), data_dir, index=index, follow_index=True, host=host)
+    return KnowledgeBase(workspace, follow_index=True, provider=None)

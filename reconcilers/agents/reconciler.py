@@ -128,9 +128,7 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
             from reconcilers.agents.knowledge import context_for, from_daemon, tool_host
             from reconcilers.agents.service import AgentService
 
-            kb = None
-            if self.env.revisions is not None and self.env.index is not None:
-                kb = from_daemon(self.env.revisions.git_dir, self.env.data_dir, self.env.index, self.env.settings)
+            kb = from_daemon(self.env.workspace) if self.env.workspace is not None else None
             secrets = self.env.secrets
 
             def resolve(ref: str) -> str:

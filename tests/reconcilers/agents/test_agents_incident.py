@@ -17,6 +17,7 @@ import pygit2
 import pytest
 import yaml
 
+from daemon.run.workspace import open_workspace
 from reconcilers.agents.knowledge import context_for, tool_host
 from reconcilers.agents.model import Agent, AgentsDesired, Check, Pipeline, Provider, Step, Task, Trigger
 from reconcilers.agents.service import AgentService
@@ -65,7 +66,7 @@ def test_postgres_down_runs_the_incident_pipeline_end_to_end(tmp_path: Path) -> 
     pg = start_postgres(pg_root / "pg")
     repo = WorkRepo(tmp_path / "ops")
     repo.commit({"knowledge/runbooks/postgres-down.md": RUNBOOK})
-    kb = KnowledgeBase(str(repo.path), tmp_path / "kb-data", provider=None)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "kb-data"), provider=None)
     seen_tool_results: list[str] = []
     review_prompts: list[str] = []
 
