@@ -146,8 +146,18 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
             if desired.settings.queue == "nats" and not url:
                 log.warning("agents.nats_unconfigured", hint="set [agents] nats_url in stratumd.toml; using the "
                             "embedded DuckDB queue")
+            index = self.env.index
+
+            def drift(since: float) -> list[tuple[float, str, str, str]]:
+                # The daemon's drift checks record `drift` events in its index: they feed on_drift triggers.
+                if index is None:
+                    return []
+                return [(float(a), str(b), str(c), str(d)) for a, b, c, d in index.query(
+                    "SELECT ts, reconciler, subject, message FROM events WHERE kind = 'drift' AND ts > ? "
+                    "ORDER BY ts LIMIT 200", [since])]
+
             self.service = AgentService(self.env.data_dir, events=record, secrets=resolve, tools=tool_host(kb),
-                                        context=context_for(kb), queue_url=url)
+                                        context=context_for(kb), queue_url=url, drift_source=drift)
             branch, writer = str(self.host.get("executions_branch", "")), self.env.git_writer
             if branch and writer is not None:
                 def commit(path: str, text: str, run: Any) -> None:

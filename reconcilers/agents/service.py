@@ -80,7 +80,8 @@ class AgentService:
                  secrets: Callable[[str], str] | None = None, tools: ToolHost | None = None,
                  context: Callable[[Message], Context] | None = None, roles: Iterable[str] | None = None,
                  start_threads: bool = True, http: httpx.Client | None = None,
-                 queue_url: str = "") -> None:
+                 queue_url: str = "",
+                 drift_source: Callable[[float], list[tuple[float, str, str, str]]] | None = None) -> None:
         self.data_dir = data_dir
         self.store = Store(data_dir / "agents.duckdb")
         # The embedded queue by default; NATS JetStream when the host names a server (the repo chose 'nats).
@@ -100,6 +101,9 @@ class AgentService:
         self.checks = CheckStates(self.store)
         self.schedule = Schedule(self.store, self.fire, start=start_threads)
         self.pipelines: list[PipelineRun] = []
+        # (ts, reconciler, subject, message) of drift events newer than a time: the daemon's drift checks.
+        self.drift_source = drift_source
+        self._drift_seen = time.time()          # drift found before this service started is not news
         # Called with (path, markdown, run) of each finished pipeline's execution node (the git writer).
         self.on_pipeline: Callable[[str, str, PipelineRun], None] | None = None
         self._stop = threading.Event()
@@ -184,6 +188,17 @@ class AgentService:
             threading.Thread(target=go, name=pid, daemon=True).start()
         return pid
 
+    def poll_drift(self) -> list[str]:
+        """Queue the on_drift tasks once for the drift events recorded since the last poll; their run ids."""
+        if self.drift_source is None:
+            return []
+        rows = self.drift_source(self._drift_seen)
+        if not rows:
+            return []
+        self._drift_seen = max(float(r[0]) for r in rows)
+        found = [{"reconciler": r[1], "subject": r[2], "message": r[3][:500]} for r in rows[:50]]
+        return self.trigger("on_drift", {"drift": found, "count": len(rows)})
+
     # -- 4. schedule fires ---------------------------------------------------------------------------------
     def fire(self, job_id: str, scheduled: float) -> None:
         """A schedule job fired (APScheduler's thread, or catch-up at start)."""
@@ -247,6 +262,7 @@ class AgentService:
                 self.process_requests()
                 if beat % 4 == 0:           # every 2 s: what readers see lags the queue by at most that
                     self.write_status()
+                    self.poll_drift()
             except Exception:
                 log.exception("agents.requests_failed")
 

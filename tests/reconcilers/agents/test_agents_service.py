@@ -141,3 +141,23 @@ def test_cli_requests_reach_a_running_service(tmp_path: Path) -> None:
         assert list((tmp_path / "data" / "agents" / "requests").iterdir()) == []
     finally:
         svc.close()
+
+
+def test_drift_events_trigger_on_drift_tasks_once(tmp_path: Path) -> None:
+    """New drift events (what the daemon's drift check records) queue the on_drift tasks once per batch;
+    events already seen do not queue them again."""
+    events: list[tuple[float, str, str, str]] = []
+    svc = AgentService(tmp_path / "data", start_threads=False,
+                       drift_source=lambda since: [e for e in events if e[0] > since])
+    try:
+        report = Task("drift-report", "Report drift", "devops", Trigger("on_drift"), command=("true",))
+        svc.update(team([report]))
+        assert svc.poll_drift() == []
+        events.append((svc._drift_seen + 1, "infra", "etc/motd", "content differs"))
+        events.append((svc._drift_seen + 2, "infra", "etc/app.conf", "mode differs"))
+        assert len(svc.poll_drift()) == 1
+        assert svc.poll_drift() == []
+        rows = svc.queue.rows()
+        assert [r["task"] for r in rows] == ["drift-report"] and rows[0]["trigger"] == "on_drift"
+    finally:
+        svc.close()
