@@ -16,8 +16,9 @@ from reconcilers.agents.model import Agent, AgentsDesired, Budget, Check, Provid
 from reconcilers.agents.queue import AWAITING, DuckDBQueue
 from reconcilers.agents.service import AgentService
 from reconcilers.agents.store import Store
+from tests.proc import cli_env
 
-STRATUM = str(Path(sys.executable).with_name("stratum"))
+STRATUM = [sys.executable, "-c", "from daemon.cli.main import main; main()"]   # this checkout's CLI
 
 
 def seed(data: Path) -> None:
@@ -107,12 +108,12 @@ def test_while_the_daemon_holds_the_file_readers_use_its_snapshot_and_changes_ar
         svc.update(team)
         run = svc.enqueue_task(team.tasks["gated"], "manual", {})
         svc.write_status()
-        proc = subprocess.run([STRATUM, "task", "pending", "--data-dir", str(data), "--output", "json"],
-                              capture_output=True, text=True, check=False, timeout=120)
+        proc = subprocess.run([*STRATUM, "task", "pending", "--data-dir", str(data), "--output", "json"],
+                              capture_output=True, text=True, check=False, timeout=120, env=cli_env())
         assert proc.returncode == 0, proc.stderr
         assert [r["id"] for r in json.loads(proc.stdout)] == [run]
-        proc = subprocess.run([STRATUM, "task", "approve", run, "--data-dir", str(data)],
-                              capture_output=True, text=True, check=False, timeout=120)
+        proc = subprocess.run([*STRATUM, "task", "approve", run, "--data-dir", str(data)],
+                              capture_output=True, text=True, check=False, timeout=120, env=cli_env())
         assert proc.returncode == 0 and "the daemon applies it" in proc.stdout, proc.stderr
         assert svc.queue.state(run) == AWAITING
         assert svc.process_requests() == 1

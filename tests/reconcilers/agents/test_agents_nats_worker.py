@@ -20,9 +20,10 @@ import pytest
 
 from reconcilers.agents.model import Agent, AgentsDesired, AgentSettings, Provider, Task
 from reconcilers.agents.service import AgentService
+from tests.proc import cli_env
 from tests.servers import Nats, start_nats
 
-STRATUMD = str(Path(sys.executable).with_name("stratumd"))
+STRATUMD = [sys.executable, "-c", "from daemon.cli.main import daemon_main; daemon_main()"]   # this checkout
 
 
 @pytest.fixture
@@ -37,9 +38,9 @@ def worker(url: str, data: Path) -> subprocess.Popen[bytes]:
     """A `stratumd --worker` process for the devops role."""
     data.mkdir(parents=True, exist_ok=True)
     with (data / "out.log").open("wb") as out:
-        return subprocess.Popen([STRATUMD, "--worker", "--role", "devops", "--queue-url", url, "--data-dir",
+        return subprocess.Popen([*STRATUMD, "--worker", "--role", "devops", "--queue-url", url, "--data-dir",
                                  str(data), "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=cli_env())
 
 
 def wait_for(check: Callable[[], bool], what: str, limit: float = 90.0) -> None:
@@ -106,10 +107,12 @@ def test_a_worker_killed_mid_task_is_redelivered_and_the_run_acts_once(tmp_path:
 @pytest.mark.slow
 def test_a_worker_without_a_role_or_server_says_what_to_do(tmp_path: Path) -> None:
     """`stratumd --worker` with no role, or a server that does not answer: one error line, exit 1, no traceback."""
-    proc = subprocess.run([STRATUMD, "--worker", "--queue-url", "nats://127.0.0.1:1", "--data-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([*STRATUMD, "--worker", "--queue-url", "nats://127.0.0.1:1", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env=cli_env())
     assert proc.returncode == 1 and "a worker needs at least one --role" in proc.stderr, proc.stderr
-    proc = subprocess.run([STRATUMD, "--worker", "--role", "devops", "--queue-url", "nats://127.0.0.1:1",
-                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([*STRATUMD, "--worker", "--role", "devops", "--queue-url", "nats://127.0.0.1:1",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False,
+                          env=cli_env())
     assert proc.returncode == 1 and "cannot use NATS JetStream at nats://127.0.0.1:1" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
