@@ -51,13 +51,13 @@ def requests_dir(data_dir: Path) -> Path:
     return data_dir / "agents" / "requests"
 
 
-def submit_request(data_dir: Path, verb: str, target: str) -> Path:
+def submit_request(data_dir: Path, verb: str, target: str, by: str = "") -> Path:
     """Leave a request for the service (written whole, then renamed: the service never reads half a file)."""
     folder = requests_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}.json"
     tmp = folder / f".{name}"
-    tmp.write_text(json.dumps({"verb": verb, "target": target}))
+    tmp.write_text(json.dumps({"verb": verb, "target": target, "by": by}))
     os.replace(tmp, folder / name)
     return folder / name
 
@@ -235,6 +235,8 @@ class AgentService:
             try:
                 req = json.loads(path.read_text())
                 verb, target = str(req["verb"]), str(req["target"])
+                if req.get("by"):
+                    self._events("request", f"{verb} {target} by {req['by']}")
                 if verb == "approve":
                     self.queue.approve(target)
                 elif verb == "reject":
