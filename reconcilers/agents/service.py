@@ -86,6 +86,7 @@ class AgentService:
         self.store = Store(data_dir / "agents.duckdb")
         # The embedded queue by default; NATS JetStream when the host names a server (the repo chose 'nats).
         self.queue: DuckDBQueue | NatsQueue = NatsQueue(queue_url) if queue_url else DuckDBQueue(self.store)
+        self._own_http = http is None
         self.http = http or httpx.Client()
         self.team = AgentsDesired()
         self._events = events or (lambda kind, message: None)
@@ -288,4 +289,6 @@ class AgentService:
             t.join(10)
         if isinstance(self.queue, NatsQueue):
             self.queue.close()
+        if self._own_http:
+            self.http.close()
         self.store.close()
