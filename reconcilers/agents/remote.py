@@ -41,6 +41,7 @@ def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: 
             signal.signal(sig, lambda *_: stop.set())
     queue = NatsQueue(queue_url)
     store = Store(data_dir / "agents-worker.duckdb")
+    runner: Runner | None = None
     try:
         runner = Runner(store, queue, AgentsDesired(), data_dir / "agents" / "work")
         seen = ""
@@ -63,6 +64,8 @@ def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: 
         worker.serve(stop, poll=0.2)
         return 0
     finally:
+        if runner is not None:
+            runner.close()
         queue.close()
         store.close()
 

@@ -31,7 +31,7 @@ from reconcilers.agents.command import run_command, workdir
 from reconcilers.agents.llm import ProviderError, chat, cost
 from reconcilers.agents.metrics import AgentMetrics
 from reconcilers.agents.model import Agent, AgentsDesired, Provider
-from reconcilers.agents.prompts import Context, PromptError, render
+from reconcilers.agents.prompts import Context, PromptError, Renderer, bounded_renderer, render
 from reconcilers.agents.queue import Message, Queue
 from reconcilers.agents.store import Store
 from reconcilers.agents.tools import ToolHost
@@ -91,6 +91,7 @@ class Runner:
     _running: dict[str, int] = field(default_factory=dict)
     _locked: set[str] = field(default_factory=set)
     _histories: dict[str, dict[str, deque[Record]]] = field(default_factory=dict)
+    _templates: Renderer | None = None
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     # -- 1..5 ----------------------------------------------------------------------------------------------
@@ -207,7 +208,11 @@ class Runner:
 
     def _llm(self, msg: Message, base: Outcome, agent: Agent) -> Outcome:
         try:
-            prompt = render(str(msg.spec.get("prompt", "")), self.context(msg))
+            with self._guard:
+                if self._templates is None:
+                    self._templates = bounded_renderer()
+                templates = self._templates
+            prompt = render(str(msg.spec.get("prompt", "")), self.context(msg), templates)
         except PromptError as err:
             return _with(base, summary=str(err), error=str(err), finished=self.clock())
         budget = self.team.budgets.get(msg.role)
@@ -258,6 +263,13 @@ class Runner:
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": answer})
         raise ProviderError(f"provider {provider.id}: still calling tools after {MAX_TOOL_ROUNDS} rounds",
                             retryable=False)
+
+    def close(self) -> None:
+        """Stop the template worker, if one runs."""
+        closer = getattr(self._templates, "close", None)
+        if closer is not None:
+            closer()
+        self._templates = None
 
     # -- the record ----------------------------------------------------------------------------------------
     def _record(self, out: Outcome) -> list[tuple[int, float, float]]:

@@ -289,6 +289,7 @@ class AgentService:
             t.join(10)
         if isinstance(self.queue, NatsQueue):
             self.queue.close()
+        self.runner.close()
         if self._own_http:
             self.http.close()
         self.store.close()
