@@ -3,9 +3,10 @@
 1. configure  the `agents` section of stratum.ncl (queue, minimum cron interval, retention)
 2. load       evaluate agents/**/*.ncl and tasks/**/*.ncl with nickel/agents.ncl (the daemon's evaluator)
 3. validate   roles, agents per role, providers, cron, budgets, templates, pipelines (validate.py)
-4. index      the admitted revision's declarations become the ones in force (`active`): the agents service
-              (service.py; started here in the daemon, never in a one-shot CLI process) reconciles its
-              schedule from them and queues the `on_commit` tasks whose globs match the changed files
+4. index      the admitted revision's declarations are staged; when its run succeeds (on_run_finished) they
+              come in force (`active`): the agents service (service.py; started then in the daemon, never in
+              a one-shot CLI process) reconciles its schedule from them and queues the `on_commit` tasks
+              whose globs match the changed files. A rolled-back revision never schedules anything.
 5. plan       nothing to apply on a commit: tasks run from the queue, not as a run's actions
 6. after      a failed or rolled-back run queues the `on_run_failed` tasks
 The HTTP interface (/agents): POST /agents/webhook/<task or pipeline id> queues a `webhook` one, GET
@@ -14,6 +15,7 @@ The HTTP interface (/agents): POST /agents/webhook/<task or pipeline id> queues 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,8 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         self.settings = AgentSettings()
         self._settings_error = ""
         self.active: AgentsDesired | None = None      # the declarations of the revision in force
+        self._staged: AgentsDesired | None = None     # those of the revision being applied (in force if it succeeds)
+        self._activating = threading.Lock()
         host = env.settings.get("agents") or {}
         self.host: Mapping[str, Any] = host if isinstance(host, Mapping) else {}
         self.service: AgentService | None = None
@@ -105,20 +109,33 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
             [(self.name, f"agent:{a.id}", "agent", a.where.path, _digest(a)) for a in desired.agents.values()]
 
     def index(self, desired: AgentsDesired, index: Any, revision: str) -> None:
-        """The admitted revision's declarations are in force from now on; the service follows them."""
+        """Stage the admitted revision's declarations: they come in force when its run succeeds
+        (`on_run_finished`), so a revision that is rolled back never schedules or runs anything. The revision
+        already applied (a daemon re-indexing it after a restart) is in force at once."""
+        self._staged = desired
+        applied = index.get_state("last_applied_revision") if index is not None else None
+        if applied == revision:
+            self._activate(desired)
+
+    def _activate(self, desired: AgentsDesired) -> None:
+        """Make `desired` the declarations in force: the service follows them (on_commit for changed files)."""
+        with self._activating:          # the run hooks' thread and the resume timer may both get here
+            self._activate_locked(desired)
+
+    def _activate_locked(self, desired: AgentsDesired) -> None:
         before = self.active
         self.active = desired
         service = self._service(desired)
         if service is None:
             return
         changed: list[str] = []
-        if desired.files:
-            old = before.files if before is not None else {}
+        if desired.files and before is not None:
+            old = before.files
             changed = sorted({p for p, b in desired.files.items() if old.get(p) != b} | (set(old) - set(desired.files)))
         try:
             service.update(desired, changed)
         except Exception:  # agent tasks are off the run's path: a failure is logged, never fatal
-            log.exception("agents.update_failed", revision=revision[:12])
+            log.exception("agents.update_failed", revision=desired.revision[:12])
 
     def _service(self, desired: AgentsDesired) -> AgentService | None:
         """The agents service, started on first use in a long-lived process (not in one-shot CLI runs). The
@@ -167,14 +184,48 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         return self.service
 
     def on_run_finished(self, record: RunRecord, index: Any) -> None:
-        """A failed or rolled-back run queues the on_run_failed tasks."""
+        """A succeeded run puts its revision's declarations in force; a failed or rolled-back one queues the
+        on_run_failed tasks."""
+        staged = self._staged
+        if record.status == "succeeded" and staged is not None and staged.revision == record.revision \
+                and staged is not self.active:
+            self._activate(staged)
         if self.service is not None and record.status in ("failed", "rolled_back"):
             self.service.trigger("on_run_failed", {"run_id": record.run_id, "revision": record.revision,
                                                    "status": record.status, "message": record.message[:2000]})
 
     def http_mounts(self) -> list[HttpMount]:
-        """/agents: webhook triggers and metrics."""
+        """/agents: webhook triggers and metrics. The daemon's listener asks for its mounts once, at start: the
+        one sign this process is a daemon, so the declarations of the revision already applied come back in
+        force then (a restart with no new commit would otherwise run no task until the next one)."""
+        if self.env.scheduler is not None and not self.host.get("one_shot"):
+            self.env.scheduler.call_later(0.5, self._resume, name="agents-resume")
         return [HttpMount("/agents", self._http_app)]
+
+    def _resume(self) -> None:
+        """Load and put in force the applied revision's declarations, unless a run did it first."""
+        env = self.env
+        if self.active is not None or env.index is None or env.revisions is None or env.evaluator is None:
+            return
+        applied = env.index.get_state("last_applied_revision")
+        if not applied:
+            return
+        try:
+            snap = env.revisions.snapshot(applied)
+            section: Mapping[str, Any] = {}
+            if snap.entry("stratum.ncl") is not None:
+                result = env.evaluator.evaluate(snap, ["stratum.ncl"], '(import "stratum.ncl").Settings')
+                section = (result.values.get("stratum.ncl") or {}).get("agents") or {}
+            self.configure(section)
+            desired = self.load(snap)
+            if self.validate(desired):
+                return                  # it was valid when applied; a contract change since: wait for a commit
+        except Exception:  # a failed resume leaves agent tasks off until the next commit, never the daemon
+            log.exception("agents.resume_failed", revision=str(applied)[:12])
+            return
+        with self._activating:
+            if self.active is None:
+                self._activate_locked(desired)
 
     def _http_app(self) -> Any:
         from reconcilers.agents.http import app

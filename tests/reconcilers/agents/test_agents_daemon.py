@@ -29,6 +29,8 @@ TASKS = """{
   },
 }
 """
+MORE = """{ tasks = { extra = { title = "Extra", role = "devops", command = ["true"] } } }
+"""
 FAILING = """{ resources = { boom = { kind = 'command, run = "exit 3" } } }
 """
 
@@ -66,16 +68,27 @@ def test_tasks_run_in_the_daemon(tmp_path: Path) -> None:
         row = next(r for r in status(data)["history"] if r["task"] == "hello")  # type: ignore[attr-defined]
         assert row["summary"] == "exit 0: hello from hello" and row["trigger"] == "manual"
 
-        failed = repo.commit({"infra/boom.ncl": FAILING})
+        # A revision that fails to apply: its new task never comes in force (the old declarations stay).
+        failed = repo.commit({"infra/boom.ncl": FAILING, "tasks/more.ncl": MORE})
         assert daemon.wait_run(failed, 120)["status"] in ("failed", "rolled_back")
         wait_for(lambda: any(r["task"] == "after-failure" and r["trigger"] == "on_run_failed"
                              for r in status(data).get("history", [])), 60)  # type: ignore[union-attr]
+        assert "extra" not in {t["id"] for t in status(data)["tasks"]}  # type: ignore[attr-defined]
 
-        gone = repo.commit({"infra/boom.ncl": None, "tasks/t.ncl": TASKS.replace(
+        gone = repo.commit({"infra/boom.ncl": None, "tasks/more.ncl": None, "tasks/t.ncl": TASKS.replace(
             "nightly = { title = \"Nightly\", role = \"devops\", command = [\"true\"],\n"
             "                trigger = { kind = 'cron, schedule = \"0 3 * * *\" } },\n", "")})
         assert daemon.wait_run(gone, 120)["status"] == "succeeded", daemon.log()
         wait_for(lambda: {t["id"] for t in status(data).get("tasks", [])} == {"hello", "after-failure"}, 60)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    # Restarted with no new commit: the revision in force is the applied one, and tasks run again.
+    daemon = DaemonProc(str(repo.path), data, tmp_path / "root")
+    try:
+        (data / "agents" / "status.json").unlink()
+        wait_for(lambda: {t["id"] for t in status(data).get("tasks", [])} == {"hello", "after-failure"}, 90)
+        assert stratum("task", "run", "hello", "--data-dir", str(data)).returncode == 0
+        wait_for(lambda: sum(r["task"] == "hello" for r in status(data).get("history", [])) == 2, 60)  # type: ignore[union-attr]
     finally:
         assert daemon.stop() == 0, daemon.log()
     out = stratum("task", "history", "--data-dir", str(data), "--output", "json")
