@@ -51,13 +51,27 @@ def requests_dir(data_dir: Path) -> Path:
     return data_dir / "agents" / "requests"
 
 
+def private_dir(path: Path) -> Path:
+    """A folder only the daemon's user may enter (0700), made if missing and tightened if it was not."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def submit_request(data_dir: Path, verb: str, target: str, by: str = "") -> Path:
-    """Leave a request for the service (written whole, then renamed: the service never reads half a file)."""
-    folder = requests_dir(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Leave a request for the service (written whole, then renamed: the service never reads half a file).
+
+    Why files and not the control socket: a plugin cannot add verbs to the kernel's control API, and the agents'
+    DuckDB file has one writer process (the daemon's). Who may ask is who may write in `<data-dir>/agents/`
+    (0700: the daemon's user, as for the control socket in the data directory)."""
+    private_dir(data_dir / "agents")
+    folder = private_dir(requests_dir(data_dir))
     name = f"{time.time():.6f}-{uuid.uuid4().hex[:8]}.json"
     tmp = folder / f".{name}"
-    tmp.write_text(json.dumps({"verb": verb, "target": target, "by": by}))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps({"verb": verb, "target": target, "by": by}))
     os.replace(tmp, folder / name)
     return folder / name
 
@@ -83,6 +97,7 @@ class AgentService:
                  queue_url: str = "",
                  drift_source: Callable[[float], list[tuple[float, str, str, str]]] | None = None) -> None:
         self.data_dir = data_dir
+        private_dir(data_dir / "agents")                    # work dir, requests, status: the daemon's user only
         self.store = Store(data_dir / "agents.duckdb")
         # The embedded queue by default; NATS JetStream when the host names a server (the repo chose 'nats).
         self.queue: DuckDBQueue | NatsQueue = NatsQueue(queue_url) if queue_url else DuckDBQueue(self.store)

@@ -128,5 +128,7 @@ def write_status(path: Path, data: dict[str, Any]) -> None:
     """Write the snapshot whole, then rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, default=str))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)     # outputs and errors: the daemon's user
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, default=str))
     os.replace(tmp, path)

@@ -57,6 +57,9 @@ class Store:
             raise StoreError(f"cannot open {path}: {str(err).splitlines()[0]}", where=str(path),
                              hint="another Stratum process (the daemon?) holds the agents' queue; ask it "
                                   "(its requests spool) or stop it") from err
+        # Executions hold task outputs and errors: readable by the daemon's user only.
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
         self._lock = threading.RLock()
         self._depth = 0                     # transactions open (only ever the thread holding the lock)
         with self._lock:

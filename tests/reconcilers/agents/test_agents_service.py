@@ -161,3 +161,21 @@ def test_drift_events_trigger_on_drift_tasks_once(tmp_path: Path) -> None:
         assert [r["task"] for r in rows] == ["drift-report"] and rows[0]["trigger"] == "on_drift"
     finally:
         svc.close()
+
+
+def test_the_agents_state_is_private_to_the_daemons_user(tmp_path: Path) -> None:
+    """The agents' folder and request spool are 0700, the DuckDB file, status and requests 0600: task outputs
+    and approval requests are not for other local users."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "agents").mkdir(mode=0o755)                # an older, looser folder is tightened
+    svc = AgentService(data, start_threads=False)
+    try:
+        svc.write_status()
+        request = submit_request(data, "run", "x")
+        assert (data / "agents").stat().st_mode & 0o777 == 0o700
+        assert request.parent.stat().st_mode & 0o777 == 0o700
+        for f in (request, data / "agents.duckdb", data / "agents" / "status.json"):
+            assert f.stat().st_mode & 0o077 == 0, f
+    finally:
+        svc.close()
