@@ -9,6 +9,7 @@ model. API keys come resolved from the secrets port and are only ever put in req
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,26 +59,38 @@ class ToolSpec:
 
 def _post(client: httpx.Client, provider: Provider, url: str, headers: dict[str, str],
           body: dict[str, Any]) -> dict[str, Any]:
-    """POST JSON and decode the answer, mapping every failure to a ProviderError."""
+    """POST JSON and decode the answer, mapping every failure to a ProviderError. The answer is read as a
+    stream with a byte cap (MAX_BODY) and an overall deadline (the provider's timeout): a server that drips
+    bytes cannot hold a worker longer than that, nor fill its memory."""
+    deadline = time.monotonic() + provider.timeout
     try:
-        resp = client.post(url, headers=headers, json=body, timeout=provider.timeout)
+        with client.stream("POST", url, headers=headers, json=body, timeout=provider.timeout) as resp:
+            status = resp.status_code
+            after = resp.headers.get("retry-after", "")
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise ProviderError(f"provider {provider.id}: answer over {MAX_BODY} bytes", retryable=False)
+                if time.monotonic() > deadline:
+                    raise ProviderError(f"provider {provider.id}: no complete answer within {provider.timeout:g} s",
+                                        retryable=True)
+                chunks.append(chunk)
     except httpx.TimeoutException as err:
         raise ProviderError(f"provider {provider.id}: no answer within {provider.timeout:g} s",
                             retryable=True) from err
     except httpx.HTTPError as err:
         raise ProviderError(f"provider {provider.id}: {type(err).__name__}: {err}", retryable=True) from err
-    if resp.status_code == 429 or resp.status_code >= 500:
-        after = resp.headers.get("retry-after", "")
-        raise ProviderError(f"provider {provider.id}: HTTP {resp.status_code}", retryable=True,
-                            status=resp.status_code, after=float(after) if after.replace(".", "", 1).isdigit()
-                            else None)
-    if resp.status_code >= 400:
-        raise ProviderError(f"provider {provider.id}: HTTP {resp.status_code}: {resp.text[:300]}",
-                            retryable=False, status=resp.status_code)
-    if len(resp.content) > MAX_BODY:
-        raise ProviderError(f"provider {provider.id}: answer over {MAX_BODY} bytes", retryable=False)
+    content = b"".join(chunks)
+    if status == 429 or status >= 500:
+        raise ProviderError(f"provider {provider.id}: HTTP {status}", retryable=True, status=status,
+                            after=float(after) if after.replace(".", "", 1).isdigit() else None)
+    if status >= 400:
+        raise ProviderError(f"provider {provider.id}: HTTP {status}: {content[:300].decode('utf-8', 'replace')}",
+                            retryable=False, status=status)
     try:
-        data = resp.json()
+        data = json.loads(content)
     except ValueError as err:
         raise ProviderError(f"provider {provider.id}: the answer is not JSON", retryable=True) from err
     if not isinstance(data, dict):

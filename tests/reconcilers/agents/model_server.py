@@ -22,6 +22,8 @@ class Answer:
     status: int = 200
     body: dict[str, Any] = field(default_factory=dict)
     delay: float = 0.0
+    drip: float = 0.0                     # seconds between single bytes of the body (a server that drips)
+    pad: int = 0                          # bytes of spaces added to the JSON body (an oversized answer)
 
 
 # A script gets (path, request body, headers) and returns the answer.
@@ -75,13 +77,19 @@ class ModelServer:
                 answer = server.script(self.path, body, headers)
                 if answer.delay:
                     time.sleep(answer.delay)
-                data = json.dumps(answer.body).encode()
+                data = json.dumps(answer.body).encode() + b" " * answer.pad
                 try:
                     self.send_response(answer.status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if answer.drip:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(answer.drip)
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass            # the client gave up waiting (the slow-answer tests)
 

@@ -62,10 +62,13 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_task_is_redelivered_and_the_run_acts_once(tmp_path: Path, server: Nats) -> None:
-    """Worker A dies inside the command; worker B gets the run after the visibility timeout (2 s) and finishes
-    it; the marker shows two starts and one end. A copy of the finished run published again is skipped by B."""
-    marker = tmp_path / "marker"
-    code = (f"import time\nopen({str(marker)!r}, 'a').write('start\\n')\ntime.sleep(4)\n"
+    """Worker A dies inside the command (which waits for the test's go-ahead); worker B gets the run after the
+    visibility timeout (2 s) and, let go, finishes it; the marker shows two starts and one end. A copy of the
+    finished run published again is skipped by B."""
+    marker, go = tmp_path / "marker", tmp_path / "go"
+    # The command waits for the test's go-ahead (a file), so where it stands never depends on timing.
+    code = (f"import os, time\nopen({str(marker)!r}, 'a').write('start\\n')\n"
+            f"for _ in range(2400):\n    if os.path.exists({str(go)!r}): break\n    time.sleep(0.05)\n"
             f"open({str(marker)!r}, 'a').write('end\\n')\nprint('restarted postgres')")
     task = Task("restart-db", "Restart the database", "devops", command=(sys.executable, "-c", code),
                 idempotency_key="incident-1234", retries=3, backoff=0.5, timeout=60)
@@ -82,6 +85,8 @@ def test_a_worker_killed_mid_task_is_redelivered_and_the_run_acts_once(tmp_path:
         stop(a, signal.SIGKILL)
         assert "end" not in marker.read_text()
         b = worker(server.url, tmp_path / "worker-b")
+        wait_for(lambda: marker.read_text().split() == ["start", "start"], "worker B to start the run again")
+        go.touch()
         wait_for(lambda: svc.queue.state(run) == "done", "the run to be done by worker B")
         assert marker.read_text().split() == ["start", "start", "end"]
         assert svc.queue.done_result("incident-1234") is not None

@@ -16,7 +16,7 @@ from reconcilers.agents.queue import DEAD, DONE, DuckDBQueue, Message
 from reconcilers.agents.store import Store
 from tests.servers import Nats, nats  # noqa: F401  (the session's nats-server fixture)
 
-VISIBILITY = 1.0
+VISIBILITY = 3.0             # wide: a loaded machine must not redeliver between a lease and the next check
 
 
 class Harness:

@@ -172,9 +172,13 @@ def test_a_tool_the_role_may_not_call_is_refused_and_audited(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("failure", [Answer(429, {"error": "rate limited"}), Answer(500, {"error": "boom"}),
-                                     Answer(200, {}, delay=3.0)], ids=["429", "500", "slow"])
+                                     Answer(200, {}, delay=3.0),
+                                     Answer(200, {"choices": [], "padding": "x" * 100}, drip=0.05),
+                                     Answer(200, {"choices": []}, pad=5 * 1024 * 1024)],
+                         ids=["429", "500", "slow", "dripping", "oversized"])
 def test_a_failing_provider_falls_back_to_the_next(tmp_path: Path, failure: Answer) -> None:
-    """429, 500 and an answer slower than the provider's timeout each move on to the next provider."""
+    """429, 500, an answer slower than the provider's timeout, one dripped byte by byte past it (each byte in
+    time for the read timeout) and one over the size cap each move on to the next provider."""
     def script(path: str, body: dict[str, Any], headers: dict[str, str]) -> Answer:
         return failure if path.endswith("/chat/completions") else anthropic_text("fallback answered")
 
