@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import nats
 import structlog
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from reconcilers.agents.queue import CANCELLED, DEAD, DONE, Message, retry_delay
 from reconcilers.errors import StratumError
@@ -256,6 +256,24 @@ class NatsQueue:
         self._call(self.kv["STRATUM_APPROVALS"].delete(mid))
         self._publish(json.loads(entry.value or b"{}"))
         return True
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Runs held for approval, oldest first (from the approvals bucket)."""
+        async def read() -> list[dict[str, Any]]:
+            kv = self.kv["STRATUM_APPROVALS"]
+            try:
+                keys = await kv.keys()
+            except NoKeysError:
+                return []
+            out = []
+            for key in keys:
+                try:
+                    body = json.loads((await kv.get(key)).value or b"{}")
+                except KeyNotFoundError:
+                    continue                    # approved or rejected meanwhile
+                out.append({k: body.get(k) for k in ("id", "role", "task", "trigger", "enqueued_at")})
+            return sorted(out, key=lambda r: float(r.get("enqueued_at") or 0))
+        return self._call(read())
 
     def reject(self, mid: str, reason: str = "rejected") -> bool:
         """Drop a run held for approval."""

@@ -204,6 +204,11 @@ class DuckDBQueue:
         rows = self.store.query("SELECT state FROM queue WHERE id = ?", [mid])
         return str(rows[0][0]) if rows else None
 
+    def pending(self) -> list[dict[str, Any]]:
+        """Runs waiting for approval, oldest first: id, role, task, trigger, enqueued_at."""
+        return self.store.dicts("SELECT id, role, task, trigger, enqueued_at FROM queue WHERE state = ? "
+                                "ORDER BY enqueued_at", [AWAITING])
+
     def outcome(self, mid: str) -> tuple[str, str, str] | None:
         """(state, result, last error) of a run, or None when unknown."""
         rows = self.store.query("SELECT state, result, last_error FROM queue WHERE id = ?", [mid])

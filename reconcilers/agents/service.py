@@ -155,7 +155,8 @@ class AgentService:
 
     def write_status(self) -> None:
         """Rewrite the status snapshot readers use while this process holds the DuckDB file."""
-        write_status(status_path(self.data_dir), status(self.store, self.team, dict(self.schedule.next_fires())))
+        write_status(status_path(self.data_dir), status(self.store, self.team, dict(self.schedule.next_fires()),
+                                                        pending=self.queue.pending()))
 
     # -- 3. triggers -------------------------------------------------------------------------------------------
     def trigger(self, kind: str, inputs: Mapping[str, Any],

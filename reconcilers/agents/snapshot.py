@@ -89,7 +89,7 @@ def load_team(store: Store) -> AgentsDesired | None:
 
 
 def status(store: Store, team: AgentsDesired, next_fires: dict[str, Any] | None = None,
-           history: int = HISTORY_KEPT) -> dict[str, Any]:
+           history: int = HISTORY_KEPT, pending: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the read verbs show, as JSON-ready data."""
     spend = budgets.Spend(store, time.time)
     roles = sorted({a.role for a in team.agents.values()} | set(team.budgets))
@@ -114,8 +114,10 @@ def status(store: Store, team: AgentsDesired, next_fires: dict[str, Any] | None 
                    for c in team.checks.values()],
         "check_states": store.dicts("SELECT * FROM check_state ORDER BY check_id"),
         "budgets": budget_rows,
-        "pending": store.dicts("SELECT id, role, task, trigger, enqueued_at FROM queue WHERE state = ? "
-                               "ORDER BY enqueued_at", [AWAITING]),
+        # The queue's own list when the caller has it (NATS holds approvals in a bucket, not in this file).
+        "pending": pending if pending is not None else store.dicts(
+            "SELECT id, role, task, trigger, enqueued_at FROM queue WHERE state = ? ORDER BY enqueued_at",
+            [AWAITING]),
         "queue": dict(store.query("SELECT state, count(*) FROM queue GROUP BY state")),
         "history": store.dicts("SELECT * FROM executions ORDER BY started DESC LIMIT ?", [history]),
         "assignments": store.dicts("SELECT message, task, agent AS winner, rule, explain, started AS at_ts "

@@ -114,7 +114,9 @@ def test_approval_holds_a_run(harness: Harness) -> None:
     a = q.enqueue(harness.role, {"id": "a"}, approval=True)
     b = q.enqueue(harness.role, {"id": "b"}, approval=True)
     assert harness.lease(wait=0.5) is None
+    assert [r["id"] for r in q.pending() if r["role"] == harness.role] == [a, b]
     assert q.approve(a) and q.reject(b) and not q.approve(b)
+    assert [r["id"] for r in q.pending() if r["role"] == harness.role] == []
     msg = harness.lease(wait=10)
     assert msg is not None and msg.id == a
 
