@@ -314,7 +314,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     target=path,
                     # What changes in the vault's KV, by fingerprint (the blob id: public, it is in git), never
                     # by value: the plan is computed without decrypting anything.
-                    summary=f"{kind} secret manifest {path} (blob {mf.blob_id[:12]}) -> {self._kv_path(path)}",
+                    summary=f"{kind} secret manifest {path} (blob {mf.blob_id[:12]}) -> "
+                            f"{self._kv_path(path, self._validated(path, mf.blob_id))}",
                     change=freeze({"path": path, "blob_id": mf.blob_id}),
                     compensation=freeze({"path": path, "blob_id": current[0] if current else None}),
                 )
@@ -384,7 +385,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                                  hint=err.hint or "re-encrypt it with `stratum secret rotate`") from err
             readable = values is not None
             if readable:
-                self._publish(path, values)
+                self._publish(path, values, manifest)
             loaded = StoredManifest(blob_id, manifest.meta.version, manifest, readable)
             if not readable:
                 self.plain.drop(path)
@@ -439,19 +440,21 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 continue  # not a recipient: nothing to publish
         return out
 
-    def _kv_path(self, path: str) -> str:
-        """Where a manifest's values appear in the vault's KV: kv/ + its path under secrets/ without the extension
-        (the rule reconcilers/vault/kvpath.py shares; a manifest's signed `stratum.kv_path` takes precedence once
-        manifests carry it)."""
-        return service_sync.default_kv_path(path)
+    def _kv_path(self, path: str, manifest: Manifest | None = None) -> str:
+        """Where a manifest's values appear in the vault's KV: its signed `stratum.kv_path`, else kv/ + its path
+        under secrets/ without the extension (kvpath.kv_path_of: the rule secret references use too). `manifest`
+        is the version at hand; else the one in the store."""
+        if manifest is None and path in self._store:
+            manifest = self._store[path].manifest
+        return kv_path_of(path, manifest.meta.kv_path if manifest is not None else "")
 
-    def _publish(self, path: str, values: Any) -> None:
+    def _publish(self, path: str, values: Any, manifest: Manifest | None = None) -> None:
         """A manifest's values (None: removed) to its KV path; a vault that cannot take them fails the action."""
         from reconcilers.errors import ApplyError
         from reconcilers.vault.service.errors import ServiceError
 
         try:
-            self.publisher.publish(self._kv_path(path), values)
+            self.publisher.publish(self._kv_path(path, manifest), values)
         except ServiceError as err:
             raise ApplyError(f"the vault could not store the manifest's values: {'; '.join(err.messages)}",
                              where=path, hint="check the vault's storage backend, then push again") from err

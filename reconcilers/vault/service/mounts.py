@@ -46,10 +46,10 @@ def check_mount_path(path: str) -> str:
 def transit_handler() -> Any:
     """reconcilers.vault.transit.api.handle when that module is installed, else None."""
     try:
-        from reconcilers.vault.transit import api  # type: ignore[import-not-found,unused-ignore]  # optional (vaultext)
+        from reconcilers.vault.transit.api import handle  # the transit engine (vaultext)
     except ImportError:
         return None
-    return api.handle
+    return handle
 
 
 def engine_handler(kind: str) -> Any:

@@ -27,8 +27,6 @@ ROLES_FILE = "vault/token_roles.ncl"
 ROLES_CONTRACT = '(import "vault.ncl").TokenRoles'
 Role = tuple[str, str]                     # (name, the role's settings as canonical JSON)
 MAX_POLICY_BYTES = 256 * 1024
-SECRETS_DIR = "secrets/"
-KV_PREFIX = "kv/"
 
 
 def load_policies(snap: Snapshot) -> tuple[tuple[tuple[str, str], ...], list[Problem]]:
@@ -105,15 +103,6 @@ def load_roles(snap: Snapshot, evaluator: Any) -> tuple[tuple[Role, ...], list[P
             problems.append(Problem(f"token role {name!r}: {'; '.join(err.messages)}", path=ROLES_FILE,
                                     reconciler="vault", hint="durations look like 30m, 1h or 3600"))
     return tuple(out), problems
-
-
-def default_kv_path(manifest_path: str) -> str:
-    """kv/ + the manifest's path under secrets/ without its extension (secrets/app/db.yaml -> kv/app/db)."""
-    rel = manifest_path.removeprefix(SECRETS_DIR)
-    for suffix in (".yaml", ".yml"):
-        if rel.endswith(suffix):
-            return KV_PREFIX + rel[: -len(suffix)]
-    return KV_PREFIX + rel
 
 
 def kv_values(values: Any) -> dict[str, Any] | None:
