@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
 from reconcilers.base import ApplyContext, ReconcilerEnv, RunRecord
 from reconcilers.vault import envelope, keys, manifest
 from reconcilers.vault.reconciler import VaultReconciler
 from reconcilers.vault.service.core import VaultService
+from reconcilers.vault.service.errors import NotFound
 from reconcilers.vault.service.request import ApiRequest
 from tests.fixtures import WorkRepo
 from tests.reconcilers.test_vault_reconciler import B, sealed
@@ -139,3 +142,23 @@ def test_the_vault_api_is_off_unless_the_host_asks(tmp_path: Path, evaluator: Ev
     assert mounts({}) == []
     assert mounts({"enabled": True}) == ["127.0.0.1:8200"]
     assert mounts({"enabled": True, "listen": "127.0.0.1:8300"}) == ["127.0.0.1:8300"]
+
+
+def test_a_signed_kv_path_decides_where_the_values_go(tmp_path: Path, evaluator: Evaluator) -> None:
+    """A manifest whose signed stratum.kv_path is kv/shared/db publishes there (not at kv/app/db), and the plan
+    says so (review finding: the declared kv_path was ignored)."""
+    repo, reconciler, source, signing, rcpt = _world(tmp_path, evaluator)
+    service = reconciler.vault_api.service
+    assert service is not None
+    init = service.initialize(1, 1, "base64")
+    service.unseal(init["keys"][0])
+    m = envelope.seal(B, {"password": "shared"}, path=DB, policy=envelope.Policy(((rcpt,),)), key=signing,
+                      kv_path="kv/shared/db")
+    repo.commit({DB: manifest.render(m)})
+    summaries = _run(reconciler, source)
+    assert any("-> kv/shared/db" in s for s in summaries)
+    status, body = service.handle(ApiRequest("GET", "kv/data/shared/db", token=init["root_token"]))
+    assert status == 200 and body is not None and body["data"]["data"] == {"password": "shared"}
+    with pytest.raises(NotFound):
+        _kv(service, init["root_token"])           # nothing at the default path
+    reconciler.close()
