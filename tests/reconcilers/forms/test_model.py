@@ -158,3 +158,8 @@ def test_a_long_chain_of_conditions_is_refused_not_recursed() -> None:
     with pytest.raises(expr.ExprError, match="more than 128 operators"):
         expr.parse(" or ".join(["a"] * 400))
     assert expr.holds(expr.parse(" or ".join(["a"] * 100)), {"a": True})
+
+
+def test_deeply_nested_toml_is_a_located_problem_not_a_crash() -> None:
+    """100,000 `[`: tomllib recurses past Python's limit; the form is refused with a message instead."""
+    assert problems("a = " + "[" * 100_000) == ["0: TOML: arrays or tables nested too deeply"]
