@@ -103,7 +103,8 @@ def target_path(form: Form, answers: Mapping[str, Any]) -> str:
                              hint=f"give {m.group(1)} a value such as my-service")
         return str(value)
     path = _PLACEHOLDER.sub(fill, form.target)
-    if not path.startswith("infra/") or not path.endswith(".ncl") or ".." in path.split("/"):
+    parts = path.split("/")
+    if parts[0] != "infra" or not path.endswith(".ncl") or any(p in ("", ".", "..") for p in parts):
         raise InputError(f"target {path} must be a .ncl file under infra/", where=form.path)
     return path
 
