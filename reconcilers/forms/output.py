@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +57,17 @@ def branch_name(form: Form, now: dt.datetime) -> str:
     return f"forms/{form.name}/{now.strftime('%Y%m%dT%H%M%S')}Z-{uuid.uuid4().hex[:6]}"
 
 
+def decision_path(form: Form, now: dt.datetime) -> str:
+    """Where the decision node of a submission made at `now` goes."""
+    return f"knowledge/decisions/form-{form.name}-{now.strftime('%Y%m%d-%H%M%S')}.md"
+
+
 def decision_node(form: Form, answers: Mapping[str, Any], principal: str, target: str, branch: str,
                   now: dt.datetime) -> tuple[str, str]:
     """A knowledge `decision` recording who asked for what (passwords left out): (path, markdown)."""
     secret = {e.name for e in form.elements if e.type == "password"}
     shown = {k: ("(secret manifest)" if k in secret else v) for k, v in answers.items()}
-    stamp = now.strftime("%Y%m%d-%H%M%S")
-    path = f"knowledge/decisions/form-{form.name}-{stamp}.md"
+    path = decision_path(form, now)
     title = f"Form {form.name}: {target}"
     lines = [
         "---",
@@ -92,7 +96,7 @@ def decision_node(form: Form, answers: Mapping[str, Any], principal: str, target
 
 
 def plan_markdown(form: Form, base: InfraDesired, generated: Generated, branch: str, watched: str,
-                  files: Mapping[str, str]) -> str:
+                  files: Iterable[str]) -> str:
     """The plan of the form's branch against the watched one: files, then infra resources created, changed
     and deleted (by id, kind and path), as a reviewer reads it."""
     before, after = base.resources, generated.infra.resources

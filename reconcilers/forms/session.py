@@ -26,6 +26,7 @@ from reconcilers.forms.output import (
     branch_name,
     commit_submission,
     decision_node,
+    decision_path,
     nickel_literal,
     plan_markdown,
 )
@@ -47,6 +48,7 @@ class Preview:
     files: dict[str, str]
     plan: str
     branch: str
+    made: dt.datetime          # when it was previewed: names the branch and the decision node
 
 
 class FormSession:
@@ -167,15 +169,16 @@ class FormSession:
         now = self.clock()
         branch = branch_name(self.form, now)
         base = load_infra(self.snap, self.evaluator, renderer=self.renderer)
-        plan = plan_markdown(self.form, base, generated, branch, self.watched, files)
-        return Preview(generated, files, plan, branch)
+        decision = decision_path(self.form, now)
+        plan = plan_markdown(self.form, base, generated, branch, self.watched, [*files, decision])
+        return Preview(generated, files, plan, branch, now)
 
     # 5. submit -----------------------------------------------------------------------------------------
     def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None) -> Submission:
         """Commit the preview's files and a decision node to a new branch (never the watched one)."""
         preview = preview or self.preview(answers)
         path, text = decision_node(self.form, answers, principal, preview.generated.target, preview.branch,
-                                   self.clock())
+                                   preview.made)
         files = {**preview.files, path: text}
         sub = commit_submission(self.form, self.snap, preview.generated, files, self.writer, principal,
                                 preview.plan, preview.branch)

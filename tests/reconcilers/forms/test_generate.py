@@ -35,6 +35,7 @@ def test_a_submission_is_a_branch_with_nickel_a_decision_and_a_trailer(ops: OpsR
         preview = session.preview(checked.answers)
         assert "| create | `billing-service` | systemd_unit |" in preview.plan
         assert "3 to create, 0 to change, 0 to delete" in preview.plan
+        assert "- `knowledge/decisions/form-local-service-" in preview.plan     # the plan lists every file
         sub = session.submit(checked.answers, "alice@example.com", preview)
     finally:
         session.close()
@@ -47,7 +48,7 @@ def test_a_submission_is_a_branch_with_nickel_a_decision_and_a_trailer(ops: OpsR
     nickel = commit.tree["infra/services/billing.ncl"].data.decode()
     assert read_header(nickel) == {"form": "local-service", "answers": checked.answers}
     decisions = [p for p in sub.files if p.startswith("knowledge/decisions/form-local-service-")]
-    assert len(decisions) == 1
+    assert len(decisions) == 1 and f"- `{decisions[0]}`" in preview.plan
     node = commit.tree[decisions[0]].data.decode()
     assert "type: decision" in node and "alice@example.com" in node
 
