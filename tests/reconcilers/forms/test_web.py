@@ -113,7 +113,8 @@ def _shot(page: Any, tmp: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served, ops: OpsRepo,
                                                                    tmp_path: Path) -> None:
-    """In Chromium: open the list, the form, fill it, preview the plan, submit; the branch exists, main not."""
+    """In Chromium: open the list, the form, fill it (the browser's hint stops a bad port), preview the plan,
+    submit; the branch exists, main does not move."""
     from playwright.sync_api import sync_playwright
 
     main = git(ops.work.path, "rev-parse", "main")
@@ -125,6 +126,11 @@ def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served
             page.goto(f"{served.url}/forms/")
             page.click("text=A new local service")
             page.fill("#f-name", "checkout")
+            # The browser's own hint first: port 80 is under the field's min, so Chromium does not even post.
+            page.fill("#f-port", "80")
+            page.click("#preview")
+            assert page.eval_on_selector("#f-port", "e => e.validity.rangeUnderflow") is True
+            assert page.url.endswith("/forms/local-service") and page.query_selector("#plan") is None
             page.fill("#f-port", "9100")
             page.select_option("#f-runtime", "command")
             page.fill("#f-command", "/usr/bin/checkout --port 9100")
