@@ -129,3 +129,20 @@ def test_a_hostile_answer_cannot_change_the_program() -> None:
 
     hostile = 'x" ++ (import "/etc/passwd") ++ "%{std.string.length "a"}\\\n'
     assert nickel.run(nickel_literal(hostile), []).strip() == __import__("json").dumps(hostile)
+
+
+def test_a_runaway_template_is_stopped_at_its_line(ops: OpsRepo) -> None:
+    """A form template that loops for ever renders in the bounded worker: stopped, located, nothing written."""
+    path = ops.work.path / "forms/templates/local-service.ncl.j2"
+    path.write_text("{ resources = {} }\n{% for i in range(100000) %}{% for j in range(100000) %}"
+                    "{% endfor %}{% endfor %}\n")
+    ops.work.commit(message="runaway")
+    session = ops.session()
+    try:
+        with pytest.raises(InputError) as err:
+            session.preview(session.check(ANSWERS).answers)
+    finally:
+        session.close()
+    assert err.value.where == "forms/templates/local-service.ncl.j2:2"
+    assert "did not finish" in err.value.what
+    assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
