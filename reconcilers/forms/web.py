@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
     from reconcilers.forms.secrets import SealPasswords
 
 MAX_BODY = 256 * 1024
+MAX_SESSIONS = 2          # forms rendered at once (each has its own template worker process)
+SLOT_WAIT_S = 30.0
+
+
+class Busy(Exception):
+    """Every session slot stayed taken for SLOT_WAIT_S."""
 
 _PAGES = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, loader=jinja2.DictLoader({
     "base.html": """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -154,6 +161,11 @@ def _forge(env: ReconcilerEnv) -> Forge | None:
         return None
 
 
+def _busy() -> Response:
+    return Response("the forms backend is busy: try again in a moment", status_code=503,
+                    headers={"Retry-After": "5"})
+
+
 def _web_key(key: str) -> str:
     """A check's error key for a group field (`ports[2].port`, 1-based) as the page's field name (`ports.1.port`)."""
     match = re.fullmatch(r"([a-z][a-z0-9_]*)\[(\d+)\]\.([a-z][a-z0-9_]*)", key)
@@ -169,13 +181,27 @@ def _locale(request: Request) -> str:
     return first if first in LOCALES else "en"
 
 
-def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
-    """The ASGI app of the web backend over the daemon's ports."""
+def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESSIONS,
+            slot_wait: float = SLOT_WAIT_S) -> Starlette:
+    """The ASGI app of the web backend over the daemon's ports (`sessions` forms rendered at once)."""
+
+    # Each session starts a template worker: at most MAX_SESSIONS at once, so a burst of requests cannot
+    # fill the host with processes; the rest wait briefly, then get 503.
+    slots = threading.Semaphore(sessions)
 
     @contextmanager
     def session(name: str, locale: str | None = None) -> Iterator[FormSession]:
         if env.revisions is None or env.evaluator is None:
             raise InputError("the forms web backend has no repository here", hint="report this bug")
+        if not slots.acquire(timeout=slot_wait):
+            raise Busy()
+        try:
+            yield from _session(name, locale)
+        finally:
+            slots.release()
+
+    def _session(name: str, locale: str | None) -> Iterator[FormSession]:
+        assert env.revisions is not None and env.evaluator is not None
         snap = env.revisions.snapshot(env.revisions.branch)
         form = load_forms(snap).forms.get(name)
         if form is None:
@@ -233,6 +259,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                     return form_page(s, s.defaults(), {})
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
+            except Busy:
+                return _busy()
         return await run_in_threadpool(work)
 
     async def body(request: Request) -> Any:
@@ -261,6 +289,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                                 form_title=s.text.form_title(s.form))
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
+            except Busy:
+                return _busy()
         return await run_in_threadpool(work)
 
     async def submit(request: Request) -> Response:
@@ -293,6 +323,8 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms") -> Starlette:
                                 review_error=sub.review_error, t=s.text.get)
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
+            except Busy:
+                return _busy()
         return await run_in_threadpool(work)
 
     return Starlette(routes=[

@@ -239,3 +239,20 @@ def test_repeating_groups_on_the_web(tmp_path: Path, ops: OpsRepo) -> None:
         assert "| create | `edge-80` | directory |" in body and "| create | `edge-443` | directory |" in body
     finally:
         served.close()
+
+
+def test_when_every_session_slot_is_taken_the_page_says_busy(tmp_path: Path, ops: OpsRepo) -> None:
+    """Sessions (each with a template worker) are capped: with no free slot the app answers 503 + Retry-After
+    instead of starting another process (in-process ASGI client over the real app and repository)."""
+    from starlette.testclient import TestClient
+
+    from reconcilers.forms.web import web_app
+
+    env = ReconcilerEnv(data_dir=tmp_path / "data", evaluator=ops.evaluator, revisions=ops.source,
+                        git_writer=ops.writer)
+    with TestClient(web_app(env, sessions=0, slot_wait=0.05)) as client:
+        busy = client.get("/local-service")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    with TestClient(web_app(env, sessions=1, slot_wait=0.05)) as client:
+        assert client.get("/local-service").status_code == 200
+        assert client.get("/local-service").status_code == 200     # the slot came back
