@@ -44,6 +44,12 @@ MAX_SESSIONS = 2          # forms rendered at once (each has its own template wo
 SLOT_WAIT_S = 30.0
 
 
+# Pages run no script and embed nothing: the policy says so, so injected markup could not act either.
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                                           "frame-ancestors 'none'; base-uri 'none'"}
+
+
 class Busy(Exception):
     """Every session slot stayed taken for SLOT_WAIT_S."""
 
@@ -217,7 +223,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
     def page(template: str, status: int = 200, **kw: Any) -> HTMLResponse:
         # Pages may carry answers (a plan page holds them for the submit button): never kept by a cache.
         return HTMLResponse(_PAGES.get_template(template).render(prefix=prefix, **kw), status_code=status,
-                            headers={"Cache-Control": "no-store"})
+                            headers=PAGE_HEADERS)
 
     def form_page(s: FormSession, values: Mapping[str, Any], errors: Mapping[str, str], message: str = "",
                   status: int = 200) -> HTMLResponse:

@@ -158,8 +158,11 @@ def test_the_page_speaks_the_browsers_language(served: Served) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=60)
     conn.request("GET", "/forms/local-service",
                  headers={"Authorization": f"Bearer {ADMIN}", "Accept-Language": "es-ES,es;q=0.9"})
-    page = conn.getresponse().read().decode()
+    resp = conn.getresponse()
+    page = resp.read().decode()
     conn.close()
+    assert resp.getheader("Cache-Control") == "no-store"
+    assert "default-src 'none'" in (resp.getheader("Content-Security-Policy") or "")
     assert "Nombre del servicio" in page and "Un nuevo servicio local" in page
     status, body = served.post("/forms/local-service/preview?locale=es",
                                {"name": "web", "port": "80", "workers": "2", "runtime": "python", "owner": "x"}, ADMIN)
