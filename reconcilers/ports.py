@@ -181,6 +181,12 @@ class VerbHost(Protocol):
         """The kernel's pull-request plan (`stratum plan --base --head --format markdown`) of `head` against
         `base` in the repository of `options`."""
         ...
+
+    def workspace(self, options: Mapping[str, Any]) -> AbstractContextManager[Workspace]:
+        """The repository and the index of `options` opened as the daemon opens them (a Workspace; while a
+        daemon holds the index, a private index beside it and `daemon_runs` to ask the daemon). Closed at the
+        end of the block."""
+        ...
 class Tables(Protocol):
     """A reconciler's own tables in the daemon's DuckDB index. The index has one writer and one lock: every call
     here runs under it, and `transaction()` / `connection()` hold it for a block (keep those blocks short)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.base import ReconcilerEnv
+from reconcilers.ports import Workspace
 
 
 class PluginHost:
@@ -55,6 +56,27 @@ class PluginHost:
         finally:
             scheduler.close()
             evaluator.close()
+
+
+    @contextmanager
+    def workspace(self, options: Mapping[str, Any]) -> Iterator[Workspace]:
+        """The repository and index of `options` (daemon/run/workspace.py); the index closes at the end."""
+        from daemon.cli.common import settings_from
+        from daemon.run.workspace import open_workspace
+
+        settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
+                                 options.get("branch"), _path(options, "root"))
+        # The branch named, else the one checked out (a person's CLI follows their work tree; the daemon's
+        # watched branch is a host setting of the daemon, not of this verb).
+        ws = open_workspace(settings.repo, settings.data_dir, branch=options.get("branch") or None,
+                            host=settings.reconciler_settings())
+        try:
+            yield ws
+        finally:
+            from daemon.index.store import Index
+
+            if isinstance(ws.index, Index):        # open_workspace opened it: this block owns it
+                ws.index.close()
 
 
 def _path(options: Mapping[str, Any], key: str) -> Path | None:
