@@ -29,7 +29,7 @@ fieldset{margin-top:1em}</style></head><body>{% block body %}{% endblock %}</bod
     "plan.html": """{% extends "base.html" %}{% block body %}<h1>{{ form_title }}: {{ t("ui-plan", "plan") }}</h1>
 <pre id="plan">{{ plan }}</pre>
 <form method="post" action="{{ prefix }}/{{ form.name }}/submit?locale={{ lang }}">
-<input type="hidden" name="__answers" value="{{ answers }}">
+<input type="hidden" name="token" value="{{ token }}">
 <p><button type="submit" id="submit">{{ t("ui-submit", "Submit for review") }}</button></p></form>
 <p><a href="{{ prefix }}/{{ form.name }}?locale={{ lang }}">{{ t("ui-back", "Back to the form") }}</a></p>
 {% endblock %}""",

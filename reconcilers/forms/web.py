@@ -4,8 +4,10 @@
     GET  /forms/<name>           the form (HTML5 attributes give the browser's hints: required, min, max, pattern)
     POST /forms/<name>/preview   server-side check (the CLI's own FormSession.check): errors inline, else the
                                  plan of the generated branch, and a button to submit exactly these answers
-    POST /forms/<name>/submit    checked again (never trusted from the page), needs the policy's "write" on
-                                 /forms, committed as the daemon with `Submitted-by: <principal>`
+    POST /forms/<name>/submit    the previewed answers, kept server-side behind the page's one-time token
+                                 (pending.py: no answer, no password goes back into HTML), checked again,
+                                 needs the policy's "write" on /forms (denied without the daemon's gate),
+                                 committed as the daemon with `Submitted-by: <principal>`
 
 Pages are rendered server-side with Jinja2 autoescaping; the form's own texts are repo content and are
 escaped like any answer. No page runs a script.
@@ -13,7 +15,6 @@ escaped like any answer. No page runs a script.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from reconcilers.forms.forge import Forge, forge_from
 from reconcilers.forms.loader import load_forms
 from reconcilers.forms.model import Element
 from reconcilers.forms.pages import PAGES, field_html, raw_answers, web_key
+from reconcilers.forms.pending import PendingAnswers
 from reconcilers.forms.session import FormSession
 
 if TYPE_CHECKING:
@@ -77,6 +79,11 @@ def _busy() -> Response:
                     headers={"Retry-After": "5"})
 
 
+def _principal(request: Request) -> str:
+    """The authenticated client (the daemon's gate puts it in the scope); "anonymous" without the gate."""
+    return str(request.scope.get("state", {}).get("principal") or "anonymous")
+
+
 def _locale(request: Request) -> str:
     """?locale=, else the first language of Accept-Language, else English."""
     from reconcilers.forms.i18n import LOCALES
@@ -90,6 +97,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
             slot_wait: float = SLOT_WAIT_S) -> Starlette:
     """The ASGI app of the web backend over the daemon's ports (`sessions` forms rendered at once)."""
 
+    pending = PendingAnswers()
     # Each session starts a template worker: at most MAX_SESSIONS at once, so a burst of requests cannot
     # fill the host with processes; the rest wait briefly, then get 503.
     slots = threading.Semaphore(sessions)
@@ -175,6 +183,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
 
     async def preview(request: Request) -> Response:
         name = request.path_params["name"]
+        principal = _principal(request)
         locale = _locale(request)
         data = await body(request)
 
@@ -189,9 +198,10 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
                         p = s.preview(checked.answers)
                     except StratumError as err:
                         return form_page(s, raw, {}, err.render(), 422)
-                    return page("plan.html", title=s.form.title, form=s.form, plan=p.plan,
-                                answers=json.dumps(checked.answers), t=s.text.get, lang=s.text.locale,
-                                form_title=s.text.form_title(s.form))
+                    # The page gets a one-time token; the answers (passwords too) stay here.
+                    token = pending.put(name, principal, checked.answers)
+                    return page("plan.html", title=s.form.title, form=s.form, plan=p.plan, token=token,
+                                t=s.text.get, lang=s.text.locale, form_title=s.text.form_title(s.form))
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
             except Busy:
@@ -200,20 +210,20 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
 
     async def submit(request: Request) -> Response:
         name = request.path_params["name"]
-        state = request.scope.get("state", {})
-        authorize = state.get("authorize")
-        if authorize is not None and not authorize("write"):
+        authorize = request.scope.get("state", {}).get("authorize")
+        # Fail closed: without the daemon's gate in front (no `authorize` handed in) nobody submits.
+        if authorize is None or not authorize("write"):
             return Response("the daemon's policy does not let you submit forms (action write on /forms)",
                             status_code=403)
-        principal = str(state.get("principal") or "anonymous")
+        principal = _principal(request)
         locale = _locale(request)
         data = await body(request)
 
         def work() -> Response:
-            try:
-                raw = json.loads(str(data.get("__answers", "{}")))
-            except ValueError:
-                return Response("the answers did not come back intact", status_code=400)
+            raw = pending.take(str(data.get("token", "")), name, principal)
+            if raw is None:
+                return Response("this preview is unknown, used or expired: fill the form and preview it again",
+                                status_code=409)
             try:
                 with session(name, locale) as s:
                     checked = s.check(raw if isinstance(raw, dict) else {})

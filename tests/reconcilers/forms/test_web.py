@@ -23,6 +23,7 @@ from tests.fixtures import git
 from tests.reconcilers.forms.conftest import OpsRepo
 
 ADMIN, READER = "forms-admin-token-0123456789abcdef", "forms-reader-token-0123456789abcdef"
+OTHER_ADMIN = "forms-carol-token-0123456789abcdef"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
@@ -33,7 +34,8 @@ class Served:
 
     def __init__(self, tmp: Path, ops: OpsRepo, host: dict[str, Any] | None = None) -> None:
         tokens = tmp / "tokens"
-        tokens.write_text(f"alice:admin:{token_digest(ADMIN)}\nbob:reader:{token_digest(READER)}\n")
+        tokens.write_text(f"alice:admin:{token_digest(ADMIN)}\nbob:reader:{token_digest(READER)}\n"
+                          f"carol:admin:{token_digest(OTHER_ADMIN)}\n")
         tokens.chmod(0o600)
         http, auth, _ = listener_settings("127.0.0.1:0", {"tokens_file": str(tokens)}, "stratumd.toml")
         env = ReconcilerEnv(data_dir=tmp / "data", evaluator=ops.evaluator, revisions=ops.source,
@@ -42,7 +44,7 @@ class Served:
         app = build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([self.reconciler]), auth=auth)
         self.server = HttpServer("127.0.0.1:0", app, http)
         self.server.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60              # a loaded machine starts uvicorn slowly
         while not self.server.server.started:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
@@ -99,7 +101,7 @@ def test_server_side_validation_is_the_clis(served: Served, ops: OpsRepo) -> Non
 
 def test_a_reader_cannot_submit(served: Served, ops: OpsRepo) -> None:
     """The policy's `write` on /forms decides who submits: a reader gets 403, and no branch appears."""
-    status, _ = served.post("/forms/local-service/submit", {"__answers": '{"name": "web"}'}, READER)
+    status, _ = served.post("/forms/local-service/submit", {"token": "whatever"}, READER)
     assert status == 403
     assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
 
@@ -185,9 +187,11 @@ def test_a_password_from_the_web_is_sealed_with_the_hosts_key(tmp_path: Path, op
     try:
         status, page = served.post("/forms/db-user/preview", {"name": "audit", "password": CANARY}, ADMIN)
         assert status == 200, page
-        hidden = page.split('name="__answers" value="')[1].split('"')[0].replace("&#34;", '"')
-        status, done = served.post("/forms/db-user/submit", {"__answers": hidden}, ADMIN)
+        assert CANARY not in page                     # the plan page holds a token, never the answers
+        token = page.split('name="token" value="')[1].split('"')[0]
+        status, done = served.post("/forms/db-user/submit", {"token": token}, ADMIN)
         assert status == 200, done
+        assert CANARY not in done
     finally:
         served.close()
     branch = done.split('id="branch">')[1].split("<")[0]
@@ -259,3 +263,30 @@ def test_when_every_session_slot_is_taken_the_page_says_busy(tmp_path: Path, ops
     with TestClient(web_app(env, sessions=1, slot_wait=0.05)) as client:
         assert client.get("/local-service").status_code == 200
         assert client.get("/local-service").status_code == 200     # the slot came back
+
+
+def test_a_preview_token_is_one_time_and_bound_to_who_previewed(served: Served, ops: OpsRepo) -> None:
+    """Another admin cannot submit alice's preview; alice can, once; a made-up token is refused."""
+    fields = {"name": "web", "port": "9200", "workers": "2", "runtime": "python", "owner": "platform"}
+    status, page = served.post("/forms/local-service/preview", fields, ADMIN)
+    assert status == 200, page
+    token = page.split('name="token" value="')[1].split('"')[0]
+    assert served.post("/forms/local-service/submit", {"token": token}, OTHER_ADMIN)[0] == 409
+    assert served.post("/forms/local-service/submit", {"token": token}, ADMIN)[0] == 200
+    assert served.post("/forms/local-service/submit", {"token": token}, ADMIN)[0] == 409
+    assert served.post("/forms/local-service/submit", {"token": "made-up"}, ADMIN)[0] == 409
+    branches = git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads/forms").splitlines()
+    assert len(branches) == 1
+
+
+def test_submitting_without_the_daemons_gate_is_denied(tmp_path: Path, ops: OpsRepo) -> None:
+    """The app mounted with nothing in front (no `authorize` in the scope) refuses to submit: fail closed."""
+    from starlette.testclient import TestClient
+
+    from reconcilers.forms.web import web_app
+
+    env = ReconcilerEnv(data_dir=tmp_path / "data", evaluator=ops.evaluator, revisions=ops.source,
+                        git_writer=ops.writer)
+    with TestClient(web_app(env)) as client:
+        assert client.post("/local-service/submit", data={"token": "x"}).status_code == 403
+    assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
