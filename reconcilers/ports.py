@@ -112,14 +112,36 @@ class EventRecorder(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SecretLocation:
+    """Where a reference points in one revision, without its value: the manifest holding it, the action that
+    loads that manifest (a user of the secret is ordered after it), and a keyed fingerprint of the committed
+    version of the value (it changes when the value changes, and tells nothing about it)."""
+
+    reference: str
+    manifest: str
+    action_id: str
+    fingerprint: str
+
+
 class SecretsPort(Protocol):
-    """Resolve a secret reference (`<manifest path>#<key>`) to its decrypted value, at apply time only.
+    """Resolve a secret reference (`kv/<path>#<key>` or `<manifest path>#<key>`) to its decrypted value, at
+    apply time only; before that, `locate` it in a revision and `fingerprint` content without any plaintext.
 
     Every resolution is audited (who asked, for which reference and purpose; never the value) and nothing is
     cached by the port: the caller uses the value and drops it."""
 
     def resolve(self, reference: str, *, purpose: str) -> str:
         """The plaintext of `reference`; raises a StratumError naming the reference when it cannot."""
+        ...
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """Where `reference` points in `snap` (nothing decrypted); InputError naming the reference when it names
+        no value of the revision or the daemon cannot decrypt that manifest."""
+        ...
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed fingerprint of `data` (HMAC under the daemon's key): safe to store, log and compare."""
         ...
 
 

@@ -19,7 +19,7 @@ import pygit2
 
 from daemon import log
 from reconcilers.errors import SourceError, StratumError
-from reconcilers.ports import EventRecorder, SecretsPort, Timer
+from reconcilers.ports import EventRecorder, SecretLocation, SecretsPort, Snapshot, Timer
 
 if TYPE_CHECKING:
     from daemon.git.source import GitSource
@@ -63,6 +63,20 @@ class SecretsBroker:
         self._audit(reconciler, reference, purpose, "resolved")
         return value
 
+    def _provider(self, reference: str) -> SecretsPort:
+        if self.provider is None:
+            raise StratumError(f"secret {reference}: no reconciler provides secrets here", where=reference,
+                               hint="enable the vault reconciler (it needs its key)")
+        return self.provider
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """Where `reference` points in `snap` (no value: not audited as a use)."""
+        return self._provider(reference).locate(snap, reference)
+
+    def fingerprint(self, data: bytes) -> str:
+        """The provider's keyed fingerprint of `data`."""
+        return self._provider("(fingerprint)").fingerprint(data)
+
     def _audit(self, reconciler: str, reference: str, purpose: str, outcome: str) -> None:
         # The reference and the purpose only: never the value, never a length or a hash of it.
         log.get().info("secret_resolved", reconciler=reconciler, reference=reference, purpose=purpose,
@@ -80,6 +94,14 @@ class _BoundSecrets:
     def resolve(self, reference: str, *, purpose: str) -> str:
         """See SecretsPort."""
         return self._broker.resolve(self._reconciler, reference, purpose)
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """See SecretsPort."""
+        return self._broker.locate(snap, reference)
+
+    def fingerprint(self, data: bytes) -> str:
+        """See SecretsPort."""
+        return self._broker.fingerprint(data)
 
 
 class TimerScheduler:

@@ -144,3 +144,6 @@ class InfraObserved:
     # Resources applied before with the same spec, taken as in place without reading the host (a commit's
     # incremental run): the diff has nothing to do for them, so it does not look at them at all.
     assumed: frozenset[str] = frozenset()
+    # Resources holding secrets: (spec hash, keyed fingerprint of the bytes written) recorded when they were
+    # applied (their `content_hash` above is the same keyed fingerprint of the host's bytes, never a plain hash).
+    expected: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
