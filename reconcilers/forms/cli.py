@@ -217,8 +217,10 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
         if dry_run:
             click.echo(preview.plan)
             return
-        sub = session.submit(checked.answers, principal_of(options.get("repo")), preview)
-    sub = _with_kernel_plan(sub, options, session.snap.revision)
+        principal = principal_of(options.get("repo"))
+        sub = session.submit(checked.answers, principal, preview, review=False)
+        # The pull request carries the kernel's plan, the one CI posts for it (`stratum plan --base --head`).
+        sub = session.review(_with_kernel_plan(sub, options, session.snap.revision), principal)
     if output == "json":
         click.echo(json.dumps({"branch": sub.branch, "commit": sub.commit, "files": list(sub.files),
                                "plan": sub.plan, "pull_request": sub.review, "pull_request_error": sub.review_error}))

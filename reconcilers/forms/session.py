@@ -174,22 +174,28 @@ class FormSession:
         return Preview(generated, files, plan, branch, now)
 
     # 5. submit -----------------------------------------------------------------------------------------
-    def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None) -> Submission:
-        """Commit the preview's files and a decision node to a new branch (never the watched one)."""
+    def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None,
+               review: bool = True) -> Submission:
+        """Commit the preview's files and a decision node to a new branch (never the watched one); then, with a
+        forge configured and `review`, open the pull request (`review=False`: the caller opens it with
+        `review()` once it has a fuller plan)."""
         preview = preview or self.preview(answers)
         path, text = decision_node(self.form, answers, principal, preview.generated.target, preview.branch,
                                    preview.made)
         files = {**preview.files, path: text}
         sub = commit_submission(self.form, self.snap, preview.generated, files, self.writer, principal,
-                                preview.plan, preview.branch)
+                                preview.plan, preview.branch, preview.generated.target)
+        return self.review(sub, principal) if review else sub
+
+    def review(self, sub: Submission, principal: str) -> Submission:
+        """Open the pull request of `sub` (its plan as the text) when a forge is configured."""
         if self.forge is None:
             return sub
         from reconcilers.forms.forge import open_review
 
-        title = f"form {self.form.name}: {preview.generated.target}"
+        title = f"form {self.form.name}: {sub.target}"
         try:
-            url = open_review(self.forge, sub.branch, self.watched, title,
-                              f"{sub.plan}\nSubmitted-by: {principal}\n")
+            url = open_review(self.forge, sub.branch, self.watched, title, f"{sub.plan}\nSubmitted-by: {principal}\n")
         except StratumError as err:
             return replace(sub, review_error=err.render())
         return replace(sub, review=url)
