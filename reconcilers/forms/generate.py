@@ -150,15 +150,17 @@ def render(form: Form, snap: Snapshot, answers: Mapping[str, Any], secret_refs: 
 
 
 def generate(form: Form, snap: Snapshot, answers: Mapping[str, Any], literals: Mapping[str, str],
-             secret_refs: Mapping[str, str], evaluator: Evaluator, renderer: TemplateRenderer) -> Generated:
+             secret_refs: Mapping[str, str], evaluator: Evaluator, renderer: TemplateRenderer,
+             extra: Mapping[str, str] | None = None) -> Generated:
     """Render, lay over `snap` and evaluate with the infra contracts; raises InputError (template:line and the
     Nickel error) when the result would not validate. The template sees the answers, their Nickel literals
-    as `ncl` and passwords only as secret references; the header records the answers alone."""
+    as `ncl` and passwords only as secret references; the header records the answers alone. `extra` files
+    (the secret manifests) are laid over the base too."""
     path = target_path(form, answers)
     guard(form, snap, path)
     body = render(form, snap, {**answers, "ncl": dict(literals)}, secret_refs, renderer)
     text = header(form, answers) + body
-    infra = load_infra(Overlay(snap, {path: text}), evaluator, renderer=renderer)
+    infra = load_infra(Overlay(snap, {**(extra or {}), path: text}), evaluator, renderer=renderer)
     mine = [p for p in infra.problems if p.path == path]
     if mine:
         where, message = explain(form, mine, path, text)

@@ -163,8 +163,10 @@ class FormSession:
                                  "(`stratum secret init`); the web backend needs the host's [forms] key_file")
             manifests, refs = self.seal(self.form, self.snap, secret, target_path(self.form, plain))
             files.update(manifests)
-            literals.update({k: nickel_literal(v) for k, v in refs.items()})
-        generated = generate(self.form, self.snap, plain, literals, refs, self.evaluator, self.renderer)
+            # In Nickel a password is the infra contract's secret reference record, never its value.
+            literals.update({k: nickel_literal(dict(zip(("secret", "key"), v.split("#", 1), strict=True)))
+                             for k, v in refs.items()})
+        generated = generate(self.form, self.snap, plain, literals, refs, self.evaluator, self.renderer, files)
         files[generated.target] = generated.nickel
         now = self.clock()
         branch = branch_name(self.form, now)
