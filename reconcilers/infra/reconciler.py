@@ -25,6 +25,7 @@ from reconcilers.infra import diff
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import (
+    CLOUD_KINDS,
     InfraDesired,
     InfraObserved,
     ObservedResource,
@@ -33,6 +34,8 @@ from reconcilers.infra.model import (
     inventory_entry,
 )
 from reconcilers.infra.provider import Provider
+from reconcilers.infra.providers import build as build_cloud
+from reconcilers.infra.providers import cloud_checks
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
 from reconcilers.ports import Snapshot
@@ -51,7 +54,9 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         # The local provider also checks paths, finds stray temporary files and runs compensations: those are
         # local matters. Every resource is observed, applied and destroyed through its own provider.
         self.provider = LocalProvider(root)
-        self.providers: Mapping[str, Provider] = providers or {"local": self.provider}
+        # Cloud providers come from the host's [infra.providers.*] settings (credentials never from the repo).
+        self.providers: Mapping[str, Provider] = providers or {"local": self.provider,
+                                                               **build_cloud(section, env.data_dir)}
         if env.evaluator is None:
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
@@ -71,6 +76,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
         problems = list(desired.problems)
+        problems += cloud_checks.check(desired, self.providers)
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             for key in ("path", "target", "creates"):
@@ -90,13 +96,15 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
-            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, rel, cache)
+            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, r.id if r.kind in CLOUD_KINDS else rel, cache)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
+                kind = str(data.get("kind", ""))
                 seen[item.resource_id] = self._of(str(data.get("provider") or "local"), item.resource_id).observe(
-                    data.get("kind", ""), data.get("path", ""), cache)
-        return InfraObserved(resources=seen, strays=self._strays(desired, inventory))
+                    kind, item.resource_id if kind in CLOUD_KINDS else data.get("path", ""), cache)
+        orphans = cloud_checks.orphans(desired, inventory, self.providers, cache)
+        return InfraObserved(resources=seen, strays=self._strays(desired, inventory), orphans=orphans)
 
     def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
         """Our temporary files left in the folders we write to (by a daemon killed mid-write)."""
@@ -127,6 +135,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 seen[r.id] = ObservedResource(True, "directory", mode=format(int(f["mode"], 8), "04o"))
             elif r.kind == "symlink":
                 seen[r.id] = ObservedResource(True, "symlink", target=diff.expected_link(f["path"], f["target"]))
+            elif r.kind in CLOUD_KINDS:
+                seen[r.id] = cloud_checks.simulated(r)
             else:
                 seen[r.id] = ObservedResource(exists=True)
         return InfraObserved(resources=seen)
@@ -143,7 +153,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             if f.nature != "drift":
                 continue
             r = desired.resources[f.resource_id]
-            out.append(Problem(f"drift on {r.kind} {r.id} ({r.path or r.fields.get('run', '')}): {f.reason}; "
+            where = r.path or r.fields.get("run", "") or f"on {r.provider}"
+            out.append(Problem(f"drift on {r.kind} {r.id} ({where}): {f.reason}; "
                                f"policy {r.drift}", r.source, r.line, reconciler=self.name))
         for stray in observed.strays:
             out.append(Problem(f"stray temporary file {stray} under the root: left by an interrupted apply, owned "
@@ -184,11 +195,17 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         change = action.payload()
         if "stray" in change:
             return Outcome(action.id, True, self.provider.remove_stray(str(change["stray"])))
+        if "orphan" in change:                # tagged ours, claimed by nothing (reconcilers/infra/providers)
+            o = change["orphan"]
+            note = self._of(str(o["provider"]), action.target).destroy(str(o["kind"]), str(o["rid"]))
+            return Outcome(action.id, True, note or f"removed untracked {o['kind']} {o['rid']} on {o['provider']}")
         if action.kind == "delete":
             data = change["inventory"]
             provider = self._of(str(data.get("provider") or "local"), action.target)
-            note = provider.destroy(data["kind"], data["path"]) if data.get("path") else "forgotten"
-            return Outcome(action.id, True, note, removed=True)
+            ref = action.target if data.get("kind") in CLOUD_KINDS else data.get("path")
+            note = provider.destroy(data["kind"], ref) if ref else "forgotten"
+            # A move between providers deletes the old object; the inventory entry is the new provider's.
+            return Outcome(action.id, True, note, removed=not change.get("keep_inventory"))
         res = change["resource"]
         message = self._of(str(res.get("provider") or "local"), action.target).apply(action.target, res["kind"],
                                                                                    res["spec"])

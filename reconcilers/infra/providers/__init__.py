@@ -1,0 +1,90 @@
+"""Cloud providers of the infra reconciler, built from host settings (never from the repo).
+
+    [infra]
+    owner = "ops-prod"                 # the `stratum:owner` tag on everything created (default: per data dir)
+    [infra.providers.aws]              # the provider name resources use (`provider = 'aws`)
+    type = "aws"                       # aws | upcloud | libcloud
+    region = "eu-west-1"
+    key_env = "AWS_ACCESS_KEY_ID"      # or key = "...", secret = "..." (the settings file is the host's)
+    host = "127.0.0.1"                 # optional: an AWS-compatible endpoint
+    port = 5000
+    secure = false
+
+A provider whose settings are wrong is still listed (so resources naming it get a clear message) but refuses
+every call with what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from reconcilers.errors import StratumError, TerminalError
+from reconcilers.infra.model import ObservedResource
+from reconcilers.infra.providers.cloud import Backend, CloudProvider
+
+TYPES = ("aws", "upcloud", "libcloud")
+
+
+class Unavailable:
+    """A configured provider that cannot work (missing credentials, unknown type): every call says why."""
+
+    def __init__(self, name: str, error: StratumError) -> None:
+        self.name = name
+        self.error = error
+
+    def _fail(self, rid: str) -> TerminalError:
+        return TerminalError(f"provider {self.name} is not usable: {self.error.what}", where=f"infra:{rid}",
+                             hint=self.error.hint)
+
+    def observe(self, kind: str, ref: str, cache: dict[str, str] | None = None) -> ObservedResource:
+        """Refuses (see the class docstring)."""
+        raise self._fail(ref)
+
+    def apply(self, rid: str, kind: str, spec: Mapping[str, Any]) -> str:
+        """Refuses."""
+        raise self._fail(rid)
+
+    def destroy(self, kind: str, ref: str) -> str:
+        """Refuses."""
+        raise self._fail(ref)
+
+
+def default_owner(data_dir: Path) -> str:
+    """The owner tag when the host names none: stable for one data directory."""
+    return "stratum-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
+    """The backend of one `[infra.providers.NAME]` section (raises SettingsError when it cannot be built)."""
+    from reconcilers.errors import SettingsError
+
+    kind = str(conf.get("type", name))
+    if kind == "aws":
+        from reconcilers.infra.providers.aws import AwsBackend, driver_from_settings
+
+        return AwsBackend(driver_from_settings(name, conf))
+    if kind == "upcloud":
+        from reconcilers.infra.providers.upcloud import UpcloudBackend, upcloud_driver
+
+        return UpcloudBackend(upcloud_driver(name, conf))
+    if kind == "libcloud":
+        from reconcilers.infra.providers.generic import GenericBackend, generic_driver
+
+        return GenericBackend(generic_driver(name, conf))
+    raise SettingsError(f"provider {name}: unknown type {kind!r}", hint=f"use one of: {', '.join(TYPES)}")
+
+
+def build(section: Mapping[str, Any], data_dir: Path) -> dict[str, CloudProvider | Unavailable]:
+    """The cloud providers the host settings' `[infra.providers.*]` sections describe."""
+    owner = str(section.get("owner") or default_owner(data_dir))
+    out: dict[str, CloudProvider | Unavailable] = {}
+    for name, conf in dict(section.get("providers", {})).items():
+        try:
+            out[str(name)] = CloudProvider(str(name), backend_for(str(name), dict(conf)), owner,
+                                           poll=float(dict(conf).get("poll", 2.0)))
+        except StratumError as err:
+            out[str(name)] = Unavailable(str(name), err)
+    return out
