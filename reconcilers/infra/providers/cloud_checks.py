@@ -41,9 +41,9 @@ def check(desired: InfraDesired, providers: Mapping[str, Provider]) -> list[Prob
             problem(f"resource {r.id}: provider {r.provider} is not usable: {found.error.what}", found.error.hint)
         for key, kind in _REF_KINDS.items():
             value = r.fields.get(key)
-            names: list[str] = ([str(v) for v in value] if isinstance(value, (list, tuple))
-                                else [value] if isinstance(value, str) else [])
-            for name in names:
+            refs: list[str] = ([str(v) for v in value] if isinstance(value, (list, tuple))
+                               else [value] if isinstance(value, str) else [])
+            for name in refs:
                 other = res.get(str(name))
                 if other is None:
                     continue                  # an unknown id is reported by load (depends on unknown resource)

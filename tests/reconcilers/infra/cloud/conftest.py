@@ -175,6 +175,7 @@ class CloudStack(Stack):
         self.owner = f"test-{uuid.uuid4().hex[:10]}"
         self.proxy = proxy
         self.settings = settings or aws_settings(proxy.port, self.owner, self.root)
+        self.settings["infra"]["owner"] = self.owner
         self.infra.close()
         self.infra = InfraReconciler(ReconcilerEnv(data_dir=self.data, settings=self.settings,
                                                    evaluator=evaluator))
@@ -205,3 +206,106 @@ def ec2(proxy: FaultProxy) -> Any:
     return get_driver(Provider.EC2)("test-key", "test-secret", region="us-east-1", host="127.0.0.1",
                                     port=proxy.upstream, secure=False, signature_version="4")
 
+
+
+class UpcloudReplay:
+    """A loopback HTTP server that replays the UpCloud API answers libcloud itself ships
+    (libcloud/test/compute/fixtures/upcloud/), with just enough state to be driven: a POST /1.2/server answers
+    the recorded create response with the requested title, plan and zone and a new uuid, and the server is then
+    listed (as `started`, where the recording says `maintenance`: the replay skips UpCloud's boot); stop and
+    DELETE change that state. Zones, plans, prices and the recorded servers are the fixtures as shipped."""
+
+    def __init__(self) -> None:
+        import json
+        from pathlib import Path as P
+
+        import libcloud
+
+        self.fixtures = P(libcloud.__file__).parent / "test/compute/fixtures/upcloud"
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.calls: list[str] = []
+        replay = self
+
+        def fixture(name: str) -> Any:
+            return json.loads((replay.fixtures / name).read_text())
+
+        for server in fixture("api_1_2_server.json")["servers"]["server"]:
+            self.servers[server["uuid"]] = server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any = None) -> None:
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path.strip("/")
+                replay.calls.append(f"GET {path}")
+                if path == "1.2/server":
+                    return self._send(200, {"servers": {"server": list(replay.servers.values())}})
+                if path.startswith("1.2/server/"):
+                    uuid_ = path.split("/")[2]
+                    found = replay.servers.get(uuid_)
+                    return self._send(200, {"server": found}) if found else self._send(
+                        404, {"error": {"error_code": "SERVER_NOT_FOUND", "error_message": "not found"}})
+                name = "api_" + path.replace(".", "_").replace("/", "_") + ".json"
+                if (replay.fixtures / name).exists():
+                    return self._send(200, fixture(name))
+                return self._send(404, {"error": {"error_code": "NOT_FOUND", "error_message": path}})
+
+            def do_POST(self) -> None:
+                path = urlsplit(self.path).path.strip("/")
+                replay.calls.append(f"POST {path}")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if path == "1.2/server":
+                    server = fixture("api_1_2_server_from_template.json")["server"]
+                    asked = body["server"]
+                    server.update(uuid=str(uuid.uuid4()), title=asked["title"], hostname=asked["hostname"],
+                                  plan=asked["plan"], zone=asked["zone"], state="started")
+                    replay.servers[server["uuid"]] = server
+                    return self._send(202, {"server": server})
+                if path.endswith("/stop"):
+                    server = replay.servers[path.split("/")[2]]
+                    server["state"] = "stopped"
+                    return self._send(202, {"server": server})
+                return self._send(404, {"error": {"error_code": "NOT_FOUND", "error_message": path}})
+
+            def do_DELETE(self) -> None:
+                path = urlsplit(self.path).path.strip("/")
+                replay.calls.append(f"DELETE {path}")
+                replay.servers.pop(path.split("/")[2], None)
+                self._send(204)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def ours(self, owner: str) -> dict[str, dict[str, Any]]:
+        """Servers whose title marks them as `owner`'s, by resource id."""
+        from reconcilers.infra.providers.upcloud import parse_title
+
+        out = {}
+        for server in self.servers.values():
+            mine = parse_title(server["title"])
+            if mine and mine[0] == owner:
+                out[mine[1]] = server
+        return out
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def upcloud() -> Iterator[UpcloudReplay]:
+    """A fresh UpCloud replay server."""
+    u = UpcloudReplay()
+    yield u
+    u.close()
