@@ -175,6 +175,22 @@ def _markdown_detail(action: dict[str, Any], detail: dict[str, Any] | None) -> s
     return "\n".join(out)
 
 
+def _cost_lines(plan: dict[str, Any]) -> list[str]:
+    """Price change per provider, summed from the `cost` of action details (cloud servers); in the
+    provider's own currency, so never summed across providers."""
+    totals: dict[str, float] = defaultdict(float)
+    for detail in (plan.get("details") or {}).values():
+        cost = detail.get("cost") if isinstance(detail, dict) else None
+        if cost:
+            totals[str(cost["provider"])] += float(cost["hourly"])
+    if not totals:
+        return []
+    lines = ["\n#### Cost change (provider's currency)\n", "| provider | per hour | per month (730 h) |",
+             "|---|---|---|"]
+    lines += [f"| {p} | {h:+.4f} | {h * 730:+.2f} |" for p, h in sorted(totals.items())]
+    return lines
+
+
 def plan_markdown(plan: dict[str, Any]) -> list[str]:
     """The pull-request comment; split into numbered parts when over 65,000 characters."""
     head = f"### Stratum plan for `{plan['revision'][:12]}`" + (
@@ -199,6 +215,7 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
                 break
             body.append(block)
             shown += len(block)
+    body += _cost_lines(plan)
     if plan["drift"]:
         body.append(f"\n#### Drift found: {len(plan['drift'])}\n")
         body += [f"- {_problem_line(p)}" for p in plan["drift"]]

@@ -116,7 +116,8 @@ class Resource:
         keep their dependencies: a network is deleted after the servers in it)."""
         if self.kind in CLOUD_KINDS:
             return freeze({"kind": self.kind, "path": "", "prune": self.prune, "spec_hash": self.spec_hash,
-                           "provider": self.provider, "source": self.source, "depends_on": list(self.depends_on)})
+                           "provider": self.provider, "source": self.source, "depends_on": list(self.depends_on),
+                           "size": self.fields.get("size")})
         return _inventory_data(self.kind, self.path, self.prune, self.spec_hash, self.provider, self.source)
 
 

@@ -35,7 +35,7 @@ from reconcilers.infra.model import (
 )
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import build as build_cloud
-from reconcilers.infra.providers import cloud_checks
+from reconcilers.infra.providers import catalog, cloud_checks, cost
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
 from reconcilers.ports import Snapshot
@@ -64,6 +64,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self._policy_views: dict[int, tuple[Resource, PolicyResource]] = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
+        self.index_port = env.index               # own tables: the cloud catalogs (providers/catalog.py)
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -76,7 +77,9 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
         problems = list(desired.problems)
-        problems += cloud_checks.check(desired, self.providers)
+        if self._has_cloud(desired, []):
+            problems += cloud_checks.check(desired, self.providers)
+            problems += catalog.check(desired, self._catalogs())
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             for key in ("path", "target", "creates"):
@@ -142,8 +145,21 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         return InfraObserved(resources=seen)
 
     def plan(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Action]:
-        """The pure diff (reconcilers/infra/diff.py)."""
-        return diff.plan(desired, observed, inventory)
+        """The pure diff (reconcilers/infra/diff.py), cloud server actions priced from the cached catalogs."""
+        actions = diff.plan(desired, observed, inventory)
+        if self._has_cloud(desired, inventory):
+            actions = cost.annotate(actions, cost.changes(actions, desired, inventory, self._catalogs()))
+        return actions
+
+    def _has_cloud(self, desired: InfraDesired, inventory: list[InventoryItem]) -> bool:
+        return (any(r.kind in CLOUD_KINDS for r in desired.resources.values())
+                or any(i.kind in CLOUD_KINDS for i in inventory if i.reconciler == self.name))
+
+    def _catalogs(self) -> catalog.Catalogs:
+        try:
+            return catalog.load(self.index_port)
+        except Exception:  # noqa: BLE001 a catalog is a courtesy: without one, values are not checked or priced
+            return {}
 
     def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Problem]:
         """Resources whose host state moved away from an unchanged spec."""
@@ -179,6 +195,15 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 found = self._read_host(r.path)
             labels = {"found_label": "base", "expected_label": "head"} if before is not None else {}
             out[f.resource_id] = diff.explain(r, o, f, found, **labels)
+        if self._has_cloud(desired, inventory):
+            # Each priced action's change, for the plan's per-provider cost (daemon/run/report.py sums them).
+            actions = diff.plan(desired, observed, inventory)
+            for action_id, (provider, hourly) in cost.changes(actions, desired, inventory,
+                                                              self._catalogs()).items():
+                key = action_id.split(":", 1)[1]
+                detail = dict(out.get(key) or {"resource": key, "kind": "server", "differences": []})
+                detail["cost"] = {"provider": provider, "hourly": hourly}
+                out[key] = detail
         return out
 
     def _read_host(self, rel: str) -> bytes | None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError
+from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud import CloudObject, Resolve
 from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER
 
@@ -226,6 +227,18 @@ class AwsBackend:
             for i, k in enumerate(remove, 1):
                 params[f"Tag.{i}.Key"] = k
             self._request(params)
+
+    def catalog(self) -> list[Entry]:
+        """Instance types with libcloud's on-demand prices for the region, and availability zones. Images are
+        left out: AWS lists tens of thousands of public AMIs, so image ids are not checked."""
+        out = [Entry("size", str(s.id), str(s.name), float(s.price) if s.price not in (None, "") else None)
+               for s in self.driver.list_sizes()]
+        out += [Entry("zone", str(z.name), str(z.name)) for z in self.driver.ex_list_availability_zones()]
+        return out
+
+    def get(self, kind: str, native_id: str) -> CloudObject | None:
+        """An object by its AWS id."""
+        return self.refresh(CloudObject(kind, "", native_id))
 
     def ready(self, obj: CloudObject) -> bool:
         """A server is running; a volume is available or in use; networks, subnets and firewalls at once."""

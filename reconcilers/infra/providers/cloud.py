@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from reconcilers.errors import TerminalError, TransientError
 from reconcilers.infra.model import ObservedResource
+from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud_diff import (
     GONE_STATES,
     TAG_ID,
@@ -86,6 +87,14 @@ class Backend(Protocol):
 
     def ready(self, obj: CloudObject) -> bool:
         """True when the object is usable (a server running, a volume available or attached)."""
+        ...
+
+    def catalog(self) -> list[Entry]:
+        """Sizes (with hourly prices when known), images and zones the API offers."""
+        ...
+
+    def get(self, kind: str, native_id: str) -> CloudObject | None:
+        """An object by the API's own id, ours or not (for `stratum infra import`)."""
         ...
 
 
@@ -175,6 +184,28 @@ class CloudProvider:
             self.backend.destroy(current)
         self._wait_gone(current, {}, where)
         return ""
+
+    def catalog(self) -> list[Entry]:
+        """The provider's catalog (sizes, images, zones), fetched now."""
+        with api_call(self.name, "fetching the catalog"):
+            return self.backend.catalog()
+
+    def adopt(self, kind: str, native_id: str, rid: str) -> CloudObject:
+        """Tag an existing object as resource `rid` of ours (`stratum infra import`); the first apply of the
+        resource then records its spec tag in place instead of replacing it."""
+        where = f"{kind} {native_id}"
+        with api_call(self.name, where):
+            obj = self.backend.get(kind, native_id)
+            if obj is None:
+                raise TerminalError(f"{self.name}: no {kind} {native_id}", where=where,
+                                    hint="check the id (and the provider's region) and try again")
+            owner = obj.tags.get(TAG_OWNER)
+            if owner and owner != self.owner:
+                raise TerminalError(f"{self.name}: {where} belongs to another Stratum ({owner})", where=where,
+                                    hint="import it from the repository that owns it, or untag it first")
+            self.backend.set_tags(obj, {TAG_ID: rid, TAG_OWNER: self.owner}, [])
+            found = self.backend.get(kind, native_id)
+        return found or obj
 
     # -- readiness -------------------------------------------------------------------------------------
     def _deadline(self, spec: Mapping[str, Any]) -> float:

@@ -54,6 +54,9 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
              if k in attrs and k in spec and str(attrs[k]) != str(spec[k])]
     if moved:
         return ", ".join(moved), "replace"
+    if spec_tag == "":
+        # Imported (tagged as ours without a spec): its compared attributes match, so it is adopted in place.
+        return "imported: Stratum's spec tag is recorded", "update"
     if spec_tag != replace_hash(spec):
         return "fields that need a new resource changed", "replace"
     have, want = dict(attrs.get("tags", {})), wanted_tags(spec)

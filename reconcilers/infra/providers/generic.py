@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError
+from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud import CloudObject, Resolve
 from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER, TAG_SPEC
 
@@ -109,6 +110,19 @@ class GenericBackend:
         """Not in the common subset."""
         raise TerminalError(f"server {obj.rid}: tags are not supported by the generic libcloud adapter",
                             where=f"infra:{obj.rid}", hint="remove `tags` from the resource")
+
+    def catalog(self) -> list[Entry]:
+        """The driver's sizes (with its prices), images and locations."""
+        d = self.driver
+        out = [Entry("size", str(s.id), str(s.name), float(s.price) if s.price not in (None, "") else None)
+               for s in d.list_sizes()]
+        out += [Entry("image", str(i.id), str(i.name)) for i in d.list_images()]
+        out += [Entry("zone", str(z.id), str(z.name)) for z in d.list_locations()]
+        return out
+
+    def get(self, kind: str, native_id: str) -> CloudObject | None:
+        """Not offered: the common subset has no way to mark an existing node as ours but renaming it."""
+        return None
 
     def ready(self, obj: CloudObject) -> bool:
         """Running."""

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError, TransientError
+from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud import CloudObject, Resolve
 from reconcilers.infra.providers.cloud_diff import TAG_ID, TAG_OWNER, TAG_SPEC
 
@@ -140,6 +141,25 @@ class UpcloudBackend:
         """UpCloud labels are not reachable through libcloud's driver."""
         raise TerminalError(f"upcloud: server {obj.rid}: tags are not supported on UpCloud",
                             where=f"infra:{obj.rid}", hint="remove `tags` from the resource")
+
+    def catalog(self) -> list[Entry]:
+        """Plans priced for the configured zone (UpCloud's price list), template images and zones."""
+        from libcloud.compute.base import NodeLocation
+
+        d = self.driver
+        where = NodeLocation(self.zone, self.zone, "", d)
+        out = []
+        for size in d.list_sizes(location=where):
+            # UpCloud prices plans in cents per hour.
+            cents = size.price
+            out.append(Entry("size", str(size.id), str(size.name), float(cents) / 100 if cents else None))
+        out += [Entry("image", str(i.id), str(i.name)) for i in d.list_images() if i.extra.get("type") == "template"]
+        out += [Entry("zone", str(z.id), str(z.name)) for z in d.list_locations()]
+        return out
+
+    def get(self, kind: str, native_id: str) -> CloudObject | None:
+        """Our server by its uuid (import is not offered: ownership lives in the title)."""
+        return self.refresh(CloudObject(kind, "", native_id))
 
     def ready(self, obj: CloudObject) -> bool:
         """A server is ready once started."""
