@@ -52,7 +52,9 @@ def load(index: Any) -> dict[str, dict[str, dict[str, Entry]]]:
     """Every cached catalog (empty when none was fetched)."""
     if index is None:
         return {}
-    index.execute(SCHEMA)
+    # Read only: the CLI opens the index read-only, and a repo without catalogs has no table yet.
+    if not index.query("SELECT 1 FROM information_schema.tables WHERE table_name = 'infra_catalog'"):
+        return {}
     out: dict[str, dict[str, dict[str, Entry]]] = {}
     for provider, kind, id_, name, price in index.query(
             "SELECT provider, kind, id, name, price_hourly FROM infra_catalog"):
