@@ -33,8 +33,8 @@ KNOWN_UP: set[tuple[str, str]] = {
     ("reconcilers.vault.rules", "daemon.git.source"),
     ("reconcilers.vault.rules", "daemon.nickel.evaluator"),
 }
-# The kernel's CLI still holds the knowledge and secret verb groups (their plugins name them as their verbs).
-KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret")
+# The kernel's CLI still holds the knowledge, secret and infra verb groups (their plugins name them as their verbs).
+KNOWN_DOWN_PREFIXES = ("daemon.cli.kb", "daemon.cli.secret", "daemon.cli.infra")
 # What the kernel may import of reconcilers/: the contract, the plugin registry (entry points), and the bounded
 # parsers both sides share.
 CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.plugin",
