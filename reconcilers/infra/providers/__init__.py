@@ -9,6 +9,7 @@
     host = "127.0.0.1"                 # optional: an AWS-compatible endpoint
     port = 5000
     secure = false
+    parallelism = 4                    # changes in flight on this provider at most
 
 A provider whose settings are wrong is still listed (so resources naming it get a clear message) but refuses
 every call with what to fix.
@@ -84,7 +85,8 @@ def build(section: Mapping[str, Any], data_dir: Path) -> dict[str, CloudProvider
     for name, conf in dict(section.get("providers", {})).items():
         try:
             out[str(name)] = CloudProvider(str(name), backend_for(str(name), dict(conf)), owner,
-                                           poll=float(dict(conf).get("poll", 2.0)))
+                                           poll=float(dict(conf).get("poll", 2.0)),
+                                           parallelism=int(dict(conf).get("parallelism", 4)))
         except StratumError as err:
             out[str(name)] = Unavailable(str(name), err)
     return out

@@ -101,11 +101,14 @@ class Backend(Protocol):
 class CloudProvider:
     """The infra provider Protocol over a `Backend` (see the module docstring)."""
 
-    def __init__(self, name: str, backend: Backend, owner: str, *, poll: float = 1.0) -> None:
+    def __init__(self, name: str, backend: Backend, owner: str, *, poll: float = 1.0, parallelism: int = 4) -> None:
         self.name = name
         self.backend = backend
         self.owner = owner
         self.poll = poll
+        # At most this many changes in flight on this provider, whatever the executor's width (API rate limits
+        # are per provider account).
+        self._slots = threading.BoundedSemaphore(max(1, parallelism))
         self._lock = threading.Lock()
         self._pass: dict[str, str] | None = None     # the observe pass the listing belongs to
         self._listing: dict[tuple[str, str], CloudObject] = {}
@@ -147,6 +150,10 @@ class CloudProvider:
 
     def apply(self, rid: str, kind: str, spec: Mapping[str, Any]) -> str:
         """Create, update the tags of, or replace the object for resource `rid` (see the module docstring)."""
+        with self._slots:
+            return self._apply(rid, kind, spec)
+
+    def _apply(self, rid: str, kind: str, spec: Mapping[str, Any]) -> str:
         if kind not in self.backend.kinds:
             raise TerminalError(f"provider {self.name} cannot manage a {kind} (resource {rid})",
                                 where=f"infra:{rid}", hint=f"it serves: {', '.join(sorted(self.backend.kinds))}")
@@ -176,6 +183,10 @@ class CloudProvider:
 
     def destroy(self, kind: str, ref: str) -> str:
         """Remove the object tagged with resource id `ref`; a note when it was already gone."""
+        with self._slots:
+            return self._destroy(kind, ref)
+
+    def _destroy(self, kind: str, ref: str) -> str:
         where = f"{kind} {ref}"
         with api_call(self.name, where):
             current = self.backend.find(kind, self.owner, ref)

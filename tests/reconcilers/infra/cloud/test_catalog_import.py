@@ -140,3 +140,27 @@ def test_throttling_is_retried(cloud: CloudStack, repo: WorkRepo, proxy: FaultPr
     assert proxy.calls.count("CreateVpc") == 2
     events = cloud.index.query("SELECT message FROM events WHERE kind = 'action_retry'")
     assert any("throttled" in str(m[0]) for m in events)
+
+
+def test_refused_credentials_fail_at_once_and_missing_ones_are_named(cloud: CloudStack, repo: WorkRepo,
+                                                                      proxy: FaultProxy, tmp_path: Path) -> None:
+    """AuthFailure from the API (injected by the proxy) is terminal: one try, the run rolls back, the message
+    says to check the credentials. A provider configured without any credentials rejects the revision naming
+    the provider and the settings to add."""
+    proxy.rules.append(lambda action, q: (401, "AuthFailure") if action == "CreateVpc" else None)
+    repo.commit({"infra/c.ncl": infra(aws("n", "network", cidr="10.5.0.0/16"))})
+    result = cloud.run()
+    assert result.status == "rolled_back"
+    assert "refused the credentials" in result.message and proxy.calls.count("CreateVpc") == 1
+
+    bare = CloudStack(tmp_path / "nocreds", repo.path, cloud.evaluator, proxy,
+                      {"infra": {"root": str(tmp_path / "r"), "providers": {
+                          "aws": {"type": "aws", "key_env": "STRATUM_TEST_NO_SUCH_KEY",
+                                  "secret_env": "STRATUM_TEST_NO_SUCH_SECRET"}}}})
+    try:
+        problems = bare.pipeline.plan("main").problems
+        assert [p.message for p in problems] == ["resource n: provider aws is not usable: provider aws: no AWS "
+                                                 "credentials"]
+        assert "[infra.providers.aws]" in problems[0].hint
+    finally:
+        bare.close()
