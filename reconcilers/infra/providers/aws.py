@@ -71,10 +71,24 @@ class AwsBackend:
         return params
 
     # -- listing -------------------------------------------------------------------------------------
+    def _nodes(self, filters: dict[str, str] | None = None, ids: list[str] | None = None) -> list[Any]:
+        """DescribeInstances alone: libcloud's list_nodes also describes every elastic IP (a second call per
+        listing) to fill public addresses, which nothing here reads."""
+        params = {"Action": "DescribeInstances"}
+        if ids:
+            params.update(self.driver._pathlist("InstanceId", ids))
+        if filters:
+            params.update(self.driver._build_filters(filters))
+        res = self._request(params)
+        nodes: list[Any] = []
+        for rs in self._find(res, "reservationSet/item"):
+            nodes += self.driver._to_nodes(rs, "instancesSet/item")
+        return nodes
+
     def _list(self, kind: str, filters: dict[str, str]) -> list[CloudObject]:
         d = self.driver
         if kind == "server":
-            raw: list[Any] = d.list_nodes(ex_filters=filters)
+            raw: list[Any] = self._nodes(filters)
         elif kind == "network":
             raw = d.ex_list_networks(filters=filters)
         elif kind == "subnet":
@@ -102,7 +116,7 @@ class AwsBackend:
         """The object now (by its AWS id), None when gone."""
         d = self.driver
         if obj.kind == "server":
-            raw: list[Any] = d.list_nodes(ex_node_ids=[obj.native_id])
+            raw: list[Any] = self._nodes(ids=[obj.native_id])
         elif obj.kind == "volume":
             raw = d.list_volumes(ex_filters={"volume-id": obj.native_id})
         elif obj.kind == "network":
