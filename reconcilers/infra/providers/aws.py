@@ -13,11 +13,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from reconcilers.errors import SettingsError, TerminalError
+from reconcilers.errors import SettingsError, TerminalError, TransientError
 from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud import CloudObject, Resolve
 from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER
 
+MAX_PAGES = 1000
 _RESOURCE_TYPE = {"server": "instance", "network": "vpc", "subnet": "subnet", "firewall": "security-group",
                   "volume": "volume"}
 
@@ -77,13 +78,21 @@ class AwsBackend:
         params = {"Action": "DescribeInstances"}
         if ids:
             params.update(self.driver._pathlist("InstanceId", ids))
+        else:
+            params["MaxResults"] = "1000"     # the API's largest page (it cannot be combined with ids)
         if filters:
             params.update(self.driver._build_filters(filters))
-        res = self._request(params)
         nodes: list[Any] = []
-        for rs in self._find(res, "reservationSet/item"):
-            nodes += self.driver._to_nodes(rs, "instancesSet/item")
-        return nodes
+        for _ in range(MAX_PAGES):
+            res = self._request(params)
+            for rs in self._find(res, "reservationSet/item"):
+                nodes += self.driver._to_nodes(rs, "instancesSet/item")
+            token = [t.text for t in self._find(res, "nextToken") if t.text]
+            if not token:
+                return nodes
+            # Paginated: the API may answer a page and a token even without MaxResults (moto does, by 100).
+            params["NextToken"] = token[0]
+        raise TransientError(f"aws: more than {MAX_PAGES} pages of instances", hint="report this bug")
 
     def _list(self, kind: str, filters: dict[str, str]) -> list[CloudObject]:
         d = self.driver

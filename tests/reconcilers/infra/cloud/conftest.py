@@ -89,6 +89,7 @@ class FaultProxy:
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.calls: list[str] = []
+        self.seconds: list[float] = []        # how long each forwarded call took upstream
         self.rules: list[Rule] = []
         self.after: list[Rule] = []           # rules applied after forwarding (the call happened, answer lost)
         proxy = self
@@ -112,11 +113,13 @@ class FaultProxy:
                     hit = rule(action, query)
                     if hit is not None:
                         return self._error(*hit)
+                started = time.perf_counter()
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
                 conn.request(self.command, self.path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                proxy.seconds.append(time.perf_counter() - started)
                 for rule in proxy.after:
                     hit = rule(action, query)
                     if hit is not None:
