@@ -91,6 +91,7 @@ class FaultProxy:
         self.calls: list[str] = []
         self.seconds: list[float] = []        # how long each forwarded call took upstream
         self.rules: list[Rule] = []
+        self.rewrites: list[Callable[[str, str], str]] = []     # (action, path) -> the path forwarded
         self.after: list[Rule] = []           # rules applied after forwarding (the call happened, answer lost)
         proxy = self
 
@@ -114,9 +115,12 @@ class FaultProxy:
                     if hit is not None:
                         return self._error(*hit)
                 started = time.perf_counter()
+                path = self.path
+                for rewrite in proxy.rewrites:
+                    path = rewrite(action, path)
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
+                conn.request(self.command, path, body=body or None, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 proxy.seconds.append(time.perf_counter() - started)

@@ -168,3 +168,23 @@ def test_an_untracked_object_tagged_ours_is_removed(cloud: CloudStack, repo: Wor
     mine = ec2.ex_list_networks(filters={f"tag:{TAG_OWNER}": cloud.owner})
     assert [n.extra["tags"][TAG_ID] for n in mine] == ["net"]
     assert ec2.ex_list_networks(filters={f"tag:{TAG_OWNER}": "someone-else"})
+
+
+def test_listing_follows_pages(cloud: CloudStack, repo: WorkRepo, ec2: Any) -> None:
+    """DescribeInstances answered in pages of 2 (the proxy sets MaxResults=2 on listings; moto itself pages
+    at 100, which the 200-server benchmark hit): every page is read, so five servers are all seen and the
+    second plan is empty."""
+    import re
+
+    def small_pages(action: str, path: str) -> str:
+        if action != "DescribeInstances" or "InstanceId." in path:
+            return path
+        path = re.sub(r"&MaxResults=\d+", "", path)
+        return path + "&MaxResults=2"
+
+    cloud.proxy.rewrites.append(small_pages)
+    repo.commit({"infra/cloud.ncl": infra(*(aws(f"vm{i}", "server", size="t2.micro", image=AMI)
+                                            for i in range(5)))})
+    assert cloud.run().status == "succeeded"
+    assert len(owned(ec2, cloud.owner)) == 5
+    assert summaries(cloud) == []
