@@ -36,7 +36,9 @@ def driver_from_settings(name: str, conf: Mapping[str, Any]) -> Any:
         raise SettingsError(f"provider {name}: no AWS credentials",
                             hint=f"set key and secret in [infra.providers.{name}] of stratumd.toml, or "
                                  "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the daemon's environment")
-    extra: dict[str, Any] = {"region": str(conf.get("region", "us-east-1")), "signature_version": "4"}
+    # Every API call is bounded (seconds); a call that times out is a TransientError, retried then rolled back.
+    extra: dict[str, Any] = {"region": str(conf.get("region", "us-east-1")), "signature_version": "4",
+                             "timeout": float(conf.get("timeout", 60))}
     for opt in ("host", "port", "secure"):
         if opt in conf:
             extra[opt] = conf[opt]

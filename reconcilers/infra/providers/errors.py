@@ -32,9 +32,9 @@ def classify(err: BaseException, provider: str, where: str) -> StratumError:
     if isinstance(err, StratumError):
         return err
     text = str(getattr(err, "message", "") or err).strip()[:400] or type(err).__name__
-    what = f"{provider}: {where}: {text}"
+    what = f"{provider}: {text}"                 # rendered after `where` (the resource), see StratumError
     if isinstance(err, InvalidCredsError):
-        return TerminalError(f"{provider}: {where}: the API refused the credentials ({text})", where=where,
+        return TerminalError(f"{provider}: the API refused the credentials ({text})", where=where,
                              hint=_CREDENTIALS_HINT)
     if isinstance(err, RateLimitReachedError) or any(code in text for code in _THROTTLED):
         return TransientError(f"{what} (throttled)", where=where, after=_retry_after(err),
@@ -49,10 +49,10 @@ def classify(err: BaseException, provider: str, where: str) -> StratumError:
         return TerminalError(f"{what} (HTTP {code})", where=where,
                              hint="fix the resource's fields in infra/ (sizes, images and ids must exist)")
     if isinstance(err, MalformedResponseError):
-        return TransientError(f"{provider}: {where}: the API answered something that is not its format",
+        return TransientError(f"{provider}: the API answered something that is not its format",
                               where=where, hint="a proxy or the API failed; it is retried")
     if isinstance(err, (OSError, socket.timeout, TimeoutError)) or _is_requests_error(err):
-        return TransientError(f"{provider}: {where}: cannot reach the API ({type(err).__name__})", where=where,
+        return TransientError(f"{provider}: cannot reach the API ({type(err).__name__})", where=where,
                               hint="check the provider's endpoint and the network; it is retried")
     return ApplyError(f"{what} ({type(err).__name__})", where=where,
                       hint="see the provider's message; fix infra/ or the host settings and push again")

@@ -38,6 +38,7 @@ def upcloud_driver(name: str, conf: Mapping[str, Any]) -> Any:
                             hint=f"set username and password in [infra.providers.{name}] of stratumd.toml, or "
                                  "UPCLOUD_USERNAME and UPCLOUD_PASSWORD in the daemon's environment")
     extra = {k: conf[k] for k in ("host", "port", "secure") if k in conf}
+    extra["timeout"] = float(conf.get("timeout", 60))   # every API call is bounded (seconds)
     driver: Any = get_driver(Kind.UPCLOUD)(user, password, **extra)
     driver.stratum_zone = str(conf.get("zone", "fi-hel1"))
     driver.stratum_poll = float(conf.get("poll", 2.0))

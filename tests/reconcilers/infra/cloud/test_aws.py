@@ -4,11 +4,12 @@ injected only at the HTTP level, by the loopback proxy in conftest.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from reconcilers.infra.providers.cloud_diff import TAG_ID, TAG_OWNER
 from tests.fixtures import Raw, WorkRepo, infra, resource
-from tests.reconcilers.infra.cloud.conftest import CloudStack
+from tests.reconcilers.infra.cloud.conftest import CloudStack, aws_settings
 
 AMI = "ami-03cf127a"          # one of the images moto ships
 
@@ -188,3 +189,28 @@ def test_listing_follows_pages(cloud: CloudStack, repo: WorkRepo, ec2: Any) -> N
     assert cloud.run().status == "succeeded"
     assert len(owned(ec2, cloud.owner)) == 5
     assert summaries(cloud) == []
+
+
+def test_an_api_that_does_not_answer_times_out_and_rolls_back(cloud: CloudStack, repo: WorkRepo,
+                                                              tmp_path: Path) -> None:
+    """An endpoint that accepts connections and never answers (a loopback socket that only listens): the
+    observation's call ends at the provider's `timeout` and the run fails with nothing applied, saying the
+    API cannot be reached, instead of hanging."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        settings = aws_settings(silent.getsockname()[1], "x", tmp_path / "r2")
+        settings["infra"]["providers"]["aws"]["timeout"] = 0.5
+        stack = CloudStack(tmp_path / "silent", repo.path, cloud.evaluator, cloud.proxy, settings)
+        try:
+            repo.commit({"infra/cloud.ncl": infra(aws("net", "network", cidr="10.6.0.0/16"))})
+            result = stack.run()
+            assert result.status == "failed" and result.actions == ()
+            assert result.message.startswith("listing resources: aws: cannot reach the API (ReadTimeout)")
+        finally:
+            stack.close()
+    finally:
+        silent.close()
