@@ -164,3 +164,19 @@ def test_refused_credentials_fail_at_once_and_missing_ones_are_named(cloud: Clou
         assert "[infra.providers.aws]" in problems[0].hint
     finally:
         bare.close()
+
+
+def test_pull_request_plan_reads_no_api(cloud: CloudStack, repo: WorkRepo, proxy: FaultProxy) -> None:
+    """A pull request's plan (base against head, no target read) shows a size change as a replacement and a
+    tag change as in place, without a single API call."""
+    base = repo.commit({"infra/c.ncl": infra(aws("web", "server", size="t2.micro", image=AMI),
+                                             aws("api", "server", size="t2.micro", image=AMI))})
+    head = repo.commit({"infra/c.ncl": infra(aws("web", "server", size="t2.small", image=AMI),
+                                             aws("api", "server", size="t2.micro", image=AMI,
+                                                 tags=Raw('{ team = "api" }')))})
+    before = len(proxy.calls)
+    report = cloud.pipeline.plan_between(base, head)
+    assert sorted(a.summary for a in report.actions) == [
+        "replace server web on aws [size t2.micro -> t2.small]",
+        "update server api on aws in place [tags differ (team)]"]
+    assert len(proxy.calls) == before
