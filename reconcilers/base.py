@@ -27,6 +27,8 @@ from reconcilers.ports import (
     Scheduler,
     SecretsPort,
     Snapshot,
+    Tables,
+    Workspace,
 )
 from reconcilers.records import (
     Action,
@@ -71,12 +73,14 @@ class ReconcilerEnv:
     settings: Mapping[str, Any] = field(default_factory=dict)
     repo_settings: Mapping[str, Any] = field(default_factory=dict)
     evaluator: Evaluator | None = None        # the daemon's bounded Nickel worker
-    index: Any = None                         # the daemon's index: what interfaces serve at start-up (own tables)
+    index: Tables | None = None              # the daemon's index: what interfaces serve at start-up (own tables)
     revisions: Revisions | None = None        # read access to other revisions and the staged tree
     events: EventRecorder | None = None       # events recorded under this reconciler's name
     secrets: SecretsPort | None = None        # decrypted values at apply time (the vault reconciler answers)
     scheduler: Scheduler | None = None        # timers, waking the loop
     git_writer: GitWriter | None = None       # commits to side branches as the daemon
+    version: str = ""                          # Stratum's version
+    workspace: Workspace | None = None        # the repo and index as interfaces outside a run see them (MCP)
 
     @property
     def source(self) -> Revisions | None:
@@ -122,7 +126,7 @@ class Reconciler(abc.ABC, Generic[Desired, Observed]):
         """The rows `stratum status` lists for the desired state."""
         return []
 
-    def index(self, desired: Desired, index: Any, revision: str) -> None:
+    def index(self, desired: Desired, index: Tables, revision: str) -> None:
         """Write this reconciler's own index tables for an admitted revision (a failure is logged, not fatal)."""
 
     # -- observe and plan -------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ class Reconciler(abc.ABC, Generic[Desired, Observed]):
                             hint="report this bug")
 
     # -- after a run, interfaces, shutdown ---------------------------------------------------------------
-    def on_run_finished(self, record: RunRecord, index: Any) -> None:
+    def on_run_finished(self, record: RunRecord, index: Tables) -> None:
         """A finalized run (off the run's path; a failure is logged, never changes the outcome)."""
 
     def secrets(self) -> SecretsPort | None:

@@ -11,11 +11,15 @@ processes, its repository and its index. The daemon's implementations live in da
     Scheduler       register timers and wake the daemon's loop
     GitWriter       commit a file to a side branch (or a new branch) as the daemon
     HttpMount       an interface served on the daemon's listener, behind its authentication
+    Tables          the reconciler's own tables in the daemon's DuckDB index
+    Workspace       what a reconciler's CLI verbs and interfaces need outside a run (the repo, the index, host
+                    settings), opened by the kernel the way the daemon opens them
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -154,3 +158,72 @@ class HttpMount:
 
     prefix: str
     factory: Callable[[], Any]
+
+
+class Tables(Protocol):
+    """A reconciler's own tables in the daemon's DuckDB index. The index has one writer and one lock: every call
+    here runs under it, and `transaction()` / `connection()` hold it for a block (keep those blocks short)."""
+
+    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+        """Apply the not-yet-applied migrations of `component` (its own numbered list); the version reached."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One DuckDB transaction (re-entrant); yields the connection for bulk statements inside it."""
+        ...
+
+    def connection(self) -> AbstractContextManager[Any]:
+        """The raw connection under the index's lock, for reads the helpers below cannot express (numpy fetch)."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query."""
+        ...
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of a query as dicts."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement."""
+        ...
+
+    def get_state(self, key: str) -> str | None:
+        """A value of the index's key/value state table."""
+        ...
+
+    def set_state(self, key: str, value: str | None) -> None:
+        """Set (None: delete) a state value."""
+        ...
+
+
+class Source(Revisions, Protocol):
+    """A repository the kernel opened (local, or a mirror of a remote): revisions plus what a facade outside the
+    daemon's loop needs (fetch the remote, the pygit2 repository for a commit to the work tree)."""
+
+    location: str
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """The repository (a mirror for a remote location)."""
+        ...
+
+    def fetch(self) -> None:
+        """Fetch a remote location's branch (nothing for a local one)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Workspace:
+    """What a reconciler's CLI verbs and interfaces outside a run are handed: the repo and the index opened as
+    the daemon opens them, the host's settings, and factories for what they may start. The kernel builds it
+    (daemon/cli/workspace.py); a reconciler never opens these itself."""
+
+    source: Source
+    index: Tables
+    data_dir: Path
+    host: Mapping[str, Any]                             # host settings sections (stratumd.toml)
+    open_source: Callable[[str, str, Path], Source]     # another repo (location, branch, state dir): a base
+    evaluator: Callable[[Path], Evaluator]              # a bounded Nickel evaluator (cache dir); caller closes it
+    daemon_runs: Callable[[int], list[dict[str, Any]]] | None = None   # set when a running daemon holds the index
+    version: str = ""                                   # Stratum's version, for interfaces that announce it

@@ -35,11 +35,12 @@ def _output(fn: F) -> F:
 
 def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> Any:
     from daemon import log  # noqa: F401  first: the knowledge modules then get structlog without rich (see there)
+    from daemon.run.workspace import open_workspace
     from reconcilers.knowledge.knowledge_base import KnowledgeBase
 
     obj = ctx.find_object(dict) or {}
-    base = KnowledgeBase(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),
-                         branch=branch or obj.get("branch"))
+    base = KnowledgeBase(open_workspace(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),
+                                        branch=branch or obj.get("branch")))
     ctx.call_on_close(base.close)  # stops the embedding worker and closes the index when the verb ends
     return base
 

@@ -18,6 +18,7 @@ import click
 import pygit2
 
 from daemon.cli.common import common_options, settings_from
+from daemon.cli.secret_rules import load_repo, load_revision
 from daemon.errors import StratumError
 from daemon.settings import Settings
 from reconcilers.base import Problem
@@ -27,7 +28,7 @@ from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_b
 from reconcilers.vault.errors import ManifestError, NoKeyError, RulesError, SignatureError, VaultError
 from reconcilers.vault.init import wire_repo
 from reconcilers.vault.keysource import FileKeySource
-from reconcilers.vault.rules import RULES_PATH, Rules, load_repo, load_revision, staged_index, unstaged_rules
+from reconcilers.vault.rules import RULES_PATH, Rules, staged_index, unstaged_rules
 
 OUTPUT = click.option(
     "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."

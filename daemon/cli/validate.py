@@ -21,28 +21,25 @@ from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
 from daemon.package_data import nickel_dir
 from daemon.run.runtime import build_reconcilers
+from daemon.settings import Settings
 from reconcilers.base import AnyReconciler, Problem
 
 
-def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: object) -> list[Problem]:
-    """Load and validate `rev` (or the staged tree) through every reconciler."""
-    from daemon.index.store import Index
-    from daemon.run.pipeline import Pipeline
+def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: Settings) -> list[Problem]:
+    """Load and validate `rev` (or the staged tree) through every reconciler: steps 1-4 of a run, with no index
+    (nothing is recorded; DuckDB is not even imported)."""
+    from daemon.run.pipeline import load_snapshot
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
     evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
     reconcilers: dict[str, AnyReconciler] = {}
     try:
-        built, unavailable = build_reconcilers(settings, evaluator)  # type: ignore[arg-type]
+        built, unavailable = build_reconcilers(settings, evaluator)
         reconcilers.update(built)
-        with tempfile.TemporaryDirectory() as tmp:
-            index = Index(Path(tmp) / "validate.duckdb")
-            pipe = Pipeline(source=source, index=index, reconcilers=built, evaluator=evaluator, notes=False)
-            loaded = pipe.load_snapshot(snap)
-            problems = list(loaded.problems)
-            if not problems:
-                problems += _judged(source, rev, loaded, built)
-            index.close()
+        loaded = load_snapshot(snap, built, evaluator, settings.max_files)
+        problems = list(loaded.problems)
+        if not problems:
+            problems += _judged(source, rev, loaded, built)
         problems += [Problem(f"the {n} reconciler is unavailable: {why}", reconciler=n)
                      for n, why in unavailable.items()]
         return problems

@@ -17,27 +17,19 @@ import pygit2
 
 from daemon.control.signing import SigningPolicy, Verification, verify_commit
 from daemon.errors import InputError, SourceError
+from reconcilers.locations import MAX_FILES as MAX_FILES  # re-exported: the contract's location helpers
+from reconcilers.locations import is_url as is_url
+from reconcilers.locations import safe_relpath as safe_relpath
+from reconcilers.locations import sanitize_url as sanitize_url
 from reconcilers.records import FileEntry as FileEntry  # re-exported: the contract's record of a file
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
-MAX_FILES = 50_000                    # files per revision (host default; a repo may ask for fewer)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 NOTES_REF = "refs/notes/stratum"
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://|^[\w.-]+@[\w.-]+:", re.IGNORECASE)
 
 _MODE_LINK = int(pygit2.enums.FileMode.LINK)
 _MODE_TREE = int(pygit2.enums.FileMode.TREE)
 _MODE_COMMIT = int(pygit2.enums.FileMode.COMMIT)
-
-
-def is_url(location: str) -> bool:
-    """True for a remote URL (scheme://... or scp-like user@host:path), False for a local path."""
-    return bool(_URL.match(location))
-
-
-def sanitize_url(location: str) -> str:
-    """The location with any user:password@ stripped, for logs."""
-    return re.sub(r"(://)[^/@]+@", r"\1", location)
 
 
 def display_path(path: str) -> str:
@@ -294,19 +286,6 @@ class Snapshot:
             line = data[: err.start].count(b"\n") + 1
             raise InputError(f"not valid UTF-8 (byte {err.start})", where=f"{entry.path}:{line}",
                              hint="save the file as UTF-8") from err
-
-
-def safe_relpath(path: str) -> str:
-    """Normalise a repo- or root-relative POSIX path; refuse absolute paths and any `..` component."""
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        raise ValueError(f"path {path!r} must be relative")
-    parts = path.split("/")
-    if ".." in parts:
-        raise ValueError(f"path {path!r} must not contain '..'")
-    clean = "/".join(p for p in parts if p not in ("", "."))
-    if not clean:
-        raise ValueError(f"path {path!r} is empty")
-    return clean
 
 
 class GitSource:

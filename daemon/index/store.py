@@ -267,17 +267,18 @@ class Index:
             raise
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes into one DuckDB commit (each commit syncs the WAL: milliseconds). Re-entrant."""
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Group writes into one DuckDB commit (each commit syncs the WAL: milliseconds). Re-entrant; yields the
+        connection for bulk statements inside the block."""
         with self._lock:
             if self._in_txn:
-                yield
+                yield self.con
                 return
             self.flush()
             self.con.execute("BEGIN TRANSACTION")
             self._in_txn = True
             try:
-                yield
+                yield self.con
                 self.flush()
                 self.con.execute("COMMIT")
                 if self._journal is not None:
@@ -288,6 +289,20 @@ class Index:
                 raise
             finally:
                 self._in_txn = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection under the index's lock, deferred writes flushed (a reconciler's bulk reads; the Tables
+        port)."""
+        with self._lock:
+            self.flush()
+            yield self.con
+
+    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+        """Apply `component`'s pending migrations under the lock (the Tables port); the version reached."""
+        with self._lock:
+            self.flush()
+            return ensure_schema(self.con, component, migrations)
 
     def _defer(self, op: str, params: list[Any]) -> None:
         with self._lock:

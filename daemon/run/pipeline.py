@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import log
 from daemon.control.admission import Admission, AdmissionSettings, admit
@@ -22,12 +22,14 @@ from daemon.control.policy import Policies, load_policies
 from daemon.errors import CycleError, InputError, StratumError
 from daemon.git.source import MAX_FILES, GitSource, Snapshot
 from daemon.git.tree_check import repo_cap_problems, tree_problems
-from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.plan import Executor, order, sequence
 from daemon.run.retry import RetryPolicy
-from daemon.service.metrics import Metrics
 from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Problem, RunRecord
+
+if TYPE_CHECKING:
+    from daemon.index.store import Index
+    from daemon.service.metrics import Metrics
 
 SETTINGS_CONTRACT = '(import "stratum.ncl").Settings'
 LAST_GOOD_REF = "refs/stratum/last-good"
@@ -84,7 +86,7 @@ class Pipeline:
     evaluator: Evaluator
     parallelism: int = 4
     notes: bool = True
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(default_factory=lambda: _metrics())
     on_action: Callable[[Action, str], None] | None = None
     on_phase: Callable[[str, int], None] | None = None   # (step, actions in it): progress for a person watching
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
@@ -102,38 +104,7 @@ class Pipeline:
 
     def load_snapshot(self, snap: Snapshot) -> Loaded:
         """Load a snapshot (a commit or a staged tree) through every reconciler."""
-        revision = snap.revision
-        # File names and the file count first: a tree over the host's cap is refused before anything loads.
-        scan = snap.scan(self.max_files)
-        problems: list[Problem] = tree_problems(scan, self.max_files)
-        if scan.over_cap:
-            return Loaded(snap, {}, {}, tuple(problems), None)
-        repo_settings: Mapping[str, Any] = {}
-        if snap.entry("stratum.ncl") is not None:
-            res = self.evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
-            problems.extend(res.problems)
-            repo_settings = res.values.get("stratum.ncl", {})
-            problems.extend(repo_cap_problems(scan, repo_settings, self.max_files))
-        policies, policy_problems = load_policies(snap)
-        problems.extend(policy_problems)
-        desired: dict[str, Any] = {}
-        for name, rec in self.reconcilers.items():
-            try:
-                # Each reconciler gets its section of *this* revision's stratum.ncl (checked by the contract
-                # above) before it loads, so its desired state carries the settings it was loaded with.
-                section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
-                rec.configure(section if isinstance(section, Mapping) else {})
-                desired[name] = rec.load(snap)
-                problems.extend(rec.validate(desired[name]))
-            except InputError as err:
-                file, _, line = err.where.partition(":")
-                problems.append(Problem(err.what, file, int(line) if line.isdigit() else 0, reconciler=name,
-                                        hint=err.hint))
-            except Exception as err:  # noqa: BLE001 one broken reconciler rejects the revision, never the daemon
-                log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
-                problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
-                                        reconciler=name, hint="report this bug; the revision was not applied"))
-        return Loaded(snap, repo_settings, desired, tuple(problems), policies)
+        return load_snapshot(snap, self.reconcilers, self.evaluator, self.max_files)
 
     def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
               observed: Mapping[str, Any] | None = None, incremental: bool = False, check: bool = True,
@@ -502,3 +473,48 @@ def _as_rollback(action: Action) -> Action:
     return Action(id=action.id + "@rollback", reconciler=action.reconciler, kind=action.kind,
                   target=action.target, summary="rollback: " + action.summary, change=action.change,
                   depends_on=tuple(d + "@rollback" for d in action.depends_on), compensation=None)
+
+
+def load_snapshot(snap: Snapshot, reconcilers: Mapping[str, AnyReconciler], evaluator: Evaluator,
+                  max_files: int = MAX_FILES) -> Loaded:
+    """Load a snapshot (a commit or a staged tree) through every reconciler: steps 1-4 of a run, which need no
+    index (`stratum validate` opens none)."""
+    revision = snap.revision
+    # File names and the file count first: a tree over the host's cap is refused before anything loads.
+    scan = snap.scan(max_files)
+    problems: list[Problem] = tree_problems(scan, max_files)
+    if scan.over_cap:
+        return Loaded(snap, {}, {}, tuple(problems), None)
+    repo_settings: Mapping[str, Any] = {}
+    if snap.entry("stratum.ncl") is not None:
+        res = evaluator.evaluate(snap, ["stratum.ncl"], SETTINGS_CONTRACT)
+        problems.extend(res.problems)
+        repo_settings = res.values.get("stratum.ncl", {})
+        problems.extend(repo_cap_problems(scan, repo_settings, max_files))
+    policies, policy_problems = load_policies(snap)
+    problems.extend(policy_problems)
+    desired: dict[str, Any] = {}
+    for name, rec in reconcilers.items():
+        try:
+            # Each reconciler gets its section of *this* revision's stratum.ncl (checked by the contract
+            # above) before it loads, so its desired state carries the settings it was loaded with.
+            section = repo_settings.get(name) if isinstance(repo_settings, Mapping) else None
+            rec.configure(section if isinstance(section, Mapping) else {})
+            desired[name] = rec.load(snap)
+            problems.extend(rec.validate(desired[name]))
+        except InputError as err:
+            file, _, line = err.where.partition(":")
+            problems.append(Problem(err.what, file, int(line) if line.isdigit() else 0, reconciler=name,
+                                    hint=err.hint))
+        except Exception as err:  # noqa: BLE001 one broken reconciler rejects the revision, never the daemon
+            log.get().exception("reconciler_crashed", reconciler=name, revision=revision)
+            problems.append(Problem(f"internal error in the {name} reconciler: {type(err).__name__}: {err}",
+                                    reconciler=name, hint="report this bug; the revision was not applied"))
+    return Loaded(snap, repo_settings, desired, tuple(problems), policies)
+
+
+def _metrics() -> Metrics:
+    """The process's metrics (imported on first use: prometheus_client costs a CLI verb that records no run)."""
+    from daemon.service.metrics import Metrics
+
+    return Metrics()

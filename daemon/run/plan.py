@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from daemon.errors import CycleError, StratumError
-from daemon.index.store import Index
 from daemon.run.retry import RetryPolicy, apply_with_retry
 from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Outcome, freeze
 
 if TYPE_CHECKING:
+    from daemon.index.store import Index
     from daemon.service.metrics import Metrics
 
 

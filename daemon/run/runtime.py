@@ -5,18 +5,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from daemon import log
+from daemon import __version__, log
 from daemon.control.admission import admission_settings
 from daemon.errors import LockError
 from daemon.git.source import GitSource
-from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
+from daemon.run.workspace import workspace
 from daemon.settings import Settings, check_owner
 from reconcilers.base import AnyReconciler, ReconcilerEnv
 from reconcilers.registry import BROKEN_PLUGINS, REGISTRY, factory
+
+if TYPE_CHECKING:
+    from daemon.index.store import Index
 
 
 @dataclass
@@ -66,8 +70,11 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
     sections = settings.reconciler_settings()
     if one_shot:
         sections.setdefault("knowledge", {})["defer_embedding"] = True
+    shared = workspace(source, index, settings.data_dir, sections) if source is not None and index is not None \
+        else None
     base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
-                         index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer)
+                         index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer,
+                         version=__version__, workspace=shared)
     out: dict[str, AnyReconciler] = {}
     unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
     for name in REGISTRY:
@@ -87,6 +94,8 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
 def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Index:
     """Open the index; while another process holds the file (a backup script, a reader that predates the
     apply lock), retry for up to `wait` seconds, saying once who holds it."""
+    from daemon.index.store import Index
+
     deadline = time.monotonic() + wait
     told = False
     while True:

@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from daemon.git.source import MAX_FILES, safe_relpath
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, Resource
 from reconcilers.infra.providers.cloud_diff import references
 from reconcilers.infra.templates import TemplateRenderer
+from reconcilers.locations import MAX_FILES, safe_relpath
 from reconcilers.ports import Evaluator, Snapshot
 
 INFRA_CONTRACT = '(import "infra.ncl").Config'
@@ -90,6 +90,8 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
         finally:
             own.close()
     renderer.begin()
+    if not cache and snap.entries("templates"):
+        renderer.prestart()     # a cold load of a repo with templates will render: start the worker meanwhile
     entries = snap.entries("infra", suffixes=(".ncl",))
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [

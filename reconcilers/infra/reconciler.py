@@ -38,7 +38,7 @@ from reconcilers.infra.providers import build as build_cloud
 from reconcilers.infra.providers import catalog, cloud_checks, cost
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
-from reconcilers.ports import Snapshot
+from reconcilers.ports import Snapshot, Tables
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 
@@ -64,7 +64,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self._policy_views: dict[int, tuple[Resource, PolicyResource]] = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
-        self.index_port = env.index               # own tables: the cloud catalogs (providers/catalog.py)
+        self.index_port: Tables | None = env.index   # own tables: the cloud catalogs (providers/catalog.py)
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""

@@ -25,17 +25,10 @@ import nickel
 from reconcilers.base import Problem
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.node import NAME
+from reconcilers.locations import nickel_dir
 
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def nickel_dir() -> Path:
-    """The folder holding knowledge.ncl: the packaged copy when installed, the checkout's `nickel/` otherwise
-    (daemon.package_data finds both)."""
-    from daemon.package_data import nickel_dir as shipped
-
-    return shipped()
 
 
 @dataclass(frozen=True, slots=True)

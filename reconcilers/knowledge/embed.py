@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from daemon.git.source import sanitize_url
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import (
     MODEL_SHA256,
@@ -39,6 +38,7 @@ from reconcilers.knowledge.model_files import (
     sha256_file,
     shipped_model_files,
 )
+from reconcilers.locations import sanitize_url
 from reconcilers.workers import stop_worker
 
 if TYPE_CHECKING:

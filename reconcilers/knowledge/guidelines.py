@@ -9,19 +9,22 @@ guidelines' own `priority` (highest first) and says where each one came from and
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pygit2
 
-from daemon.git.source import GitSource, is_url, sanitize_url
 from reconcilers.errors import SourceError
 from reconcilers.knowledge.errors import KnowledgeError
 from reconcilers.knowledge.loader import Loader
 from reconcilers.knowledge.node import Node
 from reconcilers.knowledge.settings import GuidelineBase
+from reconcilers.locations import is_url, sanitize_url
+from reconcilers.ports import Source
+
+OpenSource = Callable[[str, str, Path], Source]   # (location, branch, state dir): the kernel opens repos
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ class Guideline:
                 "path": self.node.path, "overrides": list(self.overrides), "body": self.node.body.strip()}
 
 
-def load_base(base: GuidelineBase, data_dir: Path, loader: Loader) -> list[Node]:
+def load_base(base: GuidelineBase, data_dir: Path, loader: Loader, open_source: OpenSource) -> list[Node]:
     """The valid guideline nodes of one base (KnowledgeError when the base cannot be read)."""
     where = sanitize_url(base.source)
     local = Path(base.source).expanduser()
@@ -61,7 +64,7 @@ def load_base(base: GuidelineBase, data_dir: Path, loader: Loader) -> list[Node]
     else:
         mirror = data_dir / "guideline-bases" / hashlib.sha256(base.source.encode()).hexdigest()[:16]
         try:
-            source = GitSource(base.source, base.ref, mirror)
+            source = open_source(base.source, base.ref, mirror)
             source.fetch()
             snap = source.snapshot(base.ref)
         except SourceError as err:
@@ -72,7 +75,7 @@ def load_base(base: GuidelineBase, data_dir: Path, loader: Loader) -> list[Node]
     return [p.node for p in parsed if p.node is not None and p.node.type == "guideline" and not p.problems]
 
 
-def effective(project: Sequence[Node], bases: Sequence[GuidelineBase], data_dir: Path,
+def effective(project: Sequence[Node], bases: Sequence[GuidelineBase], data_dir: Path, open_source: OpenSource,
               loader: Loader | None = None) -> tuple[list[Guideline], list[str]]:
     """(effective guidelines, warnings about unreadable bases)."""
     loader = loader or Loader()
@@ -83,7 +86,8 @@ def effective(project: Sequence[Node], bases: Sequence[GuidelineBase], data_dir:
     layers: list[tuple[str, int, list[Node]]] = [("project", 1_000_000, [n for n in project if n.type == "guideline"])]
     for base in sorted(bases, key=lambda b: -b.priority):
         try:
-            layers.append((f"{sanitize_url(base.source)}@{base.ref}", base.priority, load_base(base, data_dir, loader)))
+            layers.append((f"{sanitize_url(base.source)}@{base.ref}", base.priority,
+                           load_base(base, data_dir, loader, open_source)))
         except KnowledgeError as err:
             warnings.append(err.render())
     for source, prio, nodes in layers:

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from daemon.index.store import Index
 from reconcilers.knowledge.embed import Provider
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.loader import Checked
 from reconcilers.knowledge.node import Node
 from reconcilers.knowledge.store import Store
 from reconcilers.knowledge.text import chunk_hash, chunks
+from reconcilers.ports import Tables
 
 if TYPE_CHECKING:
     import numpy as np
@@ -178,6 +178,6 @@ def add_execution(store: Store, provider: Provider | None, node: Node) -> None:
         vectors.write(store)
 
 
-def current_revision(index: Index) -> str | None:
+def current_revision(index: Tables) -> str | None:
     """The last revision whose knowledge was indexed."""
     return index.get_state(STATE_REVISION)

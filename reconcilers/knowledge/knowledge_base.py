@@ -6,19 +6,14 @@ queries. Writing (`new_node`) goes to the work tree; committing it is opt-in (`k
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pygit2
-
-from daemon.git.source import GitSource, is_url
-from daemon.index.store import Index
-from reconcilers.errors import LockError, SourceError
+from reconcilers.errors import SourceError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError, NotFoundError
@@ -40,44 +35,34 @@ from reconcilers.knowledge.providers import host_providers, resolve
 from reconcilers.knowledge.search import Filters, Result, Searcher
 from reconcilers.knowledge.settings import KnowledgeSettings, repo_settings
 from reconcilers.knowledge.store import EXTRA, Store
-from reconcilers.ports import GitWriter
+from reconcilers.ports import GitWriter, Workspace
 
 TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
              "journal": "journal", "execution": "executions"}
 _AUTO: Any = object()
 
 
-def default_data_dir(repo: str) -> Path:
-    """The daemon's data directory ($STRATUM_DATA_DIR, else daemon.settings' default): the same index file."""
-    env = os.environ.get("STRATUM_DATA_DIR")
-    if env:
-        return Path(env)
-    from daemon.settings import default_data_dir as daemon_default
-
-    return Path(daemon_default(os.environ, repo))
-
-
 class KnowledgeBase:
-    """One repo's knowledge, indexed in DuckDB. Thread-safe; `refresh()` picks up new commits."""
+    """One repo's knowledge, indexed in DuckDB. Thread-safe; `refresh()` picks up new commits.
 
-    def __init__(self, repo: str, data_dir: Path | None = None, *, branch: str | None = None,
-                 settings: KnowledgeSettings | None = None, provider: Provider | None = _AUTO,
-                 index: Index | None = None, follow_index: bool = False,
-                 host: Mapping[str, Any] | None = None, writer: GitWriter | None = None) -> None:
-        self.location = repo
+    The kernel opens the repository and the index (a Workspace: daemon/run/workspace.py), as the daemon does; a
+    CLI beside a running daemon gets a private index and reads runs from the daemon (`daemon_runs`)."""
+
+    def __init__(self, workspace: Workspace, *, settings: KnowledgeSettings | None = None,
+                 provider: Provider | None = _AUTO, follow_index: bool = False,
+                 writer: GitWriter | None = None) -> None:
+        self.workspace = workspace
+        self.source = workspace.source
+        self.location = workspace.source.location
         self.writer = writer                    # the daemon's git writer (MCP); None: commit here (the CLI)
         # follow_index: the daemon owns indexing (only validated revisions); this view reads what it indexed.
         self.follow_index = follow_index
-        self._daemon_holds_index = False        # set when the index file is the daemon's: runs come from it
-        self.data_dir = data_dir or default_data_dir(repo)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.source = GitSource(repo, branch or self._default_branch(repo), self.data_dir)
-        self.index = index or self._open_index()
+        self.data_dir = workspace.data_dir
+        self.index = workspace.index
         self.store = Store(self.index)
         self.loader = Loader()
         self.contract = Contract()
         self._settings = settings
-        self._host = host                       # host settings sections (None: read <data-dir>/stratumd.toml)
         self._provider_arg = provider
         self._provider: Provider | None = None
         self.provider_error = ""
@@ -90,42 +75,24 @@ class KnowledgeBase:
         self._indexed: Indexed | None = None
         self._vectors: str | None = None        # the daemon's vectors marker last seen (follow_index)
 
-    @staticmethod
-    def _default_branch(repo: str) -> str:
-        if is_url(repo):
-            return "main"
-        found = pygit2.discover_repository(str(Path(repo).expanduser()))
-        if found is None:
-            raise SourceError(f"{repo} is not a git repository", hint="run `stratum init` or pass --repo")
-        r = pygit2.Repository(found)
-        return "main" if r.head_is_unborn or r.head_is_detached else r.head.shorthand
-
-    def _open_index(self) -> Index:
-        try:
-            return Index(self.data_dir / "index.duckdb")
-        except LockError:
-            # The daemon holds the index: keep a private knowledge index for this CLI instead of failing.
-            self._daemon_holds_index = True
-            return Index(self.data_dir / "knowledge-cli.duckdb")
-
     # -- state ------------------------------------------------------------------------------------------
     @property
     def settings(self) -> KnowledgeSettings:
         """The repo's knowledge settings (from stratum.ncl at the indexed revision, or as given)."""
         if self._settings is None:
             head = self._head()
-            section = repo_settings(self.source.snapshot(head), self.data_dir / "nickel-cache").get("knowledge")
+            evaluator = self.workspace.evaluator(self.data_dir / "nickel-cache")
+            try:
+                section = repo_settings(self.source.snapshot(head), evaluator).get("knowledge")
+            finally:
+                evaluator.close()                # its worker process is this call's alone
             self._settings = KnowledgeSettings.from_mapping(section)
         return self._settings
 
     @property
     def host_settings(self) -> Mapping[str, Any]:
-        """The host's settings sections (stratumd.toml), read once."""
-        if self._host is None:
-            from daemon.settings import load_settings
-
-            self._host = load_settings({"data_dir": str(self.data_dir)}).sections
-        return self._host
+        """The host's settings sections (stratumd.toml)."""
+        return self.workspace.host
 
     @property
     def searcher(self) -> Searcher:
@@ -264,7 +231,7 @@ class KnowledgeBase:
     def guidelines(self) -> tuple[list[Guideline], list[str]]:
         """The effective guidelines and warnings about unreadable bases."""
         project = [n for n in self.graph().nodes.values() if n.type == "guideline"]
-        return effective(project, self.settings.bases, self.data_dir, self.loader)
+        return effective(project, self.settings.bases, self.data_dir, self.workspace.open_source, self.loader)
 
     def linking(self, target: str) -> list[Node]:
         """Nodes with an edge to `target` (a node id or an external id like infra:app-config)."""
@@ -278,8 +245,8 @@ class KnowledgeBase:
         When a running daemon holds the index file (`stratum kb mcp` beside a daemon), the runs are asked of
         the daemon over its control socket, so stdio answers as the daemon's /mcp does.
         """
-        if self._daemon_holds_index:
-            return self._daemon_runs(limit)
+        if self.workspace.daemon_runs is not None:
+            return self._daemon_runs(self.workspace.daemon_runs, limit)
         runs = self.index.query_dicts(
             "SELECT id AS run_id, revision, trigger, status, started, finished, duration_ms, message FROM runs "
             "ORDER BY started DESC LIMIT ?", [limit])
@@ -291,11 +258,9 @@ class KnowledgeBase:
                 run[key] = iso(run[key]) if run[key] else None
         return runs
 
-    def _daemon_runs(self, limit: int) -> list[dict[str, Any]]:
-        from daemon.service import control_client as api
-
+    def _daemon_runs(self, ask: Callable[[int], list[dict[str, Any]]], limit: int) -> list[dict[str, Any]]:
         try:
-            rows = api.call(self.data_dir / "stratumd.sock", "log", timeout=10.0, limit=limit, actions=True)["runs"]
+            rows = ask(limit)
         except (OSError, ConnectionError) as err:
             raise KnowledgeError(f"the daemon holds the index but does not answer: {err}", where=str(self.data_dir),
                                  hint="check `stratum status`; runs are read from the daemon") from err

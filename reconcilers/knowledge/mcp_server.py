@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -130,16 +131,14 @@ def _own_logging() -> Iterator[None]:
         logging.getLogger("mcp").setLevel(logging.WARNING)
 
 
-def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False) -> MCPServer[Any]:
+def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False, version: str = "") -> MCPServer[Any]:
     """An MCPServer whose tools query the KnowledgeBase `get_kb()` returns (refreshed on each call).
 
     The same server, defaults and answers for stdio and HTTP. `writes` (host setting `[knowledge] mcp_writes`,
     default off) adds `add_note` and `record_decision`, which commit to a side branch (never the work tree)."""
-    from daemon import __version__
-
     with _own_logging():
         server: MCPServer[Any] = MCPServer(
-            "stratum-knowledge", version=__version__,
+            "stratum-knowledge", version=version or "0.0.0",
             instructions="Operational knowledge of this ops repo: runbooks, ADRs, postmortems, guidelines and the "
                          "daemon's run history. Search first; cite nodes by their stratum://node/<id> URI.")
 
@@ -295,7 +294,7 @@ def writes_enabled(host: Mapping[str, Any]) -> bool:
 def serve_stdio(kb: KnowledgeBase) -> None:
     """Serve over stdin/stdout until the client disconnects."""
     kb.refresh()
-    build_server(lambda: kb, writes=writes_enabled(kb.host_settings)).run("stdio")
+    build_server(lambda: kb, writes=writes_enabled(kb.host_settings), version=kb.workspace.version).run("stdio")
 
 
 class _LazyLifespanApp:
@@ -375,14 +374,11 @@ def http_app(reconciler: Served) -> _LazyLifespanApp:
             # revision: serve it at once (env.index / env.revisions are the daemon's own).
             env = reconciler.env
             index = reconciler.last_index or env.index
-            repo = reconciler.repo
-            repo_path = repo.path if repo is not None else (
-                str(env.revisions.git_dir) if env.revisions is not None else None)
-            if index is None or repo_path is None:
+            if index is None or env.workspace is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
-            holder["kb"] = KnowledgeBase(repo_path, reconciler.env.data_dir, settings=reconciler.indexed_settings,
-                                         provider=reconciler.provider(), index=index, follow_index=True,
-                                         host=reconciler.env.settings, writer=reconciler.env.git_writer)
+            holder["kb"] = KnowledgeBase(replace(env.workspace, index=index), settings=reconciler.indexed_settings,
+                                         provider=reconciler.provider(), follow_index=True, writer=env.git_writer)
         return holder["kb"]
 
-    return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings)))
+    return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings),
+                                         version=reconciler.env.version))

@@ -132,9 +132,8 @@ def _slot_rows(store: Store, sql: str, blobs: Sequence[str], first_slot: int,
     # slots_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
     slots_d = {"b": np.array(list(blobs), dtype=object),  # noqa: F841
                "s": np.arange(first_slot, first_slot + len(blobs), dtype=_I32)}
-    with store.index._lock:
-        store.index.flush()
-        res: dict[str, Any] = store.index.con.execute(sql, list(params)).fetchnumpy()
+    with store.index.connection() as con:
+        res: dict[str, Any] = con.execute(sql, list(params)).fetchnumpy()
     return res
 
 

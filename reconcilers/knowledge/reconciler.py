@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import pygit2
 import structlog
 
-from daemon.index.store import Index
 from reconcilers.base import (
     Action,
     ApplyContext,
@@ -47,7 +46,7 @@ from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
-from reconcilers.ports import HttpMount, Snapshot
+from reconcilers.ports import HttpMount, Snapshot, Tables
 
 if TYPE_CHECKING:
     from reconcilers.knowledge.indexer import Indexed, IndexStats
@@ -101,7 +100,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         self._checked: dict[str, Checked] = {}
         self._indexed: dict[int, Indexed] = {}           # id(index) -> the revision indexed last into it
         self.last_stats: IndexStats | None = None
-        self.last_index: Index | None = None
+        self.last_index: Tables | None = None
         # Vectors are made after a revision's nodes are stored, one revision at a time, off the run's path.
         self.background = bool(host.get("embed_in_background", True)) if isinstance(host, Mapping) else True
         # A one-shot process (`stratum apply` without a daemon) ends before background embedding would: it
@@ -207,7 +206,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         if closer is not None:
             closer()
 
-    def store(self, index: Index) -> Store:
+    def store(self, index: Tables) -> Store:
         """The knowledge tables of `index` (migrated once)."""
         from reconcilers.knowledge.store import Store
 
@@ -216,7 +215,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
             self._stores[key] = Store(index)
         return self._stores[key]
 
-    def index(self, desired: Desired, index: Index, revision: str) -> None:
+    def index(self, desired: Desired, index: Tables, revision: str) -> None:
         """Index the valid nodes of the revision (invalid files are reported by validate and left out)."""
         from reconcilers.knowledge.indexer import STATE_PENDING, index_revision
 
@@ -259,7 +258,7 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
         """Block until the vectors of every revision indexed so far are written (tests, benchmarks)."""
         self._embedder.submit(lambda: None).result()
 
-    def on_run_finished(self, record: RunRecord, index: Index) -> None:
+    def on_run_finished(self, record: RunRecord, index: Tables) -> None:
         """Write the run's execution node into the index; commit it to the configured branch when set."""
         from reconcilers.knowledge.indexer import add_execution, current_revision
 

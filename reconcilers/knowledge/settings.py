@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reconcilers.knowledge.errors import KnowledgeError
+from reconcilers.ports import Evaluator
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +62,13 @@ class KnowledgeSettings:
                                  hint="see nickel/knowledge.ncl `Settings` for the shape") from err
 
 
-def repo_settings(snap: Any, cache_dir: Path) -> dict[str, Any]:
-    """The evaluated stratum.ncl of a commit through the daemon's Nickel evaluator ({} when absent).
-
-    Evaluating user Nickel needs the bounded worker processes of daemon/nickel/evaluator.py (it can loop forever);
-    when that module is not available, the defaults apply rather than evaluating in-process.
-    """
+def repo_settings(snap: Any, evaluator: Evaluator) -> dict[str, Any]:
+    """The evaluated stratum.ncl of a commit ({} when absent), through a bounded evaluator the kernel made (user
+    Nickel can loop forever), with the contract the daemon checks (nickel/stratum.ncl), so the CLI refuses what
+    the daemon refuses."""
     if snap.entry("stratum.ncl") is None:
         return {}
-    try:
-        from daemon.nickel.evaluator import Evaluator  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return {}
-    # The same contract the daemon checks (nickel/stratum.ncl), so the CLI refuses what the daemon refuses.
-    evaluator = Evaluator(cache_dir)
-    try:
-        result = evaluator.evaluate(snap, ["stratum.ncl"], '(import "stratum.ncl").Settings')
-    finally:
-        evaluator.close()                    # its worker process is this call's alone
+    result = evaluator.evaluate(snap, ["stratum.ncl"], '(import "stratum.ncl").Settings')
     if result.problems:
         raise KnowledgeError(f"stratum.ncl does not evaluate: {result.problems[0]}", where="stratum.ncl",
                              hint="run `stratum validate` for every problem")

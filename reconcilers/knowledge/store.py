@@ -6,7 +6,7 @@ commit contains, live under the pseudo-revision `*`. Links are stored as written
 link to a node committed later resolves without touching the linking node.
 
 Bulk writes go through DuckDB's scan of dicts of NumPy arrays: `executemany` over Python lists costs seconds
-for 10,000 vectors (PLATFORM.md). Writes join the caller's `Index.transaction()` when there is one (indexing a
+for 10,000 vectors (PLATFORM.md). Writes join the caller's `transaction()` when there is one (indexing a
 revision is one commit); alone, each write method is its own.
 """
 
@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from daemon.index.store import Index, ensure_schema
 from reconcilers.knowledge.node import Link, Node
 from reconcilers.knowledge.text import chunk_hash, chunks, node_terms
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+
+    from reconcilers.ports import Tables
 
 DIM = 384
 EXTRA = "*"                                   # the pseudo-revision of execution nodes
@@ -67,10 +68,9 @@ def _arr(values: Sequence[Any], dtype: Any = object) -> npt.NDArray[Any]:
 class Store:
     """Reads and writes the knowledge tables of one Index."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Tables) -> None:
         self.index = index
-        with index._lock:
-            ensure_schema(index.con, "knowledge", MIGRATIONS)
+        index.migrate("knowledge", MIGRATIONS)
 
     # -- writes ------------------------------------------------------------------------------------
     def known_blobs(self, blob_ids: Iterable[str]) -> set[str]:
@@ -118,8 +118,7 @@ class Store:
         node_select = ("SELECT blob_id, node_id, type, title, status, project, "
                        "CAST(json_transform(tags, '[\"VARCHAR\"]') AS TEXT[]), created, modified, front, body, "
                        "body_line, links, key_lines, doc_len FROM ")
-        with self.index.transaction():
-            con = self.index.con
+        with self.index.transaction() as con:
             if len(items) + len(term_rows) + len(chunk_rows) <= SMALL_WRITE:
                 # One execution node or a file or two: Python lists through unnest, no NumPy to import.
                 source, params = _unnested(node_cols)
@@ -188,10 +187,10 @@ class Store:
         n = len(hashes)
         if n <= 8:
             # A revision that changed a file or two: plain parameters beat the bulk scan's GROUP BY (~20 ms).
-            with self.index.transaction():
+            with self.index.transaction() as con:
                 for h, row in zip(hashes, np.asarray(matrix, dtype=np.float32).tolist(), strict=True):
-                    self.index.con.execute(f"INSERT OR IGNORE INTO kb_vec VALUES (?, ?, ?::FLOAT[{DIM}])",
-                                           [h, model, row])
+                    con.execute(f"INSERT OR IGNORE INTO kb_vec VALUES (?, ?, ?::FLOAT[{DIM}])",
+                                [h, model, row])
             return
         # flat_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
         flat_d = {"r": np.repeat(np.arange(n, dtype=np.int32), DIM), "i": np.arange(n * DIM, dtype=np.int64),  # noqa: F841
@@ -199,15 +198,14 @@ class Store:
         # names_d is read by DuckDB's replacement scan (the SQL names it), not by Python.
         names_d = {"r": np.arange(n, dtype=np.int32), "h": _arr(hashes)}  # noqa: F841
         # The dicts are found by DuckDB's replacement scan in this frame's locals: execute here, not via Index.
-        with self.index.transaction():
-            self.index.con.execute(
+        with self.index.transaction() as con:
+            con.execute(
                 f"INSERT OR IGNORE INTO kb_vec SELECT n.h, ?, f.v::FLOAT[{DIM}] FROM "
                 "(SELECT r, list(x ORDER BY i) v FROM flat_d GROUP BY r) f JOIN names_d n USING (r)", [model])
 
     def set_tree(self, revision: str, entries: Sequence[tuple[str, str]], problems: int = 0) -> None:
         """Record the (path, blob id) pairs of a revision's indexed nodes; prune revisions beyond the last N."""
-        with self.index.transaction():
-            con = self.index.con
+        with self.index.transaction() as con:
             con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
             if 0 < len(entries) <= SMALL_WRITE:
                 source, params = _unnested({"p": [e[0] for e in entries], "b": [e[1] for e in entries]})
@@ -230,8 +228,7 @@ class Store:
         # gone_d and tree_d are read by DuckDB's replacement scan (the SQL names them), not by Python.
         gone_d = None if small else {"p": _arr(gone)}  # noqa: F841
         tree_d = None if small else {"p": _arr([a[0] for a in added]), "b": _arr([a[1] for a in added])}  # noqa: F841
-        with self.index.transaction():
-            con = self.index.con
+        with self.index.transaction() as con:
             con.execute("DELETE FROM kb_tree WHERE revision = ?", [revision])
             con.execute("INSERT INTO kb_tree SELECT ?, path, blob_id FROM kb_tree WHERE revision = ? AND path NOT IN "
                         + ("(SELECT unnest(?::TEXT[]))" if small else "(SELECT p FROM gone_d)"),
@@ -257,8 +254,7 @@ class Store:
             return False
         gone = [str(r[0]) for r in self.index.query(
             "SELECT revision FROM kb_revision ORDER BY indexed_at DESC OFFSET ?", [KEEP_REVISIONS])]
-        with self.index.transaction():
-            con = self.index.con
+        with self.index.transaction() as con:
             orphans = [str(r[0]) for r in con.execute(
                 "SELECT blob_id FROM kb_tree WHERE revision IN (SELECT unnest($1)) EXCEPT "
                 "SELECT blob_id FROM kb_tree WHERE revision NOT IN (SELECT unnest($1))", [gone]).fetchall()]

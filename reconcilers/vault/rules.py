@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,6 @@ from reconcilers.vault.keys import Recipient, Signer
 if TYPE_CHECKING:
     import pygit2
 
-    from daemon.nickel.evaluator import Evaluator as DaemonEvaluator
     from reconcilers.ports import Evaluator, Snapshot
 
 RULES_PATH = "secrets/rules.ncl"
@@ -128,11 +126,6 @@ def load_snapshot(
     return rules, problems
 
 
-def close_evaluator(evaluator: DaemonEvaluator) -> None:
-    """Stop an Evaluator this module started (Evaluator.close closes the worker's pipes itself)."""
-    evaluator.close()
-
-
 def staged_index(repo: pygit2.Repository) -> pygit2.Index:
     """The index `git commit` is about to record: $GIT_INDEX_FILE when git set it (the hooks of `git commit -a`
     and `git commit PATHS` run against a temporary index, which libgit2 does not look at), else the repo's."""
@@ -144,71 +137,6 @@ def staged_index(repo: pygit2.Repository) -> pygit2.Index:
         return pygit2.Index(str(path))
     index: pygit2.Index = repo.index
     return index
-
-
-def _repo_snapshot(root: Path, data_dir: Path) -> Snapshot | None:
-    import pygit2
-
-    from daemon.git.source import GitSource, Snapshot
-
-    # No branch is watched here (only the staged tree and HEAD are read): no branch name is assumed either.
-    source = GitSource(str(root), "HEAD", data_dir)
-    if not source.repo.is_bare:
-        try:
-            if os.environ.get("GIT_INDEX_FILE"):
-                tree = source.repo[staged_index(source.repo).write_tree(source.repo)]
-                assert isinstance(tree, pygit2.Tree)
-                return Snapshot(source.repo, None, tree)
-            return source.staged_snapshot()
-        except pygit2.GitError:  # an index with unmerged entries (mid-merge) has no tree: use HEAD's rules
-            pass
-    if source.repo.head_is_unborn:
-        return None
-    return source.snapshot("HEAD")
-
-
-def load_repo(root: Path, rules_path: str = RULES_PATH) -> Rules | None:
-    """The rules the next commit would carry (the index; HEAD in a bare repo), evaluated exactly as the daemon
-    evaluates a commit's; None without a rules file; RulesError naming the file and line when they are bad."""
-    from daemon.nickel.evaluator import Evaluator
-
-    with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
-        snap = _repo_snapshot(root, Path(tmp))
-        if snap is None:
-            return None
-        evaluator = Evaluator(Path(tmp) / "nickel")
-        try:
-            rules, problems = load_snapshot(snap, evaluator, rules_path)
-        finally:
-            close_evaluator(evaluator)
-    if problems:
-        first = problems[0]
-        raise RulesError(
-            first.message,
-            where=f"{first.path or rules_path}:{first.line}" if first.line else first.path or rules_path,
-            hint=first.hint or "fix the rules file (see nickel/vault.ncl for the contract) and `git add` it",
-        )
-    return rules
-
-
-def load_revision(root: Path, rev: str = "HEAD", rules_path: str = RULES_PATH) -> Rules | None:
-    """The rules of a commit (None when it has none, or the revision does not exist yet); bad rules there are
-    None too: they could not have trusted anyone."""
-    from daemon.git.source import GitSource
-    from daemon.nickel.evaluator import Evaluator
-    from reconcilers.errors import SourceError
-
-    with tempfile.TemporaryDirectory(prefix="stratum-rules-") as tmp:
-        try:
-            snap = GitSource(str(root), "HEAD", Path(tmp)).snapshot(rev)   # an explicit revision: no branch
-        except SourceError:
-            return None
-        evaluator = Evaluator(Path(tmp) / "nickel")
-        try:
-            rules, problems = load_snapshot(snap, evaluator, rules_path)
-        finally:
-            close_evaluator(evaluator)
-    return None if problems else rules
 
 
 def unstaged_rules(root: Path, rules_path: str = RULES_PATH) -> bool:

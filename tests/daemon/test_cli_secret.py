@@ -360,7 +360,7 @@ class TestRulesFromTheIndex:
 
     def test_a_bare_repository_uses_the_rules_of_head(self, env: Env, tmp_path: Path) -> None:
         """With no index (bare), load_repo evaluates HEAD's rules; an empty bare repo has none."""
-        from reconcilers.vault.rules import load_repo
+        from daemon.cli.secret_rules import load_repo
         from tests.fixtures import bare_repo
 
         empty = bare_repo(tmp_path / "empty.git")

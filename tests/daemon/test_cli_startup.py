@@ -8,6 +8,7 @@ depend on the machine's load.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,19 @@ def test_a_cli_apply_without_webhooks_loads_no_http_framework(tmp_path: Path) ->
              "if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_validate_opens_no_index(tmp_path: Path) -> None:
+    """`stratum validate` runs steps 1-4 of a run, which record nothing: it neither imports DuckDB nor the
+    metrics library (a pre-commit hook pays for every import on every commit)."""
+    repo = tmp_path / "ops"
+    subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "init", str(repo)],
+                   check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    code = ("import os, sys\n"
+            f"os.chdir({str(repo)!r})\n"
+            "from daemon.cli.main import main\n"
+            "try:\n    main.__globals__['cli'].main(['validate'], prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n")
+    imported = _imported_after(code)
+    assert "reconcilers.infra.reconciler" in imported          # it did validate
+    assert {"duckdb", "daemon.index.store", "prometheus_client"} & imported == set()

@@ -17,6 +17,7 @@ import pytest
 from daemon.git.source import GitSource
 from daemon.index.store import Index
 from daemon.run.ports import RepoGitWriter
+from daemon.run.workspace import open_workspace
 from reconcilers.base import ReconcilerEnv, RunRecord
 from reconcilers.knowledge.embed import HttpProvider, ModelError, WorkerProvider, load_provider, prepare_model_dir
 from reconcilers.knowledge.knowledge_base import KnowledgeBase
@@ -115,14 +116,14 @@ def test_bad_files_are_reported_with_file_and_line_and_the_rest_stays_searchable
     assert "knowledge/long-field.md:6: front matter: `context` is 10000 characters long" in joined
     assert "knowledge/dup.md:2: duplicate node id" in joined
     assert "knowledge/dangling.md:7: link to nowhere" in joined
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=provider, index=index)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
     hits = kb.search("502 bad gateway").hits
     assert hits and hits[0].node["id"] == RUNBOOK
 
 
 def test_semantic_search_finds_a_paraphrase_that_keywords_miss(tmp_path: Path, repo: WorkRepo,
                                                               provider: WorkerProvider) -> None:
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=provider)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data"), provider=provider)
     assert kb.search("cat photos disappeared", mode="lexical").hits == ()
     hybrid = kb.search("cat photos disappeared")
     assert hybrid.mode == "hybrid" and hybrid.hits[0].node["id"] == POST and hybrid.hits[0].vector_rank == 1
@@ -133,7 +134,7 @@ def test_semantic_search_finds_a_paraphrase_that_keywords_miss(tmp_path: Path, r
 
 
 def test_filters_restrict_results(tmp_path: Path, repo: WorkRepo, provider: WorkerProvider) -> None:
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=provider)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data"), provider=provider)
     hits = kb.search("service configuration git restart", filters=Filters(types=("decision",))).hits
     assert [h.node["id"] for h in hits] == [ADR]
     assert [h.node["id"] for h in kb.search("restart", filters=Filters(tags=("runbook",))).hits] == [RUNBOOK]
@@ -141,7 +142,7 @@ def test_filters_restrict_results(tmp_path: Path, repo: WorkRepo, provider: Work
 
 
 def test_without_a_model_search_falls_back_to_lexical_with_a_warning(tmp_path: Path, repo: WorkRepo) -> None:
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data"), provider=None)
     result = kb.search("502 bad gateway")
     assert result.mode == "lexical" and result.warning and result.hits[0].node["id"] == RUNBOOK
 
@@ -156,7 +157,7 @@ def test_a_link_to_a_node_committed_later_resolves_without_reindexing_the_source
     repo.commit({"knowledge/later.md": md("77777777-7777-4777-8777-777777777777", "note", "Later node", "x")})
     reconcile(rec, repo, index)
     assert rec.loader.parsed_count == parsed + 1
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None, index=index)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=None)
     assert kb.related("Early")["edges"][0]["target"] == "77777777-7777-4777-8777-777777777777"
 
 
@@ -172,7 +173,7 @@ def test_a_finished_run_becomes_an_execution_node_committed_to_the_branch(tmp_pa
     record = RunRecord("run123456789", str(head), "succeeded", 1_700_000_000.0, 1_700_000_002.5,
                        (("infra:app-config", "update", "succeeded"),), ("infra:app-config",), "applied")
     rec.on_run_finished(record, index)
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None, index=index)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=None)
     [execution] = kb.nodes(Filters(types=("execution",)))
     assert execution.field("outcome") == "succeeded" and execution.field("implements") == [ADR]
     branch = pygit2.Repository(str(repo.path)).branches["stratum/executions"].peel(pygit2.Commit)
@@ -187,10 +188,10 @@ class CountingIndex(Index):
     commits = 0
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[Any]:
         top = not self._in_txn
-        with super().transaction():
-            yield
+        with super().transaction() as con:
+            yield con
         self.commits += int(top)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -242,7 +243,7 @@ def test_a_large_run_embeds_one_short_text_and_keeps_every_action_searchable(tmp
                                   tuple(a for a, _, _ in actions), "1000 action(s) applied"), index)
     [text] = recording.texts
     assert len(text) <= CHUNK_CHARS and "1000 action(s) applied" in text and "infra:file-0000" in text
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None, index=index)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=None)
     [execution] = kb.nodes(Filters(types=("execution",)))
     assert "| infra:file-0999 | create | succeeded |" in execution.body
     assert kb.search("infra:file-0999", mode="lexical").hits[0].node["type"] == "execution"
@@ -302,7 +303,7 @@ def test_project_guidelines_override_a_base_repo_by_id_and_category(tmp_path: Pa
                                               cat="naming", prio=40)})
     repo.commit({"knowledge/guidelines/p.md": g.format(id="b0000000-0000-4000-8000-000000000001",
                                                       title="Project review", cat="review", prio=90)})
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=None)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data"), provider=None)
     object.__setattr__(kb, "_settings", None)
     from reconcilers.knowledge.settings import KnowledgeSettings
     kb._settings = KnowledgeSettings.from_mapping({"guidelines": {"bases": [{"source": str(base.path)}]}})
@@ -372,7 +373,7 @@ def test_openai_and_ollama_providers_speak_their_apis(api: str, provider: Worker
 def test_an_unreachable_endpoint_falls_back_to_lexical(tmp_path: Path, repo: WorkRepo) -> None:
     prov, _why = load_provider({"provider": "ollama", "url": "http://127.0.0.1:9"}, tmp_path)
     assert prov is not None
-    kb = KnowledgeBase(str(repo.path), tmp_path / "data", provider=prov)
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data"), provider=prov)
     rev = kb.refresh()
     assert kb.last_stats is not None and kb.last_stats.warning and "failed" in kb.last_stats.warning
     assert Store(kb.index).chunks_without_vectors([h for h in ["x"]], prov.model_id) == []

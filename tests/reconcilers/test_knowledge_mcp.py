@@ -27,6 +27,7 @@ from daemon import __version__
 from daemon.git.source import GitSource
 from daemon.http.server import build_app, reconciler_mounts
 from daemon.index.store import Index
+from daemon.run.workspace import workspace
 from daemon.service.metrics import Metrics
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
@@ -137,6 +138,15 @@ def test_stdio_writes_when_enabled_commit_to_a_side_branch_never_the_work_tree(t
     assert repo.status() == status_before and not (template_repo.path / added["path"]).exists()
 
 
+def _env(repo: WorkRepo, data: Path, index: Index, host: dict[str, Any] | None = None) -> ReconcilerEnv:
+    """The env the daemon hands the knowledge reconciler (daemon/run/runtime.py): its index, host settings, version
+    and the workspace its MCP interface serves from."""
+    host = host or {}
+    source = GitSource(str(repo.path), "main", data)
+    return ReconcilerEnv(data, settings=host, index=index, revisions=source, version=__version__,
+                         workspace=workspace(source, index, data, host))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,8 +156,8 @@ def _free_port() -> int:
 @pytest.fixture()
 def daemon_http(template_repo: WorkRepo, tmp_path: Path) -> Iterator[str]:
     """The reconciler's ASGI app mounted at /mcp on the daemon's HTTP app, served by uvicorn on loopback."""
-    rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data"))
     index = Index(tmp_path / "data" / "index.duckdb")
+    rec = KnowledgeReconciler(_env(template_repo, tmp_path / "data", index))
     snap = GitSource(str(template_repo.path), "main", tmp_path / "data").snapshot("main")
     desired = rec.load(snap)
     assert rec.validate(desired) == []
@@ -211,7 +221,7 @@ def serving(app: Any) -> Iterator[str]:
 
 def _indexed(repo: WorkRepo, data: Path, host: dict[str, Any]) -> tuple[KnowledgeReconciler, Index]:
     index = Index(data / "index.duckdb")
-    rec = KnowledgeReconciler(ReconcilerEnv(data, settings=host, index=index))
+    rec = KnowledgeReconciler(_env(repo, data, index, host))
     snap = GitSource(str(repo.path), "main", data).snapshot("main")
     desired = rec.load(snap)
     rec.index(desired, index, snap.revision)
@@ -275,7 +285,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
                  for p in (ROOT / "repo_template" / "knowledge").rglob("*.md")}, "knowledge")
     data = tmp_path / "data"
     index = Index(data / "index.duckdb")
-    rec = KnowledgeReconciler(ReconcilerEnv(data, index=index))
+    rec = KnowledgeReconciler(_env(repo, data, index))
     pipeline = Pipeline(source=GitSource(str(repo.path), "main", data), index=index, reconcilers={"knowledge": rec},
                         evaluator=evaluator, notes=False)
     try:

@@ -20,6 +20,7 @@ from daemon.control.admission import admission_settings
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter
+from daemon.run.workspace import open_workspace
 from daemon.settings import load_settings
 from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.indexer import current_revision
@@ -109,9 +110,10 @@ class KStack:
 
     def view(self) -> KnowledgeBase:
         """What MCP serves: a view that follows the daemon's index (as mcp_server.http_app builds it)."""
-        return KnowledgeBase(str(self.base.source.location), self.base.data, index=self.index, follow_index=True,
-                             provider=self.knowledge.provider(), settings=self.knowledge.indexed_settings,
-                             host=self.knowledge.env.settings)
+        ws = open_workspace(str(self.base.source.location), self.base.data, index=self.index,
+                            host=self.knowledge.env.settings)
+        return KnowledgeBase(ws, follow_index=True, provider=self.knowledge.provider(),
+                             settings=self.knowledge.indexed_settings)
 
     def close(self) -> None:
         self.pipeline.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.run.workspace import open_workspace
 from reconcilers.knowledge.knowledge_base import KnowledgeBase
 from reconcilers.knowledge.search import MIN_SIMILARITY
 from reconcilers.knowledge.text import terms
@@ -41,7 +42,7 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBase]:
     repo = WorkRepo(tmp / "ops")
     repo.commit({f"knowledge/notes/{key}.md": f"---\nid: {IDS[key]}\ntype: note\ntitle: {json.dumps(title)}\n"
                  f"created: 2024-05-01\n---\n# {title}\n\n{body}\n" for key, (title, body) in NODES.items()}, "kb")
-    base = KnowledgeBase(str(repo.path), Path(tmp / "data"))
+    base = KnowledgeBase(open_workspace(str(repo.path), Path(tmp / "data")))
     yield base
     base.close()
 

@@ -9,14 +9,15 @@ import difflib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from reconcilers.base import Problem
 from reconcilers.infra.model import CLOUD_KINDS, InfraDesired
+from reconcilers.ports import Tables
 
 HOURS_PER_MONTH = 730
-SCHEMA = ("CREATE TABLE IF NOT EXISTS infra_catalog (provider TEXT, kind TEXT, id TEXT, name TEXT, "
-          "price_hourly DOUBLE, fetched DOUBLE, PRIMARY KEY (provider, kind, id))")
+# The infra reconciler's own tables (component "infra" of the index's schema versions).
+MIGRATIONS = ("CREATE TABLE infra_catalog (provider TEXT, kind TEXT, id TEXT, name TEXT, price_hourly DOUBLE, "
+              "fetched DOUBLE, PRIMARY KEY (provider, kind, id))",)
 # resource field -> catalog kind
 FIELDS = {"size": "size", "image": "image", "zone": "zone"}
 
@@ -34,9 +35,9 @@ class Entry:
 Catalogs = Mapping[str, Mapping[str, Mapping[str, Entry]]]   # provider -> kind -> id -> entry
 
 
-def store(index: Any, provider: str, entries: list[Entry]) -> int:
+def store(index: Tables, provider: str, entries: list[Entry]) -> int:
     """Replace `provider`'s catalog in the index; returns the number of entries."""
-    index.execute(SCHEMA)
+    index.migrate("infra", MIGRATIONS)
     with index.transaction():
         index.execute("DELETE FROM infra_catalog WHERE provider = ?", [provider])
         if entries:
@@ -48,7 +49,7 @@ def store(index: Any, provider: str, entries: list[Entry]) -> int:
     return len(entries)
 
 
-def load(index: Any) -> dict[str, dict[str, dict[str, Entry]]]:
+def load(index: Tables | None) -> dict[str, dict[str, dict[str, Entry]]]:
     """Every cached catalog (empty when none was fetched)."""
     if index is None:
         return {}
