@@ -100,7 +100,9 @@ def main() -> None:
                 plan, cold_plan_s, cold_plan_calls = counted(proxy, lambda: stack.pipeline.plan("main"), "cold plan")
                 run, apply_s, apply_calls = counted(proxy, stack.run, "cold apply")
                 assert run.status == "succeeded", run.message
+                mark = len(proxy.timed)
                 noop, noop_plan_s, noop_calls = counted(proxy, lambda: stack.pipeline.plan("main"), "no-op plan")
+                data["noop_plan_call_seconds"] = [[a, round(t, 3)] for a, t in proxy.timed[mark:]]
                 if args.profile:
                     import cProfile
                     import pstats

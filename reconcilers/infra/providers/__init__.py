@@ -24,7 +24,7 @@ from typing import Any
 
 from reconcilers.errors import StratumError, TerminalError
 from reconcilers.infra.model import ObservedResource
-from reconcilers.infra.providers.cloud import Backend, CloudProvider
+from reconcilers.infra.providers.cloud import Backend, CloudProvider, PerThread
 
 TYPES = ("aws", "upcloud", "libcloud")
 
@@ -66,15 +66,18 @@ def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
     if kind == "aws":
         from reconcilers.infra.providers.aws import AwsBackend, driver_from_settings
 
-        return AwsBackend(driver_from_settings(name, conf))
+        driver_from_settings(name, conf)     # settings errors now, not in an apply thread
+        return AwsBackend(PerThread(lambda: driver_from_settings(name, conf)))
     if kind == "upcloud":
         from reconcilers.infra.providers.upcloud import UpcloudBackend, upcloud_driver
 
-        return UpcloudBackend(upcloud_driver(name, conf))
+        upcloud_driver(name, conf)
+        return UpcloudBackend(PerThread(lambda: upcloud_driver(name, conf)))
     if kind == "libcloud":
         from reconcilers.infra.providers.generic import GenericBackend, generic_driver
 
-        return GenericBackend(generic_driver(name, conf))
+        generic_driver(name, conf)
+        return GenericBackend(PerThread(lambda: generic_driver(name, conf)))
     raise SettingsError(f"provider {name}: unknown type {kind!r}", hint=f"use one of: {', '.join(TYPES)}")
 
 

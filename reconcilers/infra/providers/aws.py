@@ -15,7 +15,7 @@ from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError, TransientError
 from reconcilers.infra.providers.catalog import Entry
-from reconcilers.infra.providers.cloud import CloudObject, Resolve
+from reconcilers.infra.providers.cloud import CloudObject, Resolve, driver_of
 from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER
 
 MAX_PAGES = 1000
@@ -51,8 +51,13 @@ class AwsBackend:
     kinds = frozenset({"server", "network", "subnet", "firewall", "volume"})
 
     def __init__(self, driver: Any) -> None:
-        self.driver = driver
-        self.region = str(getattr(driver, "region_name", "") or "us-east-1")
+        self._driver = driver                 # a driver, or a PerThread making one per apply thread
+        self.region: str = str(getattr(self.driver, "region_name", "") or "us-east-1")
+
+    @property
+    def driver(self) -> Any:
+        """The libcloud driver of the calling thread."""
+        return driver_of(self._driver)
 
     # -- requests ------------------------------------------------------------------------------------
     def _request(self, params: dict[str, str]) -> Any:

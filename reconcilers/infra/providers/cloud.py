@@ -54,6 +54,27 @@ class CloudObject:
 Resolve = Callable[[str, str], CloudObject]     # (kind, resource id) -> the object it names (raises when absent)
 
 
+class PerThread:
+    """One libcloud driver per thread, made on first use. A driver's connection keeps the request in flight
+    on itself (`action`, `method`, `data`), so apply threads sharing one driver could mix their requests."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._local = threading.local()
+
+    def get(self) -> Any:
+        """This thread's driver."""
+        driver = getattr(self._local, "driver", None)
+        if driver is None:
+            driver = self._local.driver = self._factory()
+        return driver
+
+
+def driver_of(driver: Any) -> Any:
+    """The driver to use now: this thread's when `driver` is a PerThread, else `driver` itself."""
+    return driver.get() if isinstance(driver, PerThread) else driver
+
+
 class Backend(Protocol):
     """What one cloud API offers the adapter. Every method may raise libcloud's exceptions: the adapter
     classifies them (reconcilers/infra/providers/errors.py)."""

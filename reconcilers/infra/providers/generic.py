@@ -21,7 +21,7 @@ from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError
 from reconcilers.infra.providers.catalog import Entry
-from reconcilers.infra.providers.cloud import CloudObject, Resolve
+from reconcilers.infra.providers.cloud import CloudObject, Resolve, driver_of
 from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER, TAG_SPEC
 
 SEP = "--"
@@ -54,7 +54,12 @@ class GenericBackend:
     kinds = frozenset({"server"})
 
     def __init__(self, driver: Any) -> None:
-        self.driver = driver
+        self._driver = driver                 # a driver, or a PerThread making one per apply thread
+
+    @property
+    def driver(self) -> Any:
+        """The libcloud driver of the calling thread."""
+        return driver_of(self._driver)
 
     def _object(self, node: Any, owner: str) -> CloudObject | None:
         name = str(node.name or "")

@@ -17,7 +17,7 @@ from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError, TransientError
 from reconcilers.infra.providers.catalog import Entry
-from reconcilers.infra.providers.cloud import CloudObject, Resolve
+from reconcilers.infra.providers.cloud import CloudObject, Resolve, driver_of
 from reconcilers.infra.providers.cloud_diff import TAG_ID, TAG_OWNER, TAG_SPEC
 
 PREFIX = "stratum:"
@@ -64,8 +64,13 @@ class UpcloudBackend:
     kinds = frozenset({"server"})
 
     def __init__(self, driver: Any) -> None:
-        self.driver = driver
-        self.zone = str(getattr(driver, "stratum_zone", "fi-hel1"))
+        self._driver = driver                 # a driver, or a PerThread making one per apply thread
+        self.zone: str = str(getattr(self.driver, "stratum_zone", "fi-hel1"))
+
+    @property
+    def driver(self) -> Any:
+        """The libcloud driver of the calling thread."""
+        return driver_of(self._driver)
 
     def _get(self, path: str) -> Any:
         return self.driver.connection.request(path).object

@@ -90,6 +90,7 @@ class FaultProxy:
         self.upstream = upstream
         self.calls: list[str] = []
         self.seconds: list[float] = []        # how long each forwarded call took upstream
+        self.timed: list[tuple[str, float]] = []   # (action, seconds) of each forwarded call
         self.rules: list[Rule] = []
         self.rewrites: list[Callable[[str, str], str]] = []     # (action, path) -> the path forwarded
         self.after: list[Rule] = []           # rules applied after forwarding (the call happened, answer lost)
@@ -124,6 +125,7 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 proxy.seconds.append(time.perf_counter() - started)
+                proxy.timed.append((action, proxy.seconds[-1]))
                 for rule in proxy.after:
                     hit = rule(action, query)
                     if hit is not None:

@@ -83,3 +83,29 @@ def test_annotate_adds_the_price_change_to_summaries() -> None:
     b = Action("infra:net", "infra", "create", "net", "create network net on aws")
     out = cost.annotate([a, b], {"infra:web": ("aws", 0.0104)})
     assert [x.summary for x in out] == ["create server web on aws [+0.0104/h]", "create network net on aws"]
+
+
+def test_each_apply_thread_gets_its_own_driver(tmp_path: object) -> None:
+    """A libcloud connection keeps the request in flight on itself, so the providers built from host settings
+    give each thread its own driver (the same one again within a thread)."""
+    import threading
+    from pathlib import Path
+
+    from reconcilers.infra.providers import build
+
+    providers = build({"owner": "o", "providers": {"aws": {"type": "aws", "key": "k", "secret": "s"}}},
+                      Path(str(tmp_path)))
+    from typing import Any
+
+    from reconcilers.infra.providers.cloud import CloudProvider
+
+    provider = providers["aws"]
+    assert isinstance(provider, CloudProvider)
+    backend: Any = provider.backend
+    mine = backend.driver
+    assert backend.driver is mine
+    seen: list[object] = []
+    worker = threading.Thread(target=lambda: seen.append(backend.driver))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not mine and type(seen[0]) is type(mine)
