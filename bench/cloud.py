@@ -137,7 +137,7 @@ def main() -> None:
         moto.terminate()
         moto.wait(10)
     print_table(f"Cloud (moto): {args.servers} servers, {args.networks} networks+subnets, {args.servers} volumes",
-                ["step", "resources", "actions", "seconds", "EC2 calls", "of which in moto (s)"], rows)
+                ["step", "resources", "actions", "seconds", "EC2 calls", "moto s (summed over calls)"], rows)
     print(f"\nno-op plan calls: {data['noop_plan_calls']} (only Describe*: {data['noop_plan_only_describe']}); "
           f"target < {TARGET_NOOP_S} s: {data['verdict']}; load average {data['load_avg']}")
     common.write_result("cloud", data)
