@@ -229,7 +229,7 @@ def mcp_round_trip(repo: Path, data: Path, queries: list[str]) -> dict[str, floa
     from mcp.client.stdio import StdioServerParameters
 
     params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "daemon.cli.kb", "mcp", "--repo", str(repo), "--data-dir", str(data)],
+        "-c", "from daemon.cli.main import main; main()", "kb", "mcp", "--repo", str(repo), "--data-dir", str(data)],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
     times: list[float] = []
 

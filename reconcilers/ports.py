@@ -9,8 +9,10 @@ processes, its repository and its index. The daemon's implementations live in da
     EventRecorder   record an event (drift, a retry, a secret resolved) under the reconciler's name
     SecretsPort     resolve a reference to a decrypted value at apply time: audited, never stored
     Scheduler       register timers and wake the daemon's loop
-    GitWriter       commit a file to a side branch (or a new branch) as the daemon
+    GitWriter       commit files to a side branch (or a new branch) as the daemon
     HttpMount       an interface served on the daemon's listener, behind its authentication
+    VerbHost        what a plugin's CLI verb gets from the kernel (click's ctx.obj): the same ports, opened
+                    for the repository the verb's --repo/--data-dir/--config/--branch options name
     Tables          the reconciler's own tables in the daemon's DuckDB index
     Workspace       what a reconciler's CLI verbs and interfaces need outside a run (the repo, the index, host
                     settings), opened by the kernel the way the daemon opens them
@@ -110,14 +112,36 @@ class EventRecorder(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SecretLocation:
+    """Where a reference points in one revision, without its value: the manifest holding it, the action that
+    loads that manifest (a user of the secret is ordered after it), and a keyed fingerprint of the committed
+    version of the value (it changes when the value changes, and tells nothing about it)."""
+
+    reference: str
+    manifest: str
+    action_id: str
+    fingerprint: str
+
+
 class SecretsPort(Protocol):
-    """Resolve a secret reference (`<manifest path>#<key>`) to its decrypted value, at apply time only.
+    """Resolve a secret reference (`kv/<path>#<key>` or `<manifest path>#<key>`) to its decrypted value, at
+    apply time only; before that, `locate` it in a revision and `fingerprint` content without any plaintext.
 
     Every resolution is audited (who asked, for which reference and purpose; never the value) and nothing is
     cached by the port: the caller uses the value and drops it."""
 
     def resolve(self, reference: str, *, purpose: str) -> str:
         """The plaintext of `reference`; raises a StratumError naming the reference when it cannot."""
+        ...
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """Where `reference` points in `snap` (nothing decrypted); InputError naming the reference when it names
+        no value of the revision or the daemon cannot decrypt that manifest."""
+        ...
+
+    def fingerprint(self, data: bytes) -> str:
+        """A keyed fingerprint of `data` (HMAC under the daemon's key): safe to store, log and compare."""
         ...
 
 
@@ -150,6 +174,10 @@ class GitWriter(Protocol):
         parent). The commit id; raises SourceError for the watched branch or a `base` not in the repository."""
         ...
 
+    def commit_files(self, branch: str, files: Mapping[str, str], message: str, base: str | None = None) -> str:
+        """Like `commit_file` for several files at once (one commit holding all of them)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class HttpMount:
@@ -160,6 +188,27 @@ class HttpMount:
     factory: Callable[[], Any]
 
 
+class VerbHost(Protocol):
+    """The kernel's side of a plugin's CLI verb: `stratum`'s group puts one in click's `ctx.obj`, so a verb
+    living in a reconciler package gets the daemon's ports without importing the daemon."""
+
+    def open(self, reconciler: str, options: Mapping[str, Any]) -> AbstractContextManager[Any]:
+        """The environment (a reconcilers.base.ReconcilerEnv: not named here, base imports this module) of
+        `reconciler` for the repository named by `options` (repo, data_dir, config,
+        branch, root: the common options' values, None for defaults): the evaluator, the revisions of the
+        watched repository and the git writer. Closed (workers stopped) when the block ends."""
+        ...
+
+    def plan_markdown(self, options: Mapping[str, Any], base: str, head: str) -> str:
+        """The kernel's pull-request plan (`stratum plan --base --head --format markdown`) of `head` against
+        `base` in the repository of `options`."""
+        ...
+
+    def workspace(self, options: Mapping[str, Any]) -> AbstractContextManager[Workspace]:
+        """The repository and the index of `options` opened as the daemon opens them (a Workspace; while a
+        daemon holds the index, a private index beside it and `daemon_runs` to ask the daemon). Closed at the
+        end of the block."""
+        ...
 class Tables(Protocol):
     """A reconciler's own tables in the daemon's DuckDB index. The index has one writer and one lock: every call
     here runs under it, and `transaction()` / `connection()` hold it for a block (keep those blocks short)."""

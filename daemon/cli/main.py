@@ -145,13 +145,18 @@ Exit codes: 0 success, 1 error or problems found, 2 usage error (plan --detailed
 @click.version_option(__version__, prog_name="stratum")
 @click.option("--verbose", "-v", is_flag=True,
               help="show the pipeline's log lines when a verb runs it in-process (plan, apply, drift)")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Stratum: one Git repository runs a team's operations.
 
     Every verb takes --repo (default: the current directory) and --data-dir; with a daemon running on that
     data directory, verbs ask it, else they read the repository and the index themselves. `stratum VERB
     --help` shows each verb's options and examples.
     """
+    from daemon.cli.plugin_host import PluginHost
+
+    # A plugin's verbs (reconcilers/<name>/cli.py) reach the daemon's ports through this (VerbHost).
+    ctx.obj = PluginHost()
 
 
 def main() -> None:

@@ -12,14 +12,14 @@ indexes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import pygit2
 
 from daemon import log
 from reconcilers.errors import SourceError, StratumError
-from reconcilers.ports import EventRecorder, SecretsPort, Timer
+from reconcilers.ports import EventRecorder, SecretLocation, SecretsPort, Snapshot, Timer
 
 if TYPE_CHECKING:
     from daemon.git.source import GitSource
@@ -63,6 +63,20 @@ class SecretsBroker:
         self._audit(reconciler, reference, purpose, "resolved")
         return value
 
+    def _provider(self, reference: str) -> SecretsPort:
+        if self.provider is None:
+            raise StratumError(f"secret {reference}: no reconciler provides secrets here", where=reference,
+                               hint="enable the vault reconciler (it needs its key)")
+        return self.provider
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """Where `reference` points in `snap` (no value: not audited as a use)."""
+        return self._provider(reference).locate(snap, reference)
+
+    def fingerprint(self, data: bytes) -> str:
+        """The provider's keyed fingerprint of `data`."""
+        return self._provider("(fingerprint)").fingerprint(data)
+
     def _audit(self, reconciler: str, reference: str, purpose: str, outcome: str) -> None:
         # The reference and the purpose only: never the value, never a length or a hash of it.
         log.get().info("secret_resolved", reconciler=reconciler, reference=reference, purpose=purpose,
@@ -80,6 +94,14 @@ class _BoundSecrets:
     def resolve(self, reference: str, *, purpose: str) -> str:
         """See SecretsPort."""
         return self._broker.resolve(self._reconciler, reference, purpose)
+
+    def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
+        """See SecretsPort."""
+        return self._broker.locate(snap, reference)
+
+    def fingerprint(self, data: bytes) -> str:
+        """See SecretsPort."""
+        return self._broker.fingerprint(data)
 
 
 class TimerScheduler:
@@ -136,8 +158,13 @@ class RepoGitWriter:
     def commit_file(self, branch: str, path: str, text: str, message: str, base: str | None = None) -> str:
         """Add or replace `path` on `branch` in one commit; a new branch starts at commit `base` (None: with no
         parent, a branch of its own). The commit id."""
+        return self.commit_files(branch, {path: text}, message, base)
+
+    def commit_files(self, branch: str, files: Mapping[str, str], message: str, base: str | None = None) -> str:
+        """Add or replace every file of `files` (path -> text) on `branch` in one commit (see commit_file)."""
+        where = next(iter(files), branch)
         if branch.removeprefix("refs/heads/") == self._source.branch:
-            raise SourceError(f"the daemon does not commit to the branch it watches ({branch})", where=path,
+            raise SourceError(f"the daemon does not commit to the branch it watches ({branch})", where=where,
                               hint="configure a side branch (for example stratum/executions)")
         repo = self._source.repo
         # The source's lock too: the loop's fetch prunes branches the remote lacks, so it must not run between
@@ -151,8 +178,15 @@ class RepoGitWriter:
                 if not isinstance(found, pygit2.Commit):
                     raise SourceError(f"commit {base} is not in the repository", where=branch)
                 parent = found
-            blob_id = repo.create_blob(text.encode("utf-8"))
-            tree_id = _insert(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
+            tree = parent.tree if parent is not None else None
+            tree_id = None
+            for path, text in sorted(files.items()):
+                blob_id = repo.create_blob(text.encode("utf-8"))
+                tree_id = _insert(repo, tree, path.split("/"), blob_id)
+                written = repo.get(tree_id)
+                tree = written if isinstance(written, pygit2.Tree) else None
+            if tree_id is None:
+                raise SourceError("nothing to commit: no files given", where=branch)
             sig = pygit2.Signature(*IDENTITY)
             before = ref.target if ref is not None else None
             commit = str(repo.create_commit(ref_name, sig, sig, message, tree_id,

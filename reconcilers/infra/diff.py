@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from reconcilers.base import Action, ActionKind, InventoryItem, freeze
+from reconcilers.infra import secretrefs as refs
 from reconcilers.infra.local import content_hash
 from reconcilers.infra.model import (
     CLOUD_KINDS,
@@ -51,8 +52,9 @@ def _parents(path: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-def _host_differs(r: Resource, o: ObservedResource) -> str:
-    """'' when the host matches the resource, else why not."""
+def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple[str, str]]) -> str:
+    """'' when the host matches the resource, else why not. A resource holding secrets compares keyed
+    fingerprints: the host's against the one recorded when this very spec was applied (`expected`)."""
     if r.kind in CLOUD_KINDS:
         return cloud_plan.how(r, o)[0]
     f = r.fields
@@ -61,7 +63,13 @@ def _host_differs(r: Resource, o: ObservedResource) -> str:
             return "missing"
         if o.kind != "file":
             return f"is a {o.kind}, not a file"
-        if o.content_hash != content_hash(f["content"]):
+        if refs.SECRETS in f:
+            applied = expected.get(r.id)
+            if applied is None or applied[0] != r.spec_hash:
+                return "secret not applied at this version"
+            if o.content_hash != applied[1]:
+                return "content differs"
+        elif o.content_hash != content_hash(f["content"]):
             return "content differs"
         if o.mode != format(int(f["mode"], 8), "04o"):
             return f"mode {o.mode} is not {f['mode']}"
@@ -99,7 +107,7 @@ def findings(desired: InfraDesired, observed: InfraObserved,
         if cloud_plan.moved(r, inv):         # applied on another provider: a change, never drift
             known_hash = None
         o = observed.resources.get(rid, ObservedResource(exists=False))
-        differs = _host_differs(r, o)
+        differs = _host_differs(r, o, observed.expected)
         if r.kind == "command":
             if known_hash != r.spec_hash and not ("creates" in r.fields and o.exists):
                 out.append(Finding(rid, "create" if inv is None else "change", "spec changed" if inv else "new"))
@@ -128,11 +136,19 @@ def _change(r: Resource, f: Finding) -> str:
 def _summary(verb: str, r: Resource) -> str:
     f = r.fields
     if r.kind == "command":
-        return f"{verb} command {r.id}: {f['run'][:60]}"
+        return f"{verb} command {r.id}: {f['run'][:60]}{_secrets_note(r)}"
     extra = f" ({f['mode']})" if "mode" in f else ""
     if r.kind == "symlink":
         extra = f" -> {f['target']}"
-    return f"{verb} {r.kind} {r.path}{extra}"
+    return f"{verb} {r.kind} {r.path}{extra}{_secrets_note(r)}"
+
+
+def _secrets_note(r: Resource) -> str:
+    """` with secret kv/app/db#password hmac-sha256:...`: the references and their keyed fingerprints."""
+    versions = r.fields.get(refs.VERSIONS) or {}
+    if not versions:
+        return ""
+    return " with secret " + ", ".join(f"{ref} {fp}" for ref, fp in sorted(versions.items()))
 
 
 def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[InventoryItem]) -> list[Action]:
@@ -158,6 +174,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         r = desired.resources[f.resource_id]
         deps = [f"{NAME}:{d}" for d in r.depends_on]
         deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
+        deps += list(r.fields.get(refs.AFTER, ()))    # the manifests it reads load first (one graph)
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
         if r.kind == "symlink" and r.fields["target"] in by_path:
@@ -172,8 +189,11 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         text = text or _summary(verb, r)
         compensation = None
         if r.kind == "command" and "compensate" in r.fields:
-            compensation = freeze({"run": r.fields["compensate"], "timeout": r.fields.get("timeout", 300),
-                                   "env": r.fields.get("env", {})})
+            comp = {"run": r.fields["compensate"], "timeout": r.fields.get("timeout", 300),
+                    "env": r.fields.get("env", {})}
+            if refs.SECRETS in r.fields:              # tokens in env: resolved when the compensation runs
+                comp[refs.SECRETS] = r.fields[refs.SECRETS]
+            compensation = freeze(comp)
         actions[r.id] = Action(
             id=f"{NAME}:{r.id}", reconciler=NAME, kind=kind, target=r.id,
             summary=f"{text} [{f.reason}]" if f.nature == "drift" and r.kind not in CLOUD_KINDS else text,
@@ -274,6 +294,8 @@ def _state(r_kind: str, o: ObservedResource, content: bytes | None) -> dict[str,
         out["target"] = o.target
     if o.kind == "file" and content is not None:
         out |= {"content": fingerprint(content), "size": len(content)}
+    elif o.kind == "file" and o.content_hash.startswith("hmac-"):
+        out["content"] = o.content_hash        # a keyed fingerprint (the file holds a secret)
     return out
 
 
@@ -285,7 +307,13 @@ def explain(r: Resource, o: ObservedResource, f: Finding, found: bytes | None, *
     expected: dict[str, object] = {"exists": True}
     diff_text = ""
     secret = False
-    if r.kind in ("file", "systemd_unit"):
+    if r.kind in ("file", "systemd_unit") and refs.SECRETS in spec:
+        # The bytes are known only at apply: the references and keyed fingerprints of their values stand in.
+        expected |= {"type": "file", "mode": format(int(spec["mode"], 8), "04o"),
+                     "secrets": dict(spec.get(refs.VERSIONS) or {})}
+        secret = True
+        found = None
+    elif r.kind in ("file", "systemd_unit"):
         data = str(spec["content"]).encode()
         mode = format(int(spec["mode"], 8), "04o")
         expected |= {"type": "file", "mode": mode, "content": fingerprint(data), "size": len(data)}

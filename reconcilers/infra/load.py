@@ -16,6 +16,7 @@ from typing import Any
 
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
+from reconcilers.infra import secretrefs
 from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, Resource
 from reconcilers.infra.providers.cloud_diff import references
 from reconcilers.infra.templates import TemplateRenderer
@@ -54,6 +55,7 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any], renderer: TemplateRe
     """The host-facing fields of a resource, with paths normalised and templates rendered."""
     kind = raw["kind"]
     spec = {k: v for k, v in raw.items() if k not in _COMMON}
+    tokens = secretrefs.extract(rid, kind, spec)      # references -> tokens; values come at apply time only
     for key in ("path", "target", "creates"):
         if key in spec:
             try:
@@ -69,6 +71,11 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any], renderer: TemplateRe
         spec.pop("vars", None)
     if kind == "systemd_unit" and not _UNIT_NAME.match(spec["name"]):
         raise InputError(f"resource {rid}: {spec['name']!r} is not a systemd unit name (e.g. app.service)")
+    secretrefs.finish(rid, spec, tokens)
+    if kind in ("file", "systemd_unit") and "mode" not in spec:
+        # A file holding a secret is readable by its owner only unless the resource says otherwise.
+        holds = secretrefs.TOKEN_RE.search(str(spec.get("content", ""))) is not None
+        spec["mode"] = "0600" if holds else "0644"
     return spec
 
 

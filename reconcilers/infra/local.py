@@ -12,7 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +202,11 @@ class LocalProvider:
         path.unlink()
         return ""
 
-    def run_command(self, command: str, timeout: float, env: dict[str, str]) -> tuple[int, str]:
-        """Run a shell command with the root as working directory; returns (exit code, output tail)."""
+    def run_command(self, command: str, timeout: float, env: dict[str, str],
+                    redact: Callable[[str], str] | None = None) -> tuple[int, str]:
+        """Run a shell command with the root as working directory; returns (exit code, output tail). `redact`
+        sees the whole output before it is cut to its tail: a secret straddling the cut would otherwise
+        survive as a fragment no redaction recognises."""
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "STRATUM_ROOT": str(self.root),
                     "HOME": str(self.root), "LANG": "C.UTF-8", **env}
         try:
@@ -212,6 +215,8 @@ class LocalProvider:
         except subprocess.TimeoutExpired as err:
             raise ApplyError(f"command timed out after {timeout:g} s", hint="raise `timeout` or fix it") from err
         output = (proc.stdout + proc.stderr).decode(errors="replace")
+        if redact is not None:
+            output = redact(output)
         return proc.returncode, output[-MAX_OUTPUT:]
 
     # the provider Protocol (reconcilers/infra/provider.py) ------------------------------------------------
@@ -234,12 +239,17 @@ class LocalProvider:
         """Remove what a resource created (see `remove`)."""
         return self.remove(kind, ref)
 
-    def _command(self, rid: str, spec: Mapping[str, Any]) -> str:
+    def command(self, rid: str, spec: Mapping[str, Any], redact: Callable[[str], str] | None = None) -> str:
+        """Run a `command` resource; `redact` is applied to its whole output before anything is cut or kept
+        (the infra reconciler passes one that hides the secret values the command's env received)."""
+        return self._command(rid, spec, redact)
+
+    def _command(self, rid: str, spec: Mapping[str, Any], redact: Callable[[str], str] | None = None) -> str:
         if "unless" in spec:
-            code, _ = self.run_command(spec["unless"], float(spec.get("timeout", 300)), spec.get("env", {}))
+            code, _ = self.run_command(spec["unless"], float(spec.get("timeout", 300)), spec.get("env", {}), redact)
             if code == 0:
                 return "skipped: `unless` succeeded"
-        code, output = self.run_command(spec["run"], float(spec.get("timeout", 300)), spec.get("env", {}))
+        code, output = self.run_command(spec["run"], float(spec.get("timeout", 300)), spec.get("env", {}), redact)
         if code != 0:
             raise ApplyError(f"command exited {code}: {output.strip()[-400:]}", where=f"infra:{rid}",
                              hint="fix the command; the run was rolled back")

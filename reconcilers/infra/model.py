@@ -151,6 +151,11 @@ class InfraObserved:
     # Cloud objects tagged ours that no desired resource or inventory entry claims: (provider, kind, id). An
     # apply that created one and died before recording it leaves it; the plan removes it.
     orphans: tuple[tuple[str, str, str], ...] = ()
+    # The same when the host set no `[infra] owner` (a derived owner): reported as drift, never deleted.
+    unclaimed: tuple[tuple[str, str, str], ...] = ()
     # Resources applied before with the same spec, taken as in place without reading the host (a commit's
     # incremental run): the diff has nothing to do for them, so it does not look at them at all.
     assumed: frozenset[str] = frozenset()
+    # Resources holding secrets: (spec hash, keyed fingerprint of the bytes written) recorded when they were
+    # applied (their `content_hash` above is the same keyed fingerprint of the host's bytes, never a plain hash).
+    expected: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))

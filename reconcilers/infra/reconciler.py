@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from reconcilers.base import (
     freeze,
 )
 from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError
-from reconcilers.infra import diff
+from reconcilers.infra import diff, secretapply
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import (
@@ -35,10 +37,10 @@ from reconcilers.infra.model import (
 )
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import build as build_cloud
-from reconcilers.infra.providers import catalog, cloud_checks, cost
+from reconcilers.infra.providers import catalog, cloud_checks, cost, owner_explicit
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
-from reconcilers.ports import Snapshot, Tables
+from reconcilers.ports import SecretsPort, Snapshot, Tables
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 
@@ -57,6 +59,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         # Cloud providers come from the host's [infra.providers.*] settings (credentials never from the repo).
         self.providers: Mapping[str, Provider] = providers or {"local": self.provider,
                                                                **build_cloud(section, env.data_dir)}
+        self._owner_explicit = owner_explicit(section)
         if env.evaluator is None:
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
@@ -65,6 +68,10 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
         self.index_port: Tables | None = env.index   # own tables: the cloud catalogs (providers/catalog.py)
+        # Secret references: located at load, resolved at apply through the port (secretapply.py).
+        self.secrets_port: SecretsPort | None = env.secrets
+        self.runtime_dir = Path(section.get("runtime_dir") or env.data_dir / "run")
+        self._macs = secretapply.AppliedMacs(env.data_dir / "infra" / "secret-applied.json")
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -72,7 +79,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def load(self, snap: Snapshot) -> InfraDesired:
         """Resources of the commit (Nickel evaluated with the infra contract)."""
-        return load_infra(snap, self.evaluator, self._file_cache, self._renderer)
+        desired = load_infra(snap, self.evaluator, self._file_cache, self._renderer)
+        return secretapply.locate_all(snap, desired, self.secrets_port, self.runtime_dir)
 
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
@@ -97,9 +105,15 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         """What the host has for every desired and inventoried resource."""
         seen: dict[str, ObservedResource] = {}
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
+        expected: dict[str, tuple[str, str]] = {}
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
             seen[r.id] = self._of(r.provider, r.id).observe(r.kind, r.id if r.kind in CLOUD_KINDS else rel, cache)
+            if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
+                seen[r.id] = self._keyed(r, seen[r.id])
+                mac = self._macs.expected(r.id, r.spec_hash)
+                if mac is not None:
+                    expected[r.id] = (r.spec_hash, mac)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
@@ -107,7 +121,21 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 seen[item.resource_id] = self._of(str(data.get("provider") or "local"), item.resource_id).observe(
                     kind, item.resource_id if kind in CLOUD_KINDS else data.get("path", ""), cache)
         orphans = cloud_checks.orphans(desired, inventory, self.providers, cache)
-        return InfraObserved(resources=seen, strays=self._strays(desired, inventory), orphans=orphans)
+        strays = self._strays(desired, inventory)
+        if not self._owner_explicit:
+            return InfraObserved(resources=seen, strays=strays, expected=expected, unclaimed=orphans)
+        return InfraObserved(resources=seen, strays=strays, expected=expected, orphans=orphans)
+
+    def _keyed(self, r: Resource, o: ObservedResource) -> ObservedResource:
+        """`o` with its content hash replaced by the keyed fingerprint of what the host holds: a plain hash of
+        a file holding a short secret would give the secret away to whoever tries candidates."""
+        if not o.exists or o.kind != "file" or r.provider != "local" or self.secrets_port is None:
+            return replace(o, content_hash="")
+        try:
+            data = secretapply.host_bytes(self.provider.resolve_str(r.path), self.runtime_dir, r.fields)
+        except PathEscapeError:
+            data = None
+        return replace(o, content_hash=self.secrets_port.fingerprint(data) if data is not None else "")
 
     def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
         """Our temporary files left in the folders we write to (by a daemon killed mid-write)."""
@@ -123,15 +151,21 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         applied = {i.resource_id: applied_spec_hash(i.data) for i in inventory if i.reconciler == self.name}
         unchanged = frozenset(rid for rid, r in desired.resources.items() if applied.get(rid) == r.spec_hash)
         changed = InfraDesired(resources={rid: r for rid, r in desired.resources.items() if rid not in unchanged})
-        seen = self.observe(changed, []).resources
-        return InfraObserved(resources=seen, strays=self._strays(desired, inventory), assumed=unchanged)
+        found = self.observe(changed, [])
+        return InfraObserved(resources=found.resources, strays=self._strays(desired, inventory), assumed=unchanged,
+                             expected=found.expected)
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
         """The host as if `desired` had been applied (for pull-request plans that read no host)."""
         seen: dict[str, ObservedResource] = {}
+        expected: dict[str, tuple[str, str]] = {}
         for r in desired.resources.values():
             f = r.fields
-            if r.kind in ("file", "systemd_unit"):
+            if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
+                # Bytes unknown without the value: as if this spec had been applied and its bytes recorded.
+                expected[r.id] = (r.spec_hash, f"simulated:{r.spec_hash}")
+                seen[r.id] = ObservedResource(True, "file", expected[r.id][1], format(int(f["mode"], 8), "04o"))
+            elif r.kind in ("file", "systemd_unit"):
                 mode = format(int(f["mode"], 8), "04o")
                 seen[r.id] = ObservedResource(True, "file", content_hash(f["content"]), mode)
             elif r.kind == "directory":
@@ -142,7 +176,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 seen[r.id] = cloud_checks.simulated(r)
             else:
                 seen[r.id] = ObservedResource(exists=True)
-        return InfraObserved(resources=seen)
+        return InfraObserved(resources=seen, expected=expected)
 
     def plan(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Action]:
         """The pure diff (reconcilers/infra/diff.py), cloud server actions priced from the cached catalogs."""
@@ -172,6 +206,11 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             where = r.path or r.fields.get("run", "") or f"on {r.provider}"
             out.append(Problem(f"drift on {r.kind} {r.id} ({where}): {f.reason}; "
                                f"policy {r.drift}", r.source, r.line, reconciler=self.name))
+        for provider, kind, rid in observed.unclaimed:
+            out.append(Problem(f"untracked {kind} {rid} on {provider} carries this repository's owner tag but no "
+                               "resource or inventory entry claims it; not deleted", reconciler=self.name,
+                               hint="set [infra] owner in stratumd.toml to let Stratum remove such objects, or "
+                                    "delete it yourself"))
         for stray in observed.strays:
             out.append(Problem(f"stray temporary file {stray} under the root: left by an interrupted apply, owned "
                                "by no resource", reconciler=self.name, hint="the next apply removes it"))
@@ -189,9 +228,11 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             found: bytes | None = None
             if before is not None:
                 old = before.resources.get(f.resource_id)
-                if old is not None and old.kind in ("file", "systemd_unit"):
+                if old is not None and old.kind in ("file", "systemd_unit") and not secretapply.uses_secrets(old):
                     found = str(old.fields["content"]).encode()
-            elif o.kind == "file" and r.kind in ("file", "systemd_unit"):
+            elif (o.kind == "file" and r.kind in ("file", "systemd_unit") and not secretapply.uses_secrets(r)
+                  and not self._macs.holds(r.id)):
+                # Never a file holding a secret, nor one that held a secret when last applied: not shown.
                 found = self._read_host(r.path)
             labels = {"found_label": "base", "expected_label": "head"} if before is not None else {}
             out[f.resource_id] = diff.explain(r, o, f, found, **labels)
@@ -229,14 +270,53 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             provider = self._of(str(data.get("provider") or "local"), action.target)
             ref = action.target if data.get("kind") in CLOUD_KINDS else data.get("path")
             note = provider.destroy(data["kind"], ref) if ref else "forgotten"
+            if not change.get("keep_inventory"):
+                self._macs.record(action.target, "", None)
+            if data.get("kind") == "systemd_unit" and data.get("path"):
+                secretapply.remove_credentials(self.runtime_dir, str(data["path"]).rpartition("/")[2])
             # A move between providers deletes the old object; the inventory entry is the new provider's.
             return Outcome(action.id, True, note, removed=not change.get("keep_inventory"))
         res = change["resource"]
-        message = self._of(str(res.get("provider") or "local"), action.target).apply(action.target, res["kind"],
-                                                                                   res["spec"])
+        provider = self._of(str(res.get("provider") or "local"), action.target)
+        if secretapply.SECRETS in res["spec"]:
+            message = self._apply_with_secrets(provider, action.target, res["kind"], res["spec"],
+                                               applied_spec_hash(str(change["inventory"])) or "")
+        else:
+            message = provider.apply(action.target, res["kind"], res["spec"])
+            self._macs.record(action.target, "", None)     # (a resource that held a secret holds none now)
         return Outcome(action.id, True, message,
                        inventory={"reconciler": self.name, "resource_id": action.target, "kind": res["kind"],
                                   "data": change["inventory"]})
+
+    def _apply_with_secrets(self, provider: Provider, rid: str, kind: str, spec: Mapping[str, Any],
+                            spec_hash: str) -> str:
+        """Resolve the references (now, and only now), apply, and remember a keyed fingerprint of the bytes
+        written. A command's output and errors have the values redacted; the original error is not chained,
+        so no traceback carries a value."""
+        resolved = secretapply.resolve(self.secrets_port, rid, spec)
+
+        def hide(text: str) -> str:
+            return secretapply.redact(text, resolved.values, resolved.refs)
+
+        try:
+            if kind == "systemd_unit" and resolved.spec.get(secretapply.CREDENTIALS):
+                secretapply.write_credentials(self.runtime_dir, str(spec["name"]),
+                                              resolved.spec[secretapply.CREDENTIALS])
+            if kind == "command" and isinstance(provider, LocalProvider):
+                # Redacted before the output is cut to its tail (see LocalProvider.run_command).
+                message = provider.command(rid, resolved.spec, hide)
+            else:
+                message = provider.apply(rid, kind, resolved.spec)
+        except StratumError as err:
+            # The same error class and fields (a TransientError keeps its `after`), the message redacted; the
+            # original is not chained, so no traceback carries a value.
+            hidden = copy.copy(err)
+            hidden.what = hide(err.what)
+            hidden.args = (hidden.render(),)
+            raise hidden from None
+        if kind in ("file", "systemd_unit") and self.secrets_port is not None:
+            self._macs.record(rid, spec_hash, self.secrets_port.fingerprint(secretapply.written_bytes(resolved.spec)))
+        return secretapply.redact(message, resolved.values, resolved.refs)
 
     def _of(self, provider: str, rid: str) -> Provider:
         """The provider a resource names (the contract in nickel/infra.ncl admits only known ones)."""
@@ -251,7 +331,14 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         if not action.compensation:
             return
         comp = json.loads(action.compensation)
-        code, output = self.provider.run_command(comp["run"], float(comp.get("timeout", 300)), comp.get("env", {}))
+        env = comp.get("env", {})
+        values: dict[str, str] = {}
+        if secretapply.SECRETS in comp:
+            resolved = secretapply.resolve(self.secrets_port, action.target, comp)
+            env, values = resolved.spec["env"], resolved.values
+        refs = comp.get(secretapply.SECRETS, {})
+        code, output = self.provider.run_command(comp["run"], float(comp.get("timeout", 300)), env,
+                                                 lambda text: secretapply.redact(text, values, refs))
         if code != 0:
             raise ApplyError(f"compensation exited {code}: {output.strip()[-400:]}", where=action.id)
 

@@ -8,7 +8,7 @@ from reconcilers.plugin import Plugin, Verb
 PLUGIN = Plugin(
     name="knowledge",
     reconciler="reconcilers.knowledge.reconciler:KnowledgeReconciler",
-    verbs=(Verb("kb", "daemon.cli.kb:kb",
+    verbs=(Verb("kb", "reconcilers.knowledge.cli:kb",
                 "Operational knowledge: runbooks, ADRs, postmortems and guidelines in knowledge/**/*.md."),),
     order=30,
 )

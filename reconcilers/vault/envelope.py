@@ -112,9 +112,11 @@ def seal(
     previous: Opened | None = None,
     rotate: bool = False,
     where: str = "",
+    kv_path: str | None = None,
 ) -> Manifest:
     """Encrypt and sign `values` for `policy` (steps: module docstring). A None policy keeps the
-    previous manifest's key groups as they are (no creation rules at hand, the data key unchanged)."""
+    previous manifest's key groups as they are (no creation rules at hand, the data key unchanged). `kv_path`
+    None keeps the previous manifest's KV path ("" = the default, kv/ + the path under secrets/)."""
     where = where or path
     if policy is None and (previous is None or rotate):
         raise RulesError(
@@ -178,6 +180,7 @@ def seal(
         lastmodified=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         shamir_threshold=threshold,
         key_groups=groups,
+        kv_path=(previous.manifest.meta.kv_path if previous is not None else "") if kv_path is None else kv_path,
     )
     return sign(backend, Manifest(data=data, meta=meta), key)
 

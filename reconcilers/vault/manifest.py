@@ -39,6 +39,7 @@ _ENC = re.compile(
     r"^ENC\[AES256_GCM,data:([A-Za-z0-9+/=]*),iv:([A-Za-z0-9+/=]+),tag:([A-Za-z0-9+/=]+),"
     r"type:(str|int|float|bool|bytes|null)\]$"
 )
+_KV_PATH = re.compile(r"^kv(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){1,16}$")
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -101,11 +102,14 @@ class Meta:
     signer: str = ""
     sig_mldsa65: bytes = b""
     sig_ed25519: bytes = b""
+    kv_path: str = ""                         # where the values appear in the vault's KV ("" = the default)
 
     def unsigned(self) -> dict[str, Any]:
-        """The block as JSON-like data without the signature (what is signed)."""
+        """The block as JSON-like data without the signature (what is signed). `kv_path` only when set, so
+        manifests signed before the field existed keep verifying."""
         b64 = _b64e
-        return {
+        extra = {"kv_path": self.kv_path} if self.kv_path else {}
+        return {**extra,
             "format": self.format,
             "version": self.version,
             "path": self.path,
@@ -336,7 +340,12 @@ def parse_meta(raw: Any, where: str) -> Meta:
     if not 1 <= threshold <= len(groups):
         raise ManifestError(f"shamir_threshold {threshold} does not fit {len(groups)} key group(s)", where=w)
     sig = raw["signature"]
+    kv_path = raw.get("kv_path", "")
+    if not isinstance(kv_path, str) or (kv_path and not _KV_PATH.match(kv_path)):
+        raise ManifestError(f"metadata field kv_path {kv_path!r} is not a KV path such as kv/app/db", where=w,
+                            hint="letters, digits, `_ . -` in `/`-separated parts under kv/")
     return Meta(
+        kv_path=kv_path,
         format=fmt,
         version=raw["version"],
         path=raw["path"],

@@ -15,6 +15,7 @@ A manifest the daemon is not a recipient of is verified but not loaded: teams ma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,7 +43,9 @@ from reconcilers.ports import SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
+from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import FileKeySource, KeySource
+from reconcilers.vault.kvpath import kv_path_of
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
@@ -403,6 +406,32 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         """The manifests in the store."""
         with self._lock:
             return sorted(self._store)
+
+    def manifest_for_kv(self, kv_path: str) -> str | None:
+        """The applied manifest whose KV path is `kv_path` (its signed kv_path, else the default)."""
+        with self._lock:
+            for path, stored in self._store.items():
+                if kv_path_of(path, stored.manifest.meta.kv_path) == kv_path:
+                    return path
+            return None
+
+    _recipient: str | None = None             # the daemon's recipient fingerprint, once read
+
+    @functools.cached_property
+    def fingerprints(self) -> FingerprintKey:
+        """The daemon's key for keyed fingerprints of secrets (fingerprints.py)."""
+        return FingerprintKey(self.state_dir / "fingerprint.key")
+
+    def recipient_fingerprint(self) -> str | None:
+        """The daemon's recipient fingerprint (public; read once), None when it has no key to read."""
+        if self._recipient is None:
+            if isinstance(self.key_source, FileKeySource) and not self.key_source.path.exists():
+                return None                   # a check only: never make the daemon's key as a side effect
+            try:
+                self._recipient = self.key_source.recipient().fingerprint
+            except (VaultError, OSError):
+                return None
+        return self._recipient
 
     def get(self, path: str, key: str | None = None) -> Any:
         """A value by manifest path and dotted key (`db.password`), or the whole mapping when key is None.

@@ -1,4 +1,4 @@
-"""`stratum kb` (daemon/cli/kb.py) through click's runner against real temp repos."""
+"""`stratum kb` (reconcilers/knowledge/cli.py) through click's runner against real temp repos."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from daemon.cli.kb import kb
+from daemon.cli.main import cli
 from tests.fixtures import WorkRepo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def repo(tmp_path: Path) -> WorkRepo:
 
 
 def run(repo: WorkRepo, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(kb, ["--repo", str(repo.path), "--data-dir", str(tmp_path / "data"), *args])
+    result = CliRunner().invoke(cli, ["kb", "--repo", str(repo.path), "--data-dir", str(tmp_path / "data"), *args])
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -51,7 +51,8 @@ def test_list_show_and_graph(repo: WorkRepo, tmp_path: Path) -> None:
 
 
 def test_show_of_an_unknown_id_is_a_stratum_error(repo: WorkRepo, tmp_path: Path) -> None:
-    result = CliRunner().invoke(kb, ["--repo", str(repo.path), "--data-dir", str(tmp_path / "d"), "show", "nope"])
+    result = CliRunner().invoke(cli, ["kb", "--repo", str(repo.path), "--data-dir", str(tmp_path / "d"), "show",
+                                      "nope"])
     assert result.exit_code == 1 and "error: " in result.stderr and "no knowledge node 'nope'" in result.stderr
 
 
@@ -61,7 +62,7 @@ def test_new_writes_a_valid_node_that_lint_accepts(repo: WorkRepo, tmp_path: Pat
     created = json.loads(out)
     text = Path(created["path"]).read_text()
     assert f"id: {created['id']}" in text and "status: proposed" in text
-    result = CliRunner().invoke(kb, ["lint", "--repo", str(repo.path), created["path"]])
+    result = CliRunner().invoke(cli, ["kb", "lint", "--repo", str(repo.path), created["path"]])
     assert result.exit_code == 0, result.output
 
 
@@ -69,7 +70,7 @@ def test_lint_fails_with_file_and_line(repo: WorkRepo, tmp_path: Path) -> None:
     bad = repo.path / "knowledge" / "notes" / "bad.md"
     bad.parent.mkdir(parents=True, exist_ok=True)
     bad.write_text("---\nid: 5b0e7c3a-2f4d-4f6e-9a8b-1c2d3e4f5a01\ntype: note\ntitle: Dup\n---\n[[Nowhere]]\n")
-    result = CliRunner().invoke(kb, ["lint", "--repo", str(repo.path), str(bad)])
+    result = CliRunner().invoke(cli, ["kb", "lint", "--repo", str(repo.path), str(bad)])
     assert result.exit_code != 0
     assert "knowledge/notes/bad.md:2: duplicate node id" in result.stderr
     assert "knowledge/notes/bad.md:6: link to nowhere" in result.stderr
@@ -79,7 +80,7 @@ def test_new_help_lists_every_node_type() -> None:
     """`kb new --help` names each type a user may pass, with what it is for."""
     from reconcilers.knowledge.node import TYPES
 
-    result = CliRunner().invoke(kb, ["new", "--help"])
+    result = CliRunner().invoke(cli, ["kb", "new", "--help"])
     assert result.exit_code == 0
     for ntype in TYPES:
         assert f"\n    {ntype} " in result.output, ntype
@@ -92,7 +93,7 @@ def test_kb_help_states_the_contracts_defaults() -> None:
 
     defaults = json.loads(nickel.run('(import "knowledge.ncl").Settings & {}',  # type: ignore[attr-defined]
                                      [str(nickel_dir())]))
-    text = CliRunner().invoke(kb, ["--help"]).output
+    text = CliRunner().invoke(cli, ["kb", "--help"]).output
     assert f'embedding.provider = "{defaults["embedding"]["provider"]}"' in text
     assert f"allow_dangling_links = {str(defaults['allow_dangling_links']).lower()}" in text
     assert f"commit_notes = {str(defaults['commit_notes']).lower()}" in text
@@ -123,7 +124,7 @@ def test_lint_flags_a_link_to_an_infra_resource_nobody_declares(tmp_path: Path) 
     note.parent.mkdir(parents=True, exist_ok=True)
     note.write_text("---\nid: 9b0e7c3a-2f4d-4f6e-9a8b-1c2d3e4f5a99\ntype: note\ntitle: Ghost\n---\n"
                     "Restart [[infra:motd]] first.\nThen look at [[infra:ghost]].\n")
-    result = CliRunner().invoke(kb, ["lint", "--repo", str(repo.path), str(note)],
+    result = CliRunner().invoke(cli, ["kb", "lint", "--repo", str(repo.path), str(note)],
                                 env={"STRATUM_DATA_DIR": str(tmp_path / "data")})
     assert result.exit_code != 0
     assert "knowledge/notes/ghost.md:7: [[infra:ghost]] names an infra resource that no infra/*.ncl declares" \

@@ -89,9 +89,9 @@ class Ops:
         assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stdout}{proc.stderr}"
         return proc.stdout.strip()
 
-    def pre_commit(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def pre_commit(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run pre-commit (the test venv's) in the repo."""
-        return _run([sys.executable, "-m", "pre_commit", *args], self.path, self.env)
+        return _run([sys.executable, "-m", "pre_commit", *args], self.path, self.env, timeout)
 
     def commit(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`git commit` with the installed hook; the process (stdout and stderr carry the hooks' output)."""
@@ -131,7 +131,7 @@ def pre_commit(tmp_path_factory: pytest.TempPathFactory) -> PreCommit:
         assert _run(["git", *args], hook_repo, env).returncode == 0, args
     rev = _run(["git", "rev-parse", "HEAD"], hook_repo, env).stdout.strip()
     shared = PreCommit(tmp / "home", hook_repo, rev)
-    installed = Ops(tmp / "ops", shared, tmp).pre_commit("install-hooks")
+    installed = Ops(tmp / "ops", shared, tmp).pre_commit("install-hooks", timeout=900)   # a real pip install
     assert installed.returncode == 0, installed.stdout[-5000:] + installed.stderr[-5000:]
     return shared
 

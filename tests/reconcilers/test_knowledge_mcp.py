@@ -33,6 +33,9 @@ from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from tests.fixtures import WorkRepo, infra, resource
 
+# `stratum` run by this interpreter (the entry point script may belong to another venv)
+STRATUM = ["-c", "from daemon.cli.main import main; main()"]
+
 
 @contextlib.asynccontextmanager
 async def _daemon_client(port: int, token: str) -> AsyncIterator[Client]:
@@ -97,7 +100,7 @@ async def _exercise(client: Client) -> None:
 def test_the_sdk_client_uses_every_surface_over_stdio(template_repo: WorkRepo, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     params = StdioServerParameters(
-        command=sys.executable, args=["-m", "daemon.cli.kb", "mcp", "--repo", str(template_repo.path),
+        command=sys.executable, args=[*STRATUM, "kb", "mcp", "--repo", str(template_repo.path),
                                       "--data-dir", str(tmp_path / "data")], env=env, cwd=str(ROOT))
 
     async def main() -> None:
@@ -119,7 +122,7 @@ def test_stdio_writes_when_enabled_commit_to_a_side_branch_never_the_work_tree(t
     main_before, status_before = repo.references["refs/heads/main"].target, repo.status()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "daemon.cli.kb", "mcp", "--repo", str(template_repo.path), "--data-dir", str(data)], env=env,
+        *STRATUM, "kb", "mcp", "--repo", str(template_repo.path), "--data-dir", str(data)], env=env,
         cwd=str(ROOT))
 
     async def main() -> dict[str, Any]:
@@ -302,7 +305,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
         rec.close()
         index.close()
     params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "daemon.cli.kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
+        *STRATUM, "kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
 
     async def over_stdio() -> dict[str, Any]:
@@ -316,7 +319,7 @@ def test_stdio_and_http_give_the_same_answers(tmp_path: Path, evaluator: Any) ->
         assert stdio[key] == http[key], key
     # `stratum kb search` ranks exactly as both MCP transports do (one searcher, one set of defaults).
     for q in QUERIES:
-        done = subprocess.run([sys.executable, "-m", "daemon.cli.kb", "search", q, "--output", "json", "--repo",
+        done = subprocess.run([sys.executable, *STRATUM, "kb", "search", q, "--output", "json", "--repo",
                                str(repo.path), "--data-dir", str(data)], cwd=ROOT, capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -390,7 +393,7 @@ def test_stdio_beside_a_running_daemon_reports_the_daemons_runs(tmp_path: Path) 
             return await runs(client)
 
     params = StdioServerParameters(command=sys.executable, args=[
-        "-m", "daemon.cli.kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
+        *STRATUM, "kb", "mcp", "--repo", str(repo.path), "--data-dir", str(data)],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
 
     async def over_stdio() -> Any:

@@ -15,7 +15,7 @@ import pygit2
 import pytest
 from click.testing import CliRunner
 
-from daemon.cli.kb import kb
+from daemon.cli.main import cli
 from daemon.control.admission import admission_settings
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
@@ -203,7 +203,7 @@ def test_commit_notes_in_the_revision_takes_effect_for_kb_new(repo: WorkRepo, tm
     """`knowledge.commit_notes = true`: `stratum kb new` commits the node it writes (default: only writes it)."""
     commit(repo, {"stratum.ncl": '{ knowledge = { commit_notes = true, embedding = { provider = "none" } } }\n'})
     before = str(pygit2.Repository(str(repo.path)).head.target)
-    out = CliRunner().invoke(kb, ["new", "note", "Rotate the keys", "--repo", str(repo.path),
+    out = CliRunner().invoke(cli, ["kb", "new", "note", "Rotate the keys", "--repo", str(repo.path),
                                   "--data-dir", str(tmp_path / "cli"), "-o", "json"])
     assert out.exit_code == 0, out.output
     git = pygit2.Repository(str(repo.path))
@@ -237,10 +237,10 @@ def test_a_repo_naming_an_embedding_url_is_rejected_and_the_url_receives_nothing
     result = kstack.pipeline.run(rev)
     assert result.status == "rejected"
     assert any(p.path == "stratum.ncl" and "host setting" in p.message for p in result.problems), result.problems
-    cli = CliRunner().invoke(kb, ["search", "signing keys", "--repo", str(repo.path),
-                                  "--data-dir", str(kstack.base.tmp / "cli")])
-    assert cli.exit_code != 0
-    assert "stratum.ncl" in cli.stderr and "host setting" in cli.stderr and "Traceback" not in cli.output
+    out = CliRunner().invoke(cli, ["kb", "search", "signing keys", "--repo", str(repo.path),
+                                   "--data-dir", str(kstack.base.tmp / "cli")])
+    assert out.exit_code != 0
+    assert "stratum.ncl" in out.stderr and "host setting" in out.stderr and "Traceback" not in out.output
     assert seen == []
 
 

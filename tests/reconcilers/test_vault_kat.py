@@ -44,10 +44,10 @@ def test_vector_files_are_the_real_ones() -> None:
     assert {len(r["pk"]) for r in MLDSA} == {1952} and {len(r["sk"]) for r in MLDSA} == {4032}
 
 
-def test_openssl_and_pqclean_are_available_here() -> None:
-    """Both pip-installable backends run; oqs is reported, never imported without liboqs."""
+def test_openssl_pqclean_and_reference_are_available_here() -> None:
+    """The three pip-installable backends run; oqs is reported, never imported without liboqs."""
     status = available()
-    assert status["openssl"] == "ok" and status["pqclean"] == "ok"
+    assert status["openssl"] == "ok" and status["pqclean"] == "ok" and status["reference"] == "ok"
     assert set(status) == set(NAMES)
 
 

@@ -1,7 +1,8 @@
 """Cloud providers of the infra reconciler, built from host settings (never from the repo).
 
     [infra]
-    owner = "ops-prod"                 # the `stratum:owner` tag on everything created (default: per data dir)
+    owner = "ops-prod"                 # the `stratum:owner` tag on everything created (default: derived from
+                                       # the repository and branch; unclaimed objects are then only reported)
     [infra.providers.aws]              # the provider name resources use (`provider = 'aws`)
     type = "aws"                       # aws | upcloud | libcloud
     region = "eu-west-1"
@@ -53,9 +54,18 @@ class Unavailable:
         raise self._fail(ref)
 
 
-def default_owner(data_dir: Path) -> str:
-    """The owner tag when the host names none: stable for one data directory."""
-    return "stratum-" + hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+def default_owner(section: Mapping[str, Any], data_dir: Path) -> str:
+    """The owner tag when the host names none: derived from the repository's identity and branch (the kernel
+    puts them in the section as `repo_identity`), so two deployments of different repositories in one account
+    never share an owner; the data directory only when no identity is known (a library caller)."""
+    identity = str(section.get("repo_identity") or data_dir.resolve())
+    return "stratum-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+def owner_explicit(section: Mapping[str, Any]) -> bool:
+    """True when the host named `[infra] owner`: only then are unclaimed objects tagged with it deleted (a
+    derived owner could still be shared by two daemons of one repository), otherwise they are reported."""
+    return bool(section.get("owner"))
 
 
 def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
@@ -83,7 +93,7 @@ def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
 
 def build(section: Mapping[str, Any], data_dir: Path) -> dict[str, CloudProvider | Unavailable]:
     """The cloud providers the host settings' `[infra.providers.*]` sections describe."""
-    owner = str(section.get("owner") or default_owner(data_dir))
+    owner = str(section.get("owner") or default_owner(section, data_dir))
     out: dict[str, CloudProvider | Unavailable] = {}
     for name, conf in dict(section.get("providers", {})).items():
         try:

@@ -3,6 +3,7 @@
 openssl   `cryptography` (OpenSSL 3.5 in its wheels)       the default
 pqclean   `pqcrypto` (PQClean C code)                      an independent implementation
 oqs       liboqs-python, only when liboqs is installed     detected without importing `oqs`
+reference `kyber-py` + `dilithium-py` (pure Python)         slow; a fourth, independent implementation
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import functools
 from reconcilers.vault.backends.base import Backend, PQSecret
 from reconcilers.vault.errors import BackendUnavailable
 
-NAMES = ("openssl", "pqclean", "oqs")
+NAMES = ("openssl", "pqclean", "oqs", "reference")
 DEFAULT = "openssl"
 
 __all__ = ["DEFAULT", "NAMES", "Backend", "PQSecret", "available", "get_backend"]
@@ -33,6 +34,10 @@ def get_backend(name: str = DEFAULT) -> Backend:
         from reconcilers.vault.backends.oqs import OqsBackend
 
         return OqsBackend()
+    if name == "reference":
+        from reconcilers.vault.backends.reference import ReferenceBackend
+
+        return ReferenceBackend()
     raise BackendUnavailable(f"unknown crypto backend {name!r}", hint=f"choose one of {', '.join(NAMES)}")
 
 

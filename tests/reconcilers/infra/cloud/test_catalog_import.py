@@ -8,7 +8,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from daemon.cli.infra import infra as infra_cli
+from daemon.cli.main import cli as stratum
 from daemon.index.store import Index
 from daemon.run.report import plan_markdown, plan_to_dict
 from reconcilers.infra.providers.catalog import Entry, store
@@ -39,11 +39,11 @@ def test_catalog_refresh_then_unknown_size_gets_did_you_mean_and_plans_show_cost
     repo.commit({"infra/c.ncl": infra(aws("web", "server", size="t2.micro", image=AMI))})
     cloud.index.close()                     # the CLI writes the index as the daemon would (one writer)
     config = settings_file(tmp_path, cloud.proxy.port, cloud.owner)
-    out = CliRunner().invoke(infra_cli, ["catalog", "refresh", "--repo", str(repo.path), "--data-dir",
+    out = CliRunner().invoke(stratum, ["infra", "catalog", "refresh", "--repo", str(repo.path), "--data-dir",
                                          str(cloud.data), "--config", str(config)])
     assert out.exit_code == 0, out.output
     assert out.output.startswith("aws: ") and " sizes, 0 images, " in out.output
-    shown = CliRunner().invoke(infra_cli, ["catalog", "show", "aws", "--repo", str(repo.path), "--data-dir",
+    shown = CliRunner().invoke(stratum, ["infra", "catalog", "show", "aws", "--repo", str(repo.path), "--data-dir",
                                            str(cloud.data), "--config", str(config)])
     assert "t2.micro" in shown.output and "/month" in shown.output
     cloud.index = Index(cloud.data / "index.duckdb")
@@ -87,7 +87,7 @@ def test_import_tags_an_existing_instance_and_the_committed_nickel_adopts_it(
     node = ec2.create_node(name="hand-made", size=NodeSize("t2.micro", "t2.micro", 0, 0, 0, 0.0, ec2),
                            image=NodeImage(AMI, AMI, ec2), ex_metadata={"team": "legacy"})
     config = settings_file(tmp_path, cloud.proxy.port, cloud.owner)
-    out = CliRunner().invoke(infra_cli, ["import", "aws", node.id, "--as", "legacy", "--repo", str(repo.path),
+    out = CliRunner().invoke(stratum, ["infra", "import", "aws", node.id, "--as", "legacy", "--repo", str(repo.path),
                                          "--data-dir", str(cloud.data), "--config", str(config)])
     assert out.exit_code == 0, out.output
     text = out.output

@@ -1,4 +1,6 @@
-"""`stratum infra`: cloud providers' catalogs and adopting existing cloud resources (issue 12).
+"""`stratum infra`: cloud providers' catalogs and adopting existing cloud resources (issue 12). The verbs reach
+the host settings and the index through the kernel's VerbHost in click's ctx.obj (a reconciler never imports
+the daemon).
 
     stratum infra catalog refresh [--provider NAME]   fetch sizes, images, zones (and prices) into the index
     stratum infra catalog show NAME [--kind size]     list a cached catalog
@@ -7,22 +9,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from daemon.cli.common import common_options, emit_json, output_option, settings_from
-from daemon.cli.errors import handle_errors
-from daemon.errors import SettingsError
+from reconcilers.errors import SettingsError
+from reconcilers.ports import VerbHost
+
+_OPTIONS = ("repo", "data_dir", "config", "branch", "root")
 
 
-def _providers(settings: Any, only: str | None = None) -> dict[str, Any]:
+def _common(fn: Any) -> Any:
+    for option in reversed([
+        click.option("--repo", default=None, help="repository path or URL (default: the current directory)"),
+        click.option("--data-dir", default=None, help="state directory (default: one per repository)"),
+        click.option("--config", default=None, help="host settings file (default: <data-dir>/stratumd.toml)"),
+        click.option("--branch", default=None, help="branch (default: main)"),
+        click.option("--root", default=None, help="root of the local provider (default: <data-dir>/root)"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _host() -> VerbHost:
+    host = click.get_current_context().find_root().obj
+    if host is None or not hasattr(host, "workspace"):
+        raise SettingsError("`stratum infra` runs under the `stratum` command (it needs the daemon's ports)",
+                            hint="run `stratum infra ...`")
+    verb_host: VerbHost = host
+    return verb_host
+
+
+def _providers(section: Mapping[str, Any], data_dir: Path, only: str | None = None) -> dict[str, Any]:
     from reconcilers.infra.providers import build
     from reconcilers.infra.providers.cloud import CloudProvider
 
-    section = settings.reconciler_settings().get("infra", {})
-    found = build(section, settings.data_dir)
+    found: dict[str, Any] = dict(build(section, data_dir))
     if only is not None:
         if only not in found:
             raise SettingsError(f"no cloud provider {only!r} in the host settings",
@@ -46,49 +70,37 @@ def catalog_group() -> None:
 
 
 @catalog_group.command("refresh")
-@common_options
+@_common
 @click.option("--provider", default=None, help="only this provider (default: every configured one)")
-@handle_errors
-def refresh(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-            root: Path | None, provider: str | None) -> None:
-    """Fetch the catalogs from the providers' APIs into the index (run it while the daemon is stopped, or
-    on a host whose daemon shares this data directory read-only)."""
-    from daemon.index.store import Index
+def refresh(provider: str | None, **options: Any) -> None:
+    """Fetch the catalogs from the providers' APIs into the index."""
     from reconcilers.infra.providers.catalog import store
 
-    settings = settings_from(repo, data_dir, config_file, branch, root)
-    providers = _providers(settings, provider)
-    index = Index(settings.index_path)
-    try:
+    with _host().workspace({k: options.get(k) for k in _OPTIONS}) as ws:
+        providers = _providers(dict(ws.host.get("infra", {})), ws.data_dir, provider)
         for name, p in sorted(providers.items()):
             entries = p.catalog()
-            store(index, name, entries)
+            store(ws.index, name, entries)
             kinds = {k: sum(1 for e in entries if e.kind == k) for k in ("size", "image", "zone")}
             click.echo(f"{name}: {kinds['size']} sizes, {kinds['image']} images, {kinds['zone']} zones")
-    finally:
-        index.close()
 
 
 @catalog_group.command("show")
-@common_options
-@output_option
+@_common
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text", help="output format")
 @click.argument("provider")
 @click.option("--kind", type=click.Choice(["size", "image", "zone"]), default="size")
-@handle_errors
-def show(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-         root: Path | None, output: str, provider: str, kind: str) -> None:
+def show(output: str, provider: str, kind: str, **options: Any) -> None:
     """List one provider's cached catalog entries of a kind."""
-    from daemon.index.store import Index
+    import json
+
     from reconcilers.infra.providers.catalog import load, money
 
-    settings = settings_from(repo, data_dir, config_file, branch, root)
-    index = Index(settings.index_path, read_only=True)
-    try:
-        entries = sorted(load(index).get(provider, {}).get(kind, {}).values(), key=lambda e: e.id)
-    finally:
-        index.close()
+    with _host().workspace({k: options.get(k) for k in _OPTIONS}) as ws:
+        entries = sorted(load(ws.index).get(provider, {}).get(kind, {}).values(), key=lambda e: e.id)
     if output == "json":
-        emit_json([{"id": e.id, "name": e.name, "price_hourly": e.price_hourly} for e in entries])
+        click.echo(json.dumps([{"id": e.id, "name": e.name, "price_hourly": e.price_hourly} for e in entries],
+                              indent=2))
         return
     if not entries:
         click.echo(f"no {kind} catalog cached for {provider}: run `stratum infra catalog refresh`")
@@ -97,20 +109,18 @@ def show(repo: str | None, data_dir: Path | None, config_file: Path | None, bran
 
 
 @infra.command("import")
-@common_options
+@_common
 @click.argument("provider")
 @click.argument("native_id")
 @click.option("--as", "name", required=True, help="the resource id to give it in infra/")
 @click.option("--kind", type=click.Choice(["server", "network", "subnet", "firewall", "volume"]),
               default="server")
-@handle_errors
-def import_(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-           root: Path | None, provider: str, native_id: str, name: str, kind: str) -> None:
+def import_(provider: str, native_id: str, name: str, kind: str, **options: Any) -> None:
     """Tag an existing cloud object as resource NAME of this repository and print the Nickel to commit
     (the first apply records its spec in place; nothing is replaced)."""
     from reconcilers.infra.providers.nickel_out import to_nickel
 
-    settings = settings_from(repo, data_dir, config_file, branch, root)
-    p = _providers(settings, provider)[provider]
-    obj = p.adopt(kind, native_id, name)
+    with _host().open("infra", {k: options.get(k) for k in _OPTIONS}) as env:
+        p = _providers(dict(env.settings.get("infra", {})), env.data_dir, provider)[provider]
+        obj = p.adopt(kind, native_id, name)
     click.echo(to_nickel(provider, obj, name))

@@ -1,4 +1,9 @@
-"""`stratum kb`: create, show, search, list, graph, lint the knowledge nodes; serve them over MCP (stdio)."""
+"""`stratum kb`: create, show, search, list, graph, lint the knowledge nodes; serve them over MCP (stdio).
+
+The knowledge plugin's verbs (reconcilers/knowledge/plugin.py). They reach the repository and the index through
+the kernel's VerbHost in click's root `ctx.obj` (reconcilers/ports.py), so this package never imports the daemon;
+errors are rendered by the `stratum` group's one error handler.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
-from daemon.cli.common import handle_errors
-from daemon.errors import InputError
 from reconcilers.base import Problem
+from reconcilers.errors import InputError, SettingsError
 from reconcilers.knowledge.node import TYPES
+from reconcilers.ports import VerbHost
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,15 +38,24 @@ def _output(fn: F) -> F:
                         help="Output format.")(fn)
 
 
+def _host(ctx: click.Context) -> VerbHost:
+    host = ctx.find_root().obj
+    if host is None or not hasattr(host, "workspace"):
+        raise SettingsError("`stratum kb` runs under the `stratum` command (it needs the kernel's ports)",
+                            hint="run `stratum kb ...`")
+    verb_host: VerbHost = host
+    return verb_host
+
+
 def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> Any:
-    from daemon import log  # noqa: F401  first: the knowledge modules then get structlog without rich (see there)
-    from daemon.run.workspace import open_workspace
     from reconcilers.knowledge.knowledge_base import KnowledgeBase
 
     obj = ctx.find_object(dict) or {}
-    base = KnowledgeBase(open_workspace(repo or obj.get("repo") or ".", data_dir or obj.get("data_dir"),
-                                        branch=branch or obj.get("branch")))
-    ctx.call_on_close(base.close)  # stops the embedding worker and closes the index when the verb ends
+    options = {"repo": repo or obj.get("repo") or ".", "data_dir": data_dir or obj.get("data_dir"),
+               "branch": branch or obj.get("branch")}
+    # The index closes when the verb ends; the embedding worker stops first (closers run last-in, first-out).
+    base = KnowledgeBase(ctx.with_resource(_host(ctx).workspace(options)))
+    ctx.call_on_close(base.close)
     return base
 
 
@@ -96,7 +110,6 @@ TYPE is one of:
 
 
 @kb.command("new", help=NEW_HELP)
-@handle_errors
 @click.argument("ntype", metavar="TYPE", type=click.Choice(TYPES))
 @click.argument("title")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeatable), e.g. --tag runbook.")
@@ -115,7 +128,6 @@ def new(ctx: click.Context, ntype: str, title: str, tags: tuple[str, ...], commi
 
 
 @kb.command("show")
-@handle_errors
 @click.argument("ref", metavar="ID")
 @_common
 @_output
@@ -148,7 +160,6 @@ def _filters(types: tuple[str, ...], tags: tuple[str, ...], status: tuple[str, .
 
 
 @kb.command("search")
-@handle_errors
 @click.argument("query")
 @click.option("--type", "types", multiple=True, type=click.Choice(TYPES), help="Only this type (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Only nodes with this tag (repeatable: all must match).")
@@ -183,7 +194,6 @@ def search(ctx: click.Context, query: str, types: tuple[str, ...], tags: tuple[s
 
 
 @kb.command("list")
-@handle_errors
 @click.option("--type", "types", multiple=True, type=click.Choice(TYPES))
 @click.option("--tag", "tags", multiple=True)
 @click.option("--status", multiple=True)
@@ -203,7 +213,6 @@ def list_(ctx: click.Context, types: tuple[str, ...], tags: tuple[str, ...], sta
 
 
 @kb.command("graph")
-@handle_errors
 @click.argument("ref", metavar="[ID]", required=False)
 @click.option("--depth", default=2, show_default=True, type=click.IntRange(1, 5))
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
@@ -245,31 +254,27 @@ def _whole_graph(g: Any, fmt: str) -> None:
         click.echo(f"{len(g.nodes)} nodes, {len(edges)} links")
 
 
-def _infra_ids(root: Path) -> set[str] | None:
+def _infra_ids(ctx: click.Context, root: Path) -> set[str] | None:
     """The ids (`infra:<id>`) the staged infra/ declares, or None when it cannot be evaluated (validate says
     why): what `[[infra:...]]` links must name."""
-    from daemon.cli.common import settings_from
-    from daemon.git.source import GitSource
-    from daemon.nickel.evaluator import Evaluator
-    from daemon.run.runtime import build_reconcilers
+    from reconcilers.registry import REGISTRY, factory
 
-    settings = settings_from(str(root), None, None, None, None)
-    evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb)
-    try:
-        built, _ = build_reconcilers(settings, evaluator, ("infra",))
-        infra = built.get("infra")
-        if infra is None:
+    if "infra" not in REGISTRY:
+        return None
+    with _host(ctx).open("infra", {"repo": str(root)}) as env:
+        if env.revisions is None:
             return None
-        desired = infra.load(GitSource(str(root), "HEAD", settings.data_dir).staged_snapshot())
-        if infra.validate(desired):
-            return None
-        return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}
-    finally:
-        evaluator.close()
+        infra = factory("infra")(env)
+        try:
+            desired = infra.load(env.revisions.staged_snapshot())
+            if infra.validate(desired):
+                return None
+            return {f"infra:{row[1]}" for row in infra.resource_rows(desired)}
+        finally:
+            infra.close()
 
 
 @kb.command("lint")
-@handle_errors
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_common
 @_output
@@ -292,7 +297,7 @@ def lint(ctx: click.Context, files: tuple[Path, ...], repo: str | None, data_dir
     problems = list(checked.problems)
     infra_links = [e for e in checked.graph.edges
                    if e.resolved.startswith("infra:") and (not wanted or e.path in wanted)]
-    known = _infra_ids(root) if infra_links else set()
+    known = _infra_ids(ctx, root) if infra_links else set()
     if known is not None:
         problems += [Problem(f"[[{e.target}]] names an infra resource that no infra/*.ncl declares", e.path,
                              e.line, reconciler="knowledge",
@@ -311,7 +316,6 @@ def lint(ctx: click.Context, files: tuple[Path, ...], repo: str | None, data_dir
 
 
 @kb.command("guidelines")
-@handle_errors
 @_common
 @_output
 @click.pass_context
@@ -330,7 +334,6 @@ def guidelines(ctx: click.Context, repo: str | None, data_dir: Path | None, bran
 
 
 @kb.command("mcp")
-@handle_errors
 @_common
 @click.pass_context
 def mcp(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> None:
@@ -342,9 +345,3 @@ def mcp(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str
     # stdout carries the protocol: every log line must go to stderr in this process.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     serve_stdio(_kb(ctx, repo, data_dir, branch))
-
-
-if __name__ == "__main__":   # `python -m daemon.cli.kb ...` works before the `stratum` entry point is wired
-    from daemon.cli.errors import run_standalone
-
-    sys.exit(run_standalone(kb))

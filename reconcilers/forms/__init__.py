@@ -1,0 +1,1 @@
+"""Forms that generate infrastructure: TOML wizards whose answers become reviewed Nickel (issue 14)."""

@@ -1,0 +1,17 @@
+# Spanish texts of forms/local-service.toml (`stratum form run local-service --locale es`, or LANG=es_ES.UTF-8).
+form-title = Un nuevo servicio local
+form-description = Un directorio, un fichero de configuración generado desde una plantilla y una unidad systemd para un servicio de esta máquina.
+name-prompt = Nombre del servicio
+name-placeholder = api-facturas
+name-help = Letras minúsculas, cifras y guiones; da nombre al directorio, a la unidad y al fichero.
+port-prompt = Puerto TCP
+workers-prompt = Procesos de trabajo
+runtime-prompt = Qué ejecuta el servicio
+runtime-option-python = El http.server de Python (para empezar)
+runtime-option-command = Una orden propia
+command-prompt = Orden que se ejecuta
+command-placeholder = /usr/bin/mi-servicio --port 8080
+command-help = La ruta absoluta del programa y sus argumentos.
+restart-prompt = ¿Reiniciarlo cuando falle?
+owner-prompt = Equipo responsable
+constraint-workers_fit_port = más de 16 procesos necesitan un puerto propio (no el 8080)
