@@ -179,12 +179,19 @@ class CloudStack(Stack):
     unique owner tag per stack, so stacks sharing the moto server never see each other's objects."""
 
     def __init__(self, tmp: Path, location: Path, evaluator: Evaluator, proxy: FaultProxy,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, *, explicit_owner: bool = True) -> None:
         super().__init__(tmp, location, evaluator=evaluator)
         self.owner = f"test-{uuid.uuid4().hex[:10]}"
         self.proxy = proxy
         self.settings = settings or aws_settings(proxy.port, self.owner, self.root)
-        self.settings["infra"]["owner"] = self.owner
+        if explicit_owner:
+            self.settings["infra"]["owner"] = self.owner
+        else:                                 # derived from the repository, as a host without [infra] owner
+            self.settings["infra"].pop("owner", None)
+            self.settings["infra"]["repo_identity"] = f"{location}#main-{self.owner}"
+            from reconcilers.infra.providers import default_owner
+
+            self.owner = default_owner(self.settings["infra"], self.data)
         self.infra.close()
         self.infra = InfraReconciler(ReconcilerEnv(data_dir=self.data, settings=self.settings,
                                                    evaluator=evaluator))

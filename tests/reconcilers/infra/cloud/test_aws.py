@@ -214,3 +214,32 @@ def test_an_api_that_does_not_answer_times_out_and_rolls_back(cloud: CloudStack,
             stack.close()
     finally:
         silent.close()
+
+
+def test_without_an_owner_setting_unclaimed_objects_are_reported_not_deleted(
+        tmp_path: Path, repo: WorkRepo, evaluator: Any, proxy: Any, ec2: Any) -> None:
+    """With no `[infra] owner` the owner tag derives from the repository and branch (two repositories under
+    one data directory path get different owners), and an object carrying it that nothing claims is reported
+    as drift, never deleted: a derived owner could be shared by two daemons of one repository."""
+    from reconcilers.infra.providers import default_owner
+    from reconcilers.infra.providers.aws import AwsBackend
+
+    one = default_owner({"repo_identity": "git@example.com:a/ops.git#main"}, Path("/var/lib/stratum"))
+    two = default_owner({"repo_identity": "git@example.com:b/ops.git#main"}, Path("/var/lib/stratum"))
+    assert one != two
+    stack = CloudStack(tmp_path / "derived", repo.path, evaluator, proxy, explicit_owner=False)
+    try:
+        AwsBackend(ec2).create("network", "ghost", {"cidr": "10.7.0.0/16"},
+                               {TAG_ID: "ghost", TAG_OWNER: stack.owner},
+                               lambda k, r: (_ for _ in ()).throw(AssertionError("no references")))
+        repo.commit({"infra/cloud.ncl": infra(aws("net", "network", cidr="10.2.0.0/16"))})
+        report = stack.pipeline.plan("main")
+        assert [a.summary for a in report.actions] == ["create network net on aws (10.2.0.0/16)"]
+        assert [p.message for p in report.drift] == [
+            "untracked network ghost on aws carries this repository's owner tag but no resource or inventory "
+            "entry claims it; not deleted"]
+        assert stack.run().status == "succeeded"
+        mine = ec2.ex_list_networks(filters={f"tag:{TAG_OWNER}": stack.owner})
+        assert sorted(n.extra["tags"][TAG_ID] for n in mine) == ["ghost", "net"]
+    finally:
+        stack.close()
