@@ -190,9 +190,11 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 or any(i.kind in CLOUD_KINDS for i in inventory if i.reconciler == self.name))
 
     def _catalogs(self) -> catalog.Catalogs:
+        import duckdb
+
         try:
             return catalog.load(self.index_port)
-        except Exception:  # noqa: BLE001 a catalog is a courtesy: without one, values are not checked or priced
+        except (duckdb.Error, OSError):       # a catalog is a courtesy: without one, nothing is checked or priced
             return {}
 
     def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Problem]:
@@ -243,7 +245,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                                                               self._catalogs()).items():
                 key = action_id.split(":", 1)[1]
                 detail = dict(out.get(key) or {"resource": key, "kind": "server", "differences": []})
-                detail["cost"] = {"provider": provider, "hourly": hourly}
+                detail["tally"] = cost.tally(provider, hourly)
                 out[key] = detail
         return out
 

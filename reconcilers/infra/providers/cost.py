@@ -84,3 +84,13 @@ def totals(cost: Mapping[str, tuple[str, float]]) -> dict[str, dict[str, Any]]:
         row["hourly"] += hourly
         row["monthly"] += hourly * HOURS_PER_MONTH
     return out
+
+
+TALLY_TITLE = "Cost change (provider's currency)"
+
+
+def tally(provider: str, hourly: float) -> dict[str, Any]:
+    """An action detail's `tally` (the kernel's plan report sums tallies by title and key, whatever the
+    reconciler): this action's price change on `provider`."""
+    return {"title": TALLY_TITLE, "key": provider,
+            "values": {"per hour": hourly, f"per month ({HOURS_PER_MONTH} h)": hourly * HOURS_PER_MONTH}}

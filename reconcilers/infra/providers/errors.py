@@ -21,6 +21,7 @@ from reconcilers.errors import ApplyError, StratumError, TerminalError, Transien
 
 T = TypeVar("T")
 _THROTTLED = ("RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequests", "SlowDown")
+MAX_RETRY_AFTER = 300.0
 _CREDENTIALS_HINT = "check the provider's credentials in the host settings ([infra.providers.NAME]) or environment"
 
 
@@ -62,7 +63,8 @@ def _retry_after(err: BaseException) -> float | None:
     headers = getattr(err, "headers", None) or {}
     value = headers.get("retry-after") if isinstance(headers, dict) else None
     try:
-        return float(value) if value is not None else None
+        # Capped: a hostile or broken endpoint must not park an apply thread for hours.
+        return min(float(value), MAX_RETRY_AFTER) if value is not None else None
     except ValueError:
         return None
 

@@ -30,15 +30,9 @@ from daemon.run.retry import RetryPolicy
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
 from tests.fixtures import Stack, WorkRepo
+from tests.servers import free_port
 
 MOTO_NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +62,10 @@ def moto_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             proc.kill()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture
 def moto_namespace() -> Iterator[None]:
-    """libcloud parses moto's answers only with moto's namespace (a moto quirk; see the module docstring)."""
+    """libcloud parses moto's answers only with moto's namespace (a moto quirk; see the module docstring):
+    set for one test that talks to moto, restored after it."""
     from libcloud.compute.drivers import ec2
 
     old = ec2.NAMESPACE
@@ -160,7 +155,7 @@ class FaultProxy:
 
 
 @pytest.fixture
-def proxy(moto_port: int) -> Iterator[FaultProxy]:
+def proxy(moto_port: int, moto_namespace: None) -> Iterator[FaultProxy]:
     """A fresh fault-injecting proxy in front of the session's moto."""
     p = FaultProxy(moto_port)
     yield p
