@@ -42,6 +42,8 @@ class Plugin:
     reconciler: str
     verbs: tuple[Verb, ...] = ()
     order: int = 100
+    # "module:function" run by `stratumd --worker` (data_dir, roles, queue_url) -> exit code; "" for none
+    worker: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from reconcilers import bounded_yaml
 from reconcilers.base import Problem
 from reconcilers.ports import Snapshot
 from reconcilers.records import FileEntry
+from reconcilers.workers import stop_worker
 
 MAX_NICKEL_BYTES = 1024 * 1024
 WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits
@@ -213,14 +214,7 @@ class _Worker:
 
     def kill(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            for pipe in (self.proc.stdin, self.proc.stdout):
-                if pipe is not None:
-                    try:
-                        pipe.close()
-                    except BrokenPipeError:
-                        pass  # unflushed request bytes to a dead worker: nothing to keep
+            stop_worker(self.proc)
             self.proc = None
 
 

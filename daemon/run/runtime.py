@@ -70,6 +70,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
     sections = settings.reconciler_settings()
     if one_shot:
         sections.setdefault("knowledge", {})["defer_embedding"] = True
+        sections.setdefault("agents", {})["one_shot"] = True      # no agent service in a process about to end
     shared = workspace(source, index, settings.data_dir, sections) if source is not None and index is not None \
         else None
     base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,

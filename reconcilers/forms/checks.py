@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import graphlib
+import re
 
 from reconcilers.forms import answers, expr
 from reconcilers.forms.model import Element, Form
@@ -93,4 +94,17 @@ def check_form(form: Form) -> list[Problem]:
                             hint="an element cannot be shown depending on itself; break the cycle"))
     for c in form.constraints:
         out += _check_expression(form, c.check, c.line, known, f"constraint {c.name}")[0]
+    return out + _check_target(form, known)
+
+
+def _check_target(form: Form, known: set[str]) -> list[Problem]:
+    """The target names known elements and, filled in, is a .ncl file under infra/ (no empty or dot parts)."""
+    out: list[Problem] = []
+    for name in re.findall(r"\{([^}]*)\}", form.target):
+        if name not in known:
+            out.append(_problem(form, f"target {form.target} names {{{name}}}, which is not an element", 0))
+    parts = re.sub(r"\{[^}]*\}", "x", form.target).split("/")
+    if parts[0] != "infra" or not form.target.endswith(".ncl") or any(p in ("", ".", "..") for p in parts):
+        out.append(_problem(form, f"target {form.target} must be a .ncl file under infra/", 0,
+                            hint='for example target = "infra/services/{name}.ncl"'))
     return out

@@ -22,7 +22,7 @@ import yaml
 
 from reconcilers import bounded_yaml
 from reconcilers.base import ReconcilerEnv
-from reconcilers.errors import InputError, SettingsError
+from reconcilers.errors import InputError, SettingsError, StratumError
 from reconcilers.forms.forge import forge_from
 from reconcilers.forms.loader import load_forms
 from reconcilers.forms.session import FormSession
@@ -195,8 +195,7 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             result = FormApp(session, defaults, principal_of(options.get("repo"))).run()
             if result is None:
                 raise InputError("the form was closed before it was submitted: nothing was written")
-            _print(replace(result, plan=_host().plan_markdown({k: options.get(k) for k in _OPTIONS},
-                                                               session.snap.revision, result.commit)))
+            _print(_with_kernel_plan(result, options, session.snap.revision))
             return
         if answers_file is not None:
             raw = {**defaults, **read_answers(answers_file)}
@@ -218,15 +217,25 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
         if dry_run:
             click.echo(preview.plan)
             return
-        sub = session.submit(checked.answers, principal_of(options.get("repo")), preview)
-    # The kernel's plan of the new branch against the watched one: what a reviewer of the pull request reads.
-    sub = replace(sub, plan=_host().plan_markdown({k: options.get(k) for k in _OPTIONS}, session.snap.revision,
-                                                  sub.commit))
+        principal = principal_of(options.get("repo"))
+        sub = session.submit(checked.answers, principal, preview, review=False)
+        # The pull request carries the kernel's plan, the one CI posts for it (`stratum plan --base --head`).
+        sub = session.review(_with_kernel_plan(sub, options, session.snap.revision), principal)
     if output == "json":
         click.echo(json.dumps({"branch": sub.branch, "commit": sub.commit, "files": list(sub.files),
                                "plan": sub.plan, "pull_request": sub.review, "pull_request_error": sub.review_error}))
         return
     _print(sub)
+
+
+def _with_kernel_plan(sub: Submission, options: Mapping[str, Any], base: str) -> Submission:
+    """The submission with the kernel's plan of its branch against the watched one (what a reviewer of the pull
+    request reads); the form's own plan when the kernel cannot plan it (the branch stands either way)."""
+    try:
+        return replace(sub, plan=_host().plan_markdown({k: options.get(k) for k in _OPTIONS}, base, sub.commit))
+    except StratumError as err:
+        click.echo(f"warning: the full plan could not be made ({err.what}); the form's own plan follows", err=True)
+        return sub
 
 
 def _print(sub: Submission) -> None:

@@ -103,7 +103,8 @@ def target_path(form: Form, answers: Mapping[str, Any]) -> str:
                              hint=f"give {m.group(1)} a value such as my-service")
         return str(value)
     path = _PLACEHOLDER.sub(fill, form.target)
-    if not path.startswith("infra/") or not path.endswith(".ncl") or ".." in path.split("/"):
+    parts = path.split("/")
+    if parts[0] != "infra" or not path.endswith(".ncl") or any(p in ("", ".", "..") for p in parts):
         raise InputError(f"target {path} must be a .ncl file under infra/", where=form.path)
     return path
 
@@ -149,15 +150,17 @@ def render(form: Form, snap: Snapshot, answers: Mapping[str, Any], secret_refs: 
 
 
 def generate(form: Form, snap: Snapshot, answers: Mapping[str, Any], literals: Mapping[str, str],
-             secret_refs: Mapping[str, str], evaluator: Evaluator, renderer: TemplateRenderer) -> Generated:
+             secret_refs: Mapping[str, str], evaluator: Evaluator, renderer: TemplateRenderer,
+             extra: Mapping[str, str] | None = None) -> Generated:
     """Render, lay over `snap` and evaluate with the infra contracts; raises InputError (template:line and the
     Nickel error) when the result would not validate. The template sees the answers, their Nickel literals
-    as `ncl` and passwords only as secret references; the header records the answers alone."""
+    as `ncl` and passwords only as secret references; the header records the answers alone. `extra` files
+    (the secret manifests) are laid over the base too."""
     path = target_path(form, answers)
     guard(form, snap, path)
     body = render(form, snap, {**answers, "ncl": dict(literals)}, secret_refs, renderer)
     text = header(form, answers) + body
-    infra = load_infra(Overlay(snap, {path: text}), evaluator, renderer=renderer)
+    infra = load_infra(Overlay(snap, {**(extra or {}), path: text}), evaluator, renderer=renderer)
     mine = [p for p in infra.problems if p.path == path]
     if mine:
         where, message = explain(form, mine, path, text)

@@ -142,7 +142,13 @@ def check_bundles(form: Form, snap: Snapshot) -> list[Problem]:
                                    reconciler="forms", hint=f"add {path} or drop {locale} from `locales`"))
             continue
         text = snap.text(entry, MAX_BUNDLE)
-        for item in FluentParser().parse(text).body:
+        try:
+            body = FluentParser().parse(text).body
+        except RecursionError:
+            # The parser recurses into nested placeables: `x = {{{{...` overflows the stack.
+            out.append(Problem("Fluent: placeables nested too deeply", path, reconciler="forms"))
+            continue
+        for item in body:
             if isinstance(item, ast.Junk):
                 start = item.span.start if item.span is not None else 0
                 note = item.annotations[0].message if item.annotations else "not Fluent syntax"
@@ -160,7 +166,10 @@ class Localizer:
         if form is not None and snap is not None:
             entry = snap.entry(bundle_path(form, locale))
             if entry is not None and entry.size <= MAX_BUNDLE:
-                self.bundle.add_resource(FluentResource(snap.text(entry, MAX_BUNDLE)))
+                try:
+                    self.bundle.add_resource(FluentResource(snap.text(entry, MAX_BUNDLE)))
+                except RecursionError:
+                    pass                  # refused by check_bundles at validate; the form's own texts stand
 
     def get(self, message_id: str, default: str, **args: Any) -> str:
         """The message `message_id` (with `args`), or `default` when the bundle lacks it."""

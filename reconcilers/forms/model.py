@@ -222,6 +222,9 @@ def parse_form(path: str, text: str) -> Form:
     except tomllib.TOMLDecodeError as err:
         match = re.search(r"line (\d+)", str(err))
         raise FormError(f"TOML: {err}", int(match.group(1)) if match else 0) from err
+    except RecursionError as err:
+        # tomllib parses nested arrays and inline tables recursively: `a = [[[[...` overflows the stack.
+        raise FormError("TOML: arrays or tables nested too deeply") from err
     loc = Locator(text)
     head = data.get("form")
     form_line = loc.table("form")

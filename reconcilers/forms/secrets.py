@@ -3,8 +3,9 @@
 The values of a form's password elements are sealed into one manifest, `secrets/forms/<form>-<target>.yaml`,
 for the recipients of the repository's creation rules (secrets/rules.ncl of the base revision), signed by the
 key of whoever runs the form (their keyring, as `stratum secret set` signs; the daemon's web backend uses the
-host's `[forms] key_file`). The generated Nickel gets only references, `<manifest path>#<element>`, which the
-secrets port resolves at apply time. A signer the rules do not trust is refused here, before any commit.
+host's `[forms] key_file`). The generated Nickel gets only references: the template's `ncl.<element>` is the
+infra contract's `{ secret = "kv/forms/<form>-<target>", key = "<element>" }` (the manifest's KV path), which
+the vault resolves at apply time only. A signer the rules do not trust is refused here, before any commit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from reconcilers.ports import Evaluator, Snapshot
 from reconcilers.vault import envelope, manifest
 from reconcilers.vault.backends import get_backend
 from reconcilers.vault.keys import KeyRing
+from reconcilers.vault.kvpath import kv_path_of
 from reconcilers.vault.rules import load_snapshot
 
 SealPasswords = Callable[[Form, Snapshot, Mapping[str, str], str], tuple[dict[str, str], dict[str, str]]]
@@ -48,5 +50,6 @@ def vault_sealer(evaluator: Evaluator, keyring: Callable[[], KeyRing], backend: 
         policy = rules.policy_for(path)
         sealed = envelope.seal(get_backend(backend), dict(passwords), path=path, policy=policy, key=key,
                                where=f"form {form.name}")
-        return {path: manifest.render(sealed)}, {name: f"{path}#{name}" for name in passwords}
+        kv = kv_path_of(path)
+        return {path: manifest.render(sealed)}, {name: f"{kv}#{name}" for name in passwords}
     return seal

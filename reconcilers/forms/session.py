@@ -26,6 +26,7 @@ from reconcilers.forms.output import (
     branch_name,
     commit_submission,
     decision_node,
+    decision_path,
     nickel_literal,
     plan_markdown,
 )
@@ -47,6 +48,7 @@ class Preview:
     files: dict[str, str]
     plan: str
     branch: str
+    made: dt.datetime          # when it was previewed: names the branch and the decision node
 
 
 class FormSession:
@@ -161,32 +163,41 @@ class FormSession:
                                  "(`stratum secret init`); the web backend needs the host's [forms] key_file")
             manifests, refs = self.seal(self.form, self.snap, secret, target_path(self.form, plain))
             files.update(manifests)
-            literals.update({k: nickel_literal(v) for k, v in refs.items()})
-        generated = generate(self.form, self.snap, plain, literals, refs, self.evaluator, self.renderer)
+            # In Nickel a password is the infra contract's secret reference record, never its value.
+            literals.update({k: nickel_literal(dict(zip(("secret", "key"), v.split("#", 1), strict=True)))
+                             for k, v in refs.items()})
+        generated = generate(self.form, self.snap, plain, literals, refs, self.evaluator, self.renderer, files)
         files[generated.target] = generated.nickel
         now = self.clock()
         branch = branch_name(self.form, now)
         base = load_infra(self.snap, self.evaluator, renderer=self.renderer)
-        plan = plan_markdown(self.form, base, generated, branch, self.watched, files)
-        return Preview(generated, files, plan, branch)
+        decision = decision_path(self.form, now)
+        plan = plan_markdown(self.form, base, generated, branch, self.watched, [*files, decision])
+        return Preview(generated, files, plan, branch, now)
 
     # 5. submit -----------------------------------------------------------------------------------------
-    def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None) -> Submission:
-        """Commit the preview's files and a decision node to a new branch (never the watched one)."""
+    def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None,
+               review: bool = True) -> Submission:
+        """Commit the preview's files and a decision node to a new branch (never the watched one); then, with a
+        forge configured and `review`, open the pull request (`review=False`: the caller opens it with
+        `review()` once it has a fuller plan)."""
         preview = preview or self.preview(answers)
         path, text = decision_node(self.form, answers, principal, preview.generated.target, preview.branch,
-                                   self.clock())
+                                   preview.made)
         files = {**preview.files, path: text}
         sub = commit_submission(self.form, self.snap, preview.generated, files, self.writer, principal,
-                                preview.plan, preview.branch)
+                                preview.plan, preview.branch, preview.generated.target)
+        return self.review(sub, principal) if review else sub
+
+    def review(self, sub: Submission, principal: str) -> Submission:
+        """Open the pull request of `sub` (its plan as the text) when a forge is configured."""
         if self.forge is None:
             return sub
         from reconcilers.forms.forge import open_review
 
-        title = f"form {self.form.name}: {preview.generated.target}"
+        title = f"form {self.form.name}: {sub.target}"
         try:
-            url = open_review(self.forge, sub.branch, self.watched, title,
-                              f"{sub.plan}\nSubmitted-by: {principal}\n")
+            url = open_review(self.forge, sub.branch, self.watched, title, f"{sub.plan}\nSubmitted-by: {principal}\n")
         except StratumError as err:
             return replace(sub, review_error=err.render())
         return replace(sub, review=url)

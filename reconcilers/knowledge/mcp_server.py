@@ -182,6 +182,9 @@ def build_server(get_kb: Callable[[], KnowledgeBase], *, writes: bool = False, v
 
     if writes:
         _write_tools(server, get_kb)
+    from reconcilers.agents.mcp_tools import register as agent_tools  # agent task approvals (issue 13)
+
+    agent_tools(server, tool, lambda: get_kb().data_dir, writes=writes, principal=principal_of)
 
     @tool(server)
     def export(type: str | None = None, ids: list[str] | None = None, tags: list[str] | None = None) -> str:

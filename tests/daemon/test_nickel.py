@@ -51,7 +51,7 @@ def test_many_files_are_evaluated_in_one_call(repo: WorkRepo, tmp_path: Path, ev
     assert evaluator.stats["evaluations"] == 1
     assert sorted(result.values) == sorted(files)
     assert result.values["infra/f3.ncl"]["resources"]["r3"]["content"] == "3"
-    assert result.values["infra/f3.ncl"]["resources"]["r3"]["mode"] == "0644"
+    assert result.values["infra/f3.ncl"]["resources"]["r3"]["prune"] is True      # the contract's default
 
 
 def test_one_bad_file_is_pinned_by_per_file_fallback(

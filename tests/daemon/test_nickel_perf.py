@@ -64,7 +64,7 @@ def test_a_new_evaluator_on_the_same_cache_reuses_values_without_a_worker(repo: 
     second = Evaluator(tmp_path / "cache", timeout=10.0)
     try:
         result = second.evaluate(snap, ["infra/a.ncl"], INFRA)
-        assert result.values["infra/a.ncl"]["resources"]["a"]["mode"] == "0644"
+        assert result.values["infra/a.ncl"]["resources"]["a"]["prune"] is True      # the contract's default
         assert second.stats == {"evaluations": 0, "cache_hits": 0} and second.disk_hits == 1
         assert all(w.proc is None for w in second._workers)
     finally:

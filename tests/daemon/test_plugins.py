@@ -143,7 +143,7 @@ def test_the_daemon_applies_a_commit_through_the_plugin(venv: Path, tmp_path: Pa
 def test_this_environment_has_no_hello_plugin() -> None:
     """The plugin is installed only into the temporary venv: here the group holds Stratum's own (so the
     tests above see the plugin because of the entry point, not because the package leaked onto this path)."""
-    assert [p.name for p in discover()[0]] == ["infra", "vault", "knowledge", "forms"]
+    assert [p.name for p in discover()[0]] == ["infra", "vault", "knowledge", "agents", "forms"]
     assert "hello" not in all_verbs()
 
 

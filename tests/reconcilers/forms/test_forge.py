@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from reconcilers.forms.forge import Forge
 from tests.daemon.test_pr_review import TOKEN, FakeForge, Seen
+from tests.proc import ROOT, cli_env
 from tests.reconcilers.forms.conftest import OpsRepo
+from tests.reconcilers.forms.test_cli import STRATUM
 
 ANSWERS = {"name": "billing", "port": 9000, "workers": 4, "runtime": "python", "restart": True, "owner": "p"}
 _CREATE = {"github": re.compile(r"/repos/(?P<repo>[^/]+/[^/]+)/pulls"),
@@ -78,3 +82,24 @@ def test_a_refused_pull_request_keeps_the_branch_and_says_why(ops: OpsRepo, forg
         session.close()
     assert sub.review == "" and "401" in sub.review_error
     assert ops.source.resolve(sub.branch) == sub.commit
+
+
+def test_the_cli_opens_the_pull_request_with_the_kernels_plan(tmp_path: Path, forge: PullForge) -> None:
+    """`stratum form run` with [forms.forge]: the request's text is the plan CI would post for it (`stratum plan
+    --base --head --format markdown`), and the CLI prints its address."""
+    config = tmp_path / "stratumd.toml"
+    config.write_text(f'[forms.forge]\nkind = "github"\napi = "{forge.url}"\nrepo = "octo/ops"\n'
+                      'token_env = "FORMS_TEST_FORGE_TOKEN"\n')
+    env = {**cli_env(), "HOME": str(tmp_path), "FORMS_TEST_FORGE_TOKEN": TOKEN}
+    subprocess.run([*STRATUM, "init", str(tmp_path / "ops")], cwd=ROOT, env=env, capture_output=True, timeout=120,
+                   check=True)
+    (tmp_path / "a.yaml").write_text("name: billing\nport: 9000\n")
+    done = subprocess.run([*STRATUM, "form", "run", "local-service", "--answers", str(tmp_path / "a.yaml"),
+                           "--repo", str(tmp_path / "ops"), "--data-dir", str(tmp_path / "data"),
+                           "--config", str(config)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    (kind, body), = forge.opened
+    assert kind == "github" and body["base"] == "main" and str(body["head"]).startswith("forms/local-service/")
+    assert "### Stratum plan for" in str(body["body"]) and "#### Change control" in str(body["body"])
+    assert f"pull request: {forge.url}/octo/ops/pull/1" in done.stdout

@@ -35,6 +35,7 @@ def test_a_submission_is_a_branch_with_nickel_a_decision_and_a_trailer(ops: OpsR
         preview = session.preview(checked.answers)
         assert "| create | `billing-service` | systemd_unit |" in preview.plan
         assert "3 to create, 0 to change, 0 to delete" in preview.plan
+        assert "- `knowledge/decisions/form-local-service-" in preview.plan     # the plan lists every file
         sub = session.submit(checked.answers, "alice@example.com", preview)
     finally:
         session.close()
@@ -47,7 +48,7 @@ def test_a_submission_is_a_branch_with_nickel_a_decision_and_a_trailer(ops: OpsR
     nickel = commit.tree["infra/services/billing.ncl"].data.decode()
     assert read_header(nickel) == {"form": "local-service", "answers": checked.answers}
     decisions = [p for p in sub.files if p.startswith("knowledge/decisions/form-local-service-")]
-    assert len(decisions) == 1
+    assert len(decisions) == 1 and f"- `{decisions[0]}`" in preview.plan
     node = commit.tree[decisions[0]].data.decode()
     assert "type: decision" in node and "alice@example.com" in node
 
@@ -128,3 +129,20 @@ def test_a_hostile_answer_cannot_change_the_program() -> None:
 
     hostile = 'x" ++ (import "/etc/passwd") ++ "%{std.string.length "a"}\\\n'
     assert nickel.run(nickel_literal(hostile), []).strip() == __import__("json").dumps(hostile)
+
+
+def test_a_runaway_template_is_stopped_at_its_line(ops: OpsRepo) -> None:
+    """A form template that loops for ever renders in the bounded worker: stopped, located, nothing written."""
+    path = ops.work.path / "forms/templates/local-service.ncl.j2"
+    path.write_text("{ resources = {} }\n{% for i in range(100000) %}{% for j in range(100000) %}"
+                    "{% endfor %}{% endfor %}\n")
+    ops.work.commit(message="runaway")
+    session = ops.session()
+    try:
+        with pytest.raises(InputError) as err:
+            session.preview(session.check(ANSWERS).answers)
+    finally:
+        session.close()
+    assert err.value.where == "forms/templates/local-service.ncl.j2:2"
+    assert "did not finish" in err.value.what
+    assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"

@@ -52,3 +52,11 @@ def test_a_broken_bundle_is_a_validate_error_with_its_line(ops: OpsRepo) -> None
     loaded = load_forms(ops.source.snapshot("main"))
     assert [(p.path, p.line) for p in loaded.problems] == [("forms/locales/es/local-service.ftl", 4)]
     assert "local-service" not in loaded.forms
+
+
+def test_a_bundle_nested_too_deeply_is_a_problem_not_a_crash(ops: OpsRepo) -> None:
+    """30,000 nested placeables overflow the Fluent parser's recursion: refused with the file named."""
+    ops.work.commit({"forms/locales/es/local-service.ftl": "x = " + "{" * 30_000}, message="deep")
+    loaded = load_forms(ops.source.snapshot("main"))
+    assert [(p.path, p.message) for p in loaded.problems] == [
+        ("forms/locales/es/local-service.ftl", "Fluent: placeables nested too deeply")]

@@ -10,7 +10,7 @@ from reconcilers.forms.answers import check
 from reconcilers.forms.checks import check_form
 from reconcilers.forms.model import FormError, parse_form
 
-HEAD = '[form]\nname = "svc"\ntarget = "infra/{name}.ncl"\ntemplate = "t.j2"\n'
+HEAD = '[form]\nname = "svc"\ntarget = "infra/svc.ncl"\ntemplate = "t.j2"\n'
 
 
 def problems(text: str) -> list[str]:
@@ -158,3 +158,19 @@ def test_a_long_chain_of_conditions_is_refused_not_recursed() -> None:
     with pytest.raises(expr.ExprError, match="more than 128 operators"):
         expr.parse(" or ".join(["a"] * 400))
     assert expr.holds(expr.parse(" or ".join(["a"] * 100)), {"a": True})
+
+
+def test_deeply_nested_toml_is_a_located_problem_not_a_crash() -> None:
+    """100,000 `[`: tomllib recurses past Python's limit; the form is refused with a message instead."""
+    assert problems("a = " + "[" * 100_000) == ["0: TOML: arrays or tables nested too deeply"]
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("secrets/{name}.ncl", "target secrets/{name}.ncl must be a .ncl file under infra/"),
+    ("infra/../{name}.ncl", "target infra/../{name}.ncl must be a .ncl file under infra/"),
+    ("infra/{nom}.ncl", "target infra/{nom}.ncl names {nom}, which is not an element"),
+])
+def test_a_target_outside_infra_or_naming_no_element_is_refused(target: str, message: str) -> None:
+    """The target is checked at validate, before anyone runs the form."""
+    text = HEAD.replace('"infra/svc.ncl"', f'"{target}"') + '[[elements]]\nname = "name"\n'
+    assert problems(text) == [f"0: {message}"]

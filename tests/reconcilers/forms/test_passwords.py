@@ -12,6 +12,7 @@ from reconcilers.errors import InputError
 from reconcilers.forms.reconciler import load_forms
 from reconcilers.forms.secrets import vault_sealer
 from reconcilers.forms.session import FormSession
+from reconcilers.infra.load import load_infra
 from reconcilers.vault import envelope, keys, manifest
 from tests.reconcilers.forms.conftest import OpsRepo
 from tests.vault_fixtures import CANARY, B, secret_world
@@ -64,7 +65,11 @@ def test_a_password_becomes_a_manifest_and_only_its_reference_reaches_nickel(tmp
         text = commit.tree[name].data.decode()
         assert CANARY not in text, name
     nickel = commit.tree["infra/db-users/reports.ncl"].data.decode()
-    assert f'"{path}#password"' in nickel
+    # The infra contract's secret reference (the manifest's KV path), resolved by the vault at apply time only.
+    assert '{ "secret" = "kv/forms/db-user-reports", "key" = "password" }' in nickel
+    infra = load_infra(ops.source.snapshot(sub.commit), ops.evaluator)
+    assert infra.problems == ()
+    assert list(infra.resources["reports-ref"].fields["secrets"].values()) == ["kv/forms/db-user-reports#password"]
     opened = envelope.open_manifest(B, manifest.parse(commit.tree[path].data.decode(), path), ring, path)
     assert opened.values == {"password": CANARY}
 

@@ -23,6 +23,7 @@ from tests.fixtures import git
 from tests.reconcilers.forms.conftest import OpsRepo
 
 ADMIN, READER = "forms-admin-token-0123456789abcdef", "forms-reader-token-0123456789abcdef"
+OTHER_ADMIN = "forms-carol-token-0123456789abcdef"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
@@ -33,7 +34,8 @@ class Served:
 
     def __init__(self, tmp: Path, ops: OpsRepo, host: dict[str, Any] | None = None) -> None:
         tokens = tmp / "tokens"
-        tokens.write_text(f"alice:admin:{token_digest(ADMIN)}\nbob:reader:{token_digest(READER)}\n")
+        tokens.write_text(f"alice:admin:{token_digest(ADMIN)}\nbob:reader:{token_digest(READER)}\n"
+                          f"carol:admin:{token_digest(OTHER_ADMIN)}\n")
         tokens.chmod(0o600)
         http, auth, _ = listener_settings("127.0.0.1:0", {"tokens_file": str(tokens)}, "stratumd.toml")
         env = ReconcilerEnv(data_dir=tmp / "data", evaluator=ops.evaluator, revisions=ops.source,
@@ -42,7 +44,7 @@ class Served:
         app = build_app(Metrics(), lambda: {"ok": True}, reconciler_mounts([self.reconciler]), auth=auth)
         self.server = HttpServer("127.0.0.1:0", app, http)
         self.server.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60              # a loaded machine starts uvicorn slowly
         while not self.server.server.started:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.01)
@@ -99,7 +101,7 @@ def test_server_side_validation_is_the_clis(served: Served, ops: OpsRepo) -> Non
 
 def test_a_reader_cannot_submit(served: Served, ops: OpsRepo) -> None:
     """The policy's `write` on /forms decides who submits: a reader gets 403, and no branch appears."""
-    status, _ = served.post("/forms/local-service/submit", {"__answers": '{"name": "web"}'}, READER)
+    status, _ = served.post("/forms/local-service/submit", {"token": "whatever"}, READER)
     assert status == 403
     assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
 
@@ -113,7 +115,8 @@ def _shot(page: Any, tmp: Path, name: str) -> Path:
 @pytest.mark.slow
 def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served, ops: OpsRepo,
                                                                    tmp_path: Path) -> None:
-    """In Chromium: open the list, the form, fill it, preview the plan, submit; the branch exists, main not."""
+    """In Chromium: open the list, the form, fill it (the browser's hint stops a bad port), preview the plan,
+    submit; the branch exists, main does not move."""
     from playwright.sync_api import sync_playwright
 
     main = git(ops.work.path, "rev-parse", "main")
@@ -125,6 +128,11 @@ def test_a_browser_fills_the_form_sees_the_plan_and_gets_a_branch(served: Served
             page.goto(f"{served.url}/forms/")
             page.click("text=A new local service")
             page.fill("#f-name", "checkout")
+            # The browser's own hint first: port 80 is under the field's min, so Chromium does not even post.
+            page.fill("#f-port", "80")
+            page.click("#preview")
+            assert page.eval_on_selector("#f-port", "e => e.validity.rangeUnderflow") is True
+            assert page.url.endswith("/forms/local-service") and page.query_selector("#plan") is None
             page.fill("#f-port", "9100")
             page.select_option("#f-runtime", "command")
             page.fill("#f-command", "/usr/bin/checkout --port 9100")
@@ -152,8 +160,11 @@ def test_the_page_speaks_the_browsers_language(served: Served) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=60)
     conn.request("GET", "/forms/local-service",
                  headers={"Authorization": f"Bearer {ADMIN}", "Accept-Language": "es-ES,es;q=0.9"})
-    page = conn.getresponse().read().decode()
+    resp = conn.getresponse()
+    page = resp.read().decode()
     conn.close()
+    assert resp.getheader("Cache-Control") == "no-store"
+    assert "default-src 'none'" in (resp.getheader("Content-Security-Policy") or "")
     assert "Nombre del servicio" in page and "Un nuevo servicio local" in page
     status, body = served.post("/forms/local-service/preview?locale=es",
                                {"name": "web", "port": "80", "workers": "2", "runtime": "python", "owner": "x"}, ADMIN)
@@ -176,9 +187,11 @@ def test_a_password_from_the_web_is_sealed_with_the_hosts_key(tmp_path: Path, op
     try:
         status, page = served.post("/forms/db-user/preview", {"name": "audit", "password": CANARY}, ADMIN)
         assert status == 200, page
-        hidden = page.split('name="__answers" value="')[1].split('"')[0].replace("&#34;", '"')
-        status, done = served.post("/forms/db-user/submit", {"__answers": hidden}, ADMIN)
+        assert CANARY not in page                     # the plan page holds a token, never the answers
+        token = page.split('name="token" value="')[1].split('"')[0]
+        status, done = served.post("/forms/db-user/submit", {"token": token}, ADMIN)
         assert status == 200, done
+        assert CANARY not in done
     finally:
         served.close()
     branch = done.split('id="branch">')[1].split("<")[0]
@@ -233,3 +246,47 @@ def test_repeating_groups_on_the_web(tmp_path: Path, ops: OpsRepo) -> None:
         assert "| create | `edge-80` | directory |" in body and "| create | `edge-443` | directory |" in body
     finally:
         served.close()
+
+
+def test_when_every_session_slot_is_taken_the_page_says_busy(tmp_path: Path, ops: OpsRepo) -> None:
+    """Sessions (each with a template worker) are capped: with no free slot the app answers 503 + Retry-After
+    instead of starting another process (in-process ASGI client over the real app and repository)."""
+    from starlette.testclient import TestClient
+
+    from reconcilers.forms.web import web_app
+
+    env = ReconcilerEnv(data_dir=tmp_path / "data", evaluator=ops.evaluator, revisions=ops.source,
+                        git_writer=ops.writer)
+    with TestClient(web_app(env, sessions=0, slot_wait=0.05)) as client:
+        busy = client.get("/local-service")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+    with TestClient(web_app(env, sessions=1, slot_wait=0.05)) as client:
+        assert client.get("/local-service").status_code == 200
+        assert client.get("/local-service").status_code == 200     # the slot came back
+
+
+def test_a_preview_token_is_one_time_and_bound_to_who_previewed(served: Served, ops: OpsRepo) -> None:
+    """Another admin cannot submit alice's preview; alice can, once; a made-up token is refused."""
+    fields = {"name": "web", "port": "9200", "workers": "2", "runtime": "python", "owner": "platform"}
+    status, page = served.post("/forms/local-service/preview", fields, ADMIN)
+    assert status == 200, page
+    token = page.split('name="token" value="')[1].split('"')[0]
+    assert served.post("/forms/local-service/submit", {"token": token}, OTHER_ADMIN)[0] == 409
+    assert served.post("/forms/local-service/submit", {"token": token}, ADMIN)[0] == 200
+    assert served.post("/forms/local-service/submit", {"token": token}, ADMIN)[0] == 409
+    assert served.post("/forms/local-service/submit", {"token": "made-up"}, ADMIN)[0] == 409
+    branches = git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads/forms").splitlines()
+    assert len(branches) == 1
+
+
+def test_submitting_without_the_daemons_gate_is_denied(tmp_path: Path, ops: OpsRepo) -> None:
+    """The app mounted with nothing in front (no `authorize` in the scope) refuses to submit: fail closed."""
+    from starlette.testclient import TestClient
+
+    from reconcilers.forms.web import web_app
+
+    env = ReconcilerEnv(data_dir=tmp_path / "data", evaluator=ops.evaluator, revisions=ops.source,
+                        git_writer=ops.writer)
+    with TestClient(web_app(env)) as client:
+        assert client.post("/local-service/submit", data={"token": "x"}).status_code == 403
+    assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"

@@ -1,0 +1,136 @@
+"""What the CLI reads: the declarations in force (kept in DuckDB by the service, so `stratum task run` works
+without a checkout) and a status snapshot file the running service rewrites (`<data-dir>/agents/status.json`),
+which readers use while the daemon holds the DuckDB file (DuckDB allows one process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from reconcilers.agents import budget as budgets
+from reconcilers.agents.model import (
+    Agent,
+    AgentsDesired,
+    AgentSettings,
+    Budget,
+    Check,
+    Pipeline,
+    Provider,
+    Step,
+    Task,
+    Trigger,
+    Where,
+)
+from reconcilers.agents.queue import AWAITING
+from reconcilers.agents.store import Store
+
+TEAM_STATE = "team"
+HISTORY_KEPT = 200           # executions in the status snapshot
+
+
+def team_json(desired: AgentsDesired) -> str:
+    """The declarations as JSON."""
+    return json.dumps({s: {k: asdict(v) for k, v in getattr(desired, s).items()}
+                       for s in ("providers", "agents", "budgets", "tasks", "pipelines", "checks")}
+                      | {"settings": asdict(desired.settings), "revision": desired.revision})
+
+
+def _where(d: dict[str, Any]) -> dict[str, Any]:
+    out = dict(d)
+    out["where"] = Where(**out.get("where", {}))
+    return out
+
+
+def team_from_json(text: str) -> AgentsDesired:
+    """The declarations back from `team_json`."""
+    raw = json.loads(text)
+
+    def tup(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+        return {**d, **{k: tuple(d[k]) for k in keys if k in d}}
+
+    def task(d: dict[str, Any]) -> Task:
+        d = tup(_where(d), "command", "env")
+        d["trigger"] = Trigger(**tup(d["trigger"], "paths"))
+        return Task(**d)
+
+    def pipeline(d: dict[str, Any]) -> Pipeline:
+        d = _where(d)
+        d["trigger"] = Trigger(**tup(d["trigger"], "paths"))
+        d["steps"] = tuple(Step(**tup(s, "after")) for s in d["steps"])
+        return Pipeline(**d)
+
+    return AgentsDesired(
+        revision=raw.get("revision", ""),
+        providers=MappingProxyType({k: Provider(**_where(v)) for k, v in raw["providers"].items()}),
+        agents=MappingProxyType({k: Agent(**tup(_where(v), "providers", "tools")) for k, v in raw["agents"].items()}),
+        budgets=MappingProxyType({k: Budget(**_where(v)) for k, v in raw["budgets"].items()}),
+        tasks=MappingProxyType({k: task(v) for k, v in raw["tasks"].items()}),
+        pipelines=MappingProxyType({k: pipeline(v) for k, v in raw["pipelines"].items()}),
+        checks=MappingProxyType({k: Check(**tup(_where(v), "command")) for k, v in raw["checks"].items()}),
+        settings=AgentSettings(**raw.get("settings", {})))
+
+
+def save_team(store: Store, desired: AgentsDesired) -> None:
+    """Keep the declarations in force in the agents' DuckDB file."""
+    store.execute("CREATE TABLE IF NOT EXISTS state (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    store.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", [TEAM_STATE, team_json(desired)])
+
+
+def load_team(store: Store) -> AgentsDesired | None:
+    """The declarations the service last had, or None."""
+    store.execute("CREATE TABLE IF NOT EXISTS state (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    rows = store.query("SELECT value FROM state WHERE key = ?", [TEAM_STATE])
+    return team_from_json(str(rows[0][0])) if rows else None
+
+
+def status(store: Store, team: AgentsDesired, next_fires: dict[str, Any] | None = None,
+           history: int = HISTORY_KEPT, pending: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything the read verbs show, as JSON-ready data."""
+    spend = budgets.Spend(store, time.time)
+    roles = sorted({a.role for a in team.agents.values()} | set(team.budgets))
+    budget_rows = []
+    for role in roles:
+        b = team.budgets.get(role)
+        u = spend.usage(role)
+        budget_rows.append({"role": role, "month": round(u.month, 6), "week": round(u.week, 6),
+                            "monthly_cap": b.monthly if b else None, "weekly_cap": b.weekly if b else None,
+                            "used": round(min(budgets.share(b, u), 1e9), 4), "over": b.over if b else None})
+    fires = next_fires or {}
+    return {
+        "revision": team.revision, "written": time.time(),
+        "tasks": [{"id": t.id, "title": t.title, "role": t.role, "trigger": t.trigger.kind,
+                   "schedule": t.trigger.schedule, "kind": "command" if t.command else "prompt",
+                   "approval": t.approval, "next_fire": fires.get(f"task:{t.id}")} for t in team.tasks.values()],
+        "pipelines": [{"id": p.id, "title": p.title, "trigger": p.trigger.kind,
+                       "steps": [s.id for s in p.steps]} for p in team.pipelines.values()],
+        "agents": [{"id": a.id, "role": a.role, "providers": list(a.providers), "tools": list(a.tools),
+                    "max_concurrency": a.max_concurrency} for a in team.agents.values()],
+        "checks": [{"id": c.id, "kind": c.kind, "interval": c.interval, "failures": c.failures}
+                   for c in team.checks.values()],
+        "check_states": store.dicts("SELECT * FROM check_state ORDER BY check_id"),
+        "budgets": budget_rows,
+        # The queue's own list when the caller has it (NATS holds approvals in a bucket, not in this file).
+        "pending": pending if pending is not None else store.dicts(
+            "SELECT id, role, task, trigger, enqueued_at FROM queue WHERE state = ? ORDER BY enqueued_at",
+            [AWAITING]),
+        "queue": dict(store.query("SELECT state, count(*) FROM queue GROUP BY state")),
+        "history": store.dicts("SELECT * FROM executions ORDER BY started DESC LIMIT ?", [history]),
+        "assignments": store.dicts("SELECT message, task, agent AS winner, rule, explain, started AS at_ts "
+                                   "FROM executions WHERE explain IS NOT NULL AND explain <> '' "
+                                   "ORDER BY started DESC LIMIT 50"),
+    }
+
+
+def write_status(path: Path, data: dict[str, Any]) -> None:
+    """Write the snapshot whole, then rename (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)     # outputs and errors: the daemon's user
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,198 @@
+"""Loading and validating agents/ and tasks/: defaults from the contract, and every bad input refused at
+validate with the file and line of the declaration (unknown role, a role with no agent, cron that never fires
+or fires too often, negative budget caps, prompt template errors, pipelines that name nothing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconcilers.agents.model import AgentSettings
+from reconcilers.agents.validate import cron_problem, validate
+from tests.reconcilers.agents.conftest import LoadFn
+
+TEAM = """{
+  providers = {
+    local = { kind = 'command },
+    gpt = { kind = 'openai, base_url = "http://127.0.0.1:9/v1", model = "m", price_in = 0.5, price_out = 1.5,
+            api_key = "secrets/llm.yaml#openai_key" },
+  },
+  agents = {
+    ops-1 = { role = "devops", providers = ["gpt", "local"], tools = ["knowledge.search"] },
+    sec-1 = { role = "security", providers = ["gpt"] },
+  },
+  budgets = {
+    devops = { monthly = 50, weekly = 15 },
+  },
+}
+"""
+
+
+def tasks(body: str) -> dict[str, str]:
+    """A repo with the team above and one tasks file."""
+    return {"agents/team.ncl": TEAM, "tasks/t.ncl": body}
+
+
+def messages(problems: list[object]) -> list[str]:
+    """Problems as `path:line: message` strings, hints left out."""
+    return [str(p).split(" (hint:")[0] for p in problems]
+
+
+def test_declarations_load_with_contract_defaults(load_commit: LoadFn) -> None:
+    """Providers, agents, budgets and tasks load with their defaults, each with its file and line."""
+    d = load_commit(tasks("""{
+  tasks = {
+    drift-report = {
+      title = "Nightly drift report",
+      role = "devops",
+      trigger = { kind = 'cron, schedule = "0 3 * * *" },
+      command = ["stratum", "drift"],
+    },
+  },
+}
+"""))
+    assert validate(d) == []
+    t = d.tasks["drift-report"]
+    assert (t.role, t.trigger.kind, t.trigger.schedule, t.command) == ("devops", "cron", "0 3 * * *",
+                                                                        ("stratum", "drift"))
+    assert (t.timeout, t.retries, t.lock, t.approval, t.task_type) == (300.0, 0, True, False, "drift-report")
+    assert (t.where.path, t.where.line) == ("tasks/t.ncl", 3)
+    assert d.agents["ops-1"].providers == ("gpt", "local")
+    assert d.agents["ops-1"].where.line == 8
+    assert d.providers["local"].free and not d.providers["gpt"].free
+    assert d.budgets["devops"].monthly == 50.0 and d.budgets["devops"].over == "fallback"
+
+
+def test_unknown_role_is_refused_at_its_line(load_commit: LoadFn) -> None:
+    """An agent with a role outside the twelve is refused where it is declared."""
+    d = load_commit({"agents/team.ncl": TEAM.replace('sec-1 = { role = "security"', 'sec-1 = { role = "hacker"')})
+    assert messages(validate(d)) == ["agents/team.ncl:9: agent sec-1: unknown role 'hacker'"]
+
+
+def test_a_task_for_a_role_with_no_agent_is_refused(load_commit: LoadFn) -> None:
+    """A task whose role no agent has is refused at the task's line, saying what to declare."""
+    d = load_commit(tasks('{\n  tasks = {\n    docs = { title = "Docs", role = "documenter", command = ["true"] },\n'
+                          '  },\n}\n'))
+    problems = validate(d)
+    assert messages(problems) == ["tasks/t.ncl:3: task docs: no agent has the role 'documenter'"]
+    assert 'role = "documenter"' in problems[0].hint
+
+
+@pytest.mark.parametrize(("schedule", "why"), [
+    ("0 0 30 2 *", "never fires"),
+    ("* * * * * *", "fires every 1 s, more often than the minimum of 60 s"),
+    ("*/10 * * * * *", "fires every 10 s"),
+    ("61 * * * *", "is not valid"),
+    ("0 3 * *", "has 4 fields"),
+])
+def test_bad_cron_is_refused(load_commit: LoadFn, schedule: str, why: str) -> None:
+    """A cron that never fires, fires more often than the minimum, or does not parse, is refused."""
+    d = load_commit(tasks('{\n  tasks = {\n    c = { title = "C", role = "devops", command = ["true"],\n'
+                          f'          trigger = {{ kind = \'cron, schedule = "{schedule}" }} }},\n  }},\n}}\n'))
+    found = messages(validate(d))
+    assert len(found) == 1 and found[0].startswith("tasks/t.ncl:3: task c: cron expression"), found
+    assert why in found[0]
+
+
+def test_the_minimum_cron_interval_is_a_repo_setting() -> None:
+    """The same cron passes or fails depending on `agents.min_cron_interval`."""
+    assert cron_problem("*/5 * * * *", 300) == ""
+    assert "more often" in cron_problem("*/5 * * * *", 301)
+    assert AgentSettings.from_mapping({"min_cron_interval": 10}).min_cron_interval == 10.0
+
+
+def test_negative_budget_caps_are_refused(load_commit: LoadFn) -> None:
+    """A negative monthly or weekly cap is refused at the budget's line."""
+    d = load_commit({"agents/team.ncl": TEAM.replace("monthly = 50, weekly = 15", "monthly = -1, weekly = -2")})
+    assert messages(validate(d)) == ["agents/team.ncl:12: budget devops: the monthly cap is negative (-1)",
+                                     "agents/team.ncl:12: budget devops: the weekly cap is negative (-2)"]
+
+
+def test_prompt_template_syntax_error_points_at_the_template_line(load_commit: LoadFn) -> None:
+    """A Jinja2 syntax error in a multi-line prompt is reported at its line in the Nickel file."""
+    d = load_commit(tasks("""{
+  tasks = {
+    triage = {
+      title = "Triage",
+      role = "devops",
+      prompt = m%"
+        Look at the incident.
+        {% if inputs.check %}The check {{ inputs.check }} failed.
+      "%,
+    },
+  },
+}
+"""))
+    found = messages(validate(d))
+    assert len(found) == 1 and found[0].startswith("tasks/t.ncl:8: task triage: prompt template error:"), found
+
+
+def test_an_api_key_in_the_repo_is_refused_without_echoing_it(load_commit: LoadFn) -> None:
+    """`api_key` must be a secret reference; a literal key is refused and never repeated in the message."""
+    d = load_commit({"agents/team.ncl": TEAM.replace("secrets/llm.yaml#openai_key", "sk-live-abcdef123456")})
+    problems = validate(d)
+    assert messages(problems) == ["agents/team.ncl:4: provider gpt: `api_key` must be a secret reference, not a key"]
+    assert "sk-live" not in str(problems[0])
+
+
+def test_contract_errors_are_located(load_commit: LoadFn) -> None:
+    """A wrong type or unknown field is a Nickel contract error at the file (no crash, nothing loaded)."""
+    d = load_commit(tasks('{\n  tasks = {\n    x = { title = "X", role = "devops", command = ["true"],'
+                          ' timeout = -3 },\n  },\n}\n'))
+    found = validate(d)
+    assert found and all(p.path == "tasks/t.ncl" for p in found)
+    assert "x" not in d.tasks
+
+
+def test_pipeline_references_and_cycles_are_checked(load_commit: LoadFn) -> None:
+    """Steps naming unknown tasks or steps, and steps waiting on each other, are refused."""
+    d = load_commit(tasks("""{
+  tasks = {
+    a = { title = "A", role = "devops", command = ["true"] },
+  },
+  pipelines = {
+    p = {
+      steps = [
+        { id = "one", task = "a", after = ["two"] },
+        { id = "two", task = "a", after = ["one"] },
+        { id = "three", task = "missing", compensate = "nope" },
+      ],
+    },
+  },
+}
+"""))
+    found = messages(validate(d))
+    assert "tasks/t.ncl:6: pipeline p: step three names unknown task 'missing'" in found
+    assert "tasks/t.ncl:6: pipeline p: step three names unknown compensation task 'nope'" in found
+    assert any("steps form a cycle" in m for m in found)
+
+
+def test_ordered_steps_follow_the_previous_one(load_commit: LoadFn) -> None:
+    """Steps without `after` run in order; `after = []` makes a step a root."""
+    d = load_commit(tasks("""{
+  tasks = { a = { title = "A", role = "devops", command = ["true"] } },
+  pipelines = { p = { steps = [ { id = "s1", task = "a" }, { id = "s2", task = "a" },
+                                { id = "s3", task = "a", after = [] } ] } },
+}
+"""))
+    assert validate(d) == []
+    assert [s.after for s in d.pipelines["p"].steps] == [(), ("s1",), ()]
+
+
+def test_duplicate_ids_across_files_name_both_places(load_commit: LoadFn) -> None:
+    """A task id declared in two files is refused at the second, naming the first."""
+    one = '{\n  tasks = {\n    dup = { title = "D", role = "devops", command = ["true"] },\n  },\n}\n'
+    d = load_commit({"agents/team.ncl": TEAM, "tasks/a.ncl": one, "tasks/b.ncl": one})
+    assert messages(validate(d)) == ["tasks/b.ncl:3: task 'dup' is declared twice: also in tasks/a.ncl:3"]
+
+
+def test_on_check_must_name_a_declared_check(load_commit: LoadFn) -> None:
+    """An on_check trigger naming no declared check is refused; a declared one passes."""
+    body = """{
+  checks = { pg = { kind = 'tcp, host = "127.0.0.1", port = 5432 } },
+  tasks = { heal = { title = "Heal", role = "devops", command = ["true"],
+                     trigger = { kind = 'on_check, check = "%s" } } },
+}
+"""
+    assert validate(load_commit(tasks(body % "pg"))) == []
+    assert messages(validate(load_commit(tasks(body % "db")))) == [
+        "tasks/t.ncl:3: task heal: on_check names unknown check 'db'"]

@@ -1,0 +1,20 @@
+# Spanish texts of forms/cloud-server.toml.
+form-title = Un servidor en la nube
+form-description = Un servidor en su propia red y subred, tras un cortafuegos, con un volumen de datos si se pide.
+name-prompt = Nombre del servidor
+name-help = Letras minúsculas, cifras y guiones; da nombre al servidor y a su red, subred y cortafuegos.
+provider-prompt = Proveedor
+size-prompt = Tamaño (el plan del proveedor)
+size-help = AWS: t3.micro, t3.small, ...; UpCloud: 1xCPU-1GB, 2xCPU-4GB, ...
+image-prompt = Id de la imagen
+image-help = El id de imagen del proveedor para tu región o zona.
+cidr-prompt = Bloque de red
+cidr-help = Un /16 privado como 10.20.0.0/16; la subred es su primer /24.
+ports-prompt = Puertos abiertos
+ports-option-22 = SSH (22)
+ports-option-80 = HTTP (80)
+ports-option-443 = HTTPS (443)
+with_volume-prompt = ¿Añadir un volumen de datos?
+volume_gb-prompt = Tamaño del volumen (GB)
+owner-prompt = Equipo responsable
+constraint-ssh_not_alone = un servidor de UpCloud necesita algo más que SSH abierto: añade 80 o 443
