@@ -129,6 +129,10 @@ class Settings:
         """Host settings per reconciler section, with the infra root filled in."""
         out = {k: dict(v) for k, v in self.sections.items() if isinstance(v, Mapping)}
         out.setdefault("infra", {})["root"] = str(self.local_root)
+        # What cloud resources are tagged with when the host names no [infra] owner: the repository (remote
+        # URL or absolute path) and branch, never a path every host shares such as /var/lib/stratum.
+        found = repo_identity(self.repo)
+        out["infra"]["repo_identity"] = f"{found[1] if found else self.repo}#{self.branch}"
         return out
 
 

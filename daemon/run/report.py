@@ -175,6 +175,26 @@ def _markdown_detail(action: dict[str, Any], detail: dict[str, Any] | None) -> s
     return "\n".join(out)
 
 
+def _tally_lines(plan: dict[str, Any]) -> list[str]:
+    """Tables of the `tally` fields of action details, summed by title and key: a reconciler adds up what its
+    actions change (the infra reconciler: price per provider) without the report knowing what it is."""
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for detail in (plan.get("details") or {}).values():
+        tally = detail.get("tally") if isinstance(detail, dict) else None
+        if not isinstance(tally, dict):
+            continue
+        row = tables.setdefault(str(tally.get("title", "")), {}).setdefault(str(tally.get("key", "")), {})
+        for column, value in dict(tally.get("values") or {}).items():
+            row[str(column)] = row.get(str(column), 0.0) + float(value)
+    lines: list[str] = []
+    for title, rows in sorted(tables.items()):
+        columns = sorted({c for r in rows.values() for c in r}, key=lambda c: (not c.startswith("per hour"), c))
+        lines += [f"\n#### {title}\n", "| | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        lines += [f"| {key} | " + " | ".join(f"{r.get(c, 0.0):+.4f}" for c in columns) + " |"
+                  for key, r in sorted(rows.items())]
+    return lines
+
+
 def plan_markdown(plan: dict[str, Any]) -> list[str]:
     """The pull-request comment; split into numbered parts when over 65,000 characters."""
     head = f"### Stratum plan for `{plan['revision'][:12]}`" + (
@@ -199,6 +219,7 @@ def plan_markdown(plan: dict[str, Any]) -> list[str]:
                 break
             body.append(block)
             shown += len(block)
+    body += _tally_lines(plan)
     if plan["drift"]:
         body.append(f"\n#### Drift found: {len(plan['drift'])}\n")
         body += [f"- {_problem_line(p)}" for p in plan["drift"]]

@@ -19,7 +19,15 @@ from pathlib import PurePosixPath
 from reconcilers.base import Action, ActionKind, InventoryItem, freeze
 from reconcilers.infra import secretrefs as refs
 from reconcilers.infra.local import content_hash
-from reconcilers.infra.model import InfraDesired, InfraObserved, ObservedResource, Resource, applied_spec_hash
+from reconcilers.infra.model import (
+    CLOUD_KINDS,
+    InfraDesired,
+    InfraObserved,
+    ObservedResource,
+    Resource,
+    applied_spec_hash,
+)
+from reconcilers.infra.providers import cloud_plan
 
 NAME = "infra"
 
@@ -47,6 +55,8 @@ def _parents(path: str) -> list[str]:
 def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple[str, str]]) -> str:
     """'' when the host matches the resource, else why not. A resource holding secrets compares keyed
     fingerprints: the host's against the one recorded when this very spec was applied (`expected`)."""
+    if r.kind in CLOUD_KINDS:
+        return cloud_plan.how(r, o)[0]
     f = r.fields
     if r.kind in ("file", "systemd_unit"):
         if not o.exists:
@@ -94,6 +104,8 @@ def findings(desired: InfraDesired, observed: InfraObserved,
             continue
         inv = inventory.get(rid)
         known_hash = applied_spec_hash(inv.data) if inv else None
+        if cloud_plan.moved(r, inv):         # applied on another provider: a change, never drift
+            known_hash = None
         o = observed.resources.get(rid, ObservedResource(exists=False))
         differs = _host_differs(r, o, observed.expected)
         if r.kind == "command":
@@ -168,7 +180,13 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         if r.kind == "symlink" and r.fields["target"] in by_path:
             deps.append(f"{NAME}:{by_path[r.fields['target']]}")
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
+        text = ""
+        if r.kind in CLOUD_KINDS:             # a cloud object gone behind our back is created again
+            o = observed.resources.get(r.id, ObservedResource(exists=False))
+            kind = "update" if o.exists else "create"
+            text = cloud_plan.summary(kind, r, o) + (f" [drift: {f.reason}]" if f.nature == "drift" else "")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]
+        text = text or _summary(verb, r)
         compensation = None
         if r.kind == "command" and "compensate" in r.fields:
             comp = {"run": r.fields["compensate"], "timeout": r.fields.get("timeout", 300),
@@ -178,7 +196,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             compensation = freeze(comp)
         actions[r.id] = Action(
             id=f"{NAME}:{r.id}", reconciler=NAME, kind=kind, target=r.id,
-            summary=f"{_summary(verb, r)} [{f.reason}]" if f.nature == "drift" else _summary(verb, r),
+            summary=f"{text} [{f.reason}]" if f.nature == "drift" and r.kind not in CLOUD_KINDS else text,
             change=_change(r, f),
             depends_on=tuple(sorted(set(d for d in deps if d != f"{NAME}:{r.id}"))), compensation=compensation)
     # A removed folder goes after everything removed beneath it (one walk up per removed path).
@@ -191,9 +209,17 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
     for rid, data in deletes:
         path = str(data.get("path", ""))
         what = f"{data.get('kind')} {path}" if path else f"command {rid} (forget; nothing to remove)"
+        if data.get("kind") in CLOUD_KINDS:
+            what = f"{data.get('kind')} {rid} on {data.get('provider')}"
         actions[f"-{rid}"] = Action(
             id=f"{NAME}:{rid}", reconciler=NAME, kind="delete", target=rid, summary=f"delete {what}",
             change=freeze({"inventory": data}), depends_on=tuple(sorted(children.get(rid, ()))))
+    # Cloud: deletes after what depended on them; moves between providers; objects tagged ours, unclaimed.
+    planned = {a.target for a in actions.values() if a.kind != "delete"}
+    extra = cloud_plan.moves(desired, inventory, planned) + cloud_plan.orphans(observed)
+    ordered = cloud_plan.delete_order([a for a in actions.values() if a.kind == "delete"] + extra)
+    for a in ordered:
+        actions[a.id if a.id.startswith(f"{NAME}:~") or "@" in a.id else f"-{a.target}"] = a
     # Debris of an interrupted apply (a temporary file never renamed): removed, whatever else happens.
     for stray in observed.strays:
         actions[f"~{stray}"] = Action(

@@ -17,7 +17,8 @@ from typing import Any
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra import secretrefs
-from reconcilers.infra.model import InfraDesired, Resource
+from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, Resource
+from reconcilers.infra.providers.cloud_diff import references
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.locations import MAX_FILES, safe_relpath
 from reconcilers.ports import Evaluator, Snapshot
@@ -159,9 +160,12 @@ def _load_file(snap: Snapshot, path: str, value: Mapping[str, Any], renderer: Te
                 file, ln = path, str(line)
             problems.append(Problem(err.what, file, int(ln), reconciler="infra", hint=err.hint))
             continue
+        deps = tuple(raw.get("depends_on", ()))
+        if raw["kind"] in CLOUD_KINDS:         # a cloud resource waits for the resources its fields name
+            deps = tuple(dict.fromkeys([*deps, *references(raw["kind"], spec)]))
         out.append(Resource(
             id=rid, kind=raw["kind"], provider=raw.get("provider", "local"), spec=freeze(spec),
-            depends_on=tuple(raw.get("depends_on", ())), prune=bool(raw.get("prune", True)),
+            depends_on=deps, prune=bool(raw.get("prune", True)),
             drift=str(raw.get("drift", "correct")), source=path, line=line,
             labels=MappingProxyType(dict(raw.get("labels", {})))))
     return tuple(out), tuple(problems)

@@ -71,6 +71,7 @@ def inventory_entry(inventory_data: str) -> tuple[str, str]:
 
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
+CLOUD_KINDS = ("server", "network", "subnet", "firewall", "volume")   # served by cloud providers (providers/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,12 @@ class Resource:
         return self._path
 
     def inventory_data(self) -> str:
-        """What inventory keeps so the resource can be pruned after it left the repo."""
+        """What inventory keeps so the resource can be pruned after it left the repo (cloud resources also
+        keep their dependencies: a network is deleted after the servers in it)."""
+        if self.kind in CLOUD_KINDS:
+            return freeze({"kind": self.kind, "path": "", "prune": self.prune, "spec_hash": self.spec_hash,
+                           "provider": self.provider, "source": self.source, "depends_on": list(self.depends_on),
+                           "size": self.fields.get("size")})
         return _inventory_data(self.kind, self.path, self.prune, self.spec_hash, self.provider, self.source)
 
 
@@ -132,6 +138,7 @@ class ObservedResource:
     content_hash: str = ""
     mode: str = ""
     target: str = ""
+    attrs: str = ""                           # cloud objects: compared attributes and tags (canonical JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +148,11 @@ class InfraObserved:
 
     resources: Mapping[str, ObservedResource]
     strays: tuple[str, ...] = ()
+    # Cloud objects tagged ours that no desired resource or inventory entry claims: (provider, kind, id). An
+    # apply that created one and died before recording it leaves it; the plan removes it.
+    orphans: tuple[tuple[str, str, str], ...] = ()
+    # The same when the host set no `[infra] owner` (a derived owner): reported as drift, never deleted.
+    unclaimed: tuple[tuple[str, str, str], ...] = ()
     # Resources applied before with the same spec, taken as in place without reading the host (a commit's
     # incremental run): the diff has nothing to do for them, so it does not look at them at all.
     assumed: frozenset[str] = frozenset()

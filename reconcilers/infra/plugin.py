@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from reconcilers.plugin import Plugin
+from reconcilers.plugin import Plugin, Verb
 
-PLUGIN = Plugin(name="infra", reconciler="reconcilers.infra.reconciler:InfraReconciler", order=10)
+PLUGIN = Plugin(name="infra", reconciler="reconcilers.infra.reconciler:InfraReconciler", order=10,
+                verbs=(Verb("infra", "reconcilers.infra.cli:infra",
+                            "Cloud infrastructure: provider catalogs and importing existing resources."),))

@@ -27,6 +27,7 @@ from reconcilers.infra import diff, secretapply
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.model import (
+    CLOUD_KINDS,
     InfraDesired,
     InfraObserved,
     ObservedResource,
@@ -35,9 +36,11 @@ from reconcilers.infra.model import (
     inventory_entry,
 )
 from reconcilers.infra.provider import Provider
+from reconcilers.infra.providers import build as build_cloud
+from reconcilers.infra.providers import catalog, cloud_checks, cost, owner_explicit
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
-from reconcilers.ports import SecretsPort, Snapshot
+from reconcilers.ports import SecretsPort, Snapshot, Tables
 
 _WRITTEN = ("file", "systemd_unit", "symlink")     # kinds written through a temporary file, then renamed
 
@@ -53,7 +56,10 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         # The local provider also checks paths, finds stray temporary files and runs compensations: those are
         # local matters. Every resource is observed, applied and destroyed through its own provider.
         self.provider = LocalProvider(root)
-        self.providers: Mapping[str, Provider] = providers or {"local": self.provider}
+        # Cloud providers come from the host's [infra.providers.*] settings (credentials never from the repo).
+        self.providers: Mapping[str, Provider] = providers or {"local": self.provider,
+                                                               **build_cloud(section, env.data_dir)}
+        self._owner_explicit = owner_explicit(section)
         if env.evaluator is None:
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
@@ -61,6 +67,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self._policy_views: dict[int, tuple[Resource, PolicyResource]] = {}
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
+        self.index_port: Tables | None = env.index   # own tables: the cloud catalogs (providers/catalog.py)
         # Secret references: located at load, resolved at apply through the port (secretapply.py).
         self.secrets_port: SecretsPort | None = env.secrets
         self.runtime_dir = Path(section.get("runtime_dir") or env.data_dir / "run")
@@ -78,6 +85,9 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
     def validate(self, desired: InfraDesired) -> list[Problem]:
         """Load problems plus provider-level checks (paths must stay under the root)."""
         problems = list(desired.problems)
+        if self._has_cloud(desired, []):
+            problems += cloud_checks.check(desired, self.providers)
+            problems += catalog.check(desired, self._catalogs())
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
         for r in desired.resources.values():
             for key in ("path", "target", "creates"):
@@ -98,7 +108,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         expected: dict[str, tuple[str, str]] = {}
         for r in desired.resources.values():
             rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
-            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, rel, cache)
+            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, r.id if r.kind in CLOUD_KINDS else rel, cache)
             if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
                 seen[r.id] = self._keyed(r, seen[r.id])
                 mac = self._macs.expected(r.id, r.spec_hash)
@@ -107,9 +117,14 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
+                kind = str(data.get("kind", ""))
                 seen[item.resource_id] = self._of(str(data.get("provider") or "local"), item.resource_id).observe(
-                    data.get("kind", ""), data.get("path", ""), cache)
-        return InfraObserved(resources=seen, strays=self._strays(desired, inventory), expected=expected)
+                    kind, item.resource_id if kind in CLOUD_KINDS else data.get("path", ""), cache)
+        orphans = cloud_checks.orphans(desired, inventory, self.providers, cache)
+        strays = self._strays(desired, inventory)
+        if not self._owner_explicit:
+            return InfraObserved(resources=seen, strays=strays, expected=expected, unclaimed=orphans)
+        return InfraObserved(resources=seen, strays=strays, expected=expected, orphans=orphans)
 
     def _keyed(self, r: Resource, o: ObservedResource) -> ObservedResource:
         """`o` with its content hash replaced by the keyed fingerprint of what the host holds: a plain hash of
@@ -157,13 +172,30 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 seen[r.id] = ObservedResource(True, "directory", mode=format(int(f["mode"], 8), "04o"))
             elif r.kind == "symlink":
                 seen[r.id] = ObservedResource(True, "symlink", target=diff.expected_link(f["path"], f["target"]))
+            elif r.kind in CLOUD_KINDS:
+                seen[r.id] = cloud_checks.simulated(r)
             else:
                 seen[r.id] = ObservedResource(exists=True)
         return InfraObserved(resources=seen, expected=expected)
 
     def plan(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Action]:
-        """The pure diff (reconcilers/infra/diff.py)."""
-        return diff.plan(desired, observed, inventory)
+        """The pure diff (reconcilers/infra/diff.py), cloud server actions priced from the cached catalogs."""
+        actions = diff.plan(desired, observed, inventory)
+        if self._has_cloud(desired, inventory):
+            actions = cost.annotate(actions, cost.changes(actions, desired, inventory, self._catalogs()))
+        return actions
+
+    def _has_cloud(self, desired: InfraDesired, inventory: list[InventoryItem]) -> bool:
+        return (any(r.kind in CLOUD_KINDS for r in desired.resources.values())
+                or any(i.kind in CLOUD_KINDS for i in inventory if i.reconciler == self.name))
+
+    def _catalogs(self) -> catalog.Catalogs:
+        import duckdb
+
+        try:
+            return catalog.load(self.index_port)
+        except (duckdb.Error, OSError):       # a catalog is a courtesy: without one, nothing is checked or priced
+            return {}
 
     def drift(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Problem]:
         """Resources whose host state moved away from an unchanged spec."""
@@ -173,8 +205,14 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             if f.nature != "drift":
                 continue
             r = desired.resources[f.resource_id]
-            out.append(Problem(f"drift on {r.kind} {r.id} ({r.path or r.fields.get('run', '')}): {f.reason}; "
+            where = r.path or r.fields.get("run", "") or f"on {r.provider}"
+            out.append(Problem(f"drift on {r.kind} {r.id} ({where}): {f.reason}; "
                                f"policy {r.drift}", r.source, r.line, reconciler=self.name))
+        for provider, kind, rid in observed.unclaimed:
+            out.append(Problem(f"untracked {kind} {rid} on {provider} carries this repository's owner tag but no "
+                               "resource or inventory entry claims it; not deleted", reconciler=self.name,
+                               hint="set [infra] owner in stratumd.toml to let Stratum remove such objects, or "
+                                    "delete it yourself"))
         for stray in observed.strays:
             out.append(Problem(f"stray temporary file {stray} under the root: left by an interrupted apply, owned "
                                "by no resource", reconciler=self.name, hint="the next apply removes it"))
@@ -200,6 +238,15 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
                 found = self._read_host(r.path)
             labels = {"found_label": "base", "expected_label": "head"} if before is not None else {}
             out[f.resource_id] = diff.explain(r, o, f, found, **labels)
+        if self._has_cloud(desired, inventory):
+            # Each priced action's change, for the plan's per-provider cost (daemon/run/report.py sums them).
+            actions = diff.plan(desired, observed, inventory)
+            for action_id, (provider, hourly) in cost.changes(actions, desired, inventory,
+                                                              self._catalogs()).items():
+                key = action_id.split(":", 1)[1]
+                detail = dict(out.get(key) or {"resource": key, "kind": "server", "differences": []})
+                detail["tally"] = cost.tally(provider, hourly)
+                out[key] = detail
         return out
 
     def _read_host(self, rel: str) -> bytes | None:
@@ -216,14 +263,21 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         change = action.payload()
         if "stray" in change:
             return Outcome(action.id, True, self.provider.remove_stray(str(change["stray"])))
+        if "orphan" in change:                # tagged ours, claimed by nothing (reconcilers/infra/providers)
+            o = change["orphan"]
+            note = self._of(str(o["provider"]), action.target).destroy(str(o["kind"]), str(o["rid"]))
+            return Outcome(action.id, True, note or f"removed untracked {o['kind']} {o['rid']} on {o['provider']}")
         if action.kind == "delete":
             data = change["inventory"]
             provider = self._of(str(data.get("provider") or "local"), action.target)
-            note = provider.destroy(data["kind"], data["path"]) if data.get("path") else "forgotten"
-            self._macs.record(action.target, "", None)
+            ref = action.target if data.get("kind") in CLOUD_KINDS else data.get("path")
+            note = provider.destroy(data["kind"], ref) if ref else "forgotten"
+            if not change.get("keep_inventory"):
+                self._macs.record(action.target, "", None)
             if data.get("kind") == "systemd_unit" and data.get("path"):
                 secretapply.remove_credentials(self.runtime_dir, str(data["path"]).rpartition("/")[2])
-            return Outcome(action.id, True, note, removed=True)
+            # A move between providers deletes the old object; the inventory entry is the new provider's.
+            return Outcome(action.id, True, note, removed=not change.get("keep_inventory"))
         res = change["resource"]
         provider = self._of(str(res.get("provider") or "local"), action.target)
         if secretapply.SECRETS in res["spec"]:

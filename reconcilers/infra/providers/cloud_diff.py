@@ -1,0 +1,76 @@
+"""The pure part of cloud resources: which fields force a new resource, how observed differs from desired.
+
+A cloud resource carries Stratum's tags (`stratum:id`, `stratum:owner`, `stratum:spec`). `stratum:spec` is the
+hash of the fields that cannot change in place (everything but `tags` and the readiness settings): when the repo
+moves one of them, the resource is *replaced*; when only `tags` moved, it is *updated in place*. Attributes the
+API reports (size, image, cidr, state, ...) are compared too, so a server resized or stopped behind Stratum's
+back shows as drift even though its tags still match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from reconcilers.base import freeze
+
+# Fields that are settings of Stratum's own, not of the resource: changing them replaces nothing.
+IN_PLACE = frozenset({"tags", "wait_ready", "timeout"})
+# Attributes a backend reports that are compared with the spec field of the same name.
+COMPARED = ("size", "image", "cidr", "size_gb", "zone")
+TAG_ID, TAG_OWNER, TAG_SPEC = "stratum:id", "stratum:owner", "stratum:spec"
+GONE_STATES = frozenset({"terminated", "shutting-down", "deleted", "deleting"})
+DOWN_STATES = frozenset({"stopped", "stopping", "error", "suspended"})
+
+
+def replace_hash(spec: Mapping[str, Any]) -> str:
+    """A short hash of the fields that need a new resource when they change (the `stratum:spec` tag)."""
+    fixed = {k: v for k, v in spec.items() if k not in IN_PLACE}
+    return hashlib.sha256(freeze(fixed).encode()).hexdigest()[:16]
+
+
+def wanted_tags(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The user's tags of a resource (Stratum's own are added by the provider)."""
+    return {str(k): str(v) for k, v in dict(spec.get("tags", {})).items()}
+
+
+def observed_attrs(attrs: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+    """What `observe` keeps of a cloud object: its compared attributes and user tags, as canonical JSON."""
+    user = {k: v for k, v in tags.items() if not k.startswith("stratum:") and k != "Name"}
+    return freeze({**{k: attrs[k] for k in (*COMPARED, "state") if k in attrs}, "tags": user})
+
+
+def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, attrs_json: str) -> tuple[str, str]:
+    """(why, how) the cloud object differs from the spec; how is "create", "replace", "update" or "" (same)."""
+    if not exists:
+        return "missing", "create"
+    attrs: dict[str, Any] = json.loads(attrs_json or "{}")
+    state = str(attrs.get("state", ""))
+    if state in DOWN_STATES:
+        return f"state is {state}", "replace"
+    moved = [f"{k} {attrs[k]} -> {spec[k]}" for k in COMPARED
+             if k in attrs and k in spec and str(attrs[k]) != str(spec[k])]
+    if moved:
+        return ", ".join(moved), "replace"
+    if spec_tag == "":
+        # Imported (tagged as ours without a spec): its compared attributes match, so it is adopted in place.
+        return "imported: Stratum's spec tag is recorded", "update"
+    if spec_tag != replace_hash(spec):
+        return "fields that need a new resource changed", "replace"
+    have, want = dict(attrs.get("tags", {})), wanted_tags(spec)
+    if have != want:
+        changed = sorted(set(have) ^ set(want) | {k for k in have.keys() & want.keys() if have[k] != want[k]})
+        return f"tags differ ({', '.join(changed)})", "update"
+    return "", ""
+
+
+def references(kind: str, spec: Mapping[str, Any]) -> list[str]:
+    """Ids of other resources a cloud resource's fields name (they become dependencies)."""
+    out: list[str] = []
+    for key in ("network", "subnet", "server"):
+        if isinstance(spec.get(key), str):
+            out.append(str(spec[key]))
+    out += [str(f) for f in spec.get("firewalls", ())]
+    return out
