@@ -161,36 +161,24 @@ def postgres() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------------------- etcd
+# ------------------------------------------------------------------------------------------- processes
 
 @dataclass
-class Etcd:
-    """An etcd 3.4 member of its own: `url` is the client URL (HTTP, the v3 grpc-gateway that etcd3gw speaks)."""
+class _Process:
+    """A server this module started as a child process (etcd, nats-server): its log, stop and liveness."""
 
     root: Path
     port: int
-    peer_port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def log(self) -> Path:
         return self.root / "server.log"
 
-    def start(self) -> None:
-        etcd = _need("etcd", "etcd-server", "/usr/bin/etcd")
-        peer = f"http://127.0.0.1:{self.peer_port}"
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [etcd, "--name", "t", "--data-dir", str(self.root / "data"),
-                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", f"t={peer}", "--log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait(lambda: _http_ok(self.url + "/health"), "etcd", self.log, self.proc)
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.proc
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -206,9 +194,31 @@ class Etcd:
         return self.proc is not None and self.proc.poll() is None
 
 
+# ---------------------------------------------------------------------------------------------------------- etcd
+
+@dataclass
+class Etcd(_Process):
+    """An etcd 3.4 member of its own: `url` is the client URL (HTTP, the v3 grpc-gateway that etcd3gw speaks)."""
+
+    peer_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        etcd = _need("etcd", "etcd-server", "/usr/bin/etcd")
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        proc = self._spawn([etcd, "--name", "t", "--data-dir", str(self.root / "data"),
+                            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                            "--initial-cluster", f"t={peer}", "--log-level", "warn"])
+        _wait(lambda: _http_ok(self.url + "/health"), "etcd", self.log, proc)
+
+
 def start_etcd(root: Path) -> Etcd:
     root.mkdir(parents=True, exist_ok=True)
-    server = Etcd(root, free_port(), free_port())
+    server = Etcd(root, free_port(), peer_port=free_port())
     server.start()
     return server
 
@@ -228,49 +238,26 @@ def etcd() -> Iterator[Etcd]:
 # ---------------------------------------------------------------------------------------------------------- NATS
 
 @dataclass
-class Nats:
+class Nats(_Process):
     """A nats-server with JetStream: `url` for nats-py (nats://127.0.0.1:PORT)."""
 
-    root: Path
-    port: int
-    monitor_port: int
-    proc: subprocess.Popen[bytes] | None = None
+    monitor_port: int = 0
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    @property
-    def log(self) -> Path:
-        return self.root / "server.log"
-
     def start(self) -> None:
         binary = _need("nats-server", "nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
-                 "-sd", str(self.root / "js")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self._spawn([binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port),
+                            "-sd", str(self.root / "js")])
         _wait(lambda: _http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"), "nats-server",
-              self.log, self.proc)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.proc = None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+              self.log, proc)
 
 
 def start_nats(root: Path) -> Nats:
     root.mkdir(parents=True, exist_ok=True)
-    server = Nats(root, free_port(), free_port())
+    server = Nats(root, free_port(), monitor_port=free_port())
     server.start()
     return server
 
