@@ -1,22 +1,16 @@
 """The storage the engine is given (a view of the vault's barrier under the mount), and JSON helpers over it.
 
-Declared here structurally: the vault service's storage views implement it without either side importing the
-other. Values are bytes; the barrier encrypts them with the path as associated data.
+The Protocol is the vault service's (reconcilers/vault/service/storage/base.py): one declaration for the barrier,
+the engines and Transit. MemoryStore here checks no paths (the service's views do, before an engine sees them).
+Values are bytes; the barrier encrypts them with the path as associated data.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
-
-class KeyValueStore(Protocol):
-    """Bytes by path, as the vault's barrier view under one mount offers them."""
-
-    def get(self, path: str) -> bytes | None: ...
-    def put(self, path: str, value: bytes) -> None: ...
-    def delete(self, path: str) -> None: ...
-    def list(self, prefix: str) -> list[str]: ...   # direct children, Vault LIST style ("dir/" for folders)
+from reconcilers.vault.service.storage.base import KeyValueStore as KeyValueStore
 
 
 def get_json(store: KeyValueStore, path: str) -> dict[str, Any] | None:

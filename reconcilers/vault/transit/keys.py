@@ -22,12 +22,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, x25519
 
 from reconcilers.vault.backends import get_backend
+from reconcilers.vault.service.storage.base import KeyValueStore as KeyValueStore
 
 SYMMETRIC = ("aes256-gcm96", "chacha20-poly1305")
 SIGNING = ("ed25519", "ecdsa-p256", "ml-dsa-65")
@@ -37,18 +38,6 @@ ALIASES = {"ml-dsa": "ml-dsa-65"}          # Vault's name with parameter_set 65
 _NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9_])?$")
 PREFIX = "policy/"
 WRITE_LOCK = threading.RLock()             # create, rotate, config and delete are read-modify-write
-
-
-class KeyValueStore(Protocol):
-    """The engine's storage (the vault service's barrier view of its mount; a dict in tests)."""
-
-    def get(self, path: str) -> bytes | None: ...
-
-    def put(self, path: str, value: bytes) -> None: ...
-
-    def delete(self, path: str) -> None: ...
-
-    def list(self, prefix: str) -> list[str]: ...
 
 
 class TransitError(Exception):
