@@ -125,7 +125,16 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
     def _activate_locked(self, desired: AgentsDesired) -> None:
         before = self.active
         self.active = desired
-        service = self._service(desired)
+        if self.service is None and not _declares_work(desired):
+            return              # nothing to schedule or run: no queue, no scheduler thread, no agents.duckdb
+        try:
+            service = self._service(desired)
+        except Exception as err:  # noqa: BLE001 off the run's path: reported (event + one log line), never fatal
+            message = f"the agents service cannot start: {type(err).__name__}: {err}"
+            log.error("agents.start_failed", revision=desired.revision[:12], error=message)
+            if self.env.events is not None:
+                self.env.events("agents.start_failed", message, revision=desired.revision)
+            return
         if service is None:
             return
         changed: list[str] = []
@@ -262,3 +271,8 @@ def _digest(item: Any) -> str:
 
     data = {k: v for k, v in asdict(item).items() if k not in ("where", "prompt_line")}
     return hashlib.sha256(freeze(data).encode()).hexdigest()[:16]
+
+
+def _declares_work(desired: AgentsDesired) -> bool:
+    """True when the revision declares anything the service would schedule or run."""
+    return bool(desired.tasks or desired.checks or desired.pipelines or desired.agents)
