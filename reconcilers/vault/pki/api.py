@@ -40,7 +40,12 @@ def handle(method: str, path: str, body: Mapping[str, Any], store: KeyValueStore
     """Serve one request under the mount (see the module's docstring)."""
     moment = now or dt.datetime.now(dt.UTC)
     method = method.upper()
-    parts = [p for p in path.strip("/").split("/") if p]
+    trimmed = path.lstrip("/")
+    if method == "GET" and trimmed.startswith("ocsp/"):
+        # The request is base64 in the path: it may hold "/", "//" or end with "/", which splitting would lose.
+        parts = ["ocsp", trimmed[len("ocsp/"):]]
+    else:
+        parts = [p for p in path.strip("/").split("/") if p]
     try:
         return _route(method, parts, body, store, moment)
     except PkiError as err:

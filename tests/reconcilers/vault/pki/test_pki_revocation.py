@@ -214,3 +214,17 @@ def test_a_new_ca_after_delete_root_starts_an_empty_crl() -> None:
     mount.data("POST", "root/generate/internal", {"common_name": "ca2", "key_type": "ec"}, now=NOW)
     crl = mount.crl()
     assert len(crl) == 0 and crl.issuer.rfc4514_string() == "CN=ca2"
+
+
+def test_ocsp_get_with_slashes_in_the_base64_request_is_answered() -> None:
+    """RFC 6960's GET puts the base64 request in the path: one holding "//" (which path splitting collapsed, so the
+    request was garbled and answered 'malformed' now and then, depending on the bytes) is answered."""
+    mount = _mount("ec")
+    ca = mount.ca_cert()
+    leaf = cert(_issue(mount)["certificate"])
+    request = next(r for r in (_ocsp_request(leaf, ca, str(i).encode()) for i in range(20000))
+                   if "//" in base64.b64encode(r).decode())
+    raw = mount.call("GET", "ocsp/" + base64.b64encode(request).decode(), now=NOW)
+    answer = ocsp.load_der_ocsp_response(raw["_raw"])
+    assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
