@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from reconcilers.base import (
 from reconcilers.errors import StratumError
 from reconcilers.ports import Evaluator as PortEvaluator
 from reconcilers.ports import HttpMount, SecretsPort
-from reconcilers.vault import check, envelope, rules_sig
+from reconcilers.vault import check, declared_apply, declared_plan, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.fingerprints import FingerprintKey
@@ -79,6 +80,8 @@ class VaultDesired:
     problems: tuple[Problem, ...] = ()
     rules_sig: str | None = None              # the text of <rules>.sig, when committed
     policies: tuple[tuple[str, str], ...] = ()   # vault/policies/*.cedar: (path, text) for the vault service
+    # vault/transit, vault/pki, vault/database declarations (declared_plan.py): planned and applied as actions
+    engines: declared_plan.Engines = field(default_factory=declared_plan.Engines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +212,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         problems += found
         roles, found = service_sync.load_roles(snap, self._evaluator)
         problems += found
+        engines, found = declared_plan.load(self._evaluator, snap, self.secrets())
+        problems += found
         with self._lock:
             self._policies[snap.revision] = (policies, mounts, roles)
             while len(self._policies) > 64:
                 self._policies.pop(next(iter(self._policies)))
-        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies)
+        return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies, engines)
 
     # 2. validate ------------------------------------------------------------------------------------
     def _verify(self, mf: ManifestFile, rules: Rules | None, rules_key: str) -> Verified:
@@ -290,17 +295,28 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     # 3. observe and plan ------------------------------------------------------------------------------
     def observe(self, desired: VaultDesired, inventory: list[InventoryItem]) -> dict[str, tuple[str, int]]:
-        """What the store holds: path -> (blob id, version)."""
+        """What the store holds: path -> (blob id, version); and, when the vault is open, what it holds of each
+        declared engine object: engines/<target> -> ("present" or "absent", created time of a transit key's
+        latest version)."""
         with self._lock:
-            return {p: (v.blob_id, v.version) for p, v in self._store.items()}
+            out = {p: (v.blob_id, v.version) for p, v in self._store.items()}
+        records = {t: i.record() for t, i in desired.engines.items.items()}
+        for target, (present, created) in declared_apply.seen(self.vault_api.service, records).items():
+            out[target] = ("present" if present else "absent", int(created))
+        return out
 
     def plan(
         self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem]
     ) -> list[Action]:
-        """One action per changed manifest; payloads hold path, blob id and version, never values."""
+        """One action per changed manifest; payloads hold path, blob id and version, never values. Then the
+        engine declarations' actions (declared_plan.py): targets, kinds and spec fingerprints, never values."""
         actions: list[Action] = []
         wanted = {mf.path: mf for mf in desired.manifests}
-        owned = set(observed) | {i.resource_id for i in inventory if i.reconciler == NAME}
+        engines = declared_plan.ENGINES
+        seen = {t: (v[0] == "present", float(v[1])) for t, v in observed.items() if t.startswith(engines)}
+        observed = {t: v for t, v in observed.items() if not t.startswith(engines)}
+        owned = set(observed) | {i.resource_id for i in inventory
+                                 if i.reconciler == NAME and not i.resource_id.startswith(engines)}
         for path, mf in sorted(wanted.items()):
             current = observed.get(path)
             if current is not None and current[0] == mf.blob_id:
@@ -334,7 +350,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     compensation=freeze({"path": path, "blob_id": observed.get(path, ("",))[0] or None}),
                 )
             )
-        return actions
+        return actions + declared_plan.plan(desired.engines, inventory, seen, time.time(), self.publisher.prune)
 
     # 4. apply ------------------------------------------------------------------------------------------
     def _validated(self, path: str, blob_id: str) -> Manifest | None:
@@ -359,6 +375,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         from reconcilers.errors import ApplyError
 
         payload = action.payload()
+        if "engine" in payload:
+            return self._apply_engine(action, payload, ctx)
         path = str(payload["path"])
         with self._lock:
             if ctx.dry_run:
@@ -400,6 +418,27 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 inventory={"reconciler": NAME, "resource_id": path, "kind": "secret_manifest",
                            "data": {"path": path, "version": loaded.version, "blob_id": loaded.blob_id}},
             )
+
+    def _apply_engine(self, action: Action, payload: dict[str, Any], ctx: ApplyContext) -> Outcome:
+        """One engine declaration on the vault service (declared_apply.py: idempotent, so no compensation).
+        While the vault is disabled or sealed the action is done as "waiting" with no inventory change: the run
+        goes on (infra and knowledge apply), and the next run plans it again."""
+        record, delete = dict(payload["engine"]), bool(payload.get("delete"))
+        if ctx.dry_run:
+            return Outcome(action.id, True, f"would {action.kind} {action.target}")
+
+        def resolve(reference: str) -> str:
+            return self.secrets().resolve(reference, purpose=f"vault {action.target}")
+
+        try:
+            message, owned = declared_apply.apply(self.vault_api.service, record, delete, resolve,
+                                                  self.publisher.prune)
+        except declared_apply.Waiting as err:
+            return Outcome(action.id, False, f"waiting: {err}")
+        if not owned:
+            return Outcome(action.id, True, message, inventory=None, removed=True)
+        return Outcome(action.id, True, message, inventory={"reconciler": NAME, "resource_id": action.target,
+                                                             "kind": declared_plan.KIND, "data": record})
 
     def compensate(self, action: Action, ctx: ApplyContext) -> None:
         """Put back what the store held for the path before `action`."""

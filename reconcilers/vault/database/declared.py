@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from reconcilers.base import Problem
 from reconcilers.vault.database import api, config, leases, roles
 from reconcilers.vault.database.errors import DatabaseError
+from reconcilers.vault.declared import load_files
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class Change:
 
 def from_value(name: str, source: str, value: Mapping[str, Any]) -> MountSpec:
     """A spec from a contract-checked value, with the checks the contract cannot make (located errors)."""
-    connections = {str(k): dict(v) for k, v in dict(value.get("connections", {})).items()}
+    connections = {str(k): _with_reference(dict(v)) for k, v in dict(value.get("connections", {})).items()}
     dynamic = {str(k): dict(v) for k, v in dict(value.get("roles", {})).items()}
     static = {str(k): dict(v) for k, v in dict(value.get("static_roles", {})).items()}
     for conn_name, conn in connections.items():
@@ -96,6 +97,14 @@ def from_value(name: str, source: str, value: Mapping[str, Any]) -> MountSpec:
     return MountSpec(name, source, connections, dynamic, static)
 
 
+def _with_reference(conn: dict[str, Any]) -> dict[str, Any]:
+    """A `password_secret` record { secret, key } as the secrets port's text form "kv/...#key"."""
+    ref = conn.get("password_secret")
+    if isinstance(ref, Mapping):
+        conn["password_secret"] = f"{ref.get('secret', '')}#{ref.get('key', '')}"
+    return conn
+
+
 def _check_db(db_name: str, role: str, connections: Mapping[str, Mapping[str, Any]], where: str) -> None:
     conn = connections.get(db_name)
     if conn is None:
@@ -106,23 +115,15 @@ def _check_db(db_name: str, role: str, connections: Mapping[str, Mapping[str, An
                             hint=f"add {role!r} to connections.{db_name}.allowed_roles")
 
 
-def load(evaluator: Evaluator, snap: Snapshot) -> tuple[dict[str, MountSpec], list[Problem]]:
-    """Every `vault/database/*.ncl` of the revision, evaluated under the contract; problems are located."""
-    entries = [e for e in snap.entries(PREFIX, (".ncl",)) if "/" not in e.path[len(PREFIX):]]
-    if not entries:
-        return {}, []
-    result = evaluator.evaluate(snap, [e.path for e in entries], CONTRACT, entries)
-    problems = list(result.problems)
-    specs: dict[str, MountSpec] = {}
-    for path, value in result.values.items():
-        name = path[len(PREFIX):-len(".ncl")]
-        try:
-            config.check_name(name, "database mount")
-            specs[name] = from_value(name, path, value)
-        except DatabaseError as err:
-            problems.append(Problem(err.what, path=err.where.split(":")[0] or path, reconciler="vault",
-                                    hint=f"{err.where}: {err.hint}" if err.hint else err.where))
-    return specs, problems
+def _build(name: str, source: str, value: Mapping[str, Any]) -> MountSpec:
+    config.check_name(name, "database mount")
+    return from_value(name, source, value)
+
+
+def load(evaluator: Evaluator | None, snap: Snapshot) -> tuple[dict[str, MountSpec], list[Problem]]:
+    """Every `vault/database/*.ncl` of the revision, evaluated under the contract (reconcilers/vault/declared.py);
+    problems are located."""
+    return load_files(evaluator, snap, PREFIX, CONTRACT, _build, "database mount")
 
 
 def _stored_connection(store: KeyValueStore, name: str) -> dict[str, Any] | None:

@@ -9,8 +9,7 @@ from typing import Any
 
 from reconcilers.vault.database import config, sql
 from reconcilers.vault.database.errors import DatabaseError, DatabaseNotFound
-from reconcilers.vault.pki.durations import parse_duration
-from reconcilers.vault.pki.errors import PkiError
+from reconcilers.vault.durations import HINT, DurationError, parse_duration
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
 DEFAULT_TTL = 3600
@@ -33,8 +32,8 @@ def duration(value: object, field: str) -> int:
     """Seconds in a Vault-style duration, or a DatabaseError naming the field."""
     try:
         return parse_duration(value, field)
-    except PkiError as err:
-        raise DatabaseError(err.what, hint=err.hint) from None
+    except DurationError as err:
+        raise DatabaseError(str(err), hint=HINT) from None
 
 
 @dataclass(frozen=True, slots=True)

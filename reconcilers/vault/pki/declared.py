@@ -13,12 +13,12 @@ commit (certificates already issued depend on it): changing `ca` is reported and
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconcilers.base import Problem
+from reconcilers.vault.declared import load_files
 from reconcilers.vault.pki import api, ca
 from reconcilers.vault.pki.errors import PkiError
 from reconcilers.vault.pki.roles import Role
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from reconcilers.ports import Evaluator, Snapshot
 
 PREFIX = "vault/pki/"
-MOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 CONTRACT = '(import "vault.ncl").PkiMount'
 
 
@@ -72,23 +71,10 @@ def from_value(name: str, source: str, value: Mapping[str, Any]) -> MountSpec:
     return MountSpec(name, source, dict(value["ca"]), roles)
 
 
-def load(evaluator: Evaluator, snap: Snapshot) -> tuple[dict[str, MountSpec], list[Problem]]:
-    """Every `vault/pki/*.ncl` of the revision, evaluated under the contract; problems are located."""
-    entries = [e for e in snap.entries(PREFIX, (".ncl",)) if "/" not in e.path[len(PREFIX):]]
-    if not entries:
-        return {}, []
-    result = evaluator.evaluate(snap, [e.path for e in entries], CONTRACT, entries)
-    problems = list(result.problems)
-    specs: dict[str, MountSpec] = {}
-    for path, value in result.values.items():
-        name = path[len(PREFIX):-len(".ncl")]
-        try:
-            if not MOUNT_NAME.match(name):
-                raise PkiError(f"PKI mount name {name!r} (the file's name) is not valid",
-                               hint="name the file with letters, digits, _ and - only")
-            specs[name] = from_value(name, path, value)
-        except PkiError as err:
-            problems.append(Problem(err.what, path=path, reconciler="vault", hint=err.hint))
+def load(evaluator: Evaluator | None, snap: Snapshot) -> tuple[dict[str, MountSpec], list[Problem]]:
+    """Every `vault/pki/*.ncl` of the revision, evaluated under the contract (reconcilers/vault/declared.py);
+    problems are located, an issuer that is not declared included."""
+    specs, problems = load_files(evaluator, snap, PREFIX, CONTRACT, from_value, "PKI mount")
     for spec in specs.values():
         if spec.issuer is not None and spec.issuer not in specs:
             problems.append(Problem(f"ca.issuer names PKI mount {spec.issuer!r}, which is not declared",

@@ -1,7 +1,8 @@
 """Background work of the engines on the active, unsealed vault: expired database leases revoked (bounded
-connections, retried with backoff by the reaper itself), and static database roles rotated when their period
-has passed. One thread per daemon; a failing sweep is logged and tried again at the next tick. Leases live in
-the vault's storage, so a restart (or an HA takeover) picks up where the last sweep left."""
+connections, retried with backoff by the reaper itself), static database roles rotated when their period
+has passed, transit keys rotated when their auto_rotate_period has passed (as Vault does). One thread per
+daemon; a failing sweep is logged and tried again at the next tick. Leases live in the vault's storage, so a
+restart (or an HA takeover) picks up where the last sweep left."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ import time
 from typing import Any
 
 SWEEP_INTERVAL_S = 15.0
+
+
+def rotate_transit_due(store: Any, now: float) -> list[str]:
+    """Transit keys whose latest version is older than their auto_rotate_period get a new version, as Vault
+    rotates them itself (declared in the repo or set through the API); the names rotated."""
+    from reconcilers.vault.transit import keys
+
+    done: list[str] = []
+    for name in keys.names(store):
+        with keys.WRITE_LOCK:
+            key = keys.load(store, name)
+            if key is None or not key.auto_rotate_period:
+                continue
+            if now - key.versions[key.latest_version].created >= key.auto_rotate_period:
+                keys.save(store, keys.rotated(key))
+                done.append(name)
+    return done
 
 
 class Sweeper:
@@ -33,6 +51,8 @@ class Sweeper:
         moment = time.time() if now is None else now
         out: dict[str, Any] = {}
         for entry in list(svc.mounts.entries.values()):
+            if entry.type == "transit":
+                out[entry.path] = rotate_transit_due(svc.mounts.store_of(entry), moment)
             if entry.type != "database":
                 continue
             store = svc.mounts.store_of(entry)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from reconcilers.vault.durations import DurationError, parse_duration
 from reconcilers.vault.transit import keys as k
 from reconcilers.vault.transit import ops
 from reconcilers.vault.transit.keys import HYBRID, SIGNING, SYMMETRIC, Key, KeyValueStore, TransitError
@@ -50,14 +51,11 @@ def create(name: str, body: Mapping[str, Any], store: KeyValueStore) -> Result:
 
 
 def duration(value: Any) -> int:
-    """Seconds of `3600`, "3600", "90m", "24h", "7d"."""
-    text = str(value).strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return int(text[:-1]) * units[text[-1]]
-    if text.isdigit():
-        return int(text)
-    raise TransitError(f"auto_rotate_period {text[:40]!r} is not a duration such as 24h")
+    """Seconds of `3600`, "3600", "90m", "24h", "7d", "1h30m" (reconcilers/vault/durations.py)."""
+    try:
+        return parse_duration(value, "auto_rotate_period")
+    except DurationError as err:
+        raise TransitError(f"{err} (such as 24h)") from None
 
 
 def describe(key: Key) -> dict[str, Any]:

@@ -1,0 +1,243 @@
+"""Engine declarations under vault/ (transit keys, PKI CAs and roles, database mounts) go through a real run:
+the pipeline (real git repo, DuckDB index, Nickel worker) with the infra and vault reconcilers and a real vault
+service in process (file storage in the temp dir), checked through the vault's own request handler. The plan
+names targets and spec fingerprints; apply creates, updates, rotates and deletes; a bad declaration is a located
+problem that keeps the last state; a sealed or disabled vault leaves its actions waiting while infra applies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.git.source import GitSource
+from daemon.index.store import Index
+from daemon.nickel.evaluator import Evaluator
+from daemon.run.pipeline import Pipeline, RunResult
+from reconcilers.base import ReconcilerEnv
+from reconcilers.infra.reconciler import InfraReconciler
+from reconcilers.vault.reconciler import VaultReconciler
+from reconcilers.vault.service.core import VaultService
+from reconcilers.vault.service.request import ApiRequest
+from reconcilers.vault.transit import keys as transit_keys
+from tests.fixtures import WorkRepo, infra, resource
+
+TEMPLATE = Path(__file__).resolve().parents[3] / "repo_template" / "vault"
+MOTD = infra(resource("motd", "file", path="etc/motd", content="hello\n"))
+KEYS = """{ keys = {
+  app = { type = "aes256-gcm96", auto_rotate_period = "720h" },
+  old = { deletion_allowed = true },
+  kept = {},
+} }
+"""
+PKI = """{ ca = { common_name = "Test CA", key_type = "ec" },
+  roles = { web = { allowed_domains = ["example.test"], allow_subdomains = true, ttl = "1h", max_ttl = "24h" } } }
+"""
+
+
+@dataclass
+class World:
+    """A repo, a pipeline over it, the vault reconciler, its service and the root token (None: vault off)."""
+
+    tmp: Path
+    repo: WorkRepo
+    pipe: Pipeline
+    vault: VaultReconciler
+    service: VaultService | None
+    root: str
+    unseal_key: str
+
+    def run(self, files: dict[str, str | None]) -> RunResult:
+        return self.pipe.run(self.repo.commit(files))
+
+    def messages(self, run_id: str) -> dict[str, str]:
+        """target -> outcome message of a run's vault actions."""
+        self.pipe.index.sync()
+        rows = self.pipe.index.query("SELECT target, message FROM actions WHERE run_id = ? AND reconciler = 'vault'",
+                                     [run_id])
+        return {str(t): str(m) for t, m in rows}
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        assert self.service is not None
+        return self.service.handle(ApiRequest(method, path, body=body or {}, token=self.root))
+
+
+def _world(tmp_path: Path, evaluator: Evaluator, vault_on: bool = True, prune: bool = True) -> World:
+    data = tmp_path / "data"
+    settings: dict[str, Any] = {"infra": {"root": str(tmp_path / "root")}}
+    if vault_on:
+        settings["vault"] = {"listen": "127.0.0.1:0"}
+    env = ReconcilerEnv(data_dir=data, settings=settings, evaluator=evaluator,
+                        repo_settings={"vault": {"prune": prune}})
+    vault = VaultReconciler(env, evaluator=evaluator)
+    vault.http_mounts()                   # what a daemon does at start: the vault service is built
+    service = vault.vault_api.service
+    root = key = ""
+    if service is not None:
+        init = service.initialize(1, 1, "base64")
+        root, key = init["root_token"], init["keys"][0]
+        service.unseal(key)
+    repo = WorkRepo(tmp_path / "ops")
+    pipe = Pipeline(source=GitSource(str(repo.path), "main", data), index=Index(data / "index.duckdb"),
+                    reconcilers={"infra": InfraReconciler(env), "vault": vault}, evaluator=evaluator)
+    return World(tmp_path, repo, pipe, vault, service, root, key)
+
+
+@pytest.fixture
+def world(tmp_path: Path, evaluator: Evaluator) -> Iterator[World]:
+    w = _world(tmp_path, evaluator)
+    yield w
+    w.pipe.close()
+    w.vault.close()
+    w.pipe.index.close()
+
+
+def _key(w: World, name: str) -> transit_keys.Key | None:
+    assert w.service is not None
+    entry = w.service.mounts.entries["transit/"]
+    return transit_keys.load(w.service.mounts.store_of(entry), name)
+
+
+def test_declarations_are_applied_by_a_run(world: World) -> None:
+    """A commit with transit keys and a PKI mount: the run succeeds; the vault holds the keys (encrypt works),
+    the PKI role issues a certificate; plan lines name targets and fingerprints; the next run plans nothing."""
+    report = world.pipe.plan(world.repo.commit({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}))
+    summaries = [a.summary for a in report.actions if a.reconciler == "vault"]
+    assert any("create transit-key transit/keys/app (spec " in s for s in summaries), summaries
+    assert any("create pki-ca ops/ca" in s for s in summaries) and any("ops/roles/web" in s for s in summaries)
+    result = world.pipe.run("main")
+    assert result.status == "succeeded", result.message
+    status, body = world.api("POST", "transit/encrypt/app", {"plaintext": "aGVsbG8="})
+    assert status == 200 and body["data"]["ciphertext"].startswith("vault:v1:")
+    status, body = world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})
+    assert status == 200, body
+    assert "BEGIN CERTIFICATE" in body["data"]["certificate"]
+    status, _ = world.api("POST", "ops/issue/web", {"common_name": "a.elsewhere.test"})
+    assert status == 400
+    again = world.pipe.plan("main")
+    assert [a.id for a in again.actions if a.reconciler == "vault"] == []
+
+
+def test_changes_update_and_rotate(world: World) -> None:
+    """A changed role is rewritten; a changed key policy is configured; a key older than its
+    auto_rotate_period gets a new version at the next run (its age set in the store: time passing)."""
+    assert world.run({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}).status == "succeeded"
+    changed = world.run({"vault/transit/keys.ncl": KEYS.replace("kept = {}", "kept = { exportable = true }"),
+                         "vault/pki/ops.ncl": PKI.replace('"example.test"', '"example.org"')})
+    assert changed.status == "succeeded", changed.message
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.org"})[0] == 200
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] == 400
+    kept = _key(world, "kept")
+    assert kept is not None and kept.exportable
+    assert world.service is not None
+    store = world.service.mounts.store_of(world.service.mounts.entries["transit/"])
+    app = _key(world, "app")
+    assert app is not None and app.latest_version == 1
+    aged = {n: replace(v, created=v.created - 721 * 3600) for n, v in app.versions.items()}
+    transit_keys.save(store, replace(app, versions=aged))
+    report = world.pipe.plan("main")
+    assert next(a.summary for a in report.actions if a.target == "engines/transit/keys/app").startswith(
+        "update transit-key transit/keys/app"), report.actions
+    assert world.pipe.run("main").status == "succeeded"
+    rotated = _key(world, "app")
+    assert rotated is not None and rotated.latest_version == 2
+
+
+def test_removed_declarations_are_deleted_or_kept(world: World) -> None:
+    """A removed role is deleted; a removed key is deleted only when declared with deletion_allowed; the CA
+    stays (certificates depend on it)."""
+    assert world.run({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}).status == "succeeded"
+    result = world.run({"vault/transit/keys.ncl": "{ keys = { app = {} } }\n",
+                        "vault/pki/ops.ncl": PKI.replace("roles = { web", "roles = { other")})
+    assert result.status == "succeeded", result.message
+    assert _key(world, "old") is None                   # deletion_allowed = true
+    assert _key(world, "kept") is not None              # not allowed: kept, and said so
+    messages = world.messages(result.run_id)
+    assert "deletion_allowed" in messages["engines/transit/keys/kept"]
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] in (400, 404)
+    assert world.api("POST", "ops/issue/other", {"common_name": "a.example.test"})[0] == 200
+    gone = world.run({"vault/pki/ops.ncl": None})
+    assert gone.status == "succeeded"
+    assert "never deletes a CA" in world.messages(gone.run_id)["engines/ops/ca"]
+    assert world.api("GET", "ops/ca/pem")[0] == 200
+
+
+def test_prune_false_keeps_removed_declarations(tmp_path: Path, evaluator: Evaluator) -> None:
+    """With `vault = { prune = false }` nothing the repo stops declaring is deleted."""
+    w = _world(tmp_path, evaluator, prune=False)
+    try:
+        assert w.run({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}).status == "succeeded"
+        result = w.run({"vault/transit/keys.ncl": None, "vault/pki/ops.ncl": PKI.replace("web", "other")})
+        assert result.status == "succeeded"
+        assert _key(w, "old") is not None
+        assert w.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] == 200
+        assert "prune = false" in w.messages(result.run_id)["engines/ops/roles/web"]
+    finally:
+        w.pipe.close()
+        w.vault.close()
+        w.pipe.index.close()
+
+
+@pytest.mark.parametrize(("path", "text", "expected"), [
+    ("vault/transit/keys.ncl", '{ keys = { app = { type = "rot13" } } }\n', "vault/transit/keys.ncl"),
+    ("vault/transit/keys.ncl", '{ keys = { app = { auto_rotate_period = "soon" } } }\n', "not a duration"),
+    ("vault/pki/ops.ncl", PKI.replace('ttl = "1h"', 'ttl = "48h"'), "vault/pki/ops.ncl"),
+    ("vault/pki/bad name.ncl", PKI, "is not valid"),
+])
+def test_a_bad_declaration_is_located_and_the_last_state_stays(world: World, path: str, text: str,
+                                                               expected: str) -> None:
+    """A bad key type, a bad period, a role whose ttl exceeds max_ttl, a bad file name: the revision is
+    rejected with the file named, and the vault keeps what the last good revision declared."""
+    assert world.run({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}).status == "succeeded"
+    result = world.run({path: text})
+    assert result.status == "rejected", result.message
+    rendered = [str(p) for p in result.problems]
+    assert any(expected in r and r.startswith(path.split("/")[0]) for r in rendered), rendered
+    assert _key(world, "app") is not None and _key(world, "kept") is not None
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] == 200
+
+
+def test_sealed_vault_waits_while_infra_applies(world: World) -> None:
+    """Sealed: the run succeeds, infra is applied, the vault actions say they wait for the unseal; after the
+    unseal the next run applies them."""
+    assert world.service is not None
+    world.service.seal_now()
+    result = world.run({"infra/motd.ncl": MOTD, "vault/transit/keys.ncl": KEYS})
+    assert result.status == "succeeded", result.message
+    assert (world.tmp / "root/etc/motd").read_text() == "hello\n"
+    messages = world.messages(result.run_id)
+    assert messages["engines/transit/keys/app"].startswith("waiting: the vault is sealed"), messages
+    world.service.unseal(world.unseal_key)
+    assert _key(world, "app") is None
+    again = world.pipe.run("main")
+    assert again.status == "succeeded"
+    assert _key(world, "app") is not None
+    assert world.pipe.plan("main").actions == ()
+
+
+def test_template_plans_with_the_vault_disabled(tmp_path: Path, evaluator: Evaluator) -> None:
+    """The template's vault/ (a transit key, a CA and role, an empty database mount, a policy, a token role)
+    validates and plans on a machine with the vault off; apply says it waits, and the run succeeds."""
+    w = _world(tmp_path, evaluator, vault_on=False)
+    try:
+        files = {str(p.relative_to(TEMPLATE.parent)): p.read_text() for p in TEMPLATE.rglob("*") if p.is_file()}
+        assert "vault/transit/app.ncl" in files
+        revision = w.repo.commit({**files, "infra/motd.ncl": MOTD})
+        report = w.pipe.plan(revision)
+        assert not report.problems
+        targets = {a.target for a in report.actions if a.reconciler == "vault"}
+        assert {"engines/transit/keys/app", "engines/ops/ca", "engines/ops/roles/internal"} <= targets
+        result = w.pipe.run(revision)
+        assert result.status == "succeeded", result.message
+        assert (tmp_path / "root/etc/motd").exists()
+        messages = w.messages(result.run_id)
+        assert all(m.startswith("waiting: the vault is disabled") for t, m in messages.items()
+                   if t.startswith("engines/")), messages
+        assert {a.target for a in w.pipe.plan(revision).actions} == targets   # still planned: not applied
+    finally:
+        w.pipe.close()
+        w.vault.close()
+        w.pipe.index.close()
