@@ -461,12 +461,19 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:
-        """Manifests of the commit that the store does not hold at their committed blob."""
-        return [
+        """Manifests of the commit that the store does not hold at their committed blob; engine declarations the
+        open vault does not hold (it was sealed or off when they were applied, or someone removed them): the
+        periodic drift check starts a correcting run for those ("policy correct")."""
+        problems = [
             Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
             for mf in desired.manifests
             if observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+        for target, item in sorted(desired.engines.items.items()):
+            if observed.get(target, ("",))[0] == "absent":
+                problems.append(Problem(f"{item.kind} {target.removeprefix(declared_plan.ENGINES)} is declared but "
+                                        "not in the vault; policy correct", path=item.source, reconciler=NAME))
+        return problems
 
     # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
     def _published(self) -> list[tuple[str, Any]]:

@@ -212,6 +212,8 @@ def test_sealed_vault_waits_while_infra_applies(world: World) -> None:
     assert messages["engines/transit/keys/app"].startswith("waiting: the vault is sealed"), messages
     world.service.unseal(world.unseal_key)
     assert _key(world, "app") is None
+    drift = [str(p) for p in world.pipe.plan("main").drift]     # what makes the daemon's drift check run again
+    assert any("transit/keys/app is declared but not in the vault; policy correct" in d for d in drift), drift
     again = world.pipe.run("main")
     assert again.status == "succeeded"
     assert _key(world, "app") is not None
@@ -241,3 +243,20 @@ def test_template_plans_with_the_vault_disabled(tmp_path: Path, evaluator: Evalu
         w.pipe.close()
         w.vault.close()
         w.pipe.index.close()
+
+
+def test_the_sweeper_rotates_keys_on_schedule(world: World) -> None:
+    """Between runs the vault's sweeper rotates a key whose latest version is older than its auto_rotate_period
+    (as Vault does); a key without a period, or not yet due, is left alone."""
+    from reconcilers.vault.service.sweeper import Sweeper
+
+    assert world.run({"vault/transit/keys.ncl": KEYS}).status == "succeeded"
+    assert world.service is not None
+    app = _key(world, "app")
+    assert app is not None
+    created = app.versions[1].created
+    assert Sweeper(world.service).sweep_once(created + 3600)["transit/"] == []
+    assert Sweeper(world.service).sweep_once(created + 721 * 3600)["transit/"] == ["app"]
+    rotated, kept = _key(world, "app"), _key(world, "kept")
+    assert rotated is not None and rotated.latest_version == 2
+    assert kept is not None and kept.latest_version == 1
