@@ -9,12 +9,15 @@ the vault and stays there: nothing returned here carries it.
     vault off (no service: `[vault] enabled` false, or a CLI run)  -> Waiting("the vault is disabled ...")
     sealed, or an HA standby                                      -> Waiting("the vault is sealed ...")
     a mount path taken by another engine, a transit key of another type -> TerminalError (the revision is wrong)
-    the engine refuses (a bad role, PostgreSQL down at verify)    -> TransientError (retried, then the run fails)
+    the engine refuses the declaration (a bad statement, a
+      min_decryption_version above the latest version)          -> TerminalError (no retry: the run rolls back)
+    PostgreSQL unreachable, the vault's storage failing          -> TransientError (retried, then the run fails)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,10 +25,13 @@ from typing import TYPE_CHECKING, Any
 from reconcilers.errors import TerminalError, TransientError
 from reconcilers.vault.database import declared as db_declared
 from reconcilers.vault.database import leases
+from reconcilers.vault.database.errors import DatabaseUnreachable
+from reconcilers.vault.errors import VaultError
 from reconcilers.vault.pki import ca as pki_ca
 from reconcilers.vault.pki import declared as pki_declared
 from reconcilers.vault.pki.roles import Role
 from reconcilers.vault.pki.storage import KeyValueStore, get_json
+from reconcilers.vault.service.errors import BadRequest, ServiceError
 from reconcilers.vault.transit import declare as transit_declare
 from reconcilers.vault.transit import keys as transit_keys
 
@@ -35,6 +41,9 @@ if TYPE_CHECKING:
 Resolve = Callable[[str], str]            # a secret reference -> its value (the secrets port, at apply time)
 ENGINE_TYPE = {"transit-key": "transit", "pki-ca": "pki", "pki-role": "pki", "db-connection": "database",
                "db-role": "database", "db-static-role": "database"}
+
+
+_MOUNTING = threading.Lock()
 
 
 class Waiting(Exception):
@@ -59,8 +68,15 @@ def store_of(service: VaultService, mount: str, engine: str, where: str, create:
     if entry is None:
         if not create:
             return None
-        service.mounts.enable(path, {"type": engine, "description": f"declared in {where}"})
-        entry = service.mounts.entries[path]
+        with _MOUNTING:                   # actions run in parallel: two of one new mount must not both enable it
+            entry = service.mounts.entries.get(path)
+            if entry is None:
+                try:
+                    service.mounts.enable(path, {"type": engine, "description": f"declared in {where}"})
+                except BadRequest as err:
+                    raise TerminalError(f"cannot mount {path}: {'; '.join(err.messages)}", where=where,
+                                        hint="rename the file") from err
+                entry = service.mounts.entries[path]
     if entry.type != engine:
         raise TerminalError(f"the vault's mount {path} is a {entry.type} engine; the repo declares a {engine} "
                             "mount there", where=where,
@@ -103,40 +119,54 @@ def apply(service: VaultService | None, record: Mapping[str, Any], delete: bool,
     kind, mount, name, where = str(record["kind"]), str(record["mount"]), str(record["name"]), str(record["source"])
     spec: dict[str, Any] = dict(record.get("spec", {}))
     moment = time.time() if now is None else now
-    store = store_of(vault, mount, ENGINE_TYPE[kind], where, create=not delete)
     try:
-        if delete:
-            if store is None:
-                return "nothing to delete: the mount is gone", False
-            message, released = _delete(store, kind, mount, name, spec, prune, resolve)
-            return message, not released
-        assert store is not None
-        if kind == "transit-key":
-            return _transit(store, name, spec, moment, where), True
-        if kind == "pki-ca":
-            return _pki_ca(vault, store, mount, spec, where, moment), True
-        if kind == "pki-role":
-            return _pki_role(store, mount, name, spec, where, moment), True
-        return _database(store, kind, mount, name, spec, where, resolve), True
-    except transit_keys.TransitError as err:
-        raise TransientError(f"transit key {name}: {err.message}", where=where) from err
+        store = store_of(vault, mount, ENGINE_TYPE[kind], where, create=not delete)
+        return _apply(vault, store, kind, mount, name, spec, where, delete, resolve, prune, moment)
     except (TerminalError, TransientError):
         raise
-    except Exception as err:
-        from reconcilers.vault.errors import VaultError
+    except transit_keys.TransitError as err:
+        cls = TransientError if err.status >= 500 else TerminalError
+        raise cls(f"transit key {name}: {err.message}", where=where, hint="fix the declaration") from err
+    except DatabaseUnreachable as err:
+        raise TransientError(err.what, where=err.where or where, hint="check that the database is up") from err
+    except VaultError as err:
+        raise TerminalError(err.what, where=err.where or where, hint=err.hint or "fix the declaration") from err
+    except ServiceError as err:
+        raise TransientError(f"the vault could not store it: {'; '.join(err.messages)}", where=where,
+                             hint="check the vault's storage backend; the next run tries again") from err
 
-        if not isinstance(err, VaultError):
-            raise
-        raise TransientError(err.what, where=err.where or where, hint=err.hint or "see the vault's audit log; "
-                             "the action is retried, then the run fails and the next run tries again") from err
+
+def _apply(vault: VaultService, store: KeyValueStore | None, kind: str, mount: str, name: str,
+           spec: dict[str, Any], where: str, delete: bool, resolve: Resolve, prune: bool,
+           moment: float) -> tuple[str, bool]:
+    """`apply` once the vault is open and the mount's store found (None: the mount is not there)."""
+    if delete:
+        if store is None:
+            return "nothing to delete: the mount is gone", False
+        message, released = _delete(store, kind, mount, name, spec, prune, resolve)
+        return message, not released
+    assert store is not None
+    if kind == "transit-key":
+        return _transit(store, name, spec, moment, where), True
+    if kind == "pki-ca":
+        return _pki_ca(vault, store, mount, spec, where, moment), True
+    if kind == "pki-role":
+        return _pki_role(store, mount, name, spec, where, moment), True
+    return _database(store, kind, mount, name, spec, where, resolve), True
 
 
 def _transit(store: KeyValueStore, name: str, spec: Mapping[str, Any], now: float, where: str) -> str:
     want = transit_declare.Declared(**spec)
-    changes, problems = transit_declare.plan({name: want}, store, now)
-    if problems:
-        raise TerminalError("; ".join(problems), where=where, hint="declare a new key and move to it")
-    done = [transit_declare.apply(change, {name: want}, store) for change in changes]
+    done: list[str] = []
+    # Two passes: a new key is created first, then given the policy that creating does not set
+    # (min_decryption_version); the second pass of an existing key finds nothing left to do.
+    for _ in range(2):
+        changes, problems = transit_declare.plan({name: want}, store, now)
+        if problems:
+            raise TerminalError("; ".join(problems), where=where, hint="declare a new key and move to it")
+        if not changes:
+            break
+        done += [transit_declare.apply(change, {name: want}, store) for change in changes]
     return "; ".join(done) or f"transit key {name} unchanged"
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconcilers.base import Problem
 from reconcilers.vault.database import api, config, leases, roles
-from reconcilers.vault.database.errors import DatabaseError
+from reconcilers.vault.database.errors import DatabaseError, DatabaseUnreachable
 from reconcilers.vault.declared import load_files
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
@@ -169,7 +169,9 @@ def plan(spec: MountSpec, store: KeyValueStore) -> list[Change]:
 def _call(store: KeyValueStore, method: str, path: str, body: Mapping[str, Any], mount: str, where: str) -> None:
     status, reply = api.handle(method, path, body, store, mount=mount)
     if status >= 300:
-        raise DatabaseError(f"{method} {path}: {'; '.join(reply.get('errors', []))}", where=where)
+        # 502: PostgreSQL could not be reached (worth retrying); anything else: the declaration is wrong.
+        kind = DatabaseUnreachable if status == DatabaseUnreachable.status else DatabaseError
+        raise kind(f"{method} {path}: {'; '.join(reply.get('errors', []))}", where=where)
 
 
 def apply(spec: MountSpec, store: KeyValueStore, changes: Sequence[Change], resolve: Resolve) -> list[str]:

@@ -260,3 +260,17 @@ def test_the_sweeper_rotates_keys_on_schedule(world: World) -> None:
     rotated, kept = _key(world, "app"), _key(world, "kept")
     assert rotated is not None and rotated.latest_version == 2
     assert kept is not None and kept.latest_version == 1
+
+
+def test_a_declaration_the_vault_refuses_fails_the_run_with_its_file(world: World) -> None:
+    """A new key declared with min_decryption_version above its only version: the action fails at once (no
+    retries: the revision is wrong), the run is rolled back, and the error names the file and the field; a
+    key declared under another type than the vault's is refused the same way."""
+    result = world.run({"infra/motd.ncl": MOTD,
+                        "vault/transit/keys.ncl": "{ keys = { app = { min_decryption_version = 5 } } }\n"})
+    assert result.status in ("rolled_back", "failed"), result.message
+    assert "vault/transit/keys.ncl" in result.message and "min_decryption_version" in result.message
+    assert world.run({"vault/transit/keys.ncl": "{ keys = { app = {} } }\n"}).status == "succeeded"
+    retyped = world.run({"vault/transit/keys.ncl": '{ keys = { app = { type = "ed25519" } } }\n'})
+    assert retyped.status in ("rolled_back", "failed")
+    assert "a key's type never changes" in retyped.message
