@@ -263,7 +263,11 @@ class Pipeline:
                                  "rolls the run back or resumes it (on_interrupted)")
         if result.failed is None:
             self.commit_good(loaded)
-            return "succeeded", f"{len(result.completed)} action(s) applied", (), done
+            # An outcome that is not ok without an error is waiting (the vault sealed or off): say so, and why.
+            waiting = [o.message for _, o in result.completed if not o.ok]
+            applied = f"{len(result.completed) - len(waiting)} action(s) applied"
+            applied += f"; {len(waiting)} not yet, first: {waiting[0]}" if waiting else ""
+            return "succeeded", applied, (), done
         failed_action, error = result.failed
         done += ((failed_action.id, "failed"),)
         ok, note = self.rollback(run_id, [a for a, _ in result.completed], result.next_seq)

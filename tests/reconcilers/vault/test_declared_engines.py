@@ -234,6 +234,7 @@ def test_template_plans_with_the_vault_disabled(tmp_path: Path, evaluator: Evalu
         assert {"engines/transit/keys/app", "engines/ops/ca", "engines/ops/roles/internal"} <= targets
         result = w.pipe.run(revision)
         assert result.status == "succeeded", result.message
+        assert "; 3 not yet, first: waiting: the vault is disabled" in result.message   # the run says so
         assert (tmp_path / "root/etc/motd").exists()
         messages = w.messages(result.run_id)
         assert all(m.startswith("waiting: the vault is disabled") for t, m in messages.items()
