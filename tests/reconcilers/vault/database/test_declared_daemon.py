@@ -1,8 +1,8 @@
-"""A real stratumd with `[vault] listen` applies what vault/ declares: a transit key, a PKI CA and role, a
-PostgreSQL connection (its root password from a committed secret manifest) and a dynamic role. The first run
-happens before the vault is initialized: it succeeds, infra is applied and the vault actions wait; after init and
-unseal (hvac, over loopback HTTP) the next run applies them, and hvac sees the key, gets a certificate and gets
-database credentials that log in to a real PostgreSQL (started by the tests)."""
+"""A real stratumd with `[vault] listen` applies what vault/ declares (the template's vault/ folder): a transit
+key, a PKI CA and role, a PostgreSQL connection (its root password from a committed secret manifest) and a
+dynamic role. The first run happens before the vault is initialized: it succeeds, infra is applied and the vault
+actions wait; after init and unseal (hvac, over loopback HTTP) the next run applies them, and hvac sees the key,
+gets a certificate and gets database credentials that log in to a real PostgreSQL (started by the tests)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,7 @@ from tests.vault_fixtures import secret_world
 
 pytestmark = pytest.mark.slow
 
-KEYS = '{ keys = { app = { type = "aes256-gcm96", auto_rotate_period = "720h" } } }\n'
-PKI = """{ ca = { common_name = "Daemon test CA", key_type = "ec" },
-  roles = { internal = { allowed_domains = ["internal.test"], allow_subdomains = true, ttl = "1h" } } }
-"""
+TEMPLATE = Path(__file__).resolve().parents[4] / "repo_template" / "vault"
 
 
 def _database(pg: Postgres) -> str:
@@ -59,7 +56,10 @@ def test_a_daemon_applies_vault_declarations_after_unseal(tmp_path: Path, pg: Po
         "infra/motd.ncl": infra(resource("motd", "file", path="etc/motd", content="hi\n")),
         "secrets/rules.ncl": world.rules(),
         "secrets/db/main.yaml": world.manifest({"password": ADMIN_PASSWORD}, path="secrets/db/main.yaml"),
-        "vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI, "vault/database/app.ncl": _database(pg)})
+        # The template's vault/ (transit key `app`, PKI mount `ops` with role `internal`, a policy, a token
+        # role), its empty database mount `app` filled in for this PostgreSQL.
+        **{str(p.relative_to(TEMPLATE.parent)): p.read_text() for p in TEMPLATE.rglob("*") if p.is_file()},
+        "vault/database/app.ncl": _database(pg)})
     work.push()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -84,9 +84,10 @@ def test_a_daemon_applies_vault_declarations_after_unseal(tmp_path: Path, pg: Po
         assert list(key["keys"]) == ["1"] and isinstance(key["keys"]["1"], int)   # a creation time, no material
         sealed = client.secrets.transit.encrypt_data("app", "aGVsbG8=")["data"]["ciphertext"]
         assert sealed.startswith("vault:v1:")
-        cert = client.secrets.pki.generate_certificate("internal", "web.internal.test", mount_point="ops")["data"]
+        cert = client.secrets.pki.generate_certificate("internal", "web.internal.example.com",
+                                                       mount_point="ops")["data"]
         parsed = x509.load_pem_x509_certificate(cert["certificate"].encode())
-        assert parsed.subject.rfc4514_string() == "CN=web.internal.test"
+        assert parsed.subject.rfc4514_string() == "CN=web.internal.example.com"
         creds = client.secrets.database.generate_credentials("web", mount_point="app")
         assert creds["lease_id"].startswith("app/creds/web/")
         assert can_login(pg, creds["data"]["username"], creds["data"]["password"])
