@@ -152,13 +152,16 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         os.replace(tmp, self._versions_file)
 
     def policy_resources(self, desired: VaultDesired) -> list[PolicyResource]:
-        """What change control authorizes: each manifest (kind secret) and the rules file; the digest is the
-        blob id, so re-encrypting counts as a change while the plaintext stays unknown."""
+        """What change control authorizes: each manifest (kind secret), the rules file and each engine declaration;
+        a manifest's digest is its blob id, so re-encrypting counts as a change while the plaintext stays unknown."""
         out = [PolicyResource(self.name, m.path, "secret", m.path, "vault", {}, m.blob_id[:16], m.path, 1)
                for m in desired.manifests]
         if desired.rules is not None:
             out.append(PolicyResource(self.name, RULES_PATH, "secret_rules", RULES_PATH, "vault", {},
                                       _digest(desired.rules), RULES_PATH, 1))
+        # Engine declarations: "vault:engines/transit/keys/app" of kind transit-key, pki-ca, db-connection, ...
+        out += [PolicyResource(self.name, t, i.kind, i.source, "vault", {}, i.fingerprint, i.source, 1)
+                for t, i in sorted(desired.engines.items.items())]
         return out
 
     def close(self) -> None:

@@ -275,3 +275,16 @@ def test_a_declaration_the_vault_refuses_fails_the_run_with_its_file(world: Worl
     retyped = world.run({"vault/transit/keys.ncl": '{ keys = { app = { type = "ed25519" } } }\n'})
     assert retyped.status in ("rolled_back", "failed")
     assert "a key's type never changes" in retyped.message
+
+
+def test_change_control_sees_engine_declarations(world: World) -> None:
+    """Each declaration is a change-control resource (vault:engines/..., its kind, its file): a policy that
+    forbids transit keys rejects a commit that declares one, and lets the PKI mount through."""
+    policy = ('@id("allow-all")\npermit(principal, action, resource);\n'
+              '@id("no-transit")\nforbid(principal, action, resource) when { resource.kind == "transit-key" };\n')
+    result = world.run({"policies/base.cedar": policy, "vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI})
+    assert result.status == "rejected", result.message
+    denied = [p for p in result.problems if "denied by forbid policy no-transit" in p.message]
+    assert len(denied) == 3 and {p.path for p in denied} == {"vault/transit/keys.ncl"}, result.problems
+    assert world.run({"vault/transit/keys.ncl": None}).status == "succeeded"
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] == 200
