@@ -288,3 +288,16 @@ def test_change_control_sees_engine_declarations(world: World) -> None:
     assert len(denied) == 3 and {p.path for p in denied} == {"vault/transit/keys.ncl"}, result.problems
     assert world.run({"vault/transit/keys.ncl": None}).status == "succeeded"
     assert world.api("POST", "ops/issue/web", {"common_name": "a.example.test"})[0] == 200
+
+
+def test_a_password_reference_to_no_manifest_is_a_located_problem(world: World) -> None:
+    """A database connection whose password_secret names no manifest of the revision: rejected at validate,
+    located at the file and the connection (the reference is resolved at apply only, never written)."""
+    text = """{ connections = { main = {
+  connection_url = "postgresql://{{username}}:{{password}}@127.0.0.1:1/app", username = "admin",
+  password_secret = { secret = "kv/db/none", key = "password" }, allowed_roles = [] } } }
+"""
+    result = world.run({"vault/database/app.ncl": text})
+    assert result.status == "rejected", result.message
+    found = [p for p in result.problems if p.path == "vault/database/app.ncl"]
+    assert found and "connections.main.password_secret" in found[0].message and "kv/db/none" in found[0].message
