@@ -438,11 +438,15 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:
-        """Manifests of the commit that the store does not hold at their committed blob."""
+        """Manifests applied at their committed blob (versions.json says so) that the store does not hold. A
+        manifest not applied yet is a planned change, not drift: the plan already shows it."""
+        with self._lock:
+            applied = {p: v.get("blob_id") for p, v in self._versions.items() if not v.get("unloaded")}
         return [
-            Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
+            Problem("applied, but not loaded at the committed version", path=mf.path, reconciler=NAME,
+                    hint="the next run loads it again")
             for mf in desired.manifests
-            if observed.get(mf.path, ("",))[0] != mf.blob_id
+            if applied.get(mf.path) == mf.blob_id and observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
 
     # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
