@@ -134,6 +134,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
         self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
+        self._waiting: set[str] = set()      # engine targets whose last action waited (vault sealed or off)
         # revision -> what it declares for the vault service: (policies, mounts, token roles)
         self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...], tuple[Any, ...]]] = {}
 
@@ -298,10 +299,22 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     # 3. observe and plan ------------------------------------------------------------------------------
     def observe(self, desired: VaultDesired, inventory: list[InventoryItem]) -> dict[str, tuple[str, int]]:
-        """What the store holds: path -> (blob id, version); and, when the vault is open, what it holds of each
-        declared engine object: engines/<target> -> ("present" or "absent", created time of a transit key's
-        latest version)."""
+        """What the store holds: path -> (blob id, version). A manifest this data directory applied before (its
+        versions.json entry names the same blob and it was not unloaded since) is put back in the store from the
+        commit, verified again by this process's validate: a new process (a restart, a one-shot `stratum plan`)
+        sees what is applied as applied, instead of planning every manifest again and publishing a new KV version
+        of each. Nothing is decrypted here. And, when the vault is open, what it holds of each declared engine
+        object: engines/<target> -> ("present" or "absent", created time of a transit key's latest version)."""
         with self._lock:
+            for mf in desired.manifests:
+                seen = self._versions.get(mf.path)
+                if (mf.path in self._store or seen is None or seen.get("unloaded")
+                        or seen.get("blob_id") != mf.blob_id):
+                    continue
+                manifest = self._validated(mf.path, mf.blob_id)
+                if manifest is not None:
+                    self._store[mf.path] = StoredManifest(mf.blob_id, manifest.meta.version, manifest,
+                                                          bool(seen.get("readable", True)))
             out = {p: (v.blob_id, v.version) for p, v in self._store.items()}
         records = {t: i.record() for t, i in desired.engines.items.items()}
         for target, (present, created) in declared_apply.seen(self.vault_api.service, records).items():
@@ -389,7 +402,9 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._publish(path, None)
                 self._store.pop(path, None)
                 self.plain.drop(path)
-                self._write_versions()  # the tombstone version stays: re-adding an old file is a replay
+                if path in self._versions:  # the tombstone version stays: re-adding an old file is a replay
+                    self._versions[path] = {**self._versions[path], "unloaded": True}
+                self._write_versions()
                 return Outcome(action.id, True, f"unloaded {path}", inventory=None, removed=True)
             blob_id = str(payload["blob_id"])
             manifest = self._validated(path, blob_id)
@@ -411,7 +426,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             if not readable:
                 self.plain.drop(path)
             self._store[path] = loaded
-            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id}
+            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id, "readable": readable}
             self._write_versions()
             state = "loaded" if readable else "verified (the daemon is not a recipient)"
             return Outcome(
@@ -437,7 +452,11 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             message, owned = declared_apply.apply(self.vault_api.service, record, delete, resolve,
                                                   self.publisher.prune)
         except declared_apply.Waiting as err:
+            with self._lock:
+                self._waiting.add(action.target)
             return Outcome(action.id, False, f"waiting: {err}")
+        with self._lock:
+            self._waiting.discard(action.target)
         if not owned:
             return Outcome(action.id, True, message, inventory=None, removed=True)
         return Outcome(action.id, True, message, inventory={"reconciler": NAME, "resource_id": action.target,
@@ -454,7 +473,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._versions.pop(path, None) if action.kind == "create" else None
             else:
                 self._store[path] = before
-                self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
+                self._versions[path] = {"version": before.version, "blob_id": before.blob_id,
+                                         "readable": before.readable}
             self._write_versions()
             # The vault's KV goes back too: the values before (a new KV version equal to them), or a soft delete
             # of what this action published when there was nothing before.
@@ -464,16 +484,22 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:
-        """Manifests of the commit that the store does not hold at their committed blob; engine declarations the
-        open vault does not hold (it was sealed or off when they were applied, or someone removed them): the
-        periodic drift check starts a correcting run for those ("policy correct")."""
+        """Manifests applied at their committed blob (versions.json says so) that the store does not hold. A
+        manifest not applied yet is a planned change, not drift: the plan already shows it. Engine declarations
+        the open vault does not hold although applied (in the inventory) or left waiting by a run of this process
+        (the vault was sealed or off): "policy correct", so the daemon's drift check runs the revision again."""
+        with self._lock:
+            applied = {p: v.get("blob_id") for p, v in self._versions.items() if not v.get("unloaded")}
+            waited = set(self._waiting)
         problems = [
-            Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
+            Problem("applied, but not loaded at the committed version", path=mf.path, reconciler=NAME,
+                    hint="the next run loads it again")
             for mf in desired.manifests
-            if observed.get(mf.path, ("",))[0] != mf.blob_id
+            if applied.get(mf.path) == mf.blob_id and observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
+        owned = declared_plan.owned(inventory)
         for target, item in sorted(desired.engines.items.items()):
-            if observed.get(target, ("",))[0] == "absent":
+            if observed.get(target, ("",))[0] == "absent" and (target in owned or target in waited):
                 problems.append(Problem(f"{item.kind} {target.removeprefix(declared_plan.ENGINES)} is declared but "
                                         "not in the vault; policy correct", path=item.source, reconciler=NAME))
         return problems
