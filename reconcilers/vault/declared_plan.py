@@ -12,6 +12,9 @@
    fingerprint) and, when the vault is open, against what the vault holds (`Seen`): create what is new or
    missing, update what changed, rotate a transit key whose latest version is older than its
    `auto_rotate_period`, delete what the repo no longer declares. Pure: no vault is touched here.
+   An action that found the vault sealed or off records its item as `waiting` in the inventory: it is not
+   planned again while the vault stays closed or unknown (a plan after such a run is empty), and is planned
+   again, and reported as drift, as soon as an open vault is observed.
 The actions' targets all start with `engines/` (manifests' targets start with `secrets/`).
 """
 
@@ -162,6 +165,32 @@ def _locate(secrets: SecretsPort | None, snap: Snapshot, reference: str, source:
         return ""
 
 
+def observed_records(engines: Engines, inventory: Sequence[InventoryItem]) -> dict[str, dict[str, Any]]:
+    """The records whose state in the vault `plan` and `drift` need: every declared item, and every owned one
+    whose removal waits."""
+    out = {t: r for t, r in owned(inventory).items() if r.get("waiting") and t not in engines.items}
+    return out | {t: i.record() for t, i in engines.items.items()}
+
+
+def drifted(engines: Engines, inventory: Sequence[InventoryItem], seen: Seen) -> list[Problem]:
+    """Applied (or waiting) declarations the open vault does not match: "policy correct", so the daemon's
+    drift check runs the revision again (after an unseal, say). A pending create is the plan's, not drift."""
+    problems: list[Problem] = []
+    for target, record in sorted(owned(inventory).items()):
+        if target not in seen:
+            continue                      # the vault is closed or off: nothing is known
+        declared = engines.items.get(target)
+        if declared is not None and not seen[target][0]:
+            why = "is declared but not in the vault"
+        elif record.get("waiting"):
+            why = "waited for the vault, which is open now"
+        else:
+            continue
+        problems.append(Problem(f"{record.get('kind', 'engine object')} {target.removeprefix(ENGINES)} {why}; "
+                                "policy correct", path=str(record.get("source", "")), reconciler=NAME))
+    return problems
+
+
 def owned(inventory: Sequence[InventoryItem]) -> dict[str, dict[str, Any]]:
     """What the vault reconciler applied of the engines before: target -> its record."""
     out: dict[str, dict[str, Any]] = {}
@@ -196,6 +225,8 @@ def plan(engines: Engines, inventory: Sequence[InventoryItem], seen: Seen, now: 
             kind, why = "update", f"spec {str(old.get('fingerprint', '?'))[:12]} -> {item.fingerprint}"
         elif target in seen and not seen[target][0]:
             kind, why = "create", "missing in the vault"
+        elif old.get("waiting") and target in seen:
+            kind, why = "update", "its last action waited for the vault, which is open now"
         elif _rotation_due(item, seen, now):
             kind, why = "update", "rotate: the latest version is older than auto_rotate_period"
         else:
@@ -206,8 +237,8 @@ def plan(engines: Engines, inventory: Sequence[InventoryItem], seen: Seen, now: 
                                       f"{why})",
                               change=freeze({"engine": record}), depends_on=item.depends))
     for target, record in sorted(before.items()):
-        if target in engines.items:
-            continue
+        if target in engines.items or (record.get("waiting") and target not in seen):
+            continue                      # declared; or its removal waits for the vault, still closed or off
         kept = _kept(record, prune)
         actions.append(Action(id=f"{NAME}:{target}", reconciler=NAME, kind="delete", target=target,
                               summary=f"delete {record.get('kind', 'engine object')} {target.removeprefix(ENGINES)}"

@@ -134,7 +134,6 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
         self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
-        self._waiting: set[str] = set()      # engine targets whose last action waited (vault sealed or off)
         # revision -> what it declares for the vault service: (policies, mounts, token roles)
         self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...], tuple[Any, ...]]] = {}
 
@@ -316,7 +315,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                     self._store[mf.path] = StoredManifest(mf.blob_id, manifest.meta.version, manifest,
                                                           bool(seen.get("readable", True)))
             out = {p: (v.blob_id, v.version) for p, v in self._store.items()}
-        records = {t: i.record() for t, i in desired.engines.items.items()}
+        records = declared_plan.observed_records(desired.engines, inventory)
         for target, (present, created) in declared_apply.seen(self.vault_api.service, records).items():
             out[target] = ("present" if present else "absent", int(created))
         return out
@@ -452,11 +451,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             message, owned = declared_apply.apply(self.vault_api.service, record, delete, resolve,
                                                   self.publisher.prune)
         except declared_apply.Waiting as err:
-            with self._lock:
-                self._waiting.add(action.target)
-            return Outcome(action.id, False, f"waiting: {err}")
-        with self._lock:
-            self._waiting.discard(action.target)
+            # Owned as "waiting": not planned again while the vault stays closed, planned (and drift) once open.
+            return Outcome(action.id, False, f"waiting: {err}", inventory={
+                "reconciler": NAME, "resource_id": action.target, "kind": declared_plan.KIND,
+                "data": {**record, "waiting": True}})
         if not owned:
             return Outcome(action.id, True, message, inventory=None, removed=True)
         return Outcome(action.id, True, message, inventory={"reconciler": NAME, "resource_id": action.target,
@@ -486,23 +484,18 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
               ) -> list[Problem]:
         """Manifests applied at their committed blob (versions.json says so) that the store does not hold. A
         manifest not applied yet is a planned change, not drift: the plan already shows it. Engine declarations
-        the open vault does not hold although applied (in the inventory) or left waiting by a run of this process
-        (the vault was sealed or off): "policy correct", so the daemon's drift check runs the revision again."""
+        the open vault does not hold although applied, or whose action waited (the vault was sealed or off):
+        "policy correct", so the daemon's drift check runs the revision again (declared_plan.drifted)."""
         with self._lock:
             applied = {p: v.get("blob_id") for p, v in self._versions.items() if not v.get("unloaded")}
-            waited = set(self._waiting)
         problems = [
             Problem("applied, but not loaded at the committed version", path=mf.path, reconciler=NAME,
                     hint="the next run loads it again")
             for mf in desired.manifests
             if applied.get(mf.path) == mf.blob_id and observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
-        owned = declared_plan.owned(inventory)
-        for target, item in sorted(desired.engines.items.items()):
-            if observed.get(target, ("",))[0] == "absent" and (target in owned or target in waited):
-                problems.append(Problem(f"{item.kind} {target.removeprefix(declared_plan.ENGINES)} is declared but "
-                                        "not in the vault; policy correct", path=item.source, reconciler=NAME))
-        return problems
+        seen = {t: (v[0] == "present", float(v[1])) for t, v in observed.items() if t.startswith(declared_plan.ENGINES)}
+        return problems + declared_plan.drifted(desired.engines, inventory, seen)
 
     # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
     def _published(self) -> list[tuple[str, Any]]:

@@ -223,7 +223,8 @@ def test_sealed_vault_waits_while_infra_applies(world: World) -> None:
 
 def test_template_plans_with_the_vault_disabled(tmp_path: Path, evaluator: Evaluator) -> None:
     """The template's vault/ (a transit key, a CA and role, an empty database mount, a policy, a token role)
-    validates and plans on a machine with the vault off; apply says it waits, and the run succeeds."""
+    validates and plans on a machine with the vault off; apply says it waits, the run succeeds, and the next
+    plan is empty (review of main: a plan after an apply of the template must be empty)."""
     w = _world(tmp_path, evaluator, vault_on=False)
     try:
         files = {str(p.relative_to(TEMPLATE.parent)): p.read_text() for p in TEMPLATE.rglob("*") if p.is_file()}
@@ -240,7 +241,12 @@ def test_template_plans_with_the_vault_disabled(tmp_path: Path, evaluator: Evalu
         messages = w.messages(result.run_id)
         assert all(m.startswith("waiting: the vault is disabled") for t, m in messages.items()
                    if t.startswith("engines/")), messages
-        assert {a.target for a in w.pipe.plan(revision).actions} == targets   # still planned: not applied
+        # Owned as waiting: a plan after the run is empty while the vault stays off (nothing is re-planned
+        # each time), and no drift is claimed about a vault nobody can see.
+        again = w.pipe.plan(revision)
+        assert again.actions == () and again.drift == ()
+        waiting = {i.resource_id for i in w.pipe.index.inventory("vault") if '"waiting":true' in i.data}
+        assert waiting == targets
     finally:
         w.pipe.close()
         w.vault.close()
@@ -302,3 +308,25 @@ def test_a_password_reference_to_no_manifest_is_a_located_problem(world: World) 
     assert result.status == "rejected", result.message
     found = [p for p in result.problems if p.path == "vault/database/app.ncl"]
     assert found and "connections.main.password_secret" in found[0].message and "kv/db/none" in found[0].message
+
+
+def test_changes_and_removals_made_while_sealed_apply_after_the_unseal(world: World) -> None:
+    """Sealed: a changed role and a removed key wait (the plan after that run is empty); unsealed: both are
+    drift ("policy correct"), and the next run rewrites the role and deletes the key."""
+    assert world.run({"vault/transit/keys.ncl": KEYS, "vault/pki/ops.ncl": PKI}).status == "succeeded"
+    assert world.service is not None
+    world.service.seal_now()
+    result = world.run({"vault/transit/keys.ncl": KEYS.replace("old = { deletion_allowed = true },", ""),
+                        "vault/pki/ops.ncl": PKI.replace('"example.test"', '"example.org"')})
+    assert result.status == "succeeded", result.message
+    messages = world.messages(result.run_id)
+    assert messages["engines/ops/roles/web"].startswith("waiting: the vault is sealed")
+    assert messages["engines/transit/keys/old"].startswith("waiting: the vault is sealed")
+    assert world.pipe.plan("main").actions == ()
+    world.service.unseal(world.unseal_key)
+    drift = " | ".join(str(p) for p in world.pipe.plan("main").drift)
+    assert "ops/roles/web waited for the vault" in drift and "transit/keys/old waited for the vault" in drift
+    assert world.pipe.run("main").status == "succeeded"
+    assert world.api("POST", "ops/issue/web", {"common_name": "a.example.org"})[0] == 200
+    assert _key(world, "old") is None
+    assert world.pipe.plan("main").actions == () and world.pipe.plan("main").drift == ()
