@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from reconcilers.base import Problem
 from reconcilers.vault.declared import load_files
 from reconcilers.vault.pki import api, ca
+from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError
 from reconcilers.vault.pki.roles import Role
 from reconcilers.vault.pki.storage import KeyValueStore, get_json
@@ -80,6 +81,19 @@ def load(evaluator: Evaluator | None, snap: Snapshot) -> tuple[dict[str, MountSp
             problems.append(Problem(f"ca.issuer names PKI mount {spec.issuer!r}, which is not declared",
                                     path=spec.source, reconciler="vault",
                                     hint=f"add {PREFIX}{spec.issuer}.ncl or remove the issuer"))
+        elif spec.issuer is not None:
+            # The issuer refuses to sign a certificate that outlives its own: say so at validate, not at apply.
+            ttl, limit = spec.ca.get("ttl", "87600h"), specs[spec.issuer].ca.get("ttl", "87600h")
+            try:
+                outlives = parse_duration(ttl, "ca.ttl") >= parse_duration(limit, "ca.ttl")
+            except PkiError as err:
+                problems.append(Problem(err.what, path=spec.source, reconciler="vault", hint=err.hint))
+                continue
+            if outlives:
+                problems.append(Problem(f"ca.ttl {ttl} is not shorter than the ca.ttl {limit} of its issuer "
+                                        f"{spec.issuer}: the intermediate would outlive it", path=spec.source,
+                                        reconciler="vault", hint='give the intermediate a shorter ca.ttl, such as '
+                                                                 '"43800h"'))
     return specs, problems
 
 

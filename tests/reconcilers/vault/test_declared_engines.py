@@ -330,3 +330,28 @@ def test_changes_and_removals_made_while_sealed_apply_after_the_unseal(world: Wo
     assert world.api("POST", "ops/issue/web", {"common_name": "a.example.org"})[0] == 200
     assert _key(world, "old") is None
     assert world.pipe.plan("main").actions == () and world.pipe.plan("main").drift == ()
+
+
+def test_an_intermediate_is_signed_by_its_declared_issuer(world: World) -> None:
+    """`ca.issuer = "ops"`: a ttl not shorter than the issuer's is a located problem (the issuer would refuse
+    to sign); with a shorter one the intermediate's CA action runs after the root's and is signed by it (an
+    ML-DSA-65 intermediate under an EC root); its role issues certificates whose issuer is the intermediate."""
+    inter = """{ ca = { common_name = "Test intermediate", key_type = "ml-dsa-65", issuer = "ops" },
+  roles = { svc = { allowed_domains = ["svc.test"], allow_subdomains = true, key_type = "ec" } } }
+"""
+    rejected = world.run({"vault/pki/ops.ncl": PKI, "vault/pki/inter.ncl": inter})    # both default to 87600h
+    assert rejected.status == "rejected"
+    assert any(p.path == "vault/pki/inter.ncl" and "would outlive it" in p.message for p in rejected.problems)
+    inter = inter.replace('issuer = "ops"', 'issuer = "ops", ttl = "43800h"')
+    report = world.pipe.plan(world.repo.commit({"vault/pki/inter.ncl": inter}))
+    ca_action = next(a for a in report.actions if a.target == "engines/inter/ca")
+    assert ca_action.depends_on == ("vault:engines/ops/ca",)
+    assert world.pipe.run("main").status == "succeeded"
+    status, body = world.api("POST", "inter/issue/svc", {"common_name": "a.svc.test"})
+    assert status == 200, body
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(body["data"]["certificate"].encode())
+    assert leaf.issuer.rfc4514_string() == "CN=Test intermediate"
+    chain = [x509.load_pem_x509_certificate(c.encode()) for c in body["data"]["ca_chain"]]
+    assert [c.subject.rfc4514_string() for c in chain][-1] == "CN=Test CA"
