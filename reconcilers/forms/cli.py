@@ -241,6 +241,9 @@ def _with_kernel_plan(sub: Submission, options: Mapping[str, Any], base: str) ->
 def _print(sub: Submission) -> None:
     click.echo(sub.plan)
     click.echo(f"committed {sub.commit[:12]} to branch {sub.branch}: review and merge it to apply")
+    if "\n**Rejected**" in sub.plan:       # the kernel's marker of a plan that would apply nothing
+        click.echo("warning: as it stands this branch would be rejected (the plan above says why): fix that "
+                   "(a host setting, or run the form again with other answers) before merging", err=True)
     if sub.review:
         click.echo(f"pull request: {sub.review}")
     if sub.review_error:

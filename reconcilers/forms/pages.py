@@ -53,7 +53,9 @@ def field_html(e: Element, value: Any, errors: Mapping[str, str], key: str, opti
     """One element as HTML (escaped), with its error under it."""
     esc = escape
     attrs = [f'name="{esc(key)}"', f'id="f-{esc(key)}"']
-    if e.required and e.type not in ("confirm", "multiselect"):
+    # Not for a conditional element: the page runs no script to tell whether its `when` holds, and a hidden
+    # requirement kept the browser from posting at all (the server checks it when it applies).
+    if e.required and not e.when and e.type not in ("confirm", "multiselect"):
         attrs.append("required")
     shown = "" if value is None else value
     out = [f'<label for="f-{esc(key)}">{esc(text.prompt(e))}</label>']

@@ -112,7 +112,8 @@ def test_a_new_user_logs_in_with_the_token_fills_a_form_and_gets_a_branch(site: 
                                                                           tmp_path: Path) -> None:
     """Chromium with no header of ours: /forms/ sends it to the login page; a wrong token is refused with a
     message saying what to do; the right one opens the forms; fill, preview (the kernel's plan), submit; the
-    branch's commit names the person; logging out ends the session."""
+    branch's commit names the person; an expired session goes back to the login page; logging out ends the
+    session."""
     from playwright.sync_api import sync_playwright
 
     main = git(ops.work.path, "rev-parse", "main")
@@ -148,6 +149,13 @@ def test_a_new_user_logs_in_with_the_token_fills_a_form_and_gets_a_branch(site: 
             branch = page.inner_text("#branch")
             assert "Stratum plan for" in page.inner_text("#plan")
             print("submitted screenshot:", _shot(page, tmp_path, "submitted"))
+            site.now += 3601                                            # the session's lifetime is over
+            page.goto(f"{site.url}/forms/local-service")
+            assert "/forms/login?next=%2Fforms%2Flocal-service&expired=1" in page.url
+            assert page.inner_text("#message") == "Your session has ended: log in again."
+            page.fill("#token", ADMIN)
+            page.click("#login")
+            assert page.url == f"{site.url}/forms/local-service"
             page.click("#logout")
             assert "/forms/login" in page.url
             page.goto(f"{site.url}/forms/")
