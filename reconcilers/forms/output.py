@@ -128,28 +128,20 @@ def draft_commit(snap: Snapshot, files: Mapping[str, str], message: str) -> str:
     `git gc` drops them in time), so the watched repository's branches stay as they are."""
     import pygit2
 
+    from reconcilers.gittree import insert_blob
+
     repo = snap.repo
     base = repo.get(snap.revision)
     if not isinstance(base, pygit2.Commit):
         raise InputError(f"the base revision {snap.revision} is not a commit", hint="report this bug")
-    tree_id = base.tree.id
+    tree: pygit2.Tree = base.tree
     for path, text in sorted(files.items()):
-        tree_id = _with_blob(repo, repo.get(tree_id), path.split("/"), repo.create_blob(text.encode("utf-8")))
+        written = repo.get(insert_blob(repo, tree, path.split("/"), repo.create_blob(text.encode("utf-8"))))
+        assert isinstance(written, pygit2.Tree)
+        tree = written
     # Signed as the daemon's git writer signs the real commit, so change control names the same principal.
     sig = pygit2.Signature("stratumd", "stratumd@localhost")
-    return str(repo.create_commit(None, sig, sig, message, tree_id, [base.id]))
-
-
-def _with_blob(repo: Any, tree: Any, parts: list[str], blob: Any) -> Any:
-    import pygit2
-
-    builder = repo.TreeBuilder(tree) if isinstance(tree, pygit2.Tree) else repo.TreeBuilder()
-    if len(parts) == 1:
-        builder.insert(parts[0], blob, pygit2.enums.FileMode.BLOB)
-    else:
-        sub = repo.get(tree[parts[0]].id) if isinstance(tree, pygit2.Tree) and parts[0] in tree else None
-        builder.insert(parts[0], _with_blob(repo, sub, parts[1:], blob), pygit2.enums.FileMode.TREE)
-    return builder.write()
+    return str(repo.create_commit(None, sig, sig, message, tree.id, [base.id]))
 
 
 @dataclass(frozen=True, slots=True)
