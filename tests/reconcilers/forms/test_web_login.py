@@ -243,3 +243,23 @@ def test_the_web_preview_shows_the_kernels_plan_of_the_would_be_branch(site: Sit
     assert "| + | create file srv/checkout/config.toml (0640) | checkout-dir |" in plan
     assert "create `infra:checkout-service`" in plan        # change control, as the pull request shows it
     assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
+
+
+def test_the_session_table_is_bounded_and_session_ttl_is_a_checked_host_setting() -> None:
+    """At most `limit` sessions (the oldest goes first), each for `ttl` seconds; `[http] session_ttl` outside
+    one second .. one week is refused at start, naming the key."""
+    from daemon.errors import SettingsError
+    from daemon.http.config import http_settings
+
+    now = [0.0]
+    store = SessionStore(ttl=10, limit=3, clock=lambda: now[0])
+    opened = [store.open(token_digest(ADMIN), "/forms")[0] for _ in range(5)]
+    assert len(store) == 3
+    assert store.find(opened[0], "/forms") is None and store.find(opened[4], "/forms") is not None
+    assert store.find(opened[4], "/other") is None                 # a session is for its mount only
+    now[0] = 10.0
+    assert store.find(opened[4], "/forms") is None and len(store) == 0
+    assert http_settings({"session_ttl": 60}).session_ttl == 60.0
+    for bad in (0, -1, True, "8h", 8 * 86400):
+        with pytest.raises(SettingsError, match="session_ttl"):
+            http_settings({"session_ttl": bad})
