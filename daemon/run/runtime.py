@@ -14,6 +14,7 @@ from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
+from daemon.run.pr_plan import kernel_planner
 from daemon.run.workspace import workspace
 from daemon.settings import Settings, check_owner
 from reconcilers.base import AnyReconciler, ReconcilerEnv
@@ -75,7 +76,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
         else None
     base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
                          index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer,
-                         version=__version__, workspace=shared)
+                         version=__version__, workspace=shared, plans=kernel_planner(settings))
     out: dict[str, AnyReconciler] = {}
     unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
     for name in REGISTRY:
