@@ -125,7 +125,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.scheduler = env.scheduler
         self._vault_service: Any = None           # the vault service, once built (its hooks set it)
         self.events = env.events
-        self._waited_sealed = False               # an apply waited on the seal: run again when it opens
+        self._waited_sealed = False               # an apply of the run in flight waited on the seal
+        self._owe_rerun = False                   # ... and that run did not succeed: run again when it opens
         self._evaluator: PortEvaluator | None = evaluator or env.evaluator
         self._lock = threading.RLock()
         self._store: dict[str, StoredManifest] = {}
@@ -203,8 +204,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def _opened(self) -> None:
         self._adopt_key(self._barrier())
-        if self._waited_sealed and self.scheduler is not None:
-            self._waited_sealed = False
+        if self._owe_rerun and self.scheduler is not None:
+            self._owe_rerun = False
             self.scheduler.rerun("vault unsealed")
 
     def _sealed(self) -> None:
@@ -217,7 +218,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.events(kind, message)
 
     def waiting_on_seal(self, err: KeySealedError, where: str) -> WaitingError:
-        """The retry-class error an apply raises while the daemon's key is sealed (remembered: run at unseal)."""
+        """The retry-class error an apply raises while the daemon's key is sealed (remembered: a run that fails
+        waiting is run again at unseal)."""
         self._waited_sealed = True
         return WaitingError(f"the daemon's key is behind the vault's seal: {err.hint}", where=where,
                             hint="`stratum vault unseal` (K of the unseal keys); the action then proceeds", after=2.0)
@@ -529,6 +531,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.publisher.set_roles(declared[2])
         if record.status == "succeeded":
             self.certificates.applied(record.revision)
+        # A run that waited on the seal and did not succeed (its waiting budget ran out) is owed a new run once
+        # the vault opens; a waiting apply that the unseal let through needs none.
+        self._owe_rerun = self._waited_sealed and record.status != "succeeded"
+        self._waited_sealed = False
         self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
 
     def http_mounts(self) -> list[HttpMount]:
