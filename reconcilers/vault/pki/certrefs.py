@@ -7,7 +7,8 @@ issued by the vault's PKI at apply time, kept sealed, renewed before expiry.
                           change spec and are re-applied in that run; nothing else about it moves a plan
                  resolve  (apply) the part's PEM: one issue per request (all parts of it share one key), kept
                           in the barrier at sys/stratum/certs/<request id>, issued again once due (renewal.py's
-                          fraction of the lifetime). Vault disabled, sealed or standby: WaitingError
+                          fraction of the lifetime). Vault disabled, sealed or standby, the mount or the role
+                          not there (yet): WaitingError. A request the role refuses: TerminalError
                  arm      a timer at the earliest renewal time: when it fires, the daemon runs again
                           (Scheduler.rerun), which renews and rewrites what uses the certificate
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from reconcilers.errors import ApplyError, InputError, StratumError, WaitingError
+from reconcilers.errors import InputError, StratumError, TerminalError, WaitingError
 from reconcilers.ports import Scheduler, SecretLocation, Timer
 from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import SEALED_HINT
@@ -178,21 +179,24 @@ class CertIssuer:
 
     def _issue(self, service: Any, ref: CertRef, before: dict[str, Any] | None, now: dt.datetime,
                ) -> dict[str, Any]:
+        # A mount or role not there yet waits (the same revision may declare it, applied by the vault's own
+        # actions); a request the role refuses is the revision's fault: terminal.
         found = service.mounts.find(f"{ref.mount}/issue/{ref.role}")
         if found is None or found[0].type != "pki":
-            raise ApplyError(f"certificate {ref.request}: there is no PKI mount at {ref.mount}/",
-                             where=ref.request, hint="mount the pki engine there and declare its CA and role "
-                                                     "(vault/pki/), or fix `certificate`")
+            raise WaitingError(f"certificate {ref.request}: there is no PKI mount at {ref.mount}/",
+                               where=ref.request, hint="mount the pki engine there and declare its CA and role "
+                                                       "(vault/pki/), or fix `certificate`", after=5.0)
         try:
             files = renewal.issue_files(service.mounts.store_of(found[0]), ref.role, ref.common_name,
                                         alt_names=ref.alt_names, ip_sans=ref.ip_sans, ttl=ref.ttl, now=now,
                                         fraction=self.fraction)
         except PkiNotFound as err:
-            raise ApplyError(f"certificate {ref.request}: {err.what}", where=ref.request,
-                             hint=f"declare role {ref.role} on the {ref.mount} mount (vault/pki/)") from err
+            raise WaitingError(f"certificate {ref.request}: {err.what}", where=ref.request,
+                               hint=f"declare role {ref.role} on the {ref.mount} mount (vault/pki/)", after=5.0,
+                               ) from err
         except PkiError as err:
-            raise ApplyError(f"certificate {ref.request}: {err.what}", where=ref.request,
-                             hint=err.hint or "fix the reference to fit the role") from err
+            raise TerminalError(f"certificate {ref.request}: {err.what}", where=ref.request,
+                                hint=err.hint or "fix the reference to fit the role") from err
         generation = int(before["generation"]) + 1 if before is not None else 0
         return {"certificate": files.certificate, "private_key": files.private_key, "ca_chain": files.ca_chain,
                 "serial_number": files.serial_number, "not_after": files.not_after.isoformat(),

@@ -265,3 +265,15 @@ def test_reference_text_round_trips() -> None:
     assert other.request_id == parsed.request_id
     with pytest.raises(Exception, match="is not a certificate reference"):
         certrefs.parse("kv/app/db#password")
+
+
+def test_a_name_outside_the_role_fails_the_run_naming_the_reference(world: World) -> None:
+    """The role refuses the common name: the action fails at once (terminal, no waiting), the error names the
+    reference and the role's reason, and no key file is written."""
+    bad = ('{ certificate = "pki/issue/web", common_name = "evil.example", part = "private_key" }')
+    text = f"{{ resources = {{\n  key = {{ kind = 'file, path = \"evil.key\", content = {bad} }},\n}} }}\n"
+    result = world.pipe.run(world.repo.commit({"infra/tls.ncl": text}))
+    assert result.status in ("failed", "rolled_back")
+    assert "cert:pki/issue/web?cn=evil.example" in result.message and "not allowed" in result.message
+    assert world.index.query("SELECT count(*) FROM events WHERE kind = 'action_waiting'") == [(0,)]
+    assert not (world.root / "evil.key").exists()
