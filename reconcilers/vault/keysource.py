@@ -2,9 +2,10 @@
 
     FileKeySource     a 0600 file in the data directory, generated on first use: the default, vault disabled
     SealedKeySource   once the vault service is initialized, the key lives in its barrier (encrypted storage,
-                      `sys/stratum/daemon-key`): `stratum vault init` moves the key file there and removes it;
-                      while the vault is sealed the key cannot be read (KeySealedError: apply waits), after
-                      unseal it can. With the vault disabled or not yet initialized it is the file, unchanged.
+                      `sys/stratum/daemon-keys/<fingerprint>`): `stratum vault init` moves the key file there
+                      and removes it; while the vault is sealed the key cannot be read (KeySealedError: apply
+                      waits), after unseal it can. With the vault disabled or not yet initialized it is the
+                      file, unchanged.
 
 When the key moved, `<key file>.sealed` keeps the daemon's recipient (public) in clear: plans, `stratum secret
 daemon-key` and the reference checks need it while the vault is sealed; nothing else of the key is on disk.
@@ -31,7 +32,7 @@ from reconcilers.vault.keys import (
     write_key_file,
 )
 
-BARRIER_PATH = "sys/stratum/daemon-key"        # in the vault's barrier: the key file's text, encrypted
+BARRIER_PREFIX = "sys/stratum/daemon-keys/"    # in the vault's barrier: the key file's text, encrypted
 SEALED_HINT = "the vault is sealed: unseal with `stratum vault unseal`"
 
 
@@ -47,6 +48,11 @@ class KeySource(Protocol):
 
     def recipient(self) -> Recipient:
         """The recipient users add to their creation rules so the daemon can decrypt."""
+
+
+def barrier_path(recipient: Recipient) -> str:
+    """Where a daemon's key lives in the barrier: under its recipient's fingerprint."""
+    return BARRIER_PREFIX + recipient.fingerprint.rpartition(":")[2]
 
 
 def moved_marker(key_file: Path) -> Path:
@@ -180,40 +186,50 @@ class SealedKeySource:
             self._ring = None
 
     def adopt(self, barrier: BarrierLike) -> KeyRing:
-        """The key in the (unsealed) barrier. A key file still on disk is imported first, then removed: the
-        barrier's copy is written and read back before the file goes. With neither, a new key is made in the
-        barrier and never written to disk."""
+        """The key in the (unsealed) barrier, under its recipient's fingerprint (daemons sharing a vault's
+        storage keep their keys apart). A key file still on disk is imported first and then removed: the
+        barrier's copy is written and read back before the file goes. With neither file nor marker, a new key
+        is made in the barrier and never written to disk."""
         path = self.file.path
-        raw = barrier.get(BARRIER_PATH)
+        text: str | None = None
+        if path.exists():
+            on_disk = read_key_file(path)                 # refuses a file readable by others
+            if not on_disk.identities:
+                raise NoKeyError("the daemon's key file holds no secret key", where=str(path),
+                                 hint="move it away and let Stratum generate a new one")
+            recipient, text = on_disk.identities[0].recipient, path.read_text()
+        elif moved_marker(path).exists():
+            recipient = read_marker(path)
+        else:
+            identity, signing = generate(get_backend(self.file.backend))
+            recipient = identity.recipient
+            text = render_key_file(identity, signing, comment="the Stratum daemon's own key (in the vault)")
+        where = barrier_path(recipient)
+        raw = barrier.get(where)
         if raw is None:
-            if path.exists():
-                ring = read_key_file(path)                # refuses a file readable by others
-                text = path.read_text()
-            else:
-                identity, signing = generate(get_backend(self.file.backend))
-                text = render_key_file(identity, signing, comment="the Stratum daemon's own key (in the vault)")
-            barrier.put(BARRIER_PATH, text.encode())
-            raw = barrier.get(BARRIER_PATH)
+            if text is None:
+                raise NoKeyError("the daemon's key is neither in its file nor in the vault", where=where,
+                                 hint="restore the vault's storage from a backup, or remove "
+                                      f"{moved_marker(path)} to make a new key (then re-encrypt the manifests "
+                                      "to its recipient with `stratum secret updatekeys`)")
+            barrier.put(where, text.encode())
+            raw = barrier.get(where)
             if raw is None or raw.decode() != text:
-                raise NoKeyError("the vault did not keep the daemon's key", where=BARRIER_PATH,
+                raise NoKeyError("the vault did not keep the daemon's key", where=where,
                                  hint="check the vault's storage backend; the key file was left in place")
-        ring = keyring_from_text(raw.decode(), f"vault:{BARRIER_PATH}")
+        ring = keyring_from_text(raw.decode(), f"vault:{where}")
         if not ring.identities:
-            raise NoKeyError("the daemon's key in the vault holds no secret key", where=BARRIER_PATH,
+            raise NoKeyError("the daemon's key in the vault holds no secret key", where=where,
                              hint="restore the vault's storage from a backup")
         self._write_marker(ring.identities[0].recipient)
         if path.exists():
-            on_disk = read_key_file(path).identities
-            if not on_disk or on_disk[0].recipient.fingerprint != ring.identities[0].recipient.fingerprint:
-                raise NoKeyError("a key file beside the vault holds another key than the vault's", where=str(path),
-                                 hint="the vault's key is the daemon's key: move the file away after checking it")
             path.unlink()
         self.file._ring = None
         return ring
 
     def _write_marker(self, recipient: Recipient) -> None:
         marker = moved_marker(self.file.path)
-        text = json.dumps({"recipient": recipient.text, "key": f"in the vault's barrier at {BARRIER_PATH}"})
+        text = json.dumps({"recipient": recipient.text, "key": f"in the vault's barrier at {barrier_path(recipient)}"})
         if marker.exists() and marker.read_text() == text:
             return
         marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -23,7 +23,13 @@ from daemon.run.retry import RetryPolicy
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
 from reconcilers.vault.keys import IDENTITY_HRP
-from reconcilers.vault.keysource import BARRIER_PATH, FileKeySource, KeySealedError, SealedKeySource, moved_marker
+from reconcilers.vault.keysource import (
+    FileKeySource,
+    KeySealedError,
+    SealedKeySource,
+    barrier_path,
+    moved_marker,
+)
 from reconcilers.vault.reconciler import VaultReconciler
 from reconcilers.vault.service.core import VaultService
 from tests.fixtures import WorkRepo
@@ -111,7 +117,7 @@ def test_init_moves_the_key_into_the_barrier_and_removes_the_file(world: World) 
     world.service.unseal(init["keys"][0])
     ring = world.vault.key_source.keyring()
     assert ring.identities[0].recipient.text == before.text
-    assert world.service.barrier.get(BARRIER_PATH) is not None
+    assert world.service.barrier.get(barrier_path(before)) is not None
     assert not key_file.exists()
 
 
@@ -221,3 +227,25 @@ def test_vault_disabled_keeps_the_key_file(tmp_path: Path, evaluator: Evaluator)
         assert not moved_marker(data / "vault" / "daemon.key").exists()
     finally:
         vault.close()
+
+
+def test_daemons_sharing_a_vault_keep_their_own_keys(world: World, evaluator: Evaluator, tmp_path: Path) -> None:
+    """Two daemons (their own data directories) on one vault storage: each key moves in under its own
+    fingerprint, neither overwrites the other's, and each gets its own key back."""
+    shared = tmp_path / "shared-storage"
+    first = _vault(tmp_path / "a", evaluator, settings={"storage_url": str(shared)})
+    second = _vault(tmp_path / "b", evaluator, settings={"storage_url": str(shared)})
+    try:
+        mine = [v.key_source.recipient().text for v in (first, second)]   # each makes its key file
+        assert mine[0] != mine[1]
+        assert first.vault_api.service is not None and second.vault_api.service is not None
+        init = first.vault_api.service.initialize(1, 1, "base64")
+        first.vault_api.service.unseal(init["keys"][0])
+        second.vault_api.service.unseal(init["keys"][0])
+        got = [v.key_source.keyring().identities[0].recipient.text for v in (first, second)]
+        assert got == mine
+        assert not (tmp_path / "a" / "vault" / "daemon.key").exists()
+        assert not (tmp_path / "b" / "vault" / "daemon.key").exists()
+    finally:
+        first.close()
+        second.close()
