@@ -6,6 +6,7 @@ certificates and a renewal fraction of one half make renewal come within seconds
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -44,10 +45,11 @@ def test_renewal_timer_reruns_and_rewrites_the_files(tmp_path: Path) -> None:
                                                      "share_format": "base64"}, timeout=30).json()
         assert requests.put(f"{url}/sys/unseal", json={"key": init["keys"][0]}, timeout=30).json()["sealed"] is False
         head = {"X-Vault-Token": init["root_token"]}
-        for path, body in (("sys/mounts/pki", {"type": "pki"}),
+        setup: tuple[tuple[str, dict[str, Any]], ...] = (("sys/mounts/pki", {"type": "pki"}),
                            ("pki/root/generate/internal", {"common_name": "etcd CA", "key_type": "ec"}),
                            ("pki/roles/etcd", {"allowed_domains": "etcd.internal", "allow_subdomains": True,
-                                               "key_type": "ec", "max_ttl": "1h"})):
+                                               "key_type": "ec", "max_ttl": "1h"}))
+        for path, body in setup:
             answer = requests.post(f"{url}/{path}", json=body, headers=head, timeout=30)
             assert answer.status_code in (200, 204), answer.text
         second = work.commit({"infra/tls.ncl": "{ resources = {\n"
