@@ -241,6 +241,8 @@ def test_vault_disabled_is_a_clear_wait_then_failure(tmp_path: Path, evaluator: 
     ('{ certificate = "pki/issue/web", part = "certificate" }', "needs `common_name`"),
     ('{ certificate = "pki/issue/web", common_name = "a", part = "key" }', "`part` of a certificate reference"),
     ('{ certificate = "pki/issue/web", common_name = "a", part = "certificate", color = 1 }', "unknown field"),
+    ('{ certificate = "pki/issue/web", common_name = "a", alt_names = ["a,b"], part = "certificate" }',
+     "no commas or spaces"),
 ])
 def test_bad_certificate_reference_is_a_located_contract_error(world: World, reference: str, expected: str) -> None:
     """A malformed certificate reference is rejected at validate with the contract's message and its file."""
