@@ -279,3 +279,19 @@ def test_a_name_outside_the_role_fails_the_run_naming_the_reference(world: World
     assert "cert:pki/issue/web?cn=evil.example" in result.message and "not allowed" in result.message
     assert world.index.query("SELECT count(*) FROM events WHERE kind = 'action_waiting'") == [(0,)]
     assert not (world.root / "evil.key").exists()
+
+
+def test_a_unit_receives_its_certificate_and_key_as_credentials(world: World) -> None:
+    """A systemd_unit's `credentials` may name certificate parts: 0600 files under the runtime directory with
+    LoadCredential= lines, the key matching the certificate; the unit file holds no PEM."""
+    text = ("{ resources = { unit = { kind = 'systemd_unit, name = \"etcd.service\", content = "
+            '"[Unit]\\nDescription=etcd\\n[Service]\\nExecStart=/bin/true\\n", '
+            f"credentials = {{ tls_crt = {ref('certificate')}, tls_key = {ref('private_key')} }} }} }} }}\n")
+    assert world.pipe.run(world.repo.commit({"infra/unit.ncl": text})).status == "succeeded"
+    unit = (world.root / "etc/systemd/system/etcd.service").read_text()
+    folder = world.data / "run" / "credentials" / "etcd.service"
+    assert f"LoadCredential=tls_crt:{folder / 'tls_crt'}" in unit and "BEGIN" not in unit
+    crt = x509.load_pem_x509_certificate((folder / "tls_crt").read_bytes())
+    key = serialization.load_pem_private_key((folder / "tls_key").read_bytes(), password=None)
+    assert crt.public_key() == key.public_key()
+    assert stat.S_IMODE(os.stat(folder / "tls_key").st_mode) == 0o600
