@@ -164,6 +164,12 @@ class Scheduler(Protocol):
         """Ask the daemon's loop to look at the branch now."""
         ...
 
+    def rerun(self, reason: str) -> None:
+        """Ask the daemon to run again what is in force although no commit came (a certificate is due for
+        renewal, the vault was unsealed while an apply waited on it): a run recorded like any other, its
+        trigger `rerun:<reason>`. A no-op outside a daemon."""
+        ...
+
 
 class GitWriter(Protocol):
     """Commits as the daemon's identity, to branches under the namespace it was given (never the watched

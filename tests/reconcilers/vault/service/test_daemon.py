@@ -63,6 +63,9 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
         assert len(keys) == 3 and len(keys[0].split()) >= 20
         client = hvac.Client(url=url, token=root_token)
         assert client.sys.is_sealed() is True
+        # the daemon's manifest key moved behind the seal: no key file, its recipient in the marker
+        assert not (data / "vault" / "daemon.key").exists()
+        assert (data / "vault" / "daemon.key.sealed").exists()
         step = stratum("vault", "unseal", keys[1], "--address", url, cwd=tmp_path)
         assert step.returncode == 0, step.stderr
         # No --address, no VAULT_ADDR: the host settings of the data directory name the listener.
