@@ -25,10 +25,10 @@ HEAVY = ("duckdb", "pygit2", "numpy", "nickel", "mcp", "fastembed", "onnxruntime
          "reconcilers.knowledge.reconciler")
 
 
-def _imported_after(code: str) -> set[str]:
-    """The heavy modules present in sys.modules after running `code` in a fresh interpreter."""
+def _imported_after(code: str, modules: tuple[str, ...] = HEAVY) -> set[str]:
+    """The `modules` present in sys.modules after running `code` in a fresh interpreter."""
     probe = (f"import sys\n{code}\n"
-             f"import json; print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")
+             f"import json; print(json.dumps([m for m in {list(modules)!r} if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -147,6 +147,28 @@ def test_a_cli_apply_without_webhooks_loads_no_http_framework(tmp_path: Path) ->
              "if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def _validate_template(tmp_path: Path) -> str:
+    """Code that validates a fresh `stratum init` repository in the probe's process."""
+    repo = tmp_path / "ops"
+    subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "init", str(repo)],
+                   check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    return ("import os, sys\n"
+            f"os.chdir({str(repo)!r})\n"
+            "from daemon.cli.main import main\n"
+            "try:\n    main.__globals__['cli'].main(['validate'], prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n")
+
+
+def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None:
+    """Validating the template (forms with locales, knowledge with an embedding setting) parses Fluent bundles
+    and checks settings, but neither formats messages (fluent.runtime, babel: ~0.1 s) nor embeds over HTTP
+    (urllib.request, http.client, email): those load where they are used."""
+    only_elsewhere = ("fluent.runtime", "babel", "urllib.request", "http.client", "email.parser")
+    imported = _imported_after(_validate_template(tmp_path), ("reconcilers.forms.loader", *only_elsewhere))
+    assert "reconcilers.forms.loader" in imported                # it did validate the forms
+    assert imported & set(only_elsewhere) == set()
 
 
 def test_validate_opens_no_index(tmp_path: Path) -> None:
