@@ -149,16 +149,24 @@ def test_a_cli_apply_without_webhooks_loads_no_http_framework(tmp_path: Path) ->
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
-def _validate_template(tmp_path: Path) -> str:
-    """Code that validates a fresh `stratum init` repository in the probe's process."""
+def _validate_template(tmp_path: Path, argv: tuple[str, ...] = ("validate",)) -> str:
+    """Code that runs `argv` (validate) on a fresh `stratum init` repository in the probe's process."""
     repo = tmp_path / "ops"
     subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "init", str(repo)],
                    check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
     return ("import os, sys\n"
             f"os.chdir({str(repo)!r})\n"
             "from daemon.cli.main import main\n"
-            "try:\n    main.__globals__['cli'].main(['validate'], prog_name='stratum', standalone_mode=False)\n"
+            f"try:\n    main.__globals__['cli'].main({list(argv)!r}, prog_name='stratum', standalone_mode=False)\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n")
+
+
+def test_plan_without_a_daemon_loads_no_metrics_library(tmp_path: Path) -> None:
+    """`stratum plan` with no daemon builds the pipeline and plans, but records no run: the run metrics
+    (prometheus_client, ~0.1 s) are made when a run records them, not with the pipeline."""
+    code = _validate_template(tmp_path, ("plan", "--data-dir", str(tmp_path / "data")))
+    imported = _imported_after(code, ("daemon.run.pipeline", "prometheus_client", "daemon.service.metrics"))
+    assert imported == {"daemon.run.pipeline"}
 
 
 def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None:
