@@ -87,6 +87,8 @@ class Pipeline:
     parallelism: int = 4
     notes: bool = True
     _metrics: Metrics | None = None           # made on first use (see the `metrics` property)
+    # False in a process that ends after one run and serves no /metrics (a CLI apply): nobody could read them.
+    keep_metrics: bool = True
     on_action: Callable[[Action, str], None] | None = None
     on_phase: Callable[[str, int], None] | None = None   # (step, actions in it): progress for a person watching
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
@@ -284,7 +286,7 @@ class Pipeline:
 
     def _executor(self, parallelism: int | None = None) -> Executor:
         return Executor(self.reconcilers, self.index, parallelism or self.parallelism, on_done=self.on_action,
-                        retry=self.retry, metrics=self.metrics)
+                        retry=self.retry, metrics=self.metrics if self.keep_metrics else None)
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
         """The revision's resources and changed files (callers group these writes into one commit)."""
@@ -448,9 +450,10 @@ class Pipeline:
             if message:
                 lines.append(f"message: {message[:2000]}")
             self.source.add_note(revision, "\n".join(lines) + "\n")
-        self.metrics.record_run(status, duration / 1000, revision)
-        for _, status_ in done:
-            self.metrics.actions.labels("all", status_).inc()
+        if self.keep_metrics:
+            self.metrics.record_run(status, duration / 1000, revision)
+            for _, status_ in done:
+                self.metrics.actions.labels("all", status_).inc()
         logger.info("run", outcome=status, duration_ms=round(duration, 1), actions=len(done),
                     problems=len(problems), message=message[:500],
                     **({"first_problem": str(problems[0])} if problems else {}))

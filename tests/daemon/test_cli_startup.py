@@ -193,3 +193,15 @@ def test_validate_opens_no_index(tmp_path: Path) -> None:
     imported = _imported_after(code)
     assert "reconcilers.infra.reconciler" in imported          # it did validate
     assert {"duckdb", "daemon.index.store", "prometheus_client"} & imported == set()
+
+
+def test_a_cli_apply_records_its_run_but_loads_no_metrics_library(tmp_path: Path) -> None:
+    """`stratum apply` without a daemon ends after its run and serves no /metrics: the run is recorded in the
+    index (and `stratum log` shows it), but prometheus_client (~0.1 s of start-up) is never imported."""
+    data = tmp_path / "data"
+    code = _validate_template(tmp_path, ("apply", "--data-dir", str(data), "--root", str(tmp_path / "root")))
+    imported = _imported_after(code, ("daemon.run.pipeline", "prometheus_client", "daemon.service.metrics"))
+    assert imported == {"daemon.run.pipeline"}
+    log = subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "log", "--data-dir",
+                          str(data)], cwd=tmp_path / "ops", capture_output=True, text=True, timeout=120, check=True)
+    assert "succeeded" in log.stdout, log.stdout + log.stderr
