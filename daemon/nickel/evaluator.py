@@ -245,7 +245,11 @@ class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
     def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0,
-                 budget: float | None = None, *, prestart: bool = False, in_memory: bool = True) -> None:
+                 budget: float | None = None, *, prestart: bool = False, in_memory: bool = True,
+                 keep_values: bool = True) -> None:
+        """`keep_values`: keep evaluated values on disk for later processes (daemon/nickel/cache.py); False for a
+        throwaway cache directory (`stratum validate`), where writing them is pure cost: an SQLite file made,
+        switched to WAL and filled with every value, then deleted."""
         self.cache_dir = cache_dir
         # The most one evaluate() call waits on runs that overran their deadline before giving up on the rest.
         self.budget = budget if budget is not None else max(timeout * _BUDGET_DEADLINES, 60.0)
@@ -256,7 +260,7 @@ class Evaluator:
         self._lib = nickel_dir()
         # Values on disk depend on the contract library and on the engine that computed them.
         self._lib_version = f"{_library_version(self._lib)}:{_engine_version()}"
-        self._disk = DiskCache(cache_dir / "values")
+        self._disk = DiskCache(cache_dir / "values") if keep_values else None
         self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
         count = max(1, workers or min(2, os.cpu_count() or 1))
         self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
@@ -283,7 +287,8 @@ class Evaluator:
         """Stop the worker process."""
         for worker in self._workers:
             worker.kill()
-        self._disk.close()
+        if self._disk is not None:
+            self._disk.close()
         self._scratch.remove()
 
     # 1. imports ------------------------------------------------------------------------------------
@@ -469,7 +474,7 @@ class Evaluator:
                 continue
             pending[path] = key
             closures[path] = closure
-        if pending:
+        if pending and self._disk is not None:
             # Evaluated by an earlier process (a CLI run, a daemon): one batched lookup.
             on_disk = self._disk.get_many(list(pending.values()))
             for path, key in list(pending.items()):
@@ -523,7 +528,8 @@ class Evaluator:
             for path, value in chunk_values.items():
                 self._cache[pending[path]] = values[path] = value
             problems.extend(chunk_problems)
-            self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
+            if self._disk is not None:
+                self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems), keys=keys)

@@ -201,3 +201,35 @@ def test_a_big_batch_of_few_files_is_evaluated_by_both_workers(repo: WorkRepo, t
         assert ev.stats["evaluations"] == 2
     finally:
         ev.close()
+
+
+# -- a throwaway cache directory keeps nothing ------------------------------------------------------------
+def test_an_evaluator_that_keeps_no_values_writes_no_cache_file(repo: WorkRepo, tmp_path: Path) -> None:
+    """keep_values=False evaluates as usual but makes no SQLite file (created, switched to WAL and filled only
+    to be deleted, for `stratum validate`); a later evaluator on that directory finds nothing to reuse."""
+    snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    ev = Evaluator(tmp_path / "cache", timeout=10.0, keep_values=False)
+    try:
+        assert ev.evaluate(snap, ["infra/a.ncl"], INFRA).values["infra/a.ncl"]["resources"]["a"]["content"] == "x"
+    finally:
+        ev.close()
+    assert not (tmp_path / "cache" / "values").exists()
+    again = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        assert again.evaluate(snap, ["infra/a.ncl"], INFRA).problems == ()
+        assert again.disk_hits == 0 and again.stats["evaluations"] == 1
+    finally:
+        again.close()
+
+
+def test_validate_keeps_no_values_in_its_temporary_directory(repo: WorkRepo, tmp_path: Path) -> None:
+    """`stratum validate` (validate_snapshot) checks the revision with an evaluator in its temporary directory
+    and writes no value cache there."""
+    from daemon.cli.validate import validate_snapshot
+    from daemon.settings import Settings
+
+    repo.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    settings = Settings(repo=str(repo.path), data_dir=tmp_path / "data", root=tmp_path / "root")
+    source = GitSource(str(repo.path), "main", settings.data_dir)
+    assert validate_snapshot(source, "main", tmp_path / "tmp", settings) == []
+    assert not (tmp_path / "tmp" / "nickel-cache" / "values").exists()
