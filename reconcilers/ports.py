@@ -195,6 +195,11 @@ class VerbHost(Protocol):
     """The kernel's side of a plugin's CLI verb: `stratum`'s group puts one in click's `ctx.obj`, so a verb
     living in a reconciler package gets the daemon's ports without importing the daemon."""
 
+    def locate(self, options: Mapping[str, Any]) -> tuple[Path, Mapping[str, Any]]:
+        """The data directory and the host settings sections (stratumd.toml) the daemon would use for the
+        repository of `options`, opening nothing (no repository, no worker)."""
+        ...
+
     def open(self, reconciler: str, options: Mapping[str, Any]) -> AbstractContextManager[Any]:
         """The environment (a reconcilers.base.ReconcilerEnv: not named here, base imports this module) of
         `reconciler` for the repository named by `options` (repo, data_dir, config,

@@ -184,7 +184,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 problems.append(Problem(str(getattr(err, "what", err)), path=entry.path, reconciler=NAME))
         rules: Rules | None = None
         if snap.entry(self.rules_path) is not None:
-            # The same loader `stratum secret` uses on the staged tree (daemon/cli/secret_rules.load_repo).
+            # The same loader `stratum secret` uses on the staged tree (reconcilers/vault/secret_rules.load_repo).
             rules, found = load_snapshot(snap, self._nickel(), self.rules_path)
             problems += found
         elif files:
