@@ -133,5 +133,5 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
-                        admission=admission, max_files=settings.max_files)
+                        admission=admission, max_files=settings.max_files, keep_metrics=not one_shot)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable, ports)
