@@ -355,3 +355,36 @@ def test_an_intermediate_is_signed_by_its_declared_issuer(world: World) -> None:
     assert leaf.issuer.rfc4514_string() == "CN=Test intermediate"
     chain = [x509.load_pem_x509_certificate(c.encode()) for c in body["data"]["ca_chain"]]
     assert [c.subject.rfc4514_string() for c in chain][-1] == "CN=Test CA"
+
+
+def test_a_certificate_of_a_role_declared_in_the_same_commit(tmp_path: Path, evaluator: Evaluator) -> None:
+    """One commit declares the PKI mount `pki` with role `web` and files using a certificate of that role: the
+    files' actions depend on the role's action (vault:engines/pki/roles/web), and the run writes a certificate
+    issued by the declared CA (lead's note: certrefs used another action id, so the files did not wait)."""
+    from cryptography import x509
+
+    from tests.reconcilers.vault.pki.test_certrefs import build, infra_file
+
+    pipe, vault, index, repo = build(tmp_path, evaluator, {"listen": "127.0.0.1:0"})
+    try:
+        service = vault.vault_api.service
+        assert service is not None
+        init = service.initialize(1, 1, "base64")
+        service.unseal(init["keys"][0])
+        declared = """{ ca = { common_name = "Declared root", key_type = "ec" },
+  roles = { web = { allowed_domains = ["web.internal"], allow_subdomains = true, allow_bare_domains = true,
+                    allow_ip_sans = true, key_type = "ec", max_ttl = "72h" } } }
+"""
+        rev = repo.commit({"vault/pki/pki.ncl": declared, "infra/tls.ncl": infra_file()})
+        report = pipe.plan(rev)
+        assert not report.problems, report.problems
+        crt_action = next(a for a in report.actions if a.id == "infra:crt")
+        assert "vault:engines/pki/roles/web" in crt_action.depends_on, crt_action.depends_on
+        result = pipe.run(rev)
+        assert result.status == "succeeded", result.message
+        crt = x509.load_pem_x509_certificate((tmp_path / "root/tls/web.crt").read_bytes())
+        assert crt.issuer.rfc4514_string() == "CN=Declared root"
+    finally:
+        pipe.close()
+        vault.close()
+        index.close()
