@@ -45,6 +45,10 @@ def check(desired: InfraDesired, providers: Mapping[str, Provider]) -> list[Prob
             served = ", ".join(sorted(found.backend.kinds))
             problem(f"resource {r.id}: provider {r.provider} has no {_KIND_NAMES.get(r.kind, r.kind)} support",
                     f"{r.provider} serves: {served}; declare the {r.kind} on a provider that has it")
+        elif isinstance(found, CloudProvider) and r.fields.get("tags") and not getattr(found.backend,
+                                                                                        "tags_supported", True):
+            problem(f"resource {r.id}: provider {r.provider} cannot set tags (the generic libcloud adapter: "
+                    "libcloud's common subset has no tags)", "remove `tags` from the resource")
         for key, kind in _REF_KINDS.items():
             value = r.fields.get(key)
             refs: list[str] = ([str(v) for v in value] if isinstance(value, (list, tuple))
