@@ -1,7 +1,9 @@
 """Plan and apply cloud servers with networks and volumes against moto (an AWS EC2 emulator on loopback),
 through libcloud's real EC2 driver and Stratum's real pipeline: cold plan, cold apply, then the no-op plan and
 run of the same revision. A loopback proxy in front of moto counts the EC2 API calls by action, so the table
-shows that the no-op plan makes only Describe* calls, and how many (target: under 1 s for 200 servers).
+shows that the no-op plan makes only Describe* calls, and how many (target: under 1 s for 200 servers). Each
+step's time is split: waiting in API calls (timed in libcloud's client), of which inside moto (timed by the
+proxy), and Stratum's own share (the rest of the wall time), which is what the target is read against.
 
     python bench/cloud.py [--servers 200] [--networks 10]
 
@@ -136,12 +138,14 @@ def main() -> None:
                 api, http = API_SECONDS, HTTP_SECONDS
                 walls = {"cold plan": cold_plan_s, "cold apply": apply_s, "no-op plan": noop_plan_s,
                          "no-op run": noop_run_s}
-                ours = {k: walls[k] - http[k] for k in walls}       # wall time outside the API calls
+                # Wall time outside the API calls. Plans make their calls one after the other; an apply's
+                # overlap (threads), so their sum exceeds its wall time and says nothing of its own share.
+                ours = {k: walls[k] - http[k] for k in walls if k != "cold apply"}
                 rows = [
                     ["cold plan", total, len(plan.actions), f"{cold_plan_s:.2f}", sum(cold_plan_calls.values()),
                      f"{http['cold plan']:.2f}", f"{api['cold plan']:.2f}", f"{ours['cold plan']:.2f}"],
                     ["cold apply (run)", total, len(run.actions), f"{apply_s:.2f}", sum(apply_calls.values()),
-                     f"{http['cold apply']:.2f}", f"{api['cold apply']:.2f}", f"{ours['cold apply']:.2f}"],
+                     f"{http['cold apply']:.2f}", f"{api['cold apply']:.2f}", "n/a (calls overlap)"],
                     ["no-op plan", total, len(noop.actions), f"{noop_plan_s:.3f}", sum(noop_calls.values()),
                      f"{http['no-op plan']:.3f}", f"{api['no-op plan']:.3f}", f"{ours['no-op plan']:.3f}"],
                     ["no-op run", total, len(again.actions), f"{noop_run_s:.3f}", sum(noop_run_calls.values()),
