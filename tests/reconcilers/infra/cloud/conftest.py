@@ -60,6 +60,7 @@ def moto_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)                     # reaped: a loaded machine once left it running at teardown
 
 
 @pytest.fixture
