@@ -26,10 +26,15 @@ GONE_STATES = frozenset({"terminated", "shutting-down", "deleted", "deleting"})
 DOWN_STATES = frozenset({"stopped", "stopping", "error", "suspended"})
 
 
-def replace_hash(spec: Mapping[str, Any]) -> str:
+def replace_hash(spec: Mapping[str, Any], in_place: frozenset[str] = IN_PLACE) -> str:
     """A short hash of the fields that need a new resource when they change (the `stratum:spec` tag)."""
-    fixed = {k: v for k, v in spec.items() if k not in IN_PLACE}
+    fixed = {k: v for k, v in spec.items() if k not in in_place}
     return hashlib.sha256(freeze(fixed).encode()).hexdigest()[:16]
+
+
+# Before firewall rules were changed in place, they were part of the hash: a firewall tagged so is not replaced
+# for that alone (with the replace cascade that would also replace every server using it).
+_LEGACY_IN_PLACE = IN_PLACE - {"rules"}
 
 
 def wanted_tags(spec: Mapping[str, Any]) -> dict[str, str]:
@@ -75,7 +80,8 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
     if spec_tag == "":
         # Imported (tagged as ours without a spec): its compared attributes match, so it is adopted in place.
         return "imported: Stratum's spec tag is recorded", "update"
-    if spec_tag != (want or replace_hash(spec)):
+    if spec_tag != (want or replace_hash(spec)) and not (
+            kind == "firewall" and spec_tag == replace_hash(spec, _LEGACY_IN_PLACE)):
         return "fields that need a new resource changed", "replace"
     reasons = []
     if kind == "firewall" and "rules" in attrs:
