@@ -21,7 +21,8 @@ KNOWN_UP: set[tuple[str, str]] = set()
 KNOWN_DOWN_PREFIXES = ("daemon.cli.secret", "daemon.cli.secret_rules")
 # What the kernel may import of reconcilers/: the contract, the plugin registry (entry points), and the bounded
 # parsers both sides share.
-CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.locations",
+CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.gittree",
+            "reconcilers.locations",
             "reconcilers.plugin", "reconcilers.ports", "reconcilers.records", "reconcilers.registry",
             "reconcilers.workers")
 

@@ -49,6 +49,26 @@ KEYFILE = click.option(
     help="Private key file(s); default $STRATUM_KEY_FILE or every key in the config dir.",
 )
 
+# `stratum secret init --example`: a sealed manifest and an infra file that uses it
+EXAMPLE_MANIFEST = "secrets/app/db.yaml"
+EXAMPLE_INFRA = "infra/app_db.ncl"
+EXAMPLE_TARGET = "etc/app/db.password"
+_EXAMPLE_NCL = f"""# Made by `stratum secret init --example`: a file whose content is a secret. The value comes
+# from the sealed manifest {EXAMPLE_MANIFEST} (KV path kv/app/db) and is resolved only when the daemon
+# applies this resource: plans, the index and logs show a keyed fingerprint. A file holding a secret defaults
+# to mode 0600.
+{{
+  resources = {{
+    app_db_password = {{
+      kind = 'file,
+      path = "{EXAMPLE_TARGET}",
+      content = {{ secret = "kv/app/db", key = "password" }},
+    }},
+  }},
+}}
+"""
+
+
 
 def not_text(file: Path, err: UnicodeDecodeError) -> ManifestError:
     """The error for a file that is not UTF-8 text (a binary, another encoding)."""
@@ -283,12 +303,17 @@ def daemon_key_cmd(repo: str | None, data_dir: Path | None, config_file: Path | 
 @common_options
 @click.option("--name", default=None, help="Your name among the trusted signers (default: git user.name).")
 @click.option("--commit", "do_commit", is_flag=True, help="Commit the rules (default: stage them).")
+@click.option("--example", is_flag=True,
+              help=f"Also write {EXAMPLE_MANIFEST} (a generated password, never shown) and {EXAMPLE_INFRA} (a file "
+                   "the daemon writes from it): a secret used end to end.")
 @BACKEND
 @KEYFILE
 def init_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
-             root: Path | None, name: str | None, do_commit: bool, backend: str, key_files: tuple[Path, ...]) -> None:
+             root: Path | None, name: str | None, do_commit: bool, example: bool, backend: str,
+             key_files: tuple[Path, ...]) -> None:
     """Set up secrets in one step: your keys (made if you have none), you as trusted signer and recipient, the
-    daemon's key as recipient, one rule for secrets/, and the git diff/merge drivers; staged or committed."""
+    daemon's key as recipient, one rule for secrets/, and the git diff/merge drivers; staged or committed.
+    With --example, also a sealed manifest and an infra file that uses it."""
     settings = settings_from(repo, data_dir, config_file, branch, root)
     top = _repo_root(Path(repo or ".").resolve())
     if top is None:
@@ -313,28 +338,59 @@ def init_cmd(repo: str | None, data_dir: Path | None, config_file: Path | None, 
     daemon = FileKeySource(_daemon_key_file(settings, None)).recipient()
     who = onboard.signer_name(name or _git_config(top, "user.name") or os.environ.get("GIT_AUTHOR_NAME", "")
                               or os.environ.get("USER", ""))
+    if example:
+        taken = [p for p in (EXAMPLE_MANIFEST, EXAMPLE_INFRA) if (top / p).exists()]
+        if taken:
+            raise StratumError(f"{', '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; --example does "
+                               "not overwrite files", where=str(top), hint="run it without --example")
     (top / RULES_PATH).parent.mkdir(parents=True, exist_ok=True)
     (top / RULES_PATH).write_text(
         onboard.render_rules(who, signing.signer, [(f"{who}", identity.recipient), ("the daemon", daemon)]))
     wire_repo(top)
-    _git_lines(top, "add", "--", RULES_PATH, ".gitattributes")
+    paths = [RULES_PATH, ".gitattributes"]
+    _git_lines(top, "add", "--", *paths)
+    if example:   # after staging the rules: encrypt reads the staged rules
+        paths += _write_example(top, get_backend(backend), _ring(key_files))
+        _git_lines(top, "add", "--", *paths)
     if made:
         click.echo(f"made your key pair {made} (0600; keep it out of every repository)", err=True)
     click.echo(f"trusted signer: {who} {signing.signer.fingerprint[:16]}", err=True)
     click.echo(f"recipients:     {who} {identity.recipient.fingerprint[:16]}, "
                f"the daemon {daemon.fingerprint[:16]} (data dir {settings.data_dir})", err=True)
     if do_commit:
-        result = subprocess.run(["git", "-C", str(top), "commit", "-q", "-m",
-                                 f"Secrets: trust {who}; one rule for {who} and the daemon", "--",
-                                 RULES_PATH, ".gitattributes"], capture_output=True, text=True, check=False)
+        what = f"Secrets: trust {who}; one rule for {who} and the daemon" + (
+            f"; example {EXAMPLE_MANIFEST} used by {EXAMPLE_INFRA}" if example else "")
+        result = subprocess.run(["git", "-C", str(top), "commit", "-q", "-m", what, "--", *paths],
+                                capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StratumError(f"git commit failed: {result.stderr.strip() or result.stdout.strip()}",
                                where=str(top), hint="the rules are staged: fix the cause (a git identity?) "
                                "and `git commit`")
-        click.echo(f"committed {RULES_PATH}", err=True)
+        click.echo(f"committed {', '.join(p for p in paths if p != '.gitattributes')}", err=True)
     else:
-        click.echo(f"staged {RULES_PATH}: commit it", err=True)
-    click.echo("next: stratum secret edit secrets/app.yaml   (or encrypt a YAML file in secrets/)", err=True)
+        click.echo(f"staged {', '.join(p for p in paths if p != '.gitattributes')}: commit them", err=True)
+    if example:
+        click.echo(f"next: stratum apply   (writes {EXAMPLE_TARGET}, mode 0600, from kv/app/db#password; plans "
+                   "show a fingerprint only); with the vault service on, a token with policy `app` reads kv/app/db",
+                   err=True)
+    else:
+        click.echo("next: stratum secret edit secrets/app.yaml   (or encrypt a YAML file in secrets/)", err=True)
+
+
+def _write_example(top: Path, backend: Backend, ring: keys.KeyRing) -> list[str]:
+    """A sealed example manifest (a generated password nobody is shown: `stratum secret decrypt` reveals it to
+    its recipients) and an infra file that uses it; returns their repo paths."""
+    import secrets as random_source
+
+    (top / EXAMPLE_MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+    f = _File(top / EXAMPLE_MANIFEST)
+    values = {"user": "app", "password": random_source.token_urlsafe(24)}
+    described = _save(f, backend, ring, values, None, _policy(f, (), None))
+    (top / EXAMPLE_INFRA).parent.mkdir(parents=True, exist_ok=True)
+    (top / EXAMPLE_INFRA).write_text(_EXAMPLE_NCL)
+    click.echo(f"encrypted {EXAMPLE_MANIFEST} ({described}); {EXAMPLE_INFRA} writes {EXAMPLE_TARGET} from it",
+               err=True)
+    return [EXAMPLE_MANIFEST, EXAMPLE_INFRA]
 
 
 def _git_config(root: Path, key: str) -> str:

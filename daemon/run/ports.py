@@ -19,6 +19,7 @@ import pygit2
 
 from daemon import log
 from reconcilers.errors import SourceError, StratumError
+from reconcilers.gittree import insert_blob
 from reconcilers.ports import EventRecorder, SecretLocation, SecretsPort, Snapshot, Timer
 
 if TYPE_CHECKING:
@@ -182,7 +183,7 @@ class RepoGitWriter:
             tree_id = None
             for path, text in sorted(files.items()):
                 blob_id = repo.create_blob(text.encode("utf-8"))
-                tree_id = _insert(repo, tree, path.split("/"), blob_id)
+                tree_id = insert_blob(repo, tree, path.split("/"), blob_id)
                 written = repo.get(tree_id)
                 tree = written if isinstance(written, pygit2.Tree) else None
             if tree_id is None:
@@ -202,16 +203,3 @@ class RepoGitWriter:
                 raise
             return commit
 
-
-def _insert(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[str], blob_id: pygit2.Oid) -> pygit2.Oid:
-    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
-    head, rest = parts[0], parts[1:]
-    if not rest:
-        builder.insert(head, blob_id, pygit2.enums.FileMode.BLOB)
-    else:
-        sub = None
-        if tree is not None and head in tree:
-            obj = repo[tree[head].id]
-            sub = obj if isinstance(obj, pygit2.Tree) else None
-        builder.insert(head, _insert(repo, sub, rest, blob_id), pygit2.enums.FileMode.TREE)
-    return builder.write()

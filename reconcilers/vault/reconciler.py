@@ -290,8 +290,21 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     # 3. observe and plan ------------------------------------------------------------------------------
     def observe(self, desired: VaultDesired, inventory: list[InventoryItem]) -> dict[str, tuple[str, int]]:
-        """What the store holds: path -> (blob id, version)."""
+        """What the store holds: path -> (blob id, version). A manifest this data directory applied before (its
+        versions.json entry names the same blob and it was not unloaded since) is put back in the store from the
+        commit, verified again by this process's validate: a new process (a restart, a one-shot `stratum plan`)
+        sees what is applied as applied, instead of planning every manifest again and publishing a new KV version
+        of each. Nothing is decrypted here."""
         with self._lock:
+            for mf in desired.manifests:
+                seen = self._versions.get(mf.path)
+                if (mf.path in self._store or seen is None or seen.get("unloaded")
+                        or seen.get("blob_id") != mf.blob_id):
+                    continue
+                manifest = self._validated(mf.path, mf.blob_id)
+                if manifest is not None:
+                    self._store[mf.path] = StoredManifest(mf.blob_id, manifest.meta.version, manifest,
+                                                          bool(seen.get("readable", True)))
             return {p: (v.blob_id, v.version) for p, v in self._store.items()}
 
     def plan(
@@ -368,7 +381,9 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._publish(path, None)
                 self._store.pop(path, None)
                 self.plain.drop(path)
-                self._write_versions()  # the tombstone version stays: re-adding an old file is a replay
+                if path in self._versions:  # the tombstone version stays: re-adding an old file is a replay
+                    self._versions[path] = {**self._versions[path], "unloaded": True}
+                self._write_versions()
                 return Outcome(action.id, True, f"unloaded {path}", inventory=None, removed=True)
             blob_id = str(payload["blob_id"])
             manifest = self._validated(path, blob_id)
@@ -390,7 +405,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             if not readable:
                 self.plain.drop(path)
             self._store[path] = loaded
-            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id}
+            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id, "readable": readable}
             self._write_versions()
             state = "loaded" if readable else "verified (the daemon is not a recipient)"
             return Outcome(
@@ -412,7 +427,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._versions.pop(path, None) if action.kind == "create" else None
             else:
                 self._store[path] = before
-                self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
+                self._versions[path] = {"version": before.version, "blob_id": before.blob_id,
+                                         "readable": before.readable}
             self._write_versions()
             # The vault's KV goes back too: the values before (a new KV version equal to them), or a soft delete
             # of what this action published when there was nothing before.
@@ -422,11 +438,15 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:
-        """Manifests of the commit that the store does not hold at their committed blob."""
+        """Manifests applied at their committed blob (versions.json says so) that the store does not hold. A
+        manifest not applied yet is a planned change, not drift: the plan already shows it."""
+        with self._lock:
+            applied = {p: v.get("blob_id") for p, v in self._versions.items() if not v.get("unloaded")}
         return [
-            Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
+            Problem("applied, but not loaded at the committed version", path=mf.path, reconciler=NAME,
+                    hint="the next run loads it again")
             for mf in desired.manifests
-            if observed.get(mf.path, ("",))[0] != mf.blob_id
+            if applied.get(mf.path) == mf.blob_id and observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
 
     # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
