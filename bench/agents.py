@@ -232,6 +232,9 @@ def main() -> None:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait()
             results[f"queue_{kind}"] = r
+            print(f"queue {kind}: {r['done']}/{r['tasks']} done, {r['tasks_per_s']:.1f} tasks/s, burst p99 "
+                  f"{(r['latency_p99_s'] or 0) * 1000:.0f} ms, steady p99 {(r['steady_latency_p99_s'] or 0) * 1000:.0f}"
+                  f" ms (load {r['load_1m']:.1f})", flush=True)
             rows.append([kind, r["tasks"], r["done"], r["enqueue_s"], r["drain_s"], r["tasks_per_s"],
                          (r["latency_p50_s"] or 0) * 1000, (r["latency_p99_s"] or 0) * 1000, r["load_1m"],
                          r["steady_runs"], (r["steady_latency_p50_s"] or 0) * 1000,
