@@ -41,6 +41,7 @@ class NodeWriter:
     keep: int = MAX_SLOTS
     dropped: int = 0
     _pending: dict[str, str] = field(default_factory=dict)
+    _next: dict[str, int] = field(default_factory=dict)     # task -> its next slot number (saved at each flush)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _flushing: threading.Lock = field(default_factory=threading.Lock)
 
@@ -52,11 +53,15 @@ class NodeWriter:
         if out.outcome not in RECORDED:
             return ""
         keep = max(1, min(self.keep, MAX_SLOTS))
-        with self.store.transaction() as con:
-            row = con.execute("SELECT next FROM node_slots WHERE task = ?", [out.task]).fetchone()
-            seq = int(row[0]) if row else 0
-            con.execute("INSERT OR REPLACE INTO node_slots VALUES (?, ?)", [out.task, seq + 1])
-        path, text = task_node(out, revision, seq % keep)
+        with self._guard:
+            seq = self._next.get(out.task)
+        if seq is None:
+            # Read once per task; kept in memory and saved with each flush (no extra commit per execution).
+            rows = self.store.query("SELECT next FROM node_slots WHERE task = ?", [out.task])
+            seq = int(rows[0][0]) if rows else 0
+        with self._guard:
+            seq = self._next[out.task] = max(seq, self._next.get(out.task, 0)) + 1
+        path, text = task_node(out, revision, (seq - 1) % keep)
         with self._guard:
             self._pending.pop(path, None)           # a newer node of the same slot replaces a waiting one
             self._pending[path] = text
@@ -82,6 +87,10 @@ class NodeWriter:
                             hint="more task executions finished between two flushes than are kept waiting")
             if not files:
                 return 0
+            with self._guard:
+                slots = list(self._next.items())
+            with self.store.transaction() as con:       # new nodes moved the counters: save them, once a batch
+                con.executemany("INSERT OR REPLACE INTO node_slots VALUES (?, ?)", slots)
             try:
                 self.commit(files, f"stratum: agents, {len(files)} task execution node(s)")
             except Exception as err:  # noqa: BLE001 a courtesy commit never stops the service

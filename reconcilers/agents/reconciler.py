@@ -183,19 +183,22 @@ class AgentsReconciler(NoActions[AgentsDesired]):
                     "SELECT ts, reconciler, subject, message FROM events WHERE kind = 'drift' AND ts > ? "
                     "ORDER BY ts LIMIT 200", [since])]
 
-            self.service = AgentService(self.env.data_dir, events=record, secrets=resolve,
-                                        tools=tool_host(kb, policy.authorize, plan, vault_read),
-                                        context=context_for(kb, plan), queue_url=url, drift_source=drift)
+            service = AgentService(self.env.data_dir, events=record, secrets=resolve,
+                                   tools=tool_host(kb, policy.authorize, plan, vault_read),
+                                   context=context_for(kb, plan), queue_url=url, drift_source=drift)
             branch, writer = str(self.host.get("executions_branch", "")), self.env.git_writer
             if branch and writer is not None:
                 def commit(path: str, text: str, run: Any) -> None:
                     writer.commit_file(branch, path, text, f"stratum: agents pipeline {run.pipeline} {run.outcome}")
 
-                self.service.on_pipeline = commit
+                service.on_pipeline = commit
+
                 def commit_nodes(files: Mapping[str, str], message: str) -> None:
                     writer.commit_files(branch, files, message)
 
-                self.service.record_executions(commit_nodes)
+                service.record_executions(commit_nodes)
+            # Published whole: the run hooks' thread and readers see no half-configured service.
+            self.service = service
         return self.service
 
     def _plan(self) -> Callable[[], str] | None:

@@ -95,7 +95,7 @@ def _run(rec: AgentsReconciler, task: str, times: int = 1) -> list[dict[str, Any
     before = len(_history(rec, task))
     for _ in range(times):
         svc.enqueue_task(svc.team.tasks[task], "manual", {})
-    wait_for(lambda: len(_history(rec, task)) >= before + times, 60)
+    wait_for(lambda: len(_history(rec, task)) >= before + times, 180)
     return _history(rec, task)
 
 
