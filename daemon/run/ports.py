@@ -110,6 +110,7 @@ class TimerScheduler:
 
     def __init__(self) -> None:
         self.wake_fn: Callable[[str], None] | None = None
+        self.rerun_fn: Callable[[str], None] | None = None     # set by the service: run what is in force again
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -138,6 +139,11 @@ class TimerScheduler:
         """Ring the daemon's loop (a no-op outside a daemon)."""
         if self.wake_fn is not None:
             self.wake_fn(reason)
+
+    def rerun(self, reason: str) -> None:
+        """Ask the daemon for a run of what is in force (a no-op outside a daemon)."""
+        if self.rerun_fn is not None:
+            self.rerun_fn(reason)
 
     def close(self) -> None:
         """Cancel every pending timer (shutdown)."""
