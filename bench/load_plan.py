@@ -147,10 +147,11 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=3, help="warm plans per sample")
     parser.add_argument("--quick", action="store_true", help="1,000 resources, 2 samples")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--name", default="load_plan", help="results file name (bench/results/<name>.json)")
     args = parser.parse_args()
     if args.quick:
         args.infra_files, args.samples = 10, 2
-    common.write_result("load_plan", run(args))
+    common.write_result(args.name, run(args))
 
 
 if __name__ == "__main__":

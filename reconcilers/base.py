@@ -13,7 +13,7 @@ it needs; `load`, `observe`, `plan` and `apply` it must write.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -81,6 +81,9 @@ class ReconcilerEnv:
     git_writer: GitWriter | None = None       # commits to side branches as the daemon
     version: str = ""                          # Stratum's version
     workspace: Workspace | None = None        # the repo and index as interfaces outside a run see them (MCP)
+    # The kernel's pull-request plan (markdown, as `stratum plan --base B --head H --format markdown` and the PR
+    # comments show it) of commit H against B: (B, H) -> markdown; raises StratumError when it cannot be made.
+    plans: Callable[[str, str], str] | None = None
 
     @property
     def source(self) -> Revisions | None:

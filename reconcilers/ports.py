@@ -164,6 +164,12 @@ class Scheduler(Protocol):
         """Ask the daemon's loop to look at the branch now."""
         ...
 
+    def rerun(self, reason: str) -> None:
+        """Ask the daemon to run again what is in force although no commit came (a certificate is due for
+        renewal, the vault was unsealed while an apply waited on it): a run recorded like any other, its
+        trigger `rerun:<reason>`. A no-op outside a daemon."""
+        ...
+
 
 class GitWriter(Protocol):
     """Commits as the daemon's identity, to branches under the namespace it was given (never the watched
@@ -194,6 +200,11 @@ class HttpMount:
 class VerbHost(Protocol):
     """The kernel's side of a plugin's CLI verb: `stratum`'s group puts one in click's `ctx.obj`, so a verb
     living in a reconciler package gets the daemon's ports without importing the daemon."""
+
+    def locate(self, options: Mapping[str, Any]) -> tuple[Path, Mapping[str, Any]]:
+        """The data directory and the host settings sections (stratumd.toml) the daemon would use for the
+        repository of `options`, opening nothing (no repository, no worker)."""
+        ...
 
     def open(self, reconciler: str, options: Mapping[str, Any]) -> AbstractContextManager[Any]:
         """The environment (a reconcilers.base.ReconcilerEnv: not named here, base imports this module) of

@@ -36,6 +36,14 @@ class PluginHost:
             rt.close()
         return "\n\n---\n\n".join(plan_markdown(data))
 
+    def locate(self, options: Mapping[str, Any]) -> tuple[Path, Mapping[str, Any]]:
+        """The data directory and host settings of the repository of `options` (settings_from, nothing opened)."""
+        from daemon.cli.common import settings_from
+
+        settings = settings_from(options.get("repo"), _path(options, "data_dir"), _path(options, "config"),
+                                 options.get("branch"), _path(options, "root"))
+        return settings.data_dir, settings.reconciler_settings()
+
     @contextmanager
     def open(self, reconciler: str, options: Mapping[str, Any]) -> Iterator[ReconcilerEnv]:
         """The ports of `reconciler` over the repository of `options`; the evaluator stops at the end."""

@@ -31,7 +31,8 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
     from daemon.run.pipeline import load_snapshot
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
-    evaluator = Evaluator(data_dir / "nickel-cache", prestart=True)
+    # `data_dir` is the command's temporary directory: values kept on disk there would be deleted unread.
+    evaluator = Evaluator(data_dir / "nickel-cache", prestart=True, keep_values=False)
     reconcilers: dict[str, AnyReconciler] = {}
     try:
         built, unavailable = build_reconcilers(settings, evaluator)

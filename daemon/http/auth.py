@@ -7,13 +7,16 @@ checked in this order, before the mounted app sees a byte of its body:
     1. public path ...................................... passed through, no principal
     2. `Authorization: Bearer <token>` present ........... else 401 (WWW-Authenticate: Bearer)
     3. sha256(token) names a client of the tokens file ... else 401 (invalid_token)
+    2b. on a browser mount (`/forms`) without the header: the session cookie of `<mount>/login`
+        (daemon/http/sessions.py) .......................... else a page asks to log in (303), a script 401
     4. Cedar: principal Stratum::Http::Client::"<name>" (member of its Stratum::Http::Role::"<role>"s),
        action Stratum::Http::Action::"request", resource Stratum::Http::Mount::"<mount>", context
        {method, path, tls} ................................ else 403 naming why
 
 Allowed requests reach the app with `scope["state"]["principal"]` (the client's name), `["roles"]` and
 `["authorize"]`, a function `(action) -> bool` that asks the same policies about a finer action on the same
-mount (the MCP server asks "read" or "write" per tool). Refusals go to `on_denied` for a rate-limited event.
+mount (the MCP server asks "read" or "write" per tool), and for a browser session `["csrf"]`, the token its
+forms must post back. Refusals go to `on_denied` for a rate-limited event.
 
 The tokens file holds one client a line, `name:role[,role]:<sha256 hex of the token>` (`#` starts a comment);
 tokens are never stored, so the file is worth nothing to whoever reads it, but it must still be 0600: who can
@@ -29,6 +32,7 @@ import os
 import re
 import stat
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from typing import Any
 import cedarpy
 
 from daemon.errors import SettingsError
+from daemon.http import sessions as web
 
 DEFAULT_POLICY = """\
 // Host policy of the HTTP listener (replace it with [http] policy_file).
@@ -47,6 +52,8 @@ DEFAULT_POLICY = """\
                       resource == Stratum::Http::Mount::"/metrics");
 """
 PUBLIC_PREFIXES = ("/hooks/",)
+# Mounts whose pages people open in a browser: only they take a login session besides the bearer header.
+BROWSER_MOUNTS = ("/forms",)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _MAX_FILE = 1024 * 1024
@@ -141,6 +148,10 @@ class TokenStore:
         """Put `clients` in force (one reference swap: a request in flight sees the old set or the new)."""
         self._by_digest = dict(clients)
 
+    def by_digest(self, digest: str) -> Client | None:
+        """The client whose token has this digest (a browser session's; revoked: None)."""
+        return self._by_digest.get(digest)
+
     def find(self, token: str) -> Client | None:
         """The client `token` belongs to. Every stored digest is compared in constant time (a host has a
         handful of clients), so the time taken says nothing about how close a guess came."""
@@ -207,8 +218,11 @@ class AuthMiddleware:
     """The ASGI gate in front of every mount (the numbered checks of the module docstring)."""
 
     def __init__(self, app: Any, tokens: TokenStore, policy: HttpPolicy, mounts: Sequence[str],
-                 metrics_public: bool = False, on_denied: OnDenied | None = None) -> None:
+                 metrics_public: bool = False, on_denied: OnDenied | None = None,
+                 sessions: web.SessionStore | None = None, browser_mounts: Sequence[str] = BROWSER_MOUNTS) -> None:
         self.app = app
+        self.sessions = sessions
+        self.browser_mounts = tuple(m for m in browser_mounts if m in mounts) if sessions is not None else ()
         self.tokens = tokens
         self.policy = policy
         self.mounts = tuple(sorted(mounts, key=len, reverse=True))
@@ -225,9 +239,21 @@ class AuthMiddleware:
             return
         path = scope.get("path", "")
         mount = mount_of(path, self.mounts)
+        browser = mount in self.browser_mounts and scope["type"] == "http"
+        if browser and path in (f"{mount}/login", f"{mount}/logout"):
+            await self._session_page(scope, receive, send, mount, path)
+            return
         client = self._client(scope)
+        csrf = ""
+        if client is None and browser:
+            found = await self._session(scope, send, mount)
+            if found is None:
+                return                     # answered (a redirect to the login page, or a refusal)
+            client, csrf = found
         if client is None:
             reason = "a bearer token is required (Authorization: Bearer ...)"
+            if browser:
+                reason += f", or a session from {mount}/login"
             if not self.tokens:
                 reason += "; this daemon has no clients: the host sets [http] tokens_file in stratumd.toml"
             await self._refuse(scope, send, 401, "", mount, reason)
@@ -247,7 +273,84 @@ class AuthMiddleware:
 
         state = scope.setdefault("state", {})
         state.update(principal=client.name, roles=client.roles, authorize=authorize)
+        if csrf:
+            state["csrf"] = csrf
         await self.app(scope, receive, send)
+
+    async def _session(self, scope: dict[str, Any], send: Send, mount: str) -> tuple[Client | None, str] | None:
+        """(client, csrf token) of the request's session cookie; (None, "") without a cookie for a script (the
+        usual 401 follows); None once it has answered (a browser sent to log in, a cross-origin change)."""
+        assert self.sessions is not None
+        value = web.cookie(scope)
+        session = self.sessions.find(value, mount) if value else None
+        client = self.tokens.by_digest(session.token_digest) if session is not None else None
+        if session is not None and client is None:
+            self.sessions.close(value)         # its token was revoked: the session goes with it
+        if client is None or session is None:
+            html = "text/html" in web.header(scope, b"accept")
+            if not value and not html:
+                return None, ""
+            target = scope.get("path", "") + (f"?{scope['query_string'].decode('latin-1')}"
+                                               if scope.get("query_string") else "")
+            if scope.get("method") not in web.SAFE_METHODS:
+                target = mount + "/"
+            await web.redirect(send, web.login_url(mount, target, expired=bool(value)),
+                               ((b"set-cookie", web.set_cookie("", mount, 0, _tls(scope))),) if value else ())
+            return None
+        if scope.get("method") not in web.SAFE_METHODS and not web.same_origin(scope):
+            await self._refuse(scope, send, 403, client.name, mount,
+                               "a change from another origin is refused (the session cookie is not enough)")
+            return None
+        return client, session.csrf
+
+    async def _session_page(self, scope: dict[str, Any], receive: Any, send: Send, mount: str, path: str) -> None:
+        """`<mount>/login` (GET: the page; POST: token -> session) and `<mount>/logout` (POST)."""
+        assert self.sessions is not None
+        query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        method = scope.get("method", "GET")
+        if method in ("GET", "HEAD") and path.endswith("/login"):
+            message = "Your session has ended: log in again." if query.get("expired") else ""
+            await web.respond(send, 200, web.login_page(mount, web.safe_next(query.get("next", ""), mount), message))
+            return
+        if method != "POST":
+            await web.respond(send, 405, b"use POST", [(b"allow", b"POST"), (b"content-type", b"text/plain")])
+            return
+        if not web.same_origin(scope):
+            await self._refuse(scope, send, 403, "", mount, "a login or logout from another origin is refused")
+            return
+        fields = await web.read_form(receive)
+        if fields is None:
+            await web.respond(send, 413, b"the request is too large", [(b"content-type", b"text/plain")])
+            return
+        if path.endswith("/logout"):
+            value = web.cookie(scope)
+            session = self.sessions.find(value, mount) if value else None
+            if session is not None and not hmac.compare_digest(fields.get("csrf", ""), session.csrf):
+                await self._refuse(scope, send, 403, "", mount, "the logout form lacks its CSRF token: reload the page")
+                return
+            self.sessions.close(value)
+            await web.redirect(send, f"{mount}/login", ((b"set-cookie", web.set_cookie("", mount, 0, _tls(scope))),))
+            return
+        next_path = web.safe_next(fields.get("next", ""), mount)
+        client = self.tokens.find(fields.get("token", "").strip())
+        if client is None:
+            if self.on_denied is not None:
+                self.on_denied(401, "", mount, "a login with a token that is not valid")
+            reason = "That token is not valid: paste a token the host listed in the daemon's tokens file " \
+                     "([http] tokens_file), or ask whoever runs the daemon for one."
+            await web.respond(send, 401, web.login_page(mount, next_path, reason, error=True))
+            return
+        context = {"method": "GET", "path": next_path, "tls": _tls(scope)}
+        allowed, why = self.policy.decide(client, "request", mount, context)
+        if not allowed:
+            if self.on_denied is not None:
+                self.on_denied(403, client.name, mount, why)
+            await web.respond(send, 403, web.login_page(mount, next_path, f"{client.name} may not use {mount}: {why}",
+                                                        error=True))
+            return
+        value, _ = self.sessions.open(token_digest(fields.get("token", "").strip()), mount)
+        await web.redirect(send, next_path,
+                           ((b"set-cookie", web.set_cookie(value, mount, int(self.sessions.ttl), _tls(scope))),))
 
     def _client(self, scope: Mapping[str, Any]) -> Client | str | None:
         """The client the bearer token names; a reason string when the header is wrong; None when absent."""
@@ -274,6 +377,10 @@ class AuthMiddleware:
             headers.append((b"www-authenticate", f'Bearer realm="stratum"{error}'.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _tls(scope: Mapping[str, Any]) -> bool:
+    return scope.get("scheme") in ("https", "wss")
 
 
 class DenialReporter:

@@ -15,6 +15,7 @@ max_requests_per_connection = 100
 max_connections = 1024   # open HTTP connections; lowered to fit the descriptor limit less `fd_reserve`
 fd_reserve = 256         # descriptors kept for the daemon's own work (index, git, workers, the socket)
 max_header_bytes = 16384
+session_ttl = 28800      # seconds a browser session of /forms/login lasts (daemon/http/sessions.py)
 ```
 
 Binding an address that is not loopback without both TLS and a tokens file is refused at start (`check_exposure`).
@@ -34,7 +35,7 @@ from daemon.errors import SettingsError
 _PATHS = ("tokens_file", "policy_file", "tls_cert", "tls_key")
 _NUMBERS = {"header_timeout": 10.0, "body_timeout": 30.0, "keepalive_timeout": 5.0}
 _INTS = {"max_requests_per_connection": 100, "max_connections": 1024, "fd_reserve": 256, "max_header_bytes": 16384}
-KEYS = (*_PATHS, "metrics_public", *_NUMBERS, *_INTS)
+KEYS = (*_PATHS, "metrics_public", *_NUMBERS, *_INTS, "session_ttl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class HttpSettings:
     tls_key: Path | None = None
     metrics_public: bool = False
     limits: Limits = Limits()
+    session_ttl: float = 8 * 3600.0
 
     @property
     def tls(self) -> bool:
@@ -102,9 +104,13 @@ def http_settings(section: Any, where: str = "") -> HttpSettings:
             raise SettingsError(f"[http] {key} must be a positive whole number, not {value!r}", where=where,
                                 hint=f"e.g. {key} = {idefault}")
         numbers[key] = value
+    ttl = section.get("session_ttl", 8 * 3600)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 7 * 86400:
+        raise SettingsError(f"[http] session_ttl must be seconds between 1 and a week, not {ttl!r}", where=where,
+                            hint="e.g. session_ttl = 28800 (eight hours)")
     return HttpSettings(tokens_file=paths["tokens_file"], policy_file=paths["policy_file"],
                         tls_cert=paths["tls_cert"], tls_key=paths["tls_key"], metrics_public=public,
-                        limits=Limits(**numbers))
+                        limits=Limits(**numbers), session_ttl=float(ttl))
 
 
 def listen_host(listen: str) -> str:

@@ -25,6 +25,7 @@ from daemon.http.auth import AuthMiddleware, HttpPolicy, OnDenied, TokenStore, r
 from daemon.http.config import HttpSettings, Limits, check_exposure, http_settings
 from daemon.http.descriptors import accept_burst, quiet_accept_errors, widen_backlog
 from daemon.http.limits import Stats, fd_budget, guarded_protocol
+from daemon.http.sessions import SessionStore
 from daemon.service.metrics import Metrics
 from reconcilers.base import AnyReconciler
 
@@ -91,9 +92,10 @@ def listener_settings(listen: str, section: Any, where: str,
     policy = HttpPolicy.from_file(http.policy_file)
     if http.tls_key is not None:
         read_private(http.tls_key, "TLS key file")
+    sessions = SessionStore(http.session_ttl)      # browser logins (/forms/login); one table per listener
 
     def auth(app: Any, mounts: list[str]) -> AuthMiddleware:
-        return AuthMiddleware(app, tokens, policy, mounts, http.metrics_public, on_denied)
+        return AuthMiddleware(app, tokens, policy, mounts, http.metrics_public, on_denied, sessions)
     return http, auth, tokens
 
 

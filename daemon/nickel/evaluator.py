@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,6 +44,7 @@ MAX_NICKEL_BYTES = 1024 * 1024
 WORKER_IDLE_S = 60.0                                  # a worker with nothing to do for this long exits
 EXTRA_WORKER_IDLE_S = 5.0                             # the same for the workers that only split big batches
 _SPLIT_AT = 8                                         # files in a batch before it is split across workers
+_SPLIT_BYTES = 32 * 1024                              # ... and bytes: less costs less than a second worker's start
 _CHUNK = 256                                          # files per Nickel run (a run's cost stays far from its deadline)
 _BUDGET_DEADLINES = 30                                # one evaluation's budget, in per-run deadlines
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
@@ -130,6 +131,28 @@ def _decoded(reply: dict[str, str]) -> dict[str, Any]:
         return {"ok": json.loads(reply["ok"])}
     except RecursionError:
         return {"error": "error: the value is nested too deeply to be used (over Python's recursion limit)"}
+
+
+def split_chunks(paths: list[str], weights: Mapping[str, int], workers: int) -> list[list[str]]:
+    """`paths` in runs of at most _CHUNK files, cut where the bytes to evaluate (`weights`: a file's closure)
+    are about equal, and at least one run per worker when the batch is big enough to share: one 50-file
+    batch of 5,000 resources was one run on one core while the other core waited."""
+    if not paths:
+        return []
+    total = sum(weights[p] for p in paths)
+    share = len(paths) >= _SPLIT_AT and total >= _SPLIT_BYTES
+    count = max(-(-len(paths) // _CHUNK), min(workers, len(paths)) if share else 1)
+    if count == 1:
+        return [paths]
+    chunks: list[list[str]] = [[]]
+    done = 0
+    for path in paths:
+        # A new run starts when this one holds its share of the bytes, or _CHUNK files.
+        if chunks[-1] and (len(chunks[-1]) >= _CHUNK or done >= total * len(chunks) / count):
+            chunks.append([])
+        chunks[-1].append(path)
+        done += weights[path]
+    return chunks
 
 
 class _Files:
@@ -222,7 +245,11 @@ class Evaluator:
     """Evaluates Nickel files of snapshots. Thread-safe: evaluations are serialized (one worker)."""
 
     def __init__(self, cache_dir: Path, timeout: float = 10.0, memory_mb: int = 1024, workers: int = 0,
-                 budget: float | None = None, *, prestart: bool = False, in_memory: bool = True) -> None:
+                 budget: float | None = None, *, prestart: bool = False, in_memory: bool = True,
+                 keep_values: bool = True) -> None:
+        """`keep_values`: keep evaluated values on disk for later processes (daemon/nickel/cache.py); False for a
+        throwaway cache directory (`stratum validate`), where writing them is pure cost: an SQLite file made,
+        switched to WAL and filled with every value, then deleted."""
         self.cache_dir = cache_dir
         # The most one evaluate() call waits on runs that overran their deadline before giving up on the rest.
         self.budget = budget if budget is not None else max(timeout * _BUDGET_DEADLINES, 60.0)
@@ -233,7 +260,7 @@ class Evaluator:
         self._lib = nickel_dir()
         # Values on disk depend on the contract library and on the engine that computed them.
         self._lib_version = f"{_library_version(self._lib)}:{_engine_version()}"
-        self._disk = DiskCache(cache_dir / "values")
+        self._disk = DiskCache(cache_dir / "values") if keep_values else None
         self._lib_names = {p.name for p in self._lib.glob("*.ncl")}
         count = max(1, workers or min(2, os.cpu_count() or 1))
         self._workers = [_Worker(memory_mb, primary=i == 0) for i in range(count)]
@@ -260,7 +287,8 @@ class Evaluator:
         """Stop the worker process."""
         for worker in self._workers:
             worker.kill()
-        self._disk.close()
+        if self._disk is not None:
+            self._disk.close()
         self._scratch.remove()
 
     # 1. imports ------------------------------------------------------------------------------------
@@ -446,7 +474,7 @@ class Evaluator:
                 continue
             pending[path] = key
             closures[path] = closure
-        if pending:
+        if pending and self._disk is not None:
             # Evaluated by an earlier process (a CLI run, a daemon): one batched lookup.
             on_disk = self._disk.get_many(list(pending.values()))
             for path, key in list(pending.items()):
@@ -485,9 +513,9 @@ class Evaluator:
         # Files are evaluated in chunks of a bounded size (one chunk's evaluation stays far inside the
         # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
         # per-file fallback that followed took minutes), spread over the workers (one per core).
-        paths_left = list(pending)
-        chunks = [paths_left[i:i + _CHUNK] for i in range(0, len(paths_left), _CHUNK)]
-        count = min(len(self._workers), len(chunks)) if len(paths_left) >= _SPLIT_AT else 1
+        weights = {path: sum(e.size for e in closures[path]) for path in pending}
+        chunks = split_chunks(list(pending), weights, len(self._workers))
+        count = min(len(self._workers), len(chunks))
         deadline = time.monotonic() + self.budget
         if count == 1:
             results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
@@ -500,7 +528,8 @@ class Evaluator:
             for path, value in chunk_values.items():
                 self._cache[pending[path]] = values[path] = value
             problems.extend(chunk_problems)
-            self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
+            if self._disk is not None:
+                self._disk.put_many((pending[path], value) for path, value in chunk_values.items())
         if len(self._cache) > 50_000:
             self._cache.clear()
         return EvalResult(values=values, problems=tuple(problems), keys=keys)

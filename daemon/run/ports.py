@@ -19,6 +19,7 @@ import pygit2
 
 from daemon import log
 from reconcilers.errors import SourceError, StratumError
+from reconcilers.gittree import insert_blob
 from reconcilers.ports import EventRecorder, SecretLocation, SecretsPort, Snapshot, Timer
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class TimerScheduler:
 
     def __init__(self) -> None:
         self.wake_fn: Callable[[str], None] | None = None
+        self.rerun_fn: Callable[[str], None] | None = None     # set by the service: run what is in force again
         self._timers: set[threading.Timer] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -137,6 +139,11 @@ class TimerScheduler:
         """Ring the daemon's loop (a no-op outside a daemon)."""
         if self.wake_fn is not None:
             self.wake_fn(reason)
+
+    def rerun(self, reason: str) -> None:
+        """Ask the daemon for a run of what is in force (a no-op outside a daemon)."""
+        if self.rerun_fn is not None:
+            self.rerun_fn(reason)
 
     def close(self) -> None:
         """Cancel every pending timer (shutdown)."""
@@ -182,7 +189,7 @@ class RepoGitWriter:
             tree_id = None
             for path, text in sorted(files.items()):
                 blob_id = repo.create_blob(text.encode("utf-8"))
-                tree_id = _insert(repo, tree, path.split("/"), blob_id)
+                tree_id = insert_blob(repo, tree, path.split("/"), blob_id)
                 written = repo.get(tree_id)
                 tree = written if isinstance(written, pygit2.Tree) else None
             if tree_id is None:
@@ -202,16 +209,3 @@ class RepoGitWriter:
                 raise
             return commit
 
-
-def _insert(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[str], blob_id: pygit2.Oid) -> pygit2.Oid:
-    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
-    head, rest = parts[0], parts[1:]
-    if not rest:
-        builder.insert(head, blob_id, pygit2.enums.FileMode.BLOB)
-    else:
-        sub = None
-        if tree is not None and head in tree:
-            obj = repo[tree[head].id]
-            sub = obj if isinstance(obj, pygit2.Tree) else None
-        builder.insert(head, _insert(repo, sub, rest, blob_id), pygit2.enums.FileMode.TREE)
-    return builder.write()

@@ -14,6 +14,7 @@ from daemon.git.source import GitSource
 from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
+from daemon.run.pr_plan import kernel_planner
 from daemon.run.workspace import workspace
 from daemon.settings import Settings, check_owner
 from reconcilers.base import AnyReconciler, ReconcilerEnv
@@ -75,7 +76,7 @@ def build_reconcilers(settings: Settings, evaluator: Evaluator, only: tuple[str,
         else None
     base = ReconcilerEnv(data_dir=settings.data_dir, settings=sections, evaluator=evaluator,
                          index=index, revisions=source, scheduler=ports.scheduler, git_writer=ports.git_writer,
-                         version=__version__, workspace=shared)
+                         version=__version__, workspace=shared, plans=kernel_planner(settings))
     out: dict[str, AnyReconciler] = {}
     unavailable = {n: why for n, why in BROKEN_PLUGINS.items() if only is None or n in only}
     for name in REGISTRY:
@@ -132,5 +133,5 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
-                        admission=admission, max_files=settings.max_files)
+                        admission=admission, max_files=settings.max_files, keep_metrics=not one_shot)
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable, ports)

@@ -58,6 +58,9 @@ RUN_BOUND_S = 3600.0   # the longest a loop iteration (one run) may hold the mai
 START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI read, a backup script)
 
 
+RERUN = "rerun:"        # a wake reason asking for a run of what is in force (Scheduler.rerun)
+
+
 class Daemon:
     """One daemon for one repository branch and one data directory."""
 
@@ -180,6 +183,7 @@ class Daemon:
         rt = self.runtime
         if rt.ports is not None:
             rt.ports.scheduler.wake_fn = self.wake.ring     # a reconciler's timer can wake the loop
+            rt.ports.scheduler.rerun_fn = lambda why: self.wake.ring(RERUN + why)   # ... or ask for a run
         recover(rt, self.settings.on_interrupted, self.commits, self.logger, self._guard)
         rt.pipeline.stop = self.shutdown.event
         self.api = ApiServer(self.settings.socket_path, control_handlers(self),
@@ -404,10 +408,26 @@ class Daemon:
         if queued:
             self.notifier.status(f"{self._status_line()}; {queued}")
         if head is None:
-            return
+            head = self._rerun_target(reasons)
+            if head is None:
+                return
         trigger = ",".join(sorted(set(reasons) - {"api"})) or "poll"
         self._guard(lambda: self.rt.pipeline.run(head, trigger=trigger, incremental=True))
         self.notifier.status(self._status_line())
+
+    def _rerun_target(self, reasons: list[str]) -> str | None:
+        """What a reconciler's rerun request runs (Scheduler.rerun: a certificate due, the vault unsealed): the
+        branch head when its last run neither succeeded nor was rejected (it waited and rolled back), else the
+        last applied revision. None without a request, or while applying is blocked (asked again later)."""
+        if not any(r.startswith(RERUN) for r in reasons) or self._blocked():
+            return None
+        applied = self.rt.index.get_state("last_applied_revision")
+        head = self.commits.last_head
+        if head and head != applied:
+            rows = self.rt.index.query("SELECT status FROM revisions WHERE id = ?", [head])
+            if not rows or rows[0][0] not in ("rejected", "superseded"):
+                return head
+        return applied
 
     def _status_line(self) -> str:
         applied = self.rt.index.get_state("last_applied_revision")

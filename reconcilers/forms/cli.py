@@ -214,10 +214,19 @@ def run_cmd(name: str, answers_file: Path | None, from_file: str | None, dry_run
             raise InputError(f"{refused}: {_report(session, checked.errors)}",
                              where=str(answers_file or f"form {name}"), hint="fix those answers and run it again")
         preview = session.preview(checked.answers)
-        if dry_run:
-            click.echo(preview.plan)
-            return
         principal = principal_of(options.get("repo"))
+        if dry_run:
+            # The kernel plans the commit submitting would make (no branch points to it): the plan a reviewer
+            # would read, without a branch.
+            try:
+                draft = session.draft(checked.answers, principal, preview)
+                click.echo(_host().plan_markdown({k: options.get(k) for k in _OPTIONS}, session.snap.revision,
+                                                 draft))
+            except StratumError as err:
+                click.echo(f"warning: the full plan could not be made ({err.what}); the form's own plan follows",
+                           err=True)
+                click.echo(preview.plan)
+            return
         sub = session.submit(checked.answers, principal, preview, review=False)
         # The pull request carries the kernel's plan, the one CI posts for it (`stratum plan --base --head`).
         sub = session.review(_with_kernel_plan(sub, options, session.snap.revision), principal)
@@ -241,6 +250,9 @@ def _with_kernel_plan(sub: Submission, options: Mapping[str, Any], base: str) ->
 def _print(sub: Submission) -> None:
     click.echo(sub.plan)
     click.echo(f"committed {sub.commit[:12]} to branch {sub.branch}: review and merge it to apply")
+    if "\n**Rejected**" in sub.plan:       # the kernel's marker of a plan that would apply nothing
+        click.echo("warning: as it stands this branch would be rejected (the plan above says why): fix that "
+                   "(a host setting, or run the form again with other answers) before merging", err=True)
     if sub.review:
         click.echo(f"pull request: {sub.review}")
     if sub.review_error:

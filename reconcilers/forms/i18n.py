@@ -19,8 +19,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from fluent.runtime import FluentBundle, FluentResource
-
 from reconcilers.forms.answers import Msg
 from reconcilers.forms.model import Element, Form
 from reconcilers.ports import Snapshot
@@ -160,6 +158,9 @@ class Localizer:
     """Texts of one form in one locale."""
 
     def __init__(self, locale: str, form: Form | None = None, snap: Snapshot | None = None) -> None:
+        # Imported here: fluent.runtime brings babel (~0.1 s), which validating bundles does not need.
+        from fluent.runtime import FluentBundle, FluentResource
+
         self.locale = locale
         self.bundle = FluentBundle([locale], use_isolating=False)
         self.bundle.add_resource(FluentResource(BUILTIN.get(locale, BUILTIN["en"])))

@@ -122,6 +122,28 @@ def plan_markdown(form: Form, base: InfraDesired, generated: Generated, branch: 
     return "\n".join(out) + "\n"
 
 
+def draft_commit(snap: Snapshot, files: Mapping[str, str], message: str) -> str:
+    """A commit of `files` on top of the base revision that no branch points to: what submitting would make,
+    for the kernel to plan before anything is submitted. Only git objects are written (no reference moves;
+    `git gc` drops them in time), so the watched repository's branches stay as they are."""
+    import pygit2
+
+    from reconcilers.gittree import insert_blob
+
+    repo = snap.repo
+    base = repo.get(snap.revision)
+    if not isinstance(base, pygit2.Commit):
+        raise InputError(f"the base revision {snap.revision} is not a commit", hint="report this bug")
+    tree: pygit2.Tree = base.tree
+    for path, text in sorted(files.items()):
+        written = repo.get(insert_blob(repo, tree, path.split("/"), repo.create_blob(text.encode("utf-8"))))
+        assert isinstance(written, pygit2.Tree)
+        tree = written
+    # Signed as the daemon's git writer signs the real commit, so change control names the same principal.
+    sig = pygit2.Signature("stratumd", "stratumd@localhost")
+    return str(repo.create_commit(None, sig, sig, message, tree.id, [base.id]))
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A submitted form: where its files went and the plan to review."""

@@ -17,19 +17,24 @@ PAGES = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, lo
     "base.html": """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>body{font-family:sans-serif;max-width:60em;margin:2em auto}label{display:block;margin-top:1em}
 .error{color:#b00020}.help{color:#555;font-size:90%}pre{background:#f4f4f4;padding:1em;white-space:pre-wrap}
-fieldset{margin-top:1em}</style></head><body>{% block body %}{% endblock %}</body></html>""",
+fieldset{margin-top:1em}.session{float:right}</style></head><body>
+{% if csrf %}<form class="session" method="post" action="{{ prefix }}/logout"><input type="hidden" name="csrf"
+value="{{ csrf }}"><button type="submit" id="logout">Log out</button></form>{% endif %}
+{% block body %}{% endblock %}</body></html>""",
     "list.html": """{% extends "base.html" %}{% block body %}<h1>Forms</h1><ul>
 {% for f in forms %}<li><a href="{{ prefix }}/{{ f.name }}">{{ f.title }}</a> — {{ f.description }}</li>{% endfor %}
 </ul>{% endblock %}""",
     "form.html": """{% extends "base.html" %}{% block body %}<h1>{{ form_title }}</h1><p>{{ form_description }}</p>
 {% if message %}<p class="error" id="message">{{ message }}</p>{% endif %}
 <form method="post" action="{{ prefix }}/{{ form.name }}/preview?locale={{ lang }}">
+{% if csrf %}<input type="hidden" name="csrf" value="{{ csrf }}">{% endif %}
 {% for e in elements %}{{ field(e, values.get(e.name), errors, e.name) }}{% endfor %}
 <p><button type="submit" id="preview">{{ t("ui-preview", "Preview the plan") }}</button></p></form>{% endblock %}""",
     "plan.html": """{% extends "base.html" %}{% block body %}<h1>{{ form_title }}: {{ t("ui-plan", "plan") }}</h1>
 <pre id="plan">{{ plan }}</pre>
 <form method="post" action="{{ prefix }}/{{ form.name }}/submit?locale={{ lang }}">
 <input type="hidden" name="token" value="{{ token }}">
+{% if csrf %}<input type="hidden" name="csrf" value="{{ csrf }}">{% endif %}
 <p><button type="submit" id="submit">{{ t("ui-submit", "Submit for review") }}</button></p></form>
 <p><a href="{{ prefix }}/{{ form.name }}?locale={{ lang }}">{{ t("ui-back", "Back to the form") }}</a></p>
 {% endblock %}""",
@@ -48,7 +53,9 @@ def field_html(e: Element, value: Any, errors: Mapping[str, str], key: str, opti
     """One element as HTML (escaped), with its error under it."""
     esc = escape
     attrs = [f'name="{esc(key)}"', f'id="f-{esc(key)}"']
-    if e.required and e.type not in ("confirm", "multiselect"):
+    # Not for a conditional element: the page runs no script to tell whether its `when` holds, and a hidden
+    # requirement kept the browser from posting at all (the server checks it when it applies).
+    if e.required and not e.when and e.type not in ("confirm", "multiselect"):
         attrs.append("required")
     shown = "" if value is None else value
     out = [f'<label for="f-{esc(key)}">{esc(text.prompt(e))}</label>']

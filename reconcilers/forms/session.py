@@ -27,6 +27,7 @@ from reconcilers.forms.output import (
     commit_submission,
     decision_node,
     decision_path,
+    draft_commit,
     nickel_literal,
     plan_markdown,
 )
@@ -174,6 +175,14 @@ class FormSession:
         decision = decision_path(self.form, now)
         plan = plan_markdown(self.form, base, generated, branch, self.watched, [*files, decision])
         return Preview(generated, files, plan, branch, now)
+
+    def draft(self, answers: Mapping[str, Any], principal: str, preview: Preview) -> str:
+        """The commit submitting `preview` would make, referenced by no branch: the kernel plans it before
+        anything is submitted (the plan of the would-be branch)."""
+        path, text = decision_node(self.form, answers, principal, preview.generated.target, preview.branch,
+                                   preview.made)
+        return draft_commit(self.snap, {**preview.files, path: text},
+                            f"form {self.form.name}: {preview.generated.target} (preview, not submitted)\n")
 
     # 5. submit -----------------------------------------------------------------------------------------
     def submit(self, answers: Mapping[str, Any], principal: str, preview: Preview | None = None,

@@ -3,11 +3,17 @@
     GET  /forms/                 the forms of the watched branch
     GET  /forms/<name>           the form (HTML5 attributes give the browser's hints: required, min, max, pattern)
     POST /forms/<name>/preview   server-side check (the CLI's own FormSession.check): errors inline, else the
-                                 plan of the generated branch, and a button to submit exactly these answers
+                                 kernel's plan (ReconcilerEnv.plans: the markdown a pull request shows) of the
+                                 commit submitting would make, and a button to submit exactly these answers
     POST /forms/<name>/submit    the previewed answers, kept server-side behind the page's one-time token
                                  (pending.py: no answer, no password goes back into HTML), checked again,
                                  needs the policy's "write" on /forms (denied without the daemon's gate),
-                                 committed as the daemon with `Submitted-by: <principal>`
+                                 committed as the daemon with `Submitted-by: <principal>`; the kernel's plan
+                                 of the branch made is shown (and is the pull request's text)
+
+A browser logs in at /forms/login (the daemon's gate, daemon/http/sessions.py: a session cookie); for such a
+session the gate hands the app a CSRF token (`scope["state"]["csrf"]`) that every form here posts back and
+every POST must carry. Scripts keep sending `Authorization: Bearer` (no cookie, so no CSRF token needed).
 
 Pages are rendered server-side with Jinja2 autoescaping; the form's own texts are repo content and are
 escaped like any answer. No page runs a script.
@@ -15,9 +21,11 @@ escaped like any answer. No page runs a script.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup, escape
@@ -84,6 +92,20 @@ def _principal(request: Request) -> str:
     return str(request.scope.get("state", {}).get("principal") or "anonymous")
 
 
+def _csrf(request: Request) -> str:
+    """The CSRF token of the request's browser session ("" for a bearer client: nothing ambient to forge)."""
+    return str(request.scope.get("state", {}).get("csrf") or "")
+
+
+def _forged(request: Request, data: Any) -> Response | None:
+    """403 when a browser session's POST lacks its CSRF token (another site's form cannot know it)."""
+    expected = _csrf(request)
+    if expected and not hmac.compare_digest(str(data.get("csrf", "")), expected):
+        return Response("this form was not made by your session (its CSRF token is missing or wrong): "
+                        "reload the page and submit again", status_code=403)
+    return None
+
+
 def _locale(request: Request) -> str:
     """?locale=, else the first language of Accept-Language, else English."""
     from reconcilers.forms.i18n import LOCALES
@@ -127,13 +149,22 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
         finally:
             s.close()
 
-    def page(template: str, status: int = 200, **kw: Any) -> HTMLResponse:
+    def page(template: str, status: int = 200, csrf: str = "", **kw: Any) -> HTMLResponse:
         # Pages may carry answers (a plan page holds them for the submit button): never kept by a cache.
-        return HTMLResponse(PAGES.get_template(template).render(prefix=prefix, **kw), status_code=status,
+        return HTMLResponse(PAGES.get_template(template).render(prefix=prefix, csrf=csrf, **kw), status_code=status,
                             headers=PAGE_HEADERS)
 
+    def kernel_plan(base: str, head: str, fallback: str) -> str:
+        """The kernel's plan of `head` against `base`; the form's own plan, said so, when there is none."""
+        if env.plans is None:
+            return fallback
+        try:
+            return env.plans(base, head)
+        except StratumError as err:
+            return f"(the full plan could not be made: {err.render()}; the form's own plan follows)\n\n{fallback}"
+
     def form_page(s: FormSession, values: Mapping[str, Any], errors: Mapping[str, str], message: str = "",
-                  status: int = 200) -> HTMLResponse:
+                  status: int = 200, csrf: str = "") -> HTMLResponse:
         options = {e.name: s.labels(e.name) for e in s.form.elements if e.type in ("select", "multiselect")}
         elements = list(s.form.elements)
         errors = {web_key(k): v for k, v in errors.items()}
@@ -150,16 +181,18 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
             if e.name in errs:
                 parts.append(f'<div class="error">{escape(errs[e.name])}</div>')
             return Markup("\n".join(parts) + "</fieldset>")
-        return page("form.html", status, title=s.form.title, form=s.form, elements=elements, values=values,
+        return page("form.html", status, csrf, title=s.form.title, form=s.form, elements=elements, values=values,
                     errors=errors, message=message, field=field, lang=s.text.locale, t=s.text.get,
                     form_title=s.text.form_title(s.form), form_description=s.text.form_description(s.form))
 
     async def index(request: Request) -> Response:
+        csrf = _csrf(request)
+
         def work() -> Response:
             if env.revisions is None:
-                return page("list.html", title="Forms", forms=[])
+                return page("list.html", csrf=csrf, title="Forms", forms=[])
             forms = load_forms(env.revisions.snapshot(env.revisions.branch)).forms.values()
-            return page("list.html", title="Forms", forms=list(forms))
+            return page("list.html", csrf=csrf, title="Forms", forms=list(forms))
         return await run_in_threadpool(work)
 
     async def show(request: Request) -> Response:
@@ -169,7 +202,7 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
         def work() -> Response:
             try:
                 with session(name, locale) as s:
-                    return form_page(s, s.defaults(), {})
+                    return form_page(s, s.defaults(), {}, csrf=_csrf(request))
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
             except Busy:
@@ -186,6 +219,10 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
         principal = _principal(request)
         locale = _locale(request)
         data = await body(request)
+        csrf = _csrf(request)
+        forged = _forged(request, data)
+        if forged is not None:
+            return forged
 
         def work() -> Response:
             try:
@@ -193,14 +230,16 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
                     raw = raw_answers(s.form, data)
                     checked = s.check(raw)
                     if not checked.ok:
-                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422)
+                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422, csrf)
                     try:
                         p = s.preview(checked.answers)
+                        # The kernel plans the commit submitting would make (no branch points to it yet).
+                        plan = kernel_plan(s.snap.revision, s.draft(checked.answers, principal, p), p.plan)
                     except StratumError as err:
-                        return form_page(s, raw, {}, err.render(), 422)
+                        return form_page(s, raw, {}, err.render(), 422, csrf)
                     # The page gets a one-time token; the answers (passwords too) stay here.
                     token = pending.put(name, principal, checked.answers)
-                    return page("plan.html", title=s.form.title, form=s.form, plan=p.plan, token=token,
+                    return page("plan.html", csrf=csrf, title=s.form.title, form=s.form, plan=plan, token=token,
                                 t=s.text.get, lang=s.text.locale, form_title=s.text.form_title(s.form))
             except LookupError:
                 return Response(f"no form {name}", status_code=404)
@@ -218,6 +257,10 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
         principal = _principal(request)
         locale = _locale(request)
         data = await body(request)
+        csrf = _csrf(request)
+        forged = _forged(request, data)
+        if forged is not None:
+            return forged
 
         def work() -> Response:
             raw = pending.take(str(data.get("token", "")), name, principal)
@@ -228,13 +271,16 @@ def web_app(env: ReconcilerEnv, prefix: str = "/forms", sessions: int = MAX_SESS
                 with session(name, locale) as s:
                     checked = s.check(raw if isinstance(raw, dict) else {})
                     if not checked.ok:
-                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422)
+                        return form_page(s, raw, checked.errors, s.text.get("ui-fix", ""), 422, csrf)
+                    who = f"{principal} (http)"
                     try:
-                        sub = s.submit(checked.answers, f"{principal} (http)")
+                        sub = s.submit(checked.answers, who, review=False)
                     except StratumError as err:
-                        return form_page(s, raw, {}, err.render(), 422)
-                    return page("done.html", title=s.text.get("ui-submitted", "Submitted"), branch=sub.branch,
-                                commit=sub.commit[:12], plan=sub.plan, review=sub.review,
+                        return form_page(s, raw, {}, err.render(), 422, csrf)
+                    # The branch's plan as the kernel makes it: shown here, and the pull request's text.
+                    sub = s.review(replace(sub, plan=kernel_plan(s.snap.revision, sub.commit, sub.plan)), who)
+                    return page("done.html", csrf=csrf, title=s.text.get("ui-submitted", "Submitted"),
+                                branch=sub.branch, commit=sub.commit[:12], plan=sub.plan, review=sub.review,
                                 review_error=sub.review_error, t=s.text.get)
             except LookupError:
                 return Response(f"no form {name}", status_code=404)

@@ -1,1 +1,2 @@
-"""Infrastructure: typed Nickel resources reconciled through providers (local now; libcloud later)."""
+"""Infrastructure: typed Nickel resources reconciled through providers (the local host; AWS, UpCloud and any
+libcloud compute driver in providers/)."""

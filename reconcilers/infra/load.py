@@ -74,8 +74,7 @@ def _spec(snap: Snapshot, rid: str, raw: Mapping[str, Any], renderer: TemplateRe
     secretrefs.finish(rid, spec, tokens)
     if kind in ("file", "systemd_unit") and "mode" not in spec:
         # A file holding a secret is readable by its owner only unless the resource says otherwise.
-        holds = secretrefs.TOKEN_RE.search(str(spec.get("content", ""))) is not None
-        spec["mode"] = "0600" if holds else "0644"
+        spec["mode"] = "0600" if secretrefs.holds_private(spec) else "0644"
     return spec
 
 

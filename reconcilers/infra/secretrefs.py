@@ -7,6 +7,12 @@ tokens in place of the values. The reconciler then locates each reference in the
 port (`secret_versions`: reference -> keyed fingerprint of the committed value, and `after`: the actions that
 load those manifests), so a changed secret changes the spec and re-applies every resource using it. Values are
 substituted for the tokens at apply time only, and never reach a spec, a plan or a record.
+
+A certificate reference stands where a secret reference does: `{ certificate = "pki/issue/web", common_name =
+"web.internal", alt_names = [...], ip_sans = [...], ttl = "72h", part = "certificate" | "private_key" |
+"ca_chain" }`. Its reference text is `cert:pki/issue/web?cn=...&alt=...&ip=...&ttl=...#<part>` (names sorted, so
+the same request is the same text): the vault issues one certificate per request (everything but the part) and
+every part naming it comes from that one issue, so a key file and a certificate file always match.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from reconcilers.errors import InputError
 
@@ -25,12 +32,36 @@ _TOKEN = "@@stratum-secret-{n}-sEcReT@@"
 TOKEN_RE = re.compile(r"@@stratum-secret-(\d+)-sEcReT@@")
 _MANGLED = re.compile(r"@@stratum-secret-\d+-secret@@", re.IGNORECASE)
 _CRED_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+CERT_PREFIX = "cert:"                # reference text of a certificate part
+CERT_PARTS = ("certificate", "private_key", "ca_chain")
+PUBLIC_PARTS = ("certificate", "ca_chain")   # parts a file may show to others (mode 0644 by default)
+_CERT_FIELDS = {"certificate", "common_name", "alt_names", "ip_sans", "ttl", "part"}
+
+
+def is_cert_reference(value: Any) -> bool:
+    """True for a certificate reference record (see the module docstring); the Nickel contract checks types."""
+    return (isinstance(value, Mapping) and "certificate" in value and "part" in value
+            and set(value) <= _CERT_FIELDS and isinstance(value["certificate"], str))
+
+
+def cert_reference_text(value: Mapping[str, Any]) -> str:
+    """`cert:<mount>/issue/<role>?cn=..&alt=..&ip=..&ttl=..#<part>`: one text per request and part."""
+    query = [("cn", str(value.get("common_name", "")))]
+    alt = sorted({str(n).strip().lower() for n in value.get("alt_names") or ()})
+    ips = sorted({str(n).strip() for n in value.get("ip_sans") or ()})
+    if alt:
+        query.append(("alt", ",".join(alt)))
+    if ips:
+        query.append(("ip", ",".join(ips)))
+    if value.get("ttl"):
+        query.append(("ttl", str(value["ttl"])))
+    return f"{CERT_PREFIX}{str(value['certificate']).strip('/')}?{urlencode(query)}#{value['part']}"
 
 
 def is_reference(value: Any) -> bool:
-    """True for a record of exactly `secret` and `key`, both strings."""
+    """True for a record of exactly `secret` and `key`, both strings, or a certificate reference."""
     return (isinstance(value, Mapping) and set(value) == {"secret", "key"}
-            and isinstance(value["secret"], str) and isinstance(value["key"], str))
+            and isinstance(value["secret"], str) and isinstance(value["key"], str)) or is_cert_reference(value)
 
 
 class Tokens:
@@ -40,9 +71,12 @@ class Tokens:
         self.by_token: dict[str, str] = {}
         self._by_ref: dict[str, str] = {}
 
-    def token(self, value: Mapping[str, str]) -> str:
+    def token(self, value: Mapping[str, Any]) -> str:
         """The token standing for reference record `value`."""
-        ref = f"{value['secret'].rstrip('/')}#{value['key']}"
+        if is_cert_reference(value):
+            ref = cert_reference_text(value)
+        else:
+            ref = f"{value['secret'].rstrip('/')}#{value['key']}"
         found = self._by_ref.get(ref)
         if found is None:
             found = _TOKEN.format(n=len(self._by_ref))
@@ -96,6 +130,17 @@ def finish(rid: str, spec: dict[str, Any], tokens: Tokens) -> None:
     spec[SECRETS] = {t: r for t, r in tokens.by_token.items() if t in used}
     if not spec[SECRETS]:
         spec.pop(SECRETS)
+
+
+def holds_private(spec: Mapping[str, Any]) -> bool:
+    """True when the content carries a secret value or a private key (its file defaults to 0600); a file of
+    certificates and chains only is public (0644)."""
+    refs = spec.get(SECRETS, {})
+    for m in TOKEN_RE.finditer(str(spec.get("content", ""))):
+        ref = str(refs.get(m.group(0), ""))
+        if not (ref.startswith(CERT_PREFIX) and ref.rpartition("#")[2] in PUBLIC_PARTS):
+            return True
+    return False
 
 
 def substitute(text: str, values: Mapping[str, str]) -> str:

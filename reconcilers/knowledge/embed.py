@@ -20,8 +20,6 @@ import select
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -230,6 +228,10 @@ class HttpProvider:
         else:
             endpoint = self.url.rstrip("/") + "/api/embed"
             body = {"model": self.model, "input": batch}
+        # Imported here: http.client and email cost every CLI verb that never embeds over HTTP.
+        import urllib.error
+        import urllib.request
+
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

@@ -19,6 +19,7 @@ import pygit2
 import yaml
 
 from reconcilers.base import RunRecord
+from reconcilers.gittree import insert_blob
 from reconcilers.knowledge.graph import Graph
 from reconcilers.knowledge.node import Node, from_front, split_front_matter
 
@@ -112,25 +113,12 @@ def commit_file(repo: pygit2.Repository, branch: str, path: str, content: str, m
             raise pygit2.GitError(f"commit {base} is not in the repository")
         parent = start
     blob_id = repo.create_blob(content.encode("utf-8"))
-    tree_id = _insert(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
+    tree_id = insert_blob(repo, parent.tree if parent is not None else None, path.split("/"), blob_id)
     sig = pygit2.Signature("stratumd", "stratumd@localhost")
     parents = [parent.id] if parent is not None else []
     commit_id = repo.create_commit(ref_name, sig, sig, message, tree_id, parents)
     return str(commit_id)
 
-
-def _insert(repo: pygit2.Repository, tree: pygit2.Tree | None, parts: list[str], blob_id: pygit2.Oid) -> pygit2.Oid:
-    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
-    head, rest = parts[0], parts[1:]
-    if not rest:
-        builder.insert(head, blob_id, pygit2.enums.FileMode.BLOB)
-    else:
-        sub = None
-        if tree is not None and head in tree:
-            obj = repo[tree[head].id]
-            sub = obj if isinstance(obj, pygit2.Tree) else None
-        builder.insert(head, _insert(repo, sub, rest, blob_id), pygit2.enums.FileMode.TREE)
-    return builder.write()
 
 
 def record_json(record: RunRecord) -> str:

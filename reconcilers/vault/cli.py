@@ -1,7 +1,8 @@
 """`stratum vault` (init, unseal, seal, status against a running daemon's vault API) and `stratum audit verify`:
 the vault plugin's verbs (errors are rendered by the `stratum` group's one handler).
 
-The verbs speak HTTP to the vault listener (`--address`, else $VAULT_ADDR, else http://127.0.0.1:8200), as the
+The verbs speak HTTP to the vault listener (`--address`, else $VAULT_ADDR, else the host settings' `[vault]
+listen`, else http://127.0.0.1:8200), as the
 `vault operator` commands do; unseal keys are read from a hidden prompt unless given (a shell history keeps
 arguments).
 """
@@ -26,9 +27,30 @@ class VaultApiError(StratumError):
 
 
 def _address(option: str | None) -> str:
+    """--address, else $VAULT_ADDR, else the listener the host settings of this repository's data directory
+    give the vault (`[vault] listen`, https when `[http]` has a certificate), else the default."""
     import os
 
-    return (option or os.environ.get("VAULT_ADDR") or DEFAULT_ADDR).rstrip("/")
+    return (option or os.environ.get("VAULT_ADDR") or _configured() or DEFAULT_ADDR).rstrip("/")
+
+
+def _configured() -> str | None:
+    """The vault listener named by the host settings the daemon of this repository reads (the VerbHost port
+    resolves the data directory as every verb does: --repo/--data-dir given to the group, else the defaults)."""
+    ctx = click.get_current_context(silent=True)
+    host = ctx.find_root().obj if ctx is not None else None
+    if host is None or not hasattr(host, "locate"):
+        return None
+    options = ctx.find_object(dict) if ctx is not None else None
+    try:
+        _, settings = host.locate({"repo": (options or {}).get("repo"), "data_dir": (options or {}).get("data_dir")})
+    except StratumError:
+        return None                           # not in a repository: the default address
+    listen = str(settings.get("vault", {}).get("listen") or "")
+    if not listen:
+        return None
+    http = settings.get("http", {})
+    return f"{'https' if http.get('tls_cert') and http.get('tls_key') else 'http'}://{listen}"
 
 
 def call(address: str, method: str, path: str, body: dict[str, Any] | None = None, token: str = "") -> dict[str, Any]:
@@ -55,13 +77,19 @@ def call(address: str, method: str, path: str, body: dict[str, Any] | None = Non
 
 
 def _address_option(fn: Any) -> Any:
-    return click.option("--address", default=None, help="Vault API address (default: $VAULT_ADDR, else "
-                                                          f"{DEFAULT_ADDR}).")(fn)
+    return click.option("--address", default=None, help="Vault API address (default: $VAULT_ADDR, else the "
+                        f"host settings' [vault] listen, else {DEFAULT_ADDR}).")(fn)
 
 
 @click.group()
-def vault() -> None:
+@click.option("--repo", default=None, help="The ops repository whose daemon's vault to call (default: the current "
+                                            "directory): its host settings name the listener.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="The daemon's data directory (default: the repository's, as for every verb).")
+@click.pass_context
+def vault(ctx: click.Context, repo: str | None, data_dir: Path | None) -> None:
     """The vault service: init, unseal, seal, status (a Vault-compatible API on the daemon)."""
+    ctx.obj = {"repo": repo, "data_dir": data_dir}   # the root keeps the kernel's VerbHost (find_root().obj)
 
 
 @vault.command()

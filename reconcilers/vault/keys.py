@@ -306,6 +306,11 @@ def read_key_file(path: Path) -> KeyRing:
         ) from err
     if mode & 0o077:
         raise NoKeyError("key file is readable by other users", where=str(path), hint=f"chmod 600 {path}")
+    return keyring_from_text(text, str(path))
+
+
+def keyring_from_text(text: str, source: str) -> KeyRing:
+    """The keys in the text of a key file (`source` names where it came from, in errors and the ring)."""
     identities: list[Identity] = []
     signing: list[SigningKey] = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -320,8 +325,8 @@ def read_key_file(path: Path) -> KeyRing:
             else:
                 raise KeyFormatError("not a Stratum private key line")
         except KeyFormatError as err:
-            raise KeyFormatError(err.what, where=f"{path}:{number}", hint=err.hint) from err
-    return KeyRing(tuple(identities), tuple(signing), (str(path),))
+            raise KeyFormatError(err.what, where=f"{source}:{number}", hint=err.hint) from err
+    return KeyRing(tuple(identities), tuple(signing), (source,))
 
 
 def load_keyring(files: list[Path] | None = None) -> KeyRing:

@@ -8,7 +8,7 @@ from reconcilers.plugin import Plugin, Verb
 PLUGIN = Plugin(
     name="vault",
     reconciler="reconcilers.vault.reconciler:VaultReconciler",
-    verbs=(Verb("secret", "daemon.cli.secret:secret",
+    verbs=(Verb("secret", "reconcilers.vault.secret_cli:secret",
                 "Encrypted secret manifests: keys, encrypt/decrypt/edit, git drivers, checks."),
            Verb("vault", "reconcilers.vault.cli:vault",
                 "The vault service: init, unseal, seal, status (a Vault-compatible API on the daemon)."),

@@ -38,14 +38,14 @@ from reconcilers.base import (
     RunRecord,
     freeze,
 )
-from reconcilers.errors import StratumError
+from reconcilers.errors import StratumError, WaitingError
 from reconcilers.ports import Evaluator as PortEvaluator
 from reconcilers.ports import HttpMount, SecretsPort
 from reconcilers.vault import check, envelope, rules_sig
 from reconcilers.vault.backends import DEFAULT, Backend, get_backend
 from reconcilers.vault.errors import NoKeyError, VaultError
 from reconcilers.vault.fingerprints import FingerprintKey
-from reconcilers.vault.keysource import FileKeySource, KeySource
+from reconcilers.vault.keysource import FileKeySource, KeySealedError, KeySource, SealedKeySource
 from reconcilers.vault.kvpath import kv_path_of
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
@@ -55,6 +55,7 @@ from reconcilers.vault.service.host import Publisher, ServiceHost
 
 if TYPE_CHECKING:
     from reconcilers.ports import Snapshot
+    from reconcilers.vault.pki.certrefs import CertIssuer
 
 NAME = "vault"
 VERIFIED_LIMIT = 20_000            # verification results kept (ciphertext and problems only)
@@ -118,7 +119,14 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.backend_name = str(settings.get("backend") or repo.get("backend") or DEFAULT)
         self.backend: Backend = get_backend(self.backend_name)
         self.rules_path = str(repo.get("rules") or RULES_PATH)
-        self.key_source: KeySource = key_source or FileKeySource(key_file, backend=self.backend_name)
+        # The daemon's key: a file, or behind the vault's seal once the vault is initialized (keysource.py).
+        self.key_source: KeySource = key_source or SealedKeySource(
+            FileKeySource(key_file, backend=self.backend_name), self._barrier)
+        self.scheduler = env.scheduler
+        self._vault_service: Any = None           # the vault service, once built (its hooks set it)
+        self.events = env.events
+        self._waited_sealed = False               # an apply of the run in flight waited on the seal
+        self._owe_rerun = False                   # ... and that run did not succeed: run again when it opens
         self._evaluator: PortEvaluator | None = evaluator or env.evaluator
         self._lock = threading.RLock()
         self._store: dict[str, StoredManifest] = {}
@@ -131,6 +139,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         self.stats = {"verified": 0, "cache_hits": 0}
         self.vault_api = ServiceHost(settings, self.state_dir)      # the Vault-compatible API (service/)
         self.publisher = Publisher(self.vault_api, self._published, prune=bool(repo.get("prune", True)))
+        self.vault_api.on_built.append(self._seal_hooks)
         # revision -> what it declares for the vault service: (policies, mounts, token roles)
         self._policies: dict[str, tuple[tuple[tuple[str, str], ...], tuple[Any, ...], tuple[Any, ...]]] = {}
 
@@ -162,7 +171,58 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         """Drop every plaintext (the Nickel evaluator is the daemon's, not ours to stop); hand over the vault's
         HA lease."""
         self.plain.clear()
+        if "certificates" in self.__dict__:
+            self.certificates.close()
         self.vault_api.close()
+
+    # the daemon's key behind the seal (keysource.py) ---------------------------------------------------------
+    def _service(self) -> Any:
+        # The service as its hooks saw it: during start-up (auto-unseal) the host has not published it yet.
+        return self._vault_service or self.vault_api.service
+
+    def _barrier(self) -> Any:
+        service = self._service()
+        return service.barrier if service is not None else None
+
+    def _seal_hooks(self, service: Any) -> None:
+        """sys/init moves the daemon's key into the new barrier; unseal adopts a key file left behind and runs
+        the branch again when an apply waited on the seal; sys/seal forgets the key and every plaintext."""
+        self._vault_service = service
+        service.on_init.append(self._adopt_key)
+        service.on_open.append(self._opened)
+        service.on_seal.append(self._sealed)
+
+    def _adopt_key(self, barrier: Any) -> None:
+        from reconcilers.vault.service.errors import ServiceError
+
+        if isinstance(self.key_source, SealedKeySource) and barrier is not None:
+            try:
+                self.key_source.adopt(barrier)
+            except (StratumError, ServiceError, OSError, ValueError) as err:
+                # The key stays where it is (the file); the next unseal tries again. Never a failed init.
+                self._event("daemon_key_not_moved", f"the daemon's key stays in its file for now: {err}")
+
+    def _opened(self) -> None:
+        self._adopt_key(self._barrier())
+        if self._owe_rerun and self.scheduler is not None:
+            self._owe_rerun = False
+            self.scheduler.rerun("vault unsealed")
+
+    def _sealed(self) -> None:
+        if isinstance(self.key_source, SealedKeySource):
+            self.key_source.forget()
+        self.plain.clear()
+
+    def _event(self, kind: str, message: str) -> None:
+        if self.events is not None:
+            self.events(kind, message)
+
+    def waiting_on_seal(self, err: KeySealedError, where: str) -> WaitingError:
+        """The retry-class error an apply raises while the daemon's key is sealed (remembered: a run that fails
+        waiting is run again at unseal)."""
+        self._waited_sealed = True
+        return WaitingError(f"the daemon's key is behind the vault's seal: {err.hint}", where=where,
+                            hint="`stratum vault unseal` (K of the unseal keys); the action then proceeds", after=2.0)
 
     def _nickel(self) -> PortEvaluator:
         if self._evaluator is None:
@@ -184,7 +244,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 problems.append(Problem(str(getattr(err, "what", err)), path=entry.path, reconciler=NAME))
         rules: Rules | None = None
         if snap.entry(self.rules_path) is not None:
-            # The same loader `stratum secret` uses on the staged tree (daemon/cli/secret_rules.load_repo).
+            # The same loader `stratum secret` uses on the staged tree (reconcilers/vault/secret_rules.load_repo).
             rules, found = load_snapshot(snap, self._nickel(), self.rules_path)
             problems += found
         elif files:
@@ -290,8 +350,21 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     # 3. observe and plan ------------------------------------------------------------------------------
     def observe(self, desired: VaultDesired, inventory: list[InventoryItem]) -> dict[str, tuple[str, int]]:
-        """What the store holds: path -> (blob id, version)."""
+        """What the store holds: path -> (blob id, version). A manifest this data directory applied before (its
+        versions.json entry names the same blob and it was not unloaded since) is put back in the store from the
+        commit, verified again by this process's validate: a new process (a restart, a one-shot `stratum plan`)
+        sees what is applied as applied, instead of planning every manifest again and publishing a new KV version
+        of each. Nothing is decrypted here."""
         with self._lock:
+            for mf in desired.manifests:
+                seen = self._versions.get(mf.path)
+                if (mf.path in self._store or seen is None or seen.get("unloaded")
+                        or seen.get("blob_id") != mf.blob_id):
+                    continue
+                manifest = self._validated(mf.path, mf.blob_id)
+                if manifest is not None:
+                    self._store[mf.path] = StoredManifest(mf.blob_id, manifest.meta.version, manifest,
+                                                          bool(seen.get("readable", True)))
             return {p: (v.blob_id, v.version) for p, v in self._store.items()}
 
     def plan(
@@ -368,7 +441,9 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._publish(path, None)
                 self._store.pop(path, None)
                 self.plain.drop(path)
-                self._write_versions()  # the tombstone version stays: re-adding an old file is a replay
+                if path in self._versions:  # the tombstone version stays: re-adding an old file is a replay
+                    self._versions[path] = {**self._versions[path], "unloaded": True}
+                self._write_versions()
                 return Outcome(action.id, True, f"unloaded {path}", inventory=None, removed=True)
             blob_id = str(payload["blob_id"])
             manifest = self._validated(path, blob_id)
@@ -380,6 +455,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 )
             try:
                 values = self._open(path, blob_id, manifest)
+            except KeySealedError as err:
+                raise self.waiting_on_seal(err, path) from None
             except VaultError as err:
                 raise ApplyError(f"cannot decrypt with the daemon's key: {err.what}", where=path,
                                  hint=err.hint or "re-encrypt it with `stratum secret rotate`") from err
@@ -390,7 +467,7 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             if not readable:
                 self.plain.drop(path)
             self._store[path] = loaded
-            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id}
+            self._versions[path] = {"version": loaded.version, "blob_id": loaded.blob_id, "readable": readable}
             self._write_versions()
             state = "loaded" if readable else "verified (the daemon is not a recipient)"
             return Outcome(
@@ -412,7 +489,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
                 self._versions.pop(path, None) if action.kind == "create" else None
             else:
                 self._store[path] = before
-                self._versions[path] = {"version": before.version, "blob_id": before.blob_id}
+                self._versions[path] = {"version": before.version, "blob_id": before.blob_id,
+                                         "readable": before.readable}
             self._write_versions()
             # The vault's KV goes back too: the values before (a new KV version equal to them), or a soft delete
             # of what this action published when there was nothing before.
@@ -422,11 +500,15 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def drift(self, desired: VaultDesired, observed: dict[str, tuple[str, int]], inventory: list[InventoryItem],
               ) -> list[Problem]:
-        """Manifests of the commit that the store does not hold at their committed blob."""
+        """Manifests applied at their committed blob (versions.json says so) that the store does not hold. A
+        manifest not applied yet is a planned change, not drift: the plan already shows it."""
+        with self._lock:
+            applied = {p: v.get("blob_id") for p, v in self._versions.items() if not v.get("unloaded")}
         return [
-            Problem("not loaded at the committed version", path=mf.path, reconciler=NAME)
+            Problem("applied, but not loaded at the committed version", path=mf.path, reconciler=NAME,
+                    hint="the next run loads it again")
             for mf in desired.manifests
-            if observed.get(mf.path, ("",))[0] != mf.blob_id
+            if applied.get(mf.path) == mf.blob_id and observed.get(mf.path, ("",))[0] != mf.blob_id
         ]
 
     # the vault service (reconcilers/vault/service/): policies and KV ----------------------------------------
@@ -467,6 +549,13 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.publisher.set_policies(dict(declared[0]))
             self.publisher.set_mounts(declared[1])
             self.publisher.set_roles(declared[2])
+        if record.status == "succeeded":
+            self.certificates.applied(record.revision)
+        # A run that waited on the seal and did not succeed (its waiting budget ran out) is owed a new run once
+        # the vault opens; a waiting apply that the unseal let through needs none.
+        self._owe_rerun = self._waited_sealed and record.status != "succeeded"
+        self._waited_sealed = False
+        self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""
@@ -499,10 +588,19 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         """The daemon's key for keyed fingerprints of secrets (fingerprints.py)."""
         return FingerprintKey(self.state_dir / "fingerprint.key")
 
+    @functools.cached_property
+    def certificates(self) -> CertIssuer:
+        """Certificates of certificate references: issued at apply, kept sealed, renewed (pki/certrefs.py)."""
+        from reconcilers.vault.pki.certrefs import CertIssuer
+        from reconcilers.vault.pki.renewal import DEFAULT_FRACTION
+
+        fraction = float(self.vault_api.settings.get("cert_renew_fraction", DEFAULT_FRACTION))
+        return CertIssuer(self._service, self.state_dir, lambda: self.fingerprints, fraction)
+
     def recipient_fingerprint(self) -> str | None:
         """The daemon's recipient fingerprint (public; read once), None when it has no key to read."""
         if self._recipient is None:
-            if isinstance(self.key_source, FileKeySource) and not self.key_source.path.exists():
+            if isinstance(self.key_source, FileKeySource | SealedKeySource) and not self.key_source.has_key():
                 return None                   # a check only: never make the daemon's key as a side effect
             try:
                 self._recipient = self.key_source.recipient().fingerprint

@@ -15,12 +15,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Protocol
 
-from reconcilers.errors import InputError, StratumError
+from reconcilers.errors import InputError, StratumError, WaitingError
 from reconcilers.ports import SecretLocation, Snapshot
 from reconcilers.vault.errors import VaultError
 from reconcilers.vault.fingerprints import FingerprintKey
+from reconcilers.vault.keysource import KeySealedError
 from reconcilers.vault.kvpath import KvMap, Reference, lookup, parse_reference
 from reconcilers.vault.manifest import Manifest, parse
+from reconcilers.vault.pki.certrefs import CertIssuer, is_cert_reference
 
 _PARSED_MAX = 1_000
 
@@ -40,6 +42,9 @@ class Values(Protocol):
     @property
     def fingerprints(self) -> FingerprintKey: ...
 
+    @property
+    def certificates(self) -> CertIssuer: ...
+
 
 class VaultSecrets:
     """SecretsPort over the vault reconciler's loaded manifests."""
@@ -51,13 +56,21 @@ class VaultSecrets:
 
     # resolve: apply time ------------------------------------------------------------------------------
     def resolve(self, reference: str, *, purpose: str) -> str:
-        """The value at `reference`; a mapping or list is refused (reference one value)."""
+        """The value at `reference`; a mapping or list is refused (reference one value). A certificate
+        reference is the PEM of its part (issued, or renewed when due, by pki/certrefs.py)."""
+        if is_cert_reference(reference):
+            return self._vault.certificates.resolve(reference)
         ref = parse_reference(reference)
         path = self._vault.manifest_for_kv(ref.path) if ref.kv else ref.path
         try:
             if path is None:
                 raise KeyError(ref.path)
             value = self._vault.get(path, ref.key)
+        except KeySealedError as err:
+            # Waiting, not failing: the rest of the run applies, and this action proceeds once unsealed.
+            raise WaitingError(f"secret {reference}: the daemon's key is behind the vault's seal ({err.hint})",
+                               where=reference, hint="`stratum vault unseal`; the action then proceeds",
+                               after=2.0) from None
         except KeyError as err:
             raise StratumError(f"secret {reference} is not loaded or not readable by this daemon", where=reference,
                                hint="check the path and key, that the manifest is applied, and that the daemon's "
@@ -100,7 +113,10 @@ class VaultSecrets:
         return path, manifest
 
     def locate(self, snap: Snapshot, reference: str) -> SecretLocation:
-        """The manifest, loading action and keyed version fingerprint of `reference` in `snap`."""
+        """The manifest, loading action and keyed version fingerprint of `reference` in `snap` (for a
+        certificate: its PKI role and a keyed fingerprint of its generation)."""
+        if is_cert_reference(reference):
+            return self._vault.certificates.locate(reference, snap.revision)
         ref = parse_reference(reference)
         path, manifest = self._manifest(snap, ref)
         try:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from daemon.cli.secret import secret
+from daemon.cli.main import cli
 from reconcilers.vault import manifest
 from reconcilers.vault.init import wire_repo
 from tests.fixtures import GIT_ENV, WorkRepo, git
@@ -64,7 +64,7 @@ class Env:
             git(self.repo.path, "add", "secrets/rules.ncl")
 
     def run(self, *args: str, input: str | bytes | None = None) -> Result:
-        return self.runner.invoke(secret, list(args), input=input, catch_exceptions=True)
+        return self.runner.invoke(cli, ["secret", *args], input=input, catch_exceptions=True)
 
     def ok(self, *args: str, input: str | bytes | None = None) -> Result:
         result = self.run(*args, input=input)
@@ -360,13 +360,14 @@ class TestRulesFromTheIndex:
 
     def test_a_bare_repository_uses_the_rules_of_head(self, env: Env, tmp_path: Path) -> None:
         """With no index (bare), load_repo evaluates HEAD's rules; an empty bare repo has none."""
-        from daemon.cli.secret_rules import load_repo
+        from daemon.cli.plugin_host import PluginHost
+        from reconcilers.vault.secret_rules import load_repo
         from tests.fixtures import bare_repo
 
         empty = bare_repo(tmp_path / "empty.git")
-        assert load_repo(empty) is None
+        assert load_repo(PluginHost(), empty) is None
         git(tmp_path, "clone", "-q", "--bare", str(env.repo.path), str(tmp_path / "ops.git"))
-        rules = load_repo(tmp_path / "ops.git")
+        rules = load_repo(PluginHost(), tmp_path / "ops.git")
         assert rules is not None and rules.signers[0][1].text == env.signer
 
     def test_as_a_git_pre_commit_hook_with_filenames(self, env: Env) -> None:

@@ -25,10 +25,10 @@ HEAVY = ("duckdb", "pygit2", "numpy", "nickel", "mcp", "fastembed", "onnxruntime
          "reconcilers.knowledge.reconciler")
 
 
-def _imported_after(code: str) -> set[str]:
-    """The heavy modules present in sys.modules after running `code` in a fresh interpreter."""
+def _imported_after(code: str, modules: tuple[str, ...] = HEAVY) -> set[str]:
+    """The `modules` present in sys.modules after running `code` in a fresh interpreter."""
     probe = (f"import sys\n{code}\n"
-             f"import json; print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")
+             f"import json; print(json.dumps([m for m in {list(modules)!r} if m in sys.modules]))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
     return set(json.loads(proc.stdout.strip().splitlines()[-1]))
 
@@ -149,6 +149,36 @@ def test_a_cli_apply_without_webhooks_loads_no_http_framework(tmp_path: Path) ->
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
+def _validate_template(tmp_path: Path, argv: tuple[str, ...] = ("validate",)) -> str:
+    """Code that runs `argv` (validate) on a fresh `stratum init` repository in the probe's process."""
+    repo = tmp_path / "ops"
+    subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "init", str(repo)],
+                   check=True, capture_output=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    return ("import os, sys\n"
+            f"os.chdir({str(repo)!r})\n"
+            "from daemon.cli.main import main\n"
+            f"try:\n    main.__globals__['cli'].main({list(argv)!r}, prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n")
+
+
+def test_plan_without_a_daemon_loads_no_metrics_library(tmp_path: Path) -> None:
+    """`stratum plan` with no daemon builds the pipeline and plans, but records no run: the run metrics
+    (prometheus_client, ~0.1 s) are made when a run records them, not with the pipeline."""
+    code = _validate_template(tmp_path, ("plan", "--data-dir", str(tmp_path / "data")))
+    imported = _imported_after(code, ("daemon.run.pipeline", "prometheus_client", "daemon.service.metrics"))
+    assert imported == {"daemon.run.pipeline"}
+
+
+def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None:
+    """Validating the template (forms with locales, knowledge with an embedding setting) parses Fluent bundles
+    and checks settings, but neither formats messages (fluent.runtime, babel: ~0.1 s) nor embeds over HTTP
+    (urllib.request, http.client, email): those load where they are used."""
+    only_elsewhere = ("fluent.runtime", "babel", "urllib.request", "http.client", "email.parser")
+    imported = _imported_after(_validate_template(tmp_path), ("reconcilers.forms.loader", *only_elsewhere))
+    assert "reconcilers.forms.loader" in imported                # it did validate the forms
+    assert imported & set(only_elsewhere) == set()
+
+
 def test_validate_opens_no_index(tmp_path: Path) -> None:
     """`stratum validate` runs steps 1-4 of a run, which record nothing: it neither imports DuckDB nor the
     metrics library (a pre-commit hook pays for every import on every commit)."""
@@ -163,3 +193,15 @@ def test_validate_opens_no_index(tmp_path: Path) -> None:
     imported = _imported_after(code)
     assert "reconcilers.infra.reconciler" in imported          # it did validate
     assert {"duckdb", "daemon.index.store", "prometheus_client"} & imported == set()
+
+
+def test_a_cli_apply_records_its_run_but_loads_no_metrics_library(tmp_path: Path) -> None:
+    """`stratum apply` without a daemon ends after its run and serves no /metrics: the run is recorded in the
+    index (and `stratum log` shows it), but prometheus_client (~0.1 s of start-up) is never imported."""
+    data = tmp_path / "data"
+    code = _validate_template(tmp_path, ("apply", "--data-dir", str(data), "--root", str(tmp_path / "root")))
+    imported = _imported_after(code, ("daemon.run.pipeline", "prometheus_client", "daemon.service.metrics"))
+    assert imported == {"daemon.run.pipeline"}
+    log = subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "log", "--data-dir",
+                          str(data)], cwd=tmp_path / "ops", capture_output=True, text=True, timeout=120, check=True)
+    assert "succeeded" in log.stdout, log.stdout + log.stderr

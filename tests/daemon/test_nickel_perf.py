@@ -167,3 +167,69 @@ def test_the_disk_cache_is_bounded(tmp_path: Path) -> None:
     assert kept == [f"k{i:02}" for i in range(7, 15)]
     assert reopened.get("k14") == (True, {"i": 14})
     reopened.close()
+
+
+# -- one batch over both cores -------------------------------------------------------------------------
+def test_a_batch_is_cut_into_runs_of_equal_bytes_one_per_worker_at_least() -> None:
+    """Fifty equal files over two workers are two runs of 25 (one 50-file run left a core idle); runs keep the
+    files' order, cover every file once and never exceed _CHUNK files; a small batch stays one run."""
+    from daemon.nickel.evaluator import _CHUNK, split_chunks
+
+    paths = [f"infra/f{i:03d}.ncl" for i in range(50)]
+    assert [len(c) for c in split_chunks(paths, dict.fromkeys(paths, 4_000), 2)] == [25, 25]
+    one_big = {**dict.fromkeys(paths, 1_000), paths[0]: 49_000}
+    assert [len(c) for c in split_chunks(paths, one_big, 2)] == [1, 49]        # cut by bytes, not count
+    assert split_chunks(paths[:10], dict.fromkeys(paths, 100), 2) == [paths[:10]]   # 1 KB: not worth a worker
+    assert split_chunks(paths[:3], dict.fromkeys(paths, 100_000), 2) == [paths[:3]]  # under 8 files
+    many = [f"infra/g{i:05d}.ncl" for i in range(20_000)]
+    chunks = split_chunks(many, dict.fromkeys(many, 100), 2)
+    assert [p for c in chunks for p in c] == many and max(map(len, chunks)) <= _CHUNK
+    assert split_chunks([], {}, 2) == []
+
+
+def test_a_big_batch_of_few_files_is_evaluated_by_both_workers(repo: WorkRepo, tmp_path: Path) -> None:
+    """Ten files of 60 resources each (one evaluate call) start both workers, and every value comes back."""
+    files = {f"infra/f{i}.ncl": infra(*(resource(f"f{i}-r{r}", "file", path=f"f{i}/r{r}", content="x" * 40)
+                                        for r in range(60))) for i in range(10)}
+    snap = _snap(repo, tmp_path, dict(files))
+    ev = Evaluator(tmp_path / "cache", timeout=30.0, workers=2)
+    try:
+        result = ev.evaluate(snap, sorted(files), INFRA)
+        assert result.problems == ()
+        assert sum(len(v["resources"]) for v in result.values.values()) == 600
+        assert all(w.proc is not None and w.proc.poll() is None for w in ev._workers)
+        assert ev.stats["evaluations"] == 2
+    finally:
+        ev.close()
+
+
+# -- a throwaway cache directory keeps nothing ------------------------------------------------------------
+def test_an_evaluator_that_keeps_no_values_writes_no_cache_file(repo: WorkRepo, tmp_path: Path) -> None:
+    """keep_values=False evaluates as usual but makes no SQLite file (created, switched to WAL and filled only
+    to be deleted, for `stratum validate`); a later evaluator on that directory finds nothing to reuse."""
+    snap = _snap(repo, tmp_path, {"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    ev = Evaluator(tmp_path / "cache", timeout=10.0, keep_values=False)
+    try:
+        assert ev.evaluate(snap, ["infra/a.ncl"], INFRA).values["infra/a.ncl"]["resources"]["a"]["content"] == "x"
+    finally:
+        ev.close()
+    assert not (tmp_path / "cache" / "values").exists()
+    again = Evaluator(tmp_path / "cache", timeout=10.0)
+    try:
+        assert again.evaluate(snap, ["infra/a.ncl"], INFRA).problems == ()
+        assert again.disk_hits == 0 and again.stats["evaluations"] == 1
+    finally:
+        again.close()
+
+
+def test_validate_keeps_no_values_in_its_temporary_directory(repo: WorkRepo, tmp_path: Path) -> None:
+    """`stratum validate` (validate_snapshot) checks the revision with an evaluator in its temporary directory
+    and writes no value cache there."""
+    from daemon.cli.validate import validate_snapshot
+    from daemon.settings import Settings
+
+    repo.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    settings = Settings(repo=str(repo.path), data_dir=tmp_path / "data", root=tmp_path / "root")
+    source = GitSource(str(repo.path), "main", settings.data_dir)
+    assert validate_snapshot(source, "main", tmp_path / "tmp", settings) == []
+    assert not (tmp_path / "tmp" / "nickel-cache" / "values").exists()

@@ -101,6 +101,31 @@ def test_daemon_applies_a_pushed_manifest_and_records_success(tmp_path: Path) ->
     assert _no_canary_under(data) == []
 
 
+@pytest.mark.slow
+def test_a_new_process_sees_applied_manifests_as_applied(tmp_path: Path) -> None:
+    """After `stratum apply`, a `stratum plan` in a new process (or a restarted daemon) plans nothing for the
+    manifests this data directory applied: it used to plan every manifest again ("create", with a drift line "not
+    loaded at the committed version"), and a restarted daemon published a new KV version of each. A manifest
+    removed and then committed again is loaded again."""
+    data, root = tmp_path / "data", tmp_path / "root"
+    world = secret_world(data)
+    repo = WorkRepo(tmp_path / "ops")
+    _first_commit(repo, world)
+    common = ["--repo", str(repo.path), "--data-dir", str(data), "--root", str(root)]
+    assert _stratum("apply", *common, cwd=tmp_path).returncode == 0
+    planned = _stratum("plan", *common, "--format", "json", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["actions"] == [], plan["actions"]
+    assert "not loaded" not in planned.stdout
+    text = (repo.path / "secrets/app.yaml").read_text()
+    repo.commit({"secrets/app.yaml": None})
+    assert _stratum("apply", *common, cwd=tmp_path).returncode == 0
+    repo.commit({"secrets/app.yaml": text})
+    again = json.loads(_stratum("plan", *common, "--format", "json", cwd=tmp_path).stdout)
+    assert [(a["id"], a["kind"]) for a in again["actions"]] == [("vault:secrets/app.yaml", "create")]
+
+
 class CountingKeySource:
     """A real KeySource (the daemon's key file) that counts how often the private key is asked for."""
 

@@ -98,3 +98,37 @@ def test_git_diff_of_a_manifest_works_without_the_venv_on_path(tmp_path: Path) -
     assert diff.returncode == 0, diff.stderr
     assert "+db.user" in diff.stdout.replace(" ", "") or "db.user" in diff.stdout, diff.stdout
     assert SECRET not in diff.stdout and "ENC[" not in diff.stdout
+
+
+def test_secret_init_example_is_a_secret_used_end_to_end(tmp_path: Path) -> None:
+    """`stratum secret init --example --commit` in a fresh repo from an empty HOME commits a sealed manifest and a
+    file resource that references it; `stratum plan` shows the file with a fingerprint and no drift line, `stratum
+    apply` writes the file 0600 with the manifest's value, and no output nor git history holds that value."""
+    user = User(tmp_path)
+    assert user.stratum("init", "ops", cwd=tmp_path).returncode == 0
+    ops = tmp_path / "ops"
+    init = user.stratum("secret", "init", "--example", "--commit", cwd=ops)
+    assert init.returncode == 0, init.stderr
+    assert user.run("git", "status", "--porcelain", cwd=ops).stdout == ""
+    shown = user.stratum("secret", "decrypt", "secrets/app/db.yaml", cwd=ops)
+    assert shown.returncode == 0, shown.stderr
+    password = next(line.split(": ", 1)[1] for line in shown.stdout.splitlines() if line.startswith("password:"))
+    assert len(password) >= 24
+    plan = user.stratum("plan", cwd=ops)
+    assert plan.returncode == 0, plan.stderr
+    assert "etc/app/db.password (0600) with secret kv/app/db#password hmac-sha256:" in plan.stdout, plan.stdout
+    assert "drift" not in plan.stdout
+    applied = user.stratum("apply", "--output", "json", cwd=ops)
+    assert applied.returncode == 0 and json.loads(applied.stdout)["status"] == "succeeded", applied.stderr
+    [data_dir] = (user.home / ".local/state/stratum").iterdir()
+    target = data_dir / "root/etc/app/db.password"
+    assert target.read_text() == password and target.stat().st_mode & 0o777 == 0o600
+    after = user.stratum("plan", "--output", "json", cwd=ops)
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["actions"] == []
+    again = user.stratum("secret", "init", "--example", cwd=ops)
+    assert again.returncode != 0 and "does not overwrite" in again.stderr + again.stdout
+    history = user.run("git", "log", "-p", "--no-textconv", cwd=ops).stdout
+    for out in (init, plan, applied):
+        assert password not in out.stdout + out.stderr
+    assert password not in history

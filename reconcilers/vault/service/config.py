@@ -13,6 +13,7 @@
                                        # e.g. a systemd credential: $CREDENTIALS_DIRECTORY/vault-unseal
     audit_max_bytes = 67108864         # rotate the audit log past this size
     max_body = 1048576                 # request body cap
+    cert_renew_fraction = 0.6667       # certificate references: renew once this share of the lifetime passed
 """
 
 from __future__ import annotations

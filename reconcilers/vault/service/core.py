@@ -52,6 +52,9 @@ class VaultService:
         self.clock = clock
         self._lock = threading.Lock()
         self.on_open: list[Callable[[], None]] = []     # called once the barrier opens (the reconciler's KV sync)
+        # Called inside sys/init while the new barrier is open (the daemon's key moves in), and at sys/seal.
+        self.on_init: list[Callable[[Barrier], None]] = []
+        self.on_seal: list[Callable[[], None]] = []
         self.standby = False                            # HA: a standby redirects to the active node (ha.py)
         self.ha: Any = None                             # the ha.Coordinator when HA is on
 
@@ -65,6 +68,8 @@ class VaultService:
                 self.barrier.put(SALT_PATH, os.urandom(32))
                 self.mounts.load()
                 token, _ = self.tokens.create(None, {"policies": ["root"]})
+                for callback in self.on_init:
+                    callback(self.barrier)
             finally:
                 self.barrier.seal()
         return {"keys": parts, "keys_base64": parts, "root_token": token, "share_format": fmt}
@@ -102,6 +107,8 @@ class VaultService:
         self.seal.seal()
         self.mounts.entries = {}
         self.tokens.forget()
+        for callback in self.on_seal:
+            callback()
 
     def set_policies(self, files: dict[str, str]) -> list[cedar.PolicyProblem]:
         """Put the repo's policies in force when they all check; their problems otherwise (old ones stay)."""

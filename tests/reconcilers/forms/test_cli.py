@@ -80,10 +80,12 @@ def test_validate_reports_a_broken_form_with_file_and_line(tmp_path: Path, ops: 
 
 
 def test_dry_run_prints_the_plan_and_commits_nothing(tmp_path: Path, ops: Path) -> None:
-    """--dry-run: the same checks and plan, no branch; `form list` names the shipped forms."""
+    """--dry-run: the same checks and the kernel's plan (of a commit no branch points to), no branch; `form
+    list` names the shipped forms."""
     (tmp_path / "a.json").write_text(json.dumps({"name": "web", "port": 8081}))
     done = stratum(tmp_path, "form", "run", "local-service", "--answers", str(tmp_path / "a.json"), "--dry-run")
-    assert "3 to create" in done.stdout
+    assert "3 to create" in done.stdout and "Stratum plan for" in done.stdout
+    assert "| + | create systemd_unit etc/systemd/system/web.service (0644) |" in done.stdout
     assert git(ops, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
     listed = stratum(tmp_path, "form", "list")
     lines = [line.split() for line in listed.stdout.splitlines() if line.strip()]

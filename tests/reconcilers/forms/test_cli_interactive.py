@@ -64,3 +64,43 @@ def test_a_person_answers_in_the_terminal_and_gets_a_branch(tmp_path: Path) -> N
     assert '"/usr/bin/shop --port 9200"' in text and "Restart=on-failure" in text
     assert '"port":9200' in text.splitlines()[0]
     assert git(ops, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+@pytest.mark.slow
+def test_the_cloud_server_form_in_the_terminal_makes_a_branch_and_prints_the_kernels_plan(tmp_path: Path) -> None:
+    """The second shipped form under a pty: defaults taken with Enter, the volume asked for once confirmed;
+    the kernel's plan is printed (rejected here: this fresh host configures no cloud provider, and it says
+    what to add) and the branch holds the server."""
+    ops = tmp_path / "ops"
+    env = {**cli_env(), "HOME": str(tmp_path), "TERM": "xterm", "COLUMNS": "120", "LINES": "40"}
+    subprocess.run([*STRATUM, "init", str(ops)], cwd=ROOT, env=env, capture_output=True, timeout=120, check=True)
+    child = pexpect.spawn(STRATUM[0], [*STRATUM[1:], "form", "run", "cloud-server", "--repo", str(ops),
+                                        "--data-dir", str(tmp_path / "data")],
+                          cwd=str(ROOT), env=env, encoding="utf-8", timeout=120, dimensions=(40, 120))
+    log = tmp_path / "terminal.log"
+    fh = log.open("w")
+    child.logfile_read = fh
+    try:
+        for prompt, keys in (("Server name", "db-1" + ENTER), ("Provider", ENTER), ("Size", ENTER),
+                             ("Image id", "ami-0123456789abcdef0" + ENTER), ("Network block", ENTER),
+                             ("Open ports", ENTER), ("data volume", "y"), ("Volume size", ENTER),
+                             ("Owning team", "data" + ENTER)):
+            child.expect(prompt)
+            child.send(keys)
+        child.expect("Stratum plan for")
+        child.expect("'aws' is not configured on this host")
+        child.expect("to branch (forms/cloud-server/[^:]+):")
+        branch = child.match.group(1)
+        child.expect("would be rejected")
+        child.expect(pexpect.EOF)
+    except (pexpect.TIMEOUT, pexpect.EOF):
+        fh.flush()
+        shown = log.read_text()[-3000:]
+        raise AssertionError(f"the terminal did not show what was expected; see {log}:\n{shown}") from None
+    finally:
+        child.close()
+        fh.close()
+    assert child.exitstatus == 0
+    commit = pygit2.Repository(str(ops)).revparse_single(branch)
+    text = commit.tree["infra/cloud/db-1.ncl"].data.decode()
+    assert "db-1-data" in text and '"with_volume":true' in text.splitlines()[0]

@@ -290,3 +290,19 @@ def test_submitting_without_the_daemons_gate_is_denied(tmp_path: Path, ops: OpsR
     with TestClient(web_app(env)) as client:
         assert client.post("/local-service/submit", data={"token": "x"}).status_code == 403
     assert git(ops.work.path, "for-each-ref", "--format=%(refname)", "refs/heads") == "refs/heads/main"
+
+
+def test_a_conditional_element_is_not_required_by_the_browser(served: Served) -> None:
+    """`command` is asked only when runtime is "command": the page runs no script to know, so its input must
+    not carry `required` (it kept Chromium from posting a python service at all); the server still asks for
+    it when the condition holds."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=60)
+    conn.request("GET", "/forms/local-service", headers={"Authorization": f"Bearer {ADMIN}"})
+    page = conn.getresponse().read().decode()
+    conn.close()
+    command = page.split('id="f-command"')[1].split(">")[0]
+    name = page.split('id="f-name"')[1].split(">")[0]
+    assert "required" not in command and "required" in name
+    fields = {"name": "web", "port": "9200", "workers": "2", "runtime": "command", "owner": "platform"}
+    status, body = served.post("/forms/local-service/preview", fields, ADMIN)
+    assert status == 422 and 'id="error-command"' in body

@@ -36,7 +36,8 @@ def stratum(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path: Path) -> None:
     """init and unseal with the CLI; the committed manifest's values are readable at kv/app/db by a token whose
     Cedar policy (committed too) allows it and by no other; a new manifest version becomes KV version 2; the
-    audit chain verifies and holds no plaintext; after a restart the vault auto-unseals from a key file."""
+    audit chain verifies and holds no plaintext; after a restart the vault auto-unseals from a key file. The last
+    unseal finds the listener from the data directory's host settings (no --address, no VAULT_ADDR)."""
     data, root = tmp_path / "data", tmp_path / "root"
     world = secret_world(data)
     remote = bare_repo(tmp_path / "remote.git")
@@ -48,7 +49,7 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
     work.push()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = tmp_path / "stratumd.toml"
+    config = data / "stratumd.toml"            # where `stratum vault --data-dir` finds the listener too
     config.write_text(f'[vault]\nlisten = "127.0.0.1:{port}"\n')
     d = DaemonProc(str(remote), data, root, "--config", str(config))
     try:
@@ -62,9 +63,14 @@ def test_hvac_against_a_running_stratumd_with_repo_policies_and_secrets(tmp_path
         assert len(keys) == 3 and len(keys[0].split()) >= 20
         client = hvac.Client(url=url, token=root_token)
         assert client.sys.is_sealed() is True
-        for key in keys[1:]:
-            step = stratum("vault", "unseal", key, "--address", url, cwd=tmp_path)
-            assert step.returncode == 0, step.stderr
+        # the daemon's manifest key moved behind the seal: no key file, its recipient in the marker
+        assert not (data / "vault" / "daemon.key").exists()
+        assert (data / "vault" / "daemon.key.sealed").exists()
+        step = stratum("vault", "unseal", keys[1], "--address", url, cwd=tmp_path)
+        assert step.returncode == 0, step.stderr
+        # No --address, no VAULT_ADDR: the host settings of the data directory name the listener.
+        step = stratum("vault", "--data-dir", str(data), "unseal", keys[2], cwd=tmp_path)
+        assert step.returncode == 0, step.stderr
         assert client.sys.is_sealed() is False
         # 2. the committed secret was published at unseal; a token of policy "app" reads it, others cannot
         secret = client.secrets.kv.v2.read_secret_version("app/db", mount_point="kv", raise_on_deleted_version=True)

@@ -59,11 +59,13 @@ def test_manifests_become_kv_versions_and_removal_soft_deletes(tmp_path: Path, e
     repo, reconciler, source, signing, rcpt = _world(tmp_path, evaluator)
     service = reconciler.vault_api.service
     assert service is not None
-    init = service.initialize(1, 1, "base64")
     v1 = sealed({"password": "pw-one"}, signing, rcpt, path=DB)
     repo.commit({DB: manifest.render(v1)})
+    # Applied before the vault is initialized (the daemon's key is still its file; once initialized the key is
+    # behind the seal and a sealed vault makes manifest applies wait: test_daemon_key_sealed.py).
     summaries = _run(reconciler, source)
     assert summaries and "-> kv/app/db" in summaries[0] and "blob " in summaries[0] and "pw-one" not in summaries[0]
+    init = service.initialize(1, 1, "base64")
     service.unseal(init["keys"][0])                            # published when the vault opens
     root = init["root_token"]
     status, body = _kv(service, root)
