@@ -171,6 +171,10 @@ class Index:
         try:
             con = duckdb.connect(str(self.path), read_only=self.read_only)
             if not self.read_only:
+                # DuckDB's allocator (jemalloc) returns freed pages to the system only when it is called again
+                # or from its own background thread: without the thread, an idle daemon kept ~10 MB of pages
+                # its last run freed (bench/idle.py). One process-wide setting; the thread sleeps between purges.
+                con.execute("SET allocator_background_threads = true")
                 ensure_schema(con, "core", CORE_MIGRATIONS)
             # Ask DuckDB to read what every start reads anyway: a file cut short (a full disk, a bad copy)
             # fails here with DuckDB's own "could not read enough bytes", not at some later write.

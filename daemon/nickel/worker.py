@@ -16,6 +16,31 @@ import sys
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+TRIM_AFTER_S = 1.0     # quiet this long after a reply: the heap the evaluation freed goes back to the system
+
+
+def _release() -> None:
+    """Hand the heap an evaluation freed back to the system: glibc keeps it for reuse otherwise, and a worker
+    waiting for the next commit held the peak of its last evaluation (5 MB and more for a big batch)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass                                                    # not glibc: nothing to hand back this way
+
+
+def _wait(idle: float, trim: bool) -> bool:
+    """Whether a request came within `idle` seconds (0: wait for ever); trims the heap once quiet."""
+    if trim:
+        if select.select([sys.stdin], [], [], TRIM_AFTER_S)[0]:
+            return True                                         # a burst of requests: no trimming between them
+        _release()
+        if idle > 0:
+            idle = max(idle - TRIM_AFTER_S, 0.001)
+    return idle <= 0 or bool(select.select([sys.stdin], [], [], idle)[0])
+
+
 def main() -> None:
     """Serve requests until stdin closes."""
     limit_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
@@ -25,10 +50,12 @@ def main() -> None:
     import nickel  # after the limit, so a runaway evaluation cannot take the host's memory
 
     idle = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    served = False
     while True:
         # An idle worker exits (its memory back to the host); the parent starts a new one when needed.
-        if idle > 0 and not select.select([sys.stdin], [], [], idle)[0]:
+        if not _wait(idle, served):
             return
+        served = True
         line = sys.stdin.readline()
         if not line:
             return
@@ -41,6 +68,7 @@ def main() -> None:
             reply = {"error": _ANSI.sub("", str(err))}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
+        del request, reply                                      # not held while idle
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ carries each candidate's parts, which `stratum agent profile` shows.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ RECENT_DAYS = 7.0
 RECENT_BOOST = 3.0
 CONFIDENT_AT = 20            # executions for full confidence
 DAY = 86_400.0
+_FINISHED = operator.attrgetter("finished")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +97,22 @@ def weight(age_days: float) -> float:
 
 def expertise(records: Sequence[Record], now: float) -> float:
     """The weighted success-and-quality rate of `records` (one agent, one type; the newest WINDOW count)."""
-    recent = sorted(records, key=lambda r: r.finished, reverse=True)[:WINDOW]
+    # The sums do not depend on order: sort only to find the newest WINDOW, and only when there are more.
+    recent = records if len(records) <= WINDOW else sorted(records, key=_FINISHED, reverse=True)[:WINDOW]
     total = value = 0.0
+    exp = math.exp
     for r in recent:
-        w = weight((now - r.finished) / DAY)
+        # weight() inlined (same arithmetic): this loop runs for every record of every candidate per decision.
+        age = (now - r.finished) / DAY
+        if age < 0.0:
+            age = 0.0
+        w = exp(-age / RECENT_DAYS)
+        if age < RECENT_DAYS:
+            w *= RECENT_BOOST
         total += w
-        value += w * (min(1.0, max(0.0, r.quality)) if r.succeeded else 0.0)
+        if r.succeeded:
+            q = r.quality
+            value += w * (1.0 if q > 1.0 else q if q > 0.0 else 0.0)
     return value / total if total > 0 else 0.0
 
 

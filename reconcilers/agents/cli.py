@@ -142,6 +142,17 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
+def listing(name: str, key: str, cols: list[str], doc: str) -> click.Command:
+    """A read verb that shows one list of the status data as a table (or JSON)."""
+    @options
+    def cmd(repo: str | None, data_dir: Path | None, output: str) -> None:
+        with access(repo, data_dir) as acc:
+            rows = acc.view()[key]
+        emit(output, rows, lambda d: table(d, cols))
+    cmd.__doc__ = doc
+    return click.command(name)(cmd)
+
+
 def change(acc: Access, verb: str, target: str) -> dict[str, Any]:
     """Approve, reject or cancel: directly, or as a request for the daemon."""
     from reconcilers.agents.queue import DuckDBQueue
@@ -197,13 +208,18 @@ def task_run(task_id: str, repo: str | None, data_dir: Path | None, output: str)
             emit(output, {"task": task_id, "result": "requested", "by": "daemon"},
                  lambda d: f"queued {task_id} for the daemon; `stratum task history` shows it when done")
             return
-        result = _run_here(acc, task_id)
+        result = _run_here(acc, task_id, repo)
     emit(output, result, lambda d: f"{d['task']}: {d['outcome']} by {d['agent'] or '-'} - {d['summary']}")
     if result["outcome"] not in ("succeeded", "skipped"):
         sys.exit(1)
 
 
-def _run_here(acc: Access, task_id: str) -> dict[str, Any]:
+def _run_here(acc: Access, task_id: str, repo: str | None) -> dict[str, Any]:
+    import os
+
+    from reconcilers.agents.knowledge import context_for, tool_host
+    from reconcilers.agents.plan_read import kernel_plan
+    from reconcilers.agents.policy import RolePolicy
     from reconcilers.agents.service import AgentService
 
     assert acc.store is not None
@@ -211,7 +227,12 @@ def _run_here(acc: Access, task_id: str) -> dict[str, Any]:
     if task_id not in team.tasks and task_id not in team.pipelines:
         raise NotFound(f"no task or pipeline {task_id!r}", hint="`stratum task list` shows the declared tasks")
     acc.store.close()
-    svc = AgentService(acc.data_dir, start_threads=False)
+    # plan.read and plan() as in the daemon (the kernel's `stratum plan`); no secrets port here: no vault.read.
+    stratum = Path(sys.executable).with_name("stratum")
+    plan = kernel_plan(str(stratum), repo or os.getcwd(), acc.data_dir) if stratum.exists() else None
+    svc = AgentService(acc.data_dir, start_threads=False,
+                       tools=tool_host(None, RolePolicy(lambda: team.policies).authorize, plan),
+                       context=context_for(None, plan))
     try:
         svc.team, svc.runner.team = team, team
         svc.worker.roles = tuple(sorted({a.role for a in team.agents.values()}))
@@ -248,15 +269,6 @@ def task_history(task_id: str | None, limit: int, repo: str | None, data_dir: Pa
                                            "tokens_out", "cost", "seconds", "summary"]))
 
 
-@task.command("pending")
-@options
-def task_pending(repo: str | None, data_dir: Path | None, output: str) -> None:
-    """Runs waiting for approval."""
-    with access(repo, data_dir) as acc:
-        rows = acc.view()["pending"]
-    emit(output, rows, lambda d: table(d, ["id", "task", "role", "trigger"]))
-
-
 def _changer(verb: str) -> click.Command:
     @click.argument("run_id")
     @options
@@ -272,6 +284,7 @@ def _changer(verb: str) -> click.Command:
 
 for _verb in ("approve", "reject", "cancel"):
     task.add_command(_changer(_verb))
+task.add_command(listing("pending", "pending", ["id", "task", "role", "trigger"], "Runs waiting for approval."))
 
 
 @task.command("purge")
@@ -308,13 +321,10 @@ def agent() -> None:
     """
 
 
-@agent.command("list")
-@options
-def agent_list(repo: str | None, data_dir: Path | None, output: str) -> None:
-    """The declared agents: role, provider chain, concurrency, tools."""
-    with access(repo, data_dir) as acc:
-        rows = acc.view()["agents"]
-    emit(output, rows, lambda d: table(d, ["id", "role", "providers", "max_concurrency", "tools"]))
+agent.add_command(listing("list", "agents", ["id", "role", "providers", "max_concurrency", "tools"],
+                          "The declared agents: role, provider chain, concurrency, tools."))
+agent.add_command(listing("budget", "budgets", ["role", "month", "monthly_cap", "week", "weekly_cap", "used", "over"],
+                          "Spend per role this month and week against its caps."))
 
 
 @agent.command("profile")
@@ -357,15 +367,6 @@ def _scores(acc: Access, role: str) -> dict[str, str]:
     return {t: runner.decide(role, t, team.agents_for(role)).explain() for t in types}
 
 
-@agent.command("budget")
-@options
-def agent_budget(repo: str | None, data_dir: Path | None, output: str) -> None:
-    """Spend per role this month and week against its caps."""
-    with access(repo, data_dir) as acc:
-        rows = acc.view()["budgets"]
-    emit(output, rows, lambda d: table(d, ["role", "month", "monthly_cap", "week", "weekly_cap", "used", "over"]))
-
-
 # -- stratum check --------------------------------------------------------------------------------------------
 @click.group("check")
 def check() -> None:
@@ -378,13 +379,7 @@ def check() -> None:
     """
 
 
-@check.command("list")
-@options
-def check_list(repo: str | None, data_dir: Path | None, output: str) -> None:
-    """The declared checks."""
-    with access(repo, data_dir) as acc:
-        rows = acc.view()["checks"]
-    emit(output, rows, lambda d: table(d, ["id", "kind", "interval", "failures"]))
+check.add_command(listing("list", "checks", ["id", "kind", "interval", "failures"], "The declared checks."))
 
 
 @check.command("status")

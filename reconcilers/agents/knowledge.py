@@ -59,14 +59,17 @@ def context_for(kb: Any | None, plan: Callable[[], str] | None = None) -> Callab
 
 
 def tool_host(kb: Any | None, authorize: Callable[[str, str, Mapping[str, Any]], bool] | None = None,
-              plan: Callable[[], str] | None = None) -> ToolHost:
-    """Tool handlers over `kb` (knowledge.search, knowledge.get) and the plan."""
+              plan: Callable[[], str] | None = None, vault: Callable[[str], str] | None = None) -> ToolHost:
+    """Tool handlers over `kb` (knowledge.search, knowledge.get), the plan and the secrets port (`vault`:
+    reference -> value; asked only once `authorize` allowed the call)."""
     handlers: dict[str, Callable[[Mapping[str, Any]], str]] = {}
     if kb is not None:
         handlers["knowledge.search"] = lambda a: _hits(kb, str(a.get("query", "")), (), 5)
         handlers["knowledge.get"] = lambda a: _node_text(kb, str(a.get("id", "")))
     if plan is not None:
         handlers["plan.read"] = lambda a: plan()
+    if vault is not None:
+        handlers["vault.read"] = lambda a: vault(str(a.get("reference", "")))
     return ToolHost(handlers, authorize) if authorize is not None else ToolHost(handlers)
 
 

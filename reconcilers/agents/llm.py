@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from reconcilers.agents.model import Provider
+from reconcilers.locations import sanitize_url
 
 MAX_BODY = 4 * 1024 * 1024           # bytes of a model's answer read at most
 
@@ -79,6 +80,11 @@ def _post(client: httpx.Client, provider: Provider, url: str, headers: dict[str,
                 chunks.append(chunk)
     except httpx.TimeoutException as err:
         raise ProviderError(f"provider {provider.id}: no answer within {provider.timeout:g} s",
+                            retryable=True) from err
+    except httpx.ConnectError as err:
+        # The usual first failure on a new machine (no model server yet): say where and what to do.
+        raise ProviderError(f"provider {provider.id}: could not connect to {sanitize_url(provider.base_url)} "
+                            f"({err}); start the model server there or change base_url in agents/",
                             retryable=True) from err
     except httpx.HTTPError as err:
         raise ProviderError(f"provider {provider.id}: {type(err).__name__}: {err}", retryable=True) from err

@@ -3,6 +3,7 @@
 1. Evaluate every file in one Nickel call with the `agents.ncl` Config contract (structure, types, kinds).
 2. Build frozen declarations, each with the file and line of its `id =` field.
 3. Refuse an id declared twice across files (both places named).
+4. Read `agents/policies/*.cedar` (who may vault.read what; policy.py), bounded like every snapshot read.
 Cross-reference and semantic checks (roles, cron, templates, budgets) are validate.py's.
 """
 
@@ -26,6 +27,9 @@ from reconcilers.agents.model import (
     Trigger,
     Where,
 )
+from reconcilers.agents.policy import FOLDER as POLICY_FOLDER
+from reconcilers.agents.policy import MAX_POLICY_BYTES
+from reconcilers.errors import StratumError
 from reconcilers.ports import Evaluator, Snapshot
 from reconcilers.records import Problem
 
@@ -128,13 +132,28 @@ BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Where], Any]] = {
 }
 
 
+def load_policies(snap: Snapshot) -> tuple[dict[str, str], list[Problem]]:
+    """The Cedar policy files of `agents/policies/` (path -> text), and the files that could not be read."""
+    found: dict[str, str] = {}
+    problems: list[Problem] = []
+    for entry in snap.entries(POLICY_FOLDER, suffixes=(".cedar",)):
+        try:
+            found[entry.path] = snap.text(entry, limit=MAX_POLICY_BYTES)
+        except StratumError as err:
+            problems.append(Problem(err.what, entry.path, reconciler="agents",
+                                    hint=f"policies are UTF-8 Cedar text under {MAX_POLICY_BYTES} bytes"))
+    return found, problems
+
+
 def load_agents(snap: Snapshot, evaluator: Evaluator, settings: AgentSettings | None = None) -> AgentsDesired:
     """The agent declarations of a commit, with every problem found loading them."""
     entries = [e for folder in FOLDERS for e in snap.entries(folder, suffixes=(".ncl",))]
+    policies, problems = load_policies(snap)
     if not entries:
-        return AgentsDesired(revision=snap.revision, settings=settings or AgentSettings())
+        return AgentsDesired(revision=snap.revision, settings=settings or AgentSettings(),
+                             problems=tuple(problems), policies=MappingProxyType(policies))
     result = evaluator.evaluate(snap, [e.path for e in entries], CONTRACT, entries)
-    problems = [Problem(p.message, p.path, p.line, p.col, "agents", p.hint) for p in result.problems]
+    problems += [Problem(p.message, p.path, p.line, p.col, "agents", p.hint) for p in result.problems]
     found: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for path, value in sorted(result.values.items()):
         entry = snap.entry(path)
@@ -160,5 +179,5 @@ def load_agents(snap: Snapshot, evaluator: Evaluator, settings: AgentSettings | 
                     problems.append(Problem(f"{section[:-1]} {key!r}: {err}", path, where.line,
                                             reconciler="agents"))
     return AgentsDesired(revision=snap.revision, settings=settings or AgentSettings(),
-                         problems=tuple(problems),
+                         problems=tuple(problems), policies=MappingProxyType(policies),
                          **{s: MappingProxyType(found[s]) for s in SECTIONS})

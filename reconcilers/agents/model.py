@@ -204,6 +204,7 @@ class AgentsDesired:
     settings: AgentSettings = field(default_factory=AgentSettings)
     problems: tuple[Problem, ...] = ()
     files: Mapping[str, str] = field(default_factory=_empty)     # path -> blob id (only with on_commit triggers)
+    policies: Mapping[str, str] = field(default_factory=_empty)  # agents/policies/*.cedar: path -> text (vault.read)
 
     def agents_for(self, role: str) -> list[Agent]:
         """The agents of `role`, by id."""

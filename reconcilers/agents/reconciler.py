@@ -16,7 +16,7 @@ The HTTP interface (/agents): POST /agents/webhook/<task or pipeline id> queues 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -25,18 +25,9 @@ import structlog
 from reconcilers.agents.load import load_agents
 from reconcilers.agents.model import NAME, AgentsDesired, AgentSettings
 from reconcilers.agents.validate import validate
-from reconcilers.base import (
-    Action,
-    ApplyContext,
-    InventoryItem,
-    Outcome,
-    PolicyResource,
-    Problem,
-    Reconciler,
-    ReconcilerEnv,
-    ResourceRow,
-)
-from reconcilers.errors import ApplyError, InputError
+from reconcilers.base import PolicyResource, Problem, ReconcilerEnv, ResourceRow
+from reconcilers.errors import InputError
+from reconcilers.no_actions import NoActions
 from reconcilers.ports import HttpMount, Snapshot
 from reconcilers.records import RunRecord, freeze
 
@@ -46,7 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stratum.agents")
 
 
-class AgentsReconciler(Reconciler[AgentsDesired, None]):
+class AgentsReconciler(NoActions[AgentsDesired]):
     """agents/ and tasks/ -> checked declarations in force. Applies nothing itself."""
 
     name = NAME
@@ -152,6 +143,7 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         (`[agents] nats_url` in stratumd.toml); else the embedded DuckDB queue (a warning says why)."""
         if self.service is None and not self.host.get("one_shot") and self.host.get("enabled", True):
             from reconcilers.agents.knowledge import context_for, from_daemon, tool_host
+            from reconcilers.agents.policy import RolePolicy
             from reconcilers.agents.service import AgentService
 
             kb = from_daemon(self.env.workspace) if self.env.workspace is not None else None
@@ -161,6 +153,15 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
                 if secrets is None:
                     raise InputError(f"no secrets port to resolve {ref}", hint="run agent tasks in the daemon")
                 return secrets.resolve(ref, purpose="agents: provider api key")
+
+            def vault_read(ref: str) -> str:
+                # Asked only after the repo's agents/policies allowed the role (RolePolicy); audited by the port.
+                if secrets is None:
+                    raise InputError(f"no secrets port to read {ref}", hint="run agent tasks in the daemon")
+                return secrets.resolve(ref, purpose="agents: vault.read tool call")
+
+            policy = RolePolicy(lambda: self.active.policies if self.active is not None else {})
+            plan = self._plan()
 
             events = self.env.events
 
@@ -182,15 +183,37 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
                     "SELECT ts, reconciler, subject, message FROM events WHERE kind = 'drift' AND ts > ? "
                     "ORDER BY ts LIMIT 200", [since])]
 
-            self.service = AgentService(self.env.data_dir, events=record, secrets=resolve, tools=tool_host(kb),
-                                        context=context_for(kb), queue_url=url, drift_source=drift)
+            service = AgentService(self.env.data_dir, events=record, secrets=resolve,
+                                   tools=tool_host(kb, policy.authorize, plan, vault_read),
+                                   context=context_for(kb, plan), queue_url=url, drift_source=drift)
             branch, writer = str(self.host.get("executions_branch", "")), self.env.git_writer
             if branch and writer is not None:
                 def commit(path: str, text: str, run: Any) -> None:
                     writer.commit_file(branch, path, text, f"stratum: agents pipeline {run.pipeline} {run.outcome}")
 
-                self.service.on_pipeline = commit
+                service.on_pipeline = commit
+
+                def commit_nodes(files: Mapping[str, str], message: str) -> None:
+                    writer.commit_files(branch, files, message)
+
+                service.record_executions(commit_nodes)
+            # Published whole: the run hooks' thread and readers see no half-configured service.
+            self.service = service
         return self.service
+
+    def _plan(self) -> Callable[[], str] | None:
+        """The kernel's plan of the watched branch (plan_read.py), when this process knows its `stratum`
+        program and the repository's location."""
+        import sys
+        from pathlib import Path
+
+        from reconcilers.agents.plan_read import kernel_plan
+
+        stratum = Path(sys.executable).with_name("stratum")
+        ws = self.env.workspace
+        if not stratum.exists() or ws is None:
+            return None
+        return kernel_plan(str(stratum), str(ws.source.location), self.env.data_dir)
 
     def on_run_finished(self, record: RunRecord, index: Any) -> None:
         """A succeeded run puts its revision's declarations in force; a failed or rolled-back one queues the
@@ -246,22 +269,6 @@ class AgentsReconciler(Reconciler[AgentsDesired, None]):
         if self.service is not None:
             self.service.close()
             self.service = None
-
-    def observe(self, desired: AgentsDesired, inventory: list[InventoryItem]) -> None:
-        """Nothing to observe: tasks are run by the queue's workers."""
-        return None
-
-    def plan(self, desired: AgentsDesired, observed: None, inventory: list[InventoryItem]) -> list[Action]:
-        """No actions: a commit changes the schedule (index), not the world."""
-        return []
-
-    def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
-        """Never called: `plan` returns no actions."""
-        raise ApplyError(f"the agents reconciler has no actions (got {action.id})", where=action.target)
-
-    def compensate(self, action: Action, ctx: ApplyContext) -> None:
-        """Nothing to undo."""
-        return None
 
 
 def _digest(item: Any) -> str:

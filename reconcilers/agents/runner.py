@@ -6,8 +6,10 @@
 4. run          a command (command.py) or a prompt through the agent's provider chain cut by the budget
                 (budget.py), tool calls authorized and audited (tools.py); a failing provider falls back
 5. record       the execution row (tokens, cost, outcome, summary), budget thresholds, metrics; then ack,
-                nak (retry with backoff) or term (bad input: no retry)
-Nothing here raises to the worker loop: every failure ends as a recorded execution.
+                nak (retry with backoff) or term (bad input: no retry); then `recorded` (the service's
+                execution node)
+Nothing here raises to the worker loop: every failure ends as a recorded execution. The values of secrets a
+run read (vault.read) are removed from its output, summary and error before anything is recorded.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from reconcilers.agents.model import Agent, AgentsDesired, Provider
 from reconcilers.agents.prompts import Context, PromptError, Renderer, bounded_renderer, render
 from reconcilers.agents.queue import Message, Queue
 from reconcilers.agents.store import Store
-from reconcilers.agents.tools import ToolHost
+from reconcilers.agents.tools import BY_FUNCTION, SECRET_TOOLS, ToolHost
 
 MAX_TOOL_ROUNDS = 6
 LOCK_RETRY = 2.0             # seconds before a locked task is offered again
 BUSY_RETRY = 1.0             # seconds before a run no agent was free for is offered again
+REDACTED = "[redacted]"
 SYSTEM = "You are the {role} agent of an operations team. Answer concisely; use the tools you are given."
 
 
@@ -84,6 +87,7 @@ class Runner:
     context: Callable[[Message], Context] = lambda _msg: Context()
     events: Callable[[str, str], None] = lambda kind, message: None
     webhook: Callable[[str, dict[str, Any]], None] | None = None
+    recorded: Callable[[Outcome], None] | None = None       # after each recorded execution (execution nodes)
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     clock: Callable[[], float] = time.time
     host_env: Mapping[str, str] | None = None
@@ -106,6 +110,7 @@ class Runner:
                         output=done, finished=self.clock())
             self._record(out)
             self.queue.ack(msg, done)
+            self._recorded(out)
             return out
         lock = bool(spec.get("lock", True))
         with self._guard:
@@ -134,7 +139,16 @@ class Runner:
             else:
                 self.queue.term(msg, out.error or out.summary)
         self._notify(out.role, crossed)
+        self._recorded(out)
         return out
+
+    def _recorded(self, out: Outcome) -> None:
+        if self.recorded is None:
+            return
+        try:
+            self.recorded(out)
+        except Exception as err:  # noqa: BLE001 the record stands; a failing follower never ends the worker
+            self.events("execution_node", f"execution {out.id} of {out.task}: {type(err).__name__}: {err}")
 
     def _assigned(self, msg: Message, base: Outcome) -> Outcome:
         agents = self.team.agents_for(msg.role)
@@ -227,24 +241,26 @@ class Runner:
             return _with(base, outcome="blocked" if why else "failed", summary=reason, error=reason,
                          finished=self.clock())
         errors: list[str] = []
+        calls = _Calls()
         for provider in models:
             try:
-                tokens_in, tokens_out, text = self._converse(msg, base.id, agent, provider, prompt)
+                tokens_in, tokens_out, text = self._converse(msg, base.id, agent, provider, prompt, calls)
             except ProviderError as err:
-                errors.append(str(err))
+                errors.append(scrub(str(err), calls.revealed))
                 self.metrics.provider_errors.labels(msg.role, provider.id).inc()
                 continue
             charged = cost(provider, tokens_in, tokens_out)
+            text = scrub(text, calls.revealed)
             out = _with(base, provider=provider.id, outcome="succeeded", tokens_in=tokens_in,
                         tokens_out=tokens_out, cost=charged, summary=(text.strip().splitlines() or [""])[0][:200],
                         output=text, finished=self.clock(),
-                        error="; ".join(errors))
+                        error="; ".join(errors + calls.errors))
             return out
-        return _with(base, summary="every provider failed", error="; ".join(errors)[:2000], retry=True,
-                     finished=self.clock())
+        return _with(base, summary="every provider failed", error="; ".join(errors + calls.errors)[:2000],
+                     retry=True, finished=self.clock())
 
     def _converse(self, msg: Message, execution: str, agent: Agent, provider: Provider,
-                  prompt: str) -> tuple[int, int, str]:
+                  prompt: str, calls: _Calls) -> tuple[int, int, str]:
         key = self.secrets(provider.api_key) if provider.api_key and self.secrets is not None else ""
         specs = self.tools.specs(agent.tools)
         messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM.format(role=msg.role)},
@@ -260,6 +276,11 @@ class Runner:
                 for c in reply.tool_calls]})
             for call in reply.tool_calls:
                 answer = self.tools.call(self.store, execution, agent.id, msg.role, agent.tools, call)
+                if answer.startswith("error:"):
+                    # A refused or failing call is in the execution's record (the model got the same text).
+                    calls.errors.append(f"tool {BY_FUNCTION.get(call.name, call.name)}: {answer[6:].strip()}"[:500])
+                elif BY_FUNCTION.get(call.name) in SECRET_TOOLS:
+                    calls.revealed.add(answer)  # the model needs the value; no record of this run may hold it
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": answer})
         raise ProviderError(f"provider {provider.id}: still calling tools after {MAX_TOOL_ROUNDS} rounds",
                             retryable=False)
@@ -302,6 +323,21 @@ class Runner:
             self.events("budget_threshold", f"budget of {role} crossed {threshold} %: {spent:.2f} of {cap:.2f}")
             if budget is not None and budget.webhook and self.webhook is not None:
                 self.webhook(budget.webhook, {"role": role, "threshold": threshold, "spent": spent, "cap": cap})
+
+
+@dataclass
+class _Calls:
+    """What the tool calls of one execution left: secret values read, refused or failed calls."""
+
+    revealed: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+
+def scrub(text: str, secrets: set[str]) -> str:
+    """`text` with every value of `secrets` replaced (longest first, so a value inside another goes too)."""
+    for value in sorted((v for v in secrets if v), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
 
 
 def _with(base: Outcome, **changes: Any) -> Outcome:

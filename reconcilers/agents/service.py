@@ -8,6 +8,8 @@
              failing, its `on_check` tasks and pipelines are queued
 5. requests  CLI verbs while the daemon holds the DuckDB file drop JSON requests in `<data-dir>/agents/
              requests/` (approve, reject, cancel, run); the service applies them within a second
+6. records   with an executions branch (`record_executions`), every recorded execution's knowledge node is
+             committed there in batches (node_writer.py), every 2 s and when the service stops
 Every entry point logs and swallows its own errors: a bad task never stops the scheduler or the worker.
 """
 
@@ -31,11 +33,12 @@ from reconcilers.agents.checks import CheckStates, probe
 from reconcilers.agents.execution_node import pipeline_node
 from reconcilers.agents.model import AgentsDesired, Pipeline, Task, Trigger
 from reconcilers.agents.natsqueue import NatsQueue
+from reconcilers.agents.node_writer import Commit, NodeWriter
 from reconcilers.agents.pipeline import PipelineRun, run_pipeline
 from reconcilers.agents.prompts import Context
 from reconcilers.agents.queue import DuckDBQueue, Message
 from reconcilers.agents.retention import purge
-from reconcilers.agents.runner import Runner
+from reconcilers.agents.runner import Outcome, Runner
 from reconcilers.agents.schedule import Schedule
 from reconcilers.agents.snapshot import save_team, status, team_json, write_status
 from reconcilers.agents.store import Store
@@ -122,6 +125,7 @@ class AgentService:
         self._drift_seen = time.time()          # drift found before this service started is not news
         # Called with (path, markdown, run) of each finished pipeline's execution node (the git writer).
         self.on_pipeline: Callable[[str, str, PipelineRun], None] | None = None
+        self.nodes: NodeWriter | None = None           # task execution nodes (record_executions)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if start_threads:
@@ -130,11 +134,24 @@ class AgentService:
                 t.start()
                 self._threads.append(t)
 
+    def record_executions(self, commit: Commit) -> NodeWriter:
+        """Commit an execution node for every recorded task execution with `commit(files, message)` (the git
+        writer bound to the executions branch), in batches."""
+        self.nodes = NodeWriter(self.store, commit, keep=self.team.settings.retention_count)
+        self.runner.recorded = self._execution_node
+        return self.nodes
+
+    def _execution_node(self, out: Outcome) -> None:
+        if self.nodes is not None:
+            self.nodes.add(out, self.team.revision)
+
     # -- 2. each revision ----------------------------------------------------------------------------------
     def update(self, desired: AgentsDesired, changed: Iterable[str] = ()) -> None:
         """The declarations in force from now on; on_commit triggers for the changed paths."""
         self.team = desired
         self.runner.team = desired
+        if self.nodes is not None:
+            self.nodes.keep = desired.settings.retention_count
         save_team(self.store, desired)
         self.worker.visibility = desired.settings.visibility
         if isinstance(self.queue, NatsQueue):
@@ -282,6 +299,8 @@ class AgentService:
                 if beat % 4 == 0:           # every 2 s: what readers see lags the queue by at most that
                     self.write_status()
                     self.poll_drift()
+                    if self.nodes is not None:
+                        self.nodes.flush()
             except Exception:
                 log.exception("agents.requests_failed")
 
@@ -303,6 +322,8 @@ class AgentService:
         self.schedule.close()
         for t in self._threads:
             t.join(10)
+        if self.nodes is not None:
+            self.nodes.flush()              # the last runs' nodes, before the file closes
         if isinstance(self.queue, NatsQueue):
             self.queue.close()
         self.runner.close()

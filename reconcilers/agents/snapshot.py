@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from reconcilers.agents import budget as budgets
-from reconcilers.agents.model import (
-    Agent,
-    AgentsDesired,
-    AgentSettings,
-    Budget,
-    Check,
-    Pipeline,
-    Provider,
-    Step,
-    Task,
-    Trigger,
-    Where,
-)
+from reconcilers.agents.load import BUILDERS, SECTIONS
+from reconcilers.agents.model import AgentsDesired, AgentSettings, Where
 from reconcilers.agents.queue import AWAITING
 from reconcilers.agents.store import Store
 
@@ -35,44 +24,27 @@ HISTORY_KEPT = 200           # executions in the status snapshot
 
 def team_json(desired: AgentsDesired) -> str:
     """The declarations as JSON."""
-    return json.dumps({s: {k: asdict(v) for k, v in getattr(desired, s).items()}
-                       for s in ("providers", "agents", "budgets", "tasks", "pipelines", "checks")}
-                      | {"settings": asdict(desired.settings), "revision": desired.revision})
-
-
-def _where(d: dict[str, Any]) -> dict[str, Any]:
-    out = dict(d)
-    out["where"] = Where(**out.get("where", {}))
-    return out
+    return json.dumps({s: {k: asdict(v) for k, v in getattr(desired, s).items()} for s in SECTIONS}
+                      | {"settings": asdict(desired.settings), "revision": desired.revision,
+                         "policies": dict(desired.policies)})
 
 
 def team_from_json(text: str) -> AgentsDesired:
-    """The declarations back from `team_json`."""
+    """The declarations back from `team_json`: each built again by load.py's builders (one decoder for the
+    Nickel values and this JSON, so a field added to a declaration cannot be lost on the way)."""
     raw = json.loads(text)
-
-    def tup(d: dict[str, Any], *keys: str) -> dict[str, Any]:
-        return {**d, **{k: tuple(d[k]) for k in keys if k in d}}
-
-    def task(d: dict[str, Any]) -> Task:
-        d = tup(_where(d), "command", "env")
-        d["trigger"] = Trigger(**tup(d["trigger"], "paths"))
-        return Task(**d)
-
-    def pipeline(d: dict[str, Any]) -> Pipeline:
-        d = _where(d)
-        d["trigger"] = Trigger(**tup(d["trigger"], "paths"))
-        d["steps"] = tuple(Step(**tup(s, "after")) for s in d["steps"])
-        return Pipeline(**d)
-
-    return AgentsDesired(
-        revision=raw.get("revision", ""),
-        providers=MappingProxyType({k: Provider(**_where(v)) for k, v in raw["providers"].items()}),
-        agents=MappingProxyType({k: Agent(**tup(_where(v), "providers", "tools")) for k, v in raw["agents"].items()}),
-        budgets=MappingProxyType({k: Budget(**_where(v)) for k, v in raw["budgets"].items()}),
-        tasks=MappingProxyType({k: task(v) for k, v in raw["tasks"].items()}),
-        pipelines=MappingProxyType({k: pipeline(v) for k, v in raw["pipelines"].items()}),
-        checks=MappingProxyType({k: Check(**tup(_where(v), "command")) for k, v in raw["checks"].items()}),
-        settings=AgentSettings(**raw.get("settings", {})))
+    found: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        found[section] = {}
+        for key, value in raw.get(section, {}).items():
+            where = Where(**value.get("where", {}))
+            built = BUILDERS[section](key, value, where)
+            # The template's first line is known only when loading from the commit: keep it.
+            found[section][key] = replace(built, prompt_line=int(value.get("prompt_line", 0))) \
+                if section == "tasks" else built
+    return AgentsDesired(revision=raw.get("revision", ""), settings=AgentSettings(**raw.get("settings", {})),
+                         problems=(), policies=MappingProxyType(dict(raw.get("policies", {}))),
+                         **{s: MappingProxyType(found[s]) for s in SECTIONS})
 
 
 def save_team(store: Store, desired: AgentsDesired) -> None:

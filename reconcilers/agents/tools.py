@@ -2,12 +2,14 @@
 
     knowledge.search {query}   runbooks, decisions and notes matching the query (knowledge search)
     knowledge.get {id}         one knowledge node
-    plan.read {}               the current plan, read-only
-    vault.read {reference}     a secret's value, only where the policy allows the role (Cedar, by the host)
+    plan.read {}               the kernel's plan of the watched branch, read-only (`stratum plan`)
+    vault.read {reference}     a secret's value through the secrets port, only where the repository's Cedar
+                               policies (agents/policies/*.cedar, policy.py) allow the role
 
 A call is allowed when the agent declares the tool AND the host's `authorize(role, tool, arguments)` agrees
 (vault.read is refused unless the host wires a policy that allows it). Every call, allowed or not, is written
-to the `tool_calls` table with the reason; never the arguments' secret values or results.
+to the `tool_calls` table with the reason; never the arguments' secret values or results. A refused call
+answers the model `error: ...`; the runner removes every value a vault.read returned from the run's record.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ SPECS = {
                             "required": ["reference"]}),
 }
 BY_FUNCTION = {spec.name: tool for tool, spec in SPECS.items()}
+SECRET_TOOLS = ("vault.read",)          # tools whose answers are secret values (scrubbed from records)
 
 
 def _deny_vault(role: str, tool: str, args: Mapping[str, Any]) -> bool:

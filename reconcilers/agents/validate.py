@@ -3,7 +3,8 @@
 Refused at validate (the revision is rejected, the last good schedule stays): an unknown role, a task or
 pipeline step for a role with no agent, an unknown provider or tool, a cron expression that never fires or
 fires more often than `agents.min_cron_interval`, negative budget caps, a prompt template that does not parse,
-a task with neither or both of prompt and command, a pipeline step naming an unknown task or step, a cycle.
+a task with neither or both of prompt and command, a pipeline step naming an unknown task or step, a cycle,
+a policy file under agents/policies/ that does not parse or fit the agents' Cedar schema (policy.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from reconcilers.agents.model import (
     Trigger,
     Where,
 )
+from reconcilers.agents.policy import problems as policy_problems
 from reconcilers.agents.prompts import sandbox
 from reconcilers.records import Problem
 
@@ -190,4 +192,9 @@ def validate(desired: AgentsDesired) -> list[Problem]:
         out += _check(c)
     for pl in desired.pipelines.values():
         out += _pipeline(pl, desired)
+    if desired.policies:
+        out += [Problem(f"policy {path}: {message}", path, reconciler="agents",
+                        hint="see `agents/policies` in README: principal Agents::Role, action "
+                             "Agents::Action::\"vault.read\", resource Agents::Secret")
+                for path, message in policy_problems(desired.policies)]
     return out

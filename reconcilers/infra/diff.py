@@ -27,7 +27,7 @@ from reconcilers.infra.model import (
     Resource,
     applied_spec_hash,
 )
-from reconcilers.infra.providers import cloud_plan
+from reconcilers.infra.providers import cloud_cascade, cloud_plan
 
 NAME = "infra"
 
@@ -220,6 +220,8 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
     ordered = cloud_plan.delete_order([a for a in actions.values() if a.kind == "delete"] + extra)
     for a in ordered:
         actions[a.id if a.id.startswith(f"{NAME}:~") or "@" in a.id else f"-{a.target}"] = a
+    # A replaced cloud object takes what names it along (old ones deleted first, in reverse order).
+    cloud_cascade.cascade(desired, observed, actions)
     # Debris of an interrupted apply (a temporary file never renamed): removed, whatever else happens.
     for stray in observed.strays:
         actions[f"~{stray}"] = Action(

@@ -176,7 +176,9 @@ def _check_references(resources: Mapping[str, Resource]) -> list[Problem]:
     for r in resources.values():
         for dep in r.depends_on:
             if dep not in resources:
-                problems.append(Problem(f"resource {r.id} depends on unknown resource {dep!r}", r.source, r.line,
+                # A cloud resource is named with its provider: the missing one may be meant for another.
+                who = f"{r.id} ({r.kind} on {r.provider})" if r.kind in CLOUD_KINDS else r.id
+                problems.append(Problem(f"resource {who} depends on unknown resource {dep!r}", r.source, r.line,
                                         reconciler="infra", hint="fix the id or add the resource"))
         if r.path:
             other = paths.get(r.path)

@@ -71,7 +71,8 @@ def inventory_entry(inventory_data: str) -> tuple[str, str]:
 
 
 KINDS = ("file", "directory", "symlink", "command", "systemd_unit")
-CLOUD_KINDS = ("server", "network", "subnet", "firewall", "volume")   # served by cloud providers (providers/)
+CLOUD_KINDS = ("server", "network", "subnet", "firewall", "volume",   # served by cloud providers (providers/)
+               "dns_record", "load_balancer")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from reconcilers.infra.model import (
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import build as build_cloud
 from reconcilers.infra.providers import catalog, cloud_checks, cost, owner_explicit
+from reconcilers.infra.providers.cloud_diff import TAG_SPEC, replace_hash
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.ports import Evaluator as PortEvaluator
 from reconcilers.ports import SecretsPort, Snapshot, Tables
@@ -307,6 +308,10 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             if kind == "command" and isinstance(provider, LocalProvider):
                 # Redacted before the output is cut to its tail (see LocalProvider.run_command).
                 message = provider.command(rid, resolved.spec, hide)
+            elif kind in CLOUD_KINDS:
+                # The object's spec tag is the hash of the declared spec (references, fingerprints), never of
+                # the values: a hash of a spec holding a short secret could be searched for it.
+                message = provider.apply(rid, kind, {**resolved.spec, TAG_SPEC: replace_hash(spec)})
             else:
                 message = provider.apply(rid, kind, resolved.spec)
         except StratumError as err:

@@ -117,6 +117,8 @@ def resolve(port: SecretsPort | None, rid: str, spec: Mapping[str, Any]) -> Reso
         out["content"] = refs.substitute(str(out["content"]), values)
     if "env" in out:
         out["env"] = {k: refs.substitute(str(v), values) for k, v in out["env"].items()}
+    if "user_data" in out:
+        out["user_data"] = refs.substitute(str(out["user_data"]), values)
     if refs.CREDENTIALS in out:
         out[refs.CREDENTIALS] = {k: refs.substitute(str(v), values) for k, v in out[refs.CREDENTIALS].items()}
     return Resolved(out, values, tokens)

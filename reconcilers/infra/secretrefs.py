@@ -106,6 +106,9 @@ def extract(rid: str, kind: str, spec: dict[str, Any]) -> Tokens:
         spec["vars"] = tokens.replace(spec["vars"])
     if kind == "command" and "env" in spec:
         spec["env"] = tokens.replace(spec["env"])
+    if kind == "server" and "user_data" in spec:      # a cloud server's user-data: a string, or parts joined
+        parts = tokens.replace(spec["user_data"])
+        spec["user_data"] = "".join(str(p) for p in parts) if isinstance(parts, list) else parts
     if kind == "systemd_unit" and spec.get(CREDENTIALS):
         for name in spec[CREDENTIALS]:
             if not _CRED_NAME.match(name):
@@ -125,7 +128,7 @@ def finish(rid: str, spec: dict[str, Any], tokens: Tokens) -> None:
         raise InputError(f"resource {rid}: a template changed a secret variable (a filter such as upper?)",
                          hint="insert secret variables as they are: {{ password }}; transform nothing secret")
     used = {m.group(0) for m in TOKEN_RE.finditer(text)}
-    for value in list(spec.get("env", {}).values()) + list(spec.get(CREDENTIALS, {}).values()):
+    for value in [*spec.get("env", {}).values(), *spec.get(CREDENTIALS, {}).values(), spec.get("user_data", "")]:
         used.update(m.group(0) for m in TOKEN_RE.finditer(str(value)))
     spec[SECRETS] = {t: r for t, r in tokens.by_token.items() if t in used}
     if not spec[SECRETS]:

@@ -26,17 +26,13 @@ import pygit2
 import structlog
 
 from reconcilers.base import (
-    Action,
-    ApplyContext,
     InventoryItem,
-    Outcome,
     PolicyResource,
     Problem,
-    Reconciler,
     ReconcilerEnv,
     RunRecord,
 )
-from reconcilers.errors import ApplyError, StratumError
+from reconcilers.errors import StratumError
 from reconcilers.knowledge.contract import Contract
 from reconcilers.knowledge.embed import WORKER_IDLE_S, Provider, load_provider
 from reconcilers.knowledge.errors import KnowledgeError
@@ -46,6 +42,7 @@ from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
+from reconcilers.no_actions import NoActions
 from reconcilers.ports import HttpMount, Snapshot, Tables
 
 if TYPE_CHECKING:
@@ -67,7 +64,7 @@ class Desired:
     section: str = "{}"                                   # that section as canonical JSON (kept in the index)
 
 
-class KnowledgeReconciler(Reconciler["Desired", None]):
+class KnowledgeReconciler(NoActions["Desired"]):
     """Markdown nodes -> checked graph -> DuckDB index (+ MCP server). Applies nothing."""
 
     name = NAME
@@ -151,22 +148,6 @@ class KnowledgeReconciler(Reconciler["Desired", None]):
             return [Problem(desired.settings_error, "stratum.ncl", reconciler=self.name)]
         problems = check_choice(desired.settings.embedding_provider, self.host_providers)
         return problems + list(self._check(desired).problems)
-
-    def observe(self, desired: Any, inventory: list[InventoryItem]) -> None:
-        """Nothing to observe: the index is written by `index`, not by actions."""
-        return None
-
-    def plan(self, desired: Any, observed: Any, inventory: list[InventoryItem]) -> list[Action]:
-        """Knowledge has no target to change."""
-        return []
-
-    def apply(self, action: Action, ctx: ApplyContext) -> Outcome:
-        """Never called: `plan` returns no actions."""
-        raise ApplyError(f"the knowledge reconciler has no actions (got {action.id})", where=action.target)
-
-    def compensate(self, action: Action, ctx: ApplyContext) -> None:
-        """Nothing to undo."""
-        return None
 
     def drift(self, desired: Desired, observed: None, inventory: list[InventoryItem]) -> list[Problem]:
         """Knowledge cannot drift: the index is derived from git."""

@@ -19,10 +19,9 @@ from reconcilers.vault.errors import VaultError
 from reconcilers.vault.manifest import (
     Manifest,
     display,
-    load_document,
     parse_meta,
     plaintext_paths,
-    split_document,
+    split_text,
 )
 from reconcilers.vault.rules import Rules
 
@@ -46,7 +45,7 @@ def _problem(err: VaultError, path: str) -> Problem:
 def parse_checked(text: str, path: str) -> tuple[Manifest | None, list[Problem]]:
     """Step 1: the manifest, or the problems (one per plaintext key path)."""
     try:
-        data, raw_meta = split_document(load_document(text, path), path)
+        data, raw_meta = split_text(text, path)
         leaks = plaintext_paths(data)
         if leaks:
             return None, [

@@ -251,15 +251,20 @@ def decrypt_values(backend: Backend, manifest: Manifest, key: bytes, where: str)
     """Every value decrypted and typed; DecryptError naming the key path of the first that fails."""
 
     def dec(kp: KeyPath, text: Any) -> Any:
-        at = f"{where}: {display(kp)}"
+        # The location is only spelled out when something fails: building it per value cost as much as the
+        # AES-GCM decryption.
         parsed = parse_enc(text) if isinstance(text, str) else None
         if parsed is None:
-            raise DecryptError("value is not an ENC[...] string", where=at)
-        raw = backend.open(key, parsed.iv, parsed.data + parsed.tag, aad(kp, parsed.type), at)
+            raise DecryptError("value is not an ENC[...] string", where=f"{where}: {display(kp)}")
+        try:
+            raw = backend.open(key, parsed.iv, parsed.data + parsed.tag, aad(kp, parsed.type), where)
+        except DecryptError as err:
+            raise DecryptError(err.what, where=f"{where}: {display(kp)}", hint=err.hint) from err.__cause__
         try:
             return decode_value(raw, parsed.type)
         except (ValueError, UnicodeDecodeError) as err:
-            raise DecryptError(f"decrypted value is not a valid {parsed.type}", where=at) from err
+            raise DecryptError(f"decrypted value is not a valid {parsed.type}",
+                               where=f"{where}: {display(kp)}") from err
 
     out: dict[str, Any] = map_leaves(manifest.data, dec)
     return out

@@ -31,6 +31,14 @@ _INDICATORS = frozenset("-?:,[]{}#&*!|>'\"%@`")
 _RESOLVER = yaml.resolver.Resolver()
 # First characters for which YAML has no implicit type: such a plain scalar is a string without asking.
 _UNTYPED_FIRST = frozenset(chr(c) for c in range(33, 127)) - set(_RESOLVER.yaml_implicit_resolvers)
+# On an ASCII text, the bytes str.isprintable accepts (no controls, tab or DEL), plus the line breaks we split
+# on. bytes.translate deleting them leaves nothing on a clean text: one C pass, several times faster than
+# isprintable per line or a regex.
+_PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
+# First characters of a plain scalar that is a string without asking the resolver and is no indicator.
+_PLAIN_FIRST = _UNTYPED_FIRST - _INDICATORS
+_KEYS: dict[str, str] = {}          # key text -> key: keys recur in every manifest (db, password, stratum, ...)
+_KEYS_MAX = 4096
 
 
 class _Miss(Exception):
@@ -75,20 +83,17 @@ def _entry(text: str) -> tuple[str, str | None] | None:
 
 
 class _Reader:
+    # `lines` ends with the sentinel (-1, ""): its column matches no block, so loops need no bounds checks.
     def __init__(self, lines: list[tuple[int, str]]) -> None:
         self.lines = lines
         self.i = 0
 
-    def peek(self) -> tuple[int, str] | None:
-        return self.lines[self.i] if self.i < len(self.lines) else None
-
     def node(self, col: int, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise _Miss
-        line = self.peek()
-        if line is None or line[0] != col:
+        line_col, text = self.lines[self.i]
+        if line_col != col:
             raise _Miss
-        text = line[1]
         if text == "-" or text.startswith("- "):
             return self.sequence(col, depth)
         if _entry(text) is not None:
@@ -98,62 +103,83 @@ class _Reader:
 
     def sequence(self, col: int, depth: int) -> list[Any]:
         items: list[Any] = []
-        while (line := self.peek()) is not None and line[0] == col and line[1].startswith("- "):
+        lines = self.lines
+        while (line := lines[self.i])[0] == col and line[1].startswith("- "):
             # The item's content starts two columns right of the dash: read it as a line of its own there.
-            self.lines[self.i] = (col + 2, line[1][2:])
+            lines[self.i] = (col + 2, line[1][2:])
             items.append(self.node(col + 2, depth + 1))
         # A line at this column that is not an item belongs to the mapping around an indentless sequence (its
         # caller checks it); one further right continues nothing the writer emits.
-        if (line := self.peek()) is not None and line[0] > col:
+        if lines[self.i][0] > col:
             raise _Miss
         return items
 
     def mapping(self, col: int, depth: int) -> dict[str, Any]:
+        # The hot loop of opening a manifest: lookups are hoisted into locals, the common cases inlined.
         out: dict[str, Any] = {}
-        while (line := self.peek()) is not None and line[0] == col:
+        lines, keys, plain_first = self.lines, _KEYS, _PLAIN_FIRST
+        i = self.i
+        while (line := lines[i])[0] == col:
             entry = _entry(line[1])
             if entry is None:
                 raise _Miss
-            key = _scalar(entry[0], key=True)
-            if not isinstance(key, str) or key in out:
+            key_text, value = entry
+            key = keys.get(key_text)
+            if key is None:
+                key = _scalar(key_text, key=True)
+                if not isinstance(key, str):
+                    raise _Miss
+                if len(keys) < _KEYS_MAX:                       # bounded: a repo's key names, not its values
+                    keys[key_text] = key
+            if key in out:
                 raise _Miss
-            self.i += 1
-            if entry[1] is not None:
-                out[key] = _scalar(entry[1])
+            i += 1
+            if value is not None:
+                # A plain string needing no resolver (an ENC[...] value): what _scalar returns, without the call.
+                if value and value[0] in plain_first and " " not in value and value[-1] != ":":
+                    out[key] = value
+                else:
+                    out[key] = _scalar(value)
                 continue
-            nxt = self.peek()
-            if nxt is not None and nxt[0] > col:
-                out[key] = self.node(nxt[0], depth + 1)
-            elif nxt is not None and nxt[0] == col and nxt[1].startswith("- "):
+            nxt_col, nxt_text = lines[i]
+            self.i = i
+            if nxt_col > col:
+                out[key] = self.node(nxt_col, depth + 1)
+            elif nxt_col == col and nxt_text.startswith("- "):
                 out[key] = self.sequence(col, depth + 1)       # an indentless sequence, as PyYAML writes it
             else:
                 raise _Miss                                     # `key:` alone is null: not the writer's
-        if (line := self.peek()) is not None and line[0] > col:
+            i = self.i
+        self.i = i
+        if lines[i][0] > col:
             raise _Miss
         return out
 
 
 def load(text: str) -> dict[str, Any] | None:
     """The document as `yaml.safe_load` would return it when `text` is in the subset, else None."""
-    if not text or not text.isascii() or text.startswith(("%", "---")):
-        return None
+    if not text or not text.isascii() or text.startswith(("%", "---")) \
+            or text.encode().translate(None, _PRINTABLE):
+        return None                                             # controls, tabs, CR: one C scan of the text
     lines: list[tuple[int, str]] = []
+    append = lines.append
     for raw in text.split("\n"):
-        if not raw.isprintable():                               # ASCII controls, tabs, CR: C speed, per line
-            return None
+        if not raw:
+            continue
         stripped = raw.lstrip(" ")
         if not stripped:
-            if raw:
-                return None                                     # whitespace-only lines: leave them to YAML
-            continue
-        lines.append((len(raw) - len(stripped), stripped.rstrip(" ")))
+            return None                                         # whitespace-only lines: leave them to YAML
+        if stripped[-1] == " ":
+            stripped = stripped.rstrip(" ")
+        append((len(raw) - len(stripped), stripped))
     if not lines or lines[0][0] != 0:
         return None
+    append((-1, ""))                                            # the sentinel (see _Reader)
     reader = _Reader(lines)
     try:
         doc = reader.node(0, 0)
     except (_Miss, RecursionError):
         return None
-    if reader.i != len(lines) or not isinstance(doc, dict):
+    if reader.i != len(lines) - 1 or not isinstance(doc, dict):
         return None
     return doc

@@ -250,13 +250,15 @@ def check_keys(tree: Any, where: str, prefix: KeyPath = ()) -> None:
             check_keys(v, where, (*prefix, i))
 
 
-def split_document(doc: Any, where: str) -> tuple[dict[str, Any], Any]:
-    """(data, raw metadata or None) of a parsed YAML document."""
+def split_document(doc: Any, where: str, *, keys_checked: bool = False) -> tuple[dict[str, Any], Any]:
+    """(data, raw metadata or None) of a parsed YAML document. `keys_checked`: the reader already refused any
+    key that is not a string (fastyaml does), so the tree walk is skipped."""
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
         raise ManifestError("a manifest must be a YAML mapping at the top", where=where)
-    check_keys(doc, where)
+    if not keys_checked:
+        check_keys(doc, where)
     data = {k: v for k, v in doc.items() if k != META_KEY}
     return data, doc.get(META_KEY)
 
@@ -372,9 +374,20 @@ def load_document(text: str, where: str) -> Any:
     return doc if doc is not None else load_yaml(text, where)
 
 
+def split_text(text: str, where: str) -> tuple[dict[str, Any], Any]:
+    """(data, raw metadata or None) of a manifest's text: `load_document` then `split_document`, without the
+    key check when the fast reader took the text (it reads string keys only)."""
+    from reconcilers.vault import fastyaml
+
+    doc = fastyaml.load(text)
+    if doc is not None:
+        return split_document(doc, where, keys_checked=True)
+    return split_document(load_yaml(text, where), where)
+
+
 def parse(text: str, where: str) -> Manifest:
     """Parse an encrypted manifest; ManifestError on bad YAML, a bad block, or any unencrypted value."""
-    data, raw_meta = split_document(load_document(text, where), where)
+    data, raw_meta = split_text(text, where)
     meta = parse_meta(raw_meta, where)
     leaks = plaintext_paths(data)
     if leaks:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 import yaml
 
 from reconcilers.vault import envelope, fastyaml, keys, manifest
 from reconcilers.vault.backends import get_backend
+from reconcilers.vault.errors import ManifestError
 
 TRICKY = ["yes", "no", "on", "off", "true", "null", "~", "", "1.5", "1e5", "0x1F", "012", "+1", "1_000", "1:20",
           ".inf", "2001-12-14", "=", "<<", "a: b", "#x", "-x", "- x", "'q'", "a'b", '"d"', "kem:abc", "x:", ":x",
@@ -68,3 +70,16 @@ def test_hostile_or_unusual_input_goes_to_the_general_loader() -> None:
                  "a: é\n", "a: 1\na: 2\n", deep, "---\na: 1\n", "a:\n", "a: b\n  c\n", "- a\n", "a: 'x\n  y'\n",
                  "a:\n  - b\n   - c\n", "a: b\r\n", "", "a: 1\n b: 2\n"]:
         assert _same(text) is None, text
+
+
+def test_a_key_that_is_not_a_string_is_refused_on_the_general_path() -> None:
+    """The key check skipped for the fast reader (which reads string keys only) still runs on the general
+    loader's documents: a manifest whose key YAML reads as an int is refused, naming the key."""
+    b = get_backend("openssl")
+    ident, signing = keys.generate(b)
+    text = manifest.render(envelope.seal(b, {"db": {"password": "p"}}, path="secrets/x.yaml",
+                                         policy=envelope.Policy(((ident.recipient,),)), key=signing))
+    edited = text.replace("  password:", "  5432:", 1)
+    assert fastyaml.load(edited) is None
+    with pytest.raises(ManifestError, match=r"key 5432 is not a string"):
+        manifest.parse(edited, "secrets/x.yaml")

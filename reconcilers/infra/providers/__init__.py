@@ -11,6 +11,7 @@
     port = 5000
     secure = false
     parallelism = 4                    # changes in flight on this provider at most
+    load_balancers = true              # aws: serve `load_balancer` resources (classic ELB); one more listing
 
 A provider whose settings are wrong is still listed (so resources naming it get a clear message) but refuses
 every call with what to fix.
@@ -74,10 +75,14 @@ def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
 
     kind = str(conf.get("type", name))
     if kind == "aws":
-        from reconcilers.infra.providers.aws import AwsBackend, driver_from_settings
+        from reconcilers.infra.providers.aws import AwsBackend, credentials, driver_from_settings
+        from reconcilers.infra.providers.aws_elb import Balancers, elb_driver
 
         driver_from_settings(name, conf)     # settings errors now, not in an apply thread
-        return AwsBackend(PerThread(lambda: driver_from_settings(name, conf)))
+        balancers = None
+        if conf.get("load_balancers", True):
+            balancers = Balancers(PerThread(lambda: elb_driver(conf, *credentials(name, conf))))
+        return AwsBackend(PerThread(lambda: driver_from_settings(name, conf)), balancers)
     if kind == "upcloud":
         from reconcilers.infra.providers.upcloud import UpcloudBackend, upcloud_driver
 

@@ -14,13 +14,33 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError, TransientError
+from reconcilers.infra.providers.aws_elb import Balancers
+from reconcilers.infra.providers.aws_listing import listed_fast
 from reconcilers.infra.providers.catalog import Entry
 from reconcilers.infra.providers.cloud import CloudObject, Resolve, driver_of
-from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER
+from reconcilers.infra.providers.cloud_diff import GONE_STATES, TAG_ID, TAG_OWNER, rule_key, rule_keys
 
 MAX_PAGES = 1000
 _RESOURCE_TYPE = {"server": "instance", "network": "vpc", "subnet": "subnet", "firewall": "security-group",
                   "volume": "volume"}
+# kind -> (Describe action, item path in the answer, filter by id, largest page the API allows). Objects are
+# asked for by an id *filter*: an id parameter naming a deleted object is an error (InvalidGroup.NotFound, ...),
+# a filter simply matches nothing.
+_DESCRIBE = {"network": ("DescribeVpcs", "vpcSet/item", "vpc-id", 1000),
+             "subnet": ("DescribeSubnets", "subnetSet/item", "subnet-id", 1000),
+             "firewall": ("DescribeSecurityGroups", "securityGroupInfo/item", "group-id", 1000),
+             "volume": ("DescribeVolumes", "volumeSet/item", "volume-id", 500)}
+
+
+def credentials(name: str, conf: Mapping[str, Any]) -> tuple[str, str]:
+    """(access key, secret) from the settings or the environment variables they name."""
+    key = conf.get("key") or os.environ.get(str(conf.get("key_env", "AWS_ACCESS_KEY_ID")), "")
+    secret = conf.get("secret") or os.environ.get(str(conf.get("secret_env", "AWS_SECRET_ACCESS_KEY")), "")
+    if not key or not secret:
+        raise SettingsError(f"provider {name}: no AWS credentials",
+                            hint=f"set key and secret in [infra.providers.{name}] of stratumd.toml, or "
+                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the daemon's environment")
+    return str(key), str(secret)
 
 
 def driver_from_settings(name: str, conf: Mapping[str, Any]) -> Any:
@@ -30,12 +50,7 @@ def driver_from_settings(name: str, conf: Mapping[str, Any]) -> Any:
     from libcloud.compute.providers import get_driver
     from libcloud.compute.types import Provider as Kind
 
-    key = conf.get("key") or os.environ.get(str(conf.get("key_env", "AWS_ACCESS_KEY_ID")), "")
-    secret = conf.get("secret") or os.environ.get(str(conf.get("secret_env", "AWS_SECRET_ACCESS_KEY")), "")
-    if not key or not secret:
-        raise SettingsError(f"provider {name}: no AWS credentials",
-                            hint=f"set key and secret in [infra.providers.{name}] of stratumd.toml, or "
-                                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the daemon's environment")
+    key, secret = credentials(name, conf)
     # Every API call is bounded (seconds); a call that times out is a TransientError, retried then rolled back.
     extra: dict[str, Any] = {"region": str(conf.get("region", "us-east-1")), "signature_version": "4",
                              "timeout": float(conf.get("timeout", 60))}
@@ -50,9 +65,12 @@ class AwsBackend:
 
     kinds = frozenset({"server", "network", "subnet", "firewall", "volume"})
 
-    def __init__(self, driver: Any) -> None:
+    def __init__(self, driver: Any, balancers: Balancers | None = None) -> None:
         self._driver = driver                 # a driver, or a PerThread making one per apply thread
         self.region: str = str(getattr(self.driver, "region_name", "") or "us-east-1")
+        self.balancers = balancers            # load balancers (ELB), when the settings allow them
+        if balancers is not None:
+            self.kinds = AwsBackend.kinds | {"load_balancer"}
 
     @property
     def driver(self) -> Any:
@@ -101,18 +119,30 @@ class AwsBackend:
             params["NextToken"] = token[0]
         raise TransientError(f"aws: more than {MAX_PAGES} pages of instances", hint="report this bug")
 
-    def _list(self, kind: str, filters: dict[str, str]) -> list[CloudObject]:
+    def _describe(self, kind: str, filters: dict[str, str] | None = None, native_id: str = "") -> list[Any]:
+        """Describe* of a kind other than servers, every page read: the API answers at most MaxResults items
+        and a `nextToken` (AWS may page even when asked for none; libcloud's own listings read one page)."""
+        action, item_path, id_filter, page = _DESCRIBE[kind]
         d = self.driver
-        if kind == "server":
-            raw: list[Any] = self._nodes(filters)
-        elif kind == "network":
-            raw = d.ex_list_networks(filters=filters)
-        elif kind == "subnet":
-            raw = d.ex_list_subnets(filters=filters)
-        elif kind == "firewall":
-            raw = d.ex_get_security_groups(filters=filters)
-        else:
-            raw = d.list_volumes(ex_filters=filters)
+        params = {"Action": action, "MaxResults": str(page)}     # the API's largest page
+        if native_id:
+            filters = {**(filters or {}), id_filter: native_id}
+        if filters:
+            params.update(d._build_filters(filters))
+        parse = {"network": d._to_network, "subnet": d._to_subnet, "firewall": d._to_security_group,
+                 "volume": d._to_volume}[kind]
+        out: list[Any] = []
+        for _ in range(MAX_PAGES):
+            res = self._request(params)
+            out += [parse(el) for el in self._find(res, item_path)]
+            token = [t.text for t in self._find(res, "nextToken") if t.text]
+            if not token:
+                return out
+            params["NextToken"] = token[0]
+        raise TransientError(f"aws: more than {MAX_PAGES} pages of {action}", hint="report this bug")
+
+    def _list(self, kind: str, filters: dict[str, str]) -> list[CloudObject]:
+        raw = self._nodes(filters) if kind == "server" else self._describe(kind, filters)
         out = [self._object(kind, r) for r in raw]
         return [o for o in out if o.rid and str(o.attrs.get("state", "")) not in GONE_STATES]
 
@@ -121,28 +151,28 @@ class AwsBackend:
         five at once: against moto on two loaded cores the no-op plan of 420 resources took 4.4 s instead of
         2.1 s, the emulator being CPU-bound; bench/cloud.py)."""
         out: list[CloudObject] = []
-        for kind in ("network", "subnet", "firewall", "server", "volume"):
+        for kind in ("network", "subnet", "firewall"):
             out += self._list(kind, {f"tag:{TAG_OWNER}": owner})
+        out += listed_fast(self, owner)
+        if self.balancers is not None:
+            out += self.balancers.list_owned(owner)
         return out
 
     def find(self, kind: str, owner: str, rid: str) -> CloudObject | None:
         """The object of `kind` tagged with `owner` and `rid`."""
+        if kind == "load_balancer" and self.balancers is not None:
+            return next((o for o in self.balancers.list_owned(owner) if o.rid == rid), None)
         found = self._list(kind, {f"tag:{TAG_OWNER}": owner, f"tag:{TAG_ID}": rid})
         return found[0] if found else None
 
     def refresh(self, obj: CloudObject) -> CloudObject | None:
         """The object now (by its AWS id), None when gone."""
-        d = self.driver
+        if obj.kind == "load_balancer" and self.balancers is not None:
+            return self.balancers.refresh(obj.native_id)
         if obj.kind == "server":
             raw: list[Any] = self._nodes(ids=[obj.native_id])
-        elif obj.kind == "volume":
-            raw = d.list_volumes(ex_filters={"volume-id": obj.native_id})
-        elif obj.kind == "network":
-            raw = d.ex_list_networks(filters={"vpc-id": obj.native_id})
-        elif obj.kind == "subnet":
-            raw = d.ex_list_subnets(filters={"subnet-id": obj.native_id})
         else:
-            raw = d.ex_get_security_groups(filters={"group-id": obj.native_id})
+            raw = self._describe(obj.kind, native_id=obj.native_id)
         return self._object(obj.kind, raw[0]) if raw else None
 
     def _object(self, kind: str, raw: Any) -> CloudObject:
@@ -159,6 +189,8 @@ class AwsBackend:
         elif kind == "volume":
             attrs = {"size_gb": raw.size, "zone": extra.get("zone"), "state": extra.get("state"),
                      "attached_to": extra.get("instance_id")}
+        elif kind == "firewall":
+            attrs = {"rules": sorted({rule_key(p, ports, c) for p, ports, c, _, _ in _ingress(raw)})}
         clean = {k: v for k, v in attrs.items() if v not in (None, "")}
         return CloudObject(kind, tags.get(TAG_ID, ""), str(raw.id), tags, clean, raw)
 
@@ -168,6 +200,8 @@ class AwsBackend:
         """Create one object, tagged in the same call."""
         named = {"Name": rid, **tags}
         d = self.driver
+        if kind == "load_balancer" and self.balancers is not None:
+            return self.balancers.create(rid, spec, tags, resolve, self.region)
         if kind == "network":
             res = self._request({"Action": "CreateVpc", "CidrBlock": str(spec["cidr"]), "InstanceTenancy": "default",
                                  **self._tag_spec(kind, named)})
@@ -201,14 +235,42 @@ class AwsBackend:
             params["VpcId"] = resolve("network", str(spec["network"])).native_id
         res = self._request(params)
         group_id = self._find(res, "groupId")[0].text
-        for rule in spec.get("rules", ()):
-            low, _, high = str(rule.get("ports", "0-65535")).partition("-")
-            proto = str(rule.get("protocol", "tcp"))
-            self.driver.ex_authorize_security_group_ingress(
-                group_id, int(low), int(high or low), cidr_ips=[str(rule.get("cidr", "0.0.0.0/0"))],
-                protocol="-1" if proto == "all" else proto)
-        found = self.driver.ex_get_security_groups(group_ids=[group_id])
-        return self._object("firewall", found[0])
+        for key in rule_keys(spec.get("rules")):
+            self._authorize(group_id, key)
+        return self._object("firewall", self._describe("firewall", native_id=str(group_id))[0])
+
+    def _authorize(self, group_id: str, key: str) -> None:
+        proto, ports, cidr = key.split(":", 2)
+        low, _, high = ("0-65535" if ports == "*" else ports).partition("-")
+        self.driver.ex_authorize_security_group_ingress(group_id, int(low), int(high), cidr_ips=[cidr],
+                                                        protocol="-1" if proto == "all" else proto)
+
+    def sync(self, obj: CloudObject, spec: Mapping[str, Any], resolve: Resolve) -> list[str]:
+        """Bring what can change in place to the spec: a firewall's inbound rules (rules added behind
+        Stratum's back are revoked, removed ones authorized again), a volume's attachment (to a server that was
+        replaced). Returns what it changed."""
+        if obj.kind == "volume" and spec.get("server"):
+            server = resolve("server", str(spec["server"]))
+            if obj.attrs.get("attached_to") == server.native_id:
+                return []
+            if obj.attrs.get("attached_to"):
+                self.driver.detach_volume(obj.raw, ex_force=True)
+            self.driver.attach_volume(server.raw, obj.raw, str(spec.get("device", "/dev/sdf")))
+            return [f"attachment (to {server.native_id})"]
+        if obj.kind != "firewall":
+            return []
+        wanted = set(rule_keys(spec.get("rules")))
+        done = []
+        for proto, ports, cidr, low, high in _ingress(obj.raw):
+            key = rule_key(proto, ports, cidr)
+            if key not in wanted:
+                self.driver.ex_revoke_security_group_ingress(obj.native_id, low, high, cidr_ips=[cidr],
+                                                             protocol=proto)
+                done.append(f"-{key}")
+        for key in sorted(wanted - set(obj.attrs.get("rules", ()))):
+            self._authorize(obj.native_id, key)
+            done.append(f"+{key}")
+        return [f"rules {' '.join(done)}"] if done else []
 
     def _create_server(self, rid: str, spec: Mapping[str, Any], tags: Mapping[str, str],
                        resolve: Resolve) -> CloudObject:
@@ -233,7 +295,9 @@ class AwsBackend:
     def destroy(self, obj: CloudObject) -> None:
         """Remove one object (a volume is detached first)."""
         d = self.driver
-        if obj.kind == "server":
+        if obj.kind == "load_balancer" and self.balancers is not None:
+            self.balancers.destroy(obj.native_id)
+        elif obj.kind == "server":
             d.destroy_node(obj.raw)
         elif obj.kind == "volume":
             if obj.attrs.get("attached_to"):
@@ -250,6 +314,8 @@ class AwsBackend:
 
     def set_tags(self, obj: CloudObject, tags: Mapping[str, str], remove: list[str]) -> None:
         """CreateTags (and DeleteTags for `remove`), numbered from 1."""
+        if obj.kind == "load_balancer" and self.balancers is not None:
+            return self.balancers.set_tags(obj.native_id, tags, remove)
         params = {"Action": "CreateTags", "ResourceId.1": obj.native_id}
         for i, (k, v) in enumerate(tags.items(), 1):
             params[f"Tag.{i}.Key"], params[f"Tag.{i}.Value"] = k, v
@@ -280,3 +346,16 @@ class AwsBackend:
         if obj.kind == "volume":
             return state in ("available", "in-use", "inuse")
         return True
+
+
+def _ingress(group: Any) -> list[tuple[str, str, str, int, int]]:
+    """(protocol, "low-high", cidr, low, high) of each CIDR of a security group's inbound permissions, as the
+    API reports them (`-1` is every protocol; ports are then absent or -1)."""
+    out = []
+    for rule in getattr(group, "ingress_rules", None) or ():
+        proto = str(rule.get("protocol") or "-1")
+        low = int(rule.get("from_port") or 0) if rule.get("from_port") not in (None, "") else 0
+        high = int(rule.get("to_port")) if rule.get("to_port") not in (None, "") else 65535
+        for cidr in rule.get("cidr_ips") or ():
+            out.append((proto, f"{low}-{high}", str(cidr), low, high))
+    return out

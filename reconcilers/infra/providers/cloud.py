@@ -175,23 +175,33 @@ class CloudProvider:
             return self._apply(rid, kind, spec)
 
     def _apply(self, rid: str, kind: str, spec: Mapping[str, Any]) -> str:
+        # A spec whose secret references were resolved comes with the hash of its declared form (the reconciler
+        # computes it): the spec tag, and the comparison with the object found, never hash the values.
+        declared = str(spec.get(TAG_SPEC) or "")
+        spec = {k: v for k, v in spec.items() if k != TAG_SPEC}
         if kind not in self.backend.kinds:
             raise TerminalError(f"provider {self.name} cannot manage a {kind} (resource {rid})",
                                 where=f"infra:{rid}", hint=f"it serves: {', '.join(sorted(self.backend.kinds))}")
         where = f"{kind} {rid}"
         with api_call(self.name, where):
             current = self.backend.find(kind, self.owner, rid)
-        tags = self._tags(rid, spec)
+        tags = {**self._tags(rid, spec), **({TAG_SPEC: declared} if declared else {})}
         if current is not None:
             _, how = differs(kind, spec, True, current.tags.get(TAG_SPEC, ""),
-                               observed_attrs(current.attrs, current.tags))
+                             observed_attrs(current.attrs, current.tags), want=declared or None)
             if how == "update":
                 stale = [k for k in current.tags if k not in tags and not k.startswith("stratum:") and k != "Name"]
                 with api_call(self.name, where):
                     self.backend.set_tags(current, tags, stale)
-                return f"{self.name}: updated tags of {where} ({current.native_id})"
+                    done = self._sync(current, spec)
+                what = f"{' '.join(done)} and tags" if done else "tags"
+                return f"{self.name}: updated {what} of {where} ({current.native_id})"
             if how == "":
+                with api_call(self.name, where):
+                    done = self._sync(current, spec)      # a volume re-attached to a replaced server
                 self._wait(current, spec, where)
+                if done:
+                    return f"{self.name}: updated {' '.join(done)} of {where} ({current.native_id})"
                 return f"{self.name}: {where} already in place ({current.native_id})"
             with api_call(self.name, where):
                 self.backend.destroy(current)
@@ -201,6 +211,11 @@ class CloudProvider:
         self._wait(created, spec, where)
         verb = "replaced" if current is not None else "created"
         return f"{self.name}: {verb} {where} ({created.native_id})"
+
+    def _sync(self, obj: CloudObject, spec: Mapping[str, Any]) -> list[str]:
+        """What else the backend changes in place (a firewall's rules, a volume's attachment): what it did."""
+        sync = getattr(self.backend, "sync", None)
+        return list(sync(obj, spec, self._resolve)) if sync is not None else []
 
     def destroy(self, kind: str, ref: str) -> str:
         """Remove the object tagged with resource id `ref`; a note when it was already gone."""
@@ -235,7 +250,9 @@ class CloudProvider:
             if owner and owner != self.owner:
                 raise TerminalError(f"{self.name}: {where} belongs to another Stratum ({owner})", where=where,
                                     hint="import it from the repository that owns it, or untag it first")
-            self.backend.set_tags(obj, {TAG_ID: rid, TAG_OWNER: self.owner}, [])
+            # The object's own tags are kept (a backend may replace the whole set, as UpCloud's labels).
+            kept = {k: v for k, v in obj.tags.items() if not k.startswith("stratum:")}
+            self.backend.set_tags(obj, {**kept, TAG_ID: rid, TAG_OWNER: self.owner}, [])
             found = self.backend.get(kind, native_id)
         return found or obj
 

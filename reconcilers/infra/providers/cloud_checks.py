@@ -11,11 +11,13 @@ from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, ObservedResource,
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import Unavailable
 from reconcilers.infra.providers.cloud import CloudProvider
-from reconcilers.infra.providers.cloud_diff import COMPARED, observed_attrs, replace_hash, wanted_tags
+from reconcilers.infra.providers.cloud_diff import COMPARED, observed_attrs, replace_hash, rule_keys, wanted_tags
 from reconcilers.infra.providers.cloud_plan import inventory_provider
 
 # field -> the kind the resource it names must be
-_REF_KINDS = {"network": "network", "subnet": "subnet", "server": "server", "firewalls": "firewall"}
+_REF_KINDS = {"network": "network", "subnet": "subnet", "server": "server", "firewalls": "firewall",
+              "servers": "server"}
+_KIND_NAMES = {"dns_record": "DNS record", "load_balancer": "load balancer"}
 
 
 def check(desired: InfraDesired, providers: Mapping[str, Provider]) -> list[Problem]:
@@ -39,6 +41,14 @@ def check(desired: InfraDesired, providers: Mapping[str, Provider]) -> list[Prob
             continue
         if isinstance(found, Unavailable):
             problem(f"resource {r.id}: provider {r.provider} is not usable: {found.error.what}", found.error.hint)
+        elif isinstance(found, CloudProvider) and r.kind not in found.backend.kinds:
+            served = ", ".join(sorted(found.backend.kinds))
+            problem(f"resource {r.id}: provider {r.provider} has no {_KIND_NAMES.get(r.kind, r.kind)} support",
+                    f"{r.provider} serves: {served}; declare the {r.kind} on a provider that has it")
+        elif isinstance(found, CloudProvider) and r.fields.get("tags") and not getattr(found.backend,
+                                                                                        "tags_supported", True):
+            problem(f"resource {r.id}: provider {r.provider} cannot set tags (the generic libcloud adapter: "
+                    "libcloud's common subset has no tags)", "remove `tags` from the resource")
         for key, kind in _REF_KINDS.items():
             value = r.fields.get(key)
             refs: list[str] = ([str(v) for v in value] if isinstance(value, (list, tuple))
@@ -77,5 +87,7 @@ def orphans(desired: InfraDesired, inventory: list[InventoryItem], providers: Ma
 def simulated(r: Resource) -> ObservedResource:
     """A cloud resource as if applied (pull-request plans read no API)."""
     spec = r.fields
-    return ObservedResource(True, r.kind, replace_hash(spec),
-                            attrs=observed_attrs({k: spec[k] for k in COMPARED if k in spec}, wanted_tags(spec)))
+    attrs: dict[str, object] = {k: spec[k] for k in COMPARED if k in spec}
+    if r.kind == "firewall":
+        attrs["rules"] = rule_keys(spec.get("rules"))
+    return ObservedResource(True, r.kind, replace_hash(spec), attrs=observed_attrs(attrs, wanted_tags(spec)))

@@ -16,8 +16,9 @@ from typing import Any
 
 from reconcilers.base import freeze
 
-# Fields that are settings of Stratum's own, not of the resource: changing them replaces nothing.
-IN_PLACE = frozenset({"tags", "wait_ready", "timeout"})
+# Fields that are settings of Stratum's own, or that the API changes on the object itself (a firewall's rules
+# are authorized and revoked one by one): changing them replaces nothing.
+IN_PLACE = frozenset({"tags", "wait_ready", "timeout", "rules"})
 # Attributes a backend reports that are compared with the spec field of the same name.
 COMPARED = ("size", "image", "cidr", "size_gb", "zone")
 TAG_ID, TAG_OWNER, TAG_SPEC = "stratum:id", "stratum:owner", "stratum:spec"
@@ -25,10 +26,15 @@ GONE_STATES = frozenset({"terminated", "shutting-down", "deleted", "deleting"})
 DOWN_STATES = frozenset({"stopped", "stopping", "error", "suspended"})
 
 
-def replace_hash(spec: Mapping[str, Any]) -> str:
+def replace_hash(spec: Mapping[str, Any], in_place: frozenset[str] = IN_PLACE) -> str:
     """A short hash of the fields that need a new resource when they change (the `stratum:spec` tag)."""
-    fixed = {k: v for k, v in spec.items() if k not in IN_PLACE}
+    fixed = {k: v for k, v in spec.items() if k not in in_place}
     return hashlib.sha256(freeze(fixed).encode()).hexdigest()[:16]
+
+
+# Before firewall rules were changed in place, they were part of the hash: a firewall tagged so is not replaced
+# for that alone (with the replace cascade that would also replace every server using it).
+_LEGACY_IN_PLACE = IN_PLACE - {"rules"}
 
 
 def wanted_tags(spec: Mapping[str, Any]) -> dict[str, str]:
@@ -36,14 +42,31 @@ def wanted_tags(spec: Mapping[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in dict(spec.get("tags", {})).items()}
 
 
+def rule_key(protocol: str, ports: str, cidr: str) -> str:
+    """One inbound rule as `tcp:22-22:10.0.0.0/8` (every protocol: `all:*:cidr`, ports mean nothing there)."""
+    if protocol in ("all", "-1"):
+        return f"all:*:{cidr}"
+    low, _, high = ports.partition("-")
+    return f"{protocol}:{int(low)}-{int(high or low)}:{cidr}"
+
+
+def rule_keys(rules: Any) -> list[str]:
+    """The sorted keys of a firewall spec's `rules` (defaults as nickel/infra.ncl gives them)."""
+    return sorted({rule_key(str(r.get("protocol", "tcp")), str(r.get("ports", "0-65535")),
+                            str(r.get("cidr", "0.0.0.0/0"))) for r in rules or ()})
+
+
 def observed_attrs(attrs: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-    """What `observe` keeps of a cloud object: its compared attributes and user tags, as canonical JSON."""
+    """What `observe` keeps of a cloud object: its compared attributes, a firewall's inbound rules and the
+    user tags, as canonical JSON."""
     user = {k: v for k, v in tags.items() if not k.startswith("stratum:") and k != "Name"}
-    return freeze({**{k: attrs[k] for k in (*COMPARED, "state") if k in attrs}, "tags": user})
+    return freeze({**{k: attrs[k] for k in (*COMPARED, "state", "rules") if k in attrs}, "tags": user})
 
 
-def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, attrs_json: str) -> tuple[str, str]:
-    """(why, how) the cloud object differs from the spec; how is "create", "replace", "update" or "" (same)."""
+def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, attrs_json: str,
+            want: str | None = None) -> tuple[str, str]:
+    """(why, how) the cloud object differs from the spec; how is "create", "replace", "update" or "" (same).
+    `want` is the spec tag the spec should carry when the caller knows it (a spec with secret values in it)."""
     if not exists:
         return "missing", "create"
     attrs: dict[str, Any] = json.loads(attrs_json or "{}")
@@ -57,13 +80,21 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
     if spec_tag == "":
         # Imported (tagged as ours without a spec): its compared attributes match, so it is adopted in place.
         return "imported: Stratum's spec tag is recorded", "update"
-    if spec_tag != replace_hash(spec):
+    if spec_tag != (want or replace_hash(spec)) and not (
+            kind == "firewall" and spec_tag == replace_hash(spec, _LEGACY_IN_PLACE)):
         return "fields that need a new resource changed", "replace"
-    have, want = dict(attrs.get("tags", {})), wanted_tags(spec)
-    if have != want:
-        changed = sorted(set(have) ^ set(want) | {k for k in have.keys() & want.keys() if have[k] != want[k]})
-        return f"tags differ ({', '.join(changed)})", "update"
-    return "", ""
+    reasons = []
+    if kind == "firewall" and "rules" in attrs:
+        seen, wanted = set(attrs["rules"]), set(rule_keys(spec.get("rules")))
+        if seen != wanted:
+            reasons.append("rules differ (" + ", ".join([f"+{k}" for k in sorted(wanted - seen)]
+                                                         + [f"-{k}" for k in sorted(seen - wanted)]) + ")")
+    have, wanted_now = dict(attrs.get("tags", {})), wanted_tags(spec)
+    if have != wanted_now:
+        changed = sorted(set(have) ^ set(wanted_now)
+                         | {k for k in have.keys() & wanted_now.keys() if have[k] != wanted_now[k]})
+        reasons.append(f"tags differ ({', '.join(changed)})")
+    return ("; ".join(reasons), "update") if reasons else ("", "")
 
 
 def references(kind: str, spec: Mapping[str, Any]) -> list[str]:
@@ -73,4 +104,5 @@ def references(kind: str, spec: Mapping[str, Any]) -> list[str]:
         if isinstance(spec.get(key), str):
             out.append(str(spec[key]))
     out += [str(f) for f in spec.get("firewalls", ())]
+    out += [str(s) for s in spec.get("servers", ())]         # a load balancer's members
     return out

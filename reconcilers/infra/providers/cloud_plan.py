@@ -35,11 +35,14 @@ def summary(verb: str, r: Resource, o: ObservedResource) -> str:
     f = r.fields
     why, way = how(r, o)
     detail = ", ".join(str(f[k]) for k in ("size", "image", "cidr", "size_gb") if k in f)
+    # Secret references (a server's user-data): each with the keyed fingerprint of its committed value.
+    versions = f.get("secret_versions") or {}
+    note = " with secret " + ", ".join(f"{ref} {fp}" for ref, fp in sorted(versions.items())) if versions else ""
     if way == "replace":
-        return f"replace {r.kind} {r.id} on {r.provider} [{why}]"
+        return f"replace {r.kind} {r.id} on {r.provider} [{why}]{note}"
     if way == "update":
-        return f"update {r.kind} {r.id} on {r.provider} in place [{why}]"
-    return f"{verb} {r.kind} {r.id} on {r.provider}" + (f" ({detail})" if detail else "")
+        return f"update {r.kind} {r.id} on {r.provider} in place [{why}]{note}"
+    return f"{verb} {r.kind} {r.id} on {r.provider}" + (f" ({detail})" if detail else "") + note
 
 
 def inventory_provider(item: InventoryItem | None) -> str:

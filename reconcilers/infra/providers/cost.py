@@ -34,8 +34,8 @@ def changes(actions: Sequence[Action], desired: InfraDesired, inventory: Sequenc
         provider = ""
         if a.kind == "delete":
             payload = a.payload()
-            if "orphan" in payload:
-                continue
+            if "orphan" in payload or payload.get("replaced"):
+                continue                      # a replacement's old object: its action prices the change
             old = _old(inv, a.target)
             if old is None:
                 continue

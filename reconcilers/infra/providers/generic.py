@@ -52,6 +52,7 @@ class GenericBackend:
     """The cloud Backend (reconcilers/infra/providers/cloud.py) over any libcloud compute driver."""
 
     kinds = frozenset({"server"})
+    tags_supported = False                    # validate refuses a resource with `tags` (cloud_checks.py)
 
     def __init__(self, driver: Any) -> None:
         self._driver = driver                 # a driver, or a PerThread making one per apply thread
@@ -126,8 +127,11 @@ class GenericBackend:
         return out
 
     def get(self, kind: str, native_id: str) -> CloudObject | None:
-        """Not offered: the common subset has no way to mark an existing node as ours but renaming it."""
-        return None
+        """Not offered: the common subset has no way to mark an existing node as ours but renaming it, and it
+        cannot rename a node."""
+        raise TerminalError(f"the generic libcloud adapter cannot import {kind} {native_id}: libcloud's common "
+                            "subset can neither tag nor rename a node, and ownership is carried by its name",
+                            hint="declare a new server instead, or use a provider type with import (aws, upcloud)")
 
     def ready(self, obj: CloudObject) -> bool:
         """Running."""

@@ -21,6 +21,9 @@ def to_nickel(provider: str, obj: CloudObject, rid: str) -> str:
     lines = [f"# Imported from {provider} {obj.kind} {obj.native_id}: commit this (or merge it into an infra/ file).",
              "{", "  resources = {", f"    {rid} = {{", f"      kind = '{obj.kind},", f"      provider = '{provider},"]
     lines += [f"      {k} = {_value(obj.attrs[k])}," for k in _FIELDS.get(obj.kind, ()) if k in obj.attrs]
+    if obj.kind == "server" and "image" not in obj.attrs:
+        lines.append(f'      image = "SET-ME",  # {provider} does not say which image a server was made from: name '
+                     "it (only a replacement uses it)")
     user = {k: v for k, v in obj.tags.items() if not k.startswith("stratum:") and k != "Name"}
     if user:
         pairs = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in sorted(user.items()))

@@ -2,9 +2,11 @@
 
 libcloud's driver exposes neither UpCloud's labels nor the plan and zone of a listed server, so this backend
 reads the API's own JSON through the driver's authenticated connection (one `GET 1.2/server` lists every
-server with its title, plan, zone and state) and creates servers through the driver. Ownership is carried by
-the server's title, `stratum:<owner>:<resource id>:<spec hash>`; user tags are not supported on UpCloud here
-(a resource with `tags` gets a clear error).
+server with its title, plan, zone, state and labels) and creates servers through the driver. Ownership is
+carried by the server's title, `stratum:<owner>:<resource id>:<spec hash>` (written in the create call itself,
+so nothing is ever ours untitled); a resource's `tags` are the server's UpCloud labels, set and changed in place
+with `PUT 1.2/server/<uuid>`. `stratum infra import upcloud <uuid> --as NAME` retitles an existing server as
+ours and keeps its labels.
 """
 
 from __future__ import annotations
@@ -75,14 +77,17 @@ class UpcloudBackend:
     def _get(self, path: str) -> Any:
         return self.driver.connection.request(path).object
 
-    def _object(self, server: Mapping[str, Any]) -> CloudObject | None:
+    def _object(self, server: Mapping[str, Any], *, anyone: bool = False) -> CloudObject | None:
+        """Our server as a CloudObject (None when its title is not ours, unless `anyone`: import)."""
         mine = parse_title(str(server.get("title", "")))
-        if mine is None:
+        if mine is None and not anyone:
             return None
-        owner, rid, spec_hash = mine
+        owner, rid, spec_hash = mine or ("", "", "")
         state = _STATES.get(str(server.get("state", "")), str(server.get("state", "")))
         attrs = {"size": server.get("plan"), "zone": server.get("zone"), "state": state}
-        return CloudObject("server", rid, str(server["uuid"]), {TAG_ID: rid, TAG_OWNER: owner, TAG_SPEC: spec_hash},
+        labels = {str(x.get("key")): str(x.get("value", "")) for x in _labels(server)}
+        ours = {TAG_ID: rid, TAG_OWNER: owner, TAG_SPEC: spec_hash} if mine else {}
+        return CloudObject("server", rid, str(server["uuid"]), {**labels, **ours},
                            {k: v for k, v in attrs.items() if v}, dict(server))
 
     def list_owned(self, owner: str) -> list[CloudObject]:
@@ -123,8 +128,11 @@ class UpcloudBackend:
         location = NodeLocation(zone, zone, "", d)
         node = d.create_node(name=title_of(tags[TAG_OWNER], rid, tags[TAG_SPEC]), size=size, image=image,
                              location=location, ex_hostname=rid)
-        return CloudObject("server", rid, str(node.id), dict(tags),
-                           {"size": str(spec["size"]), "zone": zone, "state": "pending"}, None)
+        created = CloudObject("server", rid, str(node.id), dict(tags),
+                              {"size": str(spec["size"]), "zone": zone, "state": "pending"}, None)
+        if any(not k.startswith("stratum:") for k in tags):
+            self.set_tags(created, tags, [])  # labels: the driver's create call has no place for them
+        return created
 
     def destroy(self, obj: CloudObject) -> None:
         """Stop the server (hard), then delete it once stopped (the adapter waits for it to be gone)."""
@@ -144,9 +152,12 @@ class UpcloudBackend:
         self.driver.connection.request(f"1.2/server/{obj.native_id}", method="DELETE")
 
     def set_tags(self, obj: CloudObject, tags: Mapping[str, str], remove: list[str]) -> None:
-        """UpCloud labels are not reachable through libcloud's driver."""
-        raise TerminalError(f"upcloud: server {obj.rid}: tags are not supported on UpCloud",
-                            where=f"infra:{obj.rid}", hint="remove `tags` from the resource")
+        """Stratum's tags into the title, the user's as the server's labels (replacing them all: keys in
+        `remove` are simply left out), in one `PUT 1.2/server/<uuid>`."""
+        labels = [{"key": k, "value": v} for k, v in sorted(tags.items()) if not k.startswith("stratum:")]
+        body = {"server": {"title": title_of(tags[TAG_OWNER], tags[TAG_ID], tags.get(TAG_SPEC, "")),
+                           "labels": {"label": labels}}}
+        self.driver.connection.request(f"1.2/server/{obj.native_id}", method="PUT", data=json.dumps(body))
 
     def catalog(self) -> list[Entry]:
         """Plans priced for the configured zone (UpCloud's price list), template images and zones."""
@@ -164,9 +175,26 @@ class UpcloudBackend:
         return out
 
     def get(self, kind: str, native_id: str) -> CloudObject | None:
-        """Our server by its uuid (import is not offered: ownership lives in the title)."""
-        return self.refresh(CloudObject(kind, "", native_id))
+        """A server by its uuid, ours or not (for `stratum infra import`)."""
+        from libcloud.common.exceptions import BaseHTTPError
+
+        if kind != "server":
+            raise TerminalError(f"upcloud: only servers can be imported, not a {kind}",
+                                hint="pass --kind server")
+        try:
+            return self._object(self._get(f"1.2/server/{native_id}")["server"], anyone=True)
+        except BaseHTTPError as err:
+            if getattr(err, "code", 0) == 404:
+                return None
+            raise
 
     def ready(self, obj: CloudObject) -> bool:
         """A server is ready once started."""
         return obj.attrs.get("state") == "running"
+
+
+def _labels(server: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A server's labels as the API lists them (`{"labels": {"label": [{"key", "value"}]}}`)."""
+    found = server.get("labels")
+    items = found.get("label") if isinstance(found, Mapping) else None
+    return [x for x in items if isinstance(x, Mapping)] if isinstance(items, list) else []

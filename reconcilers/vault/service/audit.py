@@ -66,8 +66,9 @@ class AuditLog:
 
     def hash(self, value: str) -> str:
         """The digest that stands for `value` in the log."""
-        return "hmac-sha256:" + hmac.new(self._salt, value.encode("utf-8", "surrogatepass"),
-                                         hashlib.sha256).hexdigest()
+        # hmac.digest is the one-shot C path: several times cheaper than building an HMAC object, and every
+        # request digests its token, accessor and each string of its body and answer, twice (request, response).
+        return "hmac-sha256:" + hmac.digest(self._salt, value.encode("utf-8", "surrogatepass"), "sha256").hex()
 
     def _tail(self) -> tuple[str, int]:
         """(hash, seq) of the last line written, across rotated files."""

@@ -176,34 +176,36 @@ class VaultService:
             raise self._redirect(req)
         entry = self.tokens.lookup(req.token)
         capability, mount = self._capability(req)
+        seen = self._audited(req, entry)
         if not entry.is_root and req.path not in SELF_SERVICE and not self.authz.allowed(
                 entry.accessor, entry.display_name, entry.policies, capability, req.path, mount,
                 {"time": int(self.clock()), "source": req.remote, "method": req.method}):
-            self._audit("response", req, entry, 403, {"errors": ["permission denied"]})
+            self._audit("response", seen, 403, {"errors": ["permission denied"]})
             raise PermissionDenied()
-        self._audit("request", req, entry)
+        self._audit("request", seen)
         if entry.num_uses:
             entry = self.tokens.use(req.token)
         try:
             status, body = self._route(req, entry)
         except ServiceError as err:
-            self._audit("response", req, entry, err.status, {"errors": err.messages})
+            self._audit("response", seen, err.status, {"errors": err.messages})
             raise
-        self._audit("response", req, entry, status, body)
+        self._audit("response", seen, status, body)
         return status, body
 
-    def _audit(self, kind: str, req: ApiRequest, entry: TokenEntry, status: int = 0,
-               body: dict[str, Any] | None = None) -> None:
+    def _audited(self, req: ApiRequest, entry: TokenEntry) -> dict[str, Any]:
+        """The `auth` and `request` parts of a request's audit entries, digested once for both of its lines
+        (the request's, then the response's): the same token, accessor and body each time."""
         h = self.audit.hash
-        doc: dict[str, Any] = {
-            "type": kind,
-            "auth": {"accessor": h(entry.accessor), "client_token": h(req.token), "policies": list(entry.policies),
-                     "display_name": entry.display_name},
-            "request": {"operation": req.method.lower(), "path": req.path, "remote_address": req.remote,
-                        "data": cedar_free(req.body, h)},
-        }
+        return {"auth": {"accessor": h(entry.accessor), "client_token": h(req.token), "policies": list(entry.policies),
+                         "display_name": entry.display_name},
+                "request": {"operation": req.method.lower(), "path": req.path, "remote_address": req.remote,
+                            "data": cedar_free(req.body, h)}}
+
+    def _audit(self, kind: str, seen: dict[str, Any], status: int = 0, body: dict[str, Any] | None = None) -> None:
+        doc: dict[str, Any] = {"type": kind, **seen}
         if kind == "response":
-            doc["response"] = {"status": status, "data": cedar_free(body, h)}
+            doc["response"] = {"status": status, "data": cedar_free(body, self.audit.hash)}
         self.audit.write(doc)
 
     def _capability(self, req: ApiRequest) -> tuple[str, str]:

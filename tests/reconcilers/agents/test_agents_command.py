@@ -59,3 +59,48 @@ def test_working_dir_cannot_leave_the_root(tmp_path: Path) -> None:
     """A cwd leaving the agents' work dir is refused."""
     with pytest.raises(ValueError, match="leaves"):
         workdir(tmp_path / "root", "../elsewhere")
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its new parent to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_command_dies_with_its_worker(tmp_path: Path) -> None:
+    """A worker killed mid-task takes its command with it (no orphan finishing a run that will be redelivered),
+    whether the death signal is set by setpriv (the fast spawn) or by the fallback."""
+    import subprocess
+
+    from tests.proc import wait_for
+
+    pidfile = tmp_path / "pid"
+    root = Path(__file__).resolve().parents[3]
+    script = (f"import sys; sys.path.insert(0, {str(root)!r})\n"
+              "from pathlib import Path\n"
+              "from reconcilers.agents.command import run_command\n"
+              f"run_command(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'], cwd=Path({str(tmp_path)!r}), "
+              "timeout=120)\n")
+    worker = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 60))
+        assert _alive(pid)
+    finally:
+        worker.kill()
+        worker.wait()
+    wait_for(lambda: not _alive(pid), 20)
+
+
+def test_a_path_that_cannot_run_is_refused_before_it_starts(tmp_path: Path) -> None:
+    """A program named by path that does not exist or is not executable is an error (no retry), not an exit
+    code from a wrapper."""
+    (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    for argv in (["./script.sh"], ["./nothing.sh"], [str(tmp_path / "nothing")]):
+        r = run_command(argv, cwd=tmp_path, timeout=10)
+        assert r.error.startswith(f"cannot start {argv[0]!r}") and not r.ok, r
+    (tmp_path / "script.sh").chmod(0o755)
+    r = run_command(["./script.sh"], cwd=tmp_path, timeout=10)
+    assert r.ok and r.stdout == "hi\n", r

@@ -196,3 +196,47 @@ def test_on_check_must_name_a_declared_check(load_commit: LoadFn) -> None:
     assert validate(load_commit(tasks(body % "pg"))) == []
     assert messages(validate(load_commit(tasks(body % "db")))) == [
         "tasks/t.ncl:3: task heal: on_check names unknown check 'db'"]
+
+
+def test_declarations_kept_in_duckdb_come_back_equal(load_commit: LoadFn) -> None:
+    """What the service keeps for `stratum task run` (team_json) is rebuilt by load.py's own builders into
+    the same declarations: every kind, every field, the template's line and the Cedar policies."""
+    from reconcilers.agents.snapshot import team_from_json, team_json
+
+    files = tasks("""{
+  tasks = {
+    triage = { title = "Triage", role = "devops", trigger = { kind = 'on_check, check = "pg" },
+               prompt = m%"
+                 Look at {{ inputs.check }}.
+               "%, retries = 2, backoff = 3, idempotency_key = "k", approval = true, env = ["LANG"] },
+    fix = { title = "Fix", role = "devops", command = ["true"], cwd = "fix",
+            trigger = { kind = 'on_commit, paths = ["infra/**"] } },
+  },
+  checks = { pg = { kind = 'tcp, host = "127.0.0.1", port = 5432, failures = 2 },
+             up = { kind = 'prometheus, url = "http://127.0.0.1:9/", query = "up", below = 1 } },
+  pipelines = { incident = { trigger = { kind = 'manual },
+                             steps = [ { id = "a", task = "triage" }, { id = "b", task = "fix", compensate = "fix" },
+                                       { id = "c", task = "fix", after = [] } ] } },
+}
+""")
+    files["agents/policies/vault.cedar"] = 'permit(principal == Agents::Role::"devops", ' \
+        'action == Agents::Action::"vault.read", resource);\n'
+    d = load_commit(files, AgentSettings(retention_count=7))
+    assert validate(d) == []
+    assert d.tasks["triage"].prompt_line > 0 and d.policies
+    back = team_from_json(team_json(d))
+    for section in ("providers", "agents", "budgets", "tasks", "pipelines", "checks", "policies"):
+        assert dict(getattr(back, section)) == dict(getattr(d, section)), section
+    assert (back.settings, back.revision) == (d.settings, d.revision)
+
+
+def test_a_policy_that_does_not_fit_the_schema_is_refused(load_commit: LoadFn) -> None:
+    """agents/policies/*.cedar is checked at validate: a parse error, and a policy written for another schema."""
+    files = tasks("{ tasks = {} }\n")
+    files["agents/policies/bad.cedar"] = "permit(principal"
+    files["agents/policies/other.cedar"] = 'permit(principal == Vault::Token::"x", action, resource);\n'
+    found = messages(validate(load_commit(files)))
+    assert "agents/policies/bad.cedar: policy agents/policies/bad.cedar: does not parse as Cedar: unexpected end " \
+           "of input" in found
+    assert any(m.startswith("agents/policies/other.cedar: policy agents/policies/other.cedar: does not fit the "
+                            "agents schema") for m in found)

@@ -20,6 +20,9 @@ from reconcilers.vault.service.storage.base import StorageUnavailable, check_pat
 _SAFE = "_-"          # quote() keeps letters and digits; "." "~" and "/" are encoded by passing safe=_SAFE
 
 
+_FILES_MAX = 8192
+
+
 @functools.lru_cache(maxsize=8192)
 def _enc(segment: str) -> str:
     return quote(segment, safe=_SAFE).replace(".", "%2E").replace("~", "%7E")
@@ -34,6 +37,7 @@ class FileStore:
         self.root = root
         self._root = str(root)
         self._lock = threading.Lock()      # one writer at a time: renames of one directory stay ordered
+        self._files: dict[str, str] = {}   # valid path -> its file: every request maps the same few paths again
         try:
             root.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._sweep()
@@ -48,8 +52,14 @@ class FileStore:
                     os.unlink(os.path.join(dirpath, f))
 
     def _file(self, path: str) -> str:
-        segs = check_path(path).split("/")
-        return os.path.join(self._root, *(_enc(s) + ".d" for s in segs[:-1]), _enc(segs[-1]) + ".v")
+        found = self._files.get(path)
+        if found is None:
+            segs = check_path(path).split("/")                 # an invalid path raises: never kept
+            found = os.path.join(self._root, *(_enc(s) + ".d" for s in segs[:-1]), _enc(segs[-1]) + ".v")
+            if len(self._files) >= _FILES_MAX:
+                self._files.clear()                             # bounded; a race only costs a recomputation
+            self._files[path] = found
+        return found
 
     def get(self, path: str) -> bytes | None:
         """The value at `path`, or None."""

@@ -60,6 +60,7 @@ def moto_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(10)                     # reaped: a loaded machine once left it running at teardown
 
 
 @pytest.fixture
@@ -89,6 +90,8 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.rewrites: list[Callable[[str, str], str]] = []     # (action, path) -> the path forwarded
         self.after: list[Rule] = []           # rules applied after forwarding (the call happened, answer lost)
+        # action -> page size: the proxy answers that Describe* in pages, as AWS may (see `page`)
+        self.pages: dict[str, int] = {}
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -125,6 +128,8 @@ class FaultProxy:
                     hit = rule(action, query)
                     if hit is not None:
                         return self._error(*hit)
+                if action in proxy.pages and resp.status == 200:
+                    data = page(data, proxy.pages[action], int(query.get("NextToken", "0")))
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -152,6 +157,28 @@ class FaultProxy:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def page(answer: bytes, size: int, start: int) -> bytes:
+    """One page of a Describe* answer: `size` items of its item set from `start`, and a `nextToken` when more
+    follow. moto pages only DescribeInstances; AWS pages every Describe* (MaxResults/NextToken), so the proxy
+    cuts moto's whole answer into pages to show that a listing reads them all."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(answer)
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    found = [c for c in root if c.tag.endswith("Set") or c.tag.endswith("securityGroupInfo")]
+    if not found:
+        return answer
+    items = list(found[0])
+    for item in items:
+        found[0].remove(item)
+    for item in items[start:start + size]:
+        found[0].append(item)
+    if start + size < len(items):
+        ET.SubElement(root, f"{ns}nextToken").text = str(start + size)
+    ET.register_namespace("", ns.strip("{}"))
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 @pytest.fixture
@@ -223,8 +250,9 @@ class UpcloudReplay:
     """A loopback HTTP server that replays the UpCloud API answers libcloud itself ships
     (libcloud/test/compute/fixtures/upcloud/), with just enough state to be driven: a POST /1.2/server answers
     the recorded create response with the requested title, plan and zone and a new uuid, and the server is then
-    listed (as `started`, where the recording says `maintenance`: the replay skips UpCloud's boot); stop and
-    DELETE change that state. Zones, plans, prices and the recorded servers are the fixtures as shipped."""
+    listed (as `started`, where the recording says `maintenance`: the replay skips UpCloud's boot); stop,
+    DELETE and a PUT of the title and labels (modify server) change that state. Zones, plans, prices and the
+    recorded servers are the fixtures as shipped."""
 
     def __init__(self) -> None:
         import json
@@ -286,6 +314,18 @@ class UpcloudReplay:
                     server["state"] = "stopped"
                     return self._send(202, {"server": server})
                 return self._send(404, {"error": {"error_code": "NOT_FOUND", "error_message": path}})
+
+            def do_PUT(self) -> None:
+                path = urlsplit(self.path).path.strip("/")
+                replay.calls.append(f"PUT {path}")
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                server = replay.servers.get(path.split("/")[2]) if path.startswith("1.2/server/") else None
+                if server is None:
+                    return self._send(404, {"error": {"error_code": "SERVER_NOT_FOUND", "error_message": path}})
+                for key in ("title", "labels"):          # what Stratum modifies (the API allows more)
+                    if key in body["server"]:
+                        server[key] = body["server"][key]
+                return self._send(202, {"server": server})
 
             def do_DELETE(self) -> None:
                 path = urlsplit(self.path).path.strip("/")

@@ -109,3 +109,20 @@ def test_each_apply_thread_gets_its_own_driver(tmp_path: object) -> None:
     worker.start()
     worker.join()
     assert seen and seen[0] is not mine and type(seen[0]) is type(mine)
+
+
+def test_a_firewall_tagged_before_rules_were_changed_in_place_is_not_replaced() -> None:
+    """A firewall whose spec tag was computed with its rules in it (before rules were changed in place) is
+    kept: same rules, nothing to do; other rules, updated in place. Replacing it would replace every server
+    using it too."""
+    from reconcilers.infra.providers.cloud_diff import IN_PLACE, rule_keys
+
+    spec = {"rules": [{"protocol": "tcp", "ports": "22", "cidr": "10.0.0.0/8"}], "tags": {}, "timeout": 300}
+    old_tag = replace_hash(spec, IN_PLACE - {"rules"})
+    assert old_tag != replace_hash(spec)
+    seen = observed_attrs({"rules": rule_keys(spec["rules"])}, {})
+    assert differs("firewall", spec, True, old_tag, seen) == ("", "")
+    more = {**spec, "rules": [*spec["rules"], {"protocol": "tcp", "ports": "443", "cidr": "0.0.0.0/0"}]}
+    assert differs("firewall", more, True, old_tag, seen)[1] == "replace"      # the old tag hashed the old rules
+    assert differs("firewall", more, True, replace_hash(spec), seen) == (
+        "rules differ (+tcp:443-443:0.0.0.0/0)", "update")
