@@ -10,6 +10,9 @@ for workers on many machines (`stratumd --worker --role devops`), behaving as th
     KV STRATUM_IDEMPOTENCY   hash of an idempotency key -> result: a redelivered run does not act twice
     KV STRATUM_APPROVALS     runs waiting for approval, published to the stream once approved
     KV STRATUM_TEAM          the declarations in force, for workers with no checkout of the repository
+    stream STRATUM_EXECUTIONS  subjects stratum.executions.<role>, work-queue retention: the execution records
+                             remote workers publish (Nats-Msg-Id = execution id), read by the daemon through the
+                             durable consumer `stratum-executions` and recorded once (idempotent by id)
 Publishing with the header Nats-Msg-Id = the idempotency key makes JetStream drop a second copy queued within
 its duplicate window. nats-py is asyncio: one event loop runs on a thread of its own, and the Queue methods
 (called from worker threads) wait on it with a deadline.
@@ -20,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import nats
@@ -36,6 +40,9 @@ from reconcilers.errors import StratumError
 
 log = structlog.get_logger("stratum.agents.nats")
 STREAM, DEAD_STREAM = "STRATUM_TASKS", "STRATUM_DEAD"
+EXEC_STREAM, EXEC_DURABLE = "STRATUM_EXECUTIONS", "stratum-executions"
+MAX_RECORD = 32_768          # bytes of one published execution record (the fields are cut well below this)
+EXEC_MAX_AGE = 30 * 86_400.0  # seconds an execution record waits for a daemon that never comes back
 MAX_DELIVER = 25             # the consumer's cap; each run's own attempts are enforced below it
 CALL_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -43,6 +50,9 @@ T = TypeVar("T")
 
 class NatsQueueError(StratumError):
     """The NATS server cannot be reached or refused an operation."""
+
+
+_SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def _key(text: str) -> str:
@@ -81,8 +91,10 @@ class NatsQueue:
                                      reconnect_time_wait=0.5, error_cb=quiet)
         self.js = self.nc.jetstream()
         for name, subjects, retention in ((STREAM, ["stratum.tasks.>"], RetentionPolicy.WORK_QUEUE),
-                                          (DEAD_STREAM, ["stratum.dead.>"], RetentionPolicy.LIMITS)):
-            config = StreamConfig(name=name, subjects=subjects, retention=retention, duplicate_window=600.0)
+                                          (DEAD_STREAM, ["stratum.dead.>"], RetentionPolicy.LIMITS),
+                                          (EXEC_STREAM, ["stratum.executions.>"], RetentionPolicy.WORK_QUEUE)):
+            config = StreamConfig(name=name, subjects=subjects, retention=retention, duplicate_window=600.0,
+                                  max_age=EXEC_MAX_AGE if name == EXEC_STREAM else None)
             try:
                 await self.js.add_stream(config)
             except BadRequestError:
@@ -245,6 +257,37 @@ class NatsQueue:
     def _put_result(self, mid: str, state: str, result: str = "", error: str = "") -> None:
         self._call(self.kv["STRATUM_RESULTS"].put(mid, json.dumps(
             {"state": state, "result": result[:4000], "error": error[:4000]}).encode()))
+
+    # -- execution records of remote workers -------------------------------------------------------------------
+    def publish_execution(self, record: Mapping[str, Any]) -> None:
+        """Publish one execution record (worker side). The header Nats-Msg-Id = the execution id makes a copy
+        published again within the duplicate window a no-op; the daemon's insert is idempotent beyond it."""
+        data = json.dumps(record).encode()
+        if len(data) > MAX_RECORD:
+            raise NatsQueueError(f"execution record {record.get('id')!r} is {len(data)} bytes (limit {MAX_RECORD})")
+        role = _SUBJECT_UNSAFE.sub("_", str(record.get("role") or "none"))
+        self._call(self.js.publish(f"stratum.executions.{role}", data,
+                                   headers={"Nats-Msg-Id": f"exec-{record['id']}"}))
+
+    def fetch_executions(self, limit: int = 50, timeout: float = 1.0) -> list[tuple[bytes, Any]]:
+        """Up to `limit` published records (daemon side) as (data, handle); settle each with
+        `settle_execution` (an unsettled one is delivered again after the consumer's ack wait)."""
+        with self._lock:
+            if EXEC_DURABLE not in self._subs:
+                config = ConsumerConfig(durable_name=EXEC_DURABLE, ack_wait=30.0, max_deliver=MAX_DELIVER,
+                                        filter_subject="stratum.executions.>")
+                self._subs[EXEC_DURABLE] = self._call(self.js.pull_subscribe(
+                    "stratum.executions.>", durable=EXEC_DURABLE, config=config))
+            sub = self._subs[EXEC_DURABLE]
+        try:
+            msgs = self._call(sub.fetch(limit, timeout=timeout), timeout + CALL_TIMEOUT)
+        except nats.errors.TimeoutError:
+            return []
+        return [(bytes(m.data), m) for m in msgs]
+
+    def settle_execution(self, handle: Any, keep: bool) -> None:
+        """Ack a record (recorded, or a copy of one recorded), or term it (`keep` false: it cannot be read)."""
+        self._call(handle.ack() if keep else handle.term())
 
     # -- approvals, cancel, the team ---------------------------------------------------------------------------
     def approve(self, mid: str) -> bool:

@@ -316,6 +316,18 @@ class Runner:
             return spend.crossed(budget, before, spend.usage(out.role))
         return []
 
+    def adopt(self, out: Outcome) -> bool:
+        """Record an execution another process ran (a remote worker's, through NATS) as if it ran here: the row,
+        the assignment history, metrics, budget thresholds and `recorded`. Once per execution id: a copy
+        delivered again changes nothing (False)."""
+        with self.store.transaction():
+            if self.store.query("SELECT 1 FROM executions WHERE id = ?", [out.id]):
+                return False
+            crossed = self._record(out)
+        self._notify(out.role, crossed)
+        self._recorded(out)
+        return True
+
     def _notify(self, role: str, crossed: list[tuple[int, float, float]]) -> None:
         """Events and webhooks of crossed budget thresholds (outside any transaction: a webhook may be slow)."""
         budget = self.team.budgets.get(role)

@@ -10,6 +10,8 @@
              requests/` (approve, reject, cancel, run); the service applies them within a second
 6. records   with an executions branch (`record_executions`), every recorded execution's knowledge node is
              committed there in batches (node_writer.py), every 2 s and when the service stops
+7. remote    with the NATS queue, the execution records remote workers publish (remote.py) are recorded here
+             once each (by execution id) with their node, metrics and budget spend, as local ones
 Every entry point logs and swallows its own errors: a bad task never stops the scheduler or the worker.
 """
 
@@ -37,6 +39,7 @@ from reconcilers.agents.node_writer import Commit, NodeWriter
 from reconcilers.agents.pipeline import PipelineRun, run_pipeline
 from reconcilers.agents.prompts import Context
 from reconcilers.agents.queue import DuckDBQueue, Message
+from reconcilers.agents.remote import outcome_from
 from reconcilers.agents.retention import purge
 from reconcilers.agents.runner import Outcome, Runner
 from reconcilers.agents.schedule import Schedule
@@ -129,7 +132,10 @@ class AgentService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         if start_threads:
-            for target, name in ((self._serve, "agents-worker"), (self._requests_loop, "agents-requests")):
+            loops = [(self._serve, "agents-worker"), (self._requests_loop, "agents-requests")]
+            if isinstance(self.queue, NatsQueue):
+                loops.append((self._imports_loop, "agents-executions"))
+            for target, name in loops:
                 t = threading.Thread(target=target, name=name, daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -303,6 +309,35 @@ class AgentService:
                         self.nodes.flush()
             except Exception:
                 log.exception("agents.requests_failed")
+
+    # -- 7. records of remote workers ---------------------------------------------------------------------------
+    def import_executions(self, limit: int = 100, timeout: float = 1.0) -> tuple[int, int]:
+        """Record the executions remote workers published (NATS queue only): (records read, new ones). A copy
+        of a record already here is acked and changes nothing; a record that cannot be read is dropped (logged);
+        one this file could not take stays unacked and comes again."""
+        if not isinstance(self.queue, NatsQueue):
+            return 0, 0
+        read = new = 0
+        for data, handle in self.queue.fetch_executions(limit, timeout):
+            read += 1
+            try:
+                out = outcome_from(json.loads(data))
+            except ValueError as err:               # JSONDecodeError is a ValueError
+                log.warning("agents.bad_execution_record", error=str(err)[:300])
+                self.queue.settle_execution(handle, keep=False)
+                continue
+            new += self.runner.adopt(out)
+            self.queue.settle_execution(handle, keep=True)
+        return read, new
+
+    def _imports_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.import_executions(timeout=1.0)[0]:
+                    self._stop.wait(0.5)
+            except Exception:
+                log.exception("agents.execution_import_failed")
+                self._stop.wait(5.0)
 
     def _serve(self) -> None:
         try:

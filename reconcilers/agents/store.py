@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS executions (
 CREATE INDEX IF NOT EXISTS executions_task ON executions (task, finished);
 CREATE TABLE IF NOT EXISTS tool_calls (
   execution VARCHAR, agent VARCHAR, role VARCHAR, tool VARCHAR, allowed BOOLEAN, reason VARCHAR, at_ts DOUBLE);
+CREATE TABLE IF NOT EXISTS shipped (id VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS last_fire (job VARCHAR PRIMARY KEY, at_ts DOUBLE);
 CREATE TABLE IF NOT EXISTS budget_events (role VARCHAR, period VARCHAR, threshold INTEGER, at_ts DOUBLE,
   spent DOUBLE, cap DOUBLE);
