@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +20,7 @@ from types import MappingProxyType
 import nats as nats_client
 import pytest
 
+from reconcilers.agents.budget import Spend
 from reconcilers.agents.model import Agent, AgentsDesired, AgentSettings, Provider, Task
 from reconcilers.agents.natsqueue import EXEC_STREAM, NatsQueue
 from reconcilers.agents.remote import outcome_from, record_body, serve_worker
@@ -188,3 +190,28 @@ def test_a_shipped_record_is_checked_and_cut() -> None:
     huge: Mapping[str, object] = {"id": "x" * 10_000, "outcome": "failed", "error": "e" * 100_000}
     cut = outcome_from(dict(huge))
     assert len(cut.id) == 64 and len(cut.error) == 2000
+
+
+@pytest.mark.slow
+def test_the_running_service_imports_records_and_counts_spend_once(tmp_path: Path, server: Nats) -> None:
+    """The service's own thread (start_threads, as in the daemon) records a published LLM execution; the same
+    record published twice more (past the duplicate window: other message ids) leaves one row, one spend."""
+    task = Task("summarise", "Summarise", "devops", prompt="hi", timeout=60)
+    svc = AgentService(tmp_path / "daemon", start_threads=True, queue_url=server.url)
+    try:
+        svc.update(team(task))
+        now = time.time()
+        body = json.dumps(record_body(Outcome("llm-1", "run-9", task.id, task.id, "devops", agent="ops",
+                                              provider="gpt", trigger="manual", started=now - 2, finished=now,
+                                              outcome="succeeded", tokens_in=100, tokens_out=50, cost=0.25,
+                                              summary="done", output="all good"))).encode()
+        for n in range(3):
+            publish_raw(server.url, "stratum.executions.devops", body, f"copy-{n}")
+        wait_for(lambda: len(rows(svc.store)) == 1 and stream_messages(server.url) == 0,
+                 "the service's thread to take the three copies", limit=60)
+        assert len(rows(svc.store)) == 1
+        assert Spend(svc.store, time.time).usage("devops").month == pytest.approx(0.25)
+        assert svc.runner.metrics.registry.get_sample_value(
+            "stratum_agent_tokens_total", {"role": "devops", "provider": "gpt", "direction": "in"}) == 100.0
+    finally:
+        svc.close()
