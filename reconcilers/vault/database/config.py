@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.vault.database import sql
 from reconcilers.vault.database.errors import DatabaseError, DatabaseNotFound, DatabaseUnreachable
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
+
+if TYPE_CHECKING:
+    import psycopg
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 USERNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,62}$")

@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import psycopg
-
 from reconcilers.vault.database import config, leases, roles, sql
 from reconcilers.vault.database.errors import DatabaseError, DatabaseUnreachable
 from reconcilers.vault.database.leases import Lease
@@ -79,6 +77,8 @@ def _revoke_batch(conn_def: config.Connection, batch: Sequence[tuple[Lease, tupl
             except DatabaseError as err:
                 results.append((lease, err.render()))
     finally:
+        import psycopg  # loaded by the connection above: this import is a dictionary lookup
+
         try:
             live.close()
         except psycopg.Error:

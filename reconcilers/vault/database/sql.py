@@ -15,11 +15,13 @@ import secrets
 import string
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import psycopg
-
 from reconcilers.vault.database.errors import DatabaseError, DatabaseUnreachable, StatementError
+
+if TYPE_CHECKING:
+    import psycopg  # imported where a connection is made: validate and plan never load the driver
 
 CONNECT_TIMEOUT = 5                   # seconds: a database that does not answer fails fast, then is retried
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -69,6 +71,8 @@ def scrub(text: str, *secret_values: str) -> str:
 
 def connect(url: str, where: str, *secret_values: str) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection (autocommit; statements choose their transaction) or raise DatabaseUnreachable."""
+    import psycopg
+
     try:
         return psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT, autocommit=True)
     except psycopg.OperationalError as err:
@@ -111,6 +115,8 @@ class _Conflict(Exception):
 
 def _run_once(conn: psycopg.Connection[tuple[object, ...]], statements: Sequence[str], *, role: str, kind: str,
               name: str, password: str, expiration: str) -> None:
+    import psycopg
+
     try:
         with conn.transaction():
             for number, template in enumerate(statements, 1):
