@@ -23,8 +23,9 @@ from typing import Any
 
 import structlog
 
-from reconcilers.agents.model import AgentsDesired
+from reconcilers.agents.model import AgentsDesired, AgentSettings
 from reconcilers.agents.natsqueue import NatsQueue
+from reconcilers.agents.retention import purge
 from reconcilers.agents.runner import Outcome, Runner
 from reconcilers.agents.snapshot import team_from_json
 from reconcilers.agents.store import Store
@@ -33,6 +34,7 @@ from reconcilers.errors import SettingsError
 
 log = structlog.get_logger("stratum.agents.worker")
 TEAM_REFRESH = 5.0
+TIDY_BEATS = 720             # team refreshes between two purges of the worker's file (an hour)
 SWEEP_BATCH = 200            # unshipped records published per sweep
 MAX_OUTPUT = 1500            # characters of output shipped (what an execution node quotes)
 _TEXT = {"id": 64, "message": 200, "task": 200, "task_type": 200, "role": 64, "agent": 200, "provider": 200,
@@ -91,9 +93,15 @@ class Outbox:
         for row in rows:
             self.queue.publish_execution(record_body(row))
             self.store.execute("INSERT OR IGNORE INTO shipped VALUES (?)", [row["id"]])
-        # Marks of records retention removed are of no use.
-        self.store.execute("DELETE FROM shipped WHERE id NOT IN (SELECT id FROM executions)")
         return len(rows)
+
+    def tidy(self, settings: AgentSettings) -> int:
+        """The worker's own retention (as the daemon's, from the declarations): ship what is due, then purge by
+        age and count; marks of removed records go too. How many records went."""
+        self.sweep()
+        gone = purge(self.store, settings.retention_days, settings.retention_count)
+        self.store.execute("DELETE FROM shipped WHERE id NOT IN (SELECT id FROM executions)")
+        return gone
 
 
 def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: threading.Event | None = None,
@@ -130,9 +138,10 @@ def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: 
         refresh()
         while not seen and not stop.wait(1.0):         # no declarations yet: the daemon has not shared them
             refresh()
+        outbox.tidy(runner.team.settings)
         worker = Worker(queue, runner, tuple(roles), visibility=queue.visibility)
         log.info("agents.worker_started", roles=list(roles), queue=queue_url.split("@")[-1])
-        ticker = threading.Thread(target=lambda: _tick(stop, refresh, outbox), daemon=True)
+        ticker = threading.Thread(target=lambda: _tick(stop, refresh, outbox, runner), daemon=True)
         ticker.start()
         worker.serve(stop, poll=0.2)
         return 0
@@ -143,10 +152,15 @@ def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: 
         store.close()
 
 
-def _tick(stop: threading.Event, refresh: Callable[[], None], outbox: Outbox) -> None:
+def _tick(stop: threading.Event, refresh: Callable[[], None], outbox: Outbox, runner: Runner) -> None:
+    beats = 0
     while not stop.wait(TEAM_REFRESH):
+        beats += 1
         try:
             refresh()
-            outbox.sweep()
+            if beats % TIDY_BEATS == 0:
+                outbox.tidy(runner.team.settings)
+            else:
+                outbox.sweep()
         except Exception:
             log.exception("agents.worker_refresh_failed")

@@ -166,6 +166,14 @@ def test_a_remote_workers_executions_are_recorded_once_by_the_daemon(tmp_path: P
         if not closed:
             svc.close()
     assert not failures, failures
+    # The worker keeps its own file within the retention: the 1970 record went once shipped, with its mark.
+    kept = Store(work / "agents-worker.duckdb")
+    try:
+        assert kept.query("SELECT count(*) FROM executions WHERE id = 'early-1'") == [(0,)]
+        assert kept.query("SELECT count(*) FROM shipped WHERE id = 'early-1'") == [(0,)]
+        assert kept.query("SELECT count(*) FROM executions")[0][0] == 2
+    finally:
+        kept.close()
     history = subprocess.run([*STRATUM, "task", "history", "--data-dir", str(daemon), "--output", "json"],
                              capture_output=True, text=True, timeout=120, check=False, env=cli_env())
     assert history.returncode == 0, history.stderr
