@@ -41,7 +41,7 @@ from reconcilers.errors import StratumError
 log = structlog.get_logger("stratum.agents.nats")
 STREAM, DEAD_STREAM = "STRATUM_TASKS", "STRATUM_DEAD"
 EXEC_STREAM, EXEC_DURABLE = "STRATUM_EXECUTIONS", "stratum-executions"
-MAX_RECORD = 32_768          # bytes of one published execution record (the fields are cut well below this)
+MAX_RECORD = 65_536          # bytes of one published execution record (remote.record_body stays below ~40 KB)
 EXEC_MAX_AGE = 30 * 86_400.0  # seconds an execution record waits for a daemon that never comes back
 MAX_DELIVER = 25             # the consumer's cap; each run's own attempts are enforced below it
 CALL_TIMEOUT = 30.0
@@ -53,6 +53,16 @@ class NatsQueueError(StratumError):
 
 
 _SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """A published execution record's bytes. UTF-8, not \\u escapes: a record cut to its fields' limits
+    (remote.record_body) fits MAX_RECORD even when all of it is non-ASCII; a lone surrogate becomes '?'."""
+    data = json.dumps(record, ensure_ascii=False).encode("utf-8", "replace")
+    if len(data) > MAX_RECORD:
+        raise NatsQueueError(f"execution record {str(record.get('id'))[:64]!r} is {len(data)} bytes "
+                             f"(limit {MAX_RECORD})", hint="cut its fields (remote.record_body)")
+    return data
 
 
 def _key(text: str) -> str:
@@ -262,9 +272,7 @@ class NatsQueue:
     def publish_execution(self, record: Mapping[str, Any]) -> None:
         """Publish one execution record (worker side). The header Nats-Msg-Id = the execution id makes a copy
         published again within the duplicate window a no-op; the daemon's insert is idempotent beyond it."""
-        data = json.dumps(record).encode()
-        if len(data) > MAX_RECORD:
-            raise NatsQueueError(f"execution record {record.get('id')!r} is {len(data)} bytes (limit {MAX_RECORD})")
+        data = encode_record(record)
         role = _SUBJECT_UNSAFE.sub("_", str(record.get("role") or "none"))
         self._call(self.js.publish(f"stratum.executions.{role}", data,
                                    headers={"Nats-Msg-Id": f"exec-{record['id']}"}))

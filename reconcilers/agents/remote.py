@@ -82,7 +82,11 @@ class Outbox:
 
     def ship(self, out: Outcome) -> None:
         """Publish one just-recorded execution and mark it shipped (a failure leaves it to the sweep)."""
-        self.queue.publish_execution(record_body(out))
+        try:
+            self.queue.publish_execution(record_body(out))
+        except Exception as err:  # noqa: BLE001 the record stands in the worker's file; the sweep publishes it
+            log.warning("agents.worker_ship_failed", execution=out.id, error=f"{type(err).__name__}: {err}"[:300])
+            return
         self.store.execute("INSERT OR IGNORE INTO shipped VALUES (?)", [out.id])
 
     def sweep(self, limit: int = SWEEP_BATCH) -> int:
@@ -121,7 +125,7 @@ def serve_worker(data_dir: Path, roles: Sequence[str], queue_url: str, *, stop: 
     try:
         runner = Runner(store, queue, AgentsDesired(), data_dir / "agents" / "work")
         outbox = Outbox(store, queue)
-        runner.recorded = outbox.ship           # a failure is an event; the record stays for the next sweep
+        runner.recorded = outbox.ship           # a failure is logged; the record stays for the next sweep
         seen = ""
 
         def refresh() -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from reconcilers.agents.budget import Spend
 from reconcilers.agents.model import Agent, AgentsDesired, AgentSettings, Provider, Task
-from reconcilers.agents.natsqueue import EXEC_STREAM, NatsQueue
+from reconcilers.agents.natsqueue import EXEC_STREAM, MAX_RECORD, NatsQueue, NatsQueueError, encode_record
 from reconcilers.agents.remote import outcome_from, record_body, serve_worker
 from reconcilers.agents.runner import Outcome
 from reconcilers.agents.service import AgentService
@@ -198,6 +198,15 @@ def test_a_shipped_record_is_checked_and_cut() -> None:
     huge: Mapping[str, object] = {"id": "x" * 10_000, "outcome": "failed", "error": "e" * 100_000}
     cut = outcome_from(dict(huge))
     assert len(cut.id) == 64 and len(cut.error) == 2000
+    # Every text field at its limit in 4-byte characters, and a lone surrogate: still one publishable record.
+    w = "\U0001f4be"
+    wide = Outcome(w * 100, "\ud800" * 300, w * 300, w * 300, w * 300, agent="\U0001f4be" * 300,
+                   provider="\U0001f4be" * 300, trigger="\U0001f4be" * 100, summary="\U0001f4be" * 600,
+                   error="\U0001f4be" * 3000, rule="\U0001f4be" * 300, explain="\U0001f4be" * 5000,
+                   output="\U0001f4be" * 3000, outcome="failed")
+    assert len(encode_record(record_body(wide))) <= MAX_RECORD
+    with pytest.raises(NatsQueueError, match="limit"):
+        encode_record({"id": "x", "output": "y" * (MAX_RECORD + 1)})
 
 
 @pytest.mark.slow
