@@ -153,9 +153,11 @@ def test_every_execution_gets_a_bounded_execution_node_and_no_secret_leaks(
     front = {p: yaml.safe_load(t.split("---")[1]) for p, t in nodes.items()}
     assert all(f["type"] == "execution" and f["revision"] == rt.index.get_state("last_applied_revision")
                for f in front.values())
-    # The third hello run took the first slot again (the tree keeps two per task).
-    assert front["executions/agents/tasks/hello/000.md"]["run_id"] == hello[2]["id"]
-    assert front["executions/agents/tasks/hello/001.md"]["run_id"] == hello[1]["id"]
+    # Three hello runs, two slots: the third run recorded took the first slot again, so the tree holds two
+    # different hello runs. (Which two depends on the order the parallel workers recorded them, not on the
+    # history's order of finish times: asserting the ids by position was flaky under load.)
+    kept = {front[f"executions/agents/tasks/hello/{slot}.md"]["run_id"] for slot in ("000", "001")}
+    assert len(kept) == 2 and kept <= {r["id"] for r in hello}
     assert "hello from hello" in nodes["executions/agents/tasks/hello/000.md"]
     assert front["executions/agents/tasks/read-sec/000.md"]["resources"] == ["agents:task:read-sec",
                                                                           "agents:agent:sec"]
