@@ -24,7 +24,7 @@ KNOWN_DOWN_PREFIXES: tuple[str, ...] = ()
 CONTRACT = ("reconcilers.base", "reconcilers.bounded_yaml", "reconcilers.errors", "reconcilers.gittree",
             "reconcilers.locations",
             "reconcilers.plugin", "reconcilers.ports", "reconcilers.records", "reconcilers.registry",
-            "reconcilers.workers")
+            "reconcilers.verbs", "reconcilers.workers")
 
 EDGES = importgraph.graph()
 

@@ -17,25 +17,9 @@ from daemon.cli.errors import handle_errors as handle_errors  # the one error ha
 from daemon.errors import LockError, StratumError
 from daemon.service import control_client as api
 from daemon.settings import Settings, check_owner, load_settings, read_effective
+from reconcilers.verbs import common_options as common_options  # the contract's, shared with plugin verbs
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def common_options(fn: F) -> F:
-    """--repo, --data-dir, --config, --branch, --root on a verb."""
-    for option in reversed([
-        click.option("--repo", default=None, help="repository path or URL (default: the current directory)"),
-        click.option("--data-dir", default=None, type=click.Path(path_type=Path),
-                     help="state directory (default: $STATE_DIRECTORY, else one per repository: "
-                          "$XDG_STATE_HOME/stratum/<repo>-<hash>)"),
-        click.option("--config", "config_file", default=None, type=click.Path(path_type=Path),
-                     help="host settings file (default: <data-dir>/stratumd.toml)"),
-        click.option("--branch", default=None, help="branch to watch (default: main)"),
-        click.option("--root", default=None, type=click.Path(path_type=Path),
-                     help="root of the local provider (default: <data-dir>/root)"),
-    ]):
-        fn = option(fn)
-    return fn
 
 
 def output_option(fn: F) -> F:

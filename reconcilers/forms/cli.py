@@ -27,6 +27,7 @@ from reconcilers.forms.forge import forge_from
 from reconcilers.forms.loader import load_forms
 from reconcilers.forms.session import FormSession
 from reconcilers.ports import VerbHost
+from reconcilers.verbs import verb_host
 
 if TYPE_CHECKING:
     from reconcilers.forms.output import Submission
@@ -48,12 +49,7 @@ def _common(fn: Any) -> Any:
 
 
 def _host() -> VerbHost:
-    host = click.get_current_context().find_root().obj
-    if host is None or not hasattr(host, "open"):
-        raise SettingsError("`stratum form` runs under the `stratum` command (it needs the daemon's ports)",
-                            hint="run `stratum form ...`")
-    verb_host: VerbHost = host
-    return verb_host
+    return verb_host("form")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import click
 
 from reconcilers.errors import SettingsError
 from reconcilers.ports import VerbHost
+from reconcilers.verbs import verb_host
 
 _OPTIONS = ("repo", "data_dir", "config", "branch", "root")
 
@@ -34,12 +35,7 @@ def _common(fn: Any) -> Any:
 
 
 def _host() -> VerbHost:
-    host = click.get_current_context().find_root().obj
-    if host is None or not hasattr(host, "workspace"):
-        raise SettingsError("`stratum infra` runs under the `stratum` command (it needs the daemon's ports)",
-                            hint="run `stratum infra ...`")
-    verb_host: VerbHost = host
-    return verb_host
+    return verb_host("infra")
 
 
 def _providers(section: Mapping[str, Any], data_dir: Path, only: str | None = None) -> dict[str, Any]:

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 import click
 
 from reconcilers.base import Problem
-from reconcilers.errors import InputError, SettingsError
+from reconcilers.errors import InputError
 from reconcilers.knowledge.node import TYPES
 from reconcilers.ports import VerbHost
+from reconcilers.verbs import verb_host
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,12 +40,7 @@ def _output(fn: F) -> F:
 
 
 def _host(ctx: click.Context) -> VerbHost:
-    host = ctx.find_root().obj
-    if host is None or not hasattr(host, "workspace"):
-        raise SettingsError("`stratum kb` runs under the `stratum` command (it needs the kernel's ports)",
-                            hint="run `stratum kb ...`")
-    verb_host: VerbHost = host
-    return verb_host
+    return verb_host("kb")
 
 
 def _kb(ctx: click.Context, repo: str | None, data_dir: Path | None, branch: str | None) -> Any:

@@ -16,13 +16,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 import pygit2
 
 from reconcilers.base import Problem
-from reconcilers.errors import SettingsError, StratumError
+from reconcilers.errors import StratumError
 from reconcilers.vault import check as checks
 from reconcilers.vault import editing, envelope, keys, manifest, merge, onboard, rules_sig, textconv
 from reconcilers.vault.backends import DEFAULT, NAMES, Backend, available, get_backend
@@ -31,13 +31,10 @@ from reconcilers.vault.init import wire_repo
 from reconcilers.vault.keysource import FileKeySource
 from reconcilers.vault.rules import RULES_PATH, Rules, staged_index, unstaged_rules
 from reconcilers.vault.secret_rules import load_repo, load_revision
+from reconcilers.verbs import common_options, verb_host
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from reconcilers.ports import VerbHost
-
-F = TypeVar("F", bound="Callable[..., Any]")
 
 OUTPUT = click.option(
     "--output", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format."
@@ -138,31 +135,8 @@ def _repo_root(start: Path) -> Path | None:
     return None
 
 
-def common_options(fn: F) -> F:
-    """--repo, --data-dir, --config, --branch, --root, as on every `stratum` verb."""
-    for option in reversed([
-        click.option("--repo", default=None, help="repository path or URL (default: the current directory)"),
-        click.option("--data-dir", default=None, type=click.Path(path_type=Path),
-                     help="state directory (default: $STATE_DIRECTORY, else one per repository: "
-                          "$XDG_STATE_HOME/stratum/<repo>-<hash>)"),
-        click.option("--config", "config_file", default=None, type=click.Path(path_type=Path),
-                     help="host settings file (default: <data-dir>/stratumd.toml)"),
-        click.option("--branch", default=None, help="branch to watch (default: main)"),
-        click.option("--root", default=None, type=click.Path(path_type=Path),
-                     help="root of the local provider (default: <data-dir>/root)"),
-    ]):
-        fn = option(fn)
-    return fn
-
-
 def _host() -> VerbHost:
-    """The kernel's VerbHost, which the `stratum` group puts in click's root `ctx.obj` (reconcilers/ports.py)."""
-    host = click.get_current_context().find_root().obj
-    if host is None or not hasattr(host, "locate"):
-        raise SettingsError("`stratum secret` runs under the `stratum` command (it needs the kernel's ports)",
-                            hint="run `stratum secret ...` (git drivers: `python -m daemon.cli.secret secret ...`)")
-    verb_host: VerbHost = host
-    return verb_host
+    return verb_host("secret", "run `stratum secret ...` (git drivers: `python -m daemon.cli.secret secret ...`)")
 
 
 def _locate(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
