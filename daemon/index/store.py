@@ -23,7 +23,7 @@ import duckdb
 
 from daemon.errors import IndexError_, LockError
 from daemon.run.journal import Journal
-from reconcilers.base import Action, InventoryItem, Problem
+from reconcilers.base import Action, InventoryItem, Problem, ResourceRow
 
 CORE_MIGRATIONS: tuple[str, ...] = (
     # 1: the records of the spine
@@ -434,6 +434,30 @@ class Index:
                 self.con.execute(
                     "INSERT INTO resources SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
                     [revision, *[list(c) for c in cols]])
+
+    def patch_resources(self, revision: str, base: str, base_count: int, gone: Sequence[ResourceRow],
+                        added: Sequence[ResourceRow]) -> bool:
+        """Record `revision`'s resources as `base`'s, less `gone`, plus `added`, copied inside DuckDB (see
+        daemon/run/carry.py). False, with nothing written, when `base` does not hold `base_count` rows."""
+        with self._lock:
+            self.flush()
+            found = self.con.execute("SELECT count(*) FROM resources WHERE revision = ?", [base]).fetchone()
+            if found is None or int(found[0]) != base_count:
+                return False
+            self.con.execute("DELETE FROM resources WHERE revision = ?", [revision])
+            self.con.execute("INSERT INTO resources SELECT ?, reconciler, resource_id, kind, path, spec_hash "
+                             "FROM resources WHERE revision = ?", [revision, base])
+            if gone:
+                keys = ["\x00".join(row) for row in gone]
+                self.con.execute(
+                    "DELETE FROM resources WHERE revision = ? AND concat_ws(chr(0), reconciler, resource_id, kind, "
+                    "path, spec_hash) IN (SELECT unnest(?))", [revision, keys])
+            if added:
+                cols = [list(c) for c in zip(*added, strict=True)]
+                self.con.execute(
+                    "INSERT INTO resources SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
+                    [revision, *cols])
+            return True
 
     # -- runs and checkpoints -----------------------------------------------------------------------
     def start_run(self, revision: str, trigger: str, base_revision: str | None) -> str:

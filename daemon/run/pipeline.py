@@ -23,9 +23,18 @@ from daemon.errors import CycleError, InputError, StratumError
 from daemon.git.source import MAX_FILES, GitSource, Snapshot
 from daemon.git.tree_check import repo_cap_problems, tree_problems
 from daemon.nickel.evaluator import Evaluator
+from daemon.run import carry, gcpolicy
 from daemon.run.plan import Executor, order, sequence
 from daemon.run.retry import RetryPolicy
-from reconcilers.base import Action, AnyReconciler, ApplyContext, InventoryItem, Problem, RunRecord
+from reconcilers.base import (
+    Action,
+    AnyReconciler,
+    ApplyContext,
+    InventoryItem,
+    Problem,
+    ResourceRow,
+    RunRecord,
+)
 
 if TYPE_CHECKING:
     from daemon.index.store import Index
@@ -95,7 +104,11 @@ class Pipeline:
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
     retry: RetryPolicy = field(default_factory=RetryPolicy)   # how transient and waiting errors are retried
+    settle_memory: bool = True                # after each run, freeze survivors out of the collector (gcpolicy)
     _good: dict[str, Loaded] = field(default_factory=dict)
+    _landed: carry.Landed | None = None       # the last revision that became good in this process (carry.py)
+    _recorded: tuple[str, tuple[ResourceRow, ...]] | None = None   # the resource rows recorded last
+    carry_note: str = ""                      # how the last run recorded its rows: "carried: ..." | "full: why"
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
 
@@ -219,6 +232,7 @@ class Pipeline:
         try:
             status, message, problems, done = self._run(run_id, revision, base, logger, incremental)
         except RunInterrupted as err:
+            self._landed = None
             # Left `running` on purpose, with its checkpoints: resolve_interrupted finishes it at next start.
             logger.warning("run_interrupted", message=str(err))
             self.index.set_state("stopped_run", run_id)     # stopped on purpose: owed a fresh run at next start
@@ -280,6 +294,7 @@ class Pipeline:
             return "succeeded", applied, (), done
         failed_action, error = result.failed
         done += ((failed_action.id, "failed"),)
+        self._landed = None        # the target moved under this run: carry nothing from before it (carry.py)
         ok, note = self.rollback(run_id, [a for a, _ in result.completed], result.next_seq)
         status = "rolled_back" if ok else "failed"
         return status, f"{failed_action.id} failed: {error}; {note}", (), done
@@ -294,11 +309,14 @@ class Pipeline:
 
     def _index(self, loaded: Loaded, base: str | None) -> None:
         """The revision's resources and changed files (callers group these writes into one commit)."""
-        rows: list[tuple[str, str, str, str, str]] = []
+        rows: list[ResourceRow] = []
         for name, rec in self.reconcilers.items():
             if name in loaded.desired:
                 rows.extend(rec.resource_rows(loaded.desired[name]))
-        self.index.record_resources(loaded.snapshot.revision, rows)
+        revision = loaded.snapshot.revision
+        # Patched from the rows of the revision that landed last, when that is sound (daemon/run/carry.py).
+        self.carry_note = carry.record_resources(self.index, revision, rows, self._landed, base)
+        self._recorded = (revision, tuple(rows))
         self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
 
     def _index_hooks(self, loaded: Loaded) -> None:
@@ -334,7 +352,8 @@ class Pipeline:
             for rid in current.keys() - wanted.keys():
                 self.index.drop_inventory(name, rid)
             for rid, item in wanted.items():
-                if current.get(rid) != item:                  # only what changed is written
+                held = current.get(rid)
+                if held is not item and held != item:           # only what changed is written
                     self.index.put_inventory(item, revision)
         self.index.set_state("last_applied_revision", revision)
         self.index.set_state("last_good_revision", revision)
@@ -342,6 +361,9 @@ class Pipeline:
         # base that change control judges the next commit against.
         self.source.keep(revision, LAST_GOOD_REF)
         self._good = {revision: loaded}
+        # Landed: what the next run may carry forward (the rows recorded for this very revision, if any).
+        rows = self._recorded[1] if self._recorded is not None and self._recorded[0] == revision else None
+        self._landed = carry.Landed(revision, rows) if rows is not None else None
 
     # rollback ----------------------------------------------------------------------------------------
     def _admit(self, loaded: Loaded) -> Admission:
@@ -474,6 +496,8 @@ class Pipeline:
                 rec.on_run_finished(record, self.index)
             except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
                 log.get().exception("run_hook_failed", reconciler=name)
+        if self.settle_memory:
+            gcpolicy.settle()     # the next run's collections skip what this one left alive (gcpolicy.py)
 
     def wait_hooks(self) -> None:
         """Block until every queued run hook has finished (shutdown, tests)."""

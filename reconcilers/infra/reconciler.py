@@ -26,6 +26,7 @@ from reconcilers.errors import ApplyError, PathEscapeError, StratumError, Termin
 from reconcilers.infra import diff, secretapply
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
+from reconcilers.infra.memo import PerResource
 from reconcilers.infra.model import (
     CLOUD_KINDS,
     InfraDesired,
@@ -65,7 +66,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
         self._file_cache: FileCache = {}
-        self._policy_views: dict[int, tuple[Resource, PolicyResource]] = {}
+        self._policy_views = PerResource(self._policy_view)
+        self._items = PerResource(self._item)        # inventory entries (memo.py)
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
         self.index_port: Tables | None = env.index   # own tables: the cloud catalogs (providers/catalog.py)
@@ -351,7 +353,11 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def inventory_items(self, desired: InfraDesired) -> list[InventoryItem]:
         """The inventory a fully applied revision leaves."""
-        return [InventoryItem(self.name, r.id, r.kind, r.inventory_data()) for r in desired.resources.values()]
+        item = self._items
+        return [item(r) for r in desired.resources.values()]
+
+    def _item(self, r: Resource) -> InventoryItem:
+        return InventoryItem(self.name, r.id, r.kind, r.inventory_data())
 
     def resource_rows(self, desired: InfraDesired) -> list[tuple[str, str, str, str, str]]:
         """(reconciler, id, kind, path, spec hash) rows for the index."""
@@ -361,21 +367,14 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         """What change control authorizes: each resource with its attributes; the digest covers everything
         a commit can change about it (spec, labels, prune, drift, dependencies)."""
         # Admission asks for the revision and its base on every run; resources of unchanged files are the same
-        # objects from one load to the next (the load cache), so their policy view is made once. Keyed by the
-        # object's id with the object itself kept, so an id is never reused while its entry lives.
-        known = self._policy_views
-        out = []
-        for r in desired.resources.values():
-            hit = known.get(id(r))
-            if hit is None or hit[0] is not r:
-                digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
-                hit = (r, PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels,
-                                         digest.hexdigest()[:16], r.source, r.line))
-                if len(known) > 200_000:
-                    known.clear()
-                known[id(r)] = hit
-            out.append(hit[1])
-        return out
+        # objects from one load to the next (the load cache), so their policy view is made once (memo.py).
+        view = self._policy_views
+        return [view(r) for r in desired.resources.values()]
+
+    def _policy_view(self, r: Resource) -> PolicyResource:
+        digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
+        return PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels, digest.hexdigest()[:16],
+                              r.source, r.line)
 
     def close(self) -> None:
         """Stop the template worker (the Nickel evaluator is the daemon's)."""
