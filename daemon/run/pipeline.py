@@ -109,6 +109,7 @@ class Pipeline:
     _landed: carry.Landed | None = None       # the last revision that became good in this process (carry.py)
     _recorded: tuple[str, tuple[ResourceRow, ...]] | None = None   # the resource rows recorded last
     carry_note: str = ""                      # how the last run recorded its rows: "carried: ..." | "full: why"
+    carry_forward: bool = True                # False: every run writes everything (the reference in tests)
     _hooks: cf.ThreadPoolExecutor = field(
         default_factory=lambda: cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-hooks"))
 
@@ -315,7 +316,8 @@ class Pipeline:
                 rows.extend(rec.resource_rows(loaded.desired[name]))
         revision = loaded.snapshot.revision
         # Patched from the rows of the revision that landed last, when that is sound (daemon/run/carry.py).
-        self.carry_note = carry.record_resources(self.index, revision, rows, self._landed, base)
+        landed = self._landed if self.carry_forward else None
+        self.carry_note = carry.record_resources(self.index, revision, rows, landed, base)
         self._recorded = (revision, tuple(rows))
         self.index.record_changed_files(loaded.snapshot.revision, self._changes(loaded.snapshot, base))
 

@@ -17,6 +17,7 @@ from typing import Any
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
 from reconcilers.infra import secretrefs
+from reconcilers.infra.loadcarry import FileLoad, LoadCarry
 from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, Resource
 from reconcilers.infra.providers.cloud_diff import references
 from reconcilers.infra.templates import TemplateRenderer
@@ -85,14 +86,15 @@ FileCache = dict[tuple[str, str, tuple[str, ...]], tuple[tuple[Resource, ...], t
 
 
 def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = None,
-               renderer: TemplateRenderer | None = None) -> InfraDesired:
+               renderer: TemplateRenderer | None = None, carry: LoadCarry | None = None) -> InfraDesired:
     """The desired infrastructure of a commit. `cache` keeps each file's resources by the file's Nickel
     result key and its templates' blob ids, so a commit that changes one file rebuilds one file. Templates
-    render in `renderer`'s bounded worker (a short-lived one when none is given)."""
+    render in `renderer`'s bounded worker (a short-lived one when none is given). `carry` keeps the last
+    problem-free load, and the next one is patched from it by the files whose key moved (loadcarry.py)."""
     if renderer is None:
         own = TemplateRenderer()
         try:
-            return load_infra(snap, evaluator, cache, own)
+            return load_infra(snap, evaluator, cache, own, carry)
         finally:
             own.close()
     renderer.begin()
@@ -102,22 +104,20 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
     result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
+
+    def one(path: str, value: Mapping[str, Any]) -> FileLoad:
+        return _file_load(snap, path, value, result.keys.get(path, ""), cache, renderer)
+
+    if carry is not None and not problems:
+        patched = carry.patch(snap, result.values, result.keys, one, _check_references)
+        if patched is not None:
+            return patched
+    files: dict[str, FileLoad] = {}
     resources: dict[str, Resource] = {}
     for path, value in sorted(result.values.items()):
-        templates = tuple(sorted(
-            f"{raw['template']}@{(snap.entry(raw['template']) or _MISSING).blob_id}"
-            for raw in value.get("resources", {}).values() if isinstance(raw, dict) and "template" in raw))
-        key = (path, result.keys.get(path, ""), templates)
-        cached = cache.get(key) if cache is not None and key[1] else None
-        if cached is None:
-            cached = _load_file(snap, path, value, renderer)
-            if cache is not None and key[1]:
-                if len(cache) > FILE_CACHE_MAX:
-                    cache.clear()
-                cache[key] = cached
-        file_resources, file_problems = cached
-        problems.extend(file_problems)
-        for r in file_resources:
+        files[path] = loaded = one(path, value)
+        problems.extend(loaded.problems)
+        for r in loaded.resources:
             if r.id in resources:
                 first = resources[r.id]
                 problems.append(Problem(
@@ -126,7 +126,28 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
                 continue
             resources[r.id] = r
     problems.extend(_check_references(resources))
-    return InfraDesired(resources=MappingProxyType(resources), problems=tuple(problems))
+    desired = InfraDesired(resources=MappingProxyType(resources), problems=tuple(problems))
+    if carry is not None:
+        carry.remember(snap, files, result.keys, desired)
+    return desired
+
+
+def _file_load(snap: Snapshot, path: str, value: Mapping[str, Any], nickel_key: str, cache: FileCache | None,
+               renderer: TemplateRenderer) -> FileLoad:
+    """One evaluated file's resources and problems, from `cache` when its key (Nickel result, templates' blob
+    ids) was loaded before."""
+    used = tuple(sorted({str(raw["template"]) for raw in value.get("resources", {}).values()
+                         if isinstance(raw, dict) and "template" in raw}))
+    templates = tuple(sorted(f"{t}@{(snap.entry(t) or _MISSING).blob_id}" for t in used))
+    key = (path, nickel_key, templates)
+    cached = cache.get(key) if cache is not None and key[1] else None
+    if cached is None:
+        cached = _load_file(snap, path, value, renderer)
+        if cache is not None and key[1]:
+            if len(cache) > FILE_CACHE_MAX:
+                cache.clear()
+            cache[key] = cached
+    return FileLoad(nickel_key, used, cached[0], cached[1])
 
 
 class _Missing:

@@ -25,6 +25,7 @@ from reconcilers.base import (
 from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError
 from reconcilers.infra import diff, secretapply
 from reconcilers.infra.load import FileCache, load_infra
+from reconcilers.infra.loadcarry import LoadCarry
 from reconcilers.infra.local import LocalProvider, content_hash
 from reconcilers.infra.memo import PerResource
 from reconcilers.infra.model import (
@@ -66,6 +67,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             raise StratumError("the infra reconciler needs the daemon's Nickel evaluator (ReconcilerEnv.evaluator)",
                                hint="report this bug: the daemon hands one to every reconciler")
         self._file_cache: FileCache = {}
+        # The last problem-free load, patched by the next (loadcarry.py); None: every load in full.
+        self.load_carry: LoadCarry | None = LoadCarry()
         self._policy_views = PerResource(self._policy_view)
         self._items = PerResource(self._item)        # inventory entries (memo.py)
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
@@ -82,7 +85,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def load(self, snap: Snapshot) -> InfraDesired:
         """Resources of the commit (Nickel evaluated with the infra contract)."""
-        desired = load_infra(snap, self.evaluator, self._file_cache, self._renderer)
+        desired = load_infra(snap, self.evaluator, self._file_cache, self._renderer, self.load_carry)
         return secretapply.locate_all(snap, desired, self.secrets_port, self.runtime_dir)
 
     def validate(self, desired: InfraDesired) -> list[Problem]:

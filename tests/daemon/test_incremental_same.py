@@ -58,6 +58,9 @@ class Twins:
         self.repo = repo
         self.inc = Stack(tmp / "inc", repo.path, evaluator=evaluator)
         self.full = Stack(tmp / "full", repo.path, evaluator=evaluator)
+        self.full.pipeline.carry_forward = False     # the reference: nothing carried, every load in full
+        self.full.infra.load_carry = None
+        self.load_notes: list[str] = []       # how each run of `inc` loaded infra (loadcarry.py)
 
     def step(self, files: dict[str, str | None] | None = None, *, git_mv: tuple[str, str] | None = None,
              carried: bool | None = None) -> tuple[str, str]:
@@ -69,6 +72,8 @@ class Twins:
         a = self.inc.pipeline.run(rev, trigger="test", incremental=True)
         b = self.full.pipeline.run(rev, trigger="test")
         note = self.inc.pipeline.carry_note
+        assert self.inc.infra.load_carry is not None
+        self.load_notes.append(self.inc.infra.load_carry.note)
         assert (a.status, a.message, a.problems, a.actions) == (b.status, b.message, b.problems, b.actions), note
         ra, rb = _record(self.inc, a.run_id, rev), _record(self.full, b.run_id, rev)
         for key in ra:
@@ -131,5 +136,11 @@ def test_incremental_runs_record_what_full_runs_record(tmp_path: Path, evaluator
         assert twins.step({"infra/cmd.ncl": None, "infra/d2/f08.ncl": _file(8, "v5")}, carried=False)[0] \
             == "succeeded"
         assert twins.step({"infra/d2/f08.ncl": _file(8, "v6")}, carried=True)[0] == "succeeded"
+        # how `inc` loaded infra at each step: patched from the last problem-free load, or in full (and why)
+        assert [n.split(":")[0] for n in twins.load_notes] == [
+            "patched", "patched", "patched", "patched", "patched", "full", "full", "patched", "full", "full",
+            "full", "full", "patched", "patched", "patched", "patched", "patched"]
+        assert "template" not in twins.load_notes[12] and twins.load_notes[12].startswith("patched: 1 file(s)")
+        assert twins.load_notes[5] == "full: a resource depends on r06, which went away"
     finally:
         twins.close()
