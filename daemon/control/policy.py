@@ -207,6 +207,14 @@ def schema() -> cedarpy.Schema:
 # -- changes --------------------------------------------------------------------------------------------------
 def diff_resources(old: Iterable[PolicyResource], new: Iterable[PolicyResource]) -> list[Change]:
     """The changes from `old` to `new`, by uid: create (new), change (new, with `before`), delete (old)."""
+    old, new = list(old), list(new)
+    # The very same (frozen) object on both sides is unchanged: reconcilers hand out one object per unchanged
+    # resource from one revision to the next, so a one-file commit among 20,000 diffs one resource, not 20,000.
+    # Uids are unique on each side, so what is left pairs up exactly as the whole would (order kept).
+    kept = set(map(id, old)) & set(map(id, new))
+    if kept:
+        old = [r for r in old if id(r) not in kept]
+        new = [r for r in new if id(r) not in kept]
     before = {r.uid: r for r in old}
     after = {r.uid: r for r in new}
     out: list[Change] = []
@@ -214,9 +222,7 @@ def diff_resources(old: Iterable[PolicyResource], new: Iterable[PolicyResource])
         prev = before.get(uid)
         if prev is None:
             out.append(Change("create", r))
-        elif prev is not r and prev.facts() != r.facts():
-            # (`is`: reconcilers hand out one frozen object per unchanged resource from one revision to the
-            # next, so a one-file commit among 20,000 compares one resource's facts, not 20,000)
+        elif prev.facts() != r.facts():
             out.append(Change("change", r, before=prev))
     out.extend(Change("delete", r) for uid, r in before.items() if uid not in after)
     return out

@@ -48,8 +48,7 @@ def record_resources(index: Index, revision: str, rows: Sequence[ResourceRow], l
         index.record_resources(revision, rows)
         return f"full: {why}"
     assert landed is not None
-    old, new = set(landed.rows), set(rows)
-    gone, added = old - new, new - old
+    gone, added = _difference(landed.rows, rows)
     if len(gone) + len(added) > MAX_PATCH:
         index.record_resources(revision, rows)
         return f"full: {len(gone) + len(added)} rows differ"
@@ -57,6 +56,19 @@ def record_resources(index: Index, revision: str, rows: Sequence[ResourceRow], l
         index.record_resources(revision, rows)
         return "full: the landed revision's rows are not all in the index"
     return f"carried: {len(added)} row(s) new, {len(gone)} gone, {len(rows) - len(added)} kept"
+
+
+def _difference(old: Sequence[ResourceRow], new: Sequence[ResourceRow]) -> tuple[set[ResourceRow], set[ResourceRow]]:
+    """(rows only in `old`, rows only in `new`). Reconcilers that hand out the same row object for an unchanged
+    resource (infra) leave the same objects at the same places: those pairs are skipped by identity."""
+    if len(old) == len(new):
+        odd = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a is not b]
+        if len(odd) <= MAX_PATCH:
+            before = {old[i] for i in odd}
+            after = {new[i] for i in odd}
+            return before - after, after - before
+    before, after = set(old), set(new)
+    return before - after, after - before
 
 
 def _why_not(revision: str, rows: Sequence[ResourceRow], landed: Landed | None, base: str | None) -> str:

@@ -155,13 +155,20 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
     """Actions that bring the host to `desired`, prune included. Pure."""
     inventory = {i.resource_id: i for i in inventory_items if i.reconciler == NAME}
     actions: dict[str, Action] = {}
-    dirs = {r.path: r.id for r in desired.resources.values() if r.kind == "directory"}
-    by_path = {r.path: r.id for r in desired.resources.values() if r.path}
+    dirs: dict[str, str] = {}
+    by_path: dict[str, str] = {}
+    cloud: list[str] = []
+    for r in desired.resources.values():       # one pass: this runs over every resource of every run
+        if r.path:
+            by_path[r.path] = r.id
+        if r.kind == "directory":
+            dirs[r.path] = r.id
+        elif r.kind in CLOUD_KINDS:
+            cloud.append(r.id)
     removed_paths: dict[str, str] = {}
     deletes: list[tuple[str, dict[str, object]]] = []
-    for rid, item in sorted(inventory.items()):
-        if rid in desired.resources:
-            continue
+    for rid in sorted(inventory.keys() - desired.resources.keys()):
+        item = inventory[rid]
         data = json.loads(item.data)
         if not data.get("prune", True):
             continue
@@ -216,7 +223,9 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             change=freeze({"inventory": data}), depends_on=tuple(sorted(children.get(rid, ()))))
     # Cloud: deletes after what depended on them; moves between providers; objects tagged ours, unclaimed.
     planned = {a.target for a in actions.values() if a.kind != "delete"}
-    extra = cloud_plan.moves(desired, inventory, planned) + cloud_plan.orphans(observed)
+    # Only a cloud resource can have moved between providers: the others' entries are not looked at.
+    extra = cloud_plan.moves(desired, {rid: inventory[rid] for rid in cloud if rid in inventory}, planned) \
+        + cloud_plan.orphans(observed)
     ordered = cloud_plan.delete_order([a for a in actions.values() if a.kind == "delete"] + extra)
     for a in ordered:
         actions[a.id if a.id.startswith(f"{NAME}:~") or "@" in a.id else f"-{a.target}"] = a

@@ -64,6 +64,30 @@ class LocalProvider:
                 raise PathEscapeError(f"path {rel!r} is a symlink out of the root")
         return path
 
+    def escapes(self, rels: Iterable[str]) -> dict[str, PathEscapeError]:
+        """The error `resolve_str` gives for each of `rels` that would leave the root, in one read-only pass:
+        each folder is resolved once and each path checked as text once (20,000 files in 100 folders cost a
+        run's validation 20,000 `resolve_str` calls before)."""
+        cache: dict[str, str] = {}
+        by_folder: dict[str, list[str]] = {}
+        suspect: list[str] = []
+        for rel in set(rels):
+            if not rel or rel[0] == "/" or "\x00" in rel or ".." in rel.split("/"):
+                suspect.append(rel)
+            else:
+                by_folder.setdefault(rel.rstrip("/").rpartition("/")[0], []).append(rel)
+        for folder, members in by_folder.items():
+            real = self._real_folder(folder, cache)
+            if real != self._root and not real.startswith(self._root + "/"):
+                suspect.extend(members)
+        out: dict[str, PathEscapeError] = {}
+        for rel in suspect:                      # the exact error, from the one place that words it
+            try:
+                self.resolve_str(rel, cache=cache)
+            except PathEscapeError as err:
+                out[rel] = err
+        return out
+
     def _real_folder(self, folder: str, cache: dict[str, str] | None) -> str:
         """`os.path.realpath` of a root-relative folder, one component at a time: an lstat per component, and
         the real path only of components that are symlinks. With a cache, the folders' common prefixes are
@@ -164,9 +188,10 @@ class LocalProvider:
         for folder in sorted(set(folders)):
             try:
                 real = self.resolve_str(f"{folder}/x" if folder else "x", cache=cache).rpartition("/")[0]
-                with os.scandir(real) as it:
-                    names = [e.name for e in it if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)
-                             and not e.is_dir(follow_symlinks=False)]
+                # Names first (listdir is one C call), then a look only at the few that match: a folder of
+                # 200 managed files is read on every run.
+                names = [n for n in os.listdir(real) if n.endswith(TEMP_SUFFIX) and n.startswith(".")
+                         and not _is_dir(os.path.join(real, n))]
             except (OSError, PathEscapeError):
                 continue               # a folder that is gone, unreadable or leads out: nothing of ours there
             found.extend(f"{folder}/{n}" if folder else n for n in names)
@@ -254,6 +279,14 @@ class LocalProvider:
             raise ApplyError(f"command exited {code}: {output.strip()[-400:]}", where=f"infra:{rid}",
                              hint="fix the command; the run was rolled back")
         return f"exit 0{': ' + output.strip()[-200:] if output.strip() else ''}"
+
+
+def _is_dir(path: str) -> bool:
+    """True for a directory (not followed through a link); False for anything else, or nothing any more."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _file_digest(path: str) -> str:

@@ -71,6 +71,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self.load_carry: LoadCarry | None = LoadCarry()
         self._policy_views = PerResource(self._policy_view)
         self._items = PerResource(self._item)        # inventory entries (memo.py)
+        self._folders = PerResource(self._folder)    # where temporary files may be left (_strays)
+        self._rows = PerResource(self._row)          # index rows (the same tuple: daemon/run/carry.py compares by it)
         self._renderer = TemplateRenderer()       # templates render in a bounded child process
         self.evaluator: PortEvaluator = env.evaluator
         self.index_port: Tables | None = env.index   # own tables: the cloud catalogs (providers/catalog.py)
@@ -94,15 +96,18 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         if self._has_cloud(desired, []):
             problems += cloud_checks.check(desired, self.providers)
             problems += catalog.check(desired, self._catalogs())
-        cache: dict[str, str] = {}  # parent folder -> real path, for this pass
+        checked: list[tuple[Resource, str]] = []
         for r in desired.resources.values():
-            for key in ("path", "target", "creates"):
-                rel = r.path if key == "path" else r.fields.get(key)
-                if not rel:
-                    continue
-                try:
-                    self.provider.resolve_str(str(rel), cache=cache)
-                except PathEscapeError as err:
+            if r.path:
+                checked.append((r, r.path))
+            f = r.fields
+            if "target" in f or "creates" in f:
+                checked.extend((r, str(f[key])) for key in ("target", "creates") if f.get(key))
+        escapes = self.provider.escapes(rel for _, rel in checked)    # each folder resolved once
+        if escapes:
+            for r, rel in checked:
+                err = escapes.get(rel)
+                if err is not None:
                     problems.append(Problem(f"resource {r.id}: {err.what}", r.source, r.line, reconciler=self.name,
                                             hint=err.hint))
         return problems
@@ -145,11 +150,20 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
         """Our temporary files left in the folders we write to (by a daemon killed mid-write)."""
-        paths = [r.path for r in desired.resources.values() if r.kind in _WRITTEN]
+        folder = self._folders
+        folders = {folder(r) for r in desired.resources.values()}
         for item in inventory:
             if item.reconciler == self.name and item.kind in _WRITTEN:
-                paths.append(inventory_entry(item.data)[1])
-        return tuple(self.provider.stray_temps(p.rpartition("/")[0] for p in paths if p))
+                path = inventory_entry(item.data)[1]
+                if path:
+                    folders.add(path.rpartition("/")[0])
+        folders.discard(None)
+        return tuple(self.provider.stray_temps(f for f in folders if f is not None))
+
+    @staticmethod
+    def _folder(r: Resource) -> str | None:
+        """The folder a written resource's temporary files go to (None: a resource that writes none)."""
+        return r.path.rpartition("/")[0] if r.kind in _WRITTEN and r.path else None
 
     def observe_changed(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """Like `observe`, but resources applied before with the same spec are taken as in place without
@@ -364,7 +378,11 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def resource_rows(self, desired: InfraDesired) -> list[tuple[str, str, str, str, str]]:
         """(reconciler, id, kind, path, spec hash) rows for the index."""
-        return [(self.name, r.id, r.kind, r.path, r.spec_hash) for r in desired.resources.values()]
+        row = self._rows
+        return [row(r) for r in desired.resources.values()]
+
+    def _row(self, r: Resource) -> tuple[str, str, str, str, str]:
+        return self.name, r.id, r.kind, r.path, r.spec_hash
 
     def policy_resources(self, desired: InfraDesired) -> list[PolicyResource]:
         """What change control authorizes: each resource with its attributes; the digest covers everything

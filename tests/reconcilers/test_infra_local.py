@@ -62,6 +62,29 @@ def test_a_symlinked_directory_out_of_the_root_is_refused(
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
 
 
+def test_escapes_finds_what_resolve_refuses_with_the_same_errors(
+    root: Path, provider: LocalProvider, outside: Path
+) -> None:
+    """`escapes` (validation's one pass over every path) names exactly the paths `resolve_str` refuses, with
+    its errors: symlinked folders out of the root at any depth, absolute and `..` paths; the rest pass."""
+    (root / "out").symlink_to(outside)
+    (root / "in/deep").mkdir(parents=True)
+    (root / "in/deep/away").symlink_to(outside)
+    (root / "alias").symlink_to("in")
+    rels = ["out/keep.txt", "out/a/b.txt", "in/deep/away/x", "in/deep/ok.txt", "alias/deep/away/y", "alias/z",
+            "top.txt", "/etc/passwd", "a/../../x", "d/", "in/deep/away"]
+    refused: dict[str, str] = {}
+    for rel in rels:
+        try:
+            provider.resolve_str(rel)
+        except PathEscapeError as err:
+            refused[rel] = err.what
+    found = provider.escapes(rels + rels[:3])
+    assert {rel: err.what for rel, err in found.items()} == refused
+    assert set(refused) == {"out/keep.txt", "out/a/b.txt", "in/deep/away/x", "alias/deep/away/y", "/etc/passwd",
+                            "a/../../x"}
+
+
 def test_a_symlink_inside_the_root_may_be_traversed(root: Path, provider: LocalProvider) -> None:
     """A link from one root directory to another stays allowed."""
     (root / "real").mkdir()
