@@ -59,6 +59,11 @@ def _facts(inventory_data: str) -> tuple[str, str, str | None]:
     return found
 
 
+def inventory_facts(inventory_data: str) -> tuple[str, str, str | None]:
+    """(kind, path, spec hash) an inventory entry recorded."""
+    return _facts(inventory_data)
+
+
 def applied_spec_hash(inventory_data: str) -> str | None:
     """The spec hash an inventory entry recorded."""
     return _facts(inventory_data)[2]

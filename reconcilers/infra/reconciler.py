@@ -36,6 +36,7 @@ from reconcilers.infra.model import (
     Resource,
     applied_spec_hash,
     inventory_entry,
+    inventory_facts,
 )
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import build as build_cloud
@@ -114,17 +115,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def observe(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """What the host has for every desired and inventoried resource."""
-        seen: dict[str, ObservedResource] = {}
         cache: dict[str, str] = {}  # parent folder -> real path, for this pass
-        expected: dict[str, tuple[str, str]] = {}
-        for r in desired.resources.values():
-            rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
-            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, r.id if r.kind in CLOUD_KINDS else rel, cache)
-            if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
-                seen[r.id] = self._keyed(r, seen[r.id])
-                mac = self._macs.expected(r.id, r.spec_hash)
-                if mac is not None:
-                    expected[r.id] = (r.spec_hash, mac)
+        seen, expected = self._observe_desired(desired, cache)
         for item in inventory:
             if item.reconciler == self.name and item.resource_id not in seen:
                 data = json.loads(item.data)
@@ -137,6 +129,22 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             return InfraObserved(resources=seen, strays=strays, expected=expected, unclaimed=orphans)
         return InfraObserved(resources=seen, strays=strays, expected=expected, orphans=orphans)
 
+    def _observe_desired(self, desired: InfraDesired, cache: dict[str, str],
+                         ) -> tuple[dict[str, ObservedResource], dict[str, tuple[str, str]]]:
+        """What the host has for each desired resource, and the keyed fingerprints expected of those holding
+        secrets."""
+        seen: dict[str, ObservedResource] = {}
+        expected: dict[str, tuple[str, str]] = {}
+        for r in desired.resources.values():
+            rel = str(r.fields.get("creates", "")) if r.kind == "command" else r.path
+            seen[r.id] = self._of(r.provider, r.id).observe(r.kind, r.id if r.kind in CLOUD_KINDS else rel, cache)
+            if r.kind in ("file", "systemd_unit") and secretapply.uses_secrets(r):
+                seen[r.id] = self._keyed(r, seen[r.id])
+                mac = self._macs.expected(r.id, r.spec_hash)
+                if mac is not None:
+                    expected[r.id] = (r.spec_hash, mac)
+        return seen, expected
+
     def _keyed(self, r: Resource, o: ObservedResource) -> ObservedResource:
         """`o` with its content hash replaced by the keyed fingerprint of what the host holds: a plain hash of
         a file holding a short secret would give the secret away to whoever tries candidates."""
@@ -148,12 +156,14 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             data = None
         return replace(o, content_hash=self.secrets_port.fingerprint(data) if data is not None else "")
 
-    def _strays(self, desired: InfraDesired, inventory: list[InventoryItem]) -> tuple[str, ...]:
-        """Our temporary files left in the folders we write to (by a daemon killed mid-write)."""
+    def _strays(self, desired: InfraDesired, inventory: list[InventoryItem],
+                covered: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """Our temporary files left in the folders we write to (by a daemon killed mid-write). `covered`:
+        inventory entries known to write where their desired resource does (their folder is counted once)."""
         folder = self._folders
         folders = {folder(r) for r in desired.resources.values()}
         for item in inventory:
-            if item.reconciler == self.name and item.kind in _WRITTEN:
+            if item.reconciler == self.name and item.kind in _WRITTEN and item.resource_id not in covered:
                 path = inventory_entry(item.data)[1]
                 if path:
                     folders.add(path.rpartition("/")[0])
@@ -167,13 +177,26 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def observe_changed(self, desired: InfraDesired, inventory: list[InventoryItem]) -> InfraObserved:
         """Like `observe`, but resources applied before with the same spec are taken as in place without
-        reading the host (a commit's run touches what the commit changed; drift checks read everything)."""
-        applied = {i.resource_id: applied_spec_hash(i.data) for i in inventory if i.reconciler == self.name}
-        unchanged = frozenset(rid for rid, r in desired.resources.items() if applied.get(rid) == r.spec_hash)
-        changed = InfraDesired(resources={rid: r for rid, r in desired.resources.items() if rid not in unchanged})
-        found = self.observe(changed, [])
-        return InfraObserved(resources=found.resources, strays=self._strays(desired, inventory), assumed=unchanged,
-                             expected=found.expected)
+        reading the host (a commit's run touches what the commit changed; drift checks read everything). Stray
+        temporary files are looked for in every folder we write to, as `observe` does."""
+        resources = desired.resources
+        unchanged: set[str] = set()
+        covered: set[str] = set()               # entries whose folder the desired resource names already
+        for item in inventory:                   # one pass: every entry's recorded kind, path and spec hash
+            if item.reconciler != self.name:
+                continue
+            r = resources.get(item.resource_id)
+            if r is None:
+                continue
+            _, path, spec_hash = inventory_facts(item.data)
+            if spec_hash == r.spec_hash:
+                unchanged.add(item.resource_id)
+            if path == r.path and item.kind == r.kind:
+                covered.add(item.resource_id)
+        changed = InfraDesired(resources={rid: r for rid, r in resources.items() if rid not in unchanged})
+        seen, expected = self._observe_desired(changed, {})
+        return InfraObserved(resources=seen, strays=self._strays(desired, inventory, frozenset(covered)),
+                             assumed=frozenset(unchanged), expected=expected)
 
     def simulate(self, desired: InfraDesired) -> InfraObserved:
         """The host as if `desired` had been applied (for pull-request plans that read no host)."""

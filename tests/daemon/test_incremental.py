@@ -70,3 +70,22 @@ def test_unchanged_resources_are_assumed_in_place_and_left_to_the_drift_check(tm
         assert [a.id for a in plan.actions] == ["infra:r002"]
     finally:
         stack.close()
+
+
+def test_an_incremental_run_still_clears_strays_in_folders_of_unchanged_resources(tmp_path: Path) -> None:
+    """Stray temporary files (an apply killed mid-write) are looked for in every folder Stratum writes to, not
+    only those of what the commit changed: the incremental run removes one beside an unchanged file."""
+    repo = _repo(tmp_path)
+    stack = Stack(tmp_path, repo.path)
+    try:
+        assert stack.pipeline.run("main", trigger="test", incremental=True).status == "succeeded"
+        stray = tmp_path / "root/d2/.f002.conf.0badc0de.stratum-tmp"
+        stray.write_text("half written\n")
+        rev = repo.commit({"infra/d1/f001.ncl": _file(1, "v1")})
+        result = stack.pipeline.run(rev, trigger="test", incremental=True)
+        assert result.status == "succeeded"
+        assert sorted(a for a, _ in result.actions) == [
+            "infra:r001", "infra:~tmp:d2/.f002.conf.0badc0de.stratum-tmp"]
+        assert not stray.exists()
+    finally:
+        stack.close()
