@@ -151,7 +151,7 @@ class Index:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.con = self._open()
         self._pending: list[tuple[str, list[Any]]] = []
-        self._inventory: dict[tuple[str, str], InventoryItem] | None = None   # see inventory()
+        self._inventory: dict[str, dict[str, InventoryItem]] | None = None   # by reconciler, id: see inventory()
         self._in_txn = False
         self._batch: list[tuple[str, list[Any]]] | None = None
         self._journal: Journal | None = None
@@ -511,11 +511,34 @@ class Index:
                 rows = self.query(sql + " WHERE reconciler = ?", [reconciler]) if reconciler else self.query(sql)
                 return [InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
             # The only writer keeps a copy, updated by its own writes (a run reads 20,000 items twice).
-            if self._inventory is None:
-                self._inventory = {(str(r[0]), str(r[1])): InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3]))
-                                   for r in self.query(sql)}
-            items = self._inventory.values()
-            return [i for i in items if i.reconciler == reconciler] if reconciler else list(items)
+            cached = self._cached_inventory()
+            if reconciler:
+                return list(cached.get(reconciler, {}).values())
+            return [i for group in cached.values() for i in group.values()]
+
+    def _cached_inventory(self) -> dict[str, dict[str, InventoryItem]]:
+        if self._inventory is None:
+            inventory: dict[str, dict[str, InventoryItem]] = {}
+            for r in self.query("SELECT reconciler, resource_id, kind, data FROM inventory"):
+                item = InventoryItem(str(r[0]), str(r[1]), str(r[2]), str(r[3]))
+                inventory.setdefault(item.reconciler, {})[item.resource_id] = item
+            self._inventory = inventory
+        return self._inventory
+
+    def inventory_map(self, reconciler: str) -> dict[str, InventoryItem]:
+        """One reconciler's inventory by resource id (a copy: the caller may keep it)."""
+        with self._lock:
+            if self.read_only:
+                return {i.resource_id: i for i in self.inventory(reconciler)}
+            return dict(self._cached_inventory().get(reconciler, {}))
+
+    def adopt_inventory(self, item: InventoryItem) -> None:
+        """Hold `item` in the cached inventory in place of an equal entry (nothing is written): the caller's
+        objects are then compared by identity on the next run (pipeline `_commit_good`)."""
+        with self._lock:
+            group = self._inventory.get(item.reconciler) if self._inventory is not None else None
+            if group is not None and group.get(item.resource_id) == item:
+                group[item.resource_id] = item
 
     def put_inventory(self, item: InventoryItem, revision: str) -> None:
         """Add or update an owned resource."""
@@ -523,14 +546,14 @@ class Index:
             self._defer("put_inventory",
                         [item.reconciler, item.resource_id, item.kind, item.data, revision, time.time()])
             if self._inventory is not None:
-                self._inventory[(item.reconciler, item.resource_id)] = item
+                self._inventory.setdefault(item.reconciler, {})[item.resource_id] = item
 
     def drop_inventory(self, reconciler: str, resource_id: str) -> None:
         """Forget an owned resource (it was removed)."""
         with self._lock:
             self._defer("drop_inventory", [reconciler, resource_id])
             if self._inventory is not None:
-                self._inventory.pop((reconciler, resource_id), None)
+                self._inventory.get(reconciler, {}).pop(resource_id, None)
 
     # -- events ----------------------------------------------------------------------------------------
     def event(self, kind: str, message: str, *, reconciler: str = "", subject: str = "",

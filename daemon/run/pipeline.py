@@ -350,12 +350,16 @@ class Pipeline:
             if items is None:                 # its inventory follows its actions' outcomes only
                 continue
             wanted = {i.resource_id: i for i in items}
-            current = {i.resource_id: i for i in self.index.inventory(name)}
+            current = self.index.inventory_map(name)
             for rid in current.keys() - wanted.keys():
                 self.index.drop_inventory(name, rid)
             for rid, item in wanted.items():
                 held = current.get(rid)
-                if held is not item and held != item:           # only what changed is written
+                if held is item:                  # the reconciler's own object for an unchanged resource
+                    continue
+                if held == item:                  # equal: held as this object from now on (nothing written)
+                    self.index.adopt_inventory(item)
+                else:                             # only what changed is written
                     self.index.put_inventory(item, revision)
         self.index.set_state("last_applied_revision", revision)
         self.index.set_state("last_good_revision", revision)
