@@ -1,14 +1,15 @@
-"""Garbage collection around runs: a daemon's long-lived state is kept out of the collector's way.
+"""Garbage collection around runs: the full collection happens between runs, not inside them.
 
 A daemon holding a 20,000-file revision keeps ~340,000 objects alive between runs (desired state, caches,
-listings). Python's full collection walks all of them, and a one-file run allocates enough to trigger one or
-two: 0.3-0.5 s of a run that should take under one (bench/scale_files.py, profiled with `gc.callbacks`). After a
-run is finalized, `settle` collects once (cyclic garbage of the run is freed, so nothing leaks) and then freezes
-what survives: later collections, inside the next run, walk only what that run allocated. Objects frozen here
-are still freed by reference counting when dropped; a frozen cycle waits for the next `settle`.
+listings). Python's full collection walks all of them, and starts once the objects surviving younger collections
+since the last full one reach a quarter of that: a one-file run met one or two, 0.3-0.5 s of a run that should
+take under one (bench/scale_files.py, measured with `gc.callbacks`). `settle` collects once after a run is
+finalized, which resets that count: the next run starts with nothing pending and, measured, met none.
 
-`settle` runs on the pipeline's run-hooks thread, after the run's record is final: off the path from a push to
-the applied state (the collection holds the interpreter for ~0.1 s).
+Nothing is frozen (`gc.freeze` would also skip the long-lived objects, but cycles among them would then outlive
+their use until unfrozen): the collector behaves as always, one full pass is only moved to a quiet moment.
+`settle` runs on the pipeline's run-hooks thread, after the run's record is final, off the path from a push to
+the applied state (the pass holds the interpreter for ~0.1 s).
 """
 
 from __future__ import annotations
@@ -19,14 +20,7 @@ import threading
 _lock = threading.Lock()
 
 
-def settle() -> None:
-    """Collect everything (frozen objects included), then freeze the survivors out of later collections."""
+def settle() -> int:
+    """One full collection (between runs); returns how many unreachable objects it found."""
     with _lock:
-        gc.unfreeze()            # last settle's survivors: some may be garbage by now
-        gc.collect()
-        gc.freeze()
-
-
-def frozen() -> int:
-    """How many objects the collector currently skips (for tests and status)."""
-    return gc.get_freeze_count()
+        return gc.collect()

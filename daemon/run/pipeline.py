@@ -104,7 +104,7 @@ class Pipeline:
     stop: threading.Event | None = None       # shutdown: finish running actions, start no more
     max_files: int = MAX_FILES                # files per revision (host cap; stratum.ncl may ask for fewer)
     retry: RetryPolicy = field(default_factory=RetryPolicy)   # how transient and waiting errors are retried
-    settle_memory: bool = True                # after each run, freeze survivors out of the collector (gcpolicy)
+    settle_memory: bool = True                # after each run, one full garbage collection (gcpolicy.py)
     _good: dict[str, Loaded] = field(default_factory=dict)
     _landed: carry.Landed | None = None       # the last revision that became good in this process (carry.py)
     _recorded: tuple[str, tuple[ResourceRow, ...]] | None = None   # the resource rows recorded last
@@ -503,7 +503,7 @@ class Pipeline:
             except Exception:  # noqa: BLE001 recording extras never changes the run's outcome
                 log.get().exception("run_hook_failed", reconciler=name)
         if self.settle_memory:
-            gcpolicy.settle()     # the next run's collections skip what this one left alive (gcpolicy.py)
+            gcpolicy.settle()     # the full collection between runs, not inside the next (gcpolicy.py)
 
     def wait_hooks(self) -> None:
         """Block until every queued run hook has finished (shutdown, tests)."""
