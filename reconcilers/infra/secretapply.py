@@ -4,6 +4,12 @@ what the host has) and apply (values in, fingerprints recorded). See secretrefs.
 What was applied is remembered as (spec hash, keyed fingerprint of the written bytes) per resource in
 <data>/infra/secret-applied.json: a plan compares the host's keyed fingerprint with it, because the expected
 bytes cannot be known without the value, and the value is only ever resolved at apply.
+
+A reference that cannot be resolved until someone acts outside the run (a certificate while the vault is off,
+sealed or without its role: a WaitingError with `defer`) ends its action as a `waiting` outcome before anything
+is written. `Waiting` remembers it for the run's inventory: the entry records the spec hash WAITING_HASH (never
+a real one), so no later plan takes the resource as applied, a drift check does not loop on it, and the plan
+says why it waited (`note_waiting`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reconcilers.base import Problem, freeze
-from reconcilers.errors import ApplyError, StratumError
+from reconcilers.base import Action, InventoryItem, Problem, freeze
+from reconcilers.errors import ApplyError, StratumError, WaitingError
 from reconcilers.infra import secretrefs as refs
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.ports import SecretLocation, SecretsPort, Snapshot
 
 MAX_HOST_READ = 4 * 1024 * 1024
+WAITING_HASH = "waiting"           # the spec hash of an inventory entry whose apply waited (no real hash is this)
+MAX_WAIT_NOTE = 400                # characters of the reason kept in the inventory and shown by plans
 SECRETS, CREDENTIALS = refs.SECRETS, refs.CREDENTIALS
 redact = refs.redact
 
@@ -210,3 +218,49 @@ class AppliedMacs:
             tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}.tmp")
             tmp.write_text(json.dumps(self._data, sort_keys=True))
             os.replace(tmp, self.path)
+
+
+def waiting_message(err: WaitingError) -> str:
+    """The one line a waiting outcome, its inventory entry and later plans show (names and reasons, no value)."""
+    text = f"{err.what} ({err.hint})" if err.hint else err.what
+    return text[:MAX_WAIT_NOTE]
+
+
+class Waiting:
+    """rid -> (spec hash, why) of the resources whose apply waited in this process; the run's inventory
+    (`entry`) marks them, and a later apply of the resource clears them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[str, str]] = {}
+
+    def mark(self, rid: str, spec_hash: str, why: str) -> None:
+        """The apply of `rid` at `spec_hash` waited for `why`."""
+        with self._lock:
+            self._data[rid] = (spec_hash, why)
+
+    def clear(self, rid: str) -> None:
+        """`rid` was applied (or removed)."""
+        with self._lock:
+            self._data.pop(rid, None)
+
+    def entry(self, r: Resource) -> str:
+        """The inventory data of `r`: its own, or, when its apply at this spec waited, one that says so."""
+        with self._lock:
+            found = self._data.get(r.id)
+        data = r.inventory_data()
+        if found is None or found[0] != r.spec_hash:
+            return data
+        return freeze({**json.loads(data), "spec_hash": WAITING_HASH, "waiting": found[1]})
+
+
+def note_waiting(actions: list[Action], inventory: list[InventoryItem], reconciler: str) -> list[Action]:
+    """`actions` with the reason appended to the summary of each whose resource waited at its last apply."""
+    why: dict[str, str] = {}
+    for item in inventory:
+        if item.reconciler == reconciler and f'"spec_hash":"{WAITING_HASH}"' in item.data:
+            why[item.resource_id] = str(json.loads(item.data).get("waiting", ""))
+    if not why:
+        return actions
+    return [replace(a, summary=f"{a.summary} [waited at the last run: {why[a.target]}]")
+            if a.target in why and a.kind != "delete" else a for a in actions]

@@ -210,9 +210,12 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def _opened(self) -> None:
         self._adopt_key(self._barrier())
-        if self._owe_rerun and self.scheduler is not None:
+        # Certificates that waited for the vault (their files left as they were, the run succeeded) are written
+        # by a run now: the same path the renewal timer takes.
+        waited = len(self.certificates.waiting())
+        if (self._owe_rerun or waited) and self.scheduler is not None:
             self._owe_rerun = False
-            self.scheduler.rerun("vault unsealed")
+            self.scheduler.rerun("vault unsealed" + (f": {waited} certificate(s) waited for it" if waited else ""))
 
     def _sealed(self) -> None:
         if isinstance(self.key_source, SealedKeySource):
