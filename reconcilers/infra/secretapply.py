@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.base import Action, InventoryItem, Problem, freeze
-from reconcilers.errors import ApplyError, StratumError, WaitingError
+from reconcilers.errors import ApplyError, InputError, StratumError, WaitingError
 from reconcilers.infra import secretrefs as refs
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.ports import SecretLocation, SecretsPort, Snapshot
 
 MAX_HOST_READ = 4 * 1024 * 1024
 WAITING_HASH = "waiting"           # the spec hash of an inventory entry whose apply waited (no real hash is this)
+NO_VAULT = "no-vault"              # the version of a certificate reference where no vault reconciler runs
 MAX_WAIT_NOTE = 400                # characters of the reason kept in the inventory and shown by plans
 SECRETS, CREDENTIALS = refs.SECRETS, refs.CREDENTIALS
 redact = refs.redact
@@ -79,8 +80,12 @@ def locate_all(snap: Snapshot, desired: InfraDesired, port: SecretsPort | None, 
                         raise StratumError("secret references need the vault reconciler, which does not run here",
                                            hint="enable the vault reconciler")
                     found = port.locate(snap, ref)
-                except StratumError as err:
+                except InputError as err:
                     found = err
+                except StratumError as err:
+                    # No vault reconciler runs (the reference itself is fine: that would be an InputError). A
+                    # certificate then waits at apply like one whose vault is off; a secret value cannot.
+                    found = SecretLocation(ref, "", "", NO_VAULT) if ref.startswith(refs.CERT_PREFIX) else err
                 seen[ref] = found
             if isinstance(found, StratumError):
                 msg = found.what if ref in found.what else f"secret {ref}: {found.what}"
@@ -89,7 +94,8 @@ def locate_all(snap: Snapshot, desired: InfraDesired, port: SecretsPort | None, 
                 failed = True
                 continue
             versions[ref] = found.fingerprint
-            after.add(found.action_id)
+            if found.action_id:
+                after.add(found.action_id)
         if failed:
             continue
         spec[refs.VERSIONS] = versions
@@ -116,6 +122,10 @@ class Resolved:
 def resolve(port: SecretsPort | None, rid: str, spec: Mapping[str, Any]) -> Resolved:
     """Resolve the resource's references (audited by the port) and put the values in its spec."""
     tokens: dict[str, str] = dict(spec.get(refs.SECRETS, {}))
+    if NO_VAULT in dict(spec.get(refs.VERSIONS, {})).values():
+        raise WaitingError(f"resource {rid}: its certificate comes from the vault, which does not run here",
+                           where=f"infra:{rid}", hint="enable the vault reconciler and its service ([vault] "
+                           "enabled = true in stratumd.toml); the file is left as it is", defer=True)
     if port is None:
         raise ApplyError(f"resource {rid} uses secrets but no secrets port is available", where=f"infra:{rid}",
                          hint="enable the vault reconciler")
