@@ -194,9 +194,10 @@ class CertIssuer:
     def _resolve(self, ref: CertRef) -> str:
         service = self._service()
         if service is None:
-            raise WaitingError(f"certificate {ref.request}: the vault service is not enabled on this daemon",
-                               where=ref.request, hint="set [vault] enabled = true in stratumd.toml, restart, "
-                               f"`stratum vault init` and unseal it; {NEXT_RUN}", after=5.0, defer=True)
+            raise WaitingError(f"certificate {ref.request}: the vault service is not enabled on this daemon "
+                               "(only stratumd with [vault] enabled serves it; a CLI apply never does)",
+                               where=ref.request, hint="set [vault] enabled = true in stratumd.toml, restart "
+                               f"stratumd, `stratum vault init` and unseal it; {NEXT_RUN}", after=5.0, defer=True)
         if service.barrier.sealed:
             raise WaitingError(f"certificate {ref.request}: {SEALED_HINT}", where=ref.request,
                                hint=NEXT_RUN, after=2.0, defer=True)
@@ -236,15 +237,19 @@ class CertIssuer:
             raise TerminalError(f"certificate {ref.request}: {err.what}", where=ref.request,
                                 hint=err.hint or "fix the reference to fit the role") from err
         generation = int(before["generation"]) + 1 if before is not None else 0
+        # The replaced certificate is revoked once a run that wrote the new one succeeds (`applied`).
+        superseded = [*before.get("superseded", []), before["serial_number"]] if before is not None else []
         return {"certificate": files.certificate, "private_key": files.private_key, "ca_chain": files.ca_chain,
                 "serial_number": files.serial_number, "not_after": files.not_after.isoformat(),
-                "renew_at": files.renew_at.isoformat(), "generation": generation}
+                "renew_at": files.renew_at.isoformat(), "generation": generation, "superseded": superseded}
 
     def _remember(self, ref: CertRef, stored: dict[str, Any]) -> None:
         digest = hashlib.sha256(str(stored["certificate"]).encode()).hexdigest()
         meta = {"request": ref.request, "generation": int(stored["generation"]),
                 "serial_number": stored["serial_number"], "not_after": stored["not_after"],
                 "renew_at": stored["renew_at"], "certificate_sha256": digest}
+        if stored.get("superseded"):
+            meta["superseded"] = list(stored["superseded"])
         if self._meta.get(ref.request_id) != meta:
             self._meta[ref.request_id] = meta
             self._write_meta()
@@ -295,6 +300,31 @@ class CertIssuer:
             waiting = self.waiting()
             if waiting - used:
                 self._write_json(self._waiting_file, sorted(waiting & used))
+            self._revoke_superseded([rid for rid in used if self._meta.get(rid, {}).get("superseded")])
+
+    def _revoke_superseded(self, rids: list[str]) -> None:
+        """Revoke the certificates renewals replaced, now that the files hold the new ones (vault open only:
+        else the next succeeded run does it); the request's record then lists none."""
+        service = self._service()
+        if not rids or service is None or service.barrier.sealed or service.standby:
+            return
+        from reconcilers.vault.service.errors import ServiceError
+
+        for rid in rids:
+            ref = parse(str(self._meta[rid]["request"]) + "#certificate")
+            found = service.mounts.find(f"{ref.mount}/issue/{ref.role}")
+            raw = service.barrier.get(BARRIER_PREFIX + rid)
+            if found is None or not raw:
+                continue
+            stored = json.loads(raw)
+            try:
+                renewal.revoke_superseded(service.mounts.store_of(found[0]), list(stored.get("superseded", [])),
+                                          self.clock())
+                stored["superseded"] = []
+                service.barrier.put(BARRIER_PREFIX + rid, json.dumps(stored).encode())
+            except (ServiceError, OSError):
+                continue                  # the vault's storage failed: the next succeeded run tries again
+            self._remember(ref, stored)
 
     def close(self) -> None:
         """Cancel the timer."""

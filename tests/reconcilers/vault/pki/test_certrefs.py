@@ -27,7 +27,7 @@ from daemon.run.ports import SecretsBroker, TimerScheduler
 from daemon.run.retry import RetryPolicy
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
-from reconcilers.vault.pki import certrefs
+from reconcilers.vault.pki import certbuild, certrefs
 from reconcilers.vault.reconciler import VaultReconciler
 from reconcilers.vault.service.core import VaultService
 from reconcilers.vault.service.request import ApiRequest
@@ -164,6 +164,31 @@ def test_due_certificate_is_renewed_and_its_files_rewritten(world: World) -> Non
     assert after.serial_number != before.serial_number and new_key != old_key
     assert after.not_valid_before_utc > before.not_valid_before_utc
     assert [a.id for a in world.pipe.plan(rev).actions] == []           # renewed: nothing due any more
+
+
+def test_a_renewed_certificate_is_revoked_once_the_run_that_replaced_it_succeeds(world: World) -> None:
+    """The renewal run writes the new certificate first; when it has succeeded the old serial is revoked (on the
+    mount's CRL), the new one is not, and a later run revokes nothing more."""
+    rev = world.repo.commit({"infra/tls.ncl": infra_file()})
+    assert world.pipe.run(rev).status == "succeeded"
+    before, _, _ = _files(world)
+    old_serial = certbuild.serial_text(before.serial_number)
+    start = dt.datetime.now(dt.UTC)
+    world.vault.certificates.clock = lambda: start + dt.timedelta(minutes=90)
+    assert world.pipe.run(rev, trigger="rerun:certificate renewal").status == "succeeded"
+    after, _, _ = _files(world)
+    world.pipe.wait_hooks()                               # on_run_finished runs after the run is recorded
+    old = world.call("GET", f"pki/cert/{old_serial}")
+    new = world.call("GET", f"pki/cert/{certbuild.serial_text(after.serial_number)}")
+    assert old is not None and new is not None
+    assert int(dict(old["data"])["revocation_time"]) > 0                       # type: ignore[call-overload]
+    assert int(dict(new["data"])["revocation_time"]) == 0                       # type: ignore[call-overload]
+    meta = json.loads((world.data / "vault" / "certs.json").read_text())
+    assert all("superseded" not in m for m in meta.values())
+    assert world.pipe.run(rev).status == "succeeded"
+    world.pipe.wait_hooks()
+    again = world.call("GET", f"pki/cert/{certbuild.serial_text(after.serial_number)}")
+    assert again is not None and int(dict(again["data"])["revocation_time"]) == 0  # type: ignore[call-overload]
 
 
 def test_the_renewal_timer_asks_the_daemon_for_a_run(world: World) -> None:
