@@ -300,6 +300,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         else:
             message = provider.apply(action.target, res["kind"], res["spec"])
             self._macs.record(action.target, "", None)     # (a resource that held a secret holds none now)
+            self._waiting.clear(action.target)
         return Outcome(action.id, True, message,
                        inventory={"reconciler": self.name, "resource_id": action.target, "kind": res["kind"],
                                   "data": change["inventory"]})
