@@ -272,8 +272,9 @@ class Waiting:
 def note_waiting(actions: list[Action], inventory: list[InventoryItem], reconciler: str) -> list[Action]:
     """`actions` with the reason appended to the summary of each whose resource waited at its last apply."""
     why: dict[str, str] = {}
+    needle = f'"spec_hash":"{WAITING_HASH}"'     # made once: this looks at every inventory entry of every plan
     for item in inventory:
-        if item.reconciler == reconciler and f'"spec_hash":"{WAITING_HASH}"' in item.data:
+        if item.reconciler == reconciler and needle in item.data:
             why[item.resource_id] = str(json.loads(item.data).get("waiting", ""))
     if not why:
         return actions
