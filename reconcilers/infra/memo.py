@@ -19,21 +19,32 @@ LIMIT = 200_000          # entries before the memo starts over (10x the host's d
 
 
 class PerResource(Generic[T]):
-    """`make(r)` for each resource object, made once while the object lives in the memo."""
+    """`make(r)` for each resource object, made once while the object is in use. Entries live in generations:
+    `rotate` (once per load) starts a new one, and what no lookup touched during a whole generation is dropped,
+    so resources of old revisions are not kept alive by the memo."""
 
     def __init__(self, make: Callable[[Resource], T], limit: int = LIMIT) -> None:
         self._make = make
         self._limit = limit
         self._known: dict[int, tuple[Resource, T]] = {}
+        self._old: dict[int, tuple[Resource, T]] = {}
 
     def __call__(self, r: Resource) -> T:
-        hit = self._known.get(id(r))
+        key = id(r)
+        hit = self._known.get(key)
         if hit is None or hit[0] is not r:
+            hit = self._old.get(key)
+            if hit is None or hit[0] is not r:
+                hit = (r, self._make(r))
             if len(self._known) >= self._limit:
                 self._known.clear()
-            hit = (r, self._make(r))
-            self._known[id(r)] = hit
+            self._known[key] = hit
         return hit[1]
 
+    def rotate(self) -> None:
+        """Start a new generation: entries not used since the last rotation are dropped."""
+        self._old, self._known = self._known, {}
+
     def __len__(self) -> int:
-        return len(self._known)
+        """How many objects the memo holds."""
+        return len(self._known.keys() | self._old.keys())

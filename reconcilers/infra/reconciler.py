@@ -89,6 +89,8 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def load(self, snap: Snapshot) -> InfraDesired:
         """Resources of the commit (Nickel evaluated with the infra contract)."""
+        for memo in (self._policy_views, self._items, self._rows, self._folders):
+            memo.rotate()                         # resources of older revisions leave the memos (memo.py)
         desired = load_infra(snap, self.evaluator, self._file_cache, self._renderer, self.load_carry)
         return secretapply.locate_all(snap, desired, self.secrets_port, self.runtime_dir)
 
