@@ -56,24 +56,24 @@ def test_a_load_balancer_is_created_with_its_members_tagged_and_removed(cloud: C
 def test_kinds_a_provider_does_not_serve_are_named_at_validate(tmp_path: Path, repo: WorkRepo,
                                                                evaluator: Evaluator, proxy: FaultProxy,
                                                                upcloud: UpcloudReplay) -> None:
-    """A DNS record (no provider here serves one yet) and a load balancer on UpCloud are rejected before
-    anything is applied, naming the resource, the provider and what it serves."""
+    """A DNS record and a load balancer on UpCloud (its adapter serves neither) are rejected before anything
+    is applied, naming the resource, the provider and what it serves."""
     settings = aws_settings(proxy.port, "o", tmp_path / "root")
     settings["infra"]["providers"]["upcloud"] = {"type": "upcloud", "username": "u", "password": "p",
                                                  "host": "127.0.0.1", "port": upcloud.port, "secure": False}
     stack = CloudStack(tmp_path, repo.path, evaluator, proxy, settings)
     try:
         repo.commit({"infra/x.ncl": infra(
-            aws("www", "dns_record", zone="example.com", name="www", values=Raw('["192.0.2.10"]')),
+            resource("www", "dns_record", provider=Raw("'upcloud"), zone="example.com", name="www",
+                     values=Raw('["192.0.2.10"]')),
             resource("edge", "load_balancer", provider=Raw("'upcloud"),
                      listeners=Raw("[{ port = 443, instance_port = 8443 }]")))})
         problems = sorted((p.message, p.hint) for p in stack.pipeline.plan("main").problems)
         assert problems == [
             ("resource edge: provider upcloud has no load balancer support",
              "upcloud serves: server; declare the load_balancer on a provider that has it"),
-            ("resource www: provider aws has no DNS record support",
-             "aws serves: firewall, load_balancer, network, server, subnet, volume; declare the dns_record on a "
-             "provider that has it")]
+            ("resource www: provider upcloud has no DNS record support",
+             "upcloud serves: server; declare the dns_record on a provider that has it")]
     finally:
         stack.close()
 
