@@ -262,9 +262,11 @@ class AwsBackend:
     def sync(self, obj: CloudObject, spec: Mapping[str, Any], resolve: Resolve) -> list[str]:
         """Bring what can change in place to the spec: a firewall's inbound rules (rules added behind
         Stratum's back are revoked, removed ones authorized again), a volume's attachment (to a server that was
-        replaced), a DNS record's values and TTL. Returns what it changed."""
+        replaced), a DNS record's values and TTL, a load balancer's members. Returns what it changed."""
         if obj.kind == "dns_record" and self.records is not None:
             return self.records.sync(obj, spec)
+        if obj.kind == "load_balancer" and self.balancers is not None:
+            return self.balancers.sync(obj, spec, resolve)
         if obj.kind == "volume" and spec.get("server"):
             server = resolve("server", str(spec["server"]))
             if obj.attrs.get("attached_to") == server.native_id:

@@ -101,3 +101,31 @@ def test_dependencies_across_providers_order_the_plan_and_unknown_ones_are_named
         assert problems == [("resource app (server on upcloud) depends on unknown resource 'db'", "infra/x.ncl")]
     finally:
         stack.close()
+
+
+def test_a_replaced_member_server_is_registered_in_the_same_load_balancer(cloud: CloudStack, repo: WorkRepo,
+                                                                         proxy: FaultProxy) -> None:
+    """A member server whose size changes is replaced; its load balancer is not: the plan updates it in place
+    after the new server exists, and the run leaves the same balancer (same name) with the new instance
+    registered and the old one gone from its members."""
+    lb = aws("front", "load_balancer", zones=Raw('["us-east-1a"]'), servers=Raw('["a", "b"]'),
+             listeners=Raw('[{ port = 80, instance_port = 8080 }]'))
+    repo.commit({"infra/lb.ncl": infra(aws("a", "server", size="t2.micro", image=AMI),
+                                       aws("b", "server", size="t2.micro", image=AMI), lb)})
+    assert cloud.run().status == "succeeded"
+    before = {o.rid: o for o in balancers(proxy.upstream).values() if o.tags.get("stratum:owner") == cloud.owner}
+    old_members = set(before["front"].attrs["members"])
+
+    repo.commit({"infra/lb.ncl": infra(aws("a", "server", size="t2.small", image=AMI),
+                                       aws("b", "server", size="t2.micro", image=AMI), lb)})
+    plan = {a.id: a for a in cloud.pipeline.plan("main").actions}
+    assert sorted(plan) == ["infra:a", "infra:a@old", "infra:front"]
+    assert plan["infra:front"].summary == "update load_balancer front on aws in place [register the new server a]"
+    assert plan["infra:front"].depends_on == ("infra:a", "infra:b")
+    result = cloud.run()
+    assert result.status == "succeeded", result.message
+    after = {o.rid: o for o in balancers(proxy.upstream).values() if o.tags.get("stratum:owner") == cloud.owner}
+    assert after["front"].native_id == before["front"].native_id
+    members = set(after["front"].attrs["members"])
+    assert len(members) == 2 and len(members & old_members) == 1       # b stays, a's new instance replaces a's
+    assert cloud.pipeline.plan("main").actions == ()
