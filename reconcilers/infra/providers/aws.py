@@ -83,7 +83,18 @@ class AwsBackend:
 
     # -- requests ------------------------------------------------------------------------------------
     def _request(self, params: dict[str, str]) -> Any:
-        return self.driver.connection.request(self.driver.path, params=params).object
+        from libcloud.compute.drivers import ec2
+
+        res = self.driver.connection.request(self.driver.path, params=params).object
+        # libcloud reads only elements in its namespace: an answer in another one would read as "nothing
+        # there", and every plan would create everything again. Refused instead, saying why.
+        tag = str(getattr(res, "tag", ""))
+        ns = tag[1:tag.index("}")] if tag.startswith("{") else ""
+        if ns != ec2.NAMESPACE:
+            raise TerminalError(f"aws: the endpoint answers in XML namespace {ns!r}, not EC2's {ec2.NAMESPACE!r}",
+                                hint="point the provider at AWS or an endpoint that answers as EC2 does (moto "
+                                     "differs: see the README's cloud section)")
+        return res
 
     @staticmethod
     def _find(element: Any, xpath: str) -> list[Any]:
@@ -272,7 +283,7 @@ class AwsBackend:
             if obj.attrs.get("attached_to") == server.native_id:
                 return []
             if obj.attrs.get("attached_to"):
-                self.driver.detach_volume(obj.raw, ex_force=True)
+                self._detach(obj)
             self.driver.attach_volume(server.raw, obj.raw, str(spec.get("device", "/dev/sdf")))
             return [f"attachment (to {server.native_id})"]
         if obj.kind != "firewall":
@@ -321,7 +332,7 @@ class AwsBackend:
             d.destroy_node(obj.raw)
         elif obj.kind == "volume":
             if obj.attrs.get("attached_to"):
-                d.detach_volume(obj.raw, ex_force=True)
+                self._detach(obj)
             d.destroy_volume(obj.raw)
         elif obj.kind == "network":
             d.ex_delete_network(obj.raw)
@@ -331,6 +342,12 @@ class AwsBackend:
             d.ex_delete_security_group_by_id(obj.native_id)
         else:  # pragma: no cover - the adapter checks kinds first
             raise TerminalError(f"aws cannot destroy a {obj.kind}")
+
+    def _detach(self, obj: CloudObject) -> None:
+        """DetachVolume from the instance it is attached to, named (libcloud's detach names none, which the API
+        allows; naming it detaches only from the server Stratum saw, and moto needs it)."""
+        self._request({"Action": "DetachVolume", "VolumeId": obj.native_id,
+                       "InstanceId": str(obj.attrs["attached_to"]), "Force": "true"})
 
     def set_tags(self, obj: CloudObject, tags: Mapping[str, str], remove: list[str]) -> None:
         """CreateTags (and DeleteTags for `remove`), numbered from 1."""

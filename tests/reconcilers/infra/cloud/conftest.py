@@ -54,6 +54,7 @@ from tests.servers import free_port
 MOTO_NAMESPACE = "http://ec2.amazonaws.com/doc/2016-11-15"
 ROUTE53_ROOT, MOTO_ROUTE53_ROOT = "/2012-02-29/", "/2013-04-01/"    # libcloud's API version, moto's
 MOTO_ROUTE53_NAMESPACE = "https://route53.amazonaws.com/doc/2013-04-01/"
+LIBCLOUD_ROUTE53_NAMESPACE = "https://route53.amazonaws.com/doc/2012-02-29/"
 # Test scaffolding (see the module docstring): routes a request to moto's Route 53; moto checks no signature.
 ROUTE53_SCOPE = ("AWS4-HMAC-SHA256 Credential=test-key/20260101/us-east-1/route53/aws4_request, "
                  "SignedHeaders=host, Signature=0")
@@ -147,8 +148,11 @@ class FaultProxy:
     """A loopback HTTP proxy in front of moto: records each EC2 `Action`, and answers with an error instead of
     forwarding when a rule says so (`rules`: (action, params) -> (status, EC2 error code) or None)."""
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, *, fix_namespaces: bool = False, port: int = 0) -> None:
         self.upstream = upstream
+        # True: moto's answers are given libcloud's namespaces (moto_front.py, for people trying Stratum
+        # against moto); the tests instead set libcloud's namespaces to moto's (`moto_namespace`).
+        self.fix_namespaces = fix_namespaces
         self.calls: list[str] = []
         self.seconds: list[float] = []        # how long each forwarded call took upstream
         self.timed: list[tuple[str, float]] = []   # (action, seconds) of each forwarded call
@@ -206,6 +210,9 @@ class FaultProxy:
                         return self._error(*hit)
                 if action in proxy.pages and resp.status == 200:
                     data = page(data, proxy.pages[action], int(query.get("NextToken", "0")))
+                if proxy.fix_namespaces:
+                    data = data.replace(f'xmlns="{MOTO_NAMESPACE}"'.encode(), f'xmlns="{MOTO_NAMESPACE}/"'.encode())
+                    data = data.replace(MOTO_ROUTE53_NAMESPACE.encode(), LIBCLOUD_ROUTE53_NAMESPACE.encode())
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -224,7 +231,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
