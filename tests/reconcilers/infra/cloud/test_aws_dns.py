@@ -98,8 +98,9 @@ def test_a_record_is_created_with_its_marker_changed_in_place_and_deleted(
 
 def test_a_record_stratum_does_not_own_is_never_touched(cloud: CloudStack, repo: WorkRepo, r53: Any,
                                                         zone: Any) -> None:
-    """A record set of the same name and type that has no marker of ours (someone else's) makes the apply
-    fail naming it and how to adopt it; the record is left exactly as it was, and nothing else is created."""
+    """A record set of the same name and type that has no marker of ours (someone else's), or another
+    Stratum's marker, makes the apply fail naming it (and how to adopt it); the zone is left exactly as it
+    was."""
     from libcloud.dns.types import RecordType
 
     r53.create_record("api", zone, RecordType.A, "198.51.100.1", extra={"ttl": 120})
@@ -109,6 +110,15 @@ def test_a_record_stratum_does_not_own_is_never_touched(cloud: CloudStack, repo:
     result = cloud.run()
     assert result.status != "succeeded"
     assert f"a A record api.{domain(zone)} exists that Stratum does not own; it is left untouched" in result.message
+    assert sets(r53, zone) == before
+
+    # Marked by another Stratum (another owner): refused too, naming that owner.
+    r53.create_record("_stratum-a.api", zone, RecordType.TXT, '"stratum:id=api" "stratum:owner=someone-else"',
+                      extra={"ttl": 300})
+    before = sets(r53, zone)
+    result = cloud.run()
+    assert result.status != "succeeded"
+    assert f"A record api.{domain(zone)} belongs to another Stratum (someone-else)" in result.message
     assert sets(r53, zone) == before
 
 
