@@ -346,8 +346,12 @@ class AwsBackend:
     def _detach(self, obj: CloudObject) -> None:
         """DetachVolume from the instance it is attached to, named (libcloud's detach names none, which the API
         allows; naming it detaches only from the server Stratum saw, and moto needs it)."""
-        self._request({"Action": "DetachVolume", "VolumeId": obj.native_id,
-                       "InstanceId": str(obj.attrs["attached_to"]), "Force": "true"})
+        try:
+            self._request({"Action": "DetachVolume", "VolumeId": obj.native_id,
+                           "InstanceId": str(obj.attrs["attached_to"]), "Force": "true"})
+        except Exception as err:
+            if "InvalidAttachment.NotFound" not in str(err):
+                raise                         # else: detached since it was listed (its server terminated)
 
     def set_tags(self, obj: CloudObject, tags: Mapping[str, str], remove: list[str]) -> None:
         """CreateTags (and DeleteTags for `remove`), numbered from 1."""

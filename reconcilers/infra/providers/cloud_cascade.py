@@ -49,6 +49,16 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
     """Add the cascade of every replacement to `actions` (keyed as the infra diff keys them: a desired
     resource's action by its id), in place. Pure."""
     res = desired.resources
+    # Deletes of removed resources that named a replaced one (a volume dropped from the repo while its server
+    # is replaced) run before the old object goes: the API refuses, or races, otherwise.
+    removed: dict[str, set[str]] = {}
+    for a in actions.values():
+        if a.kind == "delete" and "@" not in a.id and '"depends_on"' in a.change:
+            data = a.payload().get("inventory")
+            for dep in data.get("depends_on", ()) if isinstance(data, dict) else ():
+                removed.setdefault(str(dep), set()).add(a.id)
+    for x in _replaced(res, observed, actions, {rid: ["-"] for rid in removed}):
+        actions[x] = _with_deps(actions[x], removed[x])
 
     def exists(rid: str) -> bool:
         return rid in observed.assumed or observed.resources.get(rid, ObservedResource(exists=False)).exists
@@ -84,7 +94,7 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
     for x in sorted(replaced):
         r = res[x]
         old = f"{NAME}:{x}@old"
-        before = {f"{NAME}:{d}@old" for d in dependents.get(x, ()) if d in replaced}
+        before = {f"{NAME}:{d}@old" for d in dependents.get(x, ()) if d in replaced} | removed.get(x, set())
         actions[old] = Action(
             id=old, reconciler=NAME, kind="delete", target=x,
             summary=f"delete old {r.kind} {x} on {r.provider} (replaced{': ' + why[x] if x in why else ''})",

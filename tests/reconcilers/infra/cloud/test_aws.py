@@ -71,6 +71,8 @@ def test_create_then_update_tags_in_place_then_replace(cloud: CloudStack, repo: 
     plan = summaries(cloud)
     assert "replace server web on aws [size t2.micro -> t2.small]" in plan
     assert "delete volume data" in " ".join(plan)
+    actions = {a.id: a for a in cloud.pipeline.plan("main").actions}
+    assert "infra:data" in actions["infra:web"].depends_on         # the dropped volume goes before its server
     result = cloud.run()
     assert result.status == "succeeded", result.message
     nodes = owned(ec2, cloud.owner)
