@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
+import select
 import socket
 import subprocess
 import sys
@@ -205,3 +206,78 @@ def test_descriptor_budget_raises_the_soft_limit_and_caps_connections() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.splitlines()[-1].split() == ["1000", "636"]
     assert "http_connections_capped" in out.stdout
+
+
+def test_a_request_head_past_max_header_bytes_is_refused_with_431() -> None:
+    """llhttp (the httptools parser) has no head size bound of its own: a head growing past max_header_bytes
+    is answered 431 and closed, instead of being buffered for as long as the client sends header lines."""
+    server = serve(Limits(header_timeout=30.0, max_header_bytes=4096, max_connections=20, fd_reserve=64))
+    try:
+        with slow_client(server.port) as sock:
+            for _ in range(20):                    # up to 20 x 1 KiB header lines, never the blank line
+                sock.sendall(b"X-Big: " + b"a" * 1024 + b"\r\n")
+                if _readable(sock, 0.2):
+                    break                          # the answer came: send no more
+            reply = read_until_closed(sock)
+        assert reply.startswith(b"HTTP/1.1 431 ")
+        assert b"max_header_bytes" in reply
+        assert server.stats.closed["header_too_large"] == 1
+        assert healthz(server.port) == 200         # a head just under the bound still passes (and the server lives)
+    finally:
+        server.stop()
+
+
+def _readable(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether the server sent something (or closed) within `wait` seconds."""
+    return bool(select.select([sock], [], [], wait)[0])
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_body_deadline(server: HttpServer) -> None:
+    """The body deadline runs from the end of the head for the whole body: bytes arriving now and then do not
+    extend it (a client sending one byte every 0.3 s is cut off after about a second, not after 30 s)."""
+    with slow_client(server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n") as sock:
+        sent = 0
+        try:
+            for _ in range(100):                   # bounded: 100 bytes at most, ~30 s if never cut off
+                sock.sendall(b"x")
+                sent += 1
+                time.sleep(0.3)
+                if _readable(sock) and not sock.recv(1, socket.MSG_PEEK):
+                    break                          # the server closed it
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    assert sent < 20
+    assert server.stats.closed["body_timeout"] == 1
+
+
+def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
+    """Two requests sent in one write are both answered, in order, on the one connection."""
+    with slow_client(server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                                  b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+                                  b"abcde") as sock:
+        reply = read_until_closed(sock)
+    assert reply.count(b"HTTP/1.1 200 ") == 2
+    assert reply.index(b"\r\n\r\n3") < reply.index(b"\r\n\r\n5")
+
+
+def test_a_keep_alive_request_head_sent_slowly_is_cut_off_with_408(server: HttpServer) -> None:
+    """The head deadline is armed again after each response: a second request whose head stalls gets 408."""
+    with slow_client(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+        first = b""
+        while b'{"ok":true}' not in first:
+            chunk = sock.recv(4096)
+            assert chunk, "closed before the first answer"
+            first += chunk
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert server.stats.closed["header_timeout"] == 1
+
+
+def test_a_malformed_request_is_refused_at_once_and_counted(server: HttpServer) -> None:
+    """A head that is not HTTP is answered 400 and closed at its first bad line (without waiting for a blank
+    line or the deadline), and counted as `bad_request` among the connections cut off."""
+    with slow_client(server.port, b"X-Slow: 1\r\n") as sock:       # a header line where the request line goes
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+    assert server.stats.closed["bad_request"] == 1
+    assert server.stats.closed["header_timeout"] == 0
