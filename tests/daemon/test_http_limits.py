@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -281,3 +282,44 @@ def test_a_malformed_request_is_refused_at_once_and_counted(server: HttpServer) 
         assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
     assert server.stats.closed["bad_request"] == 1
     assert server.stats.closed["header_timeout"] == 0
+
+
+async def _method_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers the request's method."""
+    body = scope["method"].encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize(("chunks", "expected"), [
+    ([b"LIST /v1/secret/metadata/ HTTP/1.1\r\nHost: x\r\n\r\n"], [b"LIST"]),
+    ([b"LI", b"ST /v1/secret/metadata/ HTTP/1.1\r\nHost: x\r\n\r\n"], [b"LIST"]),
+    ([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"LIST / HTTP/1.1\r\nHost: x\r\n\r\n",
+      b"LOCK / HTTP/1.1\r\nHost: x\r\n\r\n"], [b"GET", b"LIST", b"LOCK"])])
+def test_the_vault_list_method_reaches_the_app(chunks: list[bytes], expected: list[bytes]) -> None:
+    """LIST (Vault's method for listing keys; llhttp does not know it) reaches the app as LIST, sent whole, split
+    inside the method, or after another request on a keep-alive connection; LOCK stays LOCK."""
+    server = HttpServer("127.0.0.1:0", _method_echo, limits=LIMITS)
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        methods = []
+        with slow_client(server.port, b"") as sock:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                if not chunk.endswith(b"\r\n\r\n"):
+                    time.sleep(0.2)                # a separate read on the server's side
+                    continue
+                reply = b""
+                while not reply.endswith((b"GET", b"LIST", b"LOCK")):
+                    more = sock.recv(4096)
+                    assert more, f"closed early: {reply!r}"
+                    reply += more
+                methods.append(reply.rsplit(b"\r\n\r\n", 1)[1])
+        assert methods == expected
+    finally:
+        server.stop()
