@@ -11,6 +11,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from starlette.routing import Route
 from daemon.errors import SettingsError
 from daemon.http.config import Limits
 from daemon.http.descriptors import quiet_accept_errors
+from daemon.http.limits import HeadWithBody
 from daemon.http.server import HttpServer
 
 LIMITS = Limits(header_timeout=1.0, body_timeout=1.0, keepalive_timeout=1.0, max_requests_per_connection=3,
@@ -322,4 +324,73 @@ def test_the_vault_list_method_reaches_the_app(chunks: list[bytes], expected: li
                 methods.append(reply.rsplit(b"\r\n\r\n", 1)[1])
         assert methods == expected
     finally:
+        server.stop()
+
+
+def test_a_response_head_and_body_leave_in_one_write() -> None:
+    """HeadWithBody hands the real transport (an asyncio socket transport on a socketpair) one write for a
+    head and its body, and still sends a lone head once the writer's step ends."""
+    a, b = socket.socketpair()
+
+    async def run() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        writes: list[bytes] = []
+        real_write = transport.write
+
+        def counting_write(data: Any) -> None:
+            writes.append(bytes(data))
+            real_write(data)
+        transport.write = counting_write  # type: ignore[method-assign]
+        combined = HeadWithBody(transport, loop)  # type: ignore[arg-type]
+        combined.write(b"HEAD1\r\n\r\n")
+        combined.write(b"body1")
+        lone = HeadWithBody(transport, loop)  # type: ignore[arg-type]
+        lone.write(b"HEAD2\r\n\r\n")
+        await asyncio.sleep(0)                 # the step ends: the lone head leaves
+        await asyncio.sleep(0)
+        transport.close()
+        return writes
+
+    writes = asyncio.run(run())
+    assert writes == [b"HEAD1\r\n\r\nbody1", b"HEAD2\r\n\r\n"]
+    b.settimeout(10)
+    assert read_until_closed(b) == b"HEAD1\r\n\r\nbody1HEAD2\r\n\r\n"
+    b.close()
+
+
+def test_a_streamed_response_head_is_not_held_for_its_body() -> None:
+    """An app that sends its head and only later its body (a stream): the client gets the head first."""
+    release = threading.Event()
+
+    async def stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
+        while not release.is_set():
+            await asyncio.sleep(0.01)          # bounded by the test: it sets `release` once it saw the head
+        await send({"type": "http.response.body", "body": b"done"})
+
+    server = HttpServer("127.0.0.1:0", stream, limits=LIMITS)
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        with slow_client(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                more = sock.recv(4096)
+                assert more, "closed before the head"
+                head += more
+            assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+            release.set()
+            body = b""
+            while body != b"done":
+                more = sock.recv(4096)
+                assert more
+                body += more
+        with slow_client(server.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") as sock:
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")      # a HEAD: no body write at all
+    finally:
+        release.set()
         server.stop()
