@@ -9,6 +9,11 @@ HTTP/1.1 keep-alive client (`--connections` connections, `--requests` requests p
   read-policy  as read, with a non-root token through a Cedar policy
 Targets (file backend, 2 cores): >= 3,000 reads/s, read p99 < 10 ms, reads >= 0.5 x the bare endpoint.
 PostgreSQL and etcd run as real local servers (tests/servers.py) when `--backends` names them.
+
+Each phase also reports the CPU time per request of the server process (all threads, from /proc) and of this
+client: on a busy machine wall-clock rates swing with the load, CPU per request much less. `--code
+before=DIR` measures another checkout (`git archive REV | tar -x -C DIR`) in the same run, round by round
+(`--rounds`), so a change is seen against what it replaced under the same load.
 """
 
 from __future__ import annotations
