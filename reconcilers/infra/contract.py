@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reconcilers.base import Problem
@@ -125,24 +125,36 @@ def provider(v: Any) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A closed record contract: field -> (check, default | REQUIRED | OPTIONAL)."""
+    """A closed record contract: each field's check, the fields required, the defaults (`record()` builds it)."""
 
-    fields: Mapping[str, tuple[Check, Any]] = field(default_factory=dict)
+    checks: Mapping[str, Check]
+    required: frozenset[str]
+    defaults: tuple[tuple[str, Any], ...]
 
     def complete(self, value: Any) -> dict[str, Any] | None:
         """`value` with the defaults filled in (keys sorted, as Nickel exports them), or None."""
-        if not isinstance(value, dict) or not set(value) <= self.fields.keys():
+        if not isinstance(value, dict):
+            return None
+        checks = self.checks
+        for name, item in value.items():
+            check = checks.get(name)
+            if check is None or not check(item):
+                return None                           # a field of no kind's record, or a wrong value
+        if not self.required <= value.keys():
             return None
         out = dict(value)
-        for name, (check, default) in self.fields.items():
-            if name in out:
-                if not check(out[name]):
-                    return None
-            elif default is REQUIRED:
-                return None
-            elif default is not OPTIONAL:
+        for name, default in self.defaults:
+            if name not in out:
                 out[name] = _fresh(default)
-        return {k: out[k] for k in sorted(out)}
+        return dict(sorted(out.items()))
+
+
+def record(fields: Mapping[str, tuple[Check, Any]]) -> Record:
+    """A Record from field -> (check, default | REQUIRED | OPTIONAL)."""
+    return Record(checks={name: check for name, (check, _) in fields.items()},
+                  required=frozenset(name for name, (_, d) in fields.items() if d is REQUIRED),
+                  defaults=tuple((name, d) for name, (_, d) in fields.items()
+                                 if d is not REQUIRED and d is not OPTIONAL))
 
 
 def _fresh(default: Any) -> Any:
@@ -167,38 +179,38 @@ _CLOUD = {
     "description": (is_str, ""), "tags": (dict_of(is_str), {}), "timeout": (is_pos_nat, 300),
 }
 _CIDR_OK = _matches(_CIDR)
-RULE = Record({"protocol": (one_of("tcp", "udp", "icmp", "all"), "tcp"), "ports": (_matches(_PORTS), "0-65535"),
+RULE = record({"protocol": (one_of("tcp", "udp", "icmp", "all"), "tcp"), "ports": (_matches(_PORTS), "0-65535"),
                "cidr": (_CIDR_OK, "0.0.0.0/0")})
-LISTENER = Record({"protocol": (one_of("tcp", "http"), "tcp"), "port": (is_pos_nat, REQUIRED),
+LISTENER = record({"protocol": (one_of("tcp", "http"), "tcp"), "port": (is_pos_nat, REQUIRED),
                    "instance_port": (is_pos_nat, REQUIRED)})
 _NESTED = {"rules": RULE, "listeners": LISTENER}     # arrays of records whose elements take defaults too
 
 KINDS: dict[str, Record] = {
-    "file": Record({**_LOCAL, "path": (is_rel_path, REQUIRED), "content": (string_or_secret, OPTIONAL),
+    "file": record({**_LOCAL, "path": (is_rel_path, REQUIRED), "content": (string_or_secret, OPTIONAL),
                     "template": (is_rel_path, OPTIONAL), "vars": (lambda v: isinstance(v, dict), {}),
                     "mode": (is_mode, OPTIONAL)}),
-    "directory": Record({**_LOCAL, "path": (is_rel_path, REQUIRED), "mode": (is_mode, "0755")}),
-    "symlink": Record({**_LOCAL, "path": (is_rel_path, REQUIRED), "target": (is_rel_path, REQUIRED)}),
-    "command": Record({**_LOCAL, "run": (is_str, REQUIRED), "creates": (is_rel_path, OPTIONAL),
+    "directory": record({**_LOCAL, "path": (is_rel_path, REQUIRED), "mode": (is_mode, "0755")}),
+    "symlink": record({**_LOCAL, "path": (is_rel_path, REQUIRED), "target": (is_rel_path, REQUIRED)}),
+    "command": record({**_LOCAL, "run": (is_str, REQUIRED), "creates": (is_rel_path, OPTIONAL),
                        "unless": (is_str, OPTIONAL), "compensate": (is_str, OPTIONAL),
                        "timeout": (is_pos_nat, 300), "env": (dict_of(string_or_secret), {})}),
-    "systemd_unit": Record({**_LOCAL, "name": (is_str, REQUIRED), "content": (string_or_secret, REQUIRED),
+    "systemd_unit": record({**_LOCAL, "name": (is_str, REQUIRED), "content": (string_or_secret, REQUIRED),
                             "credentials": (dict_of(secret_or_cert), {}), "mode": (is_mode, OPTIONAL)}),
-    "server": Record({**_CLOUD, "size": (is_str, REQUIRED), "image": (is_str, REQUIRED), "zone": (is_str, OPTIONAL),
+    "server": record({**_CLOUD, "size": (is_str, REQUIRED), "image": (is_str, REQUIRED), "zone": (is_str, OPTIONAL),
                       "subnet": (is_id, OPTIONAL), "firewalls": (array_of(is_id), []),
                       "ssh_key": (is_str, OPTIONAL), "user_data": (user_data, OPTIONAL),
                       "wait_ready": (is_bool, True)}),
-    "network": Record({**_CLOUD, "cidr": (_CIDR_OK, REQUIRED)}),
-    "subnet": Record({**_CLOUD, "network": (is_id, REQUIRED), "cidr": (_CIDR_OK, REQUIRED),
+    "network": record({**_CLOUD, "cidr": (_CIDR_OK, REQUIRED)}),
+    "subnet": record({**_CLOUD, "network": (is_id, REQUIRED), "cidr": (_CIDR_OK, REQUIRED),
                       "zone": (is_str, OPTIONAL)}),
-    "firewall": Record({**_CLOUD, "network": (is_id, OPTIONAL), "rules": (record_array(RULE), [])}),
-    "volume": Record({**_CLOUD, "size_gb": (is_pos_nat, REQUIRED), "zone": (is_str, OPTIONAL),
+    "firewall": record({**_CLOUD, "network": (is_id, OPTIONAL), "rules": (record_array(RULE), [])}),
+    "volume": record({**_CLOUD, "size_gb": (is_pos_nat, REQUIRED), "zone": (is_str, OPTIONAL),
                       "server": (is_id, OPTIONAL), "device": (is_str, "/dev/sdf"),
                       "volume_type": (is_str, "standard")}),
-    "dns_record": Record({**_CLOUD, "zone": (is_str, REQUIRED), "name": (is_str, ""),
+    "dns_record": record({**_CLOUD, "zone": (is_str, REQUIRED), "name": (is_str, ""),
                           "record_type": (one_of("A", "AAAA", "CNAME", "TXT", "MX"), "A"),
                           "ttl": (is_pos_nat, 300), "values": (array_of(is_str), REQUIRED)}),
-    "load_balancer": Record({**_CLOUD, "zones": (array_of(is_str), []),
+    "load_balancer": record({**_CLOUD, "zones": (array_of(is_str), []),
                              "listeners": (record_array(LISTENER), REQUIRED),
                              "servers": (array_of(is_id), [])}),
 }
