@@ -191,7 +191,18 @@ OTHER_BAD = [
     "{ resources = {}, extra = 1 }",
     "[]",
 ]
-OTHER_GOOD = ["{}", "{ resources = {} }"]
+OTHER_GOOD = [
+    "{}",
+    "{ resources = {} }",
+    # Merge priorities other than `default` and computed values: the same value either way.
+    "{ resources = { a = { kind = 'file, path = \"x\", content = \"c\", depends_on | optional } } }",
+    "{ resources = { a = { kind = 'file, path = \"x\", content = \"c\", prune | force = false } } }",
+    "{ resources = { a = { kind = 'file, path = \"x\", content = \"c\", labels | priority 3 = { b = \"c\" } } } }",
+    "let x = { kind = 'file, content = \"c\" } in "
+    "{ resources = { a = x & { path = \"x\" }, b = x & { path = \"y\" } } }",
+    "{ resources = { a = { kind = std.string.to_enum \"file\", path = \"x\", content = std.string.uppercase \"c\", "
+    "mode = \"0%{std.to_string 644}\" } } }",
+]
 
 
 def _ansi_free(text: str) -> str:
