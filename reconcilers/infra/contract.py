@@ -248,11 +248,19 @@ def complete_file(value: Any) -> dict[str, Any] | None:
     return {"resources": out}
 
 
+# A line whose first character (but blanks) is `#` holds no code: a comment, or text inside a multi-line string.
+_COMMENT_LINE = re.compile(rb"^[ \t]*#.*$", re.MULTILINE)
+
+
 def shape_eligible(data: bytes) -> bool:
     """Whether a file's value under Shape + this module equals its value under Config: no imports (whose
     text this module does not see) and no `default` (a default-priority field merged with the contract's
-    default is an error in Nickel, invisible in the value)."""
-    return b"default" not in data and b"import" not in data
+    default is an error in Nickel, invisible in the value). Either word anywhere but on a comment line counts,
+    in a string too: a file is sent to Config on the least doubt."""
+    if b"default" not in data and b"import" not in data:
+        return True
+    code = _COMMENT_LINE.sub(b"", data)
+    return b"default" not in code and b"import" not in code
 
 
 @dataclass(frozen=True, slots=True)

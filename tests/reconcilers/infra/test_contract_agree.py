@@ -279,6 +279,12 @@ def test_files_the_fast_pass_cannot_vouch_for_go_to_config() -> None:
     assert not contract.shape_eligible(source.encode())      # ... so it never takes the fast pass
     assert not contract.shape_eligible(b'import "common.ncl"')
     assert contract.shape_eligible(_file("file", SAMPLES["file"][0][0]).encode())
+    # Words on comment lines do not count (the template's infra/app.ncl says "by default" in one); anywhere
+    # else they do, inside a string too, and a `#` after code does not hide what follows it on the line.
+    assert contract.shape_eligible(b"# 0600 by default; import nothing\n  # default\n{ resources = {} }\n")
+    assert not contract.shape_eligible(
+        b'{ resources = { a = { kind = \'file, content = "#", prune | default = true } } }')
+    assert not contract.shape_eligible(b'{ resources = {} } # default\n')
 
 
 # Through the loader: the same resources and the same located errors as Config alone gives. ---------------
