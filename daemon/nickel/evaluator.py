@@ -12,6 +12,7 @@ Evaluation runs in a worker process with a deadline and a memory limit (daemon/n
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import importlib.util
 import json
@@ -183,6 +184,19 @@ class _Files:
         return isinstance(path, str) and self.get(path) is not None
 
 
+@functools.cache
+def _worker_path() -> tuple[tuple[str, ...], str]:
+    """Interpreter flags and PYTHONPATH for a worker. It needs only the standard library, this package and
+    py-nickel, so it starts without `site` (-S: no site-packages scan, no .pth files, ~30 ms less per start)
+    with py-nickel's folder on its path; with `site` when py-nickel cannot be found that way."""
+    project = str(Path(__file__).resolve().parents[2])
+    spec = importlib.util.find_spec("nickel")
+    if spec is None or not spec.submodule_search_locations:
+        return (), project
+    folder = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    return ("-S",), os.pathsep.join((project, folder))
+
+
 class _Worker:
     """One evaluation child process; killed and replaced on a deadline overrun."""
 
@@ -196,11 +210,12 @@ class _Worker:
         if self.proc is not None and self.proc.poll() is not None:
             self.kill()  # died on its own (out of memory): reap it and close its pipes
         if self.proc is None:
+            flags, path = _worker_path()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.nickel.worker", str(self.memory_mb),
+                [sys.executable, *flags, "-m", "daemon.nickel.worker", str(self.memory_mb),
                  str(WORKER_IDLE_S if self.primary else EXTRA_WORKER_IDLE_S)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                cwd="/", env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                cwd="/", env={**os.environ, "PYTHONPATH": path})
         return self.proc
 
     def run(self, src: str, paths: list[str], timeout: float) -> dict[str, str]:
