@@ -7,6 +7,7 @@ bad sample must be refused by the fast pass (Shape's error or contract.py's None
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -264,6 +265,14 @@ def test_good_files_agree(source: str) -> None:
     assert judged is not None and _fast(source) == json.dumps(json.loads(judged))
 
 
+def test_contract_py_mirrors_this_infra_ncl() -> None:
+    """infra.ncl changed: mirror the change in reconcilers/infra/contract.py (and its Shape), add good and bad
+    samples here, then set contract.LIBRARY_SHA256 to the new digest. Until then the fast pass is off."""
+    digest = hashlib.sha256((nickel_dir() / "infra.ncl").read_bytes()).hexdigest()
+    assert digest == contract.LIBRARY_SHA256, f"infra.ncl is now {digest}: see this test's docstring"
+    assert contract.mirrors_library()
+
+
 def test_every_kind_has_samples() -> None:
     """A kind added to infra.ncl gets samples here (and its fields in Shape and contract.py)."""
     assert set(SAMPLES) == set(contract.KINDS)
@@ -335,3 +344,18 @@ def test_loader_reports_configs_located_errors(tmp_path: Path, evaluator: Evalua
     assert set(fast.values) == {f"infra/good{i}.ncl" for i in range(20)}
     desired = load_infra(snap, evaluator)  # type: ignore[arg-type]
     assert len(desired.resources) == 20 and len(desired.problems) == 3
+
+
+def test_an_infra_ncl_this_module_does_not_mirror_turns_the_fast_pass_off(
+        tmp_path: Path, evaluator: Evaluator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library changed without contract.py following (a merge, a local edit): every file goes to Config."""
+    monkeypatch.setattr(contract, "LIBRARY_SHA256", "0" * 64)
+    contract.mirrors_library.cache_clear()
+    try:
+        snap = _snapshot(tmp_path, {"infra/a.ncl": _file("directory", 'path = "d"')})
+        entries = snap.entries("infra", suffixes=(".ncl",))  # type: ignore[attr-defined]
+        result = contract.evaluate(snap, evaluator, entries)  # type: ignore[arg-type]
+        assert result.rechecked == ("infra/a.ncl",)
+        assert result.values["infra/a.ncl"]["resources"]["r1"]["mode"] == "0755"
+    finally:
+        contract.mirrors_library.cache_clear()
