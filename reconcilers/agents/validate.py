@@ -13,8 +13,8 @@ import graphlib
 import itertools
 import re
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import jinja2
 from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
 
 from reconcilers.agents.model import (
@@ -29,8 +29,10 @@ from reconcilers.agents.model import (
     Where,
 )
 from reconcilers.agents.policy import problems as policy_problems
-from reconcilers.agents.prompts import sandbox
 from reconcilers.records import Problem
+
+if TYPE_CHECKING:
+    import jinja2
 
 _SECRET_REF = re.compile(r"^secrets/[^#\s]+\.ya?ml#[A-Za-z0-9_.\-/]+$")
 _CRON_SAMPLES = 400          # firings looked at to find the shortest gap (covers a day of per-minute crons)
@@ -91,7 +93,7 @@ def _role(owner: str, role: str, where: Where) -> list[Problem]:
     return [_p(f"{owner}: unknown role {role!r}", where, f"one of: {', '.join(ROLES)}")]
 
 
-def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment) -> list[Problem]:
+def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment | None) -> list[Problem]:
     owner = f"task {task.id}"
     out = _role(owner, task.role, task.where)
     if task.role in ROLES and not desired.agents_for(task.role):
@@ -99,7 +101,9 @@ def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment) -> list[P
                       f"declare an agent with role = \"{task.role}\" under agents/, or change the task's role"))
     if bool(task.prompt) == bool(task.command):
         out.append(_p(f"{owner}: declare exactly one of `prompt` (an LLM task) or `command`", task.where))
-    if task.prompt:
+    if task.prompt and env is not None:
+        import jinja2
+
         try:
             env.parse(task.prompt)
         except jinja2.TemplateSyntaxError as err:
@@ -166,7 +170,12 @@ def _pipeline(pl: Pipeline, desired: AgentsDesired) -> list[Problem]:
 def validate(desired: AgentsDesired) -> list[Problem]:
     """Every problem of the declarations (load problems first)."""
     out = list(desired.problems)
-    env = sandbox()
+    env: jinja2.Environment | None = None
+    if any(t.prompt for t in desired.tasks.values()):
+        # Jinja2 only for a revision with prompt templates: a daemon whose repo has none never imports it.
+        from reconcilers.agents.prompts import sandbox
+
+        env = sandbox()
     for p in desired.providers.values():
         out += _provider(p)
     for a in desired.agents.values():

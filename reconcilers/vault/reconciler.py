@@ -210,9 +210,12 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def _opened(self) -> None:
         self._adopt_key(self._barrier())
-        if self._owe_rerun and self.scheduler is not None:
+        # Certificates that waited for the vault (their files left as they were, the run succeeded) are written
+        # by a run now: the same path the renewal timer takes.
+        waited = len(self.certificates.waiting())
+        if (self._owe_rerun or waited) and self.scheduler is not None:
             self._owe_rerun = False
-            self.scheduler.rerun("vault unsealed")
+            self.scheduler.rerun("vault unsealed" + (f": {waited} certificate(s) waited for it" if waited else ""))
 
     def _sealed(self) -> None:
         if isinstance(self.key_source, SealedKeySource):
@@ -603,13 +606,17 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.publisher.set_policies(dict(declared[0]))
             self.publisher.set_mounts(declared[1])
             self.publisher.set_roles(declared[2])
-        if record.status == "succeeded":
+        # No certificate issued by this process nor kept from an earlier one (certs.json): nothing to forget or
+        # renew, and the PKI's modules (cryptography.x509) stay unloaded in a daemon that has none.
+        certificates = "certificates" in self.__dict__ or (self.state_dir / "certs.json").exists()
+        if record.status == "succeeded" and certificates:
             self.certificates.applied(record.revision)
         # A run that waited on the seal and did not succeed (its waiting budget ran out) is owed a new run once
         # the vault opens; a waiting apply that the unseal let through needs none.
         self._owe_rerun = self._waited_sealed and record.status != "succeeded"
         self._waited_sealed = False
-        self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
+        if certificates:
+            self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

@@ -13,7 +13,7 @@ Nothing here records a value.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconcilers.errors import InputError, StratumError, WaitingError
 from reconcilers.ports import SecretLocation, Snapshot
@@ -22,7 +22,21 @@ from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import KeySealedError
 from reconcilers.vault.kvpath import KvMap, Reference, lookup, parse_reference
 from reconcilers.vault.manifest import Manifest, parse
-from reconcilers.vault.pki.certrefs import CertIssuer, is_cert_reference
+
+if TYPE_CHECKING:
+    from reconcilers.vault.pki.certrefs import CertIssuer
+
+
+def is_cert_reference(reference: str) -> bool:
+    """pki/certrefs.py's test, whose module (and the PKI's cryptography.x509 with it) is imported only for a
+    reference that can be a certificate's ("cert:..."): a daemon that resolves KV references alone never
+    loads the PKI (bench/idle.py)."""
+    if not reference.startswith("cert"):
+        return False
+    from reconcilers.vault.pki.certrefs import is_cert_reference as certrefs_test
+
+    return certrefs_test(reference)
+
 
 _PARSED_MAX = 1_000
 
