@@ -289,23 +289,43 @@ class Evaluated:
     rechecked: tuple[str, ...] = ()                   # paths Config evaluated (not vouched for by the fast pass)
 
 
+# What `evaluate` learnt of files it saw before, both pure: a blob's eligibility for the fast pass, and the
+# completed value of a Shape result (by its evaluator key). Values are shared, never changed (as the evaluator's).
+_MEMO_MAX = 200_000
+_ELIGIBLE: dict[tuple[str, int], bool] = {}
+_COMPLETED: dict[str, dict[str, Any] | None] = {}
+
+
 def evaluate(snap: Snapshot, evaluator: Evaluator, entries: Sequence[Any]) -> Evaluated:
     """Evaluate infra files: the fast pass for the files it can vouch for, `Config` for every other file."""
     fast: list[str] = []
     slow: list[str] = []
     mirrored = mirrors_library()
     for entry in entries:
-        try:
-            data = snap.read_entry(entry, MAX_NICKEL_BYTES) if mirrored else b"import"
-        except Exception:  # noqa: BLE001 unreadable (a link, too big): Config's evaluation reports it, located
-            data = b"import"
-        (fast if shape_eligible(data) else slow).append(entry.path)
+        # By blob: a commit changing one file of 20,000 reads and scans one file, not 20,000 (incr helper).
+        known = _ELIGIBLE.get((entry.blob_id, entry.mode)) if mirrored else False
+        if known is None:
+            try:
+                data = snap.read_entry(entry, MAX_NICKEL_BYTES)
+            except Exception:  # noqa: BLE001 unreadable (a link, too big): Config's evaluation reports it, located
+                data = b"import"
+            known = shape_eligible(data)
+            if len(_ELIGIBLE) >= _MEMO_MAX:
+                _ELIGIBLE.clear()
+            _ELIGIBLE[(entry.blob_id, entry.mode)] = known
+        (fast if known else slow).append(entry.path)
     values: dict[str, Any] = {}
     keys: dict[str, str] = {}
     if fast:
         first = evaluator.evaluate(snap, fast, SHAPE, entries)
         for path, value in first.values.items():
-            done = complete_file(value)
+            # By the Shape result's key (the same key, the same value): completed once, not on every load.
+            key = first.keys.get(path, "")
+            done = _COMPLETED[key] if key and key in _COMPLETED else complete_file(value)
+            if key and key not in _COMPLETED:
+                if len(_COMPLETED) >= _MEMO_MAX:
+                    _COMPLETED.clear()
+                _COMPLETED[key] = done
             if done is not None:
                 values[path] = done
                 keys[path] = first.keys.get(path, "")
