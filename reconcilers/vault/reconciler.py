@@ -284,24 +284,32 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies, engines)
 
     # 2. validate ------------------------------------------------------------------------------------
-    def _verify(self, mf: ManifestFile, rules: Rules | None, rules_key: str) -> Verified:
+    def _verify_all(self, manifests: tuple[ManifestFile, ...], rules: Rules | None,
+                    rules_key: str) -> list[Verified]:
         # The check reads the path (stratum.path binding, creation rules), the blob and the rules: all three
         # key the cache, so a manifest copied to another path is checked again, and fails there.
-        key = (mf.path, mf.blob_id, rules_key)
-        cached = self._verified.get(key)
-        if cached is not None:
-            self.stats["cache_hits"] += 1
-            self._verified.move_to_end(key)
-            return cached
-        self.stats["verified"] += 1
-        manifest, problems = check.check_manifest(self.backend, mf.text, mf.path, rules)
-        result = Verified(manifest if not problems else None, tuple(problems))
-        if manifest is not None:
-            self._versions_seen[mf.blob_id] = manifest.meta.version
-        self._verified[key] = result
+        keys = [(mf.path, mf.blob_id, rules_key) for mf in manifests]
+        todo = [i for i, key in enumerate(keys) if key not in self._verified]
+        # The uncached ones are checked together: on several threads when there are many (check_manifests).
+        checked = dict(zip(todo, check.check_manifests(
+            self.backend, [(manifests[i].text, manifests[i].path) for i in todo], rules), strict=True))
+        out: list[Verified] = []
+        for i, (mf, key) in enumerate(zip(manifests, keys, strict=True)):
+            if i not in checked:
+                self.stats["cache_hits"] += 1
+                self._verified.move_to_end(key)
+                out.append(self._verified[key])
+                continue
+            self.stats["verified"] += 1
+            manifest, problems = checked[i]
+            result = Verified(manifest if not problems else None, tuple(problems))
+            if manifest is not None:
+                self._versions_seen[mf.blob_id] = manifest.meta.version
+            self._verified[key] = result
+            out.append(result)
         while len(self._verified) > VERIFIED_LIMIT:
             self._verified.popitem(last=False)
-        return result
+        return out
 
     def validate(self, desired: VaultDesired) -> list[Problem]:
         """Every problem of the commit's manifests; replays against the versions this daemon applied. Nothing
@@ -309,8 +317,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         with self._lock:
             rules_key = _digest(desired.rules)
             problems = list(desired.problems)
-            for mf in desired.manifests:
-                verified = self._verify(mf, desired.rules, rules_key)
+            for mf, verified in zip(desired.manifests, self._verify_all(desired.manifests, desired.rules,
+                                                                        rules_key), strict=True):
                 problems += verified.problems
                 seen = self._versions.get(mf.path)
                 m = verified.manifest
