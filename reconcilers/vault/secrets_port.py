@@ -13,7 +13,7 @@ Nothing here records a value.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconcilers.errors import InputError, StratumError, WaitingError
 from reconcilers.ports import SecretLocation, Snapshot
@@ -22,7 +22,19 @@ from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import KeySealedError
 from reconcilers.vault.kvpath import KvMap, Reference, lookup, parse_reference
 from reconcilers.vault.manifest import Manifest, parse
-from reconcilers.vault.pki.certrefs import CertIssuer, is_cert_reference
+
+if TYPE_CHECKING:
+    from reconcilers.vault.pki.certrefs import CertIssuer
+
+# certrefs.PREFIX (a test keeps them equal): certrefs loads cryptography.x509 (~40 ms of every validate and
+# plan), so it is imported only when a certificate reference is met.
+CERT_PREFIX = "cert:"
+
+
+def is_cert_reference(text: str) -> bool:
+    """True when `text` is a certificate reference (pki/certrefs.py resolves it), not a KV secret."""
+    return text.startswith(CERT_PREFIX)
+
 
 _PARSED_MAX = 1_000
 
