@@ -611,13 +611,17 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.publisher.set_policies(dict(declared[0]))
             self.publisher.set_mounts(declared[1])
             self.publisher.set_roles(declared[2])
-        if record.status == "succeeded":
+        # No certificate issued by this process nor recorded on disk: nothing to forget or renew, and the issuer
+        # (pki/certrefs.py, with cryptography.x509: ~40 ms of every `stratum apply`) is not loaded for it.
+        certs = "certificates" in self.__dict__ or (self.state_dir / "certs.json").exists()
+        if record.status == "succeeded" and certs:
             self.certificates.applied(record.revision)
         # A run that waited on the seal and did not succeed (its waiting budget ran out) is owed a new run once
         # the vault opens; a waiting apply that the unseal let through needs none.
         self._owe_rerun = self._waited_sealed and record.status != "succeeded"
         self._waited_sealed = False
-        self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
+        if certs:
+            self.certificates.arm(self.scheduler)  # the next renewal wakes the daemon for a run
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

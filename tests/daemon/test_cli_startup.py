@@ -222,3 +222,25 @@ def test_the_vault_tells_certificate_references_apart_as_certrefs_does() -> None
     assert secrets_port.CERT_PREFIX == certrefs.PREFIX
     assert secrets_port.is_cert_reference("cert:pki/web?common_name=a.example#certificate")
     assert not secrets_port.is_cert_reference("secrets/app.yaml#cert")
+
+
+def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(tmp_path: Path) -> None:
+    """`stratum apply` of a repository with infra files only (no policies/, no agents' policies, no certificate
+    references) applies them without importing cedarpy (~50 ms) or the certificate issuer with
+    cryptography.x509 (~40 ms, loaded after every run to prune renewals when none was ever issued)."""
+    from tests.fixtures import WorkRepo
+
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({"infra/a.ncl": "{ resources = { a = { kind = 'file, path = \"a.conf\", content = \"x\\n\", "
+                                "mode = \"0644\" } } }\n"})
+    root = tmp_path / "root"
+    code = ("import os\n"
+            f"os.chdir({str(repo.path)!r})\n"
+            "from daemon.cli.main import main\n"
+            f"argv = ['apply', '--data-dir', {str(tmp_path / 'data')!r}, '--root', {str(root)!r}]\n"
+            "try:\n    main.__globals__['cli'].main(argv, prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n")
+    imported = _imported_after(code, ("daemon.run.pipeline", "cedarpy", "reconcilers.vault.pki.certrefs",
+                                      "cryptography.x509"))
+    assert imported == {"daemon.run.pipeline"}
+    assert (root / "a.conf").read_text() == "x\n"
