@@ -106,6 +106,7 @@ class Settings:
     nickel_timeout: float = 10.0
     nickel_memory_mb: int = 1024
     max_files: int = 50_000                   # files per revision (a repo's stratum.ncl may ask for fewer)
+    max_wait: float = 600.0                   # seconds an action waits on what it needs before it fails
     notes: bool = True
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     config_path: Path | None = None           # the stratumd.toml these came from (for messages and reloads)
@@ -168,7 +169,7 @@ def read_effective(data_dir: Path) -> dict[str, str] | None:
 
 _SCALARS = {f.name: f.type for f in fields(Settings) if f.name not in ("sections", "config_path")}
 RESTART_ONLY = ("repo", "branch", "data_dir", "root", "http_listen", "parallelism", "nickel_timeout",
-                "nickel_memory_mb", "log_format", "notes")      # what a SIGHUP reload cannot change in place
+                "nickel_memory_mb", "log_format", "notes", "max_wait")  # what a SIGHUP reload cannot change in place
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -223,6 +224,9 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         raise SettingsError(f"on_interrupted must be rollback or resume, not {settings.on_interrupted!r}")
     if settings.parallelism < 1:
         raise SettingsError("parallelism must be at least 1")
+    if settings.max_wait < 0:
+        raise SettingsError(f"max_wait must be 0 or more seconds, not {settings.max_wait}",
+                            where=str(config), hint="how long an action may wait on what it needs (default 600)")
     if settings.max_files < 1:
         raise SettingsError("max_files must be at least 1", hint="the most files a revision may hold")
     return replace(settings, data_dir=Path(settings.data_dir).expanduser().resolve())

@@ -15,6 +15,7 @@ from daemon.nickel.evaluator import Evaluator
 from daemon.run.pipeline import Pipeline
 from daemon.run.ports import RepoGitWriter, SecretsBroker, TimerScheduler, bound_events
 from daemon.run.pr_plan import kernel_planner
+from daemon.run.retry import RetryPolicy
 from daemon.run.workspace import workspace
 from daemon.settings import Settings, check_owner
 from reconcilers.base import AnyReconciler, ReconcilerEnv
@@ -133,5 +134,6 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     reconcilers, unavailable = build_reconcilers(settings, evaluator, only, index, source, ports, one_shot=one_shot)
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
-                        admission=admission, max_files=settings.max_files, keep_metrics=not one_shot)
+                        admission=admission, max_files=settings.max_files, keep_metrics=not one_shot,
+                        retry=RetryPolicy(max_wait=settings.max_wait))
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable, ports)

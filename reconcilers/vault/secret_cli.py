@@ -308,12 +308,13 @@ def daemon_key_cmd(repo: str | None, data_dir: Path | None, config_file: Path | 
     located = _locate(repo, data_dir, config_file, branch, root)
     source = FileKeySource(_daemon_key_file(located, key_file))
     recipient = source.recipient()
+    # Once `stratum vault init` moved the key behind the seal, the file is gone: say where the key lives now.
+    where = "behind the vault's seal" if source.moved else str(source.path)
     if output == "json":
-        click.echo(
-            json.dumps({"file": str(source.path), "recipient": recipient.text, "recipient_id": recipient.fingerprint})
-        )
+        click.echo(json.dumps({"file": None if source.moved else str(source.path), "sealed": source.moved,
+                               "recipient": recipient.text, "recipient_id": recipient.fingerprint}))
     else:
-        click.echo(f"the daemon's recipient {recipient.fingerprint} (key {source.path})", err=True)
+        click.echo(f"the daemon's recipient {recipient.fingerprint} (key {where})", err=True)
         click.echo(recipient.text)
 
 

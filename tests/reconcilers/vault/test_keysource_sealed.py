@@ -6,6 +6,9 @@ hand or from an unseal key file."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from reconcilers.vault.keysource import (
 from reconcilers.vault.reconciler import VaultReconciler
 from reconcilers.vault.service.core import VaultService
 from tests.fixtures import WorkRepo
+from tests.proc import cli_env
 from tests.vault_fixtures import CANARY, SecretWorld, secret_world
 
 DB = "secrets/app/db.yaml"
@@ -119,6 +123,23 @@ def test_init_moves_the_key_into_the_barrier_and_removes_the_file(world: World) 
     assert ring.identities[0].recipient.text == before.text
     assert world.service.barrier.get(barrier_path(before)) is not None
     assert not key_file.exists()
+
+
+def test_daemon_key_verb_says_the_key_is_behind_the_seal(world: World) -> None:
+    """`stratum secret daemon-key` after the key moved: the same recipient, and it says the key is behind the seal
+    instead of naming the file that no longer exists (it named the old path before)."""
+    key_file = world.data / "vault" / "daemon.key"
+    before = world.vault.key_source.recipient()
+    world.service.initialize(1, 1, "base64")
+    cmd = [sys.executable, "-c", "from daemon.cli.main import main; main()", "secret", "daemon-key",
+           "--data-dir", str(world.data)]
+    shown = subprocess.run([*cmd, "--output", "json"], env=cli_env(), capture_output=True, text=True, timeout=120,
+                           check=True)
+    doc = json.loads(shown.stdout)
+    assert doc["sealed"] is True and doc["file"] is None and doc["recipient"] == before.text
+    text = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=120, check=True)
+    assert "behind the vault's seal" in text.stderr and str(key_file) not in text.stderr
+    assert not key_file.exists()                                           # and it made no new key
 
 
 def test_sealed_manifest_apply_waits_and_unseal_lets_it_proceed(world: World) -> None:
