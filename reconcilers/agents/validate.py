@@ -9,15 +9,14 @@ a policy file under agents/policies/ that does not parse or fit the agents' Ceda
 
 from __future__ import annotations
 
+import functools
 import graphlib
 import itertools
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
-
-import jinja2
-from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.agents.model import (
     ROLES,
@@ -31,8 +30,13 @@ from reconcilers.agents.model import (
     Where,
 )
 from reconcilers.agents.policy import problems as policy_problems
-from reconcilers.agents.prompts import sandbox
 from reconcilers.records import Problem
+
+if TYPE_CHECKING:
+    import jinja2
+
+# jinja2 (the prompts' sandbox) and croniter load when a task has a prompt or a cron trigger: a repository
+# without agents/ or tasks/ (and every verb on it) does not pay ~40 ms for them.
 
 _SECRET_REF = re.compile(r"^secrets/[^#\s]+\.ya?ml#[A-Za-z0-9_.\-/]+$")
 _CRON_SAMPLES = 400          # firings looked at to find the shortest gap (covers a day of per-minute crons)
@@ -50,6 +54,8 @@ def cron_problem(expr: str, minimum: float) -> str:
     if len(fields) not in (5, 6):
         return f"cron expression {expr!r} has {len(fields)} fields; use 5 (minute hour day month weekday) " \
                "or 6 (second first)"
+    from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
+
     start = datetime(2024, 1, 1, tzinfo=UTC)
     try:
         it = croniter(expr, start, second_at_beginning=True) if len(fields) == 6 else croniter(expr, start)
@@ -123,7 +129,7 @@ def _role(owner: str, role: str, where: Where) -> list[Problem]:
     return [_p(f"{owner}: unknown role {role!r}", where, f"one of: {', '.join(ROLES)}")]
 
 
-def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment) -> list[Problem]:
+def _task(task: Task, desired: AgentsDesired, env: Callable[[], jinja2.Environment]) -> list[Problem]:
     owner = f"task {task.id}"
     out = _role(owner, task.role, task.where)
     if task.role in ROLES and not desired.agents_for(task.role):
@@ -132,8 +138,10 @@ def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment) -> list[P
     if bool(task.prompt) == bool(task.command):
         out.append(_p(f"{owner}: declare exactly one of `prompt` (an LLM task) or `command`", task.where))
     if task.prompt:
+        import jinja2
+
         try:
-            env.parse(task.prompt)
+            env().parse(task.prompt)
         except jinja2.TemplateSyntaxError as err:
             line = task.prompt_line + (err.lineno or 1) - 1 if task.prompt_line else task.where.line
             out.append(Problem(f"{owner}: prompt template error: {err.message}", task.where.path, line,
@@ -198,7 +206,13 @@ def _pipeline(pl: Pipeline, desired: AgentsDesired) -> list[Problem]:
 def validate(desired: AgentsDesired) -> list[Problem]:
     """Every problem of the declarations (load problems first)."""
     out = list(desired.problems)
-    env = sandbox()
+
+    @functools.cache
+    def env() -> jinja2.Environment:
+        from reconcilers.agents.prompts import sandbox
+
+        return sandbox()
+
     for p in desired.providers.values():
         out += _provider(p)
     for a in desired.agents.values():

@@ -226,8 +226,9 @@ def test_the_vault_tells_certificate_references_apart_as_certrefs_does() -> None
 
 def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(tmp_path: Path) -> None:
     """`stratum apply` of a repository with infra files only (no policies/, no agents' policies, no certificate
-    references) applies them without importing cedarpy (~50 ms) or the certificate issuer with
-    cryptography.x509 (~40 ms, loaded after every run to prune renewals when none was ever issued)."""
+    references, no tasks, no [[windows]]) applies them without importing cedarpy (~50 ms), the certificate
+    issuer with cryptography.x509 (~40 ms, loaded after every run to prune renewals when none was ever issued),
+    jinja2 (the agents' prompt sandbox) or croniter (cron triggers, sync windows)."""
     from tests.fixtures import WorkRepo
 
     repo = WorkRepo(tmp_path / "ops")
@@ -241,6 +242,6 @@ def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(t
             "try:\n    main.__globals__['cli'].main(argv, prog_name='stratum', standalone_mode=False)\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n")
     imported = _imported_after(code, ("daemon.run.pipeline", "cedarpy", "reconcilers.vault.pki.certrefs",
-                                      "cryptography.x509"))
+                                      "cryptography.x509", "jinja2", "croniter"))
     assert imported == {"daemon.run.pipeline"}
     assert (root / "a.conf").read_text() == "x\n"
