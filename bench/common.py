@@ -293,6 +293,24 @@ def cli_json(*args: str, timeout: float = 120) -> Any:
 
 
 # /proc -----------------------------------------------------------------------------------------------
+def daemon_modules(data_dir: Path) -> list[str]:
+    """The module names a running daemon has imported (its control socket's `modules` operation)."""
+    import socket as socket_
+
+    with socket_.socket(socket_.AF_UNIX, socket_.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(str(data_dir / "stratumd.sock"))
+        sock.sendall(b'{"op": "modules"}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data)
+    return list(reply.get("modules", []))
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and all its live descendants (from /proc/PID/task/TID/children)."""
     out, todo = [], [pid]

@@ -89,6 +89,20 @@ def check_owner(data_dir: Path, repo: str, *, claim: bool = False) -> None:
         tmp.replace(record)
 
 
+def recorded_repo(data_dir: Path) -> str | None:
+    """The repository a data directory belongs to, as recorded there: what its daemon last ran with (when that
+    is an absolute path or a URL), else the owner an apply recorded (IDENTITY_FILE). None when neither is."""
+    found = read_effective(data_dir) or {}
+    repo = found.get("repo", "")
+    if repo and (_URL.match(repo) or Path(repo).is_absolute()):
+        return repo
+    try:
+        owner = (data_dir / IDENTITY_FILE).read_text().strip()
+    except OSError:
+        return None
+    return owner or None
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the daemon and CLI need to know about this host."""

@@ -94,8 +94,15 @@ class TransientError(ApplyError):
 
 class WaitingError(ApplyError):
     """A dependency is not ready yet (a volume still attaching, a DNS record not propagated): the action is
-    requeued after `after` seconds; waiting is not a failure until the executor's waiting budget is spent."""
+    requeued after `after` seconds; waiting is not a failure until the executor's waiting budget is spent.
 
-    def __init__(self, what: str, *, where: str = "", hint: str = "", after: float = 5.0) -> None:
+    `defer`: the dependency comes only by an act outside the run (a person enables or unseals the vault), so
+    waiting within the run is pointless. A reconciler that can leave its target as it was ends the action at
+    once as a waiting outcome (ok=False, the run goes on and succeeds); whoever owns the dependency asks for a
+    run when it is ready (Scheduler.rerun). Elsewhere it is requeued like any WaitingError."""
+
+    def __init__(self, what: str, *, where: str = "", hint: str = "", after: float = 5.0,
+                 defer: bool = False) -> None:
         self.after = after
+        self.defer = defer
         super().__init__(what, where=where, hint=hint)

@@ -16,7 +16,7 @@ import click
 from daemon.cli.errors import handle_errors as handle_errors  # the one error handler (re-exported)
 from daemon.errors import LockError, StratumError
 from daemon.service import control_client as api
-from daemon.settings import Settings, check_owner, load_settings, read_effective
+from daemon.settings import Settings, check_owner, load_settings, read_effective, recorded_repo, repo_identity
 from reconcilers.verbs import common_options as common_options  # the contract's, shared with plugin verbs
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,7 +30,10 @@ def output_option(fn: F) -> F:
 
 def settings_from(repo: str | None, data_dir: Path | None, config_file: Path | None, branch: str | None,
                   root: Path | None, **extra: Any) -> Settings:
-    """Settings from the common options."""
+    """Settings from the common options. `--data-dir` alone, outside any repository (a task's command, a cron
+    job), means the repository that data directory belongs to."""
+    if repo is None and data_dir is not None and repo_identity(".") is None:
+        repo = recorded_repo(data_dir.expanduser())
     flags = {"repo": repo or ".", "data_dir": data_dir, "branch": branch, "root": root, **extra}
     settings = load_settings(flags, config=config_file)
     check_owner(settings.data_dir, settings.repo)     # never show or change another repository's state

@@ -7,6 +7,7 @@ loop thread (the index has a single writer) and waited for.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -86,4 +87,7 @@ def control_handlers(d: Host) -> dict[str, Handler]:
         "resume": resume,
         "windows": lambda req: {"gate": d.gate_dict()},
         "settings": lambda req: {"settings": effective(d.settings)},
+        # Which modules this process has imported: shows (and tests check) that an idle daemon keeps the
+        # interfaces nobody queried unloaded. Names only; the socket is the daemon owner's (0600).
+        "modules": lambda req: {"modules": sorted(sys.modules)},
     }

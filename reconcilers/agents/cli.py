@@ -97,14 +97,17 @@ class Access:
 def access(repo: str | None, data_dir: Path | None) -> Iterator[Access]:
     """Open the agents' state for one verb."""
     from reconcilers.agents.service import status_path
+    from reconcilers.agents.snapshot import DECLARED_FILE, take_declared
 
     folder = data_dir_of(repo, data_dir)
     path = folder / "agents.duckdb"
-    if not path.exists():
-        raise NotFound("no agent tasks have run on this data directory", where=str(folder),
-                       hint="declare agents/ and tasks/ in the repository and start the daemon (`stratumd`)")
+    if not path.exists() and not (folder / DECLARED_FILE).exists():
+        raise NotFound("no agent tasks are known on this data directory", where=str(folder),
+                       hint="declare agents/ and tasks/ in the repository, then `stratum apply` or start the "
+                            "daemon (`stratumd`)")
     try:
         store = Store(path)
+        take_declared(folder, store)      # what a `stratum apply` put in force since
     except StoreError:
         snap = status_path(folder)
         if not snap.exists():

@@ -116,6 +116,13 @@ class AgentsReconciler(NoActions[AgentsDesired]):
     def _activate_locked(self, desired: AgentsDesired) -> None:
         before = self.active
         self.active = desired
+        if self.host.get("one_shot"):
+            # No service in a one-shot process (`stratum apply`): keep the declarations for the agents verbs.
+            if _declares_work(desired):
+                from reconcilers.agents.snapshot import write_declared
+
+                write_declared(self.env.data_dir, desired)
+            return
         if self.service is None and not _declares_work(desired):
             return              # nothing to schedule or run: no queue, no scheduler thread, no agents.duckdb
         try:
@@ -132,6 +139,9 @@ class AgentsReconciler(NoActions[AgentsDesired]):
         if desired.files and before is not None:
             old = before.files
             changed = sorted({p for p, b in desired.files.items() if old.get(p) != b} | (set(old) - set(desired.files)))
+        from reconcilers.agents.snapshot import drop_declared
+
+        drop_declared(self.env.data_dir)         # the service's team is newer than a one-shot run's
         try:
             service.update(desired, changed)
         except Exception:  # agent tasks are off the run's path: a failure is logged, never fatal

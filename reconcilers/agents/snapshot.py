@@ -47,6 +47,35 @@ def team_from_json(text: str) -> AgentsDesired:
                          **{s: MappingProxyType(found[s]) for s in SECTIONS})
 
 
+DECLARED_FILE = "agents-declared.json"   # a one-shot `stratum apply`'s declarations, for the agents verbs
+
+
+def write_declared(data_dir: Path, desired: AgentsDesired) -> None:
+    """Keep the declarations a one-shot run (`stratum apply`) put in force where the agents verbs find them,
+    without opening a DuckDB file on the apply's path: `stratum task list` / `task run` import them."""
+    path = data_dir / DECLARED_FILE
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(team_json(desired))
+    tmp.replace(path)
+
+
+def take_declared(data_dir: Path, store: Store) -> None:
+    """Import what a one-shot run declared (write_declared) into the agents' store, then drop the file: the store
+    is the one record from then on (a daemon that activates a revision drops the file too, its team being newer)."""
+    path = data_dir / DECLARED_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    save_team(store, team_from_json(text))
+    path.unlink(missing_ok=True)
+
+
+def drop_declared(data_dir: Path) -> None:
+    """Forget a one-shot run's declarations (the daemon's service now holds newer ones)."""
+    (data_dir / DECLARED_FILE).unlink(missing_ok=True)
+
+
 def save_team(store: Store, desired: AgentsDesired) -> None:
     """Keep the declarations in force in the agents' DuckDB file."""
     store.execute("CREATE TABLE IF NOT EXISTS state (key VARCHAR PRIMARY KEY, value VARCHAR)")

@@ -9,12 +9,10 @@ a policy file under agents/policies/ that does not parse or fit the agents' Ceda
 
 from __future__ import annotations
 
-import functools
 import graphlib
 import itertools
 import math
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +32,6 @@ from reconcilers.records import Problem
 
 if TYPE_CHECKING:
     import jinja2
-
-# jinja2 (the prompts' sandbox) and croniter load when a task has a prompt or a cron trigger: a repository
-# without agents/ or tasks/ (and every verb on it) does not pay ~40 ms for them.
 
 _SECRET_REF = re.compile(r"^secrets/[^#\s]+\.ya?ml#[A-Za-z0-9_.\-/]+$")
 _CRON_SAMPLES = 400          # firings looked at to find the shortest gap (covers a day of per-minute crons)
@@ -129,7 +124,7 @@ def _role(owner: str, role: str, where: Where) -> list[Problem]:
     return [_p(f"{owner}: unknown role {role!r}", where, f"one of: {', '.join(ROLES)}")]
 
 
-def _task(task: Task, desired: AgentsDesired, env: Callable[[], jinja2.Environment]) -> list[Problem]:
+def _task(task: Task, desired: AgentsDesired, env: jinja2.Environment | None) -> list[Problem]:
     owner = f"task {task.id}"
     out = _role(owner, task.role, task.where)
     if task.role in ROLES and not desired.agents_for(task.role):
@@ -137,11 +132,11 @@ def _task(task: Task, desired: AgentsDesired, env: Callable[[], jinja2.Environme
                       f"declare an agent with role = \"{task.role}\" under agents/, or change the task's role"))
     if bool(task.prompt) == bool(task.command):
         out.append(_p(f"{owner}: declare exactly one of `prompt` (an LLM task) or `command`", task.where))
-    if task.prompt:
+    if task.prompt and env is not None:
         import jinja2
 
         try:
-            env().parse(task.prompt)
+            env.parse(task.prompt)
         except jinja2.TemplateSyntaxError as err:
             line = task.prompt_line + (err.lineno or 1) - 1 if task.prompt_line else task.where.line
             out.append(Problem(f"{owner}: prompt template error: {err.message}", task.where.path, line,
@@ -206,13 +201,12 @@ def _pipeline(pl: Pipeline, desired: AgentsDesired) -> list[Problem]:
 def validate(desired: AgentsDesired) -> list[Problem]:
     """Every problem of the declarations (load problems first)."""
     out = list(desired.problems)
-
-    @functools.cache
-    def env() -> jinja2.Environment:
+    env: jinja2.Environment | None = None
+    if any(t.prompt for t in desired.tasks.values()):
+        # Jinja2 only for a revision with prompt templates: a daemon whose repo has none never imports it.
         from reconcilers.agents.prompts import sandbox
 
-        return sandbox()
-
+        env = sandbox()
     for p in desired.providers.values():
         out += _provider(p)
     for a in desired.agents.values():

@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
-
 MAX_PATTERN = 1000
 
 
@@ -21,6 +19,9 @@ def compiled(pattern: str) -> Any:
     """The compiled pattern (cached); PatternError with RE2's reason when it does not compile."""
     if len(pattern) > MAX_PATTERN:
         raise PatternError(f"the pattern is over {MAX_PATTERN} characters")
+    # Imported on the first pattern: a daemon whose forms declare none (or that has no forms) never loads RE2.
+    import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+
     options = re2.Options()
     options.log_errors = False            # the reason goes into our error, not onto stderr
     try:

@@ -22,7 +22,7 @@ from reconcilers.base import (
     ReconcilerEnv,
     freeze,
 )
-from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError
+from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError, WaitingError
 from reconcilers.infra import diff, secretapply
 from reconcilers.infra.load import FileCache, load_infra
 from reconcilers.infra.local import LocalProvider, content_hash
@@ -73,6 +73,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         self.secrets_port: SecretsPort | None = env.secrets
         self.runtime_dir = Path(section.get("runtime_dir") or env.data_dir / "run")
         self._macs = secretapply.AppliedMacs(env.data_dir / "infra" / "secret-applied.json")
+        self._waiting = secretapply.Waiting()      # applies that waited (a certificate while the vault is closed)
 
     def empty(self) -> InfraDesired:
         """Desired state with no resources (what rollback reconciles to before any good revision)."""
@@ -181,7 +182,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def plan(self, desired: InfraDesired, observed: InfraObserved, inventory: list[InventoryItem]) -> list[Action]:
         """The pure diff (reconcilers/infra/diff.py), cloud server actions priced from the cached catalogs."""
-        actions = diff.plan(desired, observed, inventory)
+        actions = secretapply.note_waiting(diff.plan(desired, observed, inventory), inventory, self.name)
         if self._has_cloud(desired, inventory):
             actions = cost.annotate(actions, cost.changes(actions, desired, inventory, self._catalogs()))
         return actions
@@ -275,6 +276,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
             note = provider.destroy(data["kind"], ref) if ref else "forgotten"
             if not change.get("keep_inventory"):
                 self._macs.record(action.target, "", None)
+                self._waiting.clear(action.target)
             if data.get("kind") == "systemd_unit" and data.get("path"):
                 secretapply.remove_credentials(self.runtime_dir, str(data["path"]).rpartition("/")[2])
             # A move between providers deletes the old object; the inventory entry is the new provider's.
@@ -282,21 +284,32 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         res = change["resource"]
         provider = self._of(str(res.get("provider") or "local"), action.target)
         if secretapply.SECRETS in res["spec"]:
-            message = self._apply_with_secrets(provider, action.target, res["kind"], res["spec"],
-                                               applied_spec_hash(str(change["inventory"])) or "")
+            spec_hash = applied_spec_hash(str(change["inventory"])) or ""
+            try:
+                resolved = secretapply.resolve(self.secrets_port, action.target, res["spec"])
+            except WaitingError as err:
+                if not err.defer:
+                    raise                     # waits within the run (the executor requeues it)
+                # Nothing is written (every reference resolves before any write): a waiting item; the run goes on.
+                why = secretapply.waiting_message(err)
+                self._waiting.mark(action.target, spec_hash, why)
+                return Outcome(action.id, False, f"waiting: {res['kind']} {action.target}: {why}")
+            message = self._apply_with_secrets(provider, action.target, res["kind"], res["spec"], resolved,
+                                               spec_hash)
+            self._waiting.clear(action.target)
         else:
             message = provider.apply(action.target, res["kind"], res["spec"])
             self._macs.record(action.target, "", None)     # (a resource that held a secret holds none now)
+            self._waiting.clear(action.target)
         return Outcome(action.id, True, message,
                        inventory={"reconciler": self.name, "resource_id": action.target, "kind": res["kind"],
                                   "data": change["inventory"]})
 
     def _apply_with_secrets(self, provider: Provider, rid: str, kind: str, spec: Mapping[str, Any],
-                            spec_hash: str) -> str:
-        """Resolve the references (now, and only now), apply, and remember a keyed fingerprint of the bytes
-        written. A command's output and errors have the values redacted; the original error is not chained,
-        so no traceback carries a value."""
-        resolved = secretapply.resolve(self.secrets_port, rid, spec)
+                            resolved: secretapply.Resolved, spec_hash: str) -> str:
+        """Apply with the references resolved (at apply, and only then) and remember a keyed fingerprint of
+        the bytes written. A command's output and errors have the values redacted; the original error is not
+        chained, so no traceback carries a value."""
 
         def hide(text: str) -> str:
             return secretapply.redact(text, resolved.values, resolved.refs)
@@ -351,7 +364,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
 
     def inventory_items(self, desired: InfraDesired) -> list[InventoryItem]:
         """The inventory a fully applied revision leaves."""
-        return [InventoryItem(self.name, r.id, r.kind, r.inventory_data()) for r in desired.resources.values()]
+        return [InventoryItem(self.name, r.id, r.kind, self._waiting.entry(r)) for r in desired.resources.values()]
 
     def resource_rows(self, desired: InfraDesired) -> list[tuple[str, str, str, str, str]]:
         """(reconciler, id, kind, path, spec hash) rows for the index."""

@@ -4,6 +4,12 @@ what the host has) and apply (values in, fingerprints recorded). See secretrefs.
 What was applied is remembered as (spec hash, keyed fingerprint of the written bytes) per resource in
 <data>/infra/secret-applied.json: a plan compares the host's keyed fingerprint with it, because the expected
 bytes cannot be known without the value, and the value is only ever resolved at apply.
+
+A reference that cannot be resolved until someone acts outside the run (a certificate while the vault is off,
+sealed or without its role: a WaitingError with `defer`) ends its action as a `waiting` outcome before anything
+is written. `Waiting` remembers it for the run's inventory: the entry records the spec hash WAITING_HASH (never
+a real one), so no later plan takes the resource as applied, a drift check does not loop on it, and the plan
+says why it waited (`note_waiting`).
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reconcilers.base import Problem, freeze
-from reconcilers.errors import ApplyError, StratumError
+from reconcilers.base import Action, InventoryItem, Problem, freeze
+from reconcilers.errors import ApplyError, InputError, StratumError, WaitingError
 from reconcilers.infra import secretrefs as refs
 from reconcilers.infra.model import InfraDesired, Resource
 from reconcilers.ports import SecretLocation, SecretsPort, Snapshot
 
 MAX_HOST_READ = 4 * 1024 * 1024
+WAITING_HASH = "waiting"           # the spec hash of an inventory entry whose apply waited (no real hash is this)
+NO_VAULT = "no-vault"              # the version of a certificate reference where no vault reconciler runs
+MAX_WAIT_NOTE = 400                # characters of the reason kept in the inventory and shown by plans
 SECRETS, CREDENTIALS = refs.SECRETS, refs.CREDENTIALS
 redact = refs.redact
 
@@ -71,8 +80,12 @@ def locate_all(snap: Snapshot, desired: InfraDesired, port: SecretsPort | None, 
                         raise StratumError("secret references need the vault reconciler, which does not run here",
                                            hint="enable the vault reconciler")
                     found = port.locate(snap, ref)
-                except StratumError as err:
+                except InputError as err:
                     found = err
+                except StratumError as err:
+                    # No vault reconciler runs (the reference itself is fine: that would be an InputError). A
+                    # certificate then waits at apply like one whose vault is off; a secret value cannot.
+                    found = SecretLocation(ref, "", "", NO_VAULT) if ref.startswith(refs.CERT_PREFIX) else err
                 seen[ref] = found
             if isinstance(found, StratumError):
                 msg = found.what if ref in found.what else f"secret {ref}: {found.what}"
@@ -81,7 +94,8 @@ def locate_all(snap: Snapshot, desired: InfraDesired, port: SecretsPort | None, 
                 failed = True
                 continue
             versions[ref] = found.fingerprint
-            after.add(found.action_id)
+            if found.action_id:
+                after.add(found.action_id)
         if failed:
             continue
         spec[refs.VERSIONS] = versions
@@ -108,6 +122,10 @@ class Resolved:
 def resolve(port: SecretsPort | None, rid: str, spec: Mapping[str, Any]) -> Resolved:
     """Resolve the resource's references (audited by the port) and put the values in its spec."""
     tokens: dict[str, str] = dict(spec.get(refs.SECRETS, {}))
+    if NO_VAULT in dict(spec.get(refs.VERSIONS, {})).values():
+        raise WaitingError(f"resource {rid}: its certificate comes from the vault, which does not run here",
+                           where=f"infra:{rid}", hint="enable the vault reconciler and its service ([vault] "
+                           "enabled = true in stratumd.toml); the file is left as it is", defer=True)
     if port is None:
         raise ApplyError(f"resource {rid} uses secrets but no secrets port is available", where=f"infra:{rid}",
                          hint="enable the vault reconciler")
@@ -210,3 +228,49 @@ class AppliedMacs:
             tmp = self.path.with_name(f".{self.path.name}.{os.urandom(4).hex()}.tmp")
             tmp.write_text(json.dumps(self._data, sort_keys=True))
             os.replace(tmp, self.path)
+
+
+def waiting_message(err: WaitingError) -> str:
+    """The one line a waiting outcome, its inventory entry and later plans show (names and reasons, no value)."""
+    text = f"{err.what} ({err.hint})" if err.hint else err.what
+    return text[:MAX_WAIT_NOTE]
+
+
+class Waiting:
+    """rid -> (spec hash, why) of the resources whose apply waited in this process; the run's inventory
+    (`entry`) marks them, and a later apply of the resource clears them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[str, str]] = {}
+
+    def mark(self, rid: str, spec_hash: str, why: str) -> None:
+        """The apply of `rid` at `spec_hash` waited for `why`."""
+        with self._lock:
+            self._data[rid] = (spec_hash, why)
+
+    def clear(self, rid: str) -> None:
+        """`rid` was applied (or removed)."""
+        with self._lock:
+            self._data.pop(rid, None)
+
+    def entry(self, r: Resource) -> str:
+        """The inventory data of `r`: its own, or, when its apply at this spec waited, one that says so."""
+        with self._lock:
+            found = self._data.get(r.id)
+        data = r.inventory_data()
+        if found is None or found[0] != r.spec_hash:
+            return data
+        return freeze({**json.loads(data), "spec_hash": WAITING_HASH, "waiting": found[1]})
+
+
+def note_waiting(actions: list[Action], inventory: list[InventoryItem], reconciler: str) -> list[Action]:
+    """`actions` with the reason appended to the summary of each whose resource waited at its last apply."""
+    why: dict[str, str] = {}
+    for item in inventory:
+        if item.reconciler == reconciler and f'"spec_hash":"{WAITING_HASH}"' in item.data:
+            why[item.resource_id] = str(json.loads(item.data).get("waiting", ""))
+    if not why:
+        return actions
+    return [replace(a, summary=f"{a.summary} [waited at the last run: {why[a.target]}]")
+            if a.target in why and a.kind != "delete" else a for a in actions]

@@ -27,14 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from reconcilers.base import Action, ActionKind, InventoryItem, Problem, freeze
-from reconcilers.vault.database import declared as db_declared
 from reconcilers.vault.declared import load_files
 from reconcilers.vault.errors import VaultError
-from reconcilers.vault.pki import declared as pki_declared
-from reconcilers.vault.transit import declare as transit_declare
 
 if TYPE_CHECKING:
     from reconcilers.ports import Evaluator, SecretsPort, Snapshot
+    from reconcilers.vault.transit import declare as transit_declare
 
 NAME = "vault"
 ENGINES = "engines/"                       # the prefix of every engine action's target
@@ -92,6 +90,8 @@ def _spec(value: Any) -> str:
 
 
 def _transit_build(name: str, source: str, value: Mapping[str, Any]) -> dict[str, transit_declare.Declared]:
+    from reconcilers.vault.transit import declare as transit_declare
+
     keys, problems = transit_declare.declared_from(value)
     if problems:
         raise VaultError("; ".join(problems), where=source,
@@ -111,6 +111,14 @@ def load(evaluator: Evaluator | None, snap: Snapshot, secrets: SecretsPort | Non
     """Every engine declaration of `snap`, and the located problems (a password reference that names no
     manifest of the revision, or one the daemon cannot decrypt, is one)."""
     items: list[Item] = []
+    if not snap.entries("vault/", (".ncl",)):
+        # No engine is declared: an idle daemon then never imports the engines' modules (the PKI's pull in
+        # cryptography.x509) nor keeps them in memory (bench/idle.py).
+        return Engines({}), []
+    from reconcilers.vault.database import declared as db_declared
+    from reconcilers.vault.pki import declared as pki_declared
+    from reconcilers.vault.transit import declare as transit_declare
+
     transit, problems = load_files(evaluator, snap, TRANSIT_PREFIX, TRANSIT_CONTRACT, _transit_build,
                                    "transit key file")
     declared_in: dict[str, str] = {}

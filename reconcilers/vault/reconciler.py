@@ -210,9 +210,12 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
 
     def _opened(self) -> None:
         self._adopt_key(self._barrier())
-        if self._owe_rerun and self.scheduler is not None:
+        # Certificates that waited for the vault (their files left as they were, the run succeeded) are written
+        # by a run now: the same path the renewal timer takes.
+        waited = len(self.certificates.waiting())
+        if (self._owe_rerun or waited) and self.scheduler is not None:
             self._owe_rerun = False
-            self.scheduler.rerun("vault unsealed")
+            self.scheduler.rerun("vault unsealed" + (f": {waited} certificate(s) waited for it" if waited else ""))
 
     def _sealed(self) -> None:
         if isinstance(self.key_source, SealedKeySource):
@@ -284,32 +287,24 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         return VaultDesired(snap.revision, tuple(files), rules, tuple(problems), sig_text, policies, engines)
 
     # 2. validate ------------------------------------------------------------------------------------
-    def _verify_all(self, manifests: tuple[ManifestFile, ...], rules: Rules | None,
-                    rules_key: str) -> list[Verified]:
+    def _verify(self, mf: ManifestFile, rules: Rules | None, rules_key: str) -> Verified:
         # The check reads the path (stratum.path binding, creation rules), the blob and the rules: all three
         # key the cache, so a manifest copied to another path is checked again, and fails there.
-        keys = [(mf.path, mf.blob_id, rules_key) for mf in manifests]
-        todo = [i for i, key in enumerate(keys) if key not in self._verified]
-        # The uncached ones are checked together: on several threads when there are many (check_manifests).
-        checked = dict(zip(todo, check.check_manifests(
-            self.backend, [(manifests[i].text, manifests[i].path) for i in todo], rules), strict=True))
-        out: list[Verified] = []
-        for i, (mf, key) in enumerate(zip(manifests, keys, strict=True)):
-            if i not in checked:
-                self.stats["cache_hits"] += 1
-                self._verified.move_to_end(key)
-                out.append(self._verified[key])
-                continue
-            self.stats["verified"] += 1
-            manifest, problems = checked[i]
-            result = Verified(manifest if not problems else None, tuple(problems))
-            if manifest is not None:
-                self._versions_seen[mf.blob_id] = manifest.meta.version
-            self._verified[key] = result
-            out.append(result)
+        key = (mf.path, mf.blob_id, rules_key)
+        cached = self._verified.get(key)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            self._verified.move_to_end(key)
+            return cached
+        self.stats["verified"] += 1
+        manifest, problems = check.check_manifest(self.backend, mf.text, mf.path, rules)
+        result = Verified(manifest if not problems else None, tuple(problems))
+        if manifest is not None:
+            self._versions_seen[mf.blob_id] = manifest.meta.version
+        self._verified[key] = result
         while len(self._verified) > VERIFIED_LIMIT:
             self._verified.popitem(last=False)
-        return out
+        return result
 
     def validate(self, desired: VaultDesired) -> list[Problem]:
         """Every problem of the commit's manifests; replays against the versions this daemon applied. Nothing
@@ -317,8 +312,8 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         with self._lock:
             rules_key = _digest(desired.rules)
             problems = list(desired.problems)
-            for mf, verified in zip(desired.manifests, self._verify_all(desired.manifests, desired.rules,
-                                                                        rules_key), strict=True):
+            for mf in desired.manifests:
+                verified = self._verify(mf, desired.rules, rules_key)
                 problems += verified.problems
                 seen = self._versions.get(mf.path)
                 m = verified.manifest
@@ -611,17 +606,17 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
             self.publisher.set_policies(dict(declared[0]))
             self.publisher.set_mounts(declared[1])
             self.publisher.set_roles(declared[2])
-        # No certificate issued by this process nor recorded on disk: nothing to forget or renew, and the issuer
-        # (pki/certrefs.py, with cryptography.x509: ~40 ms of every `stratum apply`) is not loaded for it.
-        certs = "certificates" in self.__dict__ or (self.state_dir / "certs.json").exists()
-        if record.status == "succeeded" and certs:
+        # No certificate issued by this process nor kept from an earlier one (certs.json): nothing to forget or
+        # renew, and the PKI's modules (cryptography.x509) stay unloaded in a daemon that has none.
+        certificates = "certificates" in self.__dict__ or (self.state_dir / "certs.json").exists()
+        if record.status == "succeeded" and certificates:
             self.certificates.applied(record.revision)
         # A run that waited on the seal and did not succeed (its waiting budget ran out) is owed a new run once
         # the vault opens; a waiting apply that the unseal let through needs none.
         self._owe_rerun = self._waited_sealed and record.status != "succeeded"
         self._waited_sealed = False
-        if certs:
-            self.certificates.arm(self.scheduler)  # the next renewal wakes the daemon for a run
+        if certificates:
+            self.certificates.arm(self.scheduler)      # the next renewal wakes the daemon for a run
 
     def http_mounts(self) -> list[HttpMount]:
         """The vault API, on its own listener (reconcilers/vault/service/host.py)."""

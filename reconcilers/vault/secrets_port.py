@@ -26,14 +26,16 @@ from reconcilers.vault.manifest import Manifest, parse
 if TYPE_CHECKING:
     from reconcilers.vault.pki.certrefs import CertIssuer
 
-# certrefs.PREFIX (a test keeps them equal): certrefs loads cryptography.x509 (~40 ms of every validate and
-# plan), so it is imported only when a certificate reference is met.
-CERT_PREFIX = "cert:"
 
+def is_cert_reference(reference: str) -> bool:
+    """pki/certrefs.py's test, whose module (and the PKI's cryptography.x509 with it) is imported only for a
+    reference that can be a certificate's ("cert:..."): a daemon that resolves KV references alone never
+    loads the PKI (bench/idle.py)."""
+    if not reference.startswith("cert"):
+        return False
+    from reconcilers.vault.pki.certrefs import is_cert_reference as certrefs_test
 
-def is_cert_reference(text: str) -> bool:
-    """True when `text` is a certificate reference (pki/certrefs.py resolves it), not a KV secret."""
-    return text.startswith(CERT_PREFIX)
+    return certrefs_test(reference)
 
 
 _PARSED_MAX = 1_000

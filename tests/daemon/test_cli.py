@@ -27,6 +27,8 @@ TEMPLATE_ACTIONS = [
     "infra:app-dir",
     "infra:app-init",
     "infra:app-service",
+    "infra:app-tls-cert",
+    "infra:app-tls-key",
     "infra:motd",
 ]
 
@@ -171,11 +173,11 @@ def test_plan_formats(run: Cli) -> None:
     text = run("plan")
     assert text.exit_code == 0
     assert text.stdout.startswith(f"Plan for {git(run.repo, 'rev-parse', 'HEAD')[:12]}\n")
-    assert "infra: 5 to create, 1 to run" in text.stdout
+    assert "infra: 7 to create, 1 to run" in text.stdout
     assert "  + create file etc/motd (0644)" in text.stdout
     md = run("plan", "--format", "markdown")
     assert md.stdout.startswith("<!-- stratum-plan part 1/1 -->\n### Stratum plan for `")
-    assert "#### infra: 5 to create, 1 to run" in md.stdout
+    assert "#### infra: 7 to create, 1 to run" in md.stdout
     assert "| + | create file etc/motd (0644) |  |" in md.stdout
     assert not run.root.exists() or list(run.root.iterdir()) == []
 

@@ -175,11 +175,12 @@ def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None
     (urllib.request, http.client, email): those load where they are used."""
     # ... nor loads the PostgreSQL driver (~0.5 s) or the vault engines' apply code for the template's
     # vault/database declaration: validate reads declarations, it connects to nothing.
-    # ... nor parses certificates or loads an engine's handler for the declared PKI and database mounts
-    # (cryptography.x509 ~40 ms): declarations are checked as data; the engines load when a change is applied.
+    # ... nor loads an engine's handler for the declared PKI and database mounts: declarations are checked as
+    # data, the engines load when a change is applied. (cryptography.x509 does load: the template's
+    # infra/tls.ncl has certificate references, which validate locates through the PKI.)
     only_elsewhere = ("fluent.runtime", "babel", "urllib.request", "http.client", "email.parser", "psycopg",
-                      "reconcilers.vault.declared_apply", "cryptography.x509", "reconcilers.vault.pki.api",
-                      "reconcilers.vault.pki.ca", "reconcilers.vault.database.api", "reconcilers.vault.pki.certrefs")
+                      "reconcilers.vault.declared_apply", "reconcilers.vault.pki.api",
+                      "reconcilers.vault.database.api")
     imported = _imported_after(_validate_template(tmp_path), ("reconcilers.forms.loader", *only_elsewhere))
     assert "reconcilers.forms.loader" in imported                # it did validate the forms
     assert imported & set(only_elsewhere) == set()
@@ -211,17 +212,6 @@ def test_a_cli_apply_records_its_run_but_loads_no_metrics_library(tmp_path: Path
     log = subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "log", "--data-dir",
                           str(data)], cwd=tmp_path / "ops", capture_output=True, text=True, timeout=120, check=True)
     assert "succeeded" in log.stdout, log.stdout + log.stderr
-
-
-def test_the_vault_tells_certificate_references_apart_as_certrefs_does() -> None:
-    """The secrets port recognises a certificate reference without importing pki/certrefs (x509): its prefix
-    is the one certrefs parses."""
-    from reconcilers.vault import secrets_port
-    from reconcilers.vault.pki import certrefs
-
-    assert secrets_port.CERT_PREFIX == certrefs.PREFIX
-    assert secrets_port.is_cert_reference("cert:pki/web?common_name=a.example#certificate")
-    assert not secrets_port.is_cert_reference("secrets/app.yaml#cert")
 
 
 def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(tmp_path: Path) -> None:

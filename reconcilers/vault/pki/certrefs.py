@@ -8,13 +8,17 @@ issued by the vault's PKI at apply time, kept sealed, renewed before expiry.
                  resolve  (apply) the part's PEM: one issue per request (all parts of it share one key), kept
                           in the barrier at sys/stratum/certs/<request id>, issued again once due (renewal.py's
                           fraction of the lifetime). Vault disabled, sealed or standby, the mount or the role
-                          not there (yet): WaitingError. A request the role refuses: TerminalError
+                          not there (yet): a deferred WaitingError (the file's action ends as a non-fatal
+                          `waiting` item, the run succeeds) and the request is remembered as waiting. A request
+                          the role refuses: TerminalError
+                 waiting  the requests that waited: when the vault opens it asks for a run (Scheduler.rerun)
                  arm      a timer at the earliest renewal time: when it fires, the daemon runs again
                           (Scheduler.rerun), which renews and rewrites what uses the certificate
 
 `<data>/vault/certs.json` keeps what is public about each request (generation, serial, not_after, renew_at,
-the certificate's SHA-256): locate reads it while the vault is sealed. Keys never leave the barrier but to the
-file that names them, and no plan, log or record holds a PEM.
+the certificate's SHA-256): locate reads it while the vault is sealed. `<data>/vault/certs-waiting.json` lists
+the request ids that waited (read from disk each time: a CLI apply may have added one while the daemon ran).
+Keys never leave the barrier but to the file that names them, and no plan, log or record holds a PEM.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _PATH = re.compile(r"^([A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*)/issue/([A-Za-z0-9_.-]
 _MAX_TEXT = 8192
 MIN_REARM_S = 60.0                 # a due certificate that a run could not renew is tried again after this
 MAX_ARM_S = 86_400.0               # timers are re-armed at least daily (a clock step is then caught)
+NEXT_RUN = "the file is left as it is, and the daemon runs again once the vault opens"
 
 
 def is_cert_reference(text: str) -> bool:
@@ -111,6 +116,7 @@ class CertIssuer:
         self.fraction = fraction
         self.clock = clock
         self._meta_file = state_dir / "certs.json"
+        self._waiting_file = state_dir / "certs-waiting.json"
         self._lock = threading.RLock()
         self._meta: dict[str, dict[str, Any]] = self._read_meta()
         self._timer: Timer | None = None
@@ -126,10 +132,29 @@ class CertIssuer:
         return {str(k): dict(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _write_meta(self) -> None:
-        self._meta_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._meta_file.with_name(f".{self._meta_file.name}.{os.urandom(4).hex()}.tmp")
-        tmp.write_text(json.dumps(self._meta, sort_keys=True, indent=1))
-        os.replace(tmp, self._meta_file)
+        self._write_json(self._meta_file, self._meta)
+
+    # requests that waited for the vault ---------------------------------------------------------------
+    def waiting(self) -> frozenset[str]:
+        """The request ids whose last resolve waited for the vault (disabled, sealed, standby, no mount or role)."""
+        try:
+            data = json.loads(self._waiting_file.read_text())
+        except (OSError, ValueError):
+            return frozenset()
+        return frozenset(str(x) for x in data) if isinstance(data, list) else frozenset()
+
+    def _set_waiting(self, request_id: str, waits: bool) -> None:
+        with self._lock:
+            before = self.waiting()
+            after = before | {request_id} if waits else before - {request_id}
+            if after != before:
+                self._write_json(self._waiting_file, sorted(after))
+
+    def _write_json(self, path: Path, data: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+        tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+        os.replace(tmp, path)
 
     def _due(self, meta: dict[str, Any] | None, now: dt.datetime) -> bool:
         return meta is not None and now >= dt.datetime.fromisoformat(str(meta["renew_at"]))
@@ -155,19 +180,30 @@ class CertIssuer:
     # resolve: apply time ------------------------------------------------------------------------------
     def resolve(self, reference: str) -> str:
         """The PEM of the reference's part, from the one certificate of its request (issued or renewed now
-        when there is none or it is due)."""
+        when there is none or it is due). A request that cannot be issued until someone acts on the vault raises
+        a deferred WaitingError and is remembered as waiting (`waiting`): the vault asks for a run when it opens."""
         ref = parse(reference)
+        try:
+            pem = self._resolve(ref)
+        except WaitingError:
+            self._set_waiting(ref.request_id, True)
+            raise
+        self._set_waiting(ref.request_id, False)
+        return pem
+
+    def _resolve(self, ref: CertRef) -> str:
         service = self._service()
         if service is None:
-            raise WaitingError(f"certificate {ref.request}: the vault service is not enabled on this daemon",
-                               where=ref.request, hint="set [vault] enabled = true in stratumd.toml, restart, "
-                               "`stratum vault init` and unseal it; the action then proceeds", after=5.0)
+            raise WaitingError(f"certificate {ref.request}: the vault service is not enabled on this daemon "
+                               "(only stratumd with [vault] enabled serves it; a CLI apply never does)",
+                               where=ref.request, hint="set [vault] enabled = true in stratumd.toml, restart "
+                               f"stratumd, `stratum vault init` and unseal it; {NEXT_RUN}", after=5.0, defer=True)
         if service.barrier.sealed:
             raise WaitingError(f"certificate {ref.request}: {SEALED_HINT}", where=ref.request,
-                               hint="the action proceeds once the vault is unsealed", after=2.0)
+                               hint=NEXT_RUN, after=2.0, defer=True)
         if service.standby:
             raise WaitingError(f"certificate {ref.request}: this vault node is a standby", where=ref.request,
-                               hint="the active node issues it", after=5.0)
+                               hint="the active node issues it", after=5.0, defer=True)
         with self._lock:
             path = BARRIER_PREFIX + ref.request_id
             raw = service.barrier.get(path)
@@ -187,7 +223,8 @@ class CertIssuer:
         if found is None or found[0].type != "pki":
             raise WaitingError(f"certificate {ref.request}: there is no PKI mount at {ref.mount}/",
                                where=ref.request, hint="mount the pki engine there and declare its CA and role "
-                                                       "(vault/pki/), or fix `certificate`", after=5.0)
+                                                       "(vault/pki/), or fix `certificate`", after=5.0,
+                               defer=True)
         try:
             files = renewal.issue_files(service.mounts.store_of(found[0]), ref.role, ref.common_name,
                                         alt_names=ref.alt_names, ip_sans=ref.ip_sans, ttl=ref.ttl, now=now,
@@ -195,20 +232,24 @@ class CertIssuer:
         except PkiNotFound as err:
             raise WaitingError(f"certificate {ref.request}: {err.what}", where=ref.request,
                                hint=f"declare role {ref.role} on the {ref.mount} mount (vault/pki/)", after=5.0,
-                               ) from err
+                               defer=True) from err
         except PkiError as err:
             raise TerminalError(f"certificate {ref.request}: {err.what}", where=ref.request,
                                 hint=err.hint or "fix the reference to fit the role") from err
         generation = int(before["generation"]) + 1 if before is not None else 0
+        # The replaced certificate is revoked once a run that wrote the new one succeeds (`applied`).
+        superseded = [*before.get("superseded", []), before["serial_number"]] if before is not None else []
         return {"certificate": files.certificate, "private_key": files.private_key, "ca_chain": files.ca_chain,
                 "serial_number": files.serial_number, "not_after": files.not_after.isoformat(),
-                "renew_at": files.renew_at.isoformat(), "generation": generation}
+                "renew_at": files.renew_at.isoformat(), "generation": generation, "superseded": superseded}
 
     def _remember(self, ref: CertRef, stored: dict[str, Any]) -> None:
         digest = hashlib.sha256(str(stored["certificate"]).encode()).hexdigest()
         meta = {"request": ref.request, "generation": int(stored["generation"]),
                 "serial_number": stored["serial_number"], "not_after": stored["not_after"],
                 "renew_at": stored["renew_at"], "certificate_sha256": digest}
+        if stored.get("superseded"):
+            meta["superseded"] = list(stored["superseded"])
         if self._meta.get(ref.request_id) != meta:
             self._meta[ref.request_id] = meta
             self._write_meta()
@@ -248,13 +289,42 @@ class CertIssuer:
 
     def applied(self, revision: str) -> None:
         """`revision` is in force: forget the metadata of requests it no longer references (their sealed copies
-        stay in the barrier, unused), so their renewal times no longer wake the daemon."""
+        stay in the barrier, unused), so their renewal times no longer wake the daemon, nor an unseal."""
         with self._lock:
-            stale = set(self._meta) - self._used.get(revision, set())
+            used = self._used.get(revision, set())
+            stale = set(self._meta) - used
             for rid in stale:
                 self._meta.pop(rid)
             if stale:
                 self._write_meta()
+            waiting = self.waiting()
+            if waiting - used:
+                self._write_json(self._waiting_file, sorted(waiting & used))
+            self._revoke_superseded([rid for rid in used if self._meta.get(rid, {}).get("superseded")])
+
+    def _revoke_superseded(self, rids: list[str]) -> None:
+        """Revoke the certificates renewals replaced, now that the files hold the new ones (vault open only:
+        else the next succeeded run does it); the request's record then lists none."""
+        service = self._service()
+        if not rids or service is None or service.barrier.sealed or service.standby:
+            return
+        from reconcilers.vault.service.errors import ServiceError
+
+        for rid in rids:
+            ref = parse(str(self._meta[rid]["request"]) + "#certificate")
+            found = service.mounts.find(f"{ref.mount}/issue/{ref.role}")
+            raw = service.barrier.get(BARRIER_PREFIX + rid)
+            if found is None or not raw:
+                continue
+            stored = json.loads(raw)
+            try:
+                renewal.revoke_superseded(service.mounts.store_of(found[0]), list(stored.get("superseded", [])),
+                                          self.clock())
+                stored["superseded"] = []
+                service.barrier.put(BARRIER_PREFIX + rid, json.dumps(stored).encode())
+            except (ServiceError, OSError):
+                continue                  # the vault's storage failed: the next succeeded run tries again
+            self._remember(ref, stored)
 
     def close(self) -> None:
         """Cancel the timer."""

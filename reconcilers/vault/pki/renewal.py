@@ -61,3 +61,22 @@ def issue_files(store: KeyValueStore, role: str, common_name: str, *, alt_names:
     cert = x509.load_pem_x509_certificate(data["certificate"].encode())
     return IssuedFiles(data["certificate"] + "\n", data["private_key"], "\n".join(data["ca_chain"]) + "\n",
                        data["serial_number"], cert.not_valid_after_utc, renew_at(cert, fraction))
+
+
+def revoke_superseded(store: KeyValueStore, serials: list[str], now: dt.datetime) -> int:
+    """Revoke the certificates a renewal replaced (called once the files holding the new one are written, so a
+    service never holds a revoked certificate); how many went on the CRL. A serial the mount no longer knows
+    (its CA was replaced) or already revoked is skipped: nothing is left to do for it."""
+    from reconcilers.vault.pki import ca, revocation
+
+    try:
+        issuer = ca.load(store)
+    except PkiError:
+        return 0                       # no CA on the mount any more: its certificates cannot be revoked here
+    done = 0
+    for serial in serials:
+        try:
+            done += "warnings" not in revocation.revoke(store, issuer, serial, now)
+        except PkiError:
+            continue
+    return done

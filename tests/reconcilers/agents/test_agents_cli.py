@@ -86,7 +86,7 @@ def test_approvals_without_a_daemon(tmp_path: Path) -> None:
 def test_unknown_things_are_clear_errors(tmp_path: Path) -> None:
     """An unknown task or agent, or a data dir with no agents, is one error line with a hint, exit 1."""
     code, out = stratum("task", "list", "--data-dir", str(tmp_path / "empty"))
-    assert code == 1 and "no agent tasks have run on this data directory" in out and "Traceback" not in out
+    assert code == 1 and "no agent tasks are known on this data directory" in out and "Traceback" not in out
     data = tmp_path / "data"
     seed(data)
     code, out = stratum("task", "run", "nope", "--data-dir", str(data))

@@ -27,7 +27,7 @@ from daemon.run.ports import SecretsBroker, TimerScheduler
 from daemon.run.retry import RetryPolicy
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
-from reconcilers.vault.pki import certrefs
+from reconcilers.vault.pki import certbuild, certrefs
 from reconcilers.vault.reconciler import VaultReconciler
 from reconcilers.vault.service.core import VaultService
 from reconcilers.vault.service.request import ApiRequest
@@ -166,6 +166,31 @@ def test_due_certificate_is_renewed_and_its_files_rewritten(world: World) -> Non
     assert [a.id for a in world.pipe.plan(rev).actions] == []           # renewed: nothing due any more
 
 
+def test_a_renewed_certificate_is_revoked_once_the_run_that_replaced_it_succeeds(world: World) -> None:
+    """The renewal run writes the new certificate first; when it has succeeded the old serial is revoked (on the
+    mount's CRL), the new one is not, and a later run revokes nothing more."""
+    rev = world.repo.commit({"infra/tls.ncl": infra_file()})
+    assert world.pipe.run(rev).status == "succeeded"
+    before, _, _ = _files(world)
+    old_serial = certbuild.serial_text(before.serial_number)
+    start = dt.datetime.now(dt.UTC)
+    world.vault.certificates.clock = lambda: start + dt.timedelta(minutes=90)
+    assert world.pipe.run(rev, trigger="rerun:certificate renewal").status == "succeeded"
+    after, _, _ = _files(world)
+    world.pipe.wait_hooks()                               # on_run_finished runs after the run is recorded
+    old = world.call("GET", f"pki/cert/{old_serial}")
+    new = world.call("GET", f"pki/cert/{certbuild.serial_text(after.serial_number)}")
+    assert old is not None and new is not None
+    assert int(dict(old["data"])["revocation_time"]) > 0                       # type: ignore[call-overload]
+    assert int(dict(new["data"])["revocation_time"]) == 0                       # type: ignore[call-overload]
+    meta = json.loads((world.data / "vault" / "certs.json").read_text())
+    assert all("superseded" not in m for m in meta.values())
+    assert world.pipe.run(rev).status == "succeeded"
+    world.pipe.wait_hooks()
+    again = world.call("GET", f"pki/cert/{certbuild.serial_text(after.serial_number)}")
+    assert again is not None and int(dict(again["data"])["revocation_time"]) == 0  # type: ignore[call-overload]
+
+
 def test_the_renewal_timer_asks_the_daemon_for_a_run(world: World) -> None:
     """After a run, the vault arms a timer at the earliest renewal time; when it fires with a certificate due
     it asks the daemon's scheduler for a run (Scheduler.rerun) and arms itself again."""
@@ -192,44 +217,108 @@ def test_the_renewal_timer_asks_the_daemon_for_a_run(world: World) -> None:
     assert asked[0].startswith("certificate renewal (1 due)")
 
 
-def test_sealed_vault_makes_certificate_actions_wait_and_the_rest_apply(world: World) -> None:
-    """Sealed: the certificate files wait (retry class, a clear message naming the seal), the motd applies in the
-    same run; after `unseal` the waiting actions proceed and the run succeeds."""
+def _inventory(w: World, rid: str) -> dict[str, object]:
+    rows = w.index.query("SELECT data FROM inventory WHERE reconciler = 'infra' AND resource_id = ?", [rid])
+    return dict(json.loads(rows[0][0])) if rows else {}
+
+
+def _asked(w: World) -> list[str]:
+    """Capture the vault's requests for a run (Scheduler.rerun) instead of a daemon loop ringing."""
+    scheduler = w.vault.scheduler
+    assert isinstance(scheduler, TimerScheduler)
+    asked: list[str] = []
+    scheduler.rerun_fn = asked.append
+    return asked
+
+
+def test_sealed_vault_leaves_certificate_files_waiting_and_unseal_asks_for_a_run(world: World) -> None:
+    """Sealed: the certificate files end the run as `waiting` items at once (no waiting budget spent, no
+    action_waiting event), the run succeeds and the motd applies; no certificate file is written, the inventory
+    does not take them as applied, and the plan says why they waited. Unsealing asks the daemon for a run
+    (Scheduler.rerun, the renewal timer's path), which writes them; then nothing is left to do."""
+    asked = _asked(world)
+    world.pipe.retry = RetryPolicy(max_wait=2.0)       # were it to wait within the run, it would fail
     world.service.seal_now()
     rev = world.repo.commit({"infra/tls.ncl": infra_file()})
-    outcome: list[object] = []
-    runner = threading.Thread(target=lambda: outcome.append(world.pipe.run(rev)))
-    runner.start()
-    try:
-        for _ in range(400):
-            waiting = world.index.query("SELECT message FROM events WHERE kind = 'action_waiting'")
-            if waiting and (world.root / "motd").exists():
-                break
-            threading.Event().wait(0.05)
-        assert waiting, "no action waited"
-        assert "unseal with `stratum vault unseal`" in waiting[0][0]
-        assert (world.root / "motd").read_text() == "hello\n"
-        assert not (world.root / "tls/web.key").exists()
-    finally:
-        world.service.unseal(world.keys[0])
-        runner.join(120)
-    result = outcome[0]
-    assert getattr(result, "status", None) == "succeeded", result
+    result = world.pipe.run(rev)
+    assert result.status == "succeeded", result
+    assert "3 not yet" in result.message and "unseal with `stratum vault unseal`" in result.message
+    assert (world.root / "motd").read_text() == "hello\n"
+    assert not (world.root / "tls").exists()
+    assert world.index.query("SELECT count(*) FROM events WHERE kind = 'action_waiting'") == [(0,)]
+    assert _inventory(world, "crt")["spec_hash"] == "waiting"
+    planned = {a.id: a.summary for a in world.pipe.plan(rev).actions}
+    assert sorted(planned) == ["infra:chain", "infra:crt", "infra:key"]
+    assert "[waited at the last run: certificate cert:pki/issue/web" in planned["infra:crt"]
+    assert "BEGIN" not in json.dumps([result.message, planned])
+    assert asked == []
+    world.service.unseal(world.keys[0])
+    assert asked == ["vault unsealed: 1 certificate(s) waited for it"]
+    again = world.pipe.run(rev, trigger="rerun:" + asked[0])
+    assert again.status == "succeeded", again
+    assert "not yet" not in again.message
+    _files(world)
+    assert _inventory(world, "crt")["spec_hash"] != "waiting"
+    assert [a.id for a in world.pipe.plan(rev).actions] == []
+    assert world.vault.certificates.waiting() == frozenset()
+    world.service.seal_now()
+    world.service.unseal(world.keys[0])
+    assert len(asked) == 1                             # nothing waits any more: an unseal asks for nothing
+
+
+def test_a_renewal_while_sealed_keeps_the_old_files_until_the_vault_opens(world: World) -> None:
+    """A due certificate whose vault is sealed: its files keep their previous content (nothing half-written,
+    the key still matches the certificate), the run succeeds with them waiting; after the unseal the run
+    renews and rewrites them."""
+    rev = world.repo.commit({"infra/tls.ncl": infra_file()})
+    assert world.pipe.run(rev).status == "succeeded"
+    before = {name: (world.root / "tls" / name).read_bytes() for name in ("web.crt", "web.key", "ca.pem")}
+    start = dt.datetime.now(dt.UTC)
+    world.vault.certificates.clock = lambda: start + dt.timedelta(minutes=90)
+    world.pipe.retry = RetryPolicy(max_wait=2.0)
+    world.service.seal_now()
+    result = world.pipe.run(rev, trigger="rerun:certificate renewal")
+    assert result.status == "succeeded" and "3 not yet" in result.message, result
+    assert {name: (world.root / "tls" / name).read_bytes() for name in before} == before
+    _files(world)
+    world.service.unseal(world.keys[0])
+    assert world.pipe.run(rev).status == "succeeded"
+    assert (world.root / "tls/web.key").read_bytes() != before["web.key"]
     _files(world)
 
 
-def test_vault_disabled_is_a_clear_wait_then_failure(tmp_path: Path, evaluator: Evaluator) -> None:
-    """With no vault service on this daemon a certificate reference still validates and plans; its action waits
-    saying the vault service is not enabled, and fails with that message when the waiting budget is spent."""
+def test_a_role_not_declared_yet_waits_and_the_next_run_issues(world: World) -> None:
+    """The vault is open but the reference names a role that does not exist yet: a waiting item, the run
+    succeeds; once the role exists the next run issues and writes the file."""
+    later = '{ certificate = "pki/issue/later", common_name = "a.web.internal", part = "certificate" }'
+    text = f"{{ resources = {{\n  crt = {{ kind = 'file, path = \"later.crt\", content = {later} }},\n}} }}\n"
+    rev = world.repo.commit({"infra/later.ncl": text})
+    world.pipe.retry = RetryPolicy(max_wait=2.0)
+    result = world.pipe.run(rev)
+    assert result.status == "succeeded" and "1 not yet" in result.message, result
+    assert "declare role later on the pki mount" in result.message
+    assert not (world.root / "later.crt").exists()
+    world.call("POST", "pki/roles/later", {"allowed_domains": "web.internal", "allow_subdomains": True,
+                                           "key_type": "ec", "ttl": "2h", "max_ttl": "72h"})
+    assert world.pipe.run(rev).status == "succeeded"
+    x509.load_pem_x509_certificate((world.root / "later.crt").read_bytes())
+
+
+def test_vault_disabled_is_a_waiting_item_and_the_run_succeeds(tmp_path: Path, evaluator: Evaluator) -> None:
+    """With no vault service on this daemon a certificate reference still validates and plans; its action ends
+    as a waiting item saying the vault service is not enabled and how to enable it, at once (a waiting budget
+    of 0.5 s would fail the run if the action waited within it), and everything else applies."""
     pipe, vault, index, repo = build(tmp_path, evaluator, {})
     pipe.retry = RetryPolicy(max_wait=0.5)
     try:
         rev = repo.commit({"infra/tls.ncl": infra_file()})
         assert not pipe.plan(rev).problems
         result = pipe.run(rev)
-        assert result.status in ("failed", "rolled_back")
+        assert result.status == "succeeded", result
         assert "the vault service is not enabled on this daemon" in result.message
-        assert "BEGIN" not in result.message
+        assert "[vault] enabled = true" in result.message and "BEGIN" not in result.message
+        assert (tmp_path / "root" / "motd").exists() and not (tmp_path / "root" / "tls").exists()
+        assert len(vault.certificates.waiting()) == 1
     finally:
         pipe.close()
         vault.close()
