@@ -80,12 +80,6 @@ class Contract:
         return out
 
     def _evaluate(self, fronts: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
-        # Imported here: a daemon whose knowledge files carry no front matter never loads py-nickel's library
-        # into its own process (its evaluations run in worker processes). mypy run from a checkout sees the
-        # top-level nickel/ folder (our contracts, no Python) as a namespace package shadowing py-nickel, hence
-        # the attr-defined ignores below; at run time py-nickel is imported.
-        import nickel
-
         fd, name = tempfile.mkstemp(suffix=".json", prefix="stratum-kb-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
