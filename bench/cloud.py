@@ -6,6 +6,7 @@ step's time is split: waiting in API calls (timed in libcloud's client), of whic
 proxy), and Stratum's own share (the rest of the wall time), which is what the target is read against.
 
     python bench/cloud.py [--servers 200] [--networks 10]
+    python bench/cloud.py --moto-scaling 50,100,200     # where moto's own time goes (no Stratum, no HTTP)
 
 Each network has one subnet; servers are spread over the subnets, each with one attached volume. The moto
 namespace work-around (PLATFORM.md) is applied here as in the tests' fixture.
@@ -80,12 +81,106 @@ def counted(proxy: Any, fn: Any, name: str = "") -> tuple[Any, float, dict[str, 
     return value, took, dict(collections.Counter(proxy.calls[before:]))
 
 
+_TAGS = ("stratum:id", "stratum:owner", "stratum:spec", "Name", "role")   # what Stratum tags each object with
+
+
+def moto_scaling(sizes: list[int], networks: int) -> None:
+    """Where the no-op plan's time inside moto goes, by size: moto in-process (its own WSGI app, no HTTP, no
+    Stratum), objects made as Stratum makes them (five tags each), then the exact Describe* requests the aws
+    backend's listing sends, timed, with moto's tag lookups (`TagBackend.describe_tags`) counted and timed; the
+    same requests without the owner filter show what the filter costs moto. Each request's best of three. One
+    region per size (moto keeps tags per region), so sizes do not see each other's objects."""
+    import re
+    from urllib.parse import urlencode
+
+    from moto.ec2.models.tags import TagBackend
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.test import Client
+
+    lookups: list[float] = []
+    original = TagBackend.describe_tags
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            lookups.append(time.perf_counter() - t)
+
+    TagBackend.describe_tags = timed  # type: ignore[method-assign]
+    app = Client(DomainDispatcherApplication(create_backend_app))
+    regions = ["us-west-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-south-1", "sa-east-1"]
+    rows: list[list[Any]] = []
+    data: dict[str, Any] = {"load_avg": os.getloadavg(), "sizes": {}}
+    for size, region in zip(sizes, regions, strict=False):
+        auth = f"AWS4-HMAC-SHA256 Credential=k/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"
+
+        def call(params: dict[str, str], auth: str = auth) -> str:
+            r = app.post("/", data=urlencode({"Version": "2016-11-15", **params}),
+                         headers={"Authorization": auth, "Content-Type": "application/x-www-form-urlencoded"})
+            assert r.status_code == 200, r.data[:300]
+            return str(r.data.decode())
+
+        def tagged(kind: str, i: int) -> dict[str, str]:
+            out = {"TagSpecification.1.ResourceType": kind}
+            for n, key in enumerate(_TAGS, 1):
+                out[f"TagSpecification.1.Tag.{n}.Key"] = key
+                out[f"TagSpecification.1.Tag.{n}.Value"] = "owner" if key == "stratum:owner" else f"{kind}-{i}"
+            return out
+
+        subnets = []
+        for n in range(networks):
+            vpc = re.findall(r"<vpcId>(.*?)</vpcId>", call({"Action": "CreateVpc", "CidrBlock": f"10.{n}.0.0/16",
+                                                             **tagged("vpc", n)}))[0]
+            subnets.append(re.findall(r"<subnetId>(.*?)</subnetId>", call(
+                {"Action": "CreateSubnet", "VpcId": vpc, "CidrBlock": f"10.{n}.1.0/24",
+                 "AvailabilityZone": f"{region}a", **tagged("subnet", n)}))[0])
+        for i in range(size):
+            call({"Action": "RunInstances", "ImageId": AMI, "MinCount": "1", "MaxCount": "1",
+                  "InstanceType": "t2.micro", "SubnetId": subnets[i % networks], **tagged("instance", i)})
+            call({"Action": "CreateVolume", "Size": "1", "AvailabilityZone": f"{region}a", **tagged("volume", i)})
+        owner = {"Filter.1.Name": "tag:stratum:owner", "Filter.1.Value.1": "owner"}
+        requests = [("DescribeVpcs", {"MaxResults": "1000", **owner}),
+                    ("DescribeSubnets", {"MaxResults": "1000", **owner}),
+                    ("DescribeSecurityGroups", {"MaxResults": "1000", **owner}),
+                    ("DescribeInstances", {"MaxResults": "1000", **owner}),
+                    ("DescribeVolumes", {"MaxResults": "500", **owner}),
+                    ("DescribeInstances (no filter)", {"MaxResults": "1000"}),
+                    ("DescribeVolumes (no filter)", {"MaxResults": "500"})]
+        per: dict[str, Any] = {}
+        for name, params in requests:
+            took = float("inf")
+            for _ in range(3):                # the best of three: the first of a kind also loads moto's model
+                del lookups[:]
+                t = time.perf_counter()
+                answer = call({"Action": name.split()[0], **params})
+                took = min(took, time.perf_counter() - t)
+            per[name] = {"s": round(took, 3), "tag_lookups": len(lookups), "tag_lookup_s": round(sum(lookups), 3),
+                         "bytes": len(answer)}
+            rows.append([size, name, f"{took:.3f}", len(lookups), f"{sum(lookups):.3f}",
+                         f"{100 * sum(lookups) / took:.0f}%", len(answer)])
+        plan = sum(per[n]["s"] for n, _ in requests[:5])
+        per["no-op plan's five EC2 calls"] = {"s": round(plan, 3)}
+        rows.append([size, "the no-op plan's five EC2 calls", f"{plan:.3f}", "", "", "", ""])
+        data["sizes"][str(size)] = per
+    TagBackend.describe_tags = original  # type: ignore[method-assign]
+    print_table(f"Inside moto (in-process, no HTTP): the no-op plan's Describe* calls by servers (each with a "
+                f"volume; {networks} networks+subnets); load average {data['load_avg']}",
+                ["servers", "request", "seconds", "tag lookups", "in lookups s", "share", "answer bytes"], rows)
+    common.write_result("cloud_moto", data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=200)
     parser.add_argument("--networks", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="print a cProfile of one more no-op plan")
+    parser.add_argument("--moto-scaling", default="", metavar="N,N,...",
+                        help="only measure moto's own time for the no-op plan's calls at these sizes")
     args = parser.parse_args()
+    if args.moto_scaling:
+        moto_scaling([int(n) for n in args.moto_scaling.split(",")], args.networks)
+        return
 
     import pytest  # noqa: F401  (the fixtures module imports it)
     from libcloud.compute.drivers import ec2

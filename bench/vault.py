@@ -9,6 +9,11 @@ HTTP/1.1 keep-alive client (`--connections` connections, `--requests` requests p
   read-policy  as read, with a non-root token through a Cedar policy
 Targets (file backend, 2 cores): >= 3,000 reads/s, read p99 < 10 ms, reads >= 0.5 x the bare endpoint.
 PostgreSQL and etcd run as real local servers (tests/servers.py) when `--backends` names them.
+
+Each phase also reports the CPU time per request of the server process (all threads, from /proc) and of this
+client: on a busy machine wall-clock rates swing with the load, CPU per request much less. `--code
+before=DIR` measures another checkout (`git archive REV | tar -x -C DIR`) in the same run, round by round
+(`--rounds`), so a change is seen against what it replaced under the same load.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ TARGET_RATIO = 0.5
 POLICY = 'permit(principal in Vault::Group::"bench", action == Vault::Action::"read", resource);'
 
 
-def serve(backend: str, url: str, state: str) -> None:
-    """Child: a vault on `backend`, initialized, unsealed, 100 secrets written; prints port, bare port, tokens."""
-    sys.path.insert(0, str(common.PROJECT_DIR))
+def serve(backend: str, url: str, state: str, code: str) -> None:
+    """Child: a vault on `backend`, initialized, unsealed, 100 secrets written; prints port, bare port, tokens.
+    `code` is the checkout whose daemon and vault are measured (this one by default, or `--code` for a
+    before/after comparison in one run)."""
+    sys.path.insert(0, code)
     from daemon.http.server import HttpServer
     from reconcilers.vault.service.api.app import VaultApp
     from reconcilers.vault.service.config import open_storage
@@ -123,8 +130,10 @@ async def _one_connection(port: int, requests: list[bytes], latencies: list[floa
     return errors
 
 
-def phase(port: int, make: Any, total: int, connections: int) -> dict[str, Any]:
-    """`total` requests over `connections` keep-alive connections: throughput and latency percentiles."""
+def phase(port: int, make: Any, total: int, connections: int, server_pid: int) -> dict[str, Any]:
+    """`total` requests over `connections` keep-alive connections: throughput, latency percentiles, and the CPU
+    time the server process (all its threads) and this client spent per request (load disturbs CPU time far
+    less than wall time: on a busy machine it is the steadier figure)."""
     per = total // connections
     latencies: list[float] = []
 
@@ -132,13 +141,18 @@ def phase(port: int, make: Any, total: int, connections: int) -> dict[str, Any]:
         jobs = [_one_connection(port, [make(c * per + i) for i in range(per)], latencies) for c in range(connections)]
         return sum(await asyncio.gather(*jobs))
 
+    server_before, client_before = common.cpu_ticks(server_pid)[0], time.process_time()
     t = time.perf_counter()
     errors = asyncio.run(run())
     wall = time.perf_counter() - t
+    server_cpu = (common.cpu_ticks(server_pid)[0] - server_before) / os.sysconf("SC_CLK_TCK")
+    client_cpu = time.process_time() - client_before
     ms = [x * 1000 for x in latencies]
     stats = common.summary(ms)
+    n = max(1, len(ms))
     return {"requests": len(ms), "errors": errors, "wall_s": wall, "per_s": len(ms) / wall, "p50_ms": stats["p50"],
-            "p99_ms": stats["p99"]}
+            "p99_ms": stats["p99"], "server_cpu_us": server_cpu / n * 1e6, "client_cpu_us": client_cpu / n * 1e6,
+            "loadavg": os.getloadavg()[0]}
 
 
 def get(path: str, token: str) -> bytes:
@@ -151,25 +165,26 @@ def post(path: str, token: str, body: dict[str, Any]) -> bytes:
             f"\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
 
 
-def measure(backend: str, url: str, total: int, connections: int) -> dict[str, Any]:
-    """Start a server child on `backend`, run the phases, stop it."""
+def measure(backend: str, url: str, total: int, connections: int, code: str) -> dict[str, Any]:
+    """Start a server child on `backend` running the checkout `code`, run the phases, stop it."""
     with tempfile.TemporaryDirectory(prefix="stratum-bench-vault-") as state:
-        child = subprocess.Popen([sys.executable, __file__, "--serve", backend, "--url", url, "--state", state],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=common.PROJECT_DIR,
-                                 env={**os.environ, "PYTHONPATH": str(common.PROJECT_DIR)})
+        child = subprocess.Popen([sys.executable, __file__, "--serve", backend, "--url", url, "--state", state,
+                                  "--code-dir", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=code,
+                                 env={**os.environ, "PYTHONPATH": code})
         assert child.stdout is not None and child.stdin is not None
         info = json.loads(child.stdout.readline())
         try:
             root, reader = info["root"], info["reader"]
+            pid = child.pid
             return {
-                "bare": phase(info["bare"], lambda i: get("/", root), total, connections),
+                "bare": phase(info["bare"], lambda i: get("/", root), total, connections, pid),
                 "read": phase(info["port"], lambda i: get(f"/v1/secret/data/bench/k{i % 100}", root), total,
-                              connections),
+                              connections, pid),
                 "read-policy": phase(info["port"], lambda i: get(f"/v1/secret/data/bench/k{i % 100}", reader),
-                                     total, connections),
+                                     total, connections, pid),
                 "write": phase(info["port"], lambda i: post(f"/v1/secret/data/bench/w{i % 100}", root,
                                                             {"data": {"v": str(i)}}), max(200, total // 5),
-                               connections),
+                               connections, pid),
             }
         finally:
             child.stdin.close()
@@ -182,46 +197,70 @@ def main() -> None:
     parser.add_argument("--backends", default="file", help="comma-separated: file,postgresql,etcd")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--code", action="append", default=[], metavar="LABEL=DIR",
+                        help="also measure the checkout DIR (e.g. before=/tmp/old: `git archive REV | tar -x -C "
+                             "/tmp/old`), interleaved with this one round by round: before/after in one run")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every variant (the table shows each; "
+                        "the verdict reads this checkout's median round)")
+    parser.add_argument("--name", default="vault", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--code-dir", default=str(common.PROJECT_DIR), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.url, args.state)
+        serve(args.serve, args.url, args.state, args.code_dir)
         return
     sys.path.insert(0, str(common.PROJECT_DIR))
-    results: dict[str, Any] = {}
+    variants = [("this", str(common.PROJECT_DIR))]
+    for spec in args.code:
+        label, _, path = spec.partition("=")
+        variants.append((label, str(Path(path).resolve())))
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in variants}
     servers: list[Any] = []
     try:
+        urls = {}
         for backend in args.backends.split(","):
-            url = ""
+            urls[backend] = ""
             if backend in ("postgresql", "etcd"):
                 from tests import servers as test_servers
 
                 root = Path(tempfile.mkdtemp(prefix=f"stratum-bench-{backend}-"))
                 srv = test_servers.start_postgres(root) if backend == "postgresql" else test_servers.start_etcd(root)
                 servers.append(srv)
-                url = srv.url
-            results[backend] = measure(backend, url, args.requests, args.connections)
+                urls[backend] = srv.url
+        for _round in range(args.rounds):
+            for label, code in variants:
+                results[label].append({backend: measure(backend, url, args.requests, args.connections, code)
+                                       for backend, url in urls.items()})
     finally:
         for srv in servers:
             srv.stop()
     rows = []
-    for backend, phases in results.items():
-        bare = phases["bare"]["per_s"]
-        for name, p in phases.items():
-            rows.append([backend, name, p["requests"], p["errors"], p["per_s"], p["p50_ms"], p["p99_ms"],
-                         f"{p['per_s'] / bare:.2f}x" if name != "bare" else "-"])
-    print_table(f"vault KV v2 over loopback ({args.connections} connections; load avg {os.getloadavg()[0]:.1f})",
-                ["backend", "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "vs bare"], rows)
-    if "file" in results:
-        read = results["file"]["read"]
-        ratio = read["per_s"] / results["file"]["bare"]["per_s"]
+    for label, rounds in results.items():
+        for n, by_backend in enumerate(rounds, 1):
+            for backend, phases in by_backend.items():
+                bare = phases["bare"]["per_s"]
+                for name, p in phases.items():
+                    rows.append([label, n, backend, name, p["requests"], p["errors"], p["per_s"], p["p50_ms"],
+                                 p["p99_ms"], f"{p['per_s'] / bare:.2f}x" if name != "bare" else "-",
+                                 p["server_cpu_us"], p["client_cpu_us"], p["loadavg"]])
+    print_table(f"vault KV v2 over loopback ({args.connections} connections, {args.requests} requests a phase; "
+                f"{os.cpu_count()} CPUs)",
+                ["code", "round", "backend", "phase", "requests", "errors", "req/s", "p50 ms", "p99 ms", "vs bare",
+                 "server CPU us/req", "client CPU us/req", "load 1m"], rows)
+    files = [r["file"] for r in results["this"] if "file" in r]
+    if files:
+        files.sort(key=lambda r: r["read"]["per_s"])
+        mid = files[len(files) // 2]
+        read = mid["read"]
+        ratio = read["per_s"] / mid["bare"]["per_s"]
         print(f"file reads/s {read['per_s']:,.0f} (target {TARGET_READS:,.0f}): "
               f"{verdict(read['per_s'], TARGET_READS, lower_is_better=False)}; p99 {read['p99_ms']:.1f} ms "
               f"(target {TARGET_P99_MS}): {verdict(read['p99_ms'], TARGET_P99_MS)}; vs bare {ratio:.2f} "
               f"(target {TARGET_RATIO}): {verdict(ratio, TARGET_RATIO, lower_is_better=False)}")
-    write_result("vault", {"requests": args.requests, "connections": args.connections, "results": results})
+    write_result(args.name, {"requests": args.requests, "connections": args.connections, "rounds": args.rounds,
+                             "variants": dict(variants), "results": results})
 
 
 if __name__ == "__main__":

@@ -149,7 +149,6 @@ class HttpServer:
         config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", ws="none",
                                 http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
-                                h11_max_incomplete_event_size=self.limits.max_header_bytes,
                                 backlog=accept_burst(self.limits.max_connections), **tls)
         try:
             config.load()      # here, not in the thread: a bad certificate is an error at start

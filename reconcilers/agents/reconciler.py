@@ -24,7 +24,6 @@ import structlog
 
 from reconcilers.agents.load import load_agents
 from reconcilers.agents.model import NAME, AgentsDesired, AgentSettings
-from reconcilers.agents.validate import validate
 from reconcilers.base import PolicyResource, Problem, ReconcilerEnv, ResourceRow
 from reconcilers.errors import InputError
 from reconcilers.no_actions import NoActions
@@ -76,6 +75,11 @@ class AgentsReconciler(NoActions[AgentsDesired]):
         """Every located problem (rejects the revision)."""
         if self._settings_error:
             return [Problem(self._settings_error, "stratum.ncl", reconciler=self.name)]
+        if not any((desired.providers, desired.agents, desired.budgets, desired.tasks, desired.checks,
+                    desired.pipelines, desired.policies)):
+            return list(desired.problems)   # nothing declared: no need to import the checks (jinja2, croniter)
+        from reconcilers.agents.validate import validate
+
         return validate(desired)
 
     def empty(self) -> AgentsDesired:

@@ -109,7 +109,7 @@ def show(output: str, provider: str, kind: str, **options: Any) -> None:
 @click.argument("provider")
 @click.argument("native_id")
 @click.option("--as", "name", required=True, help="the resource id to give it in infra/")
-@click.option("--kind", type=click.Choice(["server", "network", "subnet", "firewall", "volume"]),
+@click.option("--kind", type=click.Choice(["server", "network", "subnet", "firewall", "volume", "dns_record"]),
               default="server")
 def import_(provider: str, native_id: str, name: str, kind: str, **options: Any) -> None:
     """Tag an existing cloud object as resource NAME of this repository and print the Nickel to commit

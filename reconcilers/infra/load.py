@@ -1,6 +1,7 @@
 """Load `infra/**/*.ncl` from a snapshot into frozen desired state (pure but for the Nickel evaluator).
 
-1. Evaluate every infra file in one Nickel call with the `infra.ncl` Config contract applied.
+1. Evaluate every infra file under the `infra.ncl` Config contract: Nickel's cheap `Shape` pass and the rest of
+   Config checked in Python, Config itself in Nickel for any file that pass doubts (reconcilers/infra/contract.py).
 2. Collect resources, refusing duplicate ids across files (both places named).
 3. Render `template` files from the snapshot with their `vars` (Jinja2, sandboxed, strict undefined).
 4. Check references: unknown `depends_on` ids, dependency cycles (the cycle named), unsafe names.
@@ -16,14 +17,14 @@ from typing import Any
 
 from reconcilers.base import Problem, freeze
 from reconcilers.errors import InputError
-from reconcilers.infra import secretrefs
+from reconcilers.infra import contract, secretrefs
 from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, Resource
 from reconcilers.infra.providers.cloud_diff import references
 from reconcilers.infra.templates import TemplateRenderer
 from reconcilers.locations import MAX_FILES, safe_relpath
 from reconcilers.ports import Evaluator, Snapshot
 
-INFRA_CONTRACT = '(import "infra.ncl").Config'
+INFRA_CONTRACT = contract.CONFIG
 _COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|mount)$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
@@ -99,7 +100,7 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
     if not cache and snap.entries("templates"):
         renderer.prestart()     # a cold load of a repo with templates will render: start the worker meanwhile
     entries = snap.entries("infra", suffixes=(".ncl",))
-    result = evaluator.evaluate(snap, [e.path for e in entries], INFRA_CONTRACT, entries)
+    result = contract.evaluate(snap, evaluator, entries)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
     resources: dict[str, Resource] = {}

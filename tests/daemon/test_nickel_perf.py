@@ -187,6 +187,19 @@ def test_a_batch_is_cut_into_runs_of_equal_bytes_one_per_worker_at_least() -> No
     assert split_chunks([], {}, 2) == []
 
 
+def test_runs_are_few_but_bounded_in_bytes() -> None:
+    """20,000 tiny files are 20 runs, not 79 (each run costs ~45 ms of its own); a batch of big files is cut
+    at about _CHUNK_BYTES a run, so no run nears its deadline however few files it holds."""
+    from daemon.nickel.evaluator import _CHUNK_BYTES, split_chunks
+
+    many = [f"infra/g{i:05d}.ncl" for i in range(20_000)]
+    assert len(split_chunks(many, dict.fromkeys(many, 130), 2)) == 20
+    big = [f"infra/b{i:02d}.ncl" for i in range(40)]
+    chunks = split_chunks(big, dict.fromkeys(big, 200_000), 2)
+    assert [p for c in chunks for p in c] == big
+    assert len(chunks) == 8 and max(len(c) for c in chunks) * 200_000 <= _CHUNK_BYTES + 200_000
+
+
 def test_a_big_batch_of_few_files_is_evaluated_by_both_workers(repo: WorkRepo, tmp_path: Path) -> None:
     """Ten files of 60 resources each (one evaluate call) start both workers, and every value comes back."""
     files = {f"infra/f{i}.ncl": infra(*(resource(f"f{i}-r{r}", "file", path=f"f{i}/r{r}", content="x" * 40)

@@ -12,6 +12,8 @@
     secure = false
     parallelism = 4                    # changes in flight on this provider at most
     load_balancers = true              # aws: serve `load_balancer` resources (classic ELB); one more listing
+    dns = true                         # aws: serve `dns_record` resources (Route 53; listed only when declared)
+    dns_host = "127.0.0.1"             # optional: Route 53's endpoint when it differs from `host`
 
 A provider whose settings are wrong is still listed (so resources naming it get a clear message) but refuses
 every call with what to fix.
@@ -82,7 +84,12 @@ def backend_for(name: str, conf: Mapping[str, Any]) -> Backend:
         balancers = None
         if conf.get("load_balancers", True):
             balancers = Balancers(PerThread(lambda: elb_driver(conf, *credentials(name, conf))))
-        return AwsBackend(PerThread(lambda: driver_from_settings(name, conf)), balancers)
+        records = None
+        if conf.get("dns", True):
+            from reconcilers.infra.providers.aws_dns import Records, dns_driver
+
+            records = Records(PerThread(lambda: dns_driver(conf, *credentials(name, conf))))
+        return AwsBackend(PerThread(lambda: driver_from_settings(name, conf)), balancers, records)
     if kind == "upcloud":
         from reconcilers.infra.providers.upcloud import UpcloudBackend, upcloud_driver
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconcilers.errors import SettingsError, TerminalError, TransientError
+from reconcilers.infra.providers.aws_dns import Records
 from reconcilers.infra.providers.aws_elb import Balancers
 from reconcilers.infra.providers.aws_listing import listed_fast
 from reconcilers.infra.providers.catalog import Entry
@@ -65,12 +66,15 @@ class AwsBackend:
 
     kinds = frozenset({"server", "network", "subnet", "firewall", "volume"})
 
-    def __init__(self, driver: Any, balancers: Balancers | None = None) -> None:
+    lazy_kinds = frozenset({"dns_record"})    # listed only by an observe pass that looks at one
+
+    def __init__(self, driver: Any, balancers: Balancers | None = None, records: Records | None = None) -> None:
         self._driver = driver                 # a driver, or a PerThread making one per apply thread
         self.region: str = str(getattr(self.driver, "region_name", "") or "us-east-1")
         self.balancers = balancers            # load balancers (ELB), when the settings allow them
-        if balancers is not None:
-            self.kinds = AwsBackend.kinds | {"load_balancer"}
+        self.records = records                # DNS records (Route 53), when the settings allow them
+        self.kinds = AwsBackend.kinds | ({"load_balancer"} if balancers is not None else set()) | (
+            {"dns_record"} if records is not None else set())
 
     @property
     def driver(self) -> Any:
@@ -79,7 +83,18 @@ class AwsBackend:
 
     # -- requests ------------------------------------------------------------------------------------
     def _request(self, params: dict[str, str]) -> Any:
-        return self.driver.connection.request(self.driver.path, params=params).object
+        from libcloud.compute.drivers import ec2
+
+        res = self.driver.connection.request(self.driver.path, params=params).object
+        # libcloud reads only elements in its namespace: an answer in another one would read as "nothing
+        # there", and every plan would create everything again. Refused instead, saying why.
+        tag = str(getattr(res, "tag", ""))
+        ns = tag[1:tag.index("}")] if tag.startswith("{") else ""
+        if ns != ec2.NAMESPACE:
+            raise TerminalError(f"aws: the endpoint answers in XML namespace {ns!r}, not EC2's {ec2.NAMESPACE!r}",
+                                hint="point the provider at AWS or an endpoint that answers as EC2 does (moto "
+                                     "differs: see the README's cloud section)")
+        return res
 
     @staticmethod
     def _find(element: Any, xpath: str) -> list[Any]:
@@ -158,8 +173,14 @@ class AwsBackend:
             out += self.balancers.list_owned(owner)
         return out
 
+    def list_kind(self, kind: str, owner: str) -> list[CloudObject]:
+        """The objects of a lazy kind (DNS records) tagged with `owner`."""
+        return self.records.list_owned(owner) if kind == "dns_record" and self.records is not None else []
+
     def find(self, kind: str, owner: str, rid: str) -> CloudObject | None:
         """The object of `kind` tagged with `owner` and `rid`."""
+        if kind == "dns_record" and self.records is not None:
+            return next((o for o in self.records.list_owned(owner) if o.rid == rid), None)
         if kind == "load_balancer" and self.balancers is not None:
             return next((o for o in self.balancers.list_owned(owner) if o.rid == rid), None)
         found = self._list(kind, {f"tag:{TAG_OWNER}": owner, f"tag:{TAG_ID}": rid})
@@ -169,6 +190,8 @@ class AwsBackend:
         """The object now (by its AWS id), None when gone."""
         if obj.kind == "load_balancer" and self.balancers is not None:
             return self.balancers.refresh(obj.native_id)
+        if obj.kind == "dns_record" and self.records is not None:
+            return self.records.refresh(obj) if isinstance(obj.raw, dict) else self.records.get(obj.native_id)
         if obj.kind == "server":
             raw: list[Any] = self._nodes(ids=[obj.native_id])
         else:
@@ -202,6 +225,8 @@ class AwsBackend:
         d = self.driver
         if kind == "load_balancer" and self.balancers is not None:
             return self.balancers.create(rid, spec, tags, resolve, self.region)
+        if kind == "dns_record" and self.records is not None:
+            return self.records.create(rid, spec, tags)
         if kind == "network":
             res = self._request({"Action": "CreateVpc", "CidrBlock": str(spec["cidr"]), "InstanceTenancy": "default",
                                  **self._tag_spec(kind, named)})
@@ -248,13 +273,17 @@ class AwsBackend:
     def sync(self, obj: CloudObject, spec: Mapping[str, Any], resolve: Resolve) -> list[str]:
         """Bring what can change in place to the spec: a firewall's inbound rules (rules added behind
         Stratum's back are revoked, removed ones authorized again), a volume's attachment (to a server that was
-        replaced). Returns what it changed."""
+        replaced), a DNS record's values and TTL, a load balancer's members. Returns what it changed."""
+        if obj.kind == "dns_record" and self.records is not None:
+            return self.records.sync(obj, spec)
+        if obj.kind == "load_balancer" and self.balancers is not None:
+            return self.balancers.sync(obj, spec, resolve)
         if obj.kind == "volume" and spec.get("server"):
             server = resolve("server", str(spec["server"]))
             if obj.attrs.get("attached_to") == server.native_id:
                 return []
             if obj.attrs.get("attached_to"):
-                self.driver.detach_volume(obj.raw, ex_force=True)
+                self._detach(obj)
             self.driver.attach_volume(server.raw, obj.raw, str(spec.get("device", "/dev/sdf")))
             return [f"attachment (to {server.native_id})"]
         if obj.kind != "firewall":
@@ -297,11 +326,13 @@ class AwsBackend:
         d = self.driver
         if obj.kind == "load_balancer" and self.balancers is not None:
             self.balancers.destroy(obj.native_id)
+        elif obj.kind == "dns_record" and self.records is not None:
+            self.records.destroy(obj)
         elif obj.kind == "server":
             d.destroy_node(obj.raw)
         elif obj.kind == "volume":
             if obj.attrs.get("attached_to"):
-                d.detach_volume(obj.raw, ex_force=True)
+                self._detach(obj)
             d.destroy_volume(obj.raw)
         elif obj.kind == "network":
             d.ex_delete_network(obj.raw)
@@ -312,10 +343,22 @@ class AwsBackend:
         else:  # pragma: no cover - the adapter checks kinds first
             raise TerminalError(f"aws cannot destroy a {obj.kind}")
 
+    def _detach(self, obj: CloudObject) -> None:
+        """DetachVolume from the instance it is attached to, named (libcloud's detach names none, which the API
+        allows; naming it detaches only from the server Stratum saw, and moto needs it)."""
+        try:
+            self._request({"Action": "DetachVolume", "VolumeId": obj.native_id,
+                           "InstanceId": str(obj.attrs["attached_to"]), "Force": "true"})
+        except Exception as err:
+            if "InvalidAttachment.NotFound" not in str(err):
+                raise                         # else: detached since it was listed (its server terminated)
+
     def set_tags(self, obj: CloudObject, tags: Mapping[str, str], remove: list[str]) -> None:
         """CreateTags (and DeleteTags for `remove`), numbered from 1."""
         if obj.kind == "load_balancer" and self.balancers is not None:
             return self.balancers.set_tags(obj.native_id, tags, remove)
+        if obj.kind == "dns_record" and self.records is not None:
+            return self.records.set_tags(obj, tags, remove)
         params = {"Action": "CreateTags", "ResourceId.1": obj.native_id}
         for i, (k, v) in enumerate(tags.items(), 1):
             params[f"Tag.{i}.Key"], params[f"Tag.{i}.Value"] = k, v
@@ -335,7 +378,9 @@ class AwsBackend:
         return out
 
     def get(self, kind: str, native_id: str) -> CloudObject | None:
-        """An object by its AWS id."""
+        """An object by its AWS id (a DNS record: ZONE:TYPE:name)."""
+        if kind == "dns_record" and self.records is not None:
+            return self.records.get(native_id)
         return self.refresh(CloudObject(kind, "", native_id))
 
     def ready(self, obj: CloudObject) -> bool:

@@ -145,10 +145,27 @@ class Balancers:
         self._request(params)
         servers = [resolve("server", str(s)).native_id for s in spec.get("servers", ())]
         if servers:
-            reg = {"Action": "RegisterInstancesWithLoadBalancer", "LoadBalancerName": name}
-            reg.update({f"Instances.member.{i}.InstanceId": s for i, s in enumerate(servers, 1)})
-            self._request(reg)
+            self._members("RegisterInstancesWithLoadBalancer", name, servers)
         return self.refresh(name) or CloudObject("load_balancer", rid, name, dict(tags), {}, name)
+
+    def sync(self, obj: CloudObject, spec: Mapping[str, Any], resolve: Resolve) -> list[str]:
+        """Members to the spec's servers: a replaced server's new instance registered, instances that are no
+        member (the replaced one, one added behind Stratum's back) deregistered. What it changed."""
+        wanted = {resolve("server", str(s)).native_id for s in spec.get("servers", ())}
+        have = {str(m) for m in obj.attrs.get("members", ())}
+        done = []
+        if wanted - have:
+            self._members("RegisterInstancesWithLoadBalancer", obj.native_id, sorted(wanted - have))
+            done.append("registered " + " ".join(sorted(wanted - have)))
+        if have - wanted:
+            self._members("DeregisterInstancesFromLoadBalancer", obj.native_id, sorted(have - wanted))
+            done.append("deregistered " + " ".join(sorted(have - wanted)))
+        return [f"members ({'; '.join(done)})"] if done else []
+
+    def _members(self, action: str, name: str, instances: list[str]) -> None:
+        params = {"Action": action, "LoadBalancerName": name}
+        params.update({f"Instances.member.{i}.InstanceId": s for i, s in enumerate(instances, 1)})
+        self._request(params)
 
     def destroy(self, name: str) -> None:
         """DeleteLoadBalancer."""

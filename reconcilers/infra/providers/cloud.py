@@ -133,21 +133,29 @@ class CloudProvider:
         self._lock = threading.Lock()
         self._pass: dict[str, str] | None = None     # the observe pass the listing belongs to
         self._listing: dict[tuple[str, str], CloudObject] = {}
+        self._lazy_listed: set[str] = set()           # lazy kinds listed in this pass
 
     # -- observe ---------------------------------------------------------------------------------------
-    def _listed(self, cache: dict[str, str] | None) -> dict[tuple[str, str], CloudObject]:
+    def _listed(self, cache: dict[str, str] | None, kind: str = "") -> dict[tuple[str, str], CloudObject]:
         with self._lock:
             if cache is None or cache is not self._pass:
                 with api_call(self.name, "listing resources"):
                     found = self.backend.list_owned(self.owner)
                 self._listing = {(o.kind, o.rid): o for o in found}
+                self._lazy_listed = set()
                 # Kept by reference: the pass's dict stays alive, so the next pass's dict is a different object.
                 self._pass = cache
+            # A lazy kind (aws DNS records: a listing per zone) is listed by the first pass that looks at one.
+            if kind in getattr(self.backend, "lazy_kinds", ()) and kind not in self._lazy_listed:
+                with api_call(self.name, f"listing {kind} resources"):
+                    found = self.backend.list_kind(kind, self.owner)  # type: ignore[attr-defined]
+                self._listing.update({(o.kind, o.rid): o for o in found})
+                self._lazy_listed.add(kind)
             return self._listing
 
     def observe(self, kind: str, ref: str, cache: dict[str, str] | None = None) -> ObservedResource:
         """The object tagged with resource id `ref` (one listing per pass)."""
-        obj = self._listed(cache).get((kind, ref))
+        obj = self._listed(cache, kind).get((kind, ref))
         if obj is None:
             return ObservedResource(exists=False)
         return ObservedResource(True, kind, obj.tags.get(TAG_SPEC, ""), target=obj.native_id,

@@ -11,6 +11,8 @@ existing dependents, the plan:
    follows: `replace server web on aws [its subnet web-subnet is replaced]`).
 
 A volume attached to a replaced server is not replaced (it holds data): it is re-attached to the new server.
+A load balancer whose member server is replaced is not replaced either (its name and address stay): the new
+server is registered in it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
     """Add the cascade of every replacement to `actions` (keyed as the infra diff keys them: a desired
     resource's action by its id), in place. Pure."""
     res = desired.resources
+    # Deletes of removed resources that named a replaced one (a volume dropped from the repo while its server
+    # is replaced) run before the old object goes: the API refuses, or races, otherwise.
+    removed: dict[str, set[str]] = {}
+    for a in actions.values():
+        if a.kind == "delete" and "@" not in a.id and '"depends_on"' in a.change:
+            data = a.payload().get("inventory")
+            for dep in data.get("depends_on", ()) if isinstance(data, dict) else ():
+                removed.setdefault(str(dep), set()).add(a.id)
+    for x in _replaced(res, observed, actions, {rid: ["-"] for rid in removed}):
+        actions[x] = _with_deps(actions[x], removed[x])
 
     def exists(rid: str) -> bool:
         return rid in observed.assumed or observed.resources.get(rid, ObservedResource(exists=False)).exists
@@ -64,7 +76,7 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
     if not replaced:
         return
     why: dict[str, str] = {}
-    reattach: dict[str, str] = {}
+    reattach: dict[str, set[str]] = {}
     queue = sorted(replaced)
     while queue:
         x = queue.pop()
@@ -72,8 +84,9 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
             r = res[d]
             if not exists(d) or d in replaced:
                 continue
-            if r.kind == "volume" and res[x].kind == "server":
-                reattach.setdefault(d, x)      # data stays: attached to the new server
+            if r.kind in ("volume", "load_balancer") and res[x].kind == "server":
+                # Data and addresses stay: the volume is attached to the new server, the balancer registers it.
+                reattach.setdefault(d, set()).add(x)
                 continue
             replaced.add(d)
             why[d] = f"its {_field(r, x)} {x} is replaced"
@@ -81,7 +94,7 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
     for x in sorted(replaced):
         r = res[x]
         old = f"{NAME}:{x}@old"
-        before = {f"{NAME}:{d}@old" for d in dependents.get(x, ()) if d in replaced}
+        before = {f"{NAME}:{d}@old" for d in dependents.get(x, ()) if d in replaced} | removed.get(x, set())
         actions[old] = Action(
             id=old, reconciler=NAME, kind="delete", target=x,
             summary=f"delete old {r.kind} {x} on {r.provider} (replaced{': ' + why[x] if x in why else ''})",
@@ -94,17 +107,20 @@ def cascade(desired: InfraDesired, observed: InfraObserved, actions: dict[str, A
             actions[x] = Action(id=f"{NAME}:{x}", reconciler=NAME, kind="update", target=x,
                                 summary=f"replace {r.kind} {x} on {r.provider} [{why[x]}]",
                                 change=_change(r, why[x]), depends_on=tuple(sorted(deps)))
-    for v, server in sorted(reattach.items()):
+    for v, servers in sorted(reattach.items()):
         if v in replaced:
             continue
+        new = {f"{NAME}:{s}" for s in servers}
         if v in actions:
-            actions[v] = _with_deps(actions[v], {f"{NAME}:{server}"})
+            actions[v] = _with_deps(actions[v], new)
             continue
         r = res[v]
-        reason = f"re-attach to the new server {server}"
-        deps = {f"{NAME}:{d}" for d in r.depends_on} | {f"{NAME}:{server}"}
+        names = ", ".join(sorted(servers))
+        reason = (f"register the new server{'s' if len(servers) > 1 else ''} {names}" if r.kind == "load_balancer"
+                  else f"re-attach to the new server {names}")
+        deps = {f"{NAME}:{d}" for d in r.depends_on} | new
         actions[v] = Action(id=f"{NAME}:{v}", reconciler=NAME, kind="update", target=v,
-                            summary=f"update volume {v} on {r.provider} in place [{reason}]",
+                            summary=f"update {r.kind} {v} on {r.provider} in place [{reason}]",
                             change=_change(r, reason), depends_on=tuple(sorted(deps)))
 
 

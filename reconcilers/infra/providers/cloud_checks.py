@@ -11,7 +11,14 @@ from reconcilers.infra.model import CLOUD_KINDS, InfraDesired, ObservedResource,
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import Unavailable
 from reconcilers.infra.providers.cloud import CloudProvider
-from reconcilers.infra.providers.cloud_diff import COMPARED, observed_attrs, replace_hash, rule_keys, wanted_tags
+from reconcilers.infra.providers.cloud_diff import (
+    COMPARED,
+    dns_values,
+    observed_attrs,
+    replace_hash,
+    rule_keys,
+    wanted_tags,
+)
 from reconcilers.infra.providers.cloud_plan import inventory_provider
 
 # field -> the kind the resource it names must be
@@ -90,4 +97,6 @@ def simulated(r: Resource) -> ObservedResource:
     attrs: dict[str, object] = {k: spec[k] for k in COMPARED if k in spec}
     if r.kind == "firewall":
         attrs["rules"] = rule_keys(spec.get("rules"))
+    if r.kind == "dns_record":
+        attrs.update(values=dns_values(spec), ttl=int(spec.get("ttl", 300)))
     return ObservedResource(True, r.kind, replace_hash(spec), attrs=observed_attrs(attrs, wanted_tags(spec)))

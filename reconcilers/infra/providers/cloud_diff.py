@@ -18,7 +18,7 @@ from reconcilers.base import freeze
 
 # Fields that are settings of Stratum's own, or that the API changes on the object itself (a firewall's rules
 # are authorized and revoked one by one): changing them replaces nothing.
-IN_PLACE = frozenset({"tags", "wait_ready", "timeout", "rules"})
+IN_PLACE = frozenset({"tags", "wait_ready", "timeout", "rules", "values", "ttl"})
 # Attributes a backend reports that are compared with the spec field of the same name.
 COMPARED = ("size", "image", "cidr", "size_gb", "zone")
 TAG_ID, TAG_OWNER, TAG_SPEC = "stratum:id", "stratum:owner", "stratum:spec"
@@ -60,7 +60,8 @@ def observed_attrs(attrs: Mapping[str, Any], tags: Mapping[str, str]) -> str:
     """What `observe` keeps of a cloud object: its compared attributes, a firewall's inbound rules and the
     user tags, as canonical JSON."""
     user = {k: v for k, v in tags.items() if not k.startswith("stratum:") and k != "Name"}
-    return freeze({**{k: attrs[k] for k in (*COMPARED, "state", "rules") if k in attrs}, "tags": user})
+    return freeze({**{k: attrs[k] for k in (*COMPARED, "state", "rules", "values", "ttl") if k in attrs},
+                   "tags": user})
 
 
 def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, attrs_json: str,
@@ -74,7 +75,7 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
     if state in DOWN_STATES:
         return f"state is {state}", "replace"
     moved = [f"{k} {attrs[k]} -> {spec[k]}" for k in COMPARED
-             if k in attrs and k in spec and str(attrs[k]) != str(spec[k])]
+             if k in attrs and k in spec and _norm(kind, k, attrs[k]) != _norm(kind, k, spec[k])]
     if moved:
         return ", ".join(moved), "replace"
     if spec_tag == "":
@@ -84,6 +85,8 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
             kind == "firewall" and spec_tag == replace_hash(spec, _LEGACY_IN_PLACE)):
         return "fields that need a new resource changed", "replace"
     reasons = []
+    if kind == "dns_record":
+        reasons += dns_differs(spec, attrs)
     if kind == "firewall" and "rules" in attrs:
         seen, wanted = set(attrs["rules"]), set(rule_keys(spec.get("rules")))
         if seen != wanted:
@@ -95,6 +98,29 @@ def differs(kind: str, spec: Mapping[str, Any], exists: bool, spec_tag: str, att
                          | {k for k in have.keys() & wanted_now.keys() if have[k] != wanted_now[k]})
         reasons.append(f"tags differ ({', '.join(changed)})")
     return ("; ".join(reasons), "update") if reasons else ("", "")
+
+
+def _norm(kind: str, key: str, value: Any) -> str:
+    """A compared attribute as text; a DNS zone without case or trailing dot (`Example.com.` is `example.com`)."""
+    return str(value).rstrip(".").lower() if kind == "dns_record" and key == "zone" else str(value)
+
+
+def dns_values(spec: Mapping[str, Any]) -> list[str]:
+    """A DNS record spec's values as the API reports them (TXT without its quotes), sorted."""
+    values = [str(v) for v in spec.get("values", ())]
+    if str(spec.get("record_type", "A")) == "TXT":
+        values = [v[1:-1] if len(v) >= 2 and v[0] == v[-1] == '"' else v for v in values]
+    return sorted(values)
+
+
+def dns_differs(spec: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[str]:
+    """What of a DNS record changes in place: its values and TTL (one atomic change on the API)."""
+    out = []
+    if "values" in attrs and sorted(str(v) for v in attrs["values"]) != dns_values(spec):
+        out.append(f"values {' '.join(sorted(map(str, attrs['values'])))} -> {' '.join(dns_values(spec))}")
+    if "ttl" in attrs and int(attrs["ttl"]) != int(spec.get("ttl", 300)):
+        out.append(f"ttl {attrs['ttl']} -> {spec.get('ttl', 300)}")
+    return out
 
 
 def references(kind: str, spec: Mapping[str, Any]) -> list[str]:

@@ -8,11 +8,16 @@ import json
 from reconcilers.infra.providers.cloud import CloudObject
 
 _FIELDS = {"server": ("size", "image", "zone"), "network": ("cidr",), "subnet": ("cidr", "zone"),
-           "volume": ("size_gb", "zone"), "firewall": ()}
+           "volume": ("size_gb", "zone"), "firewall": (),
+           "dns_record": ("zone", "name", "record_type", "ttl", "values")}
 _REFS = {"subnet_id": "subnet", "vpc_id": "network", "instance_id": "server"}
 
 
-def _value(v: object) -> str:
+def _value(v: object, key: str = "") -> str:
+    if key == "record_type":
+        return f"'{v}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(json.dumps(str(x)) for x in v) + "]"
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else json.dumps(str(v))
 
 
@@ -20,7 +25,7 @@ def to_nickel(provider: str, obj: CloudObject, rid: str) -> str:
     """An infra file declaring the object as resource `rid`."""
     lines = [f"# Imported from {provider} {obj.kind} {obj.native_id}: commit this (or merge it into an infra/ file).",
              "{", "  resources = {", f"    {rid} = {{", f"      kind = '{obj.kind},", f"      provider = '{provider},"]
-    lines += [f"      {k} = {_value(obj.attrs[k])}," for k in _FIELDS.get(obj.kind, ()) if k in obj.attrs]
+    lines += [f"      {k} = {_value(obj.attrs[k], k)}," for k in _FIELDS.get(obj.kind, ()) if k in obj.attrs]
     if obj.kind == "server" and "image" not in obj.attrs:
         lines.append(f'      image = "SET-ME",  # {provider} does not say which image a server was made from: name '
                      "it (only a replacement uses it)")

@@ -8,6 +8,12 @@ key never touches storage (it is what the Shamir shares rebuild). Entries are
 so after `rotate` new writes use the newest key and old entries stay readable with theirs. Binding the path
 as associated data means an entry copied or moved to another path fails to decrypt instead of being served.
 `core/` holds the barrier's own entries; engines get views below `logical/`, never `core/`.
+
+With `cache_entries` (the single-node file backend: no other process writes its storage) decrypted entries are
+kept in memory, bounded by count and bytes, so a read of a hot secret skips the file, the AES-GCM tag check
+and the copy. A put or delete through the barrier drops the path (and bumps a generation, so a read racing a
+write never caches the value it replaced); seal and reload drop everything. What is kept is plaintext in the
+daemon's memory, where each request's answer is anyway; storage itself only ever holds ciphertext.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from reconcilers.vault.service.storage.base import KeyValueStore, check_prefix
 KEYRING_PATH = "core/keyring"
 FORMAT = 1
 _HEAD = struct.Struct(">BI")
+CACHE_BYTES = 32 * 1024 * 1024      # plaintext bytes kept at most (the entry count is the caller's)
+CACHE_ENTRY_MAX = 64 * 1024         # larger entries are always read from storage
 
 
 class BadRootKey(ServiceError):
@@ -46,13 +54,17 @@ class CorruptEntry(ServiceError):
 class Barrier:
     """Encryption in front of a KeyValueStore; sealed (refusing every call) until `unseal(root_key)`."""
 
-    def __init__(self, store: KeyValueStore) -> None:
+    def __init__(self, store: KeyValueStore, cache_entries: int = 0) -> None:
         self.store = store
         self._keys: dict[int, AESGCM] = {}
         self._term = 0
         self._info: dict[str, Any] = {}
         self._root = b""
         self._lock = threading.Lock()
+        self._cache_max = cache_entries
+        self._cache: dict[str, bytes] = {}      # path -> plaintext, oldest first
+        self._cache_bytes = 0
+        self._generation = 0                    # bumped by every put, delete, seal and reload
 
     @property
     def sealed(self) -> bool:
@@ -83,6 +95,7 @@ class Barrier:
             self._term = int(ring["term"])
             self._info = {"installed": ring.get("installed", {})}
             self._root = root_key
+            self._drop_cache()
 
     def reload(self) -> None:
         """Read the keyring again (HA: another node may have rotated it)."""
@@ -90,11 +103,36 @@ class Barrier:
         self.unseal(self._root)
 
     def seal(self) -> None:
-        """Forget every key."""
+        """Forget every key, and every decrypted entry kept."""
         with self._lock:
             self._keys = {}
             self._term = 0
             self._root = b""
+            self._drop_cache()
+
+    def _drop_cache(self, path: str | None = None) -> None:
+        """Drop one kept entry (or all); the caller holds the lock."""
+        self._generation += 1
+        if path is None:
+            self._cache = {}
+            self._cache_bytes = 0
+        else:
+            gone = self._cache.pop(path, None)
+            if gone is not None:
+                self._cache_bytes -= len(gone)
+
+    def _keep(self, path: str, plain: bytes, generation: int) -> None:
+        """Keep a decrypted entry unless a write or seal came since it was read (bounded: oldest out first)."""
+        if len(plain) > CACHE_ENTRY_MAX:
+            return
+        with self._lock:
+            if generation != self._generation or not self._keys:
+                return
+            cache = self._cache
+            while cache and (len(cache) >= self._cache_max or self._cache_bytes + len(plain) > CACHE_BYTES):
+                self._cache_bytes -= len(cache.pop(next(iter(cache))))
+            cache[path] = plain
+            self._cache_bytes += len(plain)
 
     def rotate(self) -> int:
         """Add a barrier key version; new writes use it, old entries stay readable. Returns the new term."""
@@ -134,6 +172,11 @@ class Barrier:
     def get(self, path: str) -> bytes | None:
         """The plaintext at `path`, or None; CorruptEntry when it fails authentication."""
         self._require()
+        if self._cache_max:
+            kept = self._cache.get(path)
+            if kept is not None:
+                return kept
+        generation = self._generation
         blob = self.store.get(path)
         if blob is None:
             return None
@@ -142,22 +185,36 @@ class Barrier:
             key = self._keys[term]
             if fmt != FORMAT:
                 raise ValueError(fmt)
-            return key.decrypt(blob[5:17], blob[17:], path.encode())
+            plain = key.decrypt(blob[5:17], blob[17:], path.encode())
         except (struct.error, KeyError, ValueError, InvalidTag) as err:
             raise CorruptEntry(f"the stored entry at {path} fails authentication (tampered, truncated or moved); "
                                "restore it from a backup or delete it") from err
+        if self._cache_max:
+            self._keep(path, plain, generation)
+        return plain
 
     def put(self, path: str, value: bytes) -> None:
         """Encrypt `value` under the newest key, bound to `path`."""
         self._require()
         nonce = os.urandom(12)
         term = self._term
-        self.store.put(path, _HEAD.pack(FORMAT, term) + nonce + self._keys[term].encrypt(nonce, value, path.encode()))
+        try:
+            self.store.put(path, _HEAD.pack(FORMAT, term) + nonce + self._keys[term].encrypt(nonce, value,
+                                                                                            path.encode()))
+        finally:
+            if self._cache_max:       # after the write (a read racing it must not keep the old value)
+                with self._lock:
+                    self._drop_cache(path)
 
     def delete(self, path: str) -> None:
         """Remove `path`."""
         self._require()
-        self.store.delete(path)
+        try:
+            self.store.delete(path)
+        finally:
+            if self._cache_max:
+                with self._lock:
+                    self._drop_cache(path)
 
     def list(self, prefix: str) -> list[str]:
         """Children under `prefix` (names are not secret: Vault does not encrypt them either)."""

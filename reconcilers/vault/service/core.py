@@ -34,6 +34,7 @@ from reconcilers.vault.service.tokens import TokenEntry, TokenStore
 SALT_PATH = "core/audit-salt"
 SELF_SERVICE = ("auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self")   # Vault's default policy
 UNAUTHENTICATED = ("sys/health", "sys/seal-status", "sys/init", "sys/unseal", "sys/leader")
+BARRIER_CACHE_ENTRIES = 4096
 
 
 class VaultService:
@@ -43,7 +44,9 @@ class VaultService:
                  clock: Callable[[], float] = time.time, audit_max_bytes: int = 64 * 1024 * 1024) -> None:
         self.store = store
         self.storage_type = storage_type
-        self.barrier = Barrier(store)
+        # Decrypted entries kept in memory only on the file backend: one node alone writes it (HA needs a
+        # shared backend, where another node's writes would not drop what this one kept).
+        self.barrier = Barrier(store, cache_entries=BARRIER_CACHE_ENTRIES if storage_type == "file" else 0)
         self.seal = Seal(store, self.barrier)
         self.tokens = TokenStore(self.barrier.view("sys/token/"), clock)
         self.mounts = Mounts(self.barrier)
@@ -107,6 +110,7 @@ class VaultService:
         self.seal.seal()
         self.mounts.entries = {}
         self.tokens.forget()
+        self.audit.forget()
         for callback in self.on_seal:
             callback()
 

@@ -71,6 +71,8 @@ def test_create_then_update_tags_in_place_then_replace(cloud: CloudStack, repo: 
     plan = summaries(cloud)
     assert "replace server web on aws [size t2.micro -> t2.small]" in plan
     assert "delete volume data" in " ".join(plan)
+    actions = {a.id: a for a in cloud.pipeline.plan("main").actions}
+    assert "infra:data" in actions["infra:web"].depends_on         # the dropped volume goes before its server
     result = cloud.run()
     assert result.status == "succeeded", result.message
     nodes = owned(ec2, cloud.owner)
@@ -243,3 +245,19 @@ def test_without_an_owner_setting_unclaimed_objects_are_reported_not_deleted(
         assert sorted(n.extra["tags"][TAG_ID] for n in mine) == ["ghost", "net"]
     finally:
         stack.close()
+
+
+def test_a_volume_removed_while_its_server_stays_is_detached_then_deleted(cloud: CloudStack, repo: WorkRepo,
+                                                                         ec2: Any) -> None:
+    """Removing an attached volume from the repo (its server stays) detaches it from that server and deletes
+    it; the server is untouched. (Before: the detach named no instance and moto answered 500; the run rolled
+    back.)"""
+    repo.commit({"infra/cloud.ncl": infra(aws("vm", "server", size="t2.micro", image=AMI),
+                                          aws("disk", "volume", size_gb=1, zone="us-east-1a", server="vm"))})
+    assert cloud.run().status == "succeeded"
+    server = owned(ec2, cloud.owner)["vm"].id
+    repo.commit({"infra/cloud.ncl": infra(aws("vm", "server", size="t2.micro", image=AMI))})
+    result = cloud.run()
+    assert result.status == "succeeded", result.message
+    assert not ec2.list_volumes(ex_filters={f"tag:{TAG_OWNER}": cloud.owner})
+    assert owned(ec2, cloud.owner)["vm"].id == server

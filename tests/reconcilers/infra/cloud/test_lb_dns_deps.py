@@ -56,24 +56,24 @@ def test_a_load_balancer_is_created_with_its_members_tagged_and_removed(cloud: C
 def test_kinds_a_provider_does_not_serve_are_named_at_validate(tmp_path: Path, repo: WorkRepo,
                                                                evaluator: Evaluator, proxy: FaultProxy,
                                                                upcloud: UpcloudReplay) -> None:
-    """A DNS record (no provider here serves one yet) and a load balancer on UpCloud are rejected before
-    anything is applied, naming the resource, the provider and what it serves."""
+    """A DNS record and a load balancer on UpCloud (its adapter serves neither) are rejected before anything
+    is applied, naming the resource, the provider and what it serves."""
     settings = aws_settings(proxy.port, "o", tmp_path / "root")
     settings["infra"]["providers"]["upcloud"] = {"type": "upcloud", "username": "u", "password": "p",
                                                  "host": "127.0.0.1", "port": upcloud.port, "secure": False}
     stack = CloudStack(tmp_path, repo.path, evaluator, proxy, settings)
     try:
         repo.commit({"infra/x.ncl": infra(
-            aws("www", "dns_record", zone="example.com", name="www", values=Raw('["192.0.2.10"]')),
+            resource("www", "dns_record", provider=Raw("'upcloud"), zone="example.com", name="www",
+                     values=Raw('["192.0.2.10"]')),
             resource("edge", "load_balancer", provider=Raw("'upcloud"),
                      listeners=Raw("[{ port = 443, instance_port = 8443 }]")))})
         problems = sorted((p.message, p.hint) for p in stack.pipeline.plan("main").problems)
         assert problems == [
             ("resource edge: provider upcloud has no load balancer support",
              "upcloud serves: server; declare the load_balancer on a provider that has it"),
-            ("resource www: provider aws has no DNS record support",
-             "aws serves: firewall, load_balancer, network, server, subnet, volume; declare the dns_record on a "
-             "provider that has it")]
+            ("resource www: provider upcloud has no DNS record support",
+             "upcloud serves: server; declare the dns_record on a provider that has it")]
     finally:
         stack.close()
 
@@ -101,3 +101,31 @@ def test_dependencies_across_providers_order_the_plan_and_unknown_ones_are_named
         assert problems == [("resource app (server on upcloud) depends on unknown resource 'db'", "infra/x.ncl")]
     finally:
         stack.close()
+
+
+def test_a_replaced_member_server_is_registered_in_the_same_load_balancer(cloud: CloudStack, repo: WorkRepo,
+                                                                         proxy: FaultProxy) -> None:
+    """A member server whose size changes is replaced; its load balancer is not: the plan updates it in place
+    after the new server exists, and the run leaves the same balancer (same name) with the new instance
+    registered and the old one gone from its members."""
+    lb = aws("front", "load_balancer", zones=Raw('["us-east-1a"]'), servers=Raw('["a", "b"]'),
+             listeners=Raw('[{ port = 80, instance_port = 8080 }]'))
+    repo.commit({"infra/lb.ncl": infra(aws("a", "server", size="t2.micro", image=AMI),
+                                       aws("b", "server", size="t2.micro", image=AMI), lb)})
+    assert cloud.run().status == "succeeded"
+    before = {o.rid: o for o in balancers(proxy.upstream).values() if o.tags.get("stratum:owner") == cloud.owner}
+    old_members = set(before["front"].attrs["members"])
+
+    repo.commit({"infra/lb.ncl": infra(aws("a", "server", size="t2.small", image=AMI),
+                                       aws("b", "server", size="t2.micro", image=AMI), lb)})
+    plan = {a.id: a for a in cloud.pipeline.plan("main").actions}
+    assert sorted(plan) == ["infra:a", "infra:a@old", "infra:front"]
+    assert plan["infra:front"].summary == "update load_balancer front on aws in place [register the new server a]"
+    assert plan["infra:front"].depends_on == ("infra:a", "infra:b")
+    result = cloud.run()
+    assert result.status == "succeeded", result.message
+    after = {o.rid: o for o in balancers(proxy.upstream).values() if o.tags.get("stratum:owner") == cloud.owner}
+    assert after["front"].native_id == before["front"].native_id
+    members = set(after["front"].attrs["members"])
+    assert len(members) == 2 and len(members & old_members) == 1       # b stays, a's new instance replaces a's
+    assert cloud.pipeline.plan("main").actions == ()

@@ -14,7 +14,8 @@ from tests.reconcilers.infra.cloud.conftest import CloudStack, FaultProxy
 def test_template_cloud_example_is_inert_then_plans_in_order(tmp_path: Path, evaluator: Evaluator,
                                                              proxy: FaultProxy) -> None:
     """With no provider configured the template's plan has no cloud action and nothing is rejected; with
-    `enabled = true` (and moto's image id) it plans five creates in dependency order."""
+    `enabled = true` (and moto's image id) it plans seven creates in dependency order (the load balancer after
+    its server; the DNS record's zone is only looked up at apply)."""
     target = tmp_path / "ops"
     init_repo(target)
     repo = WorkRepo.__new__(WorkRepo)
@@ -43,7 +44,8 @@ def test_template_cloud_example_is_inert_then_plans_in_order(tmp_path: Path, eva
         report = stack.pipeline.plan("main")
         assert report.problems == ()
         cloud = {a.target: a for a in report.actions if " on aws" in a.summary}
-        assert set(cloud) == {"web-net", "web-subnet", "web-fw", "web-1", "web-data"}
+        assert set(cloud) == {"web-net", "web-subnet", "web-fw", "web-1", "web-data", "web-lb", "web-dns"}
+        assert cloud["web-lb"].depends_on == ("infra:web-1",)
         assert cloud["web-subnet"].depends_on == ("infra:web-net",)
         assert set(cloud["web-1"].depends_on) == {"infra:web-subnet", "infra:web-fw"}
         assert cloud["web-data"].depends_on == ("infra:web-1",)
