@@ -142,7 +142,7 @@ def test_deleted_manifest_is_unloaded(world: Any) -> None:
 
 
 def test_many_manifests_are_checked_once_each_and_in_their_places(world: Any) -> None:
-    """A commit of more manifests than check.PARALLEL_MIN (checked together, on threads): each is verified
+    """A commit of more manifests than check.PARALLEL_MIN (checked together, by check_manifests): each is verified
     once, only the tampered one is a problem, and the next commit verifies only the one it changed."""
     from reconcilers.vault import check
 
