@@ -10,6 +10,9 @@ median of `--samples` runs:
 - `stratum status` and `stratum plan` while a `stratumd` runs on the template (the CLI asks it over its socket).
 
 `--baseline FILE` prints a previous results file (for example one measured before a change) side by side.
+`--compare DIR` measures a checkout of the code before a change (`git archive main | tar -x -C DIR`) in the
+same run: every sample of a command runs once with DIR's packages ahead of this checkout's (PYTHONPATH) and
+once without, alternately, so both see the same load (the daemon-answered figures are this checkout's only).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str], key: str = "") -> flo
     return wall
 
 
+BEFORE_SAMPLES: dict[str, list[float]] = {}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     stratum = common.tool("stratum")
     samples: dict[str, list[float]] = {k: [] for k in TARGETS_S}
@@ -68,17 +74,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # make every sample compile the whole project from source.
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["XDG_STATE_HOME"] = str(base / "state")
+        before_env = {**env, "PYTHONPATH": str(Path(args.compare).resolve())} if args.compare else None
+
+        def both(key: str, argv: list[str], cwd: Path, fresh: str = "") -> None:
+            """One sample of `argv` for this checkout, then (with --compare) one for the code before; in `argv`,
+            "{fresh}" becomes `fresh` and "{tag}" nothing, or both get "-before" for the code before (a first
+            apply needs a data directory and root of its own)."""
+            def with_dir(tag: str) -> list[str]:
+                return [a.replace("{fresh}", f"{fresh}{tag}").replace("{tag}", tag) for a in argv]
+            samples[key].append(timed(with_dir(""), cwd, env, key))
+            if before_env is not None:
+                cpu = _children_cpu()
+                BEFORE_SAMPLES.setdefault(key, []).append(timed(with_dir("-before"), cwd, before_env))
+                CPU_S.setdefault("before:" + key, []).append(_children_cpu() - cpu)
+
         for _ in range(args.samples):
-            samples["version"].append(timed([stratum, "--version"], base, env, "version"))
-            samples["help"].append(timed([stratum, "--help"], base, env, "help"))
+            both("version", [stratum, "--version"], base)
+            both("help", [stratum, "--help"], base)
         timed([stratum, "init", str(base / "ops")], base, env)
         ops = base / "ops"
         for i in range(args.samples):
-            data = ["--data-dir", str(base / f"template-data-{i}")]
-            samples["template_validate"].append(timed([stratum, "validate", *data], ops, env, "template_validate"))
-            samples["template_plan"].append(timed([stratum, "plan", *data], ops, env, "template_plan"))
-            fresh = ["--data-dir", str(base / f"template-apply-{i}")]
-            samples["template_first_apply"].append(timed([stratum, "apply", *fresh], ops, env, "template_first_apply"))
+            data = ["--data-dir", "{fresh}"]
+            both("template_validate", [stratum, "validate", *data], ops, str(base / f"template-data-{i}"))
+            both("template_plan", [stratum, "plan", *data], ops, str(base / f"template-data-{i}"))
+            both("template_first_apply", [stratum, "apply", *data], ops, str(base / f"template-apply-{i}"))
 
         # With a daemon on the template, the CLI only asks it over its socket.
         with common.DaemonProcess(ops, base / "daemon-data", base / "daemon-root") as daemon:
@@ -94,12 +113,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         repo.commit("200 files")
         repo.push()
         for i in range(args.samples):
-            samples["apply_200_files"].append(timed(
-                [stratum, "apply", "--repo", str(repo.bare), "--data-dir", str(base / f"files-data-{i}"),
-                 "--root", str(base / f"files-root-{i}")], base, env, "apply_200_files"))
+            both("apply_200_files", [stratum, "apply", "--repo", str(repo.bare), "--data-dir", "{fresh}",
+                                     "--root", str(base / f"files-root-{i}") + "{tag}"], base,
+                 str(base / f"files-data-{i}"))
 
     baseline = json.loads(Path(args.baseline).read_text())["median_s"] if args.baseline else {}
     baseline_cpu = json.loads(Path(args.baseline).read_text()).get("cpu_median_s", {}) if args.baseline else {}
+    if args.compare:
+        baseline = {k: statistics.median(v) for k, v in BEFORE_SAMPLES.items()}
+        baseline_cpu = {k.split(":", 1)[1]: statistics.median(v) for k, v in CPU_S.items() if k.startswith("before:")}
     rows = []
     for key, target in TARGETS_S.items():
         med = statistics.median(samples[key])
@@ -107,20 +129,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append([LABELS[key], before if before is not None else "", med, min(samples[key]), max(samples[key]),
                      before_cpu if before_cpu is not None else "", statistics.median(CPU_S[key]),
                      f"< {target:g}", verdict(med, target)])
-    print_table(f"CLI wall time, seconds (median of {args.samples}; before = {args.baseline or 'n/a'}; "
+    print_table(f"CLI wall time, seconds (median of {args.samples}; before = "
+                f"{(args.compare and f'{args.compare}, interleaved') or args.baseline or 'n/a'}; "
                 f"load average now {os.getloadavg()[0]:.1f})",
                 ["command", "wall before", "wall", "min", "max", "cpu before", "cpu", "target", ""], rows)
     return {"params": {"samples": args.samples}, "targets_s": TARGETS_S,
             "median_s": {k: statistics.median(v) for k, v in samples.items()},
             "cpu_median_s": {k: statistics.median(v) for k, v in CPU_S.items()}, "cpu_samples_s": CPU_S,
             "stats_s": {k: summary(v) for k, v in samples.items()}, "samples_s": samples,
-            "baseline_median_s": baseline}
+            "baseline_median_s": baseline, "baseline_cpu_median_s": baseline_cpu,
+            "compare": args.compare, "before_samples_s": BEFORE_SAMPLES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--baseline", default=None, help="a previous results JSON to print side by side")
+    parser.add_argument("--compare", default=None,
+                        help="a checkout of the code before (its packages go first on PYTHONPATH), sampled "
+                             "alternately with this one in the same run")
     parser.add_argument("--name", default="cli", help="results file name (bench/results/<name>.json)")
     parser.add_argument("--quick", action="store_true", help="3 samples")
     parser.add_argument("--keep", action="store_true")

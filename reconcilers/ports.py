@@ -76,6 +76,10 @@ class Evaluator(Protocol):
         """Decoded values per path (`.values`) and located problems (`.problems`) of the paths that failed."""
         ...
 
+    def run_source(self, src: str, import_paths: Sequence[str]) -> dict[str, str]:
+        """A generated expression (no repository file), evaluated in the worker: {"ok": JSON} or {"error": text}."""
+        ...
+
     def close(self) -> None:
         """Stop the worker (only its owner, the daemon, calls this)."""
         ...

@@ -15,8 +15,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cedarpy
-
 _EOF = "unexpected end of input"
 _TOKEN = re.compile(r'(?P<ws>\s+)|(?P<comment>//[^\n]*)|(?P<str>"(?:[^"\\]|\\.)*"?)|(?P<id>[_a-zA-Z]\w*)'
                     r"|(?P<num>[0-9]+)|(?P<op>::|==|!=|<=|>=|&&|\|\||.)", re.DOTALL | re.ASCII)
@@ -119,6 +117,8 @@ def quoted_offset(text: str, stmt: Sequence[Token], message: str) -> int:
 
 def _parse_error(text: str) -> str | None:
     """cedarpy's message for a text that does not parse as policies, else None."""
+    import cedarpy  # loaded by policy.py's _cedar before any text gets here; not at import (~50 ms)
+
     try:
         cedarpy.policies_to_json_str(text)
     except ValueError as err:

@@ -22,8 +22,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
-
 from daemon.errors import SettingsError
 
 KINDS = ("deny", "allow")
@@ -111,6 +109,8 @@ class Window:
     def next_start(self, after: datetime) -> datetime | None:
         """The first fire time strictly after `after` (UTC), or None when the schedule never fires again."""
         after = _utc(after)
+        from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped, unused-ignore]  # no types
+
         try:
             # Fire times are whole minutes, so strictly after `after` is strictly after its whole second.
             it = croniter(self.schedule, after.replace(microsecond=0).astimezone(self._zone()))
@@ -128,6 +128,8 @@ class Window:
     def _starts_until(self, now: datetime) -> Iterator[datetime]:
         """Fire times at or before `now` (UTC, newest first): the latest, plus those within a fold's span of it
         when the zone's offset changed there."""
+        from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped, unused-ignore]  # no types
+
         zone = self._zone()
         # get_prev is strictly before its start and fire times are whole minutes: start just past now's second.
         it = croniter(self.schedule, (now.replace(microsecond=0) + timedelta(seconds=1)).astimezone(zone))
@@ -257,6 +259,9 @@ def _field(item: Mapping[str, Any], key: str, kind: type, at: str, default: Any 
 
 
 def _schedule(text: str, at: str) -> str:
+    # croniter (with dateutil, ~30 ms) loads when a host declares [[windows]], not with every verb.
+    from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped, unused-ignore]  # no types
+
     if text.startswith("@") and text not in _ALIASES:
         raise SettingsError(f"schedule {text!r} is not a cron alias", where=at, hint=f"aliases: {', '.join(_ALIASES)}")
     if not text.startswith("@") and len(text.split()) != 5:

@@ -456,6 +456,15 @@ class Evaluator:
         with self._lock:
             return self._evaluate(snap, paths, contract, entries)
 
+    def run_source(self, src: str, import_paths: Sequence[str]) -> dict[str, str]:
+        """Evaluate an expression the caller generated (no repository file: a contract over data Python built,
+        such as the knowledge front matter) in the first worker, under the same deadline and memory limit:
+        {"ok": JSON text} or {"error": message without colours}. py-nickel then never runs in the caller's
+        process, where it would hold the GIL for the whole evaluation (PLATFORM.md)."""
+        with self._lock:
+            self.stats["evaluations"] += 1
+            return self._workers[0].run(src, [*map(str, import_paths), str(self._lib)], self.timeout)
+
     def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None,
                   entries: Sequence[FileEntry] = ()) -> EvalResult:
         files = _Files(snap)

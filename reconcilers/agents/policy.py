@@ -20,8 +20,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import cedarpy
-
 SCHEMA = """\
 namespace Agents {
   entity Role;
@@ -36,6 +34,10 @@ MAX_POLICY_BYTES = 256 * 1024
 def problems(files: Mapping[str, str]) -> list[tuple[str, str]]:
     """(file, message) of every policy file that does not parse or fit the schema."""
     out: list[tuple[str, str]] = []
+    if not files:
+        return out                      # no policy files: cedarpy (~50 ms to import) is not needed
+    import cedarpy
+
     schema = cedarpy.Schema.from_str(SCHEMA)
     for name, text in sorted(files.items()):
         try:
@@ -71,6 +73,8 @@ class RolePolicy:
         text = "\n".join(files[k] for k in sorted(files))
         with self._lock:
             if text != self._text:
+                import cedarpy  # on first use, not at import (~50 ms)
+
                 try:
                     self._set = cedarpy.PolicySet.from_str(text) if text.strip() else None
                 except (ValueError, RuntimeError):
@@ -93,6 +97,8 @@ class RolePolicy:
         request = {"principal": f"Agents::Role::{json.dumps(role)}",
                    "action": 'Agents::Action::"vault.read"',
                    "resource": f"Agents::Secret::{json.dumps(reference)}", "context": {}}
+        import cedarpy
+
         try:
             result = cedarpy.is_authorized(request, policy_set, cedarpy.Entities.from_json_str(json.dumps(entities)))
         except (ValueError, RuntimeError):

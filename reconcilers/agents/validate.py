@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import graphlib
 import itertools
+import math
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
-
-from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.agents.model import (
     ROLES,
@@ -50,18 +49,50 @@ def cron_problem(expr: str, minimum: float) -> str:
     if len(fields) not in (5, 6):
         return f"cron expression {expr!r} has {len(fields)} fields; use 5 (minute hour day month weekday) " \
                "or 6 (second first)"
+    from croniter import CroniterBadDateError, CroniterError, croniter  # type: ignore[import-untyped]  # no types
+
     start = datetime(2024, 1, 1, tzinfo=UTC)
     try:
         it = croniter(expr, start, second_at_beginning=True) if len(fields) == 6 else croniter(expr, start)
-        times = [it.get_next(float) for _ in range(_CRON_SAMPLES)]
+        first = it.get_next(float)
+        gap = _day_gap(it.expanded, len(fields) == 6, minimum)
+        if gap is None:
+            times = [first, *(it.get_next(float) for _ in range(_CRON_SAMPLES - 1))]
+            gap = min(b - a for a, b in itertools.pairwise(times))
     except CroniterBadDateError:
         return f"cron expression {expr!r} never fires (no such date)"
     except (CroniterError, ValueError, KeyError) as err:
         return f"cron expression {expr!r} is not valid: {err}"
-    gap = min(b - a for a, b in itertools.pairwise(times))
     if gap < minimum:
         return f"cron expression {expr!r} fires every {gap:g} s, more often than the minimum of {minimum:g} s"
     return ""
+
+
+def _day_gap(expanded: list[list[Any]], seconds: bool, minimum: float) -> float | None:
+    """The shortest gap between firings when the fields tell it alone, else None (then firings are sampled).
+
+    In UTC every day that fires at all fires at the same times of day (hours x minutes x seconds, in order),
+    so the shortest gap within a day is exact, and a gap across midnight is at least a day less the span
+    from the day's first firing to its last. Sampling 400 firings with croniter cost ~30 ms of every
+    `stratum validate` per cron trigger; this costs microseconds."""
+    def values(index: int, full: int) -> list[int] | None:
+        field = expanded[index] if index < len(expanded) else [0]
+        got = list(range(full)) if field == ["*"] else sorted(set(field))
+        return got if got and all(isinstance(v, int) and not isinstance(v, bool) for v in got) else None
+
+    mins, hours, secs = values(0, 60), values(1, 24), values(5, 60) if seconds else [0]
+    if mins is None or hours is None or secs is None:
+        return None
+    within = min([b - a for a, b in itertools.pairwise(secs)]
+                 + [(b - a) * 60 + secs[0] - secs[-1] for a, b in itertools.pairwise(mins)]
+                 + [(b - a) * 3600 + (mins[0] - mins[-1]) * 60 + secs[0] - secs[-1]
+                    for a, b in itertools.pairwise(hours)], default=math.inf)
+    across = 86_400 - ((hours[-1] - hours[0]) * 3600 + (mins[-1] - mins[0]) * 60 + secs[-1] - secs[0])
+    if min(within, across) >= minimum:
+        return min(within, across)    # every gap is at least this: fine (the figure is not reported)
+    if within <= across:
+        return within                 # too often, and nothing shorter exists: exact
+    return None
 
 
 def _trigger(owner: str, trigger: Trigger, desired: AgentsDesired, where: Where) -> list[Problem]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from reconcilers.errors import InputError
-from reconcilers.forms.checks import check_form
-from reconcilers.forms.model import MAX_FORM_BYTES, Form, FormError, parse_form
 from reconcilers.ports import Snapshot
 from reconcilers.records import Problem
+
+if TYPE_CHECKING:
+    from reconcilers.forms.model import Form
 
 MAX_FORMS = 200
 
@@ -31,6 +33,11 @@ def load_forms(snap: Snapshot) -> FormsDesired:
     if len(entries) > MAX_FORMS:
         problems.append(Problem(f"{len(entries)} form files: at most {MAX_FORMS}", "forms", reconciler="forms"))
         entries = entries[:MAX_FORMS]
+    if entries:
+        # The form model and its checks (~25 ms of imports: a reconciler built for every verb) load only for a
+        # revision that has forms.
+        from reconcilers.forms.checks import check_form
+        from reconcilers.forms.model import MAX_FORM_BYTES, FormError, parse_form
     for entry in entries:
         try:
             form = parse_form(entry.path, snap.text(entry, MAX_FORM_BYTES + 1))

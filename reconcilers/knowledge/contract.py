@@ -2,9 +2,11 @@
 
 Front matter is YAML the author wrote; the rules are Nickel so that `stratum validate`, the pre-commit hook and
 the daemon share one definition. We never evaluate user Nickel here: the input is JSON we generated from the
-parsed YAML, written to a temporary file that one generated expression imports. That makes in-process
-`nickel.run` safe (it holds the GIL and cannot be interrupted, PLATFORM.md) as long as the input is bounded:
-node files are capped at 1 MiB before parsing and batches at `MAX_BATCH_BYTES` of JSON.
+parsed YAML, written to a temporary file that one generated expression imports. The reconciler hands that
+expression to the host's Nickel worker (`runner`: the Evaluator port's run_source), so py-nickel, which holds
+the GIL for a whole evaluation (PLATFORM.md), never runs in the daemon's process and its library is not
+loaded there. Without a runner (`stratum kb lint`, tests) it runs in-process, which is safe because the input
+is bounded: node files are capped at 1 MiB before parsing and batches at `MAX_BATCH_BYTES` of JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,12 @@ class FrontMatterItem:
 class Contract:
     """Checks front matter against knowledge.ncl; results are cached by blob id (unchanged files skip Nickel)."""
 
-    def __init__(self, ncl_dir: Path | None = None, cache_size: int = 200_000) -> None:
+    def __init__(self, ncl_dir: Path | None = None, cache_size: int = 200_000,
+                 runner: Callable[[str, Sequence[str]], dict[str, str]] | None = None) -> None:
+        """`runner(source, import_paths)` evaluates in the host's Nickel worker ({"ok": json} or {"error":
+        text}); without one, py-nickel runs in this process."""
         self.ncl_dir = ncl_dir or nickel_dir()
+        self._runner = runner
         if not (self.ncl_dir / "knowledge.ncl").exists():
             raise KnowledgeError(f"the contract {self.ncl_dir / 'knowledge.ncl'} is missing",
                                  hint="reinstall Stratum; the nickel/ folder ships with it")
@@ -74,28 +80,39 @@ class Contract:
         return out
 
     def _evaluate(self, fronts: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
-        # Imported here: a daemon whose knowledge files carry no front matter never loads py-nickel's library
-        # into its own process (its evaluations run in worker processes). mypy run from a checkout sees the
-        # top-level nickel/ folder (our contracts, no Python) as a namespace package shadowing py-nickel, hence
-        # the attr-defined ignores below; at run time py-nickel is imported.
-        import nickel
-
         fd, name = tempfile.mkstemp(suffix=".json", prefix="stratum-kb-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(fronts, fh)
             source = f'(import "knowledge.ncl").validate_all (import {json.dumps(name)})'
             self.evaluations += 1
-            raw = nickel.run(source, [str(self.ncl_dir)])  # type: ignore[attr-defined, unused-ignore]
-        except nickel.NickelException as err:  # type: ignore[attr-defined, unused-ignore]
-            # Our own generated input failed: a bug in knowledge.ncl, not in the user's files.
-            raise KnowledgeError(f"the knowledge contract failed to evaluate: {_ANSI.sub('', str(err))[:2000]}",
-                                 where=str(self.ncl_dir / "knowledge.ncl"),
-                                 hint="report this; run `stratum kb lint` to see which files were checked") from err
+            raw = self._run(source)
         finally:
             os.unlink(name)
         result: list[list[dict[str, str]]] = json.loads(raw)
         return result
+
+    def _run(self, source: str) -> str:
+        if self._runner is not None:
+            reply = self._runner(source, [str(self.ncl_dir)])
+            if "ok" in reply:
+                return reply["ok"]
+            raise self._failed(reply.get("error", "no answer"))
+        # mypy run from a checkout sees the top-level nickel/ folder (our contracts, no Python) as a namespace
+        # package shadowing py-nickel, hence the attr-defined ignores; at run time py-nickel is imported.
+        import nickel
+
+        try:
+            out: str = nickel.run(source, [str(self.ncl_dir)])  # type: ignore[attr-defined, unused-ignore]
+        except nickel.NickelException as err:  # type: ignore[attr-defined, unused-ignore]
+            raise self._failed(str(err)) from err
+        return out
+
+    def _failed(self, message: str) -> KnowledgeError:
+        # Our own generated input failed: a bug in knowledge.ncl, not in the user's files.
+        return KnowledgeError(f"the knowledge contract failed to evaluate: {_ANSI.sub('', message)[:2000]}",
+                              where=str(self.ncl_dir / "knowledge.ncl"),
+                              hint="report this; run `stratum kb lint` to see which files were checked")
 
 
 def _batches(items: list[FrontMatterItem]) -> list[list[FrontMatterItem]]:

@@ -50,7 +50,9 @@ class KnowledgeBase:
 
     def __init__(self, workspace: Workspace, *, settings: KnowledgeSettings | None = None,
                  provider: Provider | None = _AUTO, follow_index: bool = False,
-                 writer: GitWriter | None = None) -> None:
+                 writer: GitWriter | None = None, contract: Contract | None = None) -> None:
+        """`contract`: the daemon passes its reconciler's (checked in the Nickel worker, results shared); the
+        CLI's view checks in its own process."""
         self.workspace = workspace
         self.source = workspace.source
         self.location = workspace.source.location
@@ -61,7 +63,7 @@ class KnowledgeBase:
         self.index = workspace.index
         self.store = Store(self.index)
         self.loader = Loader()
-        self.contract = Contract()
+        self.contract = contract or Contract()
         self._settings = settings
         self._provider_arg = provider
         self._provider: Provider | None = None

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pygit2
 
     from reconcilers.base import ReconcilerEnv
+    from reconcilers.knowledge.contract import Contract
     from reconcilers.knowledge.embed import Provider
     from reconcilers.knowledge.knowledge_base import KnowledgeBase
     from reconcilers.knowledge.settings import KnowledgeSettings
@@ -38,6 +39,7 @@ class Served(Protocol):
     env: ReconcilerEnv
     last_index: Any
     indexed_settings: KnowledgeSettings
+    contract: Contract
 
     @property
     def repo(self) -> pygit2.Repository | None: ...
@@ -380,7 +382,8 @@ def http_app(reconciler: Served) -> _LazyLifespanApp:
             if index is None or env.workspace is None:
                 raise KnowledgeError("the daemon has not indexed any revision yet", hint="retry after the first run")
             holder["kb"] = KnowledgeBase(replace(env.workspace, index=index), settings=reconciler.indexed_settings,
-                                         provider=reconciler.provider(), follow_index=True, writer=env.git_writer)
+                                         provider=reconciler.provider(), follow_index=True, writer=env.git_writer,
+                                         contract=reconciler.contract)   # Nickel in the worker, not the daemon
         return holder["kb"]
 
     return _LazyLifespanApp(build_server(get_kb, writes=writes_enabled(reconciler.env.settings),

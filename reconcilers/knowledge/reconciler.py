@@ -87,7 +87,8 @@ class KnowledgeReconciler(NoActions["Desired"]):
         self.worker_idle = float(host.get("worker_idle_s", WORKER_IDLE_S)) if isinstance(host, Mapping) \
             else WORKER_IDLE_S
         self.loader = Loader()
-        self.contract = Contract()
+        # The front-matter contract runs in the host's Nickel worker when there is one (contract.py).
+        self.contract = Contract(runner=getattr(env.evaluator, "run_source", None))
         self._provider: Provider | None = None
         self._provider_loaded = False
         self._provider_choice = self.indexed_settings.embedding_provider

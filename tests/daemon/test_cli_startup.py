@@ -175,8 +175,12 @@ def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None
     (urllib.request, http.client, email): those load where they are used."""
     # ... nor loads the PostgreSQL driver (~0.5 s) or the vault engines' apply code for the template's
     # vault/database declaration: validate reads declarations, it connects to nothing.
+    # ... nor loads an engine's handler for the declared PKI and database mounts: declarations are checked as
+    # data, the engines load when a change is applied. (cryptography.x509 does load: the template's
+    # infra/tls.ncl has certificate references, which validate locates through the PKI.)
     only_elsewhere = ("fluent.runtime", "babel", "urllib.request", "http.client", "email.parser", "psycopg",
-                      "reconcilers.vault.declared_apply")
+                      "reconcilers.vault.declared_apply", "reconcilers.vault.pki.api",
+                      "reconcilers.vault.database.api")
     imported = _imported_after(_validate_template(tmp_path), ("reconcilers.forms.loader", *only_elsewhere))
     assert "reconcilers.forms.loader" in imported                # it did validate the forms
     assert imported & set(only_elsewhere) == set()
@@ -208,3 +212,26 @@ def test_a_cli_apply_records_its_run_but_loads_no_metrics_library(tmp_path: Path
     log = subprocess.run([sys.executable, "-c", "from daemon.cli.main import main; main()", "log", "--data-dir",
                           str(data)], cwd=tmp_path / "ops", capture_output=True, text=True, timeout=120, check=True)
     assert "succeeded" in log.stdout, log.stdout + log.stderr
+
+
+def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(tmp_path: Path) -> None:
+    """`stratum apply` of a repository with infra files only (no policies/, no agents' policies, no certificate
+    references, no tasks, no [[windows]]) applies them without importing cedarpy (~50 ms), the certificate
+    issuer with cryptography.x509 (~40 ms, loaded after every run to prune renewals when none was ever issued),
+    jinja2 (the agents' prompt sandbox), croniter (cron triggers, sync windows) or the forms' model."""
+    from tests.fixtures import WorkRepo
+
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit({"infra/a.ncl": "{ resources = { a = { kind = 'file, path = \"a.conf\", content = \"x\\n\", "
+                                "mode = \"0644\" } } }\n"})
+    root = tmp_path / "root"
+    code = ("import os\n"
+            f"os.chdir({str(repo.path)!r})\n"
+            "from daemon.cli.main import main\n"
+            f"argv = ['apply', '--data-dir', {str(tmp_path / 'data')!r}, '--root', {str(root)!r}]\n"
+            "try:\n    main.__globals__['cli'].main(argv, prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n")
+    imported = _imported_after(code, ("daemon.run.pipeline", "cedarpy", "reconcilers.vault.pki.certrefs",
+                                      "cryptography.x509", "jinja2", "croniter", "reconcilers.forms.model"))
+    assert imported == {"daemon.run.pipeline"}
+    assert (root / "a.conf").read_text() == "x\n"

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from reconcilers.knowledge.contract import Contract, FrontMatterItem
 from reconcilers.knowledge.loader import check
 from reconcilers.knowledge.node import parse
@@ -97,3 +104,44 @@ def test_one_bad_node_does_not_hide_the_others() -> None:
     checked = check([good, bad], Contract())
     assert [n.title for n in checked.nodes] == ["Good"]
     assert [(q.path, q.line) for q in checked.problems] == [("knowledge/bad.md", 2)]
+
+
+def test_the_contract_runs_in_the_nickel_worker_with_the_same_answers(tmp_path: Path) -> None:
+    """Given the host's evaluator (as the reconciler is), the front-matter contract is evaluated by the Nickel
+    worker process: the same problems as in-process, at the same lines, and this process never loads
+    py-nickel (it would hold the GIL for the whole evaluation, and its 16 MB library stays out of the daemon)."""
+    code = f"""
+import json, sys
+from pathlib import Path
+from daemon.nickel.evaluator import Evaluator
+from reconcilers.knowledge.contract import Contract
+from reconcilers.knowledge.loader import check
+from reconcilers.knowledge.node import parse
+good = parse("knowledge/good.md", "g", "---\\nid: {UUID}\\ntype: note\\ntitle: Good\\n---\\nbody\\n")
+bad = parse("knowledge/bad.md", "b", "---\\nid: nope\\ntype: note\\ntitle: Bad\\n---\\nbody\\n")
+evaluator = Evaluator(Path({str(tmp_path)!r}) / "cache")
+try:
+    contract = Contract(runner=evaluator.run_source)
+    checked = check([good, bad], contract)
+    out = [[n.title for n in checked.nodes], [(q.path, q.line, q.message) for q in checked.problems],
+           evaluator.stats["evaluations"], "nickel" in sys.modules]
+finally:
+    evaluator.close()
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    titles, problems, evaluations, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    in_process = check([parse("knowledge/good.md", "g", md(f"id: {UUID}\ntype: note\ntitle: Good")),
+                        parse("knowledge/bad.md", "b", md("id: nope\ntype: note\ntitle: Bad"))], Contract())
+    assert titles == ["Good"]
+    assert [tuple(p) for p in problems] == [(q.path, q.line, q.message) for q in in_process.problems]
+    assert evaluations == 1 and loaded is False
+
+
+def test_a_contract_failure_in_the_worker_is_a_knowledge_error() -> None:
+    """A runner's error (a broken knowledge.ncl, a deadline) is reported as the contract's own failure."""
+    from reconcilers.knowledge.errors import KnowledgeError
+
+    contract = Contract(runner=lambda src, paths: {"error": "error: \x1b[31mboom\x1b[0m"})
+    with pytest.raises(KnowledgeError, match="the knowledge contract failed to evaluate: error: boom"):
+        contract.check(_items(md(f"id: {UUID}\ntype: note\ntitle: A")))

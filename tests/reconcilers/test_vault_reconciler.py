@@ -139,3 +139,27 @@ def test_deleted_manifest_is_unloaded(world: Any) -> None:
     assert run(reconciler, source) == ["delete secrets/db.yaml"]
     with pytest.raises(KeyError):
         reconciler.get("secrets/db.yaml", "k")
+
+
+def test_many_manifests_are_checked_once_each_and_in_their_places(world: Any) -> None:
+    """A commit of more manifests than check.PARALLEL_MIN (checked together, by check_manifests): each is verified
+    once, only the tampered one is a problem, and the next commit verifies only the one it changed."""
+    from reconcilers.vault import check
+
+    repo, reconciler, source, signing, rcpt = world
+    count = check.PARALLEL_MIN + 4
+    paths = [f"secrets/m{i:02}.yaml" for i in range(count)]
+    files = {p: manifest.render(sealed({"k": p[9:11].lstrip("0") or "0"}, signing, rcpt, path=p)) for p in paths}
+    enc = manifest.parse(files["secrets/m07.yaml"], "f").data["k"]
+    files["secrets/m07.yaml"] = files["secrets/m07.yaml"].replace(enc, enc.replace("data:", "data:A", 1))
+    repo.commit(files)
+    before = reconciler.stats["verified"]
+    problems = run(reconciler, source)
+    assert problems and all("secrets/m07.yaml" in p for p in problems)
+    assert reconciler.stats["verified"] == before + count
+    repo.commit({"secrets/m07.yaml": manifest.render(sealed({"k": "7"}, signing, rcpt, path="secrets/m07.yaml"))})
+    hits = reconciler.stats["cache_hits"]
+    assert run(reconciler, source) == [f"create secrets/m{i:02}.yaml" for i in range(count)]
+    assert reconciler.stats["verified"] == before + count + 1
+    assert reconciler.stats["cache_hits"] == hits + count - 1
+    assert reconciler.get("secrets/m12.yaml", "k") == "12"

@@ -21,9 +21,9 @@ from reconcilers.vault.pki import certbuild, keys, revocation
 from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError, PkiNotConfigured
 from reconcilers.vault.pki.issuer import Issuer
+from reconcilers.vault.pki.storage import CA_KEY as CA_KEY
 from reconcilers.vault.pki.storage import KeyValueStore, get_json, put_json
 
-CA_KEY = "config/ca"
 PENDING_KEY = "config/pending"
 DEFAULT_CA_TTL = 10 * 365 * 86400
 

@@ -22,7 +22,7 @@ from reconcilers.vault.declared import load_files
 from reconcilers.vault.pki.durations import parse_duration
 from reconcilers.vault.pki.errors import PkiError
 from reconcilers.vault.pki.roles import Role
-from reconcilers.vault.pki.storage import KeyValueStore, get_json
+from reconcilers.vault.pki.storage import CA_KEY, KeyValueStore, get_json
 
 if TYPE_CHECKING:
     from reconcilers.ports import Evaluator, Snapshot
@@ -112,16 +112,16 @@ def _ordered(specs: Mapping[str, MountSpec]) -> list[MountSpec]:
 
 def plan(specs: Mapping[str, MountSpec], stores: Mapping[str, KeyValueStore]) -> list[Change]:
     """What `apply` would change, per mount (pure: reads the stores, writes nothing)."""
-    from reconcilers.vault.pki import ca  # here, not at the top: X.509 costs every start ~0.1 s otherwise
-
     changes: list[Change] = []
     for spec in _ordered(specs):
         store = stores[spec.name]
-        record = get_json(store, ca.CA_KEY)
+        record = get_json(store, CA_KEY)
         if record is None:
             kind = "create-intermediate" if spec.issuer else "create-root"
             changes.append(Change(spec.name, kind, spec.ca["common_name"], spec.source))
         else:
+            from reconcilers.vault.pki import ca  # x509 (~40 ms): only when a CA exists to compare
+
             subject = ca.load(store).cert.subject.rfc4514_string()
             if subject != f"CN={spec.ca['common_name']}":
                 changes.append(Change(spec.name, "ca-differs", subject, spec.source))
@@ -137,7 +137,7 @@ def plan(specs: Mapping[str, MountSpec], stores: Mapping[str, KeyValueStore]) ->
 
 def _call(store: KeyValueStore, method: str, path: str, body: Mapping[str, Any], now: dt.datetime,
           where: str) -> dict[str, Any]:
-    from reconcilers.vault.pki import api  # see plan()
+    from reconcilers.vault.pki import api  # the engine (and x509) only when a change is applied
 
     status, reply = api.handle(method, path, body, store, now=now)
     if status >= 300:

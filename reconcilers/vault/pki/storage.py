@@ -12,6 +12,10 @@ from typing import Any
 
 from reconcilers.vault.service.storage.base import KeyValueStore as KeyValueStore
 
+# Where a mount keeps its CA (ca.py writes it). Here so that planning a declared mount can tell whether a CA
+# exists without importing ca.py and cryptography.x509 with it.
+CA_KEY = "config/ca"
+
 
 def get_json(store: KeyValueStore, path: str) -> dict[str, Any] | None:
     """The JSON object stored at `path`, or None."""
