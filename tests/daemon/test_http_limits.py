@@ -39,10 +39,10 @@ async def echo(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(len(await request.body())))
 
 
-def serve(limits: Limits) -> HttpServer:
-    """A started server with /healthz and /echo under `limits`."""
-    app = Starlette(routes=[Route("/healthz", lambda r: JSONResponse({"ok": True})),
-                            Route("/echo", echo, methods=["POST"])])
+def serve(limits: Limits, app: Any = None) -> HttpServer:
+    """A started server under `limits` with `app`, by default one with /healthz and /echo."""
+    app = app or Starlette(routes=[Route("/healthz", lambda r: JSONResponse({"ok": True})),
+                                   Route("/echo", echo, methods=["POST"])])
     server = HttpServer("127.0.0.1:0", app, limits=limits)
     server.start()
     deadline = time.monotonic() + 10
@@ -302,13 +302,8 @@ async def _method_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def test_the_vault_list_method_reaches_the_app(chunks: list[bytes], expected: list[bytes]) -> None:
     """LIST (Vault's method for listing keys; llhttp does not know it) reaches the app as LIST, sent whole, split
     inside the method, or after another request on a keep-alive connection; LOCK stays LOCK."""
-    server = HttpServer("127.0.0.1:0", _method_echo, limits=LIMITS)
-    server.start()
+    server = serve(LIMITS, _method_echo)
     try:
-        deadline = time.monotonic() + 10
-        while not server.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
         methods = []
         with slow_client(server.port, b"") as sock:
             for chunk in chunks:
@@ -369,13 +364,8 @@ def test_a_streamed_response_head_is_not_held_for_its_body() -> None:
             await asyncio.sleep(0.01)          # bounded by the test: it sets `release` once it saw the head
         await send({"type": "http.response.body", "body": b"done"})
 
-    server = HttpServer("127.0.0.1:0", stream, limits=LIMITS)
-    server.start()
+    server = serve(LIMITS, stream)
     try:
-        deadline = time.monotonic() + 10
-        while not server.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
         with slow_client(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
             head = b""
             while b"\r\n\r\n" not in head:
