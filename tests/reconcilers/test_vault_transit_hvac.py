@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import hvac  # type: ignore[import-untyped]  # hvac ships no type information
 import pytest
-import uvicorn
 from hvac.exceptions import InvalidPath, InvalidRequest  # type: ignore[import-untyped]
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.http.server import HttpServer
 from reconcilers.vault.transit.api import handle
 from tests.reconcilers.test_vault_transit import DictStore
 
@@ -43,21 +41,16 @@ def _app(store: DictStore) -> Starlette:
 
 @pytest.fixture
 def client() -> Iterator[hvac.Client]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_app(DictStore()), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    # The daemon's own listener stack (httptools with the guard that carries Vault's LIST method through).
+    server = HttpServer("127.0.0.1:0", _app(DictStore()))
+    server.start()
     for _ in range(500):                      # bounded: 5 s at most
-        if server.started:
+        if server.server.started:
             break
         time.sleep(0.01)
-    assert server.started
-    yield hvac.Client(url=f"http://127.0.0.1:{port}", token="unused-by-the-stand-in")
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    assert server.server.started
+    yield hvac.Client(url=f"http://127.0.0.1:{server.port}", token="unused-by-the-stand-in")
+    server.stop()
 
 
 def _b64(raw: bytes) -> str:

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.http.server import HttpServer
 from reconcilers.vault.pki.storage import KeyValueStore, MemoryStore
 
 Handler = Callable[[str, str, Mapping[str, Any], KeyValueStore], tuple[int, dict[str, Any]]]
@@ -62,18 +61,15 @@ def serve(mounts: dict[str, Handler], stores: dict[str, MemoryStore] | None = No
     """Run the app on a free loopback port in a thread; yields (base URL, stores by mount). Pass `stores` to
     share one (a `sys` handler that routes sys/leases to the database mount's store)."""
     stores = {} if stores is None else stores
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for(mounts, stores), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    # The daemon's own listener stack (httptools with the guard that carries Vault's LIST method through).
+    server = HttpServer("127.0.0.1:0", app_for(mounts, stores))
+    server.start()
     for _ in range(600):                       # bounded: up to 60 s on a loaded machine
-        if server.started:
+        if server.server.started:
             break
         time.sleep(0.1)
-    assert server.started, "the stand-in router did not start"
+    assert server.server.started, "the stand-in router did not start"
     try:
-        yield f"http://127.0.0.1:{port}", stores
+        yield f"http://127.0.0.1:{server.port}", stores
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.stop()
