@@ -76,6 +76,7 @@ class KnowledgeBase:
         self.last_stats: IndexStats | None = None
         self._indexed: Indexed | None = None
         self._vectors: str | None = None        # the daemon's vectors marker last seen (follow_index)
+        self._pending_checked: str | None = None  # the revision whose vectors are known complete (_embed_pending)
 
     # -- state ------------------------------------------------------------------------------------------
     @property
@@ -170,12 +171,21 @@ class KnowledgeBase:
         """Embed what a one-shot `stratum apply` stored without vectors (it marks the index pending and leaves
         the model to the next process that runs it): a search by meaning needs the model anyway."""
         with self._lock:
+            # Checked once per revision searched, not per search: a DuckDB query costs 1-15 ms on a loaded host
+            # (the whole search is meant to take under 10). Only a one-shot apply marks the index pending, and a
+            # revision it stored reaches this view as a new head, checked again then.
+            if self._pending_checked == revision:
+                return
             provider = self.searcher.provider
-            if provider is None or self.index.get_state(STATE_PENDING) is None:
+            if provider is None:
+                return
+            if self.index.get_state(STATE_PENDING) is None:
+                self._pending_checked = revision
                 return
             vectors = embed_revision(self.store, provider, self.store.nodes(revision), (), revision, sweep=True)
             if self.index.get_state(STATE_PENDING) is not None and not vectors.warning:
                 self.index.set_state(STATE_PENDING, None)   # every node of the head has its vectors now
+                self._pending_checked = revision
             self.searcher.reload()
 
     def _extra_nodes(self) -> list[Node]:
@@ -194,13 +204,17 @@ class KnowledgeBase:
 
     # -- queries ----------------------------------------------------------------------------------------
     def search(self, query: str, *, mode: str = "hybrid", limit: int = 10, filters: Filters | None = None,
-               threshold: float | None = None) -> Result:
-        """Hybrid (or lexical/vector) search over the head revision."""
+               threshold: float | None = None, timings: dict[str, float] | None = None) -> Result:
+        """Hybrid (or lexical/vector) search over the head revision (`timings`: see Searcher.search; here
+        `refresh` is finding the head and anything to index or embed first)."""
+        start = time.perf_counter()
         rev = self.refresh()
         if mode != "lexical" and not self.follow_index:
             self._embed_pending(rev)
+        if timings is not None:
+            timings["refresh"] = (time.perf_counter() - start) * 1000.0
         return self.searcher.search(rev, query, mode=mode, limit=limit, filters=filters or Filters(),
-                                    threshold=threshold)
+                                    threshold=threshold, timings=timings)
 
     def node(self, ref: str) -> Node:
         """A node by id, title, alias or file stem (NotFoundError with a hint otherwise)."""

@@ -44,6 +44,9 @@ class MiniLM:
         options = ort.SessionOptions()
         options.enable_cpu_mem_arena = False
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One request at a time, one graph: no inter-op pool; the intra-op pool defaults to the host's cores.
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
         if threads > 0:
             options.intra_op_num_threads = threads
         # Idle pool threads spin for a while waiting for work by default: on a small host shared with the daemon
@@ -59,6 +62,8 @@ class MiniLM:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         if not texts:
             return out
+        if len(texts) == 1:
+            return self._run([texts[0]])      # a search query: no batching, tokenized once (padding: none)
         # Texts of similar length share a batch (less padding); each batch stays under BATCH_TOKENS padded.
         lengths = [sum(e.attention_mask) for e in self.tokenizer.encode_batch(list(texts))]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])

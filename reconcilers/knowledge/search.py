@@ -4,7 +4,8 @@ reciprocal rank (RRF, k = 60), with filters on type, tags, status, project and m
 The token table `kb_term` and the vectors in `kb_vec` are the durable index; queries run over the searched
 revision's in-memory copy (memindex.py): BM25 as NumPy gathers over CSR postings summed with `bincount`
 (scoring postings row by row in Python cost up to ~90 ms per query at 10,000 nodes), vector top-k as one
-matrix product and `argpartition` (DuckDB's `array_cosine_similarity` scan takes ~8 ms at 10,000 rows where a
+matrix product (over the transposed matrix: 0.7 ms where the other orientation took 5-7 ms) and
+`argpartition` (DuckDB's `array_cosine_similarity` scan takes ~8 ms at 10,000 rows where a
 matrix product takes 0.2 ms, PLATFORM.md). A new revision updates that copy with only the blobs it changed.
 `engine="duckdb"` runs the vector query in SQL, and the tests hold the two to the same answer.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +32,7 @@ from reconcilers.knowledge.store import DIM, EXTRA, Store
 from reconcilers.knowledge.text import terms
 
 RRF_K = 60
+_T = TypeVar("_T")
 K1, B = 1.2, 0.75
 MODES = ("hybrid", "lexical", "vector")
 # The cosine similarity a node's best chunk needs to count as a semantic match. Measured with the shipped model
@@ -251,7 +254,7 @@ class Searcher:
         qv = self.query_vector(query) if qvec is None else qvec
         if engine == "duckdb":
             return self._vector_sql(revision, qv, limit, filters, gen)
-        sims = gen.matrix @ qv
+        sims = qv @ gen.matrix_t                                   # (see memindex: why the matrix is transposed)
         valid = self._mask(gen, filters) if filters.active() else gen.live
         sims = np.where(valid[gen.owner], sims, -np.inf)
         # Enough chunk candidates to fill `limit` distinct nodes in all but pathological cases.
@@ -281,9 +284,14 @@ class Searcher:
 
     # -- fusion --------------------------------------------------------------------------------------
     def search(self, revision: str, query: str, *, mode: str = "hybrid", limit: int = 10,
-               filters: Filters = Filters(), threshold: float | None = None) -> Result:
+               filters: Filters = Filters(), threshold: float | None = None,
+               timings: dict[str, float] | None = None) -> Result:
         """Search one revision. A node is a result when it holds a query word or its best chunk's cosine
-        similarity reaches `threshold` (default MIN_SIMILARITY); nodes matching neither way are left out."""
+        similarity reaches `threshold` (default MIN_SIMILARITY); nodes matching neither way are left out.
+
+        `timings`, when given, receives the milliseconds of each step (see `_Clock`): what the benchmark reports
+        as the breakdown of a search, measured inside the call it times."""
+        clock = _Clock(timings)
         threshold = MIN_SIMILARITY if threshold is None else threshold
         if mode not in MODES:
             raise KnowledgeError(f"unknown search mode {mode!r}", hint=f"use one of: {', '.join(MODES)}")
@@ -301,13 +309,19 @@ class Searcher:
             with self._lock:
                 cached = self._qvec.get(query)
             if cached is None:
-                pending = self._pool.submit(self.query_vector, query)
+                pending = self._pool.submit(clock.timed, "embed", self.query_vector, query)
+        clock.lap("setup")
         lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
+        clock.lap("lexical")
         if mode != "lexical":
             try:
                 qvec = pending.result() if pending is not None else None
+                clock.lap("embed_wait")
+                if qvec is None and mode == "vector":
+                    qvec = clock.timed("embed", self.query_vector, query)
                 nearest = self.vector(revision, query, depth, filters, qvec=qvec)
                 vec = [v for v in nearest if v[1] >= threshold]
+                clock.lap("vector")
             except ModelError as err:
                 # The model stopped answering (a dead endpoint, a worker that cannot load): keywords still work.
                 warning, mode = f"{err.what}: lexical search only", "lexical"
@@ -321,6 +335,7 @@ class Searcher:
             for b, r in ranks.items():
                 fused[b] = fused.get(b, 0.0) + 1.0 / (RRF_K + r)
         best = sorted(fused, key=lambda b: (-fused[b], b))[:limit]
+        clock.lap("fusion")
         hits = []
         for b in best:
             meta = self._public(gen, b)
@@ -329,7 +344,40 @@ class Searcher:
             cov = coverage.get(b, 0.0)
             hits.append(Hit(meta, max(sim, cov), lex_rank.get(b, 0), vec_rank.get(b, 0), sim, snippet, cov,
                             fused[b]))
+        clock.lap("rows")
         return Result(tuple(hits), mode, warning)
+
+
+class _Clock:
+    """Milliseconds per step of one search, into `out` (nothing is measured without one).
+
+    Steps: setup (checks, the embedding handed to its thread), lexical (BM25), embed_wait (waiting for the
+    query's vector once BM25 is done), embed (computing the query's vector, in its thread: overlaps lexical; absent
+    when the vector was cached), vector (matrix product, top-k, per-node best chunk), fusion (reciprocal rank),
+    rows (the top hits' summaries and snippets)."""
+
+    __slots__ = ("_out", "_t")
+
+    def __init__(self, out: dict[str, float] | None) -> None:
+        self._out = out
+        self._t = time.perf_counter() if out is not None else 0.0
+
+    def lap(self, step: str) -> None:
+        """Charge the time since the previous lap to `step`."""
+        if self._out is not None:
+            now = time.perf_counter()
+            self._out[step] = self._out.get(step, 0.0) + (now - self._t) * 1000.0
+            self._t = now
+
+    def timed(self, step: str, fn: Callable[[str], _T], arg: str) -> _T:
+        """fn(arg), its duration charged to `step` (runs in the embedding thread: no lap is moved)."""
+        if self._out is None:
+            return fn(arg)
+        start = time.perf_counter()
+        try:
+            return fn(arg)
+        finally:
+            self._out[step] = (time.perf_counter() - start) * 1000.0
 
 
 def recall_at(expected: Sequence[str], got: Sequence[str], k: int = 10) -> float:
