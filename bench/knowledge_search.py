@@ -226,7 +226,7 @@ def main() -> None:
     saved[args.label] = out
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(saved, indent=2) + "\n")
-    labels = [label for label in args.compare if label in saved] + [args.label]
+    labels = [label for label in args.compare if label in saved and label != args.label] + [args.label]
     print(f"{'metric':<34}" + "".join(f"{label:>16}" for label in labels))
     for key in out:
         if key != "code":

@@ -1,0 +1,159 @@
+"""What keeps a warm search within its budget, and what must not change while it gets faster: a warm
+KnowledgeBase (the CLI's and the MCP server's view) asks DuckDB nothing per search, the vector scan over the
+transposed matrix answers as DuckDB's own cosine scan does, the breakdown names every step, and the CLI and the
+MCP server return the same results. Real git repos, real DuckDB files, the real shipped model.
+
+Speed itself is measured by bench/knowledge_search.py (no timed assertions here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon.index.store import Index
+from daemon.run.workspace import open_workspace
+from reconcilers.knowledge.embed import WorkerProvider
+from reconcilers.knowledge.knowledge_base import KnowledgeBase
+from tests.fixtures import GIT_ENV, WorkRepo
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ["gateway", "billing", "ledger", "search", "mailer", "queue", "cache", "auth"]
+FAILURES = [("the disk is full and writes fail", "storage capacity exhausted"),
+            ("the TLS certificate expired", "https cert outdated"),
+            ("the OOM killer ended the process", "RAM exhaustion crash"),
+            ("replication lag grows on the replica", "secondary copy is behind")]
+QUERIES = [f"{s} {f[1]}" for s in SERVICES[:4] for f in FAILURES] + ["restart the service", "zebra"]
+
+
+def _files() -> dict[str, str]:
+    files = {}
+    for i, service in enumerate(SERVICES):
+        for j, (desc, _) in enumerate(FAILURES):
+            nid = f"{i:08d}-{j:04d}-4000-8000-000000000000"
+            files[f"knowledge/notes/{service}-{j}.md"] = (
+                f"---\nid: {nid}\ntype: note\ntitle: \"{service}: {desc}\"\ncreated: 2024-05-01\n---\n"
+                f"# {service}\n\nWhen {desc} on {service}, restart the service and check the dashboard.\n")
+    return files
+
+
+class CountingIndex(Index):
+    """Counts the statements sent to DuckDB through the Index (reads and writes)."""
+
+    statements = 0
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.statements += 1
+        return super().query(sql, params)
+
+    def query_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self.statements += 1
+        return super().query_dicts(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.statements += 1
+        super().execute(sql, params)
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProvider]:
+    p = WorkerProvider(tmp_path_factory.mktemp("model"))
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> WorkRepo:
+    r = WorkRepo(tmp_path_factory.mktemp("speed") / "ops")
+    r.commit(_files(), "knowledge")
+    return r
+
+
+def test_a_warm_search_sends_nothing_to_duckdb(tmp_path: Path, repo: WorkRepo, provider: WorkerProvider) -> None:
+    """After the first search of a revision, searches run on the in-memory index alone. Before, every hybrid
+    search asked DuckDB whether vectors were pending: 1-15 ms each on this loaded host, more than the search."""
+    index = CountingIndex(tmp_path / "data" / "index.duckdb")
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
+    assert kb.search(QUERIES[0]).hits
+    index.statements = 0
+    for q in QUERIES[1:]:
+        for mode in ("hybrid", "vector", "lexical"):
+            kb.search(q, mode=mode)
+    assert index.statements == 0
+    # A new head is indexed (and checked) again: the memo is per revision.
+    repo.commit({"knowledge/notes/extra.md": "---\nid: 99999999-0000-4000-8000-000000000000\ntype: note\n"
+                 "title: \"Rotate the logs\"\ncreated: 2024-05-01\n---\nLogs of the gateway fill the disk.\n"})
+    hits = kb.search("gateway logs fill the disk").hits
+    assert index.statements > 0 and hits[0].node["title"] == "Rotate the logs"
+    index.close()
+
+
+def test_the_vector_scan_ranks_as_duckdbs_cosine_scan(tmp_path: Path, repo: WorkRepo,
+                                                     provider: WorkerProvider) -> None:
+    """The transposed-matrix product (NumPy) and array_cosine_similarity (SQL) give the same nodes in the same
+    order with the same similarities, for every query."""
+    index = Index(tmp_path / "data" / "index.duckdb")
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
+    rev = kb.refresh()
+    for q in QUERIES:
+        mem = kb.searcher.vector(rev, q, 10)
+        sql = kb.searcher.vector(rev, q, 10, engine="duckdb")
+        assert [b for b, _, _ in mem] == [b for b, _, _ in sql], q
+        assert [s for _, s, _ in mem] == pytest.approx([s for _, s, _ in sql], abs=1e-5)
+    index.close()
+
+
+def test_the_breakdown_names_every_step(tmp_path: Path, repo: WorkRepo, provider: WorkerProvider) -> None:
+    """`timings` receives each step's milliseconds; the query's embedding is absent when its vector is cached."""
+    index = Index(tmp_path / "data" / "index.duckdb")
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
+    first: dict[str, float] = {}
+    plain = kb.search("billing storage capacity exhausted")
+    kb.searcher._qvec.clear()
+    timed = kb.search("billing storage capacity exhausted", timings=first)
+    assert [h.as_dict() for h in timed.hits] == [h.as_dict() for h in plain.hits]
+    assert set(first) == {"refresh", "setup", "lexical", "embed", "embed_wait", "vector", "fusion", "rows"}
+    assert all(v >= 0.0 for v in first.values())
+    again: dict[str, float] = {}
+    kb.search("billing storage capacity exhausted", timings=again)
+    assert "embed" not in again and "vector" in again
+    index.close()
+
+
+@pytest.mark.slow
+def test_the_cli_and_the_mcp_server_return_the_same_results(tmp_path: Path, repo: WorkRepo) -> None:
+    """`stratum kb search --json` and the MCP `search` tool (over stdio, `stratum kb mcp`), each in its own
+    process with its own index of the same repo, answer every query with the same results."""
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    env = {**os.environ, **GIT_ENV, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    stratum = [sys.executable, "-c", "from daemon.cli.main import main; main()"]
+    cli: list[list[dict[str, Any]]] = []
+    for q in QUERIES[:6]:
+        proc = subprocess.run([*stratum, "kb", "--repo", str(repo.path), "--data-dir", str(tmp_path / "cli"),
+                               "search", q, "--json"], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        cli.append(json.loads(proc.stdout)["results"])
+    params = StdioServerParameters(command=sys.executable, args=[*stratum[1:], "kb", "mcp", "--repo",
+                                   str(repo.path), "--data-dir", str(tmp_path / "mcp")], env=env, cwd=str(ROOT))
+
+    async def ask() -> list[list[dict[str, Any]]]:
+        out = []
+        async with Client(params, read_timeout_seconds=300) as client:
+            for q in QUERIES[:6]:
+                result = await client.call_tool("search", {"query": q})
+                out.append(json.loads(result.content[0].text)["results"])  # type: ignore[union-attr]
+        return out
+
+    mcp = anyio.run(ask)
+    assert any(cli) and mcp == cli
