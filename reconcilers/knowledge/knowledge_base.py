@@ -28,6 +28,7 @@ from reconcilers.knowledge.indexer import (
     IndexStats,
     embed_revision,
     index_revision,
+    state_mark,
 )
 from reconcilers.knowledge.loader import Checked, Loader, check, git_blob_id
 from reconcilers.knowledge.node import DECISION_STATUSES, ROOT, TYPES, Node, parse, slugify
@@ -40,6 +41,9 @@ from reconcilers.ports import GitWriter, Workspace
 TYPE_DIRS = {"note": "notes", "decision": "decisions", "guideline": "guidelines", "pattern": "patterns",
              "journal": "journal", "execution": "executions"}
 _AUTO: Any = object()
+# A view following the daemon's index sees the daemon's own commits at once (indexer.state_mark); anything else
+# writing the index file (another process, while this one let go of it) within this many seconds.
+FOLLOW_RECHECK_S = 1.0
 
 
 class KnowledgeBase:
@@ -76,6 +80,8 @@ class KnowledgeBase:
         self.last_stats: IndexStats | None = None
         self._indexed: Indexed | None = None
         self._vectors: str | None = None        # the daemon's vectors marker last seen (follow_index)
+        self._mark_seen: int | None = None      # follow_index: the state mark when the state was last read
+        self._state_read_at = 0.0
         self._pending_checked: str | None = None  # the revision whose vectors are known complete (_embed_pending)
 
     # -- state ------------------------------------------------------------------------------------------
@@ -137,8 +143,15 @@ class KnowledgeBase:
         """Index the branch head when it moved; returns the revision searched."""
         with self._lock:
             if self.follow_index:
+                # The daemon's own commits bump a mark in this process (read before the state, so one landing
+                # meanwhile is read next time); DuckDB is asked again when it moved, or after FOLLOW_RECHECK_S.
+                mark, now = state_mark(self.index), time.monotonic()
+                if (self.revision is not None and mark is not None and mark == self._mark_seen
+                        and now - self._state_read_at < FOLLOW_RECHECK_S):
+                    return self.revision
                 state = dict(self.index.query("SELECT key, value FROM state WHERE key IN (?, ?)",
                                               [STATE_REVISION, STATE_VECTORS]))
+                self._mark_seen, self._state_read_at = mark, now
                 indexed, vectors = state.get(STATE_REVISION), state.get(STATE_VECTORS)
                 if indexed is None:
                     raise KnowledgeError("the daemon has not indexed any revision yet",

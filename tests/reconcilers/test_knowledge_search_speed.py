@@ -19,10 +19,13 @@ from typing import Any
 import anyio
 import pytest
 
+from daemon.git.source import GitSource
 from daemon.index.store import Index
 from daemon.run.workspace import open_workspace
+from reconcilers.base import ReconcilerEnv
 from reconcilers.knowledge.embed import WorkerProvider
 from reconcilers.knowledge.knowledge_base import KnowledgeBase
+from reconcilers.knowledge.reconciler import KnowledgeReconciler
 from tests.fixtures import GIT_ENV, WorkRepo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +96,41 @@ def test_a_warm_search_sends_nothing_to_duckdb(tmp_path: Path, repo: WorkRepo, p
                  "title: \"Rotate the logs\"\ncreated: 2024-05-01\n---\nLogs of the gateway fill the disk.\n"})
     hits = kb.search("gateway logs fill the disk").hits
     assert index.statements > 0 and hits[0].node["title"] == "Rotate the logs"
+    index.close()
+
+
+def test_a_view_following_the_daemons_index_asks_duckdb_only_after_the_daemon_wrote(
+        tmp_path: Path, provider: WorkerProvider) -> None:
+    """What the daemon's MCP serves (follow_index): searches between two of the daemon's commits send nothing to
+    DuckDB (before, each asked it for the indexed revision), and a revision the daemon indexes, with its vectors,
+    is searched at the next call."""
+    repo = WorkRepo(tmp_path / "ops")
+    repo.commit(_files(), "knowledge")
+    rec = KnowledgeReconciler(ReconcilerEnv(tmp_path / "data"))
+    rec._provider, rec._provider_loaded = provider, True
+    index = CountingIndex(tmp_path / "data" / "index.duckdb")
+
+    def daemon_run() -> None:
+        snap = GitSource(str(repo.path), "main", repo.path / ".git").snapshot("main")
+        desired = rec.load(snap)
+        rec.validate(desired)
+        rec.index(desired, index, snap.revision)
+        rec.wait_embedded()
+
+    daemon_run()
+    view = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), follow_index=True,
+                         provider=provider, settings=rec.indexed_settings)
+    assert view.search(QUERIES[0]).hits
+    index.statements = 0
+    for q in QUERIES[1:6]:
+        view.search(q)
+    assert index.statements == 0
+    repo.commit({"knowledge/notes/extra.md": "---\nid: 99999999-0000-4000-8000-000000000000\ntype: note\n"
+                 "title: \"Rotate the logs\"\ncreated: 2024-05-01\n---\nLogs of the gateway fill the disk.\n"})
+    daemon_run()
+    found = view.search("the gateway's logs take all the space")
+    assert found.hits[0].node["title"] == "Rotate the logs" and found.hits[0].vector_rank > 0
+    rec.close()
     index.close()
 
 
