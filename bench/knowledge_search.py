@@ -8,8 +8,24 @@ machine when idle, far longer when loaded), so comparing two versions of the sea
 builds. Here the index is built once in `--data` (the generated corpus of bench/knowledge.py, stored without
 the model) and every chunk gets the real model's vector of its service and failure (1,000 distinct texts, so
 the vectors are real and similar nodes are close). Then `--code DIR` (a checkout; default this one) searches
-that index: each query embedded by the model's worker (cache cleared), and again with its vector known.
-Prints a table and merges {label: figures} into bench/results/knowledge_search.json. No assertions.
+that index. Prints a table and merges {label: figures} into bench/results/knowledge_search.json (`--compare
+LABEL...` prints earlier labels beside this one). No assertions.
+
+What the figures include:
+- `full_*`: the headline. `KnowledgeBase.search(query)` exactly as `stratum kb search` and the MCP `search` tool
+  call it, in a warm process (index loaded, embedding worker running), one distinct query after another
+  (`--queries`, 200 by default), the query-vector cache cleared before each: finding the head, the query's
+  embedding (a round trip to the worker process), BM25, the vector top-k, fusion and the top rows' summaries.
+  Wall time; CPU of this process (`full_cpu_*`); and with the worker's CPU for that call added
+  (`full_cpu_with_worker_*`, from /proc/PID/task/*/schedstat). `full_step_*`: the breakdown measured inside
+  that call (`timings=`: refresh, setup, lexical, embed [in its thread, overlapping lexical], embed_wait,
+  vector, fusion, rows), for code that records one.
+- `cached_*`: the same call with the query's vector in the LRU (an assistant repeating itself).
+- `lexical/vector/hybrid_*`: Searcher.search alone per mode, the query embedded each time;
+  `query_embedding_*`: the worker round trip alone.
+- `recall@10_*`: per query, the share of its labelled nodes (its service and failure) in the top 10.
+- `load1`/`load1_min`: the 1-minute load average during the run (2 cores): wall times are only comparable at
+  similar load; CPU times much more so.
 """
 
 from __future__ import annotations

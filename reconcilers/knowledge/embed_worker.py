@@ -27,6 +27,8 @@ from typing import Any
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import prepare_model_dir
 
+_SMALL_REQUEST = 4096                         # bytes of a one-text request left untrimmed (a search query)
+
 
 def _lines(fd: int, idle: float) -> Any:
     """Request lines from `fd`; stops at end of input or after `idle` seconds without one."""
@@ -79,6 +81,7 @@ def main() -> None:
     out = sys.stdout.buffer
     trim = _trimmer()
     for line in _lines(sys.stdin.fileno(), idle):
+        texts: list[str] = []
         if failure is not None:
             reply = failure
         else:
@@ -93,7 +96,10 @@ def main() -> None:
         out.write(json.dumps(reply).encode() + b"\n")
         out.flush()
         del reply
-        trim(0)
+        # A search query's few kilobytes are not worth giving back: trimming costs ~0.3 ms of CPU per request,
+        # a tenth of what a search's own work costs on this host. Batches (indexing) free megabytes: trimmed.
+        if len(texts) != 1 or len(line) > _SMALL_REQUEST:
+            trim(0)
 
 
 if __name__ == "__main__":
