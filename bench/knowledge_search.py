@@ -243,10 +243,11 @@ def main() -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(saved, indent=2) + "\n")
     labels = [label for label in args.compare if label in saved and label != args.label] + [args.label]
-    print(f"{'metric':<34}" + "".join(f"{label:>16}" for label in labels))
+    width = max(16, *(len(label) + 2 for label in labels))
+    print(f"{'metric':<34}" + "".join(f"{label:>{width}}" for label in labels))
     for key in out:
         if key != "code":
-            print(f"{key:<34}" + "".join(f"{saved[label].get(key, '-')!s:>16}" for label in labels))
+            print(f"{key:<34}" + "".join(f"{saved[label].get(key, '-')!s:>{width}}" for label in labels))
     print(f"\nwritten to {results.relative_to(HERE)}")
 
 
