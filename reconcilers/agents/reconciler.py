@@ -20,12 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from reconcilers.agents.load import CONTRACT, FOLDERS, load_agents
 from reconcilers.agents.model import NAME, AgentsDesired, AgentSettings
 from reconcilers.base import PolicyResource, Problem, ReconcilerEnv, ResourceRow
 from reconcilers.errors import InputError
+from reconcilers.lazylog import lazy_logger
 from reconcilers.no_actions import NoActions
 from reconcilers.ports import HttpMount, Snapshot
 from reconcilers.records import RunRecord, freeze
@@ -33,7 +32,7 @@ from reconcilers.records import RunRecord, freeze
 if TYPE_CHECKING:
     from reconcilers.agents.service import AgentService
 
-log = structlog.get_logger("stratum.agents")
+log = lazy_logger("stratum.agents")
 
 
 class AgentsReconciler(NoActions[AgentsDesired]):

@@ -663,9 +663,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     def certificates(self) -> CertIssuer:
         """Certificates of certificate references: issued at apply, kept sealed, renewed (pki/certrefs.py)."""
         from reconcilers.vault.pki.certrefs import CertIssuer
-        from reconcilers.vault.pki.renewal import DEFAULT_FRACTION
 
-        fraction = float(self.vault_api.settings.get("cert_renew_fraction", DEFAULT_FRACTION))
+        # Not set: the issuer's default (renewal.py's, imported with cryptography.x509 only when one is issued).
+        setting = self.vault_api.settings.get("cert_renew_fraction")
+        fraction = None if setting is None else float(setting)
         return CertIssuer(self._service, self.state_dir, lambda: self.fingerprints, fraction)
 
     def recipient_fingerprint(self) -> str | None:
