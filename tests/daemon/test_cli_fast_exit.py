@@ -67,3 +67,23 @@ def test_a_verb_that_writes_state_exits_normally(ops: WorkRepo, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "root" / "r0.conf").read_text() == "0\n"
     assert "TEARDOWN" in proc.stderr
+
+
+def test_a_cli_apply_makes_no_full_collection_after_its_run(ops: WorkRepo, tmp_path: Path) -> None:
+    """The daemon collects garbage once after each run (gcpolicy.settle, so the next run meets no full pass);
+    a CLI apply has no next run: it applies and records, without that pass (~0.1 s of the template's apply)."""
+    code = ("import sys\n"
+            "import daemon.run.gcpolicy as gcpolicy\n"
+            "calls = []\n"
+            "real = gcpolicy.settle\n"
+            "gcpolicy.settle = lambda: calls.append(1) or real()\n"
+            "from daemon.cli.main import cli\n"
+            f"argv = ['apply', '--data-dir', {str(tmp_path / 'data')!r}, '--root', {str(tmp_path / 'root')!r}]\n"
+            "try:\n    cli.main(argv, prog_name='stratum', standalone_mode=False)\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('settled', len(calls))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ops.path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HOME": str(tmp_path)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "settled 0"
+    assert (tmp_path / "root" / "r0.conf").read_text() == "0\n"
