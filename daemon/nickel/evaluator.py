@@ -303,6 +303,24 @@ class Evaluator:
         with self._lock:
             self._workers[0].start()
 
+    def stop_workers(self) -> bool:
+        """Stop the worker processes now, unless an evaluation runs (False then): an idle daemon gives their
+        memory back (~19 MB each) instead of keeping them WORKER_IDLE_S after its run. The next evaluation
+        starts a fresh one (~0.1 s). Workers that already left on their own are reaped here too."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            for worker in self._workers:
+                worker.kill()
+            return True
+        finally:
+            self._lock.release()
+
+    @property
+    def workers_running(self) -> int:
+        """Worker processes started and not yet reaped (one that left on its own counts until reaped)."""
+        return sum(1 for worker in self._workers if worker.proc is not None)
+
     def close(self) -> None:
         """Stop the worker process."""
         for worker in self._workers:

@@ -1,0 +1,90 @@
+"""What an idle daemon gives back: the Nickel workers, the index's connection, the heap a run freed.
+
+Between commits a daemon waits, often for hours. After IDLE_RELEASE_S with nothing to do, the loop thread (the
+index's single writer, so never inside a run) releases what only a run needs:
+- the Nickel worker processes (~19 MB each; before, they stayed 60 s after every run): the next evaluation
+  starts one (~0.1 s);
+- the DuckDB connection (its buffers, catalog and threads: ~12 MB of a daemon with 1,000 resources applied),
+  while the daemon keeps apply.lock, so CLI readers still ask over the socket and never open the file; the next
+  use opens it again (Index.con), and its `state` values the loop and /healthz ask for are answered from memory;
+- the heap: one full collection, then glibc's `malloc_trim(0)` hands freed pages of every arena back to the
+  system (glibc otherwise keeps them for reuse).
+What serves the next run stays (the last good revision, the evaluator's value cache, carry-forward rows: a
+few MB, measured by bench/idle.py), so a commit after a long quiet costs only the worker's start and a reopen.
+A control request or hook that opens the index again re-arms the release (Index.on_open rings the loop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+IDLE_RELEASE_S = 2.0    # quiet after the last work before releasing: a burst of pushes keeps the worker warm
+
+
+class _Index(Protocol):
+    @property
+    def is_open(self) -> bool: ...
+
+    def release(self) -> bool: ...
+
+
+class _Evaluator(Protocol):
+    @property
+    def workers_running(self) -> int: ...
+
+    def stop_workers(self) -> bool: ...
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim); False when libc has none (musl)."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class IdleRelease:
+    """When the loop thread should release, and the release itself."""
+
+    delay: float = IDLE_RELEASE_S
+    clock: Callable[[], float] = time.monotonic
+    released: int = 0                   # releases done (tests and `status` read it)
+    _due: float | None = field(default=None, repr=False)
+
+    def holding(self, index: _Index, evaluator: _Evaluator) -> bool:
+        """Whether anything a release gives back is held now."""
+        return index.is_open or evaluator.workers_running > 0
+
+    def after_wake(self, index: _Index, evaluator: _Evaluator, worked: bool) -> None:
+        """Called after each loop iteration: (re)arm the release `delay` from now when something is held and
+        the iteration did work (or nothing was armed yet); disarm when nothing is held."""
+        if not self.holding(index, evaluator):
+            self._due = None
+        elif worked or self._due is None:
+            self._due = self.clock() + self.delay
+
+    def timeout(self) -> float | None:
+        """Seconds until the release is due (for the loop's wait), or None when none is armed."""
+        return None if self._due is None else max(0.0, self._due - self.clock())
+
+    def due(self) -> bool:
+        """Whether the armed release is due now."""
+        return self._due is not None and self.clock() >= self._due
+
+    def release(self, index: _Index, evaluator: _Evaluator) -> bool:
+        """Give back the workers, the connection and the heap; True when everything was released (False:
+        something was busy, and the release is armed again)."""
+        done = evaluator.stop_workers()
+        done = (index.release() or not index.is_open) and done
+        gc.collect()
+        trim_heap()
+        self._due = None if done else self.clock() + self.delay
+        if done:
+            self.released += 1
+        return done
