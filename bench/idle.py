@@ -22,7 +22,7 @@ TARGET_CPU_PCT = 1.0
 HEAVY_MODULES = ("mcp", "pydantic", "numpy", "onnxruntime", "tokenizers", "fastembed", "jinja2", "hvac",
                  "libcloud", "psycopg", "nats", "apscheduler", "textual", "questionary", "httpx", "fluent",
                  "reconcilers.vault.service.app", "reconcilers.forms.web", "reconcilers.knowledge.mcp_server",
-                 "reconcilers.agents.http", "cryptography.x509")
+                 "reconcilers.agents.http", "cryptography.x509", "cedarpy")
 
 
 def tree_sample(pid: int) -> dict[str, Any]:

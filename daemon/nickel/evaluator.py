@@ -303,15 +303,18 @@ class Evaluator:
         with self._lock:
             self._workers[0].start()
 
-    def stop_workers(self) -> bool:
-        """Stop the worker processes now, unless an evaluation runs (False then): an idle daemon gives their
-        memory back (~19 MB each) instead of keeping them WORKER_IDLE_S after its run. The next evaluation
-        starts a fresh one (~0.1 s). Workers that already left on their own are reaped here too."""
+    def release(self) -> bool:
+        """Stop the worker processes and close the on-disk cache's connection now, unless an evaluation runs
+        (False then): an idle daemon gives their memory back (~19 MB a worker) instead of keeping the workers
+        WORKER_IDLE_S after its run. The next evaluation starts a fresh worker (~0.1 s) and reopens the cache.
+        Workers that already left on their own are reaped here too (no zombie waits for the next run)."""
         if not self._lock.acquire(blocking=False):
             return False
         try:
             for worker in self._workers:
                 worker.kill()
+            if self._disk is not None:
+                self._disk.close()
             return True
         finally:
             self._lock.release()

@@ -37,7 +37,7 @@ class _Evaluator(Protocol):
     @property
     def workers_running(self) -> int: ...
 
-    def stop_workers(self) -> bool: ...
+    def release(self) -> bool: ...
 
 
 def trim_heap() -> bool:
@@ -80,7 +80,7 @@ class IdleRelease:
     def release(self, index: _Index, evaluator: _Evaluator) -> bool:
         """Give back the workers, the connection and the heap; True when everything was released (False:
         something was busy, and the release is armed again)."""
-        done = evaluator.stop_workers()
+        done = evaluator.release()
         done = (index.release() or not index.is_open) and done
         gc.collect()
         trim_heap()

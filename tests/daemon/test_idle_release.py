@@ -70,15 +70,18 @@ def test_a_released_index_closes_the_file_and_opens_it_again_on_use(tmp_path: Pa
     index.close()
 
 
-def test_stopping_the_workers_ends_their_processes_and_the_next_evaluation_starts_one(tmp_path: Path) -> None:
-    """stop_workers() kills and reaps the Nickel worker an evaluation left running; evaluating again works."""
-    evaluator = Evaluator(tmp_path / "cache", keep_values=False)
+def test_a_released_evaluator_ends_its_workers_and_the_next_evaluation_starts_one(tmp_path: Path) -> None:
+    """release() kills and reaps the Nickel worker an evaluation left running and closes the value cache's
+    SQLite file; evaluating again works."""
+    evaluator = Evaluator(tmp_path / "cache")
+    cache = str(tmp_path / "cache" / "values" / "values.sqlite")
     try:
         assert json.loads(evaluator.run_source("{ a = 1 }", [])["ok"]) == {"a": 1}
         proc = evaluator._workers[0].proc
         assert proc is not None and proc.poll() is None and evaluator.workers_running == 1
-        assert evaluator.stop_workers() is True
+        assert evaluator.release() is True
         assert evaluator.workers_running == 0 and proc.returncode is not None      # reaped, not a zombie
+        assert cache not in _open_files(os.getpid())
         assert json.loads(evaluator.run_source("{ b = 2 }", [])["ok"]) == {"b": 2}
         assert evaluator.workers_running == 1
     finally:
@@ -97,8 +100,9 @@ def _health(port: int) -> tuple[int, dict[str, object]]:
 
 def test_an_idle_daemon_releases_its_workers_and_index_and_serves_again(tmp_path: Path) -> None:
     """After a run and a short quiet, the daemon has no child process left (the Nickel workers stayed 60 s
-    before) and holds the index file closed; /healthz answers from memory without opening it; `status` opens
-    it, and it is released again; the next push runs with a fresh worker."""
+    before), holds the index file closed and has not loaded Cedar for its listener's built-in policy; /healthz
+    answers from memory without opening the index; `status` opens it, and it is released again; the next
+    push runs with a fresh worker."""
     remote = bare_repo(tmp_path / "remote.git")
     work = WorkRepo(tmp_path / "work", remote=remote)
     first = work.commit({"infra/a.ncl": infra_file('    a = { kind = \'file, path = "a", content = "1\\n" },')})
@@ -109,6 +113,8 @@ def test_an_idle_daemon_releases_its_workers_and_index_and_serves_again(tmp_path
     try:
         assert d.wait_run(first)["status"] == "succeeded"
         wait_for(lambda: not _children(pid) and not _holds_index(pid, data), 30)
+        # The listener's built-in policy waits for a request to decide: Cedar is not loaded (~10 MB).
+        assert "cedarpy" not in d.call("modules")["modules"]
         # `status` opens the index again (the release counts once its heap trim is done too) ...
         released = wait_for(lambda: d.call("status")["status"]["daemon"]["idle_releases"], 30)
         wait_for(lambda: not _holds_index(pid, data), 30)               # ... and it is released again
