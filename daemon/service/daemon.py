@@ -47,7 +47,7 @@ from daemon.service.control_socket import MAX_CONNECTIONS, ApiServer
 from daemon.service.drift import DriftCheck
 from daemon.service.gate import ApplyGate
 from daemon.service.handlers import control_handlers
-from daemon.service.idle import IdleRelease
+from daemon.service.idle import IdleRelease, tune_malloc
 from daemon.service.lifecycle import Notifier, Shutdown
 from daemon.service.lock import ApplyLock, StartingMark
 from daemon.service.readiness import Storage, storage_failure
@@ -71,6 +71,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, notifier: Notifier | None = None,
                  reload: Callable[[], Settings] | None = None) -> None:
+        tune_malloc()                          # before any thread starts (daemon/service/idle.py)
         self.settings = settings
         self.controls = host_controls(settings)
         self._reload = reload
