@@ -64,6 +64,7 @@ START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI
 RERUN = "rerun:"        # a wake reason asking for a run of what is in force (Scheduler.rerun)
 INDEX_OPENED = "index-opened"   # a wake reason: a use opened the released index again (re-arm the idle release)
 TIMEOUT = "timeout"             # what `wakes` counts for a wake by a deadline (fetch, drift, idle release)
+TRIGGERS = frozenset({"ref", "hook", "webhook"})   # wake reasons that announce a new commit
 
 
 class Daemon:
@@ -327,6 +328,10 @@ class Daemon:
                 self.wakes.update(reasons or [TIMEOUT])
                 if self.shutdown.stopping:
                     break
+                if self.idle.released and TRIGGERS.intersection(reasons):
+                    # A push after an idle release: the Nickel worker's start overlaps with opening the index
+                    # and reading the commit, instead of waiting for the first evaluation.
+                    rt.evaluator.prestart()
                 # Work blocks this thread (a run, a fetch); the watchdog is petted meanwhile, up to a bound
                 # past which a run counts as hung and systemd may restart the daemon.
                 with self.notifier.keepalive(RUN_BOUND_S):
