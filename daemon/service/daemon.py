@@ -359,6 +359,7 @@ class Daemon:
         """After an iteration: release what only a run needs once quiet (daemon/service/idle.py), else (re)arm
         that release. A wake by a deadline alone did no work; any rung reason may have."""
         rt = self.rt
+        self.idle.delay = self.settings.idle_release        # a reload takes effect at the next wake
         if not reasons and self.idle.due():
             self.idle.release(rt.index, rt.evaluator)
         else:

@@ -15,6 +15,8 @@ import duckdb
 
 from daemon.index.store import Index
 from daemon.nickel.evaluator import Evaluator
+from daemon.service.idle import IdleRelease
+from daemon.settings import load_settings
 from reconcilers.base import Action
 from tests.fixtures import WorkRepo, bare_repo, infra_file
 from tests.proc import ROOT, DaemonProc, wait_for
@@ -164,3 +166,29 @@ def test_the_daemons_malloc_settings_give_freed_big_buffers_back() -> None:
                                      text=True, check=True).stdout) for mode in ("default", "tuned")}
     assert kept["default"] >= 20, kept          # the mechanism this guards against exists here
     assert kept["tuned"] <= 10, kept
+
+
+def test_idle_release_follows_the_host_setting_and_zero_turns_it_off(tmp_path: Path) -> None:
+    """`idle_release` (stratumd.toml, STRATUM_IDLE_RELEASE) is the quiet before a release; 0 never arms one, so
+    a host that wants every push at warm latency keeps its index and workers."""
+    assert load_settings({}, env={"STRATUM_IDLE_RELEASE": "0", "STRATUM_DATA_DIR": str(tmp_path)}).idle_release == 0
+    assert load_settings({}, env={"STRATUM_DATA_DIR": str(tmp_path)}).idle_release == 2.0
+    index = Index(tmp_path / "index.duckdb")
+    evaluator = Evaluator(tmp_path / "cache", keep_values=False)
+    now = [100.0]
+    try:
+        on = IdleRelease(delay=2.0, clock=lambda: now[0])
+        on.after_wake(index, evaluator, worked=True)
+        assert on.timeout() == 2.0 and not on.due()
+        now[0] += 2.0
+        assert on.due() and on.release(index, evaluator) and not index.is_open and on.released == 1
+        index.query("SELECT 1")                                     # used again: held, armed again
+        on.after_wake(index, evaluator, worked=True)
+        assert on.timeout() == 2.0
+        off = IdleRelease(delay=0.0, clock=lambda: now[0])
+        off.after_wake(index, evaluator, worked=True)
+        now[0] += 3600
+        assert off.timeout() is None and not off.due() and index.is_open
+    finally:
+        evaluator.close()
+        index.close()
