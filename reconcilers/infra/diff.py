@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as json_str
 from pathlib import PurePosixPath
 
 from reconcilers.base import Action, ActionKind, InventoryItem, freeze
@@ -126,11 +127,11 @@ def findings(desired: InfraDesired, observed: InfraObserved,
 def _change(r: Resource, f: Finding) -> str:
     """The action payload as canonical JSON; the resource's spec is already canonical JSON, so it is spliced
     in rather than decoded and encoded again (this runs once per changed resource)."""
-    dumps = json.dumps
-    resource = (f'{{"id":{dumps(r.id)},"kind":{dumps(r.kind)},"provider":{dumps(r.provider)},'
-                f'"prune":{dumps(r.prune)},"source":{dumps(r.source)},"spec":{r.spec}}}')
-    return (f'{{"inventory":{dumps(r.inventory_data())},"nature":{dumps(f.nature)},'
-            f'"reason":{dumps(f.reason)},"resource":{resource}}}')
+    q = json_str                              # json.dumps of a str, without an encoder made per call
+    resource = (f'{{"id":{q(r.id)},"kind":{q(r.kind)},"provider":{q(r.provider)},'
+                f'"prune":{"true" if r.prune else "false"},"source":{q(r.source)},"spec":{r.spec}}}')
+    return (f'{{"inventory":{q(r.inventory_data())},"nature":{q(f.nature)},'
+            f'"reason":{q(f.reason)},"resource":{resource}}}')
 
 
 def _summary(verb: str, r: Resource) -> str:
@@ -251,6 +252,20 @@ MAX_LINE_CHARS = 300
 _SECRET_NAME = re.compile(r"(^|/)(\.env(\..*)?|.*\.(key|pem|p12|pfx|jks|keystore)|"
                           r".*(secret|token|passw|credential|private|htpasswd|shadow).*)$", re.IGNORECASE)
 _SECRET_CONTENT = (b"PRIVATE KEY-----", b"BEGIN OPENSSH PRIVATE", b"BEGIN PGP PRIVATE")
+# What _SECRET_NAME needs in an ASCII path (lowercased): one of the words, or one of the endings (`$` also
+# matches before a final newline). A path with none cannot match, and the regex (~25 us a path, run for every
+# changed file of a plan) is skipped; a non-ASCII path always meets the regex (Unicode case folding: U+017F is 's').
+_SECRET_WORDS = (".env", "secret", "token", "passw", "credential", "private", "htpasswd", "shadow")
+_SECRET_ENDS = (".key", ".pem", ".p12", ".pfx", ".jks", ".keystore")
+
+
+def _secret_name(path: str) -> bool:
+    """`_SECRET_NAME.search(path)`, with the paths that cannot match answered without the regex."""
+    if path.isascii():
+        low = path.lower()
+        if not any(w in low for w in _SECRET_WORDS) and not low.removesuffix("\n").endswith(_SECRET_ENDS):
+            return False
+    return _SECRET_NAME.search(path) is not None
 
 
 def fingerprint(data: bytes) -> str:
@@ -263,7 +278,7 @@ def sensitive(path: str, mode: str, *contents: bytes | None) -> bool:
     0640, ...), a secret-like name (.env, *.key, *token*, ...), or a private key inside."""
     if mode and not int(mode, 8) & 0o004:
         return True
-    if _SECRET_NAME.search(path):
+    if _secret_name(path):
         return True
     return any(c is not None and any(m in c for m in _SECRET_CONTENT) for c in contents)
 

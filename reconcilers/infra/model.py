@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as json_str
 from types import MappingProxyType
 from typing import Any
 
@@ -36,8 +37,12 @@ _FACTS: dict[str, tuple[str, str, str | None]] = {}     # inventory data -> (kin
 
 @functools.lru_cache(maxsize=65536)
 def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider: str, source: str) -> str:
-    data = freeze({"kind": kind, "path": path, "prune": prune, "spec_hash": spec_hash, "provider": provider,
-                   "source": source})
+    # The text `freeze` makes of these six fields (keys sorted, ASCII-escaped strings: json_str is what json.dumps
+    # writes for a str), written out: the encoder cost ~40 % of a 5,000-resource plan's diff (a test in
+    # tests/reconcilers/test_infra_diff.py holds it to freeze's text).
+    data = (f'{{"kind":{json_str(kind)},"path":{json_str(path)},"provider":{json_str(provider)},'
+            f'"prune":{"true" if prune else "false"},"source":{json_str(source)},'
+            f'"spec_hash":{json_str(spec_hash)}}}')
     _remember(data, (kind, path, spec_hash))      # what this entry says, for when it comes back from the index
     return data
 

@@ -246,3 +246,38 @@ def test_expected_link_is_relative_to_the_link_directory() -> None:
     assert expected_link("srv/current", "srv/app") == "app"
     assert expected_link("etc/app", "srv/app") == "../srv/app"
     assert expected_link("top", "a/b") == "a/b"
+
+
+# ---- texts written without the JSON encoder (plan5k): the same bytes as `freeze` ----------------------
+_AWKWARD = ["plain", "", 'quo"te', "back\\slash", "new\nline", "tab\t", "\x00\x1f", "é ü \u017f", "日本",
+            "\u2028", "emoji 🙂", "</script>"]
+
+
+def test_action_payload_and_inventory_text_equal_freeze_of_their_fields() -> None:
+    """An action's change and a resource's inventory entry are canonical JSON, byte for byte what `freeze` makes
+    of the same fields, whatever the strings hold (quotes, control and non-ASCII characters, surrogates)."""
+    for i, text in enumerate(_AWKWARD):
+        r = Resource(id=f"r{i}", kind="file", provider=text or "local", spec=freeze({"path": f"a/{text}x",
+                     "content": text, "mode": "0644"}), prune=bool(i % 2), source=f"infra/{text}.ncl", line=1)
+        data = {"kind": "file", "path": f"a/{text}x", "prune": bool(i % 2), "spec_hash": r.spec_hash,
+                "provider": text or "local", "source": f"infra/{text}.ncl"}
+        assert r.inventory_data() == freeze(data)
+        [action] = plan(desired(r), observed(), [])
+        assert action.change == freeze({
+            "inventory": freeze(data), "nature": "create", "reason": "missing",
+            "resource": {"id": r.id, "kind": "file", "provider": r.provider, "prune": r.prune, "source": r.source,
+                         "spec": json.loads(r.spec)}})
+
+
+def test_secret_name_shortcut_agrees_with_the_pattern() -> None:
+    """Whether a path looks secret is what the pattern says, for paths the ASCII shortcut answers and for those
+    it leaves to the pattern (Unicode case folding: the long s is an s, the Kelvin sign a K)."""
+    from reconcilers.infra.diff import _SECRET_NAME, _secret_name
+
+    stems = ["etc/app.conf", "etc/.env", "etc/.ENV.local", "x.env", "a/.env/b", "db.KEY", "db.key\n", "db.key\n\n",
+             "k.pem.bak", "my-Token.txt", "passwd", "PassWord", "x/htpasswd", "shadow", "etc/\u017fecret",
+             "srv.\u212aey",
+             "tls/server.p12", "a.keystore", "a.jks ", "creds", "credential", "PRIVATE/x", "notes/secretary.md",
+             "", "/", "env", "a.envy", "dir.env/x", "x.Pfx", "tokenizer.json", "K.pem", "İ/x", "pass"]
+    for p in stems + [f"deep/{s}" for s in stems] + [s.upper() for s in stems]:
+        assert _secret_name(p) == (_SECRET_NAME.search(p) is not None), repr(p)
