@@ -96,18 +96,32 @@ def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple
     return ""
 
 
+_ABSENT = ObservedResource(exists=False)
+
+
 def findings(desired: InfraDesired, observed: InfraObserved,
              inventory: Mapping[str, InventoryItem]) -> list[Finding]:
-    """Every desired resource that needs attention, classified."""
+    """Every desired resource that needs attention, classified (worked out once per observation, desired state
+    and inventory: the same three asked again get the same answer, not a second pass over every resource)."""
+    memo = observed.memo.get("findings")
+    if memo is not None and memo[0] is desired and memo[1] == inventory:
+        return list(memo[2])
+    out = _findings(desired, observed, inventory)
+    observed.memo["findings"] = (desired, dict(inventory), tuple(out))
+    return out
+
+
+def _findings(desired: InfraDesired, observed: InfraObserved,
+              inventory: Mapping[str, InventoryItem]) -> list[Finding]:
     out: list[Finding] = []
     for rid, r in desired.resources.items():
         if rid in observed.assumed:           # applied before with this spec: in place by assumption
             continue
         inv = inventory.get(rid)
         known_hash = applied_spec_hash(inv.data) if inv else None
-        if cloud_plan.moved(r, inv):         # applied on another provider: a change, never drift
+        if inv is not None and cloud_plan.moved(r, inv):   # applied on another provider: a change, never drift
             known_hash = None
-        o = observed.resources.get(rid, ObservedResource(exists=False))
+        o = observed.resources.get(rid, _ABSENT)
         differs = _host_differs(r, o, observed.expected)
         if r.kind == "command":
             if known_hash != r.spec_hash and not ("creates" in r.fields and o.exists):
@@ -190,7 +204,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         text = ""
         if r.kind in CLOUD_KINDS:             # a cloud object gone behind our back is created again
-            o = observed.resources.get(r.id, ObservedResource(exists=False))
+            o = observed.resources.get(r.id, _ABSENT)
             kind = "update" if o.exists else "create"
             text = cloud_plan.summary(kind, r, o) + (f" [drift: {f.reason}]" if f.nature == "drift" else "")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]

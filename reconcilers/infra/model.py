@@ -47,6 +47,15 @@ def _inventory_data(kind: str, path: str, prune: bool, spec_hash: str, provider:
     return data
 
 
+def policy_text(r: Resource) -> str:
+    """`freeze([spec, labels, prune, drift, depends_on])`: everything a commit can change about a resource, the
+    text change control's digest covers. Written out (the spec is JSON text, so a JSON string here): the encoder
+    escaping each spec cost most of admission's time at 5,000 resources; the same bytes (a test holds them)."""
+    labels = freeze(dict(r.labels)) if r.labels else "{}"
+    deps = freeze(list(r.depends_on)) if r.depends_on else "[]"
+    return f'[{json_str(r.spec)},{labels},{"true" if r.prune else "false"},{json_str(r.drift)},{deps}]'
+
+
 def _remember(data: str, facts: tuple[str, str, str | None]) -> None:
     if len(_FACTS) > 200_000:
         _FACTS.clear()
@@ -170,3 +179,6 @@ class InfraObserved:
     # Resources holding secrets: (spec hash, keyed fingerprint of the bytes written) recorded when they were
     # applied (their `content_hash` above is the same keyed fingerprint of the host's bytes, never a plain hash).
     expected: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    # What diff.findings found for this observation, with the desired state and inventory it was found for: a
+    # plan asks three times (actions, drift, details) with the same three. Never copied by `replace()`.
+    memo: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

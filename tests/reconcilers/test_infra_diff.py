@@ -281,3 +281,33 @@ def test_secret_name_shortcut_agrees_with_the_pattern() -> None:
              "", "/", "env", "a.envy", "dir.env/x", "x.Pfx", "tokenizer.json", "K.pem", "İ/x", "pass"]
     for p in stems + [f"deep/{s}" for s in stems] + [s.upper() for s in stems]:
         assert _secret_name(p) == (_SECRET_NAME.search(p) is not None), repr(p)
+
+
+def test_findings_of_one_observation_follow_the_inventory_and_desired_state_asked_with() -> None:
+    """A plan asks for one observation's findings three times; the answer kept for it is given only for the same
+    desired state and inventory: another inventory (the spec applied before: drift) or desired state gets its own."""
+    fixed = res("fixed", "file", path="a", content="repo")
+    other = res("other", "file", path="b", content="repo")
+    obs = observed(fixed=file_on_host("host"), other=file_on_host("host"))
+    d = desired(fixed)
+    first = findings(d, obs, {})
+    assert [(f.resource_id, f.nature) for f in first] == [("fixed", "change")]
+    first.clear()                                     # a caller's list is its own
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, {})] == [("fixed", "change")]
+    applied = {i.resource_id: i for i in inv(fixed)}
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, applied)] == [("fixed", "drift")]
+    assert [(f.resource_id, f.nature) for f in findings(desired(fixed, other), obs, applied)] == [
+        ("fixed", "drift"), ("other", "change")]
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, {})] == [("fixed", "change")]
+
+
+def test_policy_text_equals_freeze_of_what_a_commit_can_change() -> None:
+    """Change control's digest covers the text `freeze` makes of spec, labels, prune, drift and dependencies,
+    byte for byte, with or without labels and dependencies and whatever the strings hold."""
+    from reconcilers.infra.model import policy_text
+
+    for i, text in enumerate(_AWKWARD):
+        r = Resource(id=f"r{i}", kind="file", provider="local", spec=freeze({"path": "a", "content": text}),
+                     depends_on=(f"d{text}", "b") if i % 2 else (), prune=bool(i % 3), drift=text or "detect",
+                     labels=MappingProxyType({"team": text, "a": "1"} if i % 2 else {}))
+        assert policy_text(r) == freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on])
