@@ -96,7 +96,7 @@ def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple
     return ""
 
 
-_ABSENT = ObservedResource(exists=False)
+ABSENT = ObservedResource(exists=False)         # what is observed of a path with nothing there
 
 
 def findings(desired: InfraDesired, observed: InfraObserved,
@@ -121,7 +121,7 @@ def _findings(desired: InfraDesired, observed: InfraObserved,
         known_hash = applied_spec_hash(inv.data) if inv else None
         if inv is not None and cloud_plan.moved(r, inv):   # applied on another provider: a change, never drift
             known_hash = None
-        o = observed.resources.get(rid, _ABSENT)
+        o = observed.resources.get(rid, ABSENT)
         differs = _host_differs(r, o, observed.expected)
         if r.kind == "command":
             if known_hash != r.spec_hash and not ("creates" in r.fields and o.exists):
@@ -195,7 +195,8 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             continue
         r = desired.resources[f.resource_id]
         deps = [f"{NAME}:{d}" for d in r.depends_on]
-        deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
+        if dirs:                              # (most plans manage no directory: no parents to walk)
+            deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
         deps += list(r.fields.get(refs.AFTER, ()))    # the manifests it reads load first (one graph)
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
@@ -204,7 +205,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         text = ""
         if r.kind in CLOUD_KINDS:             # a cloud object gone behind our back is created again
-            o = observed.resources.get(r.id, _ABSENT)
+            o = observed.resources.get(r.id, ABSENT)
             kind = "update" if o.exists else "create"
             text = cloud_plan.summary(kind, r, o) + (f" [drift: {f.reason}]" if f.nature == "drift" else "")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]
@@ -270,6 +271,7 @@ _SECRET_CONTENT = (b"PRIVATE KEY-----", b"BEGIN OPENSSH PRIVATE", b"BEGIN PGP PR
 # matches before a final newline). A path with none cannot match, and the regex (~25 us a path, run for every
 # changed file of a plan) is skipped; a non-ASCII path always meets the regex (Unicode case folding: U+017F is 's').
 _SECRET_WORDS = (".env", "secret", "token", "passw", "credential", "private", "htpasswd", "shadow")
+_SECRET_WORD = re.compile("|".join(map(re.escape, _SECRET_WORDS)))     # any of them, as a substring
 _SECRET_ENDS = (".key", ".pem", ".p12", ".pfx", ".jks", ".keystore")
 
 
@@ -277,7 +279,7 @@ def _secret_name(path: str) -> bool:
     """`_SECRET_NAME.search(path)`, with the paths that cannot match answered without the regex."""
     if path.isascii():
         low = path.lower()
-        if not any(w in low for w in _SECRET_WORDS) and not low.removesuffix("\n").endswith(_SECRET_ENDS):
+        if _SECRET_WORD.search(low) is None and not low.removesuffix("\n").endswith(_SECRET_ENDS):
             return False
     return _SECRET_NAME.search(path) is not None
 
@@ -294,7 +296,12 @@ def sensitive(path: str, mode: str, *contents: bytes | None) -> bool:
         return True
     if _secret_name(path):
         return True
-    return any(c is not None and any(m in c for m in _SECRET_CONTENT) for c in contents)
+    for c in contents:                        # (loops: this runs for every changed file of a plan)
+        if c is not None:
+            for marker in _SECRET_CONTENT:
+                if marker in c:
+                    return True
+    return False
 
 
 def unified(path: str, found: bytes, expected: bytes, found_label: str, expected_label: str) -> str:

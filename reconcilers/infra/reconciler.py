@@ -272,7 +272,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         out: dict[str, dict[str, Any]] = {}
         for f in diff.findings(desired, observed, inv):
             r = desired.resources[f.resource_id]
-            o = observed.resources.get(f.resource_id, ObservedResource(exists=False))
+            o = observed.resources.get(f.resource_id, diff.ABSENT)
             found: bytes | None = None
             if before is not None:
                 old = before.resources.get(f.resource_id)
