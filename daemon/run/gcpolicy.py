@@ -10,6 +10,9 @@ Nothing is frozen (`gc.freeze` would also skip the long-lived objects, but cycle
 their use until unfrozen): the collector behaves as always, one full pass is only moved to a quiet moment.
 `settle` runs on the pipeline's run-hooks thread, after the run's record is final, off the path from a push to
 the applied state (the pass holds the interpreter for ~0.1 s).
+
+`paused` turns automatic collection off while a revision loads and plans (a bounded stage that keeps what it
+makes): the passes it met there freed nothing. The objects made meanwhile are counted as usual once it ends.
 """
 
 from __future__ import annotations
