@@ -50,7 +50,7 @@ class LocalProvider:
         `cache` maps parent folders to their real paths for the length of one read-only pass (observe,
         validate), where thousands of resources share a few folders; writes always resolve afresh.
         """
-        if not rel or rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
+        if not rel or rel.startswith("/") or "\x00" in rel or (".." in rel and ".." in rel.split("/")):
             raise PathEscapeError(f"path {rel!r} is not relative to the root", hint="use a relative path")
         parent_rel, _, name = rel.rstrip("/").rpartition("/")
         parent = self._real_folder(parent_rel, cache)
