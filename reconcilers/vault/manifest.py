@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import yaml
 
 from reconcilers import bounded_yaml
@@ -404,10 +405,22 @@ def render(manifest: Manifest) -> str:
     return dump_yaml({**manifest.data, META_KEY: manifest.meta.as_yaml_data()})
 
 
+SIGNED_PREFIX = b"stratum-manifest-v1\x00"
+
+
+def canonical_json(body: Any) -> bytes:
+    """`json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` as UTF-8: the signed form.
+
+    orjson writes the same bytes for what a manifest holds (string keys, strings, ints, lists, dicts: sorted
+    keys, compact separators, UTF-8 and the same escapes), ~5x faster; tests/reconcilers/test_vault_manifest_
+    canonical.py compares both on generated trees. What orjson refuses (an int beyond 64 bits, a lone surrogate,
+    nesting past 254) goes to `json`, which defines the format."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def signed_bytes(manifest: Manifest) -> bytes:
     """The canonical bytes both signatures cover: every ciphertext and all metadata but the signatures."""
-    body = {"data": manifest.data, META_KEY: manifest.meta.unsigned()}
-    return (
-        b"stratum-manifest-v1\x00"
-        + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    )
+    return SIGNED_PREFIX + canonical_json({"data": manifest.data, META_KEY: manifest.meta.unsigned()})
