@@ -71,8 +71,9 @@ def parse_enc(text: str) -> EncValue | None:
     m = _ENC.match(text)
     if m is None:
         return None
+    data, iv, tag, type_ = m.groups()
     try:
-        return EncValue(_b64d(m.group(1)), _b64d(m.group(2)), _b64d(m.group(3)), m.group(4))
+        return EncValue(_b64d(data), _b64d(iv), _b64d(tag), type_)
     except (binascii.Error, ValueError):
         return None
 
@@ -362,8 +363,25 @@ def parse_meta(raw: Any, where: str) -> Meta:
 
 
 def plaintext_paths(data: Any) -> list[KeyPath]:
-    """The key paths whose value is not an `ENC[...]` string (a plaintext leak)."""
-    return [p for p, v in leaves(data) if not (isinstance(v, str) and parse_enc(v) is not None)]
+    """The key paths whose value is not an `ENC[...]` string (a plaintext leak), in `leaves` order."""
+    out: list[KeyPath] = []
+    _find_plaintext(data, (), out)
+    return out
+
+
+def _find_plaintext(tree: Any, prefix: KeyPath, out: list[KeyPath]) -> None:
+    # `leaves` without a generator per level (part of every manifest's parse): strings are tested in place.
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        if not (isinstance(tree, str) and parse_enc(tree) is not None):
+            out.append(prefix)
+        return
+    for k, v in items:
+        if isinstance(v, str):
+            if parse_enc(v) is None:
+                out.append((*prefix, k))
+        else:
+            _find_plaintext(v, (*prefix, k), out)
 
 
 def load_document(text: str, where: str) -> Any:
@@ -413,7 +431,7 @@ def canonical_json(body: Any) -> bytes:
 
     orjson writes the same bytes for what a manifest holds (string keys, strings, ints, lists, dicts: sorted
     keys, compact separators, UTF-8 and the same escapes), ~5x faster; tests/reconcilers/test_vault_manifest_
-    canonical.py compares both on generated trees. What orjson refuses (an int beyond 64 bits, a lone surrogate,
+    fast.py compares both on generated trees. What orjson refuses (an int beyond 64 bits, a lone surrogate,
     nesting past 254) goes to `json`, which defines the format."""
     try:
         return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)

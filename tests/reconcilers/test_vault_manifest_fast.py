@@ -1,6 +1,8 @@
-"""The signed bytes of a manifest (manifest.canonical_json, orjson with `json` as the fallback) are exactly what
-`json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)` writes, so manifests signed before
-the change verify after it and the other way round. Generated trees (hypothesis) and the edge cases by name."""
+"""The fast paths of manifest.py give the answers of the plain definitions they replaced: the signed bytes
+(canonical_json: orjson, `json` as the fallback) are exactly what `json.dumps(sort_keys=True,
+separators=(",", ":"), ensure_ascii=False)` writes, so manifests signed before the change verify after it and
+the other way round; plaintext_paths lists what the `leaves` walk lists. Generated trees (hypothesis) and the
+edge cases by name."""
 
 from __future__ import annotations
 
@@ -69,3 +71,17 @@ def test_a_manifest_signed_over_json_bytes_verifies() -> None:
     reparsed = manifest.parse(manifest.render(legacy_signed), "secrets/x.yaml")
     assert envelope.verify(b, reparsed, "secrets/x.yaml").fingerprint == signing.signer.fingerprint
     assert sodium.ed25519_verify(signing.signer.ed25519, sig_ed, envelope.SIG_CONTEXT + legacy)
+
+
+_ENC_TEXT = "ENC[AES256_GCM,data:AA==,iv:BBBBBBBBBBBBBBBB,tag:CCCCCCCCCCCCCCCCCCCCCC==,type:str]"
+_BAD_B64 = "ENC[AES256_GCM,data:A=A=,iv:B,tag:C,type:str]"
+_MAYBE_ENC = st.one_of(st.just(_ENC_TEXT), st.just(_ENC_TEXT[:-2]), st.just(_BAD_B64), _LEAF)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.recursive(_MAYBE_ENC, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                          st.dictionaries(_TEXT, inner, max_size=4)), max_leaves=20))
+def test_plaintext_paths_lists_what_the_leaves_walk_lists(tree: Any) -> None:
+    """Every leaf that is not a valid ENC[...] string (bad base64, cut short, not a string), in file order."""
+    expected = [p for p, v in manifest.leaves(tree) if not (isinstance(v, str) and manifest.parse_enc(v) is not None)]
+    assert manifest.plaintext_paths(tree) == expected
