@@ -128,7 +128,8 @@ class Pipeline:
 
     def load_snapshot(self, snap: Snapshot) -> Loaded:
         """Load a snapshot (a commit or a staged tree) through every reconciler."""
-        return load_snapshot(snap, self.reconcilers, self.evaluator, self.max_files)
+        with gcpolicy.paused():               # the load keeps what it makes: no collector passes (gcpolicy.py)
+            return load_snapshot(snap, self.reconcilers, self.evaluator, self.max_files)
 
     def _plan(self, loaded: Loaded, inventory: list[InventoryItem] | None = None,
               observed: Mapping[str, Any] | None = None, incremental: bool = False, check: bool = True,
@@ -149,6 +150,10 @@ class Pipeline:
 
     def plan(self, revision: str, base: str | None = None) -> PlanReport:
         """The plan of `revision` against the current target (nothing applied)."""
+        with gcpolicy.paused():               # load, observe, diff, details: bounded and pure (gcpolicy.py)
+            return self._plan_report(revision, base)
+
+    def _plan_report(self, revision: str, base: str | None) -> PlanReport:
         loaded = self.load(revision)
         if loaded.problems:
             return PlanReport(loaded.snapshot.revision, base, (), loaded.problems)
