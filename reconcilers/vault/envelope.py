@@ -18,10 +18,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from reconcilers.vault import kem, shamir
+from reconcilers.vault import kem, shamir, sodium
 from reconcilers.vault.backends import Backend
 from reconcilers.vault.errors import DecryptError, KeyFormatError, NoKeyError, RulesError, SignatureError
 from reconcilers.vault.keys import KeyRing, Recipient, Signer, SigningKey
@@ -62,11 +61,6 @@ class Opened:
 
     def __repr__(self) -> str:
         return f"Opened(version={self.manifest.meta.version}, path={self.manifest.meta.path})"
-
-
-@functools.lru_cache(maxsize=256)
-def _ed25519_public(raw: bytes) -> ed25519.Ed25519PublicKey:
-    return ed25519.Ed25519PublicKey.from_public_bytes(raw)
 
 
 @functools.lru_cache(maxsize=16)
@@ -203,14 +197,13 @@ def verify(backend: Backend, manifest: Manifest, where: str) -> Signer:
             where=f"{where}: stratum.signature.mldsa65",
             hint="edit manifests only with `stratum secret edit/set`, or restore from git",
         )
-    try:
-        _ed25519_public(signer.ed25519).verify(manifest.meta.sig_ed25519, SIG_CONTEXT + message)
-    except (InvalidSignature, ValueError) as err:
+    # libsodium, not OpenSSL: the same answers at ~0.56x the instructions (sodium.py says why it is no weaker).
+    if not sodium.ed25519_verify(signer.ed25519, manifest.meta.sig_ed25519, SIG_CONTEXT + message):
         raise SignatureError(
             "the Ed25519 signature does not verify: the file changed after it was signed",
             where=f"{where}: stratum.signature.ed25519",
             hint="edit manifests only with `stratum secret edit/set`, or restore from git",
-        ) from err
+        )
     return signer
 
 

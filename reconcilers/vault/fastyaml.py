@@ -37,6 +37,15 @@ _UNTYPED_FIRST = frozenset(chr(c) for c in range(33, 127)) - set(_RESOLVER.yaml_
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\n"
 # First characters of a plain scalar that is a string without asking the resolver and is no indicator.
 _PLAIN_FIRST = _UNTYPED_FIRST - _INDICATORS
+# Letters whose only implicit types are bool and null, every form of which (`false`, `NULL`, ...) has at most
+# 5 characters: a longer plain scalar starting with one is a string (base64 text often starts so). Built from
+# the resolver's own table, so a letter it gives another type never gets in (tests check the premise).
+_WORD_TYPES = frozenset({"tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
+_WORD_FIRST = frozenset(
+    ch for ch, found in _RESOLVER.yaml_implicit_resolvers.items()
+    if ch and ch.isascii() and ch.isalpha() and {tag for tag, _ in found} <= _WORD_TYPES
+)
+_WORD_MAX = 5
 _KEYS: dict[str, str] = {}          # key text -> key: keys recur in every manifest (db, password, stratum, ...)
 _KEYS_MAX = 4096
 
@@ -58,8 +67,10 @@ def _scalar(text: str, key: bool = False) -> Any:
     # A plain scalar as the writer emits it: no spaces, no leading indicator, not ending in `:`.
     if not text or text[0] in _INDICATORS or " " in text or text.endswith(":"):
         raise _Miss
-    if text[0] in _UNTYPED_FIRST:
+    if text[0] in _UNTYPED_FIRST or (text[0] in _WORD_FIRST and len(text) > _WORD_MAX):
         return text
+    if not key and _DECIMAL.match(text):
+        return int(text)        # YAML 1.1 reads `0` and `[1-9][0-9]*` as that int, nothing else (tests check)
     tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
     if tag == _STR:
         return text
@@ -120,10 +131,17 @@ class _Reader:
         lines, keys, plain_first = self.lines, _KEYS, _PLAIN_FIRST
         i = self.i
         while (line := lines[i])[0] == col:
-            entry = _entry(line[1])
-            if entry is None:
-                raise _Miss
-            key_text, value = entry
+            text = line[1]
+            value: str | None
+            colon = text.find(":")
+            # `key: value` with a plain key, inlined (what _entry does for it): the common line of a manifest.
+            if colon > 0 and text[0] != "'" and len(text) > colon + 1 and text[colon + 1] == " ":
+                key_text, value = text[:colon], text[colon + 2:]
+            else:
+                entry = _entry(text)
+                if entry is None:
+                    raise _Miss
+                key_text, value = entry
             key = keys.get(key_text)
             if key is None:
                 key = _scalar(key_text, key=True)

@@ -14,6 +14,7 @@ import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from reconcilers.vault import sodium
 from reconcilers.vault.backends import Backend
 from reconcilers.vault.backends.base import MLKEM768_CT
 from reconcilers.vault.errors import DecryptError
@@ -21,12 +22,6 @@ from reconcilers.vault.keys import Identity, Recipient
 
 LABEL = b"stratum-hybrid-kem-v1/mlkem768+x25519"
 CIPHERTEXT_SIZE = MLKEM768_CT + 32
-
-
-@functools.lru_cache(maxsize=64)
-def _x25519_private(raw: bytes) -> x25519.X25519PrivateKey:
-    # Loading the key costs as much as the exchange; the daemon decapsulates with one identity all day.
-    return x25519.X25519PrivateKey.from_private_bytes(raw)
 
 
 @functools.lru_cache(maxsize=256)
@@ -59,12 +54,12 @@ def decapsulate(backend: Backend, identity: Identity, ciphertext: bytes, where: 
         )
     ct_m, ct_x = ciphertext[:MLKEM768_CT], ciphertext[MLKEM768_CT:]
     ss_m = backend.kem_decaps(identity.mlkem, ct_m)
-    try:
-        ss_x = _x25519_private(identity.x25519).exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
-    except ValueError as err:  # an all-zero exchange: a low-order point was planted
+    # libsodium: the same function as OpenSSL's at ~0.7x the instructions (sodium.py).
+    ss_x = sodium.x25519(identity.x25519, ct_x)
+    if ss_x is None:  # an all-zero exchange: a low-order point was planted
         raise DecryptError(
             "X25519 share is invalid",
             where=where,
             hint="the recipient block was tampered with; restore it from git history",
-        ) from err
+        )
     return combine(ss_m, ss_x, ct_m, ct_x, identity.recipient.mlkem, identity.recipient.x25519)

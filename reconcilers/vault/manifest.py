@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import yaml
 
 from reconcilers import bounded_yaml
@@ -70,8 +71,9 @@ def parse_enc(text: str) -> EncValue | None:
     m = _ENC.match(text)
     if m is None:
         return None
+    data, iv, tag, type_ = m.groups()
     try:
-        return EncValue(_b64d(m.group(1)), _b64d(m.group(2)), _b64d(m.group(3)), m.group(4))
+        return EncValue(_b64d(data), _b64d(iv), _b64d(tag), type_)
     except (binascii.Error, ValueError):
         return None
 
@@ -361,8 +363,25 @@ def parse_meta(raw: Any, where: str) -> Meta:
 
 
 def plaintext_paths(data: Any) -> list[KeyPath]:
-    """The key paths whose value is not an `ENC[...]` string (a plaintext leak)."""
-    return [p for p, v in leaves(data) if not (isinstance(v, str) and parse_enc(v) is not None)]
+    """The key paths whose value is not an `ENC[...]` string (a plaintext leak), in `leaves` order."""
+    out: list[KeyPath] = []
+    _find_plaintext(data, (), out)
+    return out
+
+
+def _find_plaintext(tree: Any, prefix: KeyPath, out: list[KeyPath]) -> None:
+    # `leaves` without a generator per level (part of every manifest's parse): strings are tested in place.
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else None
+    if items is None:
+        if not (isinstance(tree, str) and parse_enc(tree) is not None):
+            out.append(prefix)
+        return
+    for k, v in items:
+        if isinstance(v, str):
+            if parse_enc(v) is None:
+                out.append((*prefix, k))
+        else:
+            _find_plaintext(v, (*prefix, k), out)
 
 
 def load_document(text: str, where: str) -> Any:
@@ -404,10 +423,22 @@ def render(manifest: Manifest) -> str:
     return dump_yaml({**manifest.data, META_KEY: manifest.meta.as_yaml_data()})
 
 
+SIGNED_PREFIX = b"stratum-manifest-v1\x00"
+
+
+def canonical_json(body: Any) -> bytes:
+    """`json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` as UTF-8: the signed form.
+
+    orjson writes the same bytes for what a manifest holds (string keys, strings, ints, lists, dicts: sorted
+    keys, compact separators, UTF-8 and the same escapes), ~5x faster; tests/reconcilers/test_vault_manifest_
+    fast.py compares both on generated trees. What orjson refuses (an int beyond 64 bits, a lone surrogate,
+    nesting past 254) goes to `json`, which defines the format."""
+    try:
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def signed_bytes(manifest: Manifest) -> bytes:
     """The canonical bytes both signatures cover: every ciphertext and all metadata but the signatures."""
-    body = {"data": manifest.data, META_KEY: manifest.meta.unsigned()}
-    return (
-        b"stratum-manifest-v1\x00"
-        + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    )
+    return SIGNED_PREFIX + canonical_json({"data": manifest.data, META_KEY: manifest.meta.unsigned()})

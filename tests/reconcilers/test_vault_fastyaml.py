@@ -16,7 +16,9 @@ from reconcilers.vault.errors import ManifestError
 TRICKY = ["yes", "no", "on", "off", "true", "null", "~", "", "1.5", "1e5", "0x1F", "012", "+1", "1_000", "1:20",
           ".inf", "2001-12-14", "=", "<<", "a: b", "#x", "-x", "- x", "'q'", "a'b", '"d"', "kem:abc", "x:", ":x",
           "ENC[AES256_GCM,data:AA==,iv:BB==,tag:CC==,type:str]", "é", "a b", " lead", "trail ", "[x]", "{y}",
-          "x # c", "&a", "*a", "!t", "|", ">", "%", "@", "`", "?", ",", "0", "7", "-3", "123456789012345"]
+          "x # c", "&a", "*a", "!t", "|", ">", "%", "@", "`", "?", ",", "0", "7", "-3", "123456789012345",
+          "FALSE", "False", "falsey", "Norway", "NULL", "nulls", "offset", "Yes", "yesyes", "t2EyhzSKWS+/=",
+          "00", "0123", "10", "99999999999999999999999", "1_0"]
 
 
 def _value(rng: random.Random, depth: int) -> Any:
@@ -83,3 +85,21 @@ def test_a_key_that_is_not_a_string_is_refused_on_the_general_path() -> None:
     assert fastyaml.load(edited) is None
     with pytest.raises(ManifestError, match=r"key 5432 is not a string"):
         manifest.parse(edited, "secrets/x.yaml")
+
+
+def test_the_resolver_shortcuts_rest_on_yaml_own_table() -> None:
+    """The two shortcuts taken without PyYAML's resolver hold for it: a plain scalar of 6+ characters starting
+    with a letter whose only implicit types are bool/null is a string, and `0` / `[1-9][0-9]*` is an int."""
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/="
+    for first in sorted(fastyaml._WORD_FIRST):
+        for word in ("true", "false", "yes", "no", "on", "off", "null"):
+            for form in (word, word.capitalize(), word.upper()):
+                if form[0] == first:
+                    assert len(form) <= fastyaml._WORD_MAX
+        for n in range(6, 30):
+            text = first + "".join(rng.choice(alphabet) for _ in range(n - 1))
+            assert _same(f"k: {text}\n") == {"k": text}
+    for text in ["0", "7", "10", "4294967296", "99999999999999999999999"]:
+        assert _same(f"k: {text}\n") == {"k": int(text)}
+    assert all(_same(f"k: {text}\n") in (None, yaml.safe_load(f"k: {text}\n")) for text in ("00", "0123", "1_0"))
