@@ -9,9 +9,12 @@ KV v2 layout in the mount's store:  meta/<path>      -> JSON metadata (versions,
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
+
+import orjson
 
 from reconcilers.vault.service.durations import rfc3339, seconds
 from reconcilers.vault.service.errors import BadRequest, NotFound, Unsupported
@@ -21,6 +24,22 @@ Answer = tuple[int, dict[str, Any] | None]
 DEFAULT_MAX_VERSIONS = 10
 READ = ("GET",)
 WRITE = ("POST", "PUT")
+
+
+def _loads(raw: bytes) -> Any:
+    """A stored document: orjson (a read decodes two, metadata and data, where the standard library took ~10 us
+    each here), the standard library for what orjson reads otherwise or refuses, so every stored document reads
+    back exactly as before: a run of 19 digits or more may be an integer past 64 bits, which orjson would turn
+    into a float; NaN, infinities and lone surrogates (which json.dumps writes) orjson refuses."""
+    if _LONG_NUMBER.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
+
+
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
 def _secret_path(path: str) -> str:
@@ -70,7 +89,7 @@ class KV1:
             raw = self.store.get(p)
             if raw is None:
                 raise NotFound()
-            return 200, {"data": json.loads(raw), "lease_duration": 2764800, "renewable": False}
+            return 200, {"data": _loads(raw), "lease_duration": 2764800, "renewable": False}
         if method in WRITE:
             if not body:
                 raise BadRequest("no data provided")
@@ -107,13 +126,13 @@ class KV2:
     def config(self) -> dict[str, Any]:
         """Engine defaults (max_versions, cas_required, delete_version_after)."""
         raw = self.store.get("config")
-        doc = json.loads(raw) if raw else {}
+        doc = _loads(raw) if raw else {}
         return {"max_versions": doc.get("max_versions", 0), "cas_required": doc.get("cas_required", False),
                 "delete_version_after": doc.get("delete_version_after", 0)}
 
     def _meta(self, p: str) -> dict[str, Any] | None:
         raw = self.store.get(f"meta/{p}")
-        return json.loads(raw) if raw else None
+        return _loads(raw) if raw else None
 
     def _save_meta(self, p: str, meta: dict[str, Any]) -> None:
         self.store.put(f"meta/{p}", json.dumps(meta).encode())
@@ -202,7 +221,7 @@ class KV2:
         raw = self.store.get(f"ver/{n}/{p}")
         if raw is None:
             raise NotFound()
-        return 200, {"data": {"data": json.loads(raw), "metadata": public}}
+        return 200, {"data": {"data": _loads(raw), "metadata": public}}
 
     def write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
         """A new version of `p`; check-and-set when `cas` is given or required (under the path's lock)."""
