@@ -9,12 +9,9 @@ KV v2 layout in the mount's store:  meta/<path>      -> JSON metadata (versions,
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from typing import Any
-
-import orjson
 
 from reconcilers.vault.service.durations import rfc3339, seconds
 from reconcilers.vault.service.errors import BadRequest, NotFound, Unsupported
@@ -26,20 +23,41 @@ READ = ("GET",)
 WRITE = ("POST", "PUT")
 
 
-def _loads(raw: bytes) -> Any:
-    """A stored document: orjson (a read decodes two, metadata and data, where the standard library took ~10 us
-    each here), the standard library for what orjson reads otherwise or refuses, so every stored document reads
-    back exactly as before: a run of 19 digits or more may be an integer past 64 bits, which orjson would turn
-    into a float; NaN, infinities and lone surrogates (which json.dumps writes) orjson refuses."""
-    if _LONG_NUMBER.search(raw) is None:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(raw)
+class Decoded:
+    """Stored JSON documents, decoded, kept by path for as long as the store returns the very same bytes object
+    for it: the barrier's cache of the file backend does, until a write or delete of the path drops it (then
+    the new bytes do not match and are decoded again), so what is kept is never older than storage. A read
+    decodes two documents (metadata and data; ~10 us each here); on other backends nothing matches, and
+    nothing is kept (`limit` 0). What `get` returns is shared between readers: read-only."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self._docs: dict[str, tuple[bytes, Any]] = {}      # path -> (the bytes decoded, the document)
+        self._bytes = 0
+
+    def get(self, store: KeyValueStore, path: str) -> Any:
+        """The document at `path` (None when absent), decoded by the standard library as it always was."""
+        raw = store.get(path)
+        if raw is None:
+            return None
+        docs = self._docs
+        kept = docs.get(path)
+        if kept is not None and kept[0] is raw:
+            return kept[1]
+        doc = json.loads(raw)
+        if self.limit and len(raw) <= DECODED_ENTRY_MAX:
+            old = docs.pop(path, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            while docs and (len(docs) >= self.limit or self._bytes + len(raw) > DECODED_BYTES):
+                self._bytes -= len(docs.pop(next(iter(docs)))[0])     # bounded: the oldest goes first
+            docs[path] = (raw, doc)
+            self._bytes += len(raw)
+        return doc
 
 
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+DECODED_ENTRY_MAX = 64 * 1024      # the barrier keeps no larger entry, so a larger one would never match
+DECODED_BYTES = 8 * 1024 * 1024    # per mount
 
 
 def _secret_path(path: str) -> str:
@@ -74,8 +92,9 @@ class KV1:
 
     version = 1
 
-    def __init__(self, store: KeyValueStore) -> None:
+    def __init__(self, store: KeyValueStore, keep_decoded: int = 0) -> None:
         self.store = store
+        self.decoded = Decoded(keep_decoded)
 
     def handle(self, method: str, path: str, body: dict[str, Any], query: dict[str, str]) -> Answer:
         """One request relative to the mount."""
@@ -86,10 +105,10 @@ class KV1:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(path)
         if method in READ:
-            raw = self.store.get(p)
-            if raw is None:
+            doc = self.decoded.get(self.store, p)
+            if doc is None:
                 raise NotFound()
-            return 200, {"data": _loads(raw), "lease_duration": 2764800, "renewable": False}
+            return 200, {"data": doc, "lease_duration": 2764800, "renewable": False}
         if method in WRITE:
             if not body:
                 raise BadRequest("no data provided")
@@ -117,22 +136,30 @@ class KV2:
 
     version = 2
 
-    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "") -> None:
+    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "", keep_decoded: int = 0) -> None:
         self.store = store
         self.clock = clock
         self.mount = mount
+        # Documents a read decodes, kept (see Decoded): only for reads, never for the read-modify-write of
+        # metadata, which changes what `_meta` returns.
+        self.decoded = Decoded(keep_decoded)
 
     # -- storage helpers ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Engine defaults (max_versions, cas_required, delete_version_after)."""
-        raw = self.store.get("config")
-        doc = _loads(raw) if raw else {}
+        doc = self.decoded.get(self.store, "config") or {}
         return {"max_versions": doc.get("max_versions", 0), "cas_required": doc.get("cas_required", False),
                 "delete_version_after": doc.get("delete_version_after", 0)}
 
     def _meta(self, p: str) -> dict[str, Any] | None:
+        """The metadata of `p`, a fresh copy (writers change it)."""
         raw = self.store.get(f"meta/{p}")
-        return _loads(raw) if raw else None
+        return json.loads(raw) if raw else None
+
+    def _shared_meta(self, p: str) -> dict[str, Any] | None:
+        """The metadata of `p`, shared (see Decoded): for readers only."""
+        meta: dict[str, Any] | None = self.decoded.get(self.store, f"meta/{p}")
+        return meta
 
     def _save_meta(self, p: str, meta: dict[str, Any]) -> None:
         self.store.put(f"meta/{p}", json.dumps(meta).encode())
@@ -208,7 +235,7 @@ class KV2:
 
     def read(self, p: str, version: int) -> Answer:
         """data/<p>: the newest (or the given) version; 404 with its metadata when deleted or destroyed."""
-        meta = self._meta(p)
+        meta = self._shared_meta(p)
         if meta is None or not meta["current_version"]:
             raise NotFound()
         n = version or meta["current_version"]
@@ -218,10 +245,10 @@ class KV2:
         public = self._public_version(v, n, meta)
         if public["deletion_time"] or public["destroyed"]:
             return 404, {"data": {"data": None, "metadata": public}}
-        raw = self.store.get(f"ver/{n}/{p}")
-        if raw is None:
+        data = self.decoded.get(self.store, f"ver/{n}/{p}")
+        if data is None:
             raise NotFound()
-        return 200, {"data": {"data": _loads(raw), "metadata": public}}
+        return 200, {"data": {"data": data, "metadata": public}}
 
     def write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
         """A new version of `p`; check-and-set when `cas` is given or required (under the path's lock)."""
@@ -294,7 +321,7 @@ class KV2:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(rest)
         if method in READ:
-            meta = self._meta(p)
+            meta = self._shared_meta(p)
             if meta is None:
                 raise NotFound()
             versions = {k: self._public_version(v, int(k), meta) for k, v in meta["versions"].items()}

@@ -107,17 +107,18 @@ def test_entries_written_together_are_chained_and_all_or_none(tmp_path: Path) ->
     assert [e["seq"] for e in _entries(tmp_path / "other.log")] == [1, 2, 3]
 
 
-def _service(tmp_path: Path) -> tuple[VaultService, str]:
+def _service(tmp_path: Path) -> tuple[VaultService, str, str]:
+    """An unsealed vault on the file backend: (service, root token, its one unseal share)."""
     service = VaultService(FileStore(tmp_path / "store"), tmp_path / "audit.log", "file")
     init = service.initialize(1, 1, "base64")
     service.unseal(init["keys"][0])
-    return service, str(init["root_token"])
+    return service, str(init["root_token"]), str(init["keys"][0])
 
 
 def test_what_is_kept_of_mounts_follows_the_table(tmp_path: Path) -> None:
     """A path read before its mount existed is found once it is mounted; a mount disabled and enabled again at
     the same path serves the new (empty) engine, never the old one's data; sealing and unsealing keeps working."""
-    service, root = _service(tmp_path)
+    service, root, _share = _service(tmp_path)
 
     def call(method: str, path: str, body: dict[str, object] | None = None) -> object:
         return service.handle(ApiRequest(method, path, body or {}, token=root))
@@ -142,7 +143,7 @@ def test_what_is_kept_of_mounts_follows_the_table(tmp_path: Path) -> None:
 def test_stored_documents_read_back_exactly(tmp_path: Path, value: object) -> None:
     """Values json.dumps stores that a faster decoder would read otherwise (an integer past 64 bits as a float)
     or refuses (NaN, infinity, a lone surrogate) read back with the same type and value, over KV v2 and v1."""
-    service, root = _service(tmp_path)
+    service, root, _share = _service(tmp_path)
     service.handle(ApiRequest("POST", "secret/data/odd", {"data": {"v": value}}, token=root))
     got = service.handle(ApiRequest("GET", "secret/data/odd", {}, token=root))[1]["data"]["data"]["v"]  # type: ignore[index]
     service.handle(ApiRequest("POST", "sys/mounts/one", {"type": "kv"}, token=root))
@@ -154,3 +155,34 @@ def test_stored_documents_read_back_exactly(tmp_path: Path, value: object) -> No
             assert isinstance(read, float) and math.isnan(read)
         else:
             assert read == value
+
+
+def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
+    """A KV engine keeps what it decoded only while the barrier returns the same bytes: a write through
+    another engine on the same mount, a metadata change, a seal and unseal each make the next read decode
+    storage again; a barrier that keeps nothing (a shared backend) leaves nothing kept."""
+    service, _root, share = _service(tmp_path)
+    mount = service.mounts.entries["secret/"]
+    reader = service.mounts.engine(mount)
+    assert reader is service.mounts.engine(mount) and reader.decoded.limit > 0
+    other = kv_module.KV2(service.mounts.store_of(mount), mount=mount.uuid)      # keeps nothing itself
+    other.write("app", {"v": "one"}, None)
+    assert reader.read("app", 0)[1]["data"]["data"] == {"v": "one"}  # type: ignore[index]
+    assert reader.read("app", 0)[1]["data"]["data"] is reader.read("app", 0)[1]["data"]["data"]  # type: ignore[index]
+    other.write("app", {"v": "two"}, None)
+    assert reader.read("app", 0)[1]["data"]["data"] == {"v": "two"}  # type: ignore[index]
+    other.handle("POST", "metadata/app", {"custom_metadata": {"team": "a"}}, {})
+    assert reader.read("app", 0)[1]["data"]["metadata"]["custom_metadata"] == {"team": "a"}  # type: ignore[index]
+    other.handle("DELETE", "data/app", {}, {})
+    assert reader.read("app", 0)[0] == 404
+    service.seal_now()
+    service.unseal(share)
+    assert reader.read("app", 0)[0] == 404
+    assert service.mounts.engine(service.mounts.entries["secret/"]) is not reader    # a new table: new engines
+    shared = VaultService(FileStore(tmp_path / "s2"), tmp_path / "a2.log", "postgresql")
+    init = shared.initialize(1, 1, "base64")
+    shared.unseal(init["keys"][0])
+    engine = shared.mounts.engine(shared.mounts.entries["secret/"])
+    engine.write("x", {"v": "1"}, None)
+    engine.read("x", 0)
+    assert engine.decoded.limit == 0 and engine.decoded._docs == {}
