@@ -44,6 +44,9 @@ class AuditUnavailable(Unavailable):
     status = 500
 
 
+_SCALARS = frozenset((int, bool, float, type(None)))
+
+
 def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
     """`value` with every string leaf replaced by its digest (keys stay readable; depth bounded)."""
     # Exact types first (what JSON bodies hold), subclasses after: every request's answer goes through here.
@@ -53,7 +56,16 @@ def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         return "hmac-sha256:truncated"
     if kind is dict:
-        return {k if type(k) is str else str(k): redact(v, digest, depth + 1) for k, v in value.items()}
+        if depth >= MAX_DEPTH:
+            return {k if type(k) is str else str(k): redact(v, digest, depth + 1) for k, v in value.items()}
+        # The leaves of a dict inline (a string is digested, a plain scalar kept, as the call on each would):
+        # a read's answer is mostly leaves, and a call per leaf was most of this function's cost.
+        out = {}
+        for k, v in value.items():
+            t = type(v)
+            out[k if type(k) is str else str(k)] = (digest(v) if t is str else v if t in _SCALARS
+                                                     else redact(v, digest, depth + 1))
+        return out
     if kind is list:
         return [redact(v, digest, depth + 1) for v in value]
     if value is None or kind is int or kind is bool or kind is float:

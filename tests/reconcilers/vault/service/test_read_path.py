@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from reconcilers.vault.service import audit as audit_module
 from reconcilers.vault.service.audit import AuditLog, AuditUnavailable, verify
 from reconcilers.vault.service.core import VaultService
 from reconcilers.vault.service.engines import kv as kv_module
@@ -186,3 +187,35 @@ def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
     engine.write("x", {"v": "1"}, None)
     engine.read("x", 0)
     assert engine.decoded.limit == 0 and engine.decoded._docs == {}
+
+
+def test_redaction_digests_strings_keeps_scalars_and_bounds_depth() -> None:
+    """Every string leaf digested at any depth, numbers, booleans and null kept down to MAX_DEPTH and
+    truncated below it, keys kept (non-string keys as strings), lists and tuples walked alike."""
+    def digest(s: str) -> str:
+        return "hmac-sha256:" + s.upper()
+
+    body = {"a": "x", 1: [True, None, 2.5, ("y", 3)], "b": {"c": "z", "n": 7}, "raw": b"\x01"}
+    assert audit_module.redact(body, digest) == {"a": "hmac-sha256:X", "1": [True, None, 2.5, ["hmac-sha256:Y", 3]],
+                                                 "b": {"c": "hmac-sha256:Z", "n": 7}, "raw": "hmac-sha256:01"}
+    deep: object = {"s": "leaf", "n": 1}
+    for _ in range(audit_module.MAX_DEPTH + 1):
+        deep = {"k": deep}
+    node = audit_module.redact(deep, digest)
+    for _ in range(audit_module.MAX_DEPTH):
+        node = node["k"]
+    assert node == {"k": "hmac-sha256:truncated"}                   # the dict past MAX_DEPTH itself
+    shallow = {"k": {"s": "leaf", "n": 1}}
+    for _ in range(audit_module.MAX_DEPTH - 2):
+        shallow = {"k": shallow}
+    node = audit_module.redact(shallow, digest)
+    for _ in range(audit_module.MAX_DEPTH - 1):
+        node = node["k"]
+    assert node == {"s": "hmac-sha256:LEAF", "n": 1}                 # leaves at MAX_DEPTH: kept
+    past = {"n": 1, "s": "leaf"}
+    for _ in range(audit_module.MAX_DEPTH):
+        past = {"k": past}
+    node = audit_module.redact(past, digest)
+    for _ in range(audit_module.MAX_DEPTH):
+        node = node["k"]
+    assert node == {"n": "hmac-sha256:truncated", "s": "hmac-sha256:LEAF"}    # leaves past it: truncated
