@@ -47,14 +47,26 @@ def status(index: Index, reconcilers: Iterable[str], unavailable: Mapping[str, s
             cond = {"type": "Ready", "status": "Unknown", "reason": "NoRunYet", "message": "no revision applied yet"}
         else:
             state, reason = _REASONS.get(str(run["status"]), ("False", "Unknown"))
-            message = (f"applied revision {run['revision'][:12]}" if run["status"] == "succeeded"
-                       else str(run["message"])[:1000])
+            message = (f"applied revision {run['revision'][:12]}{_waiting(index, str(run['id']), name)}"
+                       if run["status"] == "succeeded" else str(run["message"])[:1000])
             cond = {"type": "Ready", "status": state, "reason": reason, "message": message}
         out["reconcilers"][name] = {"last_attempted_revision": attempted, "last_applied_revision": applied,
                                     "conditions": [cond]}
     if extra:
         out.update(extra)
     return out
+
+
+def _waiting(index: Index, run_id: str, reconciler: str) -> str:
+    """'; N waiting, first: why' when the run left some of this reconciler's actions waiting (a secret behind a
+    sealed or disabled vault: the file is left as it is until the vault opens), else ''. A run that succeeded
+    with work still pending must not read as fully applied."""
+    rows = index.query("SELECT count(*), arg_min(message, seq) FROM actions WHERE run_id = ? AND reconciler = ? "
+                       "AND status = 'done' AND starts_with(message, 'waiting: ')", [run_id, reconciler])
+    count, first = rows[0] if rows else (0, None)
+    if not count:
+        return ""
+    return f"; {count} action(s) waiting, first: {str(first)[len('waiting: '):][:500]}"
 
 
 def runs(index: Index, limit: int = 20, actions: bool = False) -> list[dict[str, Any]]:

@@ -80,6 +80,17 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return out
 
 
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the server sends up to and including `marker`, failing if it closes first (the socket's 10 s
+    timeout bounds each wait)."""
+    out = b""
+    while marker not in out:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before {marker!r}"
+        out += chunk
+    return out
+
+
 def healthz(port: int) -> int:
     """Status of GET /healthz on a fresh connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -266,11 +277,7 @@ def test_pipelined_requests_are_answered_in_order(server: HttpServer) -> None:
 def test_a_keep_alive_request_head_sent_slowly_is_cut_off_with_408(server: HttpServer) -> None:
     """The head deadline is armed again after each response: a second request whose head stalls gets 408."""
     with slow_client(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
-        first = b""
-        while b'{"ok":true}' not in first:
-            chunk = sock.recv(4096)
-            assert chunk, "closed before the first answer"
-            first += chunk
+        read_until(sock, b'{"ok":true}')
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         reply = read_until_closed(sock)
     assert reply.startswith(b"HTTP/1.1 408 ")
@@ -367,18 +374,10 @@ def test_a_streamed_response_head_is_not_held_for_its_body() -> None:
     server = serve(LIMITS, stream)
     try:
         with slow_client(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                more = sock.recv(4096)
-                assert more, "closed before the head"
-                head += more
+            head = read_until(sock, b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
             release.set()
-            body = b""
-            while body != b"done":
-                more = sock.recv(4096)
-                assert more
-                body += more
+            assert read_until(sock, b"done") == b"done"
         with slow_client(server.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") as sock:
             assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")      # a HEAD: no body write at all
     finally:

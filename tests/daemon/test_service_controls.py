@@ -91,7 +91,7 @@ def test_deny_window_queues_a_commit_and_runs_it_when_the_window_ends(
     work, remote = pushed
     data, root = tmp_path / "data", tmp_path / "root"
     config = tmp_path / "stratumd.toml"
-    config.write_text(_window_ending_soon(6))
+    config.write_text(_window_ending_soon(15))      # long enough for a daemon on a loaded host to start inside it
     d = DaemonProc(str(remote), data, root, "--config", str(config))
     try:
         first = git(work.path, "rev-parse", "HEAD")
@@ -102,7 +102,7 @@ def test_deny_window_queues_a_commit_and_runs_it_when_the_window_ends(
         second = work.commit(_motd("two"))
         work.push()
         # The window ends by itself; the newest commit runs then, the older one is superseded.
-        assert d.wait_run(second, 30)["status"] == "succeeded"
+        assert d.wait_run(second, 45)["status"] == "succeeded"
         assert (root / "etc/motd").read_text() == "two\n"
     finally:
         assert d.stop() == 0

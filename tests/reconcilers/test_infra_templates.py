@@ -127,7 +127,9 @@ def test_a_revision_full_of_slow_templates_stops_at_its_budget(tmp_path: Path, e
         messages = [p.message for p in desired.problems]
         assert len(messages) == 8 and desired.resources == {}
         refused = [m for m in messages if "the budget is 1.2 s" in m]
-        assert 1 <= len(refused) <= 6, messages        # some ran to their deadline, the rest were refused
+        # At least one ran to its deadline and the rest were refused. How many ran depends on the host's load (a
+        # loaded 2-core machine starts the render worker late), so only the two ends are fixed.
+        assert 1 <= len(refused) <= 7, messages
         assert all("did not finish" in m for m in messages if m not in refused)
         assert all(any(f"templates/t{i}.j2" in f"{p.path} {p.message}" for p in desired.problems) for i in range(8))
         again = load_infra(snap, evaluator, None, renderer)   # a fresh budget: the first renders run again

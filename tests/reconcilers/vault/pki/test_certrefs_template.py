@@ -72,6 +72,13 @@ def test_template_walk_with_the_vault_off_succeeds_and_shows_the_certificate_wai
     assert not (root / CERT).exists() and not (root / KEY).exists()
     status = json.loads(_stratum(ops, home, "status", "--output", "json").stdout)
     assert status["last_applied_revision"] == git(ops, "rev-parse", "HEAD")
+    # status must not read as fully applied: infra says how many files wait and why; the others have none
+    infra_ready = status["reconcilers"]["infra"]["conditions"][0]
+    assert infra_ready["status"] == "True" and "; 2 action(s) waiting, first: file " in infra_ready["message"]
+    assert "[vault] enabled = true" in infra_ready["message"]
+    assert "waiting" not in status["reconcilers"]["knowledge"]["conditions"][0]["message"]
+    shown = _stratum(ops, home, "status").stdout
+    assert "2 action(s) waiting" in shown, shown
     again = _stratum(ops, home, "plan", "--root", str(root))
     assert again.returncode == 0, again.stdout + again.stderr
     waiting = [line for line in again.stdout.splitlines() if "[waited at the last run:" in line]
