@@ -101,6 +101,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._salt = b""
         self._digests: dict[str, str] = {}
+        self._redacted: dict[int, tuple[Any, Any]] = {}     # id(answer) -> (answer, its redaction)
         # The descriptor held open (-1: none) in a list a finalizer closes when the log is dropped (a raw
         # descriptor: a file object left to the collector would warn), and its (device, inode) when opened.
         self._fd = [-1]
@@ -117,11 +118,24 @@ class AuditLog:
     def set_salt(self, salt: bytes) -> None:
         """The vault's HMAC salt (known once unsealed); the digests kept under the previous one go."""
         self._salt = salt
-        self._digests = {}
+        self.forget()
 
     def forget(self) -> None:
         """Drop the digests kept by value (at seal: they are keyed by the values, secrets among them)."""
         self._digests = {}
+        self._redacted = {}
+
+    def redact_shared(self, body: Any) -> Any:
+        """`redact(body, self.hash)` for an answer an engine returns again unchanged (KV2.shares): kept with it,
+        by identity (the kept answer is held, so its id names it alone), bounded, dropped with the digests."""
+        kept = self._redacted.get(id(body))
+        if kept is not None and kept[0] is body:
+            return kept[1]
+        done = redact(body, self.hash)
+        if len(self._redacted) >= DIGESTS_MAX:
+            self._redacted = {}
+        self._redacted[id(body)] = (body, done)
+        return done
 
     def hash(self, value: str) -> str:
         """The digest that stands for `value` in the log."""

@@ -217,7 +217,14 @@ class VaultService:
         except BaseException:
             self.audit.write(request)
             raise
-        self.audit.write(request, self._response(seen, status, body))
+        engine = self.mounts.engine(found[0])
+        if body is not None and engine.shares(body):
+            # The engine's kept answer (unchanged since it was kept): its redaction is kept with it.
+            response = {"type": "response", **seen, "response": {"status": status,
+                                                                  "data": self.audit.redact_shared(body)}}
+        else:
+            response = self._response(seen, status, body)
+        self.audit.write(request, response)
         return status, body
 
     def _audited(self, req: ApiRequest, entry: TokenEntry) -> dict[str, Any]:

@@ -96,6 +96,10 @@ class KV1:
         self.store = store
         self.decoded = Decoded(keep_decoded)
 
+    def shares(self, body: Any) -> bool:
+        """KV v1 keeps no answers (see KV2.shares)."""
+        return False
+
     def handle(self, method: str, path: str, body: dict[str, Any], query: dict[str, str]) -> Answer:
         """One request relative to the mount."""
         if method == "LIST" or (method == "GET" and query.get("list") == "true"):
@@ -143,6 +147,9 @@ class KV2:
         # Documents a read decodes, kept (see Decoded): only for reads, never for the read-modify-write of
         # metadata, which changes what `_meta` returns.
         self.decoded = Decoded(keep_decoded)
+        # Answers of reads built from kept documents (see _keep_answer), and the same by id for `shares`.
+        self._answers: dict[tuple[str, int], tuple[Any, Any, dict[str, Any]]] = {}
+        self._shared: dict[int, dict[str, Any]] = {}
 
     # -- storage helpers ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -242,13 +249,40 @@ class KV2:
         v = meta["versions"].get(str(n))
         if v is None:
             raise NotFound()
+        kept = self._answers.get((p, n))
+        if kept is not None and kept[0] is meta:
+            data = self.decoded.get(self.store, f"ver/{n}/{p}")
+            if kept[1] is data:
+                return 200, kept[2]
         public = self._public_version(v, n, meta)
         if public["deletion_time"] or public["destroyed"]:
             return 404, {"data": {"data": None, "metadata": public}}
         data = self.decoded.get(self.store, f"ver/{n}/{p}")
         if data is None:
             raise NotFound()
-        return 200, {"data": {"data": data, "metadata": public}}
+        answer = {"data": {"data": data, "metadata": public}}
+        if self.decoded.limit and not v.get("expires"):
+            self._keep_answer((p, n), meta, data, answer)
+        return 200, answer
+
+    def _keep_answer(self, key: tuple[str, int], meta: Any, data: Any, answer: dict[str, Any]) -> None:
+        """Keep a read's answer while its metadata and data are the very documents it was built from (kept by
+        `decoded`: a write makes new ones, so the answer is never older than storage), unless it depends on
+        the time (a version that expires). Bounded; the answers are shared, read-only (see `shares`)."""
+        answers, shared = self._answers, self._shared
+        old = answers.pop(key, None)
+        if old is not None:
+            shared.pop(id(old[2]), None)
+        while answers and len(answers) >= self.decoded.limit:
+            gone = answers.pop(next(iter(answers)))
+            shared.pop(id(gone[2]), None)
+        answers[key] = (meta, data, answer)
+        shared[id(answer)] = answer
+
+    def shares(self, body: Any) -> bool:
+        """Whether `body` is an answer this engine keeps and returns again (the same object, never changed):
+        what is derived from it (the audit's redaction) may be kept with it."""
+        return self._shared.get(id(body)) is body
 
     def write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
         """A new version of `p`; check-and-set when `cas` is given or required (under the path's lock)."""

@@ -219,3 +219,35 @@ def test_redaction_digests_strings_keeps_scalars_and_bounds_depth() -> None:
     for _ in range(audit_module.MAX_DEPTH):
         node = node["k"]
     assert node == {"n": "hmac-sha256:truncated", "s": "hmac-sha256:LEAF"}    # leaves past it: truncated
+
+
+def test_kept_answers_follow_storage_the_clock_and_the_salt(tmp_path: Path) -> None:
+    """A read's answer is kept and returned again only while its documents are unchanged: a new version or a
+    soft delete answer anew; a version that expires (delete_version_after) is never kept, so it reads as
+    deleted once its time passes; the audit's redaction kept with an answer is made again under a new salt."""
+    service, root, _share = _service(tmp_path)
+    now = [1_000_000.0]
+
+    def read(path: str = "secret/data/app") -> tuple[int, dict[str, object] | None]:
+        return service.handle(ApiRequest("GET", path, {}, token=root))
+
+    service.handle(ApiRequest("POST", "secret/data/app", {"data": {"v": "one"}}, token=root))
+    first = read()[1]
+    assert read()[1] is first                                      # kept
+    service.handle(ApiRequest("POST", "secret/data/app", {"data": {"v": "two"}}, token=root))
+    assert read()[1]["data"]["data"] == {"v": "two"}  # type: ignore[index]
+    before = _entries(service.audit.path)[-1]["response"]["data"]["data"]["data"]["v"]  # type: ignore[index]
+    read()
+    service.audit.set_salt(b"a new salt")
+    read()
+    after = _entries(service.audit.path)[-1]["response"]["data"]["data"]["data"]["v"]  # type: ignore[index]
+    assert before != after and after == service.audit.hash("two")
+    service.handle(ApiRequest("DELETE", "secret/data/app", {}, token=root))
+    assert read()[0] == 404                                        # soft-deleted: not the kept answer
+    engine = service.mounts.engine(service.mounts.entries["secret/"])
+    engine.clock = lambda: now[0]
+    service.handle(ApiRequest("POST", "secret/metadata/soon", {"delete_version_after": "10s"}, token=root))
+    service.handle(ApiRequest("POST", "secret/data/soon", {"data": {"v": "x"}}, token=root))
+    assert read("secret/data/soon")[0] == 200 and read("secret/data/soon")[1] is not read("secret/data/soon")[1]
+    now[0] += 11
+    assert read("secret/data/soon")[0] == 404
