@@ -22,7 +22,7 @@ TARGET_CPU_PCT = 1.0
 HEAVY_MODULES = ("mcp", "pydantic", "numpy", "onnxruntime", "tokenizers", "fastembed", "jinja2", "hvac",
                  "libcloud", "psycopg", "nats", "apscheduler", "textual", "questionary", "httpx", "fluent",
                  "reconcilers.vault.service.app", "reconcilers.forms.web", "reconcilers.knowledge.mcp_server",
-                 "reconcilers.agents.http", "cryptography.x509")
+                 "reconcilers.agents.http", "cryptography.x509", "cedarpy")
 
 
 def tree_sample(pid: int) -> dict[str, Any]:
@@ -78,15 +78,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"initial run: {first.get('outcome')} in {first.get('duration_ms')} ms; settling {args.settle:g} s")
             time.sleep(args.settle)
             samples = [tree_sample(daemon.pid)]
+            # Command lines read when a process is first seen: a child that exits within the window has none
+            # left to read at its end (the s21 figures showed two children with empty command lines).
+            processes = {p: common.cmdline(p) for p in samples[0]["pids"]}
             print(f"sampling for {args.seconds:g} s ...", flush=True)
             end = samples[0]["t"] + args.seconds
             while time.monotonic() < end:
                 time.sleep(min(1.0, max(0.0, end - time.monotonic())))
                 samples.append(tree_sample(daemon.pid))
+                processes.update({p: common.cmdline(p) for p in samples[-1]["pids"] if p not in processes})
             log_lines = len(daemon.events)
             mappings = smaps_breakdown(daemon.pid)
             modules = common.daemon_modules(base / "data")
-            processes = {p: common.cmdline(p) for p in samples[-1]["pids"]}
             events_during = [e.get("event") for e in daemon.events
                              if e["_received"] >= time.time() - args.seconds - 1]
     first_s, last_s = samples[0], samples[-1]

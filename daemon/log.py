@@ -32,11 +32,20 @@ def _structlog_without_rich() -> ModuleType:
     return module
 
 
-structlog = _structlog_without_rich()
+def __getattr__(name: str) -> Any:
+    """`daemon.log.structlog`, imported on first use (`from daemon.log import structlog` included): a verb
+    that logs nothing, such as `stratum validate`, does not pay for structlog and the asyncio it imports
+    (~40 ms)."""
+    if name == "structlog":
+        module = _structlog_without_rich()
+        globals()["structlog"] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def configure(fmt: str = "auto", stream: Any = None) -> None:
     """Set up structlog once per process; `fmt` is auto | json | console."""
+    structlog = __getattr__("structlog")
     stream = stream or sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (structlog.processors.JSONRenderer() if use_json else
@@ -57,4 +66,4 @@ def configure(fmt: str = "auto", stream: Any = None) -> None:
 
 def get(name: str = "stratumd", **bind: Any) -> Any:
     """A bound logger."""
-    return structlog.get_logger(name).bind(**bind)
+    return __getattr__("structlog").get_logger(name).bind(**bind)

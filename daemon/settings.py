@@ -122,6 +122,7 @@ class Settings:
     max_files: int = 50_000                   # files per revision (a repo's stratum.ncl may ask for fewer)
     max_wait: float = 600.0                   # seconds an action waits on what it needs before it fails
     notes: bool = True
+    idle_release: float = 2.0                 # quiet seconds before an idle daemon releases workers, index (0: never)
     sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     config_path: Path | None = None           # the stratumd.toml these came from (for messages and reloads)
 

@@ -102,6 +102,13 @@ class Reconciler(abc.ABC, Generic[Desired, Observed]):
     def configure(self, section: Mapping[str, Any]) -> None:
         """This reconciler's section of the revision's stratum.ncl (checked by its contract), before `load`."""
 
+    def nickel_inputs(self, snap: Snapshot) -> list[tuple[list[str], str | None]]:
+        """The Nickel files `load` will evaluate, as (paths, contract) groups, when known before loading: the
+        daemon evaluates every reconciler's groups in one Nickel run ahead of the loads (each run costs its
+        own start of the standard library and contracts), and `load`'s evaluations then find the values
+        cached. Only a hint: a group left out, or one `load` does not ask for, changes nothing but speed."""
+        return []
+
     @abc.abstractmethod
     def load(self, snap: Snapshot) -> Desired:
         """Read this reconciler's part of the commit into desired state. Pure: no I/O but the snapshot."""

@@ -34,6 +34,8 @@ def safe_relpath(path: str) -> str:
     parts = path.split("/")
     if ".." in parts:
         raise ValueError(f"path {path!r} must not contain '..'")
+    if "" not in parts and "." not in parts:
+        return path                                   # already clean (most paths: no string rebuilt)
     clean = "/".join(p for p in parts if p not in ("", "."))
     if not clean:
         raise ValueError(f"path {path!r} is empty")

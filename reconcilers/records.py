@@ -60,12 +60,17 @@ class Problem:
 
 def freeze(value: Any) -> str:
     """Canonical JSON of a JSON-like value: the frozen, hashable form of an action's change payload."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+    return _FREEZE.encode(value)
 
 
 def _plain(value: Any) -> Any:
     """JSON for what json does not know: read-only mappings as objects, anything else as text."""
     return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+# json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain) with its encoder made once, not per
+# call (a 5,000-resource load and plan freezes 15,000 values; the encoder keeps no state between calls).
+_FREEZE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_plain)
 
 
 @dataclass(frozen=True, slots=True)

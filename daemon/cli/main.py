@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 import click
@@ -99,6 +101,7 @@ class LazyGroup(StratumGroup):
         command = load_verb(cmd_name)
         if command is not None:
             self.add_command(command, cmd_name)
+            _invoked.append(cmd_name)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -159,11 +162,31 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = PluginHost()
 
 
+# Verbs that only read (the repository, the host, the index) and hold nothing open when they return: their
+# process ends without the interpreter's teardown, which freed every object one by one (~0.25 s of CPU after a
+# 5,000-resource plan had printed). Verbs that write state keep the normal exit and its atexit handlers.
+FAST_EXIT_VERBS = frozenset({"validate", "plan"})
+_invoked: list[str] = []                     # the verb this process runs (LazyGroup.get_command)
+
+
 def main() -> None:
     """Entry point of `stratum`: every error ends as a message and an exit code, never a traceback."""
     from daemon.cli.errors import run_standalone
 
-    sys.exit(run_standalone(cli))
+    try:
+        code: object = run_standalone(cli)
+    except SystemExit as done:                  # a verb's own sys.exit(code)
+        code = done.code
+    if _invoked and _invoked[-1] in FAST_EXIT_VERBS and (code is None or isinstance(code, int)) \
+            and threading.active_count() == 1:
+        # Output first (a pipe's reader gets everything), then exit without tearing the heap down.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            os._exit(code or 141)               # the reader went away (as errors.report's SIGPIPE code)
+        os._exit(code or 0)
+    sys.exit(code)  # type: ignore[arg-type]  # SystemExit takes any object: str codes print as messages
 
 
 def daemon_main() -> None:

@@ -36,12 +36,13 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import cedarpy
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import SettingsError
 from daemon.http import sessions as web
+
+if TYPE_CHECKING:
+    import cedarpy
 
 DEFAULT_POLICY = """\
 // Host policy of the HTTP listener (replace it with [http] policy_file).
@@ -167,12 +168,24 @@ class HttpPolicy:
     """The host's Cedar policies for the listener, parsed once."""
 
     def __init__(self, text: str = DEFAULT_POLICY, where: str = "built-in policy") -> None:
-        try:
-            self._set = cedarpy.PolicySet.from_str(text)
-        except ValueError as err:
-            raise SettingsError(f"the HTTP policy does not parse: {err}", where=where,
-                                hint="fix the Cedar syntax; every policy ends with `;`") from err
         self.where = where
+        self._text = text
+        self._parsed: cedarpy.PolicySet | None = None
+        # A host's policy file is parsed now, so a broken one stops the start. The built-in one waits for the
+        # first request it decides: cedarpy costs an idle daemon ~10 MB resident (issue 10) when no
+        # authenticated request ever comes.
+        if text != DEFAULT_POLICY:
+            self._policies()
+
+    def _policies(self) -> cedarpy.PolicySet:
+        if self._parsed is None:
+            import cedarpy
+            try:
+                self._parsed = cedarpy.PolicySet.from_str(self._text)
+            except ValueError as err:
+                raise SettingsError(f"the HTTP policy does not parse: {err}", where=self.where,
+                                    hint="fix the Cedar syntax; every policy ends with `;`") from err
+        return self._parsed
 
     @classmethod
     def from_file(cls, path: Path | None) -> HttpPolicy:
@@ -193,8 +206,11 @@ class HttpPolicy:
         request = {"principal": f'Stratum::Http::Client::{json.dumps(client.name)}',
                    "action": f'Stratum::Http::Action::{json.dumps(action)}',
                    "resource": f'Stratum::Http::Mount::{json.dumps(mount)}', "context": dict(context)}
+        import cedarpy
+
+        policies = self._policies()
         try:
-            result = cedarpy.is_authorized(request, self._set, cedarpy.Entities.from_json_str(json.dumps(entities)))
+            result = cedarpy.is_authorized(request, policies, cedarpy.Entities.from_json_str(json.dumps(entities)))
         except ValueError as err:
             return False, f"Cedar could not evaluate the request: {err}"
         if result.diagnostics.errors:

@@ -51,6 +51,8 @@ _SPLIT_BYTES = 32 * 1024                              # ... and bytes: less cost
 # of 256 paid 3.5 s of CPU for that alone, in runs of 1,024 under 1 s (bench/results/nickelfast_s21.md).
 _CHUNK = 1024
 _CHUNK_BYTES = 1024 * 1024
+PREFETCH_MAX_FILES = 256                              # files one prefetch evaluates in its single run
+PREFETCH_TIMEOUT_S = 3.0                              # ... and its deadline (the files' own stays `timeout`)
 _BUDGET_DEADLINES = 30                                # one evaluation's budget, in per-run deadlines
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
@@ -303,6 +305,27 @@ class Evaluator:
         with self._lock:
             self._workers[0].start()
 
+    def release(self) -> bool:
+        """Stop the worker processes and close the on-disk cache's connection now, unless an evaluation runs
+        (False then): an idle daemon gives their memory back (~19 MB a worker) instead of keeping the workers
+        WORKER_IDLE_S after its run. The next evaluation starts a fresh worker (~0.1 s) and reopens the cache.
+        Workers that already left on their own are reaped here too (no zombie waits for the next run)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            for worker in self._workers:
+                worker.kill()
+            if self._disk is not None:
+                self._disk.close()
+            return True
+        finally:
+            self._lock.release()
+
+    @property
+    def workers_running(self) -> int:
+        """Worker processes started and not yet reaped (one that left on its own counts until reaped)."""
+        return sum(1 for worker in self._workers if worker.proc is not None)
+
     def close(self) -> None:
         """Stop the worker process."""
         for worker in self._workers:
@@ -465,12 +488,80 @@ class Evaluator:
             self.stats["evaluations"] += 1
             return self._workers[0].run(src, [*map(str, import_paths), str(self._lib)], self.timeout)
 
+    def prefetch(self, snap: Snapshot, groups: Sequence[tuple[Sequence[str], str | None]]) -> int:
+        """Evaluate several (paths, contract) groups of `snap` in ONE Nickel run and keep the values in the
+        cache, so the `evaluate` calls that follow (one per group, from the reconcilers' loads) find them: every
+        run pays for the standard library and its contract library again (~15-45 ms), and a template-sized
+        repository asked for eight runs. Only an optimisation: nothing is reported here; when the batch fails
+        (a file with an error), nothing is kept and each group's own `evaluate` pins its problems as before.
+        Batches over PREFETCH_MAX_FILES are left to `evaluate`, which splits them into runs across workers.
+        Returns the number of values kept."""
+        with self._lock:
+            return self._prefetch(snap, groups)
+
+    def _prefetch(self, snap: Snapshot, groups: Sequence[tuple[Sequence[str], str | None]]) -> int:
+        files = _Files(snap)
+        todo: list[tuple[str | None, dict[str, str], dict[str, list[FileEntry]]]] = []
+        for paths, contract in groups:
+            values: dict[str, Any] = {}
+            problems: list[Problem] = []
+            _, pending, closures = self._keyed(snap, files, paths, contract, values, problems)
+            self._from_disk(pending, values)
+            if pending and not problems:          # a group with refused imports: its evaluate reports them
+                todo.append((contract, pending, closures))
+        if len(todo) < 2 or sum(len(pending) for _, pending, _ in todo) > PREFETCH_MAX_FILES:
+            return 0                                # one group alone gains nothing from being asked early
+        needed = {e.path: e for _, pending, closures in todo for path in pending for e in closures[path]}
+        if not self._scratch.fits(len(needed), sum(e.size for e in needed.values())):
+            return 0
+        self._sweep(files)
+        try:
+            self._materialize(snap, list(needed.values()))
+            src = "{\n" + ",\n".join(f"  g{i} = {self._record(list(pending), contract)}"
+                                       for i, (contract, pending, _) in enumerate(todo)) + "\n}"
+            # A shorter deadline than a file's: a batch that overruns it (a file that never ends) only
+            # costs this much more before the groups' own evaluations find the culprit.
+            reply = _decoded(self._run([], None, 0, src, min(self.timeout, PREFETCH_TIMEOUT_S)))
+        finally:
+            if self._scratch.in_memory:
+                self._scratch.wipe()
+                self._materialized.clear()
+        if "ok" not in reply:
+            return 0
+        kept = 0
+        for i, (_, pending, _) in enumerate(todo):
+            group = reply["ok"][f"g{i}"]
+            for path, key in pending.items():
+                self._cache[key] = group[path]
+                kept += 1
+            if self._disk is not None:
+                self._disk.put_many((key, group[path]) for path, key in pending.items())
+        return kept
+
     def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None,
                   entries: Sequence[FileEntry] = ()) -> EvalResult:
         files = _Files(snap)
         files.prime(entries)
         values: dict[str, Any] = {}
         problems: list[Problem] = []
+        keys, pending, closures = self._keyed(snap, files, paths, contract, values, problems)
+        self._from_disk(pending, values)
+        if pending:
+            try:
+                return self._evaluate_pending(snap, files, pending, closures, contract, values, problems, keys)
+            finally:
+                if self._scratch.in_memory:           # memory is held only while an evaluation runs
+                    self._scratch.wipe()
+                    self._materialized.clear()
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        return EvalResult(values=values, problems=tuple(problems), keys=keys)
+
+    def _keyed(self, snap: Snapshot, files: _Files, paths: Sequence[str], contract: str | None,
+               values: dict[str, Any], problems: list[Problem],
+               ) -> tuple[dict[str, str], dict[str, str], dict[str, list[FileEntry]]]:
+        """The cache key of each path ({path: key}), the paths no memory cache knows ({path: key}) with their
+        closures; known values go to `values`, files whose imports are refused to `problems`."""
         pending: dict[str, str] = {}                      # path -> cache key
         keys: dict[str, str] = {}
         closures: dict[str, list[FileEntry]] = {}
@@ -503,24 +594,18 @@ class Evaluator:
                 continue
             pending[path] = key
             closures[path] = closure
+        return keys, pending, closures
+
+    def _from_disk(self, pending: dict[str, str], values: dict[str, Any]) -> None:
+        """Move the `pending` values an earlier process evaluated (a CLI run, a daemon) into `values`: one
+        batched lookup."""
         if pending and self._disk is not None:
-            # Evaluated by an earlier process (a CLI run, a daemon): one batched lookup.
             on_disk = self._disk.get_many(list(pending.values()))
             for path, key in list(pending.items()):
                 if key in on_disk:
                     self._cache[key] = values[path] = on_disk[key]
                     self.disk_hits += 1
                     del pending[path]
-        if pending:
-            try:
-                return self._evaluate_pending(snap, files, pending, closures, contract, values, problems, keys)
-            finally:
-                if self._scratch.in_memory:           # memory is held only while an evaluation runs
-                    self._scratch.wipe()
-                    self._materialized.clear()
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        return EvalResult(values=values, problems=tuple(problems), keys=keys)
 
     def _evaluate_pending(self, snap: Snapshot, files: _Files, pending: dict[str, str],
                           closures: dict[str, list[FileEntry]], contract: str | None, values: dict[str, Any],
@@ -618,12 +703,17 @@ class Evaluator:
             problems.extend(part_problems)
         return values, problems
 
-    def _run(self, paths: list[str], contract: str | None, worker: int = 0) -> dict[str, str]:
+    def _record(self, paths: Sequence[str], contract: str | None) -> str:
+        """The root expression evaluating `paths`: a record of each file's value under `contract`."""
         suffix = f" | {self._pin_library(contract)}" if contract else ""
         fields = ",\n".join(f"  {json.dumps(p)} = (import {json.dumps(p)}){suffix}" for p in paths)
-        src = "{\n" + fields + "\n}"
+        return "{\n" + fields + "\n}"
+
+    def _run(self, paths: list[str], contract: str | None, worker: int = 0, src: str = "",
+             timeout: float | None = None) -> dict[str, str]:
+        src = src or self._record(paths, contract)
         self.stats["evaluations"] += 1
         started = time.monotonic()
-        reply = self._workers[worker].run(src, [str(self.workdir), str(self._lib)], self.timeout)
+        reply = self._workers[worker].run(src, [str(self.workdir), str(self._lib)], timeout or self.timeout)
         self.last_eval_ms = (time.monotonic() - started) * 1000
         return reply

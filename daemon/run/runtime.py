@@ -135,5 +135,6 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     pipeline = Pipeline(source=source, index=index, reconcilers=reconcilers, evaluator=evaluator,
                         parallelism=settings.parallelism, notes=settings.notes,
                         admission=admission, max_files=settings.max_files, keep_metrics=not one_shot,
-                        retry=RetryPolicy(max_wait=settings.max_wait))
+                        # a process that ends after its run has no next run to keep a full collection out of
+                        settle_memory=not one_shot, retry=RetryPolicy(max_wait=settings.max_wait))
     return Runtime(settings, source, index, evaluator, reconcilers, pipeline, unavailable, ports)

@@ -16,7 +16,9 @@ refusal events from the HTTP thread), reload.py (SIGHUP).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
+import functools
 import os
 import queue
 import threading
@@ -45,6 +47,7 @@ from daemon.service.control_socket import MAX_CONNECTIONS, ApiServer
 from daemon.service.drift import DriftCheck
 from daemon.service.gate import ApplyGate
 from daemon.service.handlers import control_handlers
+from daemon.service.idle import IdleRelease, tune_malloc
 from daemon.service.lifecycle import Notifier, Shutdown
 from daemon.service.lock import ApplyLock, StartingMark
 from daemon.service.readiness import Storage, storage_failure
@@ -59,6 +62,9 @@ START_WAIT_S = 30.0    # how long start-up waits out readers of the index (a CLI
 
 
 RERUN = "rerun:"        # a wake reason asking for a run of what is in force (Scheduler.rerun)
+INDEX_OPENED = "index-opened"   # a wake reason: a use opened the released index again (re-arm the idle release)
+TIMEOUT = "timeout"             # what `wakes` counts for a wake by a deadline (fetch, drift, idle release)
+TRIGGERS = frozenset({"ref", "hook", "webhook"})   # wake reasons that announce a new commit
 
 
 class Daemon:
@@ -66,6 +72,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, notifier: Notifier | None = None,
                  reload: Callable[[], Settings] | None = None) -> None:
+        tune_malloc()                          # before any thread starts (daemon/service/idle.py)
         self.settings = settings
         self.controls = host_controls(settings)
         self._reload = reload
@@ -81,6 +88,8 @@ class Daemon:
         self.own_http: list[HttpServer] = []
         self.http_tokens: TokenStore | None = None
         self.loops = 0                        # main-loop iterations: an idle daemon must not spin
+        self.wakes: collections.Counter[str] = collections.Counter()   # iterations by what woke them
+        self.idle = IdleRelease()             # what an idle daemon gives back (daemon/service/idle.py)
         self.commits = Commits(settings.branch, self.logger)
         self.gate = ApplyGate()
         self.drift = DriftCheck(self.logger)
@@ -130,6 +139,7 @@ class Daemon:
         extra = {"repository": sanitize_url(str(self.settings.repo)), "branch": self.settings.branch,
                  "daemon": {"pid": os.getpid(), "http_port": self.http.port if self.http else None,
                             "head": self.commits.last_head, "loops": self.loops, "pending": self.commits.pending,
+                            "wakes": dict(self.wakes), "idle_releases": self.idle.released,
                             "window": self.gate_dict(), **self.storage.as_dict()}}
         out = status(self.rt.index, self.rt.reconcilers, self.rt.unavailable, extra)
         if not self.storage.ready:
@@ -181,6 +191,7 @@ class Daemon:
         self.lock.acquire()
         self.runtime = build(self.settings, index_wait=START_WAIT_S)
         rt = self.runtime
+        rt.index.on_open = lambda: self.wake.ring(INDEX_OPENED)   # released, then used: release it again later
         if rt.ports is not None:
             rt.ports.scheduler.wake_fn = self.wake.ring     # a reconciler's timer can wake the loop
             rt.ports.scheduler.rerun_fn = lambda why: self.wake.ring(RERUN + why)   # ... or ask for a run
@@ -305,14 +316,22 @@ class Daemon:
                     deadlines.append(self.storage.next_probe - now)
                 if self.notifier.watchdog_interval:
                     deadlines.append(self.notifier.watchdog_interval)
+                idle_in = self.idle.timeout()
+                if idle_in is not None:
+                    deadlines.append(idle_in)
                 flip = self.gate.next_flip(self.controls)
                 if flip is not None:
                     deadlines.append((flip - datetime.now(UTC)).total_seconds() + 0.05)
                 finite = [x for x in deadlines if x != float("inf")]
                 reasons = self.wake.wait(max(0.0, min(finite)) if finite else None)
                 self.loops += 1
+                self.wakes.update(reasons or [TIMEOUT])
                 if self.shutdown.stopping:
                     break
+                if self.idle.released and TRIGGERS.intersection(reasons):
+                    # A push after an idle release: the Nickel worker's start overlaps with opening the index
+                    # and reading the commit, instead of waiting for the first evaluation.
+                    rt.evaluator.prestart()
                 # Work blocks this thread (a run, a fetch); the watchdog is petted meanwhile, up to a bound
                 # past which a run counts as hung and systemd may restart the daemon.
                 with self.notifier.keepalive(RUN_BOUND_S):
@@ -331,9 +350,20 @@ class Daemon:
                     if self.storage.ready and time.monotonic() >= next_drift:
                         self._guard(lambda: self.drift.check(self.rt, self._blocked))
                         next_drift = time.monotonic() + self.settings.drift_interval
+                    self._guard(functools.partial(self._idle_step, reasons))
                 self.notifier.watchdog()
         finally:
             self.stop()
+
+    def _idle_step(self, reasons: list[str]) -> None:
+        """After an iteration: release what only a run needs once quiet (daemon/service/idle.py), else (re)arm
+        that release. A wake by a deadline alone did no work; any rung reason may have."""
+        rt = self.rt
+        self.idle.delay = self.settings.idle_release        # a reload takes effect at the next wake
+        if not reasons and self.idle.due():
+            self.idle.release(rt.index, rt.evaluator)
+        else:
+            self.idle.after_wake(rt.index, rt.evaluator, worked=bool(reasons))
 
     def _guard(self, fn: Callable[[], Any]) -> None:
         try:

@@ -20,12 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from reconcilers.agents.load import load_agents
+from reconcilers.agents.load import CONTRACT, FOLDERS, load_agents
 from reconcilers.agents.model import NAME, AgentsDesired, AgentSettings
 from reconcilers.base import PolicyResource, Problem, ReconcilerEnv, ResourceRow
 from reconcilers.errors import InputError
+from reconcilers.lazylog import lazy_logger
 from reconcilers.no_actions import NoActions
 from reconcilers.ports import HttpMount, Snapshot
 from reconcilers.records import RunRecord, freeze
@@ -33,7 +32,7 @@ from reconcilers.records import RunRecord, freeze
 if TYPE_CHECKING:
     from reconcilers.agents.service import AgentService
 
-log = structlog.get_logger("stratum.agents")
+log = lazy_logger("stratum.agents")
 
 
 class AgentsReconciler(NoActions[AgentsDesired]):
@@ -58,6 +57,11 @@ class AgentsReconciler(NoActions[AgentsDesired]):
             self.settings, self._settings_error = AgentSettings.from_mapping(section), ""
         except (TypeError, ValueError) as err:
             self.settings, self._settings_error = AgentSettings(), f"stratum.ncl agents: {err}"
+
+    def nickel_inputs(self, snap: Snapshot) -> list[tuple[list[str], str | None]]:
+        """The agents/ and tasks/ files `load` evaluates (the daemon evaluates them ahead, with the others)."""
+        paths = [e.path for folder in FOLDERS for e in snap.entries(folder, suffixes=(".ncl",))]
+        return [(paths, CONTRACT)] if paths else []
 
     def load(self, snap: Snapshot) -> AgentsDesired:
         """Every agents/ and tasks/ declaration of the commit."""

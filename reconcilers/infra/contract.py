@@ -136,7 +136,8 @@ class Record:
 
     checks: Mapping[str, Check]
     required: frozenset[str]
-    defaults: tuple[tuple[str, Any], ...]
+    fixed: Mapping[str, Any]                          # defaults that are values (strings, numbers, booleans)
+    fresh: tuple[tuple[str, Callable[[], Any]], ...]  # defaults that are containers: a new one per value
 
     def complete(self, value: Any) -> dict[str, Any] | None:
         """`value` with the defaults filled in (keys sorted, as Nickel exports them), or None."""
@@ -149,24 +150,23 @@ class Record:
                 return None                           # a field of no kind's record, or a wrong value
         if not self.required <= value.keys():
             return None
-        out = dict(value)
-        for name, default in self.defaults:
-            if name not in out:
-                out[name] = _fresh(default)
+        out = {**self.fixed, **value}                 # the value's own fields over the defaults
+        for name, make in self.fresh:
+            if name not in value:
+                out[name] = make()                    # never shared between values (mutable JSON containers)
         return dict(sorted(out.items()))
 
 
 def record(fields: Mapping[str, tuple[Check, Any]]) -> Record:
     """A Record from field -> (check, default | REQUIRED | OPTIONAL)."""
+    defaults = [(name, d) for name, (_, d) in fields.items() if d is not REQUIRED and d is not OPTIONAL]
+    for name, d in defaults:
+        if isinstance(d, (list, dict)) and d:
+            raise ValueError(f"default of {name}: a container default must be empty (made anew per value)")
     return Record(checks={name: check for name, (check, _) in fields.items()},
                   required=frozenset(name for name, (_, d) in fields.items() if d is REQUIRED),
-                  defaults=tuple((name, d) for name, (_, d) in fields.items()
-                                 if d is not REQUIRED and d is not OPTIONAL))
-
-
-def _fresh(default: Any) -> Any:
-    """A default never shared between values (they are mutable JSON containers)."""
-    return type(default)() if isinstance(default, (list, dict)) else default
+                  fixed={name: d for name, d in defaults if not isinstance(d, (list, dict))},
+                  fresh=tuple((name, type(d)) for name, d in defaults if isinstance(d, (list, dict))))
 
 
 def record_array(record: Record) -> Check:

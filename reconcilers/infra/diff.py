@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as json_str
 from pathlib import PurePosixPath
 
 from reconcilers.base import Action, ActionKind, InventoryItem, freeze
@@ -95,18 +96,32 @@ def _host_differs(r: Resource, o: ObservedResource, expected: Mapping[str, tuple
     return ""
 
 
+ABSENT = ObservedResource(exists=False)         # what is observed of a path with nothing there
+
+
 def findings(desired: InfraDesired, observed: InfraObserved,
              inventory: Mapping[str, InventoryItem]) -> list[Finding]:
-    """Every desired resource that needs attention, classified."""
+    """Every desired resource that needs attention, classified (worked out once per observation, desired state
+    and inventory: the same three asked again get the same answer, not a second pass over every resource)."""
+    memo = observed.memo.get("findings")
+    if memo is not None and memo[0] is desired and memo[1] == inventory:
+        return list(memo[2])
+    out = _findings(desired, observed, inventory)
+    observed.memo["findings"] = (desired, dict(inventory), tuple(out))
+    return out
+
+
+def _findings(desired: InfraDesired, observed: InfraObserved,
+              inventory: Mapping[str, InventoryItem]) -> list[Finding]:
     out: list[Finding] = []
     for rid, r in desired.resources.items():
         if rid in observed.assumed:           # applied before with this spec: in place by assumption
             continue
         inv = inventory.get(rid)
         known_hash = applied_spec_hash(inv.data) if inv else None
-        if cloud_plan.moved(r, inv):         # applied on another provider: a change, never drift
+        if inv is not None and cloud_plan.moved(r, inv):   # applied on another provider: a change, never drift
             known_hash = None
-        o = observed.resources.get(rid, ObservedResource(exists=False))
+        o = observed.resources.get(rid, ABSENT)
         differs = _host_differs(r, o, observed.expected)
         if r.kind == "command":
             if known_hash != r.spec_hash and not ("creates" in r.fields and o.exists):
@@ -126,11 +141,11 @@ def findings(desired: InfraDesired, observed: InfraObserved,
 def _change(r: Resource, f: Finding) -> str:
     """The action payload as canonical JSON; the resource's spec is already canonical JSON, so it is spliced
     in rather than decoded and encoded again (this runs once per changed resource)."""
-    dumps = json.dumps
-    resource = (f'{{"id":{dumps(r.id)},"kind":{dumps(r.kind)},"provider":{dumps(r.provider)},'
-                f'"prune":{dumps(r.prune)},"source":{dumps(r.source)},"spec":{r.spec}}}')
-    return (f'{{"inventory":{dumps(r.inventory_data())},"nature":{dumps(f.nature)},'
-            f'"reason":{dumps(f.reason)},"resource":{resource}}}')
+    q = json_str                              # json.dumps of a str, without an encoder made per call
+    resource = (f'{{"id":{q(r.id)},"kind":{q(r.kind)},"provider":{q(r.provider)},'
+                f'"prune":{"true" if r.prune else "false"},"source":{q(r.source)},"spec":{r.spec}}}')
+    return (f'{{"inventory":{q(r.inventory_data())},"nature":{q(f.nature)},'
+            f'"reason":{q(f.reason)},"resource":{resource}}}')
 
 
 def _summary(verb: str, r: Resource) -> str:
@@ -180,7 +195,8 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
             continue
         r = desired.resources[f.resource_id]
         deps = [f"{NAME}:{d}" for d in r.depends_on]
-        deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
+        if dirs:                              # (most plans manage no directory: no parents to walk)
+            deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
         deps += list(r.fields.get(refs.AFTER, ()))    # the manifests it reads load first (one graph)
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
@@ -189,7 +205,7 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         text = ""
         if r.kind in CLOUD_KINDS:             # a cloud object gone behind our back is created again
-            o = observed.resources.get(r.id, ObservedResource(exists=False))
+            o = observed.resources.get(r.id, ABSENT)
             kind = "update" if o.exists else "create"
             text = cloud_plan.summary(kind, r, o) + (f" [drift: {f.reason}]" if f.nature == "drift" else "")
         verb = {"create": "create", "update": "update", "run": "run"}[kind]
@@ -251,6 +267,21 @@ MAX_LINE_CHARS = 300
 _SECRET_NAME = re.compile(r"(^|/)(\.env(\..*)?|.*\.(key|pem|p12|pfx|jks|keystore)|"
                           r".*(secret|token|passw|credential|private|htpasswd|shadow).*)$", re.IGNORECASE)
 _SECRET_CONTENT = (b"PRIVATE KEY-----", b"BEGIN OPENSSH PRIVATE", b"BEGIN PGP PRIVATE")
+# What _SECRET_NAME needs in an ASCII path (lowercased): one of the words, or one of the endings (`$` also
+# matches before a final newline). A path with none cannot match, and the regex (~25 us a path, run for every
+# changed file of a plan) is skipped; a non-ASCII path always meets the regex (Unicode case folding: U+017F is 's').
+_SECRET_WORDS = (".env", "secret", "token", "passw", "credential", "private", "htpasswd", "shadow")
+_SECRET_WORD = re.compile("|".join(map(re.escape, _SECRET_WORDS)))     # any of them, as a substring
+_SECRET_ENDS = (".key", ".pem", ".p12", ".pfx", ".jks", ".keystore")
+
+
+def _secret_name(path: str) -> bool:
+    """`_SECRET_NAME.search(path)`, with the paths that cannot match answered without the regex."""
+    if path.isascii():
+        low = path.lower()
+        if _SECRET_WORD.search(low) is None and not low.removesuffix("\n").endswith(_SECRET_ENDS):
+            return False
+    return _SECRET_NAME.search(path) is not None
 
 
 def fingerprint(data: bytes) -> str:
@@ -263,9 +294,14 @@ def sensitive(path: str, mode: str, *contents: bytes | None) -> bool:
     0640, ...), a secret-like name (.env, *.key, *token*, ...), or a private key inside."""
     if mode and not int(mode, 8) & 0o004:
         return True
-    if _SECRET_NAME.search(path):
+    if _secret_name(path):
         return True
-    return any(c is not None and any(m in c for m in _SECRET_CONTENT) for c in contents)
+    for c in contents:                        # (loops: this runs for every changed file of a plan)
+        if c is not None:
+            for marker in _SECRET_CONTENT:
+                if marker in c:
+                    return True
+    return False
 
 
 def unified(path: str, found: bytes, expected: bytes, found_label: str, expected_label: str) -> str:

@@ -26,7 +26,7 @@ from reconcilers.locations import MAX_FILES, safe_relpath
 from reconcilers.ports import Evaluator, Snapshot
 
 INFRA_CONTRACT = contract.CONFIG
-_COMMON = ("kind", "provider", "depends_on", "prune", "drift", "labels", "description")
+_COMMON = frozenset(("kind", "provider", "depends_on", "prune", "drift", "labels", "description"))
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+\.(service|socket|timer|target|path|mount)$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 

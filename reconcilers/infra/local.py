@@ -50,7 +50,7 @@ class LocalProvider:
         `cache` maps parent folders to their real paths for the length of one read-only pass (observe,
         validate), where thousands of resources share a few folders; writes always resolve afresh.
         """
-        if not rel or rel.startswith("/") or "\x00" in rel or ".." in rel.split("/"):
+        if not rel or rel.startswith("/") or "\x00" in rel or (".." in rel and ".." in rel.split("/")):
             raise PathEscapeError(f"path {rel!r} is not relative to the root", hint="use a relative path")
         parent_rel, _, name = rel.rstrip("/").rpartition("/")
         parent = self._real_folder(parent_rel, cache)
@@ -127,6 +127,8 @@ class LocalProvider:
             path = self.resolve_str(rel, cache=cache)
         except PathEscapeError:
             return ObservedResource(exists=True, kind="other")
+        if cache is not None and self._folder_absent(path.rpartition("/")[0], cache):
+            return ObservedResource(exists=False)     # what lstat would say, without one call per file in it
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -140,6 +142,25 @@ class LocalProvider:
             digest = _file_digest(path) if resource_kind != "command" else ""
             return ObservedResource(exists=True, kind="file", content_hash=digest, mode=mode)
         return ObservedResource(exists=True, kind="other", mode=mode)
+
+    @staticmethod
+    def _folder_absent(folder: str, cache: dict[str, str]) -> bool:
+        """Whether a (resolved) folder does not exist, asked once per folder in a pass: a first apply observes
+        5,000 files in 50 missing folders. Only a missing folder counts; anything else (present, unreadable, a
+        file) leaves each path to its own lstat, as before. Kept in the pass's cache under keys no relative
+        path can have (they start with NUL)."""
+        key = "\x00absent:" + folder
+        known = cache.get(key)
+        if known is None:
+            try:
+                os.lstat(folder)
+                known = ""
+            except FileNotFoundError:
+                known = "1"
+            except OSError:
+                known = ""
+            cache[key] = known
+        return known == "1"
 
     # apply ------------------------------------------------------------------------------------------
     def write_file(self, rel: str, content: str, mode: str) -> None:

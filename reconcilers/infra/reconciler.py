@@ -20,7 +20,6 @@ from reconcilers.base import (
     Problem,
     Reconciler,
     ReconcilerEnv,
-    freeze,
 )
 from reconcilers.errors import ApplyError, PathEscapeError, StratumError, TerminalError, WaitingError
 from reconcilers.infra import diff, secretapply
@@ -37,6 +36,7 @@ from reconcilers.infra.model import (
     applied_spec_hash,
     inventory_entry,
     inventory_facts,
+    policy_text,
 )
 from reconcilers.infra.provider import Provider
 from reconcilers.infra.providers import build as build_cloud
@@ -272,7 +272,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         out: dict[str, dict[str, Any]] = {}
         for f in diff.findings(desired, observed, inv):
             r = desired.resources[f.resource_id]
-            o = observed.resources.get(f.resource_id, ObservedResource(exists=False))
+            o = observed.resources.get(f.resource_id, diff.ABSENT)
             found: bytes | None = None
             if before is not None:
                 old = before.resources.get(f.resource_id)
@@ -433,7 +433,7 @@ class InfraReconciler(Reconciler[InfraDesired, InfraObserved]):
         return [view(r) for r in desired.resources.values()]
 
     def _policy_view(self, r: Resource) -> PolicyResource:
-        digest = hashlib.sha256(freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on]).encode())
+        digest = hashlib.sha256(policy_text(r).encode())
         return PolicyResource(self.name, r.id, r.kind, r.path, r.provider, r.labels, digest.hexdigest()[:16],
                               r.source, r.line)
 

@@ -86,6 +86,10 @@ class Tokens:
 
     def replace(self, value: Any, depth: int = 0) -> Any:
         """`value` with every reference record inside replaced by its token."""
+        if type(value) is str:
+            return value                 # most values: no reference, and no costly Mapping check (a load's hot path)
+        if type(value) is dict and not value:
+            return {}                    # a file's default `vars`: a new empty record, as the comprehension gives
         if depth > 32:
             return value                 # the Nickel evaluation bounds depth already; never recurse unbounded
         if is_reference(value):

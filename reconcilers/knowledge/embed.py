@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import (
     MODEL_SHA256,
@@ -36,6 +34,7 @@ from reconcilers.knowledge.model_files import (
     sha256_file,
     shipped_model_files,
 )
+from reconcilers.lazylog import lazy_logger
 from reconcilers.locations import sanitize_url
 from reconcilers.workers import stop_worker
 
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["DIM", "MODEL_SHA256", "TOKENIZER_SHA256", "HttpProvider", "ModelError", "Provider", "WorkerProvider",
            "load_provider", "prepare_model_dir", "sha256_file", "shipped_model_files"]
 
-log = structlog.get_logger("stratum.knowledge")
+log = lazy_logger("stratum.knowledge")  # structlog when first used: validate logs nothing
 
 DIM = 384
 SHIPPED_MODEL_ID = f"fastembed:all-MiniLM-L6-v2-int8:{MODEL_SHA256[:12]}"   # vectors equal fastembed's (2e-7)

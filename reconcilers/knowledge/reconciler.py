@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pygit2
-import structlog
 
 from reconcilers.base import (
     InventoryItem,
@@ -42,6 +41,7 @@ from reconcilers.knowledge.loader import Checked, Loader, check
 from reconcilers.knowledge.node import NAME, Node, Parsed
 from reconcilers.knowledge.providers import check_choice, host_providers, resolve
 from reconcilers.knowledge.settings import KnowledgeSettings
+from reconcilers.lazylog import lazy_logger
 from reconcilers.no_actions import NoActions
 from reconcilers.ports import HttpMount, Snapshot, Tables
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from reconcilers.knowledge.indexer import Indexed, IndexStats
     from reconcilers.knowledge.store import Store
 
-log = structlog.get_logger("stratum.knowledge")
+log = lazy_logger("stratum.knowledge")
 SETTINGS_STATE = "knowledge_settings"     # index state: the `knowledge` section of the revision indexed last
 
 

@@ -107,6 +107,22 @@ def _reference(value: Any) -> str:
     return str(value)
 
 
+def nickel_inputs(snap: Snapshot) -> list[tuple[list[str], str | None]]:
+    """The (files, contract) groups `load` evaluates, for the daemon to evaluate ahead in one run."""
+    if not snap.entries("vault/", (".ncl",)):
+        return []
+    from reconcilers.vault.database import declared as db_declared
+    from reconcilers.vault.pki import declared as pki_declared
+
+    groups: list[tuple[list[str], str | None]] = []
+    for prefix, contract in ((TRANSIT_PREFIX, TRANSIT_CONTRACT), (pki_declared.PREFIX, pki_declared.CONTRACT),
+                             (db_declared.PREFIX, db_declared.CONTRACT)):
+        paths = [e.path for e in snap.entries(prefix, (".ncl",)) if "/" not in e.path[len(prefix):]]
+        if paths:
+            groups.append((paths, contract))
+    return groups
+
+
 def load(evaluator: Evaluator | None, snap: Snapshot, secrets: SecretsPort | None) -> tuple[Engines, list[Problem]]:
     """Every engine declaration of `snap`, and the located problems (a password reference that names no
     manifest of the revision, or one the daemon cannot decrypt, is one)."""

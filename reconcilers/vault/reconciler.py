@@ -50,6 +50,7 @@ from reconcilers.vault.keysource import FileKeySource, KeySealedError, KeySource
 from reconcilers.vault.kvpath import kv_path_of
 from reconcilers.vault.manifest import Manifest, load_document, split_document
 from reconcilers.vault.plaincache import DEFAULT_LIMIT, PlainCache
+from reconcilers.vault.rules import CONTRACT as RULES_CONTRACT
 from reconcilers.vault.rules import RULES_PATH, Rules, load_snapshot
 from reconcilers.vault.service import sync as service_sync
 from reconcilers.vault.service.host import Publisher, ServiceHost
@@ -240,6 +241,15 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
         return self._evaluator
 
     # 1. load --------------------------------------------------------------------------------------
+    def nickel_inputs(self, snap: Snapshot) -> list[tuple[list[str], str | None]]:
+        """The rules, mounts, token roles and engine declarations `load` evaluates (one run ahead, not six)."""
+        groups: list[tuple[list[str], str | None]] = [
+            ([path], contract) for path, contract in ((self.rules_path, RULES_CONTRACT),
+                                                      (service_sync.MOUNTS_FILE, service_sync.MOUNTS_CONTRACT),
+                                                      (service_sync.ROLES_FILE, service_sync.ROLES_CONTRACT))
+            if snap.entry(path) is not None]
+        return groups + declared_plan.nickel_inputs(snap)
+
     def load(self, snap: Snapshot) -> VaultDesired:
         """The commit's manifests (text, not decrypted), its rules and their signature."""
         files: list[ManifestFile] = []
@@ -653,9 +663,10 @@ class VaultReconciler(Reconciler["VaultDesired", dict[str, tuple[str, int]]]):
     def certificates(self) -> CertIssuer:
         """Certificates of certificate references: issued at apply, kept sealed, renewed (pki/certrefs.py)."""
         from reconcilers.vault.pki.certrefs import CertIssuer
-        from reconcilers.vault.pki.renewal import DEFAULT_FRACTION
 
-        fraction = float(self.vault_api.settings.get("cert_renew_fraction", DEFAULT_FRACTION))
+        # Not set: the issuer's default (renewal.py's, imported with cryptography.x509 only when one is issued).
+        setting = self.vault_api.settings.get("cert_renew_fraction")
+        fraction = None if setting is None else float(setting)
         return CertIssuer(self._service, self.state_dir, lambda: self.fingerprints, fraction)
 
     def recipient_fingerprint(self) -> str | None:

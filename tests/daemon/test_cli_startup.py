@@ -176,11 +176,15 @@ def test_validate_loads_no_library_only_other_work_needs(tmp_path: Path) -> None
     # ... nor loads the PostgreSQL driver (~0.5 s) or the vault engines' apply code for the template's
     # vault/database declaration: validate reads declarations, it connects to nothing.
     # ... nor loads an engine's handler for the declared PKI and database mounts: declarations are checked as
-    # data, the engines load when a change is applied. (cryptography.x509 does load: the template's
-    # infra/tls.ncl has certificate references, which validate locates through the PKI.)
+    # data, the engines load when a change is applied. ... nor cryptography.x509 (~40 ms, with the PKI's
+    # renewal code): the template's infra/tls.ncl has certificate references, which validate locates through
+    # the PKI, but nothing is issued or checked for renewal.
     only_elsewhere = ("fluent.runtime", "babel", "urllib.request", "http.client", "email.parser", "psycopg",
                       "reconcilers.vault.declared_apply", "reconcilers.vault.pki.api",
-                      "reconcilers.vault.database.api")
+                      "reconcilers.vault.database.api", "cryptography.x509", "reconcilers.vault.pki.renewal",
+                      # ... nor structlog and its asyncio (~40 ms): validate logs nothing (daemon.log and the
+                      # reconcilers' loggers import it when something is logged)
+                      "structlog", "asyncio")
     imported = _imported_after(_validate_template(tmp_path), ("reconcilers.forms.loader", *only_elsewhere))
     assert "reconcilers.forms.loader" in imported                # it did validate the forms
     assert imported & set(only_elsewhere) == set()
@@ -235,3 +239,24 @@ def test_applying_a_repo_without_policies_or_certificates_loads_neither_engine(t
                                       "cryptography.x509", "jinja2", "croniter", "reconcilers.forms.model"))
     assert imported == {"daemon.run.pipeline"}
     assert (root / "a.conf").read_text() == "x\n"
+
+
+def test_loggers_that_import_structlog_late_still_log_through_the_configured_one() -> None:
+    """daemon.log's structlog and the reconcilers' lazy loggers import structlog on first use; what they log
+    still goes through the configuration made before (format, stream, level)."""
+    code = ("import io, sys\n"
+            "import daemon.log as log\n"
+            "from reconcilers.lazylog import lazy_logger\n"
+            "first = 'structlog' in sys.modules\n"
+            "out = io.StringIO()\n"
+            "log.configure('json', out)\n"
+            "lazy_logger('stratum.agents').warning('agents.late', revision='abc')\n"
+            "log.get().info('kernel.late', n=1)\n"
+            "from daemon.log import structlog\n"
+            "import json; print(json.dumps([first, out.getvalue().splitlines(), structlog.__name__]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    first, lines, name = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first is False and name == "structlog"
+    events = [json.loads(line) for line in lines]
+    assert [(e["event"], e["level"]) for e in events] == [("agents.late", "warning"), ("kernel.late", "info")]
+    assert events[0]["revision"] == "abc"

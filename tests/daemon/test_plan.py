@@ -134,6 +134,22 @@ def test_dependencies_outside_the_plan_are_already_satisfied() -> None:
     assert {a.id for a in sequence(actions)} == {"t:a", "t:b"}
 
 
+def test_independent_actions_keep_graphlibs_order() -> None:
+    """Actions with no edge among them (outside dependencies and self-loops do not count) come in the order
+    graphlib gives them: as added, an id repeated keeping its first place and its last action."""
+    import graphlib
+
+    twice = Action(id="t:a", reconciler="t", kind="delete", target="a", summary="delete a")
+    actions = [act("c", "not-planned"), act("a"), act("b", "b"), twice, act("d")]
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for a in actions:
+        sorter.add(a.id)
+    by_id = {a.id: a for a in actions}
+    assert sequence(actions) == [by_id[i] for i in sorter.static_order()]
+    assert [a.id for a in sequence(actions)] == ["t:c", "t:a", "t:b", "t:d"]
+    assert sequence(actions)[1] is twice
+
+
 def test_a_cycle_is_an_input_error_naming_it() -> None:
     """A cycle raises CycleError whose message names every member, closing the loop."""
     with pytest.raises(CycleError) as err:

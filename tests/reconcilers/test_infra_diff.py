@@ -246,3 +246,68 @@ def test_expected_link_is_relative_to_the_link_directory() -> None:
     assert expected_link("srv/current", "srv/app") == "app"
     assert expected_link("etc/app", "srv/app") == "../srv/app"
     assert expected_link("top", "a/b") == "a/b"
+
+
+# ---- texts written without the JSON encoder (plan5k): the same bytes as `freeze` ----------------------
+_AWKWARD = ["plain", "", 'quo"te', "back\\slash", "new\nline", "tab\t", "\x00\x1f", "é ü \u017f", "日本",
+            "\u2028", "emoji 🙂", "</script>"]
+
+
+def test_action_payload_and_inventory_text_equal_freeze_of_their_fields() -> None:
+    """An action's change and a resource's inventory entry are canonical JSON, byte for byte what `freeze` makes
+    of the same fields, whatever the strings hold (quotes, control and non-ASCII characters, surrogates)."""
+    for i, text in enumerate(_AWKWARD):
+        r = Resource(id=f"r{i}", kind="file", provider=text or "local", spec=freeze({"path": f"a/{text}x",
+                     "content": text, "mode": "0644"}), prune=bool(i % 2), source=f"infra/{text}.ncl", line=1)
+        data = {"kind": "file", "path": f"a/{text}x", "prune": bool(i % 2), "spec_hash": r.spec_hash,
+                "provider": text or "local", "source": f"infra/{text}.ncl"}
+        assert r.inventory_data() == freeze(data)
+        [action] = plan(desired(r), observed(), [])
+        assert action.change == freeze({
+            "inventory": freeze(data), "nature": "create", "reason": "missing",
+            "resource": {"id": r.id, "kind": "file", "provider": r.provider, "prune": r.prune, "source": r.source,
+                         "spec": json.loads(r.spec)}})
+
+
+def test_secret_name_shortcut_agrees_with_the_pattern() -> None:
+    """Whether a path looks secret is what the pattern says, for paths the ASCII shortcut answers and for those
+    it leaves to the pattern (Unicode case folding: the long s is an s, the Kelvin sign a K)."""
+    from reconcilers.infra.diff import _SECRET_NAME, _secret_name
+
+    stems = ["etc/app.conf", "etc/.env", "etc/.ENV.local", "x.env", "a/.env/b", "db.KEY", "db.key\n", "db.key\n\n",
+             "k.pem.bak", "my-Token.txt", "passwd", "PassWord", "x/htpasswd", "shadow", "etc/\u017fecret",
+             "srv.\u212aey",
+             "tls/server.p12", "a.keystore", "a.jks ", "creds", "credential", "PRIVATE/x", "notes/secretary.md",
+             "", "/", "env", "a.envy", "dir.env/x", "x.Pfx", "tokenizer.json", "K.pem", "İ/x", "pass"]
+    for p in stems + [f"deep/{s}" for s in stems] + [s.upper() for s in stems]:
+        assert _secret_name(p) == (_SECRET_NAME.search(p) is not None), repr(p)
+
+
+def test_findings_of_one_observation_follow_the_inventory_and_desired_state_asked_with() -> None:
+    """A plan asks for one observation's findings three times; the answer kept for it is given only for the same
+    desired state and inventory: another inventory (the spec applied before: drift) or desired state gets its own."""
+    fixed = res("fixed", "file", path="a", content="repo")
+    other = res("other", "file", path="b", content="repo")
+    obs = observed(fixed=file_on_host("host"), other=file_on_host("host"))
+    d = desired(fixed)
+    first = findings(d, obs, {})
+    assert [(f.resource_id, f.nature) for f in first] == [("fixed", "change")]
+    first.clear()                                     # a caller's list is its own
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, {})] == [("fixed", "change")]
+    applied = {i.resource_id: i for i in inv(fixed)}
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, applied)] == [("fixed", "drift")]
+    assert [(f.resource_id, f.nature) for f in findings(desired(fixed, other), obs, applied)] == [
+        ("fixed", "drift"), ("other", "change")]
+    assert [(f.resource_id, f.nature) for f in findings(d, obs, {})] == [("fixed", "change")]
+
+
+def test_policy_text_equals_freeze_of_what_a_commit_can_change() -> None:
+    """Change control's digest covers the text `freeze` makes of spec, labels, prune, drift and dependencies,
+    byte for byte, with or without labels and dependencies and whatever the strings hold."""
+    from reconcilers.infra.model import policy_text
+
+    for i, text in enumerate(_AWKWARD):
+        r = Resource(id=f"r{i}", kind="file", provider="local", spec=freeze({"path": "a", "content": text}),
+                     depends_on=(f"d{text}", "b") if i % 2 else (), prune=bool(i % 3), drift=text or "detect",
+                     labels=MappingProxyType({"team": text, "a": "1"} if i % 2 else {}))
+        assert policy_text(r) == freeze([r.spec, dict(r.labels), r.prune, r.drift, r.depends_on])

@@ -128,6 +128,25 @@ def test_observing_a_path_that_escapes_is_never_a_match(
     assert provider.observe("file", "out/keep.txt").kind == "other"
 
 
+def test_a_pass_observes_the_same_with_its_cache_as_without(root: Path, provider: LocalProvider) -> None:
+    """Within one observing pass (a shared cache), files in a missing folder are missing, files in present or
+    linked folders are observed as each alone would be, and a folder made after the pass began is seen by the
+    next pass (the cache lives for one pass)."""
+    (root / "here").mkdir()
+    (root / "here" / "f").write_text("x")
+    (root / "via").symlink_to("here")
+    (root / "afile").write_text("not a folder")
+    rels = ["gone/a", "gone/b", "gone/deeper/c", "here/f", "here/none", "via/f", "via/none", "f"]
+    cache: dict[str, str] = {}
+    assert [provider.observe("file", rel, cache) for rel in rels] == [provider.observe("file", rel) for rel in rels]
+    assert not provider.observe("file", "gone/a", cache).exists
+    (root / "gone").mkdir()
+    (root / "gone" / "a").write_text("now")
+    assert provider.observe("file", "gone/a", {}).exists
+    with pytest.raises(NotADirectoryError):           # as before the cache: lstat's own error
+        provider.observe("file", "afile/x", {})
+
+
 # -- writes --------------------------------------------------------------------------------------------------
 def test_write_file_creates_parents_sets_mode_and_leaves_no_temp(root: Path, provider: LocalProvider) -> None:
     """A file is written with its mode, parents created, and no temp file remains."""

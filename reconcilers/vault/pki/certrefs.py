@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -39,7 +40,6 @@ from reconcilers.errors import InputError, StratumError, TerminalError, WaitingE
 from reconcilers.ports import Scheduler, SecretLocation, Timer
 from reconcilers.vault.fingerprints import FingerprintKey
 from reconcilers.vault.keysource import SEALED_HINT
-from reconcilers.vault.pki import renewal
 from reconcilers.vault.pki.errors import PkiError, PkiNotFound
 
 PREFIX = "cert:"
@@ -50,6 +50,14 @@ _MAX_TEXT = 8192
 MIN_REARM_S = 60.0                 # a due certificate that a run could not renew is tried again after this
 MAX_ARM_S = 86_400.0               # timers are re-armed at least daily (a clock step is then caught)
 NEXT_RUN = "the file is left as it is, and the daemon runs again once the vault opens"
+
+
+def _renewal() -> ModuleType:
+    """renewal.py, imported when a certificate is issued or checked: it loads cryptography.x509 (~40 ms), which
+    locating a reference (validate, plan) does not need."""
+    from reconcilers.vault.pki import renewal
+
+    return renewal
 
 
 def is_cert_reference(text: str) -> bool:
@@ -106,9 +114,11 @@ class CertIssuer:
     `service` answers the running vault service (None where none runs); `clock` is the time (tests move it)."""
 
     def __init__(self, service: Callable[[], Any], state_dir: Path, fingerprints: Callable[[], FingerprintKey],
-                 fraction: float = renewal.DEFAULT_FRACTION,
+                 fraction: float | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        if not 0 < fraction <= 1:
+        # None: renewal.DEFAULT_FRACTION, resolved when a certificate is issued or checked (not at construction:
+        # locating references, as validate does, needs no cryptography.x509).
+        if fraction is not None and not 0 < fraction <= 1:
             raise StratumError(f"[vault] cert_renew_fraction {fraction} is not in (0, 1]",
                                where="[vault] cert_renew_fraction", hint="use e.g. 0.66 (renew at two thirds)")
         self._service = service
@@ -209,7 +219,7 @@ class CertIssuer:
             raw = service.barrier.get(path)
             stored: dict[str, Any] | None = json.loads(raw) if raw else None
             now = self.clock()
-            if stored is None or renewal.needs_renewal(str(stored["certificate"]), now, self.fraction):
+            if stored is None or _renewal().needs_renewal(str(stored["certificate"]), now, self._fraction()):
                 stored = self._issue(service, ref, stored, now)
                 service.barrier.put(path, json.dumps(stored).encode())
             self._remember(ref, stored)
@@ -226,9 +236,9 @@ class CertIssuer:
                                                        "(vault/pki/), or fix `certificate`", after=5.0,
                                defer=True)
         try:
-            files = renewal.issue_files(service.mounts.store_of(found[0]), ref.role, ref.common_name,
+            files = _renewal().issue_files(service.mounts.store_of(found[0]), ref.role, ref.common_name,
                                         alt_names=ref.alt_names, ip_sans=ref.ip_sans, ttl=ref.ttl, now=now,
-                                        fraction=self.fraction)
+                                        fraction=self._fraction())
         except PkiNotFound as err:
             raise WaitingError(f"certificate {ref.request}: {err.what}", where=ref.request,
                                hint=f"declare role {ref.role} on the {ref.mount} mount (vault/pki/)", after=5.0,
@@ -253,6 +263,11 @@ class CertIssuer:
         if self._meta.get(ref.request_id) != meta:
             self._meta[ref.request_id] = meta
             self._write_meta()
+
+    def _fraction(self) -> float:
+        """The share of a certificate's lifetime after which it is issued again."""
+        fraction: float = _renewal().DEFAULT_FRACTION if self.fraction is None else self.fraction
+        return fraction
 
     # renewal timer ------------------------------------------------------------------------------------
     def next_renewal(self) -> dt.datetime | None:
@@ -318,7 +333,7 @@ class CertIssuer:
                 continue
             stored = json.loads(raw)
             try:
-                renewal.revoke_superseded(service.mounts.store_of(found[0]), list(stored.get("superseded", [])),
+                _renewal().revoke_superseded(service.mounts.store_of(found[0]), list(stored.get("superseded", [])),
                                           self.clock())
                 stored["superseded"] = []
                 service.barrier.put(BARRIER_PREFIX + rid, json.dumps(stored).encode())
