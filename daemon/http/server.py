@@ -146,8 +146,12 @@ class HttpServer:
         # No mount speaks WebSocket: "none" keeps an upgrade from moving a connection out of the guarded protocol.
         # log_level "error": uvicorn's warnings are one line per bad request (malformed, an upgrade asked for),
         # which anyone who can reach the port could use to flood the log; its errors are our apps failing.
+        # proxy_headers off: uvicorn's default trusts X-Forwarded-For/-Proto from 127.0.0.1, and on a loopback
+        # listener that is every client, so any local process could claim another address (the vault's audit
+        # `remote_address`, Cedar's `context.source`). No proxy is configured in front of the daemon; it also
+        # takes a middleware layer off every request.
         config = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off", ws="none",
-                                http=guarded_protocol(self.limits, self.stats),
+                                proxy_headers=False, http=guarded_protocol(self.limits, self.stats),
                                 timeout_keep_alive=max(1, round(self.limits.keepalive_timeout)),
                                 backlog=accept_burst(self.limits.max_connections), **tls)
         try:

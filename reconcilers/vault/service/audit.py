@@ -6,12 +6,13 @@ Each line carries `seq` and `prev` (the SHA-256 of the previous line's bytes), s
 removed or reordered line. When the file passes `max_bytes` it is renamed `<name>.<n>` and the chain goes on
 in a new file. If a line cannot be written the request fails: no unaudited access.
 
-The file stays open between entries (one write() each, O_APPEND; opening it per entry cost two system calls,
-~13 us here). Before each entry an fstat of the open file checks it still has a name (a file removed, or
-replaced by a rename or by a directory, has none), and once a second a stat of the path checks it still names
-that file (device and inode); otherwise the path is opened again, so the log never goes on into a file nobody
-can see, and a path that cannot be opened (a directory now) fails the request as before. Nothing is fsynced
-per entry (the contract is "written", as it was).
+The file stays open between entries (opening it per entry cost two system calls, ~13 us here), and each call
+of `write` is one write() with O_APPEND, of one entry or of several chained ones (a read's request and response
+entries: see core.py). Before each write an fstat of the open file checks it still has a name (a file removed,
+or replaced by a rename or by a directory, has none), and once a second a stat of the path checks it still
+names that file (device and inode); otherwise the path is opened again, so the log never goes on into a file
+nobody can see, and a path that cannot be opened (a directory now) fails the request as before. Nothing is
+fsynced per entry (the contract is "written", as it was).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class AuditUnavailable(Unavailable):
     status = 500
 
 
+_SCALARS = frozenset((int, bool, float, type(None)))
+
+
 def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
     """`value` with every string leaf replaced by its digest (keys stay readable; depth bounded)."""
     # Exact types first (what JSON bodies hold), subclasses after: every request's answer goes through here.
@@ -52,7 +56,16 @@ def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         return "hmac-sha256:truncated"
     if kind is dict:
-        return {k if type(k) is str else str(k): redact(v, digest, depth + 1) for k, v in value.items()}
+        if depth >= MAX_DEPTH:
+            return {k if type(k) is str else str(k): redact(v, digest, depth + 1) for k, v in value.items()}
+        # The leaves of a dict inline (a string is digested, a plain scalar kept, as the call on each would):
+        # a read's answer is mostly leaves, and a call per leaf was most of this function's cost.
+        out = {}
+        for k, v in value.items():
+            t = type(v)
+            out[k if type(k) is str else str(k)] = (digest(v) if t is str else v if t in _SCALARS
+                                                     else redact(v, digest, depth + 1))
+        return out
     if kind is list:
         return [redact(v, digest, depth + 1) for v in value]
     if value is None or kind is int or kind is bool or kind is float:
@@ -88,6 +101,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._salt = b""
         self._digests: dict[str, str] = {}
+        self._redacted: dict[int, tuple[Any, Any]] = {}     # id(answer) -> (answer, its redaction)
         # The descriptor held open (-1: none) in a list a finalizer closes when the log is dropped (a raw
         # descriptor: a file object left to the collector would warn), and its (device, inode) when opened.
         self._fd = [-1]
@@ -104,11 +118,24 @@ class AuditLog:
     def set_salt(self, salt: bytes) -> None:
         """The vault's HMAC salt (known once unsealed); the digests kept under the previous one go."""
         self._salt = salt
-        self._digests = {}
+        self.forget()
 
     def forget(self) -> None:
         """Drop the digests kept by value (at seal: they are keyed by the values, secrets among them)."""
         self._digests = {}
+        self._redacted = {}
+
+    def redact_shared(self, body: Any) -> Any:
+        """`redact(body, self.hash)` for an answer an engine returns again unchanged (KV2.shares): kept with it,
+        by identity (the kept answer is held, so its id names it alone), bounded, dropped with the digests."""
+        kept = self._redacted.get(id(body))
+        if kept is not None and kept[0] is body:
+            return kept[1]
+        done = redact(body, self.hash)
+        if len(self._redacted) >= DIGESTS_MAX:
+            self._redacted = {}
+        self._redacted[id(body)] = (body, done)
+        return done
 
     def hash(self, value: str) -> str:
         """The digest that stands for `value` in the log."""
@@ -139,24 +166,32 @@ class AuditLog:
                 return hashlib.sha256(lines[-1]).hexdigest(), seq
         return GENESIS, 0
 
-    def write(self, entry: dict[str, Any]) -> None:
-        """Append one entry (chained); AuditUnavailable when it cannot be written."""
+    def write(self, *entries: dict[str, Any]) -> None:
+        """Append `entries` (each chained to the one before) in one write(); AuditUnavailable when they cannot
+        be written (then none counts as written: the chain in memory stays at the last entry that was)."""
         with self._lock:
             now = int(self.clock())
             new_second = now != self._second
             if new_second:
                 self._second, self._stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-            line = dumps_line({"time": self._stamp, **entry, "seq": self._seq + 1, "prev": self._prev})
+            prev, seq, lines = self._prev, self._seq, []
+            for entry in entries:
+                seq += 1
+                line = dumps_line({"time": self._stamp, **entry, "seq": seq, "prev": prev})
+                prev = hashlib.sha256(line).hexdigest()
+                lines.append(line)
+            lines.append(b"")
+            data = b"\n".join(lines)
             try:
                 self._rotate_if_full()
-                if os.write(self._file(new_second), line + b"\n") != len(line) + 1:
+                if os.write(self._file(new_second), data) != len(data):
                     raise OSError(28, "short write")
             except OSError as err:
                 self.close()
                 raise AuditUnavailable(f"the audit log {self.path} cannot be written ({err.strerror}): the request "
                                        "was refused; fix the file or its disk") from err
-            self._prev, self._seq = hashlib.sha256(line).hexdigest(), self._seq + 1
-            self._size += len(line) + 1
+            self._prev, self._seq = prev, seq
+            self._size += len(data)
 
     def _file(self, check_path: bool) -> int:
         """The open log file's descriptor, opened again when the file lost its name (removed, replaced) or,

@@ -67,6 +67,12 @@ class Barrier:
         self._generation = 0                    # bumped by every put, delete, seal and reload
 
     @property
+    def keeps_entries(self) -> bool:
+        """Whether decrypted entries are kept: `get` then returns the same bytes object for a path until it is
+        written or deleted (what kv.Decoded relies on)."""
+        return self._cache_max > 0
+
+    @property
     def sealed(self) -> bool:
         """True until unsealed."""
         return not self._keys

@@ -7,6 +7,8 @@ A request goes through these steps (each a possible refusal):
   4. Cedar allows the token's groups the capability on the path (root passes) ........ else 403, no hint
   5. the request is audited (fail closed) ............................................ else 500, not served
   6. the token's use is counted, the route answers, the response is audited
+A read or list of a KV mount (which changes nothing) writes 5 and 6 together once the answer is known, still
+before it is served: one write() instead of two (VaultService._read).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from urllib.parse import quote, urlencode
 
 from reconcilers.vault.service import policy as cedar
 from reconcilers.vault.service import routes
-from reconcilers.vault.service.audit import AuditLog
+from reconcilers.vault.service.audit import AuditLog, redact
 from reconcilers.vault.service.barrier import Barrier
 from reconcilers.vault.service.errors import BadRequest, NotFound, PermissionDenied, Sealed, ServiceError
-from reconcilers.vault.service.mounts import Mounts, engine_handler
+from reconcilers.vault.service.mounts import MountEntry, Mounts, engine_handler
 from reconcilers.vault.service.request import Answer, ApiRequest
 from reconcilers.vault.service.seal import Seal
 from reconcilers.vault.service.storage.base import KeyValueStore
@@ -35,6 +37,7 @@ SALT_PATH = "core/audit-salt"
 SELF_SERVICE = ("auth/token/lookup-self", "auth/token/renew-self", "auth/token/revoke-self")   # Vault's default policy
 UNAUTHENTICATED = ("sys/health", "sys/seal-status", "sys/init", "sys/unseal", "sys/leader")
 BARRIER_CACHE_ENTRIES = 4096
+KV_READS = ("read", "list")      # capabilities that change nothing on a KV mount (see VaultService._read)
 
 
 class VaultService:
@@ -179,22 +182,49 @@ class VaultService:
         if self.standby:
             raise self._redirect(req)
         entry = self.tokens.lookup(req.token)
-        capability, mount = self._capability(req)
+        found = self.mounts.find(req.path)
+        capability, mount = self._capability(req, found)
         seen = self._audited(req, entry)
         if not entry.is_root and req.path not in SELF_SERVICE and not self.authz.allowed(
                 entry.accessor, entry.display_name, entry.policies, capability, req.path, mount,
                 {"time": int(self.clock()), "source": req.remote, "method": req.method}):
-            self._audit("response", seen, 403, {"errors": ["permission denied"]})
+            self.audit.write(self._response(seen, 403, {"errors": ["permission denied"]}))
             raise PermissionDenied()
-        self._audit("request", seen)
+        if capability in KV_READS and found is not None and found[0].type == "kv" and not entry.num_uses:
+            return self._read(req, entry, found, seen)
+        self.audit.write({"type": "request", **seen})
         if entry.num_uses:
             entry = self.tokens.use(req.token)
         try:
-            status, body = self._route(req, entry)
+            status, body = self._route(req, entry, found)
         except ServiceError as err:
-            self._audit("response", seen, err.status, {"errors": err.messages})
+            self.audit.write(self._response(seen, err.status, {"errors": err.messages}))
             raise
-        self._audit("response", seen, status, body)
+        self.audit.write(self._response(seen, status, body))
+        return status, body
+
+    def _read(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str], seen: dict[str, Any]) -> Answer:
+        """A read or list of a KV mount: its request and response entries are written together, in one write()
+        once the answer is known and before anyone sees it. Still no unaudited access: a KV read changes
+        nothing, and an answer whose entries cannot be written is refused (500) as before; a request that
+        fails unexpectedly is audited alone before its 500."""
+        request = {"type": "request", **seen}
+        try:
+            status, body = self._route(req, entry, found)
+        except ServiceError as err:
+            self.audit.write(request, self._response(seen, err.status, {"errors": err.messages}))
+            raise
+        except BaseException:
+            self.audit.write(request)
+            raise
+        engine = self.mounts.engine(found[0])
+        if body is not None and engine.shares(body):
+            # The engine's kept answer (unchanged since it was kept): its redaction is kept with it.
+            response = {"type": "response", **seen, "response": {"status": status,
+                                                                  "data": self.audit.redact_shared(body)}}
+        else:
+            response = self._response(seen, status, body)
+        self.audit.write(request, response)
         return status, body
 
     def _audited(self, req: ApiRequest, entry: TokenEntry) -> dict[str, Any]:
@@ -204,18 +234,17 @@ class VaultService:
         return {"auth": {"accessor": h(entry.accessor), "client_token": h(req.token), "policies": list(entry.policies),
                          "display_name": entry.display_name},
                 "request": {"operation": req.method.lower(), "path": req.path, "remote_address": req.remote,
-                            "data": cedar_free(req.body, h)}}
+                            "data": redact(req.body, h) if req.body is not None else None}}
 
-    def _audit(self, kind: str, seen: dict[str, Any], status: int = 0, body: dict[str, Any] | None = None) -> None:
-        doc: dict[str, Any] = {"type": kind, **seen}
-        if kind == "response":
-            doc["response"] = {"status": status, "data": cedar_free(body, self.audit.hash)}
-        self.audit.write(doc)
+    def _response(self, seen: dict[str, Any], status: int, body: dict[str, Any] | None) -> dict[str, Any]:
+        """The response's audit entry."""
+        return {"type": "response", **seen,
+                "response": {"status": status, "data": redact(body, self.audit.hash) if body is not None else None}}
 
-    def _capability(self, req: ApiRequest) -> tuple[str, str]:
-        """(Cedar action, mount) of a request; POST/PUT are create or update by whether the target exists."""
+    def _capability(self, req: ApiRequest, found: tuple[MountEntry, str] | None) -> tuple[str, str]:
+        """(Cedar action, mount) of a request (`found`: its mount); POST/PUT are create or update by whether the
+        target exists."""
         m = req.method
-        found = self.mounts.find(req.path)
         mount = found[0].path if found else req.path.split("/")[0] + "/"
         if req.path.startswith(("sys/rotate", "sys/seal", "sys/mounts/")) and m != "GET":
             return "sudo", mount
@@ -249,12 +278,11 @@ class VaultService:
         err.headers = [("location", f"{leader}/v1/{quote(req.path)}" + (f"?{query}" if query else ""))]
         return err
 
-    def _route(self, req: ApiRequest, entry: TokenEntry) -> Answer:
+    def _route(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str] | None) -> Answer:
         if req.path.startswith("sys/"):
             return routes.sys(self, req, entry)
         if req.path.startswith("auth/token/"):
             return routes.token(self, req, entry)
-        found = self.mounts.find(req.path)
         if found is None:
             raise NotFound(f"no handler for route '{req.path}'. route entry not found.")
         mount, rest = found
@@ -271,8 +299,6 @@ class VaultService:
 
 def cedar_free(value: Any, digest: Callable[[str], str]) -> Any:
     """What the audit log keeps of a body: every string value digested (keys stay readable)."""
-    from reconcilers.vault.service.audit import redact
-
     return redact(value, digest) if value is not None else None
 
 

@@ -16,6 +16,8 @@ from reconcilers.vault.service.storage.base import KeyValueStore, check_path
 TABLE_PATH = "core/mounts"
 RESERVED = ("sys", "auth", "core", "logical", "identity", "cubbyhole")
 DEFAULT_MOUNTS = {"secret/": ("kv", 2), "kv/": ("kv", 2)}
+KNOWN_MAX = 4096              # paths whose mount is kept (see Mounts.find)
+DECODED_MAX = 4096            # decoded documents a KV engine keeps (see kv.Decoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +77,36 @@ class Mounts:
     def __init__(self, barrier: Barrier) -> None:
         self.barrier = barrier
         self._lock = threading.Lock()
-        self.entries: dict[str, MountEntry] = {}
+        self._entries: dict[str, MountEntry] = {}
+        # Every request finds its mount and builds its engine: both are kept per table (`_known`: path -> what
+        # `find` answered, bounded; `_engines`: mount uuid -> engine) and dropped whenever the table changes.
+        self._known: dict[str, tuple[MountEntry, str] | None] = {}
+        self._engines: dict[str, Any] = {}
+
+    @property
+    def entries(self) -> dict[str, MountEntry]:
+        """The table: mount path ("secret/") -> entry. Change it only through the methods here or by assigning
+        a whole new table (what is kept of the old one goes)."""
+        return self._entries
+
+    @entries.setter
+    def entries(self, table: dict[str, MountEntry]) -> None:
+        self._entries = table
+        self._changed()
+
+    def _changed(self) -> None:
+        self._known = {}
+        self._engines = {}
 
     def load(self) -> None:
         """Read the table (after unseal); a new vault gets the default mounts."""
         raw = self.barrier.get(TABLE_PATH)
         if raw is None:
-            self.entries = {}
-            for path, (kind, version) in DEFAULT_MOUNTS.items():
-                self.entries[path] = MountEntry(path, kind, version, secrets.token_hex(8))
+            table = {path: MountEntry(path, kind, version, secrets.token_hex(8))
+                     for path, (kind, version) in DEFAULT_MOUNTS.items()}
             if transit_handler() is not None:
-                self.entries["transit/"] = MountEntry("transit/", "transit", 0, secrets.token_hex(8))
+                table["transit/"] = MountEntry("transit/", "transit", 0, secrets.token_hex(8))
+            self.entries = table
             self._save()
             return
         self.entries = {k: MountEntry(**v) for k, v in json.loads(raw).items()}
@@ -96,23 +117,36 @@ class Mounts:
 
     def find(self, path: str) -> tuple[MountEntry, str] | None:
         """(mount, rest of the path) for the longest mount prefix of `path`."""
+        known = self._known
+        if path in known:
+            return known[path]
         best = None
-        for prefix, entry in self.entries.items():
+        for prefix, entry in self._entries.items():
             if (path + "/").startswith(prefix) and (best is None or len(prefix) > len(best.path)):
                 best = entry
-        if best is None:
-            return None
-        return best, path[len(best.path):]
+        found = None if best is None else (best, path[len(best.path):])
+        if len(known) >= KNOWN_MAX:
+            known.clear()                 # bounded (paths come from clients); a race only costs a lookup again
+        known[path] = found
+        return found
 
     def store_of(self, entry: MountEntry) -> KeyValueStore:
         """The engine's storage: its own barrier view."""
         return self.barrier.view(f"logical/{entry.uuid}/")
 
     def engine(self, entry: MountEntry) -> Any:
-        """The engine object for a mount (KV1/KV2), or the transit handler."""
-        if entry.type == "kv":
-            return KV2(self.store_of(entry), mount=entry.uuid) if entry.version == 2 else KV1(self.store_of(entry))
-        return None
+        """The engine object of a KV mount (KV1/KV2: they keep nothing between requests but their store, so one
+        serves every request), None for other kinds (core.py calls their `engine_handler`)."""
+        if entry.type != "kv":
+            return None
+        engine = self._engines.get(entry.uuid)
+        if engine is None:
+            # Decoded documents are kept where the barrier keeps entries (the file backend: see kv.Decoded).
+            keep = DECODED_MAX if self.barrier.keeps_entries else 0
+            engine = (KV2(self.store_of(entry), mount=entry.uuid, keep_decoded=keep) if entry.version == 2
+                      else KV1(self.store_of(entry), keep_decoded=keep))
+            self._engines[entry.uuid] = engine
+        return engine
 
     def ensure(self, path: str, kind: str, version: int, description: str) -> str:
         """What the repo declares: mount it when absent; a mount of another kind is left alone (said)."""
@@ -143,17 +177,19 @@ class Mounts:
         with self._lock:
             if any(p.startswith(path) or path.startswith(p) for p in self.entries):
                 raise BadRequest(f"path is already in use at {path}")
-            self.entries[path] = MountEntry(path, kind, version, secrets.token_hex(8),
-                                            str(body.get("description") or "")[:200])
+            self._entries[path] = MountEntry(path, kind, version, secrets.token_hex(8),
+                                             str(body.get("description") or "")[:200])
+            self._changed()
             self._save()
 
     def disable(self, path: str) -> None:
         """sys/mounts/<path> DELETE: unmount and drop its data."""
         path = check_path(path.strip("/")) + "/"
         with self._lock:
-            entry = self.entries.pop(path, None)
+            entry = self._entries.pop(path, None)
             if entry is None:
                 return
+            self._changed()
             self._save()
         _drop(self.store_of(entry), "")
 

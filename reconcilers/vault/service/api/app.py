@@ -77,8 +77,10 @@ class VaultApp:
         path = scope["path"]
         if not path.startswith(PREFIX):
             raise NotFound("the vault API is under /v1/")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
-                   if k.lower() in _WANTED}
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            if k in _WANTED or k.lower() in _WANTED:       # ASGI servers send names lowercased (the first test)
+                headers[k.decode("latin-1").lower()] = v.decode("latin-1")
         length = headers.get("content-length", "0")
         if not length.isdigit():
             raise BadRequest("invalid Content-Length")

@@ -23,6 +23,43 @@ READ = ("GET",)
 WRITE = ("POST", "PUT")
 
 
+class Decoded:
+    """Stored JSON documents, decoded, kept by path for as long as the store returns the very same bytes object
+    for it: the barrier's cache of the file backend does, until a write or delete of the path drops it (then
+    the new bytes do not match and are decoded again), so what is kept is never older than storage. A read
+    decodes two documents (metadata and data; ~10 us each here); on other backends nothing matches, and
+    nothing is kept (`limit` 0). What `get` returns is shared between readers: read-only."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit
+        self._docs: dict[str, tuple[bytes, Any]] = {}      # path -> (the bytes decoded, the document)
+        self._bytes = 0
+
+    def get(self, store: KeyValueStore, path: str) -> Any:
+        """The document at `path` (None when absent), decoded by the standard library as it always was."""
+        raw = store.get(path)
+        if raw is None:
+            return None
+        docs = self._docs
+        kept = docs.get(path)
+        if kept is not None and kept[0] is raw:
+            return kept[1]
+        doc = json.loads(raw)
+        if self.limit and len(raw) <= DECODED_ENTRY_MAX:
+            old = docs.pop(path, None)
+            if old is not None:
+                self._bytes -= len(old[0])
+            while docs and (len(docs) >= self.limit or self._bytes + len(raw) > DECODED_BYTES):
+                self._bytes -= len(docs.pop(next(iter(docs)))[0])     # bounded: the oldest goes first
+            docs[path] = (raw, doc)
+            self._bytes += len(raw)
+        return doc
+
+
+DECODED_ENTRY_MAX = 64 * 1024      # the barrier keeps no larger entry, so a larger one would never match
+DECODED_BYTES = 8 * 1024 * 1024    # per mount
+
+
 def _secret_path(path: str) -> str:
     path = path.strip("/")
     if not path:
@@ -55,8 +92,13 @@ class KV1:
 
     version = 1
 
-    def __init__(self, store: KeyValueStore) -> None:
+    def __init__(self, store: KeyValueStore, keep_decoded: int = 0) -> None:
         self.store = store
+        self.decoded = Decoded(keep_decoded)
+
+    def shares(self, body: Any) -> bool:
+        """KV v1 keeps no answers (see KV2.shares)."""
+        return False
 
     def handle(self, method: str, path: str, body: dict[str, Any], query: dict[str, str]) -> Answer:
         """One request relative to the mount."""
@@ -67,10 +109,10 @@ class KV1:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(path)
         if method in READ:
-            raw = self.store.get(p)
-            if raw is None:
+            doc = self.decoded.get(self.store, p)
+            if doc is None:
                 raise NotFound()
-            return 200, {"data": json.loads(raw), "lease_duration": 2764800, "renewable": False}
+            return 200, {"data": doc, "lease_duration": 2764800, "renewable": False}
         if method in WRITE:
             if not body:
                 raise BadRequest("no data provided")
@@ -98,22 +140,33 @@ class KV2:
 
     version = 2
 
-    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "") -> None:
+    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "", keep_decoded: int = 0) -> None:
         self.store = store
         self.clock = clock
         self.mount = mount
+        # Documents a read decodes, kept (see Decoded): only for reads, never for the read-modify-write of
+        # metadata, which changes what `_meta` returns.
+        self.decoded = Decoded(keep_decoded)
+        # Answers of reads built from kept documents (see _keep_answer), and the same by id for `shares`.
+        self._answers: dict[tuple[str, int], tuple[Any, Any, dict[str, Any]]] = {}
+        self._shared: dict[int, dict[str, Any]] = {}
 
     # -- storage helpers ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Engine defaults (max_versions, cas_required, delete_version_after)."""
-        raw = self.store.get("config")
-        doc = json.loads(raw) if raw else {}
+        doc = self.decoded.get(self.store, "config") or {}
         return {"max_versions": doc.get("max_versions", 0), "cas_required": doc.get("cas_required", False),
                 "delete_version_after": doc.get("delete_version_after", 0)}
 
     def _meta(self, p: str) -> dict[str, Any] | None:
+        """The metadata of `p`, a fresh copy (writers change it)."""
         raw = self.store.get(f"meta/{p}")
         return json.loads(raw) if raw else None
+
+    def _shared_meta(self, p: str) -> dict[str, Any] | None:
+        """The metadata of `p`, shared (see Decoded): for readers only."""
+        meta: dict[str, Any] | None = self.decoded.get(self.store, f"meta/{p}")
+        return meta
 
     def _save_meta(self, p: str, meta: dict[str, Any]) -> None:
         self.store.put(f"meta/{p}", json.dumps(meta).encode())
@@ -189,20 +242,47 @@ class KV2:
 
     def read(self, p: str, version: int) -> Answer:
         """data/<p>: the newest (or the given) version; 404 with its metadata when deleted or destroyed."""
-        meta = self._meta(p)
+        meta = self._shared_meta(p)
         if meta is None or not meta["current_version"]:
             raise NotFound()
         n = version or meta["current_version"]
         v = meta["versions"].get(str(n))
         if v is None:
             raise NotFound()
+        kept = self._answers.get((p, n))
+        if kept is not None and kept[0] is meta:
+            data = self.decoded.get(self.store, f"ver/{n}/{p}")
+            if kept[1] is data:
+                return 200, kept[2]
         public = self._public_version(v, n, meta)
         if public["deletion_time"] or public["destroyed"]:
             return 404, {"data": {"data": None, "metadata": public}}
-        raw = self.store.get(f"ver/{n}/{p}")
-        if raw is None:
+        data = self.decoded.get(self.store, f"ver/{n}/{p}")
+        if data is None:
             raise NotFound()
-        return 200, {"data": {"data": json.loads(raw), "metadata": public}}
+        answer = {"data": {"data": data, "metadata": public}}
+        if self.decoded.limit and not v.get("expires"):
+            self._keep_answer((p, n), meta, data, answer)
+        return 200, answer
+
+    def _keep_answer(self, key: tuple[str, int], meta: Any, data: Any, answer: dict[str, Any]) -> None:
+        """Keep a read's answer while its metadata and data are the very documents it was built from (kept by
+        `decoded`: a write makes new ones, so the answer is never older than storage), unless it depends on
+        the time (a version that expires). Bounded; the answers are shared, read-only (see `shares`)."""
+        answers, shared = self._answers, self._shared
+        old = answers.pop(key, None)
+        if old is not None:
+            shared.pop(id(old[2]), None)
+        while answers and len(answers) >= self.decoded.limit:
+            gone = answers.pop(next(iter(answers)))
+            shared.pop(id(gone[2]), None)
+        answers[key] = (meta, data, answer)
+        shared[id(answer)] = answer
+
+    def shares(self, body: Any) -> bool:
+        """Whether `body` is an answer this engine keeps and returns again (the same object, never changed):
+        what is derived from it (the audit's redaction) may be kept with it."""
+        return self._shared.get(id(body)) is body
 
     def write(self, p: str, data: dict[str, Any], cas: Any) -> dict[str, Any]:
         """A new version of `p`; check-and-set when `cas` is given or required (under the path's lock)."""
@@ -275,7 +355,7 @@ class KV2:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(rest)
         if method in READ:
-            meta = self._meta(p)
+            meta = self._shared_meta(p)
             if meta is None:
                 raise NotFound()
             versions = {k: self._public_version(v, int(k), meta) for k, v in meta["versions"].items()}
