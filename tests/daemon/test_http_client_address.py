@@ -44,9 +44,8 @@ def test_a_vault_policy_on_the_source_address_cannot_be_met_by_a_header(tmp_path
     try:
         client = served.client()
         client.secrets.kv.v2.create_or_update_secret("app", secret={"pw": "x"})
-        served.service.set_policies({"src.cedar": 'permit(principal in Vault::Group::"app", action, resource) '
-                                                  'when { context.source == "10.1.2.3" };'})
-        token = client.auth.token.create(policies=["app"])["auth"]["client_token"]
+        token = served.token_under("app", 'permit(principal in Vault::Group::"app", action, resource) '
+                                          'when { context.source == "10.1.2.3" };')
         answer = requests.get(f"{served.url}/v1/secret/data/app", headers={"X-Vault-Token": token, **SPOOF},
                               timeout=5)
         assert answer.status_code == 403

@@ -33,6 +33,11 @@ class Served:
         """An hvac client (the root token unless another is given)."""
         return hvac.Client(url=self.url, token=self.root_token if token is None else token)
 
+    def token_under(self, group: str, policy: str) -> str:
+        """A new token in `group` after the vault's policies became `policy` (one Cedar file) alone."""
+        self.service.set_policies({f"{group}.cedar": policy})
+        return str(self.client().auth.token.create(policies=[group])["auth"]["client_token"])
+
 
 def serve(service: VaultService, max_body: int = 1024 * 1024) -> HttpServer:
     """The vault app on a free loopback port, started."""

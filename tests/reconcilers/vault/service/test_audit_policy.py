@@ -104,9 +104,8 @@ def test_create_and_update_are_told_apart(tmp_path: Path) -> None:
     try:
         root = served.client()
         root.secrets.kv.v2.create_or_update_secret("exists", secret={"v": "1"})
-        served.service.set_policies({"c.cedar": 'permit(principal in Vault::Group::"maker", '
-                                                'action == Vault::Action::"create", resource);'})
-        maker = served.client(root.auth.token.create(policies=["maker"])["auth"]["client_token"])
+        maker = served.client(served.token_under("maker", 'permit(principal in Vault::Group::"maker", '
+                                                          'action == Vault::Action::"create", resource);'))
         maker.secrets.kv.v2.create_or_update_secret("fresh", secret={"v": "1"})
         with pytest.raises(hvac.exceptions.Forbidden):
             maker.secrets.kv.v2.create_or_update_secret("exists", secret={"v": "2"})
