@@ -13,21 +13,12 @@ import resource
 import select
 import sys
 
+from reconcilers.workers import trim_heap
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 TRIM_AFTER_S = 1.0     # quiet this long after a reply: the heap the evaluation freed goes back to the system
-
-
-def _release() -> None:
-    """Hand the heap an evaluation freed back to the system: glibc keeps it for reuse otherwise, and a worker
-    waiting for the next commit held the peak of its last evaluation (5 MB and more for a big batch)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass                                                    # not glibc: nothing to hand back this way
 
 
 def _wait(idle: float, trim: bool) -> bool:
@@ -35,7 +26,7 @@ def _wait(idle: float, trim: bool) -> bool:
     if trim:
         if select.select([sys.stdin], [], [], TRIM_AFTER_S)[0]:
             return True                                         # a burst of requests: no trimming between them
-        _release()
+        trim_heap()          # a worker waiting for the next commit held its last evaluation's peak (5 MB and more)
         if idle > 0:
             idle = max(idle - TRIM_AFTER_S, 0.001)
     return idle <= 0 or bool(select.select([sys.stdin], [], [], idle)[0])

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from reconcilers.workers import trim_heap
+
 IDLE_RELEASE_S = 2.0    # quiet after the last work before releasing (host setting idle_release; 0: never)
 
 
@@ -63,14 +65,6 @@ def tune_malloc() -> bool:
     try:
         libc = ctypes.CDLL(None)
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_ARENA_MAX, ARENA_MAX))
-    except (OSError, AttributeError):
-        return False
-
-
-def trim_heap() -> bool:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim); False when libc has none (musl)."""
-    try:
-        return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError):
         return False
 

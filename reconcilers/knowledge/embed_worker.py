@@ -14,8 +14,6 @@ Request: {"texts": [str, ...]}; reply: {"n": int, "f32": base64 of n x 384 littl
 from __future__ import annotations
 
 import base64
-import ctypes
-import ctypes.util
 import json
 import os
 import select
@@ -26,6 +24,7 @@ from typing import Any
 
 from reconcilers.knowledge.errors import ModelError
 from reconcilers.knowledge.model_files import prepare_model_dir
+from reconcilers.workers import trim_heap
 
 _SMALL_REQUEST = 4096                         # bytes of a one-text request left untrimmed (a search query)
 
@@ -62,15 +61,6 @@ def _load(model_dir: Path, threads: int) -> tuple[Any, dict[str, Any] | None]:
                       "hint": f"delete {model_dir} to rebuild it", "fatal": True}
 
 
-def _trimmer() -> Any:
-    """glibc's malloc_trim, or a no-op elsewhere: freed batch buffers otherwise stay resident (+25-110 MB)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else lambda _pad: 0
-    except (OSError, AttributeError):
-        return lambda _pad: 0
-
-
 def main() -> None:
     """Serve requests until stdin closes or nothing comes for the idle period."""
     # Ctrl-C in a terminal reaches the whole process group: the parent decides when this process ends.
@@ -79,7 +69,6 @@ def main() -> None:
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     model, failure = _load(model_dir, threads)
     out = sys.stdout.buffer
-    trim = _trimmer()
     for line in _lines(sys.stdin.fileno(), idle):
         texts: list[str] = []
         if failure is not None:
@@ -99,7 +88,7 @@ def main() -> None:
         # A search query's few kilobytes are not worth giving back: trimming costs ~0.3 ms of CPU per request,
         # a tenth of what a search's own work costs on this host. Batches (indexing) free megabytes: trimmed.
         if len(texts) != 1 or len(line) > _SMALL_REQUEST:
-            trim(0)
+            trim_heap()     # freed batch buffers otherwise stay resident (+25-110 MB)
 
 
 if __name__ == "__main__":
