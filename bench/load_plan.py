@@ -33,21 +33,41 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(repo: str, data_dir: str, root: str, warm_runs: int) -> dict[str, Any]:
-    """Runs inside a fresh interpreter: times import, build, plan (cold), then warm plans."""
+def child(repo: str, data_dir: str, root: str, warm_runs: int, timeline: bool = False,
+          profile: str = "") -> dict[str, Any]:
+    """Runs inside a fresh interpreter: times import, build, plan (cold), then warm plans. `timeline`: record
+    the stages of the cold build + plan (bench/timeline.py); `profile`: a cProfile of them into that file."""
     t0 = time.perf_counter()
     from daemon.run.runtime import build
     from daemon.settings import Settings
 
     t_import = time.perf_counter()
+    tl = None
+    if timeline:
+        import timeline as timeline_mod
+
+        tl = timeline_mod.instrument()
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     cpu0 = time.process_time()
+    if tl is not None:
+        tl.origin = time.perf_counter()
     settings = Settings(repo=repo, data_dir=Path(data_dir), root=Path(root))
     rt = build(settings)
     t_build = time.perf_counter()
+    if tl is not None:
+        timeline_mod.instrument_reconcilers(tl, rt.reconcilers)
     try:
         head = rt.source.resolve("main")
         report = rt.pipeline.plan(head)          # cold: the one load inside plan() evaluates every file
         t_plan = time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         # This process's CPU for the cold build + plan alone (its threads included, the Nickel workers not):
         # the figure that a loaded host disturbs least.
         cpu_cold = time.process_time() - cpu0
@@ -69,6 +89,8 @@ def child(repo: str, data_dir: str, root: str, warm_runs: int) -> dict[str, Any]
             warm.append(time.perf_counter() - t)
             assert len(again.actions) == len(report.actions)
         out["warm_plan_s"] = warm
+        if tl is not None:
+            out["timeline"] = tl.rows(until=t_plan)      # the cold build + plan only
         out["nickel_cache_hits"] = rt.evaluator.stats["cache_hits"]
     finally:
         rt.close()
@@ -105,6 +127,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples.append(sample)
             if sample["problems"]:
                 print(f"  WARNING: problems: {sample['problems']}")
+        stages: list[dict[str, Any]] = []
+        if args.timeline or args.profile:
+            extra = (["--timeline"] if args.timeline else []) + (["--profile", args.profile] if args.profile else [])
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(repo.bare), str(base / "data-t"), str(base / "root-t"),
+                 "0", *extra], capture_output=True, text=True, check=False, timeout=600)
+            if proc.returncode != 0:
+                raise SystemExit(f"timeline child failed: {proc.stderr[-3000:]}")
+            traced = json.loads(proc.stdout.strip().splitlines()[-1])
+            stages = traced.get("timeline", [])
+            if stages:
+                print_table(f"One cold build + plan, stage by stage (build {traced['build_s']:.3f} s, plan "
+                            f"{traced['plan_s']:.3f} s; ms from the start of build)",
+                            ["stage", "start", "end", "wall", "cpu", "thread"],
+                            [[r["stage"], r["start_ms"], r["end_ms"], r["wall_ms"], r["cpu_ms"], r["thread"]]
+                             for r in stages])
         cli: list[float] = []
         cli_again: list[float] = []
         # CPU of each CLI command and the Nickel workers it waited for: on a loaded host the wall time is load
@@ -160,14 +198,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cold_library_s": summary([s["build_load_plan_s"] for s in samples]),
             "cold_cli_s": summary(cli), "again_cli_s": summary(cli_again), "warm_plan_s": summary(warm_all),
             "cold_cli_cpu_s": summary(cli_cpu), "again_cli_cpu_s": summary(cli_again_cpu),
-            "cli_actions": cli_actions,
+            "cli_actions": cli_actions, "timeline": stages,
             "samples": samples}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         repo, data_dir, root, warm = sys.argv[2:6]
-        print(json.dumps(child(repo, data_dir, root, int(warm))))
+        extra = sys.argv[6:]
+        print(json.dumps(child(repo, data_dir, root, int(warm), timeline="--timeline" in extra,
+                               profile=extra[extra.index("--profile") + 1] if "--profile" in extra else "")))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--infra-files", type=int, default=50)
@@ -177,6 +217,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 resources, 2 samples")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--name", default="load_plan", help="results file name (bench/results/<name>.json)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="one more cold child, its build + plan recorded stage by stage (wall and CPU)")
+    parser.add_argument("--profile", default="", help="cProfile of that child's cold build + plan into this file")
     args = parser.parse_args()
     if args.quick:
         args.infra_files, args.samples = 10, 2
