@@ -72,8 +72,10 @@ class Evaluator(Protocol):
     """Nickel evaluation, bounded by the daemon (deadline, memory, one worker process)."""
 
     def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
-                 entries: Sequence[Any] = ()) -> Any:
-        """Decoded values per path (`.values`) and located problems (`.problems`) of the paths that failed."""
+                 entries: Sequence[Any] = (), on_value: Callable[[str, str, Any], None] | None = None) -> Any:
+        """Decoded values per path (`.values`) and located problems (`.problems`) of the paths that failed.
+        `on_value(path, key, value)`: each value a Nickel run produced, told as soon as its run is back (in the
+        calling thread), so the caller's work on it overlaps the runs still going."""
         ...
 
     def run_source(self, src: str, import_paths: Sequence[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import queue
 import re
 import select
 import signal
@@ -51,11 +52,19 @@ _SPLIT_BYTES = 32 * 1024                              # ... and bytes: less cost
 # of 256 paid 3.5 s of CPU for that alone, in runs of 1,024 under 1 s (bench/results/nickelfast_s21.md).
 _CHUNK = 1024
 _CHUNK_BYTES = 1024 * 1024
+# A batch of at least this many bytes is cut into two runs per worker when the caller takes values as they come
+# (`on_value`): each run costs ~40 ms of its own, and the caller's work on the first runs' values (~40 us a
+# resource for infra) then overlaps the second runs instead of following them all.
+_AHEAD_BYTES = 256 * 1024
 PREFETCH_MAX_FILES = 256                              # files one prefetch evaluates in its single run
 PREFETCH_TIMEOUT_S = 3.0                              # ... and its deadline (the files' own stays `timeout`)
 _BUDGET_DEADLINES = 30                                # one evaluation's budget, in per-run deadlines
 _LOCATION = re.compile(r"[┌─]+\s+(.+?):(\d+):(\d+)\s*$")
 _IMPORTABLE = (".ncl", ".json", ".yaml", ".yml", ".toml", ".txt", ".md", ".tmpl")
+
+
+# on_value(path, cache key, value): a value as soon as its Nickel run is back (Evaluator.evaluate).
+OnValue = Callable[[str, str, Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,16 +149,23 @@ def _decoded(reply: dict[str, str]) -> dict[str, Any]:
         return {"error": "error: the value is nested too deeply to be used (over Python's recursion limit)"}
 
 
-def split_chunks(paths: list[str], weights: Mapping[str, int], workers: int) -> list[list[str]]:
+def _ignore(_values: dict[str, Any]) -> None:
+    """No one to tell (no `on_value`)."""
+
+
+def split_chunks(paths: list[str], weights: Mapping[str, int], workers: int, runs_per_worker: int = 1,
+                 ) -> list[list[str]]:
     """`paths` in runs of at most _CHUNK files and about _CHUNK_BYTES, cut where the bytes to evaluate
     (`weights`: a file's closure) are about equal, and at least one run per worker when the batch is big enough
-    to share: one 50-file batch of 5,000 resources was one run on one core while the other core waited."""
+    to share: one 50-file batch of 5,000 resources was one run on one core while the other core waited.
+    `runs_per_worker`: at least that many runs per worker for a batch that big (a caller using values as they
+    come, whose work on the first runs' values then overlaps the later runs)."""
     if not paths:
         return []
     total = sum(weights[p] for p in paths)
     share = len(paths) >= _SPLIT_AT and total >= _SPLIT_BYTES
     count = max(-(-len(paths) // _CHUNK), min(-(-total // _CHUNK_BYTES), len(paths)),
-                min(workers, len(paths)) if share else 1)
+                min(workers * (runs_per_worker if total >= _AHEAD_BYTES else 1), len(paths)) if share else 1)
     if count == 1:
         return [paths]
     chunks: list[list[str]] = [[]]
@@ -480,11 +496,14 @@ class Evaluator:
 
     # 3. evaluate ----------------------------------------------------------------------------------
     def evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None = None,
-                 entries: Sequence[FileEntry] = ()) -> EvalResult:
+                 entries: Sequence[FileEntry] = (), on_value: OnValue | None = None) -> EvalResult:
         """Evaluate `paths` of the snapshot, applying `contract` (a Nickel expression) to each value.
-        `entries` are files the caller already listed from the snapshot (saves a lookup per file)."""
+        `entries` are files the caller already listed from the snapshot (saves a lookup per file).
+        `on_value(path, key, value)` is told each value a Nickel run produced as soon as its run is back (never
+        the values found in a cache), in the calling thread while the workers go on with the next runs, so the
+        caller's own work on them overlaps Nickel's; the result holds the same values. It must not raise."""
         with self._lock:
-            return self._evaluate(snap, paths, contract, entries)
+            return self._evaluate(snap, paths, contract, entries, on_value)
 
     def run_source(self, src: str, import_paths: Sequence[str]) -> dict[str, str]:
         """Evaluate an expression the caller generated (no repository file: a contract over data Python built,
@@ -546,7 +565,7 @@ class Evaluator:
         return kept
 
     def _evaluate(self, snap: Snapshot, paths: Sequence[str], contract: str | None,
-                  entries: Sequence[FileEntry] = ()) -> EvalResult:
+                  entries: Sequence[FileEntry] = (), on_value: OnValue | None = None) -> EvalResult:
         files = _Files(snap)
         files.prime(entries)
         values: dict[str, Any] = {}
@@ -555,7 +574,8 @@ class Evaluator:
         self._from_disk(pending, values)
         if pending:
             try:
-                return self._evaluate_pending(snap, files, pending, closures, contract, values, problems, keys)
+                return self._evaluate_pending(snap, files, pending, closures, contract, values, problems, keys,
+                                              on_value)
             finally:
                 if self._scratch.in_memory:           # memory is held only while an evaluation runs
                     self._scratch.wipe()
@@ -616,7 +636,8 @@ class Evaluator:
 
     def _evaluate_pending(self, snap: Snapshot, files: _Files, pending: dict[str, str],
                           closures: dict[str, list[FileEntry]], contract: str | None, values: dict[str, Any],
-                          problems: list[Problem], keys: dict[str, str]) -> EvalResult:
+                          problems: list[Problem], keys: dict[str, str], on_value: OnValue | None = None,
+                          ) -> EvalResult:
         """Write and evaluate the files no cache knew, in chunks over the workers; `values`, `problems` and
         `keys` hold what was known before."""
         needed = {e.path: e for path in pending for e in closures[path]}
@@ -635,16 +656,39 @@ class Evaluator:
         # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
         # per-file fallback that followed took minutes), spread over the workers (one per core).
         weights = {path: sum(e.size for e in closures[path]) for path in pending}
-        chunks = split_chunks(list(pending), weights, len(self._workers))
+        chunks = split_chunks(list(pending), weights, len(self._workers), 2 if on_value is not None else 1)
         count = min(len(self._workers), len(chunks))
         deadline = time.monotonic() + self.budget
+
+        def tell_now(chunk_values: dict[str, Any]) -> None:
+            if on_value is not None:
+                for path, value in chunk_values.items():
+                    on_value(path, pending[path], value)
+
         if count == 1:
-            results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare)]
+            results = [self._evaluate_chunks(0, chunks, contract, deadline, prepare, tell_now)]
         else:
+            # The chunks' threads hand each chunk's values to this thread, which tells the caller while they
+            # go on with their next chunk (a thread telling them itself kept its worker idle meanwhile).
+            back: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+
+            def on_worker(w: int) -> tuple[dict[str, Any], list[Problem]]:
+                try:
+                    return self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare,
+                                                 back.put if on_value is not None else _ignore)
+                finally:
+                    back.put(None)              # this worker's chunks are done (or failed)
+
             with cf.ThreadPoolExecutor(max_workers=count) as pool:
-                results = list(pool.map(
-                    lambda w: self._evaluate_chunks(w, chunks[w::count], contract, deadline, prepare),
-                    range(count)))
+                futures = [pool.submit(on_worker, w) for w in range(count)]
+                running = count
+                while running:
+                    got = back.get()
+                    if got is None:
+                        running -= 1
+                    else:
+                        tell_now(got)
+                results = [f.result() for f in futures]
         for chunk_values, chunk_problems in results:
             for path, value in chunk_values.items():
                 self._cache[pending[path]] = values[path] = value
@@ -664,9 +708,11 @@ class Evaluator:
         return re.sub(r'import\s+"([^"]+)"', swap, contract)
 
     def _evaluate_chunks(self, worker: int, chunks: list[list[str]], contract: str | None, deadline: float,
-                         prepare: Callable[[list[str]], None]) -> tuple[dict[str, Any], list[Problem]]:
+                         prepare: Callable[[list[str]], None], tell: Callable[[dict[str, Any]], None],
+                         ) -> tuple[dict[str, Any], list[Problem]]:
         """Chunks one after another on one worker, within the revision's evaluation budget: once `deadline`
-        passed (files that each ran to the deadline), the files left are problems, not more waiting."""
+        passed (files that each ran to the deadline), the files left are problems, not more waiting. Each
+        chunk's values are told (`tell`) as soon as it is back."""
         values: dict[str, Any] = {}
         problems: list[Problem] = []
         for chunk in chunks:
@@ -678,6 +724,7 @@ class Evaluator:
                 continue
             prepare(chunk)
             chunk_values, chunk_problems = self._evaluate_chunk(worker, chunk, contract, deadline)
+            tell(chunk_values)
             values.update(chunk_values)
             problems.extend(chunk_problems)
         return values, problems

@@ -296,8 +296,25 @@ _ELIGIBLE: dict[tuple[str, int], bool] = {}
 _COMPLETED: dict[str, dict[str, Any] | None] = {}
 
 
-def evaluate(snap: Snapshot, evaluator: Evaluator, entries: Sequence[Any]) -> Evaluated:
-    """Evaluate infra files: the fast pass for the files it can vouch for, `Config` for every other file."""
+def _completed(key: str, value: Any) -> dict[str, Any] | None:
+    """A Shape result under the rest of Config (`complete_file`), by its evaluator key: completed once, not on
+    every load (the same key, the same value)."""
+    if key and key in _COMPLETED:
+        return _COMPLETED[key]
+    done = complete_file(value)
+    if key:
+        if len(_COMPLETED) >= _MEMO_MAX:
+            _COMPLETED.clear()
+        _COMPLETED[key] = done
+    return done
+
+
+def evaluate(snap: Snapshot, evaluator: Evaluator, entries: Sequence[Any],
+             on_value: Callable[[str, str, Any], None] | None = None) -> Evaluated:
+    """Evaluate infra files: the fast pass for the files it can vouch for, `Config` for every other file.
+    `on_value(path, key, value)` is told each value under Config as soon as it is known (see
+    Evaluator.evaluate), so the caller's work on it overlaps Nickel's runs; the result holds the same value
+    objects."""
     fast: list[str] = []
     slow: list[str] = []
     mirrored = mirrors_library()
@@ -317,22 +334,21 @@ def evaluate(snap: Snapshot, evaluator: Evaluator, entries: Sequence[Any]) -> Ev
     values: dict[str, Any] = {}
     keys: dict[str, str] = {}
     if fast:
-        first = evaluator.evaluate(snap, fast, SHAPE, entries)
+        def shaped(path: str, key: str, value: Any) -> None:
+            done = _completed(key, value)     # completed now, while the workers evaluate the next runs
+            if done is not None and on_value is not None:
+                on_value(path, key, done)
+
+        first = evaluator.evaluate(snap, fast, SHAPE, entries, on_value=shaped)
         for path, value in first.values.items():
-            # By the Shape result's key (the same key, the same value): completed once, not on every load.
-            key = first.keys.get(path, "")
-            done = _COMPLETED[key] if key and key in _COMPLETED else complete_file(value)
-            if key and key not in _COMPLETED:
-                if len(_COMPLETED) >= _MEMO_MAX:
-                    _COMPLETED.clear()
-                _COMPLETED[key] = done
+            done = _completed(first.keys.get(path, ""), value)
             if done is not None:
                 values[path] = done
                 keys[path] = first.keys.get(path, "")
         slow.extend(p for p in fast if p not in values)
     problems: tuple[Problem, ...] = ()
     if slow:
-        second = evaluator.evaluate(snap, slow, CONFIG, entries)
+        second = evaluator.evaluate(snap, slow, CONFIG, entries, on_value=on_value)
         values.update(second.values)
         keys.update(second.keys)
         problems = tuple(second.problems)

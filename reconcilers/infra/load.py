@@ -102,12 +102,26 @@ def load_infra(snap: Snapshot, evaluator: Evaluator, cache: FileCache | None = N
     if not cache and snap.entries("templates"):
         renderer.prestart()     # a cold load of a repo with templates will render: start the worker meanwhile
     entries = snap.entries("infra", suffixes=(".ncl",))
-    result = contract.evaluate(snap, evaluator, entries)
+    # Files loaded while Nickel still evaluates others (contract.evaluate's on_value): path -> (the value, its
+    # key, its FileLoad). A cold load of 5,000 resources spent ~0.2 s on this after every run was back.
+    early: dict[str, tuple[Mapping[str, Any], str, FileLoad]] = {}
+
+    def ahead(path: str, key: str, value: Mapping[str, Any]) -> None:
+        try:
+            early[path] = (value, key, _file_load(snap, path, value, key, cache, renderer))
+        except Exception:  # noqa: BLE001 an optimisation only: `one` below loads the file again and raises
+            early.pop(path, None)
+
+    result = contract.evaluate(snap, evaluator, entries, on_value=ahead)
     problems: list[Problem] = [
         Problem(p.message, p.path, p.line, p.col, "infra", p.hint) for p in result.problems]
 
     def one(path: str, value: Mapping[str, Any]) -> FileLoad:
-        return _file_load(snap, path, value, result.keys.get(path, ""), cache, renderer)
+        key = result.keys.get(path, "")
+        known = early.get(path)
+        if known is not None and known[0] is value and known[1] == key:
+            return known[2]
+        return _file_load(snap, path, value, key, cache, renderer)
 
     if carry is not None and not problems:
         patched = carry.patch(snap, result.values, result.keys, one, _check_references)
