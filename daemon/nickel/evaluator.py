@@ -53,8 +53,8 @@ _SPLIT_BYTES = 32 * 1024                              # ... and bytes: less cost
 _CHUNK = 1024
 _CHUNK_BYTES = 1024 * 1024
 # A batch of at least this many bytes is cut into two runs per worker when the caller takes values as they come
-# (`on_value`): each run costs ~40 ms of its own, and the caller's work on the first runs' values (~40 us a
-# resource for infra) then overlaps the second runs instead of following them all.
+# (`on_value`) and a core is left for it (runs_per_worker): each run costs ~40 ms of its own, and the caller's
+# work on the first runs' values (~40 us a resource for infra) then overlaps the second runs.
 _AHEAD_BYTES = 256 * 1024
 PREFETCH_MAX_FILES = 256                              # files one prefetch evaluates in its single run
 PREFETCH_TIMEOUT_S = 3.0                              # ... and its deadline (the files' own stays `timeout`)
@@ -147,6 +147,15 @@ def _decoded(reply: dict[str, str]) -> dict[str, Any]:
         return {"ok": json.loads(reply["ok"])}
     except RecursionError:
         return {"error": "error: the value is nested too deeply to be used (over Python's recursion limit)"}
+
+
+def runs_per_worker(workers: int) -> int:
+    """Runs per worker for a big batch whose values the caller takes as they come: two when a core is left for
+    the caller besides the workers, so its work on the first runs' values runs beside the second runs. With a
+    core per worker and none to spare (two cores, two workers) the caller's work would only take turns with
+    the workers, and an extra run's own ~40 ms would be lost: one run each, and the caller still starts on
+    the values of the run that is back first."""
+    return 2 if (os.cpu_count() or 1) > workers else 1
 
 
 def _ignore(_values: dict[str, Any]) -> None:
@@ -656,7 +665,8 @@ class Evaluator:
         # deadline however many files a commit holds: a single 10,000-file batch overran it, and the
         # per-file fallback that followed took minutes), spread over the workers (one per core).
         weights = {path: sum(e.size for e in closures[path]) for path in pending}
-        chunks = split_chunks(list(pending), weights, len(self._workers), 2 if on_value is not None else 1)
+        chunks = split_chunks(list(pending), weights, len(self._workers),
+                              runs_per_worker(len(self._workers)) if on_value is not None else 1)
         count = min(len(self._workers), len(chunks))
         deadline = time.monotonic() + self.budget
 

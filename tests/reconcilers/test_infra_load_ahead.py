@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from daemon.git.source import GitSource
-from daemon.nickel.evaluator import _AHEAD_BYTES, Evaluator, split_chunks
+from daemon.nickel.evaluator import _AHEAD_BYTES, Evaluator, runs_per_worker, split_chunks
 from reconcilers.infra.load import load_infra
 from reconcilers.infra.model import InfraDesired
 from tests.fixtures import Raw, WorkRepo, infra, resource
@@ -97,7 +97,8 @@ def test_a_load_with_values_told_early_equals_one_without(tmp_path: Path, evalua
 def test_values_are_told_once_in_the_calling_thread_and_never_from_a_cache(tmp_path: Path,
                                                                            evaluator: Evaluator) -> None:
     """Each value of a run is told once, in the caller's thread, as the same object the result holds; a big
-    batch takes two runs per worker; an evaluation answered from the cache tells nothing."""
+    batch takes two runs per worker when a core is free for the caller; an evaluation answered from the cache
+    tells nothing."""
     repo = WorkRepo(tmp_path / "repo")
     files = _big_repo(repo)
     snap = GitSource(str(repo.path), "main", tmp_path / "data").snapshot("main")
@@ -109,11 +110,32 @@ def test_values_are_told_once_in_the_calling_thread_and_never_from_a_cache(tmp_p
     assert sorted(p for p, _, _, _ in told) == paths                          # each once
     assert all(result.values[p] is v and result.keys[p] == k for p, k, v, _ in told)
     assert {t for _, _, _, t in told} == {threading.get_ident()}
-    assert evaluator.stats["evaluations"] == 4                                # 2 workers x 2 runs
+    # Two runs per worker when a core is left for the caller, one each on a host of two cores.
+    assert evaluator.stats["evaluations"] == 2 * runs_per_worker(2)
     again: list[str] = []
     assert evaluator.evaluate(snap, paths, '(import "infra.ncl").Config',
                               on_value=lambda p, k, v: again.append(p)).values == result.values
     assert again == []
+
+
+def test_a_single_worker_tells_values_run_by_run_too(tmp_path: Path) -> None:
+    """One worker (a one-core host, or a second core left for the caller): the runs are made in the calling
+    thread, and each one's values are told before the next run starts."""
+    repo = WorkRepo(tmp_path / "repo")
+    files = _big_repo(repo)
+    snap = GitSource(str(repo.path), "main", tmp_path / "data").snapshot("main")
+    paths = sorted(p for p in files if p.startswith("infra/f"))
+    ev = Evaluator(tmp_path / "nickel-cache", workers=1, keep_values=False)
+    runs_seen: list[int] = []
+    try:
+        result = ev.evaluate(snap, paths, '(import "infra.ncl").Config',
+                             on_value=lambda p, k, v: runs_seen.append(ev.stats["evaluations"]))
+    finally:
+        ev.close()
+    assert result.problems == () and len(runs_seen) == len(paths)
+    assert ev.stats["evaluations"] == runs_per_worker(1)
+    if runs_per_worker(1) == 2:                  # the first run's values were told before the second run
+        assert runs_seen[0] == 1 and runs_seen[-1] == 2
 
 
 def test_two_runs_per_worker_only_for_a_batch_worth_it() -> None:
