@@ -190,38 +190,42 @@ def plan(desired: InfraDesired, observed: InfraObserved, inventory_items: list[I
         deletes.append((rid, data))
         if data.get("path"):
             removed_paths[str(data["path"])] = f"{NAME}:{rid}"
+    resources = desired.resources
     for f in findings(desired, observed, inventory):
-        if f.nature == "drift" and desired.resources[f.resource_id].drift != "correct":
+        r = resources[f.resource_id]
+        if f.nature == "drift" and r.drift != "correct":
             continue
-        r = desired.resources[f.resource_id]
+        fields = r.fields                     # (one lookup: this loop runs for every changed resource)
+        action_id = f"{NAME}:{r.id}"
         deps = [f"{NAME}:{d}" for d in r.depends_on]
         if dirs:                              # (most plans manage no directory: no parents to walk)
             deps += [f"{NAME}:{dirs[p]}" for p in _parents(r.path) if p in dirs]
-        deps += list(r.fields.get(refs.AFTER, ()))    # the manifests it reads load first (one graph)
+        deps += fields.get(refs.AFTER, ())    # the manifests it reads load first (one graph)
         if r.path in removed_paths:
             deps.append(removed_paths[r.path])
-        if r.kind == "symlink" and r.fields["target"] in by_path:
-            deps.append(f"{NAME}:{by_path[r.fields['target']]}")
+        if r.kind == "symlink" and fields["target"] in by_path:
+            deps.append(f"{NAME}:{by_path[fields['target']]}")
         kind: ActionKind = "run" if r.kind == "command" else ("create" if f.nature == "create" else "update")
         text = ""
-        if r.kind in CLOUD_KINDS:             # a cloud object gone behind our back is created again
+        cloud_kind = r.kind in CLOUD_KINDS
+        if cloud_kind:                        # a cloud object gone behind our back is created again
             o = observed.resources.get(r.id, ABSENT)
             kind = "update" if o.exists else "create"
             text = cloud_plan.summary(kind, r, o) + (f" [drift: {f.reason}]" if f.nature == "drift" else "")
-        verb = {"create": "create", "update": "update", "run": "run"}[kind]
-        text = text or _summary(verb, r)
+        text = text or _summary(kind, r)      # the verb is the action's kind
         compensation = None
-        if r.kind == "command" and "compensate" in r.fields:
-            comp = {"run": r.fields["compensate"], "timeout": r.fields.get("timeout", 300),
-                    "env": r.fields.get("env", {})}
-            if refs.SECRETS in r.fields:              # tokens in env: resolved when the compensation runs
-                comp[refs.SECRETS] = r.fields[refs.SECRETS]
+        if r.kind == "command" and "compensate" in fields:
+            comp = {"run": fields["compensate"], "timeout": fields.get("timeout", 300),
+                    "env": fields.get("env", {})}
+            if refs.SECRETS in fields:                # tokens in env: resolved when the compensation runs
+                comp[refs.SECRETS] = fields[refs.SECRETS]
             compensation = freeze(comp)
         actions[r.id] = Action(
-            id=f"{NAME}:{r.id}", reconciler=NAME, kind=kind, target=r.id,
-            summary=f"{text} [{f.reason}]" if f.nature == "drift" and r.kind not in CLOUD_KINDS else text,
+            id=action_id, reconciler=NAME, kind=kind, target=r.id,
+            summary=f"{text} [{f.reason}]" if f.nature == "drift" and not cloud_kind else text,
             change=_change(r, f),
-            depends_on=tuple(sorted(set(d for d in deps if d != f"{NAME}:{r.id}"))), compensation=compensation)
+            depends_on=tuple(sorted({d for d in deps if d != action_id})) if deps else (),
+            compensation=compensation)
     # A removed folder goes after everything removed beneath it (one walk up per removed path).
     deleted_at = {str(data["path"]): rid for rid, data in deletes if data.get("path")}
     children: dict[str, list[str]] = {}
