@@ -37,6 +37,7 @@ class DiskCache:
         self.max_entries = max_entries
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / _FILE
+        self.existed = self.path.exists()            # an earlier process kept values here (made by prune below)
         self._con: sqlite3.Connection | None = None
         self.prune()
 

@@ -333,6 +333,12 @@ class Evaluator:
                 worker.start()
 
     @property
+    def values_on_disk(self) -> bool:
+        """Whether an earlier process kept evaluated values here (most files of the next revision are then
+        found on disk, not evaluated)."""
+        return self._disk is not None and self._disk.existed
+
+    @property
     def worker_count(self) -> int:
         """How many worker processes evaluations may use at most (one per core, up to two by default)."""
         return len(self._workers)

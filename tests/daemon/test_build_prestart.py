@@ -47,6 +47,26 @@ def test_build_starts_every_worker_and_the_first_plan_uses_them(repo: WorkRepo, 
     assert _children() <= before
 
 
+def test_with_values_on_disk_build_starts_only_the_first_worker(repo: WorkRepo, tmp_path: Path) -> None:
+    """A data directory where an earlier process kept evaluated values (the usual `stratum plan` then `apply`):
+    most files are found on disk, so only the first worker is started ahead; the plan needs no other."""
+    repo.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
+    settings = Settings(repo=str(repo.path), data_dir=tmp_path / "data", root=tmp_path / "root")
+    first = build(settings)
+    try:
+        assert first.evaluator.workers_running == first.evaluator.worker_count      # nothing on disk yet
+        assert first.pipeline.plan(first.source.resolve("main")).problems == ()
+    finally:
+        first.close()
+    again = build(settings)
+    try:
+        assert again.evaluator.values_on_disk and again.evaluator.workers_running == 1
+        assert len(again.pipeline.plan(again.source.resolve("main")).actions) == 1
+        assert again.evaluator.stats["evaluations"] == 0                          # found on disk
+    finally:
+        again.close()
+
+
 def test_without_prestart_build_starts_no_worker(repo: WorkRepo, tmp_path: Path) -> None:
     """`prestart=False` keeps the evaluator lazy (a caller that may never evaluate)."""
     repo.commit({"infra/a.ncl": infra(resource("a", "file", path="a", content="x"))})
