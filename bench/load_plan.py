@@ -1,8 +1,9 @@
 """Cold and warm load + plan of 5,000 Nickel resources (50 infra files of 100 `file` resources).
 
 Cold: a fresh Python process and a fresh data directory (empty Nickel cache, no Nickel worker yet, empty
-index), through the library API: `daemon.run.runtime.build(settings)` then one `pipeline.plan(revision)` (snapshot,
-Nickel evaluation with the infra contract, validation, observation of the root, diff, dependency order).
+index), through the library API: `daemon.run.runtime.build(settings)` (it starts the Nickel workers first), then
+one `pipeline.plan(revision)` (snapshot, Nickel evaluation with the infra contract, validation, observation of
+the root, diff, dependency order).
 Each cold sample runs in its own child process so nothing is cached in memory; the phases are timed inside
 the child. Warm: the same runtime planning the same revision again (in-memory Nickel cache by blob id).
 Also: the CLI, `stratum plan --output json`, cold (wall time of the whole command, Python start-up included).
