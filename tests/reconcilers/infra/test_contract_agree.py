@@ -227,9 +227,10 @@ def _cases(index: int) -> list[tuple[str, str]]:
     return [(kind, body) for kind, pair in SAMPLES.items() for body in pair[index]]
 
 
-def _fast(source: str) -> str | None:
-    """What the fast pass makes of `source`: the completed value's JSON, or None when it refuses."""
-    shaped = _run(source, contract.SHAPE)
+def _fast(source: str, shape: str = contract.SHAPE) -> str | None:
+    """What the fast pass makes of `source` (under `shape`: Shape, or FileShape): the completed value's JSON,
+    or None when it refuses."""
+    shaped = _run(source, shape)
     if shaped is None:
         return None
     done = contract.complete_file(json.loads(shaped))
@@ -263,6 +264,29 @@ def test_bad_files_are_refused_by_both(source: str) -> None:
 def test_good_files_agree(source: str) -> None:
     judged = _run(source, contract.CONFIG)
     assert judged is not None and _fast(source) == json.dumps(json.loads(judged))
+
+
+@pytest.mark.parametrize("source", [_file("file", body) for body in SAMPLES["file"][0]] + OTHER_GOOD)
+def test_file_shape_gives_configs_value_for_files_of_file_resources(source: str) -> None:
+    """FileShape (ResourceShape for `file` resources only) takes every good file sample to Config's value."""
+    judged = _run(source, contract.CONFIG)
+    assert judged is not None and _fast(source, contract.FILE_SHAPE) == json.dumps(json.loads(judged))
+
+
+@pytest.mark.parametrize("source", [_file(kind, body) for kind, body in _cases(1)] + OTHER_BAD
+                         + [_file(kind, body) for kind, body in _cases(0) if kind != "file"])
+def test_file_shape_refuses_bad_samples_and_other_kinds(source: str) -> None:
+    """What Config refuses, the FileShape pass refuses too; a good resource of another kind is refused (and
+    evaluated with Config), never given a value of its own."""
+    assert _fast(source, contract.FILE_SHAPE) is None
+
+
+def test_files_only_reads_the_kinds_a_file_writes() -> None:
+    """The guess that picks FileShape: `'file` and no other kind's tag anywhere in the text."""
+    assert contract.files_only(_file("file", SAMPLES["file"][0][0]).encode())
+    assert not contract.files_only(_file("directory", 'path = "d"').encode())
+    assert not contract.files_only((_file("file", SAMPLES["file"][0][0]) + "# 'symlink").encode())
+    assert not contract.files_only(b"{ resources = {} }")
 
 
 def test_contract_py_mirrors_this_infra_ncl() -> None:
@@ -344,6 +368,41 @@ def test_loader_reports_configs_located_errors(tmp_path: Path, evaluator: Evalua
     assert set(fast.values) == {f"infra/good{i}.ncl" for i in range(20)}
     desired = load_infra(snap, evaluator)  # type: ignore[arg-type]
     assert len(desired.resources) == 20 and len(desired.problems) == 3
+
+
+def test_a_big_revision_takes_file_shape_for_file_only_files_and_matches_config(
+        tmp_path: Path, evaluator: Evaluator) -> None:
+    """Over FILE_SHAPE_AT bytes: files of `file` resources go through FileShape, the others through Shape, a
+    file whose kind only a function makes (misread as files only) through Config; every value is Config's and
+    every problem is Config's, located."""
+    files: dict[str, str | bytes | None] = {
+        f"infra/f{i:02d}.ncl": "{ resources = {\n" + "".join(
+            f"  r{i}-{j} = {{ kind = 'file, path = \"f{i}/{j}\", content = \"{'x' * 200}\" }},\n"
+            for j in range(20)) + "} }\n" for i in range(20)}
+    files["infra/dirs.ncl"] = _file("directory", 'path = "d"', "dir1")
+    files["infra/made.ncl"] = "{ resources = { m = { kind = std.string.to_enum \"symlink\", path = \"l\", " \
+                              "target = \"t\" }, n = { kind = 'file, path = \"n\", content = \"n\" } } }\n"
+    files["infra/bad.ncl"] = "{ resources = {\n  b = { kind = 'file, path = \"b\",\n    content = 42 },\n} }\n"
+    snap = _snapshot(tmp_path, files)
+    entries = snap.entries("infra", suffixes=(".ncl",))  # type: ignore[attr-defined]
+    assert sum(e.size for e in entries) >= contract.FILE_SHAPE_AT
+    seen: list[str | None] = []
+    evaluate = evaluator.evaluate
+
+    def noting(*args: object, **kwargs: object) -> object:
+        seen.append(args[2])  # type: ignore[arg-type]
+        return evaluate(*args, **kwargs)  # type: ignore[arg-type]
+
+    evaluator.evaluate = noting  # type: ignore[assignment,method-assign]
+    try:
+        fast = contract.evaluate(snap, evaluator, entries)  # type: ignore[arg-type]
+    finally:
+        evaluator.evaluate = evaluate  # type: ignore[method-assign]
+    assert seen == [contract.FILE_SHAPE, contract.SHAPE, contract.CONFIG]
+    assert set(fast.rechecked) == {"infra/made.ncl", "infra/bad.ncl"}
+    judged = evaluator.evaluate(snap, [e.path for e in entries], contract.CONFIG, entries)  # type: ignore[arg-type]
+    assert json.dumps(fast.values, sort_keys=True) == json.dumps(judged.values, sort_keys=True)
+    assert fast.problems == judged.problems and [(p.path, p.line) for p in fast.problems] == [("infra/bad.ncl", 3)]
 
 
 def test_an_infra_ncl_this_module_does_not_mirror_turns_the_fast_pass_off(
