@@ -13,8 +13,6 @@ import resource
 import select
 import sys
 
-from reconcilers.workers import trim_heap
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -26,6 +24,10 @@ def _wait(idle: float, trim: bool) -> bool:
     if trim:
         if select.select([sys.stdin], [], [], TRIM_AFTER_S)[0]:
             return True                                         # a burst of requests: no trimming between them
+        # Imported here, after the first reply: its module brings subprocess and ctypes (~25 ms of CPU), which a
+        # worker started ahead of a cold plan should not spend before its first evaluation.
+        from reconcilers.workers import trim_heap
+
         trim_heap()          # a worker waiting for the next commit held its last evaluation's peak (5 MB and more)
         if idle > 0:
             idle = max(idle - TRIM_AFTER_S, 0.001)

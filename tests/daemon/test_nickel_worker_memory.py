@@ -46,3 +46,16 @@ def test_an_idle_worker_returns_the_memory_of_its_last_evaluation() -> None:
         proc.stdin.close()
         proc.stdout.close()
 
+
+
+def test_a_starting_worker_imports_neither_subprocess_nor_ctypes() -> None:
+    """A worker's start is on the way of a cold plan (two start at once): the heap trim's module, which brings
+    subprocess and ctypes (~20 ms of CPU a start), is imported after the first reply, not at start. The worker
+    is started as the evaluator starts it (-S, its PYTHONPATH)."""
+    from daemon.nickel.evaluator import _worker_path
+
+    flags, path = _worker_path()
+    probe = "import sys, daemon.nickel.worker; print(sorted({'subprocess', 'ctypes'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, *flags, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd="/", env={"PYTHONPATH": path}, timeout=60)
+    assert out.stdout.strip() == "[]"
