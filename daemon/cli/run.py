@@ -21,16 +21,19 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None and base is None:
         return dict(api.call(sock, "plan", revision=head)["plan"])
-    from daemon.run.runtime import build  # the whole pipeline: only when no daemon does the work
+    from daemon.cli.ahead import workers_ahead
 
-    # The index opens on a thread while the revision loads: DuckDB's import then runs while the load waits
-    # for the Nickel and template workers (daemon/index/opening.py).
-    rt = build(settings, ephemeral=base is not None, prestart=True, background_index=True)
-    try:
-        report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
-        return plan_to_dict(report)
-    finally:
-        rt.close()
+    with workers_ahead(settings.repo):        # started before the pipeline is imported (daemon/cli/ahead.py)
+        from daemon.run.runtime import build  # the whole pipeline: only when no daemon does the work
+
+        # The index opens on a thread while the revision loads: DuckDB's import then runs while the load waits
+        # for the Nickel and template workers (daemon/index/opening.py).
+        rt = build(settings, ephemeral=base is not None, prestart=True, background_index=True)
+        try:
+            report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
+            return plan_to_dict(report)
+        finally:
+            rt.close()
 
 
 @click.command("plan")

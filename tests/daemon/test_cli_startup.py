@@ -296,3 +296,31 @@ def test_validate_and_plan_run_without_automatic_collections(tmp_path: Path) -> 
     assert _collections_during(run.format(argv=["validate"])) == (0, False)
     assert _collections_during(run.format(argv=["plan", "--data-dir", data])) == (0, False)
     assert _collections_during(run.format(argv=["log", "--data-dir", data]))[1] is True
+
+
+@pytest.mark.parametrize("verb", ["validate", "plan"])
+def test_validate_and_plan_start_the_template_worker_before_the_pipeline_loads(tmp_path: Path, verb: str) -> None:
+    """The template repository has templates/: `stratum validate` and `plan` start the infra plugin's template
+    worker (declared as `Ahead`) before importing the pipeline, and the render uses that very worker."""
+    argv = ("validate",) if verb == "validate" else ("plan", "--data-dir", str(tmp_path / "data"))
+    code = _validate_template(tmp_path, argv)
+    probe = ("import sys\n"
+             "import reconcilers.workers as w\n"
+             "events = []\n"
+             "real_spare, real_start = w.start_spare, w.start_worker\n"
+             "def spare(argv, env):\n"
+             "    events.append(('spare', argv[2], 'daemon.run.pipeline' in sys.modules))\n"
+             "    real_spare(argv, env)\n"
+             "def start(argv, env):\n"
+             "    events.append(('start', argv[2], w._key(argv, env) in w._spares))\n"
+             "    return real_start(argv, env)\n"
+             "w.start_spare = spare\n"
+             "import daemon.cli.ahead, reconcilers.infra.templates\n"
+             "daemon.cli.ahead.start_spare = spare\n"
+             "reconcilers.infra.templates.start_worker = start\n"
+             f"{code}\n"
+             "import json; print(json.dumps(events))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    events = json.loads(proc.stdout.strip().splitlines()[-1])
+    worker = "reconcilers.infra.template_worker"
+    assert events == [["spare", worker, False], ["start", worker, True]]
