@@ -324,3 +324,33 @@ def test_validate_and_plan_start_the_template_worker_before_the_pipeline_loads(t
     events = json.loads(proc.stdout.strip().splitlines()[-1])
     worker = "reconcilers.infra.template_worker"
     assert events == [["spare", worker, False], ["start", worker, True]]
+
+
+def test_plan_without_a_daemon_loads_no_structlog(tmp_path: Path) -> None:
+    """`stratum plan` quiets the pipeline's logs, but sets structlog up only when something imports it: a plan
+    that logs nothing loads neither structlog nor its asyncio (~50 ms)."""
+    code = _validate_template(tmp_path, ("plan", "--data-dir", str(tmp_path / "data")))
+    imported = _imported_after(code, ("daemon.run.pipeline", "structlog", "asyncio", "rich"))
+    assert imported == {"daemon.run.pipeline"}
+
+
+def test_logs_quieted_before_structlog_loads_still_obey_that_setup() -> None:
+    """Set up for warnings and up on stderr before structlog is imported: a reconciler's logger importing it
+    directly later logs warnings there and drops info lines; rich stays out, and nothing goes to stdout."""
+    code = ("import io, logging, sys, contextlib\n"
+            "import daemon.log as log\n"
+            "err, out = io.StringIO(), io.StringIO()\n"
+            "log.configure_when_imported('console', err, logging.WARNING)\n"
+            "before = 'structlog' in sys.modules\n"
+            "from reconcilers.lazylog import lazy_logger\n"
+            "with contextlib.redirect_stdout(out):\n"
+            "    lazy_logger('stratum.knowledge').info('quiet.info')\n"
+            "    lazy_logger('stratum.knowledge').warning('loud.warning', n=1)\n"
+            "    log.get().info('kernel.info')\n"
+            "import json\n"
+            "print(json.dumps([before, 'rich' in sys.modules, err.getvalue(), out.getvalue()]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    before, rich, err, out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert before is False and rich is False
+    assert "loud.warning" in err and "quiet.info" not in err and "kernel.info" not in err
+    assert out == ""
