@@ -298,11 +298,14 @@ def test_validate_and_plan_run_without_automatic_collections(tmp_path: Path) -> 
     assert _collections_during(run.format(argv=["log", "--data-dir", data]))[1] is True
 
 
-@pytest.mark.parametrize("verb", ["validate", "plan"])
-def test_validate_and_plan_start_the_template_worker_before_the_pipeline_loads(tmp_path: Path, verb: str) -> None:
-    """The template repository has templates/: `stratum validate` and `plan` start the infra plugin's template
-    worker (declared as `Ahead`) before importing the pipeline, and the render uses that very worker."""
-    argv = ("validate",) if verb == "validate" else ("plan", "--data-dir", str(tmp_path / "data"))
+@pytest.mark.parametrize("verb", ["validate", "plan", "apply"])
+def test_validate_plan_and_apply_start_the_template_worker_before_the_pipeline_loads(tmp_path: Path,
+                                                                                    verb: str) -> None:
+    """The template repository has templates/: `stratum validate`, `plan` and `apply` start the infra plugin's
+    template worker (declared as `Ahead`) before importing the pipeline, and the render uses that very worker."""
+    data = ("--data-dir", str(tmp_path / "data"))
+    argv = {"validate": ("validate",), "plan": ("plan", *data),
+            "apply": ("apply", *data, "--root", str(tmp_path / "root"))}[verb]
     code = _validate_template(tmp_path, argv)
     probe = ("import sys\n"
              "import reconcilers.workers as w\n"
