@@ -45,6 +45,16 @@ class Ahead:
 
 
 @dataclass(frozen=True, slots=True)
+class Preload:
+    """Libraries the plugin's reconciler imports while loading a repository that holds `folder`: third-party
+    modules importing nothing of Stratum (jinja2 for prompts, fluent.syntax for locales). `stratum validate`
+    imports them on a thread while its load waits for the Nickel worker, instead of after that wait."""
+
+    folder: str
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """One reconciler: its name (the repo part it owns), its class as "module:Class" (constructed with a
     ReconcilerEnv), its CLI verbs, and `order` (reconcilers load and plan in ascending order, then by name)."""
@@ -56,6 +66,7 @@ class Plugin:
     # "module:function" run by `stratumd --worker` (data_dir, roles, queue_url) -> exit code; "" for none
     worker: str = ""
     ahead: tuple[Ahead, ...] = ()               # worker processes a CLI may start ahead (see Ahead)
+    preload: tuple[Preload, ...] = ()           # libraries a CLI may import during the load's waits (Preload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from daemon.cli.ahead import workers_ahead
+from daemon.cli.ahead import preloading, workers_ahead
 from daemon.cli.common import (
     as_the_daemon_runs,
     common_options,
@@ -40,7 +40,9 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
     try:
         built, unavailable = build_reconcilers(settings, evaluator)
         reconcilers.update(built)
-        loaded = load_snapshot(snap, built, evaluator, settings.max_files)
+        # The load starts by waiting for the Nickel worker: the libraries it imports later load meanwhile.
+        with preloading(settings.repo):
+            loaded = load_snapshot(snap, built, evaluator, settings.max_files)
         problems = list(loaded.problems)
         if not problems:
             problems += _judged(source, rev, loaded, built)

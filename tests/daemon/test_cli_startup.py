@@ -357,3 +357,31 @@ def test_logs_quieted_before_structlog_loads_still_obey_that_setup() -> None:
     assert before is False and rich is False
     assert "loud.warning" in err and "quiet.info" not in err and "kernel.info" not in err
     assert out == ""
+
+
+def test_validate_imports_the_declared_libraries_on_a_thread_during_the_load(tmp_path: Path) -> None:
+    """The template holds policies/, agents/, tasks/ and forms/: `stratum validate` imports cedarpy, jinja2,
+    croniter and fluent.syntax (declared by the kernel and the plugins as Preload) on its "preload" thread
+    while the load waits for Nickel, and that thread is over when the verb returns (the fast exit needs it)."""
+    from daemon.cli.ahead import preload_modules
+
+    code = _validate_template(tmp_path)
+    repo = tmp_path / "ops"
+    wanted = ["cedarpy", "jinja2", "croniter", "fluent.syntax"]
+    assert preload_modules(str(repo)) == [m for m in wanted if m not in sys.modules]
+    assert preload_modules(str(tmp_path)) == []                       # no such folders: nothing to import
+    probe = ("import sys, threading\n"
+             "importers = {}\n"
+             "class Spy:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             f"        if name in {wanted!r}:\n"
+             "            importers.setdefault(name, threading.current_thread().name)\n"
+             "        return None\n"
+             "sys.meta_path.insert(0, Spy())\n"
+             f"{code}\n"
+             "import json; print(json.dumps([importers, threading.active_count()]))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    importers, threads = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert sorted(importers) == sorted(wanted)
+    assert "preload" in importers.values() and set(importers.values()) <= {"preload", "MainThread"}
+    assert threads == 1
