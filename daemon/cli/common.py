@@ -147,7 +147,8 @@ def emit_json(data: Any) -> None:
     except orjson.JSONEncodeError:
         text = json.dumps(data, indent=2 if option & orjson.OPT_INDENT_2 else None, default=str,
                           ensure_ascii=False).encode()
-    click.echo(text)
+    # UTF-8 bytes to the binary stream; text to a stream that has none (a StringIO a caller swapped in)
+    click.echo(text if hasattr(sys.stdout, "buffer") else text.decode())
 
 
 @contextmanager

@@ -35,3 +35,14 @@ def test_a_value_orjson_refuses_is_printed_by_json(capsysbinary: pytest.CaptureF
     """An integer over 64 bits (orjson refuses it) still prints, exactly."""
     emit_json({"big": 2**70, "s": "é"})
     assert json.loads(capsysbinary.readouterr().out.decode("utf-8")) == {"big": 2**70, "s": "é"}
+
+
+def test_emit_json_writes_to_a_text_stream_swapped_in() -> None:
+    """A caller that swaps stdout for a StringIO (no binary buffer) still gets the JSON, as text."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        emit_json({"s": "é", "n": 1})
+    assert json.loads(out.getvalue()) == {"s": "é", "n": 1}
