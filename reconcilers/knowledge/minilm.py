@@ -34,9 +34,10 @@ BATCH_TEXTS = 64
 
 
 class MiniLM:
-    """The model loaded from a directory laid out by `model_files.prepare_model_dir` (verified already)."""
+    """The model loaded from a directory laid out by `model_files.prepare_model_dir` (verified already);
+    `model_file` is the graph to run instead of its model.onnx (the fused one, model_files.fused_model_file)."""
 
-    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, threads: int = 0, model_file: Path | None = None) -> None:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         pad_id = self.tokenizer.token_to_id("[PAD]")
@@ -53,7 +54,7 @@ class MiniLM:
         # and Nickel, that spinning took the cores the other thread needed (a one-line query took 28 ms at the
         # median and 112 ms at p95 with two spinning threads under load, 16/33 ms with one thread).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options,
+        self.session = ort.InferenceSession(str(model_file or model_dir / "model.onnx"), sess_options=options,
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
 
