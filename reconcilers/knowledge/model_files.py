@@ -97,19 +97,17 @@ def fused_model_file(model_dir: Path) -> Path | None:
         if fused.exists() and sha256_file(fused) == recorded["sha256"]:
             return fused
     try:
-        import onnx
-
         from reconcilers.knowledge.model_graph import fuse
     except ImportError:
         return None                           # not recorded: installing onnx later makes the file
-    model = fuse(onnx.load(str(model_dir / "model.onnx")))
+    model = fuse((model_dir / "model.onnx").read_bytes())
     digest = None
     if model is not None:
         # Written aside, then renamed: a worker starting meanwhile in the same directory sees either no fused
         # file or a whole one (the same bytes: the rewrite is deterministic).
         tmp = fused.with_name(f".{_FUSED}.{os.getpid()}")
-        onnx.save(model, str(tmp))
-        digest = sha256_file(tmp)
+        tmp.write_bytes(model)
+        digest = hashlib.sha256(model).hexdigest()
         os.replace(tmp, fused)
     tmp_manifest = manifest.with_name(f".{_FUSED_MANIFEST}.{os.getpid()}")
     tmp_manifest.write_text(json.dumps({**wanted, "sha256": digest}))

@@ -62,7 +62,7 @@ def test_a_graph_the_rewrite_does_not_know_is_left_alone() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    assert fuse(helper.make_model(graph)) is None
+    assert fuse(helper.make_model(graph).SerializeToString()) is None
 
 
 def test_the_worker_runs_the_fused_graph(tmp_path: Path) -> None:
