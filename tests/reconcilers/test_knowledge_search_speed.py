@@ -166,6 +166,25 @@ def test_the_breakdown_names_every_step(tmp_path: Path, repo: WorkRepo, provider
     index.close()
 
 
+def test_a_hybrid_search_embeds_its_query_without_a_thread(tmp_path: Path, repo: WorkRepo,
+                                                          provider: WorkerProvider) -> None:
+    """The query goes to the worker before BM25 and its vector is read after (WorkerProvider.send): no thread
+    hand-off per search; the results are those of the vector read first (the LRU) and the breakdown names it."""
+    import threading
+
+    index = Index(tmp_path / "data" / "index.duckdb")
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
+    kb.searcher._qvec.clear()
+    before = set(threading.enumerate())           # (other tests' searchers may have left theirs running)
+    timings: dict[str, float] = {}
+    first = kb.search("ledger RAM exhaustion crash", timings=timings)
+    assert "embed" in timings and first.mode == "hybrid" and first.hits
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("query-embed")]
+    again = kb.search("ledger RAM exhaustion crash")                    # from the LRU
+    assert [h.as_dict() for h in again.hits] == [h.as_dict() for h in first.hits]
+    index.close()
+
+
 @pytest.mark.slow
 def test_the_cli_and_the_mcp_server_return_the_same_results(tmp_path: Path, repo: WorkRepo) -> None:
     """`stratum kb search --json` and the MCP `search` tool (over stdio, `stratum kb mcp`), each in its own
