@@ -115,7 +115,7 @@ def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Ind
 
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
           ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = True,
-          one_shot: bool = False) -> Runtime:
+          one_shot: bool = False, background_index: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index).
 
@@ -124,7 +124,9 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     imports and builds the reconcilers; the first evaluation then finds them ready instead of waiting ~0.1 s
     for each (see Evaluator.prestart). A worker nobody asks exits when idle, or at `close()`.
     `one_shot`: a process that ends after its run; the knowledge nodes it indexes are embedded later, by the
-    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it."""
+    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it.
+    `background_index`: the index opens on a thread while the revision loads (daemon/index/opening.py), for a
+    command that needs it only after loading (`stratum plan`)."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not ephemeral and not read_only:
@@ -133,12 +135,17 @@ def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] 
     if prestart:
         # Every worker when nothing was evaluated here before: the first plan evaluates every file, and a big
         # repository's batch is shared by the workers. Only the first when values are on disk already: most
-        # files are found there, and a worker started for nothing costs ~70 ms of CPU beside this process.
+        # files are found there, and a worker started for nothing costs ~50 ms of CPU beside this process.
         evaluator.prestart(1 if evaluator.values_on_disk else evaluator.worker_count)
     try:
         source = GitSource(settings.repo, settings.branch, settings.data_dir)
-        index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
-                           wait=index_wait)
+        index_path = Path(":memory:") if ephemeral else settings.index_path
+        if background_index:
+            from daemon.index.opening import open_in_background
+
+            index = open_in_background(lambda: open_index(index_path, read_only=read_only, wait=index_wait))
+        else:
+            index = open_index(index_path, read_only=read_only, wait=index_wait)
     except BaseException:
         evaluator.close()                     # the workers started above end with the build that failed
         raise
