@@ -45,6 +45,7 @@ class AuditUnavailable(Unavailable):
 
 
 _SCALARS = frozenset((int, bool, float, type(None)))
+_SEEN_KEYS = {"auth": None, "request": None}.keys()      # what VaultService._audited returns (write_exchange)
 
 
 def redact(value: Any, digest: Callable[[str], str], depth: int = 0) -> Any:
@@ -181,17 +182,46 @@ class AuditLog:
                 prev = hashlib.sha256(line).hexdigest()
                 lines.append(line)
             lines.append(b"")
-            data = b"\n".join(lines)
-            try:
-                self._rotate_if_full()
-                if os.write(self._file(new_second), data) != len(data):
-                    raise OSError(28, "short write")
-            except OSError as err:
-                self.close()
-                raise AuditUnavailable(f"the audit log {self.path} cannot be written ({err.strerror}): the request "
-                                       "was refused; fix the file or its disk") from err
-            self._prev, self._seq = prev, seq
-            self._size += len(data)
+            self._append(b"\n".join(lines), prev, seq, new_second)
+
+    def write_exchange(self, seen: dict[str, Any], response: dict[str, Any]) -> None:
+        """`write({"type": "request", **seen}, {"type": "response", **seen, "response": response})`, the same
+        bytes, with the parts both entries share (`seen`: auth and request) serialized once: a KV read writes
+        this pair on every request (core.py), and serializing its entries was most of `write`'s cost."""
+        if seen.keys() != _SEEN_KEYS:
+            self.write({"type": "request", **seen}, {"type": "response", **seen, "response": response})
+            return
+        # Keys sorted as dumps_line sorts them: auth, prev, request, response, seq, time, type.
+        auth = b'{"auth":' + dumps_line(seen["auth"]) + b',"prev":"'
+        request = b'","request":' + dumps_line(seen["request"])
+        answer = b',"response":' + dumps_line(response)
+        with self._lock:
+            now = int(self.clock())
+            new_second = now != self._second
+            if new_second:
+                self._second, self._stamp = now, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+            tail = b',"time":"' + self._stamp.encode() + b'","type":"'
+            seq = self._seq
+            first = (auth + self._prev.encode() + request + b',"seq":' + str(seq + 1).encode() + tail
+                     + b'request"}')
+            middle = hashlib.sha256(first).hexdigest()
+            second = (auth + middle.encode() + request + answer + b',"seq":' + str(seq + 2).encode() + tail
+                      + b'response"}')
+            self._append(first + b"\n" + second + b"\n", hashlib.sha256(second).hexdigest(), seq + 2, new_second)
+
+    def _append(self, data: bytes, prev: str, seq: int, new_second: bool) -> None:
+        """Write `data` (whole lines, the last hashing to `prev`, numbered up to `seq`) in one write(); the
+        caller holds the lock. AuditUnavailable when it cannot be written (the chain stays where it was)."""
+        try:
+            self._rotate_if_full()
+            if os.write(self._file(new_second), data) != len(data):
+                raise OSError(28, "short write")
+        except OSError as err:
+            self.close()
+            raise AuditUnavailable(f"the audit log {self.path} cannot be written ({err.strerror}): the request "
+                                   "was refused; fix the file or its disk") from err
+        self._prev, self._seq = prev, seq
+        self._size += len(data)
 
     def _file(self, check_path: bool) -> int:
         """The open log file's descriptor, opened again when the file lost its name (removed, replaced) or,

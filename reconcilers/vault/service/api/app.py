@@ -77,18 +77,33 @@ class VaultApp:
         path = scope["path"]
         if not path.startswith(PREFIX):
             raise NotFound("the vault API is under /v1/")
-        headers: dict[str, str] = {}
+        # One pass over the headers, decoding only the few the API reads (every request comes through here:
+        # a dict of all of them, decoded, cost as much as the rest of this method).
+        token = auth = ctype = ""
+        length, chunked = b"0", False
         for k, v in scope["headers"]:
-            if k in _WANTED or k.lower() in _WANTED:       # ASGI servers send names lowercased (the first test)
-                headers[k.decode("latin-1").lower()] = v.decode("latin-1")
-        length = headers.get("content-length", "0")
-        if not length.isdigit():
+            if k not in _WANTED:
+                k = k.lower()                    # ASGI servers send names lowercased (the first test)
+                if k not in _WANTED:
+                    continue
+            if k == b"x-vault-token":
+                token = v.decode("latin-1")
+            elif k == b"content-length":
+                length = v
+            elif k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v.decode("latin-1")
+            else:
+                chunked = True                   # transfer-encoding
+        length = length.strip()
+        if not length.isdigit():                 # bytes: ASCII digits only
             raise BadRequest("invalid Content-Length")
         if int(length) > self.max_body:
             raise TooLarge(f"the request body is over {self.max_body} bytes")
         raw = bytearray()
         # No body announced (a GET, mostly): nothing to wait for. A chunked body has no length: read it.
-        more = length != "0" or "transfer-encoding" in headers
+        more = int(length) != 0 or chunked
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -97,8 +112,6 @@ class VaultApp:
             if len(raw) > self.max_body:
                 raise TooLarge(f"the request body is over {self.max_body} bytes")
             more = message.get("more_body", False)
-        token = headers.get("x-vault-token", "")
-        auth = headers.get("authorization", "")
         if not token and auth.lower().startswith("bearer "):
             token = auth[7:].strip()
         method = scope["method"].upper()
@@ -106,8 +119,8 @@ class VaultApp:
         qs = scope.get("query_string", b"")
         query = dict(parse_qsl(qs.decode("latin-1"))) if qs else {}
         client = scope.get("client") or ("", 0)
-        if headers.get("content-type", "").startswith("application/ocsp-request"):
+        if ctype.startswith("application/ocsp-request"):
             body: dict[str, Any] = {"_raw": bytes(raw)}      # an OCSP request is DER, not JSON (pki's ocsp)
         else:
-            body = body_json(bytes(raw)) if method not in ("GET", "HEAD") else {}
+            body = body_json(bytes(raw)) if method not in ("GET", "HEAD") and raw else {}
         return ApiRequest(method, rel.rstrip("/") if method == "LIST" else rel, body, query, token, client[0])

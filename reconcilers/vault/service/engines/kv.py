@@ -240,6 +240,10 @@ class KV2:
             return 204, None
         raise Unsupported(f"unsupported operation {method} on data/")
 
+    def read_data(self, path: str) -> Answer:
+        """GET data/<path> with no query (the newest version): `handle("GET", "data/" + path, {}, {})`."""
+        return self.read(_secret_path(path), 0)
+
     def read(self, p: str, version: int) -> Answer:
         """data/<p>: the newest (or the given) version; 404 with its metadata when deleted or destroyed."""
         meta = self._shared_meta(p)
