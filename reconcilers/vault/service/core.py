@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -173,8 +173,10 @@ class VaultService:
         return f"version {version}"
 
     # -- requests ---------------------------------------------------------------------------------------
-    def handle(self, req: ApiRequest) -> Answer:
-        """One request (the numbered steps of the module docstring)."""
+    def handle(self, req: ApiRequest, waits: list[Awaitable[None]] | None = None) -> Answer:
+        """One request (the numbered steps of the module docstring). With `waits` (the API on the event loop)
+        a KV read's audit entries join the loop turn's batch (AuditLog.write_exchange) and what to wait for
+        is added to it: the caller answers only once that is done (it raises AuditUnavailable otherwise)."""
         if req.path in UNAUTHENTICATED or req.path.startswith("sys/init"):
             return routes.open_sys(self, req)
         if self.barrier.sealed:
@@ -191,7 +193,7 @@ class VaultService:
             self.audit.write(self._response(seen, 403, {"errors": ["permission denied"]}))
             raise PermissionDenied()
         if capability in KV_READS and found is not None and found[0].type == "kv" and not entry.num_uses:
-            return self._read(req, entry, found, seen)
+            return self._read(req, entry, found, seen, waits)
         self.audit.write({"type": "request", **seen})
         if entry.num_uses:
             entry = self.tokens.use(req.token)
@@ -203,7 +205,8 @@ class VaultService:
         self.audit.write(self._response(seen, status, body))
         return status, body
 
-    def _read(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str], seen: dict[str, Any]) -> Answer:
+    def _read(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str], seen: dict[str, Any],
+              waits: list[Awaitable[None]] | None) -> Answer:
         """A read or list of a KV mount: its request and response entries are written together, in one write()
         once the answer is known and before anyone sees it. Still no unaudited access: a KV read changes
         nothing, and an answer whose entries cannot be written is refused (500) as before; a request that
@@ -227,7 +230,9 @@ class VaultService:
             data = self.audit.redact_shared(body)
         else:
             data = redact(body, self.audit.hash) if body is not None else None
-        self.audit.write_exchange(seen, {"status": status, "data": data})
+        written = self.audit.write_exchange(seen, {"status": status, "data": data}, batch=waits is not None)
+        if waits is not None and written is not None:
+            waits.append(written)
         return status, body
 
     def _audited(self, req: ApiRequest, entry: TokenEntry) -> dict[str, Any]:
