@@ -13,6 +13,14 @@ or replaced by a rename or by a directory, has none), and once a second a stat o
 names that file (device and inode); otherwise the path is opened again, so the log never goes on into a file
 nobody can see, and a path that cannot be opened (a directory now) fails the request as before. Nothing is
 fsynced per entry (the contract is "written", as it was).
+
+Group commit (KV reads through the API on the event loop, `write_exchange(batch=True)`): the entries of the
+reads run in one loop turn are chained at once and written together by one write() at the start of the next
+turn, before any of those reads answers (each waits on the batch's future); if that write fails, each of them
+is refused (500) and the chain goes back to the last entry written. Any other entry written meanwhile, from any
+thread, takes the open batch with it (the chain's order is the file's order). Under load this is one write()
+and one fstat for several reads instead of one each (the system time of a read was most of what it cost above
+the bare endpoint's).
 """
 
 from __future__ import annotations

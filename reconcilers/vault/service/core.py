@@ -8,7 +8,8 @@ A request goes through these steps (each a possible refusal):
   5. the request is audited (fail closed) ............................................ else 500, not served
   6. the token's use is counted, the route answers, the response is audited
 A read or list of a KV mount (which changes nothing) writes 5 and 6 together once the answer is known, still
-before it is served: one write() instead of two (VaultService._read).
+before it is served: one write() instead of two (VaultService._read). Through the API on the event loop (the
+file backend) the reads of one loop turn share that write(), and each answer waits for it (AuditLog batch).
 """
 
 from __future__ import annotations
