@@ -203,14 +203,14 @@ def test_stored_documents_read_back_exactly(tmp_path: Path, value: object) -> No
             assert read == value
 
 
-def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
-    """A KV engine keeps what it decoded only while the barrier returns the same bytes: a write through
-    another engine on the same mount, a metadata change, a seal and unseal each make the next read decode
-    storage again; a barrier that keeps nothing (a shared backend) leaves nothing kept."""
+def test_kept_answers_are_never_older_than_storage(tmp_path: Path) -> None:
+    """A KV engine keeps a read's answer only while the barrier returns the same bytes it was built from: a
+    write through another engine on the same mount, a metadata change, a seal and unseal each make the next
+    read decode storage again; a barrier that keeps nothing (a shared backend) leaves nothing kept."""
     service, _root, share = _service(tmp_path)
     mount = service.mounts.entries["secret/"]
     reader = service.mounts.engine(mount)
-    assert reader is service.mounts.engine(mount) and reader.decoded.limit > 0
+    assert reader is service.mounts.engine(mount) and reader.keep_answers > 0
     other = kv_module.KV2(service.mounts.store_of(mount), mount=mount.uuid)      # keeps nothing itself
     other.write("app", {"v": "one"}, None)
     assert reader.read("app", 0)[1]["data"]["data"] == {"v": "one"}  # type: ignore[index]
@@ -231,7 +231,7 @@ def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
     engine = shared.mounts.engine(shared.mounts.entries["secret/"])
     engine.write("x", {"v": "1"}, None)
     engine.read("x", 0)
-    assert engine.decoded.limit == 0 and engine.decoded._docs == {}
+    assert engine.keep_answers == 0 and engine._answers == {}
 
 
 def test_redaction_digests_strings_keeps_scalars_and_bounds_depth() -> None:
@@ -334,3 +334,25 @@ def test_the_app_reads_the_token_and_length_from_headers_as_sent(tmp_path: Path)
     for bad in (b"\xb2", b"1x", b"-1"):
         status, doc = call([(b"x-vault-token", root.encode()), (b"content-length", bad)], "POST")
         assert (status, doc) == (400, {"errors": ["invalid Content-Length"]}), bad
+
+
+def test_kept_answers_are_bounded_by_count_and_stored_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers a KV engine keeps stay under its count and under KEPT_BYTES of the stored bytes behind them
+    (the oldest go first), and an answer built from an entry too large for the barrier to keep is not kept."""
+    monkeypatch.setattr(kv_module, "KEPT_BYTES", 4000)
+    service, root, _share = _service(tmp_path)
+    engine = service.mounts.engine(service.mounts.entries["secret/"])
+    for i in range(12):
+        service.handle(ApiRequest("POST", f"secret/data/s{i}", {"data": {"v": "x" * 500}}, token=root))
+        service.handle(ApiRequest("GET", f"secret/data/s{i}", {}, token=root))
+        assert engine._kept_bytes <= 4000
+        assert engine._kept_bytes == sum(len(k[0]) + len(k[2]) for k in engine._answers.values())
+    assert 1 < len(engine._answers) < 12 and ("s11", 0) in engine._answers and ("s0", 0) not in engine._answers
+    engine.keep_answers = 2
+    service.handle(ApiRequest("GET", "secret/data/s3", {}, token=root))
+    assert len(engine._answers) <= 2
+    big = {"v": "y" * (2 * kv_module.KEPT_ENTRY_MAX)}
+    service.handle(ApiRequest("POST", "secret/data/big", {"data": big}, token=root))
+    status, body = service.handle(ApiRequest("GET", "secret/data/big", {}, token=root))
+    assert status == 200 and body is not None and body["data"]["data"] == big
+    assert ("big", 0) not in engine._answers
