@@ -34,6 +34,27 @@ class Verb:
 
 
 @dataclass(frozen=True, slots=True)
+class Ahead:
+    """A worker process the plugin's reconciler starts while loading a repository that holds `folder` (the
+    infra reconciler's template worker for `templates/`): `command` is "module:function" returning its
+    (argv, environment). A CLI verb about to load such a repository starts it before importing the engine
+    (reconcilers.workers.start_spare), so the worker's own start-up runs on another core meanwhile."""
+
+    folder: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preload:
+    """Libraries the plugin's reconciler imports while loading a repository that holds `folder`: third-party
+    modules importing nothing of Stratum (jinja2 for prompts, fluent.syntax for locales). `stratum validate`
+    imports them on a thread while its load waits for the Nickel worker, instead of after that wait."""
+
+    folder: str
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Plugin:
     """One reconciler: its name (the repo part it owns), its class as "module:Class" (constructed with a
     ReconcilerEnv), its CLI verbs, and `order` (reconcilers load and plan in ascending order, then by name)."""
@@ -44,6 +65,8 @@ class Plugin:
     order: int = 100
     # "module:function" run by `stratumd --worker` (data_dir, roles, queue_url) -> exit code; "" for none
     worker: str = ""
+    ahead: tuple[Ahead, ...] = ()               # worker processes a CLI may start ahead (see Ahead)
+    preload: tuple[Preload, ...] = ()           # libraries a CLI may import during the load's waits (Preload)
 
 
 @dataclass(frozen=True, slots=True)

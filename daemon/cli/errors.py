@@ -123,8 +123,5 @@ def quiet_logs() -> None:
 
     ctx = click.get_current_context(silent=True)
     verbose = bool(ctx and ctx.find_root().params.get("verbose"))
-    log.configure("console", sys.stderr)
-    if not verbose:
-        import structlog
-
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # Set up when structlog is first imported: a plan that logs nothing never loads it (daemon/log.py).
+    log.configure_when_imported("console", sys.stderr, logging.INFO if verbose else logging.WARNING)

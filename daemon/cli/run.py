@@ -21,14 +21,19 @@ def _plan(settings: Settings, base: str | None, head: str) -> dict[str, Any]:
     sock = daemon_socket(settings)
     if sock is not None and base is None:
         return dict(api.call(sock, "plan", revision=head)["plan"])
-    from daemon.run.runtime import build  # the whole pipeline: only when no daemon does the work
+    from daemon.cli.ahead import workers_ahead
 
-    rt = build(settings, ephemeral=base is not None, prestart=True)
-    try:
-        report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
-        return plan_to_dict(report)
-    finally:
-        rt.close()
+    with workers_ahead(settings.repo):        # started before the pipeline is imported (daemon/cli/ahead.py)
+        from daemon.run.runtime import build  # the whole pipeline: only when no daemon does the work
+
+        # The index opens on a thread while the revision loads: DuckDB's import then runs while the load waits
+        # for the Nickel and template workers (daemon/index/opening.py).
+        rt = build(settings, ephemeral=base is not None, prestart=True, background_index=True)
+        try:
+            report = rt.pipeline.plan_between(base, head) if base else rt.pipeline.plan(head)
+            return plan_to_dict(report)
+        finally:
+            rt.close()
 
 
 @click.command("plan")
@@ -93,27 +98,30 @@ def _apply(settings: Settings, revision: str, trigger: str, force: bool = False,
             planfile.check(saved, dict(api.call(sock, "plan", revision=saved["branch"])["plan"]), where)
         return dict(api.call(sock, "rollback" if trigger == "rollback" else "apply", revision=revision,
                              force=force)["run"])
-    # Imported here: the pipeline, webhooks and windows cost start-up time; only an apply without a daemon
-    # needs them.
-    from daemon.control.host_controls import host_controls, refuse_manual
-    from daemon.run.runtime import build
+    from daemon.cli.ahead import workers_ahead
 
-    with ApplyLock(settings.data_dir):
-        rt = build(settings, prestart=True, one_shot=True)
-        try:
-            if not force:
-                refuse_manual(rt.index, host_controls(settings).windows)
-            for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
-                click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
-            if saved is not None:  # under the apply lock: nothing else applies between the check and the run
-                planfile.check(saved, plan_to_dict(rt.pipeline.plan(saved["branch"])), where)
-            # Steps, then a bar over the actions, on stderr when it is a terminal (nothing is planned twice).
-            with RunProgress() as shown:
-                rt.pipeline.on_phase, rt.pipeline.on_action = shown.phase, shown.action
-                result = rt.pipeline.run(revision, trigger=trigger)
-            return run_to_dict(result)
-        finally:
-            rt.close()
+    with workers_ahead(settings.repo):        # started before the pipeline is imported (daemon/cli/ahead.py)
+        # Imported here: the pipeline, webhooks and windows cost start-up time; only an apply without a daemon
+        # needs them.
+        from daemon.control.host_controls import host_controls, refuse_manual
+        from daemon.run.runtime import build
+
+        with ApplyLock(settings.data_dir):
+            rt = build(settings, prestart=True, one_shot=True)
+            try:
+                if not force:
+                    refuse_manual(rt.index, host_controls(settings).windows)
+                for result in rt.pipeline.resolve_interrupted(settings.on_interrupted):
+                    click.echo(f"resolved interrupted run {result.run_id}: {result.status}", err=True)
+                if saved is not None:  # under the apply lock: nothing else applies between the check and the run
+                    planfile.check(saved, plan_to_dict(rt.pipeline.plan(saved["branch"])), where)
+                # Steps, then a bar over the actions, on stderr when it is a terminal (nothing is planned twice).
+                with RunProgress() as shown:
+                    rt.pipeline.on_phase, rt.pipeline.on_action = shown.phase, shown.action
+                    result = rt.pipeline.run(revision, trigger=trigger)
+                return run_to_dict(result)
+            finally:
+                rt.close()
 
 
 def _print_run(run: dict[str, Any], output: str) -> None:

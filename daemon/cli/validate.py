@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from daemon.cli.ahead import preloading, workers_ahead
 from daemon.cli.common import (
     as_the_daemon_runs,
     common_options,
@@ -17,18 +18,20 @@ from daemon.cli.common import (
     output_option,
     settings_from,
 )
-from daemon.git.source import GitSource
-from daemon.nickel.evaluator import Evaluator
 from daemon.package_data import nickel_dir
-from daemon.run.runtime import build_reconcilers
 from daemon.settings import Settings
 from reconcilers.base import AnyReconciler, Problem
+
+if TYPE_CHECKING:
+    from daemon.git.source import GitSource
 
 
 def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settings: Settings) -> list[Problem]:
     """Load and validate `rev` (or the staged tree) through every reconciler: steps 1-4 of a run, with no index
     (nothing is recorded; DuckDB is not even imported)."""
+    from daemon.nickel.evaluator import Evaluator
     from daemon.run.pipeline import load_snapshot
+    from daemon.run.runtime import build_reconcilers
 
     snap = source.snapshot(rev) if rev else source.staged_snapshot()
     # `data_dir` is the command's temporary directory: values kept on disk there would be deleted unread.
@@ -37,7 +40,9 @@ def validate_snapshot(source: GitSource, rev: str | None, data_dir: Path, settin
     try:
         built, unavailable = build_reconcilers(settings, evaluator)
         reconcilers.update(built)
-        loaded = load_snapshot(snap, built, evaluator, settings.max_files)
+        # The load starts by waiting for the Nickel worker: the libraries it imports later load meanwhile.
+        with preloading(settings.repo):
+            loaded = load_snapshot(snap, built, evaluator, settings.max_files)
         problems = list(loaded.problems)
         if not problems:
             problems += _judged(source, rev, loaded, built)
@@ -101,10 +106,14 @@ def validate(repo: str | None, data_dir: Path | None, config_file: Path | None, 
         if data_dir is not None:
             # Judge as the daemon on that data directory would: its root, branch and settings file.
             settings = as_the_daemon_runs(settings, root=root, branch=branch, config_file=config_file)
-        source = GitSource(settings.repo, settings.branch, settings.data_dir)
-        if rev is None and source.repo.is_bare:
-            rev = "HEAD"
-        problems = validate_snapshot(source, rev, Path(tmp), settings)
+        # Workers the load will need start now, before git, Nickel and the reconcilers are imported here.
+        with workers_ahead(settings.repo):
+            from daemon.git.source import GitSource
+
+            source = GitSource(settings.repo, settings.branch, settings.data_dir)
+            if rev is None and source.repo.is_bare:
+                rev = "HEAD"
+            problems = validate_snapshot(source, rev, Path(tmp), settings)
     if output == "json":
         emit_json({"ok": not problems, "problems": [p.as_dict() for p in problems], "library": str(nickel_dir())})
     else:

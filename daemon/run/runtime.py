@@ -115,19 +115,26 @@ def open_index(path: Path, *, read_only: bool = False, wait: float = 0.0) -> Ind
 
 def build(settings: Settings, *, read_only: bool = False, only: tuple[str, ...] | None = None,
           ephemeral: bool = False, index_wait: float = 0.0, prestart: bool = False,
-          one_shot: bool = False) -> Runtime:
+          one_shot: bool = False, background_index: bool = False) -> Runtime:
     """Open everything for `settings` (the index read-write unless `read_only`; in memory when `ephemeral`,
     for work that needs no records, such as a pull-request plan while a daemon holds the index). `prestart`
     starts the Nickel worker at once, for a command that will evaluate right away (see Evaluator.prestart).
     `one_shot`: a process that ends after its run; the knowledge nodes it indexes are embedded later, by the
-    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it."""
+    next process that runs the model anyway (the daemon, `stratum kb search`), so the apply never waits for it.
+    `background_index`: the index opens on a thread while the revision loads (daemon/index/opening.py), for a
+    command that needs it only after loading (`stratum plan`)."""
     admission = admission_settings(settings, str(settings.config_path or ""))   # bad settings fail first
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not ephemeral and not read_only:
         check_owner(settings.data_dir, settings.repo, claim=True)   # the first writer records whose it is
     source = GitSource(settings.repo, settings.branch, settings.data_dir)
-    index = open_index(Path(":memory:") if ephemeral else settings.index_path, read_only=read_only,
-                       wait=index_wait)
+    index_path = Path(":memory:") if ephemeral else settings.index_path
+    if background_index:
+        from daemon.index.opening import open_in_background
+
+        index = open_in_background(lambda: open_index(index_path, read_only=read_only, wait=index_wait))
+    else:
+        index = open_index(index_path, read_only=read_only, wait=index_wait)
     evaluator = Evaluator(settings.data_dir / "nickel-cache", settings.nickel_timeout, settings.nickel_memory_mb,
                           prestart=prestart)
     ports = Ports(SecretsBroker(index), git_writer=RepoGitWriter(source))

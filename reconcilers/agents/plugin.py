@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from reconcilers.plugin import Plugin, Verb
+from reconcilers.plugin import Plugin, Preload, Verb
 
 PLUGIN = Plugin(
     name="agents",
@@ -15,4 +15,6 @@ PLUGIN = Plugin(
     ),
     order=40,
     worker="reconcilers.agents.remote:serve_worker",
+    # validate compiles prompt templates (agents/) and checks cron schedules (tasks/)
+    preload=(Preload("agents", ("jinja2",)), Preload("tasks", ("croniter",))),
 )

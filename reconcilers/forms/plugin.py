@@ -3,7 +3,7 @@ mounted on the daemon's listener at /forms/ through the reconciler's `http_mount
 
 from __future__ import annotations
 
-from reconcilers.plugin import Plugin, Verb
+from reconcilers.plugin import Plugin, Preload, Verb
 
 PLUGIN = Plugin(
     name="forms",
@@ -11,4 +11,5 @@ PLUGIN = Plugin(
     verbs=(Verb("form", "reconcilers.forms.cli:form",
                 "Forms that generate infrastructure: fill one, get a reviewable branch."),),
     order=60,
+    preload=(Preload("forms", ("fluent.syntax",)),),      # the forms' locales are parsed when loaded
 )

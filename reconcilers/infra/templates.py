@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.errors import InputError
-from reconcilers.workers import stop_worker
+from reconcilers.workers import start_worker, stop_worker
 
 MAX_RENDERED = 4 * 1024 * 1024
 RENDER_TIMEOUT_S = 5.0
@@ -29,6 +29,12 @@ WORKER_MEMORY_MB = 512
 WORKER_IDLE_S = 60.0
 _GRACE_S = 2.0            # past the worker's own deadline, the parent kills it
 _STARTUP_S = 20.0         # a fresh worker's start-up (Python, Jinja) comes before its own deadline starts
+
+
+def worker_command(memory_mb: int = WORKER_MEMORY_MB) -> tuple[list[str], dict[str, str]]:
+    """The template worker's command line and environment (reconcilers.workers.start_spare starts one ahead)."""
+    return ([sys.executable, "-m", "reconcilers.infra.template_worker", str(memory_mb), str(WORKER_IDLE_S)],
+            {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
 
 
 class TemplateRenderer:
@@ -50,10 +56,7 @@ class TemplateRenderer:
             self._kill()
         fresh = self._proc is None
         if self._proc is None:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "reconcilers.infra.template_worker", str(self.memory_mb), str(WORKER_IDLE_S)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/",
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+            self._proc = start_worker(*worker_command(self.memory_mb))
             # A renderer dropped without close() (a reconciler nobody closed) still stops its worker.
             self._finalizer = weakref.finalize(self, stop_worker, self._proc)
         return self._proc, fresh

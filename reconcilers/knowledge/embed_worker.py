@@ -6,7 +6,8 @@ long as the process, which exits by itself after `idle` seconds without a reques
 it never outlives its parent). embed.py's WorkerProvider starts it on first use and again after a crash.
 
 argv: MODEL_DIR IDLE_SECONDS [THREADS]. The shipped files are verified by sha256 (model_files.py) at every
-start, before the model is loaded.
+start, before the model is loaded; the graph run is their fused form (model_graph.py), made once per model
+directory and verified too, or the plain one when that cannot be made or loaded.
 Request: {"texts": [str, ...]}; reply: {"n": int, "f32": base64 of n x 384 little-endian float32} or
 {"error": what, "hint": what to do, "fatal": true when no request can succeed (the model cannot load)}.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reconcilers.knowledge.errors import ModelError
-from reconcilers.knowledge.model_files import prepare_model_dir
+from reconcilers.knowledge.model_files import fused_model_file, prepare_model_dir
 from reconcilers.workers import trim_heap
 
 _SMALL_REQUEST = 4096                         # bytes of a one-text request left untrimmed (a search query)
@@ -50,6 +51,12 @@ def _load(model_dir: Path, threads: int) -> tuple[Any, dict[str, Any] | None]:
         prepare_model_dir(model_dir)
         from reconcilers.knowledge.minilm import MiniLM
 
+        try:
+            fused = fused_model_file(model_dir)
+            if fused is not None:
+                return MiniLM(model_dir, threads, fused), None
+        except Exception:  # noqa: BLE001 the fused graph is a speed-up: the plain model always works
+            pass
         return MiniLM(model_dir, threads), None
     except ModelError as err:
         return None, {"error": err.what, "hint": err.hint, "fatal": True}

@@ -12,6 +12,11 @@ We call onnxruntime ourselves, measured here (onnxruntime 1.32, fastembed 0.9.1,
 - onnxruntime's CPU arena keeps its peak for the process's life: it is off.
 - Graph optimisations stay on (as in fastembed): without constant folding the int8 weights are dequantized
   at every call, ~100 ms per call more (a search query: 140 ms instead of 40), for 120 MB less resident.
+- The graph run is the fused one (model_graph.py): ~12% less CPU per query. What is left is the matrix
+  products in float32 (~75% of a query's time): about 3.5 ms plus 0.3 ms per token on one thread here. Kept
+  float32 on purpose: onnxruntime's weight-only 8-bit products (MatMulNBits) took 4x as long on this CPU, and
+  quantizing the activations too (its accuracy level 4) moved one product's outputs by ~0.5% (other vectors
+  than the stored ones).
 
 This module imports onnxruntime, tokenizers and numpy: only the embedding worker (embed_worker.py) imports it,
 never the daemon process.
@@ -34,9 +39,10 @@ BATCH_TEXTS = 64
 
 
 class MiniLM:
-    """The model loaded from a directory laid out by `model_files.prepare_model_dir` (verified already)."""
+    """The model loaded from a directory laid out by `model_files.prepare_model_dir` (verified already);
+    `model_file` is the graph to run instead of its model.onnx (the fused one, model_files.fused_model_file)."""
 
-    def __init__(self, model_dir: Path, threads: int = 0) -> None:
+    def __init__(self, model_dir: Path, threads: int = 0, model_file: Path | None = None) -> None:
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         pad_id = self.tokenizer.token_to_id("[PAD]")
@@ -53,7 +59,7 @@ class MiniLM:
         # and Nickel, that spinning took the cores the other thread needed (a one-line query took 28 ms at the
         # median and 112 ms at p95 with two spinning threads under load, 16/33 ms with one thread).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options,
+        self.session = ort.InferenceSession(str(model_file or model_dir / "model.onnx"), sess_options=options,
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,3 +71,45 @@ def prepare_model_dir(target: Path, files: tuple[Path, Path] | None = None) -> P
         {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
          "mask_token": "[MASK]"}))
     return target
+
+
+FUSED_VERSION = "1"                           # of model_graph.fuse: a new version makes the fused file again
+_FUSED, _FUSED_MANIFEST = "model.fused.onnx", "model.fused.json"
+
+
+def fused_model_file(model_dir: Path) -> Path | None:
+    """The shipped model with fused attention and GELU (model_graph.py), made once per model directory; None
+    when it cannot be made (`onnx` missing, or a graph the rewrite does not know): the plain model is used.
+
+    `model_dir` was laid out and verified by `prepare_model_dir`. The fused file is derived from that verified
+    file, never fetched; its sha256 is recorded beside it with the source's and checked at every load, so a
+    file changed since is made again rather than loaded.
+    """
+    fused, manifest = model_dir / _FUSED, model_dir / _FUSED_MANIFEST
+    wanted = {"source": MODEL_SHA256, "version": FUSED_VERSION}
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    if isinstance(recorded, dict) and {k: recorded.get(k) for k in wanted} == wanted:
+        if recorded.get("sha256") is None:
+            return None                       # this model cannot be fused: not tried again at every start
+        if fused.exists() and sha256_file(fused) == recorded["sha256"]:
+            return fused
+    try:
+        from reconcilers.knowledge.model_graph import fuse
+    except ImportError:
+        return None                           # not recorded: installing onnx later makes the file
+    model = fuse((model_dir / "model.onnx").read_bytes())
+    digest = None
+    if model is not None:
+        # Written aside, then renamed: a worker starting meanwhile in the same directory sees either no fused
+        # file or a whole one (the same bytes: the rewrite is deterministic).
+        tmp = fused.with_name(f".{_FUSED}.{os.getpid()}")
+        tmp.write_bytes(model)
+        digest = hashlib.sha256(model).hexdigest()
+        os.replace(tmp, fused)
+    tmp_manifest = manifest.with_name(f".{_FUSED_MANIFEST}.{os.getpid()}")
+    tmp_manifest.write_text(json.dumps({**wanted, "sha256": digest}))
+    os.replace(tmp_manifest, manifest)
+    return fused if digest is not None else None

@@ -75,12 +75,10 @@ class KnowledgeReconciler(NoActions["Desired"]):
         self._settings_error = ""
         self._section = "{}"
         # Those of the revision indexed last (what MCP serves), kept in the index so a restarted daemon serves
-        # the last good revision at once, with its settings.
-        self.indexed_settings = self.settings
-        saved = env.index.get_state(SETTINGS_STATE) if env.index is not None else None
-        if saved:
-            with contextlib.suppress(ValueError, KnowledgeError):
-                self.indexed_settings = KnowledgeSettings.from_mapping(json.loads(saved))
+        # the last good revision at once, with its settings: read on first use (indexed_settings), since a CLI
+        # plan opens the index on a thread while the revision loads (daemon/index/opening.py).
+        self._indexed_settings: KnowledgeSettings | None = None
+        self._unsaved_settings = self.settings          # ... when the index holds none
         # Embedding endpoints are host settings (providers.py); a malformed table stops this reconciler at start.
         self.host_providers = host_providers(env.settings)
         host = env.settings.get("knowledge") or {}
@@ -91,7 +89,7 @@ class KnowledgeReconciler(NoActions["Desired"]):
         self.contract = Contract(runner=getattr(env.evaluator, "run_source", None))
         self._provider: Provider | None = None
         self._provider_loaded = False
-        self._provider_choice = self.indexed_settings.embedding_provider
+        self._provider_choice = self.settings.embedding_provider    # compared only once a provider loaded
         self.provider_error = ""
         self._repo: pygit2.Repository | None = None
         self._stores: dict[int, Store] = {}
@@ -107,6 +105,21 @@ class KnowledgeReconciler(NoActions["Desired"]):
         self.defer = self.background and bool(host.get("defer_embedding", False)) if isinstance(host, Mapping) \
             else False
         self._embedder = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-embed")
+
+    @property
+    def indexed_settings(self) -> KnowledgeSettings:
+        """The settings of the revision indexed last: saved in the index, else this host's."""
+        if self._indexed_settings is None:
+            self._indexed_settings = self._unsaved_settings
+            saved = self.env.index.get_state(SETTINGS_STATE) if self.env.index is not None else None
+            if saved:
+                with contextlib.suppress(ValueError, KnowledgeError):
+                    self._indexed_settings = KnowledgeSettings.from_mapping(json.loads(saved))
+        return self._indexed_settings
+
+    @indexed_settings.setter
+    def indexed_settings(self, value: KnowledgeSettings) -> None:
+        self._indexed_settings = value
 
     @property
     def repo(self) -> pygit2.Repository | None:

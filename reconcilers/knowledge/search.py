@@ -13,6 +13,8 @@ matrix product takes 0.2 ms, PLATFORM.md). A new revision updates that copy with
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import functools
 import math
 import threading
 import time
@@ -32,6 +34,23 @@ from reconcilers.knowledge.store import DIM, EXTRA, Store
 from reconcilers.knowledge.text import terms
 
 RRF_K = 60
+
+
+@functools.cache
+def _one_blas_thread() -> None:
+    """Run BLAS (the query-vector product) on one thread in this process, once.
+
+    Measured on this 2-core host, loaded (load ~5): OpenBLAS's two threads took the 10,000 x 384 product to
+    p50 0.3-1.2 ms but p95 22-28 ms and 2.3-3.8 ms of CPU per call (its idle threads spin), CPU the embedding
+    worker needed for the next query; one thread: p50 0.54 ms, 0.6 ms of CPU. Nothing else in the daemon or
+    the CLI uses BLAS. Without threadpoolctl (or with another BLAS it cannot limit), BLAS stays as it is.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
+
+        threadpool_limits(1, user_api="blas")
+    except Exception:  # noqa: BLE001 a speed setting: any failure leaves BLAS as it was
+        return
 _T = TypeVar("_T")
 K1, B = 1.2, 0.75
 MODES = ("hybrid", "lexical", "vector")
@@ -122,8 +141,8 @@ class Searcher:
         # Per generation: each slot's rank in blob-id order (ties are broken by blob id, vectorised) and the
         # node summaries as returned to users (without the internal keys).
         self._derived: tuple[Generation, npt.NDArray[np.int64], dict[str, dict[str, Any]]] | None = None
-        # Embeds the query while the keyword half of a hybrid search runs (the worker's round trip is most of
-        # a search, and waiting on its pipe releases the GIL).
+        # Embeds the query while the keyword half of a hybrid search runs, for providers without `send` (the
+        # shipped model's worker takes the query without a thread: WorkerProvider.send).
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-embed")
 
     def invalidate(self) -> None:
@@ -193,6 +212,36 @@ class Searcher:
                 self._qvec.popitem(last=False)
         return vec
 
+    def _embed_meanwhile(self, query: str, clock: _Clock) -> Callable[[], npt.NDArray[np.float32]]:
+        """Start embedding `query` (while BM25 runs); the result waits for its vector, which it caches. The
+        shipped model's worker takes the request at once (WorkerProvider.send: no thread); other providers are
+        waited for in a thread."""
+        send = getattr(self.provider, "send", None)
+        if send is None:
+            future = self._pool.submit(clock.timed, "embed", self.query_vector, query)
+            return future.result
+        start = time.perf_counter()
+        try:
+            receive = send(query)
+        except ModelError as err:
+            failure = err
+
+            def failed() -> npt.NDArray[np.float32]:
+                raise failure
+
+            return failed
+
+        def vector() -> npt.NDArray[np.float32]:
+            vec = np.asarray(receive(), dtype=np.float32)
+            clock.record("embed", start)
+            with self._lock:
+                self._qvec[query] = vec
+                if len(self._qvec) > 512:
+                    self._qvec.popitem(last=False)
+            return vec
+
+        return vector
+
     # -- the two retrievers ------------------------------------------------------------------------
     def lexical(self, revision: str, query: str, limit: int, filters: Filters = Filters()) -> list[tuple[str, float]]:
         """(blob id, BM25 score), best first (ties by blob id)."""
@@ -254,6 +303,7 @@ class Searcher:
         qv = self.query_vector(query) if qvec is None else qvec
         if engine == "duckdb":
             return self._vector_sql(revision, qv, limit, filters, gen)
+        _one_blas_thread()
         sims = qv @ gen.matrix_t                                   # (see memindex: why the matrix is transposed)
         valid = self._mask(gen, filters) if filters.active() else gen.live
         sims = np.where(valid[gen.owner], sims, -np.inf)
@@ -309,13 +359,19 @@ class Searcher:
             with self._lock:
                 cached = self._qvec.get(query)
             if cached is None:
-                pending = self._pool.submit(clock.timed, "embed", self.query_vector, query)
+                pending = self._embed_meanwhile(query, clock)
         clock.lap("setup")
-        lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
+        try:
+            lex = self._lexical(revision, query, depth, filters) if mode != "vector" else []
+        except BaseException:
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    pending()                   # the worker is this search's until its answer is read
+            raise
         clock.lap("lexical")
         if mode != "lexical":
             try:
-                qvec = pending.result() if pending is not None else None
+                qvec = pending() if pending is not None else None
                 clock.lap("embed_wait")
                 if qvec is None and mode == "vector":
                     qvec = clock.timed("embed", self.query_vector, query)
@@ -351,10 +407,10 @@ class Searcher:
 class _Clock:
     """Milliseconds per step of one search, into `out` (nothing is measured without one).
 
-    Steps: setup (checks, the embedding handed to its thread), lexical (BM25), embed_wait (waiting for the
-    query's vector once BM25 is done), embed (computing the query's vector, in its thread: overlaps lexical; absent
-    when the vector was cached), vector (matrix product, top-k, per-node best chunk), fusion (reciprocal rank),
-    rows (the top hits' summaries and snippets)."""
+    Steps: setup (checks, the query handed to the model), lexical (BM25), embed_wait (waiting for the query's
+    vector once BM25 is done), embed (from handing the query to the model until its vector is read: overlaps
+    lexical; absent when the vector was cached), vector (matrix product, top-k, per-node best chunk), fusion
+    (reciprocal rank), rows (the top hits' summaries and snippets)."""
 
     __slots__ = ("_out", "_t")
 
@@ -368,6 +424,11 @@ class _Clock:
             now = time.perf_counter()
             self._out[step] = self._out.get(step, 0.0) + (now - self._t) * 1000.0
             self._t = now
+
+    def record(self, step: str, since: float) -> None:
+        """Charge the time from `since` (perf_counter) to now to `step` (no lap is moved)."""
+        if self._out is not None:
+            self._out[step] = (time.perf_counter() - since) * 1000.0
 
     def timed(self, step: str, fn: Callable[[str], _T], arg: str) -> _T:
         """fn(arg), its duration charged to `step` (runs in the embedding thread: no lap is moved)."""

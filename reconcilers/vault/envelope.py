@@ -16,9 +16,7 @@ import functools
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from typing import TYPE_CHECKING, Any
 
 from reconcilers.vault import kem, shamir, sodium
 from reconcilers.vault.backends import Backend
@@ -39,6 +37,9 @@ from reconcilers.vault.manifest import (
     parse_enc,
     signed_bytes,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
 
 SIG_CONTEXT = b"stratum-manifest-v1"
 
@@ -65,6 +66,8 @@ class Opened:
 
 @functools.lru_cache(maxsize=16)
 def _ed25519_private(raw: bytes) -> ed25519.Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-
-from cryptography.hazmat.primitives.asymmetric import x25519
+from typing import TYPE_CHECKING
 
 from reconcilers.vault import sodium
 from reconcilers.vault.backends import Backend
@@ -20,12 +19,17 @@ from reconcilers.vault.backends.base import MLKEM768_CT
 from reconcilers.vault.errors import DecryptError
 from reconcilers.vault.keys import Identity, Recipient
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
 LABEL = b"stratum-hybrid-kem-v1/mlkem768+x25519"
 CIPHERTEXT_SIZE = MLKEM768_CT + 32
 
 
 @functools.lru_cache(maxsize=256)
 def _x25519_public(raw: bytes) -> x25519.X25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
     return x25519.X25519PublicKey.from_public_bytes(raw)
 
 
@@ -36,6 +40,8 @@ def combine(ss_m: bytes, ss_x: bytes, ct_m: bytes, ct_x: bytes, pk_m: bytes, pk_
 
 def encapsulate(backend: Backend, recipient: Recipient) -> tuple[bytes, bytes]:
     """(ciphertext = ct_mlkem || ephemeral X25519 public key, shared secret)."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
     ct_m, ss_m = backend.kem_encaps(recipient.mlkem)
     eph = x25519.X25519PrivateKey.generate()
     ct_x = eph.public_key().public_bytes_raw()

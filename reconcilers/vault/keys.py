@@ -18,8 +18,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-
 from reconcilers.vault import bech32
 from reconcilers.vault.backends import Backend, PQSecret, get_backend
 from reconcilers.vault.backends.base import (
@@ -185,6 +183,8 @@ def _identity_from_payload(payload: bytes) -> Identity:
         raise KeyFormatError(
             "unknown private key form", where="<private key>", hint="was it made by a newer Stratum? upgrade"
         )
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
     x_pub = x25519.X25519PrivateKey.from_private_bytes(x_priv).public_key().public_bytes_raw()
     return Identity(Recipient(bytes(ek), x_pub), secret, x_priv, payload)
 
@@ -206,6 +206,8 @@ def _signing_from_payload(payload: bytes) -> SigningKey:
         raise KeyFormatError(
             "unknown signing key form", where="<private key>", hint="was it made by a newer Stratum? upgrade"
         )
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     ed_pub = ed25519.Ed25519PrivateKey.from_private_bytes(ed_priv).public_key().public_bytes_raw()
     return SigningKey(Signer(bytes(pk), ed_pub), secret, ed_priv, payload)
 

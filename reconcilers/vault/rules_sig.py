@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from reconcilers.base import Problem
 from reconcilers.vault import fastyaml
@@ -106,6 +104,8 @@ def sign(backend: Backend, rules: Rules | None, key: SigningKey, rules_path: str
     version = max(previous.version + 1 if previous else 1, int(time.time()))
     unsigned = RulesSignature(rules_path, version, digest(rules), key.signer.text)
     message = unsigned.signed_bytes()
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     sig_pq = backend.sign(key.mldsa, message, SIG_CONTEXT)
     sig_ed = ed25519.Ed25519PrivateKey.from_private_bytes(key.ed25519).sign(message)
     return RulesSignature(unsigned.path, version, unsigned.digest, unsigned.signer, sig_pq, sig_ed)
@@ -144,6 +144,9 @@ def verify(backend: Backend, sig: RulesSignature, where: str) -> Signer:
     except KeyFormatError as err:
         raise SignatureError("the rules signature names a malformed signer key", where=where,
                              hint="sign the rules again with `stratum secret sign-rules`") from err
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     message = sig.signed_bytes()
     ok = backend.verify(signer.mldsa, message, sig.sig_mldsa65, SIG_CONTEXT)
     try:

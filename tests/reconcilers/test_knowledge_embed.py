@@ -66,6 +66,32 @@ def test_the_worker_returns_fastembeds_vectors_for_the_shipped_model(tmp_path: P
     assert float(np.abs(one_by_one - got).max()) < 1e-5
 
 
+def test_a_query_sent_ahead_is_answered_when_read_and_holds_the_worker_until_then(worker: WorkerProvider) -> None:
+    """`send` returns at once; reading its result gives embed's vector; meanwhile another thread's request
+    waits for the worker; a result is read once; a worker that died meanwhile is replaced and answers."""
+    import threading
+
+    expected = worker.embed(["storage volume ran out of space"])[0]
+    receive = worker.send("storage volume ran out of space")
+    other: list[np.ndarray] = []
+    waiter = threading.Thread(target=lambda: other.append(worker.embed(["cat"])))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive() and not other                  # the worker is the sender's until it reads
+    assert float(np.abs(receive() - expected).max()) < 1e-6
+    waiter.join(timeout=60.0)
+    assert not waiter.is_alive() and other[0].shape == (1, 384)
+    with pytest.raises(RuntimeError, match="read already"):
+        receive()
+    receive = worker.send("storage volume ran out of space")
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone(pid)
+    assert float(np.abs(receive() - expected).max()) < 1e-6
+    assert worker.pid not in (None, pid)
+
+
 def test_the_worker_is_verified_by_sha256_before_loading(tmp_path: Path) -> None:
     """A model file replaced in the worker's directory is refused, and the provider stops trying."""
     model_dir = prepare_model_dir(tmp_path / "model")

@@ -166,6 +166,25 @@ def test_the_breakdown_names_every_step(tmp_path: Path, repo: WorkRepo, provider
     index.close()
 
 
+def test_a_hybrid_search_embeds_its_query_without_a_thread(tmp_path: Path, repo: WorkRepo,
+                                                          provider: WorkerProvider) -> None:
+    """The query goes to the worker before BM25 and its vector is read after (WorkerProvider.send): no thread
+    hand-off per search; the results are those of the vector read first (the LRU) and the breakdown names it."""
+    import threading
+
+    index = Index(tmp_path / "data" / "index.duckdb")
+    kb = KnowledgeBase(open_workspace(str(repo.path), tmp_path / "data", index=index), provider=provider)
+    kb.searcher._qvec.clear()
+    before = set(threading.enumerate())           # (other tests' searchers may have left theirs running)
+    timings: dict[str, float] = {}
+    first = kb.search("ledger RAM exhaustion crash", timings=timings)
+    assert "embed" in timings and first.mode == "hybrid" and first.hits
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("query-embed")]
+    again = kb.search("ledger RAM exhaustion crash")                    # from the LRU
+    assert [h.as_dict() for h in again.hits] == [h.as_dict() for h in first.hits]
+    index.close()
+
+
 @pytest.mark.slow
 def test_the_cli_and_the_mcp_server_return_the_same_results(tmp_path: Path, repo: WorkRepo) -> None:
     """`stratum kb search --json` and the MCP `search` tool (over stdio, `stratum kb mcp`), each in its own
@@ -208,3 +227,34 @@ def test_a_query_is_embedded_at_its_own_length(tmp_path: Path) -> None:
     assert 4 <= len(encoded.ids) < 16 and all(encoded.attention_mask)
     assert model.embed(["gateway storage capacity exhausted"]) == pytest.approx(
         model.embed(["gateway storage capacity exhausted", "a much longer second text " * 8])[:1], abs=1e-5)
+
+
+
+def test_a_vector_search_runs_blas_on_one_thread(tmp_path: Path, repo: WorkRepo) -> None:
+    """After a hybrid search, the searching process's BLAS runs one thread (search.py: OpenBLAS's idle threads
+    spun on this 2-core host, taking the CPU the embedding worker needed). In a fresh process started with two
+    BLAS threads: pytest's own process may have been limited by an earlier test."""
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from daemon.index.store import Index\n"
+        "from daemon.run.workspace import open_workspace\n"
+        "from reconcilers.knowledge.embed import WorkerProvider\n"
+        "from reconcilers.knowledge.knowledge_base import KnowledgeBase\n"
+        "repo, data = sys.argv[1], Path(sys.argv[2])\n"
+        "blas = lambda: [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "provider = WorkerProvider(data / 'model')\n"
+        "kb = KnowledgeBase(open_workspace(repo, data, index=Index(data / 'index.duckdb')), provider=provider)\n"
+        "hits = kb.search('billing storage capacity exhausted').hits\n"
+        "provider.close()\n"
+        "print(json.dumps({'before': before, 'after': blas(), 'hits': len(hits)}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(repo.path), str(tmp_path / "data")],
+                          env={**os.environ, **GIT_ENV, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "2"},
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["hits"] > 0
+    assert seen["before"] and all(n == 2 for n in seen["before"])
+    assert seen["after"] and all(n == 1 for n in seen["after"])

@@ -6,18 +6,20 @@ Private post-quantum keys are carried as `PQSecret`: the FIPS 203/204 seed (what
 load), the expanded key (what PQClean and liboqs load), or both. Keys are generated as seeds, and a backend that
 needs the expanded form derives it (`expanded_kem` / `expanded_sig`, through expand.py), so every key works with
 every backend. Only an expanded-only key (written by an earlier pqclean/oqs keygen) cannot reach OpenSSL.
+`cryptography` is imported where it is used, here and in keys/kem/envelope/rules_sig: ~45 ms and ~10 MB
+resident that a repository without secret manifests never needs (validate, plan, the idle daemon).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING, Protocol
 
 from reconcilers.vault import expand
 from reconcilers.vault.errors import BackendUnavailable, DecryptError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 MLKEM768_PUBLIC = 1184
 MLKEM768_EXPANDED = 2400
@@ -82,6 +84,8 @@ class AeadMixin:
         last = self._last
         if last is not None and last[0] == key:
             return last[1]
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # here, not at the top: see the module doc
+
         cipher = AESGCM(key)
         self._last = (key, cipher)
         return cipher
@@ -92,6 +96,8 @@ class AeadMixin:
 
     def open(self, key: bytes, nonce: bytes, sealed: bytes, aad: bytes, where: str) -> bytes:
         """AES-256-GCM decryption; DecryptError naming `where` when the tag does not verify."""
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead(key).decrypt(nonce, sealed, aad)
         except (InvalidTag, ValueError) as err:
