@@ -86,9 +86,16 @@ class VaultSecrets:
                                where=reference, hint="`stratum vault unseal`; the action then proceeds",
                                after=2.0) from None
         except KeyError as err:
-            raise StratumError(f"secret {reference} is not loaded or not readable by this daemon", where=reference,
+            # Name this daemon's key: the usual cause is a manifest sealed for another data directory's daemon
+            # (`stratum secret init` without the daemon's --data-dir), which its short id shows at a glance.
+            mine = self._vault.recipient_fingerprint()
+            whose = f"this daemon's key is {mine[:16]}" if mine else "this daemon has no key yet"
+            raise StratumError(f"secret {reference} is not loaded or not readable by this daemon ({whose})",
+                               where=reference,
                                hint="check the path and key, that the manifest is applied, and that the daemon's "
-                                    "key is among its recipients") from err
+                                    "key is among its recipients (`stratum secret daemon-key --data-dir <the "
+                                    "daemon's>` prints it; add it to the creation rule, then `stratum secret "
+                                    "updatekeys`)") from err
         if isinstance(value, dict | list):
             raise InputError(f"secret {reference} holds a mapping or list, not one value", where=reference,
                              hint="reference a single key inside it")

@@ -22,6 +22,7 @@ from daemon.run.ports import SecretsBroker
 from reconcilers.base import ReconcilerEnv
 from reconcilers.infra.reconciler import InfraReconciler
 from reconcilers.vault import envelope, manifest
+from reconcilers.vault.keysource import FileKeySource
 from reconcilers.vault.reconciler import VaultReconciler
 from tests.fixtures import WorkRepo
 from tests.vault_fixtures import CANARY, B, SecretWorld, secret_world
@@ -185,6 +186,26 @@ def test_undecryptable_secret_is_a_validate_error(world: World) -> None:
     assert result.status == "rejected"
     assert any("daemon cannot decrypt secrets/app/db.yaml" in p.message and "resource pw" in p.message
                for p in result.problems), result.problems
+
+
+def test_a_daemon_with_another_key_is_named_when_the_apply_cannot_read_the_secret(world: World) -> None:
+    """A manifest sealed for another daemon's key (the walk: `stratum secret init` run without the demo
+    daemon's --data-dir) passes validate while this daemon has no key yet, so nothing can be compared; the
+    apply then fails, rolls back, and names this daemon's key beside the hint, so the mismatch with the
+    recipients `secret init` printed shows at once. Before, the message named no key."""
+    rev = world.repo.commit({
+        "secrets/rules.ncl": world.secrets.rules(),
+        "secrets/app/db.yaml": world.manifest({"password": CANARY}),
+        "infra/app.ncl": _infra(f"    pw = {{ kind = 'file, path = \"pw\", content = {REF} }},"),
+    })
+    (world.data / "vault" / "daemon.key").unlink()      # this daemon is not the one the manifest was sealed for
+    result = world.pipe.run(rev)
+    assert result.status in ("failed", "rolled_back"), result
+    mine = FileKeySource(world.data / "vault" / "daemon.key", create=False).recipient().fingerprint
+    assert mine != world.secrets.daemon.fingerprint
+    assert f"this daemon's key is {mine[:16]}" in result.message, result.message
+    assert "stratum secret daemon-key" in result.message
+    assert not (world.root / "pw").exists() and not _canary_files(world.data)
 
 
 def test_old_manifest_reference_form_still_works(world: World) -> None:

@@ -69,7 +69,7 @@ class Barrier:
     @property
     def keeps_entries(self) -> bool:
         """Whether decrypted entries are kept: `get` then returns the same bytes object for a path until it is
-        written or deleted (what kv.Decoded relies on)."""
+        written or deleted (what kv.KV2.read relies on)."""
         return self._cache_max > 0
 
     @property

@@ -8,7 +8,8 @@ A request goes through these steps (each a possible refusal):
   5. the request is audited (fail closed) ............................................ else 500, not served
   6. the token's use is counted, the route answers, the response is audited
 A read or list of a KV mount (which changes nothing) writes 5 and 6 together once the answer is known, still
-before it is served: one write() instead of two (VaultService._read).
+before it is served: one write() instead of two (VaultService._read). Through the API on the event loop (the
+file backend) the reads of one loop turn share that write(), and each answer waits for it (AuditLog batch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -173,8 +174,10 @@ class VaultService:
         return f"version {version}"
 
     # -- requests ---------------------------------------------------------------------------------------
-    def handle(self, req: ApiRequest) -> Answer:
-        """One request (the numbered steps of the module docstring)."""
+    def handle(self, req: ApiRequest, waits: list[Awaitable[None]] | None = None) -> Answer:
+        """One request (the numbered steps of the module docstring). With `waits` (the API on the event loop)
+        a KV read's audit entries join the loop turn's batch (AuditLog.write_exchange) and what to wait for
+        is added to it: the caller answers only once that is done (it raises AuditUnavailable otherwise)."""
         if req.path in UNAUTHENTICATED or req.path.startswith("sys/init"):
             return routes.open_sys(self, req)
         if self.barrier.sealed:
@@ -191,7 +194,7 @@ class VaultService:
             self.audit.write(self._response(seen, 403, {"errors": ["permission denied"]}))
             raise PermissionDenied()
         if capability in KV_READS and found is not None and found[0].type == "kv" and not entry.num_uses:
-            return self._read(req, entry, found, seen)
+            return self._read(req, entry, found, seen, waits)
         self.audit.write({"type": "request", **seen})
         if entry.num_uses:
             entry = self.tokens.use(req.token)
@@ -203,28 +206,34 @@ class VaultService:
         self.audit.write(self._response(seen, status, body))
         return status, body
 
-    def _read(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str], seen: dict[str, Any]) -> Answer:
+    def _read(self, req: ApiRequest, entry: TokenEntry, found: tuple[MountEntry, str], seen: dict[str, Any],
+              waits: list[Awaitable[None]] | None) -> Answer:
         """A read or list of a KV mount: its request and response entries are written together, in one write()
         once the answer is known and before anyone sees it. Still no unaudited access: a KV read changes
         nothing, and an answer whose entries cannot be written is refused (500) as before; a request that
         fails unexpectedly is audited alone before its 500."""
-        request = {"type": "request", **seen}
+        mount, rest = found
+        engine = self.mounts.engine(mount)
         try:
-            status, body = self._route(req, entry, found)
+            if mount.version == 2 and rest.startswith("data/") and req.method == "GET" and not req.query:
+                status, body = engine.read_data(rest[5:])      # what _route would reach, without the dispatch
+            else:
+                status, body = self._route(req, entry, found)
         except ServiceError as err:
-            self.audit.write(request, self._response(seen, err.status, {"errors": err.messages}))
+            self.audit.write_exchange(seen, {"status": err.status, "data": redact({"errors": err.messages},
+                                                                                   self.audit.hash)})
             raise
         except BaseException:
-            self.audit.write(request)
+            self.audit.write({"type": "request", **seen})
             raise
-        engine = self.mounts.engine(found[0])
         if body is not None and engine.shares(body):
             # The engine's kept answer (unchanged since it was kept): its redaction is kept with it.
-            response = {"type": "response", **seen, "response": {"status": status,
-                                                                  "data": self.audit.redact_shared(body)}}
+            data = self.audit.redact_shared(body)
         else:
-            response = self._response(seen, status, body)
-        self.audit.write(request, response)
+            data = redact(body, self.audit.hash) if body is not None else None
+        written = self.audit.write_exchange(seen, {"status": status, "data": data}, batch=waits is not None)
+        if waits is not None and written is not None:
+            waits.append(written)
         return status, body
 
     def _audited(self, req: ApiRequest, entry: TokenEntry) -> dict[str, Any]:

@@ -17,7 +17,7 @@ TABLE_PATH = "core/mounts"
 RESERVED = ("sys", "auth", "core", "logical", "identity", "cubbyhole")
 DEFAULT_MOUNTS = {"secret/": ("kv", 2), "kv/": ("kv", 2)}
 KNOWN_MAX = 4096              # paths whose mount is kept (see Mounts.find)
-DECODED_MAX = 4096            # decoded documents a KV engine keeps (see kv.Decoded)
+ANSWERS_MAX = 4096            # read answers a KV v2 engine keeps (see kv.KV2.read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +141,10 @@ class Mounts:
             return None
         engine = self._engines.get(entry.uuid)
         if engine is None:
-            # Decoded documents are kept where the barrier keeps entries (the file backend: see kv.Decoded).
-            keep = DECODED_MAX if self.barrier.keeps_entries else 0
-            engine = (KV2(self.store_of(entry), mount=entry.uuid, keep_decoded=keep) if entry.version == 2
-                      else KV1(self.store_of(entry), keep_decoded=keep))
+            # Answers are kept where the barrier keeps entries (the file backend: see kv.KV2.read).
+            keep = ANSWERS_MAX if self.barrier.keeps_entries else 0
+            engine = (KV2(self.store_of(entry), mount=entry.uuid, keep_answers=keep) if entry.version == 2
+                      else KV1(self.store_of(entry)))
             self._engines[entry.uuid] = engine
         return engine
 

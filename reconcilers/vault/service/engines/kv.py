@@ -23,41 +23,8 @@ READ = ("GET",)
 WRITE = ("POST", "PUT")
 
 
-class Decoded:
-    """Stored JSON documents, decoded, kept by path for as long as the store returns the very same bytes object
-    for it: the barrier's cache of the file backend does, until a write or delete of the path drops it (then
-    the new bytes do not match and are decoded again), so what is kept is never older than storage. A read
-    decodes two documents (metadata and data; ~10 us each here); on other backends nothing matches, and
-    nothing is kept (`limit` 0). What `get` returns is shared between readers: read-only."""
-
-    def __init__(self, limit: int = 0) -> None:
-        self.limit = limit
-        self._docs: dict[str, tuple[bytes, Any]] = {}      # path -> (the bytes decoded, the document)
-        self._bytes = 0
-
-    def get(self, store: KeyValueStore, path: str) -> Any:
-        """The document at `path` (None when absent), decoded by the standard library as it always was."""
-        raw = store.get(path)
-        if raw is None:
-            return None
-        docs = self._docs
-        kept = docs.get(path)
-        if kept is not None and kept[0] is raw:
-            return kept[1]
-        doc = json.loads(raw)
-        if self.limit and len(raw) <= DECODED_ENTRY_MAX:
-            old = docs.pop(path, None)
-            if old is not None:
-                self._bytes -= len(old[0])
-            while docs and (len(docs) >= self.limit or self._bytes + len(raw) > DECODED_BYTES):
-                self._bytes -= len(docs.pop(next(iter(docs)))[0])     # bounded: the oldest goes first
-            docs[path] = (raw, doc)
-            self._bytes += len(raw)
-        return doc
-
-
-DECODED_ENTRY_MAX = 64 * 1024      # the barrier keeps no larger entry, so a larger one would never match
-DECODED_BYTES = 8 * 1024 * 1024    # per mount
+KEPT_ENTRY_MAX = 64 * 1024         # the barrier keeps no larger entry, so a larger one would never match
+KEPT_BYTES = 8 * 1024 * 1024       # stored bytes behind the answers a KV v2 engine keeps, per mount
 
 
 def _secret_path(path: str) -> str:
@@ -92,9 +59,8 @@ class KV1:
 
     version = 1
 
-    def __init__(self, store: KeyValueStore, keep_decoded: int = 0) -> None:
+    def __init__(self, store: KeyValueStore) -> None:
         self.store = store
-        self.decoded = Decoded(keep_decoded)
 
     def shares(self, body: Any) -> bool:
         """KV v1 keeps no answers (see KV2.shares)."""
@@ -109,10 +75,10 @@ class KV1:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(path)
         if method in READ:
-            doc = self.decoded.get(self.store, p)
-            if doc is None:
+            raw = self.store.get(p)
+            if raw is None:
                 raise NotFound()
-            return 200, {"data": doc, "lease_duration": 2764800, "renewable": False}
+            return 200, {"data": json.loads(raw), "lease_duration": 2764800, "renewable": False}
         if method in WRITE:
             if not body:
                 raise BadRequest("no data provided")
@@ -140,21 +106,22 @@ class KV2:
 
     version = 2
 
-    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "", keep_decoded: int = 0) -> None:
+    def __init__(self, store: KeyValueStore, clock: Any = time.time, mount: str = "", keep_answers: int = 0) -> None:
         self.store = store
         self.clock = clock
         self.mount = mount
-        # Documents a read decodes, kept (see Decoded): only for reads, never for the read-modify-write of
-        # metadata, which changes what `_meta` returns.
-        self.decoded = Decoded(keep_decoded)
-        # Answers of reads built from kept documents (see _keep_answer), and the same by id for `shares`.
-        self._answers: dict[tuple[str, int], tuple[Any, Any, dict[str, Any]]] = {}
+        # Answers of reads, kept while storage holds what they were built from (see `read`): the one thing this
+        # engine keeps; and the same answers by id, for `shares`.
+        self.keep_answers = keep_answers
+        self._answers: dict[tuple[str, int], tuple[bytes, str, bytes, dict[str, Any]]] = {}
         self._shared: dict[int, dict[str, Any]] = {}
+        self._kept_bytes = 0
 
     # -- storage helpers ------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Engine defaults (max_versions, cas_required, delete_version_after)."""
-        doc = self.decoded.get(self.store, "config") or {}
+        raw = self.store.get("config")
+        doc = json.loads(raw) if raw else {}
         return {"max_versions": doc.get("max_versions", 0), "cas_required": doc.get("cas_required", False),
                 "delete_version_after": doc.get("delete_version_after", 0)}
 
@@ -162,11 +129,6 @@ class KV2:
         """The metadata of `p`, a fresh copy (writers change it)."""
         raw = self.store.get(f"meta/{p}")
         return json.loads(raw) if raw else None
-
-    def _shared_meta(self, p: str) -> dict[str, Any] | None:
-        """The metadata of `p`, shared (see Decoded): for readers only."""
-        meta: dict[str, Any] | None = self.decoded.get(self.store, f"meta/{p}")
-        return meta
 
     def _save_meta(self, p: str, meta: dict[str, Any]) -> None:
         self.store.put(f"meta/{p}", json.dumps(meta).encode())
@@ -240,44 +202,62 @@ class KV2:
             return 204, None
         raise Unsupported(f"unsupported operation {method} on data/")
 
+    def read_data(self, path: str) -> Answer:
+        """GET data/<path> with no query (the newest version): `handle("GET", "data/" + path, {}, {})`."""
+        return self.read(_secret_path(path), 0)
+
     def read(self, p: str, version: int) -> Answer:
-        """data/<p>: the newest (or the given) version; 404 with its metadata when deleted or destroyed."""
-        meta = self._shared_meta(p)
-        if meta is None or not meta["current_version"]:
+        """data/<p>: the newest (or the given) version; 404 with its metadata when deleted or destroyed.
+
+        On the file backend the barrier returns the very same bytes object for an entry until it is written or
+        deleted (Barrier.keeps_entries), so an answer kept with the metadata and data bytes it was decoded
+        from is returned again while storage still gives those objects: never older than storage, and neither
+        document is decoded again (~10 us each here). Nothing is kept elsewhere (`keep_answers` 0)."""
+        meta_raw = self.store.get(f"meta/{p}")
+        if meta_raw is None:
+            raise NotFound()
+        key = (p, version)
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] is meta_raw and self.store.get(kept[1]) is kept[2]:
+            return 200, kept[3]
+        meta = json.loads(meta_raw)
+        if not meta["current_version"]:
             raise NotFound()
         n = version or meta["current_version"]
         v = meta["versions"].get(str(n))
         if v is None:
             raise NotFound()
-        kept = self._answers.get((p, n))
-        if kept is not None and kept[0] is meta:
-            data = self.decoded.get(self.store, f"ver/{n}/{p}")
-            if kept[1] is data:
-                return 200, kept[2]
         public = self._public_version(v, n, meta)
         if public["deletion_time"] or public["destroyed"]:
             return 404, {"data": {"data": None, "metadata": public}}
-        data = self.decoded.get(self.store, f"ver/{n}/{p}")
-        if data is None:
+        data_path = f"ver/{n}/{p}"
+        data_raw = self.store.get(data_path)
+        if data_raw is None:
             raise NotFound()
-        answer = {"data": {"data": data, "metadata": public}}
-        if self.decoded.limit and not v.get("expires"):
-            self._keep_answer((p, n), meta, data, answer)
+        answer = {"data": {"data": json.loads(data_raw), "metadata": public}}
+        if self.keep_answers and not v.get("expires"):
+            self._keep_answer(key, (meta_raw, data_path, data_raw, answer))
         return 200, answer
 
-    def _keep_answer(self, key: tuple[str, int], meta: Any, data: Any, answer: dict[str, Any]) -> None:
-        """Keep a read's answer while its metadata and data are the very documents it was built from (kept by
-        `decoded`: a write makes new ones, so the answer is never older than storage), unless it depends on
-        the time (a version that expires). Bounded; the answers are shared, read-only (see `shares`)."""
+    def _keep_answer(self, key: tuple[str, int], kept: tuple[bytes, str, bytes, dict[str, Any]]) -> None:
+        """Keep a read's answer with the bytes it was built from (see `read`), unless it depends on the time
+        (a version that expires: not called). Bounded by count and by the stored bytes behind the answers (the
+        oldest go first); the answers are shared, read-only (see `shares`)."""
         answers, shared = self._answers, self._shared
+        size = len(kept[0]) + len(kept[2])
+        if size > 2 * KEPT_ENTRY_MAX:
+            return
         old = answers.pop(key, None)
         if old is not None:
-            shared.pop(id(old[2]), None)
-        while answers and len(answers) >= self.decoded.limit:
+            shared.pop(id(old[3]), None)
+            self._kept_bytes -= len(old[0]) + len(old[2])
+        while answers and (len(answers) >= self.keep_answers or self._kept_bytes + size > KEPT_BYTES):
             gone = answers.pop(next(iter(answers)))
-            shared.pop(id(gone[2]), None)
-        answers[key] = (meta, data, answer)
-        shared[id(answer)] = answer
+            shared.pop(id(gone[3]), None)
+            self._kept_bytes -= len(gone[0]) + len(gone[2])
+        answers[key] = kept
+        shared[id(kept[3])] = kept[3]
+        self._kept_bytes += size
 
     def shares(self, body: Any) -> bool:
         """Whether `body` is an answer this engine keeps and returns again (the same object, never changed):
@@ -355,7 +335,7 @@ class KV2:
             return 200, {"data": {"keys": keys}}
         p = _secret_path(rest)
         if method in READ:
-            meta = self._shared_meta(p)
+            meta = self._meta(p)
             if meta is None:
                 raise NotFound()
             versions = {k: self._public_version(v, int(k), meta) for k, v in meta["versions"].items()}

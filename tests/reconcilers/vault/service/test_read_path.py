@@ -108,6 +108,51 @@ def test_entries_written_together_are_chained_and_all_or_none(tmp_path: Path) ->
     assert [e["seq"] for e in _entries(tmp_path / "other.log")] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("seen", [
+    {"auth": {"accessor": "hmac-sha256:ab", "client_token": "hmac-sha256:cd", "policies": ["root"],
+              "display_name": "token"},
+     "request": {"operation": "read", "path": "secret/data/a", "remote_address": "127.0.0.1", "data": {}}},
+    {"request": {"path": "kv/data/\u00e9\u2028\"quoted\"", "operation": "list", "data": None},      # other key order
+     "auth": {"policies": [], "display_name": "x\ny"}},
+    {"auth": {}, "request": {}, "extra": 1},                    # not a KV read's shape: as write() does it
+])
+def test_a_read_pair_is_written_as_write_would_write_it(tmp_path: Path, seen: dict[str, object]) -> None:
+    """write_exchange (a KV read's two entries, their shared parts serialized once) puts the very bytes that
+    write(request, response) would, chained the same way, on either side of entries written by write()."""
+    response = {"status": 200, "data": {"data": {"data": {"pw": "hmac-sha256:ef"}, "metadata": {"version": 3}}}}
+    logs = {name: AuditLog(tmp_path / f"{name}.log", clock=lambda: 1_700_000_000) for name in ("pair", "plain")}
+    for name, log in logs.items():
+        log.write({"type": "request", "n": 0})
+        if name == "pair":
+            log.write_exchange(seen, response)
+        else:
+            log.write({"type": "request", **seen}, {"type": "response", **seen, "response": response})
+        log.write({"type": "request", "n": 3})
+    assert (tmp_path / "pair.log").read_bytes() == (tmp_path / "plain.log").read_bytes()
+    assert verify(tmp_path / "pair.log") == (4, [])
+
+
+def test_a_read_pair_refused_by_a_directory_counts_for_nothing(tmp_path: Path) -> None:
+    """The audit path turned into a directory (seen at the next second's check of the path): write_exchange
+    refuses (AuditUnavailable, fail closed as write), nothing counts, and the next pair chains on from the last
+    entry written."""
+    now = [1_700_000_000.0]
+    log = AuditLog(tmp_path / "audit.log", clock=lambda: now[0])
+    seen = {"auth": {"display_name": "t"}, "request": {"path": "secret/data/a"}}
+    log.write_exchange(seen, {"status": 200, "data": None})
+    (tmp_path / "audit.log").rename(tmp_path / "kept.log")
+    (tmp_path / "audit.log").mkdir()
+    now[0] += 1
+    with pytest.raises(AuditUnavailable):
+        log.write_exchange(seen, {"status": 200, "data": None})
+    now[0] += 1
+    (tmp_path / "audit.log").rmdir()
+    (tmp_path / "kept.log").rename(tmp_path / "audit.log")
+    log.write_exchange(seen, {"status": 200, "data": None})
+    assert [e["seq"] for e in _entries(tmp_path / "audit.log")] == [1, 2, 3, 4]
+    assert verify(tmp_path / "audit.log") == (4, [])
+
+
 def _service(tmp_path: Path) -> tuple[VaultService, str, str]:
     """An unsealed vault on the file backend: (service, root token, its one unseal share)."""
     service = VaultService(FileStore(tmp_path / "store"), tmp_path / "audit.log", "file")
@@ -158,14 +203,14 @@ def test_stored_documents_read_back_exactly(tmp_path: Path, value: object) -> No
             assert read == value
 
 
-def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
-    """A KV engine keeps what it decoded only while the barrier returns the same bytes: a write through
-    another engine on the same mount, a metadata change, a seal and unseal each make the next read decode
-    storage again; a barrier that keeps nothing (a shared backend) leaves nothing kept."""
+def test_kept_answers_are_never_older_than_storage(tmp_path: Path) -> None:
+    """A KV engine keeps a read's answer only while the barrier returns the same bytes it was built from: a
+    write through another engine on the same mount, a metadata change, a seal and unseal each make the next
+    read decode storage again; a barrier that keeps nothing (a shared backend) leaves nothing kept."""
     service, _root, share = _service(tmp_path)
     mount = service.mounts.entries["secret/"]
     reader = service.mounts.engine(mount)
-    assert reader is service.mounts.engine(mount) and reader.decoded.limit > 0
+    assert reader is service.mounts.engine(mount) and reader.keep_answers > 0
     other = kv_module.KV2(service.mounts.store_of(mount), mount=mount.uuid)      # keeps nothing itself
     other.write("app", {"v": "one"}, None)
     assert reader.read("app", 0)[1]["data"]["data"] == {"v": "one"}  # type: ignore[index]
@@ -186,7 +231,7 @@ def test_decoded_documents_are_never_older_than_storage(tmp_path: Path) -> None:
     engine = shared.mounts.engine(shared.mounts.entries["secret/"])
     engine.write("x", {"v": "1"}, None)
     engine.read("x", 0)
-    assert engine.decoded.limit == 0 and engine.decoded._docs == {}
+    assert engine.keep_answers == 0 and engine._answers == {}
 
 
 def test_redaction_digests_strings_keeps_scalars_and_bounds_depth() -> None:
@@ -251,3 +296,63 @@ def test_kept_answers_follow_storage_the_clock_and_the_salt(tmp_path: Path) -> N
     assert read("secret/data/soon")[0] == 200 and read("secret/data/soon")[1] is not read("secret/data/soon")[1]
     now[0] += 11
     assert read("secret/data/soon")[0] == 404
+
+
+def test_the_app_reads_the_token_and_length_from_headers_as_sent(tmp_path: Path) -> None:
+    """VaultApp called as an ASGI server calls it (in process: the header forms below never pass llhttp):
+    header names in any case, the token from X-Vault-Token or Authorization: Bearer, and a Content-Length that
+    is not ASCII digits refused with 400 (a latin-1 superscript two passed str.isdigit and then failed int(),
+    a 500, before)."""
+    import asyncio
+
+    from reconcilers.vault.service.api.app import VaultApp
+
+    service, root, _ = _service(tmp_path)
+    service.handle(ApiRequest("POST", "secret/data/app", {"data": {"pw": "v1"}}, token=root))
+    app = VaultApp(service)
+
+    def call(headers: list[tuple[bytes, bytes]], method: str = "GET") -> tuple[int, dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": "/v1/secret/data/app", "query_string": b"",
+                 "headers": headers, "client": ("127.0.0.1", 1)}
+        asyncio.run(app(scope, receive, send))
+        body = sent[1]["body"]
+        assert isinstance(body, bytes)
+        return int(str(sent[0]["status"])), json.loads(body)
+
+    status, doc = call([(b"X-Vault-Token", root.encode())])
+    assert status == 200 and doc["data"]["data"] == {"pw": "v1"}            # type: ignore[index]
+    assert call([(b"authorization", b"Bearer " + root.encode())])[0] == 200
+    assert call([(b"x-vault-token", b"not-a-token")])[0] == 403
+    for bad in (b"\xb2", b"1x", b"-1"):
+        status, doc = call([(b"x-vault-token", root.encode()), (b"content-length", bad)], "POST")
+        assert (status, doc) == (400, {"errors": ["invalid Content-Length"]}), bad
+
+
+def test_kept_answers_are_bounded_by_count_and_stored_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers a KV engine keeps stay under its count and under KEPT_BYTES of the stored bytes behind them
+    (the oldest go first), and an answer built from an entry too large for the barrier to keep is not kept."""
+    monkeypatch.setattr(kv_module, "KEPT_BYTES", 4000)
+    service, root, _share = _service(tmp_path)
+    engine = service.mounts.engine(service.mounts.entries["secret/"])
+    for i in range(12):
+        service.handle(ApiRequest("POST", f"secret/data/s{i}", {"data": {"v": "x" * 500}}, token=root))
+        service.handle(ApiRequest("GET", f"secret/data/s{i}", {}, token=root))
+        assert engine._kept_bytes <= 4000
+        assert engine._kept_bytes == sum(len(k[0]) + len(k[2]) for k in engine._answers.values())
+    assert 1 < len(engine._answers) < 12 and ("s11", 0) in engine._answers and ("s0", 0) not in engine._answers
+    engine.keep_answers = 2
+    service.handle(ApiRequest("GET", "secret/data/s3", {}, token=root))
+    assert len(engine._answers) <= 2
+    big = {"v": "y" * (2 * kv_module.KEPT_ENTRY_MAX)}
+    service.handle(ApiRequest("POST", "secret/data/big", {"data": big}, token=root))
+    status, body = service.handle(ApiRequest("GET", "secret/data/big", {}, token=root))
+    assert status == 200 and body is not None and body["data"]["data"] == big
+    assert ("big", 0) not in engine._answers
