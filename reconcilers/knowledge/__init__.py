@@ -23,5 +23,7 @@ import os
 # NumPy's OpenBLAS starts one thread per core for every matrix product. The search's products are small (10,000
 # x 384 floats): on this 2-core host, sharing the cores with the daemon's other work, two BLAS threads made the
 # vector scan 5-10x slower (0.57 ms alone vs 5.5 ms, spinning threads waiting for a core). Read when NumPy is
-# first imported, which in Stratum's processes happens inside this package; a value the user set is kept.
+# first imported, which in Stratum's processes happens inside this package; a value the user set is kept (also
+# by search.py, which limits BLAS again where NumPy was imported before this package).
+BLAS_THREADS_SET_BY_USER = "OPENBLAS_NUM_THREADS" in os.environ
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

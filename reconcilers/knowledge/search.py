@@ -43,8 +43,13 @@ def _one_blas_thread() -> None:
     Measured on this 2-core host, loaded (load ~5): OpenBLAS's two threads took the 10,000 x 384 product to
     p50 0.3-1.2 ms but p95 22-28 ms and 2.3-3.8 ms of CPU per call (its idle threads spin), CPU the embedding
     worker needed for the next query; one thread: p50 0.54 ms, 0.6 ms of CPU. Nothing else in the daemon or
-    the CLI uses BLAS. Without threadpoolctl (or with another BLAS it cannot limit), BLAS stays as it is.
+    the CLI uses BLAS. Without threadpoolctl (or with another BLAS it cannot limit), BLAS stays as it is; so does
+    a thread count the user set (OPENBLAS_NUM_THREADS, see the package's __init__).
     """
+    from reconcilers.knowledge import BLAS_THREADS_SET_BY_USER
+
+    if BLAS_THREADS_SET_BY_USER:
+        return
     try:
         from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]  # ships no type information
 

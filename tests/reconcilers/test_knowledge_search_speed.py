@@ -230,14 +230,19 @@ def test_a_query_is_embedded_at_its_own_length(tmp_path: Path) -> None:
 
 
 
-def test_a_vector_search_runs_blas_on_one_thread(tmp_path: Path, repo: WorkRepo) -> None:
+@pytest.mark.parametrize("user_set", [False, True])
+def test_a_vector_search_runs_blas_on_one_thread(tmp_path: Path, repo: WorkRepo, user_set: bool) -> None:
     """After a hybrid search, the searching process's BLAS runs one thread (search.py: OpenBLAS's idle threads
-    spun on this 2-core host, taking the CPU the embedding worker needed). In a fresh process started with two
-    BLAS threads: pytest's own process may have been limited by an earlier test."""
+    spun on this 2-core host, taking the CPU the embedding worker needed), unless the user set
+    OPENBLAS_NUM_THREADS: that count is kept (before, the search forced 1 over it). In a fresh process with two
+    BLAS threads (pytest's own process may have been limited by an earlier test): set by the user, or by
+    NumPy imported before the knowledge package (as threadpool_limits does here, whatever the host's cores)."""
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from threadpoolctl import threadpool_info\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "import numpy\n"
+        + ("" if user_set else "threadpool_limits(2, user_api='blas')\n") +
         "from daemon.index.store import Index\n"
         "from daemon.run.workspace import open_workspace\n"
         "from reconcilers.knowledge.embed import WorkerProvider\n"
@@ -250,11 +255,14 @@ def test_a_vector_search_runs_blas_on_one_thread(tmp_path: Path, repo: WorkRepo)
         "hits = kb.search('billing storage capacity exhausted').hits\n"
         "provider.close()\n"
         "print(json.dumps({'before': before, 'after': blas(), 'hits': len(hits)}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user_set:
+        env["OPENBLAS_NUM_THREADS"] = "2"
     proc = subprocess.run([sys.executable, "-c", script, str(repo.path), str(tmp_path / "data")],
-                          env={**os.environ, **GIT_ENV, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "2"},
+                          env={**env, **GIT_ENV, "PYTHONPATH": str(ROOT)},
                           cwd=str(ROOT), capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["hits"] > 0
     assert seen["before"] and all(n == 2 for n in seen["before"])
-    assert seen["after"] and all(n == 1 for n in seen["after"])
+    assert seen["after"] and all(n == (2 if user_set else 1) for n in seen["after"])

@@ -213,6 +213,7 @@ class AuditLog:
             entries = ({"type": "request", **seen}, {"type": "response", **seen, "response": response})
             if batch:
                 with self._lock:
+                    self._write_other_loops_batch()
                     return self._stage(*self._lines(entries))
             self.write(*entries)
             return None
@@ -221,6 +222,8 @@ class AuditLog:
         request = b'","request":' + dumps_line(seen["request"])
         answer = b',"response":' + dumps_line(response)
         with self._lock:
+            if batch:
+                self._write_other_loops_batch()
             now = int(self.clock())
             new_second = now != self._second
             if new_second:
@@ -238,13 +241,18 @@ class AuditLog:
                 return None
             return self._stage(data, prev, seq + 2, new_second)
 
+    def _write_other_loops_batch(self) -> None:
+        """Write the open batch of another listener's loop before new entries are chained after it: if that
+        write fails, the chain goes back to before it, and entries already chained onto the lost ones would
+        break it. The caller holds the lock and runs on an event loop."""
+        if self._batch is not None and self._batch.loop is not asyncio.get_running_loop():
+            self._flush()
+
     def _stage(self, data: bytes, prev: str, seq: int, new_second: bool) -> asyncio.Future[None]:
-        """Add `data` to the batch of this loop turn (opened here, written by `flush` once the turn's other
-        callbacks ran); the chain goes on from it at once (rolled back if its write fails). The caller holds
-        the lock and runs on the event loop."""
+        """Add `data` (chained after every entry before it: see _write_other_loops_batch) to the batch of this
+        loop turn (opened here, written by `flush` once the turn's other callbacks ran); the chain goes on from
+        it at once (rolled back if its write fails). The caller holds the lock and runs on the event loop."""
         loop = asyncio.get_running_loop()
-        if self._batch is not None and self._batch.loop is not loop:
-            self._flush()                            # another listener's turn (its own loop): written first
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch(loop, self._prev, self._seq)
@@ -284,9 +292,10 @@ class AuditLog:
             self._rotate_if_full()
             if os.write(self._file(new_second), data) != len(data):
                 raise OSError(28, "short write")
-        except OSError as err:
+        except Exception as err:                 # any failure (a rotation's ValueError too) settles the batch
             self.close()
-            failed = AuditUnavailable(f"the audit log {self.path} cannot be written ({err.strerror}): the request "
+            why = err.strerror if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+            failed = AuditUnavailable(f"the audit log {self.path} cannot be written ({why}): the request "
                                       "was refused; fix the file or its disk")
             if batch is not None:
                 self._prev, self._seq = batch.start
@@ -352,7 +361,7 @@ class _Batch:
         """Tell the waiters (from another thread, through the loop: a future is the loop's alone)."""
         if threading.get_ident() == self.thread:
             _settle(self.done, err)
-        else:
+        elif not self.loop.is_closed():              # a closed loop's listener is gone: nobody waits
             self.loop.call_soon_threadsafe(_settle, self.done, err)
 
 
@@ -379,7 +388,7 @@ def chain_files(path: Path) -> Iterator[Path]:
     rotated = []
     for f in path.parent.glob(path.name + ".*"):
         suffix = f.name[len(path.name) + 1:]
-        if suffix.isdigit():
+        if suffix.isascii() and suffix.isdigit():        # str.isdigit alone takes "²", which int() refuses
             rotated.append((int(suffix), f))
     yield from (f for _, f in sorted(rotated))
     if path.exists():

@@ -201,3 +201,67 @@ def test_an_entry_written_from_another_thread_takes_the_batch_and_tells_its_loop
     assert [json.loads(x)["type"] for x in (tmp_path / "audit.log").read_text().splitlines()] == [
         "request", "response", "reconcile"]
     assert verify(tmp_path / "audit.log") == (3, [])
+
+
+def test_entries_of_another_loop_are_chained_after_that_loops_batch_is_written(tmp_path: Path) -> None:
+    """Two listeners (two event loops) share one log. Loop A's batch is still open when loop B audits a read, and
+    writing A's batch fails: A's reads are refused, and B's entries chain to the last line really written, so
+    the chain still verifies. Before, B's lines were made from A's unwritten entries before A's batch was
+    written, and the file had a gap in `seq` and a `prev` that matched no line (review of this stop)."""
+    import threading
+
+    now = [1_700_000_000.0]
+    log = AuditLog(tmp_path / "audit.log", clock=lambda: now[0])
+    log.write({"type": "request", "n": 0})
+    staged, b_done = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    async def turn_a() -> None:
+        written = log.write_exchange(SEEN, {"status": 200, "data": None}, batch=True)
+        assert written is not None
+        staged.set()
+        b_done.wait(30)                  # holds loop A: its batch stays open while loop B audits
+        try:
+            await written
+            outcome.append("written")
+        except AuditUnavailable:
+            outcome.append("refused")
+
+    (tmp_path / "audit.log").rename(tmp_path / "kept.log")
+    (tmp_path / "audit.log").mkdir()     # A's batch (a new second: the path is opened again) cannot be written
+    now[0] += 1
+    a = threading.Thread(target=asyncio.run, args=(turn_a(),))
+    a.start()
+    assert staged.wait(30)
+
+    async def turn_b() -> None:
+        written = log.write_exchange(SEEN, {"status": 200, "data": None}, batch=True)
+        assert written is not None
+        (tmp_path / "audit.log").rmdir()
+        (tmp_path / "kept.log").rename(tmp_path / "audit.log")
+        await written
+
+    asyncio.run(turn_b())
+    b_done.set()
+    a.join(30)
+    assert outcome == ["refused"]
+    assert [json.loads(x)["seq"] for x in (tmp_path / "audit.log").read_text().splitlines()] == [1, 2, 3]
+    assert verify(tmp_path / "audit.log") == (3, [])
+
+
+def test_a_stray_file_named_like_a_rotated_one_neither_stops_nor_hangs_batched_reads(tmp_path: Path) -> None:
+    """A file `audit.log.²` beside the log: its suffix passed `str.isdigit` but not `int()`, so the rotation a
+    batched read's write ran into raised ValueError, which left the batch unsettled and its reads waiting
+    for ever. Now such a name is not a rotated file, the batch is written and the log rotates."""
+    log = AuditLog(tmp_path / "audit.log", max_bytes=200)
+    (tmp_path / "audit.log.²").write_text("not ours\n")
+    log.write({"type": "request", "n": 0, "pad": "x" * 300})
+
+    async def turn() -> None:
+        written = log.write_exchange(SEEN, {"status": 200, "data": None}, batch=True)
+        assert written is not None
+        await asyncio.wait_for(written, 10)
+
+    asyncio.run(turn())
+    assert (tmp_path / "audit.log.1").exists()
+    assert verify(tmp_path / "audit.log") == (3, [])
