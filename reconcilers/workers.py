@@ -3,7 +3,6 @@ heap trim those workers, the Nickel worker and the idle daemon share."""
 
 from __future__ import annotations
 
-import ctypes
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,8 @@ def trim_heap() -> bool:
     """Hand the heap's free pages back to the system (glibc's malloc_trim(0): glibc otherwise keeps them for
     reuse, so a process waiting for its next request holds the peak of its last one); False when the C library
     has none (musl)."""
+    import ctypes  # here: the CLI imports this module for its spares, and needs ctypes only when a worker trims
+
     try:
         return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError):
